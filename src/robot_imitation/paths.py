@@ -1,0 +1,39 @@
+"""Where the package's data lives: the source tree when run from a checkout, else the ament share."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE = "robot_imitation"
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def share_dir() -> Path:
+    """The folder holding ``config/`` and ``launch/``."""
+    if (_SOURCE_ROOT / "config").is_dir() and (_SOURCE_ROOT / "package.xml").is_file():
+        return _SOURCE_ROOT
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception as exc:  # noqa: BLE001 - any lookup failure means the same thing here
+        raise FileNotFoundError(
+            f"cannot find the {PACKAGE} share folder (no source checkout, and the ament index "
+            f"lookup failed: {exc}); is AMENT_PREFIX_PATH set?"
+        ) from exc
+
+
+def config_dir() -> Path:
+    return share_dir() / "config"
+
+
+def ensure_ros_environment() -> None:
+    """Make a venv that holds the ROS 2 PyPI wheels look like an installed ROS prefix.
+
+    The wheels do not set ``AMENT_PREFIX_PATH``; package look-ups need it.
+    """
+    prefix = os.environ.get("VIRTUAL_ENV") or os.path.dirname(os.path.dirname(os.path.realpath(
+        os.sys.executable)))
+    current = os.environ.get("AMENT_PREFIX_PATH", "")
+    if Path(prefix, "share", "ament_index").is_dir() and prefix not in current.split(os.pathsep):
+        os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (current, prefix) if p)

@@ -1,0 +1,323 @@
+"""Tasks: a robot, a scene and task logic (reset, observations, success), over one MuJoCo model.
+
+``TaskSim`` is the single simulation core. The gymnasium environments and the ROS bridge node
+both drive it; neither has a second copy of the task logic.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import yaml
+
+from ..paths import config_dir
+from .robot import EE_SITE, ModelError, RobotConfig, RobotIndex, load_robot_spec
+
+POSE_SIZE = 7  # x y z qw qx qy qz
+
+
+def _look_at_xyaxes(pos, target):
+    """MJCF ``xyaxes`` of a camera at ``pos`` looking at ``target`` with world z up."""
+    fwd = np.asarray(target, float) - np.asarray(pos, float)
+    fwd /= np.linalg.norm(fwd)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    if np.linalg.norm(right) < 1e-6:  # looking straight down
+        right = np.array([0.0, -1.0, 0.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, fwd)
+    return list(right) + list(up)
+
+
+@dataclass
+class TaskConfig:
+    name: str
+    robot: str = "panda"
+    physics_timestep: float = 0.002
+    control_rate: float = 20.0
+    max_steps: int = 100
+    init_joint_noise: float = 0.1
+    gripper_init: float = 1.0
+    cameras: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)  # task-specific keys
+
+    @classmethod
+    def load(cls, name_or_path) -> "TaskConfig":
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = config_dir() / "tasks" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ModelError(f"unknown task '{name_or_path}' (no {path}); known tasks: "
+                             f"{available_tasks()}")
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        common = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__}
+        if "name" not in common:
+            raise ModelError(f"{path}: a task needs a name")
+        return cls(**common, params=data)
+
+    @property
+    def substeps(self) -> int:
+        n = round(1.0 / (self.control_rate * self.physics_timestep))
+        if n < 1 or abs(n * self.physics_timestep * self.control_rate - 1.0) > 1e-6:
+            raise ModelError(f"task '{self.name}': control period 1/{self.control_rate} s is not "
+                             f"a whole number of physics steps of {self.physics_timestep} s")
+        return n
+
+
+def available_tasks() -> list:
+    return sorted(p.stem for p in (config_dir() / "tasks").glob("*.yaml"))
+
+
+class TaskLogic:
+    """What a task adds to the robot: scene objects, randomization, observations, success."""
+
+    #: observation keys besides the robot's own, each a pose (x y z qw qx qy qz)
+    pose_keys: tuple = ()
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+        self.p = cfg.params
+
+    def build(self, spec: mujoco.MjSpec) -> None:
+        """Add the task's bodies and sites to the scene."""
+
+    def bind(self, model: mujoco.MjModel) -> None:
+        """Look up ids in the compiled model."""
+
+    def reset(self, model, data, rng: np.random.Generator) -> None:
+        """Randomize the task state (the robot is already reset)."""
+
+    def poses(self, model, data) -> dict:
+        return {}
+
+    def success(self, model, data) -> bool:
+        return False
+
+    def reward(self, model, data) -> float:
+        return 0.0
+
+
+def _mocap_marker(spec, name, rgba, size):
+    body = spec.worldbody.add_body(name=name, mocap=True)
+    body.add_geom(type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[size, 0, 0], rgba=rgba,
+                  contype=0, conaffinity=0, group=2)
+    return body
+
+
+def _pose_of_body(data, body_id) -> np.ndarray:
+    return np.concatenate([data.xpos[body_id], data.xquat[body_id]])
+
+
+class ReachLogic(TaskLogic):
+    pose_keys = ("target_pose",)
+
+    def build(self, spec):
+        _mocap_marker(spec, "target", [0.1, 0.8, 0.1, 0.6], 0.02)
+
+    def bind(self, model):
+        self.target = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "target")
+        self.mocap = model.body_mocapid[self.target]
+        self.ee = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
+
+    def reset(self, model, data, rng):
+        data.mocap_pos[self.mocap] = rng.uniform(self.p["target_low"], self.p["target_high"])
+        data.mocap_quat[self.mocap] = [1, 0, 0, 0]
+
+    def distance(self, data) -> float:
+        return float(np.linalg.norm(data.site_xpos[self.ee] - data.mocap_pos[self.mocap]))
+
+    def poses(self, model, data):
+        return {"target_pose": np.concatenate([data.mocap_pos[self.mocap], data.mocap_quat[self.mocap]])}
+
+    def success(self, model, data):
+        return self.distance(data) < self.p["success_threshold"]
+
+    def reward(self, model, data):
+        return -self.distance(data)
+
+
+class PushLogic(TaskLogic):
+    pose_keys = ("object_pose", "goal_pose")
+
+    def build(self, spec):
+        r, h = self.p["puck_radius"], self.p["puck_half_height"]
+        puck = spec.worldbody.add_body(name="puck", pos=[0.5, 0.0, h])
+        puck.add_freejoint(name="puck_free")
+        puck.add_geom(name="puck", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[r, h, 0],
+                      mass=self.p["puck_mass"], rgba=[0.85, 0.2, 0.15, 1],
+                      friction=[0.6, 0.005, 0.0001], condim=4)
+        goal = spec.worldbody.add_body(name="goal", mocap=True)
+        goal.add_geom(type=mujoco.mjtGeom.mjGEOM_CYLINDER,
+                      size=[self.p["success_threshold"], 0.001, 0],
+                      rgba=[0.1, 0.8, 0.1, 0.5], contype=0, conaffinity=0, group=2)
+
+    def bind(self, model):
+        self.puck = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "puck")
+        jnt = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, "puck_free")
+        self.puck_qpos = model.jnt_qposadr[jnt]
+        self.puck_qvel = model.jnt_dofadr[jnt]
+        self.goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "goal")
+        self.mocap = model.body_mocapid[self.goal]
+
+    def reset(self, model, data, rng):
+        puck_xy = rng.uniform(self.p["puck_low"], self.p["puck_high"])
+        lo, hi = np.asarray(self.p["goal_low"]), np.asarray(self.p["goal_high"])
+        for _ in range(1000):
+            angle = rng.uniform(-np.pi, np.pi)
+            dist = rng.uniform(*self.p["goal_distance"])
+            goal_xy = puck_xy + dist * np.array([np.cos(angle), np.sin(angle)])
+            if np.all(goal_xy >= lo) and np.all(goal_xy <= hi):
+                break
+        data.qpos[self.puck_qpos:self.puck_qpos + 7] = [*puck_xy, self.p["puck_half_height"],
+                                                        1, 0, 0, 0]
+        data.qvel[self.puck_qvel:self.puck_qvel + 6] = 0
+        data.mocap_pos[self.mocap] = [*goal_xy, 0.001]
+        data.mocap_quat[self.mocap] = [1, 0, 0, 0]
+
+    def distance(self, data) -> float:
+        return float(np.linalg.norm(data.xpos[self.puck][:2] - data.mocap_pos[self.mocap][:2]))
+
+    def poses(self, model, data):
+        return {"object_pose": _pose_of_body(data, self.puck),
+                "goal_pose": np.concatenate([data.mocap_pos[self.mocap], data.mocap_quat[self.mocap]])}
+
+    def success(self, model, data):
+        return self.distance(data) < self.p["success_threshold"]
+
+    def reward(self, model, data):
+        return -self.distance(data)
+
+
+TASK_LOGIC = {"reach": ReachLogic, "push": PushLogic, "none": TaskLogic}
+
+
+def _add_scene(spec: mujoco.MjSpec, cfg: TaskConfig) -> None:
+    spec.option.timestep = cfg.physics_timestep
+    tex = spec.add_texture(name="grid", type=mujoco.mjtTexture.mjTEXTURE_2D,
+                           builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER,
+                           rgb1=[0.35, 0.38, 0.42], rgb2=[0.3, 0.33, 0.37], width=256, height=256)
+    mat = spec.add_material(name="table", texrepeat=[8, 8], texuniform=True)
+    mat.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = tex.name
+    spec.worldbody.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2, 2, 0.05],
+                            material="table", friction=[0.5, 0.005, 0.0001])
+    spec.worldbody.add_light(name="key", pos=[0.5, -0.5, 2.0], dir=[0, 0.3, -1],
+                             diffuse=[0.7, 0.7, 0.7], castshadow=False)
+    spec.worldbody.add_light(name="fill", pos=[1.5, 0.8, 1.5], dir=[-1, -0.5, -1],
+                             diffuse=[0.4, 0.4, 0.4], castshadow=False)
+    for name, cam in (cfg.cameras or {}).items():
+        spec.worldbody.add_camera(name=name, pos=cam["pos"], fovy=cam.get("fovy", 45),
+                                  xyaxes=_look_at_xyaxes(cam["pos"], cam["look_at"]))
+
+
+class TaskSim:
+    """A task's MuJoCo model and data, with robot-level actions and observations.
+
+    Actions are joint position targets for the arm plus a gripper opening fraction in [0, 1].
+    """
+
+    def __init__(self, task: str | TaskConfig = "reach", robot: str | RobotConfig | None = None):
+        self.cfg = task if isinstance(task, TaskConfig) else TaskConfig.load(task)
+        self.robot_cfg = (robot if isinstance(robot, RobotConfig)
+                          else RobotConfig.load(robot or self.cfg.robot))
+        logic_cls = TASK_LOGIC.get(self.cfg.name.split("_")[0])
+        if logic_cls is None:
+            raise ModelError(f"task '{self.cfg.name}': no task logic of that name "
+                             f"(known: {sorted(TASK_LOGIC)})")
+        self.logic = logic_cls(self.cfg)
+        spec = load_robot_spec(self.robot_cfg)
+        _add_scene(spec, self.cfg)
+        self.logic.build(spec)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self.robot = RobotIndex.build(self.model, self.robot_cfg)
+        self.logic.bind(self.model)
+        self.substeps = self.cfg.substeps
+        self.control_period = 1.0 / self.cfg.control_rate
+        self.seed = None
+        self._quat = np.zeros(4)
+
+    # ----------------------------------------------------------------- dimensions
+    @property
+    def action_dim(self) -> int:
+        return self.robot.n_arm + 1
+
+    @property
+    def action_low(self) -> np.ndarray:
+        return np.append(self.robot.arm_limits[:, 0], 0.0)
+
+    @property
+    def action_high(self) -> np.ndarray:
+        return np.append(self.robot.arm_limits[:, 1], 1.0)
+
+    # ----------------------------------------------------------------- episode
+    def reset(self, seed: int | None = None) -> None:
+        """Reset to a randomized initial state; the same seed gives the same state."""
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        m, d, r = self.model, self.data, self.robot
+        mujoco.mj_resetData(m, d)
+        noise = rng.uniform(-1, 1, r.n_arm) * self.cfg.init_joint_noise
+        q0 = np.clip(r.home + noise, r.arm_limits[:, 0], r.arm_limits[:, 1])
+        d.qpos[r.arm_qpos] = q0
+        self.logic.reset(m, d, rng)
+        self.set_action(np.append(q0, self.cfg.gripper_init))
+        lo, hi = r.gripper_ctrl_range[:, 0], r.gripper_ctrl_range[:, 1]
+        d.qpos[r.gripper_qpos] = np.clip(d.ctrl[r.gripper_act], lo, hi) if len(lo) == len(
+            r.gripper_qpos) else d.qpos[r.gripper_qpos]
+        mujoco.mj_forward(m, d)
+
+    def set_action(self, action: np.ndarray) -> None:
+        """Arm position targets and gripper opening (already validated)."""
+        r = self.robot
+        self.data.ctrl[r.arm_act] = action[: r.n_arm]
+        if len(r.gripper_act):
+            frac = float(np.clip(action[r.n_arm], 0.0, 1.0))
+            lo, hi = r.gripper_ctrl_range[:, 0], r.gripper_ctrl_range[:, 1]
+            self.data.ctrl[r.gripper_act] = lo + frac * (hi - lo)
+
+    def step_physics(self, n: int = 1) -> None:
+        mujoco.mj_step(self.model, self.data, nstep=n)
+
+    def step(self, action: np.ndarray) -> None:
+        """One control tick: apply the action and run the physics for one control period."""
+        self.set_action(action)
+        self.step_physics(self.substeps)
+
+    # ----------------------------------------------------------------- observations
+    def ee_pose(self) -> np.ndarray:
+        d = self.data
+        mujoco.mju_mat2Quat(self._quat, d.site_xmat[self.robot.ee_site])
+        return np.concatenate([d.site_xpos[self.robot.ee_site], self._quat])
+
+    def joint_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions, velocities and efforts of the arm then gripper joints."""
+        r, d = self.robot, self.data
+        qpos_idx = np.concatenate([r.arm_qpos, r.gripper_qpos])
+        qvel_idx = np.concatenate([r.arm_qvel, r.gripper_qvel])
+        return d.qpos[qpos_idx].copy(), d.qvel[qvel_idx].copy(), d.qfrc_actuator[qvel_idx].copy()
+
+    def gripper_opening(self) -> float:
+        r = self.robot
+        if not len(r.gripper_act):
+            return 0.0
+        lo, hi = r.gripper_ctrl_range[0]
+        q = self.data.qpos[r.gripper_qpos[0]] if len(r.gripper_qpos) else lo
+        return float(np.clip((q - lo) / (hi - lo), 0.0, 1.0)) if hi > lo else 0.0
+
+    def observe(self) -> dict:
+        pos, vel, _ = self.joint_state()
+        obs = {"joint_pos": pos, "joint_vel": vel, "ee_pose": self.ee_pose()}
+        obs.update(self.logic.poses(self.model, self.data))
+        return obs
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def success(self) -> bool:
+        return bool(self.logic.success(self.model, self.data))
+
+    def reward(self) -> float:
+        return float(self.logic.reward(self.model, self.data))
