@@ -39,8 +39,10 @@ class RobotConfig:
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> "RobotConfig":
-        """A robot by name (``config/robots/<name>.yaml``) or by path to such a YAML file."""
+        """A robot by name (``config/robots/<name>.yaml``), a robot YAML path, or an MJCF path."""
         path = Path(name_or_path)
+        if path.suffix.lower() == ".xml":
+            return cls.from_mjcf(path)
         if not path.suffix:
             path = config_dir() / "robots" / f"{name_or_path}.yaml"
         if not path.is_file():
@@ -52,6 +54,38 @@ class RobotConfig:
         if unknown:
             raise ModelError(f"{path}: unknown keys {sorted(unknown)}")
         return cls(**data)
+
+
+def _from_mjcf(cls, path) -> RobotConfig:
+    """Any MJCF: every joint driven by a position actuator is an arm joint; no gripper."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"MJCF file not found: {path}")
+    try:
+        model = mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as exc:
+        raise ModelError(f"cannot load MJCF {path}: {exc}") from None
+    joints, actuators = [], []
+    for a in range(model.nu):
+        is_position = (model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT
+                       and model.actuator_biastype[a] == mujoco.mjtBias.mjBIAS_AFFINE
+                       and model.actuator_biasprm[a, 1] != 0)
+        if is_position:
+            j = model.actuator_trnid[a, 0]
+            joints.append(model.joint(j).name or f"joint{j}")
+            actuators.append(model.actuator(a).name)
+    if not joints:
+        raise ModelError(f"{path}: no joint is driven by a position actuator; the bridge "
+                         "commands joints through position servos")
+    if any(not name for name in actuators):
+        raise ModelError(f"{path}: position actuators need names")
+    home = [float(np.clip(0.0, *model.jnt_range[model.joint(n).id])) if
+            model.jnt_limited[model.joint(n).id] else 0.0 for n in joints]
+    return cls(name=path.stem, source="mjcf", mjcf=str(path.resolve()), arm_joints=joints,
+               arm_actuators=actuators, home=home, gravity_compensation=False)
+
+
+RobotConfig.from_mjcf = classmethod(_from_mjcf)
 
 
 def _gymnasium_robotics_panda_xml() -> tuple[str, Path]:
@@ -169,7 +203,7 @@ class RobotIndex:
                           dtype=float)
         if vel.shape != (len(arm),) or home.shape != (len(arm),):
             raise ModelError(f"robot '{cfg.name}': velocity_limits and home need {len(arm)} values")
-        ee = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)
+        ee = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)  # -1: none
         return cls(
             arm_joint_names=list(cfg.arm_joints),
             gripper_joint_names=list(cfg.gripper_joints),

@@ -57,6 +57,19 @@ class TaskConfig:
             raise ModelError(f"{path}: a task needs a name")
         return cls(**common, params=data)
 
+    @classmethod
+    def for_model(cls, robot: str, control_rate: float = 50.0) -> "TaskConfig":
+        """No task logic: the bridge simply runs a robot model (any MJCF)."""
+        timestep = 0.002
+        if str(robot).lower().endswith(".xml"):
+            try:
+                timestep = float(mujoco.MjModel.from_xml_path(str(robot)).opt.timestep)
+            except ValueError as exc:
+                raise ModelError(f"cannot load MJCF {robot}: {exc}") from None
+        rate = 1.0 / (timestep * max(1, round(1.0 / (control_rate * timestep))))
+        return cls(name="none", robot=str(robot), physics_timestep=timestep, control_rate=rate,
+                   max_steps=2**62, init_joint_noise=0.0, gripper_init=0.0)
+
     @property
     def substeps(self) -> int:
         n = round(1.0 / (self.control_rate * self.physics_timestep))
@@ -227,12 +240,16 @@ class TaskSim:
                              f"(known: {sorted(TASK_LOGIC)})")
         self.logic = logic_cls(self.cfg)
         spec = load_robot_spec(self.robot_cfg)
-        _add_scene(spec, self.cfg)
+        if self.cfg.name != "none" or self.robot_cfg.source != "mjcf":
+            _add_scene(spec, self.cfg)
+        else:
+            spec.option.timestep = self.cfg.physics_timestep
         self.logic.build(spec)
         self.model = spec.compile()
         self.data = mujoco.MjData(self.model)
         self.robot = RobotIndex.build(self.model, self.robot_cfg)
         self.logic.bind(self.model)
+        self.has_ee = self.robot.ee_site >= 0
         self.substeps = self.cfg.substeps
         self.control_period = 1.0 / self.cfg.control_rate
         self.seed = None
@@ -308,7 +325,9 @@ class TaskSim:
 
     def observe(self) -> dict:
         pos, vel, _ = self.joint_state()
-        obs = {"joint_pos": pos, "joint_vel": vel, "ee_pose": self.ee_pose()}
+        obs = {"joint_pos": pos, "joint_vel": vel}
+        if self.has_ee:
+            obs["ee_pose"] = self.ee_pose()
         obs.update(self.logic.poses(self.model, self.data))
         return obs
 

@@ -1,0 +1,268 @@
+"""Robot-controller behaviour over a ``TaskSim``: command validation, interfaces, timeouts.
+
+This is everything the bridge node does except talking ROS: the node turns messages into calls
+on ``BridgeCore`` and ``BridgeCore``'s state into messages. All times are simulation seconds on
+a clock that is monotonic across episode resets (``clock``).
+"""
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..sim.tasks import TaskSim
+
+
+class CommandResult(enum.Enum):
+    ACCEPTED = "accepted"
+    CLAMPED = "clamped"
+    WRONG_LENGTH = "wrong_length"
+    NOT_FINITE = "not_finite"
+    UNKNOWN_JOINTS = "unknown_joints"
+    BAD_TRAJECTORY = "bad_trajectory"
+
+    @property
+    def ok(self) -> bool:
+        return self in (CommandResult.ACCEPTED, CommandResult.CLAMPED)
+
+
+@dataclass
+class CommandCounters:
+    accepted: int = 0
+    clamped: int = 0
+    rejected: dict = field(default_factory=dict)  # reason -> count
+    timeouts: int = 0
+
+    def count(self, result: CommandResult) -> None:
+        if result is CommandResult.ACCEPTED:
+            self.accepted += 1
+        elif result is CommandResult.CLAMPED:
+            self.accepted += 1
+            self.clamped += 1
+        else:
+            self.rejected[result.value] = self.rejected.get(result.value, 0) + 1
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class EpisodeStatus:
+    episode: int
+    seed: int | None
+    tick: int
+    success: bool
+    done: bool
+    reward: float
+
+    @property
+    def outcome(self) -> str:
+        if self.success:
+            return "success"
+        return "timeout" if self.done else "running"
+
+
+class _Trajectory:
+    """Piecewise-linear joint positions over absolute (clock) times."""
+
+    def __init__(self, times: np.ndarray, positions: np.ndarray):
+        self.times, self.positions = times, positions
+
+    def sample(self, t: float) -> np.ndarray:
+        i = bisect.bisect_right(self.times, t)
+        if i == 0:
+            return self.positions[0]
+        if i >= len(self.times):
+            return self.positions[-1]
+        t0, t1 = self.times[i - 1], self.times[i]
+        w = (t - t0) / (t1 - t0) if t1 > t0 else 1.0
+        return (1 - w) * self.positions[i - 1] + w * self.positions[i]
+
+    def finished(self, t: float) -> bool:
+        return t >= self.times[-1]
+
+
+class BridgeCore:
+    """Controllers in front of a ``TaskSim``: what a real robot's command interfaces would do.
+
+    - ``interface="position"``: arm commands are joint positions, clamped to the joint limits.
+    - ``interface="velocity"``: arm commands are joint velocities, clamped to the velocity
+      limits and integrated into the position servo's target every physics step.
+    - Trajectories (``trajectory_msgs/JointTrajectory`` semantics) are interpolated linearly.
+    - Commands that are the wrong length, not finite, or name unknown joints are rejected.
+    - With ``command_timeout > 0``, no accepted command for that long holds the arm where it is.
+    """
+
+    def __init__(self, sim: TaskSim, interface: str = "position", command_timeout: float = 0.5):
+        if interface not in ("position", "velocity"):
+            raise ValueError(f"command interface must be 'position' or 'velocity', not {interface!r}")
+        self.sim = sim
+        self.interface = interface
+        self.command_timeout = float(command_timeout)
+        r = sim.robot
+        self.n_arm = r.n_arm
+        self.low, self.high = r.arm_limits[:, 0], r.arm_limits[:, 1]
+        self.vlim = r.velocity_limits
+        self.counters = CommandCounters()
+        self.episode = -1
+        self.tick = 0
+        self._clock_offset = 0.0
+        self._target = np.zeros(self.n_arm)
+        self._velocity = np.zeros(self.n_arm)
+        self._gripper = float(sim.cfg.gripper_init)
+        self._trajectory: _Trajectory | None = None
+        self._last_command = 0.0
+        self._holding = False
+        self._success = False
+
+    # ----------------------------------------------------------------- time
+    @property
+    def clock(self) -> float:
+        """Simulation time since the bridge started, monotonic across resets."""
+        return self._clock_offset + self.sim.time
+
+    # ----------------------------------------------------------------- episodes
+    def reset(self, seed: int | None) -> None:
+        self._clock_offset = self.clock + self.sim.model.opt.timestep  # strictly increasing stamps
+        self.sim.reset(seed)
+        self.episode += 1
+        self.tick = 0
+        self._target = self.sim.data.qpos[self.sim.robot.arm_qpos].copy()
+        self._velocity[:] = 0.0
+        self._gripper = float(self.sim.cfg.gripper_init)
+        self._trajectory = None
+        self._last_command = self.clock
+        self._holding = False
+        self._success = False
+
+    def status(self) -> EpisodeStatus:
+        success = self._success
+        done = success or self.tick >= self.sim.cfg.max_steps
+        return EpisodeStatus(self.episode, self.sim.seed, self.tick, success, done, self.sim.reward())
+
+    # ----------------------------------------------------------------- commands
+    def command_arm(self, values) -> CommandResult:
+        """A ``Float64MultiArray`` for the arm controller (positions or velocities)."""
+        v = np.asarray(values, dtype=float)
+        if v.shape != (self.n_arm,):
+            return self._counted(CommandResult.WRONG_LENGTH)
+        if not np.all(np.isfinite(v)):
+            return self._counted(CommandResult.NOT_FINITE)
+        if self.interface == "position":
+            c = np.clip(v, self.low, self.high)
+            self._target = c
+        else:
+            c = np.clip(v, -self.vlim, self.vlim)
+            self._velocity = c
+        self._trajectory = None
+        return self._accepted(not np.array_equal(c, v))
+
+    def command_gripper(self, values) -> CommandResult:
+        """Gripper opening fraction: 0 closed .. 1 open (one value)."""
+        v = np.asarray(values, dtype=float).reshape(-1)
+        if v.shape != (1,):
+            return self._counted(CommandResult.WRONG_LENGTH)
+        if not math.isfinite(v[0]):
+            return self._counted(CommandResult.NOT_FINITE)
+        self._gripper = float(np.clip(v[0], 0.0, 1.0))
+        result = CommandResult.CLAMPED if self._gripper != v[0] else CommandResult.ACCEPTED
+        self.counters.count(result)
+        return result
+
+    def command_trajectory(self, joint_names, times_from_start, positions,
+                           start: float | None = None) -> CommandResult:
+        """A joint trajectory: names, times (s from ``start``), one position row per point.
+
+        ``start`` is a clock time (the message's header stamp); ``None`` or 0 means now.
+        """
+        names = list(joint_names)
+        arm = self.sim.robot.arm_joint_names
+        if sorted(names) != sorted(arm):
+            return self._counted(CommandResult.UNKNOWN_JOINTS)
+        pos = np.asarray(positions, dtype=float)
+        times = np.asarray(times_from_start, dtype=float)
+        if pos.ndim != 2 or pos.shape != (len(times), len(names)) or len(times) == 0:
+            return self._counted(CommandResult.WRONG_LENGTH)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(times))):
+            return self._counted(CommandResult.NOT_FINITE)
+        if np.any(np.diff(times) < 0) or times[0] < 0:
+            return self._counted(CommandResult.BAD_TRAJECTORY)
+        order = [names.index(n) for n in arm]
+        pos = pos[:, order]
+        clamped = np.clip(pos, self.low, self.high)
+        t0 = self.clock if not start else float(start)
+        # Start from where the arm is being held now, as joint_trajectory_controller does.
+        now_q = self._target.copy()
+        self._trajectory = _Trajectory(np.concatenate([[self.clock], t0 + times]),
+                                       np.vstack([now_q, clamped]))
+        self.interface_velocity_reset()
+        return self._accepted(not np.array_equal(clamped, pos))
+
+    def interface_velocity_reset(self) -> None:
+        self._velocity[:] = 0.0
+
+    def _counted(self, result: CommandResult) -> CommandResult:
+        self.counters.count(result)
+        return result
+
+    def _accepted(self, clamped: bool) -> CommandResult:
+        self._last_command = self.clock
+        self._holding = False
+        return self._counted(CommandResult.CLAMPED if clamped else CommandResult.ACCEPTED)
+
+    # ----------------------------------------------------------------- stepping
+    def _update_targets(self, dt: float) -> None:
+        now = self.clock
+        if (self.command_timeout > 0 and not self._holding
+                and now - self._last_command > self.command_timeout):
+            # Timeout: hold the arm where it is (stop any motion in progress).
+            self._target = self.sim.data.qpos[self.sim.robot.arm_qpos].copy()
+            self._velocity[:] = 0.0
+            self._trajectory = None
+            self._holding = True
+            self.counters.timeouts += 1
+        if self._trajectory is not None:
+            self._target = self._trajectory.sample(now)
+            if self._trajectory.finished(now):
+                self._trajectory = None
+        elif self.interface == "velocity" and not self._holding:
+            self._target = np.clip(self._target + self._velocity * dt, self.low, self.high)
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
+    def step_physics(self, n: int = 1) -> None:
+        """Advance the physics ``n`` steps, updating the controller targets every step."""
+        dt = self.sim.model.opt.timestep
+        for _ in range(n):
+            self._update_targets(dt)
+            self.sim.set_action(np.append(self._target, self._gripper))
+            self.sim.step_physics(1)
+
+    def step_tick(self) -> EpisodeStatus:
+        """One control tick (the task's control period); returns the episode status after it."""
+        if self._trajectory is None and self.interface == "position":
+            # Fast path: targets are constant over the tick unless the timeout fires inside it.
+            dt = self.sim.model.opt.timestep
+            remaining = self.command_timeout - (self.clock - self._last_command)
+            if self.command_timeout <= 0 or self._holding or remaining > self.sim.substeps * dt:
+                self.sim.set_action(np.append(self._target, self._gripper))
+                self.sim.step_physics(self.sim.substeps)
+            else:
+                self.step_physics(self.sim.substeps)
+        else:
+            self.step_physics(self.sim.substeps)
+        self.tick += 1
+        self._success = self._success or self.sim.success()
+        return self.status()
+
+    def note_tick(self) -> EpisodeStatus:
+        """Count a control tick whose physics ran through ``step_physics`` (real-time mode)."""
+        self.tick += 1
+        self._success = self._success or self.sim.success()
+        return self.status()

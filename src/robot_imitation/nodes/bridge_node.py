@@ -1,0 +1,584 @@
+"""MuJoCo bridge node: a simulated robot behind the topics and services of real hardware.
+
+Publishes (names relative to the node's namespace unless absolute):
+  joint_states (sensor_msgs/JointState), ee_pose and the task's poses (geometry_msgs/PoseStamped),
+  /clock (rosgraph_msgs/Clock), episode/status (diagnostic_msgs/DiagnosticArray, latched),
+  <camera>/image_raw + <camera>/camera_info (sensor_msgs, rendered only while subscribed),
+  ~/real_time_factor (std_msgs/Float64), /diagnostics.
+Subscribes:
+  /<arm_controller>/commands (std_msgs/Float64MultiArray: positions or velocities),
+  /<arm_controller>/joint_trajectory (trajectory_msgs/JointTrajectory),
+  /<gripper_controller>/commands (std_msgs/Float64MultiArray: [opening 0..1]).
+Services: ~/reset (std_srvs/Trigger), ~/set_pause (std_srvs/SetBool), ~/step (std_srvs/Trigger,
+  steps `step_ticks` control ticks while paused).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from .common import (CLOCK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare,
+                     from_sec, run, to_sec)
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import Float64, Float64MultiArray  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ..bridge.core import BridgeCore, CommandResult  # noqa: E402
+from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
+
+
+class BurstLog:
+    """Log the first bad command of a burst, count the rest, summarise when the burst ends."""
+
+    def __init__(self, logger, what: str, gap: float = 1.0):
+        self.logger, self.what, self.gap = logger, what, gap
+        self.in_burst = 0
+        self.last = -1e9
+
+    def bad(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self.last > self.gap:
+            self.end()
+            self.logger.warn(f"rejected {self.what} command: {reason} (further rejections in this "
+                             "burst are counted, not logged)")
+        self.in_burst += 1
+        self.last = now
+
+    def good(self) -> None:
+        if self.in_burst:
+            self.end()
+
+    def end(self) -> None:
+        if self.in_burst > 1:
+            self.logger.warn(f"{self.in_burst} {self.what} commands rejected in the last burst")
+        self.in_burst = 0
+
+
+class CameraRenderer(threading.Thread):
+    """Renders camera images off the simulation thread from snapshots of the state."""
+
+    def __init__(self, node: "MujocoBridge", cameras, width: int, height: int):
+        super().__init__(daemon=True, name="camera-renderer")
+        self.node, self.cameras, self.width, self.height = node, cameras, width, height
+        self.cond = threading.Condition()
+        self.snapshot = None
+        self.stopped = False
+        self.frames = 0
+        self.skipped = 0
+        self.error = None
+
+    def submit(self, stamp, qpos, mocap_pos, mocap_quat, wanted) -> None:
+        with self.cond:
+            if self.snapshot is not None:
+                self.skipped += 1
+            self.snapshot = (stamp, qpos, mocap_pos, mocap_quat, wanted)
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def run(self) -> None:
+        import mujoco
+
+        model = self.node.sim.model
+        data = mujoco.MjData(model)
+        try:
+            renderer = mujoco.Renderer(model, self.height, self.width)
+        except Exception as exc:  # noqa: BLE001 - no GL platform: say so once, keep the bridge up
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.node.get_logger().error(f"camera rendering unavailable ({self.error}); "
+                                         "set MUJOCO_GL=egl or osmesa")
+            return
+        while True:
+            with self.cond:
+                while self.snapshot is None and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:
+                    break
+                stamp, qpos, mocap_pos, mocap_quat, wanted = self.snapshot
+                self.snapshot = None
+            data.qpos[:] = qpos
+            data.mocap_pos[:] = mocap_pos
+            data.mocap_quat[:] = mocap_quat
+            mujoco.mj_forward(model, data)
+            for name in wanted:
+                renderer.update_scene(data, camera=name)
+                pixels = renderer.render()
+                self.node.publish_image(name, stamp, pixels)
+                self.frames += 1
+        renderer.close()
+
+
+class MujocoBridge(Node):
+    NODE_NAME = "mujoco_bridge"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        p = {}
+        p["task"] = declare(self, "task", "push", "task to load: a name from config/tasks, a "
+                            "task YAML path, or 'none' with `robot` naming an MJCF file",
+                            read_only=True)
+        p["robot"] = declare(self, "robot", "", "robot override: a name from config/robots, a "
+                             "robot YAML path, or an MJCF path; empty: the task's robot",
+                             read_only=True)
+        p["mode"] = declare(self, "mode", "realtime", "timing: physics paced by the wall clock, "
+                            "or lockstep (publish tick k, wait for its command, step)",
+                            read_only=True, choices=("realtime", "lockstep"))
+        p["real_time_factor"] = declare(self, "real_time_factor", 1.0, "realtime mode: target "
+                                        "simulation speed relative to the wall clock",
+                                        min_value=0.01, max_value=100.0)
+        p["state_rate"] = declare(self, "state_rate", 100.0, "realtime mode: Hz of joint_states "
+                                  "and poses (lockstep: once per control tick)",
+                                  min_value=1.0, max_value=1000.0)
+        p["clock_rate"] = declare(self, "clock_rate", 500.0, "realtime mode: Hz of /clock",
+                                  min_value=1.0, max_value=10000.0)
+        p["arm_controller"] = declare(self, "arm_controller", "arm_controller", "name of the arm "
+                                      "controller: commands on /<name>/commands and "
+                                      "/<name>/joint_trajectory", read_only=True)
+        p["gripper_controller"] = declare(self, "gripper_controller", "gripper_controller",
+                                          "name of the gripper controller: /<name>/commands",
+                                          read_only=True)
+        p["command_interface"] = declare(self, "command_interface", "position", "what arm "
+                                         "commands are", read_only=True,
+                                         choices=("position", "velocity"))
+        p["command_timeout"] = declare(self, "command_timeout", 0.5, "seconds (sim time) "
+                                       "without a valid arm command before the arm is held "
+                                       "still; 0 disables", min_value=0.0, max_value=3600.0)
+        p["lockstep_commands"] = declare(self, "lockstep_commands", ["arm", "gripper"],
+                                         "lockstep mode: the command topics that must answer a "
+                                         "tick before it is stepped", read_only=True)
+        p["lockstep_republish"] = declare(self, "lockstep_republish", 1.0, "lockstep mode: "
+                                          "seconds (wall) before an unanswered state is sent again",
+                                          min_value=0.05, max_value=60.0)
+        p["seed"] = declare(self, "seed", 0, "base seed: episode k after the last change of this "
+                            "parameter uses seed+k", min_value=0, max_value=2**31 - 1)
+        p["auto_reset"] = declare(self, "auto_reset", False, "start the next episode as soon "
+                                  "as one is done")
+        p["start_paused"] = declare(self, "start_paused", False, "start paused (see ~/set_pause)")
+        p["step_ticks"] = declare(self, "step_ticks", 1, "control ticks run by one ~/step call",
+                                  min_value=1, max_value=1_000_000)
+        p["cameras"] = declare(self, "cameras", ["all"], "cameras to publish ('all': every "
+                               "camera of the task; [''] or []: none)", read_only=True)
+        p["camera_width"] = declare(self, "camera_width", 320, "camera image width (px)",
+                                    read_only=True, min_value=8, max_value=4096)
+        p["camera_height"] = declare(self, "camera_height", 240, "camera image height (px)",
+                                     read_only=True, min_value=8, max_value=4096)
+        p["camera_rate"] = declare(self, "camera_rate", 15.0, "camera frames per second (sim "
+                                   "time)", min_value=0.1, max_value=1000.0)
+        p["frame_id"] = declare(self, "frame_id", "world", "frame of the published poses",
+                                read_only=True)
+        self.p = p
+        self.add_on_set_parameters_callback(self._on_params)
+
+        task = p["task"]
+        if task == "none":
+            if not p["robot"]:
+                raise ValueError("task 'none' needs the robot parameter (an MJCF path or robot)")
+            self.sim = TaskSim(TaskConfig.for_model(p["robot"]), p["robot"])
+        else:
+            self.sim = TaskSim(task, p["robot"] or None)
+        self.core = BridgeCore(self.sim, p["command_interface"], p["command_timeout"])
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.joint_names = self.sim.robot.joint_names
+        self.pose_keys = (("ee_pose",) if self.sim.has_ee else ()) + tuple(self.sim.logic.pose_keys)
+        frame = p["frame_id"]
+
+        # ---------------------------------------------------------------- publishers
+        self.pub_joints = self.create_publisher(JointState, "joint_states", STATE_QOS)
+        self.pub_poses = {k: self.create_publisher(PoseStamped, k, STATE_QOS)
+                          for k in self.pose_keys}
+        self.pub_clock = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+        self.pub_status = self.create_publisher(DiagnosticArray, "episode/status", LATCHED_QOS)
+        self.pub_rtf = self.create_publisher(Float64, "~/real_time_factor", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._js = JointState()
+        self._js.name = list(self.joint_names)
+        self._poses = {k: PoseStamped() for k in self.pose_keys}
+        for msg in self._poses.values():
+            msg.header.frame_id = frame
+        self._clock_msg = Clock()
+
+        # ---------------------------------------------------------------- cameras
+        wanted = list(p["cameras"])
+        task_cams = list((self.sim.cfg.cameras or {}).keys())
+        if wanted == ["all"]:
+            wanted = task_cams
+        wanted = [c for c in wanted if c]
+        unknown = [c for c in wanted if c not in task_cams]
+        if unknown:
+            raise ValueError(f"unknown cameras {unknown}; the task has {task_cams}")
+        self.cameras = {}
+        w, h = p["camera_width"], p["camera_height"]
+        for name in wanted:
+            fovy = float(self.sim.model.cam_fovy[self.sim.model.camera(name).id])
+            self.cameras[name] = (self.create_publisher(Image, f"{name}/image_raw", SENSOR_QOS),
+                                  self.create_publisher(CameraInfo, f"{name}/camera_info",
+                                                        SENSOR_QOS),
+                                  _camera_info(name, w, h, fovy))
+        self.renderer = CameraRenderer(self, wanted, w, h) if wanted else None
+        self._next_frame = 0.0
+
+        # ---------------------------------------------------------------- commands
+        arm, grip = p["arm_controller"], p["gripper_controller"]
+        self.create_subscription(Float64MultiArray, f"/{arm}/commands", self._on_arm, COMMAND_QOS)
+        self.create_subscription(JointTrajectory, f"/{arm}/joint_trajectory", self._on_traj,
+                                 COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, f"/{grip}/commands", self._on_gripper,
+                                 COMMAND_QOS)
+        self._arm_log = BurstLog(self.get_logger(), "arm")
+        self._grip_log = BurstLog(self.get_logger(), "gripper")
+        self._need = set(p["lockstep_commands"])
+        if not self._need <= {"arm", "gripper"}:
+            raise ValueError(f"lockstep_commands: {sorted(self._need)}; allowed: arm, gripper")
+        self._answered: set = set()
+
+        # ---------------------------------------------------------------- services
+        self.create_service(Trigger, "~/reset", self._srv_reset)
+        self.create_service(SetBool, "~/set_pause", self._srv_pause)
+        self.create_service(Trigger, "~/step", self._srv_step)
+        self._requests: list = []
+
+        # ---------------------------------------------------------------- state
+        self.paused = bool(p["start_paused"])
+        self.running = True
+        self._seed_base = int(p["seed"])
+        self._seed_count = 0
+        self.overruns = 0
+        self.rtf = 0.0
+        self.steps_total = 0
+        self.ticks_total = 0
+        self.create_timer(1.0, self._publish_diagnostics)
+        with self.lock:
+            self._reset(self._next_seed())
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="sim")
+        if self.renderer:
+            self.renderer.start()
+        self.thread.start()
+        self.get_logger().info(
+            f"task '{self.sim.cfg.name}' ({len(self.joint_names)} joints, "
+            f"{self.sim.cfg.control_rate:g} Hz control, {1 / self.sim.model.opt.timestep:g} Hz "
+            f"physics), mode {p['mode']}, cameras {wanted or 'none'}")
+
+    # ===================================================================== parameters
+    def _on_params(self, params):
+        for prm in params:
+            if prm.name == "seed":
+                with self.lock:
+                    self._seed_base, self._seed_count = int(prm.value), 0
+            elif prm.name in self.p:
+                self.p[prm.name] = prm.value
+        return SetParametersResult(successful=True)
+
+    def _next_seed(self) -> int:
+        seed = self._seed_base + self._seed_count
+        self._seed_count += 1
+        return seed
+
+    # ===================================================================== commands
+    def _answer(self, which: str) -> None:
+        self._answered.add(which)
+        if self._need <= self._answered:
+            self.cond.notify_all()
+
+    def _on_arm(self, msg: Float64MultiArray) -> None:
+        with self.lock:
+            result = self.core.command_arm(msg.data)
+            if result.ok:
+                self._answer("arm")
+        self._report(self._arm_log, result, len(msg.data))
+
+    def _on_traj(self, msg: JointTrajectory) -> None:
+        with self.lock:
+            start = to_sec(msg.header.stamp)
+            result = self.core.command_trajectory(
+                msg.joint_names, [to_sec(pt.time_from_start) for pt in msg.points],
+                [list(pt.positions) for pt in msg.points], start=start or None)
+            if result.ok:
+                self._answer("arm")
+        self._report(self._arm_log, result, len(msg.joint_names))
+
+    def _on_gripper(self, msg: Float64MultiArray) -> None:
+        with self.lock:
+            result = self.core.command_gripper(msg.data)
+            if result.ok:
+                self._answer("gripper")
+        self._report(self._grip_log, result, len(msg.data))
+
+    def _report(self, log: BurstLog, result: CommandResult, n: int) -> None:
+        if result.ok:
+            log.good()
+            return
+        detail = {
+            CommandResult.WRONG_LENGTH: f"wrong length {n} (arm expects {self.core.n_arm} values, "
+                                        "gripper 1)",
+            CommandResult.NOT_FINITE: "NaN or infinite value",
+            CommandResult.UNKNOWN_JOINTS: f"joint names must be exactly "
+                                          f"{self.sim.robot.arm_joint_names}",
+            CommandResult.BAD_TRAJECTORY: "trajectory times must be >= 0 and non-decreasing",
+        }[result]
+        log.bad(detail)
+
+    # ===================================================================== services
+    def _request(self, kind: str, arg=None, timeout: float = 30.0):
+        done = threading.Event()
+        box = {}
+        with self.cond:
+            self._requests.append((kind, arg, done, box))
+            self.cond.notify_all()
+        if not done.wait(timeout):
+            return False, f"{kind}: the simulation thread did not answer within {timeout} s"
+        return box.get("ok", True), box.get("message", "")
+
+    def _srv_reset(self, req, resp):
+        resp.success, resp.message = self._request("reset")
+        return resp
+
+    def _srv_pause(self, req, resp):
+        with self.cond:
+            self.paused = bool(req.data)
+            self.cond.notify_all()
+        resp.success = True
+        resp.message = "paused" if req.data else "running"
+        return resp
+
+    def _srv_step(self, req, resp):
+        if not self.paused:
+            resp.success, resp.message = False, "~/step works while paused (call ~/set_pause first)"
+            return resp
+        resp.success, resp.message = self._request("step", int(self.p["step_ticks"]))
+        return resp
+
+    def _serve_requests(self) -> None:
+        """Run pending service requests on the simulation thread (lock held)."""
+        while self._requests:
+            kind, arg, done, box = self._requests.pop(0)
+            if kind == "reset":
+                seed = self._next_seed()
+                self._reset(seed)
+                box["message"] = f"episode {self.core.episode} seed {seed}"
+            elif kind == "step":
+                for _ in range(arg):
+                    self.core.step_tick()
+                    self.ticks_total += 1
+                    self._publish_state()
+                box["message"] = f"stepped {arg} ticks: episode tick {self.core.tick}, " \
+                                 f"time {self.core.clock:.4f}"
+            done.set()
+
+    def _reset(self, seed: int) -> None:
+        self.core.reset(seed)
+        self._answered = set()
+        self._next_frame = self.core.clock
+        self._publish_state()
+
+    # ===================================================================== publishing
+    def _publish_state(self) -> None:
+        """Joint states, poses, clock and episode status of the current instant (lock held)."""
+        t = self.core.clock
+        stamp = from_sec(t)
+        self._clock_msg.clock = stamp
+        self.pub_clock.publish(self._clock_msg)
+        obs = self.sim.observe()
+        for key, msg in self._poses.items():
+            v = obs[key]
+            msg.header.stamp = stamp
+            pos, ori = msg.pose.position, msg.pose.orientation
+            pos.x, pos.y, pos.z = float(v[0]), float(v[1]), float(v[2])
+            ori.w, ori.x, ori.y, ori.z = float(v[3]), float(v[4]), float(v[5]), float(v[6])
+            self.pub_poses[key].publish(msg)
+        q, qd, eff = self.sim.joint_state()
+        js = self._js
+        js.header.stamp = stamp
+        js.position, js.velocity, js.effort = q.tolist(), qd.tolist(), eff.tolist()
+        self.pub_joints.publish(js)
+        self._publish_status(stamp)
+        self._maybe_render(t)
+
+    def _publish_status(self, stamp) -> None:
+        st = self.core.status()
+        msg = DiagnosticArray()
+        msg.header.stamp = stamp
+        s = DiagnosticStatus(level=DiagnosticStatus.OK, name="episode",
+                             message=st.outcome, hardware_id=self.sim.cfg.name)
+        s.values = [KeyValue(key="episode", value=str(st.episode)),
+                    KeyValue(key="seed", value=str(st.seed)),
+                    KeyValue(key="tick", value=str(st.tick)),
+                    KeyValue(key="success", value=str(st.success).lower()),
+                    KeyValue(key="done", value=str(st.done).lower()),
+                    KeyValue(key="reward", value=f"{st.reward:.6f}")]
+        msg.status = [s]
+        self.pub_status.publish(msg)
+
+    def _maybe_render(self, t: float) -> None:
+        if not self.renderer or t + 1e-9 < self._next_frame:
+            return
+        self._next_frame = max(self._next_frame + 1.0 / self.p["camera_rate"], t)
+        wanted = [n for n, (img, info, _) in self.cameras.items()
+                  if img.get_subscription_count() or info.get_subscription_count()]
+        if wanted:
+            d = self.sim.data
+            self.renderer.submit(from_sec(t), d.qpos.copy(), d.mocap_pos.copy(),
+                                 d.mocap_quat.copy(), wanted)
+
+    def publish_image(self, name: str, stamp, pixels: np.ndarray) -> None:
+        img_pub, info_pub, info = self.cameras[name]
+        msg = Image()
+        msg.header.stamp = stamp
+        msg.header.frame_id = f"{name}_optical_frame"
+        msg.height, msg.width = pixels.shape[:2]
+        msg.encoding = "rgb8"
+        msg.step = msg.width * 3
+        msg.data = pixels.tobytes()
+        img_pub.publish(msg)
+        info.header.stamp = stamp
+        info_pub.publish(info)
+
+    def _publish_diagnostics(self) -> None:
+        with self.lock:
+            c = self.core.counters
+            values = {"mode": self.p["mode"], "real_time_factor": f"{self.rtf:.3f}",
+                      "overruns": self.overruns, "physics_steps": self.steps_total,
+                      "control_ticks": self.ticks_total, "episode": self.core.episode,
+                      "commands_accepted": c.accepted, "commands_clamped": c.clamped,
+                      "commands_rejected": c.rejected_total, "command_timeouts": c.timeouts,
+                      "holding": str(self.core.holding).lower(), "paused": str(self.paused).lower()}
+            for reason, n in c.rejected.items():
+                values[f"rejected_{reason}"] = n
+            if self.renderer:
+                values["camera_frames"] = self.renderer.frames
+                values["camera_frames_skipped"] = self.renderer.skipped
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        level = DiagnosticStatus.WARN if (self.core.holding or c.rejected_total) else \
+            DiagnosticStatus.OK
+        msg.status = [DiagnosticStatus(level=level, name=f"{self.get_name()}: simulation",
+                                        message="holding (command timeout)" if self.core.holding
+                                        else "ok", hardware_id="mujoco",
+                                        values=[KeyValue(key=k, value=str(v))
+                                                for k, v in values.items()])]
+        self.pub_diag.publish(msg)
+        if self.p["mode"] == "realtime":
+            self.pub_rtf.publish(Float64(data=float(self.rtf)))
+
+    # ===================================================================== simulation loop
+    def _loop(self) -> None:
+        try:
+            if self.p["mode"] == "lockstep":
+                self._loop_lockstep()
+            else:
+                self._loop_realtime()
+        except Exception as exc:  # noqa: BLE001 - the node must say why the robot stopped
+            self.get_logger().fatal(f"simulation thread died: {type(exc).__name__}: {exc}")
+            raise
+
+    def _loop_lockstep(self) -> None:
+        republish = self.p["lockstep_republish"]
+        with self.cond:
+            self._answered = set()
+            self._publish_state()
+            while self.running:
+                self._serve_requests()
+                if self.paused:
+                    self.cond.wait(0.1)
+                    continue
+                if not self._need <= self._answered:
+                    if not self.cond.wait(republish) and not self._requests and not self.paused:
+                        self._publish_state()  # nobody answered: the state may have been missed
+                    continue
+                status = self.core.step_tick()
+                self.steps_total += self.sim.substeps
+                self.ticks_total += 1
+                if status.done and self.p["auto_reset"]:
+                    self.core.reset(self._next_seed())
+                    self._next_frame = self.core.clock
+                self._answered = set()
+                self._publish_state()
+
+    def _loop_realtime(self) -> None:
+        dt = self.sim.model.opt.timestep
+        substeps = self.sim.substeps
+        state_every = max(1, round(1.0 / (self.p["state_rate"] * dt)))
+        clock_every = max(1, round(1.0 / (self.p["clock_rate"] * dt)))
+        next_wall = time.monotonic()
+        window_wall, window_sim = next_wall, self.core.clock
+        n = 0
+        while self.running:
+            period = dt / self.p["real_time_factor"]
+            with self.cond:
+                self._serve_requests()
+                if self.paused:
+                    self.cond.wait(0.05)
+                    next_wall = time.monotonic()
+                    window_wall, window_sim = next_wall, self.core.clock
+                    continue
+                self.core.step_physics(1)
+                self.steps_total += 1
+                n += 1
+                if n % substeps == 0:
+                    status = self.core.note_tick()
+                    self.ticks_total += 1
+                    if status.done and self.p["auto_reset"]:
+                        self._reset(self._next_seed())
+                        n = 0
+                if n % state_every == 0:
+                    self._publish_state()
+                elif n % clock_every == 0:
+                    self._clock_msg.clock = from_sec(self.core.clock)
+                    self.pub_clock.publish(self._clock_msg)
+            next_wall += period
+            now = time.monotonic()
+            if now - window_wall >= 1.0:
+                self.rtf = (self.core.clock - window_sim) / (now - window_wall)
+                window_wall, window_sim = now, self.core.clock
+            delay = next_wall - now
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -period:
+                self.overruns += 1
+                if delay < -0.05:  # far behind: drop the backlog instead of racing to catch up
+                    next_wall = now
+
+    def close(self) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout=2.0)
+        if self.renderer:
+            self.renderer.stop()
+            self.renderer.join(timeout=2.0)
+
+
+def _camera_info(name: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
+    """Pinhole intrinsics of a MuJoCo camera (square pixels, centred principal point)."""
+    f = 0.5 * height / np.tan(np.deg2rad(fovy_deg) / 2)
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    info = CameraInfo()
+    info.header.frame_id = f"{name}_optical_frame"
+    info.width, info.height = width, height
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def main(args=None) -> int:
+    return run(MujocoBridge, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

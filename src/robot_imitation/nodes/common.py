@@ -1,0 +1,124 @@
+"""Plumbing shared by the nodes: parameters with descriptors, QoS profiles, spinning, stamps."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..paths import ensure_ros_environment
+
+ensure_ros_environment()
+
+import rclpy  # noqa: E402
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor  # noqa: E402
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
+                       QoSReliabilityPolicy, qos_profile_sensor_data)
+
+# Commands: RELIABLE, as forward_command_controller and joint_trajectory_controller subscribe.
+COMMAND_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                         history=QoSHistoryPolicy.KEEP_LAST)
+# Robot state (joint states, poses): RELIABLE keep-last, as joint_state_broadcaster publishes;
+# a lost state would stall a lockstep loop.
+STATE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                       history=QoSHistoryPolicy.KEEP_LAST)
+# Camera images: sensor data (best effort, shallow): a late frame is worth less than a new one.
+SENSOR_QOS = qos_profile_sensor_data
+# /clock, as rclpy's time source subscribes to it.
+CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
+                       history=QoSHistoryPolicy.KEEP_LAST)
+# Latched status: late joiners get the newest value.
+LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+                         history=QoSHistoryPolicy.KEEP_LAST)
+
+
+def declare(node, name: str, default, description: str, *, read_only: bool = False,
+            min_value=None, max_value=None, choices=None):
+    """Declare a parameter with a descriptor and return its value."""
+    desc = ParameterDescriptor(description=description + (f" (one of: {', '.join(choices)})"
+                                                          if choices else ""),
+                               read_only=read_only)
+    if min_value is not None or max_value is not None:
+        if isinstance(default, bool):
+            pass
+        elif isinstance(default, int):
+            desc.integer_range = [IntegerRange(from_value=int(min_value if min_value is not None
+                                                              else -2**31),
+                                               to_value=int(max_value if max_value is not None
+                                                            else 2**31 - 1), step=0)]
+        elif isinstance(default, float):
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(min_value if min_value is not None else -1e300),
+                to_value=float(max_value if max_value is not None else 1e300), step=0.0)]
+    value = node.declare_parameter(name, default, desc).value
+    if choices and value not in choices:
+        raise ValueError(f"parameter {name}={value!r}: must be one of {list(choices)}")
+    return value
+
+
+def to_sec(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def from_sec(t: float, msg_time=None):
+    from builtin_interfaces.msg import Time
+
+    msg = msg_time or Time()
+    ns = int(round(t * 1e9))
+    msg.sec, msg.nanosec = divmod(ns, 1_000_000_000)
+    return msg
+
+
+def make_executor(kind: str = "events"):
+    """The events executor is far faster than the single-threaded one for these nodes."""
+    if kind == "events":
+        try:
+            from rclpy.experimental import EventsExecutor
+
+            return EventsExecutor()
+        except ImportError:  # older distributions
+            pass
+    return SingleThreadedExecutor()
+
+
+def spin(executor, context=None) -> None:
+    """Spin until the context shuts down.
+
+    A ``spin_once`` loop rather than ``spin()``: the events executor of some rclpy releases
+    neither runs callbacks nor returns on shutdown from ``spin()``.
+    """
+    ok = (lambda: rclpy.ok(context=context))
+    while ok():
+        executor.spin_once(timeout_sec=0.1)
+
+
+def run(node_cls, args=None, executor: str = os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
+    """Entry point body: init, spin until SIGINT/SIGTERM, then shut the node down cleanly.
+
+    rclpy's signal handlers turn both signals into a context shutdown.
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    code = 0
+    try:
+        node = node_cls()
+        exe = make_executor(executor)
+        exe.add_node(node)
+        spin(exe)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # noqa: BLE001 - report start-up errors clearly, then exit non-zero
+        if node is not None:
+            node.get_logger().fatal(f"{type(exc).__name__}: {exc}")
+        else:
+            print(f"[{getattr(node_cls, 'NODE_NAME', node_cls.__name__)}] fatal: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,172 @@
+"""Episode runner: resets the bridge episode after episode and collects the outcomes.
+
+Usable as a library (``EpisodeRunner`` inside a process that has called ``rclpy.init``) and as
+the ``episode_runner`` executable, which runs N episodes, prints the success rate and exits.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+from .common import LATCHED_QOS, declare, make_executor, spin, to_sec
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+
+@dataclass
+class EpisodeOutcome:
+    episode: int
+    seed: int
+    success: bool
+    ticks: int
+    reward: float
+    sim_time: float
+    wall_time: float
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class EpisodeRunner(Node):
+    def __init__(self, bridge: str = "mujoco_bridge", name: str = "episode_runner"):
+        super().__init__(name)
+        self.reset_client = self.create_client(Trigger, f"{bridge}/reset")
+        self._cond = threading.Condition()
+        self._status = None
+        self.create_subscription(DiagnosticArray, "episode/status", self._on_status, LATCHED_QOS)
+
+    def _on_status(self, msg: DiagnosticArray) -> None:
+        if not msg.status:
+            return
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        with self._cond:
+            self._status = (to_sec(msg.header.stamp), values)
+            self._cond.notify_all()
+
+    def wait_for_bridge(self, timeout: float = 30.0) -> None:
+        if not self.reset_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"no bridge reset service {self.reset_client.srv_name} within "
+                               f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
+
+    def reset(self, timeout: float = 30.0) -> str:
+        future = self.reset_client.call_async(Trigger.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("bridge reset did not answer")
+            time.sleep(0.005)
+        resp = future.result()
+        if not resp.success:
+            raise RuntimeError(f"bridge refused reset: {resp.message}")
+        return resp.message
+
+    def run_episode(self, timeout: float = 120.0) -> EpisodeOutcome:
+        """Reset, then wait until the bridge reports the episode done."""
+        msg = self.reset()
+        episode = int(msg.split()[1])
+        start = time.monotonic()
+        t0 = None
+        with self._cond:
+            while True:
+                st = self._status
+                if st is not None and int(st[1]["episode"]) == episode:
+                    if t0 is None:
+                        t0 = st[0]
+                    if st[1]["done"] == "true":
+                        v = st[1]
+                        return EpisodeOutcome(episode, int(v["seed"]), v["success"] == "true",
+                                              int(v["tick"]), float(v["reward"]), st[0] - t0,
+                                              time.monotonic() - start)
+                left = timeout - (time.monotonic() - start)
+                if left <= 0:
+                    raise TimeoutError(f"episode {episode} not done after {timeout} s "
+                                       "(is a controller answering the bridge?)")
+                self._cond.wait(min(left, 1.0))
+
+
+class Spinner:
+    """Spin nodes in a background thread (for library use)."""
+
+    def __init__(self, *nodes):
+        self.executor = make_executor("events")
+        for n in nodes:
+            self.executor.add_node(n)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            while not self._stop.is_set() and rclpy.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except Exception:  # noqa: BLE001 - shutdown races end the spin
+            pass
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(timeout=2.0)
+
+
+def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
+                 progress=None) -> list[EpisodeOutcome]:
+    """Run ``n`` episodes against a running bridge (rclpy must be initialised)."""
+    runner = EpisodeRunner(bridge)
+    spinner = Spinner(runner)
+    try:
+        runner.wait_for_bridge()
+        outcomes = []
+        for _ in range(n):
+            outcomes.append(runner.run_episode(timeout))
+            if progress:
+                progress(outcomes)
+        return outcomes
+    finally:
+        spinner.stop()
+        runner.destroy_node()
+
+
+def summarize(outcomes: list[EpisodeOutcome]) -> dict:
+    n = len(outcomes)
+    k = sum(o.success for o in outcomes)
+    lo, hi = wilson_interval(k, n)
+    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
+            "ci95": [lo, hi], "outcomes": [asdict(o) for o in outcomes]}
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = rclpy.create_node("episode_runner_params")
+        n = declare(node, "episodes", 10, "episodes to run", min_value=1)
+        bridge = declare(node, "bridge", "mujoco_bridge", "bridge node name")
+        out = declare(node, "output", "", "write the outcomes to this JSON file")
+        node.destroy_node()
+        res = summarize(run_episodes(n, bridge, progress=lambda o: print(
+            f"episode {o[-1].episode} seed {o[-1].seed}: "
+            f"{'success' if o[-1].success else 'failure'} in {o[-1].ticks} ticks", flush=True)))
+        print(f"success {res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
+              f"(95% CI {res['ci95'][0]:.1%}..{res['ci95'][1]:.1%})")
+        if out:
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(res, f, indent=2)
+        return 0
+    finally:
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
