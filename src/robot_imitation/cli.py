@@ -1,0 +1,150 @@
+"""``robot-imitation``: the suite's command line.
+
+Subcommands:
+  demo     the main job on a task, through ROS: bridge and scripted expert as separate processes,
+           N episodes, success rate with its 95% confidence interval, results as JSON
+  expert   the scripted expert on the gymnasium task, without ROS
+  tasks    the built-in tasks and robots
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _progress(done: int, total: int, label: str, extra: str = "") -> None:
+    width = 30
+    filled = int(width * done / max(total, 1))
+    end = "\n" if done >= total or not sys.stdout.isatty() else "\r"
+    if sys.stdout.isatty() or done == total or done % max(1, total // 10) == 0:
+        print(f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {extra}",
+              end=end, flush=True)
+
+
+def cmd_tasks(args) -> int:
+    from .paths import config_dir
+    from .sim.tasks import TaskConfig, available_tasks
+
+    for name in available_tasks():
+        cfg = TaskConfig.load(name)
+        print(f"{name:10s} robot={cfg.robot} control={cfg.control_rate:g} Hz "
+              f"max_steps={cfg.max_steps} cameras={list(cfg.cameras)}")
+    robots = sorted(p.stem for p in (config_dir() / "robots").glob("*.yaml"))
+    print("robots:", ", ".join(robots))
+    return 0
+
+
+def cmd_expert(args) -> int:
+    import numpy as np
+
+    from .nodes.episode_runner import wilson_interval
+    from .sim.env import ImitationEnv
+    from .sim.experts import make_expert
+
+    env = ImitationEnv(args.task)
+    expert = make_expert(env.sim)
+    successes, lengths = 0, []
+    start = time.perf_counter()
+    for i in range(args.episodes):
+        obs, _ = env.reset(seed=args.seed + i)
+        while True:
+            obs, _, term, trunc, info = env.step(expert(obs))
+            if term or trunc:
+                break
+        successes += info["is_success"]
+        lengths.append(env._steps)
+        _progress(i + 1, args.episodes, "episodes", f"success {successes}/{i + 1}")
+    lo, hi = wilson_interval(successes, args.episodes)
+    print(f"{args.task}: expert success {successes}/{args.episodes} = "
+          f"{successes / args.episodes:.1%} (95% CI {lo:.1%}..{hi:.1%}), mean length "
+          f"{np.mean(lengths):.1f} ticks, {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .paths import ensure_ros_environment
+
+    ensure_ros_environment()
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import rclpy
+
+    from .launcher import ProcessGroup
+    from .nodes.episode_runner import run_episodes, summarize
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"[demo] task {args.task}: bridge ({args.mode}) and scripted expert as separate ROS 2 "
+          f"processes, {args.episodes} episodes; logs in {out / 'logs'}")
+    start = time.perf_counter()
+    with ProcessGroup(out / "logs") as group:
+        group.start_node("mujoco_bridge", params={
+            "task": args.task, "mode": args.mode, "seed": args.seed, "cameras": ["all"]})
+        group.start_node("scripted_expert", params={
+            "task": args.task, "trigger": "state" if args.mode == "lockstep" else "timer",
+            "use_sim_time": args.mode == "realtime"})
+        rclpy.init()
+        try:
+            outcomes = run_episodes(args.episodes, timeout=args.timeout, progress=lambda o: _progress(
+                len(o), args.episodes, "episodes", f"success {sum(x.success for x in o)}/{len(o)}"))
+        except TimeoutError as exc:
+            group.check()
+            print(f"[demo] {exc}", file=sys.stderr)
+            return 1
+        finally:
+            rclpy.try_shutdown()
+        group.check()
+    res = summarize(outcomes)
+    res.update(task=args.task, mode=args.mode, wall_time_s=time.perf_counter() - start)
+    ticks = sum(o.ticks for o in outcomes)
+    sim_time = sum(o.sim_time for o in outcomes)
+    wall = sum(o.wall_time for o in outcomes)
+    res["control_ticks"] = ticks
+    res["sim_time_per_wall_time"] = sim_time / wall if wall else 0.0
+    with open(out / "results.json", "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=2)
+    lo, hi = res["ci95"]
+    print(f"[demo] {args.task}: scripted expert through ROS: success {res['successes']}/"
+          f"{res['episodes']} = {res['success_rate']:.1%} (95% CI {lo:.1%}..{hi:.1%}); "
+          f"{ticks} control ticks, simulated {sim_time:.1f} s in {wall:.1f} s of episodes "
+          f"({res['sim_time_per_wall_time']:.1f}x real time); results in {out / 'results.json'}")
+    return 0 if res["success_rate"] >= args.min_success else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robot-imitation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job through ROS on a task (default: push)")
+    p.add_argument("--task", default="push")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
+    p.add_argument("--seed", type=int, default=1000, help="base seed (episode k uses seed+k)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per episode at most")
+    p.add_argument("--min-success", type=float, default=0.0,
+                   help="exit with code 2 when the success rate is below this")
+    p.add_argument("--out", default="runs/demo", help="output folder (results.json, logs/)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("expert", help="the scripted expert on the gymnasium task, without ROS")
+    p.add_argument("--task", default="push")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_expert)
+
+    p = sub.add_parser("tasks", help="list the built-in tasks and robots")
+    p.set_defaults(func=cmd_tasks)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
