@@ -1,0 +1,337 @@
+"""Throughput of the MuJoCo bridge node: what running the simulation behind ROS 2 costs.
+
+Three measurements in one run, on one task (default: push):
+
+1. lockstep through ROS: the bridge (mode lockstep, auto_reset, no cameras) and the scripted
+   expert (trigger state) as two processes; closed-loop control ticks per second, from the
+   bridge's /diagnostics counters (primary) and from the joint_states messages counted here.
+2. without ROS: the same task and expert in this process (``ImitationEnv`` + ``make_expert``).
+   The ratio of the two is the cost of ROS.
+3. real time: the bridge (mode realtime, real_time_factor 1.0) with the expert on a sim-time
+   timer; the real-time factor the bridge achieves, its overruns and physics steps per second.
+
+Prints a table and writes bench/results/bridge_throughput.json. It only measures: no figure is
+checked against a threshold. Exits non-zero, printing the nodes' logs, when a node dies or does
+not start.
+
+    .venv/bin/python bench/bridge_throughput.py [--task push] [--duration 20]
+                                                [--realtime-seconds 30] [--skip-realtime]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from robot_imitation.paths import ensure_ros_environment
+
+# Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
+# A domain of its own keeps the benchmark apart from other ROS 2 processes on the machine.
+ensure_ros_environment()
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+
+from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
+from robot_imitation.nodes.common import STATE_QOS, to_sec  # noqa: E402
+from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
+from robot_imitation.sim.env import ImitationEnv  # noqa: E402
+from robot_imitation.sim.experts import make_expert  # noqa: E402
+from robot_imitation.sim.tasks import TaskSim  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BRIDGE = "mujoco_bridge"
+WARMUP_S = 3.0          # before each measured window
+STARTUP_TIMEOUT_S = 60.0  # for the nodes to come up and the control loop to close
+
+
+class BenchmarkError(RuntimeError):
+    pass
+
+
+# ============================================================================ monitoring
+
+
+@dataclass
+class DiagSample:
+    """One /diagnostics status of the bridge: its stamp (bridge wall clock) and its values."""
+
+    stamp: float
+    values: dict
+
+    def __getitem__(self, key: str) -> float:
+        return float(self.values[key])
+
+
+def rate(first: DiagSample, last: DiagSample, key: str) -> float:
+    """Per-second increase of a counter between two samples."""
+    dt = last.stamp - first.stamp
+    return (last[key] - first[key]) / dt if dt > 0 else 0.0
+
+
+class BridgeMonitor(Node):
+    """Collects the bridge's /diagnostics and, optionally, counts its joint_states messages."""
+
+    def __init__(self, count_states: bool):
+        super().__init__("bridge_throughput_monitor")
+        self._lock = threading.Lock()
+        self._samples: list[DiagSample] = []
+        self._states = 0
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        if count_states:
+            # raw: counting needs no deserialisation, which keeps this process's share of the
+            # CPU (taken from the processes being measured) small.
+            self.create_subscription(JointState, "joint_states", self._on_state, STATE_QOS,
+                                     raw=True)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == f"{BRIDGE}: simulation":
+                sample = DiagSample(to_sec(msg.header.stamp),
+                                    {kv.key: kv.value for kv in status.values})
+                with self._lock:
+                    self._samples.append(sample)
+
+    def _on_state(self, _raw: bytes) -> None:
+        with self._lock:
+            self._states += 1
+
+    def samples(self) -> list[DiagSample]:
+        with self._lock:
+            return list(self._samples)
+
+    def latest(self) -> DiagSample | None:
+        with self._lock:
+            return self._samples[-1] if self._samples else None
+
+    def states(self) -> int:
+        with self._lock:
+            return self._states
+
+
+@contextlib.contextmanager
+def monitoring(count_states: bool = False):
+    monitor = BridgeMonitor(count_states)
+    spinner = Spinner(monitor)
+    try:
+        yield monitor
+    finally:
+        spinner.stop()
+        monitor.destroy_node()
+
+
+@contextlib.contextmanager
+def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict):
+    """The two nodes as processes, logging to results/logs/<phase>; always stopped.
+
+    On a failure their logs are printed (after they are stopped, so the logs are complete).
+    """
+    group = ProcessGroup(RESULTS_DIR / "logs" / phase)
+    try:
+        with group:
+            group.start_node(BRIDGE, params=bridge_params)
+            group.start_node("scripted_expert", params=expert_params)
+            yield group
+    except (ProcessDied, BenchmarkError):
+        for name in group.procs:
+            print(f"----- {phase}: log of {name} -----\n{group.log(name).rstrip()}",
+                  file=sys.stderr)
+        raise
+
+
+def watch(group: ProcessGroup, seconds: float) -> None:
+    """Wait, checking that the nodes are alive."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        group.check()
+        time.sleep(min(0.2, left))
+
+
+def wait_until(group: ProcessGroup, ready, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        group.check()
+        if time.monotonic() > deadline:
+            raise BenchmarkError(f"no {what} within {timeout:g} s")
+        time.sleep(0.1)
+
+
+def counter_above(monitor: BridgeMonitor, key: str, value: float = 0.0):
+    def ready() -> bool:
+        sample = monitor.latest()
+        return sample is not None and sample[key] > value
+    return ready
+
+
+# ============================================================================ measurements
+
+
+def measure_lockstep(task: str, duration: float, substeps: int) -> dict:
+    """Closed-loop lockstep control ticks per second, bridge and expert in two processes."""
+    bridge = {"task": task, "mode": "lockstep", "auto_reset": True, "cameras": [""], "seed": 0}
+    expert = {"task": task, "trigger": "state"}
+    with bridge_and_expert("lockstep", bridge, expert) as group, monitoring(True) as monitor:
+        wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks")
+        watch(group, WARMUP_S)
+        first, states0, t0 = monitor.latest(), monitor.states(), time.monotonic()
+        watch(group, duration)
+        last, states1, t1 = monitor.latest(), monitor.states(), time.monotonic()
+    if last.stamp <= first.stamp:
+        raise BenchmarkError("no /diagnostics from the bridge during the lockstep window")
+    ticks_per_s = rate(first, last, "control_ticks")
+    return {"window_s": last.stamp - first.stamp, "ticks_per_s": ticks_per_s,
+            "ticks_per_s_joint_states": (states1 - states0) / (t1 - t0),
+            "physics_steps_per_s": ticks_per_s * substeps,
+            "episodes": int(last["episode"] - first["episode"])}
+
+
+def measure_without_ros(task: str, duration: float, substeps: int) -> dict:
+    """The same closed loop in this process: gymnasium env and expert, no ROS."""
+    env = ImitationEnv(task)
+    expert = make_expert(env.sim)
+    seed = 0
+    obs, _ = env.reset(seed=seed)
+
+    def run_for(seconds: float) -> tuple[int, int, float]:
+        nonlocal obs, seed
+        ticks = episodes = 0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            obs, _, terminated, truncated, _ = env.step(expert(obs))
+            ticks += 1
+            if terminated or truncated:
+                seed += 1
+                episodes += 1
+                obs, _ = env.reset(seed=seed)
+        return ticks, episodes, elapsed
+
+    run_for(WARMUP_S)
+    ticks, episodes, elapsed = run_for(duration)
+    env.close()
+    return {"window_s": elapsed, "ticks_per_s": ticks / elapsed,
+            "physics_steps_per_s": ticks / elapsed * substeps, "episodes": episodes}
+
+
+def measure_realtime(task: str, seconds: float) -> dict:
+    """Achieved real-time factor at a target of 1.0, with the expert on a sim-time timer."""
+    bridge = {"task": task, "mode": "realtime", "real_time_factor": 1.0, "auto_reset": True,
+              "cameras": [""], "seed": 0}
+    expert = {"task": task, "trigger": "timer", "use_sim_time": True}
+    with bridge_and_expert("realtime", bridge, expert) as group, monitoring() as monitor:
+        wait_until(group, counter_above(monitor, "commands_accepted"),
+                   "expert commands accepted by the bridge")
+        start = len(monitor.samples())
+        watch(group, seconds)
+        samples = monitor.samples()[start:]
+    if len(samples) < 2:
+        raise BenchmarkError(f"{len(samples)} /diagnostics samples in {seconds:g} s of real time")
+    first, last = samples[0], samples[-1]
+    rtf = [s["real_time_factor"] for s in samples[1:]]  # the first is the counters' baseline
+    return {"target_real_time_factor": 1.0, "samples": len(rtf),
+            "window_s": last.stamp - first.stamp,
+            "real_time_factor_mean": sum(rtf) / len(rtf), "real_time_factor_min": min(rtf),
+            "real_time_factor_max": max(rtf),
+            "overruns": int(last["overruns"] - first["overruns"]),
+            "physics_steps_per_s": rate(first, last, "physics_steps")}
+
+
+# ============================================================================ report
+
+
+def report(r: dict) -> str:
+    sub = r["substeps"]
+    lock, base = r["lockstep"], r["without_ros"]
+    lines = [f"Closed-loop control, task {r['task']}: {r['control_rate_hz']:g} Hz control, "
+             f"{sub} physics steps per tick; {r['cpus']} CPUs",
+             f"  {'':44}{'ticks/s':>10}{'physics steps/s':>18}"]
+    for label, ticks in (("lockstep through ROS (/diagnostics)", lock["ticks_per_s"]),
+                         ("lockstep through ROS (joint_states received)",
+                          lock["ticks_per_s_joint_states"]),
+                         ("in process, without ROS", base["ticks_per_s"])):
+        lines.append(f"  {label:44}{ticks:10.1f}{ticks * sub:18.0f}")
+    ratio = r["ros_over_without_ros"]
+    lines.append(f"  {'cost of ROS: through ROS / without ROS':44}{ratio:10.3f}"
+                 f"   ({1 / ratio:.2f}x slower)")
+    lines.append(f"  (windows: {lock['window_s']:.1f} s through ROS, {lock['episodes']} episodes; "
+                 f"{base['window_s']:.1f} s without ROS, {base['episodes']} episodes)")
+    rt = r.get("realtime")
+    if rt:
+        lines += ["",
+                  f"Real time, target real_time_factor {rt['target_real_time_factor']:g}, expert "
+                  f"on a sim-time timer ({rt['samples']} one-second samples)",
+                  f"  {'achieved real_time_factor':44}mean {rt['real_time_factor_mean']:.3f}  "
+                  f"min {rt['real_time_factor_min']:.3f}  max {rt['real_time_factor_max']:.3f}",
+                  f"  {'overruns':44}+{rt['overruns']} in {rt['window_s']:.1f} s",
+                  f"  {'physics steps/s':44}{rt['physics_steps_per_s']:.1f}"]
+    return "\n".join(lines)
+
+
+# ============================================================================ main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="push", help="task to run (default: push)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="seconds measured in lockstep and without ROS (default: 20)")
+    parser.add_argument("--realtime-seconds", type=float, default=30.0,
+                        help="seconds measured in real-time mode (default: 30)")
+    parser.add_argument("--skip-realtime", action="store_true",
+                        help="leave out the real-time measurement")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = TaskSim(args.task).cfg
+    substeps = cfg.substeps
+    results = {"task": args.task, "control_rate_hz": cfg.control_rate, "substeps": substeps,
+               "cpus": os.cpu_count(), "python": platform.python_version(),
+               "duration_s": args.duration}
+    print(f"[bench] without ROS: {WARMUP_S:g} s warm-up + {args.duration:g} s", flush=True)
+    results["without_ros"] = measure_without_ros(args.task, args.duration, substeps)
+    print(f"[bench] lockstep through ROS (ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}): "
+          f"start-up + {WARMUP_S:g} s warm-up + {args.duration:g} s", flush=True)
+    results["lockstep"] = measure_lockstep(args.task, args.duration, substeps)
+    results["ros_over_without_ros"] = (results["lockstep"]["ticks_per_s"]
+                                       / results["without_ros"]["ticks_per_s"])
+    results["realtime"] = None
+    if not args.skip_realtime:
+        print(f"[bench] real time: start-up + {args.realtime_seconds:g} s", flush=True)
+        results["realtime"] = measure_realtime(args.task, args.realtime_seconds)
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # No rclpy signal handlers: Ctrl-C stays a KeyboardInterrupt, and the nodes are stopped.
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        results = run(args)
+    except (ProcessDied, BenchmarkError) as exc:
+        print(f"[bench] failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        rclpy.try_shutdown()
+    print()
+    print(report(results))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / "bridge_throughput.json"
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"\n[bench] results in {os.path.relpath(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

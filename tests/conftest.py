@@ -1,0 +1,120 @@
+"""Test isolation and shared fixtures.
+
+Every test session talks on its own ROS domain, limited to this host, so parallel runs and
+other ROS graphs on the machine never mix with it. Processes a test starts are stopped when
+it ends, pass or fail.
+"""
+import os
+import time
+
+import pytest
+
+# Before anything imports rclpy: a domain of our own (0..101 are safe), localhost only.
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("ROBOT_IMITATION_TEST_DOMAIN_ID",
+                                             str(1 + os.getpid() % 100))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from robot_imitation.paths import ensure_ros_environment  # noqa: E402
+
+ensure_ros_environment()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None):
+    """Poll ``predicate`` until true; fail with ``what`` (and child logs) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if procs is not None:
+            procs.check()
+        time.sleep(interval)
+    logs = ""
+    if procs is not None:
+        logs = "\n".join(f"--- {n} ---\n{procs.log(n)}" for n in procs.procs)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
+
+
+@pytest.fixture(scope="session")
+def ros():
+    import rclpy
+
+    rclpy.init()
+    yield rclpy
+    rclpy.try_shutdown()
+
+
+@pytest.fixture
+def procs(tmp_path, request):
+    from robot_imitation.launcher import ProcessGroup
+
+    group = ProcessGroup(tmp_path / "logs")
+    yield group
+    group.stop()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for name in group.procs:
+            print(f"--- log of {name} ---\n{group.log(name)}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep
+
+
+class Probe:
+    """A test node spinning in the background, recording what it receives."""
+
+    _count = 0
+
+    def __init__(self):
+        import rclpy
+
+        from robot_imitation.nodes.episode_runner import Spinner
+
+        Probe._count += 1
+        self.node = rclpy.create_node(f"test_probe_{os.getpid()}_{Probe._count}")
+        self.spinner = Spinner(self.node)
+        self.msgs = {}
+
+    def record(self, msg_type, topic, qos, key=None):
+        key = key or topic
+        self.msgs[key] = []
+        self.node.create_subscription(msg_type, topic, self.msgs[key].append, qos)
+        return self.msgs[key]
+
+    def call(self, srv_type, name, request=None, timeout=20.0):
+        client = self.node.create_client(srv_type, name)
+        if not client.wait_for_service(timeout_sec=timeout):
+            pytest.fail(f"service {name} not available within {timeout} s")
+        future = client.call_async(request or srv_type.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                pytest.fail(f"service {name} did not answer within {timeout} s")
+            time.sleep(0.005)
+        return future.result()
+
+    def set_params(self, node_name, **params):
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
+        resp = self.call(SetParameters, f"/{node_name}/set_parameters", req)
+        assert all(r.successful for r in resp.results), resp.results
+
+    def close(self):
+        self.spinner.stop()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def probe(ros):
+    p = Probe()
+    yield p
+    p.close()
