@@ -139,13 +139,14 @@ def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict):
     On a failure their logs are printed (after they are stopped, so the logs are complete).
     """
     group = ProcessGroup(RESULTS_DIR / "logs" / phase)
+    nodes = {BRIDGE: bridge_params, "scripted_expert": expert_params}
     try:
         with group:
-            group.start_node(BRIDGE, params=bridge_params)
-            group.start_node("scripted_expert", params=expert_params)
+            for name, params in nodes.items():
+                group.start_node(name, params=params)
             yield group
     except (ProcessDied, BenchmarkError):
-        for name in group.procs:
+        for name in nodes:
             print(f"----- {phase}: log of {name} -----\n{group.log(name).rstrip()}",
                   file=sys.stderr)
         raise
@@ -320,7 +321,7 @@ def main(argv=None) -> int:
     try:
         results = run(args)
     except (ProcessDied, BenchmarkError) as exc:
-        print(f"[bench] failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"[bench] failed: {str(exc).splitlines()[0].rstrip(':')}", file=sys.stderr)
         return 1
     finally:
         rclpy.try_shutdown()

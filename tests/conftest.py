@@ -32,7 +32,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs
         time.sleep(interval)
     logs = ""
     if procs is not None:
-        logs = "\n".join(f"--- {n} ---\n{procs.log(n)}" for n in procs.procs)
+        logs = "\n".join(f"--- {n} ---\n{procs.log(n)}" for n in [*procs.procs, *procs.stopped])
     pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
 
@@ -51,10 +51,11 @@ def procs(tmp_path, request):
 
     group = ProcessGroup(tmp_path / "logs")
     yield group
+    names = list(group.procs) + list(group.stopped)
     group.stop()
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        for name in group.procs:
+        for name in names:
             print(f"--- log of {name} ---\n{group.log(name)}")
 
 

@@ -38,7 +38,8 @@ class ProcessGroup:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ if env is None else env)
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen] = {}  # running (or died on their own)
+        self.stopped: dict[str, int | None] = {}       # stopped on purpose: exit codes
         self._logs = {}
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -82,7 +83,7 @@ class ProcessGroup:
 
     def stop(self, name: str | None = None, timeout: float = 5.0) -> dict:
         """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes."""
-        names = [name] if name else list(self.procs)
+        names = [n for n in ([name] if name else list(self.procs)) if n in self.procs]
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
             alive = [n for n in names if self.procs[n].poll() is None]
             if not alive:
@@ -100,8 +101,9 @@ class ProcessGroup:
                     pass
         codes = {}
         for n in names:
-            codes[n] = self.procs[n].poll()
-            self._logs[n].close()
+            codes[n] = self.procs.pop(n).poll()
+            self._logs.pop(n).close()
+        self.stopped.update(codes)
         return codes
 
     def __enter__(self):

@@ -263,6 +263,7 @@ class MujocoBridge(Node):
         with self.lock:
             self._reset(self._next_seed())
         self.thread = threading.Thread(target=self._loop, daemon=True, name="sim")
+        self.context.on_shutdown(self._stop_loop)
         if self.renderer:
             self.renderer.start()
         self.thread.start()
@@ -480,6 +481,8 @@ class MujocoBridge(Node):
             else:
                 self._loop_realtime()
         except Exception as exc:  # noqa: BLE001 - the node must say why the robot stopped
+            if not self.running or not self.context.ok():
+                return  # shutting down: publishers are gone
             self.get_logger().fatal(f"simulation thread died: {type(exc).__name__}: {exc}")
             raise
 
@@ -550,10 +553,13 @@ class MujocoBridge(Node):
                 if delay < -0.05:  # far behind: drop the backlog instead of racing to catch up
                     next_wall = now
 
-    def close(self) -> None:
+    def _stop_loop(self) -> None:
         with self.cond:
             self.running = False
             self.cond.notify_all()
+
+    def close(self) -> None:
+        self._stop_loop()
         if self.thread.is_alive():
             self.thread.join(timeout=2.0)
         if self.renderer:

@@ -1,0 +1,256 @@
+"""The bridge as its own process, talking real DDS to test nodes and to the expert process."""
+import time
+
+import numpy as np
+import pytest
+
+from conftest import wait_for
+
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+import robot_imitation.sim  # noqa: F401
+from robot_imitation.nodes.common import CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, to_sec
+from robot_imitation.nodes.episode_runner import run_episodes
+from robot_imitation.sim.env import ImitationEnv
+from robot_imitation.sim.experts import make_expert
+
+BRIDGE = "mujoco_bridge"
+
+
+def start_bridge(procs, probe, **params):
+    """Start the bridge and wait until its state reaches the probe."""
+    params.setdefault("cameras", [""])
+    procs.start_node("mujoco_bridge", params=params)
+    joints = probe.record(JointState, "joint_states", STATE_QOS)
+    wait_for(lambda: probe.node.count_publishers("joint_states") > 0, 30, "bridge up",
+             procs=procs)
+    return joints
+
+
+def latest_q(joints):
+    return np.array(joints[-1].position)
+
+
+def publish_for(pub, msg, seconds, rate=50.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pub.publish(msg)
+        time.sleep(1.0 / rate)
+
+
+def diagnostics_values(diags):
+    for msg in reversed(diags):
+        for status in msg.status:
+            if status.name.endswith("simulation"):
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def test_realtime_bridge_topics_camera_and_commands(procs, probe):
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", cameras=["front"],
+                          camera_width=160, camera_height=120, camera_rate=10.0,
+                          command_timeout=0.0)
+    clocks = probe.record(Clock, "/clock", CLOCK_QOS)
+    images = probe.record(Image, "front/image_raw", SENSOR_QOS)
+    infos = probe.record(CameraInfo, "front/camera_info", SENSOR_QOS)
+    wait_for(lambda: len(joints) > 20 and clocks and images and infos, 30,
+             "joint states, clock and a camera image", procs=procs)
+
+    js = joints[-1]
+    assert list(js.name) == [f"panda_joint{i}" for i in range(1, 8)] + [
+        "panda_finger_joint1", "panda_finger_joint2"]
+    assert len(js.position) == len(js.velocity) == len(js.effort) == 9
+    stamps = [to_sec(m.header.stamp) for m in joints]
+    assert all(b > a for a, b in zip(stamps, stamps[1:])), "joint state stamps must increase"
+    assert to_sec(clocks[-1].clock) > 0
+
+    img = images[-1]
+    assert (img.width, img.height, img.encoding, img.step) == (160, 120, "rgb8", 480)
+    pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(120, 160, 3)
+    assert pixels.std() > 5, "the camera image is blank"
+    info = infos[-1]
+    assert (info.width, info.height) == (160, 120) and info.k[0] > 0 and info.k[8] == 1.0
+
+    # Command joint 1 forward and watch the arm follow.
+    q0 = latest_q(joints)
+    target = q0[:7].copy()
+    target[0] += 0.4
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    wait_for(lambda: pub.get_subscription_count() > 0, 10, "bridge subscribed to commands")
+    publish_for(pub, Float64MultiArray(data=target.tolist()), 2.0)
+    q1 = latest_q(joints)
+    assert q1[0] - q0[0] > 0.3, f"joint 1 moved {q1[0] - q0[0]:.3f} rad of 0.4"
+    np.testing.assert_allclose(q1[1:7], q0[1:7], atol=0.05)
+
+
+def test_seeded_reset_reproduces_initial_state(procs, probe):
+    # Lockstep with no controller: the state stays at tick 0 of each episode.
+    joints = start_bridge(procs, probe, task="push", mode="lockstep", seed=123,
+                          lockstep_republish=0.1)
+    wait_for(lambda: joints, 20, "initial state")
+    first = latest_q(joints)
+    answers = [probe.call(Trigger, f"/{BRIDGE}/reset").message]  # seed 124
+    time.sleep(0.3)
+    other = latest_q(joints)
+    probe.set_params(BRIDGE, seed=123)
+    answers.append(probe.call(Trigger, f"/{BRIDGE}/reset").message)  # seed 123 again
+    time.sleep(0.3)
+    again = latest_q(joints)
+    assert answers == ["episode 1 seed 124", "episode 2 seed 123"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    # The same seed gives the same initial state as the gymnasium task.
+    env = ImitationEnv("push")
+    obs, _ = env.reset(seed=123)
+    np.testing.assert_array_equal(first, obs["joint_pos"])
+
+
+def _lockstep_run(procs, probe, name, n_ticks, seed):
+    """Bridge + expert (two processes) in lockstep; the joint positions of the first ticks."""
+    procs.start_node("mujoco_bridge", name=name, params={
+        "task": "push", "mode": "lockstep", "seed": seed, "cameras": [""],
+        "start_paused": True})
+    procs.start_node("scripted_expert", name=f"{name}_expert",
+                     params={"task": "push", "trigger": "state"})
+    joints = probe.record(JointState, "joint_states", STATE_QOS, key=name)
+    wait_for(lambda: probe.node.count_subscribers("joint_states") >= 2
+             and probe.node.count_publishers("/arm_controller/commands") >= 1
+             and probe.node.count_publishers("/gripper_controller/commands") >= 1,
+             30, "bridge, expert and probe connected", procs=procs)
+    time.sleep(0.5)  # let every endpoint finish matching
+    assert probe.call(SetBool, f"/{name}/set_pause", SetBool.Request(data=True)).success
+    assert probe.call(SetBool, f"/{name}/set_pause", SetBool.Request(data=False)).success
+    by_stamp = {}
+    wait_for(lambda: len({to_sec(m.header.stamp) for m in joints}) > n_ticks, 60,
+             f"{n_ticks} lockstep ticks", procs=procs)
+    for m in joints:
+        by_stamp.setdefault(to_sec(m.header.stamp), np.array(m.position))
+    procs.stop(name)
+    procs.stop(f"{name}_expert")
+    stamps = sorted(by_stamp)[: n_ticks + 1]
+    return np.array(stamps), np.array([by_stamp[s] for s in stamps])
+
+
+def test_lockstep_is_deterministic_and_equals_the_gym_task(procs, probe):
+    n = 60
+    t1, run1 = _lockstep_run(procs, probe, "bridge_a", n, seed=7)
+    t2, run2 = _lockstep_run(procs, probe, "bridge_b", n, seed=7)
+    np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_array_equal(run1, run2)
+    assert np.allclose(np.diff(t1), 0.05), "one state per control tick, no tick skipped"
+    # The same seed and expert without ROS: the very same trajectory.
+    env = ImitationEnv("push")
+    expert = make_expert(env.sim)
+    obs, _ = env.reset(seed=7)
+    gym_traj = [obs["joint_pos"]]
+    for _ in range(n):
+        obs, *_ = env.step(expert(obs))
+        gym_traj.append(obs["joint_pos"])
+    np.testing.assert_array_equal(run1, np.array(gym_traj))
+
+
+def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.0)
+    diags = probe.record(DiagnosticArray, "/diagnostics", 10)
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    grip = probe.node.create_publisher(Float64MultiArray, "/gripper_controller/commands",
+                                       COMMAND_QOS)
+    wait_for(lambda: joints and pub.get_subscription_count() and grip.get_subscription_count(),
+             20, "bridge ready")
+    time.sleep(0.5)
+    q0 = latest_q(joints)
+    bad = [[0.1, 0.2, 0.3], [float("nan")] * 7, [0.0] * 6 + [float("inf")]]
+    for i in range(12):
+        pub.publish(Float64MultiArray(data=bad[i % 3]))
+        time.sleep(0.02)
+    grip.publish(Float64MultiArray(data=[0.5, 0.5]))
+    time.sleep(1.0)
+    np.testing.assert_allclose(latest_q(joints)[:7], q0[:7], atol=5e-3)
+
+    # A command beyond the joint limit is clamped; the arm moves towards the limit only.
+    target = q0[:7].copy()
+    target[0] = 10.0
+    publish_for(pub, Float64MultiArray(data=target.tolist()), 1.5)
+    assert latest_q(joints)[0] > q0[0] + 0.3
+    assert max(m.position[0] for m in joints) <= 2.8973 + 1e-3
+    wait_for(lambda: int(diagnostics_values(diags).get("commands_clamped", 0)) > 0, 5,
+             "diagnostics with the clamped count")
+    values = diagnostics_values(diags)
+    assert values["rejected_wrong_length"] == "5"  # 4 arm + 1 gripper
+    assert values["rejected_not_finite"] == "8"
+    procs.stop(BRIDGE)
+    log = procs.log(BRIDGE, tail=100_000)
+    assert log.count("rejected arm command") == 1, log
+    assert "12 arm commands rejected in the last burst" in log
+
+
+def test_command_timeout_holds_the_robot(procs, probe):
+    joints = start_bridge(procs, probe, task="reach", mode="realtime",
+                          command_interface="velocity", command_timeout=0.3)
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    wait_for(lambda: joints and pub.get_subscription_count(), 20, "bridge ready")
+    time.sleep(0.3)
+    q0 = latest_q(joints)[0]
+    pub.publish(Float64MultiArray(data=[0.5] + [0.0] * 6))  # once, never renewed
+    time.sleep(1.5)
+    moved = latest_q(joints)[0] - q0
+    time.sleep(0.5)
+    assert 0.05 < moved < 0.3, f"moved {moved:.3f} rad: the timeout did not hold the arm"
+    assert latest_q(joints)[0] - q0 == pytest.approx(moved, abs=5e-3)
+
+
+def test_joint_trajectory_command(procs, probe):
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.0)
+    pub = probe.node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
+                                      COMMAND_QOS)
+    wait_for(lambda: joints and pub.get_subscription_count(), 20, "bridge ready")
+    time.sleep(0.3)
+    q0 = latest_q(joints)[:7]
+    goal = q0 + np.array([0.3, -0.2, 0.1, 0.2, 0.0, 0.1, -0.3])
+    msg = JointTrajectory()
+    msg.joint_names = [f"panda_joint{i}" for i in range(7, 0, -1)]  # any order, by name
+    msg.points = [JointTrajectoryPoint(positions=goal[::-1].tolist(),
+                                       time_from_start=Duration(sec=0, nanosec=800_000_000))]
+    pub.publish(msg)
+    wait_for(lambda: np.allclose(latest_q(joints)[:7], goal, atol=0.03), 10,
+             "the arm at the trajectory's goal")
+
+
+def test_pause_step_resume(procs, probe):
+    start_bridge(procs, probe, task="reach", mode="realtime")
+    clocks = probe.record(Clock, "/clock", CLOCK_QOS)
+    wait_for(lambda: clocks, 20, "clock")
+    assert probe.call(SetBool, f"/{BRIDGE}/set_pause", SetBool.Request(data=True)).success
+    time.sleep(0.3)
+    t_paused = to_sec(clocks[-1].clock)
+    time.sleep(0.5)
+    assert to_sec(clocks[-1].clock) == t_paused
+    probe.set_params(BRIDGE, step_ticks=5)
+    resp = probe.call(Trigger, f"/{BRIDGE}/step")
+    assert resp.success, resp.message
+    time.sleep(0.3)
+    assert to_sec(clocks[-1].clock) == pytest.approx(t_paused + 5 * 0.05, abs=1e-6)
+    assert probe.call(SetBool, f"/{BRIDGE}/set_pause", SetBool.Request(data=False)).success
+    time.sleep(0.5)
+    assert to_sec(clocks[-1].clock) > t_paused + 0.3
+    assert not probe.call(Trigger, f"/{BRIDGE}/step").success  # only while paused
+
+
+@pytest.mark.parametrize("task", ["reach", "push"])
+def test_scripted_expert_through_ros(procs, ros, task):
+    """Bridge and expert as separate processes in lockstep: >= 95% success over 50 episodes."""
+    procs.start_node("mujoco_bridge", params={"task": task, "mode": "lockstep", "seed": 500,
+                                              "cameras": [""]})
+    procs.start_node("scripted_expert", params={"task": task, "trigger": "state"})
+    outcomes = run_episodes(50, timeout=60.0)
+    procs.check()
+    seeds = [o.seed for o in outcomes]
+    assert len(set(seeds)) == 50
+    successes = sum(o.success for o in outcomes)
+    assert successes >= 48, f"{task}: {successes}/50"
