@@ -124,7 +124,10 @@ def _lockstep_run(procs, probe, name, n_ticks, seed):
              and probe.node.count_publishers("/gripper_controller/commands") >= 1,
              30, "bridge, expert and probe connected", procs=procs)
     time.sleep(0.5)  # let every endpoint finish matching
-    assert probe.call(SetBool, f"/{name}/set_pause", SetBool.Request(data=True)).success
+    # Start the episode (same seed) now that everyone listens, then let the loop run.
+    probe.set_params(name, seed=seed)
+    joints.clear()
+    assert probe.call(Trigger, f"/{name}/reset").message == f"episode 1 seed {seed}"
     assert probe.call(SetBool, f"/{name}/set_pause", SetBool.Request(data=False)).success
     by_stamp = {}
     wait_for(lambda: len({to_sec(m.header.stamp) for m in joints}) > n_ticks, 60,
