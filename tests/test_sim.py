@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import robot_imitation.sim  # noqa: F401  (registers the environments)
+import robot_imitation  # noqa: F401  (registers the environments)
 from robot_imitation.observation import ObservationAssembler, ObservationError
 from robot_imitation.sim.experts import make_expert
 from robot_imitation.sim.robot import ModelError, RobotConfig

@@ -199,11 +199,8 @@ class BridgeCore:
         now_q = self._target.copy()
         self._trajectory = _Trajectory(np.concatenate([[self.clock], t0 + times]),
                                        np.vstack([now_q, clamped]))
-        self.interface_velocity_reset()
-        return self._accepted(not np.array_equal(clamped, pos))
-
-    def interface_velocity_reset(self) -> None:
         self._velocity[:] = 0.0
+        return self._accepted(not np.array_equal(clamped, pos))
 
     def _counted(self, result: CommandResult) -> CommandResult:
         self.counters.count(result)

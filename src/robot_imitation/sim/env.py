@@ -69,10 +69,3 @@ class ImitationEnv(gym.Env):
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
-
-
-def register_envs() -> None:
-    for task, env_id in (("reach", "robot_imitation/Reach-v0"), ("push", "robot_imitation/Push-v0")):
-        if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="robot_imitation.sim.env:ImitationEnv",
-                         kwargs={"task": task})

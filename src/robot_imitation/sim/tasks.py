@@ -280,9 +280,9 @@ class TaskSim:
         d.qpos[r.arm_qpos] = q0
         self.logic.reset(m, d, rng)
         self.set_action(np.append(q0, self.cfg.gripper_init))
-        lo, hi = r.gripper_ctrl_range[:, 0], r.gripper_ctrl_range[:, 1]
-        d.qpos[r.gripper_qpos] = np.clip(d.ctrl[r.gripper_act], lo, hi) if len(lo) == len(
-            r.gripper_qpos) else d.qpos[r.gripper_qpos]
+        if len(r.gripper_act) == len(r.gripper_qpos):
+            # One servo per finger (position = opening): start the fingers at their command.
+            d.qpos[r.gripper_qpos] = d.ctrl[r.gripper_act]
         mujoco.mj_forward(m, d)
 
     def set_action(self, action: np.ndarray) -> None:
@@ -314,14 +314,6 @@ class TaskSim:
         qpos_idx = np.concatenate([r.arm_qpos, r.gripper_qpos])
         qvel_idx = np.concatenate([r.arm_qvel, r.gripper_qvel])
         return d.qpos[qpos_idx].copy(), d.qvel[qvel_idx].copy(), d.qfrc_actuator[qvel_idx].copy()
-
-    def gripper_opening(self) -> float:
-        r = self.robot
-        if not len(r.gripper_act):
-            return 0.0
-        lo, hi = r.gripper_ctrl_range[0]
-        q = self.data.qpos[r.gripper_qpos[0]] if len(r.gripper_qpos) else lo
-        return float(np.clip((q - lo) / (hi - lo), 0.0, 1.0)) if hi > lo else 0.0
 
     def observe(self) -> dict:
         pos, vel, _ = self.joint_state()
