@@ -515,7 +515,7 @@ class MujocoBridge(Node):
         state_every = max(1, round(1.0 / (self.p["state_rate"] * dt)))
         clock_every = max(1, round(1.0 / (self.p["clock_rate"] * dt)))
         next_wall = time.monotonic()
-        window_wall, window_sim = next_wall, self.core.clock
+        window_wall, window_steps = next_wall, self.steps_total
         n = 0
         while self.running:
             period = dt / self.p["real_time_factor"]
@@ -524,7 +524,7 @@ class MujocoBridge(Node):
                 if self.paused:
                     self.cond.wait(0.05)
                     next_wall = time.monotonic()
-                    window_wall, window_sim = next_wall, self.core.clock
+                    window_wall, window_steps = next_wall, self.steps_total
                     continue
                 self.core.step_physics(1)
                 self.steps_total += 1
@@ -543,8 +543,10 @@ class MujocoBridge(Node):
             next_wall += period
             now = time.monotonic()
             if now - window_wall >= 1.0:
-                self.rtf = (self.core.clock - window_sim) / (now - window_wall)
-                window_wall, window_sim = now, self.core.clock
+                # Simulated time per wall time over the window (counted in physics steps, so
+                # that episode resets, which move the clock on, do not count).
+                self.rtf = (self.steps_total - window_steps) * dt / (now - window_wall)
+                window_wall, window_steps = now, self.steps_total
             delay = next_wall - now
             if delay > 0:
                 time.sleep(delay)
