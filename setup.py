@@ -34,7 +34,6 @@ setup(
     maintainer_email="robot-imitation@users.noreply.github.com",
     description="Imitation learning on robots with ROS 2: MuJoCo bridge, recorder, trainer, policy node.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "mujoco_bridge = robot_imitation.nodes.bridge_node:main",

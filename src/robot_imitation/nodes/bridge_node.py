@@ -140,9 +140,9 @@ class MujocoBridge(Node):
                                         min_value=0.01, max_value=100.0)
         p["state_rate"] = declare(self, "state_rate", 100.0, "realtime mode: Hz of joint_states "
                                   "and poses (lockstep: once per control tick)",
-                                  min_value=1.0, max_value=1000.0)
+                                  read_only=True, min_value=1.0, max_value=1000.0)
         p["clock_rate"] = declare(self, "clock_rate", 500.0, "realtime mode: Hz of /clock",
-                                  min_value=1.0, max_value=10000.0)
+                                  read_only=True, min_value=1.0, max_value=10000.0)
         p["arm_controller"] = declare(self, "arm_controller", "arm_controller", "name of the arm "
                                       "controller: commands on /<name>/commands and "
                                       "/<name>/joint_trajectory", read_only=True)
@@ -278,6 +278,9 @@ class MujocoBridge(Node):
             if prm.name == "seed":
                 with self.lock:
                     self._seed_base, self._seed_count = int(prm.value), 0
+            elif prm.name == "command_timeout":
+                with self.lock:
+                    self.core.command_timeout = float(prm.value)
             elif prm.name in self.p:
                 self.p[prm.name] = prm.value
         return SetParametersResult(successful=True)
