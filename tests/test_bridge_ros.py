@@ -190,7 +190,7 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     values = diagnostics_values(diags)
     assert values["rejected_wrong_length"] == "5"  # 4 arm + 1 gripper
     assert values["rejected_not_finite"] == "8"
-    procs.stop(BRIDGE)
+    assert procs.stop(BRIDGE) == {BRIDGE: 0}, "the bridge must exit cleanly on SIGINT"
     log = procs.log(BRIDGE, tail=100_000)
     assert log.count("rejected arm command") == 1, log
     assert "12 arm commands rejected in the last burst" in log
@@ -260,3 +260,34 @@ def test_scripted_expert_through_ros(procs, ros, task):
     assert len(set(seeds)) == 50
     successes = sum(o.success for o in outcomes)
     assert successes >= 48, f"{task}: {successes}/50"
+
+
+def test_cameras_render_only_while_subscribed(procs, probe):
+    start_bridge(procs, probe, task="reach", mode="realtime", cameras=["front", "side"],
+                 camera_width=64, camera_height=48, camera_rate=20.0)
+    diags = probe.record(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: len(diags) >= 2, 10, "two diagnostics messages", procs=procs)
+    assert diagnostics_values(diags)["camera_frames"] == "0"
+    side = probe.record(Image, "side/image_raw", SENSOR_QOS)
+    wait_for(lambda: len(side) >= 5, 20, "side camera images", procs=procs)
+    assert (side[-1].width, side[-1].height) == (64, 48)
+    wait_for(lambda: int(diagnostics_values(diags).get("camera_frames", 0)) >= 5, 10,
+             "rendered frames counted")
+    stamps = [to_sec(m.header.stamp) for m in side]
+    assert np.median(np.diff(stamps)) == pytest.approx(1 / 20.0, abs=0.011)  # sim-time rate
+
+
+def test_any_mjcf_through_the_bridge(procs, probe, tmp_path):
+    from test_sim import SIMPLE_ARM
+
+    model = tmp_path / "arm.xml"
+    model.write_text(SIMPLE_ARM)
+    joints = start_bridge(procs, probe, task="none", robot=str(model), mode="realtime",
+                          command_timeout=0.0)
+    wait_for(lambda: joints, 20, "joint states", procs=procs)
+    assert list(joints[-1].name) == ["shoulder", "elbow"]
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    wait_for(lambda: pub.get_subscription_count(), 10, "bridge subscribed")
+    publish_until(pub, Float64MultiArray(data=[0.5, -0.5]),
+                  lambda: np.allclose(latest_q(joints), [0.5, -0.5], atol=0.03), 15,
+                  "the two-link arm at its command")
