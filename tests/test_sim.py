@@ -5,7 +5,6 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import robot_imitation  # noqa: F401  (registers the environments)
-from robot_imitation.observation import ObservationAssembler, ObservationError
 from robot_imitation.sim.experts import make_expert
 from robot_imitation.sim.robot import ModelError, RobotConfig
 from robot_imitation.sim.tasks import TaskConfig, TaskSim
@@ -159,19 +158,3 @@ def test_any_mjcf_by_path(tmp_path):
     for _ in range(50):
         sim.step(np.array([0.5, -0.5, 0.0]))
     np.testing.assert_allclose(sim.observe()["joint_pos"], [0.5, -0.5], atol=0.02)
-
-
-def test_observation_assembler_by_name_and_stamp():
-    asm = ObservationAssembler(["a", "b", "c"], ("ee_pose",))
-    asm.on_joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0], [30.0, 10.0, 20.0])
-    assert asm.synchronized() is None  # the pose of that instant has not arrived
-    asm.on_pose("ee_pose", 0.5, range(7))
-    assert asm.synchronized() is None  # pose from another instant
-    asm.on_pose("ee_pose", 1.0, range(7))
-    stamp, obs = asm.synchronized()
-    assert stamp == 1.0
-    np.testing.assert_array_equal(obs["joint_pos"], [1.0, 2.0, 3.0])
-    np.testing.assert_array_equal(obs["joint_vel"], [10.0, 20.0, 30.0])
-    assert asm.synchronized() is None  # each instant is handed out once
-    with pytest.raises(ObservationError, match=r"lacks joints \['c'\]"):
-        asm.on_joint_state(2.0, ["a", "b"], [1.0, 2.0], [0.0, 0.0])

@@ -1,72 +1,67 @@
-"""Assemble a policy/expert observation from the robot's state topics.
+"""Assemble an observation from the robot's state topics, as the spec declares it.
 
-The bridge publishes the state of one instant on several topics (joint states and poses) with
-the same stamp. Subscribers get them in any order; ``ObservationAssembler`` keeps the newest
-value of each part and hands out the observation dictionary (the same keys and layout as the
-gymnasium environment's) once every part carries the same stamp, or the latest values when
-asked for them regardless of stamps (timer-driven control).
+The bridge publishes the state of one instant on several topics with one stamp; subscribers get
+them in any order. ``ObservationAssembler`` turns each message into arrays with
+``Spec.extract`` (the code the dataset builder uses) and hands out the observation dictionary
+once every part carries the same stamp (``synchronized``), or the newest values regardless of
+stamps (``latest``, for timer-driven control).
 """
 from __future__ import annotations
 
-import numpy as np
+import importlib
 
-JOINT_STATE_KEYS = ("joint_pos", "joint_vel")
+from .spec import Spec, SpecError, message_stamp
+
+ObservationError = SpecError
 
 
-class ObservationError(ValueError):
-    pass
+def message_class(type_name: str):
+    """The rclpy message class of ``pkg/msg/Type``."""
+    pkg, _, name = type_name.replace("/msg/", "/").partition("/")
+    try:
+        return getattr(importlib.import_module(f"{pkg}.msg"), name)
+    except (ImportError, AttributeError):
+        raise SpecError(f"message type {type_name} is not installed") from None
 
 
 class ObservationAssembler:
-    def __init__(self, joint_names, pose_keys):
-        self.joint_names = list(joint_names)
-        self.pose_keys = tuple(pose_keys)
+    def __init__(self, spec: Spec, fields=None):
+        self.spec = spec
+        self.fields = tuple(fields if fields is not None else spec.observations)
+        self.by_topic: dict = {}
+        for f in self.fields:
+            self.by_topic.setdefault(f.topic, []).append(f)
         self._values: dict = {}
         self._stamps: dict = {}
         self._answered = None
-        self._index_cache: tuple | None = None
 
-    def _joint_index(self, names) -> np.ndarray:
-        names = tuple(names)
-        if self._index_cache is None or self._index_cache[0] != names:
-            try:
-                idx = np.array([names.index(n) for n in self.joint_names], dtype=int)
-            except ValueError:
-                missing = [n for n in self.joint_names if n not in names]
-                raise ObservationError(f"joint_states lacks joints {missing} (has {list(names)})"
-                                       ) from None
-            self._index_cache = (names, idx)
-        return self._index_cache[1]
+    @property
+    def topics(self) -> dict:
+        """{topic: type name} to subscribe to."""
+        return {t: fs[0].type for t, fs in self.by_topic.items()}
 
-    def on_joint_state(self, stamp: float, names, position, velocity) -> None:
-        """Joint values are taken by name, in the declared order, never by index."""
-        idx = self._joint_index(names)
-        pos = np.asarray(position, dtype=float)
-        vel = np.asarray(velocity, dtype=float)
-        if len(pos) != len(names):
-            raise ObservationError(f"joint_states has {len(names)} names but {len(pos)} positions")
-        self._values["joint_pos"] = pos[idx]
-        self._values["joint_vel"] = vel[idx] if len(vel) == len(names) else np.zeros(len(idx))
-        self._stamps["joint_state"] = stamp
-
-    def on_pose(self, key: str, stamp: float, pose) -> None:
-        self._values[key] = np.asarray(pose, dtype=float)
-        self._stamps[key] = stamp
+    def on_message(self, topic: str, msg, stamp: float | None = None) -> None:
+        """Take a message; ``stamp`` defaults to its header stamp. Raises ``SpecError``."""
+        t = message_stamp(msg) if stamp is None else stamp
+        for f in self.by_topic[topic]:
+            self._values[f.key] = self.spec.extract(f, msg)
+            self._stamps[f.key] = t
 
     def synchronized(self) -> tuple[float, dict] | None:
         """(stamp, observation) when all parts share a stamp not handed out before, else None."""
-        parts = ("joint_state",) + self.pose_keys
-        if any(p not in self._stamps for p in parts):
+        if len(self._stamps) < len(self.fields):
             return None
-        stamp = self._stamps["joint_state"]
-        if any(self._stamps[p] != stamp for p in self.pose_keys) or stamp == self._answered:
+        stamps = set(self._stamps.values())
+        if len(stamps) != 1:
+            return None
+        stamp = stamps.pop()
+        if stamp == self._answered:
             return None
         self._answered = stamp
         return stamp, dict(self._values)
 
     def latest(self) -> tuple[float, dict] | None:
         """(oldest stamp among the parts, observation from the newest values), or None."""
-        parts = ("joint_state",) + self.pose_keys
-        if any(p not in self._stamps for p in parts):
+        if len(self._stamps) < len(self.fields):
             return None
-        return min(self._stamps[p] for p in parts), dict(self._values)
+        return min(self._stamps.values()), dict(self._values)

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import COMMAND_QOS, STATE_QOS, declare, run, to_sec
+from .common import COMMAND_QOS, STATE_QOS, declare, run
 
-from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from ..observation import ObservationAssembler, ObservationError  # noqa: E402
+from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
+from ..spec import Spec, SpecError  # noqa: E402
 
 
 class ScriptedExpert(Node):
@@ -43,35 +42,35 @@ class ScriptedExpert(Node):
         self.max_age = declare(self, "max_state_age", 0.2, "timer trigger: newest state older "
                                "than this (s, node clock) is stale: no command",
                                min_value=0.0, max_value=60.0)
+        spec = declare(self, "spec", "", "observation/action spec (config/specs name or path); "
+                       "empty: the spec named after the task", read_only=True)
         self.sim = TaskSim(task, robot or None)
         self.expert = make_expert(self.sim)
         self.period = self.sim.control_period
-        pose_keys = ("ee_pose",) + tuple(self.sim.logic.pose_keys)
-        self.assembler = ObservationAssembler(self.sim.robot.joint_names, pose_keys)
+        self.spec = Spec.load(spec or self.sim.cfg.name)
+        needed = {"joint_pos", "ee_pose", *self.sim.logic.pose_keys}
+        fields = [f for f in self.spec.observations if f.key in needed]
+        missing = needed - {f.key for f in fields}
+        if missing:
+            raise SpecError(f"spec {self.spec.name} lacks what the expert observes: {sorted(missing)}")
+        self.assembler = ObservationAssembler(self.spec, fields)
         self.pub_arm = self.create_publisher(Float64MultiArray, f"/{arm}/commands", COMMAND_QOS)
         self.pub_grip = self.create_publisher(Float64MultiArray, f"/{grip}/commands", COMMAND_QOS)
-        self.create_subscription(JointState, "joint_states", self._on_joints, STATE_QOS)
-        for key in pose_keys:
-            self.create_subscription(PoseStamped, key,
-                                     lambda msg, k=key: self._on_pose(k, msg), STATE_QOS)
+        for topic, mtype in self.assembler.topics.items():
+            self.create_subscription(message_class(mtype), topic,
+                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
         self.commands = 0
         self._stale_logged = False
         if self.trigger == "timer":
             self.create_timer(self.period, self._on_timer)
         self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}")
 
-    def _on_joints(self, msg: JointState) -> None:
+    def _on_state(self, topic: str, msg) -> None:
         try:
-            self.assembler.on_joint_state(to_sec(msg.header.stamp), msg.name, msg.position,
-                                          msg.velocity)
-        except ObservationError as exc:
+            self.assembler.on_message(topic, msg)
+        except SpecError as exc:
             self.get_logger().error(str(exc), throttle_duration_sec=5.0)
             return
-        self._maybe_answer()
-
-    def _on_pose(self, key: str, msg: PoseStamped) -> None:
-        p, o = msg.pose.position, msg.pose.orientation
-        self.assembler.on_pose(key, to_sec(msg.header.stamp), (p.x, p.y, p.z, o.w, o.x, o.y, o.z))
         self._maybe_answer()
 
     def _maybe_answer(self) -> None:

@@ -1,0 +1,291 @@
+"""The observation/action specification: one declared object for the whole pipeline.
+
+A spec (``config/specs/<name>.yaml``) says which topics a policy sees and commands, which fields
+it takes from each (joints by name, in a declared order), at which control rate, and how the
+data are normalized. The recorder records its topics, the dataset builder and the policy node
+both turn messages into arrays with ``Spec.extract`` (the same function, so training and
+deployment cannot disagree), and the checkpoint stores the spec with its fingerprint.
+
+``extract`` works on messages from rclpy and from bag readers (``rosbags``) alike: both expose
+the message fields as attributes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .paths import config_dir
+
+POSE_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
+IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, or a message that does not fit it."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One array of the observation or the action, taken from one topic."""
+
+    key: str
+    topic: str
+    type: str
+    field: str
+    joints: tuple = ()
+    size: int = 0
+    image: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple:
+        if self.field == "image":
+            return (self.image["height"], self.image["width"],
+                    IMAGE_ENCODINGS[self.image["encoding"]])
+        if self.joints:
+            return (len(self.joints),)
+        if self.field == "pose":
+            return (7,)
+        return (self.size,)
+
+    @property
+    def is_image(self) -> bool:
+        return self.field == "image"
+
+    def names(self) -> list:
+        """A name per element (for plots and logs)."""
+        if self.joints:
+            return [f"{self.key}.{j}" for j in self.joints]
+        if self.field == "pose":
+            return [f"{self.key}.{c}" for c in POSE_FIELDS]
+        if self.is_image:
+            return [self.key]
+        return [f"{self.key}[{i}]" for i in range(self.size)]
+
+
+_SUPPORTED = {
+    "sensor_msgs/msg/JointState": ("position", "velocity", "effort"),
+    "geometry_msgs/msg/PoseStamped": ("pose",),
+    "geometry_msgs/msg/Pose": ("pose",),
+    "std_msgs/msg/Float64MultiArray": ("data",),
+    "std_msgs/msg/Float32MultiArray": ("data",),
+    "sensor_msgs/msg/Image": ("image",),
+}
+
+
+def _field_spec(entry: dict, where: str) -> FieldSpec:
+    missing = [k for k in ("key", "topic", "type", "field") if k not in entry]
+    if missing:
+        raise SpecError(f"{where}: missing {missing}")
+    mtype = entry["type"]
+    if "/msg/" not in mtype and mtype.count("/") == 1:
+        mtype = mtype.replace("/", "/msg/")
+    fields = _SUPPORTED.get(mtype)
+    if fields is None:
+        raise SpecError(f"{where} ({entry['key']}): message type {mtype} is not supported "
+                        f"(supported: {sorted(_SUPPORTED)})")
+    if entry["field"] not in fields:
+        raise SpecError(f"{where} ({entry['key']}): {mtype} has no field '{entry['field']}' "
+                        f"usable here (use one of {list(fields)})")
+    if not entry["topic"].startswith("/"):
+        raise SpecError(f"{where} ({entry['key']}): topic {entry['topic']!r} must be absolute")
+    joints = tuple(entry.get("joints") or ())
+    if mtype == "sensor_msgs/msg/JointState" and not joints:
+        raise SpecError(f"{where} ({entry['key']}): joint states are taken by joint name: "
+                        "list `joints`")
+    size = int(entry.get("size", 0))
+    if entry["field"] == "data" and size <= 0:
+        raise SpecError(f"{where} ({entry['key']}): give the array `size`")
+    image = dict(entry.get("image") or {})
+    if entry["field"] == "image":
+        if not {"width", "height", "encoding"} <= set(image):
+            raise SpecError(f"{where} ({entry['key']}): image needs width, height, encoding")
+        if image["encoding"] not in ("rgb8", "mono8"):
+            raise SpecError(f"{where} ({entry['key']}): images are stored as rgb8 or mono8")
+    return FieldSpec(key=entry["key"], topic=entry["topic"], type=mtype, field=entry["field"],
+                     joints=joints, size=size, image=image)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    control_rate: float
+    observations: tuple
+    actions: tuple
+    record_also: tuple = ()
+    normalization: dict = field(default_factory=lambda: {"observations": "mean_std",
+                                                          "actions": "min_max"})
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "spec") -> "Spec":
+        for key in ("name", "control_rate", "observations", "actions"):
+            if key not in data:
+                raise SpecError(f"{where}: missing '{key}'")
+        obs = tuple(_field_spec(e, f"{where}: observations[{i}]")
+                    for i, e in enumerate(data["observations"]))
+        act = tuple(_field_spec(e, f"{where}: actions[{i}]") for i, e in enumerate(data["actions"]))
+        keys = [f.key for f in obs + act]
+        if len(set(keys)) != len(keys):
+            raise SpecError(f"{where}: keys must be unique, got {keys}")
+        if any(f.is_image for f in act):
+            raise SpecError(f"{where}: actions cannot be images")
+        also = tuple((e["topic"], e["type"]) for e in data.get("record_also") or ())
+        rate = float(data["control_rate"])
+        if not rate > 0:
+            raise SpecError(f"{where}: control_rate must be > 0")
+        norm = dict(data.get("normalization") or {"observations": "mean_std",
+                                                  "actions": "min_max"})
+        return cls(name=data["name"], control_rate=rate, observations=obs, actions=act,
+                   record_also=also, normalization=norm)
+
+    @classmethod
+    def load(cls, name_or_path) -> "Spec":
+        """A spec by name (``config/specs/<name>.yaml``) or by path."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = config_dir() / "specs" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (config_dir() / "specs").glob("*.yaml"))
+            raise SpecError(f"no spec '{name_or_path}' ({path}); known specs: {known}")
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(yaml.safe_load(f) or {}, where=str(path))
+
+    def to_dict(self) -> dict:
+        def entry(f: FieldSpec) -> dict:
+            d = {k: v for k, v in asdict(f).items() if v not in ((), 0, {}, None)}
+            if f.joints:
+                d["joints"] = list(f.joints)
+            return d
+
+        return {"name": self.name, "control_rate": self.control_rate,
+                "observations": [entry(f) for f in self.observations],
+                "actions": [entry(f) for f in self.actions],
+                "record_also": [{"topic": t, "type": ty} for t, ty in self.record_also],
+                "normalization": dict(self.normalization)}
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes what the arrays mean."""
+        canon = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    # ----------------------------------------------------------------- layout
+    @property
+    def fields(self) -> tuple:
+        return self.observations + self.actions
+
+    def topics(self, include_extra: bool = True) -> dict:
+        """{topic: message type} of everything to record."""
+        out = {}
+        for f in self.fields:
+            if out.setdefault(f.topic, f.type) != f.type:
+                raise SpecError(f"topic {f.topic} declared with two types: {out[f.topic]}, "
+                                f"{f.type}")
+        if include_extra:
+            for topic, mtype in self.record_also:
+                out.setdefault(topic, mtype if "/msg/" in mtype else mtype.replace("/", "/msg/"))
+        return out
+
+    def observation_topics(self) -> dict:
+        return {f.topic: f.type for f in self.observations}
+
+    def action_topics(self) -> dict:
+        return {f.topic: f.type for f in self.actions}
+
+    @property
+    def low_dim_observations(self) -> tuple:
+        return tuple(f for f in self.observations if not f.is_image)
+
+    @property
+    def image_observations(self) -> tuple:
+        return tuple(f for f in self.observations if f.is_image)
+
+    @property
+    def action_dim(self) -> int:
+        return sum(f.shape[0] for f in self.actions)
+
+    @property
+    def low_dim_obs_dim(self) -> int:
+        return sum(f.shape[0] for f in self.low_dim_observations)
+
+    # ----------------------------------------------------------------- extraction
+    def extract(self, f: FieldSpec, msg) -> np.ndarray:
+        """The array of field ``f`` from ``msg`` (rclpy or bag reader message)."""
+        try:
+            if f.field in ("position", "velocity", "effort"):
+                return _joint_values(f, msg)
+            if f.field == "pose":
+                pose = msg.pose if hasattr(msg, "pose") else msg
+                p, o = pose.position, pose.orientation
+                return np.array([p.x, p.y, p.z, o.w, o.x, o.y, o.z], dtype=np.float64)
+            if f.field == "data":
+                v = np.asarray(msg.data, dtype=np.float64)
+                if v.shape != (f.size,):
+                    raise SpecError(f"{f.topic}: expected {f.size} values, got {v.size}")
+                return v
+            if f.field == "image":
+                return decode_image(msg, f.image["width"], f.image["height"],
+                                    f.image["encoding"])
+        except SpecError:
+            raise
+        except (AttributeError, TypeError) as exc:
+            raise SpecError(f"{f.topic}: message does not fit {f.type}.{f.field}: {exc}") from None
+        raise SpecError(f"{f.topic}: unsupported field {f.field}")
+
+
+def _joint_values(f: FieldSpec, msg) -> np.ndarray:
+    names = list(msg.name)
+    values = np.asarray(getattr(msg, f.field), dtype=np.float64)
+    if len(values) != len(names):
+        raise SpecError(f"{f.topic}: {len(names)} joint names but {len(values)} {f.field} values")
+    try:
+        idx = [names.index(j) for j in f.joints]
+    except ValueError:
+        missing = [j for j in f.joints if j not in names]
+        raise SpecError(f"{f.topic}: joints {missing} missing from the message "
+                        f"(it has {names})") from None
+    return values[idx]
+
+
+def message_stamp(msg) -> float | None:
+    """The header stamp in seconds, or None for messages without a header."""
+    header = getattr(msg, "header", None)
+    if header is None:
+        return None
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def decode_image(msg, width: int, height: int, encoding: str) -> np.ndarray:
+    """A ``sensor_msgs/Image`` as uint8 (height, width, channels) in ``encoding``.
+
+    Resizing is nearest-neighbour (deterministic, and identical at training and deployment).
+    """
+    src_enc = msg.encoding
+    if src_enc not in IMAGE_ENCODINGS:
+        raise SpecError(f"image encoding {src_enc!r} not supported "
+                        f"(supported: {sorted(IMAGE_ENCODINGS)})")
+    ch = IMAGE_ENCODINGS[src_enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    buf = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray)
+                        else msg.data, dtype=np.uint8)
+    if step < w * ch or buf.size < step * h:
+        raise SpecError(f"image of {w}x{h} {src_enc} needs {step * h} bytes with step {step}, "
+                        f"got {buf.size}")
+    img = buf[: step * h].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+    if src_enc in ("bgr8", "bgra8"):
+        img = img[..., [2, 1, 0]]
+    elif src_enc == "rgba8":
+        img = img[..., :3]
+    if encoding == "mono8" and img.shape[2] == 3:
+        img = (img @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
+    elif encoding == "rgb8" and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if (h, w) != (height, width):
+        rows = (np.arange(height) * h // height)
+        cols = (np.arange(width) * w // width)
+        img = img[rows][:, cols]
+    return np.ascontiguousarray(img)
