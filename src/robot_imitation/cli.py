@@ -4,6 +4,7 @@ Subcommands:
   demo     the main job on a task, through ROS: bridge and scripted expert as separate processes,
            N episodes, success rate with its 95% confidence interval, results as JSON
   expert   the scripted expert on the gymnasium task, without ROS
+  recover  salvage the episodes a crashed recorder left behind
   tasks    the built-in tasks and robots
 """
 from __future__ import annotations
@@ -114,6 +115,17 @@ def cmd_demo(args) -> int:
     return 0 if res["success_rate"] >= args.min_success else 2
 
 
+def cmd_recover(args) -> int:
+    from .recording.recover import RecoverError, main_summary, recover_dataset
+
+    try:
+        print(main_summary(recover_dataset(args.path)))
+    except RecoverError as exc:
+        print(f"recover: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robot-imitation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_expert)
+
+    p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
+    p.add_argument("path", help="dataset folder (or one episode's bag folder)")
+    p.set_defaults(func=cmd_recover)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)

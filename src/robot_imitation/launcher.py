@@ -20,6 +20,9 @@ NODE_MODULES = {
     "mujoco_bridge": "robot_imitation.nodes.bridge_node",
     "scripted_expert": "robot_imitation.nodes.expert_node",
     "episode_runner": "robot_imitation.nodes.episode_runner",
+    "episode_recorder": "robot_imitation.nodes.recorder_node",
+    "joy_teleop": "robot_imitation.nodes.joy_teleop_node",
+    "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
 }
 
 

@@ -499,6 +499,9 @@ class MujocoBridge(Node):
                 if self.paused:
                     self.cond.wait(0.1)
                     continue
+                if self.core.status().done and not self.p["auto_reset"]:
+                    self.cond.wait(0.1)  # the episode is over: hold until ~/reset
+                    continue
                 if not self._need <= self._answered:
                     if not self.cond.wait(republish) and not self._requests and not self.paused:
                         self._publish_state()  # nobody answered: the state may have been missed

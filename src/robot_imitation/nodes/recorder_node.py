@@ -1,0 +1,232 @@
+"""Episode recorder node: one rosbag2 bag (MCAP by default) per episode in a dataset folder.
+
+Records the spec's topics, plus any topics named in `topics` (any message type), as
+serialized messages stamped with the node clock (simulation time under `use_sim_time`).
+Services (std_srvs/Trigger): ~/start, ~/stop (stop and keep), ~/discard. With
+`auto_stop_on_done`, the episode stops when the task's `episode/status` says done.
+
+An episode starts only once every recorded topic has a publisher matched to this node's
+subscription (so no first message is lost); subscriptions take the reliability and durability
+of the topic's publishers. Subscription callbacks only count and queue; a writer thread writes.
+SIGINT/SIGTERM finish the open bag.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+from .common import declare, run, to_sec
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
+                       QoSReliabilityPolicy)
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ..observation import message_class  # noqa: E402
+from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
+from ..spec import Spec  # noqa: E402
+
+
+def _match_qos(infos) -> QoSProfile:
+    """Reliable/transient-local only when every publisher offers it (else we could not match)."""
+    profiles = [i.qos_profile for i in infos]
+    reliable = all(p.reliability == QoSReliabilityPolicy.RELIABLE for p in profiles)
+    latched = all(p.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL for p in profiles)
+    return QoSProfile(
+        history=QoSHistoryPolicy.KEEP_LAST, depth=1000,
+        reliability=QoSReliabilityPolicy.RELIABLE if reliable else QoSReliabilityPolicy.BEST_EFFORT,
+        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL if latched else QoSDurabilityPolicy.VOLATILE)
+
+
+def _bag_qos(profile: QoSProfile):
+    """A publisher's QoS -> the description stored with the topic in metadata.yaml."""
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+
+    def enum(cls, value, default):
+        try:
+            return cls(int(value))
+        except ValueError:
+            return default
+
+    return Qos(enum(QosHistory, profile.history, QosHistory.UNKNOWN), profile.depth,
+               enum(QosReliability, profile.reliability, QosReliability.UNKNOWN),
+               enum(QosDurability, profile.durability, QosDurability.UNKNOWN),
+               QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+
+
+class EpisodeRecorder(Node):
+    NODE_NAME = "episode_recorder"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        self.dataset_dir = declare(self, "dataset", "datasets/demos", "dataset folder (created "
+                                   "if missing)", read_only=True)
+        spec_name = declare(self, "spec", "", "observation/action spec whose topics are "
+                            "recorded (config/specs name or path); empty: only `topics`",
+                            read_only=True)
+        extra = declare(self, "topics", [""], "more topics to record (any message type)",
+                        read_only=True)
+        storage = declare(self, "storage", "mcap", "bag storage", read_only=True,
+                          choices=("mcap", "sqlite3"))
+        self.meta_params = {k: declare(self, k, "", f"episode metadata: {k}")
+                            for k in ("task", "operator", "notes")}
+        self.auto_stop = declare(self, "auto_stop_on_done", False, "stop (and keep) the episode "
+                                 "when the task's status says done")
+        self.status_topic = declare(self, "status_topic", "/episode/status", "the task's "
+                                    "episode status (diagnostic_msgs/DiagnosticArray)",
+                                    read_only=True)
+        self.discovery_timeout = declare(self, "discovery_timeout", 10.0, "seconds ~/start "
+                                         "waits for every topic to be matched", min_value=0.0,
+                                         max_value=600.0)
+        self.spec = Spec.load(spec_name) if spec_name else None
+        self.wanted = dict(self.spec.topics()) if self.spec else {}
+        for topic in (t for t in extra if t):
+            self.wanted.setdefault(topic if topic.startswith("/") else "/" + topic, None)
+        if not self.wanted:
+            raise ValueError("nothing to record: set `spec` or `topics`")
+        self.dataset = DatasetWriter(self.dataset_dir, self.spec)
+        self.recorder = Recorder(self.dataset, storage, log=self.get_logger().error)
+        self.subs: dict = {}
+        self.qos: dict = {}
+        self._status = None
+        self._episode_start = None
+        self._stop_lock = threading.Lock()
+        self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
+        self.create_service(Trigger, "~/start", self._srv_start)
+        self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
+        self.create_service(Trigger, "~/discard", lambda req, resp: self._srv_stop(resp, False))
+        self.create_timer(0.5, self._discover)
+        self.get_logger().info(f"recording {sorted(self.wanted)} into {self.dataset_dir} "
+                               f"({storage})")
+
+    # ----------------------------------------------------------------- discovery
+    def _discover(self) -> list:
+        """Subscribe to the wanted topics that have publishers; return those still missing."""
+        graph = dict(self.get_topic_names_and_types())
+        missing = []
+        for topic, mtype in self.wanted.items():
+            if topic in self.subs:
+                continue
+            infos = self.get_publishers_info_by_topic(topic)
+            if not infos:
+                missing.append(topic)
+                continue
+            types = graph.get(topic, [])
+            mtype = mtype or (types[0] if types else None)
+            if mtype is None or (types and mtype not in types):
+                self.get_logger().error(f"{topic}: published as {types}, spec says {mtype}",
+                                        throttle_duration_sec=10.0)
+                missing.append(topic)
+                continue
+            self.wanted[topic] = mtype
+            qos = _match_qos(infos)
+            self.qos[topic] = infos[0].qos_profile  # what `ros2 bag play` should offer
+            self.subs[topic] = self.create_subscription(
+                message_class(mtype), topic,
+                lambda data, t=topic: self.recorder.offer(
+                    t, self.get_clock().now().nanoseconds, data),
+                qos, raw=True)
+        return missing
+
+    def _unmatched(self) -> list:
+        return [t for t in self.wanted
+                if t not in self.subs or self.subs[t].get_publisher_count() == 0]
+
+    # ----------------------------------------------------------------- status
+    def _on_status(self, msg: DiagnosticArray) -> None:
+        if not msg.status:
+            return
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        values["task"] = msg.status[0].hardware_id
+        self._status = (to_sec(msg.header.stamp), values)
+        start = self._episode_start
+        if (self.auto_stop and self.recorder.recording and start is not None
+                and values.get("done") == "true" and self._status[0] >= start):
+            threading.Thread(target=self._stop_episode, args=(True,), daemon=True).start()
+
+    # ----------------------------------------------------------------- services
+    def _srv_start(self, req, resp):
+        deadline = time.monotonic() + self.discovery_timeout
+        while True:
+            self._discover()
+            unmatched = self._unmatched()
+            if not unmatched or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if unmatched:
+            resp.success = False
+            resp.message = (f"not starting: no matched publisher within "
+                            f"{self.discovery_timeout} s for {unmatched}")
+            return resp
+        meta = {k: v for k, v in self.meta_params.items() if v}
+        if self.spec:
+            meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
+        try:
+            name = self.recorder.start(dict(self.wanted), meta,
+                                       qos={t: [_bag_qos(q)] for t, q in self.qos.items()})
+        except RecorderError as exc:
+            resp.success, resp.message = False, str(exc)
+            self.get_logger().error(resp.message)
+            return resp
+        self._episode_start = self.get_clock().now().nanoseconds * 1e-9
+        resp.success, resp.message = True, f"recording {name}"
+        self.get_logger().info(resp.message)
+        return resp
+
+    def _srv_stop(self, resp, keep: bool):
+        try:
+            entry = self._stop_episode(keep)
+        except RecorderError as exc:
+            resp.success, resp.message = False, str(exc)
+            return resp
+        resp.success = entry["status"] in ("ok", "discarded")
+        resp.message = self._summary(entry)
+        return resp
+
+    def _stop_episode(self, keep: bool) -> dict:
+        with self._stop_lock:
+            if not self.recorder.recording:
+                raise RecorderError("no episode is being recorded")
+            self._episode_start = None
+            meta = {}
+            if self._status is not None:
+                values = self._status[1]
+                meta = {"success": values.get("success") == "true",
+                        "seed": int(values["seed"]) if values.get("seed", "None") != "None"
+                        else None, "task": values.get("task") or self.meta_params["task"]}
+            entry = self.recorder.stop(keep, meta)
+        if entry["status"] in ("ok", "discarded"):
+            self.get_logger().info(self._summary(entry))
+        else:
+            self.get_logger().error(self._summary(entry))
+        return entry
+
+    @staticmethod
+    def _summary(entry: dict) -> str:
+        counts = ", ".join(f"{t} {entry['counts'].get(t, 0)}/{n}"
+                           for t, n in sorted(entry.get("received", {}).items()))
+        text = f"{entry['name']} {entry['status']}: written/received {counts}"
+        if entry.get("dropped"):
+            text += f"; dropped (queue full) {entry['dropped']}"
+        if entry.get("error"):
+            text += f"; error: {entry['error']}"
+        return text
+
+    def close(self) -> None:
+        """On shutdown (SIGINT/SIGTERM): finish the open episode's bag."""
+        if self.recorder.recording:
+            entry = self.recorder.stop(True, {"interrupted": True})
+            print(f"[{self.NODE_NAME}] shutdown: {self._summary(entry)}", flush=True)
+
+
+def main(args=None) -> int:
+    # A file-size limit must end the episode with an error, not kill the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return run(EpisodeRecorder, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,253 @@
+"""Episode recording without ROS: a dataset folder of bags, and a writer thread per recorder.
+
+Dataset folder::
+
+    <dataset>/
+      dataset.yaml      format, version, the observation/action spec
+      index.json        one entry per episode: status, task, success, seed, operator, notes,
+                        duration, per-topic counts (rewritten atomically after each change)
+      episode_000000/   one rosbag2 bag per episode (metadata.yaml + episode_000000.mcap)
+
+Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` only counts
+and queues them, so subscription callbacks stay cheap. A writer thread writes the queue to the
+bag. Finished episodes are closed bags that nothing touches again: a crash of the recorder can
+only affect the episode in progress, whose closed MCAP chunks ``recover`` salvages.
+"""
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from .bagwriter import BagWriteError, EpisodeBag, TypeRegistry
+
+DATASET_FORMAT = "robot_imitation.dataset"
+DATASET_VERSION = 1
+_STOP = object()
+
+
+class RecorderError(RuntimeError):
+    pass
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class DatasetWriter:
+    """The dataset folder: creates it, names episodes, keeps ``index.json``."""
+
+    def __init__(self, root, spec=None):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write_test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RecorderError(f"dataset folder {self.root} is not writable: {exc}") from exc
+        self.index_path = self.root / "index.json"
+        self.episodes: list[dict] = []
+        if self.index_path.is_file():
+            try:
+                self.episodes = json.loads(self.index_path.read_text())["episodes"]
+            except (ValueError, KeyError) as exc:
+                raise RecorderError(f"{self.index_path} is not a dataset index: {exc}") from exc
+        meta = self.root / "dataset.yaml"
+        if spec is not None:
+            if meta.is_file():
+                existing = yaml.safe_load(meta.read_text()) or {}
+                old = existing.get("spec_fingerprint")
+                if old and old != spec.fingerprint():
+                    raise RecorderError(
+                        f"{self.root} holds episodes recorded with another spec "
+                        f"({existing.get('spec', {}).get('name')}, fingerprint {old}); "
+                        f"record spec {spec.name} ({spec.fingerprint()}) into a new folder")
+            else:
+                _atomic_write(meta, yaml.safe_dump({
+                    "format": DATASET_FORMAT, "version": DATASET_VERSION,
+                    "spec_fingerprint": spec.fingerprint(), "spec": spec.to_dict()},
+                    sort_keys=False))
+
+    def next_name(self) -> str:
+        used = {e["name"] for e in self.episodes}
+        used |= {p.name for p in self.root.glob("episode_*")}
+        i = len(self.episodes)
+        while f"episode_{i:06d}" in used:
+            i += 1
+        return f"episode_{i:06d}"
+
+    def upsert(self, entry: dict) -> None:
+        for i, e in enumerate(self.episodes):
+            if e["name"] == entry["name"]:
+                self.episodes[i] = {**e, **entry}
+                break
+        else:
+            self.episodes.append(entry)
+        _atomic_write(self.index_path, json.dumps({"format": DATASET_FORMAT,
+                                                   "episodes": self.episodes}, indent=1))
+
+
+class Recorder:
+    """Records offered messages into one bag per episode, through a writer thread."""
+
+    def __init__(self, dataset: DatasetWriter, storage: str = "mcap", max_queue: int = 100_000,
+                 log=print):
+        self.dataset = dataset
+        self.storage = storage
+        self.registry = TypeRegistry()
+        self.log = log
+        self.max_queue = max_queue
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._lock = threading.Lock()
+        self._bag: EpisodeBag | None = None
+        self._entry: dict | None = None
+        self._received: collections.Counter = collections.Counter()
+        self._dropped: collections.Counter = collections.Counter()
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+        self._result: dict = {}
+        self._t0 = 0.0
+
+    @property
+    def recording(self) -> bool:
+        return self._entry is not None
+
+    @property
+    def episode(self) -> str | None:
+        return self._entry["name"] if self._entry else None
+
+    # ----------------------------------------------------------------- episode control
+    def start(self, topics: dict, metadata: dict | None = None, qos: dict | None = None) -> str:
+        """Open a new episode bag for ``topics`` ({topic: type}); returns its name."""
+        with self._lock:
+            if self._entry is not None:
+                raise RecorderError(f"episode {self.episode} is still being recorded")
+            name = self.dataset.next_name()
+            entry = {"name": name, "path": name, "status": "recording",
+                     "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     "storage": self.storage, **(metadata or {})}
+            # The writer thread owns the bag from opening to closing (sqlite3 connections
+            # belong to the thread that made them). A queue per episode: a message offered
+            # while the previous episode stopped can never end up in this one.
+            q: queue.Queue = queue.Queue(maxsize=self.max_queue)
+            opened = threading.Event()
+            result: dict = {}
+            thread = threading.Thread(
+                target=self._writer, args=(self.dataset.root / name, topics, qos, q, opened,
+                                           result), daemon=True, name=f"writer-{name}")
+            thread.start()
+            opened.wait()
+            if "bag" not in result:
+                thread.join()
+                self.dataset.upsert({**entry, "status": "failed", "error": result["error"]})
+                raise RecorderError(result["error"])
+            self._received = collections.Counter({t: 0 for t in topics})
+            self._dropped = collections.Counter()
+            self._error = None
+            self._entry, self._result, self._thread = entry, result, thread
+            self.dataset.upsert(entry)
+            self._t0 = time.monotonic()
+            self._queue = q
+            self._bag = result["bag"]
+            return name
+
+    def offer(self, topic: str, t_ns: int, data) -> None:
+        """Called from subscription callbacks: count and queue, never block."""
+        if self._bag is None or self._error is not None:
+            return
+        self._received[topic] += 1
+        try:
+            self._queue.put_nowait((topic, t_ns, data))
+        except queue.Full:
+            self._dropped[topic] += 1
+
+    def stop(self, keep: bool = True, metadata: dict | None = None) -> dict:
+        """Finish the episode: drain the queue, close (or discard) the bag, update the index."""
+        with self._lock:
+            if self._entry is None:
+                raise RecorderError("no episode is being recorded")
+            bag, entry = self._bag, {**self._entry, **(metadata or {})}
+            self._bag = None
+            custom = {f"robot_imitation.{k}": v for k, v in entry.items()
+                      if k in ("task", "success", "seed", "operator", "notes", "spec",
+                               "spec_fingerprint", "name")}
+            self._queue.put((_STOP, keep, custom))
+            self._thread.join()
+            entry.update(duration=round(time.monotonic() - self._t0, 3),
+                         counts=dict(bag.counts), received=dict(self._received),
+                         dropped=dict(self._dropped), bytes=bag.bytes)
+            if self._error is not None:
+                entry.update(status="failed", error=str(self._error))
+            else:
+                entry["status"] = "ok" if keep else "discarded"
+            self._entry = None
+            try:
+                self.dataset.upsert(entry)
+            except OSError as exc:
+                entry.setdefault("error", f"index not updated: {exc}")
+            return entry
+
+    # ----------------------------------------------------------------- writer thread
+    def _writer(self, path, topics, qos, q: queue.Queue, opened: threading.Event,
+                result: dict) -> None:
+        try:
+            bag = EpisodeBag(path, topics, self.registry, self.storage, qos=qos)
+        except BagWriteError as exc:
+            result["error"] = str(exc)
+            opened.set()
+            return
+        result["bag"] = bag
+        opened.set()
+        while True:
+            try:
+                item = q.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            if item is not None and item[0] is _STOP:
+                self._finish(bag, keep=item[1], custom=item[2])
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            try:
+                if item is not None:
+                    bag.write(*item)
+                bag.flush_chunk()
+            except BagWriteError as exc:
+                self._error = exc
+                self.log(f"episode {bag.path.name} failed: {exc}")
+
+    def _finish(self, bag: EpisodeBag, keep: bool, custom: dict) -> None:
+        if self._error is not None or not keep:
+            bag.abort()
+            if not keep and self._error is None:
+                _remove_tree(bag.path)
+            return
+        try:
+            bag.close(custom)
+        except BagWriteError as exc:
+            bag.abort()
+            self._error = exc
+
+    @property
+    def error(self) -> Exception | None:
+        return self._error
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.unlink() if child.is_file() or child.is_symlink() else child.rmdir()
+    if path.exists():
+        path.rmdir()

@@ -1,0 +1,253 @@
+"""The episode recorder as its own process: real DDS, real bags read back by an independent reader
+(``mcap`` + ``mcap-ros2-support``), crash recovery, disk full."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mcap_ros2.reader import read_ros2_messages
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from conftest import wait_for
+from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+
+REC = "episode_recorder"
+TOPICS = ["/test/joints", "/test/camera", "/test/command"]
+
+
+def read_counts(bag_dir: Path) -> Counter:
+    """Per-topic message counts, read with the independent MCAP reader."""
+    counts = Counter()
+    for path in sorted(bag_dir.glob("*.mcap")):
+        for m in read_ros2_messages(str(path)):
+            counts[m.channel.topic] += 1
+    return counts
+
+
+def metadata_counts(bag_dir: Path) -> dict:
+    info = yaml.safe_load((bag_dir / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    return {t["topic_metadata"]["name"]: t["message_count"]
+            for t in info["topics_with_message_count"]}
+
+
+def index(dataset: Path) -> list:
+    return json.loads((dataset / "index.json").read_text())["episodes"]
+
+
+class Publishers:
+    """A test node publishing joint states (reliable), images (best effort) and commands."""
+
+    def __init__(self, probe):
+        n = probe.node
+        self.joints = n.create_publisher(JointState, TOPICS[0], STATE_QOS)
+        self.camera = n.create_publisher(Image, TOPICS[1], SENSOR_QOS)
+        self.command = n.create_publisher(Float64MultiArray, TOPICS[2], COMMAND_QOS)
+        self.sent = Counter()
+        self.image = Image(width=160, height=120, encoding="rgb8", step=480)
+        self.image.data = np.random.default_rng(0).integers(0, 255, 160 * 120 * 3,
+                                                            dtype=np.uint8).tobytes()
+
+    def burst(self, n: int, rate: float = 500.0) -> None:
+        for i in range(n):
+            js = JointState(name=["a", "b"], position=[float(i), -float(i)])
+            self.joints.publish(js)
+            self.sent[TOPICS[0]] += 1
+            if i % 10 == 0:
+                self.camera.publish(self.image)
+                self.sent[TOPICS[1]] += 1
+            if i % 5 == 0:
+                self.command.publish(Float64MultiArray(data=[float(i)]))
+                self.sent[TOPICS[2]] += 1
+            time.sleep(1.0 / rate)
+
+
+def start_recorder(procs, probe, dataset, **params):
+    params = {"dataset": str(dataset), "topics": TOPICS, **params}
+    procs.start_node("episode_recorder", params=params)
+    wait_for(lambda: probe.node.count_subscribers(TOPICS[0]) > 0
+             or procs.procs["episode_recorder"].poll() is not None, 30, "recorder up")
+    procs.check()
+
+
+def call(probe, name, timeout=30.0):
+    return probe.call(Trigger, f"/{REC}/{name}", timeout=timeout)
+
+
+def test_counts_equal_what_was_published(procs, probe, tmp_path):
+    pubs = Publishers(probe)
+    start_recorder(procs, probe, tmp_path / "ds")
+    resp = call(probe, "start")
+    assert resp.success, resp.message
+    time.sleep(0.3)
+    pubs.burst(600)
+    time.sleep(0.5)
+    resp = call(probe, "stop")
+    assert resp.success, resp.message
+    bag = tmp_path / "ds" / "episode_000000"
+    assert metadata_counts(bag) == dict(pubs.sent)
+    assert read_counts(bag) == pubs.sent
+    positions = [m.ros_msg.position[0] for m in read_ros2_messages(
+        str(bag / "episode_000000.mcap"), topics=[TOPICS[0]])]
+    assert positions == [float(i) for i in range(600)]  # every message, in order
+    entry = index(tmp_path / "ds")[0]
+    assert entry["status"] == "ok" and entry["counts"] == dict(pubs.sent) == entry["received"]
+    assert "written/received" in resp.message
+    # The camera's best-effort publisher was matched with a best-effort subscription.
+    qos = {t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"][0]
+           for t in yaml.safe_load((bag / "metadata.yaml").read_text())[
+               "rosbag2_bagfile_information"]["topics_with_message_count"]}
+    assert qos[TOPICS[1]]["reliability"] == "best_effort"
+    assert qos[TOPICS[0]]["reliability"] == "reliable"
+
+
+def test_start_waits_for_every_topic(procs, probe, tmp_path):
+    pubs = Publishers(probe)
+    procs.start_node("episode_recorder", params={
+        "dataset": str(tmp_path / "ds"), "topics": TOPICS + ["/test/nobody"],
+        "discovery_timeout": 1.0})
+    resp = call(probe, "start")
+    assert not resp.success and "/test/nobody" in resp.message
+    assert pubs.joints.get_subscription_count() == 1  # the others were subscribed meanwhile
+    resp = call(probe, "stop")
+    assert not resp.success and "no episode" in resp.message
+
+
+def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
+    from rosbags.highlevel import AnyReader
+
+    pubs = Publishers(probe)
+    start_recorder(procs, probe, tmp_path / "ds", storage="sqlite3")
+    assert call(probe, "start").success
+    pubs.burst(50)
+    assert call(probe, "discard").success
+    assert not (tmp_path / "ds" / "episode_000000").exists()
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.sent.clear()
+    pubs.burst(100)
+    time.sleep(0.3)
+    assert call(probe, "stop").success
+    statuses = [e["status"] for e in index(tmp_path / "ds")]
+    assert statuses == ["discarded", "ok"]
+    bag = tmp_path / "ds" / "episode_000001"
+    assert list(bag.glob("*.db3"))
+    with AnyReader([bag]) as reader:
+        got = Counter(c.topic for c, _, _ in reader.messages())
+    assert got == pubs.sent
+
+
+def test_sigint_finishes_the_open_bag(procs, probe, tmp_path):
+    pubs = Publishers(probe)
+    start_recorder(procs, probe, tmp_path / "ds")
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.burst(200)
+    time.sleep(0.5)
+    assert procs.stop(REC) == {REC: 0}
+    bag = tmp_path / "ds" / "episode_000000"
+    assert read_counts(bag) == pubs.sent == Counter(metadata_counts(bag))
+    entry = index(tmp_path / "ds")[0]
+    assert entry["status"] == "ok" and entry["interrupted"] is True
+
+
+def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_path):
+    pubs = Publishers(probe)
+    ds = tmp_path / "ds"
+    start_recorder(procs, probe, ds)
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.burst(100)
+    time.sleep(0.3)
+    assert call(probe, "stop").success
+    finished = read_counts(ds / "episode_000000")
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.sent.clear()
+    pubs.burst(1500, rate=600.0)  # ~2.5 s: the writer closes a chunk every second
+    os.killpg(procs.procs[REC].pid, signal.SIGKILL)
+    procs.procs[REC].wait(5)
+
+    crashed = ds / "episode_000001"
+    assert not (crashed / "metadata.yaml").exists()
+    assert read_counts(ds / "episode_000000") == finished  # untouched
+    assert index(ds)[1]["status"] == "recording"
+
+    out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "recover", str(ds)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "episode_000001: recovered" in out.stdout
+    assert (crashed / "metadata.yaml").is_file()
+    assert (ds / "episode_000001.incomplete").is_dir()  # the original stays
+    got = read_counts(crashed)
+    assert Counter(metadata_counts(crashed)) == got
+    # Most of the episode survives, and what survives is the start of what was sent, in order.
+    assert got[TOPICS[0]] >= 0.4 * pubs.sent[TOPICS[0]], (got, pubs.sent)
+    positions = [m.ros_msg.position[0] for m in read_ros2_messages(
+        str(crashed / "episode_000001.mcap"), topics=[TOPICS[0]])]
+    assert positions == [float(i) for i in range(len(positions))]
+    entry = index(ds)[1]
+    assert entry["status"] == "recovered" and entry["counts"] == dict(got)
+
+
+def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the dataset folder should be")
+    procs.start_node("episode_recorder", params={"dataset": str(blocker / "ds"),
+                                                 "topics": TOPICS})
+    proc = procs.procs["episode_recorder"]
+    assert proc.wait(30) == 1
+    assert "is not writable" in procs.log("episode_recorder")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_disk):
+    pubs = Publishers(probe)
+    ds = small_disk / "ds"
+    start_recorder(procs, probe, ds)
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.burst(50)
+    time.sleep(0.3)
+    assert call(probe, "stop").success
+    first = read_counts(ds / "episode_000000")
+    # Leave ~64 KiB free, then record more than that.
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / "filler").write_bytes(bytes(max(0, free - 64 * 1024)))
+    assert call(probe, "start").success
+    pubs.burst(3000, rate=1000.0)
+    time.sleep(1.5)
+    resp = call(probe, "stop")
+    assert not resp.success
+    assert "No space left on device" in resp.message, resp.message
+    assert index(ds)[0]["status"] == "ok"
+    assert read_counts(ds / "episode_000000") == first  # earlier episode intact
+    procs.check()  # the recorder survived, and records again once there is room
+    (small_disk / "filler").unlink()
+    assert call(probe, "start").success
+    pubs.burst(20)
+    time.sleep(0.3)
+    assert call(probe, "stop").success
+    entries = index(ds)
+    assert [e["status"] for e in entries] == ["ok", "failed", "ok"]
+    assert "No space left on device" in entries[1]["error"]
