@@ -4,6 +4,7 @@ Subcommands:
   demo     the main job on a task, through ROS: bridge and scripted expert as separate processes,
            N episodes, success rate with its 95% confidence interval, results as JSON
   expert   the scripted expert on the gymnasium task, without ROS
+  record   scripted-expert demonstrations through ROS into a dataset of rosbag2 bags
   recover  salvage the episodes a crashed recorder left behind
   tasks    the built-in tasks and robots
 """
@@ -115,6 +116,26 @@ def cmd_demo(args) -> int:
     return 0 if res["success_rate"] >= args.min_success else 2
 
 
+def cmd_record(args) -> int:
+    from .pipelines import record_demonstrations
+
+    start = time.perf_counter()
+    print(f"[record] {args.episodes} scripted-expert episodes of {args.task} ({args.mode}) "
+          f"into {args.dataset}")
+    entries = record_demonstrations(
+        args.dataset, task=args.task, spec=args.spec, episodes=args.episodes, mode=args.mode,
+        seed=args.seed, storage=args.storage,
+        progress=lambda n, o: _progress(n, args.episodes, "episodes",
+                                        f"last: {'success' if o.success else 'failure'}"))
+    ok = [e for e in entries if e["status"] == "ok"]
+    messages = sum(sum(e["counts"].values()) for e in ok)
+    lost = sum(sum(e["received"].values()) - sum(e["counts"].values()) for e in ok)
+    print(f"[record] {len(ok)}/{len(entries)} episodes written "
+          f"({sum(bool(e.get('success')) for e in ok)} successful), {messages} messages, "
+          f"{lost} received but not written, in {time.perf_counter() - start:.1f} s")
+    return 0 if len(ok) == len(entries) else 1
+
+
 def cmd_recover(args) -> int:
     from .recording.recover import RecoverError, main_summary, recover_dataset
 
@@ -147,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_expert)
+
+    p = sub.add_parser("record", help="record scripted-expert demonstrations through ROS")
+    p.add_argument("dataset", help="dataset folder (created if missing)")
+    p.add_argument("--task", default="push")
+    p.add_argument("--spec", default=None, help="spec name or path (default: the task's)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
     p.add_argument("path", help="dataset folder (or one episode's bag folder)")

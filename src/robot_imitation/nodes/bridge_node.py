@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from .common import (CLOCK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare,
-                     from_sec, run, to_sec)
+from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS,
+                     declare, from_sec, run, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -176,6 +176,10 @@ class MujocoBridge(Node):
                                      read_only=True, min_value=8, max_value=4096)
         p["camera_rate"] = declare(self, "camera_rate", 15.0, "camera frames per second (sim "
                                    "time)", min_value=0.1, max_value=1000.0)
+        p["camera_reliable"] = declare(self, "camera_reliable", True, "publish images "
+                                       "RELIABLE (every subscriber may still ask for best "
+                                       "effort); false: sensor-data QoS (best effort), which "
+                                       "loses large frames under load", read_only=True)
         p["frame_id"] = declare(self, "frame_id", "world", "frame of the published poses",
                                 read_only=True)
         self.p = p
@@ -221,11 +225,12 @@ class MujocoBridge(Node):
             raise ValueError(f"unknown cameras {unknown}; the task has {task_cams}")
         self.cameras = {}
         w, h = p["camera_width"], p["camera_height"]
+        cam_qos = IMAGE_QOS if p["camera_reliable"] else SENSOR_QOS
         for name in wanted:
             fovy = float(self.sim.model.cam_fovy[self.sim.model.camera(name).id])
-            self.cameras[name] = (self.create_publisher(Image, f"{name}/image_raw", SENSOR_QOS),
+            self.cameras[name] = (self.create_publisher(Image, f"{name}/image_raw", cam_qos),
                                   self.create_publisher(CameraInfo, f"{name}/camera_info",
-                                                        SENSOR_QOS),
+                                                        cam_qos),
                                   _camera_info(name, w, h, fovy))
         self.renderer = CameraRenderer(self, wanted, w, h) if wanted else None
         self._next_frame = 0.0

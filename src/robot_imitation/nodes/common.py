@@ -23,6 +23,11 @@ STATE_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                        history=QoSHistoryPolicy.KEEP_LAST)
 # Camera images: sensor data (best effort, shallow): a late frame is worth less than a new one.
 SENSOR_QOS = qos_profile_sensor_data
+# Camera images for recording: reliable and shallow. Best effort loses large frames between
+# processes (measured: most 640x480 frames at 50 Hz); a reliable publisher still serves
+# best-effort subscribers.
+IMAGE_QOS = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE,
+                       history=QoSHistoryPolicy.KEEP_LAST)
 # /clock, as rclpy's time source subscribes to it.
 CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
                        history=QoSHistoryPolicy.KEEP_LAST)

@@ -75,6 +75,10 @@ class EpisodeRecorder(Node):
                             for k in ("task", "operator", "notes")}
         self.auto_stop = declare(self, "auto_stop_on_done", False, "stop (and keep) the episode "
                                  "when the task's status says done")
+        self.stop_grace = declare(self, "stop_grace", 0.25, "auto stop: seconds (wall) to "
+                                  "keep recording after done, for messages of the last "
+                                  "instant still in flight on other topics", min_value=0.0,
+                                  max_value=10.0)
         self.status_topic = declare(self, "status_topic", "/episode/status", "the task's "
                                     "episode status (diagnostic_msgs/DiagnosticArray)",
                                     read_only=True)
@@ -92,7 +96,7 @@ class EpisodeRecorder(Node):
         self.subs: dict = {}
         self.qos: dict = {}
         self._status = None
-        self._episode_start = None
+        self._running_episode = None
         self._stop_lock = threading.Lock()
         self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
         self.create_service(Trigger, "~/start", self._srv_start)
@@ -142,10 +146,16 @@ class EpisodeRecorder(Node):
         values = {kv.key: kv.value for kv in msg.status[0].values}
         values["task"] = msg.status[0].hardware_id
         self._status = (to_sec(msg.header.stamp), values)
-        start = self._episode_start
-        if (self.auto_stop and self.recorder.recording and start is not None
-                and values.get("done") == "true" and self._status[0] >= start):
-            threading.Thread(target=self._stop_episode, args=(True,), daemon=True).start()
+        if not (self.auto_stop and self.recorder.recording):
+            return
+        # Stop when an episode seen running during this recording is done (not on a stale
+        # `done` of the episode before, which a real-time bridge keeps publishing until reset).
+        if values.get("done") == "false":
+            self._running_episode = values.get("episode")
+        elif (values.get("done") == "true" and self._running_episode is not None
+              and values.get("episode") == self._running_episode):
+            self._running_episode = None  # one stop per episode
+            threading.Timer(self.stop_grace, self._auto_stop).start()
 
     # ----------------------------------------------------------------- services
     def _srv_start(self, req, resp):
@@ -171,7 +181,7 @@ class EpisodeRecorder(Node):
             resp.success, resp.message = False, str(exc)
             self.get_logger().error(resp.message)
             return resp
-        self._episode_start = self.get_clock().now().nanoseconds * 1e-9
+        self._running_episode = None
         resp.success, resp.message = True, f"recording {name}"
         self.get_logger().info(resp.message)
         return resp
@@ -186,11 +196,17 @@ class EpisodeRecorder(Node):
         resp.message = self._summary(entry)
         return resp
 
+    def _auto_stop(self) -> None:
+        try:
+            self._stop_episode(True)
+        except RecorderError as exc:  # stopped by a service call meanwhile
+            self.get_logger().info(f"auto stop: {exc}")
+
     def _stop_episode(self, keep: bool) -> dict:
         with self._stop_lock:
             if not self.recorder.recording:
                 raise RecorderError("no episode is being recorded")
-            self._episode_start = None
+            self._running_episode = None
             meta = {}
             if self._status is not None:
                 values = self._status[1]

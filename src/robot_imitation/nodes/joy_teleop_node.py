@@ -1,0 +1,294 @@
+"""Gamepad teleop: sensor_msgs/Joy -> Cartesian end-effector velocity -> joint commands.
+
+Subscribes to ``joy`` (as the ``joy`` package's ``joy_node`` / ``game_controller_node``
+publish it) and ``joint_states`` (joints taken by name). While the deadman button is held, it
+integrates an end-effector target pose from the stick axes, turns it into arm joint position
+targets by differential IK on the task's robot model (``teleop.core``), and publishes them on
+``/<arm_controller>/commands`` and the gripper opening on ``/<gripper_controller>/commands``
+(std_msgs/Float64MultiArray, COMMAND_QOS) at the control rate: the topics the scripted expert
+and a policy use. With the deadman released nothing is published at all (the robot holds its
+last command). Episode buttons call the recorder's ``start`` / ``stop`` / ``discard`` services
+(std_srvs/Trigger) on the button's rising edge, asynchronously.
+
+``TeleopNode`` (here) is the plumbing shared with the keyboard teleop: parameters, joint state
+intake, publishers, the control timer and the recorder service calls.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, declare, run
+
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import Joy, JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ..sim.tasks import TaskSim  # noqa: E402
+from ..teleop.core import (AxisMap, RisingEdges, TeleopController, button,  # noqa: E402
+                           joy_twist, positions_by_name)
+
+# Episode actions -> the recorder's std_srvs/Trigger services.
+EPISODE_SERVICES = {"episode_start": "start", "episode_keep": "stop",
+                    "episode_discard": "discard"}
+GRIPPER_ACTIONS = {"gripper_open": "open", "gripper_close": "close",
+                   "gripper_toggle": "toggle"}
+
+
+class TeleopNode(Node):
+    """Shared teleop plumbing. Subclasses say whether motion is enabled and what the twist is
+    (``enabled``, ``twist``), may read their input device in ``poll_input``, and trigger
+    ``action(name)`` for gripper / episode / release events."""
+
+    NODE_NAME = "teleop"
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        task = declare(self, "task", "push", "task whose robot model the IK uses "
+                       "(config/tasks name or path)", read_only=True)
+        robot = declare(self, "robot", "", "robot override (as the bridge's); empty: the "
+                        "task's robot", read_only=True)
+        rate = declare(self, "rate", 0.0, "command rate while engaged (Hz); 0: the task's "
+                       "control rate", read_only=True, min_value=0.0, max_value=1000.0)
+        arm = declare(self, "arm_controller", "arm_controller", "arm controller name: "
+                      "publishes /<name>/commands", read_only=True)
+        grip = declare(self, "gripper_controller", "gripper_controller", "gripper controller "
+                       "name: publishes /<name>/commands", read_only=True)
+        self.recorder = declare(self, "recorder", "episode_recorder", "node name of the "
+                                "episode recorder: episode inputs call /<name>/start, "
+                                "/<name>/stop (keep), /<name>/discard", read_only=True)
+        max_linear = declare(self, "max_linear", 0.15, "end-effector speed cap (m/s)",
+                             read_only=True, min_value=0.0, max_value=2.0)
+        max_angular = declare(self, "max_angular", 0.5, "end-effector angular speed cap "
+                              "(rad/s)", read_only=True, min_value=0.0, max_value=6.0)
+        max_lead = declare(self, "max_lead", 0.05, "how far the pose target may run ahead of "
+                           "the measured end effector (m): no wind-up when blocked",
+                           read_only=True, min_value=0.001, max_value=1.0)
+        ws_low = declare(self, "workspace_low", [-0.9, -0.9, 0.01], "lower xyz corner of the "
+                         "box the end-effector target stays in (m, world frame; floats)",
+                         read_only=True)
+        ws_high = declare(self, "workspace_high", [0.9, 0.9, 0.9], "upper xyz corner of the "
+                          "box the end-effector target stays in (m, world frame; floats)",
+                          read_only=True)
+        self.max_state_age = declare(self, "max_state_age", 0.5, "no command while the newest "
+                                     "joint state arrived longer ago than this (s, wall clock)",
+                                     read_only=True, min_value=0.01, max_value=60.0)
+        self.sim = TaskSim(task, robot or None)
+        self.controller = TeleopController(self.sim, max_linear=max_linear,
+                                           max_angular=max_angular, rate=rate or None,
+                                           max_lead=max_lead, workspace=(ws_low, ws_high))
+        self.period = self.controller.arm.period
+        self.joint_names = self.sim.robot.joint_names
+        self.pub_arm = self.create_publisher(Float64MultiArray, f"/{arm}/commands", COMMAND_QOS)
+        self.pub_grip = self.create_publisher(Float64MultiArray, f"/{grip}/commands",
+                                              COMMAND_QOS)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, STATE_QOS)
+        self.episode_clients = {action: self.create_client(Trigger, f"/{self.recorder}/{srv}")
+                                for action, srv in EPISODE_SERVICES.items()}
+        self._q = None
+        self._q_time = -np.inf
+        self._pending_gripper: list = []
+        self._stale_logged = False
+        self.commands = 0
+        self.create_timer(self.period, self._on_tick)
+
+    # ------------------------------------------------------------------ hooks for front ends
+    def poll_input(self, now: float) -> None:
+        """Read the input device (called each control tick before ``enabled``/``twist``)."""
+
+    def enabled(self, now: float) -> bool:
+        raise NotImplementedError
+
+    def twist(self, now: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def on_release(self) -> None:
+        """The operator asked to stop commanding (front ends with a latched engagement)."""
+
+    # ------------------------------------------------------------------ actions
+    def action(self, name: str) -> None:
+        """Gripper actions apply at the next tick, while engaged; episode actions at once."""
+        if name in GRIPPER_ACTIONS:
+            self._pending_gripper.append(GRIPPER_ACTIONS[name])
+        elif name in EPISODE_SERVICES:
+            self.call_recorder(name)
+        elif name == "release":
+            self.on_release()
+        else:
+            raise ValueError(f"unknown teleop action {name!r}")
+
+    def call_recorder(self, action: str) -> None:
+        """Call the recorder's service for ``action`` without waiting; log its answer."""
+        client = self.episode_clients[action]
+        if not client.service_is_ready():
+            self.get_logger().warning(f"{action.replace('_', ' ')}: service {client.srv_name} is "
+                                   f"not available (is the recorder '{self.recorder}' "
+                                   "running?); nothing done")
+            return
+        self.get_logger().info(f"{action.replace('_', ' ')}: calling {client.srv_name}")
+        future = client.call_async(Trigger.Request())
+        future.add_done_callback(lambda f, a=action, s=client.srv_name:
+                                 self._on_recorder_answer(a, s, f))
+
+    def _on_recorder_answer(self, action: str, srv: str, future) -> None:
+        try:
+            resp = future.result()
+        except Exception as exc:  # noqa: BLE001 - report any failure of the call
+            self.get_logger().error(f"{srv} failed: {type(exc).__name__}: {exc}")
+            return
+        if resp is None:
+            self.get_logger().error(f"{srv}: no answer")
+        elif resp.success:
+            self.get_logger().info(f"{srv}: {resp.message or 'ok'}")
+        else:
+            self.get_logger().warning(f"{srv} refused: {resp.message}")
+
+    # ------------------------------------------------------------------ state and control loop
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            self._q = positions_by_name(msg.name, msg.position, self.joint_names)
+        except ValueError as exc:
+            self.get_logger().error(f"joint_states: {exc}", throttle_duration_sec=5.0)
+            return
+        self._q_time = time.monotonic()
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        self.poll_input(now)
+        enabled = self.enabled(now)
+        if enabled and now - self._q_time > self.max_state_age:
+            if not self._stale_logged:
+                self.get_logger().warning("teleop enabled but no joint_states within "
+                                       f"{self.max_state_age} s: no command")
+                self._stale_logged = True
+            enabled = False
+        elif self._q is not None and now - self._q_time <= self.max_state_age:
+            self._stale_logged = False
+        was_engaged = self.controller.engaged
+        out = self.controller.update(enabled, self._q, self.twist(now) if enabled else
+                                     np.zeros(6), self.period)
+        if out is None:
+            if self._pending_gripper:
+                self.get_logger().info("gripper input ignored: teleop not engaged")
+                self._pending_gripper.clear()
+            if was_engaged:
+                self.get_logger().info("released: no more commands")
+            return
+        if not was_engaged:
+            p = self.controller.arm.target_pose
+            self.get_logger().info(f"engaged at end effector ({p[0]:.3f}, {p[1]:.3f}, "
+                                   f"{p[2]:.3f})")
+        for a in self._pending_gripper:
+            value = self.controller.gripper_action(a)
+            if value is not None:
+                self.get_logger().info(f"gripper {a}: opening {value:.2f}")
+        self._pending_gripper.clear()
+        arm, grip = out
+        self.pub_arm.publish(Float64MultiArray(data=[float(v) for v in arm]))
+        if self.controller.has_gripper:
+            self.pub_grip.publish(Float64MultiArray(data=[float(self.controller.gripper.value)]))
+        self.commands += 1
+
+
+class JoyTeleop(TeleopNode):
+    """Gamepad front end. Defaults fit the ``joy`` package's game_controller_node layout
+    (SDL: axes 0/1 left stick x/y, 2/3 right stick x/y; buttons 0 A, 1 B, 2 X, 3 Y, 4 BACK,
+    6 START, 9 LEFTSHOULDER); remap with the parameters for other devices."""
+
+    NODE_NAME = "joy_teleop"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        axis_doc = "joystick axis index (-1: unused) for the end-effector "
+        scale_doc = "value at full deflection (m/s or rad/s) of the end-effector "
+        inv_doc = "flip the sign of the end-effector "
+        self.mapping = {
+            "linear_x": AxisMap(
+                declare(self, "axis_linear_x", 1, axis_doc + "x velocity", read_only=True),
+                declare(self, "scale_linear_x", 0.15, scale_doc + "x velocity", read_only=True),
+                declare(self, "invert_linear_x", False, inv_doc + "x velocity", read_only=True)),
+            "linear_y": AxisMap(
+                declare(self, "axis_linear_y", 0, axis_doc + "y velocity", read_only=True),
+                declare(self, "scale_linear_y", 0.15, scale_doc + "y velocity", read_only=True),
+                declare(self, "invert_linear_y", False, inv_doc + "y velocity", read_only=True)),
+            "linear_z": AxisMap(
+                declare(self, "axis_linear_z", 3, axis_doc + "z velocity", read_only=True),
+                declare(self, "scale_linear_z", 0.15, scale_doc + "z velocity", read_only=True),
+                declare(self, "invert_linear_z", False, inv_doc + "z velocity", read_only=True)),
+            "angular_x": AxisMap(
+                declare(self, "axis_angular_x", -1, axis_doc + "roll rate", read_only=True),
+                declare(self, "scale_angular_x", 0.5, scale_doc + "roll rate", read_only=True),
+                declare(self, "invert_angular_x", False, inv_doc + "roll rate", read_only=True)),
+            "angular_y": AxisMap(
+                declare(self, "axis_angular_y", -1, axis_doc + "pitch rate", read_only=True),
+                declare(self, "scale_angular_y", 0.5, scale_doc + "pitch rate", read_only=True),
+                declare(self, "invert_angular_y", False, inv_doc + "pitch rate", read_only=True)),
+            "angular_z": AxisMap(
+                declare(self, "axis_angular_z", 2, axis_doc + "yaw rate", read_only=True),
+                declare(self, "scale_angular_z", 0.5, scale_doc + "yaw rate", read_only=True),
+                declare(self, "invert_angular_z", False, inv_doc + "yaw rate", read_only=True)),
+        }
+        self.deadzone = declare(self, "deadzone", 0.1, "axis values below this magnitude count "
+                                "as 0 (the rest is rescaled to 0..1)", read_only=True,
+                                min_value=0.0, max_value=0.9)
+        self.deadman = declare(self, "deadman_button", 9, "button that must be held for any "
+                               "motion or command; -1 disables the deadman (commands whenever "
+                               "joy messages arrive)", read_only=True, min_value=-1,
+                               max_value=255)
+        self.joy_timeout = declare(self, "joy_timeout", 0.5, "release when no joy message came "
+                                   "for this long (s; keep the joy driver's autorepeat_rate on); "
+                                   "0 disables", read_only=True, min_value=0.0, max_value=60.0)
+        self.buttons = {
+            "gripper_open": declare(self, "button_gripper_open", 1, "button: open the gripper "
+                                    "(with the deadman held); -1: none", read_only=True,
+                                    min_value=-1, max_value=255),
+            "gripper_close": declare(self, "button_gripper_close", 0, "button: close the "
+                                     "gripper (with the deadman held); -1: none",
+                                     read_only=True, min_value=-1, max_value=255),
+            "episode_start": declare(self, "button_episode_start", 6, "button: start an "
+                                     "episode (recorder start); -1: none", read_only=True,
+                                     min_value=-1, max_value=255),
+            "episode_keep": declare(self, "button_episode_keep", 3, "button: stop and keep the "
+                                    "episode (recorder stop); -1: none", read_only=True,
+                                    min_value=-1, max_value=255),
+            "episode_discard": declare(self, "button_episode_discard", 4, "button: discard the "
+                                       "episode (recorder discard); -1: none", read_only=True,
+                                       min_value=-1, max_value=255),
+        }
+        self.edges = RisingEdges()
+        self._joy = None
+        self._joy_time = -np.inf
+        self.create_subscription(Joy, "joy", self._on_joy, SENSOR_QOS)
+        deadman = (f"hold button {self.deadman} (deadman) to move" if self.deadman >= 0
+                   else "deadman disabled: commands whenever joy messages arrive")
+        self.get_logger().info(f"joy teleop for task '{self.sim.cfg.name}' at "
+                               f"{1 / self.period:g} Hz: {deadman}")
+
+    def _on_joy(self, msg: Joy) -> None:
+        self._joy = msg
+        self._joy_time = time.monotonic()
+        pressed = {name: button(msg.buttons, idx) for name, idx in self.buttons.items()}
+        for name in self.edges.update(pressed):
+            self.action(name)
+
+    def _joy_fresh(self, now: float) -> bool:
+        return self._joy is not None and (self.joy_timeout <= 0
+                                          or now - self._joy_time <= self.joy_timeout)
+
+    def enabled(self, now: float) -> bool:
+        if not self._joy_fresh(now):
+            return False
+        return self.deadman < 0 or button(self._joy.buttons, self.deadman)
+
+    def twist(self, now: float) -> np.ndarray:
+        return joy_twist(self._joy.axes, self.mapping, self.deadzone)
+
+
+def main(args=None) -> int:
+    return run(JoyTeleop, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Multi-process pipelines over ROS 2 (used by the command line, the tests and the benchmarks).
+
+``record_demonstrations``: the bridge, the scripted expert and the recorder as separate
+processes; episode after episode, the recorder starts, the bridge resets, the expert solves the
+task, and the recorder stops when the task reports done.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .paths import ensure_ros_environment
+
+
+def _call(node, client, timeout: float = 30.0):
+    from std_srvs.srv import Trigger
+
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise TimeoutError(f"service {client.srv_name} not available")
+    future = client.call_async(Trigger.Request())
+    deadline = time.monotonic() + timeout
+    while not future.done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"service {client.srv_name} did not answer")
+        time.sleep(0.002)
+    return future.result()
+
+
+def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
+                          episodes: int = 10, mode: str = "lockstep", seed: int = 0,
+                          storage: str = "mcap", log_dir=None, progress=None,
+                          episode_timeout: float = 120.0) -> list[dict]:
+    """Record ``episodes`` scripted-expert episodes of ``task`` into ``dataset``.
+
+    Returns the dataset index entries of the recorded episodes.
+    """
+    ensure_ros_environment()
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import json
+
+    import rclpy
+    from std_srvs.srv import Trigger
+
+    from .launcher import ProcessGroup
+    from .nodes.episode_runner import EpisodeRunner, Spinner
+    from .spec import Spec
+
+    spec_obj = Spec.load(spec or task)
+    cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
+    dataset = Path(dataset)
+    realtime = mode == "realtime"
+    with ProcessGroup(log_dir or dataset / "logs") as group:
+        group.start_node("mujoco_bridge", params={
+            "task": task, "mode": mode, "seed": seed, "cameras": cameras or [""]})
+        group.start_node("scripted_expert", params={
+            "task": task, "trigger": "timer" if realtime else "state", "use_sim_time": realtime})
+        group.start_node("episode_recorder", params={
+            "dataset": str(dataset), "spec": spec or task, "storage": storage, "task": task,
+            "use_sim_time": True, "auto_stop_on_done": True})
+        started_here = not rclpy.ok()
+        if started_here:
+            rclpy.init()
+        runner = EpisodeRunner()
+        start = runner.create_client(Trigger, "/episode_recorder/start")
+        spinner = Spinner(runner)
+        names = []
+        try:
+            runner.wait_for_bridge()
+            for _ in range(episodes):
+                deadline = time.monotonic() + 30.0
+                while True:  # the previous episode may still be finishing
+                    resp = _call(runner, start)
+                    if resp.success or "still being recorded" not in resp.message:
+                        break
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                if not resp.success:
+                    group.check()
+                    raise RuntimeError(f"recorder did not start: {resp.message}")
+                names.append(resp.message.split()[-1])
+                outcome = runner.run_episode(episode_timeout)
+                if progress:
+                    progress(len(names), outcome)
+            # Wait for the last episode's automatic stop.
+            index = dataset / "index.json"
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline:
+                entries = {e["name"]: e for e in json.loads(index.read_text())["episodes"]}
+                if all(entries.get(n, {}).get("status") not in (None, "recording")
+                       for n in names):
+                    break
+                time.sleep(0.05)
+            group.check()
+        finally:
+            spinner.stop()
+            runner.destroy_node()
+            if started_here:
+                rclpy.try_shutdown()
+    entries = {e["name"]: e for e in json.loads((dataset / "index.json").read_text())["episodes"]}
+    return [entries[n] for n in names]
