@@ -251,3 +251,37 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
     entries = index(ds)
     assert [e["status"] for e in entries] == ["ok", "failed", "ok"]
     assert "No space left on device" in entries[1]["error"]
+
+
+def test_record_scripted_expert_episodes_through_ros(tmp_path):
+    """Bridge, expert and recorder as three processes: every tick's state and command is kept."""
+    from robot_imitation.pipelines import record_demonstrations
+
+    ds = tmp_path / "ds"
+    entries = record_demonstrations(ds, task="push", episodes=3, mode="lockstep", seed=40)
+    assert [e["status"] for e in entries] == ["ok"] * 3
+    assert all(e["success"] for e in entries)
+    assert [e["seed"] for e in entries] == [41, 42, 43]
+    for e in entries:
+        bag = ds / e["name"]
+        counts = read_counts(bag)
+        assert counts == Counter(e["counts"]) == Counter(e["received"])
+        assert counts == Counter(metadata_counts(bag))
+        # Lockstep: the state of every tick from 0 to the last, each answered by one command
+        # (the answer to the final, done state is recorded but never executed).
+        statuses = [m.ros_msg for m in read_ros2_messages(
+            str(bag / f"{e['name']}.mcap"), topics=["/episode/status"])]
+        final = {kv.key: kv.value for kv in statuses[-1].status[0].values}
+        assert final["done"] == "true" and final["seed"] == str(e["seed"])
+        ticks = int(final["tick"])
+        assert ticks > 10
+        for topic in ("/joint_states", "/object_pose", "/arm_controller/commands",
+                      "/gripper_controller/commands", "/episode/status"):
+            assert counts[topic] == ticks + 1, topic
+        custom = yaml.safe_load((bag / "metadata.yaml").read_text())[
+            "rosbag2_bagfile_information"]["custom_data"]
+        assert custom["robot_imitation.task"] == "push"
+        assert custom["robot_imitation.success"] == "True"
+        assert custom["robot_imitation.seed"] == str(e["seed"])
+    meta = yaml.safe_load((ds / "dataset.yaml").read_text())
+    assert meta["spec"]["name"] == "push" and meta["spec_fingerprint"]
