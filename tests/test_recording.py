@@ -146,14 +146,17 @@ def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
     assert got == pubs.sent
 
 
-def test_sigint_finishes_the_open_bag(procs, probe, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
     pubs = Publishers(probe)
     start_recorder(procs, probe, tmp_path / "ds")
     assert call(probe, "start").success
     time.sleep(0.2)
     pubs.burst(200)
     time.sleep(0.5)
-    assert procs.stop(REC) == {REC: 0}
+    proc = procs.procs[REC]
+    os.killpg(proc.pid, sig)
+    assert proc.wait(10) == 0
     bag = tmp_path / "ds" / "episode_000000"
     assert read_counts(bag) == pubs.sent == Counter(metadata_counts(bag))
     entry = index(tmp_path / "ds")[0]
