@@ -63,8 +63,13 @@ def declared_parameters(module_file: Path) -> set:
     return set(re.findall(r'declare\(\s*(?:self|node), "(\w+)"', module_file.read_text()))
 
 
-NODE_SOURCES = {"mujoco_bridge": SRC / "nodes" / "bridge_node.py",
-                "scripted_expert": SRC / "nodes" / "expert_node.py"}
+NODE_SOURCES = {"mujoco_bridge": [SRC / "nodes" / "bridge_node.py"],
+                "scripted_expert": [SRC / "nodes" / "expert_node.py"],
+                "episode_recorder": [SRC / "nodes" / "recorder_node.py"],
+                "joy_teleop": [SRC / "nodes" / "joy_teleop_node.py"],
+                # the keyboard teleop inherits the shared parameters of TeleopNode
+                "keyboard_teleop": [SRC / "nodes" / "keyboard_teleop_node.py",
+                                    SRC / "nodes" / "joy_teleop_node.py"]}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
@@ -72,7 +77,7 @@ def test_parameter_files_name_declared_parameters(path):
     data = yaml.safe_load(path.read_text())
     for node, body in data.items():
         assert set(body) == {"ros__parameters"}, f"{path.name}: {node} needs ros__parameters"
-        declared = declared_parameters(NODE_SOURCES[node])
+        declared = set().union(*(declared_parameters(p) for p in NODE_SOURCES[node]))
         unknown = set(body["ros__parameters"]) - declared - {"use_sim_time"}
         assert not unknown, f"{path.name}: {node} does not declare {sorted(unknown)}"
 

@@ -71,8 +71,12 @@ class EpisodeRecorder(Node):
                         read_only=True)
         storage = declare(self, "storage", "mcap", "bag storage", read_only=True,
                           choices=("mcap", "sqlite3"))
-        self.meta_params = {k: declare(self, k, "", f"episode metadata: {k}")
-                            for k in ("task", "operator", "notes")}
+        self.meta_params = {
+            "task": declare(self, "task", "", "episode metadata: the task (the task status "
+                            "overrides it)"),
+            "operator": declare(self, "operator", "", "episode metadata: who demonstrated"),
+            "notes": declare(self, "notes", "", "episode metadata: free text"),
+        }
         self.auto_stop = declare(self, "auto_stop_on_done", False, "stop (and keep) the episode "
                                  "when the task's status says done")
         self.stop_grace = declare(self, "stop_grace", 0.25, "auto stop: seconds (wall) to "
