@@ -23,6 +23,11 @@ def console_scripts() -> dict:
     raise AssertionError("setup.py declares no console_scripts")
 
 
+def manifest_dependencies() -> set:
+    root = ET.parse(ROOT / "package.xml").getroot()
+    return {e.text for tag in ("depend", "exec_depend") for e in root.iter(tag)}
+
+
 def test_package_xml_format_3_declares_every_ros_import():
     root = ET.parse(ROOT / "package.xml").getroot()
     assert root.get("format") == "3"
@@ -100,8 +105,12 @@ def test_launch_file_references_exist(path):
                 used_args.add(name)
             elif node.func.id == "Node":
                 kw = {k.arg: k.value for k in node.keywords}
-                assert ast.literal_eval(kw["package"]) == "robot_imitation"
-                executables.add(ast.literal_eval(kw["executable"]))
+                package = ast.literal_eval(kw["package"])
+                if package == "robot_imitation":
+                    executables.add(ast.literal_eval(kw["executable"]))
+                else:
+                    assert package in manifest_dependencies(), \
+                        f"{path.name} starts a node of {package}, not declared in package.xml"
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                 and node.value.endswith(".yaml"):
             files.add(node.value)
