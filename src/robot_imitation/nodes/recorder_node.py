@@ -95,8 +95,19 @@ class EpisodeRecorder(Node):
             self.wanted.setdefault(topic if topic.startswith("/") else "/" + topic, None)
         if not self.wanted:
             raise ValueError("nothing to record: set `spec` or `topics`")
+        log_time = declare(self, "log_time", "auto", "time each message is logged at: receive "
+                           "(the recorder's clock at reception, as rosbag2), publication (the "
+                           "newest header stamp among recorded messages published before it: "
+                           "exact pairing of commands with the states they answer; needs the "
+                           "publishers' clocks synchronized), auto (publication under "
+                           "use_sim_time, else receive)", read_only=True,
+                           choices=("auto", "receive", "publication"))
+        if log_time == "auto":
+            log_time = "publication" if self.get_parameter("use_sim_time").value else "receive"
+        self.log_time = log_time
         self.dataset = DatasetWriter(self.dataset_dir, self.spec)
-        self.recorder = Recorder(self.dataset, storage, log=self.get_logger().error)
+        self.recorder = Recorder(self.dataset, storage, log=self.get_logger().error,
+                                 log_time=log_time)
         self.subs: dict = {}
         self.qos: dict = {}
         self._status = None
@@ -108,7 +119,7 @@ class EpisodeRecorder(Node):
         self.create_service(Trigger, "~/discard", lambda req, resp: self._srv_stop(resp, False))
         self.create_timer(0.5, self._discover)
         self.get_logger().info(f"recording {sorted(self.wanted)} into {self.dataset_dir} "
-                               f"({storage})")
+                               f"({storage}, log time: {log_time})")
 
     # ----------------------------------------------------------------- discovery
     def _discover(self) -> list:
@@ -134,8 +145,8 @@ class EpisodeRecorder(Node):
             self.qos[topic] = infos[0].qos_profile  # what `ros2 bag play` should offer
             self.subs[topic] = self.create_subscription(
                 message_class(mtype), topic,
-                lambda data, t=topic: self.recorder.offer(
-                    t, self.get_clock().now().nanoseconds, data),
+                lambda data, info, t=topic: self.recorder.offer(
+                    t, self.get_clock().now().nanoseconds, data, info["source_timestamp"]),
                 qos, raw=True)
         return missing
 
@@ -245,7 +256,9 @@ class EpisodeRecorder(Node):
 def main(args=None) -> int:
     # A file-size limit must end the episode with an error, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    return run(EpisodeRecorder, args)
+    # The single-threaded executor: the events executor of this rclpy cannot hand callbacks
+    # the message info (source timestamps) that publication log times need.
+    return run(EpisodeRecorder, args, executor="single")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ class TypeRegistry:
     def __init__(self):
         self.store = get_typestore(Stores.ROS2_KILTED)
 
+    def has_header(self, msgtype: str) -> bool:
+        """Whether messages of ``msgtype`` start with a std_msgs/Header."""
+        self.ensure(msgtype)
+        fields = self.store.fielddefs[msgtype][1]
+        return bool(fields) and fields[0][1][-1] == "std_msgs/msg/Header"
+
     def ensure(self, msgtype: str) -> None:
         """Make ``msgtype`` (``pkg/msg/Name``) known, reading installed ``.msg`` files if needed."""
         if msgtype in self.store.fielddefs:

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from .bagwriter import BagWriteError, EpisodeBag, TypeRegistry
+from .timing import PublicationClock
 
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
@@ -104,9 +105,14 @@ class Recorder:
     """Records offered messages into one bag per episode, through a writer thread."""
 
     def __init__(self, dataset: DatasetWriter, storage: str = "mcap", max_queue: int = 100_000,
-                 log=print):
+                 log=print, log_time: str = "receive"):
+        """``log_time``: "receive" (rosbag2's: the reception time given to ``offer``) or
+        "publication" (see ``timing.PublicationClock``; ``offer`` needs source timestamps)."""
+        if log_time not in ("receive", "publication"):
+            raise ValueError(f"log_time must be receive or publication, not {log_time!r}")
         self.dataset = dataset
         self.storage = storage
+        self.log_time = log_time
         self.registry = TypeRegistry()
         self.log = log
         self.max_queue = max_queue
@@ -164,13 +170,16 @@ class Recorder:
             self._bag = result["bag"]
             return name
 
-    def offer(self, topic: str, t_ns: int, data) -> None:
-        """Called from subscription callbacks: count and queue, never block."""
+    def offer(self, topic: str, t_ns: int, data, src_ns: int | None = None) -> None:
+        """Called from subscription callbacks: count and queue, never block.
+
+        ``t_ns``: reception time on the recorder's clock; ``src_ns``: the DDS source timestamp.
+        """
         if self._bag is None or self._error is not None:
             return
         self._received[topic] += 1
         try:
-            self._queue.put_nowait((topic, t_ns, data))
+            self._queue.put_nowait((topic, t_ns, data, src_ns))
         except queue.Full:
             self._dropped[topic] += 1
 
@@ -211,23 +220,34 @@ class Recorder:
             return
         result["bag"] = bag
         opened.set()
+        clock = None
+        if self.log_time == "publication":
+            clock = PublicationClock([t for t, ty in topics.items()
+                                      if self.registry.has_header(ty)])
         while True:
             try:
-                item = q.get(timeout=0.2)
+                item = q.get(timeout=0.05)
             except queue.Empty:
                 item = None
-            if item is not None and item[0] is _STOP:
+            stop = item is not None and item[0] is _STOP
+            if self._error is None:
+                try:
+                    if clock is None:
+                        if item is not None and not stop:
+                            bag.write(*item[:3])
+                    else:
+                        if item is not None and not stop:
+                            topic, recv_ns, data, src_ns = item
+                            clock.add(topic, recv_ns, data, recv_ns if src_ns is None else src_ns)
+                        for decided in clock.ready(flush=stop):
+                            bag.write(*decided)
+                    bag.flush_chunk()
+                except BagWriteError as exc:
+                    self._error = exc
+                    self.log(f"episode {bag.path.name} failed: {exc}")
+            if stop:
                 self._finish(bag, keep=item[1], custom=item[2])
                 return
-            if self._error is not None:
-                continue  # drain without writing after a failure
-            try:
-                if item is not None:
-                    bag.write(*item)
-                bag.flush_chunk()
-            except BagWriteError as exc:
-                self._error = exc
-                self.log(f"episode {bag.path.name} failed: {exc}")
 
     def _finish(self, bag: EpisodeBag, keep: bool, custom: dict) -> None:
         if self._error is not None or not keep:

@@ -1,0 +1,79 @@
+"""Log times by publication: the instant of the recorded data at which a message was published.
+
+rosbag2 logs a message at its reception time on the recorder's clock. In simulation that
+clock is ``/clock``, a best-effort topic of depth 1: when the recorder falls a few milliseconds
+behind, its clock jumps to the newest tick while older messages are still queued, and those
+get logged ticks too late. A command without a header then pairs with the wrong state.
+
+``PublicationClock`` instead logs each message at the newest header stamp among the recorded
+messages *published before it* (ordered by their DDS source timestamps, one wall clock for the
+publishers on this host). In lockstep this is exact: command k is published after state k and
+before state k+1, so it is logged at t_k. A message waits until a message published after it
+has arrived (or ``hold`` seconds), because topics arrive in any order.
+"""
+from __future__ import annotations
+
+import bisect
+import struct
+import time
+from collections import deque
+
+_STAMP = struct.Struct("<iI")
+
+
+def header_stamp_ns(data) -> int | None:
+    """The header stamp of a little-endian CDR message that starts with std_msgs/Header."""
+    if len(data) < 12 or data[1] != 1:  # encapsulation: CDR little endian
+        return None
+    sec, nsec = _STAMP.unpack_from(data, 4)
+    return sec * 1_000_000_000 + nsec
+
+
+class PublicationClock:
+    """Assigns log times from source timestamps and header stamps; emits messages when decided."""
+
+    def __init__(self, stamped_topics, hold: float = 0.25, window: int = 4096):
+        self.stamped = set(stamped_topics)
+        self.hold_ns = int(hold * 1e9)
+        self._src: list[int] = []      # source timestamps of stamped messages (sorted)
+        self._stamp: list[int] = []    # their header stamps
+        self._window = window
+        self._newest_src = -1
+        self._pending: deque = deque()
+
+    def add(self, topic: str, recv_ns: int, data, src_ns: int) -> None:
+        if topic in self.stamped:
+            stamp = header_stamp_ns(data)
+            if stamp is not None:
+                i = bisect.bisect_right(self._src, src_ns)
+                self._src.insert(i, src_ns)
+                self._stamp.insert(i, stamp)
+                if len(self._src) > self._window:
+                    del self._src[0], self._stamp[0]
+                self._newest_src = max(self._newest_src, src_ns)
+        self._pending.append((topic, recv_ns, data, src_ns, time.monotonic_ns()))
+
+    def _log_time(self, src_ns: int, recv_ns: int) -> int:
+        i = bisect.bisect_right(self._src, src_ns)
+        if i == 0:
+            return recv_ns  # nothing stamped published before it: reception time
+        # Stamps are nearly monotonic in publication order; an image rendered late carries an
+        # older stamp, so take the newest among the last few published before.
+        return max(self._stamp[max(0, i - 32):i])
+
+    def ready(self, flush: bool = False):
+        """(topic, log_ns, data) of the messages whose log time is decided, in arrival order."""
+        now = time.monotonic_ns()
+        out = []
+        keep = deque()
+        for item in self._pending:
+            topic, recv_ns, data, src_ns, arrived = item
+            if flush or self._newest_src > src_ns or now - arrived > self.hold_ns:
+                out.append((topic, self._log_time(src_ns, recv_ns), data))
+            else:
+                keep.append(item)
+        self._pending = keep
+        return out
+
+    def __len__(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,448 @@
+"""The dataset builder on real episode bags.
+
+The bags are rosbag2 MCAP files (version 9) written with rosbags' ``Writer`` from simulated
+``push`` rollouts of the scripted expert: per control tick the messages the bridge publishes
+(``/clock``, joint states, poses, optionally the camera) and the expert's answer on the arm and
+gripper command topics, timed as in lockstep (commands share their state's time) or as in real
+time (commands a few ms after their state).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from robot_imitation.data.dataset import DatasetError, build_dataset, build_episode
+from robot_imitation.data.inspect import dataset_info, format_info, plot_episode
+from robot_imitation.sim.env import ImitationEnv
+from robot_imitation.sim.experts import make_expert
+from robot_imitation.spec import Spec, decode_image
+
+TYPES = get_typestore(Stores.ROS2_KILTED)
+M = TYPES.types
+SPEC = Spec.load("push")
+PERIOD_NS = round(1e9 / SPEC.control_rate)
+T0_NS = 5_000_000_000            # simulation time of an episode's first state
+WALL_CLOCK_NS = 1_700_000_000 * 10**9
+POSE_KEYS = ("ee_pose", "object_pose", "goal_pose")
+STATUSES = ["ok", "ok", "recovered", "discarded", "ok", "failed"]   # of the fixture's episodes
+USABLE = [0, 1, 2, 4]
+
+
+# ===================================================================== rollouts
+@dataclass
+class Rollout:
+    seed: int
+    states: list          # observation dicts, one per tick; the last one follows the last action
+    actions: list         # the expert's action for each state but the last
+    frames: list          # front camera frames, one per state (camera rollouts only)
+    success: bool
+
+
+def run_expert(env, expert, seed: int, max_steps: int = 60, camera: bool = False) -> Rollout:
+    obs, _ = env.reset(seed=seed)
+    states, actions, frames, success = [obs], [], [], False
+    while len(actions) < max_steps and not success:
+        if camera:
+            frames.append(env.render())
+        actions.append(expert(obs))
+        obs, _, success, truncated, _ = env.step(actions[-1])
+        states.append(obs)
+        if truncated:
+            break
+    if camera:
+        frames.append(env.render())
+    return Rollout(seed, states, actions, frames, bool(success))
+
+
+@pytest.fixture(scope="module")
+def push_env():
+    env = ImitationEnv("push")
+    yield env, make_expert(env.sim)
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def rollouts(push_env):
+    env, expert = push_env
+    return [run_expert(env, expert, seed) for seed in range(len(STATUSES))]
+
+
+# ===================================================================== bag writing
+def header(stamp_ns: int, frame: str = "world"):
+    return M["std_msgs/msg/Header"](
+        stamp=M["builtin_interfaces/msg/Time"](sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9),
+        frame_id=frame)
+
+
+def joint_state_msg(stamp_ns, names, obs):
+    return M["sensor_msgs/msg/JointState"](
+        header=header(stamp_ns), name=list(names),
+        position=np.asarray(obs["joint_pos"], np.float64),
+        velocity=np.asarray(obs["joint_vel"], np.float64), effort=np.zeros(len(names)))
+
+
+def pose_msg(stamp_ns, v):
+    pose = M["geometry_msgs/msg/Pose"](
+        position=M["geometry_msgs/msg/Point"](x=v[0], y=v[1], z=v[2]),
+        orientation=M["geometry_msgs/msg/Quaternion"](x=v[4], y=v[5], z=v[6], w=v[3]))
+    return M["geometry_msgs/msg/PoseStamped"](header=header(stamp_ns), pose=pose)
+
+
+def command_msg(values):
+    return M["std_msgs/msg/Float64MultiArray"](
+        layout=M["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0),
+        data=np.asarray(values, np.float64))
+
+
+def image_msg(stamp_ns, frame):
+    h, w, _ = frame.shape
+    return M["sensor_msgs/msg/Image"](header=header(stamp_ns, "front_optical_frame"), height=h,
+                                      width=w, encoding="rgb8", is_bigendian=0, step=w * 3,
+                                      data=frame.reshape(-1))
+
+
+def clock_msg(stamp_ns):
+    return M["rosgraph_msgs/msg/Clock"](clock=header(stamp_ns).stamp)
+
+
+def log_times(timing: str, k: int, rng) -> tuple[int, list, int]:
+    """(state log time, arm command log times, gripper command log time) of tick k."""
+    t = T0_NS + k * PERIOD_NS
+    if timing == "lockstep":        # recorder on sim time: the command shares its state's time
+        return t, [t], t
+    if timing == "realtime":        # states arrive after 1 ms, commands 2..8 ms after the state
+        lag = int(rng.integers(2_000_000, 8_000_000))
+        return t + 1_000_000, [t + lag], t + lag + 300_000
+    if timing == "fast_commands":   # a 100 Hz teleop repeating the command
+        return t, [t + j * 10_000_000 for j in range(5)], t
+    if timing == "wall_clock":      # recorder on the wall clock, stamps in sim time
+        return t + WALL_CLOCK_NS, [t + WALL_CLOCK_NS], t + WALL_CLOCK_NS
+    raise ValueError(timing)
+
+
+def write_episode(path: Path, rollout: Rollout, *, timing: str = "lockstep", camera=False,
+                  edit=None, joint_names=None) -> Path:
+    """Write a rollout as the recorder would record it. ``edit(topic, tick, msg)`` may return a
+    changed message, or None to leave the message out."""
+    names = joint_names or push_joint_names()
+    rng = np.random.default_rng(rollout.seed)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = {}
+
+        def write(topic, msg, log_ns, k):
+            if edit is not None:
+                msg = edit(topic, k, msg)
+                if msg is None:
+                    return
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=TYPES)
+            writer.write(connections[topic], log_ns, TYPES.serialize_cdr(msg, msg.__msgtype__))
+
+        for k, obs in enumerate(rollout.states):
+            stamp = T0_NS + k * PERIOD_NS
+            state_log, arm_logs, gripper_log = log_times(timing, k, rng)
+            write("/clock", clock_msg(stamp), state_log, k)
+            write("/joint_states", joint_state_msg(stamp, names, obs), state_log, k)
+            for key in POSE_KEYS:
+                write(f"/{key}", pose_msg(stamp, obs[key]), state_log, k)
+            if camera:
+                write("/front/image_raw", image_msg(stamp, rollout.frames[k]), state_log, k)
+            if k < len(rollout.actions):
+                action = rollout.actions[k]
+                for log_ns in arm_logs:
+                    write("/arm_controller/commands", command_msg(action[:7]), log_ns, k)
+                write("/gripper_controller/commands", command_msg(action[7:]), gripper_log, k)
+    return path
+
+
+def push_joint_names() -> list:
+    return list(SPEC.observations[0].joints)
+
+
+def write_dataset(root: Path, rollouts: list, statuses: list, spec: Spec = SPEC, **options):
+    """A recorder-style dataset: dataset.yaml, index.json, one bag folder per episode."""
+    root.mkdir(parents=True)
+    (root / "dataset.yaml").write_text(yaml.safe_dump(
+        {"format": "robot_imitation.dataset", "version": 1, "spec": spec.to_dict()}))
+    entries = []
+    for i, (rollout, status) in enumerate(zip(rollouts, statuses)):
+        name = f"episode_{i:06d}"
+        write_episode(root / name, rollout, **options)
+        entries.append({"name": name, "path": name, "status": status, "task": "push",
+                        "success": rollout.success, "seed": rollout.seed, "operator": "expert",
+                        "notes": "", "duration": len(rollout.actions) * PERIOD_NS * 1e-9,
+                        "counts": {}})
+    (root / "index.json").write_text(json.dumps({"episodes": entries}, indent=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lockstep_dataset(tmp_path_factory, rollouts):
+    """Six lockstep episodes, four of them usable (statuses ok, recovered)."""
+    return write_dataset(tmp_path_factory.mktemp("data") / "push_demos", rollouts, STATUSES)
+
+
+def expert_agreement(expert, episode) -> float:
+    """The fraction of steps whose action is exactly the expert's answer to the step's
+    observation."""
+    same = [np.array_equal(expert({k: v[i] for k, v in episode.obs.items()}), episode.actions[i])
+            for i in range(len(episode))]
+    return float(np.mean(same))
+
+
+def arrays_of(dataset) -> dict:
+    return {e.name: (e.actions, e.t, e.obs) for e in dataset.episodes}
+
+
+def assert_same_arrays(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        np.testing.assert_array_equal(a[name][1], b[name][1])
+        for key in a[name][2]:
+            np.testing.assert_array_equal(a[name][2][key], b[name][2][key])
+
+
+# ===================================================================== alignment
+def test_lockstep_steps_are_the_expert_answers(lockstep_dataset, rollouts, push_env):
+    _, expert = push_env
+    ds = build_dataset(lockstep_dataset, cache=False)
+    assert [e.name for e in ds.episodes] == [f"episode_{i:06d}" for i in USABLE]
+    for episode, i in zip(ds.episodes, USABLE):
+        rollout = rollouts[i]
+        n = len(rollout.actions)
+        assert (episode.seed, episode.success, episode.dropped) == (rollout.seed,
+                                                                     rollout.success, 0)
+        assert len(episode) == n
+        np.testing.assert_array_equal(episode.actions, np.array(rollout.actions))
+        for key in ("joint_pos", "joint_vel", *POSE_KEYS):
+            np.testing.assert_array_equal(episode.obs[key],
+                                          np.array([s[key] for s in rollout.states[:n]]))
+        np.testing.assert_allclose(episode.t, (T0_NS + np.arange(n) * PERIOD_NS) * 1e-9)
+        assert episode.obs["joint_pos"].dtype == np.float64
+        assert expert_agreement(expert, episode) >= 0.995
+
+
+def test_realtime_command_lag_aligns_in_a_plain_folder_of_bags(rollouts, push_env, tmp_path):
+    _, expert = push_env
+    for i in (0, 1):
+        write_episode(tmp_path / f"run_{i}", rollouts[i], timing="realtime")
+    with pytest.raises(DatasetError, match="give the spec"):
+        build_dataset(tmp_path, cache=False)
+    ds = build_dataset(tmp_path, spec="push", cache=False, val_fraction=0.0)
+    assert [e.name for e in ds.episodes] == ["run_0", "run_1"]
+    for episode, rollout in zip(ds.episodes, rollouts):
+        assert len(episode) == len(rollout.actions) and episode.dropped == 0
+        assert expert_agreement(expert, episode) >= 0.995
+
+
+def test_fast_commands_keep_one_per_control_period(rollouts, tmp_path):
+    """Commands at 100 Hz: the first of each 50 ms period is the step. Bags as bare .mcap files."""
+    bag = write_episode(tmp_path / "teleop", rollouts[0], timing="fast_commands")
+    (bag / "teleop.mcap").rename(tmp_path / "teleop.mcap")
+    shutil.rmtree(bag)
+    ds = build_dataset(tmp_path, spec=SPEC, cache=False, val_fraction=0.0)
+    (episode,) = ds.episodes
+    assert episode.name == "teleop.mcap"
+    np.testing.assert_array_equal(episode.actions, np.array(rollouts[0].actions))
+    np.testing.assert_allclose(episode.t, (T0_NS + np.arange(len(episode)) * PERIOD_NS) * 1e-9)
+
+
+def test_missing_or_stale_messages_drop_steps(rollouts, tmp_path):
+    """No gripper command yet at tick 0; the object pose lost at ticks 10-12 leaves tick 12's
+    newest pose 3 periods old (ticks 10 and 11 use one 1 and 2 periods old)."""
+    def edit(topic, k, msg):
+        if (topic == "/gripper_controller/commands" and k == 0) or (
+                topic == "/object_pose" and k in (10, 11, 12)):
+            return None
+        return msg
+
+    bag = write_episode(tmp_path / "lossy", rollouts[0], edit=edit)
+    episode = build_episode(bag, SPEC)
+    kept = [k for k in range(len(rollouts[0].actions)) if k not in (0, 12)]
+    assert episode.dropped == 2 and len(episode) == len(kept)
+    np.testing.assert_allclose(episode.t, (T0_NS + np.array(kept) * PERIOD_NS) * 1e-9)
+    np.testing.assert_array_equal(episode.obs["object_pose"][kept.index(11)],
+                                  rollouts[0].states[9]["object_pose"])
+
+
+def test_image_observations_are_decoded_at_the_spec_size(tmp_path):
+    spec = Spec.load("push_image")
+    image = spec.image_observations[0]
+    env = ImitationEnv("push", render_mode="rgb_array", camera="front", width=64, height=48)
+    try:
+        rollout = run_expert(env, make_expert(env.sim), seed=0, max_steps=12, camera=True)
+    finally:
+        env.close()
+    bag = write_episode(tmp_path / "camera", rollout, camera=True)
+    episode = build_episode(bag, spec)
+    frames = episode.obs[image.key]
+    assert frames.shape == (len(rollout.actions), 96, 96, 3) and frames.dtype == np.uint8
+    for k, frame in enumerate(frames):
+        raw = SimpleNamespace(encoding="rgb8", height=48, width=64, step=64 * 3,
+                              data=rollout.frames[k].tobytes())
+        np.testing.assert_array_equal(frame, decode_image(raw, 96, 96, "rgb8"))
+    assert len({f.tobytes() for f in frames}) > 1   # the arm moves: frames differ
+
+
+# ===================================================================== split and statistics
+def test_split_is_by_episode_and_stats_come_from_train_only(lockstep_dataset):
+    ds = build_dataset(lockstep_dataset, val_fraction=0.25, seed=3, cache=False)
+    train, val = [e.name for e in ds.train], [e.name for e in ds.val]
+    assert len(val) == 1 and sorted(train + val) == [e.name for e in ds.episodes]
+    again = build_dataset(lockstep_dataset, val_fraction=0.25, seed=3, cache=False)
+    assert [e.name for e in again.val] == val
+
+    arrays, everything = ds.arrays("train"), ds.arrays("all")
+    assert len(arrays["actions"]) == sum(len(e) for e in ds.train)
+    np.testing.assert_array_equal(ds.stats["actions"].mean, arrays["actions"].mean(axis=0))
+    np.testing.assert_array_equal(ds.stats["actions"].max, arrays["actions"].max(axis=0))
+    pos = ds.stats["observations"]["joint_pos"]
+    np.testing.assert_array_equal(pos.mean, arrays["obs"]["joint_pos"].mean(axis=0))
+    np.testing.assert_array_equal(pos.min, arrays["obs"]["joint_pos"].min(axis=0))
+    assert not np.allclose(pos.mean, everything["obs"]["joint_pos"].mean(axis=0))
+    assert ds.stats["actions"].std[7] == 1e-6      # the push expert keeps the gripper closed
+    assert json.loads(json.dumps(ds.stats["actions"].to_dict()))["std"][7] == 1e-6
+
+    assert build_dataset(lockstep_dataset, val_fraction=0.01, cache=False).val  # at least one
+    assert not build_dataset(lockstep_dataset, val_fraction=0.0, cache=False).val
+
+
+# ===================================================================== cache
+def test_cache_never_decodes_twice_and_notices_changes(lockstep_dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(lockstep_dataset, root)   # keeps modification times
+    names = [f"episode_{i:06d}" for i in USABLE]
+
+    first = build_dataset(root)
+    assert first.decoded == names
+    manifest = json.loads((root / "cache" / "manifest.json").read_text())
+    assert sorted(manifest["episodes"]) == names
+    assert build_dataset(root).decoded == []
+
+    touched = root / names[1] / f"{names[1]}.mcap"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert build_dataset(root).decoded == [names[1]]
+
+    variant = SPEC.to_dict()
+    variant["observations"] = [o for o in variant["observations"] if o["key"] != "goal_pose"]
+    reduced = build_dataset(root, spec=Spec.from_dict(variant))
+    assert reduced.decoded == names and "goal_pose" not in reduced.episodes[0].obs
+    assert build_dataset(root).decoded == names     # the cache now held the reduced spec's
+    assert len(list((root / "cache").glob("*.npz"))) == len(names)
+
+    # Proof that a cache hit reads no bag: damage every bag but keep its size and time. A build
+    # that decoded them would fail; the cached build returns the same arrays.
+    for name in names:
+        mcap = root / name / f"{name}.mcap"
+        st, data = mcap.stat(), bytearray(mcap.read_bytes())
+        data[len(data) // 3: len(data) // 3 + 256] = bytes(256)
+        mcap.write_bytes(bytes(data))
+        os.utime(mcap, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DatasetError):
+        build_episode(root / names[0], SPEC)
+    cached = build_dataset(root)
+    assert cached.decoded == []
+    assert_same_arrays(arrays_of(cached), arrays_of(first))
+
+
+# ===================================================================== errors
+def test_missing_topic_names_bag_topic_and_field(rollouts, tmp_path):
+    bag = write_episode(tmp_path / "no_object",
+                        rollouts[0], edit=lambda t, k, m: None if t == "/object_pose" else m)
+    with pytest.raises(DatasetError) as err:
+        build_episode(bag, SPEC)
+    assert str(bag) in str(err.value) and "/object_pose" in str(err.value)
+    assert "object_pose (geometry_msgs/msg/PoseStamped.pose)" in str(err.value)
+
+
+def test_missing_joint_names_bag_and_joint(rollouts, tmp_path):
+    names = push_joint_names()[:-1] + ["finger_right"]
+    bag = write_episode(tmp_path / "renamed", rollouts[0], joint_names=names)
+    with pytest.raises(DatasetError) as err:
+        build_episode(bag, SPEC)
+    assert str(bag) in str(err.value) and "['panda_finger_joint2']" in str(err.value)
+    assert "joint_pos" in str(err.value) and "/joint_states" in str(err.value)
+
+
+def test_wrong_command_size_names_bag_and_field(rollouts, tmp_path):
+    def six_joints(topic, k, msg):
+        if topic == "/arm_controller/commands":
+            msg.data = msg.data[:6]
+        return msg
+
+    bag = write_episode(tmp_path / "short", rollouts[0], edit=six_joints)
+    with pytest.raises(DatasetError) as err:
+        build_episode(bag, SPEC)
+    assert str(bag) in str(err.value) and "expected 7 values, got 6" in str(err.value)
+    assert "arm (std_msgs/msg/Float64MultiArray.data)" in str(err.value)
+
+
+def test_no_steps_explains_a_clock_mismatch(rollouts, tmp_path):
+    bag = write_episode(tmp_path / "wall", rollouts[0], timing="wall_clock")
+    with pytest.raises(DatasetError) as err:
+        build_episode(bag, SPEC)
+    text = str(err.value)
+    assert str(bag) in text and "no steps" in text and "use_sim_time" in text
+
+
+def test_index_naming_a_missing_bag_is_an_error(lockstep_dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(lockstep_dataset, root)
+    shutil.rmtree(root / "episode_000002")
+    with pytest.raises(DatasetError, match="episode_000002.*does not exist"):
+        build_dataset(root, cache=False)
+
+
+# ===================================================================== inspection
+def test_dataset_info_counts_statuses_topics_and_rates(lockstep_dataset, rollouts):
+    info = dataset_info(lockstep_dataset)
+    assert info["spec"] == "push" and len(info["episodes"]) == len(STATUSES)
+    assert info["statuses"] == {"ok": 3, "recovered": 1, "discarded": 1, "failed": 1}
+    assert sum(info["success"].values()) == len(STATUSES)
+    states = sum(len(r.states) for r in rollouts)
+    assert info["topics"]["/joint_states"]["messages"] == states
+    assert info["topics"]["/arm_controller/commands"]["messages"] == states - len(rollouts)
+    assert info["topics"]["/joint_states"]["rate"] == pytest.approx(20.0, rel=0.05)
+    text = format_info(info)
+    assert "recovered 1" in text and "/gripper_controller/commands" in text
+    assert "episode_000003  discarded" in text
+
+
+def test_plot_episode_writes_a_png(lockstep_dataset, tmp_path):
+    out = tmp_path / "episode.png"
+    legend = plot_episode(lockstep_dataset, "episode_000001", out)
+    assert legend["actions"][0] == "arm[0]" and len(legend["joint_pos (observation)"]) == 9
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body)
+        chunks.setdefault(kind, b"")
+        chunks[kind] += body
+        pos += 12 + length
+    width, height = struct.unpack(">II", chunks[b"IHDR"][:8])
+    assert width > 100 and height > 100
+    if importlib.util.find_spec("matplotlib") is None:   # the built-in writer: unfiltered rows
+        pixels = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8)
+        rows = pixels.reshape(height, 1 + width * 3)[:, 1:].reshape(height, width, 3)
+        coloured = (rows.max(axis=2) - rows.min(axis=2)) > 50
+        assert coloured.sum() > 1000          # the plotted lines
+    with pytest.raises(DatasetError, match="no episode 'episode_9'"):
+        plot_episode(lockstep_dataset, "episode_9", out)
