@@ -4,6 +4,8 @@ Subcommands:
   demo     the main job on a task, through ROS: bridge and scripted expert as separate processes,
            N episodes, success rate with its 95% confidence interval, results as JSON
   expert   the scripted expert on the gymnasium task, without ROS
+  info     a dataset's episodes, durations, topics, rates, message counts, success
+  plot     PNG of an episode's joint trajectories and actions
   record   scripted-expert demonstrations through ROS into a dataset of rosbag2 bags
   recover  salvage the episodes a crashed recorder left behind
   tasks    the built-in tasks and robots
@@ -136,6 +138,39 @@ def cmd_record(args) -> int:
     return 0 if len(ok) == len(entries) else 1
 
 
+def cmd_info(args) -> int:
+    from .data.bags import BagError
+    from .data.dataset import DatasetError
+    from .data.inspect import dataset_info, format_info
+
+    try:
+        print(format_info(dataset_info(args.dataset)))
+    except (BagError, DatasetError, FileNotFoundError) as exc:
+        print(f"info: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .data.bags import BagError
+    from .data.dataset import DatasetError
+    from .data.inspect import plot_episode
+    from .spec import Spec
+
+    episode = int(args.episode) if args.episode.isdigit() else args.episode
+    out = args.out or f"{Path(args.dataset).name}_{args.episode}.png"
+    try:
+        legend = plot_episode(args.dataset, episode, out,
+                              spec=Spec.load(args.spec) if args.spec else None)
+    except (BagError, DatasetError, FileNotFoundError) as exc:
+        print(f"plot: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    if legend:
+        print(legend if isinstance(legend, str) else "\n".join(map(str, legend)))
+    return 0
+
+
 def cmd_recover(args) -> int:
     from .recording.recover import RecoverError, main_summary, recover_dataset
 
@@ -178,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("info", help="episodes, durations, topics, rates, counts, success")
+    p.add_argument("dataset", help="dataset folder, or a folder of bags")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("plot", help="PNG of an episode's joint trajectories and actions")
+    p.add_argument("dataset")
+    p.add_argument("episode", nargs="?", default="0", help="episode name or index (default 0)")
+    p.add_argument("--out", help="PNG path (default: <dataset>_<episode>.png)")
+    p.add_argument("--spec", help="spec (default: the dataset's)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
     p.add_argument("path", help="dataset folder (or one episode's bag folder)")

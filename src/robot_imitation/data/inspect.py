@@ -2,14 +2,10 @@
 
 ``dataset_info`` reads the index and each bag's summary (no message is decoded);
 ``format_info`` renders it for a terminal. ``plot_episode`` aligns one episode as the dataset
-builder does and draws its joint positions and actions into a PNG: with matplotlib when it is
-installed, else with the small raster plotter below (no labels drawn; the legend goes into the
-PNG's text chunks and is returned).
+builder does and draws its joint positions and actions into a PNG (matplotlib).
 """
 from __future__ import annotations
 
-import struct
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -117,17 +113,14 @@ def plot_episode(path, episode, out_png, spec: Spec | str | None = None) -> dict
     panels.append(("actions", ep.actions, [n for f in spec.actions for n in f.names()]))
     t = ep.t - ep.t[0]
     title = f"{entry['name']} ({len(ep)} steps, {ep.dropped} dropped)"
-    try:
-        import matplotlib
-    except ImportError:
-        _plot_png(Path(out_png), title, t, panels)
-    else:
-        matplotlib.use("Agg")
-        _plot_matplotlib(Path(out_png), title, t, panels)
+    _plot(Path(out_png), title, t, panels)
     return {name: series for name, _, series in panels}
 
 
-def _plot_matplotlib(out: Path, title: str, t, panels) -> None:
+def _plot(out: Path, title: str, t, panels) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3 * len(panels)), sharex=True,
@@ -144,63 +137,9 @@ def _plot_matplotlib(out: Path, title: str, t, panels) -> None:
     plt.close(fig)
 
 
-# ===================================================================== a minimal PNG plotter
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-PANEL_SIZE = (900, 260)   # width, height in pixels
-MARGIN = 12
 
 
 def _hex(rgb) -> str:
     return "#%02x%02x%02x" % tuple(rgb)
-
-
-def _plot_png(out: Path, title: str, t, panels) -> None:
-    """Each panel: a frame, the zero line when in range, one polyline per series."""
-    w, h = PANEL_SIZE
-    img = np.full((h * len(panels), w, 3), 255, np.uint8)
-    for p, (_, values, _) in enumerate(panels):
-        top, bottom, left, right = p * h + MARGIN, (p + 1) * h - MARGIN, MARGIN, w - MARGIN
-        img[[top, bottom], left:right + 1] = 0
-        img[top:bottom + 1, [left, right]] = 0
-        lo, hi = float(values.min()), float(values.max())
-        pad = 0.05 * (hi - lo) or 1.0
-        lo, hi = lo - pad, hi + pad
-        x = left + (t - t[0]) / max(t[-1] - t[0], 1e-9) * (right - left)
-        rows = bottom - (values - lo) / (hi - lo) * (bottom - top)
-        if lo < 0 < hi:
-            img[int(round(bottom + lo / (hi - lo) * (bottom - top))), left:right:4] = 160
-        for i in range(values.shape[1]):
-            _polyline(img, x, rows[:, i], PALETTE[i % len(PALETTE)])
-    legend = "; ".join(f"{name}: " + ", ".join(f"{_hex(PALETTE[i % len(PALETTE)])} {s}"
-                                               for i, s in enumerate(series))
-                       for name, _, series in panels)
-    _write_png(out, img, {"Title": title, "Description": legend})
-
-
-def _polyline(img: np.ndarray, x: np.ndarray, y: np.ndarray, color) -> None:
-    """Straight segments between consecutive points, sampled one pixel apart."""
-    for x0, y0, x1, y1 in zip(x[:-1], y[:-1], x[1:], y[1:]):
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 2
-        cols = np.rint(np.linspace(x0, x1, n)).astype(int)
-        rows = np.rint(np.linspace(y0, y1, n)).astype(int)
-        img[rows, cols] = color
-    if len(x) == 1:
-        img[int(round(y[0])), int(round(x[0]))] = color
-
-
-def _write_png(out: Path, rgb: np.ndarray, text: dict) -> None:
-    """An 8-bit RGB PNG: signature, IHDR, tEXt chunks, one IDAT (zlib, filter 0), IEND."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    h, w, _ = rgb.shape
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1)
-    out.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-        + b"".join(chunk(b"tEXt", k.encode("latin-1") + b"\0"
-                         + v.encode("latin-1", "replace")) for k, v in text.items())
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + chunk(b"IEND", b""))
