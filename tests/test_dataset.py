@@ -357,6 +357,45 @@ def test_cache_never_decodes_twice_and_notices_changes(lockstep_dataset, tmp_pat
 
 
 # ===================================================================== errors
+def status_msg(stamp_ns, episode: int):
+    status_type = TYPES.types["diagnostic_msgs/msg/DiagnosticStatus"]
+    key_value = TYPES.types["diagnostic_msgs/msg/KeyValue"]
+    array = TYPES.types["diagnostic_msgs/msg/DiagnosticArray"]
+    status = status_type(level=0, name="episode", message="running",
+                         hardware_id="push",
+                         values=[key_value(key="episode", value=str(episode))])
+    return array(header=header(stamp_ns), status=[status])
+
+
+def test_steps_before_the_final_episode_started_are_dropped(rollouts, push_env, tmp_path):
+    """Rule 6: a recorder started before the reset caught the end of the previous episode."""
+    switch = 5  # ticks 0..4 carry the previous episode's status
+
+    bag = write_episode(tmp_path / "ep", rollouts[0])
+    # Add the status stream to the bag: episode 6 before `switch`, episode 7 from it on.
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        raw = [(c.topic, c.msgtype, t, d) for c, t, d in reader.messages()]
+    rebuilt = tmp_path / "ep_status"
+    with Writer(rebuilt, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        conns = {}
+        for topic, msgtype, t, data in raw:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=TYPES)
+            writer.write(conns[topic], t, data)
+        status = writer.add_connection("/episode/status", "diagnostic_msgs/msg/DiagnosticArray",
+                                       typestore=TYPES)
+        for k in range(len(rollouts[0].states)):
+            stamp = T0_NS + k * PERIOD_NS
+            msg = status_msg(stamp, 6 if k < switch else 7)
+            writer.write(status, stamp, TYPES.serialize_cdr(msg, msg.__msgtype__))
+    whole = build_episode(bag, SPEC)
+    trimmed = build_episode(rebuilt, SPEC)
+    assert len(whole) - len(trimmed) == switch == trimmed.dropped - whole.dropped
+    np.testing.assert_array_equal(trimmed.actions, whole.actions[switch:])
+
+
 def test_missing_topic_names_bag_topic_and_field(rollouts, tmp_path):
     bag = write_episode(tmp_path / "no_object",
                         rollouts[0], edit=lambda t, k, m: None if t == "/object_pose" else m)

@@ -30,6 +30,10 @@ This is the contract between what is recorded and what a policy learns from:
    or older than 2 control periods (t_a - stamp > 2 / control_rate), or an action field has no
    message yet.
 5. Images are decoded with ``Spec.extract`` (uint8, the spec's size).
+6. Episode boundary: when the bag holds the task's status (``/episode/status``,
+   diagnostic_msgs/DiagnosticArray with an ``episode`` value, as the bridge publishes it),
+   steps logged before the first status of the episode the bag ends with are dropped (a
+   recorder started before the simulation reset records a few messages of the episode before).
 
 Times are compared as integer nanoseconds, so equal stamps are equal.
 
@@ -63,7 +67,7 @@ import yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 USABLE_STATUSES = ("ok", "recovered")
@@ -71,6 +75,8 @@ FAST_COMMANDS = 0.75   # commands closer than this many control periods get subs
 MAX_AGE_PERIODS = 2.0  # observations older than this many control periods drop the step (rule 4)
 STD_FLOOR = 1e-6
 CACHE_MANIFEST = "manifest.json"
+STATUS_TOPIC = "/episode/status"
+STATUS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
 
 
 class DatasetError(ValueError):
@@ -174,9 +180,10 @@ def build_episode(bag_path, spec: Spec, name: str | None = None) -> Episode:
         with open_bag(bag_path) as bag:
             _check_topics(bag, spec)
             streams = _read_streams(bag, spec)
+            start_ns = _episode_start(bag)
     except BagError as exc:
         raise DatasetError(str(exc)) from None
-    obs, actions, t_ns, drops = _align(spec, streams, bag_path)
+    obs, actions, t_ns, drops = _align(spec, streams, bag_path, start_ns)
     return Episode(name=name or bag_path.name, obs=obs, actions=actions, t=t_ns * 1e-9,
                    source=str(bag_path), dropped=sum(drops.values()))
 
@@ -193,6 +200,22 @@ def _check_topics(bag, spec: Spec) -> None:
                                f"spec expects {f.type}")
         if topics[f.topic].count == 0:
             raise DatasetError(f"{what}: topic {f.topic} has no messages")
+
+
+def _episode_start(bag) -> int | None:
+    """Rule 6: log time of the first status of the episode the bag ends with, if any."""
+    info = bag.topics.get(STATUS_TOPIC)
+    if info is None or info.msgtype != STATUS_TYPE or info.count == 0:
+        return None
+    first_seen: dict = {}
+    last = None
+    for _, log_ns, msg in bag.messages([STATUS_TOPIC]):
+        values = {kv.key: kv.value for st in msg.status[:1] for kv in st.values}
+        episode = values.get("episode")
+        if episode is not None:
+            first_seen.setdefault(episode, log_ns)
+            last = episode
+    return first_seen.get(last)
 
 
 def _read_streams(bag, spec: Spec) -> dict:
@@ -214,7 +237,7 @@ def _read_streams(bag, spec: Spec) -> dict:
     return streams
 
 
-def _align(spec: Spec, streams: dict, bag_path: Path):
+def _align(spec: Spec, streams: dict, bag_path: Path, start_ns: int | None = None):
     """(obs, actions, t_ns, drop reasons) by the alignment rule."""
     period = 1e9 / spec.control_rate
     steps_field = spec.actions[0]
@@ -227,6 +250,9 @@ def _align(spec: Spec, streams: dict, bag_path: Path):
 
     keep = np.ones(len(t_a), bool)
     drops = Counter()
+    if start_ns is not None:
+        keep = t_a >= start_ns
+        drops["before the episode started"] = int(np.sum(~keep))
     for f in spec.observations:
         index, ok, stale = _newest_stamped_before(streams[f.topic], t_a, MAX_AGE_PERIODS * period)
         drops.update({f"no {f.key} yet": int(np.sum(~ok & keep)),
