@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from robot_imitation.paths import ensure_ros_environment
 
@@ -38,12 +36,11 @@ ensure_ros_environment()
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 
-import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
+from benchlib import RESULTS_DIR, run_with_ros  # noqa: E402
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import STATE_QOS, to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
@@ -51,18 +48,14 @@ from robot_imitation.sim.env import ImitationEnv  # noqa: E402
 from robot_imitation.sim.experts import make_expert  # noqa: E402
 from robot_imitation.sim.tasks import TaskSim  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BRIDGE = "mujoco_bridge"
 WARMUP_S = 3.0          # before each measured window
 STARTUP_TIMEOUT_S = 60.0  # for the nodes to come up and the control loop to close
 
-
 class BenchmarkError(RuntimeError):
     pass
 
-
 # ============================================================================ monitoring
-
 
 @dataclass
 class DiagSample:
@@ -74,12 +67,10 @@ class DiagSample:
     def __getitem__(self, key: str) -> float:
         return float(self.values[key])
 
-
 def rate(first: DiagSample, last: DiagSample, key: str) -> float:
     """Per-second increase of a counter between two samples."""
     dt = last.stamp - first.stamp
     return (last[key] - first[key]) / dt if dt > 0 else 0.0
-
 
 class BridgeMonitor(Node):
     """Collects the bridge's /diagnostics and, optionally, counts its joint_states messages."""
@@ -120,7 +111,6 @@ class BridgeMonitor(Node):
         with self._lock:
             return self._states
 
-
 @contextlib.contextmanager
 def monitoring(count_states: bool = False):
     monitor = BridgeMonitor(count_states)
@@ -130,7 +120,6 @@ def monitoring(count_states: bool = False):
     finally:
         spinner.stop()
         monitor.destroy_node()
-
 
 @contextlib.contextmanager
 def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict):
@@ -151,14 +140,12 @@ def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict):
                   file=sys.stderr)
         raise
 
-
 def watch(group: ProcessGroup, seconds: float) -> None:
     """Wait, checking that the nodes are alive."""
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         group.check()
         time.sleep(min(0.2, left))
-
 
 def wait_until(group: ProcessGroup, ready, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
@@ -168,16 +155,13 @@ def wait_until(group: ProcessGroup, ready, what: str, timeout: float = STARTUP_T
             raise BenchmarkError(f"no {what} within {timeout:g} s")
         time.sleep(0.1)
 
-
 def counter_above(monitor: BridgeMonitor, key: str, value: float = 0.0):
     def ready() -> bool:
         sample = monitor.latest()
         return sample is not None and sample[key] > value
     return ready
 
-
 # ============================================================================ measurements
-
 
 def measure_lockstep(task: str, duration: float, substeps: int) -> dict:
     """Closed-loop lockstep control ticks per second, bridge and expert in two processes."""
@@ -196,7 +180,6 @@ def measure_lockstep(task: str, duration: float, substeps: int) -> dict:
             "ticks_per_s_joint_states": (states1 - states0) / (t1 - t0),
             "physics_steps_per_s": ticks_per_s * substeps,
             "episodes": int(last["episode"] - first["episode"])}
-
 
 def measure_without_ros(task: str, duration: float, substeps: int) -> dict:
     """The same closed loop in this process: gymnasium env and expert, no ROS."""
@@ -224,7 +207,6 @@ def measure_without_ros(task: str, duration: float, substeps: int) -> dict:
     return {"window_s": elapsed, "ticks_per_s": ticks / elapsed,
             "physics_steps_per_s": ticks / elapsed * substeps, "episodes": episodes}
 
-
 def measure_realtime(task: str, seconds: float) -> dict:
     """Achieved real-time factor at a target of 1.0, with the expert on a sim-time timer."""
     bridge = {"task": task, "mode": "realtime", "real_time_factor": 1.0, "auto_reset": True,
@@ -247,9 +229,7 @@ def measure_realtime(task: str, seconds: float) -> dict:
             "overruns": int(last["overruns"] - first["overruns"]),
             "physics_steps_per_s": rate(first, last, "physics_steps")}
 
-
 # ============================================================================ report
-
 
 def report(r: dict) -> str:
     sub = r["substeps"]
@@ -278,9 +258,7 @@ def report(r: dict) -> str:
                   f"  {'physics steps/s':44}{rt['physics_steps_per_s']:.1f}"]
     return "\n".join(lines)
 
-
 # ============================================================================ main
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -292,7 +270,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--skip-realtime", action="store_true",
                         help="leave out the real-time measurement")
     return parser.parse_args(argv)
-
 
 def run(args: argparse.Namespace) -> dict:
     cfg = TaskSim(args.task).cfg
@@ -313,26 +290,9 @@ def run(args: argparse.Namespace) -> dict:
         results["realtime"] = measure_realtime(args.task, args.realtime_seconds)
     return results
 
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # No rclpy signal handlers: Ctrl-C stays a KeyboardInterrupt, and the nodes are stopped.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        results = run(args)
-    except (ProcessDied, BenchmarkError) as exc:
-        print(f"[bench] failed: {str(exc).splitlines()[0].rstrip(':')}", file=sys.stderr)
-        return 1
-    finally:
-        rclpy.try_shutdown()
-    print()
-    print(report(results))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "bridge_throughput.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\n[bench] results in {os.path.relpath(out)}")
-    return 0
-
+    return run_with_ros("bridge_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":
     sys.exit(main())

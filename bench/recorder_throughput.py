@@ -65,11 +65,11 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from benchlib import RESULTS_DIR, run_with_ros  # noqa: E402
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import IMAGE_QOS  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RECORDER = "episode_recorder"
 PUBLISHER = "publisher"
 
@@ -93,22 +93,17 @@ PF_KTHREAD = 0x00200000  # in the flags of /proc/<pid>/stat
 MB = 1e6
 GB = 1e9
 
-
 class BenchmarkError(RuntimeError):
     pass
 
-
 # ============================================================================ publisher process
-
 
 def _reliable(depth: int) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=QoSReliabilityPolicy.RELIABLE,
                       history=QoSHistoryPolicy.KEEP_LAST)
 
-
 def _stamp(header, t_ns: int) -> None:
     header.stamp.sec, header.stamp.nanosec = divmod(t_ns, 1_000_000_000)
-
 
 class BenchPublisher:
     """Joint states and two cameras on pre-built messages, a few fields changed per message."""
@@ -210,14 +205,12 @@ class BenchPublisher:
                 "lag_ms": {"mean": lag_sum / max(sends, 1) * 1e3, "max": lag_max * 1e3},
                 "late_over_1ms": late, "sends": sends, "all_acked": acked}
 
-
 def wait_for(ready, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
             raise BenchmarkError(f"no {what} within {timeout:g} s")
         time.sleep(0.005)
-
 
 def publisher_main(args: argparse.Namespace) -> int:
     """The publisher process: set up, wait for the go file and the recorder, publish, report."""
@@ -247,25 +240,20 @@ def publisher_main(args: argparse.Namespace) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
 
-
 # ============================================================================ measuring
-
 
 def _stat(pid: int | str) -> list[str]:
     """Fields 3 and on of /proc/<pid>/stat (proc_pid_stat(5)): fields[i] is field i + 3."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         return f.read().rpartition(")")[2].split()  # the name may hold spaces
 
-
 def _cpu(fields: list[str], children: bool) -> float:
     return sum(int(v) for v in fields[11:15 if children else 13]) / CLK_TCK
-
 
 def process_cpu_seconds(pid: int | str, children: bool = False) -> float:
     """utime + stime of a process (with ``children``: + cutime + cstime, the CPU time of the
     children it has waited for)."""
     return _cpu(_stat(pid), children)
-
 
 def process_peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -273,7 +261,6 @@ def process_peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024 / MB
     return float("nan")
-
 
 def all_processes_cpu_seconds() -> tuple[float, float]:
     """CPU time of (the processes, with the children they have waited for; kernel threads).
@@ -295,7 +282,6 @@ def all_processes_cpu_seconds() -> tuple[float, float]:
             except (OSError, IndexError, ValueError):  # ended meanwhile
                 pass
     return processes, kernel
-
 
 class CpuWatch:
     """CPU-seconds of one process sampled over time: total, average and peak one-second share."""
@@ -322,7 +308,6 @@ class CpuWatch:
                 "percent_of_one_core": 100.0 * (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0,
                 "peak_1s_percent_of_one_core": 100.0 * peak}
 
-
 def call(client, alive, timeout: float) -> Trigger.Response:
     """Call a Trigger service, checking meanwhile that the processes are alive."""
     deadline = time.monotonic() + timeout
@@ -337,7 +322,6 @@ def call(client, alive, timeout: float) -> Trigger.Response:
             raise BenchmarkError(f"service {client.srv_name} did not answer within {timeout:g} s")
         time.sleep(0.01)
     return future.result()
-
 
 @contextlib.contextmanager
 def recorder_and_publisher(args: argparse.Namespace, dataset: Path, work: Path):
@@ -362,7 +346,6 @@ def recorder_and_publisher(args: argparse.Namespace, dataset: Path, work: Path):
         for name in (RECORDER, PUBLISHER):
             print(f"----- log of {name} -----\n{group.log(name).rstrip()}", file=sys.stderr)
         raise
-
 
 def measure_recording(args: argparse.Namespace, dataset: Path, work: Path) -> dict:
     """Record one episode of the publisher's messages; counts, CPU, timings."""
@@ -435,7 +418,6 @@ def measure_recording(args: argparse.Namespace, dataset: Path, work: Path) -> di
                                         100.0 * other / (window * os.cpu_count())},
             "kernel_threads_cpu_s": all1[1] - all0[1]}
 
-
 def read_bag_counts(bag: Path) -> dict:
     """Messages per topic, read without rosbags: the ``mcap`` package, or sqlite3 itself."""
     counts = collections.Counter()
@@ -450,10 +432,8 @@ def read_bag_counts(bag: Path) -> dict:
                 "GROUP BY t.name")))
     return dict(counts)
 
-
 def bag_size(bag: Path) -> int:
     return sum(p.stat().st_size for p in bag.rglob("*") if p.is_file())
-
 
 def measure_bare_writer(bag: Path, storage: str, out: Path) -> dict:
     """Write the recorded messages again with rosbags' Writer alone, as fast as it goes.
@@ -505,7 +485,6 @@ def measure_bare_writer(bag: Path, storage: str, out: Path) -> dict:
     return {"messages": messages, "bytes": nbytes, "bag_bytes": size, "wall_s": wall,
             "cpu_s": cpu, "mb_per_s": nbytes / MB / wall if wall > 0 else 0.0}
 
-
 def run(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="recorder_throughput-"))
     dataset = work / "dataset"
@@ -533,7 +512,6 @@ def run(args: argparse.Namespace) -> dict:
     results.update(summarize(results))
     return results
 
-
 def summarize(r: dict) -> dict:
     live, bare = r["live"], r["bare_writer"]
     entry, pub = live["episode"], live["publisher"]
@@ -558,9 +536,7 @@ def summarize(r: dict) -> dict:
             "recorder_over_bare_writer": recorder_s_per_gb / bare_s_per_gb,
             "bare_writer_headroom": bare["mb_per_s"] / live_mb_s}
 
-
 # ============================================================================ report
-
 
 def report(r: dict) -> str:
     live, bare, pub = r["live"], r["bare_writer"], r["live"]["publisher"]
@@ -614,9 +590,7 @@ def report(r: dict) -> str:
         lines.append(f"  (dataset kept in {r['dataset']})")
     return "\n".join(lines)
 
-
 # ============================================================================ main
-
 
 def positive(text: str) -> float:
     value = float(text)
@@ -624,13 +598,11 @@ def positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
     return value
 
-
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
     return value
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -658,28 +630,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--counts-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.publisher:
         return publisher_main(args)
-    # No rclpy signal handlers: Ctrl-C stays a KeyboardInterrupt, and the processes are stopped.
-    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        results = run(args)
-    except (ProcessDied, BenchmarkError) as exc:
-        print(f"[bench] failed: {str(exc).splitlines()[0].rstrip(':')}", file=sys.stderr)
-        return 1
-    finally:
-        rclpy.try_shutdown()
-    print()
-    print(report(results))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "recorder_throughput.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\n[bench] results in {os.path.relpath(out)}")
-    return 0
-
+    return run_with_ros("recorder_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":
     sys.exit(main())
