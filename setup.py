@@ -29,7 +29,7 @@ setup(
         *_tree("config"),
     ],
     install_requires=["setuptools", "numpy", "PyYAML", "mujoco", "gymnasium", "gymnasium-robotics",
-                      "rosbags", "mcap", "matplotlib"],
+                      "rosbags", "mcap", "matplotlib", "torch", "safetensors", "tensorboard"],
     zip_safe=False,
     maintainer="robot_imitation developers",
     maintainer_email="robot-imitation@users.noreply.github.com",

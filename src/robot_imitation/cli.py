@@ -7,6 +7,7 @@ Subcommands:
   info     a dataset's episodes, durations, topics, rates, message counts, success
   plot     PNG of an episode's joint trajectories and actions
   record   scripted-expert demonstrations through ROS into a dataset of rosbag2 bags
+  train    Behavior Cloning on a dataset, checkpoints in safetensors
   recover  salvage the episodes a crashed recorder left behind
   tasks    the built-in tasks and robots
 """
@@ -171,6 +172,42 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import yaml
+
+    from .learning.trainer import TrainConfig, train
+
+    settings = {}
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            settings = yaml.safe_load(f) or {}
+    for key in ("steps", "batch_size", "lr", "head", "chunk", "seed", "device",
+                "eval_every", "eval_episodes", "task", "patience"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    if args.hidden:
+        settings["hidden"] = [int(x) for x in args.hidden.split(",")]
+    cfg = TrainConfig.from_dict(settings)
+    start = time.perf_counter()
+
+    def progress(step, total, row):
+        extra = " ".join(f"{k} {v:.4g}" for k, v in row.items()
+                         if k in ("train_loss", "val_loss", "success_rate"))
+        _progress(step, total, "steps", extra)
+
+    result = train(args.dataset, args.out, cfg, spec=args.spec, progress=progress)
+    if not result:  # a non-zero torchrun rank
+        return 0
+    print(f"[train] {result['steps']} steps on {result['device']} "
+          f"(x{result['world_size']}) in {time.perf_counter() - start:.1f} s, "
+          f"{result['samples_per_s']:.0f} samples/s; best val loss {result['best_val_loss']:.4g}"
+          + (f", best success {result['best_success_rate']:.0%}"
+             if result['best_success_rate'] is not None else "")
+          + f"; best checkpoint {result['best']}")
+    return 0
+
+
 def cmd_recover(args) -> int:
     from .recording.recover import RecoverError, main_summary, recover_dataset
 
@@ -224,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path (default: <dataset>_<episode>.png)")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("train", help="Behavior Cloning on a dataset (torchrun for DDP)")
+    p.add_argument("dataset", help="dataset folder")
+    p.add_argument("--out", default="runs/train", help="output folder (checkpoints, logs)")
+    p.add_argument("--spec", help="spec (default: the dataset's)")
+    p.add_argument("--config", help="YAML of training settings (TrainConfig fields)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--hidden", help="hidden layer sizes, e.g. 256,256")
+    p.add_argument("--head", choices=("mse", "gaussian", "gmm", "categorical"))
+    p.add_argument("--chunk", type=int, help="actions predicted per step")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--eval-every", dest="eval_every", type=int)
+    p.add_argument("--eval-episodes", dest="eval_episodes", type=int)
+    p.add_argument("--task", help="built-in task for closed-loop evaluation")
+    p.add_argument("--patience", type=int, help="evaluations without improvement to stop")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
     p.add_argument("path", help="dataset folder (or one episode's bag folder)")

@@ -40,6 +40,7 @@ class FieldSpec:
     joints: tuple = ()
     size: int = 0
     image: dict = field(default_factory=dict)
+    relative_to: str = ""  # actions: the observation key whose leading values this is relative to
 
     @property
     def shape(self) -> tuple:
@@ -107,7 +108,8 @@ def _field_spec(entry: dict, where: str) -> FieldSpec:
         if image["encoding"] not in ("rgb8", "mono8"):
             raise SpecError(f"{where} ({entry['key']}): images are stored as rgb8 or mono8")
     return FieldSpec(key=entry["key"], topic=entry["topic"], type=mtype, field=entry["field"],
-                     joints=joints, size=size, image=image)
+                     joints=joints, size=size, image=image,
+                     relative_to=entry.get("relative_to", ""))
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,13 @@ class Spec:
             raise SpecError(f"{where}: keys must be unique, got {keys}")
         if any(f.is_image for f in act):
             raise SpecError(f"{where}: actions cannot be images")
+        by_key = {f.key: f for f in obs}
+        for f in act:
+            if f.relative_to and (f.relative_to not in by_key or by_key[f.relative_to].is_image
+                                  or by_key[f.relative_to].shape[0] < f.shape[0]):
+                raise SpecError(f"{where}: action '{f.key}' is relative_to "
+                                f"'{f.relative_to}', which must be a low-dimensional "
+                                f"observation with at least {f.shape[0]} values")
         also = tuple((e["topic"], e["type"]) for e in data.get("record_also") or ())
         rate = float(data["control_rate"])
         if not rate > 0:
@@ -280,10 +289,19 @@ def decode_image(msg, width: int, height: int, encoding: str) -> np.ndarray:
         img = img[..., [2, 1, 0]]
     elif src_enc == "rgba8":
         img = img[..., :3]
+    return resize_nearest(img, width, height, encoding)
+
+
+def resize_nearest(img: np.ndarray, width: int, height: int, encoding: str) -> np.ndarray:
+    """An RGB or mono uint8 image (H, W, C) converted to ``encoding`` and resized
+    (nearest neighbour) to (height, width): the one image path of training and deployment."""
+    if img.ndim == 2:
+        img = img[..., None]
     if encoding == "mono8" and img.shape[2] == 3:
         img = (img @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)[..., None]
     elif encoding == "rgb8" and img.shape[2] == 1:
         img = np.repeat(img, 3, axis=2)
+    h, w = img.shape[:2]
     if (h, w) != (height, width):
         rows = (np.arange(height) * h // height)
         cols = (np.arange(width) * w // width)

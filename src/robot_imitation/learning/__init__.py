@@ -1,0 +1,1 @@
+"""Learning: policies, training (Behavior Cloning), checkpoints, closed-loop evaluation."""

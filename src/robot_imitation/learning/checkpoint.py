@@ -1,0 +1,176 @@
+"""Checkpoints: a folder with ``model.safetensors`` and ``policy.json``, never a pickle.
+
+``policy.json`` holds the architecture, the observation/action spec with its fingerprint, the
+normalization statistics, the training configuration, the dataset fingerprint and the library
+versions. Saving writes a temporary folder and renames it into place, so a reader never sees a
+half-written checkpoint. Loading validates the files and, given the runtime spec, refuses a
+checkpoint trained on another one, naming what differs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import torch
+
+from ..spec import Spec
+from .policies import Policy, PolicyConfig
+
+FORMAT = "robot_imitation.policy"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "policy.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (names the file and what is wrong)."""
+
+
+def _versions() -> dict:
+    import numpy
+    import safetensors
+
+    from .. import __version__
+
+    return {"robot_imitation": __version__, "torch": torch.__version__,
+            "numpy": numpy.__version__, "safetensors": safetensors.__version__,
+            "python": platform.python_version()}
+
+
+def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
+                    train_config: dict | None = None, dataset_fingerprint: str | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write the checkpoint folder ``path`` atomically (replacing an older one)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS))
+    meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "policy": policy.cfg.to_dict(), "spec": spec.to_dict(),
+            "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
+            "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
+            "versions": _versions(), **(extra or {})}
+    with open(tmp / META, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _check_safetensors(file: Path) -> None:
+    """Refuse anything that is not a safetensors file (a pickle in particular)."""
+    with open(file, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(f"{file} is a pickle (torch.save) file, not safetensors; "
+                              "robot_imitation never unpickles weights: re-export them with "
+                              "safetensors")
+    if len(head) < 9:
+        raise CheckpointError(f"{file} is truncated ({len(head)} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or n > file.stat().st_size:
+        raise CheckpointError(f"{file} is not a safetensors file (bad header)")
+
+
+def read_metadata(path) -> dict:
+    path = Path(path)
+    meta_file = path / META
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a checkpoint folder")
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: no {META}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_file} is not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_file}: not a {FORMAT} checkpoint")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"{meta_file}: version {meta['version']} is newer than this "
+                              f"library reads ({VERSION})")
+    return meta
+
+
+def spec_mismatch(trained: Spec, runtime: Spec) -> list[str]:
+    """What differs between the spec a policy was trained on and the one it runs with."""
+    problems = []
+    if trained.control_rate != runtime.control_rate:
+        problems.append(f"control rate {trained.control_rate} Hz vs {runtime.control_rate} Hz")
+    for kind in ("observations", "actions"):
+        a = {f.key: f for f in getattr(trained, kind)}
+        b = {f.key: f for f in getattr(runtime, kind)}
+        for key in a.keys() - b.keys():
+            problems.append(f"{kind[:-1]} '{key}' is missing at runtime")
+        for key in b.keys() - a.keys():
+            problems.append(f"{kind[:-1]} '{key}' was not in training")
+        for key in a.keys() & b.keys():
+            fa, fb = a[key], b[key]
+            for attr in ("topic", "type", "field", "joints", "size", "image"):
+                if getattr(fa, attr) != getattr(fb, attr):
+                    problems.append(f"{kind[:-1]} '{key}': {attr} {getattr(fa, attr)!r} in "
+                                    f"training, {getattr(fb, attr)!r} at runtime")
+        if [f.key for f in getattr(trained, kind)] != [f.key for f in getattr(runtime, kind)] \
+                and not problems:
+            problems.append(f"{kind} in another order")
+    return problems
+
+
+def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
+    """(policy in eval mode, metadata). Validates files, weights and (given) the runtime spec."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        pickles = [p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".pkl", ".bin")]
+        raise CheckpointError(f"{path}: no {WEIGHTS}" + (
+            f" (found {pickles}: pickled weights are never loaded)" if pickles else ""))
+    _check_safetensors(weights)
+    trained = Spec.from_dict(meta["spec"], where=f"{path / META} spec")
+    if trained.fingerprint() != meta.get("spec_fingerprint"):
+        raise CheckpointError(f"{path / META}: the stored spec does not match its fingerprint "
+                              "(edited by hand?)")
+    if runtime_spec is not None:
+        problems = spec_mismatch(trained, runtime_spec)
+        if problems:
+            raise CheckpointError(f"{path} was trained for spec '{trained.name}', which does not "
+                                  f"match the runtime spec '{runtime_spec.name}': "
+                                  + "; ".join(problems))
+    try:
+        cfg = PolicyConfig.from_dict(meta["policy"])
+        policy = Policy(cfg)
+        state = load_file(str(weights))
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: cannot rebuild the policy: {exc}") from None
+    missing = policy.state_dict().keys() - state.keys()
+    unexpected = state.keys() - policy.state_dict().keys()
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: weights do not fit the architecture in {META} "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    for name, tensor in policy.state_dict().items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(f"{weights}: {name} has shape {tuple(state[name].shape)}, the "
+                                  f"architecture needs {tuple(tensor.shape)}")
+        if not torch.isfinite(state[name]).all():
+            raise CheckpointError(f"{weights}: {name} holds NaN or infinite values")
+    policy.load_state_dict(state)
+    return policy.to(device).eval(), meta

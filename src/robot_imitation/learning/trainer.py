@@ -1,0 +1,390 @@
+"""Behavior Cloning training: a dataset of recorded episodes in, checkpoints out.
+
+- The device is CUDA when available, else the CPU (``device`` overrides); bf16 autocast on the
+  GPU. The training arrays sit whole on the device (images as uint8) and batches are sampled
+  there: no Python data-loader loop. Images get a random shift on the device.
+- Seeds; validation split by episode (from the dataset builder); the best checkpoint by
+  validation loss; with a built-in task, periodic closed-loop evaluation in its gymnasium
+  version and the best checkpoint by success rate; early stopping.
+- Logs: a progress callback, TensorBoard scalars, a CSV and a PNG of the loss curves.
+- Multi-GPU / multi-node through ``torchrun`` (DistributedDataParallel): every rank draws the
+  same global batch and trains on its slice, so the averaged gradient equals a single process's
+  on the whole batch. Only rank 0 evaluates and writes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..spec import Spec
+from .checkpoint import save_checkpoint
+from .policies import Policy, PolicyConfig
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: list = field(default_factory=lambda: [256, 256])
+    head: str = "mse"
+    modes: int = 5
+    chunk: int = 1
+    dropout: float = 0.0
+    seed: int = 0
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    amp: bool = True                # bf16 autocast on CUDA
+    val_fraction: float = 0.1
+    eval_every: int = 1000          # steps between validation/evaluation; 0: at the end only
+    eval_episodes: int = 20         # closed-loop episodes per evaluation (0: none)
+    task: str | None = None         # built-in task for closed-loop evaluation (None: from data)
+    patience: int = 0               # evaluations without improvement before stopping (0: off)
+    augment_shift: int = 4          # pixels of random shift for camera images
+    log_every: int = 50
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)} "
+                             f"(known: {sorted(cls.__dataclass_fields__)})")
+        return cls(**data)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but no CUDA device is available")
+    return device
+
+
+class DeviceData:
+    """One split's arrays on the device, with on-device batch sampling (action chunks)."""
+
+    def __init__(self, arrays: dict, spec: Spec, chunk: int, device: torch.device):
+        self.spec = spec
+        self.obs = {}
+        for f in spec.observations:
+            a = arrays["obs"][f.key]
+            self.obs[f.key] = torch.as_tensor(a if f.is_image else a.astype(np.float32),
+                                              device=device)
+        self.actions = torch.as_tensor(arrays["actions"].astype(np.float32), device=device)
+        self.n = len(self.actions)
+        episode = torch.as_tensor(arrays["episode"], device=device)
+        # chunk targets: the next `chunk` actions of the same episode (masked past its end)
+        offsets = torch.arange(chunk, device=device)
+        idx = (torch.arange(self.n, device=device)[:, None] + offsets).clamp(max=self.n - 1)
+        same = episode[idx] == episode[:, None]
+        last = torch.where(same, idx, torch.zeros_like(idx)).amax(1, keepdim=True)
+        self.chunk_index = torch.where(same, idx, last)
+        self.chunk_mask = same.float()
+        self.device = device
+
+    def batch(self, index: torch.Tensor, shift: int = 0):
+        obs = {}
+        for f in self.spec.observations:
+            x = self.obs[f.key][index]
+            if f.is_image and shift:
+                x = random_shift(x, shift)
+            obs[f.key] = x
+        return obs, self.actions[self.chunk_index[index]], self.chunk_mask[index]
+
+
+def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Random translation by up to ``pad`` pixels (replicate padding), per image, on device."""
+    b, h, w, c = images.shape
+    x = images.permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
+    rows = (torch.arange(h, device=images.device)[None] + dy[:, None])
+    cols = (torch.arange(w, device=images.device)[None] + dx[:, None])
+    x = x[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return x.to(images.dtype)  # (b, h, w, c)
+
+
+def policy_config(spec: Spec, cfg: TrainConfig) -> PolicyConfig:
+    low = spec.low_dim_observations
+    relative, offset = [], 0
+    for f in spec.actions:
+        if f.relative_to:
+            relative.append([offset, f.shape[0], f.relative_to])
+        offset += f.shape[0]
+    return PolicyConfig(relative=relative,
+        low_dim_keys=[f.key for f in low], low_dim_sizes=[f.shape[0] for f in low],
+        image_keys=[f.key for f in spec.image_observations],
+        image_shapes=[list(f.shape) for f in spec.image_observations],
+        action_dim=spec.action_dim, chunk=cfg.chunk, hidden=list(cfg.hidden), head=cfg.head,
+        modes=cfg.modes, dropout=cfg.dropout)
+
+
+def relative_action_stats(policy: Policy, arrays: dict):
+    """Statistics of the actions as the policy predicts them (relative where declared)."""
+    from ..data.dataset import FieldStats
+
+    actions = arrays["actions"].copy()
+    for offset, size, key in policy.cfg.relative:
+        actions[:, offset:offset + size] -= arrays["obs"][key][:, :size]
+    return FieldStats.of(actions)
+
+
+def set_normalization(policy: Policy, spec: Spec, stats: dict) -> dict:
+    """Load the training split's statistics into the policy; returns them as JSON."""
+    obs_stats = [stats["observations"][f.key] for f in spec.low_dim_observations]
+    if spec.normalization.get("observations", "mean_std") == "min_max":
+        shift = np.concatenate([(s.max + s.min) / 2 for s in obs_stats])
+        scale = np.concatenate([np.maximum((s.max - s.min) / 2, 1e-6) for s in obs_stats])
+    else:
+        shift = np.concatenate([s.mean for s in obs_stats])
+        scale = np.concatenate([s.std for s in obs_stats])
+    policy.obs_norm.set(shift, scale)
+    a = stats["actions"]
+    if spec.normalization.get("actions", "min_max") == "min_max":
+        policy.act_norm.set((a.max + a.min) / 2, np.maximum((a.max - a.min) / 2, 1e-6))
+    else:
+        policy.act_norm.set(a.mean, a.std)
+    return {"observations": {f.key: stats["observations"][f.key].to_dict()
+                             for f in spec.low_dim_observations},
+            "actions": a.to_dict(), "methods": dict(spec.normalization)}
+
+
+def dataset_fingerprint(dataset) -> str:
+    h = hashlib.sha256(dataset.spec.fingerprint().encode())
+    for ep in dataset.episodes:
+        h.update(f"{ep.name}:{len(ep)}:{float(np.sum(ep.actions)):.9g}".encode())
+    return h.hexdigest()[:16]
+
+
+def _infer_task(dataset) -> str | None:
+    from ..sim.tasks import available_tasks
+
+    tasks = {getattr(ep, "task", None) for ep in dataset.episodes} - {None}
+    name = tasks.pop() if len(tasks) == 1 else dataset.spec.name.split("_")[0]
+    return name if name in available_tasks() else None
+
+
+class Trainer:
+    def __init__(self, dataset, out_dir, cfg: TrainConfig, log=print, progress=None):
+        self.dataset, self.out, self.cfg = dataset, Path(out_dir), cfg
+        self.log, self.progress = log, progress
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.distributed = self.world > 1
+
+    def run(self) -> dict:
+        cfg, spec, ds = self.cfg, self.dataset.spec, self.dataset
+        if not ds.train:
+            raise ValueError("the dataset has no training episodes")
+        device = resolve_device(cfg.device)
+        if self.distributed:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        train = DeviceData(ds.arrays("train"), spec, cfg.chunk, device)
+        val = DeviceData(ds.arrays("val"), spec, cfg.chunk, device) if ds.val else None
+        policy = Policy(policy_config(spec, cfg)).to(device)
+        stats = dict(ds.stats)
+        if policy.cfg.relative:
+            stats["actions"] = relative_action_stats(policy, ds.arrays("train"))
+        norm = set_normalization(policy, spec, stats)
+        model = policy
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(
+                policy, device_ids=[device.index] if device.type == "cuda" else None)
+        fused = device.type == "cuda"
+        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=fused)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
+        amp = cfg.amp and device.type == "cuda"
+        task = cfg.task or _infer_task(ds)
+        meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
+                "normalization": norm, "task": task}
+        writer = self._writers() if self.rank == 0 else None
+        gen = torch.Generator(device=device)
+        gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
+        per_rank = math.ceil(cfg.batch_size / self.world)
+        best_val, best_success, stale, history = math.inf, -1.0, 0, []
+        running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
+        step = 0
+        for step in range(1, cfg.steps + 1):
+            t_a = time.perf_counter()
+            index = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
+            index = index[self.rank * per_rank:(self.rank + 1) * per_rank]
+            obs, actions, mask = train.batch(index, cfg.augment_shift)
+            t_b = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(obs)
+            loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                running = float(loss.detach())  # one sync per log interval
+                if writer:
+                    writer["tb"].add_scalar("loss/train", running, step)
+            t_data += t_b - t_a
+            t_step += time.perf_counter() - t_b
+            evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+            if not evaluate:
+                if self.progress and self.rank == 0 and step % cfg.log_every == 0:
+                    self.progress(step, cfg.steps, {"train_loss": running})
+                continue
+            row = {"step": step, "train_loss": running, "lr": sched.get_last_lr()[0],
+                   "samples_per_s": step * cfg.batch_size / (time.perf_counter() - t0),
+                   "data_share": t_data / max(t_data + t_step, 1e-9)}
+            stop = False
+            if self.rank == 0:
+                row["val_loss"] = self._val_loss(policy, val, amp, device) if val else math.nan
+                if task and cfg.eval_episodes:
+                    from .evaluation import evaluate_policy
+
+                    result = evaluate_policy(policy, spec, task, cfg.eval_episodes,
+                                             device=device)
+                    row["success_rate"] = result["success_rate"]
+                improved = False
+                if val and row["val_loss"] < best_val:
+                    best_val, improved = row["val_loss"], True
+                    self._save("best_val", policy, spec, meta, row)
+                if "success_rate" in row and row["success_rate"] > best_success:
+                    best_success, improved = row["success_rate"], True
+                    self._save("best_success", policy, spec, meta, row)
+                stale = 0 if improved else stale + 1
+                stop = bool(cfg.patience and stale >= cfg.patience)
+                history.append(row)
+                self._log_row(writer, row)
+                if self.progress:
+                    self.progress(step, cfg.steps, row)
+            if self.distributed:
+                import torch.distributed as dist
+
+                flag = torch.tensor([float(stop)], device=device)
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
+                self.log(f"early stop at step {step}: no improvement in {cfg.patience} "
+                         "evaluations")
+                break
+        result = {}
+        if self.rank == 0:
+            last = self._save("last", policy, spec, meta, history[-1] if history else {})
+            best = self.out / ("best_success" if best_success >= 0 else "best_val")
+            if not best.exists():
+                best = last
+            result = {"steps": step, "best": str(best), "last": str(last),
+                      "best_val_loss": best_val, "best_success_rate": best_success
+                      if best_success >= 0 else None, "history": history,
+                      "device": str(device), "world_size": self.world,
+                      "samples_per_s": step * cfg.batch_size / (time.perf_counter() - t0),
+                      "data_share": t_data / max(t_data + t_step, 1e-9)}
+            self._finish(writer, history, result)
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return result
+
+    # ----------------------------------------------------------------- helpers
+    @torch.no_grad()
+    def _val_loss(self, policy: Policy, val: DeviceData, amp: bool, device) -> float:
+        policy.eval()
+        total, n = 0.0, 0
+        for start in range(0, val.n, 4096):
+            index = torch.arange(start, min(start + 4096, val.n), device=device)
+            obs, actions, mask = val.batch(index)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = policy(obs)
+            total += float(policy.loss_from_output(out, actions, mask,
+                                                   policy.action_base(obs))) * len(index)
+            n += len(index)
+        policy.train()
+        return total / max(n, 1)
+
+    def _save(self, name: str, policy: Policy, spec: Spec, meta: dict, row: dict) -> Path:
+        return save_checkpoint(self.out / name, policy, spec, stats=meta["normalization"],
+                               train_config=meta["train_config"],
+                               dataset_fingerprint=meta["dataset_fingerprint"],
+                               extra={"task": meta["task"], "metrics": row})
+
+    def _writers(self) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        return {"tb": SummaryWriter(str(self.out / "tensorboard"))}
+
+    def _log_row(self, writer, row: dict) -> None:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, float) and math.isfinite(value):
+                writer["tb"].add_scalar(f"eval/{key}", value, row["step"])
+        path = self.out / "log.csv"
+        fields = ["step", "train_loss", "val_loss", "success_rate", "lr", "samples_per_s",
+                  "data_share"]
+        new = not path.exists()
+        with open(path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def _finish(self, writer, history: list, result: dict) -> None:
+        writer["tb"].close()
+        (self.out / "result.json").write_text(json.dumps(result, indent=1))
+        if history:
+            plot_losses(history, self.out / "loss.png")
+
+
+def plot_losses(history: list, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["train_loss"] for r in history], label="train")
+    ax.plot(steps, [r.get("val_loss", math.nan) for r in history], label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.legend(loc="upper left")
+    if any("success_rate" in r for r in history):
+        ax2 = ax.twinx()
+        ax2.plot(steps, [r.get("success_rate", math.nan) for r in history], "g--",
+                 label="success rate")
+        ax2.set_ylim(0, 1.05)
+        ax2.set_ylabel("success rate")
+        ax2.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | None = None,
+          log=print, progress=None) -> dict:
+    """Train on ``dataset`` (a folder of episodes or a built ``Dataset``); returns a summary."""
+    from ..data.dataset import Dataset, build_dataset
+
+    cfg = cfg or TrainConfig()
+    if not isinstance(dataset, Dataset):
+        dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return Trainer(dataset, out_dir, cfg, log=log, progress=progress).run()
