@@ -43,6 +43,7 @@ setup(
             "joy_teleop = robot_imitation.nodes.joy_teleop_node:main",
             "keyboard_teleop = robot_imitation.nodes.keyboard_teleop_node:main",
             "episode_runner = robot_imitation.nodes.episode_runner:main",
+            "trainer = robot_imitation.nodes.trainer_node:main",
             "robot-imitation = robot_imitation.cli:main",
         ],
     },

@@ -23,6 +23,7 @@ NODE_MODULES = {
     "episode_recorder": "robot_imitation.nodes.recorder_node",
     "joy_teleop": "robot_imitation.nodes.joy_teleop_node",
     "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
+    "trainer": "robot_imitation.nodes.trainer_node",
 }
 
 
