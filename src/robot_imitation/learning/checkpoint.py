@@ -156,11 +156,13 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
                                   f"match the runtime spec '{runtime_spec.name}': "
                                   + "; ".join(problems))
     try:
-        cfg = PolicyConfig.from_dict(meta["policy"])
-        policy = Policy(cfg)
+        policy = Policy(PolicyConfig.from_dict(meta["policy"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path / META}: cannot rebuild the policy: {exc}") from None
+    try:
         state = load_file(str(weights))
-    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: cannot rebuild the policy: {exc}") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{weights} is damaged: {exc}") from None
     missing = policy.state_dict().keys() - state.keys()
     unexpected = state.keys() - policy.state_dict().keys()
     if missing or unexpected:

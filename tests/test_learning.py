@@ -1,0 +1,226 @@
+"""Behavior Cloning: training, closed-loop success, checkpoints (real data, real MuJoCo)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from robot_imitation.data.dataset import Dataset, build_dataset, compute_stats
+from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,
+                                                 save_checkpoint)
+from robot_imitation.learning.evaluation import evaluate_policy
+from robot_imitation.learning.policies import Policy, PolicyConfig
+from robot_imitation.learning.trainer import (DeviceData, TrainConfig, policy_config,
+                                              random_shift, train)
+from robot_imitation.spec import Spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reach_demos(tmp_path_factory):
+    """80 scripted-expert episodes of reach, recorded through bridge, expert and recorder
+    (40 gave 37-43 of 50 closed-loop successes, 80 gave 50 of 50)."""
+    from robot_imitation.pipelines import record_demonstrations
+
+    root = tmp_path_factory.mktemp("reach") / "ds"
+    entries = record_demonstrations(root, task="reach", episodes=80, mode="lockstep", seed=300)
+    assert all(e["status"] == "ok" for e in entries)
+    return root
+
+
+def small_dataset(root, n: int) -> Dataset:
+    full = build_dataset(root, val_fraction=0.1, seed=0)
+    episodes = full.episodes[:n]
+    return Dataset(path=full.path, spec=full.spec, episodes=episodes, train=episodes,
+                   val=episodes[:1], stats=compute_stats(full.spec, episodes), decoded=[])
+
+
+def test_overfits_a_tiny_dataset(reach_demos, tmp_path):
+    data = small_dataset(reach_demos, 2)
+    cfg = TrainConfig(steps=1500, batch_size=64, lr=3e-3, eval_every=0, eval_episodes=0,
+                      device="cpu", seed=1)
+    result = train(data, tmp_path / "run", cfg)
+    assert result["history"][-1]["train_loss"] < 1e-3
+    assert result["best_val_loss"] < 1e-3  # the validation episode is a training one here
+    assert (tmp_path / "run" / "log.csv").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_bc_on_reach_demonstrations_succeeds_in_closed_loop(reach_demos, tmp_path):
+    """The user's way: `robot-imitation train`, then 50 closed-loop episodes of the task."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "robot_imitation.cli", "train", str(reach_demos), "--out",
+         str(out), "--steps", "3000", "--eval-every", "1000", "--eval-episodes", "20",
+         "--device", "cpu", "--seed", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    policy, meta = load_checkpoint(result["best"], Spec.load("reach"))
+    assert meta["task"] == "reach"
+    score = evaluate_policy(policy, Spec.load("reach"), "reach", episodes=50, seed=50_000)
+    print(f"\nBC on reach: {score['successes']}/50 closed-loop successes")
+    assert score["success_rate"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def trained(reach_demos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = TrainConfig(steps=200, batch_size=64, eval_every=0, eval_episodes=0, device="cpu")
+    result = train(small_dataset(reach_demos, 4), out, cfg)
+    return Path(result["last"])
+
+
+def random_obs(spec: Spec, batch: int = 5, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {f.key: torch.randn(batch, *f.shape, generator=g, dtype=torch.float64)
+            for f in spec.observations}
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(trained, tmp_path):
+    policy, meta = load_checkpoint(trained, Spec.load("reach"))
+    obs = random_obs(Spec.load("reach"))
+    copy = save_checkpoint(tmp_path / "copy", policy, Spec.load("reach"),
+                           stats=meta["normalization"], train_config=meta["training"])
+    again, _ = load_checkpoint(copy, Spec.load("reach"))
+    assert torch.equal(policy.act(obs), again.act(obs))
+    assert set(p.name for p in trained.iterdir()) == {"model.safetensors", "policy.json"}
+    assert meta["spec_fingerprint"] == Spec.load("reach").fingerprint()
+    assert meta["versions"]["torch"] == torch.__version__
+    assert meta["dataset_fingerprint"] and meta["normalization"]["actions"]["mean"]
+
+
+def test_mismatched_spec_is_refused_naming_the_difference(trained):
+    with pytest.raises(CheckpointError, match=r"observation 'object_pose' was not in training"):
+        load_checkpoint(trained, Spec.load("push"))
+    reordered = Spec.load("reach").to_dict()
+    reordered["observations"][0]["joints"] = list(reversed(reordered["observations"][0]["joints"]))
+    with pytest.raises(CheckpointError, match=r"joint_pos': joints"):
+        load_checkpoint(trained, Spec.from_dict(reordered))
+
+
+def copy_of(trained, tmp_path) -> Path:
+    dst = tmp_path / "ckpt"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+def test_corrupted_checkpoints_are_refused(trained, tmp_path):
+    ckpt = copy_of(trained, tmp_path)
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(ckpt)
+    weights.write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(ckpt)
+    meta = json.loads((trained / "policy.json").read_text())
+    meta["spec"]["control_rate"] = 10.0
+    shutil.copy(trained / "model.safetensors", weights)
+    (ckpt / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_checkpoint(ckpt)
+    (ckpt / "policy.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(ckpt)
+
+
+def test_a_pickle_is_never_loaded(trained, tmp_path):
+    ckpt = copy_of(trained, tmp_path)
+    policy, _ = load_checkpoint(trained)
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"weights": policy.state_dict(), "evil": Evil()}, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    torch.save(policy.state_dict(), ckpt / "model.pt")
+    with pytest.raises(CheckpointError, match="pickled weights are never loaded"):
+        load_checkpoint(ckpt)
+    assert not marker.exists()
+    # and nothing in the package unpickles: no torch.load / pickle.load anywhere
+    for path in (ROOT / "src").rglob("*.py"):
+        text = path.read_text()
+        assert "torch.load(" not in text and "pickle.load" not in text, path
+
+
+@pytest.mark.parametrize("head", ["mse", "gaussian", "gmm"])
+def test_continuous_heads_learn_and_act_in_chunks(reach_demos, head):
+    data = small_dataset(reach_demos, 3)
+    spec = data.spec
+    cfg = TrainConfig(head=head, chunk=4, steps=1, device="cpu")
+    policy = Policy(policy_config(spec, cfg))
+    train_data = DeviceData(data.arrays("train"), spec, 4, torch.device("cpu"))
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    index = torch.arange(min(128, train_data.n))
+    obs, actions, mask = train_data.batch(index)
+    assert actions.shape == (len(index), 4, 8) and mask.shape == (len(index), 4)
+    first = None
+    for _ in range(60):
+        loss = policy.loss(obs, actions, mask)
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    chunk = policy.act(obs)
+    assert chunk.shape == (len(index), 4, 8) and torch.isfinite(chunk).all()
+
+
+def test_chunk_targets_stay_inside_their_episode():
+    arrays = {"obs": {"x": np.arange(6, dtype=float)[:, None]},
+              "actions": np.arange(6, dtype=float)[:, None],
+              "episode": np.array([0, 0, 0, 1, 1, 1])}
+    spec = Spec.from_dict({"name": "t", "control_rate": 1, "observations": [
+        {"key": "x", "topic": "/x", "type": "std_msgs/msg/Float64MultiArray", "field": "data",
+         "size": 1}], "actions": [{"key": "u", "topic": "/u",
+                                   "type": "std_msgs/msg/Float64MultiArray", "field": "data",
+                                   "size": 1}]})
+    data = DeviceData(arrays, spec, 3, torch.device("cpu"))
+    _, actions, mask = data.batch(torch.arange(6))
+    assert actions[1, :, 0].tolist() == [1, 2, 2] and mask[1].tolist() == [1, 1, 0]
+    assert actions[3, :, 0].tolist() == [3, 4, 5] and mask[3].tolist() == [1, 1, 1]
+
+
+def test_categorical_head_learns_discrete_actions():
+    cfg = PolicyConfig(low_dim_keys=["x"], low_dim_sizes=[2], action_dim=1, head="categorical",
+                       num_classes=3, hidden=[32])
+    policy = Policy(cfg)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, generator=g)
+    labels = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = policy.loss({"x": x}, labels[:, None, None].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    accuracy = (policy.act({"x": x})[:, 0, 0] == labels).float().mean()
+    assert accuracy > 0.9
+
+
+def test_image_policy_trains_on_uint8_frames():
+    spec = Spec.load("push_image")
+    cfg = TrainConfig(steps=1, device="cpu")
+    policy = Policy(policy_config(spec, cfg))
+    g = torch.Generator().manual_seed(0)
+    obs = {f.key: (torch.randint(0, 255, (8, *f.shape), generator=g, dtype=torch.uint8)
+                   if f.is_image else torch.randn(8, *f.shape, generator=g))
+           for f in spec.observations}
+    shifted = random_shift(obs["front_image"], 4)
+    assert shifted.shape == obs["front_image"].shape and shifted.dtype == torch.uint8
+    actions = torch.randn(8, 1, spec.action_dim, generator=g)
+    loss = policy.loss(obs, actions)
+    loss.backward()
+    grads = [p.grad for p in policy.encoders.parameters()]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
+    assert policy.act(obs).shape == (8, 1, spec.action_dim)
