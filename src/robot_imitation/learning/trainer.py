@@ -223,7 +223,7 @@ class Trainer:
         gen = torch.Generator(device=device)
         gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
         per_rank = math.ceil(cfg.batch_size / self.world)
-        best_val, best_success, stale, history = math.inf, -1.0, 0, []
+        best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
         running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
         step = 0
         for step in range(1, cfg.steps + 1):
@@ -241,6 +241,7 @@ class Trainer:
             sched.step()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 running = float(loss.detach())  # one sync per log interval
+                curve.append((step, running))
                 if writer:
                     writer["tb"].add_scalar("loss/train", running, step)
             t_data += t_b - t_a
@@ -251,7 +252,7 @@ class Trainer:
                     self.progress(step, cfg.steps, {"train_loss": running})
                 continue
             row = {"step": step, "train_loss": running, "lr": sched.get_last_lr()[0],
-                   "samples_per_s": step * cfg.batch_size / (time.perf_counter() - t0),
+                   "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
                    "data_share": t_data / max(t_data + t_step, 1e-9)}
             stop = False
             if self.rank == 0:
@@ -295,9 +296,10 @@ class Trainer:
                       "best_val_loss": best_val, "best_success_rate": best_success
                       if best_success >= 0 else None, "history": history,
                       "device": str(device), "world_size": self.world,
-                      "samples_per_s": step * cfg.batch_size / (time.perf_counter() - t0),
-                      "data_share": t_data / max(t_data + t_step, 1e-9)}
-            self._finish(writer, history, result)
+                      "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
+                      "data_share": t_data / max(t_data + t_step, 1e-9),
+                      "wall_s": time.perf_counter() - t0}
+            self._finish(writer, history, curve, result)
         if self.distributed:
             import torch.distributed as dist
 
@@ -346,14 +348,15 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def _finish(self, writer, history: list, result: dict) -> None:
+    def _finish(self, writer, history: list, curve: list, result: dict) -> None:
         writer["tb"].close()
         (self.out / "result.json").write_text(json.dumps(result, indent=1))
         if history:
-            plot_losses(history, self.out / "loss.png")
+            plot_losses(curve, history, self.out / "loss.png")
 
 
-def plot_losses(history: list, out: Path) -> None:
+def plot_losses(curve: list, history: list, out: Path) -> None:
+    """Training loss (every log interval), validation loss and success (every evaluation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,11 +364,13 @@ def plot_losses(history: list, out: Path) -> None:
 
     steps = [r["step"] for r in history]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["train_loss"] for r in history], label="train")
-    ax.plot(steps, [r.get("val_loss", math.nan) for r in history], label="validation")
+    ax.plot([s for s, _ in curve], [v for _, v in curve], label="train")
+    ax.plot(steps, [r.get("val_loss", math.nan) for r in history], "o-", label="validation")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("symlog", linthresh=1e-3)
+    values = [v for _, v in curve] + [r.get("val_loss", 1.0) for r in history]
+    if min(values) > 0:
+        ax.set_yscale("log")  # negative log-likelihoods (probabilistic heads) stay linear
     ax.legend(loc="upper left")
     if any("success_rate" in r for r in history):
         ax2 = ax.twinx()
