@@ -228,19 +228,31 @@ class Trainer:
         step = 0
         for step in range(1, cfg.steps + 1):
             t_a = time.perf_counter()
-            index = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
-            index = index[self.rank * per_rank:(self.rank + 1) * per_rank]
+            batch = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
+            index = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
             obs, actions, mask = train.batch(index, cfg.augment_shift)
             t_b = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(obs)
             loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
+            if self.distributed and policy.cfg.head != "gmm":
+                # Each rank's loss is averaged over its own valid chunk steps; rescale so that
+                # DDP's mean of the ranks' gradients is the whole batch's (gmm averages per
+                # sample already).
+                loss = loss * (mask.sum() * self.world / train.chunk_mask[batch].sum())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if step % cfg.log_every == 0 or step == cfg.steps:
-                running = float(loss.detach())  # one sync per log interval
+                value = loss.detach()  # one sync per log interval
+                if self.distributed:
+                    import torch.distributed as dist
+
+                    value = value.clone()
+                    dist.all_reduce(value)  # gloo has no average: sum, then divide
+                    value /= self.world
+                running = float(value)
                 curve.append((step, running))
                 if writer:
                     writer["tb"].add_scalar("loss/train", running, step)

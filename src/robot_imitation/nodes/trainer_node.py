@@ -1,0 +1,346 @@
+"""Trainer node: Behavior Cloning runs started over ROS, progress and checkpoints as topics.
+
+Services (std_srvs/Trigger):
+  ~/train   start a run in a background thread with the current parameters (a client sets
+            them first, e.g. `ros2 param set /trainer steps 20000`); answers at once with
+            "training started: <run dir>" (each run writes <out>/run_<timestamp>), or refuses
+            while a run is going on.
+  ~/cancel  stop the running run at its next progress report (within `log_every` steps, or
+            after the evaluation under way).
+Publishes:
+  ~/progress   diagnostic_msgs/DiagnosticArray with one status (message = state; values state,
+               step, total, train_loss, val_loss, success_rate, run_dir, elapsed, and error
+               (failed) or checkpoint, best_val_loss, best_success_rate (done)); at most
+               `progress_rate` per second, evaluations and state changes always; reliable,
+               transient local, depth 1 (a late subscriber gets the newest state). The same
+               status goes to /diagnostics.
+  ~/checkpoint std_msgs/String: the best checkpoint of the last finished run (absolute path);
+               reliable, transient local, depth 1, so policy nodes started later still get it.
+A failed run (bad dataset, bad settings, an error while training) publishes state `failed`
+with the error and logs it; the node keeps serving.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from .common import LATCHED_QOS, declare, run
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ..learning.policies import HEADS  # noqa: E402
+from ..learning.trainer import TrainConfig, Trainer  # noqa: E402
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+LEVELS = {"running": DiagnosticStatus.OK, "done": DiagnosticStatus.OK,
+          "cancelled": DiagnosticStatus.WARN, "failed": DiagnosticStatus.ERROR}
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback to end a run that ~/cancel asked to stop."""
+
+
+class _NodeTrainer(Trainer):
+    """The library trainer, keeping hold of its TensorBoard writer so that a run ended by an
+    exception (cancelled, failed) still closes it."""
+
+    writers = None
+
+    def _writers(self) -> dict:
+        self.writers = super()._writers()
+        return self.writers
+
+    def close_writers(self) -> None:
+        if self.writers:
+            self.writers["tb"].close()  # a no-op when the run closed it itself
+
+
+def _number(value) -> str:
+    return "nan" if value is None else f"{float(value):.6g}"
+
+
+class TrainerNode(Node):
+    NODE_NAME = "trainer"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        d = TrainConfig()
+        declare(self, "dataset", "datasets/demos", "dataset folder to train on (recorded by "
+                "episode_recorder)")
+        declare(self, "spec", "", "observation/action spec (config/specs name or path); "
+                "empty: the dataset's")
+        declare(self, "out", "runs/train", "output folder: each run writes out/run_<timestamp>")
+        declare(self, "steps", d.steps, "optimizer steps", min_value=1)
+        declare(self, "batch_size", d.batch_size, "samples per step", min_value=1)
+        declare(self, "lr", d.lr, "learning rate (AdamW, cosine schedule)", min_value=0.0,
+                max_value=1.0)
+        declare(self, "weight_decay", d.weight_decay, "AdamW weight decay", min_value=0.0,
+                max_value=1.0)
+        declare(self, "hidden", list(d.hidden), "hidden layer sizes of the MLP")
+        declare(self, "head", d.head, "policy head", choices=HEADS)
+        declare(self, "modes", d.modes, "gmm head: mixture components", min_value=1,
+                max_value=100)
+        declare(self, "chunk", d.chunk, "actions predicted per step (action chunking)",
+                min_value=1, max_value=1000)
+        declare(self, "dropout", d.dropout, "dropout between hidden layers", min_value=0.0,
+                max_value=0.95)
+        declare(self, "seed", d.seed, "random seed (initialization, batches, split)",
+                min_value=0)
+        declare(self, "device", d.device, "auto (CUDA when available), cpu, cuda or cuda:N")
+        declare(self, "amp", d.amp, "bf16 autocast on CUDA")
+        declare(self, "val_fraction", d.val_fraction, "share of the episodes held out for "
+                "validation", min_value=0.0, max_value=0.9)
+        declare(self, "eval_every", d.eval_every, "steps between validations/evaluations (0: at "
+                "the end only)", min_value=0)
+        declare(self, "eval_episodes", d.eval_episodes, "closed-loop episodes per evaluation in "
+                "the task's simulation (0: none)", min_value=0)
+        declare(self, "task", d.task or "", "built-in task for closed-loop evaluation; empty: "
+                "the dataset's")
+        declare(self, "patience", d.patience, "evaluations without improvement before stopping "
+                "early (0: never)", min_value=0)
+        declare(self, "augment_shift", d.augment_shift, "camera images: pixels of random "
+                "shift", min_value=0, max_value=64)
+        declare(self, "log_every", d.log_every, "steps between progress reports (and cancel "
+                "checks)", min_value=1)
+        declare(self, "cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: "
+                "torch's default, one per core. Fewer leave cores to other nodes, and avoid "
+                "oversubscription on a loaded machine", min_value=0, max_value=1024)
+        declare(self, "progress_rate", 10.0, "most ~/progress messages per second "
+                "(evaluations and state changes are always published)", min_value=0.1,
+                max_value=1000.0)
+        self.add_on_set_parameters_callback(self._check_params)
+
+        self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_checkpoint = self.create_publisher(String, "~/checkpoint", LATCHED_QOS)
+        self.create_service(Trigger, "~/train", self._srv_train)
+        self.create_service(Trigger, "~/cancel", self._srv_cancel)
+
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._busy = False  # a run is under way (set by ~/train, cleared with its final state)
+        self._cancel = threading.Event()
+        self._status: dict = {}
+        self._last_publish = 0.0
+        self.get_logger().info("trainer ready: set parameters, then call ~/train")
+
+    # ----------------------------------------------------------------- parameters
+    def _check_params(self, params) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "head" and prm.value not in HEADS:
+                return SetParametersResult(successful=False,
+                                           reason=f"head must be one of {list(HEADS)}")
+            if prm.name == "device" and not DEVICE.match(str(prm.value)):
+                return SetParametersResult(successful=False,
+                                           reason="device must be auto, cpu, cuda or cuda:N")
+            if prm.name == "hidden" and (not prm.value or min(prm.value) < 1):
+                return SetParametersResult(successful=False,
+                                           reason="hidden needs one or more positive sizes")
+        return SetParametersResult(successful=True)
+
+    def _settings(self) -> tuple[str, str | None, str, TrainConfig]:
+        """(dataset, spec, out, training configuration) from the current parameters."""
+        p = {name: self.get_parameter(name).value for name in TrainConfig.__dataclass_fields__
+             if self.has_parameter(name)}
+        p["hidden"] = [int(x) for x in p["hidden"]]
+        p["task"] = p["task"] or None
+        cfg = TrainConfig.from_dict(p)
+        spec = self.get_parameter("spec").value or None
+        return (self.get_parameter("dataset").value, spec, self.get_parameter("out").value, cfg)
+
+    # ----------------------------------------------------------------- services
+    def _srv_train(self, req, resp):
+        with self._lock:
+            if self._busy:
+                s = self._status
+                resp.success = False
+                resp.message = (f"a training run is already running: {s.get('run_dir')} (step "
+                                f"{s.get('step', 0)}/{s.get('total', '?')}); wait for it or "
+                                "call ~/cancel")
+                return resp
+            dataset, spec, out, cfg = self._settings()
+            problem, run_dir = None, None
+            if not dataset:
+                problem = "the dataset parameter is empty"
+            elif not Path(dataset).is_dir():
+                problem = f"dataset {dataset}: no such folder"
+            else:
+                try:
+                    run_dir = self._new_run_dir(Path(out))
+                except OSError as exc:
+                    problem = f"cannot create a run folder in {out}: {exc}"
+            if problem:
+                self._status = {"state": "failed", "step": 0, "total": cfg.steps,
+                                "run_dir": "", "error": problem}
+                self._publish(force=True)
+                self.get_logger().error(f"not training: {problem}")
+                resp.success, resp.message = False, f"not training: {problem}"
+                return resp
+            self._cancel.clear()
+            self._busy = True
+            self._status = {"state": "running", "step": 0, "total": cfg.steps,
+                            "run_dir": str(run_dir), "train_loss": None, "val_loss": None,
+                            "success_rate": None, "started": time.monotonic()}
+            self._publish(force=True)
+            self._thread = threading.Thread(target=self._train, name="training", daemon=True,
+                                            args=(dataset, spec, run_dir, cfg))
+            self._thread.start()
+        self.get_logger().info(f"training on {dataset} into {run_dir}: {asdict(cfg)}")
+        resp.success, resp.message = True, f"training started: {run_dir}"
+        return resp
+
+    def _srv_cancel(self, req, resp):
+        with self._lock:
+            if not self._busy:
+                resp.success, resp.message = False, "no training run is running"
+                return resp
+            self._cancel.set()
+            run_dir = self._status.get("run_dir")
+        resp.success = True
+        resp.message = (f"cancelling {run_dir}: it stops at its next progress report "
+                        "(within log_every steps)")
+        self.get_logger().info(resp.message)
+        return resp
+
+    @staticmethod
+    def _new_run_dir(out: Path) -> Path:
+        base = out / time.strftime("run_%Y%m%d-%H%M%S")
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}_{n}")
+        path.mkdir(parents=True)
+        return path
+
+    # ----------------------------------------------------------------- the run
+    def _train(self, dataset: str, spec: str | None, run_dir: Path, cfg: TrainConfig) -> None:
+        import torch
+
+        from ..data.dataset import build_dataset
+
+        trainer, result = None, None
+        try:
+            threads = self.get_parameter("cpu_threads").value
+            if threads:
+                torch.set_num_threads(threads)
+            data = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction,
+                                 seed=cfg.seed)
+            if self._cancel.is_set():
+                raise Cancelled()
+            trainer = _NodeTrainer(data, run_dir, cfg, log=self.get_logger().info,
+                                   progress=self._on_progress)
+            result = trainer.run()
+            state, values = "done", {}
+        except Cancelled:
+            state, values = "cancelled", {}
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
+            state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+            self.get_logger().debug(traceback.format_exc())
+        finally:
+            if trainer is not None:
+                trainer.close_writers()
+            try:
+                if run_dir.is_dir() and not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # a run that failed before writing anything
+            except OSError:
+                pass
+        if state == "done":
+            best = str(Path(result["best"]).resolve())
+            values = {"step": result["steps"], "checkpoint": best,
+                      "best_val_loss": result["best_val_loss"],
+                      "best_success_rate": result["best_success_rate"]}
+            # the checkpoint first: whoever sees `done` finds it latched already
+            self._publish_safely(self.pub_checkpoint, String(data=best))
+            success = result["best_success_rate"]
+            self.get_logger().info(
+                f"training done: {result['steps']} steps, best val loss "
+                f"{result['best_val_loss']:.4g}"
+                + (f", best success {success:.0%}" if success is not None else "")
+                + f"; best checkpoint {best}")
+        elif state == "cancelled":
+            self.get_logger().warning(
+                f"training cancelled at step {self._status.get('step')}: {run_dir}")
+        else:
+            self.get_logger().error(f"training failed ({run_dir}): {values['error']}")
+        self._finish(state, **values)
+
+    def _on_progress(self, step: int, total: int, row: dict) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+        evaluation = "val_loss" in row or "success_rate" in row
+        with self._lock:
+            s = self._status
+            s.update(step=step, total=total, train_loss=row.get("train_loss"))
+            for key in ("val_loss", "success_rate"):
+                if key in row:
+                    s[key] = row[key]
+        self._publish(force=evaluation or step >= total)
+
+    def _finish(self, state: str, **values) -> None:
+        """The run's final state: published, and the node free for the next ~/train."""
+        with self._lock:
+            self._status.update(state=state, **values)
+            self._busy = False
+        self._publish(force=True)
+
+    # ----------------------------------------------------------------- publishing
+    def _publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        rate = self.get_parameter("progress_rate").value
+        if not force and now - self._last_publish < 1.0 / rate:
+            return
+        self._last_publish = now
+        with self._lock:
+            s = dict(self._status)
+        keys = ["state", "step", "total", "train_loss", "val_loss", "success_rate", "run_dir"]
+        values = {"state": s["state"], "step": str(s.get("step", 0)),
+                  "total": str(s.get("total", 0)), "run_dir": s.get("run_dir", "")}
+        for key in ("train_loss", "val_loss", "success_rate"):
+            values[key] = _number(s.get(key))
+        values["elapsed"] = (f"{now - s['started']:.1f}" if "started" in s else "0")
+        keys.append("elapsed")
+        if "error" in s:
+            values["error"] = s["error"]
+            keys.append("error")
+        if "checkpoint" in s:
+            values.update(checkpoint=s["checkpoint"],
+                          best_val_loss=_number(s.get("best_val_loss")),
+                          best_success_rate=_number(s.get("best_success_rate")))
+            keys += ["checkpoint", "best_val_loss", "best_success_rate"]
+        message = s.get("error") if s["state"] == "failed" else s["state"]
+        status = DiagnosticStatus(level=LEVELS[s["state"]], name=f"{self.get_name()}: training",
+                                  message=message, hardware_id="",
+                                  values=[KeyValue(key=k, value=values[k]) for k in keys])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._publish_safely(self.pub_progress, msg)
+        self._publish_safely(self.pub_diag, msg)
+
+    def _publish_safely(self, publisher, msg) -> None:
+        try:
+            publisher.publish(msg)
+        except Exception as exc:  # noqa: BLE001 - the node is shutting down under the run
+            self.get_logger().debug(f"not published: {exc}")
+
+    def close(self) -> None:
+        """At shutdown: ask a running run to stop and give it a moment to do so."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._cancel.set()
+            thread.join(timeout=5.0)
+
+
+def main(args=None) -> int:
+    return run(TrainerNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
