@@ -14,7 +14,6 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-import robot_imitation.sim  # noqa: F401
 from robot_imitation.nodes.common import CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, to_sec
 from robot_imitation.nodes.episode_runner import run_episodes
 from robot_imitation.sim.env import ImitationEnv

@@ -19,7 +19,6 @@ from std_srvs.srv import Trigger
 
 from conftest import wait_for
 from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
-from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
 
 REC = "episode_recorder"
 TOPICS = ["/test/joints", "/test/camera", "/test/command"]

@@ -31,15 +31,15 @@ def _progress(done: int, total: int, label: str, extra: str = "") -> None:
 
 
 def cmd_tasks(args) -> int:
-    from .paths import config_dir
-    from .sim.tasks import TaskConfig, available_tasks
+    from .paths import available
+    from .sim.tasks import TaskConfig
 
-    for name in available_tasks():
+    for name in available("tasks"):
         cfg = TaskConfig.load(name)
         print(f"{name:10s} robot={cfg.robot} control={cfg.control_rate:g} Hz "
               f"max_steps={cfg.max_steps} cameras={list(cfg.cameras)}")
-    robots = sorted(p.stem for p in (config_dir() / "robots").glob("*.yaml"))
-    print("robots:", ", ".join(robots))
+    print("robots:", ", ".join(available("robots")))
+    print("specs:", ", ".join(available("specs")))
     return 0
 
 

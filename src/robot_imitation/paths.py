@@ -27,6 +27,25 @@ def config_dir() -> Path:
     return share_dir() / "config"
 
 
+def available(kind: str) -> list:
+    """Names of the built-in ``config/<kind>/*.yaml`` files (kind: tasks, robots, specs)."""
+    return sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
+
+
+def config_file(kind: str, name_or_path) -> Path:
+    """``config/<kind>/<name>.yaml`` for a bare name, else the given path; it must exist.
+
+    Raises ``FileNotFoundError`` naming the built-in choices.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = config_dir() / kind / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"unknown {kind[:-1]} '{name_or_path}' (no {path}); known "
+                                f"{kind}: {available(kind)}")
+    return path
+
+
 def ensure_ros_environment() -> None:
     """Make a venv that holds the ROS 2 PyPI wheels look like an installed ROS prefix.
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .paths import config_dir
+from .paths import config_file
 
 POSE_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
@@ -155,12 +154,10 @@ class Spec:
     @classmethod
     def load(cls, name_or_path) -> "Spec":
         """A spec by name (``config/specs/<name>.yaml``) or by path."""
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = config_dir() / "specs" / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (config_dir() / "specs").glob("*.yaml"))
-            raise SpecError(f"no spec '{name_or_path}' ({path}); known specs: {known}")
+        try:
+            path = config_file("specs", name_or_path)
+        except FileNotFoundError as exc:
+            raise SpecError(str(exc)) from None
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(yaml.safe_load(f) or {}, where=str(path))
 

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from .common import LATCHED_QOS, declare, make_executor, spin, to_sec
+from .common import LATCHED_QOS, declare, make_executor, to_sec
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402

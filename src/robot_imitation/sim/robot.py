@@ -11,7 +11,7 @@ import mujoco
 import numpy as np
 import yaml
 
-from ..paths import config_dir
+from ..paths import config_file
 
 EE_SITE = "ee_site"
 
@@ -43,11 +43,10 @@ class RobotConfig:
         path = Path(name_or_path)
         if path.suffix.lower() == ".xml":
             return cls.from_mjcf(path)
-        if not path.suffix:
-            path = config_dir() / "robots" / f"{name_or_path}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in (config_dir() / "robots").glob("*.yaml"))
-            raise ModelError(f"unknown robot '{name_or_path}' (no {path}); known robots: {known}")
+        try:
+            path = config_file("robots", name_or_path)
+        except FileNotFoundError as exc:
+            raise ModelError(str(exc)) from None
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
         unknown = set(data) - set(cls.__dataclass_fields__)

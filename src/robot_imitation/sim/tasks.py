@@ -6,13 +6,12 @@ both drive it; neither has a second copy of the task logic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import mujoco
 import numpy as np
 import yaml
 
-from ..paths import config_dir
+from ..paths import available, config_file
 from .robot import EE_SITE, ModelError, RobotConfig, RobotIndex, load_robot_spec
 
 POSE_SIZE = 7  # x y z qw qx qy qz
@@ -44,12 +43,10 @@ class TaskConfig:
 
     @classmethod
     def load(cls, name_or_path) -> "TaskConfig":
-        path = Path(name_or_path)
-        if not path.suffix:
-            path = config_dir() / "tasks" / f"{name_or_path}.yaml"
-        if not path.is_file():
-            raise ModelError(f"unknown task '{name_or_path}' (no {path}); known tasks: "
-                             f"{available_tasks()}")
+        try:
+            path = config_file("tasks", name_or_path)
+        except FileNotFoundError as exc:
+            raise ModelError(str(exc)) from None
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
         common = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__}
@@ -80,7 +77,7 @@ class TaskConfig:
 
 
 def available_tasks() -> list:
-    return sorted(p.stem for p in (config_dir() / "tasks").glob("*.yaml"))
+    return available("tasks")
 
 
 class TaskLogic:
