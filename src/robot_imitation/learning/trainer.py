@@ -220,103 +220,107 @@ class Trainer:
         meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
                 "normalization": norm, "task": task}
         writer = self._writers() if self.rank == 0 else None
-        gen = torch.Generator(device=device)
-        gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
-        per_rank = math.ceil(cfg.batch_size / self.world)
-        best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
-        running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
-        step = 0
-        for step in range(1, cfg.steps + 1):
-            t_a = time.perf_counter()
-            batch = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
-            index = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
-            obs, actions, mask = train.batch(index, cfg.augment_shift)
-            t_b = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(obs)
-            loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
-            if self.distributed and policy.cfg.head != "gmm":
-                # Each rank's loss is averaged over its own valid chunk steps; rescale so that
-                # DDP's mean of the ranks' gradients is the whole batch's (gmm averages per
-                # sample already).
-                loss = loss * (mask.sum() * self.world / train.chunk_mask[batch].sum())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                value = loss.detach()  # one sync per log interval
+        try:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
+            per_rank = math.ceil(cfg.batch_size / self.world)
+            best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
+            running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
+            step = 0
+            for step in range(1, cfg.steps + 1):
+                t_a = time.perf_counter()
+                batch = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
+                index = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+                obs, actions, mask = train.batch(index, cfg.augment_shift)
+                t_b = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = model(obs)
+                loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
+                if self.distributed and policy.cfg.head != "gmm":
+                    # Each rank's loss is averaged over its own valid chunk steps; rescale so that
+                    # DDP's mean of the ranks' gradients is the whole batch's (gmm averages per
+                    # sample already).
+                    loss = loss * (mask.sum() * self.world / train.chunk_mask[batch].sum())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    value = loss.detach()  # one sync per log interval
+                    if self.distributed:
+                        import torch.distributed as dist
+
+                        value = value.clone()
+                        dist.all_reduce(value)  # gloo has no average: sum, then divide
+                        value /= self.world
+                    running = float(value)
+                    curve.append((step, running))
+                    if writer:
+                        writer["tb"].add_scalar("loss/train", running, step)
+                t_data += t_b - t_a
+                t_step += time.perf_counter() - t_b
+                evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+                if not evaluate:
+                    if self.progress and self.rank == 0 and step % cfg.log_every == 0:
+                        self.progress(step, cfg.steps, {"train_loss": running})
+                    continue
+                row = {"step": step, "train_loss": running, "lr": sched.get_last_lr()[0],
+                       "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
+                       "data_share": t_data / max(t_data + t_step, 1e-9)}
+                stop = False
+                if self.rank == 0:
+                    row["val_loss"] = self._val_loss(policy, val, amp, device) if val else math.nan
+                    if task and cfg.eval_episodes:
+                        from .evaluation import evaluate_policy
+
+                        result = evaluate_policy(policy, spec, task, cfg.eval_episodes,
+                                                 device=device)
+                        row["success_rate"] = result["success_rate"]
+                    improved = False
+                    if val and row["val_loss"] < best_val:
+                        best_val, improved = row["val_loss"], True
+                        self._save("best_val", policy, spec, meta, row)
+                    if "success_rate" in row and row["success_rate"] > best_success:
+                        best_success, improved = row["success_rate"], True
+                        self._save("best_success", policy, spec, meta, row)
+                    stale = 0 if improved else stale + 1
+                    stop = bool(cfg.patience and stale >= cfg.patience)
+                    history.append(row)
+                    self._log_row(writer, row)
+                    if self.progress:
+                        self.progress(step, cfg.steps, row)
                 if self.distributed:
                     import torch.distributed as dist
 
-                    value = value.clone()
-                    dist.all_reduce(value)  # gloo has no average: sum, then divide
-                    value /= self.world
-                running = float(value)
-                curve.append((step, running))
-                if writer:
-                    writer["tb"].add_scalar("loss/train", running, step)
-            t_data += t_b - t_a
-            t_step += time.perf_counter() - t_b
-            evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-            if not evaluate:
-                if self.progress and self.rank == 0 and step % cfg.log_every == 0:
-                    self.progress(step, cfg.steps, {"train_loss": running})
-                continue
-            row = {"step": step, "train_loss": running, "lr": sched.get_last_lr()[0],
-                   "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
-                   "data_share": t_data / max(t_data + t_step, 1e-9)}
-            stop = False
+                    flag = torch.tensor([float(stop)], device=device)
+                    dist.broadcast(flag, 0)
+                    stop = bool(flag.item())
+                if stop:
+                    self.log(f"early stop at step {step}: no improvement in {cfg.patience} "
+                             "evaluations")
+                    break
+            result = {}
             if self.rank == 0:
-                row["val_loss"] = self._val_loss(policy, val, amp, device) if val else math.nan
-                if task and cfg.eval_episodes:
-                    from .evaluation import evaluate_policy
-
-                    result = evaluate_policy(policy, spec, task, cfg.eval_episodes,
-                                             device=device)
-                    row["success_rate"] = result["success_rate"]
-                improved = False
-                if val and row["val_loss"] < best_val:
-                    best_val, improved = row["val_loss"], True
-                    self._save("best_val", policy, spec, meta, row)
-                if "success_rate" in row and row["success_rate"] > best_success:
-                    best_success, improved = row["success_rate"], True
-                    self._save("best_success", policy, spec, meta, row)
-                stale = 0 if improved else stale + 1
-                stop = bool(cfg.patience and stale >= cfg.patience)
-                history.append(row)
-                self._log_row(writer, row)
-                if self.progress:
-                    self.progress(step, cfg.steps, row)
+                last = self._save("last", policy, spec, meta, history[-1] if history else {})
+                best = self.out / ("best_success" if best_success >= 0 else "best_val")
+                if not best.exists():
+                    best = last
+                result = {"steps": step, "best": str(best), "last": str(last),
+                          "best_val_loss": best_val, "best_success_rate": best_success
+                          if best_success >= 0 else None, "history": history,
+                          "device": str(device), "world_size": self.world,
+                          "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
+                          "data_share": t_data / max(t_data + t_step, 1e-9),
+                          "wall_s": time.perf_counter() - t0}
+                self._finish(writer, history, curve, result)
             if self.distributed:
                 import torch.distributed as dist
 
-                flag = torch.tensor([float(stop)], device=device)
-                dist.broadcast(flag, 0)
-                stop = bool(flag.item())
-            if stop:
-                self.log(f"early stop at step {step}: no improvement in {cfg.patience} "
-                         "evaluations")
-                break
-        result = {}
-        if self.rank == 0:
-            last = self._save("last", policy, spec, meta, history[-1] if history else {})
-            best = self.out / ("best_success" if best_success >= 0 else "best_val")
-            if not best.exists():
-                best = last
-            result = {"steps": step, "best": str(best), "last": str(last),
-                      "best_val_loss": best_val, "best_success_rate": best_success
-                      if best_success >= 0 else None, "history": history,
-                      "device": str(device), "world_size": self.world,
-                      "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
-                      "data_share": t_data / max(t_data + t_step, 1e-9),
-                      "wall_s": time.perf_counter() - t0}
-            self._finish(writer, history, curve, result)
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-        return result
+                dist.barrier()
+            return result
+        finally:
+            if writer:
+                writer["tb"].close()  # also when a run ends with an exception (a no-op after)
 
     # ----------------------------------------------------------------- helpers
     @torch.no_grad()

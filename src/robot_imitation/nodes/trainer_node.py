@@ -48,21 +48,6 @@ class Cancelled(Exception):
     """Raised from the progress callback to end a run that ~/cancel asked to stop."""
 
 
-class _NodeTrainer(Trainer):
-    """The library trainer, keeping hold of its TensorBoard writer so that a run ended by an
-    exception (cancelled, failed) still closes it."""
-
-    writers = None
-
-    def _writers(self) -> dict:
-        self.writers = super()._writers()
-        return self.writers
-
-    def close_writers(self) -> None:
-        if self.writers:
-            self.writers["tb"].close()  # a no-op when the run closed it itself
-
-
 def _number(value) -> str:
     return "nan" if value is None else f"{float(value):.6g}"
 
@@ -226,7 +211,7 @@ class TrainerNode(Node):
 
         from ..data.dataset import build_dataset
 
-        trainer, result = None, None
+        result = None
         try:
             threads = self.get_parameter("cpu_threads").value
             if threads:
@@ -235,8 +220,8 @@ class TrainerNode(Node):
                                  seed=cfg.seed)
             if self._cancel.is_set():
                 raise Cancelled()
-            trainer = _NodeTrainer(data, run_dir, cfg, log=self.get_logger().info,
-                                   progress=self._on_progress)
+            trainer = Trainer(data, run_dir, cfg, log=self.get_logger().info,
+                              progress=self._on_progress)
             result = trainer.run()
             state, values = "done", {}
         except Cancelled:
@@ -245,8 +230,6 @@ class TrainerNode(Node):
             state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
             self.get_logger().debug(traceback.format_exc())
         finally:
-            if trainer is not None:
-                trainer.close_writers()
             try:
                 if run_dir.is_dir() and not any(run_dir.iterdir()):
                     run_dir.rmdir()  # a run that failed before writing anything
