@@ -223,7 +223,10 @@ class Trainer:
         try:
             gen = torch.Generator(device=device)
             gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
-            per_rank = math.ceil(cfg.batch_size / self.world)
+            if cfg.batch_size % self.world:
+                raise ValueError(f"batch size {cfg.batch_size} does not divide among "
+                                 f"{self.world} processes: use a multiple of the world size")
+            per_rank = cfg.batch_size // self.world
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
             running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
             step = 0
