@@ -82,6 +82,15 @@ def call(probe, name, timeout=30.0):
     return probe.call(Trigger, f"/{REC}/{name}", timeout=timeout)
 
 
+def record_episode(probe, pubs, n: int) -> None:
+    """Start an episode, publish a burst of ``n`` joint states (and the rest), stop and keep."""
+    assert call(probe, "start").success
+    time.sleep(0.2)
+    pubs.burst(n)
+    time.sleep(0.3)
+    assert call(probe, "stop").success
+
+
 def test_counts_equal_what_was_published(procs, probe, tmp_path):
     pubs = Publishers(probe)
     start_recorder(procs, probe, tmp_path / "ds")
@@ -166,11 +175,7 @@ def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_
     pubs = Publishers(probe)
     ds = tmp_path / "ds"
     start_recorder(procs, probe, ds)
-    assert call(probe, "start").success
-    time.sleep(0.2)
-    pubs.burst(100)
-    time.sleep(0.3)
-    assert call(probe, "stop").success
+    record_episode(probe, pubs, 100)
     finished = read_counts(ds / "episode_000000")
     assert call(probe, "start").success
     time.sleep(0.2)
@@ -227,11 +232,7 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
     pubs = Publishers(probe)
     ds = small_disk / "ds"
     start_recorder(procs, probe, ds)
-    assert call(probe, "start").success
-    time.sleep(0.2)
-    pubs.burst(50)
-    time.sleep(0.3)
-    assert call(probe, "stop").success
+    record_episode(probe, pubs, 50)
     first = read_counts(ds / "episode_000000")
     # Leave ~64 KiB free, then record more than that.
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
@@ -246,10 +247,7 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
     assert read_counts(ds / "episode_000000") == first  # earlier episode intact
     procs.check()  # the recorder survived, and records again once there is room
     (small_disk / "filler").unlink()
-    assert call(probe, "start").success
-    pubs.burst(20)
-    time.sleep(0.3)
-    assert call(probe, "stop").success
+    record_episode(probe, pubs, 20)
     entries = index(ds)
     assert [e["status"] for e in entries] == ["ok", "failed", "ok"]
     assert "No space left on device" in entries[1]["error"]

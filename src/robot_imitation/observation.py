@@ -12,7 +12,6 @@ import importlib
 
 from .spec import Spec, SpecError, message_stamp
 
-ObservationError = SpecError
 
 
 def message_class(type_name: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 from .paths import ensure_ros_environment
 
 
-def _call(node, client, timeout: float = 30.0):
+def _call(client, timeout: float = 30.0):
     from std_srvs.srv import Trigger
 
     if not client.wait_for_service(timeout_sec=timeout):
@@ -70,7 +70,7 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
             for _ in range(episodes):
                 deadline = time.monotonic() + 30.0
                 while True:  # the previous episode may still be finishing
-                    resp = _call(runner, start)
+                    resp = _call(start)
                     if resp.success or "still being recorded" not in resp.message:
                         break
                     if time.monotonic() > deadline:

@@ -33,10 +33,8 @@ DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 _STOP = object()
 
-
 class RecorderError(RuntimeError):
     pass
-
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -45,7 +43,6 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
 
 class DatasetWriter:
     """The dataset folder: creates it, names episodes, keeps ``index.json``."""
@@ -100,7 +97,6 @@ class DatasetWriter:
         _atomic_write(self.index_path, json.dumps({"format": DATASET_FORMAT,
                                                    "episodes": self.episodes}, indent=1))
 
-
 class Recorder:
     """Records offered messages into one bag per episode, through a writer thread."""
 
@@ -124,7 +120,6 @@ class Recorder:
         self._dropped: collections.Counter = collections.Counter()
         self._error: Exception | None = None
         self._thread: threading.Thread | None = None
-        self._result: dict = {}
         self._t0 = 0.0
 
     @property
@@ -163,7 +158,7 @@ class Recorder:
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
             self._error = None
-            self._entry, self._result, self._thread = entry, result, thread
+            self._entry, self._thread = entry, thread
             self.dataset.upsert(entry)
             self._t0 = time.monotonic()
             self._queue = q
@@ -260,11 +255,6 @@ class Recorder:
         except BagWriteError as exc:
             bag.abort()
             self._error = exc
-
-    @property
-    def error(self) -> Exception | None:
-        return self._error
-
 
 def _remove_tree(path: Path) -> None:
     for child in sorted(path.rglob("*"), reverse=True):
