@@ -97,7 +97,15 @@ def spin(executor, context=None) -> None:
     """
     ok = (lambda: rclpy.ok(context=context))
     while ok():
-        executor.spin_once(timeout_sec=0.1)
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except Exception:  # noqa: BLE001
+            # A signal can shut the context down while a callback is being dispatched; the
+            # events executor then raises from inside its dispatch (seen: "Unable to convert
+            # call argument"). That is a shutdown, not a failure; anything else propagates.
+            if ok():
+                raise
+            return
 
 
 def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
