@@ -1,8 +1,6 @@
 """Behavior Cloning: training, closed-loop success, checkpoints (real data, real MuJoCo)."""
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +17,6 @@ from robot_imitation.learning.trainer import (DeviceData, TrainConfig, policy_co
 from robot_imitation.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def reach_demos(tmp_path_factory):
-    """80 scripted-expert episodes of reach, recorded through bridge, expert and recorder
-    (40 gave 37-43 of 50 closed-loop successes, 80 gave 50 of 50)."""
-    from robot_imitation.pipelines import record_demonstrations
-
-    root = tmp_path_factory.mktemp("reach") / "ds"
-    entries = record_demonstrations(root, task="reach", episodes=80, mode="lockstep", seed=300)
-    assert all(e["status"] == "ok" for e in entries)
-    return root
 
 
 def small_dataset(root, n: int) -> Dataset:
@@ -51,15 +37,10 @@ def test_overfits_a_tiny_dataset(reach_demos, tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_bc_on_reach_demonstrations_succeeds_in_closed_loop(reach_demos, tmp_path):
-    """The user's way: `robot-imitation train`, then 50 closed-loop episodes of the task."""
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "robot_imitation.cli", "train", str(reach_demos), "--out",
-         str(out), "--steps", "3000", "--eval-every", "1000", "--eval-episodes", "20",
-         "--device", "cpu", "--seed", "0"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads((out / "result.json").read_text())
+def test_bc_on_reach_demonstrations_succeeds_in_closed_loop(reach_bc):
+    """The user's way (`robot-imitation train`, in the fixture), then 50 closed-loop episodes
+    of the gymnasium task."""
+    result = json.loads((reach_bc / "result.json").read_text())
     policy, meta = load_checkpoint(result["best"], Spec.load("reach"))
     assert meta["task"] == "reach"
     score = evaluate_policy(policy, Spec.load("reach"), "reach", episodes=50, seed=50_000)

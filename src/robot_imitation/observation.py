@@ -59,6 +59,10 @@ class ObservationAssembler:
         self._answered = stamp
         return stamp, dict(self._values)
 
+    def newest_stamp(self) -> float | None:
+        """The stamp of the newest part received, or None before any."""
+        return max(self._stamps.values()) if self._stamps else None
+
     def latest(self) -> tuple[float, dict] | None:
         """(oldest stamp among the parts, observation from the newest values), or None."""
         if len(self._stamps) < len(self.fields):

@@ -81,8 +81,9 @@ class SpatialSoftmax(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         attention = F.softmax(x.reshape(b, c, h * w).float(), dim=-1)
-        ys = torch.linspace(-1.0, 1.0, h, device=x.device)
-        xs = torch.linspace(-1.0, 1.0, w, device=x.device)
+        # coordinates in [-1, 1] (arange rather than linspace: it exports to ONNX in float32)
+        ys = torch.arange(h, device=x.device, dtype=attention.dtype) * (2.0 / max(h - 1, 1)) - 1
+        xs = torch.arange(w, device=x.device, dtype=attention.dtype) * (2.0 / max(w - 1, 1)) - 1
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         ex = (attention * grid_x.reshape(1, 1, -1)).sum(-1)
         ey = (attention * grid_y.reshape(1, 1, -1)).sum(-1)

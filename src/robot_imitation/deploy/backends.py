@@ -1,0 +1,285 @@
+"""Inference backends for one observation at a time (the control path).
+
+Every backend computes exactly ``Policy.act`` for a batch of one: raw observations in, a raw
+action chunk (chunk, action_dim) out, normalization and relative actions included. They differ
+in what runs the arithmetic:
+
+- ``eager``: the PyTorch module under ``inference_mode``.
+- ``torchscript``: the same module traced, frozen and optimized for inference.
+- ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime.
+- ``numpy``: the MLP's weights as NumPy arrays (low-dimensional policies only).
+
+Inputs go into preallocated buffers (``low``: float32 (1, L); ``images[key]``: uint8
+(1, H, W, C)) that the caller fills in place; ``run()`` returns the chunk as float64.
+``select_backend`` measures the candidates on the loaded model and keeps the fastest one whose
+output equals the eager module's.
+"""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..learning.policies import Policy
+
+KINDS = ("numpy", "onnxruntime", "torchscript", "eager")
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run this model (or is not installed)."""
+
+
+class ActModule(nn.Module):
+    """``Policy.act`` for a batch of one with flat inputs: (low, *images) -> (chunk, A)."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+        cfg = policy.cfg
+        self.slices = []
+        start = 0
+        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
+            self.slices.append((key, start, start + int(size)))
+            start += int(size)
+
+    def forward(self, low: torch.Tensor, *images: torch.Tensor) -> torch.Tensor:
+        obs = {key: low[:, a:b] for key, a, b in self.slices}
+        for key, img in zip(self.policy.cfg.image_keys, images):
+            obs[key] = img
+        return self.policy.act(obs)[0]
+
+
+class Backend:
+    kind = "base"
+
+    def __init__(self, policy: Policy):
+        cfg = policy.cfg
+        self.cfg = cfg
+        self.low = np.zeros((1, cfg.low_dim), dtype=np.float32)
+        self.images = {k: np.zeros((1, *shape), dtype=np.uint8)
+                       for k, shape in zip(cfg.image_keys, cfg.image_shapes)}
+
+    def run(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class EagerBackend(Backend):
+    kind = "eager"
+
+    def __init__(self, policy: Policy):
+        super().__init__(policy)
+        self.module = ActModule(policy.cpu().eval()).eval()
+        # Tensors sharing memory with the numpy buffers: filling a buffer fills the input.
+        self._inputs = [torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
+                                                       for k in self.cfg.image_keys]
+
+    def run(self) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(*self._inputs).double().numpy()
+
+
+class TorchScriptBackend(EagerBackend):
+    kind = "torchscript"
+
+    def __init__(self, policy: Policy):
+        super().__init__(policy)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(self.module, tuple(self._inputs), check_trace=False)
+            self.module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+class OnnxBackend(Backend):
+    kind = "onnxruntime"
+
+    def __init__(self, policy: Policy, threads: int = 1):
+        super().__init__(policy)
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("onnxruntime is not installed") from None
+        module = ActModule(policy.cpu().eval()).eval()
+        names = ["low"] + [f"image_{i}" for i in range(len(self.cfg.image_keys))]
+        inputs = tuple([torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
+                                                       for k in self.cfg.image_keys])
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, inputs, buf, dynamo=False, input_names=names,
+                                  output_names=["chunk"], opset_version=17)
+        except Exception as exc:  # noqa: BLE001 - any exporter failure means "not this backend"
+            raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(buf.getvalue(), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.feed = {"low": self.low}
+        for i, k in enumerate(self.cfg.image_keys):
+            self.feed[f"image_{i}"] = self.images[k]
+
+    def run(self) -> np.ndarray:
+        return self.session.run(None, self.feed)[0].astype(np.float64)
+
+
+# erf with |error| < 1.5e-7 (Abramowitz and Stegun 7.1.26): float32 accuracy, all in numpy.
+_P, _A = 0.3275911, (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _gelu_inplace(x: np.ndarray, tmp: np.ndarray) -> None:
+    """x <- x * Phi(x) (exact GELU, as torch.nn.GELU()), with the scratch buffer ``tmp``."""
+    z = x * np.float32(0.7071067811865476)
+    az = np.abs(z)
+    t = 1.0 / (1.0 + _P * az)
+    poly = ((((_A[4] * t + _A[3]) * t + _A[2]) * t + _A[1]) * t + _A[0]) * t
+    np.multiply(poly, np.exp(-az * az), out=tmp)   # erfc(|z|)
+    erf = np.copysign(1.0 - tmp, z)
+    x *= 0.5 * (1.0 + erf)
+
+
+class NumpyBackend(Backend):
+    kind = "numpy"
+
+    def __init__(self, policy: Policy):
+        super().__init__(policy)
+        cfg = policy.cfg
+        if cfg.image_keys:
+            raise BackendError("the numpy backend runs MLP policies only (this one has images)")
+        if cfg.head == "categorical":
+            raise BackendError("the numpy backend does not run categorical heads")
+        linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+        others = {type(m).__name__ for m in policy.net if not isinstance(m, nn.Linear)}
+        if not others <= {"GELU", "Dropout"} or any(
+                isinstance(m, nn.GELU) and m.approximate != "none" for m in policy.net):
+            raise BackendError(f"the numpy backend does not know the layers {sorted(others)}")
+
+        def arr(t):
+            return t.detach().cpu().float().numpy().copy()
+
+        self.layers = [(arr(m.weight).T.copy(), arr(m.bias)) for m in linears]
+        self.hidden = [np.zeros((1, w.shape[1]), np.float32) for w, _ in self.layers]
+        self.scratch = [np.zeros_like(h) for h in self.hidden]
+        self.obs_shift = arr(policy.obs_norm.shift)
+        self.obs_scale = arr(policy.obs_norm.scale)
+        self.act_shift = arr(policy.act_norm.shift)
+        self.act_scale = arr(policy.act_norm.scale)
+        self.x = np.zeros((1, cfg.low_dim), np.float32)
+        offsets = {}
+        start = 0
+        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
+            offsets[key] = start
+            start += int(size)
+        # (action offset, size, low-buffer offset) of relative actions
+        self.relative = [(int(o), int(s), offsets[k]) for o, s, k in cfg.relative]
+
+    def run(self) -> np.ndarray:
+        cfg = self.cfg
+        np.subtract(self.low, self.obs_shift, out=self.x)
+        self.x /= self.obs_scale
+        h = self.x
+        last = len(self.layers) - 1
+        for i, ((w, b), out, tmp) in enumerate(zip(self.layers, self.hidden, self.scratch)):
+            np.matmul(h, w, out=out)
+            out += b
+            if i < last:
+                _gelu_inplace(out, tmp)
+            h = out
+        out = h[0]
+        a = cfg.action_dim
+        if cfg.head == "mse":
+            mean = out.reshape(cfg.chunk, a)
+        elif cfg.head == "gaussian":
+            mean = out.reshape(cfg.chunk, a, 2)[..., 0]
+        else:  # gmm: the likeliest mode's mean
+            k, d = cfg.modes, cfg.chunk * a
+            best = int(np.argmax(out[:k]))
+            mean = out[k:].reshape(k, 2, d)[best, 0].reshape(cfg.chunk, a)
+        actions = mean.astype(np.float64) * self.act_scale + self.act_shift
+        for offset, size, low_at in self.relative:
+            actions[:, offset:offset + size] += self.low[0, low_at:low_at + size]
+        return actions
+
+
+def make_backend(policy: Policy, kind: str, threads: int = 1) -> Backend:
+    if kind == "eager":
+        return EagerBackend(policy)
+    if kind == "torchscript":
+        try:
+            return TorchScriptBackend(policy)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}") from None
+    if kind == "onnxruntime":
+        return OnnxBackend(policy, threads)
+    if kind == "numpy":
+        return NumpyBackend(policy)
+    raise BackendError(f"unknown inference backend {kind!r} (one of {KINDS} or auto)")
+
+
+def fill_example(backend: Backend, policy: Policy, seed: int = 0) -> None:
+    """Representative inputs: the training mean plus noise of the training spread."""
+    rng = np.random.default_rng(seed)
+    shift = policy.obs_norm.shift.detach().cpu().numpy()
+    scale = policy.obs_norm.scale.detach().cpu().numpy()
+    backend.low[0] = shift + scale * rng.standard_normal(shift.shape)
+    for img in backend.images.values():
+        img[...] = rng.integers(0, 256, img.shape, dtype=np.uint8)
+
+
+def agrees(a: np.ndarray, b: np.ndarray, rtol: float = 1e-4, atol: float = 1e-4) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol))
+
+
+def time_backend(backend: Backend, calls: int = 200) -> float:
+    """Median seconds per ``run()``, after a warm-up."""
+    for _ in range(min(20, calls)):
+        backend.run()
+    times = np.empty(calls)
+    for i in range(calls):
+        t = time.perf_counter()
+        backend.run()
+        times[i] = time.perf_counter() - t
+    return float(np.median(times))
+
+
+def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: int = 200
+                   ) -> tuple[Backend, list[dict]]:
+    """The backend ``kind``, or with ``auto`` the fastest one that agrees with eager PyTorch.
+
+    Returns (backend, measurements): one row per candidate with its median latency in
+    microseconds, or why it was not used.
+    """
+    reference = EagerBackend(policy)
+    fill_example(reference, policy)
+    expected = reference.run()
+    candidates = KINDS if kind == "auto" else (kind,)
+    rows, best = [], None
+    for k in candidates:
+        try:
+            backend = reference if k == "eager" else make_backend(policy, k, threads)
+        except BackendError as exc:
+            if kind != "auto":
+                raise
+            rows.append({"backend": k, "error": str(exc)})
+            continue
+        fill_example(backend, policy)
+        got = backend.run()
+        if not agrees(got, expected):
+            err = float(np.max(np.abs(got - expected)))
+            if kind != "auto":
+                raise BackendError(f"backend {k} disagrees with eager PyTorch by {err:.3g}")
+            rows.append({"backend": k, "error": f"disagrees with eager by {err:.3g}"})
+            continue
+        us = time_backend(backend, calls) * 1e6 if kind == "auto" else float("nan")
+        rows.append({"backend": k, "median_us": us})
+        if best is None or us < best[1]:
+            best = (backend, us)
+    if best is None:
+        raise BackendError("no inference backend can run this model: "
+                           + "; ".join(f"{r['backend']}: {r['error']}" for r in rows))
+    return best[0], rows

@@ -1,0 +1,262 @@
+"""The policy node's control logic without ROS: observation dictionary in, command out.
+
+- ``LoadedPolicy``: a checkpoint validated against the runtime spec, with its inference backend.
+  Built off the control path (in a background thread for hot reloads).
+- ``ChunkScheduler``: what to execute from action chunks: the first action of every prediction
+  (receding horizon), whole chunks open loop, or a temporal ensemble of overlapping chunks.
+- ``ActionFilter``: limits per action value and a maximum change per tick.
+- ``PolicyController``: one tick: staleness, non-finite inputs and outputs, inference, chunking,
+  clamping, with counters for diagnostics. Swapping the policy happens between ticks.
+
+The observation dictionary comes from ``ObservationAssembler`` (``Spec.extract``): the same code
+that built the training arrays.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..learning.checkpoint import WEIGHTS, load_checkpoint
+from ..spec import Spec
+from .backends import Backend, select_backend
+
+CHUNK_MODES = ("first", "chunk", "ensemble")
+SAFE_COMMANDS = ("hold", "zero")
+
+
+@dataclass
+class LoadedPolicy:
+    path: str
+    spec: Spec
+    meta: dict
+    backend: Backend
+    backends: list          # what select_backend measured
+    version: str            # short hash of the weights: tells two checkpoints apart
+    load_seconds: float
+
+    @property
+    def chunk(self) -> int:
+        return self.backend.cfg.chunk
+
+
+def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1
+                ) -> LoadedPolicy:
+    """Load and validate a checkpoint and build its backend. Raises ``CheckpointError`` (a
+    ``ValueError``) or ``BackendError`` with a message naming the problem."""
+    t0 = time.perf_counter()
+    policy, meta = load_checkpoint(path, runtime_spec)
+    spec = Spec.from_dict(meta["spec"])
+    chosen, rows = select_backend(policy, backend, threads)
+    digest = hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()[:12]
+    return LoadedPolicy(path=str(path), spec=spec, meta=meta, backend=chosen, backends=rows,
+                        version=digest, load_seconds=time.perf_counter() - t0)
+
+
+class ChunkScheduler:
+    """Turns predicted chunks (chunk, A) into one action per tick.
+
+    - ``first``: predict every tick, execute the first action (receding horizon).
+    - ``chunk``: predict, execute ``execute`` actions of the chunk open loop (all by default),
+      then predict again.
+    - ``ensemble``: predict every tick; the action for tick t averages every chunk's prediction
+      for t, weighted exp(-decay * i) with i = 0 for the oldest (temporal ensembling, as ACT).
+    """
+
+    def __init__(self, chunk: int, mode: str = "first", decay: float = 0.01, execute: int = 0):
+        if mode not in CHUNK_MODES:
+            raise ValueError(f"chunk mode must be one of {CHUNK_MODES}, not {mode!r}")
+        self.chunk, self.mode, self.decay = chunk, mode, decay
+        self.execute = min(execute or chunk, chunk)
+        self.reset()
+
+    def reset(self) -> None:
+        self._queue: deque = deque()
+        self._history: deque = deque(maxlen=self.chunk)  # (tick predicted at, chunk)
+        self._tick = 0
+
+    def needs_prediction(self) -> bool:
+        return self.mode != "chunk" or not self._queue
+
+    def add(self, chunk: np.ndarray) -> None:
+        if self.mode == "chunk":
+            self._queue.extend(chunk[: self.execute])
+        elif self.mode == "ensemble":
+            self._history.append((self._tick, chunk))
+        else:
+            self._queue.clear()
+            self._queue.append(chunk[0])
+
+    def next(self) -> np.ndarray:
+        """The action for this tick (after ``add`` when ``needs_prediction``)."""
+        if self.mode == "ensemble":
+            preds = [c[self._tick - t0] for t0, c in self._history if self._tick - t0 < len(c)]
+            w = np.exp(-self.decay * np.arange(len(preds)))   # oldest first
+            action = np.tensordot(w / w.sum(), np.stack(preds), axes=1)
+        else:
+            action = self._queue.popleft()
+        self._tick += 1
+        return action
+
+
+class ActionFilter:
+    """Clamp each action value to [lower, upper], and its change per tick to ``max_delta``
+    (inf where unlimited)."""
+
+    def __init__(self, dim: int, lower=None, upper=None, max_delta=None):
+        def vec(v, fill):
+            a = np.atleast_1d(np.asarray(fill if v is None else v, dtype=np.float64))
+            if a.size == 0:
+                a = np.array([fill])
+            if a.size == 1:
+                a = np.full(dim, float(a.ravel()[0]))
+            if a.shape != (dim,):
+                raise ValueError(f"limits need 1 or {dim} values (one per action value), "
+                                 f"got {a.size}")
+            return a
+
+        self.lower, self.upper = vec(lower, -np.inf), vec(upper, np.inf)
+        delta = vec(max_delta, np.inf)
+        self.max_delta = np.where(delta > 0, delta, np.inf)
+        if np.any(self.lower > self.upper):
+            raise ValueError("action limits: lower above upper")
+
+    def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
+        out = action
+        if previous is not None:
+            out = np.clip(out, previous - self.max_delta, previous + self.max_delta)
+        out = np.clip(out, self.lower, self.upper)
+        return out, int(np.count_nonzero(out != action))
+
+
+@dataclass
+class TickResult:
+    action: np.ndarray | None   # None: publish nothing
+    reason: str                 # "ok", "stale", "nonfinite_input", "nonfinite_output"
+    clamped: int = 0
+    inference_s: float = 0.0
+
+
+@dataclass
+class Counters:
+    ticks: int = 0
+    commands: int = 0
+    stale: int = 0
+    nonfinite_inputs: int = 0
+    nonfinite_outputs: int = 0
+    clamped_ticks: int = 0
+    clamped_values: int = 0
+    inferences: int = 0
+    swaps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class PolicyController:
+    """One control tick at a time. Not thread-safe: call from the control thread only; other
+    threads hand a new policy over with ``offer`` and it is swapped in at the next tick."""
+
+    def __init__(self, spec: Spec, policy: LoadedPolicy, action_filter: ActionFilter,
+                 chunk_mode: str = "first", ensemble_decay: float = 0.01,
+                 chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold"):
+        if safe_command not in SAFE_COMMANDS:
+            raise ValueError(f"safe_command must be one of {SAFE_COMMANDS}")
+        self.spec = spec
+        self.filter = action_filter
+        self.chunk_mode, self.decay, self.chunk_execute = chunk_mode, ensemble_decay, chunk_execute
+        self.max_age, self.safe_command = max_age, safe_command
+        self.counters = Counters()
+        self.last_command: np.ndarray | None = None
+        self._offered: LoadedPolicy | None = None
+        self._install(policy)
+        self.splits = []
+        start = 0
+        for f in spec.actions:
+            self.splits.append((f.key, start, start + f.shape[0]))
+            start += f.shape[0]
+        low = {key: i for i, key in enumerate(policy.backend.cfg.low_dim_keys)}
+        # relative actions: on the first tick, the max-change limit applies from the measured
+        # values these actions are relative to
+        self.relative = [(i0, i1, f.relative_to) for (_, i0, i1), f in
+                         zip(self.splits, spec.actions) if f.relative_to in low]
+
+    def _install(self, policy: LoadedPolicy) -> None:
+        self.policy = policy
+        self.backend = policy.backend
+        cfg = policy.backend.cfg
+        self.scheduler = ChunkScheduler(cfg.chunk, self.chunk_mode, self.decay, self.chunk_execute)
+        self._low_slices = []
+        start = 0
+        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
+            self._low_slices.append((key, start, start + int(size)))
+            start += int(size)
+
+    def offer(self, policy: LoadedPolicy) -> None:
+        """Hand over a new policy (from any thread); it takes over at the next tick."""
+        self._offered = policy
+
+    def reset(self) -> None:
+        """Forget chunks in flight and the previous command (a new episode, re-activation)."""
+        self.scheduler.reset()
+        self.last_command = None
+
+    def safe(self) -> np.ndarray | None:
+        if self.safe_command == "zero":
+            return np.zeros(self.spec.action_dim)
+        return self.last_command
+
+    def tick(self, obs: dict, age: float | None = None) -> TickResult:
+        c = self.counters
+        c.ticks += 1
+        offered, self._offered = self._offered, None
+        if offered is not None:
+            self._install(offered)
+            c.swaps += 1
+        if age is not None and self.max_age > 0 and age > self.max_age:
+            c.stale += 1
+            self.scheduler.reset()
+            action = self.safe()
+            if action is not None:
+                c.commands += 1
+            return TickResult(action, "stale")
+        inference_s = 0.0
+        low = self.backend.low[0]
+        for key, a, b in self._low_slices:
+            low[a:b] = obs[key]
+        if not np.isfinite(low).all():  # checked every tick, also while a chunk runs open loop
+            c.nonfinite_inputs += 1
+            self.scheduler.reset()
+            return TickResult(None, "nonfinite_input")
+        if self.scheduler.needs_prediction():
+            for key, img in self.backend.images.items():
+                img[0] = obs[key]
+            t = time.perf_counter()
+            chunk = self.backend.run()
+            inference_s = time.perf_counter() - t
+            c.inferences += 1
+            if not np.isfinite(chunk).all():
+                c.nonfinite_outputs += 1
+                self.scheduler.reset()
+                return TickResult(None, "nonfinite_output", inference_s=inference_s)
+            self.scheduler.add(chunk)
+        action = self.scheduler.next()
+        previous = self.last_command
+        if previous is None and self.relative:
+            previous = np.full(self.spec.action_dim, np.nan)
+            for i0, i1, key in self.relative:
+                previous[i0:i1] = np.asarray(obs[key])[: i1 - i0]
+            previous = np.where(np.isnan(previous), action, previous)
+        action, clamped = self.filter(action, previous)
+        if clamped:
+            c.clamped_ticks += 1
+            c.clamped_values += clamped
+        self.last_command = action
+        c.commands += 1
+        return TickResult(action, "ok", clamped, inference_s)
+
+    def split(self, action: np.ndarray) -> list:
+        """[(action key, values)] in spec order."""
+        return [(key, action[a:b]) for key, a, b in self.splits]

@@ -1,0 +1,444 @@
+"""Policy node: runs a trained checkpoint on the robot's state topics (a lifecycle node).
+
+Lifecycle (``lifecycle_msgs``, ``~/change_state``): configure loads and validates the checkpoint
+against the runtime spec and picks the inference backend; activate starts commanding;
+deactivate stops; cleanup drops the model. With ``autostart`` (the default) the node configures
+and activates itself.
+
+Subscribes to the spec's observation topics (robot state QoS), assembles the observation with
+``ObservationAssembler`` (the dataset builder's ``Spec.extract``) and publishes the command on
+the spec's action topics (``std_msgs/Float64MultiArray``, command QoS):
+  trigger=state  answer every new state once (all parts stamped alike): lockstep simulation, or
+                 a robot driver that publishes one state per control cycle;
+  trigger=timer  at the control rate (node clock: ``use_sim_time`` paces it by /clock), from
+                 the newest state.
+Safety: a state older than ``max_age_periods`` control periods gives the safe command (``hold``:
+repeat the last command; ``zero``: zeros) and a diagnostics error; NaN/inf in an input or an
+output publishes nothing; every command is clamped to ``action_lower``/``action_upper`` and to
+``max_delta`` per tick (or the limits of ``robot``).
+
+Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
+~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new path on
+``checkpoint_topic`` (the trainer's latched ~/checkpoint) or a new value of the ``checkpoint``
+parameter is loaded and validated in the background and swapped in between ticks; a failed load
+keeps the running policy and says why (log, /diagnostics).
+/diagnostics (1 Hz): latency from observation stamp to publish (p50/p99/max), compute time,
+tick overruns, missed ticks, model version, backend, counters.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from .common import COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import SetBool, Trigger  # noqa: E402
+
+from ..deploy.backends import KINDS  # noqa: E402
+from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter, PolicyController,  # noqa: E402
+                              load_policy)
+from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..spec import Spec, SpecError  # noqa: E402
+
+WINDOW = 4096  # latencies kept for the diagnostics percentiles
+
+
+def robot_limits(robot: str, spec: Spec) -> tuple:
+    """(lower, upper, max change per tick) of [arm joints..., gripper] for a robot config."""
+    from ..sim.robot import RobotConfig, RobotIndex, load_robot_spec
+
+    cfg = RobotConfig.load(robot)
+    index = RobotIndex.build(load_robot_spec(cfg).compile(), cfg)
+    n = index.n_arm
+    if spec.action_dim != n + 1:
+        raise ValueError(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
+                         f"'{spec.name}' has {spec.action_dim} action values: set action_lower, "
+                         "action_upper and max_delta instead")
+    lower = np.append(index.arm_limits[:, 0], 0.0)
+    upper = np.append(index.arm_limits[:, 1], 1.0)
+    delta = np.append(index.velocity_limits / spec.control_rate, np.inf)
+    return lower, upper, delta
+
+
+class LatencyWindow:
+    def __init__(self, size: int = WINDOW):
+        self.values = np.zeros(size)
+        self.n = 0
+
+    def add(self, v: float) -> None:
+        self.values[self.n % len(self.values)] = v
+        self.n += 1
+
+    def summary(self) -> dict:
+        v = self.values[: min(self.n, len(self.values))]
+        if v.size == 0:
+            return {}
+        p50, p99 = np.percentile(v, [50, 99])
+        return {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": v.max() * 1e3}
+
+
+class PolicyNode(LifecycleNode):
+    NODE_NAME = "policy_node"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        self.p = {
+            "checkpoint": declare(self, "checkpoint", "", "checkpoint directory; setting it at "
+                                  "run time hot-reloads"),
+            "spec": declare(self, "spec", "", "runtime observation/action spec (config/specs "
+                            "name or path); empty: the spec stored in the checkpoint",
+                            read_only=True),
+            "trigger": declare(self, "trigger", "state", "command on each new state or on a "
+                               "timer", read_only=True, choices=("state", "timer")),
+            "rate": declare(self, "rate", 0.0, "timer rate in Hz; 0: the spec's control rate",
+                            read_only=True, min_value=0.0, max_value=10000.0),
+            "backend": declare(self, "backend", "auto", "inference backend; auto measures them "
+                               "on the model and keeps the fastest", read_only=True,
+                               choices=("auto",) + KINDS),
+            "threads": declare(self, "threads", 1, "CPU threads for inference", read_only=True,
+                               min_value=1, max_value=64),
+            "chunk_mode": declare(self, "chunk_mode", "first", "chunked policies: first "
+                                  "action of each prediction, whole chunks, or a temporal "
+                                  "ensemble", read_only=True, choices=CHUNK_MODES),
+            "ensemble_decay": declare(self, "ensemble_decay", 0.01, "temporal ensemble weight "
+                                      "exp(-decay * i), i = 0 oldest", read_only=True,
+                                      min_value=0.0, max_value=10.0),
+            "chunk_execute": declare(self, "chunk_execute", 0, "chunk mode: actions executed "
+                                     "per prediction (0: the whole chunk)", read_only=True,
+                                     min_value=0, max_value=10000),
+            "max_age_periods": declare(self, "max_age_periods", 3.0, "a state older than this "
+                                       "many control periods is stale (0: no check)",
+                                       min_value=0.0, max_value=1e6),
+            "safe_command": declare(self, "safe_command", "hold", "what a stale state gets",
+                                    choices=SAFE_COMMANDS),
+            "robot": declare(self, "robot", "", "take the action limits from this robot "
+                             "config (arm joint limits, gripper 0..1, velocity limits per "
+                             "tick); empty: only the limits given below", read_only=True),
+            "checkpoint_topic": declare(self, "checkpoint_topic", "/trainer/checkpoint",
+                                        "std_msgs/String of new checkpoints (empty: none)",
+                                        read_only=True),
+            "episode_topic": declare(self, "episode_topic", "/episode/status", "episode status "
+                                     "(a new episode drops chunks in flight; empty: none)",
+                                     read_only=True),
+            "autostart": declare(self, "autostart", True, "configure and activate at start",
+                                 read_only=True),
+            "diagnostics_period": declare(self, "diagnostics_period", 1.0, "seconds between "
+                                          "/diagnostics messages", read_only=True,
+                                          min_value=0.05, max_value=60.0),
+        }
+        for name, text in (("action_lower", "lower limit per action value (1 or action_dim "
+                                            "values; overrides robot)"),
+                           ("action_upper", "upper limit per action value"),
+                           ("max_delta", "largest change per tick per action value (0: none)")):
+            self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY,
+                                   ParameterDescriptor(description=text, read_only=True))
+        self.controller: PolicyController | None = None
+        self.active = False
+        self.enabled = True
+        self.lock = threading.Lock()
+        self.latency = LatencyWindow()
+        self.compute = LatencyWindow()
+        self.missed_ticks = 0
+        self.overruns = 0
+        self.reloads = 0
+        self.reload_failures = 0
+        self.reload_error = ""
+        self.problem = ""          # newest safety event since the last diagnostics message
+        self._reload_request = None
+        self._reload_event = threading.Event()
+        self._last_tick_wall = None
+        self._episode = None
+        self._ents = []
+        self.add_on_set_parameters_callback(self._on_set_params)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.create_service(Trigger, "~/reload", self._on_reload)
+        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._reload_worker, daemon=True)
+        self._worker.start()
+        if self.p["autostart"]:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+            else:
+                raise RuntimeError("configure failed (see the log above)")
+
+    # ================================================================== lifecycle
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as exc:  # noqa: BLE001 - CheckpointError, SpecError, BackendError...
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.p["threads"])
+        path = self.get_parameter("checkpoint").value
+        if not path:
+            raise ValueError("no checkpoint: set the `checkpoint` parameter")
+        runtime = Spec.load(self.p["spec"]) if self.p["spec"] else None
+        loaded = load_policy(path, runtime, self.p["backend"], self.p["threads"])
+        self.spec = runtime or loaded.spec
+        self.period = 1.0 / (self.p["rate"] or self.spec.control_rate)
+        lower, upper, delta = (None, None, None)
+        if self.p["robot"]:
+            lower, upper, delta = robot_limits(self.p["robot"], self.spec)
+
+        def given(name, fallback):
+            if not self.has_parameter(name) or \
+                    self.get_parameter_or(name).type_ == Parameter.Type.NOT_SET:
+                return fallback
+            v = self.get_parameter(name).value
+            return list(v) if v else fallback
+
+        action_filter = ActionFilter(self.spec.action_dim, given("action_lower", lower),
+                                     given("action_upper", upper), given("max_delta", delta))
+        self.controller = PolicyController(
+            self.spec, loaded, action_filter, self.p["chunk_mode"], self.p["ensemble_decay"],
+            self.p["chunk_execute"], self.p["max_age_periods"] * self.period,
+            self.p["safe_command"])
+        self.assembler = ObservationAssembler(self.spec)
+        self.pubs = [(key, self.create_lifecycle_publisher(Float64MultiArray, f.topic,
+                                                           COMMAND_QOS))
+                     for key, f in zip([f.key for f in self.spec.actions], self.spec.actions)]
+        for topic, mtype in self.assembler.topics.items():
+            self._ents.append(self.create_subscription(
+                message_class(mtype), topic, lambda msg, t=topic: self._on_state(t, msg),
+                STATE_QOS))
+        if self.p["checkpoint_topic"]:
+            self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
+                                                       self._on_checkpoint_topic, LATCHED_QOS))
+        if self.p["episode_topic"]:
+            self._ents.append(self.create_subscription(
+                message_class("diagnostic_msgs/msg/DiagnosticArray"), self.p["episode_topic"],
+                self._on_episode, LATCHED_QOS))
+        # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
+        self._ents.append(self.create_timer(self.period, self._on_timer))
+        self.get_logger().info(
+            f"policy {loaded.path} (version {loaded.version}, spec '{self.spec.name}', "
+            f"chunk {loaded.chunk}) on backend {loaded.backend.kind} "
+            f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
+            f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")
+
+    @staticmethod
+    def _backend_table(loaded) -> str:
+        return ", ".join(f"{r['backend']} {r['median_us']:.0f} us" if "median_us" in r
+                         and r["median_us"] == r["median_us"] else f"{r['backend']}: "
+                         f"{r.get('error', 'chosen')}" for r in loaded.backends)
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self.controller.reset()
+        self._last_tick_wall = None
+        self.active = True
+        self.get_logger().info("active: commanding")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        self.get_logger().info("inactive: no commands")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self.active = False
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self.active = False
+        for ent in self._ents:
+            if hasattr(ent, "cancel"):
+                ent.cancel()
+                self.destroy_timer(ent)
+            else:
+                self.destroy_subscription(ent)
+        self._ents = []
+        for _, pub in getattr(self, "pubs", []):
+            self.destroy_lifecycle_publisher(pub)
+        self.pubs = []
+        self.controller = None
+
+    # ================================================================== control
+    def _on_state(self, topic: str, msg) -> None:
+        try:
+            self.assembler.on_message(topic, msg)
+        except SpecError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        if self.p["trigger"] == "state":
+            ready = self.assembler.synchronized()
+            if ready is not None:
+                self._tick(*ready)
+
+    def _on_timer(self) -> None:
+        if self.controller is None:
+            return
+        latest = self.assembler.latest()
+        if self.p["trigger"] == "timer":
+            now = time.monotonic()
+            if self._last_tick_wall is not None and self.active:
+                gap = (now - self._last_tick_wall) / self.period
+                if gap > 1.5:
+                    self.missed_ticks += int(round(gap)) - 1
+            self._last_tick_wall = now
+            if latest is not None:
+                self._tick(*latest)
+        elif latest is not None and self.controller.max_age > 0:
+            # trigger=state: no new state for too long gives the safe command
+            age = self.get_clock().now().nanoseconds * 1e-9 - self.assembler.newest_stamp()
+            if age > self.controller.max_age:
+                self._tick(latest[0], latest[1])
+
+    def _tick(self, stamp: float, obs: dict) -> None:
+        if not (self.active and self.enabled) or self.controller is None:
+            return
+        t0 = time.perf_counter()
+        now = self.get_clock().now().nanoseconds * 1e-9
+        result = self.controller.tick(obs, now - stamp)
+        if result.reason != "ok":
+            self.problem = {"stale": f"state {now - stamp:.3f} s old: safe command "
+                                     f"({self.p['safe_command']})",
+                            "nonfinite_input": "NaN/inf in the observation: no command",
+                            "nonfinite_output": "NaN/inf in the policy output: no command"
+                            }[result.reason]
+            self.get_logger().error(self.problem, throttle_duration_sec=2.0)
+        if result.action is not None:
+            for (key, values), (_, pub) in zip(self.controller.split(result.action), self.pubs):
+                pub.publish(Float64MultiArray(data=values.tolist()))
+            done = self.get_clock().now().nanoseconds * 1e-9
+            self.latency.add(done - stamp)
+        spent = time.perf_counter() - t0
+        self.compute.add(spent)
+        if spent > self.period:
+            self.overruns += 1
+
+    def _on_episode(self, msg) -> None:
+        for st in msg.status:
+            values = {kv.key: kv.value for kv in st.values}
+            if "episode" in values and values["episode"] != self._episode:
+                self._episode = values["episode"]
+                if self.controller is not None:
+                    self.controller.reset()
+
+    # ================================================================== services, reload
+    def _on_enable(self, request, response):
+        self.enabled = bool(request.data)
+        if self.enabled and self.controller is not None:
+            self.controller.reset()
+        response.success = True
+        response.message = "enabled" if self.enabled else "disabled"
+        return response
+
+    def _on_reload(self, request, response):
+        path = self.get_parameter("checkpoint").value
+        if self.controller is None:
+            response.success, response.message = False, "not configured"
+            return response
+        self._request_reload(path)
+        response.success, response.message = True, f"loading {path}"
+        return response
+
+    def _on_checkpoint_topic(self, msg) -> None:
+        path = msg.data
+        current = self.controller.policy.path if self.controller else None
+        if path and path != current:
+            self.set_parameters([Parameter("checkpoint", value=path)])
+
+    def _on_set_params(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == "checkpoint" and self.controller is not None and p.value:
+                self._request_reload(p.value)
+        return SetParametersResult(successful=True)
+
+    def _request_reload(self, path: str) -> None:
+        with self.lock:
+            self._reload_request = path
+        self._reload_event.set()
+
+    def _reload_worker(self) -> None:
+        while True:
+            self._reload_event.wait()
+            self._reload_event.clear()
+            with self.lock:
+                path, self._reload_request = self._reload_request, None
+            controller = self.controller
+            if path is None or controller is None:
+                continue
+            backend = controller.policy.backend.kind if self.p["backend"] == "auto" \
+                else self.p["backend"]
+            try:
+                try:
+                    loaded = load_policy(path, controller.spec, backend, self.p["threads"])
+                except RuntimeError:  # this backend cannot run the new model: measure again
+                    loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
+            except (ValueError, RuntimeError, OSError) as exc:
+                self.reload_failures += 1
+                self.reload_error = str(exc)
+                self.get_logger().error(f"reload of {path} failed, the running policy "
+                                        f"({controller.policy.path}) stays: {exc}")
+                continue
+            controller.offer(loaded)
+            self.reloads += 1
+            self.reload_error = ""
+            self.get_logger().info(f"loaded {path} (version {loaded.version}, backend "
+                                   f"{loaded.backend.kind}, {loaded.load_seconds:.2f} s): "
+                                   "takes over at the next tick")
+
+    # ================================================================== diagnostics
+    def _publish_diagnostics(self) -> None:
+        c = self.controller
+        values = {"state": ("active" if self.active else "inactive") if c else "unconfigured",
+                  "enabled": str(self.enabled).lower(), "missed_ticks": self.missed_ticks,
+                  "overruns": self.overruns, "reloads": self.reloads,
+                  "reload_failures": self.reload_failures}
+        if c is not None:
+            k = c.counters
+            values.update({"checkpoint": c.policy.path, "model_version": c.policy.version,
+                           "backend": c.policy.backend.kind, "ticks": k.ticks,
+                           "commands": k.commands, "inferences": k.inferences,
+                           "stale": k.stale, "nonfinite_inputs": k.nonfinite_inputs,
+                           "nonfinite_outputs": k.nonfinite_outputs,
+                           "clamped_ticks": k.clamped_ticks, "swaps": k.swaps})
+        for name, window in (("latency", self.latency), ("compute", self.compute)):
+            for key, v in window.summary().items():
+                values[f"{name}_{key}"] = f"{v:.3f}"
+        if self.reload_error:
+            values["reload_error"] = self.reload_error
+        problem, self.problem = self.problem, ""
+        if problem:
+            level, message = DiagnosticStatus.ERROR, problem
+        elif self.reload_error:
+            level, message = DiagnosticStatus.WARN, f"reload failed: {self.reload_error}"
+        elif not (c and self.active and self.enabled):
+            level, message = DiagnosticStatus.WARN, "not commanding (" + (
+                "disabled" if c and self.active else values["state"]) + ")"
+        else:
+            level, message = DiagnosticStatus.OK, "commanding"
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [DiagnosticStatus(level=level, name=f"{self.get_name()}: control",
+                                       message=message, hardware_id="policy",
+                                       values=[KeyValue(key=k, value=str(v))
+                                               for k, v in values.items()])]
+        self.pub_diag.publish(msg)
+
+
+def main(args=None) -> int:
+    return run(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The policy node's core without ROS: inference backends, chunk execution, safety filter."""
+import numpy as np
+import pytest
+import torch
+
+from robot_imitation.deploy.backends import (KINDS, BackendError, EagerBackend, fill_example,
+                                             make_backend, select_backend)
+from robot_imitation.deploy.runtime import (ActionFilter, ChunkScheduler, LoadedPolicy,
+                                            PolicyController)
+from robot_imitation.learning.policies import Policy, PolicyConfig
+from robot_imitation.spec import Spec
+
+
+def random_policy(head="mse", chunk=1, images=False, seed=0) -> Policy:
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(low_dim_keys=["joint_pos", "ee_pose"], low_dim_sizes=[9, 7],
+                       image_keys=["cam"] if images else [],
+                       image_shapes=[[48, 64, 3]] if images else [], action_dim=8, chunk=chunk,
+                       head=head, num_classes=3 if head == "categorical" else 0,
+                       relative=[] if head == "categorical" else [[0, 7, "joint_pos"]],
+                       image_channels=[16, 16], keypoints=8)
+    policy = Policy(cfg)
+    for m in policy.net:
+        if isinstance(m, torch.nn.Linear):  # larger weights than the default: outputs that
+            torch.nn.init.normal_(m.weight, std=0.3)  # differ visibly between inputs
+    policy.obs_norm.set(torch.randn(cfg.low_dim), torch.rand(cfg.low_dim) + 0.5)
+    policy.act_norm.set(torch.randn(cfg.action_dim), torch.rand(cfg.action_dim) + 0.5)
+    return policy.eval()
+
+
+@pytest.mark.parametrize("head", ["mse", "gaussian", "gmm", "categorical"])
+def test_every_backend_computes_policy_act(head):
+    """Each backend's output equals Policy.act on the same observation (several inputs)."""
+    policy = random_policy(head, chunk=3)
+    ran = 0
+    for kind in KINDS:
+        try:
+            backend = make_backend(policy, kind)
+        except BackendError as exc:
+            assert kind == "numpy" and head == "categorical", exc
+            continue
+        for seed in range(3):
+            fill_example(backend, policy, seed)
+            low = torch.from_numpy(backend.low.copy())
+            obs = {"joint_pos": low[:, :9], "ee_pose": low[:, 9:]}
+            expected = policy.act(obs)[0].double().numpy()
+            np.testing.assert_allclose(backend.run(), expected, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{kind} {head}")
+        ran += 1
+    assert ran == (3 if head == "categorical" else 4)
+
+
+def test_image_policy_backends_agree_and_numpy_declines():
+    policy = random_policy(images=True)
+    reference = EagerBackend(policy)
+    fill_example(reference, policy, 1)
+    expected = reference.run()
+    for kind in ("onnxruntime", "torchscript"):
+        backend = make_backend(policy, kind)
+        fill_example(backend, policy, 1)
+        np.testing.assert_allclose(backend.run(), expected, rtol=1e-4, atol=1e-4, err_msg=kind)
+    with pytest.raises(BackendError, match="MLP policies only"):
+        make_backend(policy, "numpy")
+
+
+def test_auto_selection_measures_every_candidate_and_keeps_the_fastest():
+    policy = random_policy()
+    backend, rows = select_backend(policy, "auto", calls=50)
+    timed = {r["backend"]: r["median_us"] for r in rows if "median_us" in r}
+    assert set(timed) == set(KINDS)
+    assert backend.kind == min(timed, key=timed.get)
+
+
+def test_chunk_scheduler_modes():
+    chunks = [np.arange(4 * 2, dtype=float).reshape(4, 2) + 100 * k for k in range(6)]
+    first = ChunkScheduler(4, "first")
+    out = []
+    for c in chunks:
+        assert first.needs_prediction()
+        first.add(c)
+        out.append(first.next())
+    np.testing.assert_array_equal(out, [c[0] for c in chunks])
+
+    whole = ChunkScheduler(4, "chunk", execute=3)
+    out, predicted = [], 0
+    for _ in range(6):
+        if whole.needs_prediction():
+            whole.add(chunks[predicted])
+            predicted += 1
+        out.append(whole.next())
+    assert predicted == 2
+    np.testing.assert_array_equal(out, [*chunks[0][:3], *chunks[1][:3]])
+
+    ens = ChunkScheduler(4, "ensemble", decay=0.5)
+    for t, c in enumerate(chunks[:3]):
+        ens.add(c)
+        action = ens.next()
+    # tick 2: chunk 0's third, chunk 1's second and chunk 2's first prediction, oldest weighted
+    # most: weights exp(-0.5 * [0, 1, 2])
+    w = np.exp(-0.5 * np.arange(3))
+    expected = (w[0] * chunks[0][2] + w[1] * chunks[1][1] + w[2] * chunks[2][0]) / w.sum()
+    np.testing.assert_allclose(action, expected)
+
+
+def test_action_filter_limits_and_max_change():
+    f = ActionFilter(3, lower=[-1, -1, 0], upper=[1, 1, 1], max_delta=[0.1, 0, 0.5])
+    out, n = f(np.array([5.0, -5.0, 0.5]), None)
+    np.testing.assert_array_equal(out, [1, -1, 0.5])
+    assert n == 2
+    out, n = f(np.array([0.5, 0.9, 0.9]), np.array([0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(out, [0.1, 0.9, 0.5])  # max_delta 0: unlimited
+    assert n == 2
+    with pytest.raises(ValueError, match="1 or 3 values"):
+        ActionFilter(3, lower=[0, 0])
+
+
+def loaded(policy: Policy, version="a") -> LoadedPolicy:
+    return LoadedPolicy("mem", Spec.load("reach"), {}, make_backend(policy, "numpy"), [],
+                        version, 0.0)
+
+
+def reach_obs(rng) -> dict:
+    return {"joint_pos": rng.normal(size=9), "joint_vel": rng.normal(size=9),
+            "ee_pose": rng.normal(size=7), "target_pose": rng.normal(size=7)}
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_controller_stale_nonfinite_clamp_and_swap():
+    spec = Spec.load("reach")
+    policy = random_policy()
+    cfg = policy.cfg
+    assert cfg.low_dim_keys == ["joint_pos", "ee_pose"]
+    ctl = PolicyController(spec, loaded(policy), ActionFilter(8, lower=-0.5, upper=0.5),
+                           max_age=0.15, safe_command="hold")
+    rng = np.random.default_rng(0)
+    obs = reach_obs(rng)
+    r = ctl.tick(obs, age=0.01)
+    assert r.reason == "ok" and np.all(np.abs(r.action) <= 0.5)
+    low = torch.from_numpy(np.concatenate([obs["joint_pos"], obs["ee_pose"]])[None]).float()
+    raw = policy.act({"joint_pos": low[:, :9], "ee_pose": low[:, 9:]})[0, 0].double().numpy()
+    np.testing.assert_allclose(r.action, np.clip(raw, -0.5, 0.5), atol=1e-5)
+    assert r.clamped == int(np.sum(np.abs(raw) > 0.5)) and ctl.counters.clamped_ticks == 1
+    held = r.action
+    r = ctl.tick(obs, age=0.2)                       # stale: hold the last command
+    assert r.reason == "stale" and np.array_equal(r.action, held)
+    ctl.safe_command = "zero"
+    assert np.array_equal(ctl.tick(obs, age=1.0).action, np.zeros(8))
+    bad = dict(obs, joint_pos=np.full(9, np.nan))
+    r = ctl.tick(bad, age=0.0)
+    assert r.reason == "nonfinite_input" and r.action is None
+    assert ctl.counters.nonfinite_inputs == 1 and ctl.counters.stale == 2
+    # a policy whose weights overflow gives a non-finite output: no command
+    broken = random_policy(seed=1)
+    with torch.no_grad():
+        broken.net[-1].weight.fill_(float("inf"))
+    ctl.offer(loaded(broken, "b"))
+    r = ctl.tick(obs, age=0.0)
+    assert r.reason == "nonfinite_output" and r.action is None
+    assert ctl.counters.swaps == 1 and ctl.policy.version == "b"
+
+
+def test_first_tick_max_change_counts_from_the_measured_joints():
+    """Relative arm actions: the first command may not jump further than max_delta from the
+    measured joint positions."""
+    spec = Spec.load("reach")
+    policy = random_policy()
+    ctl = PolicyController(spec, loaded(policy), ActionFilter(8, max_delta=0.01))
+    obs = reach_obs(np.random.default_rng(3))
+    r = ctl.tick(obs)
+    assert np.all(np.abs(r.action[:7] - obs["joint_pos"][:7]) <= 0.01 + 1e-12)
+    second = ctl.tick(obs).action
+    assert np.all(np.abs(second - r.action) <= 0.01 + 1e-12)
