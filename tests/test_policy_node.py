@@ -1,0 +1,334 @@
+"""The policy node as a process over real DDS: train/deploy skew, closed loop through the
+bridge, safety (stale, NaN, clamping), lifecycle, enable, hot reload, refusals."""
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import SetBool
+
+from conftest import wait_for
+from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
+from robot_imitation.spec import Spec
+
+NODE = "policy_node"
+ARM, GRIPPER = "/arm_controller/commands", "/gripper_controller/commands"
+KEEP = QoSProfile(depth=10000, reliability=QoSReliabilityPolicy.RELIABLE,
+                  history=QoSHistoryPolicy.KEEP_LAST)
+
+
+def best(run: Path) -> str:
+    return json.loads((run / "result.json").read_text())["best"]
+
+
+def start_policy(procs, probe, **params):
+    procs.start_node(NODE, params=params)
+    client = probe.node.create_client(SetBool, f"/{NODE}/enable")
+    wait_for(client.service_is_ready, 60, "the policy node's services", procs=procs)
+
+
+def newest(diags, after: float = 0.0):
+    """Values and level of the policy node's newest status received after ``after``."""
+    for msg, when in reversed(diags):
+        if when < after:
+            break
+        for st in msg.status:
+            if st.name.startswith(NODE):
+                return {kv.key: kv.value for kv in st.values}, st.level, st.message
+    return None
+
+
+def timed(probe, msg_type, topic, qos, key):
+    """Record (message, arrival monotonic time) pairs."""
+    out = []
+    probe.msgs[key] = out
+    probe.node.create_subscription(msg_type, topic, lambda m: out.append((m, time.monotonic())),
+                                   qos)
+    return out
+
+
+class StateFeed:
+    """Publishes reach observations (joint states, ee pose, target pose) with one stamp."""
+
+    def __init__(self, probe):
+        self.spec = Spec.load("reach")
+        self.joints = list(self.spec.observations[0].joints)
+        node = probe.node
+        self.pubs = {t: node.create_publisher(cls, t, STATE_QOS) for t, cls in
+                     (("/joint_states", JointState), ("/ee_pose", PoseStamped),
+                      ("/target_pose", PoseStamped))}
+        self.node = node
+        self.q = np.array([0.0, 0.2, 0.0, -2.0, 0.0, 2.2, 0.8, 0.04, 0.04])
+        self._stop = threading.Event()
+        self.thread = None
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in self.pubs.values())
+
+    def send(self, q=None, stamp=None) -> None:
+        q = self.q if q is None else q
+        t = self.node.get_clock().now().to_msg() if stamp is None else stamp
+        js = JointState(name=self.joints, position=[float(v) for v in q],
+                        velocity=[0.0] * len(q), effort=[])
+        js.header.stamp = t
+        ee, target = PoseStamped(), PoseStamped()
+        for msg, xyz in ((ee, (0.5, 0.0, 0.4)), (target, (0.55, 0.1, 0.3))):
+            msg.header.stamp = t
+            msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
+            msg.pose.orientation.w = 1.0
+        self.pubs["/ee_pose"].publish(ee)
+        self.pubs["/target_pose"].publish(target)
+        self.pubs["/joint_states"].publish(js)
+
+    def stream(self, rate: float = 50.0, q=None) -> None:
+        """Publish fresh states in the background until ``stop``."""
+        self.stop()
+        self._stop.clear()
+
+        def loop():
+            while not self._stop.is_set():
+                self.send(q)
+                time.sleep(1.0 / rate)
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+
+def count_during(msgs, seconds: float) -> int:
+    n = len(msgs)
+    time.sleep(seconds)
+    return len(msgs) - n
+
+
+# ====================================================================== train/deploy skew
+def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
+        reach_demos, reach_bc, procs, probe):
+    """Play a recorded episode's observation messages (raw CDR from the bag) into the live
+    node; its commands must equal the checkpoint applied to the dataset builder's arrays."""
+    from mcap.reader import make_reader
+    from rclpy.serialization import deserialize_message
+
+    from robot_imitation.data.dataset import build_dataset
+    from robot_imitation.learning.checkpoint import load_checkpoint
+
+    ckpt = best(reach_bc)
+    dataset = build_dataset(reach_demos)
+    episode = dataset.episodes[0]
+    bag = Path(episode.source)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    grip = timed(probe, Float64MultiArray, GRIPPER, KEEP, "grip")
+    # no limits and no staleness check: the node's output is the policy's, and the bag's
+    # stamps are sim time
+    start_policy(procs, probe, checkpoint=ckpt, robot="", max_age_periods=0.0)
+    classes = {"/joint_states": JointState, "/ee_pose": PoseStamped, "/target_pose": PoseStamped}
+    pubs = {t: probe.node.create_publisher(c, t, STATE_QOS) for t, c in classes.items()}
+    wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
+             and probe.node.count_publishers(ARM) and probe.node.count_publishers(GRIPPER),
+             30, "the node's subscriptions and publishers", procs=procs)
+    ticks: dict = {}
+    with open(next(bag.glob("*.mcap")), "rb") as f:
+        for _, channel, message in make_reader(f).iter_messages(topics=list(classes)):
+            msg = deserialize_message(message.data, classes[channel.topic])
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            ticks.setdefault(stamp, []).append((channel.topic, message.data))
+    answers = {}
+    for stamp, parts in sorted(ticks.items()):
+        assert sorted(t for t, _ in parts) == sorted(classes), parts
+        n = len(arm), len(grip)
+        for topic, raw in parts:
+            pubs[topic].publish(raw)        # the recorded bytes, as `ros2 bag play` sends them
+        wait_for(lambda: len(arm) > n[0] and len(grip) > n[1], 10, f"the answer to {stamp}",
+                 procs=procs)
+        answers[stamp] = np.concatenate([arm[-1][0].data, grip[-1][0].data])
+    assert len(arm) == len(grip) == len(ticks), "exactly one command per state"
+
+    policy, _ = load_checkpoint(ckpt, Spec.load("reach"))
+    obs = {k: torch.as_tensor(v) for k, v in episode.obs.items()}
+    expected = policy.act(obs)[:, 0].double().numpy()
+    got = np.array([answers[int(round(t * 1e9))] for t in episode.t])
+    assert len(got) == len(episode) > 10
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # and a node that read joints by index, not by name, would differ: the check can fail
+    shuffled = dict(obs, joint_pos=obs["joint_pos"][:, [1, 0, *range(2, 9)]])
+    assert not np.allclose(policy.act(shuffled)[:, 0].double().numpy(), got, atol=1e-3)
+
+
+# ====================================================================== closed loop
+def test_bc_policy_reaches_through_ros_in_lockstep(reach_bc, procs, ros):
+    """Bridge in lockstep and the policy node (joint limits and velocity limits active):
+    >= 90% of 50 reach episodes."""
+    from robot_imitation.nodes.episode_runner import run_episodes, summarize
+
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
+                                              "seed": 70_000})
+    procs.start_node(NODE, params={"checkpoint": best(reach_bc), "robot": "panda",
+                                   "use_sim_time": True})
+    res = summarize(run_episodes(50, timeout=60))
+    print(f"\nBC policy node through ROS: {res['successes']}/50 "
+          f"(95% CI {res['ci95'][0]:.0%}-{res['ci95'][1]:.0%})")
+    assert res["success_rate"] >= 0.9
+
+
+# ====================================================================== safety
+def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    start_policy(procs, probe, checkpoint=best(reach_bc), trigger="timer", robot="",
+                 max_age_periods=3.0, safe_command="zero", diagnostics_period=0.2,
+                 action_lower=[-0.05], action_upper=[0.05])
+    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    try:
+        # fresh states: commands at the control rate (20 Hz), clamped to +-0.05
+        feed.stream()
+        wait_for(lambda: len(arm) >= 10, 10, "commands", procs=procs)
+        recent = [m.data for m, _ in arm[-5:]]
+        assert np.all(np.abs(recent) <= 0.05) and np.any(np.abs(recent) == 0.05)
+        t_ok = time.monotonic()
+        wait_for(lambda: (v := newest(diags, t_ok)) and int(v[0]["clamped_ticks"]) > 0, 5,
+                 "clamping in /diagnostics")
+        # the states stop: after 3 periods (0.15 s) the safe command (zeros) and an error
+        feed.stop()
+        t_stop = time.monotonic()
+        wait_for(lambda: arm[-1][1] > t_stop + 0.2 and not np.any(arm[-1][0].data), 5,
+                 "zero commands after the states stopped")
+        wait_for(lambda: (v := newest(diags, t_stop)) and v[1] == DiagnosticStatus.ERROR
+                 and "old" in v[2], 5, "a stale-state error in /diagnostics")
+        # NaN in the joint positions: no command at all
+        feed.stream(q=np.full(9, np.nan))
+        time.sleep(0.3)
+        assert count_during(arm, 1.0) == 0, "commands published for NaN inputs"
+        t_nan = time.monotonic()
+        v = wait_for(lambda: newest(diags, t_nan), 5, "diagnostics")
+        assert int(v[0]["nonfinite_inputs"]) > 0 and v[1] == DiagnosticStatus.ERROR
+        # valid states again: commands resume
+        feed.stream()
+        wait_for(lambda: count_during(arm, 0.5) >= 5, 10, "commands after NaN inputs")
+    finally:
+        feed.stop()
+
+
+# ====================================================================== lifecycle
+def lifecycle(probe, transition: int) -> bool:
+    req = ChangeState.Request()
+    req.transition.id = transition
+    return probe.call(ChangeState, f"/{NODE}/change_state", req, timeout=60).success
+
+
+def lifecycle_state(probe) -> str:
+    return probe.call(GetState, f"/{NODE}/get_state").current_state.label
+
+
+def test_lifecycle_transitions_and_enable(reach_bc, procs, probe, tmp_path):
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    start_policy(procs, probe, checkpoint=str(tmp_path / "missing"), autostart=False,
+                 robot="panda", max_age_periods=0.0)
+    try:
+        feed.stream()
+        assert lifecycle_state(probe) == "unconfigured"
+        # configure with a checkpoint that is not there fails and stays unconfigured
+        assert not lifecycle(probe, Transition.TRANSITION_CONFIGURE)
+        assert lifecycle_state(probe) == "unconfigured"
+        assert "missing" in procs.log(NODE)
+        probe.set_params(NODE, checkpoint=best(reach_bc))
+        assert lifecycle(probe, Transition.TRANSITION_CONFIGURE)
+        assert lifecycle_state(probe) == "inactive"
+        wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+        assert count_during(arm, 0.5) == 0, "commands while inactive"
+        assert lifecycle(probe, Transition.TRANSITION_ACTIVATE)
+        assert lifecycle_state(probe) == "active"
+        wait_for(lambda: count_during(arm, 0.3) > 5, 10, "commands once active", procs=procs)
+        assert probe.call(SetBool, f"/{NODE}/enable", SetBool.Request(data=False)).success
+        time.sleep(0.1)
+        assert count_during(arm, 0.5) == 0, "commands while disabled"
+        assert probe.call(SetBool, f"/{NODE}/enable", SetBool.Request(data=True)).success
+        wait_for(lambda: count_during(arm, 0.3) > 5, 10, "commands once enabled again")
+        assert lifecycle(probe, Transition.TRANSITION_DEACTIVATE)
+        time.sleep(0.1)
+        assert count_during(arm, 0.5) == 0, "commands after deactivate"
+        assert lifecycle(probe, Transition.TRANSITION_CLEANUP)
+        assert lifecycle_state(probe) == "unconfigured"
+    finally:
+        feed.stop()
+    assert procs.stop(NODE) == {NODE: 0}
+
+
+def test_a_checkpoint_for_another_spec_is_refused_by_name(reach_bc, procs):
+    procs.start_node(NODE, params={"checkpoint": best(reach_bc), "spec": "push"})
+    proc = procs.procs[NODE]
+    proc.wait(timeout=60)
+    log = procs.log(NODE)
+    assert proc.returncode != 0
+    assert "does not match the runtime spec 'push'" in log and "target_pose" in log, log
+
+
+# ====================================================================== hot reload
+def perturbed_copy(src: str, dst: Path) -> Path:
+    """A different (but equally good) checkpoint: the same policy, output bias nudged."""
+    from robot_imitation.learning.checkpoint import load_checkpoint, save_checkpoint
+
+    policy, meta = load_checkpoint(src)
+    with torch.no_grad():
+        policy.net[-1].bias.add_(1e-4)
+    return save_checkpoint(dst, policy, Spec.from_dict(meta["spec"]), meta["normalization"],
+                           meta["training"], meta["dataset_fingerprint"])
+
+
+def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp_path, ros):
+    from robot_imitation.nodes.episode_runner import run_episodes
+
+    second = perturbed_copy(best(reach_bc), tmp_path / "second")
+    states = probe.record(JointState, "/joint_states", KEEP)
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    announce = probe.node.create_publisher(String, "/trainer/checkpoint", LATCHED_QOS)
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
+                                              "seed": 90_000})
+    start_policy(procs, probe, checkpoint=best(reach_bc), robot="panda", use_sim_time=True,
+                 diagnostics_period=0.2)
+    first = wait_for(lambda: newest(diags), 30, "diagnostics")[0]["model_version"]
+    outcomes = []
+    runner = threading.Thread(target=lambda: outcomes.extend(run_episodes(8, timeout=60)))
+    runner.start()
+    wait_for(lambda: len(states) > 40, 60, "a run under way", procs=procs)
+    # a bad path first: reported, and the running policy stays
+    announce.publish(String(data=str(tmp_path / "nowhere")))
+    t_bad = time.monotonic()
+    v = wait_for(lambda: (v := newest(diags, t_bad)) and int(v[0]["reload_failures"]) >= 1
+                 and v, 30, "the failed reload in /diagnostics")
+    assert v[0]["model_version"] == first and "nowhere" in v[0]["reload_error"]
+    # then the new checkpoint, while episodes run
+    ticks_before = len(states)
+    announce.publish(String(data=str(second)))
+    t_new = time.monotonic()
+    v = wait_for(lambda: (v := newest(diags, t_new)) and v[0]["model_version"] != first and v,
+                 30, "the new model in /diagnostics")
+    assert v[0]["swaps"] == "1" and v[0]["checkpoint"] == str(second)
+    runner.join(timeout=300)
+    assert len(outcomes) == 8, "a lockstep episode stalled: a tick went unanswered"
+    assert len(states) > ticks_before + 20, "the swap did not happen mid-run"
+    # The bridge publishes a state again when no answer comes within `lockstep_republish`
+    # (the first one, sent before the policy node subscribed): apart from that first stamp,
+    # every state was published once, i.e. answered in time, and by exactly one command.
+    stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in states]
+    later = [s for s in stamps if s != stamps[0]]
+    assert len(later) == len(set(later)), "a state went unanswered and was published again"
+    wait_for(lambda: len(arm) == len(set(stamps)), 5, "one command per state")
+    assert sum(o.success for o in outcomes) >= 6
