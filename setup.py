@@ -45,6 +45,7 @@ setup(
             "episode_runner = robot_imitation.nodes.episode_runner:main",
             "trainer = robot_imitation.nodes.trainer_node:main",
             "policy_node = robot_imitation.nodes.policy_node:main",
+            "command_mux = robot_imitation.nodes.command_mux_node:main",
             "robot-imitation = robot_imitation.cli:main",
         ],
     },

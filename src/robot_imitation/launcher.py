@@ -25,6 +25,7 @@ NODE_MODULES = {
     "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
     "trainer": "robot_imitation.nodes.trainer_node",
     "policy_node": "robot_imitation.nodes.policy_node",
+    "command_mux": "robot_imitation.nodes.command_mux_node",
 }
 
 

@@ -1,0 +1,149 @@
+"""Which command source drives the robot: the command mux's logic without ROS.
+
+Sources are named (``expert``, ``policy``, ``human``, ...); each answers with one message per
+command topic (arm, gripper). Modes:
+
+- ``expert`` / ``policy``: that source only (any source name works as a mode).
+- ``mixture``: the expert with probability ``beta``, else the policy, drawn per step or per
+  episode (DAgger's beta-mixture).
+- ``intervention``: the policy, except while the person holds the intervention button: then the
+  ``intervention_source`` (HG-DAgger).
+
+In ``sync`` operation (lockstep simulation) the mux waits, for each new state, until every
+source in ``sync_sources`` has answered it, then forwards the chosen source's answer: the labels
+of the other sources are then published, and recorded, at the same instant as the state.
+Without sync, the chosen source's messages are forwarded as they arrive.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+MODES = ("expert", "policy", "mixture", "intervention")
+
+
+class MuxCore:
+    def __init__(self, topics: list, sources: list, mode: str = "expert", beta: float = 1.0,
+                 per: str = "step", seed: int = 0, sync_sources: list | None = None,
+                 intervention_source: str = "human"):
+        self.topics = list(topics)
+        self.sources = list(sources)
+        self.sync_sources = list(sync_sources if sync_sources is not None else sources)
+        unknown = set(self.sync_sources) - set(self.sources)
+        if unknown:
+            raise ValueError(f"sync sources {sorted(unknown)} are not among the sources "
+                             f"{self.sources}")
+        self.intervention_source = intervention_source
+        self.rng = np.random.default_rng(seed)
+        self.per = per
+        self.set_mode(mode, beta)
+        # sync sources answer every state (a queue per topic); the others (a person's teleop)
+        # publish at their own pace: their newest command stands
+        self.queues = {s: {t: deque(maxlen=None if s in self.sync_sources else 1)
+                           for t in self.topics} for s in self.sources}
+        self.intervening = False
+        self.episode_choice = None
+        self.state_pending = False
+        self.forwarded = {s: 0 for s in self.sources}
+
+    def set_mode(self, mode: str, beta: float | None = None) -> None:
+        if mode not in MODES and mode not in self.sources:
+            raise ValueError(f"mode must be one of {list(MODES)} or a source name, not {mode!r}")
+        if beta is not None:
+            if not 0.0 <= beta <= 1.0:
+                raise ValueError(f"beta must be in [0, 1], got {beta}")
+            self.beta = float(beta)
+        self.mode = mode
+        self.episode_choice = None
+
+    def new_episode(self) -> None:
+        self.episode_choice = None
+
+    def choose(self) -> str:
+        """The source for this step."""
+        if self.mode == "mixture":
+            if self.per == "episode":
+                if self.episode_choice is None:
+                    self.episode_choice = "expert" if self.rng.random() < self.beta else "policy"
+                return self.episode_choice
+            return "expert" if self.rng.random() < self.beta else "policy"
+        if self.mode == "intervention":
+            return self.intervention_source if self.intervening else "policy"
+        return self.mode
+
+    # ----------------------------------------------------------------- sync operation
+    def on_state(self) -> None:
+        self.state_pending = True
+
+    def on_answer(self, source: str, topic: str, msg) -> None:
+        self.queues[source][topic].append(msg)
+
+    def answered(self, source: str) -> bool:
+        return all(self.queues[source][t] for t in self.topics)
+
+    def ready(self) -> list | None:
+        """Sync: when the state has been answered by every sync source (and the chosen one),
+        [(topic, message)] of the chosen source, with the choice in ``self.last_choice``;
+        every sync source's answer is consumed. Else None."""
+        if not self.state_pending or not all(self.answered(s) for s in self.sync_sources):
+            return None
+        choice = self.choose()
+        if choice not in self.sources or not self.answered(choice):
+            return None
+        out = self._take(choice)
+        for s in set(self.sync_sources) - {choice}:
+            self._take(s)
+        self.state_pending = False
+        self.last_choice = choice
+        self.forwarded[choice] += 1
+        return out
+
+    def force(self) -> list | None:
+        """Sync timeout: forward the chosen source's answer without waiting for the others."""
+        if not self.state_pending:
+            return None
+        choice = self.choose()
+        if choice not in self.sources or not self.answered(choice):
+            return None
+        out = self._take(choice)
+        self.state_pending = False
+        self.last_choice = choice
+        self.forwarded[choice] += 1
+        return out
+
+    def _take(self, source: str) -> list:
+        queues = self.queues[source]
+        if source in self.sync_sources:
+            return [(t, queues[t].popleft()) for t in self.topics]
+        return [(t, queues[t][-1]) for t in self.topics]
+
+    # ----------------------------------------------------------------- without sync
+    def passthrough(self, source: str) -> bool:
+        """Without sync: forward this source's message now?"""
+        return source == self.choose_current()
+
+    def choose_current(self) -> str:
+        if self.mode == "mixture":
+            if getattr(self, "_current", None) is None:
+                self.redraw()
+            return self._current
+        return self.choose()
+
+    def redraw(self) -> None:
+        """Without sync, mixture per step: a new draw every control period."""
+        self._current = self.choose()
+
+
+def beta_schedule(kind: str, iteration: int, beta0: float = 1.0, decay: float = 0.5,
+                  iterations: int = 1) -> float:
+    """Expert probability at DAgger iteration ``iteration`` (1-based; iteration 0 is the expert's
+    demonstrations): constant ``beta0``; linear from ``beta0`` to 0 over ``iterations``;
+    exponential ``beta0 * decay ** (iteration - 1)``."""
+    if kind == "constant":
+        return beta0
+    if kind == "linear":
+        return max(0.0, beta0 * (1.0 - (iteration - 1) / max(1, iterations)))
+    if kind == "exponential":
+        return beta0 * decay ** (iteration - 1)
+    raise ValueError(f"beta schedule must be constant, linear or exponential, not {kind!r}")

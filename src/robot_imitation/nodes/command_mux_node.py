@@ -1,0 +1,176 @@
+"""Command mux: forwards one of several command sources to the robot's command topics.
+
+Like twist_mux, for the controllers' ``std_msgs/Float64MultiArray`` command topics. Each source
+publishes under its own prefix (``/<source>/arm_controller/commands``, ... : remap the expert's,
+the policy node's or the teleop's outputs there); the mux publishes the chosen source's commands
+on the robot's topics (``/arm_controller/commands``, ...) and, for every forwarded command, the
+source's name on ``~/source`` (std_msgs/String), which the recorder keeps with the episode.
+
+Modes (parameter ``mode``, settable at run time, as is ``beta``): ``expert``, ``policy``,
+``mixture`` (the expert with probability ``beta``, drawn per step or per episode), and
+``intervention`` (the policy, except while ``intervention_button`` of ``sensor_msgs/Joy`` is
+held: then ``intervention_source``). See ``deploy/mux.py``.
+
+``sync: true`` (lockstep simulation): for each new state on ``state_topic`` the mux waits until
+every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
+source alone), so the expert labels of policy-driven steps are published at the state's
+instant. ``sync: false`` forwards the chosen source's messages as they arrive; a mixture then
+draws again every ``1 / rate`` s.
+"""
+from __future__ import annotations
+
+import time
+
+from .common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare, run
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import JointState, Joy  # noqa: E402
+from std_msgs.msg import Float64MultiArray, String  # noqa: E402
+
+from ..deploy.mux import MuxCore  # noqa: E402
+from ..spec import message_stamp  # noqa: E402
+
+
+class CommandMux(Node):
+    NODE_NAME = "command_mux"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        topics = declare(self, "topics", ["/arm_controller/commands",
+                                          "/gripper_controller/commands"],
+                         "robot command topics (std_msgs/Float64MultiArray)", read_only=True)
+        sources = declare(self, "sources", ["expert", "policy", "human"], "source names: source "
+                          "s publishes on /s<topic>", read_only=True)
+        mode = declare(self, "mode", "expert", "expert | policy | mixture | intervention, or "
+                       "any source name")
+        beta = declare(self, "beta", 1.0, "mixture: probability of the expert",
+                       min_value=0.0, max_value=1.0)
+        per = declare(self, "mixture_per", "step", "mixture: draw per step or per episode",
+                      read_only=True, choices=("step", "episode"))
+        seed = declare(self, "seed", 0, "mixture draws", read_only=True)
+        self.sync = declare(self, "sync", False, "lockstep: wait for every sync source's answer "
+                            "to each state", read_only=True)
+        sync_sources = declare(self, "sync_sources", ["expert", "policy"], "sources that answer "
+                               "every state (sync)", read_only=True)
+        self.sync_timeout = declare(self, "sync_timeout", 0.5, "sync: seconds to wait for the "
+                                    "other sources before forwarding the chosen one alone",
+                                    min_value=0.0, max_value=60.0)
+        state_topic = declare(self, "state_topic", "/joint_states", "sync: new states",
+                              read_only=True)
+        rate = declare(self, "rate", 20.0, "no sync: mixture draws per second", read_only=True,
+                       min_value=0.1, max_value=10000.0)
+        source = declare(self, "intervention_source", "human", "who takes over while the "
+                         "button is held", read_only=True)
+        self.button = declare(self, "intervention_button", 5, "sensor_msgs/Joy button to hold "
+                              "for intervention", read_only=True, min_value=0, max_value=127)
+        episode_topic = declare(self, "episode_topic", "/episode/status", "episode status (per "
+                                "episode mixtures draw again per episode)", read_only=True)
+        self.core = MuxCore(topics, sources, mode, beta, per, seed, sync_sources, source)
+        self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_QOS) for t in topics}
+        self.pub_source = self.create_publisher(String, "~/source", COMMAND_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        for s in sources:
+            for t in topics:
+                self.create_subscription(Float64MultiArray, f"/{s}{t}",
+                                         lambda msg, s=s, t=t: self._on_command(s, t, msg),
+                                         COMMAND_QOS)
+        self.create_subscription(Joy, "joy", self._on_joy, SENSOR_QOS)
+        if episode_topic:
+            self.create_subscription(DiagnosticArray, episode_topic, self._on_episode,
+                                     LATCHED_QOS)
+        self._episode = None
+        self._stamps_seen = None
+        self._state_time = None
+        self.timeouts = 0
+        if self.sync:
+            self.create_subscription(JointState, state_topic, self._on_state, STATE_QOS)
+            self.create_timer(0.05, self._check_timeout)
+        else:
+            self.create_timer(1.0 / rate, self.core.redraw)
+        self.add_on_set_parameters_callback(self._on_params)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(f"mux over {sources} on {topics}: mode {mode} (beta {beta}), "
+                               f"{'sync on ' + state_topic if self.sync else 'no sync'}")
+
+    def _on_params(self, params) -> SetParametersResult:
+        mode = next((p.value for p in params if p.name == "mode"), None)
+        beta = next((p.value for p in params if p.name == "beta"), None)
+        if mode is not None or beta is not None:
+            try:
+                self.core.set_mode(mode if mode is not None else self.core.mode, beta)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            self.get_logger().info(f"mode {self.core.mode} (beta {self.core.beta})")
+        return SetParametersResult(successful=True)
+
+    def _on_state(self, msg: JointState) -> None:
+        stamp = message_stamp(msg)
+        if stamp == self._stamps_seen:   # the bridge republishes an unanswered state
+            return
+        self._stamps_seen = stamp
+        self._state_time = time.monotonic()
+        self.core.on_state()
+        self._flush(self.core.ready())
+
+    def _on_command(self, source: str, topic: str, msg) -> None:
+        if self.sync:
+            self.core.on_answer(source, topic, msg)
+            self._flush(self.core.ready())
+        elif self.core.passthrough(source):
+            self.pubs[topic].publish(msg)
+            if topic == self.core.topics[0]:
+                self.pub_source.publish(String(data=source))
+                self.core.forwarded[source] += 1
+
+    def _check_timeout(self) -> None:
+        if self.core.state_pending and self._state_time is not None and \
+                time.monotonic() - self._state_time > self.sync_timeout:
+            out = self.core.force()
+            if out is not None:
+                self.timeouts += 1
+                self.get_logger().warn("a sync source did not answer in time: forwarded "
+                                       f"{self.core.last_choice} alone",
+                                       throttle_duration_sec=5.0)
+                self._flush(out)
+
+    def _flush(self, out) -> None:
+        if out is None:
+            return
+        for topic, msg in out:
+            self.pubs[topic].publish(msg)
+        self.pub_source.publish(String(data=self.core.last_choice))
+
+    def _on_joy(self, msg: Joy) -> None:
+        self.core.intervening = len(msg.buttons) > self.button and bool(msg.buttons[self.button])
+
+    def _on_episode(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            for kv in st.values:
+                if kv.key == "episode" and kv.value != self._episode:
+                    self._episode = kv.value
+                    self.core.new_episode()
+
+    def _publish_diagnostics(self) -> None:
+        values = {"mode": self.core.mode, "beta": self.core.beta,
+                  "intervening": str(self.core.intervening).lower(),
+                  "sync_timeouts": self.timeouts,
+                  **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.WARN if self.timeouts
+                                       else DiagnosticStatus.OK,
+                                       name=f"{self.get_name()}: mux", message=self.core.mode,
+                                       hardware_id="mux",
+                                       values=[KeyValue(key=k, value=str(v))
+                                               for k, v in values.items()])]
+        self.pub_diag.publish(msg)
+
+
+def main(args=None) -> int:
+    return run(CommandMux, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
