@@ -1,0 +1,152 @@
+"""The command mux: its logic, and the node over real DDS in each mode (intervention through a
+sensor_msgs/Joy button, lockstep sync)."""
+import time
+
+import pytest
+from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import JointState, Joy
+from std_msgs.msg import Float64MultiArray, String
+
+from conftest import wait_for
+from robot_imitation.deploy.mux import MuxCore, beta_schedule
+from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+
+ARM, GRIP = "/arm_controller/commands", "/gripper_controller/commands"
+KEEP = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
+                  history=QoSHistoryPolicy.KEEP_LAST)
+
+
+# ====================================================================== core
+def test_mixture_draws_per_step_and_per_episode():
+    core = MuxCore([ARM], ["expert", "policy"], "mixture", beta=0.3, seed=1)
+    picks = [core.choose() for _ in range(4000)]
+    assert abs(picks.count("expert") / 4000 - 0.3) < 0.03
+    core = MuxCore([ARM], ["expert", "policy"], "mixture", beta=0.5, per="episode", seed=2)
+    per_episode = []
+    for _ in range(200):
+        core.new_episode()
+        steps = {core.choose() for _ in range(20)}
+        assert len(steps) == 1, "one source for the whole episode"
+        per_episode.append(steps.pop())
+    assert 70 < per_episode.count("expert") < 130
+    for mode, expected in (("expert", "expert"), ("policy", "policy")):
+        core.set_mode(mode)
+        assert core.choose() == expected
+    with pytest.raises(ValueError, match="beta"):
+        core.set_mode("mixture", 1.5)
+    with pytest.raises(ValueError, match="mode"):
+        core.set_mode("autopilot")
+
+
+def test_sync_waits_for_every_source_and_consumes_in_order():
+    core = MuxCore([ARM, GRIP], ["expert", "policy", "human"], "policy",
+                   sync_sources=["expert", "policy"])
+    core.on_state()
+    core.on_answer("policy", ARM, "p-arm-1")
+    core.on_answer("policy", GRIP, "p-grip-1")
+    assert core.ready() is None, "the expert has not labelled this state yet"
+    core.on_answer("expert", ARM, "e-arm-1")
+    core.on_answer("expert", GRIP, "e-grip-1")
+    # an answer to the next state may arrive before the mux sees that state: it waits its turn
+    core.on_answer("policy", ARM, "p-arm-2")
+    core.on_answer("policy", GRIP, "p-grip-2")
+    assert core.ready() == [(ARM, "p-arm-1"), (GRIP, "p-grip-1")]
+    assert core.ready() is None, "no new state yet"
+    core.on_state()
+    core.on_answer("expert", ARM, "e-arm-2")
+    core.on_answer("expert", GRIP, "e-grip-2")
+    assert core.ready() == [(ARM, "p-arm-2"), (GRIP, "p-grip-2")]
+
+
+def test_beta_schedules():
+    assert [beta_schedule("constant", i, 0.5) for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
+    assert [beta_schedule("linear", i, 1.0, iterations=4) for i in (1, 2, 3, 4, 5)] == \
+        [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert [beta_schedule("exponential", i, 1.0, 0.5) for i in (1, 2, 3)] == [1.0, 0.5, 0.25]
+    with pytest.raises(ValueError):
+        beta_schedule("cosine", 1)
+
+
+# ====================================================================== node
+class Sources:
+    def __init__(self, probe, names=("expert", "policy", "human")):
+        self.pubs = {(s, t): probe.node.create_publisher(Float64MultiArray, f"/{s}{t}",
+                                                         COMMAND_QOS)
+                     for s in names for t in (ARM, GRIP)}
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in self.pubs.values())
+
+    def send(self, source: str, value: float) -> None:
+        self.pubs[(source, ARM)].publish(Float64MultiArray(data=[value] * 7))
+        self.pubs[(source, GRIP)].publish(Float64MultiArray(data=[value]))
+
+
+VALUE = {"expert": 1.0, "policy": 2.0, "human": 3.0}
+
+
+def forwarded_during(sources, arm, names, seconds=0.5) -> set:
+    """Values the mux forwards while every named source publishes (at 100 Hz)."""
+    n = len(arm)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for s in names:
+            sources.send(s, VALUE[s])
+        time.sleep(0.01)
+    time.sleep(0.1)
+    return {m.data[0] for m in arm[n:]}
+
+
+def test_mux_modes_and_joy_intervention(procs, probe):
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    executed = probe.record(String, "/command_mux/source", KEEP)
+    joy = probe.node.create_publisher(Joy, "/joy", SENSOR_QOS)
+    procs.start_node("command_mux", params={"mode": "policy", "intervention_button": 5})
+    sources = Sources(probe)
+    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM), 30,
+             "the mux's subscriptions", procs=procs)
+    everyone = ("expert", "policy", "human")
+    assert forwarded_during(sources, arm, everyone) == {2.0}
+    probe.set_params("command_mux", mode="expert")
+    assert forwarded_during(sources, arm, everyone) == {1.0}
+    # intervention: the policy drives until the button is held, then the person
+    probe.set_params("command_mux", mode="intervention")
+    assert forwarded_during(sources, arm, everyone) == {2.0}
+    held = Joy(buttons=[0] * 5 + [1] + [0] * 6)
+    for _ in range(5):
+        joy.publish(held)
+        time.sleep(0.02)
+    assert forwarded_during(sources, arm, everyone) == {3.0}
+    joy.publish(Joy(buttons=[0] * 12))
+    time.sleep(0.1)
+    assert forwarded_during(sources, arm, everyone) == {2.0}
+    assert {m.data for m in executed} == {"policy", "expert", "human"}
+    # a mixture forwards both (a new draw every 1/rate s)
+    probe.set_params("command_mux", mode="mixture", beta=0.5)
+    assert forwarded_during(sources, arm, ("expert", "policy"), seconds=1.5) == {1.0, 2.0}
+
+
+def test_mux_sync_forwards_once_every_source_answered(procs, probe):
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    executed = probe.record(String, "/command_mux/source", KEEP)
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    procs.start_node("command_mux", params={"mode": "mixture", "beta": 0.5, "sync": True,
+                                            "seed": 3, "sync_timeout": 5.0})
+    sources = Sources(probe)
+    wait_for(lambda: sources.matched() and state.get_subscription_count()
+             and probe.node.count_publishers(ARM), 30, "the mux's subscriptions", procs=procs)
+    for k in range(1, 41):
+        msg = JointState()
+        msg.header.stamp.sec = k
+        state.publish(msg)
+        state.publish(msg)          # a republished state changes nothing
+        sources.send("policy", 100.0 + k)
+        time.sleep(0.01)
+        assert len(arm) == k - 1, "forwarded before the expert labelled the state"
+        sources.send("expert", 200.0 + k)
+        wait_for(lambda: len(arm) == k, 5, f"the command for state {k}", procs=procs)
+        assert arm[-1].data[0] in (100.0 + k, 200.0 + k)
+    wait_for(lambda: len(executed) == 40, 5, "the executed sources")
+    chosen = [m.data for m in executed]
+    assert [("expert" if m.data[0] > 200 else "policy") for m in arm] == chosen
+    assert 8 < chosen.count("expert") < 32
