@@ -47,15 +47,35 @@ def test_sync_waits_for_every_source_and_consumes_in_order():
     assert core.ready() is None, "the expert has not labelled this state yet"
     core.on_answer("expert", ARM, "e-arm-1")
     core.on_answer("expert", GRIP, "e-grip-1")
-    # an answer to the next state may arrive before the mux sees that state: it waits its turn
-    core.on_answer("policy", ARM, "p-arm-2")
-    core.on_answer("policy", GRIP, "p-grip-2")
     assert core.ready() == [(ARM, "p-arm-1"), (GRIP, "p-grip-1")]
     assert core.ready() is None, "no new state yet"
-    core.on_state()
+    # the next state's answers may arrive before the mux sees the state
+    core.on_answer("policy", ARM, "p-arm-2")
+    core.on_answer("policy", GRIP, "p-grip-2")
     core.on_answer("expert", ARM, "e-arm-2")
     core.on_answer("expert", GRIP, "e-grip-2")
-    assert core.ready() == [(ARM, "p-arm-2"), (GRIP, "p-grip-2")]
+    core.set_mode("expert")
+    core.on_state()
+    assert core.ready() == [(ARM, "e-arm-2"), (GRIP, "e-grip-2")]
+    # a timeout forwards the chosen source alone; the other's late answer is dropped at the
+    # next forward instead of shifting every later pairing
+    core.on_state()
+    core.on_answer("expert", ARM, "e-arm-3")
+    core.on_answer("expert", GRIP, "e-grip-3")
+    assert core.ready() is None and core.force() == [(ARM, "e-arm-3"), (GRIP, "e-grip-3")]
+    core.on_answer("policy", ARM, "p-arm-3-late")
+    core.on_answer("policy", GRIP, "p-grip-3-late")
+    core.on_state()
+    for source in ("policy", "expert"):
+        core.on_answer(source, ARM, f"{source[0]}-arm-4")
+        core.on_answer(source, GRIP, f"{source[0]}-grip-4")
+    assert core.ready() == [(ARM, "e-arm-4"), (GRIP, "e-grip-4")]
+    core.on_state()
+    for source in ("policy", "expert"):
+        core.on_answer(source, ARM, f"{source[0]}-arm-5")
+        core.on_answer(source, GRIP, f"{source[0]}-grip-5")
+    core.set_mode("policy")
+    assert core.ready() == [(ARM, "p-arm-5"), (GRIP, "p-grip-5")]
 
 
 def test_beta_schedules():

@@ -9,6 +9,9 @@ Subcommands:
   record   scripted-expert demonstrations through ROS into a dataset of rosbag2 bags
   train    Behavior Cloning on a dataset, checkpoints in safetensors
   recover  salvage the episodes a crashed recorder left behind
+  evaluate a checkpoint's success rate over N episodes (through ROS, or the gymnasium task);
+           exits 3 below --threshold, for CI gates
+  dagger   expert demonstrations, BC, then DAgger iterations through ROS, with a table
   tasks    the built-in tasks and robots
 """
 from __future__ import annotations
@@ -219,6 +222,61 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .learning.checkpoint import CheckpointError
+
+    start = time.perf_counter()
+    try:
+        if args.ros:
+            from .dagger import evaluate_ros
+
+            out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
+            res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
+                               log_dir=out_dir / "logs", seed=args.seed)
+        else:
+            from .learning.checkpoint import load_checkpoint
+            from .learning.evaluation import evaluate_policy
+            from .nodes.episode_runner import wilson_interval
+            from .spec import Spec
+
+            spec = Spec.load(args.spec) if args.spec else None
+            policy, meta = load_checkpoint(args.checkpoint, spec)
+            spec = spec or Spec.from_dict(meta["spec"])
+            res = evaluate_policy(policy, spec, args.task, episodes=args.episodes,
+                                  seed=args.seed)
+            res["ci95"] = list(wilson_interval(res["successes"], res["episodes"]))
+    except (CheckpointError, TimeoutError, RuntimeError) as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 1
+    res.update(checkpoint=str(args.checkpoint), task=args.task,
+               through="ros" if args.ros else "gymnasium", threshold=args.threshold,
+               passed=res["success_rate"] >= args.threshold,
+               wall_time_s=time.perf_counter() - start)
+    lo, hi = res["ci95"]
+    print(f"[evaluate] {args.checkpoint} on {args.task} ({res['through']}): success "
+          f"{res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
+          f"(95% CI {lo:.1%}..{hi:.1%}); threshold {args.threshold:.0%}: "
+          f"{'pass' if res['passed'] else 'FAIL'}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    return 0 if res["passed"] else 3
+
+
+def cmd_dagger(args) -> int:
+    from .dagger import DaggerConfig, run_dagger
+
+    cfg = DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
+                       episodes_per_iteration=args.episodes_per_iteration,
+                       schedule=args.schedule, beta0=args.beta0, decay=args.decay,
+                       eval_episodes=args.eval_episodes, label_budget=args.label_budget,
+                       warm_start=not args.no_warm_start, seed=args.seed,
+                       train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
+                              "device": args.device})
+    run_dagger(args.out, cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robot-imitation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,6 +342,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
     p.add_argument("path", help="dataset folder (or one episode's bag folder)")
     p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("evaluate", help="a checkpoint's success rate, exit 3 below a threshold")
+    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("--task", default="push")
+    p.add_argument("--spec", help="runtime spec (default: the checkpoint's)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=500_000, help="episode k uses seed+k")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="exit with code 3 when the success rate is below this")
+    p.add_argument("--out", help="write the result as JSON here")
+    way = p.add_mutually_exclusive_group()
+    way.add_argument("--ros", dest="ros", action="store_true", default=True,
+                     help="through ROS: bridge in lockstep and policy node (default)")
+    way.add_argument("--gym", dest="ros", action="store_false",
+                     help="in the gymnasium task, without ROS")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")
+    p.add_argument("--out", default="runs/dagger")
+    p.add_argument("--task", default="push")
+    p.add_argument("--bc-episodes", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--episodes-per-iteration", type=int, default=10)
+    p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
+                   default="exponential")
+    p.add_argument("--beta0", type=float, default=0.5)
+    p.add_argument("--decay", type=float, default=0.5)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--label-budget", type=int, default=0)
+    p.add_argument("--no-warm-start", action="store_true")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per iteration")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_dagger)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)

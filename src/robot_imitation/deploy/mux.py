@@ -92,8 +92,7 @@ class MuxCore:
         if choice not in self.sources or not self.answered(choice):
             return None
         out = self._take(choice)
-        for s in set(self.sync_sources) - {choice}:
-            self._take(s)
+        self._clear()
         self.state_pending = False
         self.last_choice = choice
         self.forwarded[choice] += 1
@@ -107,10 +106,20 @@ class MuxCore:
         if choice not in self.sources or not self.answered(choice):
             return None
         out = self._take(choice)
+        self._clear()
         self.state_pending = False
         self.last_choice = choice
         self.forwarded[choice] += 1
         return out
+
+    def _clear(self) -> None:
+        """After a forward, drop what the sync sources queued. In lockstep nothing queued then
+        can answer a later state (the robot publishes the next state only once it has the
+        forwarded command), so leftovers (a late answer after a timeout, an extra command) are
+        stale: dropping them keeps every later state paired with its own answers."""
+        for s in self.sync_sources:
+            for q in self.queues[s].values():
+                q.clear()
 
     def _take(self, source: str) -> list:
         queues = self.queues[source]

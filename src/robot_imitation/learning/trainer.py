@@ -50,6 +50,7 @@ class TrainConfig:
     task: str | None = None         # built-in task for closed-loop evaluation (None: from data)
     patience: int = 0               # evaluations without improvement before stopping (0: off)
     augment_shift: int = 4          # pixels of random shift for camera images
+    init_from: str = ""             # warm start: a checkpoint of the same architecture
     log_every: int = 50
 
     @classmethod
@@ -201,6 +202,14 @@ class Trainer:
         train = DeviceData(ds.arrays("train"), spec, cfg.chunk, device)
         val = DeviceData(ds.arrays("val"), spec, cfg.chunk, device) if ds.val else None
         policy = Policy(policy_config(spec, cfg)).to(device)
+        if cfg.init_from:
+            from .checkpoint import load_checkpoint
+
+            start, _ = load_checkpoint(cfg.init_from, spec)
+            if start.cfg != policy.cfg:
+                raise ValueError(f"init_from {cfg.init_from}: another architecture "
+                                 f"({start.cfg} vs {policy.cfg})")
+            policy.load_state_dict(start.state_dict())  # normalization is set again below
         stats = dict(ds.stats)
         if policy.cfg.relative:
             stats["actions"] = relative_action_stats(policy, ds.arrays("train"))

@@ -54,7 +54,7 @@ class CommandMux(Node):
                             "to each state", read_only=True)
         sync_sources = declare(self, "sync_sources", ["expert", "policy"], "sources that answer "
                                "every state (sync)", read_only=True)
-        self.sync_timeout = declare(self, "sync_timeout", 0.5, "sync: seconds to wait for the "
+        self.sync_timeout = declare(self, "sync_timeout", 2.0, "sync: seconds to wait for the "
                                     "other sources before forwarding the chosen one alone",
                                     min_value=0.0, max_value=60.0)
         state_topic = declare(self, "state_topic", "/joint_states", "sync: new states",

@@ -37,6 +37,7 @@ from .common import COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
+from rclpy.clock import Clock, ClockType  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
@@ -151,6 +152,7 @@ class PolicyNode(LifecycleNode):
         self.reloads = 0
         self.reload_failures = 0
         self.reload_error = ""
+        self.loaded_path = ""      # newest checkpoint loaded (it runs from the next tick on)
         self.problem = ""          # newest safety event since the last diagnostics message
         self._reload_request = None
         self._reload_event = threading.Event()
@@ -161,7 +163,9 @@ class PolicyNode(LifecycleNode):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reload", self._on_reload)
-        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        # wall-clock paced: diagnostics keep coming while simulated time stands still
+        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._reload_worker, daemon=True)
         self._worker.start()
         if self.p["autostart"]:
@@ -391,6 +395,7 @@ class PolicyNode(LifecycleNode):
                                         f"({controller.policy.path}) stays: {exc}")
                 continue
             controller.offer(loaded)
+            self.loaded_path = path
             self.reloads += 1
             self.reload_error = ""
             self.get_logger().info(f"loaded {path} (version {loaded.version}, backend "
@@ -406,7 +411,9 @@ class PolicyNode(LifecycleNode):
                   "reload_failures": self.reload_failures}
         if c is not None:
             k = c.counters
-            values.update({"checkpoint": c.policy.path, "model_version": c.policy.version,
+            values.update({"checkpoint": c.policy.path,
+                           "checkpoint_loaded": self.loaded_path or c.policy.path,
+                           "model_version": c.policy.version,
                            "backend": c.policy.backend.kind, "ticks": k.ticks,
                            "commands": k.commands, "inferences": k.inferences,
                            "stale": k.stale, "nonfinite_inputs": k.nonfinite_inputs,

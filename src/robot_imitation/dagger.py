@@ -1,0 +1,323 @@
+"""DAgger through ROS 2, and closed-loop evaluation of a checkpoint.
+
+Processes (one group for the whole run): the bridge in lockstep, the scripted expert answering
+every state on ``/expert/...``, the policy node on ``/policy/...``, the command mux (``sync``)
+forwarding one of them to the robot, and the recorder, which keeps the spec's topics, the
+expert's labels and the executed source (``/command_mux/source``) of each step.
+
+Iteration i (1..K): the mux mixes expert and policy with ``beta_i``; the recorded episodes'
+observations are paired with the expert's labels (not the executed commands: the dataset is
+read with ``label_spec``); all data so far (the expert's demonstrations and every DAgger
+iteration) are aggregated; the policy is retrained (optionally warm-started), hot-reloaded
+into the running policy node, and evaluated on a fixed set of seeds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .paths import ensure_ros_environment
+
+LABEL_PREFIX = "/expert"
+EVAL_SEED = 500_000       # evaluation episodes use seeds EVAL_SEED + 1 ...
+DATA_SEED = 100_000       # DAgger iteration i records seeds DATA_SEED * i + 1 ...
+
+
+def label_spec(spec, prefix: str = LABEL_PREFIX):
+    """``spec`` with its actions read from the expert's label topics (``prefix`` + topic)."""
+    from .spec import Spec
+
+    data = spec.to_dict()
+    for a in data["actions"]:
+        a["topic"] = prefix + a["topic"]
+    data["name"] = f"{spec.name}_labels"
+    return Spec.from_dict(data)
+
+
+def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0):
+    """One ``Dataset`` from several (folder, spec used to read it) parts, under ``spec``."""
+    from .data.dataset import Dataset, build_dataset, compute_stats, split_episodes
+
+    episodes = []
+    for folder, read_spec in parts:
+        episodes += build_dataset(folder, spec=read_spec, val_fraction=0.0).episodes
+    train, val = split_episodes(episodes, val_fraction, seed)
+    return Dataset(path=Path(parts[0][0]), spec=spec, episodes=episodes, train=train, val=val,
+                   stats=compute_stats(spec, train))
+
+
+@dataclass
+class DaggerConfig:
+    task: str = "push"
+    spec: str = ""                 # "" = the task's spec
+    bc_episodes: int = 20          # expert demonstrations (iteration 0: BC)
+    iterations: int = 3
+    episodes_per_iteration: int = 10
+    schedule: str = "exponential"  # constant | linear | exponential
+    beta0: float = 0.5
+    decay: float = 0.5
+    mixture_per: str = "step"
+    eval_episodes: int = 20
+    label_budget: int = 0          # stop once this many expert labels are used (0: no limit)
+    warm_start: bool = True
+    seed: int = 0
+    train: dict = field(default_factory=lambda: {"steps": 3000, "eval_every": 0,
+                                                  "eval_episodes": 0, "device": "auto"})
+
+
+class RosRig:
+    """The processes of a DAgger run or an evaluation, and a node to drive them."""
+
+    def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
+                 dataset=None, mixture_per: str = "step", seed: int = 0):
+        ensure_ros_environment()
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        import rclpy
+
+        from .launcher import ProcessGroup
+        from .nodes.episode_runner import EpisodeRunner, Spinner
+
+        self.group = ProcessGroup(log_dir)
+        g = self.group
+        self.with_expert = with_expert
+        try:
+            g.start_node("mujoco_bridge", params={"task": task, "mode": "lockstep",
+                                                  "seed": seed, "cameras": [""]})
+            remap = []
+            if with_expert:
+                g.start_node("scripted_expert", params={
+                    "task": task, "spec": spec, "trigger": "state",
+                    "arm_controller": "expert/arm_controller",
+                    "gripper_controller": "expert/gripper_controller"})
+                g.start_node("command_mux", params={
+                    "sources": ["expert", "policy"], "sync_sources": ["expert", "policy"],
+                    "sync": True, "mode": "policy", "mixture_per": mixture_per, "seed": seed})
+                remap = ["-r", "/arm_controller/commands:=/policy/arm_controller/commands",
+                         "-r", "/gripper_controller/commands:=/policy/gripper_controller/commands"]
+            from .sim.tasks import TaskConfig
+
+            g.start_node("policy_node", params={"checkpoint": str(checkpoint), "spec": spec,
+                                                "robot": TaskConfig.load(task).robot,
+                                                "use_sim_time": True, "checkpoint_topic": "",
+                                                # lockstep: no state can be late (the bridge
+                                                # waits for the answer), so no watchdog
+                                                "max_age_periods": 0.0}, extra_args=remap)
+            if dataset is not None:
+                g.start_node("episode_recorder", params={
+                    "dataset": str(dataset), "spec": spec, "task": task, "use_sim_time": True,
+                    "auto_stop_on_done": True,
+                    "topics": [LABEL_PREFIX + "/arm_controller/commands",
+                               LABEL_PREFIX + "/gripper_controller/commands",
+                               "/command_mux/source"]})
+            self.started_here = not rclpy.ok()
+            if self.started_here:
+                rclpy.init()
+            self.node = EpisodeRunner()
+            self.spinner = Spinner(self.node)
+            self.node.wait_for_bridge(60.0)
+            self._diag = {}
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            self._diag[st.name.split(":")[0]] = {kv.key: kv.value for kv in st.values}
+
+    def diagnostics(self, node: str) -> dict:
+        return dict(self._diag.get(node, {}))
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        """Every process up and connected before the first episode (the mux must hear every
+        source before the first state, or that state would wait for an answer sent earlier)."""
+        deadline = time.monotonic() + timeout
+        topics = ["/arm_controller/commands"]
+        if self.with_expert:
+            topics += ["/expert/arm_controller/commands", "/policy/arm_controller/commands"]
+        while time.monotonic() < deadline:
+            self.group.check()
+            if all(self.node.count_publishers(t) for t in topics) and \
+                    "policy_node" in self._diag:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the processes did not connect within {timeout} s "
+                           f"(logs in {self.group.log_dir})")
+
+    def set_params(self, node: str, **params) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        client = self.node.create_client(SetParameters, f"/{node}/set_parameters")
+        if not client.wait_for_service(timeout_sec=30.0):
+            raise TimeoutError(f"/{node}/set_parameters not available")
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
+        future = client.call_async(req)
+        deadline = time.monotonic() + 30.0
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"/{node}/set_parameters did not answer")
+            time.sleep(0.005)
+        bad = [r.reason for r in future.result().results if not r.successful]
+        self.node.destroy_client(client)
+        if bad:
+            raise RuntimeError(f"{node} refused parameters {params}: {bad}")
+
+    def load(self, checkpoint, timeout: float = 120.0) -> None:
+        """Hot-reload the policy node; wait until it has loaded the new policy (which takes
+        over at the next tick)."""
+        self.set_params("policy_node", checkpoint=str(checkpoint))
+        deadline = time.monotonic() + timeout
+        while self.diagnostics("policy_node").get("checkpoint_loaded") != str(checkpoint):
+            self.group.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the policy node did not load {checkpoint}: "
+                                   f"{self.diagnostics('policy_node').get('reload_error')}")
+            time.sleep(0.05)
+
+    def episodes(self, n: int, seed: int, record: bool = False, progress=None) -> list:
+        """Run ``n`` episodes with seeds seed+1..seed+n (recording each when ``record``)."""
+        from std_srvs.srv import Trigger
+
+        from .pipelines import _call
+
+        self.set_params("mujoco_bridge", seed=int(seed))
+        start = self.node.create_client(Trigger, "/episode_recorder/start") if record else None
+        outcomes = []
+        for _ in range(n):
+            if start is not None:
+                deadline = time.monotonic() + 30.0
+                while True:
+                    resp = _call(start)
+                    if resp.success or "still being recorded" not in resp.message or \
+                            time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)
+                if not resp.success:
+                    raise RuntimeError(f"recorder did not start: {resp.message}")
+            outcomes.append(self.node.run_episode(120.0))
+            if progress:
+                progress(outcomes)
+        if start is not None:
+            self.node.destroy_client(start)
+        return outcomes
+
+    def close(self) -> None:
+        import rclpy
+
+        if getattr(self, "spinner", None):
+            self.spinner.stop()
+            self.node.destroy_node()
+        if getattr(self, "started_here", False):
+            rclpy.try_shutdown()
+        self.group.stop()
+
+
+def wait_recorded(dataset: Path, timeout: float = 30.0) -> list:
+    """The dataset's index entries once no episode is still being recorded."""
+    index = Path(dataset) / "index.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = json.loads(index.read_text())["episodes"] if index.is_file() else []
+        if all(e.get("status") != "recording" for e in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
+def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
+                 seed: int = EVAL_SEED) -> dict:
+    """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node."""
+    from .nodes.episode_runner import summarize
+
+    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False)
+    try:
+        res = summarize(rig.episodes(episodes, seed))
+        res["policy_node"] = rig.diagnostics("policy_node")
+    finally:
+        rig.close()
+    return res
+
+
+def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
+    """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations; returns (and
+    writes to ``out``/dagger.json) the per-iteration results."""
+    from .learning.trainer import TrainConfig, train
+    from .nodes.episode_runner import summarize
+    from .deploy.mux import beta_schedule
+    from .pipelines import record_demonstrations
+    from .spec import Spec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_name = cfg.spec or cfg.task
+    spec = Spec.load(spec_name)
+    bc_dir, dagger_dir = out / "data" / "expert", out / "data" / "dagger"
+    t0 = time.monotonic()
+    log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
+    record_demonstrations(bc_dir, task=cfg.task, spec=spec_name, episodes=cfg.bc_episodes,
+                          seed=cfg.seed, log_dir=out / "logs" / "record")
+    parts = [(bc_dir, spec)]
+    tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
+
+    def fit(i: int, init: str | None) -> tuple[dict, int]:
+        data = aggregate(parts, spec, tcfg.val_fraction, cfg.seed)
+        labels = int(sum(len(e) for e in data.episodes))
+        c = replace(tcfg, init_from=init or "") if init else tcfg
+        res = train(data, out / f"train_{i}", c, log=lambda *a, **k: None)
+        return res, labels
+
+    results = {"config": asdict(cfg), "iterations": []}
+    res, labels = fit(0, None)
+    ckpt = res["last"]
+    rig = RosRig(out / "logs" / "dagger", cfg.task, spec_name, ckpt, with_expert=True,
+                 dataset=dagger_dir, mixture_per=cfg.mixture_per, seed=cfg.seed)
+    try:
+        rig.set_params("command_mux", mode="expert")
+        expert = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))
+        results["expert"] = _row(expert)
+        log(f"[dagger] expert: {_fmt(expert)}")
+        for i in range(cfg.iterations + 1):
+            if i > 0:
+                beta = beta_schedule(cfg.schedule, i, cfg.beta0, cfg.decay, cfg.iterations)
+                rig.set_params("command_mux", mode="mixture", beta=float(beta))
+                rig.episodes(cfg.episodes_per_iteration, DATA_SEED * i, record=True)
+                wait_recorded(dagger_dir)
+                if not any(p[0] == dagger_dir for p in parts):
+                    parts.append((dagger_dir, label_spec(spec)))
+                res, labels = fit(i, ckpt if cfg.warm_start else None)
+                ckpt = res["last"]
+                rig.load(ckpt)
+            rig.set_params("command_mux", mode="policy")
+            score = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))
+            row = {"iteration": i, "beta": None if i == 0 else beta, "labels": labels,
+                   "checkpoint": ckpt, "train_dir": str(out / f"train_{i}"), **_row(score),
+                   "latency": {k: v for k, v in rig.diagnostics("policy_node").items()
+                               if k.startswith(("latency", "compute", "backend"))},
+                   "elapsed_s": round(time.monotonic() - t0, 1)}
+            results["iterations"].append(row)
+            log(f"[dagger] {'BC' if i == 0 else f'DAgger {i}'} (beta "
+                f"{'-' if i == 0 else f'{beta:.2f}'}, {labels} expert labels): {_fmt(score)}")
+            (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
+            if cfg.label_budget and labels >= cfg.label_budget:
+                log(f"[dagger] label budget {cfg.label_budget} reached")
+                break
+    finally:
+        rig.close()
+    return results
+
+
+def _row(summary: dict) -> dict:
+    return {"episodes": summary["episodes"], "successes": summary["successes"],
+            "success_rate": summary["success_rate"], "ci95": summary["ci95"]}
+
+
+def _fmt(s: dict) -> str:
+    return (f"{s['successes']}/{s['episodes']} = {s['success_rate']:.0%} "
+            f"(95% CI {s['ci95'][0]:.0%}-{s['ci95'][1]:.0%})")
