@@ -118,7 +118,7 @@ class RosRig:
             self.node = EpisodeRunner()
             self.spinner = Spinner(self.node)
             self.node.wait_for_bridge(60.0)
-            self._diag = {}
+            self._diag, self._diag_time = {}, {}
             from diagnostic_msgs.msg import DiagnosticArray
 
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
@@ -130,8 +130,15 @@ class RosRig:
     def _on_diag(self, msg) -> None:
         for st in msg.status:
             self._diag[st.name.split(":")[0]] = {kv.key: kv.value for kv in st.values}
+            self._diag_time[st.name.split(":")[0]] = time.monotonic()
 
-    def diagnostics(self, node: str) -> dict:
+    def diagnostics(self, node: str, fresh: bool = False, timeout: float = 5.0) -> dict:
+        """The node's newest /diagnostics values; ``fresh``: one published from now on."""
+        if fresh:
+            asked = time.monotonic()
+            while self._diag_time.get(node, 0.0) <= asked and \
+                    time.monotonic() < asked + timeout:
+                time.sleep(0.02)
         return dict(self._diag.get(node, {}))
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -239,7 +246,7 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False)
     try:
         res = summarize(rig.episodes(episodes, seed))
-        res["policy_node"] = rig.diagnostics("policy_node")
+        res["policy_node"] = rig.diagnostics("policy_node", fresh=True)
     finally:
         rig.close()
     return res
@@ -298,7 +305,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
             score = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))
             row = {"iteration": i, "beta": None if i == 0 else beta, "labels": labels,
                    "checkpoint": ckpt, "train_dir": str(out / f"train_{i}"), **_row(score),
-                   "latency": {k: v for k, v in rig.diagnostics("policy_node").items()
+                   "latency": {k: v for k, v in rig.diagnostics("policy_node", True).items()
                                if k.startswith(("latency", "compute", "backend"))},
                    "elapsed_s": round(time.monotonic() - t0, 1)}
             results["iterations"].append(row)

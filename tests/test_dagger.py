@@ -1,0 +1,100 @@
+"""DAgger end to end through ROS (short), its labels, and `evaluate` as a CI gate."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mcap_ros2.reader import read_ros2_messages
+
+
+def run_cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_dagger_iteration_end_to_end(tmp_path):
+    """Expert demonstrations, BC, one DAgger iteration (beta 0.5): the recorded steps carry the
+    expert's labels for the states the mixture visited, and the policy is retrained on them."""
+    from robot_imitation.dagger import DaggerConfig, label_spec, run_dagger
+    from robot_imitation.data.dataset import build_dataset
+    from robot_imitation.sim.experts import make_expert
+    from robot_imitation.sim.tasks import TaskSim
+    from robot_imitation.spec import Spec
+
+    cfg = DaggerConfig(task="reach", bc_episodes=4, iterations=1, episodes_per_iteration=4,
+                       schedule="constant", beta0=0.5, eval_episodes=3, seed=7,
+                       train={"steps": 300, "eval_every": 0, "eval_episodes": 0,
+                              "device": "cpu", "hidden": [64, 64]})
+    res = run_dagger(tmp_path, cfg, log=print)
+    assert [r["iteration"] for r in res["iterations"]] == [0, 1]
+    bc, dagger = res["iterations"]
+    assert dagger["labels"] > bc["labels"] > 0 and dagger["beta"] == 0.5
+    assert res["expert"]["success_rate"] == 1.0
+    assert json.loads((tmp_path / "dagger.json").read_text()) == res
+    assert Path(dagger["checkpoint"]).is_dir()
+
+    # labels: every recorded step's action is the expert's answer to that step's observation
+    data = build_dataset(tmp_path / "data" / "dagger", spec=label_spec(Spec.load("reach")),
+                         cache=False)
+    expert = make_expert(TaskSim("reach"))
+    steps = [(ep.obs, i, ep.actions[i]) for ep in data.episodes for i in range(len(ep))]
+    agree = sum(np.allclose(expert({k: v[i] for k, v in obs.items()}), a, atol=1e-9)
+                for obs, i, a in steps)
+    assert len(steps) > 40 and agree / len(steps) >= 0.99, (agree, len(steps))
+    # and the mixture executed both sources, and something other than the labels
+    executed, differing = [], 0
+    for ep in data.episodes:
+        mcap = next(Path(ep.source).glob("*.mcap"))
+        executed += [m.ros_msg.data for m in read_ros2_messages(
+            str(mcap), topics=["/command_mux/source"])]
+        arm = [np.array(m.ros_msg.data) for m in read_ros2_messages(
+            str(mcap), topics=["/arm_controller/commands"])]
+        labels = [np.array(m.ros_msg.data) for m in read_ros2_messages(
+            str(mcap), topics=["/expert/arm_controller/commands"])]
+        differing += sum(not np.allclose(a, b) for a, b in zip(arm, labels))
+    assert {"expert", "policy"} <= set(executed)
+    assert differing > 0, "the executed commands were the labels: the policy never drove"
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoint(tmp_path_factory):
+    """A policy of the right shape that has learnt nothing (random weights)."""
+    from robot_imitation.learning.checkpoint import save_checkpoint
+    from robot_imitation.learning.policies import Policy
+    from robot_imitation.learning.trainer import TrainConfig, policy_config
+    from robot_imitation.spec import Spec
+
+    import torch
+
+    torch.manual_seed(0)
+    spec = Spec.load("reach")
+    return save_checkpoint(tmp_path_factory.mktemp("bad") / "ckpt",
+                           Policy(policy_config(spec, TrainConfig())), spec)
+
+
+def test_evaluate_gates_on_the_success_rate(reach_bc, bad_checkpoint, tmp_path):
+    best = json.loads((reach_bc / "result.json").read_text())["best"]
+    good = run_cli("evaluate", best, "--task", "reach", "--gym", "--episodes", 20,
+                   "--threshold", 0.8, "--out", tmp_path / "good.json")
+    assert good.returncode == 0, good.stdout + good.stderr
+    result = json.loads((tmp_path / "good.json").read_text())
+    assert result["passed"] and result["success_rate"] >= 0.8 and len(result["ci95"]) == 2
+    bad = run_cli("evaluate", bad_checkpoint, "--task", "reach", "--gym", "--episodes", 10,
+                  "--threshold", 0.5, "--out", tmp_path / "bad.json")
+    assert bad.returncode == 3, bad.stdout + bad.stderr
+    assert "FAIL" in bad.stdout and not json.loads((tmp_path / "bad.json").read_text())["passed"]
+    # a checkpoint for another task's spec is an error (exit 1), not a low score
+    wrong = run_cli("evaluate", best, "--task", "push", "--spec", "push", "--gym")
+    assert wrong.returncode == 1 and "does not match the runtime spec" in wrong.stderr
+
+
+def test_evaluate_through_ros(reach_bc, tmp_path):
+    best = json.loads((reach_bc / "result.json").read_text())["best"]
+    proc = run_cli("evaluate", best, "--task", "reach", "--ros", "--episodes", 10,
+                   "--threshold", 0.8, "--out", tmp_path / "ros.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "ros.json").read_text())
+    assert result["through"] == "ros" and result["episodes"] == 10
+    assert float(result["policy_node"]["latency_p50_ms"]) >= 0.0
