@@ -11,7 +11,7 @@ setup:
 	@VENV=$(VENV) scripts/bootstrap.sh
 
 demo: setup
-	$(VENV)/bin/robot-imitation demo --task push --episodes 20 --min-success 0.9
+	$(VENV)/bin/robot-imitation pipeline --task push --out runs/pipeline
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ Subcommands:
   evaluate a checkpoint's success rate over N episodes (through ROS, or the gymnasium task);
            exits 3 below --threshold, for CI gates
   dagger   expert demonstrations, BC, then DAgger iterations through ROS, with a table
+  pipeline the main job: dagger, then a report (table, plots, rollout videos, latency)
   tasks    the built-in tasks and robots
 """
 from __future__ import annotations
@@ -277,6 +278,27 @@ def cmd_dagger(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    """The main job: expert demonstrations, BC, DAgger iterations, evaluation, report."""
+    from .dagger import DaggerConfig, run_dagger
+    from .report import write_report
+
+    start = time.perf_counter()
+    cfg = DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
+                       episodes_per_iteration=args.episodes_per_iteration,
+                       schedule=args.schedule, beta0=args.beta0, decay=args.decay,
+                       eval_episodes=args.eval_episodes, seed=args.seed,
+                       train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
+                              "device": args.device})
+    print(f"[pipeline] {args.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
+          f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
+          f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
+    results = run_dagger(args.out, cfg)
+    report = write_report(args.out, results, videos=not args.no_videos)
+    print(f"[pipeline] done in {time.perf_counter() - start:.0f} s: report {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robot-imitation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -376,6 +398,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_dagger)
+
+    p = sub.add_parser("pipeline", help="the main job: demonstrations, BC, DAgger, report")
+    p.add_argument("--out", default="runs/pipeline")
+    p.add_argument("--task", default="push")
+    p.add_argument("--bc-episodes", type=int, default=20)
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--episodes-per-iteration", type=int, default=10)
+    p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
+                   default="exponential")
+    p.add_argument("--beta0", type=float, default=0.5)
+    p.add_argument("--decay", type=float, default=0.5)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--steps", type=int, default=4000, help="training steps per iteration")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-videos", action="store_true")
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)

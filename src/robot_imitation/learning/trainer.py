@@ -378,7 +378,8 @@ class Trainer:
 
     def _finish(self, writer, history: list, curve: list, result: dict) -> None:
         writer["tb"].close()
-        (self.out / "result.json").write_text(json.dumps(result, indent=1))
+        (self.out / "result.json").write_text(json.dumps({**result, "loss_curve": curve},
+                                                         indent=1))
         if history:
             plot_losses(curve, history, self.out / "loss.png")
 

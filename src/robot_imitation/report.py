@@ -1,0 +1,159 @@
+"""The main job's report: a Markdown page with the success table, plots, rollout videos and the
+policy node's latency, from the results of ``dagger.run_dagger``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def rollout_video(path, task: str, checkpoint=None, seed: int = 500_001, camera: str = "front",
+                  size=(320, 240), fps: float | None = None) -> dict:
+    """One episode of ``task`` (the scripted expert, or ``checkpoint``) rendered to an MP4."""
+    import av
+    import torch
+
+    from .learning.evaluation import observation_tensors
+    from .sim.env import ImitationEnv
+    from .sim.experts import make_expert
+
+    env = ImitationEnv(task, render_mode="rgb_array", width=size[0], height=size[1])
+    env.camera = camera
+    if checkpoint is None:
+        expert = make_expert(env.sim)
+        act = expert
+    else:
+        from .learning.checkpoint import load_checkpoint
+        from .spec import Spec
+
+        policy, meta = load_checkpoint(checkpoint)
+        spec = Spec.from_dict(meta["spec"])
+        if spec.image_observations:
+            raise ValueError("rollout videos of image policies are not supported here")
+
+        def act(obs):
+            with torch.no_grad():
+                return policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libx264", rate=int(fps or env.sim.cfg.control_rate))
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+    try:
+        obs, _ = env.reset(seed=seed)
+        steps = 0
+        while True:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(env.render()), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            action = np.clip(act(obs), env.action_space.low, env.action_space.high)
+            obs, _, terminated, truncated, info = env.step(action)
+            steps += 1
+            if terminated or truncated:
+                break
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+        env.close()
+    return {"steps": steps, "success": bool(info["is_success"])}
+
+
+def _loss_curve(train_dir: Path):
+    """(steps, training loss) logged every ``log_every`` steps, from the run's result.json."""
+    path = train_dir / "result.json"
+    if not path.is_file():
+        return None
+    curve = json.loads(path.read_text()).get("loss_curve") or []
+    return [s for s, _ in curve], [v for _, v in curve]
+
+
+def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
+    """``out``/report.md with plots (PNG) and rollout videos (MP4) beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    its = results["iterations"]
+    task = results["config"]["task"]
+    expert = results["expert"]
+    names = ["BC" if r["iteration"] == 0 else f"DAgger {r['iteration']}" for r in its]
+
+    def ci(r):
+        return [r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]]
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, x, label in ((axes[0], [r["iteration"] for r in its], "iteration (0: BC)"),
+                         (axes[1], [r["labels"] for r in its], "expert labels (steps)")):
+        ax.errorbar(x, [r["success_rate"] for r in its], yerr=np.array([ci(r) for r in its]).T,
+                    marker="o", capsize=3, label="policy")
+        ax.axhline(expert["success_rate"], color="gray", ls="--", label="expert")
+        ax.set_xlabel(label)
+        ax.set_ylabel("success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{task}: closed-loop success through ROS (95% CI)")
+    fig.tight_layout()
+    fig.savefig(out / "success.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in zip(names, its):
+        curve = _loss_curve(Path(r["train_dir"]))
+        if curve:
+            ax.plot(*curve, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100)
+    plt.close(fig)
+
+    video_rows = []
+    if videos:
+        clips = [("expert", None)] + [(n.replace(" ", "_").lower(), r["checkpoint"])
+                                      for n, r in zip(names, its)]
+        for name, ckpt in clips:
+            info = rollout_video(out / f"rollout_{name}.mp4", task, ckpt)
+            video_rows.append((name, f"rollout_{name}.mp4", info))
+            log(f"[report] rollout_{name}.mp4: {info['steps']} steps, "
+                f"{'success' if info['success'] else 'failure'}")
+
+    lines = [f"# Imitation learning on `{task}`: expert, BC and DAgger", "",
+             "Every success rate is measured in closed loop through ROS 2 (bridge in lockstep, "
+             "policy node, command mux) on the same "
+             f"{expert['episodes']} seeded episodes, with its 95% Wilson interval.", "",
+             "| policy | beta | expert labels | success | 95% CI |",
+             "|---|---|---|---|---|",
+             f"| expert | - | - | {expert['successes']}/{expert['episodes']} = "
+             f"{expert['success_rate']:.0%} | {expert['ci95'][0]:.0%}-{expert['ci95'][1]:.0%} |"]
+    for name, r in zip(names, its):
+        beta = "-" if r["beta"] is None else f"{r['beta']:.2f}"
+        lines.append(f"| {name} | {beta} | {r['labels']} | {r['successes']}/{r['episodes']} = "
+                     f"{r['success_rate']:.0%} | {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%} |")
+    lines += ["", "![success](success.png)", "", "![loss](loss.png)", ""]
+    if video_rows:
+        lines += ["## Rollouts", "", "One episode per policy (the first evaluation seed), "
+                  "rendered without ROS:", ""]
+        lines += [f"- [{n}]({f}): {i['steps']} steps, "
+                  f"{'success' if i['success'] else 'failure'}" for n, f, i in video_rows]
+        lines.append("")
+    lat = its[-1].get("latency") or {}
+    if lat:
+        lines += ["## Policy node latency", "",
+                  "Observation stamp to command publish (simulated time: 0 in lockstep) and "
+                  "the node's compute time per tick, over the last run:", "",
+                  "| figure | ms |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(lat.items()) if k != "backend"]
+        if "backend" in lat:
+            lines.append(f"\nInference backend chosen by measurement: `{lat['backend']}`.")
+        lines.append("")
+    cfg = results["config"]
+    lines += ["## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
