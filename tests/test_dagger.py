@@ -98,3 +98,24 @@ def test_evaluate_through_ros(reach_bc, tmp_path):
     result = json.loads((tmp_path / "ros.json").read_text())
     assert result["through"] == "ros" and result["episodes"] == 10
     assert float(result["policy_node"]["latency_p50_ms"]) >= 0.0
+
+
+def test_main_job_in_a_reduced_configuration(tmp_path):
+    """`robot-imitation pipeline` (the README's first command) with few episodes: the report,
+    its plots and one playable MP4 per policy."""
+    import av
+
+    out = tmp_path / "pipeline"
+    proc = run_cli("pipeline", "--task", "reach", "--out", out, "--bc-episodes", 3,
+                   "--iterations", 1, "--episodes-per-iteration", 2, "--eval-episodes", 2,
+                   "--steps", 200, "--device", "cpu")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for row in ("| expert |", "| BC |", "| DAgger 1 |", "success.png", "loss.png",
+                "rollout_dagger_1.mp4", "latency"):
+        assert row in report, row
+    assert (out / "success.png").stat().st_size > 1000 and (out / "loss.png").is_file()
+    for name in ("expert", "bc", "dagger_1"):
+        with av.open(str(out / f"rollout_{name}.mp4")) as video:
+            frames = sum(1 for _ in video.decode(video=0))
+        assert frames > 5, name
