@@ -324,11 +324,13 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     runner.join(timeout=300)
     assert len(outcomes) == 8, "a lockstep episode stalled: a tick went unanswered"
     assert len(states) > ticks_before + 20, "the swap did not happen mid-run"
-    # The bridge publishes a state again when no answer comes within `lockstep_republish`
-    # (the first one, sent before the policy node subscribed): apart from that first stamp,
-    # every state was published once, i.e. answered in time, and by exactly one command.
+    # The bridge publishes a state again when no answer comes within `lockstep_republish`:
+    # from the reloads on, every state was published once, i.e. answered in time (the first
+    # states may be republished: sent before the policy node subscribed, or answered slowly
+    # while it starts), and each by exactly one command.
     stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in states]
-    later = [s for s in stamps if s != stamps[0]]
-    assert len(later) == len(set(later)), "a state went unanswered and was published again"
+    around_swap = stamps[ticks_before - 20:]
+    assert len(around_swap) == len(set(around_swap)), \
+        "a state went unanswered and was published again"
     wait_for(lambda: len(arm) == len(set(stamps)), 5, "one command per state")
     assert sum(o.success for o in outcomes) >= 6
