@@ -40,7 +40,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from benchlib import RESULTS_DIR, run_with_ros  # noqa: E402
+from benchlib import RESULTS_DIR, BenchmarkError, run_with_ros, wait_until  # noqa: E402
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import STATE_QOS, to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
@@ -51,9 +51,6 @@ from robot_imitation.sim.tasks import TaskSim  # noqa: E402
 BRIDGE = "mujoco_bridge"
 WARMUP_S = 3.0          # before each measured window
 STARTUP_TIMEOUT_S = 60.0  # for the nodes to come up and the control loop to close
-
-class BenchmarkError(RuntimeError):
-    pass
 
 # ============================================================================ monitoring
 
@@ -147,14 +144,6 @@ def watch(group: ProcessGroup, seconds: float) -> None:
         group.check()
         time.sleep(min(0.2, left))
 
-def wait_until(group: ProcessGroup, ready, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        group.check()
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"no {what} within {timeout:g} s")
-        time.sleep(0.1)
-
 def counter_above(monitor: BridgeMonitor, key: str, value: float = 0.0):
     def ready() -> bool:
         sample = monitor.latest()
@@ -168,7 +157,8 @@ def measure_lockstep(task: str, duration: float, substeps: int) -> dict:
     bridge = {"task": task, "mode": "lockstep", "auto_reset": True, "cameras": [""], "seed": 0}
     expert = {"task": task, "trigger": "state"}
     with bridge_and_expert("lockstep", bridge, expert) as group, monitoring(True) as monitor:
-        wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks")
+        wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks",
+                   STARTUP_TIMEOUT_S, 0.1)
         watch(group, WARMUP_S)
         first, states0, t0 = monitor.latest(), monitor.states(), time.monotonic()
         watch(group, duration)
@@ -214,7 +204,7 @@ def measure_realtime(task: str, seconds: float) -> dict:
     expert = {"task": task, "trigger": "timer", "use_sim_time": True}
     with bridge_and_expert("realtime", bridge, expert) as group, monitoring() as monitor:
         wait_until(group, counter_above(monitor, "commands_accepted"),
-                   "expert commands accepted by the bridge")
+                   "expert commands accepted by the bridge", STARTUP_TIMEOUT_S, 0.1)
         start = len(monitor.samples())
         watch(group, seconds)
         samples = monitor.samples()[start:]

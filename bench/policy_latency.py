@@ -71,7 +71,8 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from benchlib import RESULTS_DIR, run_with_ros  # noqa: E402
+from benchlib import (RESULTS_DIR, BenchmarkError, positive, proc_stat,  # noqa: E402
+                      run_with_ros, stat_cpu_seconds, wait_until)
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,  # noqa: E402
@@ -99,9 +100,6 @@ DEFAULT_POSE = [0.5, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0]                 # other pose 
 # The driver's command subscriptions: deep reliable history, so that no command is lost here.
 COMMAND_SUB_QOS = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
                              history=QoSHistoryPolicy.KEEP_LAST)
-
-class BenchmarkError(RuntimeError):
-    pass
 
 # ============================================================================ checkpoints
 
@@ -399,14 +397,6 @@ def analyse(driver: Driver, table: np.ndarray, warm_ticks: int, rate: float) -> 
 
 PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread
 
-def _stat(pid) -> list[str]:
-    """Fields 3 and on of /proc/<pid>/stat: fields[i] is field i + 3 (proc_pid_stat(5))."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rpartition(")")[2].split()  # the name may hold spaces
-
-def _cpu(fields: list[str], children: bool = False) -> float:
-    return sum(int(v) for v in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
-
 def cpu_sample(node_pid: int) -> tuple[float, float, float, float]:
     """(time, CPU-seconds of the node, of this process, of every process).
 
@@ -415,27 +405,19 @@ def cpu_sample(node_pid: int) -> tuple[float, float, float, float]:
     processes that ended in between); kernel threads left out. Linux /proc; NaN elsewhere.
     """
     try:
-        node, driver = _cpu(_stat(node_pid)), _cpu(_stat("self"))
+        node, driver = stat_cpu_seconds(proc_stat(node_pid)), stat_cpu_seconds(proc_stat("self"))
     except (OSError, ValueError, IndexError):
         return time.monotonic(), float("nan"), float("nan"), float("nan")
     total = 0.0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                fields = _stat(entry.name)
+                fields = proc_stat(entry.name)
                 if not int(fields[6]) & PF_KTHREAD:
-                    total += _cpu(fields, children=True)
+                    total += stat_cpu_seconds(fields, children=True)
             except (OSError, ValueError, IndexError):  # ended meanwhile
                 pass
     return time.monotonic(), node, driver, total
-
-def wait_until(group: ProcessGroup, ready, what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        group.check()
-        if time.monotonic() > deadline:
-            raise BenchmarkError(f"no {what} within {timeout:g} s")
-        time.sleep(0.05)
 
 @contextlib.contextmanager
 def node_under_test(phase: str, kind: str, argv_or_params):
@@ -465,14 +447,15 @@ def measure(phase: str, kind: str, node_args, states: States, table: np.ndarray,
             pid = group.procs[kind].pid
             if kind == POLICY:  # autostart: configured and active once __init__ returned
                 client = driver.create_client(SetBool, f"/{POLICY}/enable")
-                wait_until(group, client.service_is_ready, f"service /{POLICY}/enable")
+                wait_until(group, client.service_is_ready, f"service /{POLICY}/enable",
+                           STARTUP_TIMEOUT_S)
                 driver.destroy_client(client)
             wait_until(group, lambda: all(p.get_subscription_count() > 0
                                           for p in driver.state_pubs.values()),
-                       f"subscription of {kind} on every state topic")
+                       f"subscription of {kind} on every state topic", STARTUP_TIMEOUT_S)
             wait_until(group, lambda: all(driver.count_publishers(t) > 0
                                           for t in driver.command_topics),
-                       f"publisher of {kind} on every command topic")
+                       f"publisher of {kind} on every command topic", STARTUP_TIMEOUT_S)
             driver.reset()
             thread = threading.Thread(target=driver.publish, args=(ticks, rate, stop),
                                       name="publisher", daemon=True)
@@ -624,12 +607,6 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 # ============================================================================ main
-
-def positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -65,7 +65,8 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from benchlib import RESULTS_DIR, run_with_ros  # noqa: E402
+from benchlib import (RESULTS_DIR, positive, proc_stat, run_with_ros,  # noqa: E402
+                      stat_cpu_seconds)
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import IMAGE_QOS  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
@@ -88,7 +89,6 @@ ACK_TIMEOUT_S = 10.0      # publisher: for the recorder to acknowledge the last 
 SETTLE_S = 1.0            # between the publisher's end and the stop call
 STOP_TIMEOUT_S = 300.0    # stop drains the recorder's queue before it answers
 BATCH_BYTES = 256 << 20   # bare writer: messages held in memory per timed batch
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PF_KTHREAD = 0x00200000  # in the flags of /proc/<pid>/stat
 MB = 1e6
 GB = 1e9
@@ -242,18 +242,10 @@ def publisher_main(args: argparse.Namespace) -> int:
 
 # ============================================================================ measuring
 
-def _stat(pid: int | str) -> list[str]:
-    """Fields 3 and on of /proc/<pid>/stat (proc_pid_stat(5)): fields[i] is field i + 3."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rpartition(")")[2].split()  # the name may hold spaces
-
-def _cpu(fields: list[str], children: bool) -> float:
-    return sum(int(v) for v in fields[11:15 if children else 13]) / CLK_TCK
-
 def process_cpu_seconds(pid: int | str, children: bool = False) -> float:
     """utime + stime of a process (with ``children``: + cutime + cstime, the CPU time of the
     children it has waited for)."""
-    return _cpu(_stat(pid), children)
+    return stat_cpu_seconds(proc_stat(pid), children)
 
 def process_peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -274,11 +266,11 @@ def all_processes_cpu_seconds() -> tuple[float, float]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                fields = _stat(entry.name)
+                fields = proc_stat(entry.name)
                 if int(fields[6]) & PF_KTHREAD:
-                    kernel += _cpu(fields, children=False)
+                    kernel += stat_cpu_seconds(fields, children=False)
                 else:
-                    processes += _cpu(fields, children=True)
+                    processes += stat_cpu_seconds(fields, children=True)
             except (OSError, IndexError, ValueError):  # ended meanwhile
                 pass
     return processes, kernel
@@ -591,12 +583,6 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 # ============================================================================ main
-
-def positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 def positive_int(text: str) -> int:
     value = int(text)

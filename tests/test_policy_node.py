@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -299,10 +298,11 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
     announce = probe.node.create_publisher(String, "/trainer/checkpoint", LATCHED_QOS)
-    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
-                                              "seed": 90_000})
+    # the policy node first: subscribed before the bridge publishes its first state
     start_policy(procs, probe, checkpoint=best(reach_bc), robot="panda", use_sim_time=True,
                  diagnostics_period=0.2)
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
+                                              "seed": 90_000})
     first = wait_for(lambda: newest(diags), 30, "diagnostics")[0]["model_version"]
     outcomes = []
     runner = threading.Thread(target=lambda: outcomes.extend(run_episodes(8, timeout=60)))

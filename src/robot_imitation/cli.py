@@ -264,32 +264,32 @@ def cmd_evaluate(args) -> int:
     return 0 if res["passed"] else 3
 
 
-def cmd_dagger(args) -> int:
-    from .dagger import DaggerConfig, run_dagger
+def _dagger_config(args):
+    from .dagger import DaggerConfig
 
-    cfg = DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
-                       episodes_per_iteration=args.episodes_per_iteration,
-                       schedule=args.schedule, beta0=args.beta0, decay=args.decay,
-                       eval_episodes=args.eval_episodes, label_budget=args.label_budget,
-                       warm_start=not args.no_warm_start, seed=args.seed,
-                       train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
-                              "device": args.device})
-    run_dagger(args.out, cfg)
+    return DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
+                        episodes_per_iteration=args.episodes_per_iteration,
+                        schedule=args.schedule, beta0=args.beta0, decay=args.decay,
+                        eval_episodes=args.eval_episodes, label_budget=args.label_budget,
+                        warm_start=not args.no_warm_start, seed=args.seed,
+                        train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
+                               "device": args.device})
+
+
+def cmd_dagger(args) -> int:
+    from .dagger import run_dagger
+
+    run_dagger(args.out, _dagger_config(args))
     return 0
 
 
 def cmd_pipeline(args) -> int:
     """The main job: expert demonstrations, BC, DAgger iterations, evaluation, report."""
-    from .dagger import DaggerConfig, run_dagger
+    from .dagger import run_dagger
     from .report import write_report
 
     start = time.perf_counter()
-    cfg = DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
-                       episodes_per_iteration=args.episodes_per_iteration,
-                       schedule=args.schedule, beta0=args.beta0, decay=args.decay,
-                       eval_episodes=args.eval_episodes, seed=args.seed,
-                       train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
-                              "device": args.device})
+    cfg = _dagger_config(args)
     print(f"[pipeline] {args.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
@@ -381,38 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="in the gymnasium task, without ROS")
     p.set_defaults(func=cmd_evaluate)
 
+    def dagger_arguments(p, out: str, steps: int) -> None:
+        p.add_argument("--out", default=out)
+        p.add_argument("--task", default="push")
+        p.add_argument("--bc-episodes", type=int, default=20)
+        p.add_argument("--iterations", type=int, default=3)
+        p.add_argument("--episodes-per-iteration", type=int, default=10)
+        p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
+                       default="exponential")
+        p.add_argument("--beta0", type=float, default=0.5)
+        p.add_argument("--decay", type=float, default=0.5)
+        p.add_argument("--eval-episodes", type=int, default=20)
+        p.add_argument("--label-budget", type=int, default=0)
+        p.add_argument("--no-warm-start", action="store_true")
+        p.add_argument("--steps", type=int, default=steps, help="training steps per iteration")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")
-    p.add_argument("--out", default="runs/dagger")
-    p.add_argument("--task", default="push")
-    p.add_argument("--bc-episodes", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--episodes-per-iteration", type=int, default=10)
-    p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
-                   default="exponential")
-    p.add_argument("--beta0", type=float, default=0.5)
-    p.add_argument("--decay", type=float, default=0.5)
-    p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--label-budget", type=int, default=0)
-    p.add_argument("--no-warm-start", action="store_true")
-    p.add_argument("--steps", type=int, default=3000, help="training steps per iteration")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    dagger_arguments(p, "runs/dagger", 3000)
     p.set_defaults(func=cmd_dagger)
 
     p = sub.add_parser("pipeline", help="the main job: demonstrations, BC, DAgger, report")
-    p.add_argument("--out", default="runs/pipeline")
-    p.add_argument("--task", default="push")
-    p.add_argument("--bc-episodes", type=int, default=20)
-    p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--episodes-per-iteration", type=int, default=10)
-    p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
-                   default="exponential")
-    p.add_argument("--beta0", type=float, default=0.5)
-    p.add_argument("--decay", type=float, default=0.5)
-    p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--steps", type=int, default=4000, help="training steps per iteration")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    dagger_arguments(p, "runs/pipeline", 4000)
     p.add_argument("--no-videos", action="store_true")
     p.set_defaults(func=cmd_pipeline)
 

@@ -193,22 +193,14 @@ class RosRig:
         """Run ``n`` episodes with seeds seed+1..seed+n (recording each when ``record``)."""
         from std_srvs.srv import Trigger
 
-        from .pipelines import _call
+        from .pipelines import start_recording
 
         self.set_params("mujoco_bridge", seed=int(seed))
         start = self.node.create_client(Trigger, "/episode_recorder/start") if record else None
         outcomes = []
         for _ in range(n):
             if start is not None:
-                deadline = time.monotonic() + 30.0
-                while True:
-                    resp = _call(start)
-                    if resp.success or "still being recorded" not in resp.message or \
-                            time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
-                if not resp.success:
-                    raise RuntimeError(f"recorder did not start: {resp.message}")
+                start_recording(start, self.group)
             outcomes.append(self.node.run_episode(120.0))
             if progress:
                 progress(outcomes)
@@ -225,17 +217,6 @@ class RosRig:
         if getattr(self, "started_here", False):
             rclpy.try_shutdown()
         self.group.stop()
-
-
-def wait_recorded(dataset: Path, timeout: float = 30.0) -> list:
-    """The dataset's index entries once no episode is still being recorded."""
-    index = Path(dataset) / "index.json"
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = json.loads(index.read_text())["episodes"] if index.is_file() else []
-        if all(e.get("status") != "recording" for e in entries) or time.monotonic() > deadline:
-            return entries
-        time.sleep(0.05)
 
 
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
@@ -258,7 +239,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
     from .learning.trainer import TrainConfig, train
     from .nodes.episode_runner import summarize
     from .deploy.mux import beta_schedule
-    from .pipelines import record_demonstrations
+    from .pipelines import record_demonstrations, wait_recorded
     from .spec import Spec
 
     out = Path(out)

@@ -6,6 +6,7 @@ task, and the recorder stops when the task reports done.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,34 @@ def _call(client, timeout: float = 30.0):
     return future.result()
 
 
+def start_recording(client, group=None, timeout: float = 30.0) -> str:
+    """Start an episode on the recorder (``client``: its ~/start), waiting while the previous
+    one is still being finished; returns the new episode's name."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = _call(client)
+        if resp.success or "still being recorded" not in resp.message or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not resp.success:
+        if group is not None:
+            group.check()
+        raise RuntimeError(f"recorder did not start: {resp.message}")
+    return resp.message.split()[-1]
+
+
+def wait_recorded(dataset, timeout: float = 30.0) -> list:
+    """The dataset's index entries once no episode is still being recorded (or at timeout)."""
+    index = Path(dataset) / "index.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = json.loads(index.read_text())["episodes"] if index.is_file() else []
+        if all(e.get("status") != "recording" for e in entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
 def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
                           episodes: int = 10, mode: str = "lockstep", seed: int = 0,
                           storage: str = "mcap", log_dir=None, progress=None,
@@ -37,8 +66,6 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     """
     ensure_ros_environment()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import json
-
     import rclpy
     from std_srvs.srv import Trigger
 
@@ -68,30 +95,11 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
         try:
             runner.wait_for_bridge()
             for _ in range(episodes):
-                deadline = time.monotonic() + 30.0
-                while True:  # the previous episode may still be finishing
-                    resp = _call(start)
-                    if resp.success or "still being recorded" not in resp.message:
-                        break
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.05)
-                if not resp.success:
-                    group.check()
-                    raise RuntimeError(f"recorder did not start: {resp.message}")
-                names.append(resp.message.split()[-1])
+                names.append(start_recording(start, group))
                 outcome = runner.run_episode(episode_timeout)
                 if progress:
                     progress(len(names), outcome)
-            # Wait for the last episode's automatic stop.
-            index = dataset / "index.json"
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline:
-                entries = {e["name"]: e for e in json.loads(index.read_text())["episodes"]}
-                if all(entries.get(n, {}).get("status") not in (None, "recording")
-                       for n in names):
-                    break
-                time.sleep(0.05)
+            wait_recorded(dataset)  # the last episode's automatic stop
             group.check()
         finally:
             spinner.stop()

@@ -21,8 +21,7 @@ def rollout_video(path, task: str, checkpoint=None, seed: int = 500_001, camera:
     env = ImitationEnv(task, render_mode="rgb_array", width=size[0], height=size[1])
     env.camera = camera
     if checkpoint is None:
-        expert = make_expert(env.sim)
-        act = expert
+        act = make_expert(env.sim)
     else:
         from .learning.checkpoint import load_checkpoint
         from .spec import Spec

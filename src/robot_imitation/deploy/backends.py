@@ -33,18 +33,22 @@ class BackendError(RuntimeError):
     """A backend that cannot run this model (or is not installed)."""
 
 
+def low_dim_slices(cfg) -> list:
+    """[(key, start, end)] of each low-dimensional observation in the flat input vector."""
+    out, start = [], 0
+    for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
+        out.append((key, start, start + int(size)))
+        start += int(size)
+    return out
+
+
 class ActModule(nn.Module):
     """``Policy.act`` for a batch of one with flat inputs: (low, *images) -> (chunk, A)."""
 
     def __init__(self, policy: Policy):
         super().__init__()
         self.policy = policy
-        cfg = policy.cfg
-        self.slices = []
-        start = 0
-        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
-            self.slices.append((key, start, start + int(size)))
-            start += int(size)
+        self.slices = low_dim_slices(policy.cfg)
 
     def forward(self, low: torch.Tensor, *images: torch.Tensor) -> torch.Tensor:
         obs = {key: low[:, a:b] for key, a, b in self.slices}
@@ -170,11 +174,7 @@ class NumpyBackend(Backend):
         self.act_shift = arr(policy.act_norm.shift)
         self.act_scale = arr(policy.act_norm.scale)
         self.x = np.zeros((1, cfg.low_dim), np.float32)
-        offsets = {}
-        start = 0
-        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
-            offsets[key] = start
-            start += int(size)
+        offsets = {key: start for key, start, _ in low_dim_slices(cfg)}
         # (action offset, size, low-buffer offset) of relative actions
         self.relative = [(int(o), int(s), offsets[k]) for o, s, k in cfg.relative]
 
@@ -275,7 +275,9 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
                 raise BackendError(f"backend {k} disagrees with eager PyTorch by {err:.3g}")
             rows.append({"backend": k, "error": f"disagrees with eager by {err:.3g}"})
             continue
-        us = time_backend(backend, calls) * 1e6 if kind == "auto" else float("nan")
+        if kind != "auto":  # asked for by name: checked, not timed
+            return backend, [{"backend": k}]
+        us = time_backend(backend, calls) * 1e6
         rows.append({"backend": k, "median_us": us})
         if best is None or us < best[1]:
             best = (backend, us)

@@ -46,6 +46,7 @@ class MuxCore:
         self.episode_choice = None
         self.state_pending = False
         self.forwarded = {s: 0 for s in self.sources}
+        self._current = None       # without sync, a mixture's current draw
 
     def set_mode(self, mode: str, beta: float | None = None) -> None:
         if mode not in MODES and mode not in self.sources:
@@ -86,17 +87,9 @@ class MuxCore:
         """Sync: when the state has been answered by every sync source (and the chosen one),
         [(topic, message)] of the chosen source, with the choice in ``self.last_choice``;
         every sync source's answer is consumed. Else None."""
-        if not self.state_pending or not all(self.answered(s) for s in self.sync_sources):
+        if not all(self.answered(s) for s in self.sync_sources):
             return None
-        choice = self.choose()
-        if choice not in self.sources or not self.answered(choice):
-            return None
-        out = self._take(choice)
-        self._clear()
-        self.state_pending = False
-        self.last_choice = choice
-        self.forwarded[choice] += 1
-        return out
+        return self.force()
 
     def force(self) -> list | None:
         """Sync timeout: forward the chosen source's answer without waiting for the others."""
@@ -105,7 +98,9 @@ class MuxCore:
         choice = self.choose()
         if choice not in self.sources or not self.answered(choice):
             return None
-        out = self._take(choice)
+        # a sync source's oldest answer is this state's; other sources' newest command stands
+        at = 0 if choice in self.sync_sources else -1
+        out = [(t, self.queues[choice][t][at]) for t in self.topics]
         self._clear()
         self.state_pending = False
         self.last_choice = choice
@@ -121,12 +116,6 @@ class MuxCore:
             for q in self.queues[s].values():
                 q.clear()
 
-    def _take(self, source: str) -> list:
-        queues = self.queues[source]
-        if source in self.sync_sources:
-            return [(t, queues[t].popleft()) for t in self.topics]
-        return [(t, queues[t][-1]) for t in self.topics]
-
     # ----------------------------------------------------------------- without sync
     def passthrough(self, source: str) -> bool:
         """Without sync: forward this source's message now?"""
@@ -134,7 +123,7 @@ class MuxCore:
 
     def choose_current(self) -> str:
         if self.mode == "mixture":
-            if getattr(self, "_current", None) is None:
+            if self._current is None:
                 self.redraw()
             return self._current
         return self.choose()

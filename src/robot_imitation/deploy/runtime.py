@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
-from .backends import Backend, select_backend
+from .backends import Backend, low_dim_slices, select_backend
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
@@ -152,7 +152,6 @@ class Counters:
     clamped_values: int = 0
     inferences: int = 0
     swaps: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class PolicyController:
@@ -188,11 +187,7 @@ class PolicyController:
         self.backend = policy.backend
         cfg = policy.backend.cfg
         self.scheduler = ChunkScheduler(cfg.chunk, self.chunk_mode, self.decay, self.chunk_execute)
-        self._low_slices = []
-        start = 0
-        for key, size in zip(cfg.low_dim_keys, cfg.low_dim_sizes):
-            self._low_slices.append((key, start, start + int(size)))
-            start += int(size)
+        self._low_slices = low_dim_slices(cfg)
 
     def offer(self, policy: LoadedPolicy) -> None:
         """Hand over a new policy (from any thread); it takes over at the next tick."""

@@ -34,7 +34,6 @@ import numpy as np
 
 from .common import COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run
 
-import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
 from rclpy.clock import Clock, ClockType  # noqa: E402
@@ -213,9 +212,8 @@ class PolicyNode(LifecycleNode):
             self.p["chunk_execute"], self.p["max_age_periods"] * self.period,
             self.p["safe_command"])
         self.assembler = ObservationAssembler(self.spec)
-        self.pubs = [(key, self.create_lifecycle_publisher(Float64MultiArray, f.topic,
-                                                           COMMAND_QOS))
-                     for key, f in zip([f.key for f in self.spec.actions], self.spec.actions)]
+        self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
+                     for f in self.spec.actions]
         for topic, mtype in self.assembler.topics.items():
             self._ents.append(self.create_subscription(
                 message_class(mtype), topic, lambda msg, t=topic: self._on_state(t, msg),
@@ -238,8 +236,8 @@ class PolicyNode(LifecycleNode):
     @staticmethod
     def _backend_table(loaded) -> str:
         return ", ".join(f"{r['backend']} {r['median_us']:.0f} us" if "median_us" in r
-                         and r["median_us"] == r["median_us"] else f"{r['backend']}: "
-                         f"{r.get('error', 'chosen')}" for r in loaded.backends)
+                         else f"{r['backend']}: {r.get('error', 'as configured')}"
+                         for r in loaded.backends)
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.controller.reset()
@@ -270,7 +268,7 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_subscription(ent)
         self._ents = []
-        for _, pub in getattr(self, "pubs", []):
+        for pub in getattr(self, "pubs", []):
             self.destroy_lifecycle_publisher(pub)
         self.pubs = []
         self.controller = None
@@ -320,7 +318,7 @@ class PolicyNode(LifecycleNode):
                             }[result.reason]
             self.get_logger().error(self.problem, throttle_duration_sec=2.0)
         if result.action is not None:
-            for (key, values), (_, pub) in zip(self.controller.split(result.action), self.pubs):
+            for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
                 pub.publish(Float64MultiArray(data=values.tolist()))
             done = self.get_clock().now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
