@@ -16,23 +16,24 @@ def run_cli(*args, timeout=900):
 
 def test_one_dagger_iteration_end_to_end(tmp_path):
     """Expert demonstrations, BC, one DAgger iteration (beta 0.5): the recorded steps carry the
-    expert's labels for the states the mixture visited, and the policy is retrained on them."""
-    from robot_imitation.dagger import DaggerConfig, label_spec, run_dagger
+    expert's labels for the states the mixture visited, and the policy is retrained on them.
+    (`robot-imitation dagger`, as a user runs it, in its own process.)"""
+    from robot_imitation.dagger import label_spec
     from robot_imitation.data.dataset import build_dataset
     from robot_imitation.sim.experts import make_expert
     from robot_imitation.sim.tasks import TaskSim
     from robot_imitation.spec import Spec
 
-    cfg = DaggerConfig(task="reach", bc_episodes=4, iterations=1, episodes_per_iteration=4,
-                       schedule="constant", beta0=0.5, eval_episodes=3, seed=7,
-                       train={"steps": 300, "eval_every": 0, "eval_episodes": 0,
-                              "device": "cpu", "hidden": [64, 64]})
-    res = run_dagger(tmp_path, cfg, log=print)
+    proc = run_cli("dagger", "--task", "reach", "--out", tmp_path, "--bc-episodes", 4,
+                   "--iterations", 1, "--episodes-per-iteration", 4, "--schedule", "constant",
+                   "--beta0", 0.5, "--eval-episodes", 3, "--seed", 7, "--steps", 300,
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "dagger.json").read_text())
     assert [r["iteration"] for r in res["iterations"]] == [0, 1]
     bc, dagger = res["iterations"]
     assert dagger["labels"] > bc["labels"] > 0 and dagger["beta"] == 0.5
     assert res["expert"]["success_rate"] == 1.0
-    assert json.loads((tmp_path / "dagger.json").read_text()) == res
     assert Path(dagger["checkpoint"]).is_dir()
 
     # labels: every recorded step's action is the expert's answer to that step's observation
