@@ -304,6 +304,9 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
                                               "seed": 90_000})
     first = wait_for(lambda: newest(diags), 30, "diagnostics")[0]["model_version"]
+    # the bridge's idle state before the first reset (republished until answered) is answered
+    # before the run starts, so that it counts like every other state
+    wait_for(lambda: len(arm) >= 1, 30, "the answer to the bridge's first state", procs=procs)
     outcomes = []
     runner = threading.Thread(target=lambda: outcomes.extend(run_episodes(8, timeout=60)))
     runner.start()
