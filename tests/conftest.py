@@ -81,6 +81,7 @@ class Probe:
         self.node = rclpy.create_node(f"test_probe_{os.getpid()}_{Probe._count}")
         self.spinner = Spinner(self.node)
         self.msgs = {}
+        self._clients = {}
 
     def record(self, msg_type, topic, qos, key=None):
         key = key or topic
@@ -89,7 +90,12 @@ class Probe:
         return self.msgs[key]
 
     def call(self, srv_type, name, request=None, timeout=20.0):
-        client = self.node.create_client(srv_type, name)
+        # one client per service for the probe's life: each new client's response reader must
+        # be discovered by the server again before an answer can reach it
+        key = (srv_type, name)
+        if key not in self._clients:
+            self._clients[key] = self.node.create_client(srv_type, name)
+        client = self._clients[key]
         if not client.wait_for_service(timeout_sec=timeout):
             pytest.fail(f"service {name} not available within {timeout} s")
         future = client.call_async(request or srv_type.Request())

@@ -291,7 +291,7 @@ def perturbed_copy(src: str, dst: Path) -> Path:
 
 
 def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp_path, ros):
-    from robot_imitation.nodes.episode_runner import run_episodes
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
 
     second = perturbed_copy(best(reach_bc), tmp_path / "second")
     states = probe.record(JointState, "/joint_states", KEEP)
@@ -307,33 +307,68 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     # the bridge's idle state before the first reset (republished until answered) is answered
     # before the run starts, so that it counts like every other state
     wait_for(lambda: len(arm) >= 1, 30, "the answer to the bridge's first state", procs=procs)
-    outcomes = []
-    runner = threading.Thread(target=lambda: outcomes.extend(run_episodes(8, timeout=60)))
-    runner.start()
-    wait_for(lambda: len(states) > 40, 60, "a run under way", procs=procs)
-    # a bad path first: reported, and the running policy stays
-    announce.publish(String(data=str(tmp_path / "nowhere")))
-    t_bad = time.monotonic()
-    v = wait_for(lambda: (v := newest(diags, t_bad)) and int(v[0]["reload_failures"]) >= 1
-                 and v, 30, "the failed reload in /diagnostics")
-    assert v[0]["model_version"] == first and "nowhere" in v[0]["reload_error"]
-    # then the new checkpoint, while episodes run
-    ticks_before = len(states)
-    announce.publish(String(data=str(second)))
-    t_new = time.monotonic()
-    v = wait_for(lambda: (v := newest(diags, t_new)) and v[0]["model_version"] != first and v,
-                 30, "the new model in /diagnostics")
-    assert v[0]["swaps"] == "1" and v[0]["checkpoint"] == str(second)
-    runner.join(timeout=300)
-    assert len(outcomes) == 8, "a lockstep episode stalled: a tick went unanswered"
+
+    # episodes run back to back until two have run after the swap (however slow the machine)
+    outcomes, errors, swapped, stop = [], [], threading.Event(), threading.Event()
+
+    def run():
+        runner = EpisodeRunner()
+        spinner = Spinner(runner)
+        try:
+            runner.wait_for_bridge()
+            after = 0
+            while after < 2 and not stop.is_set():
+                outcomes.append(runner.run_episode(60))
+                after += swapped.is_set()
+        except Exception as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+        finally:
+            spinner.stop()
+            runner.destroy_node()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: len(states) > 40 or errors, 60, "a run under way", procs=procs)
+        # The states and commands counted from here on: taken while the bridge is paused and
+        # quiet (the probe may have missed the very first states, before discovery matched it).
+        pause = "/mujoco_bridge/set_pause"
+        assert probe.call(SetBool, pause, SetBool.Request(data=True)).success
+        time.sleep(0.5)
+        counted_from = (len(arm), len(states))
+        assert probe.call(SetBool, pause, SetBool.Request(data=False)).success
+        # a bad path first: reported, and the running policy stays
+        announce.publish(String(data=str(tmp_path / "nowhere")))
+        t_bad = time.monotonic()
+        v = wait_for(lambda: (v := newest(diags, t_bad)) and int(v[0]["reload_failures"]) >= 1
+                     and v, 30, "the failed reload in /diagnostics")
+        assert v[0]["model_version"] == first and "nowhere" in v[0]["reload_error"]
+        # then the new checkpoint, while episodes run
+        ticks_before = len(states)
+        announce.publish(String(data=str(second)))
+        t_new = time.monotonic()
+        v = wait_for(lambda: errors or (v := newest(diags, t_new))
+                     and v[0]["model_version"] != first and v, 60, "the new model in /diagnostics")
+        assert not errors, f"the run stopped: {errors[0]}"
+        assert v[0]["swaps"] == "1" and v[0]["checkpoint"] == str(second)
+        swapped.set()
+        thread.join(timeout=300)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+        probe.node.destroy_publisher(announce)
+    assert not errors, f"a lockstep episode stalled (a tick went unanswered): {errors[0]}"
     assert len(states) > ticks_before + 20, "the swap did not happen mid-run"
     # The bridge publishes a state again when no answer comes within `lockstep_republish`:
-    # from the reloads on, every state was published once, i.e. answered in time (the first
+    # from the pause on, every state was published once, i.e. answered in time (the first
     # states may be republished: sent before the policy node subscribed, or answered slowly
     # while it starts), and each by exactly one command.
-    stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in states]
-    around_swap = stamps[ticks_before - 20:]
-    assert len(around_swap) == len(set(around_swap)), \
-        "a state went unanswered and was published again"
-    wait_for(lambda: len(arm) == len(set(stamps)), 5, "one command per state")
-    assert sum(o.success for o in outcomes) >= 6
+    stamps = [(m.header.stamp.sec, m.header.stamp.nanosec) for m in states[counted_from[1]:]]
+    assert len(stamps) == len(set(stamps)), "a state went unanswered and was published again"
+    deadline = time.monotonic() + 5  # the last commands may still be on their way
+    while len(arm) - counted_from[0] != len(stamps) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(arm) - counted_from[0] == len(stamps), \
+        f"one command per state: {len(arm) - counted_from[0]} commands for {len(stamps)} " \
+        f"states ({len(outcomes)} episodes); policy node: {newest(diags)}"
+    assert sum(o.success for o in outcomes) >= 0.75 * len(outcomes), outcomes

@@ -393,7 +393,7 @@ class MujocoBridge(Node):
         self._publish_state()
 
     # ===================================================================== publishing
-    def _publish_state(self) -> None:
+    def _publish_state(self, status: bool = True) -> None:
         """Joint states, poses, clock and episode status of the current instant (lock held)."""
         t = self.core.clock
         stamp = from_sec(t)
@@ -412,7 +412,8 @@ class MujocoBridge(Node):
         js.header.stamp = stamp
         js.position, js.velocity, js.effort = q.tolist(), qd.tolist(), eff.tolist()
         self.pub_joints.publish(js)
-        self._publish_status(stamp)
+        if status:
+            self._publish_status(stamp)
         self._maybe_render(t)
 
     def _publish_status(self, stamp) -> None:
@@ -496,6 +497,7 @@ class MujocoBridge(Node):
 
     def _loop_lockstep(self) -> None:
         republish = self.p["lockstep_republish"]
+        done_since = None  # wall time the final state of an episode was published, unannounced
         with self.cond:
             self._answered = set()
             self._publish_state()
@@ -505,7 +507,15 @@ class MujocoBridge(Node):
                     self.cond.wait(0.1)
                     continue
                 if self.core.status().done and not self.p["auto_reset"]:
-                    self.cond.wait(0.1)  # the episode is over: hold until ~/reset
+                    # The episode is over: hold until ~/reset. Its outcome is announced once the
+                    # final state is answered (or after `lockstep_republish`): whoever resets on
+                    # that announcement does so after the answer has arrived, so a late answer
+                    # to the old episode is never taken for the answer to the new one.
+                    if done_since is not None and (self._need <= self._answered or
+                                                   time.monotonic() - done_since > republish):
+                        self._publish_status(from_sec(self.core.clock))
+                        done_since = None
+                    self.cond.wait(0.1)
                     continue
                 if not self._need <= self._answered:
                     if not self.cond.wait(republish) and not self._requests and not self.paused:
@@ -518,7 +528,9 @@ class MujocoBridge(Node):
                     self.core.reset(self._next_seed())
                     self._next_frame = self.core.clock
                 self._answered = set()
-                self._publish_state()
+                terminal = status.done and not self.p["auto_reset"]
+                done_since = time.monotonic() if terminal else None
+                self._publish_state(status=not terminal)
 
     def _loop_realtime(self) -> None:
         dt = self.sim.model.opt.timestep

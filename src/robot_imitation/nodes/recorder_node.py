@@ -187,6 +187,7 @@ class EpisodeRecorder(Node):
             resp.success = False
             resp.message = (f"not starting: no matched publisher within "
                             f"{self.discovery_timeout} s for {unmatched}")
+            self.get_logger().error(resp.message)
             return resp
         meta = {k: v for k, v in self.meta_params.items() if v}
         if self.spec:
