@@ -290,3 +290,52 @@ def test_any_mjcf_through_the_bridge(procs, probe, tmp_path):
     publish_until(pub, Float64MultiArray(data=[0.5, -0.5]),
                   lambda: np.allclose(latest_q(joints), [0.5, -0.5], atol=0.03), 15,
                   "the two-link arm at its command")
+
+
+def test_lockstep_announces_an_episodes_end_after_its_final_answer(procs, probe):
+    """A late answer to an episode's final state must never be taken for the answer to the
+    next episode's first state: the bridge announces ``done`` only once the final state is
+    answered, so whoever resets on ``done`` resets after that answer has arrived."""
+    import threading
+
+    from robot_imitation.nodes.common import LATCHED_QOS
+    from robot_imitation.sim.tasks import TaskSim
+
+    last = TaskSim("reach").cfg.max_steps  # holding still, reach ends by the step limit
+    joints = start_bridge(procs, probe, task="reach", mode="lockstep", seed=5,
+                          lockstep_commands=["arm"])
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    sent, done_at, answered = [], [], set()
+    reset_stamp = []
+
+    def answer(q):
+        pub.publish(Float64MultiArray(data=q))
+        sent.append(time.monotonic())
+
+    def on_state(msg):
+        stamp = to_sec(msg.header.stamp)
+        if not reset_stamp or stamp < reset_stamp[0] or stamp in answered:
+            return  # the idle state before the reset stays unanswered
+        answered.add(stamp)
+        q = list(msg.position[:7])
+        if round((stamp - reset_stamp[0]) / 0.05) >= last - 2:
+            threading.Timer(0.3, answer, (q,)).start()  # the last answers come late
+        else:
+            answer(q)
+
+    def on_status(msg):
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        if values["done"] == "true" and values["episode"] == "1":
+            done_at.append(time.monotonic())
+
+    probe.node.create_subscription(DiagnosticArray, "episode/status", on_status, LATCHED_QOS)
+    wait_for(lambda: joints, 20, "the idle state", procs=procs)
+    # the reset state's stamp: the bridge's clock moves one physics step on at a reset
+    reset_stamp.append(to_sec(joints[-1].header.stamp) + 0.002 - 1e-6)
+    probe.node.create_subscription(JointState, "joint_states", on_state, STATE_QOS)
+    time.sleep(0.5)
+    assert probe.call(Trigger, f"/{BRIDGE}/reset").success
+    wait_for(lambda: done_at, 60, "the end of the episode", procs=procs)
+    time.sleep(0.5)
+    assert len(answered) == last + 1, f"{len(answered)} states answered"
+    assert done_at[0] > sent[-1], "done was announced before the final state was answered"
