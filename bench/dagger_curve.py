@@ -1,0 +1,122 @@
+"""DAgger against BC on the contact task: success rate against the number of expert labels.
+
+For each seed: the BC curve (more expert demonstrations each point) and the DAgger curve (from
+the smallest BC point, iterations of beta-mixture rollouts labelled by the expert), both with
+the library's trainer and the task's scripted expert, evaluated on the same fixed episodes. The
+baseline of the ratio is BC measured in the same run: the labels BC needs to reach 90% of the
+expert's success, over the labels DAgger needs.
+
+    .venv/bin/python bench/dagger_curve.py                  # push, seeds 0 1 2
+    .venv/bin/python bench/dagger_curve.py --seeds 0 --iterations 3 --eval-episodes 10
+
+Writes bench/results/dagger_curve.json and dagger_curve.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from robot_imitation.learning.dagger_sim import (SimDaggerConfig, bc_and_dagger,  # noqa: E402
+                                                 expert_success, labels_to_reach)
+
+
+def mean_curve(runs: list, key: str, x: str) -> list:
+    """Per curve point (same index in every seed): mean labels and mean/min/max success."""
+    points = []
+    for rows in zip(*[r[key] for r in runs]):
+        s = [r["success"] for r in rows]
+        points.append({x: rows[0][x], "labels": float(np.mean([r["labels"] for r in rows])),
+                       "success": float(np.mean(s)), "min": min(s), "max": max(s)})
+    return points
+
+
+def plot(curves: dict, expert: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in curves.items():
+        xs = [p["labels"] for p in pts]
+        ax.plot(xs, [p["success"] for p in pts], marker="o", label=name)
+        ax.fill_between(xs, [p["min"] for p in pts], [p["max"] for p in pts], alpha=0.2)
+    ax.axhline(expert, color="k", ls="--", lw=1, label="expert")
+    ax.axhline(0.9 * expert, color="k", ls=":", lw=1, label="90% of expert")
+    ax.set_xlabel("expert-labelled steps")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="push")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--bc-demos", type=int, nargs="+", default=[10, 20, 40, 80])
+    ap.add_argument("--dagger-start", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--episodes-per-iteration", type=int, default=10)
+    ap.add_argument("--eval-episodes", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=3000, help="training steps per fit")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    base = SimDaggerConfig(task=args.task, bc_demos=args.bc_demos, dagger_start=args.dagger_start,
+                           iterations=args.iterations,
+                           episodes_per_iteration=args.episodes_per_iteration,
+                           eval_episodes=args.eval_episodes,
+                           train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
+                                  "device": "cpu"})
+    expert = expert_success(base)
+    print(f"expert: {expert:.2f} over {args.eval_episodes} episodes", flush=True)
+    runs = []
+    for seed in args.seeds:
+        cfg = SimDaggerConfig(**{**asdict(base), "seed": seed})
+        runs.append(bc_and_dagger(cfg, args.out / "dagger_curve_runs" / f"seed_{seed}",
+                                  log=lambda m: print(m, flush=True)))
+    curves = {"BC": mean_curve(runs, "bc", "demos"), "DAgger": mean_curve(runs, "dagger",
+                                                                          "iteration")}
+    goal = 0.9 * expert
+    need = {name: labels_to_reach(pts, goal) for name, pts in curves.items()}
+    ratio = need["BC"] / need["DAgger"] if need["BC"] and need["DAgger"] else None
+
+    print(f"\n{args.task}, {len(args.seeds)} seeds, {args.eval_episodes} evaluation episodes, "
+          f"{args.steps} training steps per fit")
+    print(f"{'method':<8}{'point':>8}{'labels':>10}{'success':>10}{'min':>7}{'max':>7}")
+    for name, pts in curves.items():
+        for p in pts:
+            point = p.get("demos", p.get("iteration"))
+            print(f"{name:<8}{point:>8}{p['labels']:>10.0f}{p['success']:>10.2f}"
+                  f"{p['min']:>7.2f}{p['max']:>7.2f}")
+    for name, n in need.items():
+        best = max(p["success"] for p in curves[name])
+        print(f"{name}: labels to reach 90% of the expert ({goal:.2f}): "
+              + (f"{n:.0f}" if n else f"not reached (best {best:.2f})"))
+    print("label ratio BC / DAgger at 90% of the expert: "
+          + (f"{ratio:.2f}x (goal: >= 3x)" if ratio else "n/a (a curve did not reach it)"))
+    result = {"task": args.task, "seeds": args.seeds, "expert_success": expert, "goal": goal,
+              "curves": curves, "labels_to_goal": need, "label_ratio": ratio, "runs": runs,
+              "config": asdict(base), "wall_s": round(time.monotonic() - t0, 1)}
+    (args.out / "dagger_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(curves, expert, args.out / "dagger_curve.png")
+    print(f"wrote {args.out / 'dagger_curve.json'} and dagger_curve.png "
+          f"({result['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
