@@ -44,6 +44,7 @@ setup(
             "keyboard_teleop = robot_imitation.nodes.keyboard_teleop_node:main",
             "episode_runner = robot_imitation.nodes.episode_runner:main",
             "trainer = robot_imitation.nodes.trainer_node:main",
+            "dagger_node = robot_imitation.nodes.dagger_node:main",
             "policy_node = robot_imitation.nodes.policy_node:main",
             "command_mux = robot_imitation.nodes.command_mux_node:main",
             "robot-imitation = robot_imitation.cli:main",

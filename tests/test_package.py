@@ -73,6 +73,7 @@ NODE_SOURCES = {"mujoco_bridge": [SRC / "nodes" / "bridge_node.py"],
                 "episode_recorder": [SRC / "nodes" / "recorder_node.py"],
                 "joy_teleop": [SRC / "nodes" / "joy_teleop_node.py"],
                 "trainer": [SRC / "nodes" / "trainer_node.py"],
+                "dagger": [SRC / "nodes" / "dagger_node.py"],
                 "policy_node": [SRC / "nodes" / "policy_node.py"],
                 "command_mux": [SRC / "nodes" / "command_mux_node.py"],
                 # the keyboard teleop inherits the shared parameters of TeleopNode

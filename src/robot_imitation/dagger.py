@@ -233,9 +233,15 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     return res
 
 
-def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
+def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations; returns (and
-    writes to ``out``/dagger.json) the per-iteration results."""
+    writes to ``out``/dagger.json) the per-iteration results.
+
+    ``on_iteration(row)``: called with each iteration's results once they are written.
+    ``should_stop()``: asked after the demonstrations and after each iteration (never in the
+    middle of one); when it answers true the run ends there, its results so far written with
+    ``"stopped": true``.
+    """
     from .learning.trainer import TrainConfig, train
     from .nodes.episode_runner import summarize
     from .deploy.mux import beta_schedule
@@ -253,6 +259,18 @@ def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
                           seed=cfg.seed, log_dir=out / "logs" / "record")
     parts = [(bc_dir, spec)]
     tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
+    results = {"config": asdict(cfg), "iterations": []}
+
+    def stopped() -> bool:
+        if should_stop is None or not should_stop():
+            return False
+        results["stopped"] = True
+        (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
+        log(f"[dagger] stopped on request after {len(results['iterations'])} iteration(s)")
+        return True
+
+    if stopped():
+        return results
 
     def fit(i: int, init: str | None) -> tuple[dict, int]:
         data = aggregate(parts, spec, tcfg.val_fraction, cfg.seed)
@@ -261,7 +279,6 @@ def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
         res = train(data, out / f"train_{i}", c, log=lambda *a, **k: None)
         return res, labels
 
-    results = {"config": asdict(cfg), "iterations": []}
     res, labels = fit(0, None)
     ckpt = res["last"]
     rig = RosRig(out / "logs" / "dagger", cfg.task, spec_name, ckpt, with_expert=True,
@@ -293,8 +310,12 @@ def run_dagger(out, cfg: DaggerConfig, log=print) -> dict:
             log(f"[dagger] {'BC' if i == 0 else f'DAgger {i}'} (beta "
                 f"{'-' if i == 0 else f'{beta:.2f}'}, {labels} expert labels): {_fmt(score)}")
             (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
+            if on_iteration is not None:
+                on_iteration(row)
             if cfg.label_budget and labels >= cfg.label_budget:
                 log(f"[dagger] label budget {cfg.label_budget} reached")
+                break
+            if i < cfg.iterations and stopped():
                 break
     finally:
         rig.close()

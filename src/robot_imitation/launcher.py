@@ -24,6 +24,7 @@ NODE_MODULES = {
     "joy_teleop": "robot_imitation.nodes.joy_teleop_node",
     "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
     "trainer": "robot_imitation.nodes.trainer_node",
+    "dagger_node": "robot_imitation.nodes.dagger_node",
     "policy_node": "robot_imitation.nodes.policy_node",
     "command_mux": "robot_imitation.nodes.command_mux_node",
 }

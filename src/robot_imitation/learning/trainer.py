@@ -189,6 +189,10 @@ class Trainer:
         if not ds.train:
             raise ValueError("the dataset has no training episodes")
         device = resolve_device(cfg.device)
+        if device.type == "cpu":
+            # Denormal floats (a loss near zero) slow CPU training tens of times over:
+            # measured 1,100 against 103,000 samples/s on a small reach run.
+            torch.set_flush_denormal(True)
         if self.distributed:
             import torch.distributed as dist
 

@@ -1,0 +1,392 @@
+"""DAgger node: whole DAgger runs (expert demonstrations, BC, DAgger iterations) started over ROS.
+
+Each run is the same loop as `robot-imitation dagger`: it starts the bridge, the scripted
+expert, the policy node, the command mux and the recorder as child processes, records, retrains
+(in this process) and evaluates, and writes <out>/run_<timestamp> (dagger.json, the datasets,
+train_<i>/ checkpoints, logs/).
+
+Services (std_srvs/Trigger):
+  ~/run     start a run in a background thread with the current parameters (a client sets them
+            first, e.g. `ros2 param set /dagger iterations 5`); answers at once with
+            "dagger started: <run dir>", or refuses while a run is going on.
+  ~/cancel  stop the running run at its next iteration boundary (after the demonstrations, or
+            once the iteration under way is evaluated); what it did so far stays in its folder.
+Publishes:
+  ~/progress   diagnostic_msgs/DiagnosticArray with one status (message = state; values state,
+               stage (the run's latest log line), iteration (0: BC), iterations, beta,
+               labels (expert labels trained on), success_rate, ci95_low, ci95_high and
+               checkpoint (of the latest iteration), run_dir, elapsed, and error when failed)
+               at every stage of the run and after each iteration's evaluation; reliable,
+               transient local, depth 1 (a late subscriber gets the newest state). The same
+               status goes to /diagnostics.
+  ~/checkpoint std_msgs/String: the final policy's checkpoint of the last finished run (absolute
+               path); reliable, transient local, depth 1.
+A failed run (bad settings, a process that died, an error while training) publishes state
+`failed` with the error and logs it; the node keeps serving.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from .common import LATCHED_QOS, declare, run
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from ..dagger import DaggerConfig, run_dagger  # noqa: E402
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SCHEDULES = ("constant", "linear", "exponential")
+MIXTURE_PER = ("step", "episode")
+LEVELS = {"running": DiagnosticStatus.OK, "done": DiagnosticStatus.OK,
+          "cancelled": DiagnosticStatus.WARN, "failed": DiagnosticStatus.ERROR}
+# Command-line arguments that configure a node: this node's alone (see split_ros_args).
+NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
+KEYS = ("state", "stage", "iteration", "iterations", "beta", "labels", "success_rate",
+        "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
+
+
+def _number(value) -> str:
+    return "nan" if value is None else f"{float(value):.6g}"
+
+
+def split_ros_args(argv: list) -> tuple[list, list]:
+    """(the process's arguments, this node's arguments) from a command line.
+
+    A run's helper nodes (the episode runners driving the bridge) live in this process, and
+    command-line remappings and parameters apply to every node of a process: a node name given
+    to this node (``-r __node:=dagger``, as ``ros2 launch`` passes ``name=``), a namespace or a
+    parameter file would rename and reconfigure them too. So those become this node's own
+    arguments; the rest (logging, enclave) stays the process's.
+    """
+    process, node, in_ros, i = [], [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--ros-args":
+            in_ros = True
+        elif arg == "--":
+            in_ros = False
+        elif in_ros and arg in NODE_ARGS and i + 1 < len(argv):
+            node += ["--ros-args", arg, argv[i + 1]]
+            i += 2
+            continue
+        process.append(arg)
+        i += 1
+    return process, node
+
+
+def _children() -> list[int]:
+    """Ids of this process's live child processes (from /proc; none where there is none)."""
+    me, kids = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(ppid) == me and state != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _stop_children(timeout: float = 5.0) -> None:
+    """SIGINT, then SIGKILL, to the process groups of this process's children.
+
+    The run's nodes run in sessions of their own, so a signal meant for this node never reaches
+    them; without this they would outlive a node stopped in the middle of a run.
+    """
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 1.0)):
+        kids = _children()
+        if not kids:
+            return
+        for pid in kids:
+            try:
+                os.killpg(pid, sig)  # the node and whatever it started
+            except ProcessLookupError:
+                try:
+                    os.kill(pid, sig)  # a child that leads no process group
+                except ProcessLookupError:
+                    pass
+            except PermissionError:
+                pass
+        deadline = time.monotonic() + wait
+        while _children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class DaggerNode(Node):
+    NODE_NAME = "dagger"
+
+    def __init__(self, cli_args: list | None = None):
+        super().__init__(self.NODE_NAME, cli_args=cli_args)
+        d = DaggerConfig()
+        declare(self, "task", d.task, "built-in task (config/tasks name or path)")
+        declare(self, "spec", d.spec, "observation/action spec (config/specs name or path); "
+                "empty: the task's")
+        declare(self, "out", "runs/dagger", "output folder: each run writes out/run_<timestamp>")
+        declare(self, "bc_episodes", d.bc_episodes, "expert demonstrations for BC (iteration 0)",
+                min_value=1)
+        declare(self, "iterations", d.iterations, "DAgger iterations after BC", min_value=0)
+        declare(self, "episodes_per_iteration", d.episodes_per_iteration, "episodes recorded "
+                "(with the expert's labels) per DAgger iteration", min_value=1)
+        declare(self, "schedule", d.schedule, "expert probability beta over the iterations",
+                choices=SCHEDULES)
+        declare(self, "beta0", d.beta0, "beta of the first DAgger iteration", min_value=0.0,
+                max_value=1.0)
+        declare(self, "decay", d.decay, "exponential schedule: beta factor per iteration",
+                min_value=0.0, max_value=1.0)
+        declare(self, "mixture_per", d.mixture_per, "the mixture draws expert or policy per "
+                "step or per episode", choices=MIXTURE_PER)
+        declare(self, "eval_episodes", d.eval_episodes, "closed-loop evaluation episodes after "
+                "each iteration (fixed seeds)", min_value=1)
+        declare(self, "label_budget", d.label_budget, "stop once this many expert labels are "
+                "used (0: no limit)", min_value=0)
+        declare(self, "warm_start", d.warm_start, "retrain from the previous iteration's "
+                "policy (else from scratch)")
+        declare(self, "seed", d.seed, "random seed (demonstrations, training, mixture)",
+                min_value=0)
+        declare(self, "train_steps", int(d.train["steps"]), "optimizer steps per training",
+                min_value=1)
+        declare(self, "device", d.train["device"], "training device: auto (CUDA when "
+                "available), cpu, cuda or cuda:N")
+        declare(self, "cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: "
+                "torch's default, one per core. Fewer leave cores to the run's nodes",
+                min_value=0, max_value=1024)
+        self.add_on_set_parameters_callback(self._check_params)
+
+        self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_checkpoint = self.create_publisher(String, "~/checkpoint", LATCHED_QOS)
+        self.create_service(Trigger, "~/run", self._srv_run)
+        self.create_service(Trigger, "~/cancel", self._srv_cancel)
+
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._busy = False  # a run is under way (set by ~/run, cleared with its final state)
+        self._cancel = threading.Event()
+        self._closing = threading.Event()  # the node is shutting down
+        self._status: dict = {}
+        self.get_logger().info("dagger ready: set parameters, then call ~/run")
+
+    # ----------------------------------------------------------------- parameters
+    def _check_params(self, params) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "schedule" and prm.value not in SCHEDULES:
+                return SetParametersResult(successful=False,
+                                           reason=f"schedule must be one of {list(SCHEDULES)}")
+            if prm.name == "mixture_per" and prm.value not in MIXTURE_PER:
+                return SetParametersResult(successful=False,
+                                           reason=f"mixture_per must be one of "
+                                                  f"{list(MIXTURE_PER)}")
+            if prm.name == "device" and not DEVICE.match(str(prm.value)):
+                return SetParametersResult(successful=False,
+                                           reason="device must be auto, cpu, cuda or cuda:N")
+        return SetParametersResult(successful=True)
+
+    def _settings(self) -> tuple[str, DaggerConfig]:
+        """(out, DAgger configuration) from the current parameters."""
+        p = {name: self.get_parameter(name).value for name in DaggerConfig.__dataclass_fields__
+             if name != "train"}
+        p["train"] = {"steps": self.get_parameter("train_steps").value, "eval_every": 0,
+                      "eval_episodes": 0, "device": self.get_parameter("device").value}
+        return self.get_parameter("out").value, DaggerConfig(**p)
+
+    @staticmethod
+    def _problem(cfg: DaggerConfig) -> str | None:
+        """What makes ``cfg`` unusable before anything starts (unknown task or spec), if any."""
+        from ..sim.tasks import TaskConfig
+        from ..spec import Spec
+
+        try:
+            TaskConfig.load(cfg.task)
+            Spec.load(cfg.spec or cfg.task)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            return str(exc)
+        return None
+
+    # ----------------------------------------------------------------- services
+    def _srv_run(self, req, resp):
+        with self._lock:
+            if self._busy:
+                s = self._status
+                resp.success = False
+                resp.message = (f"a DAgger run is already running: {s.get('run_dir')} "
+                                f"(iteration {s.get('iteration', '-')}/{s.get('iterations')}, "
+                                f"{s.get('stage', '')}); wait for it or call ~/cancel")
+                return resp
+            out, cfg = self._settings()
+            run_dir = None
+            problem = self._problem(cfg)
+            if problem is None:
+                try:
+                    run_dir = self._new_run_dir(Path(out))
+                except OSError as exc:
+                    problem = f"cannot create a run folder in {out}: {exc}"
+            if problem:
+                self._status = {"state": "failed", "stage": "not started",
+                                "iterations": cfg.iterations, "run_dir": "", "error": problem}
+                self._publish()
+                self.get_logger().error(f"not running DAgger: {problem}")
+                resp.success, resp.message = False, f"not running DAgger: {problem}"
+                return resp
+            self._cancel.clear()
+            self._busy = True
+            self._status = {"state": "running", "stage": "starting",
+                            "iterations": cfg.iterations, "run_dir": str(run_dir),
+                            "started": time.monotonic()}
+            self._publish()
+            self._thread = threading.Thread(target=self._run, name="dagger", daemon=True,
+                                            args=(run_dir, cfg))
+            self._thread.start()
+        self.get_logger().info(f"DAgger into {run_dir}: {asdict(cfg)}")
+        resp.success, resp.message = True, f"dagger started: {run_dir}"
+        return resp
+
+    def _srv_cancel(self, req, resp):
+        with self._lock:
+            if not self._busy:
+                resp.success, resp.message = False, "no DAgger run is running"
+                return resp
+            self._cancel.set()
+            run_dir = self._status.get("run_dir")
+        resp.success = True
+        resp.message = (f"cancelling {run_dir}: it stops at its next iteration boundary "
+                        "(after the demonstrations, or once the iteration under way is "
+                        "evaluated)")
+        self.get_logger().info(resp.message)
+        return resp
+
+    @staticmethod
+    def _new_run_dir(out: Path) -> Path:
+        base = out / time.strftime("run_%Y%m%d-%H%M%S")
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}_{n}")
+        path.mkdir(parents=True)
+        return path
+
+    # ----------------------------------------------------------------- the run
+    def _run(self, run_dir: Path, cfg: DaggerConfig) -> None:
+        results = None
+        try:
+            threads = self.get_parameter("cpu_threads").value
+            if threads:
+                import torch
+
+                torch.set_num_threads(threads)
+            results = run_dagger(run_dir, cfg, log=self._on_log, on_iteration=self._on_iteration,
+                                 should_stop=self._cancel.is_set)
+            state, values = ("cancelled" if results.get("stopped") else "done"), {}
+        except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
+            state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
+            self.get_logger().debug(traceback.format_exc())
+        if self._closing.is_set():
+            return  # ended by the node's shutdown (its processes stopped): no one to tell
+        if state == "done":
+            final = str(Path(results["iterations"][-1]["checkpoint"]).resolve())
+            values = {"checkpoint": final, "stage": f"done: {run_dir / 'dagger.json'}"}
+            # the checkpoint first: whoever sees `done` finds it latched already
+            self._publish_safely(self.pub_checkpoint, String(data=final))
+            self.get_logger().info(f"DAgger done: {len(results['iterations'])} iteration(s) "
+                                   f"(BC included); final checkpoint {final}; results in "
+                                   f"{run_dir / 'dagger.json'}")
+        elif state == "cancelled":
+            values = {"stage": "cancelled"}
+            self.get_logger().warning(f"DAgger cancelled after {len(results['iterations'])} "
+                                      f"iteration(s): {run_dir}")
+        else:
+            self.get_logger().error(f"DAgger failed ({run_dir}): {values['error']}")
+        self._finish(state, **values)
+
+    def _on_log(self, line: str) -> None:
+        """run_dagger's log lines: logged, and published as the run's stage."""
+        text = str(line).removeprefix("[dagger] ")
+        self.get_logger().info(text)
+        with self._lock:
+            self._status["stage"] = text
+        self._publish()
+
+    def _on_iteration(self, row: dict) -> None:
+        with self._lock:
+            self._status.update(iteration=row["iteration"], beta=row["beta"],
+                                labels=row["labels"], success_rate=row["success_rate"],
+                                ci95_low=row["ci95"][0], ci95_high=row["ci95"][1],
+                                checkpoint=str(Path(row["checkpoint"]).resolve()))
+        self._publish()
+
+    def _finish(self, state: str, **values) -> None:
+        """The run's final state: published, and the node free for the next ~/run."""
+        with self._lock:
+            self._status.update(state=state, **values)
+            self._busy = False
+        self._publish()
+
+    # ----------------------------------------------------------------- publishing
+    def _publish(self) -> None:
+        with self._lock:
+            s = dict(self._status)
+        values = {"state": s["state"], "stage": str(s.get("stage", "")),
+                  "iteration": "" if s.get("iteration") is None else str(s["iteration"]),
+                  "iterations": str(s.get("iterations", "")),
+                  "labels": str(s.get("labels", 0)),
+                  "checkpoint": s.get("checkpoint", ""), "run_dir": s.get("run_dir", "")}
+        for key in ("beta", "success_rate", "ci95_low", "ci95_high"):
+            values[key] = _number(s.get(key))
+        values["elapsed"] = (f"{time.monotonic() - s['started']:.1f}" if "started" in s
+                             else "0")
+        keys = list(KEYS)
+        if "error" in s:
+            values["error"] = s["error"]
+            keys.append("error")
+        message = s.get("error") if s["state"] == "failed" else s["state"]
+        status = DiagnosticStatus(level=LEVELS[s["state"]], name=f"{self.get_name()}: dagger",
+                                  message=message, hardware_id="",
+                                  values=[KeyValue(key=k, value=values[k]) for k in keys])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._publish_safely(self.pub_progress, msg)
+        self._publish_safely(self.pub_diag, msg)
+
+    def _publish_safely(self, publisher, msg) -> None:
+        try:
+            publisher.publish(msg)
+        except Exception as exc:  # noqa: BLE001 - the node is shutting down under the run
+            self.get_logger().debug(f"not published: {exc}")
+
+    def close(self) -> None:
+        """At shutdown: a run under way cannot stop before its next iteration boundary, so its
+        processes are stopped here (none outlives the node); the run itself ends with it."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._closing.set()
+            self._cancel.set()
+            # (printed: the context is shut down already, rosout would complain)
+            print(f"[{self.get_name()}] shutting down during a DAgger run: stopping its "
+                  f"processes ({self._status.get('run_dir')})", file=sys.stderr, flush=True)
+            _stop_children(timeout=3.0)
+            thread.join(timeout=1.0)
+
+
+def main(args=None) -> int:
+    process_args, node_args = split_ros_args(list(sys.argv if args is None else args))
+
+    class Dagger(DaggerNode):
+        def __init__(self):
+            super().__init__(cli_args=node_args)
+
+    return run(Dagger, process_args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
