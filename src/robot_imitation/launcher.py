@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import yaml
@@ -34,10 +35,21 @@ class ProcessDied(RuntimeError):
     pass
 
 
+_GROUPS = weakref.WeakSet()  # every ProcessGroup of this process, for stop_all_groups()
+
+
+def stop_all_groups(timeout: float = 5.0) -> None:
+    """Stop the processes of every group of this process: the children run in sessions of
+    their own, so a signal that ends this process never reaches them."""
+    for group in list(_GROUPS):
+        group.stop(timeout=timeout)
+
+
 class ProcessGroup:
     """A set of child processes, each in its own process group, with logs in ``log_dir``."""
 
     def __init__(self, log_dir: str | os.PathLike | None = None, env: dict | None = None):
+        _GROUPS.add(self)
         self._tmp = None
         if log_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="robot_imitation-")

@@ -17,7 +17,8 @@ import torch
 from ..data.dataset import Dataset, Episode, compute_stats, split_episodes
 from ..spec import Spec
 from .evaluation import evaluate_policy, observation_tensors
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig
+from .trainer import train as train_policy
 
 
 def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
@@ -56,10 +57,10 @@ def fit(episodes: list, spec: Spec, out, cfg: TrainConfig):
     """Train on ``episodes`` (expert labels); returns the trained ``Policy``."""
     from .checkpoint import load_checkpoint
 
-    train, val = split_episodes(episodes, cfg.val_fraction, cfg.seed)
-    data = Dataset(path=Path(out), spec=spec, episodes=episodes, train=train, val=val,
-                   stats=compute_stats(spec, train))
-    result = Trainer(data, out, cfg, log=lambda *a, **k: None).run()
+    train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
+    data = Dataset(path=Path(out), spec=spec, episodes=episodes, train=train_eps, val=val_eps,
+                   stats=compute_stats(spec, train_eps))
+    result = train_policy(data, out, cfg, log=lambda *a, **k: None)
     policy, _ = load_checkpoint(result["last"], spec)
     return policy
 

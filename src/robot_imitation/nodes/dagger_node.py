@@ -26,9 +26,6 @@ A failed run (bad settings, a process that died, an error while training) publis
 """
 from __future__ import annotations
 
-import os
-import re
-import signal
 import sys
 import threading
 import time
@@ -37,28 +34,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .common import LATCHED_QOS, declare, run
+from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ..dagger import DaggerConfig, run_dagger  # noqa: E402
+from ..launcher import stop_all_groups  # noqa: E402
 
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SCHEDULES = ("constant", "linear", "exponential")
 MIXTURE_PER = ("step", "episode")
-LEVELS = {"running": DiagnosticStatus.OK, "done": DiagnosticStatus.OK,
-          "cancelled": DiagnosticStatus.WARN, "failed": DiagnosticStatus.ERROR}
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
 KEYS = ("state", "stage", "iteration", "iterations", "beta", "labels", "success_rate",
         "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
-
-
-def _number(value) -> str:
-    return "nan" if value is None else f"{float(value):.6g}"
 
 
 def split_ros_args(argv: list) -> tuple[list, list]:
@@ -84,44 +76,6 @@ def split_ros_args(argv: list) -> tuple[list, list]:
         process.append(arg)
         i += 1
     return process, node
-
-
-def _children() -> list[int]:
-    """Ids of this process's live child processes (from /proc; none where there is none)."""
-    me, kids = os.getpid(), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(ppid) == me and state != "Z":
-            kids.append(int(stat.parent.name))
-    return kids
-
-
-def _stop_children(timeout: float = 5.0) -> None:
-    """SIGINT, then SIGKILL, to the process groups of this process's children.
-
-    The run's nodes run in sessions of their own, so a signal meant for this node never reaches
-    them; without this they would outlive a node stopped in the middle of a run.
-    """
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGKILL, 1.0)):
-        kids = _children()
-        if not kids:
-            return
-        for pid in kids:
-            try:
-                os.killpg(pid, sig)  # the node and whatever it started
-            except ProcessLookupError:
-                try:
-                    os.kill(pid, sig)  # a child that leads no process group
-                except ProcessLookupError:
-                    pass
-            except PermissionError:
-                pass
-        deadline = time.monotonic() + wait
-        while _children() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
 
 class DaggerNode(Node):
@@ -229,7 +183,7 @@ class DaggerNode(Node):
             problem = self._problem(cfg)
             if problem is None:
                 try:
-                    run_dir = self._new_run_dir(Path(out))
+                    run_dir = new_run_dir(Path(out))
                 except OSError as exc:
                     problem = f"cannot create a run folder in {out}: {exc}"
             if problem:
@@ -266,16 +220,6 @@ class DaggerNode(Node):
         self.get_logger().info(resp.message)
         return resp
 
-    @staticmethod
-    def _new_run_dir(out: Path) -> Path:
-        base = out / time.strftime("run_%Y%m%d-%H%M%S")
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}_{n}")
-        path.mkdir(parents=True)
-        return path
-
     # ----------------------------------------------------------------- the run
     def _run(self, run_dir: Path, cfg: DaggerConfig) -> None:
         results = None
@@ -297,7 +241,7 @@ class DaggerNode(Node):
             final = str(Path(results["iterations"][-1]["checkpoint"]).resolve())
             values = {"checkpoint": final, "stage": f"done: {run_dir / 'dagger.json'}"}
             # the checkpoint first: whoever sees `done` finds it latched already
-            self._publish_safely(self.pub_checkpoint, String(data=final))
+            publish_safely(self, self.pub_checkpoint, String(data=final))
             self.get_logger().info(f"DAgger done: {len(results['iterations'])} iteration(s) "
                                    f"(BC included); final checkpoint {final}; results in "
                                    f"{run_dir / 'dagger.json'}")
@@ -342,27 +286,12 @@ class DaggerNode(Node):
                   "labels": str(s.get("labels", 0)),
                   "checkpoint": s.get("checkpoint", ""), "run_dir": s.get("run_dir", "")}
         for key in ("beta", "success_rate", "ci95_low", "ci95_high"):
-            values[key] = _number(s.get(key))
+            values[key] = number(s.get(key))
         values["elapsed"] = (f"{time.monotonic() - s['started']:.1f}" if "started" in s
                              else "0")
-        keys = list(KEYS)
-        if "error" in s:
-            values["error"] = s["error"]
-            keys.append("error")
-        message = s.get("error") if s["state"] == "failed" else s["state"]
-        status = DiagnosticStatus(level=LEVELS[s["state"]], name=f"{self.get_name()}: dagger",
-                                  message=message, hardware_id="",
-                                  values=[KeyValue(key=k, value=values[k]) for k in keys])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._publish_safely(self.pub_progress, msg)
-        self._publish_safely(self.pub_diag, msg)
-
-    def _publish_safely(self, publisher, msg) -> None:
-        try:
-            publisher.publish(msg)
-        except Exception as exc:  # noqa: BLE001 - the node is shutting down under the run
-            self.get_logger().debug(f"not published: {exc}")
+        msg = progress_message(self, "dagger", s, values, KEYS)
+        publish_safely(self, self.pub_progress, msg)
+        publish_safely(self, self.pub_diag, msg)
 
     def close(self) -> None:
         """At shutdown: a run under way cannot stop before its next iteration boundary, so its
@@ -374,7 +303,7 @@ class DaggerNode(Node):
             # (printed: the context is shut down already, rosout would complain)
             print(f"[{self.get_name()}] shutting down during a DAgger run: stopping its "
                   f"processes ({self._status.get('run_dir')})", file=sys.stderr, flush=True)
-            _stop_children(timeout=3.0)
+            stop_all_groups(timeout=3.0)
             thread.join(timeout=1.0)
 
 

@@ -21,7 +21,6 @@ with the error and logs it; the node keeps serving.
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
 import traceback
@@ -29,8 +28,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .common import LATCHED_QOS, declare, run
+from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
@@ -39,17 +39,10 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ..learning.policies import HEADS  # noqa: E402
 from ..learning.trainer import TrainConfig, Trainer  # noqa: E402
 
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-LEVELS = {"running": DiagnosticStatus.OK, "done": DiagnosticStatus.OK,
-          "cancelled": DiagnosticStatus.WARN, "failed": DiagnosticStatus.ERROR}
 
 
 class Cancelled(Exception):
     """Raised from the progress callback to end a run that ~/cancel asked to stop."""
-
-
-def _number(value) -> str:
-    return "nan" if value is None else f"{float(value):.6g}"
 
 
 class TrainerNode(Node):
@@ -159,7 +152,7 @@ class TrainerNode(Node):
                 problem = f"dataset {dataset}: no such folder"
             else:
                 try:
-                    run_dir = self._new_run_dir(Path(out))
+                    run_dir = new_run_dir(Path(out))
                 except OSError as exc:
                     problem = f"cannot create a run folder in {out}: {exc}"
             if problem:
@@ -194,16 +187,6 @@ class TrainerNode(Node):
                         "(within log_every steps)")
         self.get_logger().info(resp.message)
         return resp
-
-    @staticmethod
-    def _new_run_dir(out: Path) -> Path:
-        base = out / time.strftime("run_%Y%m%d-%H%M%S")
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}_{n}")
-        path.mkdir(parents=True)
-        return path
 
     # ----------------------------------------------------------------- the run
     def _train(self, dataset: str, spec: str | None, run_dir: Path, cfg: TrainConfig) -> None:
@@ -241,7 +224,7 @@ class TrainerNode(Node):
                       "best_val_loss": result["best_val_loss"],
                       "best_success_rate": result["best_success_rate"]}
             # the checkpoint first: whoever sees `done` finds it latched already
-            self._publish_safely(self.pub_checkpoint, String(data=best))
+            publish_safely(self, self.pub_checkpoint, String(data=best))
             success = result["best_success_rate"]
             self.get_logger().info(
                 f"training done: {result['steps']} steps, best val loss "
@@ -287,31 +270,17 @@ class TrainerNode(Node):
         values = {"state": s["state"], "step": str(s.get("step", 0)),
                   "total": str(s.get("total", 0)), "run_dir": s.get("run_dir", "")}
         for key in ("train_loss", "val_loss", "success_rate"):
-            values[key] = _number(s.get(key))
+            values[key] = number(s.get(key))
         values["elapsed"] = (f"{now - s['started']:.1f}" if "started" in s else "0")
         keys.append("elapsed")
-        if "error" in s:
-            values["error"] = s["error"]
-            keys.append("error")
         if "checkpoint" in s:
             values.update(checkpoint=s["checkpoint"],
-                          best_val_loss=_number(s.get("best_val_loss")),
-                          best_success_rate=_number(s.get("best_success_rate")))
+                          best_val_loss=number(s.get("best_val_loss")),
+                          best_success_rate=number(s.get("best_success_rate")))
             keys += ["checkpoint", "best_val_loss", "best_success_rate"]
-        message = s.get("error") if s["state"] == "failed" else s["state"]
-        status = DiagnosticStatus(level=LEVELS[s["state"]], name=f"{self.get_name()}: training",
-                                  message=message, hardware_id="",
-                                  values=[KeyValue(key=k, value=values[k]) for k in keys])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._publish_safely(self.pub_progress, msg)
-        self._publish_safely(self.pub_diag, msg)
-
-    def _publish_safely(self, publisher, msg) -> None:
-        try:
-            publisher.publish(msg)
-        except Exception as exc:  # noqa: BLE001 - the node is shutting down under the run
-            self.get_logger().debug(f"not published: {exc}")
+        msg = progress_message(self, "training", s, values, keys)
+        publish_safely(self, self.pub_progress, msg)
+        publish_safely(self, self.pub_diag, msg)
 
     def close(self) -> None:
         """At shutdown: ask a running run to stop and give it a moment to do so."""
