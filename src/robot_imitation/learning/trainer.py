@@ -112,7 +112,8 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     dy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
     rows = (torch.arange(h, device=images.device)[None] + dy[:, None])
     cols = (torch.arange(w, device=images.device)[None] + dx[:, None])
-    x = x[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    x = x[torch.arange(b, device=images.device)[:, None, None], :, rows[:, :, None],
+          cols[:, None, :]]
     return x.to(images.dtype)  # (b, h, w, c)
 
 
