@@ -15,14 +15,15 @@ from .tasks import TaskSim
 class Expert:
     """Base: Cartesian targets for the end effector, turned into joint targets by IK."""
 
-    def __init__(self, sim: TaskSim, max_step: float = 0.06):
+    def __init__(self, sim: TaskSim, max_step: float = 0.06, max_joint_step: float = 0.3):
         r = sim.robot
         self.sim = sim
         self.n_arm = r.n_arm
         self.ik = DifferentialIK(sim.model, r.ee_site, r.arm_qpos, r.arm_qvel, r.arm_limits)
         # Keep the tool orientation of the home pose (gripper pointing down).
         _, self.tool_quat = self.ik.site_pose(r.home)
-        self.max_step = max_step
+        self.max_step = max_step              # m of end-effector motion asked per tick
+        self.max_joint_step = max_joint_step  # rad: the largest joint change asked per tick
 
     def cartesian_target(self, obs: dict) -> tuple[np.ndarray, float]:
         """(end-effector position target, gripper opening) for this observation."""
@@ -32,6 +33,13 @@ class Expert:
         target, grip = self.cartesian_target(obs)
         q = np.asarray(obs["joint_pos"][: self.n_arm], dtype=float)
         q_cmd = self.ik.solve(q, target, self.tool_quat, max_step=self.max_step, iterations=2)
+        # Far from the tool orientation or near a singularity, one IK step can ask for radians
+        # in a tick; scaling the step down (its direction kept) keeps every label a command a
+        # controller would follow, also in the states a learner drives the arm into (DAgger).
+        dq = q_cmd - q
+        largest = float(np.abs(dq).max())
+        if largest > self.max_joint_step:
+            q_cmd = q + dq * (self.max_joint_step / largest)
         return np.append(q_cmd, grip)
 
 
@@ -40,14 +48,23 @@ class ReachExpert(Expert):
         return np.asarray(obs["target_pose"][:3], dtype=float), 1.0
 
 
-class PushExpert(Expert):
-    """Go behind the puck on the puck-goal line, descend, push along the line.
+def ramp(x: float, a: float, b: float) -> float:
+    """0 below ``a``, 1 above ``b``, linear in between."""
+    return float(np.clip((x - a) / (b - a), 0.0, 1.0))
 
-    The phase is read off the geometry of the current observation, never remembered.
+
+class PushExpert(Expert):
+    """Go above the pre-push point behind the puck (on the puck-goal line), descend, push along
+    the line.
+
+    The phases blend into each other by ramps over a centimetre or two of the current geometry,
+    so the expert is a continuous function of the observation: a learner can fit it, and its
+    labels in states between phases (where a learner's mistakes lead) are in between too. It
+    keeps no memory: the phase is read off the observation.
     """
 
-    def __init__(self, sim: TaskSim, max_step: float = 0.06):
-        super().__init__(sim, max_step)
+    def __init__(self, sim: TaskSim, max_step: float = 0.06, max_joint_step: float = 0.3):
+        super().__init__(sim, max_step, max_joint_step)
         p = sim.cfg.params
         self.r = p["puck_radius"]
         self.push_z = p["puck_half_height"]          # fingertips at the puck's mid-height
@@ -67,20 +84,22 @@ class PushExpert(Expert):
         lateral = float(rel @ np.array([-u[1], u[0]]))
         pre = puck - u * self.standoff
 
-        behind = -self.standoff - 0.03 < along < -self.r + 0.01
-        aligned = abs(lateral) < 0.015
-        low = ee[2] < self.push_z + 0.025
-        if behind and aligned and low:
-            # Push: advance along the line through the puck centre; re-aiming every tick
-            # pulls the pusher back onto the line when the puck drifts sideways.
-            advance = min(self.push_speed, dist)
-            xy = puck - u * (self.r + 0.01) + u * advance
-            return np.array([*xy, self.push_z]), 0.0
-        if np.linalg.norm(ee[:2] - pre) < 0.03:
-            return np.array([*pre, self.push_z]), 0.0   # descend behind the puck
-        if ee[2] < self.safe_z - 0.03 and np.linalg.norm(rel) < self.standoff + 0.06:
-            return np.array([*ee[:2], self.safe_z]), 0.0  # rise clear of the puck first
-        return np.array([*pre, self.safe_z]), 0.0      # travel above the pre-push point
+        # Travel: towards the pre-push point, high when far from it, descending as it nears.
+        # Low beside the puck, the end effector rises before it moves sideways.
+        near = 1.0 - ramp(np.linalg.norm(ee[:2] - pre), 0.02, 0.05)
+        height = self.push_z + (self.safe_z - self.push_z) * (1.0 - near)
+        lifted = ramp(ee[2], self.push_z + 0.02, self.safe_z - 0.02)
+        clear = ramp(np.linalg.norm(rel), self.standoff + 0.02, self.standoff + 0.08)
+        free = max(near, lifted, clear)
+        travel = np.array([*(ee[:2] + free * (pre - ee[:2])), height])
+        # Push: advance along the line through the puck centre; re-aiming every tick pulls the
+        # pusher back onto the line when the puck drifts sideways.
+        advance = min(self.push_speed, dist)
+        push = np.array([*(puck - u * (self.r + 0.01) + u * advance), self.push_z])
+        # Pushing takes over when the pusher is behind the puck, on the line and low.
+        w = ((1.0 - ramp(abs(lateral), 0.015, 0.035)) * ramp(-along, self.r - 0.015, self.r)
+             * (1.0 - ramp(ee[2], self.push_z + 0.015, self.push_z + 0.035)))
+        return (1.0 - w) * travel + w * push, 0.0
 
 
 EXPERTS = {"reach": ReachExpert, "push": PushExpert}
