@@ -8,6 +8,7 @@ expert's success, over the labels DAgger needs.
 
     .venv/bin/python bench/dagger_curve.py                  # push, seeds 0 1 2
     .venv/bin/python bench/dagger_curve.py --seeds 0 --iterations 3 --eval-episodes 10
+    .venv/bin/python bench/dagger_curve.py --jobs 3 --device cuda   # seeds side by side
 
 Writes bench/results/dagger_curve.json and dagger_curve.png.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -61,16 +63,26 @@ def plot(curves: dict, expert: float, out: Path) -> None:
     plt.close(fig)
 
 
+def one_seed(cfg: SimDaggerConfig, out: Path, threads: int) -> dict:
+    """``bc_and_dagger`` for one seed (in a worker process when seeds run side by side)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return bc_and_dagger(cfg, out, log=lambda m: print(m, flush=True))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="push")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--bc-demos", type=int, nargs="+", default=[10, 20, 40, 80])
+    ap.add_argument("--bc-demos", type=int, nargs="+", default=[10, 20, 40, 80, 160])
     ap.add_argument("--dagger-start", type=int, default=10)
-    ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--episodes-per-iteration", type=int, default=10)
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--episodes-per-iteration", type=int, default=5)
     ap.add_argument("--eval-episodes", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=3000, help="training steps per fit")
+    ap.add_argument("--steps", type=int, default=6000, help="training steps per fit")
+    ap.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds run side by side (processes)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -80,14 +92,21 @@ def main() -> int:
                            episodes_per_iteration=args.episodes_per_iteration,
                            eval_episodes=args.eval_episodes,
                            train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
-                                  "device": "cpu"})
+                                  "device": args.device})
     expert = expert_success(base)
     print(f"expert: {expert:.2f} over {args.eval_episodes} episodes", flush=True)
-    runs = []
-    for seed in args.seeds:
-        cfg = SimDaggerConfig(**{**asdict(base), "seed": seed})
-        runs.append(bc_and_dagger(cfg, args.out / "dagger_curve_runs" / f"seed_{seed}",
-                                  log=lambda m: print(m, flush=True)))
+    jobs = max(1, min(args.jobs, len(args.seeds)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    work = [(SimDaggerConfig(**{**asdict(base), "seed": seed}),
+             args.out / "dagger_curve_runs" / f"seed_{seed}", threads) for seed in args.seeds]
+    if jobs == 1:
+        runs = [one_seed(*w) for w in work]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            runs = list(pool.map(one_seed, *zip(*work)))
     curves = {"BC": mean_curve(runs, "bc", "demos"), "DAgger": mean_curve(runs, "dagger",
                                                                           "iteration")}
     goal = 0.9 * expert
@@ -95,7 +114,7 @@ def main() -> int:
     ratio = need["BC"] / need["DAgger"] if need["BC"] and need["DAgger"] else None
 
     print(f"\n{args.task}, {len(args.seeds)} seeds, {args.eval_episodes} evaluation episodes, "
-          f"{args.steps} training steps per fit")
+          f"{args.steps} training steps per fit on {args.device}")
     print(f"{'method':<8}{'point':>8}{'labels':>10}{'success':>10}{'min':>7}{'max':>7}")
     for name, pts in curves.items():
         for p in pts:
