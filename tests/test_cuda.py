@@ -5,14 +5,12 @@ Demonstrations come from the gymnasium version of the tasks (real MuJoCo, the sc
 so these tests need no ROS graph. They skip where PyTorch sees no CUDA device, which is the case
 in CI; run them on a GPU machine with ``pytest tests/test_cuda.py``.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from robot_imitation.data.dataset import Dataset, compute_stats, split_episodes
 from robot_imitation.learning.checkpoint import load_checkpoint
+from robot_imitation.learning.dagger_sim import episodes_dataset
 from robot_imitation.learning.evaluation import evaluate_policy
 from robot_imitation.learning.trainer import DeviceData, TrainConfig, random_shift, train
 from robot_imitation.spec import Spec
@@ -32,12 +30,6 @@ def expert_episodes(task: str, n: int, seed: int) -> list:
     return [rollout(env, expert, spec, seed + i) for i in range(n)]
 
 
-def as_dataset(episodes: list, spec: Spec, out: Path, cfg: TrainConfig) -> Dataset:
-    train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
-    return Dataset(path=out, spec=spec, episodes=episodes, train=train_eps, val=val_eps,
-                   stats=compute_stats(spec, train_eps))
-
-
 @pytest.fixture(scope="module")
 def reach_run(tmp_path_factory):
     """BC on 80 scripted-expert reach episodes, trained on the GPU with bf16 autocast."""
@@ -45,7 +37,7 @@ def reach_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cuda_reach") / "run"
     cfg = TrainConfig(steps=3000, eval_every=1000, eval_episodes=20, device="cuda", seed=0,
                       task="reach")
-    result = train(as_dataset(expert_episodes("reach", 80, 300), spec, out, cfg), out, cfg,
+    result = train(episodes_dataset(expert_episodes("reach", 80, 300), spec, out, cfg), out, cfg,
                    log=print)
     return spec, result
 
@@ -136,7 +128,7 @@ def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
     losses = {}
     for shuffle in (False, True):
         out = tmp_path / f"shuffled_{shuffle}"
-        result = train(as_dataset(square_episodes(spec, shuffle), spec, out, cfg), out, cfg,
+        result = train(episodes_dataset(square_episodes(spec, shuffle), spec, out, cfg), out, cfg,
                        log=print)
         losses[shuffle] = result["best_val_loss"]
         if not shuffle:

@@ -53,13 +53,18 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
                    success=bool(info["is_success"]), seed=seed)
 
 
+def episodes_dataset(episodes: list, spec: Spec, out, cfg: TrainConfig) -> Dataset:
+    """A ``Dataset`` of in-memory ``episodes``: split by episode, statistics of the train split."""
+    train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
+    return Dataset(path=Path(out), spec=spec, episodes=episodes, train=train_eps, val=val_eps,
+                   stats=compute_stats(spec, train_eps))
+
+
 def fit(episodes: list, spec: Spec, out, cfg: TrainConfig):
     """Train on ``episodes`` (expert labels); returns the trained ``Policy``."""
     from .checkpoint import load_checkpoint
 
-    train_eps, val_eps = split_episodes(episodes, cfg.val_fraction, cfg.seed)
-    data = Dataset(path=Path(out), spec=spec, episodes=episodes, train=train_eps, val=val_eps,
-                   stats=compute_stats(spec, train_eps))
+    data = episodes_dataset(episodes, spec, out, cfg)
     result = train_policy(data, out, cfg, log=lambda *a, **k: None)
     policy, _ = load_checkpoint(result["last"], spec)
     return policy
