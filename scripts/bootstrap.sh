@@ -22,8 +22,20 @@ else
   ros_reqs=(-r "$here/requirements/ros.txt")
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade pip
+base=("$here/requirements/base.txt")
+if [ ${#ros_reqs[@]} -eq 0 ]; then
+  # ROS's compiled message modules were built against the system's numpy: keep that one (a
+  # module built for numpy 1.x does not load under numpy 2.x) instead of the pinned version.
+  sys_numpy="$("$venv/bin/python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
+  if [ -n "$sys_numpy" ]; then
+    echo "[bootstrap] keeping the system's numpy $sys_numpy"
+    grep -v '^numpy==' "$here/requirements/base.txt" > "$venv/base-without-numpy.txt"
+    echo "numpy==$sys_numpy" > "$venv/numpy-constraint.txt"
+    base=("$venv/base-without-numpy.txt" -c "$venv/numpy-constraint.txt")
+  fi
+fi
 "$venv/bin/python" -m pip install --quiet "${ros_reqs[@]}" \
-  -r "$here/requirements/base.txt" -r "$here/requirements/test.txt"
+  -r "${base[@]}" -r "$here/requirements/test.txt"
 "$venv/bin/python" -m pip install --quiet --no-deps -e "$here"
 echo "$want" > "$stamp"
 echo "[bootstrap] environment ready in $venv"

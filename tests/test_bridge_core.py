@@ -86,6 +86,25 @@ def test_trajectory_interpolates_by_name(core):
         CommandResult.BAD_TRAJECTORY
 
 
+def test_a_trajectory_longer_than_the_command_timeout_runs_to_its_end():
+    """The timeout holds the arm when commands stop; a trajectory is a command until its last
+    point, and the timeout counts from there."""
+    core = BridgeCore(TaskSim("reach"), command_timeout=0.5)
+    core.reset(0)
+    names = list(core.sim.robot.arm_joint_names)
+    q0 = core.sim.joint_state()[0][:7].copy()
+    goal = q0 + 0.3
+    assert core.command_trajectory(names, [1.0, 2.0], [q0 + 0.15, goal]) is CommandResult.ACCEPTED
+    for _ in range(30):  # 1.5 s: three times the timeout, still inside the trajectory
+        core.step_tick()
+        assert not core.holding
+    for _ in range(30):  # past its end (2 s), then past the timeout after it
+        core.step_tick()
+    np.testing.assert_allclose(core.sim.joint_state()[0][:7], goal, atol=0.03)
+    assert core.holding and core.counters.timeouts == 1
+    np.testing.assert_allclose(core.sim.joint_state()[0][:7], goal, atol=0.03)
+
+
 def test_core_steps_like_the_gym_task():
     """A tick through the core is exactly a step of the task: one simulation, two front ends."""
     core = BridgeCore(TaskSim("push"), command_timeout=0.5)

@@ -10,7 +10,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -62,8 +62,11 @@ def test_realtime_bridge_topics_camera_and_commands(procs, probe):
     clocks = probe.record(Clock, "/clock", CLOCK_QOS)
     images = probe.record(Image, "front/image_raw", SENSOR_QOS)
     infos = probe.record(CameraInfo, "front/camera_info", SENSOR_QOS)
-    wait_for(lambda: len(joints) > 20 and clocks and images and infos, 30,
-             "joint states, clock and a camera image", procs=procs)
+    rtf = probe.record(Float64, "/mujoco_bridge/real_time_factor", 10)
+    wait_for(lambda: len(joints) > 20 and clocks and images and infos and len(rtf) >= 2, 30,
+             "joint states, clock, a camera image and the real-time factor", procs=procs)
+    # Physics paced by the wall clock: the achieved factor is near the target of 1.
+    assert 0.8 < rtf[-1].data < 1.2, [m.data for m in rtf]
 
     js = joints[-1]
     assert list(js.name) == [f"panda_joint{i}" for i in range(1, 8)] + [
@@ -193,6 +196,9 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     log = procs.log(BRIDGE, tail=100_000)
     assert log.count("rejected arm command") == 1, log
     assert "12 arm commands rejected in the last burst" in log
+    # The burst of clamped commands (published at 50 Hz until the joint moved) is one line too.
+    assert log.count("clamped arm command") == 1, log
+    assert "arm commands clamped in the last burst" in log
 
 
 def test_command_timeout_holds_the_robot(procs, probe):
@@ -211,7 +217,8 @@ def test_command_timeout_holds_the_robot(procs, probe):
 
 
 def test_joint_trajectory_command(procs, probe):
-    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.0)
+    # The default command timeout (0.5 s) is shorter than the trajectory: it must run to its end.
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.5)
     pub = probe.node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
                                       COMMAND_QOS)
     wait_for(lambda: joints and pub.get_subscription_count(), 20, "bridge ready")
@@ -220,11 +227,15 @@ def test_joint_trajectory_command(procs, probe):
     goal = q0 + np.array([0.3, -0.2, 0.1, 0.2, 0.0, 0.1, -0.3])
     msg = JointTrajectory()
     msg.joint_names = [f"panda_joint{i}" for i in range(7, 0, -1)]  # any order, by name
-    msg.points = [JointTrajectoryPoint(positions=goal[::-1].tolist(),
-                                       time_from_start=Duration(sec=0, nanosec=800_000_000))]
+    msg.points = [JointTrajectoryPoint(positions=((q0 + goal) / 2)[::-1].tolist(),
+                                       time_from_start=Duration(sec=1, nanosec=0)),
+                  JointTrajectoryPoint(positions=goal[::-1].tolist(),
+                                       time_from_start=Duration(sec=2, nanosec=0))]
     pub.publish(msg)
     wait_for(lambda: np.allclose(latest_q(joints)[:7], goal, atol=0.03), 10,
              "the arm at the trajectory's goal")
+    time.sleep(1.0)  # past the timeout after the last point: the arm is held at the goal
+    np.testing.assert_allclose(latest_q(joints)[:7], goal, atol=0.03)
 
 
 def test_pause_step_resume(procs, probe):
@@ -274,6 +285,15 @@ def test_cameras_render_only_while_subscribed(procs, probe):
              "rendered frames counted")
     stamps = [to_sec(m.header.stamp) for m in side]
     assert np.median(np.diff(stamps)) == pytest.approx(1 / 20.0, abs=0.011)  # sim-time rate
+    # Once the last subscriber has gone, rendering stops.
+    for sub in list(probe.node.subscriptions):
+        if sub.topic_name.endswith("side/image_raw"):
+            probe.node.destroy_subscription(sub)
+    time.sleep(1.5)
+    wait_for(lambda: len(diags) >= 1, 5, "diagnostics")
+    frames = int(diagnostics_values(diags)["camera_frames"])
+    time.sleep(2.5)
+    assert int(diagnostics_values(diags)["camera_frames"]) == frames
 
 
 def test_any_mjcf_through_the_bridge(procs, probe, tmp_path):

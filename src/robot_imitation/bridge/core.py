@@ -94,7 +94,8 @@ class BridgeCore:
       limits and integrated into the position servo's target every physics step.
     - Trajectories (``trajectory_msgs/JointTrajectory`` semantics) are interpolated linearly.
     - Commands that are the wrong length, not finite, or name unknown joints are rejected.
-    - With ``command_timeout > 0``, no accepted command for that long holds the arm where it is.
+    - With ``command_timeout > 0``, no accepted command for that long holds the arm where it is
+      (for a trajectory: counted from its last point).
     """
 
     def __init__(self, sim: TaskSim, interface: str = "position", command_timeout: float = 0.5):
@@ -214,7 +215,9 @@ class BridgeCore:
     # ----------------------------------------------------------------- stepping
     def _update_targets(self, dt: float) -> None:
         now = self.clock
-        if (self.command_timeout > 0 and not self._holding
+        # A trajectory in progress is a command until its last point; the timeout counts from
+        # there (a trajectory longer than the timeout runs to its end).
+        if (self.command_timeout > 0 and not self._holding and self._trajectory is None
                 and now - self._last_command > self.command_timeout):
             # Timeout: hold the arm where it is (stop any motion in progress).
             self._target = self.sim.data.qpos[self.sim.robot.arm_qpos].copy()
@@ -226,6 +229,7 @@ class BridgeCore:
             self._target = self._trajectory.sample(now)
             if self._trajectory.finished(now):
                 self._trajectory = None
+                self._last_command = now
         elif self.interface == "velocity" and not self._holding:
             self._target = np.clip(self._target + self._velocity * dt, self.low, self.high)
 

@@ -37,19 +37,25 @@ from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
 
 
 class BurstLog:
-    """Log the first bad command of a burst, count the rest, summarise when the burst ends."""
+    """Log the first bad command of a burst, count the rest, summarise when the burst ends.
+
+    A burst is a run of rejected (or of clamped) commands without a gap of ``gap`` seconds; it
+    ends at the next command of another kind, or when ``flush`` finds it quiet for ``gap``.
+    """
 
     def __init__(self, logger, what: str, gap: float = 1.0):
         self.logger, self.what, self.gap = logger, what, gap
+        self.kind = ""         # "rejected" or "clamped": the burst in progress
         self.in_burst = 0
         self.last = -1e9
 
-    def bad(self, reason: str) -> None:
+    def bad(self, reason: str, kind: str = "rejected") -> None:
         now = time.monotonic()
-        if now - self.last > self.gap:
+        if kind != self.kind or now - self.last > self.gap:
             self.end()
-            self.logger.warn(f"rejected {self.what} command: {reason} (further rejections in this "
-                             "burst are counted, not logged)")
+            self.kind = kind
+            self.logger.warn(f"{kind} {self.what} command: {reason} (further {kind} commands in "
+                             "this burst are counted, not logged)")
         self.in_burst += 1
         self.last = now
 
@@ -57,10 +63,16 @@ class BurstLog:
         if self.in_burst:
             self.end()
 
+    def flush(self) -> None:
+        """End a burst that has been quiet for ``gap`` (called periodically)."""
+        if self.in_burst and time.monotonic() - self.last > self.gap:
+            self.end()
+
     def end(self) -> None:
         if self.in_burst > 1:
-            self.logger.warn(f"{self.in_burst} {self.what} commands rejected in the last burst")
+            self.logger.warn(f"{self.in_burst} {self.what} commands {self.kind} in the last burst")
         self.in_burst = 0
+        self.kind = ""
 
 
 class CameraRenderer(threading.Thread):
@@ -326,6 +338,10 @@ class MujocoBridge(Node):
         self._report(self._grip_log, result, len(msg.data))
 
     def _report(self, log: BurstLog, result: CommandResult, n: int) -> None:
+        if result is CommandResult.CLAMPED:
+            log.bad("beyond the limits (joint position or velocity limits; gripper 0..1), "
+                    "clamped", kind="clamped")
+            return
         if result.ok:
             log.good()
             return
@@ -456,6 +472,8 @@ class MujocoBridge(Node):
         info_pub.publish(info)
 
     def _publish_diagnostics(self) -> None:
+        self._arm_log.flush()
+        self._grip_log.flush()
         with self.lock:
             c = self.core.counters
             values = {"mode": self.p["mode"], "real_time_factor": f"{self.rtf:.3f}",
@@ -590,6 +608,8 @@ class MujocoBridge(Node):
         if self.renderer:
             self.renderer.stop()
             self.renderer.join(timeout=2.0)
+        self._arm_log.end()  # summarise a burst still open
+        self._grip_log.end()
 
 
 def _camera_info(name: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
