@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +219,19 @@ def test_empty_written_bag_is_refused(tmp_path):
     with pytest.raises(BagError, match="holds no messages") as err:
         open_bag(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("name,lines", [
+    ("mcap_talker", ["/rosout                  10 msgs", "/topic                   10 msgs"]),
+    ("sqlite3_talker", ["/rosout                  10 msgs", "/topic                   10 msgs"]),
+    ("mcap_wbag", ["AAA", "804 msgs"]),
+    ("empty_bag", ["the bag holds no messages"]),
+])
+def test_info_command_on_rosbag2_bags(name, lines):
+    """`robot-imitation info` on bags that `ros2 bag record` wrote: topics and counts, or why
+    a bag cannot be read."""
+    out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "info",
+                          str(shared_bag(name))], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for line in lines:
+        assert line in out.stdout, out.stdout

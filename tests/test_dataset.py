@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -471,3 +473,20 @@ def test_plot_episode_writes_a_png(lockstep_dataset, tmp_path):
     assert coloured.sum() > 1000  # the plotted lines
     with pytest.raises(DatasetError, match="no episode 'episode_9'"):
         plot_episode(lockstep_dataset, "episode_9", out)
+
+
+def test_info_and_plot_commands(lockstep_dataset, tmp_path):
+    """The command line as a user runs it: `robot-imitation info` and `plot`."""
+    cli = [sys.executable, "-m", "robot_imitation.cli"]
+    out = subprocess.run([*cli, "info", str(lockstep_dataset)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "recovered 1" in out.stdout and "/joint_states" in out.stdout
+    png = tmp_path / "ep1.png"
+    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_000001", "--out",
+                          str(png)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_9", "--out", str(png)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "no episode 'episode_9'" in out.stderr + out.stdout

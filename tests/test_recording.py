@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,12 +26,26 @@ TOPICS = ["/test/joints", "/test/camera", "/test/command"]
 
 
 def read_counts(bag_dir: Path) -> Counter:
-    """Per-topic message counts, read with the independent MCAP reader."""
+    """Per-topic message counts, read with the independent MCAP reader (sqlite3 bags: with
+    plain SQL)."""
     counts = Counter()
     for path in sorted(bag_dir.glob("*.mcap")):
         for m in read_ros2_messages(str(path)):
             counts[m.channel.topic] += 1
+    for topic, _ in read_db3(bag_dir):
+        counts[topic] += 1
     return counts
+
+
+def read_db3(bag_dir: Path, topic: str | None = None) -> list:
+    """(topic, CDR bytes) of a sqlite3 bag in time order, with plain SQL (no bag library)."""
+    out = []
+    for path in sorted(bag_dir.glob("*.db3")):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        out += conn.execute("SELECT t.name, m.data FROM messages m JOIN topics t ON "
+                            "m.topic_id = t.id ORDER BY m.timestamp, m.id").fetchall()
+        conn.close()
+    return [(t, bytes(d)) for t, d in out if topic is None or t == topic]
 
 
 def metadata_counts(bag_dir: Path) -> dict:
@@ -171,10 +186,14 @@ def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
     assert entry["status"] == "ok" and entry["interrupted"] is True
 
 
-def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_path):
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_path, storage):
+    from rclpy.serialization import deserialize_message
+
     pubs = Publishers(probe)
     ds = tmp_path / "ds"
-    start_recorder(procs, probe, ds)
+    start_recorder(procs, probe, ds, storage=storage, operator="ada", notes="crash test",
+                   task="synthetic")
     record_episode(probe, pubs, 100)
     finished = read_counts(ds / "episode_000000")
     assert call(probe, "start").success
@@ -199,11 +218,23 @@ def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_
     assert Counter(metadata_counts(crashed)) == got
     # Most of the episode survives, and what survives is the start of what was sent, in order.
     assert got[TOPICS[0]] >= 0.4 * pubs.sent[TOPICS[0]], (got, pubs.sent)
-    positions = [m.ros_msg.position[0] for m in read_ros2_messages(
-        str(crashed / "episode_000001.mcap"), topics=[TOPICS[0]])]
+    if storage == "mcap":
+        positions = [m.ros_msg.position[0] for m in read_ros2_messages(
+            str(crashed / "episode_000001.mcap"), topics=[TOPICS[0]])]
+    else:
+        positions = [deserialize_message(d, JointState).position[0]
+                     for _, d in read_db3(crashed, TOPICS[0])]
     assert positions == [float(i) for i in range(len(positions))]
     entry = index(ds)[1]
     assert entry["status"] == "recovered" and entry["counts"] == dict(got)
+    # The recovered bag keeps the episode's metadata (from the index) in its custom_data.
+    info = yaml.safe_load((crashed / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    custom = info["custom_data"]
+    assert custom["robot_imitation.operator"] == "ada"
+    assert custom["robot_imitation.notes"] == "crash test"
+    assert custom["robot_imitation.task"] == "synthetic"
+    assert custom["robot_imitation.recovered"] == "true"
+    assert info["relative_file_paths"] == [f"episode_000001.{'mcap' if storage == 'mcap' else 'db3'}"]
 
 
 def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):
@@ -214,6 +245,26 @@ def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):
     proc = procs.procs["episode_recorder"]
     assert proc.wait(30) == 1
     assert "is not writable" in procs.log("episode_recorder")
+
+
+def test_an_unwritable_index_refuses_the_start_and_the_recorder_survives(procs, probe, tmp_path):
+    pubs = Publishers(probe)
+    ds = tmp_path / "ds"
+    start_recorder(procs, probe, ds)
+    record_episode(probe, pubs, 30)
+    first = read_counts(ds / "episode_000000")
+    # The index is replaced atomically through a temporary file: a folder in its place makes
+    # every index write fail (as a full disk or a permission change would, also for root).
+    blocker = ds / ".index.json.tmp"
+    blocker.mkdir()
+    resp = call(probe, "start")
+    assert not resp.success and "index" in resp.message and "cannot be written" in resp.message
+    assert not (ds / "episode_000001").exists()  # no bag without its index entry
+    procs.check()  # the recorder is alive
+    blocker.rmdir()
+    record_episode(probe, pubs, 30)
+    assert [e["status"] for e in index(ds)] == ["ok", "ok"]
+    assert read_counts(ds / "episode_000000") == first
 
 
 @pytest.fixture

@@ -51,8 +51,9 @@ def ensure_ros_environment() -> None:
 
     The wheels do not set ``AMENT_PREFIX_PATH``; package look-ups need it.
     """
-    prefix = os.environ.get("VIRTUAL_ENV") or os.path.dirname(os.path.dirname(os.path.realpath(
-        os.sys.executable)))
+    # sys.prefix is the venv's folder whether or not the venv was activated (the interpreter's
+    # real path would be the base Python's).
+    prefix = os.environ.get("VIRTUAL_ENV") or os.sys.prefix
     current = os.environ.get("AMENT_PREFIX_PATH", "")
     if Path(prefix, "share", "ament_index").is_dir() and prefix not in current.split(os.pathsep):
         os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (current, prefix) if p)

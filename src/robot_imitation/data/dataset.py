@@ -340,7 +340,7 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
     keys = [store.key(e["bag"]) for e in entries] if store else [None] * len(entries)
     episodes = [store.load(e, key) if store else None for e, key in zip(entries, keys)]
     pending = [i for i, episode in enumerate(episodes) if episode is None]
-    progress = _Progress(len(pending), "decoding bags")
+    progress = Progress(len(pending), "decoding bags")
     for done, i in enumerate(pending, 1):
         entry = entries[i]
         episodes[i] = build_episode(entry["bag"], spec, name=entry["name"])
@@ -555,7 +555,7 @@ class _Cache:
 
 
 # ===================================================================== progress
-class _Progress:
+class Progress:
     """A one-line progress bar on stderr: drawn on a terminal, elsewhere only once the work has
     taken more than 2 s (then one line per second at most)."""
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..spec import Spec
 from .bags import BagError, open_bag
-from .dataset import (DatasetError, build_episode, dataset_spec, list_episodes,
+from .dataset import (DatasetError, Progress, build_episode, dataset_spec, list_episodes,
                       read_dataset_yaml)
 
 
@@ -27,7 +27,10 @@ def dataset_info(path) -> dict:
     meta = read_dataset_yaml(root)
     episodes, types = [], {}
     counts, intervals, durations = Counter(), Counter(), Counter()
-    for entry in list_episodes(root):
+    entries = list_episodes(root)
+    progress = Progress(len(entries), "reading bags")
+    for done, entry in enumerate(entries, 1):
+        progress.update(done, entry["name"])
         ep = {k: entry.get(k) for k in ("name", "status", "success", "seed", "task")}
         ep["bag"] = str(entry["bag"])
         try:
@@ -42,6 +45,7 @@ def dataset_info(path) -> dict:
         except BagError as exc:
             ep["error"] = str(exc)
         episodes.append(ep)
+    progress.close()
     outcomes = Counter({True: "succeeded", False: "failed"}.get(e["success"], "unknown")
                        for e in episodes)
     return {

@@ -189,7 +189,7 @@ class EpisodeRecorder(Node):
                             f"{self.discovery_timeout} s for {unmatched}")
             self.get_logger().error(resp.message)
             return resp
-        meta = {k: v for k, v in self.meta_params.items() if v}
+        meta = dict(self.meta_params)  # every key in every entry, empty when not given
         if self.spec:
             meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
         try:

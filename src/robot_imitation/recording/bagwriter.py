@@ -8,6 +8,7 @@ package (so any message type can be recorded).
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -102,29 +103,31 @@ class EpisodeBag:
     def write(self, topic: str, t_ns: int, data) -> None:
         try:
             self.writer.write(self.connections[topic], t_ns, data)
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise BagWriteError(f"writing {self.path} failed: {exc}") from exc
         self.counts[topic] += 1
         self.bytes += len(data)
 
     def flush_chunk(self, force: bool = False) -> None:
-        """Close the open MCAP chunk if it is older than ``CHUNK_SECONDS``.
+        """Make what was written so far crash-safe, at most every ``CHUNK_SECONDS``.
 
-        rosbags closes a chunk only when it holds 1 MiB; after a crash, only closed chunks can
-        be recovered, so slow topics would otherwise risk a whole episode.
+        MCAP: close the open chunk (rosbags closes one only when it holds 1 MiB; after a crash
+        only closed chunks can be recovered, so slow topics would otherwise risk a whole
+        episode). sqlite3: commit (rosbags commits only when the bag is closed).
         """
-        if self.storage != "mcap":
-            return
         now = time.monotonic()
         if not force and now - self._last_chunk < CHUNK_SECONDS:
             return
         self._last_chunk = now
-        mcap = self.writer.storage  # rosbags' MCAP storage (pinned version, tested)
+        storage = self.writer.storage  # rosbags' storage writer (pinned version, tested)
         try:
-            if mcap.chunk.bio.tell():
-                mcap.close_chunk()
-            mcap.bio.flush()
-        except OSError as exc:
+            if self.storage == "sqlite3":
+                storage.conn.commit()
+                return
+            if storage.chunk.bio.tell():
+                storage.close_chunk()
+            storage.bio.flush()
+        except (OSError, sqlite3.Error) as exc:
             raise BagWriteError(f"writing {self.path} failed: {exc}") from exc
 
     def close(self, custom_data: dict | None = None) -> None:
@@ -133,7 +136,7 @@ class EpisodeBag:
             for key, value in (custom_data or {}).items():
                 self.writer.set_custom_data(key, str(value))
             self.writer.close()
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise BagWriteError(f"finishing {self.path} failed: {exc}") from exc
 
     def abort(self) -> None:
@@ -145,6 +148,6 @@ class EpisodeBag:
                 bio.close()
             conn = getattr(storage, "dbconn", None) or getattr(storage, "conn", None)
             if conn is not None:
-                conn.close()
-        except OSError:
+                conn.close()  # uncommitted rows are rolled back; committed ones stay
+        except (OSError, sqlite3.Error):
             pass

@@ -36,6 +36,14 @@ _STOP = object()
 class RecorderError(RuntimeError):
     pass
 
+
+EPISODE_KEYS = ("task", "success", "seed", "operator", "notes", "spec", "spec_fingerprint", "name")
+
+
+def episode_custom_data(entry: dict) -> dict:
+    """The bag's ``custom_data`` for an episode's index entry (its metadata, prefixed)."""
+    return {f"robot_imitation.{k}": v for k, v in entry.items() if k in EPISODE_KEYS}
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -114,6 +122,7 @@ class Recorder:
         self.max_queue = max_queue
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
+        self._offer_lock = threading.Lock()  # held only to queue a message, or the stop marker
         self._bag: EpisodeBag | None = None
         self._entry: dict | None = None
         self._received: collections.Counter = collections.Counter()
@@ -136,6 +145,7 @@ class Recorder:
         with self._lock:
             if self._entry is not None:
                 raise RecorderError(f"episode {self.episode} is still being recorded")
+            self._error = None  # the last episode's error was reported by its stop()
             name = self.dataset.next_name()
             entry = {"name": name, "path": name, "status": "recording",
                      "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,13 +163,25 @@ class Recorder:
             opened.wait()
             if "bag" not in result:
                 thread.join()
-                self.dataset.upsert({**entry, "status": "failed", "error": result["error"]})
+                try:
+                    self.dataset.upsert({**entry, "status": "failed", "error": result["error"]})
+                except OSError as exc:
+                    raise RecorderError(f"{result['error']} (and the index: {exc})") from None
                 raise RecorderError(result["error"])
+            try:
+                self.dataset.upsert(entry)
+            except OSError as exc:
+                # No episode without its index entry: give the bag up (a disk full or an index
+                # made unwritable since the recorder started); earlier episodes are untouched.
+                q.put((_STOP, False, {}))
+                thread.join()
+                self.dataset.episodes = [e for e in self.dataset.episodes if e["name"] != name]
+                raise RecorderError(f"cannot start {name}: the dataset index "
+                                    f"{self.dataset.index_path} cannot be written: {exc}") from None
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
             self._error = None
             self._entry, self._thread = entry, thread
-            self.dataset.upsert(entry)
             self._t0 = time.monotonic()
             self._queue = q
             self._bag = result["bag"]
@@ -170,13 +192,14 @@ class Recorder:
 
         ``t_ns``: reception time on the recorder's clock; ``src_ns``: the DDS source timestamp.
         """
-        if self._bag is None or self._error is not None:
-            return
-        self._received[topic] += 1
-        try:
-            self._queue.put_nowait((topic, t_ns, data, src_ns))
-        except queue.Full:
-            self._dropped[topic] += 1
+        with self._offer_lock:
+            if self._bag is None or self._error is not None:
+                return
+            self._received[topic] += 1
+            try:
+                self._queue.put_nowait((topic, t_ns, data, src_ns))
+            except queue.Full:
+                self._dropped[topic] += 1
 
     def stop(self, keep: bool = True, metadata: dict | None = None) -> dict:
         """Finish the episode: drain the queue, close (or discard) the bag, update the index."""
@@ -184,11 +207,11 @@ class Recorder:
             if self._entry is None:
                 raise RecorderError("no episode is being recorded")
             bag, entry = self._bag, {**self._entry, **(metadata or {})}
-            self._bag = None
-            custom = {f"robot_imitation.{k}": v for k, v in entry.items()
-                      if k in ("task", "success", "seed", "operator", "notes", "spec",
-                               "spec_fingerprint", "name")}
-            self._queue.put((_STOP, keep, custom))
+            with self._offer_lock:
+                self._bag = None
+            custom = episode_custom_data(entry)
+            with self._offer_lock:  # no message can be queued behind the stop marker
+                self._queue.put((_STOP, keep, custom))
             self._thread.join()
             entry.update(duration=round(time.monotonic() - self._t0, 3),
                          counts=dict(bag.counts), received=dict(self._received),

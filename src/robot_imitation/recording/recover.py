@@ -1,30 +1,91 @@
 """Salvage the episode a crashed recorder left behind.
 
-A recorder killed with SIGKILL leaves its episode folder with an MCAP file that has no summary
-and no ``metadata.yaml``, so seeking readers refuse it. Its closed chunks are intact: this reads
-the file as a stream up to the first incomplete record and writes what it holds as a new,
-valid bag. The original folder is kept as ``<name>.incomplete`` (nothing is deleted).
+A recorder killed with SIGKILL leaves its episode folder without ``metadata.yaml``:
+- MCAP: a file with no summary, so seeking readers refuse it. Its closed chunks (closed at
+  least every second) are intact: this reads the file as a stream up to the first incomplete
+  record.
+- sqlite3: a database whose last transaction never committed (commits happen at least every
+  second); opening it rolls that one back, leaving every committed message.
+What survives is written as a new, valid bag of the same storage, with the episode's metadata
+from the dataset index in its ``custom_data``. The original folder is kept as
+``<name>.incomplete`` (nothing is deleted).
 """
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
 
+from ..data.dataset import Progress
 from .bagwriter import EpisodeBag, TypeRegistry
-from .recorder import DatasetWriter
+from .recorder import DatasetWriter, episode_custom_data
 
 
 class RecoverError(RuntimeError):
     pass
 
 
+STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
+
+
+def _storage(bag_dir: Path) -> str | None:
+    for storage, suffix in STORAGE_SUFFIX.items():
+        if any(bag_dir.glob(f"*{suffix}")):
+            return storage
+    return None
+
+
 def needs_recovery(bag_dir: Path) -> bool:
     bag_dir = Path(bag_dir)
-    return bag_dir.is_dir() and not (bag_dir / "metadata.yaml").is_file() and any(
-        bag_dir.glob("*.mcap"))
+    return (bag_dir.is_dir() and not (bag_dir / "metadata.yaml").is_file()
+            and _storage(bag_dir) is not None)
+
+
+def _read_db3(path: Path):
+    """({topic: type}, messages) of the committed part of an interrupted sqlite3 bag."""
+    try:
+        # A normal (writable) open: sqlite rolls back the hot journal of the killed writer.
+        conn = sqlite3.connect(str(path))
+        try:
+            topics = {row[0]: (row[1], row[2], row[3]) for row in conn.execute(
+                "SELECT id, name, type, serialization_format FROM topics")}
+            rows = conn.execute("SELECT topic_id, timestamp, data FROM messages "
+                                "ORDER BY timestamp, id").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RecoverError(f"{path}: not a readable sqlite3 bag ({exc}); nothing was committed "
+                           "before the recorder stopped, or the file is damaged") from None
+    for name, _, fmt in topics.values():
+        if fmt != "cdr":
+            raise RecoverError(f"{path}: topic {name} is {fmt}, not cdr")
+    by_name = {name: mtype for name, mtype, _ in topics.values()}
+    messages = [(topics[tid][0], ts, data) for tid, ts, data in rows if tid in topics]
+    return by_name, messages
+
+
+def _read_mcaps(bag_dir: Path, files: list):
+    schemas, channels, raw = {}, {}, []
+    for path in files:
+        s, c, m, _ = _read_stream(path)
+        schemas.update(s)
+        channels.update(c)
+        raw.extend(m)
+    topics = {}
+    for ch in channels.values():
+        schema = schemas.get(ch.schema_id)
+        if schema is None:
+            continue
+        if ch.message_encoding != "cdr":
+            raise RecoverError(f"{bag_dir}: topic {ch.topic} is {ch.message_encoding}, not cdr")
+        topics[ch.topic] = schema.name
+    messages = [(channels[cid].topic, t, data) for cid, t, data in raw
+                if cid in channels and channels[cid].topic in topics]
+    messages.sort(key=lambda m: m[1])
+    return topics, messages
 
 
 def _read_stream(path: Path):
@@ -45,50 +106,44 @@ def _read_stream(path: Path):
     return schemas, channels, messages, complete
 
 
-def recover_bag(bag_dir, registry: TypeRegistry | None = None) -> dict:
-    """Rewrite the readable part of an interrupted MCAP episode as a valid bag."""
+def recover_bag(bag_dir, registry: TypeRegistry | None = None,
+                custom_data: dict | None = None) -> dict:
+    """Rewrite the readable part of an interrupted episode (MCAP or sqlite3) as a valid bag."""
     bag_dir = Path(bag_dir)
     if not needs_recovery(bag_dir):
-        raise RecoverError(f"{bag_dir} is not an interrupted MCAP bag (it has metadata.yaml, "
-                           "or no .mcap file)")
+        raise RecoverError(f"{bag_dir} is not an interrupted bag (it has metadata.yaml, or no "
+                           ".mcap or .db3 file)")
     registry = registry or TypeRegistry()
-    files = sorted(bag_dir.glob("*.mcap"))
-    schemas, channels, messages = {}, {}, []
-    for path in files:
-        s, c, m, _ = _read_stream(path)
-        schemas.update(s)
-        channels.update(c)
-        messages.extend(m)
-    if not channels:
-        raise RecoverError(f"{bag_dir}: no complete chunk to recover (the recorder was killed "
-                           "before the first chunk reached the disk)")
-    topics = {}
-    for ch in channels.values():
-        schema = schemas.get(ch.schema_id)
-        if schema is None:
-            continue
-        if ch.message_encoding != "cdr":
-            raise RecoverError(f"{bag_dir}: topic {ch.topic} is {ch.message_encoding}, not cdr")
-        topics[ch.topic] = schema.name
-    messages.sort(key=lambda m: m[1])
+    storage = _storage(bag_dir)
+    suffix = STORAGE_SUFFIX[storage]
+    files = sorted(bag_dir.glob(f"*{suffix}"))
+    if storage == "mcap":
+        topics, messages = _read_mcaps(bag_dir, files)
+    else:
+        topics, messages = {}, []
+        for path in files:
+            t, m = _read_db3(path)
+            topics.update(t)
+            messages.extend(m)
+    if not topics:
+        raise RecoverError(f"{bag_dir}: nothing to recover (the recorder was killed before the "
+                           "first chunk or commit reached the disk)")
     tmp = bag_dir.with_name(f".{bag_dir.name}.recovering")
     if tmp.exists():
         raise RecoverError(f"{tmp} exists (an earlier recovery was interrupted): remove it")
-    bag = EpisodeBag(tmp, topics, registry, storage="mcap")
-    for channel_id, log_time, data in messages:
-        ch = channels.get(channel_id)
-        if ch is not None and ch.topic in topics:
-            bag.write(ch.topic, log_time, data)
-    bag.close({"robot_imitation.recovered": "true"})
+    bag = EpisodeBag(tmp, topics, registry, storage=storage)
+    for topic, log_time, data in messages:
+        bag.write(topic, log_time, data)
+    bag.close({**(custom_data or {}), "robot_imitation.recovered": "true"})
     kept = bag_dir.with_name(f"{bag_dir.name}.incomplete")
     bag_dir.rename(kept)
     tmp.rename(bag_dir)
     # The writer named its file after the temporary folder: give it the episode's name.
-    (bag_dir / f"{tmp.name}.mcap").rename(bag_dir / f"{bag_dir.name}.mcap")
+    (bag_dir / f"{tmp.name}{suffix}").rename(bag_dir / f"{bag_dir.name}{suffix}")
     meta = bag_dir / "metadata.yaml"
-    meta.write_text(meta.read_text().replace(f"{tmp.name}.mcap", f"{bag_dir.name}.mcap"))
+    meta.write_text(meta.read_text().replace(f"{tmp.name}{suffix}", f"{bag_dir.name}{suffix}"))
     return {"name": bag_dir.name, "messages": len(messages), "counts": dict(bag.counts),
-            "original": kept.name}
+            "original": kept.name, "storage": storage}
 
 
 def recover_dataset(root) -> list[dict]:
@@ -102,12 +157,18 @@ def recover_dataset(root) -> list[dict]:
     dataset = DatasetWriter(root) if index.is_file() else None
     results = []
     registry = TypeRegistry()
-    for bag_dir in sorted(p for p in root.iterdir() if needs_recovery(p)):
-        result = recover_bag(bag_dir, registry)
+    pending = sorted(p for p in root.iterdir() if needs_recovery(p))
+    progress = Progress(len(pending), "recovering")
+    for done, bag_dir in enumerate(pending, 1):
+        progress.update(done, bag_dir.name)
+        known = next((e for e in dataset.episodes if e["name"] == bag_dir.name), {}) \
+            if dataset is not None else {}
+        result = recover_bag(bag_dir, registry, episode_custom_data(known))
         results.append(result)
         if dataset is not None:
             dataset.upsert({"name": bag_dir.name, "path": bag_dir.name, "status": "recovered",
                             "counts": result["counts"], "original": result["original"]})
+    progress.close()
     return results
 
 
