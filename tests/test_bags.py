@@ -235,3 +235,35 @@ def test_info_command_on_rosbag2_bags(name, lines):
     assert out.returncode == 0, out.stderr
     for line in lines:
         assert line in out.stdout, out.stdout
+
+
+def test_a_message_type_of_any_installed_package_can_be_recorded(tmp_path, monkeypatch):
+    """Types outside the built-in store come from the package's .msg files under
+    AMENT_PREFIX_PATH (nested types too); the bag reads back with the independent reader."""
+    from mcap_ros2.reader import read_ros2_messages
+
+    from robot_imitation.recording.bagwriter import EpisodeBag, TypeRegistry
+
+    prefix = tmp_path / "prefix"
+    msg_dir = prefix / "share" / "gripper_msgs" / "msg"
+    msg_dir.mkdir(parents=True)
+    (msg_dir / "Finger.msg").write_text("string name\nfloat64 force\n")
+    (msg_dir / "Grasp.msg").write_text(
+        "std_msgs/Header header\nFinger[] fingers\nbool closed\n")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    registry = TypeRegistry()
+    bag = EpisodeBag(tmp_path / "bag", {"/grasp": "gripper_msgs/msg/Grasp"}, registry)
+    store = registry.store
+    Grasp, Finger = store.types["gripper_msgs/msg/Grasp"], store.types["gripper_msgs/msg/Finger"]
+    Header, Time = store.types["std_msgs/msg/Header"], store.types["builtin_interfaces/msg/Time"]
+    for i in range(3):
+        msg = Grasp(header=Header(stamp=Time(sec=i, nanosec=0), frame_id="hand"),
+                    fingers=[Finger(name="left", force=float(i)), Finger(name="right", force=2.0)],
+                    closed=bool(i % 2))
+        bag.write("/grasp", i * 1_000_000_000, store.serialize_cdr(msg, "gripper_msgs/msg/Grasp"))
+    bag.close()
+    got = [m.ros_msg for m in read_ros2_messages(str(tmp_path / "bag" / "bag.mcap"))]
+    assert [m.fingers[0].force for m in got] == [0.0, 1.0, 2.0]
+    assert [m.closed for m in got] == [False, True, False]
+    with pytest.raises(OSError, match="gripper_msgs/msg/Missing.msg not found"):
+        registry.ensure("gripper_msgs/msg/Missing")
