@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--dagger-start", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--episodes-per-iteration", type=int, default=5)
+    ap.add_argument("--beta0", type=float, default=0.5, help="beta of DAgger iteration 1")
+    ap.add_argument("--decay", type=float, default=0.5, help="beta_i = beta0 * decay**(i-1)")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--steps", type=int, default=6000, help="training steps per fit")
     ap.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
@@ -90,7 +92,7 @@ def main() -> int:
     base = SimDaggerConfig(task=args.task, bc_demos=args.bc_demos, dagger_start=args.dagger_start,
                            iterations=args.iterations,
                            episodes_per_iteration=args.episodes_per_iteration,
-                           eval_episodes=args.eval_episodes,
+                           beta0=args.beta0, decay=args.decay, eval_episodes=args.eval_episodes,
                            train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
                                   "device": args.device})
     expert = expert_success(base)
