@@ -180,7 +180,6 @@ class Recorder:
                                     f"{self.dataset.index_path} cannot be written: {exc}") from None
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
-            self._error = None
             self._entry, self._thread = entry, thread
             self._t0 = time.monotonic()
             self._queue = q
@@ -207,11 +206,9 @@ class Recorder:
             if self._entry is None:
                 raise RecorderError("no episode is being recorded")
             bag, entry = self._bag, {**self._entry, **(metadata or {})}
-            with self._offer_lock:
-                self._bag = None
-            custom = episode_custom_data(entry)
             with self._offer_lock:  # no message can be queued behind the stop marker
-                self._queue.put((_STOP, keep, custom))
+                self._bag = None
+                self._queue.put((_STOP, keep, episode_custom_data(entry)))
             self._thread.join()
             entry.update(duration=round(time.monotonic() - self._t0, 3),
                          counts=dict(bag.counts), received=dict(self._received),

@@ -19,6 +19,7 @@ from pathlib import Path
 from mcap.records import Channel, Message, Schema
 from mcap.stream_reader import StreamReader
 
+from ..data.bags import STORAGE_SUFFIXES
 from ..data.dataset import Progress
 from .bagwriter import EpisodeBag, TypeRegistry
 from .recorder import DatasetWriter, episode_custom_data
@@ -28,7 +29,7 @@ class RecoverError(RuntimeError):
     pass
 
 
-STORAGE_SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
+STORAGE_SUFFIX = {storage: suffix for suffix, storage in STORAGE_SUFFIXES.items()}
 
 
 def _storage(bag_dir: Path) -> str | None:
