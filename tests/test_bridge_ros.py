@@ -65,8 +65,10 @@ def test_realtime_bridge_topics_camera_and_commands(procs, probe):
     rtf = probe.record(Float64, "/mujoco_bridge/real_time_factor", 10)
     wait_for(lambda: len(joints) > 20 and clocks and images and infos and len(rtf) >= 2, 30,
              "joint states, clock, a camera image and the real-time factor", procs=procs)
-    # Physics paced by the wall clock: the achieved factor is near the target of 1.
-    assert 0.8 < rtf[-1].data < 1.2, [m.data for m in rtf]
+    # Physics paced by the wall clock: once started up (the first windows include start-up),
+    # the achieved factor is near the target of 1.
+    wait_for(lambda: any(0.8 < m.data < 1.2 for m in rtf), 15,
+             "a real-time factor near 1", procs=procs)
 
     js = joints[-1]
     assert list(js.name) == [f"panda_joint{i}" for i in range(1, 8)] + [
