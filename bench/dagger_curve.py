@@ -27,8 +27,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from robot_imitation.learning.dagger_sim import (SimDaggerConfig, bc_and_dagger,  # noqa: E402
-                                                 expert_success, labels_to_reach)
+from robot_imitation.learning.dagger_sim import (VARIANTS, SimDaggerConfig,  # noqa: E402
+                                                 bc_and_dagger, expert_success,
+                                                 labels_to_reach)
+
+NAMES = {"mixture": "DAgger", "gated": "HG-DAgger"}
 
 
 def mean_curve(runs: list, key: str, x: str) -> list:
@@ -79,8 +82,21 @@ def main() -> int:
     ap.add_argument("--dagger-start", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--episodes-per-iteration", type=int, default=5)
-    ap.add_argument("--beta0", type=float, default=0.5, help="beta of DAgger iteration 1")
-    ap.add_argument("--decay", type=float, default=0.5, help="beta_i = beta0 * decay**(i-1)")
+    ap.add_argument("--beta0", type=float, default=0.7, help="beta of DAgger iteration 1")
+    ap.add_argument("--decay", type=float, default=0.85, help="beta_i = beta0 * decay**(i-1)")
+    ap.add_argument("--stall-steps", type=int, default=10,
+                    help="end a learner episode once the end effector is stuck this many steps "
+                         "(0: never)")
+    ap.add_argument("--stall-distance", type=float, default=0.01,
+                    help="end-effector motion (m) under which it counts as stuck")
+    ap.add_argument("--variants", nargs="+", default=["mixture", "gated"],
+                    choices=["mixture", "gated"],
+                    help="mixture: DAgger (beta-mixture rollouts, every state labelled); gated: "
+                         "HG-DAgger (the policy drives, a scripted gate hands control to the "
+                         "expert when the arm is stuck or pushes backwards; only "
+                         "expert-driven states are labelled)")
+    ap.add_argument("--hold", type=int, default=15,
+                    help="gated: ticks the expert keeps control per intervention")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--steps", type=int, default=6000, help="training steps per fit")
     ap.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
@@ -92,9 +108,11 @@ def main() -> int:
     base = SimDaggerConfig(task=args.task, bc_demos=args.bc_demos, dagger_start=args.dagger_start,
                            iterations=args.iterations,
                            episodes_per_iteration=args.episodes_per_iteration,
-                           beta0=args.beta0, decay=args.decay, eval_episodes=args.eval_episodes,
+                           beta0=args.beta0, decay=args.decay, stall_steps=args.stall_steps,
+                           stall_distance=args.stall_distance, eval_episodes=args.eval_episodes,
+                           variants=args.variants, hold=args.hold,
                            train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
-                                  "device": args.device})
+                                  "device": args.device, "val_fraction": 0.0})
     expert = expert_success(base)
     print(f"expert: {expert:.2f} over {args.eval_episodes} episodes", flush=True)
     jobs = max(1, min(args.jobs, len(args.seeds)))
@@ -109,11 +127,13 @@ def main() -> int:
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             runs = list(pool.map(one_seed, *zip(*work)))
-    curves = {"BC": mean_curve(runs, "bc", "demos"), "DAgger": mean_curve(runs, "dagger",
-                                                                          "iteration")}
+    curves = {"BC": mean_curve(runs, "bc", "demos")}
+    for variant in args.variants:
+        curves[NAMES[variant]] = mean_curve(runs, VARIANTS[variant], "iteration")
     goal = 0.9 * expert
     need = {name: labels_to_reach(pts, goal) for name, pts in curves.items()}
-    ratio = need["BC"] / need["DAgger"] if need["BC"] and need["DAgger"] else None
+    ratios = {name: (need["BC"] / n if need["BC"] and n else None)
+              for name, n in need.items() if name != "BC"}
 
     print(f"\n{args.task}, {len(args.seeds)} seeds, {args.eval_episodes} evaluation episodes, "
           f"{args.steps} training steps per fit on {args.device}")
@@ -127,10 +147,11 @@ def main() -> int:
         best = max(p["success"] for p in curves[name])
         print(f"{name}: labels to reach 90% of the expert ({goal:.2f}): "
               + (f"{n:.0f}" if n else f"not reached (best {best:.2f})"))
-    print("label ratio BC / DAgger at 90% of the expert: "
-          + (f"{ratio:.2f}x (goal: >= 3x)" if ratio else "n/a (a curve did not reach it)"))
+    for name, ratio in ratios.items():
+        print(f"label ratio BC / {name} at 90% of the expert: "
+              + (f"{ratio:.2f}x (goal: >= 3x)" if ratio else "n/a (a curve did not reach it)"))
     result = {"task": args.task, "seeds": args.seeds, "expert_success": expert, "goal": goal,
-              "curves": curves, "labels_to_goal": need, "label_ratio": ratio, "runs": runs,
+              "curves": curves, "labels_to_goal": need, "label_ratios": ratios, "runs": runs,
               "config": asdict(base), "wall_s": round(time.monotonic() - t0, 1)}
     (args.out / "dagger_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(curves, expert, args.out / "dagger_curve.png")

@@ -122,6 +122,9 @@ def make_checkpoint(spec_name: str, path: Path) -> Path:
         else:  # velocities
             shift += [0.0] * n
             scale += [0.5] * n
+    for f in spec.features:  # relative positions
+        shift += [0.0] * f.size
+        scale += [0.1] * f.size
     policy.obs_norm.set(shift, scale)
     act_shift, act_scale = np.zeros(spec.action_dim), np.full(spec.action_dim, 0.05)
     for f, (_, a, b) in zip(spec.actions, action_slices(spec)):

@@ -30,3 +30,61 @@ def test_labels_to_reach():
              {"labels": 200, "success": 0.9}]
     assert labels_to_reach(curve, 0.9) == 200
     assert labels_to_reach(curve, 0.99) is None
+
+
+class ExpertAsPolicy:
+    """The scripted expert behind the policy interface: a learner that makes no mistakes."""
+
+    def __init__(self, expert, spec):
+        self.expert, self.keys = expert, [f.key for f in spec.observations]
+
+    def act(self, obs):
+        import torch
+
+        action = self.expert({k: obs[k][0].double().numpy() for k in self.keys})
+        return torch.as_tensor(action)[None, None]
+
+
+def test_the_gate_takes_over_when_stuck_or_backwards_and_hands_back_after_hold():
+    from robot_imitation.learning.dagger_sim import InterventionGate
+
+    gate = InterventionGate(stall_steps=3, stall_distance=0.01, regress=0.02, hold=4)
+
+    def obs(x, gap):
+        return {"ee_pose": np.array([x, 0, 0.1, 1, 0, 0, 0]),
+                "object_pose": np.array([gap, 0, 0, 1, 0, 0, 0]), "goal_pose": np.zeros(7)}
+
+    moving = [gate.expert_drives(obs(0.05 * k, 0.3)) for k in range(6)]
+    assert not any(moving)
+    stuck = [gate.expert_drives(obs(0.25, 0.3)) for _ in range(8)]
+    # still over 3 ticks (from the last moving one) at the 3rd: 4 ticks of expert control,
+    # then the policy's stall window starts afresh
+    assert stuck == [False, False, True, True, True, True, False, False]
+    gate.reset()
+    back = [gate.expert_drives(obs(0.05 * k, gap)) for k, gap in
+            enumerate([0.30, 0.25, 0.26, 0.28])]
+    assert back == [False, False, False, True]  # 3 cm behind its best gap
+
+
+def test_gated_rollouts_label_only_the_experts_interventions(tmp_path):
+    from robot_imitation.learning.dagger_sim import InterventionGate, gated_rollout
+
+    spec = Spec.load("push")
+    env = ImitationEnv("push")
+    expert = make_expert(env.sim)
+    gate = InterventionGate()
+    # a learner that never errs drives alone: no intervention, no label, the task solved
+    segments, ok, ticks = gated_rollout(env, expert, spec, 5, ExpertAsPolicy(expert, spec), gate)
+    assert ok and segments == [] and ticks > 10
+    # an untrained learner gets stuck: the expert takes over, and only those ticks are labelled
+    demo = rollout(env, expert, spec, seed=3)
+    policy = fit([demo], spec, tmp_path / "fit", TrainConfig(
+        steps=5, eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0))
+    segments, ok, ticks = gated_rollout(env, expert, spec, 5, policy, gate)
+    labels = sum(len(s) for s in segments)
+    assert segments and 0 < labels < ticks
+    assert all(len(s) <= gate.hold for s in segments)
+    for s in segments:
+        for k in range(len(s)):
+            obs = {key: s.obs[key][k].astype(float) for key in s.obs}
+            np.testing.assert_allclose(s.actions[k], expert(obs), atol=2e-3)

@@ -18,19 +18,22 @@ def random_policy(head="mse", chunk=1, images=False, seed=0) -> Policy:
                        image_shapes=[[48, 64, 3]] if images else [], action_dim=8, chunk=chunk,
                        head=head, num_classes=3 if head == "categorical" else 0,
                        relative=[] if head == "categorical" else [[0, 7, "joint_pos"]],
-                       image_channels=[16, 16], keypoints=8)
+                       image_channels=[16, 16], keypoints=8,
+                       derived=[{"key": "ee_from_joints", "op": "difference",
+                                 "inputs": ["ee_pose", "joint_pos"], "size": 3}])
     policy = Policy(cfg)
     for m in policy.net:
         if isinstance(m, torch.nn.Linear):  # larger weights than the default: outputs that
             torch.nn.init.normal_(m.weight, std=0.3)  # differ visibly between inputs
-    policy.obs_norm.set(torch.randn(cfg.low_dim), torch.rand(cfg.low_dim) + 0.5)
+    policy.obs_norm.set(torch.randn(cfg.input_dim), torch.rand(cfg.input_dim) + 0.5)
     policy.act_norm.set(torch.randn(cfg.action_dim), torch.rand(cfg.action_dim) + 0.5)
     return policy.eval()
 
 
 @pytest.mark.parametrize("head", ["mse", "gaussian", "gmm", "categorical"])
 def test_every_backend_computes_policy_act(head):
-    """Each backend's output equals Policy.act on the same observation (several inputs)."""
+    """Each backend's output equals Policy.act on the same observation (several inputs),
+    derived features included."""
     policy = random_policy(head, chunk=3)
     ran = 0
     for kind in KINDS:

@@ -110,3 +110,53 @@ def test_decode_image_encodings_and_resize():
     short.data = rgb.tobytes()[:-10]
     with pytest.raises(SpecError, match="needs 72 bytes"):
         decode_image(short, 6, 4, "rgb8")
+
+
+# ---------------------------------------------------------------------- derived features
+FEATURED = dict(SMALL, features=[{"key": "ee_from_q", "op": "difference",
+                                  "inputs": ["ee", "q"], "size": 3}])
+
+
+@pytest.mark.parametrize("feature, match", [
+    ({"key": "f", "op": "sum", "inputs": ["ee", "q"]}, "unknown op"),
+    ({"key": "f", "op": "difference", "inputs": ["ee", "nope"]}, r"inputs \['nope'\]"),
+    ({"key": "f", "op": "difference", "inputs": ["ee"]}, "two inputs"),
+    ({"key": "f", "op": "difference", "inputs": ["ee", "q"], "size": 4}, "size 4 must be 1..3"),
+    ({"key": "q", "op": "difference", "inputs": ["ee", "q"]}, "unique"),
+])
+def test_bad_features_are_refused(feature, match):
+    with pytest.raises(SpecError, match=match):
+        Spec.from_dict(dict(SMALL, features=[feature]))
+
+
+def test_features_are_part_of_the_fingerprint_and_absent_ones_change_nothing():
+    plain, featured = Spec.from_dict(SMALL), Spec.from_dict(FEATURED)
+    assert "features" not in plain.to_dict()  # specs without features keep their fingerprint
+    assert plain.fingerprint() != featured.fingerprint()
+    assert Spec.from_dict(featured.to_dict()).fingerprint() == featured.fingerprint()
+    assert [f.key for f in featured.policy_inputs] == ["q", "ee", "ee_from_q"]
+
+
+def test_the_policy_computes_the_specs_features():
+    """The network's input is the spec's derive() of the raw observations, normalized: the
+    statistics (computed with derive on NumPy) and the policy (torch) cannot disagree."""
+    import torch
+
+    from robot_imitation.learning.checkpoint import spec_mismatch
+    from robot_imitation.learning.policies import Policy
+    from robot_imitation.learning.trainer import TrainConfig, policy_config
+
+    spec = Spec.from_dict(FEATURED)
+    policy = Policy(policy_config(spec, TrainConfig()))
+    rng = np.random.default_rng(0)
+    obs = {"q": rng.normal(size=(6, 3)), "ee": rng.normal(size=(6, 7))}
+    derived = spec.derive(obs)
+    np.testing.assert_allclose(derived["ee_from_q"], obs["ee"][:, :3] - obs["q"])
+    shift, scale = rng.normal(size=13), rng.uniform(0.5, 2, size=13)
+    policy.obs_norm.set(shift, scale)
+    got = policy.features({k: torch.as_tensor(v) for k, v in obs.items()}).double().numpy()
+    flat = np.concatenate([derived[f.key] for f in spec.policy_inputs], axis=1)
+    np.testing.assert_allclose(got, (flat - shift) / scale, rtol=1e-5, atol=1e-5)
+    # a runtime spec without the feature is named as a mismatch
+    assert spec_mismatch(spec, Spec.from_dict(SMALL)) == ["feature 'ee_from_q' is missing at "
+                                                          "runtime"]

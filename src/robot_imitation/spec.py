@@ -67,6 +67,39 @@ class FieldSpec:
         return [f"{self.key}[{i}]" for i in range(self.size)]
 
 
+FEATURE_OPS = ("difference",)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A policy input computed from observations, the same way at training and deployment.
+
+    ``difference``: the leading ``size`` values of ``inputs[0]`` minus those of ``inputs[1]``
+    (the object's position relative to the end effector, say). The computation is written once
+    and runs on NumPy arrays (dataset statistics) and torch tensors (inside the policy, hence
+    in every exported backend) alike.
+    """
+
+    key: str
+    op: str
+    inputs: tuple
+    size: int
+
+    topic = ""  # not taken from a topic
+    is_image = False
+
+    @property
+    def shape(self) -> tuple:
+        return (self.size,)
+
+    def names(self) -> list:
+        return [f"{self.key}[{i}]" for i in range(self.size)]
+
+    def compute(self, obs: dict):
+        a, b = self.inputs
+        return obs[a][..., : self.size] - obs[b][..., : self.size]
+
+
 _SUPPORTED = {
     "sensor_msgs/msg/JointState": ("position", "velocity", "effort"),
     "geometry_msgs/msg/PoseStamped": ("pose",),
@@ -111,6 +144,27 @@ def _field_spec(entry: dict, where: str) -> FieldSpec:
                      relative_to=entry.get("relative_to", ""))
 
 
+def _feature_spec(entry: dict, where: str, known: dict) -> FeatureSpec:
+    missing = [k for k in ("key", "op", "inputs") if k not in entry]
+    if missing:
+        raise SpecError(f"{where}: missing {missing}")
+    key, op, inputs = entry["key"], entry["op"], tuple(entry["inputs"] or ())
+    if op not in FEATURE_OPS:
+        raise SpecError(f"{where} ({key}): unknown op {op!r} (known: {list(FEATURE_OPS)})")
+    if len(inputs) != 2:
+        raise SpecError(f"{where} ({key}): {op} takes two inputs, got {list(inputs)}")
+    bad = [k for k in inputs if k not in known or known[k].is_image]
+    if bad:
+        raise SpecError(f"{where} ({key}): inputs {bad} are not low-dimensional observations "
+                        f"declared before it")
+    widest = min(known[k].shape[0] for k in inputs)
+    size = int(entry.get("size", widest))
+    if not 0 < size <= widest:
+        raise SpecError(f"{where} ({key}): size {size} must be 1..{widest} (the inputs' "
+                        f"leading values)")
+    return FeatureSpec(key=key, op=op, inputs=inputs, size=size)
+
+
 @dataclass(frozen=True)
 class Spec:
     name: str
@@ -120,6 +174,7 @@ class Spec:
     record_also: tuple = ()
     normalization: dict = field(default_factory=lambda: {"observations": "mean_std",
                                                           "actions": "min_max"})
+    features: tuple = ()  # FeatureSpec: policy inputs computed from the observations
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -130,7 +185,12 @@ class Spec:
         obs = tuple(_field_spec(e, f"{where}: observations[{i}]")
                     for i, e in enumerate(data["observations"]))
         act = tuple(_field_spec(e, f"{where}: actions[{i}]") for i, e in enumerate(data["actions"]))
-        keys = [f.key for f in obs + act]
+        known = {f.key: f for f in obs}
+        feats = []
+        for i, e in enumerate(data.get("features") or ()):
+            feats.append(_feature_spec(e, f"{where}: features[{i}]", known))
+            known[feats[-1].key] = feats[-1]
+        keys = [f.key for f in obs + act + tuple(feats)]
         if len(set(keys)) != len(keys):
             raise SpecError(f"{where}: keys must be unique, got {keys}")
         if any(f.is_image for f in act):
@@ -149,7 +209,7 @@ class Spec:
         norm = dict(data.get("normalization") or {"observations": "mean_std",
                                                   "actions": "min_max"})
         return cls(name=data["name"], control_rate=rate, observations=obs, actions=act,
-                   record_also=also, normalization=norm)
+                   record_also=also, normalization=norm, features=tuple(feats))
 
     @classmethod
     def load(cls, name_or_path) -> "Spec":
@@ -168,11 +228,15 @@ class Spec:
                 d["joints"] = list(f.joints)
             return d
 
-        return {"name": self.name, "control_rate": self.control_rate,
-                "observations": [entry(f) for f in self.observations],
-                "actions": [entry(f) for f in self.actions],
-                "record_also": [{"topic": t, "type": ty} for t, ty in self.record_also],
-                "normalization": dict(self.normalization)}
+        out = {"name": self.name, "control_rate": self.control_rate,
+               "observations": [entry(f) for f in self.observations],
+               "actions": [entry(f) for f in self.actions],
+               "record_also": [{"topic": t, "type": ty} for t, ty in self.record_also],
+               "normalization": dict(self.normalization)}
+        if self.features:  # absent when empty: specs without features keep their fingerprint
+            out["features"] = [{"key": f.key, "op": f.op, "inputs": list(f.inputs),
+                                "size": f.size} for f in self.features]
+        return out
 
     def fingerprint(self) -> str:
         """A hash of everything that changes what the arrays mean."""
@@ -209,6 +273,20 @@ class Spec:
     @property
     def image_observations(self) -> tuple:
         return tuple(f for f in self.observations if f.is_image)
+
+    @property
+    def policy_inputs(self) -> tuple:
+        """What the policy's MLP sees, in order: low-dimensional observations, then features
+        (each normalized with the training split's statistics)."""
+        return self.low_dim_observations + self.features
+
+    def derive(self, obs: dict) -> dict:
+        """``obs`` with the declared features added (NumPy arrays or torch tensors, batched or
+        not): the one implementation of the features, used for statistics and by the policy."""
+        out = dict(obs)
+        for f in self.features:
+            out[f.key] = f.compute(out)
+        return out
 
     @property
     def action_dim(self) -> int:

@@ -374,8 +374,8 @@ def compute_stats(spec: Spec, episodes: list) -> dict:
     if not episodes:
         raise DatasetError("no episodes to compute normalization statistics from")
     arrays = _concatenate(spec, episodes, range(len(episodes)))
-    return {"observations": {f.key: FieldStats.of(arrays["obs"][f.key])
-                             for f in spec.low_dim_observations},
+    obs = spec.derive({f.key: arrays["obs"][f.key] for f in spec.low_dim_observations})
+    return {"observations": {f.key: FieldStats.of(obs[f.key]) for f in spec.policy_inputs},
             "actions": FieldStats.of(arrays["actions"])}
 
 

@@ -173,14 +173,25 @@ class NumpyBackend(Backend):
         self.obs_scale = arr(policy.obs_norm.scale)
         self.act_shift = arr(policy.act_norm.shift)
         self.act_scale = arr(policy.act_norm.scale)
-        self.x = np.zeros((1, cfg.low_dim), np.float32)
+        self.x = np.zeros((1, cfg.input_dim), np.float32)
         offsets = {key: start for key, start, _ in low_dim_slices(cfg)}
+        # derived features: views of the raw input, computed by the spec's own code into x
+        raw = {key: self.low[:, a:b] for key, a, b in low_dim_slices(cfg)}
+        self.derived, at = [], cfg.low_dim
+        for f in cfg.feature_specs():
+            self.derived.append((f, self.x[:, at:at + f.size]))
+            raw[f.key] = self.x[:, at:at + f.size]
+            at += f.size
+        self._raw = raw
         # (action offset, size, low-buffer offset) of relative actions
         self.relative = [(int(o), int(s), offsets[k]) for o, s, k in cfg.relative]
 
     def run(self) -> np.ndarray:
         cfg = self.cfg
-        np.subtract(self.low, self.obs_shift, out=self.x)
+        self.x[:, :cfg.low_dim] = self.low
+        for f, out in self.derived:
+            out[...] = f.compute(self._raw)
+        self.x -= self.obs_shift
         self.x /= self.obs_scale
         h = self.x
         last = len(self.layers) - 1
@@ -226,7 +237,8 @@ def fill_example(backend: Backend, policy: Policy, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     shift = policy.obs_norm.shift.detach().cpu().numpy()
     scale = policy.obs_norm.scale.detach().cpu().numpy()
-    backend.low[0] = shift + scale * rng.standard_normal(shift.shape)
+    n = backend.low.shape[1]  # the raw inputs (derived features come after them)
+    backend.low[0] = shift[:n] + scale[:n] * rng.standard_normal(n)
     for img in backend.images.values():
         img[...] = rng.integers(0, 256, img.shape, dtype=np.uint8)
 

@@ -113,7 +113,10 @@ def spec_mismatch(trained: Spec, runtime: Spec) -> list[str]:
     problems = []
     if trained.control_rate != runtime.control_rate:
         problems.append(f"control rate {trained.control_rate} Hz vs {runtime.control_rate} Hz")
-    for kind in ("observations", "actions"):
+    attrs = {"observations": ("topic", "type", "field", "joints", "size", "image"),
+             "actions": ("topic", "type", "field", "joints", "size", "image"),
+             "features": ("op", "inputs", "size")}
+    for kind in ("observations", "actions", "features"):
         a = {f.key: f for f in getattr(trained, kind)}
         b = {f.key: f for f in getattr(runtime, kind)}
         for key in a.keys() - b.keys():
@@ -122,7 +125,7 @@ def spec_mismatch(trained: Spec, runtime: Spec) -> list[str]:
             problems.append(f"{kind[:-1]} '{key}' was not in training")
         for key in a.keys() & b.keys():
             fa, fb = a[key], b[key]
-            for attr in ("topic", "type", "field", "joints", "size", "image"):
+            for attr in attrs[kind]:
                 if getattr(fa, attr) != getattr(fb, attr):
                     problems.append(f"{kind[:-1]} '{key}': {attr} {getattr(fa, attr)!r} in "
                                     f"training, {getattr(fb, attr)!r} at runtime")
@@ -159,6 +162,10 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
         policy = Policy(PolicyConfig.from_dict(meta["policy"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / META}: cannot rebuild the policy: {exc}") from None
+    declared = [(f.key, f.op, tuple(f.inputs), f.size) for f in trained.features]
+    if [(f.key, f.op, tuple(f.inputs), f.size) for f in policy.derived] != declared:
+        raise CheckpointError(f"{path / META}: the policy's derived features do not match its "
+                              "spec's features (edited by hand?)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

@@ -22,9 +22,16 @@ from .trainer import train as train_policy
 
 
 def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
-            rng: np.random.Generator | None = None) -> Episode:
+            rng: np.random.Generator | None = None, stall_steps: int = 0,
+            stall_distance: float = 0.01) -> Episode:
     """One episode from ``seed``: each step labelled by ``expert``; the executed action is the
-    expert's with probability ``beta`` (per step), else ``policy``'s (first of its chunk)."""
+    expert's with probability ``beta`` (per step), else ``policy``'s (first of its chunk).
+
+    ``stall_steps`` > 0 ends an episode in which the policy acts once the end effector has
+    moved less than ``stall_distance`` (m) over that many steps, as an operator resets a robot
+    that got stuck: the states of a stall repeat each other, and labelling them again and
+    again spends the expert's labels on nothing new.
+    """
     if spec.image_observations:
         raise ValueError("rollout() handles low-dimensional specs only")
     obs, _ = env.reset(seed=seed)
@@ -32,6 +39,9 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
     seen = {k: [] for k in keys}
     labels = []
     rng = rng or np.random.default_rng(seed)
+    watch = stall_steps > 0 and policy is not None and beta < 1.0
+    ee_path = []
+    stalled = False
     while True:
         label = np.asarray(expert(obs), dtype=float)
         for k in keys:
@@ -45,12 +55,107 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
             np.clip(action, env.action_space.low, env.action_space.high))
         if terminated or truncated:
             break
+        if watch:
+            ee_path.append(np.asarray(obs["ee_pose"][:3], dtype=float))
+            if len(ee_path) > stall_steps and np.linalg.norm(
+                    ee_path[-1] - ee_path[-1 - stall_steps]) < stall_distance:
+                stalled = True
+                break
     n = len(labels)
     return Episode(name=f"seed_{seed}", obs={k: np.stack(v).astype(np.float32)
                                              for k, v in seen.items()},
                    actions=np.stack(labels).astype(np.float32),
                    t=np.arange(n) / spec.control_rate, source="gymnasium",
-                   success=bool(info["is_success"]), seed=seed)
+                   success=bool(info["is_success"]) and not stalled, seed=seed)
+
+
+@dataclass
+class InterventionGate:
+    """A scripted stand-in for the person watching an HG-DAgger run: it takes control when the
+    robot is stuck (the end effector moved less than ``stall_distance`` over ``stall_steps``)
+    or is pushing the task backwards (the object ``regress`` m further from the goal than its
+    best so far), and hands control back after ``hold`` ticks. It looks at what a person sees
+    (where the arm and the object are), never at the expert's or the learner's actions."""
+
+    stall_steps: int = 10
+    stall_distance: float = 0.01
+    regress: float = 0.02
+    hold: int = 15
+
+    def __post_init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.ee, self.best, self.left = [], None, 0
+
+    def expert_drives(self, obs: dict) -> bool:
+        """Update with this tick's observation; True while the expert has control."""
+        gap = _object_gap(obs)
+        if self.left > 0:
+            self.left -= 1
+            drive = True
+        else:  # the policy's motion only: the stall window restarts after each intervention
+            self.ee.append(np.asarray(obs["ee_pose"][:3], dtype=float))
+            stuck = len(self.ee) > self.stall_steps and np.linalg.norm(
+                self.ee[-1] - self.ee[-1 - self.stall_steps]) < self.stall_distance
+            backwards = gap is not None and self.best is not None and gap > self.best + self.regress
+            drive = stuck or backwards
+            if drive:
+                self.left = self.hold - 1
+                self.ee.clear()
+        if gap is not None:
+            self.best = gap if self.best is None else min(self.best, gap)
+        return drive
+
+
+def _object_gap(obs: dict) -> float | None:
+    """Distance from the object to the goal (None for tasks without both)."""
+    if "object_pose" not in obs or "goal_pose" not in obs:
+        return None
+    return float(np.linalg.norm(np.asarray(obs["object_pose"][:2], dtype=float)
+                                - np.asarray(obs["goal_pose"][:2], dtype=float)))
+
+
+def gated_rollout(env, expert, spec: Spec, seed: int, policy, gate: InterventionGate
+                  ) -> tuple[list, bool, int]:
+    """One HG-DAgger episode: the policy drives, ``gate`` hands control to the expert at
+    times, and only the states the expert drove are labelled (as in a run with a person).
+
+    Returns (one ``Episode`` per intervention, success, ticks run).
+    """
+    if spec.image_observations:
+        raise ValueError("gated_rollout() handles low-dimensional specs only")
+    obs, _ = env.reset(seed=seed)
+    gate.reset()
+    keys = [f.key for f in spec.observations]
+    segments, current, ticks = [], None, 0
+    while True:
+        if gate.expert_drives(obs):
+            action = np.asarray(expert(obs), dtype=float)
+            if current is None:
+                current = ({k: [] for k in keys}, [])
+                segments.append(current)
+            for k in keys:
+                current[0][k].append(np.asarray(obs[k], dtype=float))
+            current[1].append(action)
+        else:
+            current = None
+            with torch.no_grad():
+                action = policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+        obs, _, terminated, truncated, info = env.step(
+            np.clip(action, env.action_space.low, env.action_space.high))
+        ticks += 1
+        if terminated or truncated:
+            break
+    episodes = []
+    for j, (seen, labels) in enumerate(segments):
+        n = len(labels)
+        episodes.append(Episode(name=f"seed_{seed}_intervention_{j}",
+                                obs={k: np.stack(v).astype(np.float32) for k, v in seen.items()},
+                                actions=np.stack(labels).astype(np.float32),
+                                t=np.arange(n) / spec.control_rate, source="gymnasium",
+                                success=None, seed=seed))
+    return episodes, bool(info["is_success"]), ticks
 
 
 def episodes_dataset(episodes: list, spec: Spec, out, cfg: TrainConfig) -> Dataset:
@@ -78,12 +183,22 @@ class SimDaggerConfig:
     dagger_start: int = 10            # expert demonstrations before the first DAgger iteration
     iterations: int = 5
     episodes_per_iteration: int = 10
-    beta0: float = 0.5                # beta_i = beta0 * decay**(i-1)
-    decay: float = 0.5
+    beta0: float = 0.7                # beta_i = beta0 * decay**(i-1)
+    decay: float = 0.85
+    stall_steps: int = 10             # end learner episodes stuck this many steps (0: never)
+    stall_distance: float = 0.01      # m of end-effector motion that counts as stuck
+    # "mixture": DAgger, beta-mixture rollouts, every visited state labelled; "gated":
+    # HG-DAgger, the policy drives, a scripted gate hands control to the expert when the robot
+    # is stuck or pushes backwards, only the expert-driven states are labelled
+    variants: list = field(default_factory=lambda: ["mixture"])
+    hold: int = 15                    # gated: ticks the expert keeps control per intervention
+    regress: float = 0.02             # gated: m the object may lose on its best gap to the goal
     eval_episodes: int = 20
     eval_seed: int = 500_000
+    # every label trains (no validation split: the last weights are evaluated in closed loop)
     train: dict = field(default_factory=lambda: {"steps": 3000, "eval_every": 0,
-                                                  "eval_episodes": 0, "device": "cpu"})
+                                                  "eval_episodes": 0, "device": "cpu",
+                                                  "val_fraction": 0.0})
 
 
 def _score(policy, spec, cfg: SimDaggerConfig) -> float:
@@ -115,29 +230,58 @@ def bc_and_dagger(cfg: SimDaggerConfig, out, log=print) -> dict:
     tcfg = TrainConfig.from_dict({"seed": cfg.seed, **cfg.train})
     base = 1_000_000 * (cfg.seed + 1)  # demonstration seeds differ per run seed
     demos = [rollout(env, expert, spec, base + i) for i in range(max(cfg.bc_demos))]
-    rows = {"bc": [], "dagger": []}
+    rows = {"bc": []}
+    fitted = {}
     for n in cfg.bc_demos:
-        policy = fit(demos[:n], spec, out / f"bc_{n}", tcfg)
+        fitted[n] = policy = fit(demos[:n], spec, out / f"bc_{n}", tcfg)
         row = {"demos": n, "labels": int(sum(len(e) for e in demos[:n])),
                "success": _score(policy, spec, cfg)}
         rows["bc"].append(row)
         log(f"[seed {cfg.seed}] BC {n} demos, {row['labels']} labels: {row['success']:.2f}")
-    data = list(demos[:cfg.dagger_start])
-    policy = fit(data, spec, out / "dagger_0", tcfg)
-    rng = np.random.default_rng(cfg.seed)
-    rows["dagger"].append({"iteration": 0, "labels": int(sum(len(e) for e in data)),
-                           "success": _score(policy, spec, cfg)})
-    for i in range(1, cfg.iterations + 1):
-        beta = cfg.beta0 * cfg.decay ** (i - 1)
-        data += [rollout(env, expert, spec, base + 100_000 * i + k, policy, beta, rng)
-                 for k in range(cfg.episodes_per_iteration)]
-        policy = fit(data, spec, out / f"dagger_{i}", tcfg)
-        row = {"iteration": i, "beta": beta, "labels": int(sum(len(e) for e in data)),
-               "success": _score(policy, spec, cfg)}
-        rows["dagger"].append(row)
-        log(f"[seed {cfg.seed}] DAgger {i} (beta {beta:.3f}), {row['labels']} labels: "
-            f"{row['success']:.2f}")
+    start = list(demos[:cfg.dagger_start])
+    first = fitted.get(cfg.dagger_start) or fit(start, spec, out / f"bc_{cfg.dagger_start}", tcfg)
+    first_row = next((dict(r, iteration=0) for r in rows["bc"] if r["demos"] == cfg.dagger_start),
+                     None) or {"iteration": 0, "labels": int(sum(len(e) for e in start)),
+                               "success": _score(first, spec, cfg)}
+    for variant in cfg.variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"DAgger variant must be one of {list(VARIANTS)}, not {variant!r}")
+        rows[VARIANTS[variant]] = _dagger_curve(cfg, variant, env, expert, spec, tcfg, out,
+                                                list(start), first, dict(first_row), base, log)
     return rows
+
+
+VARIANTS = {"mixture": "dagger", "gated": "hg_dagger"}  # variant: its key in the results
+
+
+def _dagger_curve(cfg, variant, env, expert, spec, tcfg, out, data, policy, first_row, base,
+                  log) -> list:
+    rng = np.random.default_rng(cfg.seed)
+    gate = InterventionGate(cfg.stall_steps or 10, cfg.stall_distance, cfg.regress, cfg.hold)
+    name = "DAgger" if variant == "mixture" else "HG-DAgger"
+    first_row.pop("demos", None)
+    curve = [first_row]
+    for i in range(1, cfg.iterations + 1):
+        beta, extra = cfg.beta0 * cfg.decay ** (i - 1), {}
+        if variant == "mixture":
+            data += [rollout(env, expert, spec, base + 100_000 * i + k, policy, beta, rng,
+                             cfg.stall_steps, cfg.stall_distance)
+                     for k in range(cfg.episodes_per_iteration)]
+        else:
+            beta, wins, ticks = None, 0, 0
+            for k in range(cfg.episodes_per_iteration):
+                segments, ok, n = gated_rollout(env, expert, spec, base + 100_000 * i + k,
+                                                policy, gate)
+                data += segments
+                wins, ticks = wins + ok, ticks + n
+            extra = {"rollout_success": wins / cfg.episodes_per_iteration, "ticks": ticks}
+        policy = fit(data, spec, out / f"{VARIANTS[variant]}_{i}", tcfg)
+        row = {"iteration": i, "beta": beta, "labels": int(sum(len(e) for e in data)),
+               "success": _score(policy, spec, cfg), **extra}
+        curve.append(row)
+        log(f"[seed {cfg.seed}] {name} {i}" + (f" (beta {beta:.3f})" if beta is not None else "")
+            + f", {row['labels']} labels: {row['success']:.2f}")
+    return curve
 
 
 def labels_to_reach(curve: list, goal: float) -> int | None:

@@ -40,6 +40,9 @@ class PolicyConfig:
     # [action offset, size, observation key]: these actions are predicted relative to the
     # leading `size` values of that (raw) observation
     relative: list = field(default_factory=list)
+    # the spec's features ({key, op, inputs, size}), computed from the low-dim inputs and
+    # appended to them before normalization
+    derived: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +56,19 @@ class PolicyConfig:
 
     @property
     def low_dim(self) -> int:
+        """Size of the flat raw low-dimensional input."""
         return int(sum(self.low_dim_sizes))
+
+    @property
+    def input_dim(self) -> int:
+        """Size of what is normalized and fed to the MLP: raw inputs plus derived features."""
+        return self.low_dim + int(sum(d["size"] for d in self.derived))
+
+    def feature_specs(self) -> list:
+        from ..spec import FeatureSpec
+
+        return [FeatureSpec(key=d["key"], op=d["op"], inputs=tuple(d["inputs"]),
+                            size=int(d["size"])) for d in self.derived]
 
 
 class Normalizer(nn.Module):
@@ -129,12 +144,13 @@ class Policy(nn.Module):
         if cfg.head == "categorical" and cfg.num_classes < 2:
             raise ValueError("a categorical head needs num_classes >= 2")
         self.cfg = cfg
-        self.obs_norm = Normalizer(cfg.low_dim)
+        self.obs_norm = Normalizer(cfg.input_dim)
+        self.derived = cfg.feature_specs()
         self.act_norm = Normalizer(cfg.action_dim)
         self.encoders = nn.ModuleDict({
             key: ImageEncoder(shape[2], cfg.image_channels, cfg.keypoints)
             for key, shape in zip(cfg.image_keys, cfg.image_shapes)})
-        features = cfg.low_dim + sum(e.out_dim for e in self.encoders.values())
+        features = cfg.input_dim + sum(e.out_dim for e in self.encoders.values())
         out = cfg.chunk * cfg.action_dim
         per_dim = {"mse": 1, "gaussian": 2, "gmm": 0, "categorical": cfg.num_classes}[cfg.head]
         head_out = out * per_dim if cfg.head != "gmm" else cfg.modes * (1 + 2 * out)
@@ -142,9 +158,13 @@ class Policy(nn.Module):
 
     # ----------------------------------------------------------------- inputs
     def features(self, obs: dict) -> torch.Tensor:
-        """Normalized low-dim observations (and image keypoints), concatenated in spec order."""
-        low = torch.cat([obs[k].float().reshape(obs[k].shape[0], -1)
-                         for k in self.cfg.low_dim_keys], dim=-1)
+        """Normalized low-dim observations and derived features (and image keypoints),
+        concatenated in spec order."""
+        raw = {k: obs[k].float().reshape(obs[k].shape[0], -1) for k in self.cfg.low_dim_keys}
+        for f in self.derived:
+            raw[f.key] = f.compute(raw)
+        low = torch.cat([raw[k] for k in self.cfg.low_dim_keys]
+                        + [raw[f.key] for f in self.derived], dim=-1)
         parts = [self.obs_norm(low)]
         parts += [self.encoders[k](obs[k]) for k in self.cfg.image_keys]
         return torch.cat(parts, dim=-1)

@@ -129,7 +129,9 @@ def policy_config(spec: Spec, cfg: TrainConfig) -> PolicyConfig:
         image_keys=[f.key for f in spec.image_observations],
         image_shapes=[list(f.shape) for f in spec.image_observations],
         action_dim=spec.action_dim, chunk=cfg.chunk, hidden=list(cfg.hidden), head=cfg.head,
-        modes=cfg.modes, dropout=cfg.dropout)
+        modes=cfg.modes, dropout=cfg.dropout,
+        derived=[{"key": f.key, "op": f.op, "inputs": list(f.inputs), "size": f.size}
+                 for f in spec.features])
 
 
 def relative_action_stats(policy: Policy, arrays: dict):
@@ -144,7 +146,7 @@ def relative_action_stats(policy: Policy, arrays: dict):
 
 def set_normalization(policy: Policy, spec: Spec, stats: dict) -> dict:
     """Load the training split's statistics into the policy; returns them as JSON."""
-    obs_stats = [stats["observations"][f.key] for f in spec.low_dim_observations]
+    obs_stats = [stats["observations"][f.key] for f in spec.policy_inputs]
     if spec.normalization.get("observations", "mean_std") == "min_max":
         shift = np.concatenate([(s.max + s.min) / 2 for s in obs_stats])
         scale = np.concatenate([np.maximum((s.max - s.min) / 2, 1e-6) for s in obs_stats])
@@ -158,7 +160,7 @@ def set_normalization(policy: Policy, spec: Spec, stats: dict) -> dict:
     else:
         policy.act_norm.set(a.mean, a.std)
     return {"observations": {f.key: stats["observations"][f.key].to_dict()
-                             for f in spec.low_dim_observations},
+                             for f in spec.policy_inputs},
             "actions": a.to_dict(), "methods": dict(spec.normalization)}
 
 

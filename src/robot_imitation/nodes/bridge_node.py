@@ -246,6 +246,7 @@ class MujocoBridge(Node):
                                   _camera_info(name, w, h, fovy))
         self.renderer = CameraRenderer(self, wanted, w, h) if wanted else None
         self._next_frame = 0.0
+        self._rendering: list[str] = []
 
         # ---------------------------------------------------------------- commands
         arm, grip = p["arm_controller"], p["gripper_controller"]
@@ -453,10 +454,28 @@ class MujocoBridge(Node):
         self._next_frame = max(self._next_frame + 1.0 / self.p["camera_rate"], t)
         wanted = [n for n, (img, info, _) in self.cameras.items()
                   if img.get_subscription_count() or info.get_subscription_count()]
+        if wanted != self._rendering:
+            self._log_rendering(wanted)
         if wanted:
             d = self.sim.data
             self.renderer.submit(from_sec(t), d.qpos.copy(), d.mocap_pos.copy(),
                                  d.mocap_quat.copy(), wanted)
+
+    def _log_rendering(self, wanted: list[str]) -> None:
+        """Log each change of the rendered set, with who subscribes: frames rendered with no
+        visible subscriber are then traceable to the endpoint the middleware matched."""
+        self._rendering = wanted
+        if not wanted:
+            self.get_logger().info("cameras idle: no subscribers")
+            return
+        who = set()
+        for name in wanted:
+            img, info, _ = self.cameras[name]
+            for pub in (img, info):
+                who.update(f"{e.node_namespace.rstrip('/')}/{e.node_name}"
+                           for e in self.get_subscriptions_info_by_topic(pub.topic_name))
+        self.get_logger().info(f"rendering cameras {', '.join(wanted)} for "
+                               f"{', '.join(sorted(who)) or 'a subscriber not yet in the graph'}")
 
     def publish_image(self, name: str, stamp, pixels: np.ndarray) -> None:
         img_pub, info_pub, info = self.cameras[name]
