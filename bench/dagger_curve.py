@@ -97,6 +97,9 @@ def main() -> int:
                          "expert-driven states are labelled)")
     ap.add_argument("--hold", type=int, default=15,
                     help="gated: ticks the expert keeps control per intervention")
+    ap.add_argument("--patience", type=int, default=30,
+                    help="gated: ticks without 1 cm of progress of the object before the expert "
+                         "takes over (0: never)")
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--steps", type=int, default=6000, help="training steps per fit")
     ap.add_argument("--device", default="cpu", help="training device: cpu, cuda or auto")
@@ -110,7 +113,7 @@ def main() -> int:
                            episodes_per_iteration=args.episodes_per_iteration,
                            beta0=args.beta0, decay=args.decay, stall_steps=args.stall_steps,
                            stall_distance=args.stall_distance, eval_episodes=args.eval_episodes,
-                           variants=args.variants, hold=args.hold,
+                           variants=args.variants, hold=args.hold, patience=args.patience,
                            train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
                                   "device": args.device, "val_fraction": 0.0})
     expert = expert_success(base)

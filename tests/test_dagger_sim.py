@@ -48,7 +48,8 @@ class ExpertAsPolicy:
 def test_the_gate_takes_over_when_stuck_or_backwards_and_hands_back_after_hold():
     from robot_imitation.learning.dagger_sim import InterventionGate
 
-    gate = InterventionGate(stall_steps=3, stall_distance=0.01, regress=0.02, hold=4)
+    gate = InterventionGate(stall_steps=3, stall_distance=0.01, regress=0.02, hold=4,
+                            patience=0)
 
     def obs(x, gap):
         return {"ee_pose": np.array([x, 0, 0.1, 1, 0, 0, 0]),
@@ -64,6 +65,10 @@ def test_the_gate_takes_over_when_stuck_or_backwards_and_hands_back_after_hold()
     back = [gate.expert_drives(obs(0.05 * k, gap)) for k, gap in
             enumerate([0.30, 0.25, 0.26, 0.28])]
     assert back == [False, False, False, True]  # 3 cm behind its best gap
+    gate = InterventionGate(stall_steps=3, hold=2, patience=5, progress=0.01)
+    # the arm moves, the object creeps towards the goal by less than 1 cm: no progress
+    idle = [gate.expert_drives(obs(0.05 * k, 0.3 - 0.001 * k)) for k in range(10)]
+    assert idle == [False] * 6 + [True, True] + [False] * 2  # 5 ticks without progress
 
 
 def test_gated_rollouts_label_only_the_experts_interventions(tmp_path):

@@ -72,21 +72,25 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
 @dataclass
 class InterventionGate:
     """A scripted stand-in for the person watching an HG-DAgger run: it takes control when the
-    robot is stuck (the end effector moved less than ``stall_distance`` over ``stall_steps``)
-    or is pushing the task backwards (the object ``regress`` m further from the goal than its
-    best so far), and hands control back after ``hold`` ticks. It looks at what a person sees
-    (where the arm and the object are), never at the expert's or the learner's actions."""
+    robot is stuck (the end effector moved less than ``stall_distance`` over ``stall_steps``),
+    pushes the task backwards (the object ``regress`` m further from the goal than its best so
+    far) or makes no progress (the object's best gap to the goal not ``progress`` m better for
+    ``patience`` ticks), and hands control back after ``hold`` ticks. It looks at what a person
+    sees (where the arm and the object are), never at the expert's or the learner's actions."""
 
     stall_steps: int = 10
     stall_distance: float = 0.01
     regress: float = 0.02
     hold: int = 15
+    patience: int = 30
+    progress: float = 0.01
 
     def __post_init__(self):
         self.reset()
 
     def reset(self) -> None:
         self.ee, self.best, self.left = [], None, 0
+        self.mark, self.waited = None, 0  # the gap progress is measured from, ticks since
 
     def expert_drives(self, obs: dict) -> bool:
         """Update with this tick's observation; True while the expert has control."""
@@ -99,12 +103,17 @@ class InterventionGate:
             stuck = len(self.ee) > self.stall_steps and np.linalg.norm(
                 self.ee[-1] - self.ee[-1 - self.stall_steps]) < self.stall_distance
             backwards = gap is not None and self.best is not None and gap > self.best + self.regress
-            drive = stuck or backwards
+            idle = self.patience > 0 and self.waited >= self.patience
+            drive = stuck or backwards or idle
             if drive:
                 self.left = self.hold - 1
                 self.ee.clear()
         if gap is not None:
             self.best = gap if self.best is None else min(self.best, gap)
+            if self.mark is None or gap < self.mark - self.progress or drive:
+                self.mark, self.waited = gap, 0
+            else:
+                self.waited += 1
         return drive
 
 
@@ -193,6 +202,7 @@ class SimDaggerConfig:
     variants: list = field(default_factory=lambda: ["mixture"])
     hold: int = 15                    # gated: ticks the expert keeps control per intervention
     regress: float = 0.02             # gated: m the object may lose on its best gap to the goal
+    patience: int = 30                # gated: ticks without 1 cm of progress before taking over
     eval_episodes: int = 20
     eval_seed: int = 500_000
     # every label trains (no validation split: the last weights are evaluated in closed loop)
@@ -257,7 +267,8 @@ VARIANTS = {"mixture": "dagger", "gated": "hg_dagger"}  # variant: its key in th
 def _dagger_curve(cfg, variant, env, expert, spec, tcfg, out, data, policy, first_row, base,
                   log) -> list:
     rng = np.random.default_rng(cfg.seed)
-    gate = InterventionGate(cfg.stall_steps or 10, cfg.stall_distance, cfg.regress, cfg.hold)
+    gate = InterventionGate(cfg.stall_steps or 10, cfg.stall_distance, cfg.regress, cfg.hold,
+                            cfg.patience)
     name = "DAgger" if variant == "mixture" else "HG-DAgger"
     first_row.pop("demos", None)
     curve = [first_row]
