@@ -338,6 +338,7 @@ def test_cache_never_decodes_twice_and_notices_changes(lockstep_dataset, tmp_pat
 
     variant = SPEC.to_dict()
     variant["observations"] = [o for o in variant["observations"] if o["key"] != "goal_pose"]
+    variant["features"] = [f for f in variant.get("features", []) if "goal_pose" not in f["inputs"]]
     reduced = build_dataset(root, spec=Spec.from_dict(variant))
     assert reduced.decoded == names and "goal_pose" not in reduced.episodes[0].obs
     assert build_dataset(root).decoded == names     # the cache now held the reduced spec's
