@@ -136,7 +136,7 @@ def main() -> int:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             runs = list(pool.map(one_seed, *zip(*work)))
     result = {"task": args.task, "seeds": args.seeds, "expert_success": expert, "runs": runs,
-              "config": {**asdict(base), "variants": args.variants},
+              "config": asdict(base),
               "wall_s": round(time.monotonic() - t0, 1)}
     summarize(result, args.out)
     return 0

@@ -95,6 +95,14 @@ class FeatureSpec:
     def names(self) -> list:
         return [f"{self.key}[{i}]" for i in range(self.size)]
 
+    def to_dict(self) -> dict:
+        return {"key": self.key, "op": self.op, "inputs": list(self.inputs), "size": self.size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        """From ``to_dict`` output (validated entries only: ``Spec.from_dict`` checks them)."""
+        return cls(key=d["key"], op=d["op"], inputs=tuple(d["inputs"]), size=int(d["size"]))
+
     def compute(self, obs: dict):
         a, b = self.inputs
         return obs[a][..., : self.size] - obs[b][..., : self.size]
@@ -234,8 +242,7 @@ class Spec:
                "record_also": [{"topic": t, "type": ty} for t, ty in self.record_also],
                "normalization": dict(self.normalization)}
         if self.features:  # absent when empty: specs without features keep their fingerprint
-            out["features"] = [{"key": f.key, "op": f.op, "inputs": list(f.inputs),
-                                "size": f.size} for f in self.features]
+            out["features"] = [f.to_dict() for f in self.features]
         return out
 
     def fingerprint(self) -> str:

@@ -162,8 +162,7 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
         policy = Policy(PolicyConfig.from_dict(meta["policy"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / META}: cannot rebuild the policy: {exc}") from None
-    declared = [(f.key, f.op, tuple(f.inputs), f.size) for f in trained.features]
-    if [(f.key, f.op, tuple(f.inputs), f.size) for f in policy.derived] != declared:
+    if policy.derived != list(trained.features):
         raise CheckpointError(f"{path / META}: the policy's derived features do not match its "
                               "spec's features (edited by hand?)")
     try:

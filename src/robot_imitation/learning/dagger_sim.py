@@ -21,6 +21,26 @@ from .trainer import TrainConfig
 from .trainer import train as train_policy
 
 
+def _policy_action(policy, obs: dict, spec: Spec) -> np.ndarray:
+    """The first action of ``policy``'s chunk for one observation."""
+    with torch.no_grad():
+        return policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+
+
+def _stuck(path: list, steps: int, distance: float) -> bool:
+    """True when the last of ``path`` (end-effector positions) is within ``distance`` of the
+    one ``steps`` before it."""
+    return len(path) > steps and np.linalg.norm(path[-1] - path[-1 - steps]) < distance
+
+
+def _labelled(name: str, seen: dict, labels: list, spec: Spec, seed: int, success) -> Episode:
+    """An ``Episode`` of visited observations (lists per key) and the expert's labels."""
+    return Episode(name=name, obs={k: np.stack(v).astype(np.float32) for k, v in seen.items()},
+                   actions=np.stack(labels).astype(np.float32),
+                   t=np.arange(len(labels)) / spec.control_rate, source="gymnasium",
+                   success=success, seed=seed)
+
+
 def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
             rng: np.random.Generator | None = None, stall_steps: int = 0,
             stall_distance: float = 0.01) -> Episode:
@@ -49,24 +69,18 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
         labels.append(label)
         action = label
         if policy is not None and rng.random() >= beta:
-            with torch.no_grad():
-                action = policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+            action = _policy_action(policy, obs, spec)
         obs, _, terminated, truncated, info = env.step(
             np.clip(action, env.action_space.low, env.action_space.high))
         if terminated or truncated:
             break
         if watch:
             ee_path.append(np.asarray(obs["ee_pose"][:3], dtype=float))
-            if len(ee_path) > stall_steps and np.linalg.norm(
-                    ee_path[-1] - ee_path[-1 - stall_steps]) < stall_distance:
+            if _stuck(ee_path, stall_steps, stall_distance):
                 stalled = True
                 break
-    n = len(labels)
-    return Episode(name=f"seed_{seed}", obs={k: np.stack(v).astype(np.float32)
-                                             for k, v in seen.items()},
-                   actions=np.stack(labels).astype(np.float32),
-                   t=np.arange(n) / spec.control_rate, source="gymnasium",
-                   success=bool(info["is_success"]) and not stalled, seed=seed)
+    return _labelled(f"seed_{seed}", seen, labels, spec, seed,
+                     bool(info["is_success"]) and not stalled)
 
 
 @dataclass
@@ -100,8 +114,7 @@ class InterventionGate:
             drive = True
         else:  # the policy's motion only: the stall window restarts after each intervention
             self.ee.append(np.asarray(obs["ee_pose"][:3], dtype=float))
-            stuck = len(self.ee) > self.stall_steps and np.linalg.norm(
-                self.ee[-1] - self.ee[-1 - self.stall_steps]) < self.stall_distance
+            stuck = _stuck(self.ee, self.stall_steps, self.stall_distance)
             backwards = gap is not None and self.best is not None and gap > self.best + self.regress
             idle = self.patience > 0 and self.waited >= self.patience
             drive = stuck or backwards or idle
@@ -149,21 +162,14 @@ def gated_rollout(env, expert, spec: Spec, seed: int, policy, gate: Intervention
             current[1].append(action)
         else:
             current = None
-            with torch.no_grad():
-                action = policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+            action = _policy_action(policy, obs, spec)
         obs, _, terminated, truncated, info = env.step(
             np.clip(action, env.action_space.low, env.action_space.high))
         ticks += 1
         if terminated or truncated:
             break
-    episodes = []
-    for j, (seen, labels) in enumerate(segments):
-        n = len(labels)
-        episodes.append(Episode(name=f"seed_{seed}_intervention_{j}",
-                                obs={k: np.stack(v).astype(np.float32) for k, v in seen.items()},
-                                actions=np.stack(labels).astype(np.float32),
-                                t=np.arange(n) / spec.control_rate, source="gymnasium",
-                                success=None, seed=seed))
+    episodes = [_labelled(f"seed_{seed}_intervention_{j}", seen, labels, spec, seed, None)
+                for j, (seen, labels) in enumerate(segments)]
     return episodes, bool(info["is_success"]), ticks
 
 
@@ -250,9 +256,9 @@ def bc_and_dagger(cfg: SimDaggerConfig, out, log=print) -> dict:
         log(f"[seed {cfg.seed}] BC {n} demos, {row['labels']} labels: {row['success']:.2f}")
     start = list(demos[:cfg.dagger_start])
     first = fitted.get(cfg.dagger_start) or fit(start, spec, out / f"bc_{cfg.dagger_start}", tcfg)
-    first_row = next((dict(r, iteration=0) for r in rows["bc"] if r["demos"] == cfg.dagger_start),
-                     None) or {"iteration": 0, "labels": int(sum(len(e) for e in start)),
-                               "success": _score(first, spec, cfg)}
+    bc_row = next((r for r in rows["bc"] if r["demos"] == cfg.dagger_start), None)
+    first_row = {"iteration": 0, "labels": int(sum(len(e) for e in start)),
+                 "success": bc_row["success"] if bc_row else _score(first, spec, cfg)}
     for variant in cfg.variants:
         if variant not in VARIANTS:
             raise ValueError(f"DAgger variant must be one of {list(VARIANTS)}, not {variant!r}")
@@ -270,7 +276,6 @@ def _dagger_curve(cfg, variant, env, expert, spec, tcfg, out, data, policy, firs
     gate = InterventionGate(cfg.stall_steps or 10, cfg.stall_distance, cfg.regress, cfg.hold,
                             cfg.patience)
     name = "DAgger" if variant == "mixture" else "HG-DAgger"
-    first_row.pop("demos", None)
     curve = [first_row]
     for i in range(1, cfg.iterations + 1):
         beta, extra = cfg.beta0 * cfg.decay ** (i - 1), {}

@@ -67,8 +67,7 @@ class PolicyConfig:
     def feature_specs(self) -> list:
         from ..spec import FeatureSpec
 
-        return [FeatureSpec(key=d["key"], op=d["op"], inputs=tuple(d["inputs"]),
-                            size=int(d["size"])) for d in self.derived]
+        return [FeatureSpec.from_dict(d) for d in self.derived]
 
 
 class Normalizer(nn.Module):

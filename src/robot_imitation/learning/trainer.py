@@ -130,8 +130,7 @@ def policy_config(spec: Spec, cfg: TrainConfig) -> PolicyConfig:
         image_shapes=[list(f.shape) for f in spec.image_observations],
         action_dim=spec.action_dim, chunk=cfg.chunk, hidden=list(cfg.hidden), head=cfg.head,
         modes=cfg.modes, dropout=cfg.dropout,
-        derived=[{"key": f.key, "op": f.op, "inputs": list(f.inputs), "size": f.size}
-                 for f in spec.features])
+        derived=[f.to_dict() for f in spec.features])
 
 
 def relative_action_stats(policy: Policy, arrays: dict):
