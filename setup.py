@@ -49,6 +49,7 @@ setup(
             "dagger_node = robot_imitation.nodes.dagger_node:main",
             "policy_node = robot_imitation.nodes.policy_node:main",
             "command_mux = robot_imitation.nodes.command_mux_node:main",
+            "scripted_supervisor = robot_imitation.nodes.supervisor_node:main",
             "robot-imitation = robot_imitation.cli:main",
         ],
     },

@@ -25,7 +25,8 @@ def test_one_dagger_iteration_end_to_end(tmp_path):
     from robot_imitation.spec import Spec
 
     proc = run_cli("dagger", "--task", "reach", "--out", tmp_path, "--bc-episodes", 4,
-                   "--iterations", 1, "--episodes-per-iteration", 4, "--schedule", "constant",
+                   "--iterations", 1, "--episodes-per-iteration", 4, "--variant", "mixture",
+                   "--schedule", "constant",
                    "--beta0", 0.5, "--eval-episodes", 3, "--seed", 7, "--steps", 300,
                    "--device", "cpu")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,6 +58,50 @@ def test_one_dagger_iteration_end_to_end(tmp_path):
         differing += sum(not np.allclose(a, b) for a, b in zip(arm, labels))
     assert {"expert", "policy"} <= set(executed)
     assert differing > 0, "the executed commands were the labels: the policy never drove"
+
+
+def test_one_hg_dagger_iteration_end_to_end(tmp_path):
+    """The gated variant (the default): the scripted supervisor holds the mux's intervention
+    button; every step it held was driven by the expert, and only those steps became labels."""
+    from robot_imitation.dagger import label_spec
+    from robot_imitation.data.dataset import build_dataset
+    from robot_imitation.sim.experts import make_expert
+    from robot_imitation.sim.tasks import TaskSim
+    from robot_imitation.spec import Spec
+
+    proc = run_cli("dagger", "--task", "reach", "--out", tmp_path, "--bc-episodes", 3,
+                   "--iterations", 1, "--episodes-per-iteration", 3, "--hold", 5,
+                   "--patience", 10, "--eval-episodes", 2, "--seed", 3, "--steps", 200,
+                   "--device", "cpu")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "dagger.json").read_text())
+    bc, hg = res["iterations"]
+    assert res["config"]["variant"] == "gated" and hg["variant"] == "gated"
+    assert hg["beta"] is None and 0.0 < hg["expert_share"] < 1.0, hg
+
+    spec = label_spec(Spec.load("reach"))
+    whole = build_dataset(tmp_path / "data" / "dagger", spec=spec, cache=False)
+    kept = build_dataset(tmp_path / "data" / "dagger", spec=spec, cache=False,
+                         sources=["expert"])
+    driven = sum(int((e.executed == "expert").sum()) for e in whole.episodes)
+    steps = sum(len(e) for e in whole.episodes)
+    assert hg["expert_share"] == pytest.approx(driven / steps)
+    assert sum(len(e) for e in kept.episodes) == driven == hg["labels"] - bc["labels"]
+    expert = make_expert(TaskSim("reach"))
+    for ep in kept.episodes:
+        for i in range(len(ep)):
+            np.testing.assert_allclose(expert({k: v[i] for k, v in ep.obs.items()}),
+                                       ep.actions[i], atol=1e-9)
+    # the recorded button (a Joy per state, stamped like it) says who drove each step
+    for ep in whole.episodes:
+        mcap = next(Path(ep.source).glob("*.mcap"))
+        joys = [(m.ros_msg.header.stamp.sec + m.ros_msg.header.stamp.nanosec * 1e-9,
+                 bool(m.ros_msg.buttons[5])) for m in read_ros2_messages(str(mcap),
+                                                                          topics=["/joy"])]
+        stamps = np.array([t for t, _ in joys])
+        nearest = np.abs(stamps[None, :] - ep.t[:, None]).argmin(axis=1)
+        assert np.abs(stamps[nearest] - ep.t).max() < 0.01
+        assert [joys[j][1] for j in nearest] == [x == "expert" for x in ep.executed]
 
 
 @pytest.fixture(scope="module")

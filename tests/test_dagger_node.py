@@ -20,7 +20,8 @@ READER_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
 # BC and one DAgger iteration, as short as it gets. Few training steps: on the CPU, training
 # this tiny a dataset to a very small loss gets far slower per step (denormal numbers).
 SMALL = {"task": "reach", "bc_episodes": 4, "iterations": 1, "episodes_per_iteration": 2,
-         "eval_episodes": 3, "schedule": "constant", "beta0": 0.5, "train_steps": 40,
+         "eval_episodes": 3, "variant": "mixture", "schedule": "constant", "beta0": 0.5,
+         "train_steps": 40,
          "device": "cpu", "seed": 3,
          "cpu_threads": 1}  # one thread: the run's nodes need the other cores
 

@@ -132,10 +132,15 @@ def log_times(timing: str, k: int, rng) -> tuple[int, list, int]:
     raise ValueError(timing)
 
 
+def source_msg(name: str):
+    return M["std_msgs/msg/String"](data=name)
+
+
 def write_episode(path: Path, rollout: Rollout, *, timing: str = "lockstep", camera=False,
-                  edit=None, joint_names=None) -> Path:
+                  edit=None, joint_names=None, sources=None) -> Path:
     """Write a rollout as the recorder would record it. ``edit(topic, tick, msg)`` may return a
-    changed message, or None to leave the message out."""
+    changed message, or None to leave the message out. ``sources``: the command mux's executed
+    source of each tick, published right after the forwarded commands."""
     names = joint_names or push_joint_names()
     rng = np.random.default_rng(rollout.seed)
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
@@ -164,6 +169,8 @@ def write_episode(path: Path, rollout: Rollout, *, timing: str = "lockstep", cam
                 for log_ns in arm_logs:
                     write("/arm_controller/commands", command_msg(action[:7]), log_ns, k)
                 write("/gripper_controller/commands", command_msg(action[7:]), gripper_log, k)
+                if sources is not None:
+                    write("/command_mux/source", source_msg(sources[k]), max(arm_logs), k)
     return path
 
 
@@ -318,6 +325,74 @@ def test_split_is_by_episode_and_stats_come_from_train_only(lockstep_dataset):
 
     assert build_dataset(lockstep_dataset, val_fraction=0.01, cache=False).val  # at least one
     assert not build_dataset(lockstep_dataset, val_fraction=0.0, cache=False).val
+
+
+# ===================================================================== executed sources
+def intervention_pattern(n: int) -> list:
+    """The policy drives, a person takes over for ticks 10-19 and from tick 30 on."""
+    return ["human" if 10 <= k < 20 or k >= 30 else "policy" for k in range(n)]
+
+
+@pytest.mark.parametrize("timing", ["lockstep", "realtime"])
+def test_sources_keep_only_the_intervened_steps_as_segments(rollouts, tmp_path, timing):
+    """HG-DAgger data: only the steps the person drove (by the recorded /command_mux/source)
+    train, each intervention an episode of its own; the cache keeps the executed sources."""
+    rollout = rollouts[0]
+    n = len(rollout.actions)
+    assert n > 32
+    pattern = intervention_pattern(n)
+    write_dataset(tmp_path / "hg", [rollout], ["ok"], timing=timing, sources=pattern)
+    whole = build_dataset(tmp_path / "hg", val_fraction=0.0)
+    (episode,) = whole.episodes
+    assert list(episode.executed) == pattern
+
+    ds = build_dataset(tmp_path / "hg", val_fraction=0.0, sources=["human"])
+    assert ds.decoded == [] and [e.name for e in ds.episodes] == ["episode_000000/0",
+                                                                   "episode_000000/1"]
+    first, second = ds.episodes
+    np.testing.assert_array_equal(first.actions, np.array(rollout.actions[10:20]))
+    np.testing.assert_array_equal(second.actions, np.array(rollout.actions[30:n]))
+    np.testing.assert_array_equal(first.obs["object_pose"],
+                                  np.array([s["object_pose"] for s in rollout.states[10:20]]))
+    np.testing.assert_array_equal(first.t, episode.t[10:20])
+    assert set(first.executed) == set(second.executed) == {"human"}
+    assert (first.seed, second.success) == (rollout.seed, rollout.success)
+    assert len(ds.arrays("all")["actions"]) == n - 20
+    # statistics come from the kept steps only
+    np.testing.assert_allclose(ds.stats["actions"].mean,
+                               np.array(rollout.actions[10:20] + rollout.actions[30:n]).mean(0))
+    both = build_dataset(tmp_path / "hg", val_fraction=0.0, sources=["human", "policy"])
+    assert [len(e) for e in both.episodes] == [n]
+
+    with pytest.raises(DatasetError, match=r"no step was driven by \['expert'\]"):
+        build_dataset(tmp_path / "hg", val_fraction=0.0, sources=["expert"])
+
+
+def test_sources_need_the_recorded_source_topic(lockstep_dataset):
+    with pytest.raises(DatasetError, match="has no /command_mux/source"):
+        build_dataset(lockstep_dataset, cache=False, sources=["human"])
+
+
+def test_train_command_keeps_only_the_given_sources(rollouts, tmp_path):
+    """`robot-imitation train --sources human`: the checkpoint's normalization is that of the
+    intervened steps."""
+    rollout = rollouts[1]
+    n = len(rollout.actions)
+    write_dataset(tmp_path / "hg", [rollout, rollouts[0]], ["ok", "ok"],
+                  sources=intervention_pattern(max(n, len(rollouts[0].actions))))
+    proc = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "train",
+                           str(tmp_path / "hg"), "--out", str(tmp_path / "run"), "--steps", "5",
+                           "--eval-every", "0", "--eval-episodes", "0", "--device", "cpu",
+                           "--sources", "human"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    meta = json.loads((Path(result["last"]) / "policy.json").read_text())
+    assert meta["training"]["sources"] == ["human"]
+    stored = np.array(meta["normalization"]["observations"]["joint_pos"]["mean"])
+    kept = build_dataset(tmp_path / "hg", val_fraction=0.1, seed=0, sources=["human"])
+    every = build_dataset(tmp_path / "hg", val_fraction=0.1, seed=0)
+    np.testing.assert_allclose(stored, kept.stats["observations"]["joint_pos"].mean)
+    assert not np.allclose(stored, every.stats["observations"]["joint_pos"].mean)
 
 
 # ===================================================================== cache

@@ -78,6 +78,37 @@ def test_sync_waits_for_every_source_and_consumes_in_order():
     assert core.ready() == [(ARM, "p-arm-5"), (GRIP, "p-grip-5")]
 
 
+def test_joy_sync_waits_for_the_button_state_of_each_state():
+    """A scripted supervisor stamps its Joy like the state it judges: in intervention mode the
+    mux forwards a state's answer only once that state's button state is in, so who drives a
+    step never depends on which message came first."""
+    core = MuxCore([ARM], ["expert", "policy"], "intervention", intervention_source="expert",
+                   joy_sync=True)
+    core.on_state(stamp=1)
+    core.on_answer("policy", ARM, "p-1")
+    core.on_answer("expert", ARM, "e-1")
+    assert core.ready() is None, "no button state for this state yet"
+    core.on_joy(True, stamp=1)
+    assert core.ready() == [(ARM, "e-1")] and core.last_choice == "expert"
+    # the Joy of the next state may come before the state itself
+    core.on_joy(False, stamp=2)
+    core.on_answer("policy", ARM, "p-2")
+    core.on_answer("expert", ARM, "e-2")
+    core.on_state(stamp=2)
+    assert core.ready() == [(ARM, "p-2")] and core.last_choice == "policy"
+    # a stale Joy (another state's) does not count; the timeout still forwards
+    core.on_state(stamp=3)
+    core.on_answer("policy", ARM, "p-3")
+    core.on_answer("expert", ARM, "e-3")
+    assert core.ready() is None and core.force() == [(ARM, "p-3")]
+    # outside intervention mode the button is not waited for
+    core.set_mode("expert")
+    core.on_state(stamp=4)
+    core.on_answer("policy", ARM, "p-4")
+    core.on_answer("expert", ARM, "e-4")
+    assert core.ready() == [(ARM, "e-4")]
+
+
 def test_beta_schedules():
     assert [beta_schedule("constant", i, 0.5) for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
     assert [beta_schedule("linear", i, 1.0, iterations=4) for i in (1, 2, 3, 4, 5)] == \

@@ -76,6 +76,7 @@ NODE_SOURCES = {"mujoco_bridge": [SRC / "nodes" / "bridge_node.py"],
                 "dagger": [SRC / "nodes" / "dagger_node.py"],
                 "policy_node": [SRC / "nodes" / "policy_node.py"],
                 "command_mux": [SRC / "nodes" / "command_mux_node.py"],
+                "scripted_supervisor": [SRC / "nodes" / "supervisor_node.py"],
                 # the keyboard teleop inherits the shared parameters of TeleopNode
                 "keyboard_teleop": [SRC / "nodes" / "keyboard_teleop_node.py",
                                     SRC / "nodes" / "joy_teleop_node.py"]}

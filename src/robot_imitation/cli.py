@@ -192,6 +192,8 @@ def cmd_train(args) -> int:
             settings[key] = value
     if args.hidden:
         settings["hidden"] = [int(x) for x in args.hidden.split(",")]
+    if args.sources:
+        settings["sources"] = [s for s in args.sources.split(",") if s]
     cfg = TrainConfig.from_dict(settings)
     start = time.perf_counter()
 
@@ -269,6 +271,8 @@ def _dagger_config(args):
 
     return DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
                         episodes_per_iteration=args.episodes_per_iteration,
+                        variant=args.variant,
+                        supervisor={"hold": args.hold, "patience": args.patience},
                         schedule=args.schedule, beta0=args.beta0, decay=args.decay,
                         eval_episodes=args.eval_episodes, label_budget=args.label_budget,
                         warm_start=not args.no_warm_start, seed=args.seed,
@@ -359,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", dest="eval_episodes", type=int)
     p.add_argument("--task", help="built-in task for closed-loop evaluation")
     p.add_argument("--patience", type=int, help="evaluations without improvement to stop")
+    p.add_argument("--sources", help="keep only the steps these command sources drove, by the "
+                   "recorded /command_mux/source, e.g. human (HG-DAgger interventions)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
@@ -382,15 +388,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     def dagger_arguments(p, out: str, steps: int) -> None:
+        from .dagger import VARIANTS, DaggerConfig
+        from .sim.supervisor import InterventionGate
+
+        d, gate = DaggerConfig(), InterventionGate()
         p.add_argument("--out", default=out)
         p.add_argument("--task", default="push")
-        p.add_argument("--bc-episodes", type=int, default=20)
-        p.add_argument("--iterations", type=int, default=3)
-        p.add_argument("--episodes-per-iteration", type=int, default=10)
+        p.add_argument("--bc-episodes", type=int, default=d.bc_episodes)
+        p.add_argument("--iterations", type=int, default=d.iterations)
+        p.add_argument("--episodes-per-iteration", type=int, default=d.episodes_per_iteration)
+        p.add_argument("--variant", choices=VARIANTS, default=d.variant,
+                       help="gated: HG-DAgger, a scripted supervisor hands control to the expert "
+                       "when the policy gets into trouble and only those steps are labelled "
+                       "(default); mixture: beta-mixture DAgger, every visited state labelled")
+        p.add_argument("--hold", type=int, default=gate.hold,
+                       help="gated: ticks the expert drives per intervention")
+        p.add_argument("--patience", type=int, default=gate.patience,
+                       help="gated: take over after this many ticks without progress (0: never)")
         p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
-                       default="exponential")
-        p.add_argument("--beta0", type=float, default=0.5)
-        p.add_argument("--decay", type=float, default=0.5)
+                       default=d.schedule, help="mixture: the expert probability beta")
+        p.add_argument("--beta0", type=float, default=d.beta0)
+        p.add_argument("--decay", type=float, default=d.decay)
         p.add_argument("--eval-episodes", type=int, default=20)
         p.add_argument("--label-budget", type=int, default=0)
         p.add_argument("--no-warm-start", action="store_true")

@@ -3,13 +3,22 @@
 Processes (one group for the whole run): the bridge in lockstep, the scripted expert answering
 every state on ``/expert/...``, the policy node on ``/policy/...``, the command mux (``sync``)
 forwarding one of them to the robot, and the recorder, which keeps the spec's topics, the
-expert's labels and the executed source (``/command_mux/source``) of each step.
+expert's labels and the executed source (``/command_mux/source``) of each step. The ``gated``
+variant adds the scripted supervisor, which holds the mux's intervention button (a
+``sensor_msgs/Joy`` stamped like each state) as the person of an HG-DAgger run would.
 
-Iteration i (1..K): the mux mixes expert and policy with ``beta_i``; the recorded episodes'
+Iteration i (1..K) records episodes with the policy in the loop, then aggregates all data so far
+(the expert's demonstrations and every DAgger iteration), retrains (optionally warm-started),
+hot-reloads the running policy node and evaluates on a fixed set of seeds. The recorded
 observations are paired with the expert's labels (not the executed commands: the dataset is
-read with ``label_spec``); all data so far (the expert's demonstrations and every DAgger
-iteration) are aggregated; the policy is retrained (optionally warm-started), hot-reloaded
-into the running policy node, and evaluated on a fixed set of seeds.
+read with ``label_spec``). Variants:
+
+- ``gated`` (HG-DAgger, the default): the policy drives, the supervisor hands control to the
+  expert when the robot is stuck, pushes the task backwards or makes no progress, and only the
+  steps the expert drove are labelled (the dataset keeps the steps whose recorded executed
+  source is ``expert``). Labels go where the learner fails, not where it is already right.
+- ``mixture`` (DAgger): the mux draws the expert with probability ``beta_i`` and the expert
+  labels every visited state.
 """
 from __future__ import annotations
 
@@ -22,8 +31,8 @@ from pathlib import Path
 from .paths import ensure_ros_environment
 
 LABEL_PREFIX = "/expert"
-EVAL_SEED = 500_000       # evaluation episodes use seeds EVAL_SEED + 1 ...
-DATA_SEED = 100_000       # DAgger iteration i records seeds DATA_SEED * i + 1 ...
+EVAL_SEED = 500_000       # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
+DATA_SEED = 100_000       # DAgger iteration i records seeds DATA_SEED * i, DATA_SEED * i + 1, ...
 
 
 def label_spec(spec, prefix: str = LABEL_PREFIX):
@@ -38,15 +47,22 @@ def label_spec(spec, prefix: str = LABEL_PREFIX):
 
 
 def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0):
-    """One ``Dataset`` from several (folder, spec used to read it) parts, under ``spec``."""
+    """One ``Dataset`` from several (folder, spec used to read it, sources to keep or None)
+    parts, under ``spec``."""
     from .data.dataset import Dataset, build_dataset, compute_stats, split_episodes
 
     episodes = []
-    for folder, read_spec in parts:
-        episodes += build_dataset(folder, spec=read_spec, val_fraction=0.0).episodes
+    for folder, read_spec, sources in parts:
+        built = build_dataset(folder, spec=read_spec, val_fraction=0.0).episodes
+        # with sources: the steps they drove (none, when the supervisor never took over)
+        episodes += [s for e in built for s in e.segments(sources)] if sources else built
     train, val = split_episodes(episodes, val_fraction, seed)
     return Dataset(path=Path(parts[0][0]), spec=spec, episodes=episodes, train=train, val=val,
                    stats=compute_stats(spec, train))
+
+
+VARIANTS = ("gated", "mixture")
+INTERVENTION_BUTTON = 5
 
 
 @dataclass
@@ -56,9 +72,11 @@ class DaggerConfig:
     bc_episodes: int = 20          # expert demonstrations (iteration 0: BC)
     iterations: int = 3
     episodes_per_iteration: int = 10
-    schedule: str = "exponential"  # constant | linear | exponential
-    beta0: float = 0.5
-    decay: float = 0.5
+    variant: str = "gated"         # gated (HG-DAgger) | mixture (beta-mixture DAgger)
+    supervisor: dict = field(default_factory=dict)  # gated: InterventionGate settings
+    schedule: str = "exponential"  # mixture: constant | linear | exponential
+    beta0: float = 0.7
+    decay: float = 0.85
     mixture_per: str = "step"
     eval_episodes: int = 20
     label_budget: int = 0          # stop once this many expert labels are used (0: no limit)
@@ -72,7 +90,8 @@ class RosRig:
     """The processes of a DAgger run or an evaluation, and a node to drive them."""
 
     def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
-                 dataset=None, mixture_per: str = "step", seed: int = 0):
+                 dataset=None, mixture_per: str = "step", seed: int = 0,
+                 supervisor: dict | None = None):
         ensure_ros_environment()
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         import rclpy
@@ -83,6 +102,7 @@ class RosRig:
         self.group = ProcessGroup(log_dir)
         g = self.group
         self.with_expert = with_expert
+        self.supervised = with_expert and supervisor is not None
         try:
             g.start_node("mujoco_bridge", params={"task": task, "mode": "lockstep",
                                                   "seed": seed, "cameras": [""]})
@@ -94,7 +114,12 @@ class RosRig:
                     "gripper_controller": "expert/gripper_controller"})
                 g.start_node("command_mux", params={
                     "sources": ["expert", "policy"], "sync_sources": ["expert", "policy"],
-                    "sync": True, "mode": "policy", "mixture_per": mixture_per, "seed": seed})
+                    "sync": True, "mode": "policy", "mixture_per": mixture_per, "seed": seed,
+                    "intervention_source": "expert", "joy_sync": self.supervised,
+                    "intervention_button": INTERVENTION_BUTTON})
+                if self.supervised:
+                    g.start_node("scripted_supervisor", params={
+                        "spec": spec, "button": INTERVENTION_BUTTON, **supervisor})
                 remap = ["-r", "/arm_controller/commands:=/policy/arm_controller/commands",
                          "-r", "/gripper_controller/commands:=/policy/gripper_controller/commands"]
             from .sim.tasks import TaskConfig
@@ -111,7 +136,7 @@ class RosRig:
                     "auto_stop_on_done": True,
                     "topics": [LABEL_PREFIX + "/arm_controller/commands",
                                LABEL_PREFIX + "/gripper_controller/commands",
-                               "/command_mux/source"]})
+                               "/command_mux/source"] + (["/joy"] if self.supervised else [])})
             self.started_here = not rclpy.ok()
             if self.started_here:
                 rclpy.init()
@@ -148,10 +173,15 @@ class RosRig:
         topics = ["/arm_controller/commands"]
         if self.with_expert:
             topics += ["/expert/arm_controller/commands", "/policy/arm_controller/commands"]
+        if self.supervised:
+            topics.append("/joy")
         while time.monotonic() < deadline:
             self.group.check()
+            # the mux sees every source it waits for (its own view of the graph)
+            mux_ready = not self.with_expert or \
+                self._diag.get("command_mux", {}).get("connected") == "true"
             if all(self.node.count_publishers(t) for t in topics) and \
-                    "policy_node" in self._diag:
+                    "policy_node" in self._diag and mux_ready:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"the processes did not connect within {timeout} s "
@@ -190,7 +220,7 @@ class RosRig:
             time.sleep(0.05)
 
     def episodes(self, n: int, seed: int, record: bool = False, progress=None) -> list:
-        """Run ``n`` episodes with seeds seed+1..seed+n (recording each when ``record``)."""
+        """Run ``n`` episodes with seeds seed..seed+n-1 (recording each when ``record``)."""
         from std_srvs.srv import Trigger
 
         from .pipelines import start_recording
@@ -248,6 +278,9 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     from .pipelines import record_demonstrations, wait_recorded
     from .spec import Spec
 
+    if cfg.variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {list(VARIANTS)}, not {cfg.variant!r}")
+    gated = cfg.variant == "gated"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_name = cfg.spec or cfg.task
@@ -257,7 +290,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
     record_demonstrations(bc_dir, task=cfg.task, spec=spec_name, episodes=cfg.bc_episodes,
                           seed=cfg.seed, log_dir=out / "logs" / "record")
-    parts = [(bc_dir, spec)]
+    parts = [(bc_dir, spec, None)]
     tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
     results = {"config": asdict(cfg), "iterations": []}
 
@@ -282,33 +315,43 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     res, labels = fit(0, None)
     ckpt = res["last"]
     rig = RosRig(out / "logs" / "dagger", cfg.task, spec_name, ckpt, with_expert=True,
-                 dataset=dagger_dir, mixture_per=cfg.mixture_per, seed=cfg.seed)
+                 dataset=dagger_dir, mixture_per=cfg.mixture_per, seed=cfg.seed,
+                 supervisor=dict(cfg.supervisor) if gated else None)
     try:
         rig.set_params("command_mux", mode="expert")
         expert = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))
         results["expert"] = _row(expert)
         log(f"[dagger] expert: {_fmt(expert)}")
+        beta = share = None
         for i in range(cfg.iterations + 1):
             if i > 0:
-                beta = beta_schedule(cfg.schedule, i, cfg.beta0, cfg.decay, cfg.iterations)
-                rig.set_params("command_mux", mode="mixture", beta=float(beta))
+                if gated:
+                    rig.set_params("command_mux", mode="intervention")
+                else:
+                    beta = beta_schedule(cfg.schedule, i, cfg.beta0, cfg.decay, cfg.iterations)
+                    rig.set_params("command_mux", mode="mixture", beta=float(beta))
                 rig.episodes(cfg.episodes_per_iteration, DATA_SEED * i, record=True)
                 wait_recorded(dagger_dir)
                 if not any(p[0] == dagger_dir for p in parts):
-                    parts.append((dagger_dir, label_spec(spec)))
+                    parts.append((dagger_dir, label_spec(spec), ["expert"] if gated else None))
+                share = expert_share(dagger_dir, label_spec(spec), DATA_SEED * i,
+                                     cfg.episodes_per_iteration)
                 res, labels = fit(i, ckpt if cfg.warm_start else None)
                 ckpt = res["last"]
                 rig.load(ckpt)
             rig.set_params("command_mux", mode="policy")
             score = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))
-            row = {"iteration": i, "beta": None if i == 0 else beta, "labels": labels,
+            row = {"iteration": i, "variant": None if i == 0 else cfg.variant,
+                   "beta": beta, "expert_share": share, "labels": labels,
                    "checkpoint": ckpt, "train_dir": str(out / f"train_{i}"), **_row(score),
                    "latency": {k: v for k, v in rig.diagnostics("policy_node", True).items()
                                if k.startswith(("latency", "compute", "backend"))},
                    "elapsed_s": round(time.monotonic() - t0, 1)}
             results["iterations"].append(row)
-            log(f"[dagger] {'BC' if i == 0 else f'DAgger {i}'} (beta "
-                f"{'-' if i == 0 else f'{beta:.2f}'}, {labels} expert labels): {_fmt(score)}")
+            how = "" if i == 0 else (f"expert drove {share:.0%}, " if gated else
+                                     f"beta {beta:.2f}, ")
+            log(f"[dagger] {'BC' if i == 0 else f'{_NAMES[cfg.variant]} {i}'} ({how}{labels} "
+                f"expert labels): {_fmt(score)}")
             (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
             if on_iteration is not None:
                 on_iteration(row)
@@ -320,6 +363,20 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     finally:
         rig.close()
     return results
+
+
+_NAMES = {"gated": "HG-DAgger", "mixture": "DAgger"}
+
+
+def expert_share(folder, read_spec, seed: int, episodes: int) -> float:
+    """The share of the steps of the episodes with seeds seed..seed+episodes-1 (one DAgger
+    iteration) that the expert drove, by the recorded executed source."""
+    from .data.dataset import build_dataset
+
+    chosen = [e for e in build_dataset(folder, spec=read_spec, val_fraction=0.0).episodes
+              if e.seed is not None and seed <= e.seed < seed + episodes]
+    steps = sum(len(e) for e in chosen)
+    return float(sum(int((e.executed == "expert").sum()) for e in chosen) / max(steps, 1))
 
 
 def _row(summary: dict) -> dict:

@@ -28,6 +28,7 @@ NODE_MODULES = {
     "dagger_node": "robot_imitation.nodes.dagger_node",
     "policy_node": "robot_imitation.nodes.policy_node",
     "command_mux": "robot_imitation.nodes.command_mux_node",
+    "scripted_supervisor": "robot_imitation.nodes.supervisor_node",
 }
 
 

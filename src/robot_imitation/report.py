@@ -66,6 +66,16 @@ def _loss_curve(train_dir: Path):
     return [s for s, _ in curve], [v for _, v in curve]
 
 
+def _variant_line(cfg: dict) -> str:
+    if cfg.get("variant", "mixture") == "gated":
+        return ("DAgger variant: **HG-DAgger**. The policy drives; a scripted supervisor hands "
+                "control to the expert when the robot is stuck, pushes the task backwards or "
+                "makes no progress, and only the steps the expert drove are labelled (*expert "
+                "drove*: their share of the iteration's recorded steps).")
+    return ("DAgger variant: **beta-mixture**. The mux executes the expert with probability "
+            "beta per step, and the expert labels every visited state.")
+
+
 def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
     """``out``/report.md with plots (PNG) and rollout videos (MP4) beside it."""
     import matplotlib
@@ -126,13 +136,16 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
              "Every success rate is measured in closed loop through ROS 2 (bridge in lockstep, "
              "policy node, command mux) on the same "
              f"{expert['episodes']} seeded episodes, with its 95% Wilson interval.", "",
-             "| policy | beta | expert labels | success | 95% CI |",
-             "|---|---|---|---|---|",
-             f"| expert | - | - | {expert['successes']}/{expert['episodes']} = "
+             _variant_line(results["config"]), "",
+             "| policy | beta | expert drove | expert labels | success | 95% CI |",
+             "|---|---|---|---|---|---|",
+             f"| expert | - | - | - | {expert['successes']}/{expert['episodes']} = "
              f"{expert['success_rate']:.0%} | {expert['ci95'][0]:.0%}-{expert['ci95'][1]:.0%} |"]
     for name, r in zip(names, its):
-        beta = "-" if r["beta"] is None else f"{r['beta']:.2f}"
-        lines.append(f"| {name} | {beta} | {r['labels']} | {r['successes']}/{r['episodes']} = "
+        beta = "-" if r.get("beta") is None else f"{r['beta']:.2f}"
+        share = "-" if r.get("expert_share") is None else f"{r['expert_share']:.0%}"
+        lines.append(f"| {name} | {beta} | {share} | {r['labels']} | "
+                     f"{r['successes']}/{r['episodes']} = "
                      f"{r['success_rate']:.0%} | {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%} |")
     lines += ["", "![success](success.png)", "", "![loss](loss.png)", ""]
     if video_rows:

@@ -34,12 +34,18 @@ This is the contract between what is recorded and what a policy learns from:
    diagnostic_msgs/DiagnosticArray with an ``episode`` value, as the bridge publishes it),
    steps logged before the first status of the episode the bag ends with are dropped (a
    recorder started before the simulation reset records a few messages of the episode before).
+7. Executed source: when the bag holds the command mux's ``/command_mux/source``
+   (std_msgs/String, no header), each step's source is the message nearest t_a in log time
+   within half a control period, else the newest before ("" when there is none). Building with
+   ``sources`` keeps only the steps one of those sources drove (HG-DAgger: the person's
+   interventions), each run of consecutive kept steps an episode of its own
+   (``<episode>/<k>``).
 
 Times are compared as integer nanoseconds, so equal stamps are equal.
 
 Arrays per episode: ``obs`` {key: (T, *shape)} (float64; images uint8), ``actions``
-(T, action_dim) float64 (the action fields concatenated in spec order) and ``t`` (T,), the
-steps' log times in seconds.
+(T, action_dim) float64 (the action fields concatenated in spec order), ``t`` (T,), the
+steps' log times in seconds, and ``executed`` (T,) str when the bag records the source.
 
 Cache
 -----
@@ -67,7 +73,7 @@ import yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 USABLE_STATUSES = ("ok", "recovered")
@@ -77,6 +83,8 @@ STD_FLOOR = 1e-6
 CACHE_MANIFEST = "manifest.json"
 STATUS_TOPIC = "/episode/status"
 STATUS_TYPE = "diagnostic_msgs/msg/DiagnosticArray"
+SOURCE_TOPIC = "/command_mux/source"
+SOURCE_TYPE = "std_msgs/msg/String"
 
 
 class DatasetError(ValueError):
@@ -96,9 +104,28 @@ class Episode:
     dropped: int = 0               # steps dropped by rule 4
     success: bool | None = None
     seed: int | None = None
+    executed: np.ndarray | None = None  # (T,) str: the source that drove each step (rule 7)
 
     def __len__(self) -> int:
         return len(self.t)
+
+    def segments(self, sources) -> list:
+        """The runs of consecutive steps driven by one of ``sources`` (rule 7), each an
+        ``Episode`` named ``<name>/<k>``; [] when none of them drove."""
+        if self.executed is None:
+            raise DatasetError(f"{self.source}: the bag has no {SOURCE_TOPIC}: which steps "
+                               f"{sorted(sources)} drove is unknown (record the command mux's "
+                               "source topic with the episode)")
+        keep = np.isin(self.executed, list(sources))
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+        out = []
+        for k, (a, b) in enumerate(zip(edges[::2], edges[1::2])):
+            out.append(Episode(name=f"{self.name}/{k}",
+                               obs={key: v[a:b] for key, v in self.obs.items()},
+                               actions=self.actions[a:b], t=self.t[a:b], source=self.source,
+                               dropped=self.dropped if k == 0 else 0, success=self.success,
+                               seed=self.seed, executed=self.executed[a:b]))
+        return out
 
 
 @dataclass(frozen=True)
@@ -181,11 +208,17 @@ def build_episode(bag_path, spec: Spec, name: str | None = None) -> Episode:
             _check_topics(bag, spec)
             streams = _read_streams(bag, spec)
             start_ns = _episode_start(bag)
+            sources = _read_sources(bag)
     except BagError as exc:
         raise DatasetError(str(exc)) from None
     obs, actions, t_ns, drops = _align(spec, streams, bag_path, start_ns)
+    executed = None
+    if sources is not None:
+        index, found = _nearest_logged(sources, t_ns, 0.5e9 / spec.control_rate)
+        names = np.asarray(sources.values["source"] or [""], dtype=str)
+        executed = np.where(found, names[np.clip(index, 0, len(names) - 1)], "")
     return Episode(name=name or bag_path.name, obs=obs, actions=actions, t=t_ns * 1e-9,
-                   source=str(bag_path), dropped=sum(drops.values()))
+                   source=str(bag_path), dropped=sum(drops.values()), executed=executed)
 
 
 def _check_topics(bag, spec: Spec) -> None:
@@ -216,6 +249,19 @@ def _episode_start(bag) -> int | None:
             first_seen.setdefault(episode, log_ns)
             last = episode
     return first_seen.get(last)
+
+
+def _read_sources(bag):
+    """Rule 7: the log times and names of the executed sources, as a ``_Stream`` (None when
+    the bag does not record them)."""
+    info = bag.topics.get(SOURCE_TOPIC)
+    if info is None or info.msgtype != SOURCE_TYPE:
+        return None
+    stream = _Stream(values={"source": []})
+    for _, log_ns, msg in bag.messages([SOURCE_TOPIC]):
+        stream.log_ns.append(log_ns)
+        stream.values["source"].append(str(msg.data))
+    return stream
 
 
 def _read_streams(bag, spec: Spec) -> dict:
@@ -319,13 +365,16 @@ def _no_steps_message(spec, streams, bag_path, candidates, drops, period) -> str
 
 # ===================================================================== the dataset
 def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.1, seed: int = 0,
-                  cache: bool = True, cache_dir=None) -> Dataset:
+                  cache: bool = True, cache_dir=None, sources=None) -> Dataset:
     """Build (or load from the cache) every usable episode of the dataset at ``path``.
 
     ``spec`` (a ``Spec``, or a spec name or path) defaults to the dataset's own (dataset.yaml);
     a plain folder of bags needs it. Episodes are split into train and validation by episode
     (``val_fraction``, shuffled with ``seed``; at least one validation episode once there are
     two); normalization statistics come from the training split only.
+
+    ``sources`` (names of command sources, e.g. ``["human"]``): keep only the steps those
+    sources drove, by the recorded executed source (rule 7), each run of them an episode.
     """
     root = Path(path)
     if not root.is_dir():
@@ -351,11 +400,16 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
     progress.close()
     if store:
         store.save()
+    decoded = [episodes[i].name for i in pending]
+    if sources:
+        episodes = [seg for e in episodes for seg in e.segments(sources)]
+        if not episodes:
+            raise DatasetError(f"{root}: no step was driven by {sorted(sources)} in any "
+                               f"episode (by {SOURCE_TOPIC})")
 
     train, val = split_episodes(episodes, val_fraction, seed)
     return Dataset(path=root, spec=spec, episodes=episodes, train=train, val=val,
-                   stats=compute_stats(spec, train),
-                   decoded=[episodes[i].name for i in pending])
+                   stats=compute_stats(spec, train), decoded=decoded)
 
 
 def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -510,6 +564,7 @@ class _Cache:
             with np.load(self.dir / meta["file"], allow_pickle=False) as npz:
                 obs = {f.key: npz[f"obs.{f.key}"] for f in self.spec.observations}
                 actions, t = npz["actions"], npz["t"]
+                executed = npz["executed"] if "executed" in npz.files else None
         except (OSError, ValueError, KeyError):
             return None
         if actions.shape[1:] != (self.spec.action_dim,) or any(
@@ -518,11 +573,13 @@ class _Cache:
         self.entries[entry["name"]] = meta
         return Episode(name=entry["name"], obs=obs, actions=actions, t=t, source=meta["source"],
                        dropped=meta["dropped"], success=entry.get("success"),
-                       seed=entry.get("seed"))
+                       seed=entry.get("seed"), executed=executed)
 
     def add(self, name: str, key: str, episode: Episode) -> None:
         filename = f"episode-{key[:32]}.npz"
         arrays = {f"obs.{k}": v for k, v in episode.obs.items()}
+        if episode.executed is not None:
+            arrays["executed"] = episode.executed
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = self.dir / f".{filename}.{os.getpid()}.tmp.npz"

@@ -13,6 +13,11 @@ In ``sync`` operation (lockstep simulation) the mux waits, for each new state, u
 source in ``sync_sources`` has answered it, then forwards the chosen source's answer: the labels
 of the other sources are then published, and recorded, at the same instant as the state.
 Without sync, the chosen source's messages are forwarded as they arrive.
+
+``joy_sync`` (sync, intervention mode): the intervention button is pressed by something that
+answers every state too (a scripted supervisor standing in for the person, stamping its
+``sensor_msgs/Joy`` with the state's stamp): the mux then also waits for the button state of
+this state's stamp, so who drives each step does not depend on message timing.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ MODES = ("expert", "policy", "mixture", "intervention")
 class MuxCore:
     def __init__(self, topics: list, sources: list, mode: str = "expert", beta: float = 1.0,
                  per: str = "step", seed: int = 0, sync_sources: list | None = None,
-                 intervention_source: str = "human"):
+                 intervention_source: str = "human", joy_sync: bool = False):
         self.topics = list(topics)
         self.sources = list(sources)
         self.sync_sources = list(sync_sources if sync_sources is not None else sources)
@@ -43,6 +48,9 @@ class MuxCore:
         self.queues = {s: {t: deque(maxlen=None if s in self.sync_sources else 1)
                            for t in self.topics} for s in self.sources}
         self.intervening = False
+        self.joy_sync = joy_sync
+        self.joy_stamp = None      # stamp of the newest button state (joy_sync)
+        self.state_stamp = None    # stamp of the pending state
         self.episode_choice = None
         self.state_pending = False
         self.forwarded = {s: 0 for s in self.sources}
@@ -74,8 +82,14 @@ class MuxCore:
         return self.mode
 
     # ----------------------------------------------------------------- sync operation
-    def on_state(self) -> None:
+    def on_state(self, stamp=None) -> None:
         self.state_pending = True
+        self.state_stamp = stamp
+
+    def on_joy(self, pressed: bool, stamp=None) -> None:
+        """The intervention button's state (``stamp``: the state it answers, with joy_sync)."""
+        self.intervening = bool(pressed)
+        self.joy_stamp = stamp
 
     def on_answer(self, source: str, topic: str, msg) -> None:
         self.queues[source][topic].append(msg)
@@ -88,6 +102,8 @@ class MuxCore:
         [(topic, message)] of the chosen source, with the choice in ``self.last_choice``;
         every sync source's answer is consumed. Else None."""
         if not all(self.answered(s) for s in self.sync_sources):
+            return None
+        if self.joy_sync and self.mode == "intervention" and self.joy_stamp != self.state_stamp:
             return None
         return self.force()
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import Dataset, Episode, compute_stats, split_episodes
+from ..sim.supervisor import InterventionGate, stuck
 from ..spec import Spec
 from .evaluation import evaluate_policy, observation_tensors
 from .trainer import TrainConfig
@@ -25,12 +26,6 @@ def _policy_action(policy, obs: dict, spec: Spec) -> np.ndarray:
     """The first action of ``policy``'s chunk for one observation."""
     with torch.no_grad():
         return policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
-
-
-def _stuck(path: list, steps: int, distance: float) -> bool:
-    """True when the last of ``path`` (end-effector positions) is within ``distance`` of the
-    one ``steps`` before it."""
-    return len(path) > steps and np.linalg.norm(path[-1] - path[-1 - steps]) < distance
 
 
 def _labelled(name: str, seen: dict, labels: list, spec: Spec, seed: int, success) -> Episode:
@@ -76,66 +71,11 @@ def rollout(env, expert, spec: Spec, seed: int, policy=None, beta: float = 1.0,
             break
         if watch:
             ee_path.append(np.asarray(obs["ee_pose"][:3], dtype=float))
-            if _stuck(ee_path, stall_steps, stall_distance):
+            if stuck(ee_path, stall_steps, stall_distance):
                 stalled = True
                 break
     return _labelled(f"seed_{seed}", seen, labels, spec, seed,
                      bool(info["is_success"]) and not stalled)
-
-
-@dataclass
-class InterventionGate:
-    """A scripted stand-in for the person watching an HG-DAgger run: it takes control when the
-    robot is stuck (the end effector moved less than ``stall_distance`` over ``stall_steps``),
-    pushes the task backwards (the object ``regress`` m further from the goal than its best so
-    far) or makes no progress (the object's best gap to the goal not ``progress`` m better for
-    ``patience`` ticks), and hands control back after ``hold`` ticks. It looks at what a person
-    sees (where the arm and the object are), never at the expert's or the learner's actions."""
-
-    stall_steps: int = 10
-    stall_distance: float = 0.01
-    regress: float = 0.02
-    hold: int = 15
-    patience: int = 30
-    progress: float = 0.01
-
-    def __post_init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.ee, self.best, self.left = [], None, 0
-        self.mark, self.waited = None, 0  # the gap progress is measured from, ticks since
-
-    def expert_drives(self, obs: dict) -> bool:
-        """Update with this tick's observation; True while the expert has control."""
-        gap = _object_gap(obs)
-        if self.left > 0:
-            self.left -= 1
-            drive = True
-        else:  # the policy's motion only: the stall window restarts after each intervention
-            self.ee.append(np.asarray(obs["ee_pose"][:3], dtype=float))
-            stuck = _stuck(self.ee, self.stall_steps, self.stall_distance)
-            backwards = gap is not None and self.best is not None and gap > self.best + self.regress
-            idle = self.patience > 0 and self.waited >= self.patience
-            drive = stuck or backwards or idle
-            if drive:
-                self.left = self.hold - 1
-                self.ee.clear()
-        if gap is not None:
-            self.best = gap if self.best is None else min(self.best, gap)
-            if self.mark is None or gap < self.mark - self.progress or drive:
-                self.mark, self.waited = gap, 0
-            else:
-                self.waited += 1
-        return drive
-
-
-def _object_gap(obs: dict) -> float | None:
-    """Distance from the object to the goal (None for tasks without both)."""
-    if "object_pose" not in obs or "goal_pose" not in obs:
-        return None
-    return float(np.linalg.norm(np.asarray(obs["object_pose"][:2], dtype=float)
-                                - np.asarray(obs["goal_pose"][:2], dtype=float)))
 
 
 def gated_rollout(env, expert, spec: Spec, seed: int, policy, gate: InterventionGate

@@ -45,6 +45,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: bool = True                # bf16 autocast on CUDA
     val_fraction: float = 0.1
+    sources: list = field(default_factory=list)  # keep only steps these command sources drove
     eval_every: int = 1000          # steps between validation/evaluation; 0: at the end only
     eval_episodes: int = 20         # closed-loop episodes per evaluation (0: none)
     task: str | None = None         # built-in task for closed-loop evaluation (None: from data)
@@ -426,5 +427,6 @@ def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | N
 
     cfg = cfg or TrainConfig()
     if not isinstance(dataset, Dataset):
-        dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                sources=cfg.sources or None)
     return Trainer(dataset, out_dir, cfg, log=log, progress=progress).run()

@@ -4,12 +4,17 @@ Like twist_mux, for the controllers' ``std_msgs/Float64MultiArray`` command topi
 publishes under its own prefix (``/<source>/arm_controller/commands``, ... : remap the expert's,
 the policy node's or the teleop's outputs there); the mux publishes the chosen source's commands
 on the robot's topics (``/arm_controller/commands``, ...) and, for every forwarded command, the
-source's name on ``~/source`` (std_msgs/String), which the recorder keeps with the episode.
+source's name on ``~/source`` (std_msgs/String, published just before the commands), which the
+recorder keeps with the episode.
 
 Modes (parameter ``mode``, settable at run time, as is ``beta``): ``expert``, ``policy``,
 ``mixture`` (the expert with probability ``beta``, drawn per step or per episode), and
 ``intervention`` (the policy, except while ``intervention_button`` of ``sensor_msgs/Joy`` is
 held: then ``intervention_source``). See ``deploy/mux.py``.
+
+``joy_sync: true`` (with sync): the Joy comes from a scripted supervisor that answers every
+state with a Joy stamped like the state (``scripted_supervisor``); in intervention mode each
+state then also waits for its button state.
 
 ``sync: true`` (lockstep simulation): for each new state on ``state_topic`` the mux waits until
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import time
 
-from .common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare, run
+from .common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare, run, stamp_ns
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -30,7 +35,6 @@ from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
 from ..deploy.mux import MuxCore  # noqa: E402
-from ..spec import message_stamp  # noqa: E402
 
 
 class CommandMux(Node):
@@ -65,9 +69,17 @@ class CommandMux(Node):
                          "button is held", read_only=True)
         self.button = declare(self, "intervention_button", 5, "sensor_msgs/Joy button to hold "
                               "for intervention", read_only=True, min_value=0, max_value=127)
+        joy_sync = declare(self, "joy_sync", False, "sync, intervention mode: also wait for the "
+                           "Joy stamped with each state's stamp (a scripted supervisor)",
+                           read_only=True)
         episode_topic = declare(self, "episode_topic", "/episode/status", "episode status (per "
                                 "episode mixtures draw again per episode)", read_only=True)
-        self.core = MuxCore(topics, sources, mode, beta, per, seed, sync_sources, source)
+        self.core = MuxCore(topics, sources, mode, beta, per, seed, sync_sources, source,
+                            joy_sync=self.sync and joy_sync)
+        # what must be connected before a lockstep run starts: an answer sent before the mux
+        # subscription matched is lost, and a source answers each state only once
+        self._inputs = ([f"/{s}{t}" for s in sync_sources for t in topics] + [state_topic] +
+                        (["joy"] if self.core.joy_sync else [])) if self.sync else []
         self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_QOS) for t in topics}
         self.pub_source = self.create_publisher(String, "~/source", COMMAND_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -76,7 +88,9 @@ class CommandMux(Node):
                 self.create_subscription(Float64MultiArray, f"/{s}{t}",
                                          lambda msg, s=s, t=t: self._on_command(s, t, msg),
                                          COMMAND_QOS)
-        self.create_subscription(Joy, "joy", self._on_joy, SENSOR_QOS)
+        # a person's joystick: sensor data; a scripted supervisor (joy_sync): every Joy counts
+        self.create_subscription(Joy, "joy", self._on_joy,
+                                 STATE_QOS if self.core.joy_sync else SENSOR_QOS)
         if episode_topic:
             self.create_subscription(DiagnosticArray, episode_topic, self._on_episode,
                                      LATCHED_QOS)
@@ -106,12 +120,12 @@ class CommandMux(Node):
         return SetParametersResult(successful=True)
 
     def _on_state(self, msg: JointState) -> None:
-        stamp = message_stamp(msg)
+        stamp = stamp_ns(msg.header.stamp)
         if stamp == self._stamps_seen:   # the bridge republishes an unanswered state
             return
         self._stamps_seen = stamp
         self._state_time = time.monotonic()
-        self.core.on_state()
+        self.core.on_state(stamp)
         self._flush(self.core.ready())
 
     def _on_command(self, source: str, topic: str, msg) -> None:
@@ -119,10 +133,10 @@ class CommandMux(Node):
             self.core.on_answer(source, topic, msg)
             self._flush(self.core.ready())
         elif self.core.passthrough(source):
-            self.pubs[topic].publish(msg)
             if topic == self.core.topics[0]:
                 self.pub_source.publish(String(data=source))
                 self.core.forwarded[source] += 1
+            self.pubs[topic].publish(msg)
 
     def _check_timeout(self) -> None:
         if self.core.state_pending and self._state_time is not None and \
@@ -138,12 +152,17 @@ class CommandMux(Node):
     def _flush(self, out) -> None:
         if out is None:
             return
+        # the source first: a recorder then has it before the robot's next state (its clock,
+        # in lockstep), which the forwarded command releases
+        self.pub_source.publish(String(data=self.core.last_choice))
         for topic, msg in out:
             self.pubs[topic].publish(msg)
-        self.pub_source.publish(String(data=self.core.last_choice))
 
     def _on_joy(self, msg: Joy) -> None:
-        self.core.intervening = len(msg.buttons) > self.button and bool(msg.buttons[self.button])
+        self.core.on_joy(len(msg.buttons) > self.button and bool(msg.buttons[self.button]),
+                         stamp_ns(msg.header.stamp))
+        if self.sync:
+            self._flush(self.core.ready())
 
     def _on_episode(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
@@ -154,6 +173,7 @@ class CommandMux(Node):
 
     def _publish_diagnostics(self) -> None:
         values = {"mode": self.core.mode, "beta": self.core.beta,
+                  "connected": str(all(self.count_publishers(t) for t in self._inputs)).lower(),
                   "intervening": str(self.core.intervening).lower(),
                   "sync_timeouts": self.timeouts,
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}

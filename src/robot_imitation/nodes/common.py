@@ -68,6 +68,11 @@ def to_sec(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+def stamp_ns(stamp) -> int:
+    """A builtin_interfaces/Time as integer nanoseconds (exact, for comparing stamps)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def from_sec(t: float, msg_time=None):
     from builtin_interfaces.msg import Time
 

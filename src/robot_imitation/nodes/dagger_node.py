@@ -13,7 +13,8 @@ Services (std_srvs/Trigger):
             once the iteration under way is evaluated); what it did so far stays in its folder.
 Publishes:
   ~/progress   diagnostic_msgs/DiagnosticArray with one status (message = state; values state,
-               stage (the run's latest log line), iteration (0: BC), iterations, beta,
+               stage (the run's latest log line), iteration (0: BC), iterations, beta
+               (mixture), expert_share (of the iteration's steps, the expert drove),
                labels (expert labels trained on), success_rate, ci95_low, ci95_high and
                checkpoint (of the latest iteration), run_dir, elapsed, and error when failed)
                at every stage of the run and after each iteration's evaluation; reliable,
@@ -42,14 +43,16 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ..dagger import DaggerConfig, run_dagger  # noqa: E402
+from ..dagger import VARIANTS, DaggerConfig, run_dagger  # noqa: E402
+from ..sim.supervisor import InterventionGate  # noqa: E402
 from ..launcher import stop_all_groups  # noqa: E402
 
 SCHEDULES = ("constant", "linear", "exponential")
 MIXTURE_PER = ("step", "episode")
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
-KEYS = ("state", "stage", "iteration", "iterations", "beta", "labels", "success_rate",
+KEYS = ("state", "stage", "iteration", "iterations", "beta", "expert_share", "labels",
+        "success_rate",
         "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
 
 
@@ -93,8 +96,17 @@ class DaggerNode(Node):
         declare(self, "iterations", d.iterations, "DAgger iterations after BC", min_value=0)
         declare(self, "episodes_per_iteration", d.episodes_per_iteration, "episodes recorded "
                 "(with the expert's labels) per DAgger iteration", min_value=1)
-        declare(self, "schedule", d.schedule, "expert probability beta over the iterations",
-                choices=SCHEDULES)
+        declare(self, "variant", d.variant, "gated: HG-DAgger (a scripted supervisor hands "
+                "control to the expert when the policy gets into trouble; only those steps are "
+                "labelled); mixture: beta-mixture DAgger (every visited state labelled)",
+                choices=VARIANTS)
+        gate = InterventionGate()
+        declare(self, "hold", gate.hold, "gated: ticks the expert drives per intervention",
+                min_value=1)
+        declare(self, "patience", gate.patience, "gated: the supervisor takes over after this "
+                "many ticks without 1 cm of progress of the object (0: never)", min_value=0)
+        declare(self, "schedule", d.schedule, "mixture: expert probability beta over the "
+                "iterations", choices=SCHEDULES)
         declare(self, "beta0", d.beta0, "beta of the first DAgger iteration", min_value=0.0,
                 max_value=1.0)
         declare(self, "decay", d.decay, "exponential schedule: beta factor per iteration",
@@ -135,6 +147,9 @@ class DaggerNode(Node):
     # ----------------------------------------------------------------- parameters
     def _check_params(self, params) -> SetParametersResult:
         for prm in params:
+            if prm.name == "variant" and prm.value not in VARIANTS:
+                return SetParametersResult(successful=False,
+                                           reason=f"variant must be one of {list(VARIANTS)}")
             if prm.name == "schedule" and prm.value not in SCHEDULES:
                 return SetParametersResult(successful=False,
                                            reason=f"schedule must be one of {list(SCHEDULES)}")
@@ -150,7 +165,8 @@ class DaggerNode(Node):
     def _settings(self) -> tuple[str, DaggerConfig]:
         """(out, DAgger configuration) from the current parameters."""
         p = {name: self.get_parameter(name).value for name in DaggerConfig.__dataclass_fields__
-             if name != "train"}
+             if name not in ("train", "supervisor")}
+        p["supervisor"] = {k: self.get_parameter(k).value for k in ("hold", "patience")}
         p["train"] = {"steps": self.get_parameter("train_steps").value, "eval_every": 0,
                       "eval_episodes": 0, "device": self.get_parameter("device").value}
         return self.get_parameter("out").value, DaggerConfig(**p)
@@ -264,7 +280,7 @@ class DaggerNode(Node):
     def _on_iteration(self, row: dict) -> None:
         with self._lock:
             self._status.update(iteration=row["iteration"], beta=row["beta"],
-                                labels=row["labels"], success_rate=row["success_rate"],
+                                expert_share=row["expert_share"], labels=row["labels"], success_rate=row["success_rate"],
                                 ci95_low=row["ci95"][0], ci95_high=row["ci95"][1],
                                 checkpoint=str(Path(row["checkpoint"]).resolve()))
         self._publish()
@@ -285,7 +301,7 @@ class DaggerNode(Node):
                   "iterations": str(s.get("iterations", "")),
                   "labels": str(s.get("labels", 0)),
                   "checkpoint": s.get("checkpoint", ""), "run_dir": s.get("run_dir", "")}
-        for key in ("beta", "success_rate", "ci95_low", "ci95_high"):
+        for key in ("beta", "expert_share", "success_rate", "ci95_low", "ci95_high"):
             values[key] = number(s.get(key))
         values["elapsed"] = (f"{time.monotonic() - s['started']:.1f}" if "started" in s
                              else "0")

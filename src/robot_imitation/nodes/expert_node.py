@@ -74,7 +74,10 @@ class ScriptedExpert(Node):
         self._maybe_answer()
 
     def _maybe_answer(self) -> None:
-        if self.trigger != "state":
+        # an answer nobody can receive yet is no answer: leave the state unanswered (the lockstep
+        # bridge publishes it again) rather than lose it
+        if self.trigger != "state" or not (self.pub_arm.get_subscription_count()
+                                           or self.pub_grip.get_subscription_count()):
             return
         ready = self.assembler.synchronized()
         if ready is not None:

@@ -280,7 +280,9 @@ class PolicyNode(LifecycleNode):
         except SpecError as exc:
             self.get_logger().error(str(exc), throttle_duration_sec=5.0)
             return
-        if self.p["trigger"] == "state":
+        # an answer nobody can receive yet is no answer: leave the state unanswered (a lockstep
+        # bridge publishes it again) rather than lose it (a robot may have no gripper listener)
+        if self.p["trigger"] == "state" and any(p.get_subscription_count() for p in self.pubs):
             ready = self.assembler.synchronized()
             if ready is not None:
                 self._tick(*ready)

@@ -76,6 +76,9 @@ class TrainerNode(Node):
         declare(self, "amp", d.amp, "bf16 autocast on CUDA")
         declare(self, "val_fraction", d.val_fraction, "share of the episodes held out for "
                 "validation", min_value=0.0, max_value=0.9)
+        declare(self, "sources", [""], "keep only the steps these command sources drove, by the "
+                "recorded /command_mux/source (e.g. human: HG-DAgger interventions); [''] or "
+                "empty: every step")
         declare(self, "eval_every", d.eval_every, "steps between validations/evaluations (0: at "
                 "the end only)", min_value=0)
         declare(self, "eval_episodes", d.eval_episodes, "closed-loop episodes per evaluation in "
@@ -130,6 +133,7 @@ class TrainerNode(Node):
              if self.has_parameter(name)}
         p["hidden"] = [int(x) for x in p["hidden"]]
         p["task"] = p["task"] or None
+        p["sources"] = [s for s in p["sources"] if s]
         cfg = TrainConfig.from_dict(p)
         spec = self.get_parameter("spec").value or None
         return (self.get_parameter("dataset").value, spec, self.get_parameter("out").value, cfg)
@@ -200,7 +204,7 @@ class TrainerNode(Node):
             if threads:
                 torch.set_num_threads(threads)
             data = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed)
+                                 seed=cfg.seed, sources=cfg.sources or None)
             if self._cancel.is_set():
                 raise Cancelled()
             trainer = Trainer(data, run_dir, cfg, log=self.get_logger().info,

@@ -1,0 +1,131 @@
+"""Scripted supervisor node: holds the command mux's intervention button as a person would.
+
+In a human-gated DAgger (HG-DAgger) run the policy drives and a person takes over while holding
+a joystick button. In simulation this node stands in for the person: it watches the robot's
+state topics (the end effector, and the object and the goal of a contact task or the target of
+a reach, assembled with the spec like every other node), runs ``sim.supervisor.InterventionGate`` and publishes
+``sensor_msgs/Joy`` on ``joy`` with ``button`` held while the gate wants the expert to drive.
+
+It answers every state once, with the Joy stamped like the state, and starts afresh at each
+new episode (``episode/status``): with the mux's ``joy_sync`` the choice of who drives each
+lockstep step is then the same on every run.
+"""
+from __future__ import annotations
+
+from .common import LATCHED_QOS, STATE_QOS, declare, run, stamp_ns
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import Joy  # noqa: E402
+
+from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..sim.supervisor import InterventionGate  # noqa: E402
+from ..spec import Spec, SpecError  # noqa: E402
+
+WATCHED = ("ee_pose", "object_pose", "goal_pose", "target_pose")
+
+
+class ScriptedSupervisor(Node):
+    NODE_NAME = "scripted_supervisor"
+
+    def __init__(self):
+        super().__init__(self.NODE_NAME)
+        spec = declare(self, "spec", "push", "observation spec whose pose topics are watched "
+                       "(config/specs name or path)", read_only=True)
+        self.button = declare(self, "button", 5, "Joy button held while the expert should drive "
+                              "(the mux's intervention_button)", read_only=True,
+                              min_value=0, max_value=127)
+        d = InterventionGate()
+        self.gate = InterventionGate(
+            stall_steps=declare(self, "stall_steps", d.stall_steps, "take over when the end "
+                                "effector moved less than stall_distance over this many ticks",
+                                read_only=True, min_value=1),
+            stall_distance=declare(self, "stall_distance", d.stall_distance, "m (see "
+                                   "stall_steps)", read_only=True, min_value=0.0),
+            regress=declare(self, "regress", d.regress, "take over when the object is this "
+                            "much (m) further from the goal than its best", read_only=True,
+                            min_value=0.0),
+            hold=declare(self, "hold", d.hold, "ticks the expert drives per intervention",
+                         read_only=True, min_value=1),
+            patience=declare(self, "patience", d.patience, "take over after this many ticks "
+                             "without `progress` m of object progress (0: never)",
+                             read_only=True, min_value=0),
+            progress=declare(self, "progress", d.progress, "m (see patience)", read_only=True,
+                             min_value=0.0))
+        self.spec = Spec.load(spec)
+        self.period = round(1e9 / self.spec.control_rate)
+        fields = [f for f in self.spec.observations if f.key in WATCHED]
+        if not any(f.key == "ee_pose" for f in fields):
+            raise SpecError(f"spec {self.spec.name} has no ee_pose: the supervisor watches the "
+                            "end effector")
+        self.assembler = ObservationAssembler(self.spec, fields)
+        # reliable: with the mux's joy_sync a lost Joy would stall the step until its timeout
+        self.pub = self.create_publisher(Joy, "joy", STATE_QOS)
+        for topic, mtype in self.assembler.topics.items():
+            self.create_subscription(message_class(mtype), topic,
+                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
+        self.create_subscription(DiagnosticArray, "episode/status", self._on_status,
+                                 LATCHED_QOS)
+        self._states = {}     # stamp (ns) -> (header stamp, observation), not yet answered
+        self._episodes = {}   # stamp (ns) -> episode number
+        self._episode = None
+        self._answered = -1
+        self.get_logger().info(f"supervising {[f.key for f in fields]}: {self.gate}")
+
+    def _on_state(self, topic: str, msg) -> None:
+        try:
+            self.assembler.on_message(topic, msg)
+        except SpecError as exc:
+            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+            return
+        if not self.pub.get_subscription_count():
+            return   # nobody hears the button yet: judge the state when it comes again
+        ready = self.assembler.synchronized()
+        if ready is not None:
+            self._states[stamp_ns(msg.header.stamp)] = (msg.header.stamp, ready[1])
+            self._answer()
+
+    def _on_status(self, msg: DiagnosticArray) -> None:
+        values = {kv.key: kv.value for st in msg.status[:1] for kv in st.values}
+        if "episode" in values:
+            self._episodes[stamp_ns(msg.header.stamp)] = values["episode"]
+            self._answer()
+
+    def _answer(self) -> None:
+        """Answer, in stamp order, the states the gate can judge: the gate must know that a new
+        episode began before it judges the episode's first state. A state is judged once its
+        episode status is in, or when it follows the last judged state by one control period
+        (the next tick of the same episode: a reset's first state comes one physics step after
+        the last, with its status; a final state's status is published only once answered)."""
+        while self._states:
+            t = min(self._states)
+            if t in self._episodes:
+                episode = self._episodes[t]
+            elif self._answered >= 0 and abs(t - self._answered - self.period) < self.period / 4:
+                episode = self._episode
+            elif any(k > t for k in self._episodes):  # its status was lost: a later one is in
+                del self._states[t]
+                continue
+            else:
+                return
+            header_stamp, obs = self._states.pop(t)
+            self._answered = t
+            if episode != self._episode:
+                self._episode = episode
+                self.gate.reset()
+            held = self.gate.expert_drives(obs)
+            buttons = [0] * (self.button + 1)
+            buttons[self.button] = int(held)
+            msg = Joy(buttons=buttons)
+            msg.header.stamp = header_stamp
+            self.pub.publish(msg)
+            for old in [k for k in self._episodes if k < t]:
+                del self._episodes[old]
+
+
+def main(args=None) -> int:
+    return run(ScriptedSupervisor, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
