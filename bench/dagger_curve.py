@@ -75,6 +75,7 @@ def one_seed(cfg: SimDaggerConfig, out: Path, threads: int) -> dict:
 
 
 def main() -> int:
+    d = SimDaggerConfig()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="push")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -82,22 +83,21 @@ def main() -> int:
     ap.add_argument("--dagger-start", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--episodes-per-iteration", type=int, default=5)
-    ap.add_argument("--beta0", type=float, default=0.7, help="beta of DAgger iteration 1")
-    ap.add_argument("--decay", type=float, default=0.85, help="beta_i = beta0 * decay**(i-1)")
-    ap.add_argument("--stall-steps", type=int, default=10,
+    ap.add_argument("--beta0", type=float, default=d.beta0, help="beta of DAgger iteration 1")
+    ap.add_argument("--decay", type=float, default=d.decay, help="beta_i = beta0 * decay**(i-1)")
+    ap.add_argument("--stall-steps", type=int, default=d.stall_steps,
                     help="end a learner episode once the end effector is stuck this many steps "
                          "(0: never)")
-    ap.add_argument("--stall-distance", type=float, default=0.01,
+    ap.add_argument("--stall-distance", type=float, default=d.stall_distance,
                     help="end-effector motion (m) under which it counts as stuck")
-    ap.add_argument("--variants", nargs="+", default=["mixture", "gated"],
-                    choices=["mixture", "gated"],
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="mixture: DAgger (beta-mixture rollouts, every state labelled); gated: "
                          "HG-DAgger (the policy drives, a scripted gate hands control to the "
                          "expert when the arm is stuck or pushes backwards; only "
                          "expert-driven states are labelled)")
-    ap.add_argument("--hold", type=int, default=15,
+    ap.add_argument("--hold", type=int, default=d.hold,
                     help="gated: ticks the expert keeps control per intervention")
-    ap.add_argument("--patience", type=int, default=30,
+    ap.add_argument("--patience", type=int, default=d.patience,
                     help="gated: ticks without 1 cm of progress of the object before the expert "
                          "takes over (0: never)")
     ap.add_argument("--eval-episodes", type=int, default=20)

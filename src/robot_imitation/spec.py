@@ -108,6 +108,16 @@ class FeatureSpec:
         return obs[a][..., : self.size] - obs[b][..., : self.size]
 
 
+def derive(features, obs: dict) -> dict:
+    """``obs`` with ``features`` (``FeatureSpec``) added, in order (NumPy arrays or torch
+    tensors, batched or not): the one place features are computed, for the dataset statistics
+    and inside the policy."""
+    out = dict(obs)
+    for f in features:
+        out[f.key] = f.compute(out)
+    return out
+
+
 _SUPPORTED = {
     "sensor_msgs/msg/JointState": ("position", "velocity", "effort"),
     "geometry_msgs/msg/PoseStamped": ("pose",),
@@ -288,12 +298,8 @@ class Spec:
         return self.low_dim_observations + self.features
 
     def derive(self, obs: dict) -> dict:
-        """``obs`` with the declared features added (NumPy arrays or torch tensors, batched or
-        not): the one implementation of the features, used for statistics and by the policy."""
-        out = dict(obs)
-        for f in self.features:
-            out[f.key] = f.compute(out)
-        return out
+        """``obs`` with the declared features added (see ``derive``)."""
+        return derive(self.features, obs)
 
     @property
     def action_dim(self) -> int:

@@ -113,9 +113,8 @@ def spec_mismatch(trained: Spec, runtime: Spec) -> list[str]:
     problems = []
     if trained.control_rate != runtime.control_rate:
         problems.append(f"control rate {trained.control_rate} Hz vs {runtime.control_rate} Hz")
-    attrs = {"observations": ("topic", "type", "field", "joints", "size", "image"),
-             "actions": ("topic", "type", "field", "joints", "size", "image"),
-             "features": ("op", "inputs", "size")}
+    fields = ("topic", "type", "field", "joints", "size", "image")
+    attrs = {"observations": fields, "actions": fields, "features": ("op", "inputs", "size")}
     for kind in ("observations", "actions", "features"):
         a = {f.key: f for f in getattr(trained, kind)}
         b = {f.key: f for f in getattr(runtime, kind)}

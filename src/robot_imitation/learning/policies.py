@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..spec import FeatureSpec, derive
+
 HEADS = ("mse", "gaussian", "gmm", "categorical")
 
 
@@ -65,8 +67,6 @@ class PolicyConfig:
         return self.low_dim + int(sum(d["size"] for d in self.derived))
 
     def feature_specs(self) -> list:
-        from ..spec import FeatureSpec
-
         return [FeatureSpec.from_dict(d) for d in self.derived]
 
 
@@ -159,9 +159,8 @@ class Policy(nn.Module):
     def features(self, obs: dict) -> torch.Tensor:
         """Normalized low-dim observations and derived features (and image keypoints),
         concatenated in spec order."""
-        raw = {k: obs[k].float().reshape(obs[k].shape[0], -1) for k in self.cfg.low_dim_keys}
-        for f in self.derived:
-            raw[f.key] = f.compute(raw)
+        raw = derive(self.derived, {k: obs[k].float().reshape(obs[k].shape[0], -1)
+                                    for k in self.cfg.low_dim_keys})
         low = torch.cat([raw[k] for k in self.cfg.low_dim_keys]
                         + [raw[f.key] for f in self.derived], dim=-1)
         parts = [self.obs_norm(low)]

@@ -73,6 +73,29 @@ def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def take_state(node, assembler, topic: str, msg) -> bool:
+    """Give a state message to ``assembler`` (an ``ObservationAssembler``); a malformed one is
+    logged (throttled) and refused."""
+    from ..spec import SpecError
+
+    try:
+        assembler.on_message(topic, msg)
+    except SpecError as exc:
+        node.get_logger().error(str(exc), throttle_duration_sec=5.0)
+        return False
+    return True
+
+
+def state_to_answer(assembler, outputs) -> tuple | None:
+    """(stamp, observation) of a complete state not answered before, or None. While none of
+    ``outputs`` (the answering publishers) has a subscriber, the state is left unanswered: an
+    answer nobody can receive yet is lost, and a lockstep bridge publishes an unanswered state
+    again (one subscribed output is enough: a robot may have no gripper listener)."""
+    if not any(p.get_subscription_count() for p in outputs):
+        return None
+    return assembler.synchronized()
+
+
 def from_sec(t: float, msg_time=None):
     from builtin_interfaces.msg import Time
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import COMMAND_QOS, STATE_QOS, declare, run
+from .common import COMMAND_QOS, STATE_QOS, declare, run, state_to_answer, take_state
 
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -66,20 +66,9 @@ class ScriptedExpert(Node):
         self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}")
 
     def _on_state(self, topic: str, msg) -> None:
-        try:
-            self.assembler.on_message(topic, msg)
-        except SpecError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+        if not take_state(self, self.assembler, topic, msg) or self.trigger != "state":
             return
-        self._maybe_answer()
-
-    def _maybe_answer(self) -> None:
-        # an answer nobody can receive yet is no answer: leave the state unanswered (the lockstep
-        # bridge publishes it again) rather than lose it
-        if self.trigger != "state" or not (self.pub_arm.get_subscription_count()
-                                           or self.pub_grip.get_subscription_count()):
-            return
-        ready = self.assembler.synchronized()
+        ready = state_to_answer(self.assembler, (self.pub_arm, self.pub_grip))
         if ready is not None:
             self._command(ready[1])
 

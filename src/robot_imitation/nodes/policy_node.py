@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from .common import COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run, state_to_answer,
+                     take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
@@ -46,7 +47,7 @@ from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter, PolicyController,  # noqa: E402
                               load_policy)
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..spec import Spec, SpecError  # noqa: E402
+from ..spec import Spec  # noqa: E402
 
 WINDOW = 4096  # latencies kept for the diagnostics percentiles
 
@@ -275,15 +276,8 @@ class PolicyNode(LifecycleNode):
 
     # ================================================================== control
     def _on_state(self, topic: str, msg) -> None:
-        try:
-            self.assembler.on_message(topic, msg)
-        except SpecError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
-            return
-        # an answer nobody can receive yet is no answer: leave the state unanswered (a lockstep
-        # bridge publishes it again) rather than lose it (a robot may have no gripper listener)
-        if self.p["trigger"] == "state" and any(p.get_subscription_count() for p in self.pubs):
-            ready = self.assembler.synchronized()
+        if take_state(self, self.assembler, topic, msg) and self.p["trigger"] == "state":
+            ready = state_to_answer(self.assembler, self.pubs)
             if ready is not None:
                 self._tick(*ready)
 

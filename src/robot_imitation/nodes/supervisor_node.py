@@ -12,7 +12,8 @@ lockstep step is then the same on every run.
 """
 from __future__ import annotations
 
-from .common import LATCHED_QOS, STATE_QOS, declare, run, stamp_ns
+from .common import (LATCHED_QOS, STATE_QOS, declare, run, stamp_ns, state_to_answer,
+                     take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -73,14 +74,9 @@ class ScriptedSupervisor(Node):
         self.get_logger().info(f"supervising {[f.key for f in fields]}: {self.gate}")
 
     def _on_state(self, topic: str, msg) -> None:
-        try:
-            self.assembler.on_message(topic, msg)
-        except SpecError as exc:
-            self.get_logger().error(str(exc), throttle_duration_sec=5.0)
+        if not take_state(self, self.assembler, topic, msg):
             return
-        if not self.pub.get_subscription_count():
-            return   # nobody hears the button yet: judge the state when it comes again
-        ready = self.assembler.synchronized()
+        ready = state_to_answer(self.assembler, (self.pub,))
         if ready is not None:
             self._states[stamp_ns(msg.header.stamp)] = (msg.header.stamp, ready[1])
             self._answer()
