@@ -169,6 +169,59 @@ def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
     assert got == pubs.sent
 
 
+def test_auto_stop_ignores_statuses_received_before_the_start(procs, probe, tmp_path):
+    """Statuses that arrive while ~/start is still waiting for its topics are queued and handled
+    after it: the `done` of an episode that ran before the start must neither stop the new
+    recording nor be part of it; the `done` of an episode running during it stops it."""
+    import threading
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from robot_imitation.nodes.common import LATCHED_QOS
+
+    n = probe.node
+    status = n.create_publisher(DiagnosticArray, "/episode/status", LATCHED_QOS)
+
+    def publish(episode: int, done: bool) -> None:
+        s = DiagnosticStatus(name="episode", hardware_id="synthetic")
+        s.values = [KeyValue(key="episode", value=str(episode)), KeyValue(key="seed", value="1"),
+                    KeyValue(key="success", value="true"), KeyValue(key="done",
+                                                                    value=str(done).lower())]
+        status.publish(DiagnosticArray(status=[s]))
+
+    publish(6, True)
+    ds = tmp_path / "ds"
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "topics": ["/episode/status", "/test/late"],
+        "auto_stop_on_done": True, "discovery_timeout": 30.0})
+    wait_for(lambda: n.count_subscribers("/episode/status") >= 2, 30, "recorder subscribed",
+             procs=procs)
+    answer = {}
+    starter = threading.Thread(target=lambda: answer.update(resp=call(probe, "start")))
+    starter.start()
+    time.sleep(1.0)  # the recorder is inside ~/start, waiting for /test/late
+    publish(7, False)
+    publish(7, True)
+    time.sleep(0.5)
+    late = n.create_publisher(Float64MultiArray, "/test/late", COMMAND_QOS)
+    starter.join(35)
+    assert answer["resp"].success, answer["resp"].message
+    time.sleep(1.5)  # several stop_grace periods: a stop on episode 7 would have happened
+    assert [e["status"] for e in index(ds)] == ["recording"]
+    publish(8, False)
+    late.publish(Float64MultiArray(data=[1.0]))
+    publish(8, True)
+    wait_for(lambda: index(ds)[0]["status"] != "recording", 10, "the auto stop", procs=procs)
+    entry = index(ds)[0]
+    assert entry["status"] == "ok"
+    bag = ds / "episode_000000"
+    episodes = [{kv.key: kv.value for kv in m.ros_msg.status[0].values}["episode"]
+                for m in read_ros2_messages(str(bag / "episode_000000.mcap"),
+                                            topics=["/episode/status"])]
+    assert episodes == ["8", "8"]  # nothing received before the start
+    assert read_counts(bag)["/test/late"] == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
     pubs = Publishers(probe)

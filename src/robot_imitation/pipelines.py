@@ -94,6 +94,9 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
         names = []
         try:
             runner.wait_for_bridge()
+            # The expert drives the bridge's first episode as soon as both are up: let it end
+            # before recording, so its `done` cannot stop the first recorded episode.
+            runner.wait_settled(episode_timeout)
             for _ in range(episodes):
                 names.append(start_recording(start, group))
                 outcome = runner.run_episode(episode_timeout)

@@ -62,6 +62,21 @@ class EpisodeRunner(Node):
             raise TimeoutError(f"no bridge reset service {self.reset_client.srv_name} within "
                                f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
 
+    def wait_settled(self, timeout: float = 30.0) -> bool:
+        """Wait until the bridge's current episode is done (true), or ``timeout`` (false).
+
+        A lockstep bridge runs an episode from its start whenever a controller answers it;
+        recording must not begin while that episode may still announce its end, or a
+        recorder stopping on `done` would stop on it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._status is None or self._status[1]["done"] != "true":
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+        return True
+
     def reset(self, timeout: float = 30.0) -> str:
         future = self.reset_client.call_async(Trigger.Request())
         deadline = time.monotonic() + timeout

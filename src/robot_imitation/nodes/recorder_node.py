@@ -115,6 +115,7 @@ class EpisodeRecorder(Node):
         self._status = None
         self._running_episode = None
         self._stop_lock = threading.Lock()
+        self._started_ns = 0  # wall time (ns) of the running episode's ~/start
         self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
@@ -147,23 +148,35 @@ class EpisodeRecorder(Node):
             self.qos[topic] = infos[0].qos_profile  # what `ros2 bag play` should offer
             self.subs[topic] = self.create_subscription(
                 message_class(mtype), topic,
-                lambda data, info, t=topic: self.recorder.offer(
-                    t, self.get_clock().now().nanoseconds, data, info["source_timestamp"]),
-                qos, raw=True)
+                lambda data, info, t=topic: self._offer(t, data, info), qos, raw=True)
         return missing
+
+    def _offer(self, topic: str, data, info) -> None:
+        # A message received before ~/start (still queued while the start ran) is not part
+        # of the episode.
+        if not self._before_start(info):
+            self.recorder.offer(topic, self.get_clock().now().nanoseconds, data,
+                                info["source_timestamp"])
+
+    def _before_start(self, info) -> bool:
+        received = info["received_timestamp"]  # 0 where the RMW does not stamp receptions
+        return 0 < received < self._started_ns
 
     def _unmatched(self) -> list:
         return [t for t in self.wanted
                 if t not in self.subs or self.subs[t].get_publisher_count() == 0]
 
     # ----------------------------------------------------------------- status
-    def _on_status(self, msg: DiagnosticArray) -> None:
+    def _on_status(self, msg: DiagnosticArray, info) -> None:
         if not msg.status:
             return
         values = {kv.key: kv.value for kv in msg.status[0].values}
         values["task"] = msg.status[0].hardware_id
         self._status = (to_sec(msg.header.stamp), values)
-        if not (self.auto_stop and self.recorder.recording):
+        # A status received before ~/start (still queued while the start waited for its
+        # topics) is the past: the `done` of an episode that ran then must not stop this one.
+        if not (self.auto_stop and self.recorder.recording) or \
+                self._before_start(info):
             return
         # Stop when an episode seen running during this recording is done (not on a stale
         # `done` of the episode before, which a real-time bridge keeps publishing until reset).
@@ -189,6 +202,7 @@ class EpisodeRecorder(Node):
                             f"{self.discovery_timeout} s for {unmatched}")
             self.get_logger().error(resp.message)
             return resp
+        self._started_ns = time.time_ns()  # the DDS reception stamps' clock
         meta = dict(self.meta_params)  # every key in every entry, empty when not given
         if self.spec:
             meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
