@@ -92,12 +92,17 @@ class Probe:
     def call(self, srv_type, name, request=None, timeout=20.0):
         # one client per service for the probe's life: each new client's response reader must
         # be discovered by the server again before an answer can reach it
+        from robot_imitation.nodes.episode_runner import SERVER_SETTLE
+
         key = (srv_type, name)
-        if key not in self._clients:
+        new = key not in self._clients
+        if new:
             self._clients[key] = self.node.create_client(srv_type, name)
         client = self._clients[key]
         if not client.wait_for_service(timeout_sec=timeout):
             pytest.fail(f"service {name} not available within {timeout} s")
+        if new:  # the server must discover this client's response reader too
+            time.sleep(SERVER_SETTLE)
         future = client.call_async(request or srv_type.Request())
         deadline = time.monotonic() + timeout
         while not future.done():

@@ -191,19 +191,10 @@ class RosRig:
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 
-        client = self.node.create_client(SetParameters, f"/{node}/set_parameters")
-        if not client.wait_for_service(timeout_sec=30.0):
-            raise TimeoutError(f"/{node}/set_parameters not available")
         req = SetParameters.Request()
         req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
-        future = client.call_async(req)
-        deadline = time.monotonic() + 30.0
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"/{node}/set_parameters did not answer")
-            time.sleep(0.005)
-        bad = [r.reason for r in future.result().results if not r.successful]
-        self.node.destroy_client(client)
+        resp = self.node.call(SetParameters, f"/{node}/set_parameters", req)
+        bad = [r.reason for r in resp.results if not r.successful]
         if bad:
             raise RuntimeError(f"{node} refused parameters {params}: {bad}")
 
@@ -221,21 +212,16 @@ class RosRig:
 
     def episodes(self, n: int, seed: int, record: bool = False, progress=None) -> list:
         """Run ``n`` episodes with seeds seed..seed+n-1 (recording each when ``record``)."""
-        from std_srvs.srv import Trigger
-
         from .pipelines import start_recording
 
         self.set_params("mujoco_bridge", seed=int(seed))
-        start = self.node.create_client(Trigger, "/episode_recorder/start") if record else None
         outcomes = []
         for _ in range(n):
-            if start is not None:
-                start_recording(start, self.group)
+            if record:
+                start_recording(self.node, self.group)
             outcomes.append(self.node.run_episode(120.0))
             if progress:
                 progress(outcomes)
-        if start is not None:
-            self.node.destroy_client(start)
         return outcomes
 
     def close(self) -> None:

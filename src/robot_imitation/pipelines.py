@@ -14,26 +14,15 @@ from pathlib import Path
 from .paths import ensure_ros_environment
 
 
-def _call(client, timeout: float = 30.0):
+def start_recording(runner, group=None, recorder: str = "episode_recorder",
+                    timeout: float = 30.0) -> str:
+    """Start an episode on the recorder (through ``runner``, an ``EpisodeRunner``), waiting
+    while the previous one is still being finished; returns the new episode's name."""
     from std_srvs.srv import Trigger
 
-    if not client.wait_for_service(timeout_sec=timeout):
-        raise TimeoutError(f"service {client.srv_name} not available")
-    future = client.call_async(Trigger.Request())
-    deadline = time.monotonic() + timeout
-    while not future.done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"service {client.srv_name} did not answer")
-        time.sleep(0.002)
-    return future.result()
-
-
-def start_recording(client, group=None, timeout: float = 30.0) -> str:
-    """Start an episode on the recorder (``client``: its ~/start), waiting while the previous
-    one is still being finished; returns the new episode's name."""
     deadline = time.monotonic() + timeout
     while True:
-        resp = _call(client)
+        resp = runner.call(Trigger, f"/{recorder}/start", timeout=timeout)
         if resp.success or "still being recorded" not in resp.message or \
                 time.monotonic() > deadline:
             break
@@ -67,7 +56,6 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     ensure_ros_environment()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
-    from std_srvs.srv import Trigger
 
     from .launcher import ProcessGroup
     from .nodes.episode_runner import EpisodeRunner, Spinner
@@ -89,7 +77,6 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
         if started_here:
             rclpy.init()
         runner = EpisodeRunner()
-        start = runner.create_client(Trigger, "/episode_recorder/start")
         spinner = Spinner(runner)
         names = []
         try:
@@ -98,7 +85,7 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
             # before recording, so its `done` cannot stop the first recorded episode.
             runner.wait_settled(episode_timeout)
             for _ in range(episodes):
-                names.append(start_recording(start, group))
+                names.append(start_recording(runner, group))
                 outcome = runner.run_episode(episode_timeout)
                 if progress:
                     progress(len(names), outcome)

@@ -536,7 +536,8 @@ class MujocoBridge(Node):
         republish = self.p["lockstep_republish"]
         done_since = None  # wall time the final state of an episode was published, unannounced
         with self.cond:
-            self._answered = set()
+            # The first state was published by the reset in __init__; an answer to it may
+            # already be in (`_answered` is not cleared here: a source answers a stamp once).
             self._publish_state()
             while self.running:
                 self._serve_requests()

@@ -19,6 +19,9 @@ from rclpy.node import Node  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 
+SERVER_SETTLE = 0.25  # s: a new client's wait for its server to match its response reader
+
+
 @dataclass
 class EpisodeOutcome:
     episode: int
@@ -44,7 +47,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 class EpisodeRunner(Node):
     def __init__(self, bridge: str = "mujoco_bridge", name: str = "episode_runner"):
         super().__init__(name)
-        self.reset_client = self.create_client(Trigger, f"{bridge}/reset")
+        self._call_clients: dict = {}
+        self.reset_name = f"{bridge}/reset"
+        self._client(Trigger, self.reset_name)
         self._cond = threading.Condition()
         self._status = None
         self.create_subscription(DiagnosticArray, "episode/status", self._on_status, LATCHED_QOS)
@@ -57,9 +62,41 @@ class EpisodeRunner(Node):
             self._status = (to_sec(msg.header.stamp), values)
             self._cond.notify_all()
 
+    def _client(self, srv_type, name: str):
+        if name not in self._call_clients:
+            self._call_clients[name] = [self.create_client(srv_type, name), False]
+        return self._call_clients[name][0]
+
+    def _ready(self, name: str, timeout: float) -> bool:
+        """Wait for the service's server. The first time, also give the server a moment to
+        discover this client's response reader: discovery is not symmetric, and an answer
+        sent before the server knows the reader is lost (the RMW waits only 100 ms for it,
+        which a loaded machine can exceed)."""
+        entry = self._call_clients[name]
+        if not entry[0].wait_for_service(timeout_sec=timeout):
+            return False
+        if not entry[1]:
+            time.sleep(SERVER_SETTLE)
+            entry[1] = True
+        return True
+
+    def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
+        """Call ``name`` and wait for the answer (the node must be spinning elsewhere); one
+        client per service for the node's life."""
+        client = self._client(srv_type, name)
+        if not self._ready(name, timeout):
+            raise TimeoutError(f"service {name} not available within {timeout} s")
+        future = client.call_async(request or srv_type.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {name} did not answer within {timeout} s")
+            time.sleep(0.002)
+        return future.result()
+
     def wait_for_bridge(self, timeout: float = 30.0) -> None:
-        if not self.reset_client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"no bridge reset service {self.reset_client.srv_name} within "
+        if not self._ready(self.reset_name, timeout):
+            raise TimeoutError(f"no bridge reset service {self.reset_name} within "
                                f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
 
     def wait_settled(self, timeout: float = 30.0) -> bool:
@@ -78,13 +115,7 @@ class EpisodeRunner(Node):
         return True
 
     def reset(self, timeout: float = 30.0) -> str:
-        future = self.reset_client.call_async(Trigger.Request())
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError("bridge reset did not answer")
-            time.sleep(0.005)
-        resp = future.result()
+        resp = self.call(Trigger, self.reset_name, timeout=timeout)
         if not resp.success:
             raise RuntimeError(f"bridge refused reset: {resp.message}")
         return resp.message

@@ -202,7 +202,7 @@ class EpisodeRecorder(Node):
                             f"{self.discovery_timeout} s for {unmatched}")
             self.get_logger().error(resp.message)
             return resp
-        self._started_ns = time.time_ns()  # the DDS reception stamps' clock
+        started = time.time_ns()  # the DDS reception stamps' clock
         meta = dict(self.meta_params)  # every key in every entry, empty when not given
         if self.spec:
             meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
@@ -213,6 +213,7 @@ class EpisodeRecorder(Node):
             resp.success, resp.message = False, str(exc)
             self.get_logger().error(resp.message)
             return resp
+        self._started_ns = started  # only now: a refused start leaves the running one alone
         self._running_episode = None
         resp.success, resp.message = True, f"recording {name}"
         self.get_logger().info(resp.message)
