@@ -165,6 +165,50 @@ def test_lockstep_is_deterministic_and_equals_the_gym_task(procs, probe):
     np.testing.assert_array_equal(run1, np.array(gym_traj))
 
 
+def gym_episode(task: str, seed: int) -> tuple[int, float]:
+    """(ticks, final reward) of the scripted expert's episode of ``seed`` without ROS."""
+    env = ImitationEnv(task)
+    expert = make_expert(env.sim)
+    obs, _ = env.reset(seed=seed)
+    ticks = 0
+    while True:
+        obs, reward, terminated, truncated, _ = env.step(expert(obs))
+        ticks += 1
+        if terminated or truncated:
+            return ticks, float(reward)
+
+
+def test_a_reset_mid_episode_waits_for_the_pending_answer(procs, ros):
+    """Reset while the expert drives: commands carry no stamp, so an answer to the interrupted
+    episode's last state arriving after the reset would be taken for the new episode's first
+    and shift all its commands by one tick. Each new episode must be the gym task's episode of
+    its seed, tick for tick."""
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+
+    procs.start_node("mujoco_bridge", params={"task": "push", "mode": "lockstep", "seed": 60,
+                                              "cameras": [""]})
+    procs.start_node("scripted_expert", params={"task": "push", "trigger": "state"})
+    runner = EpisodeRunner()
+    spinner = Spinner(runner)
+    outcomes = []
+    try:
+        runner.wait_for_bridge()
+        assert runner.wait_settled(60), "the expert did not finish the first episode"
+        for _ in range(6):
+            episode = runner.reset().split()[1]  # an episode to interrupt
+            wait_for(lambda: runner.status.get("episode") == episode
+                     and int(runner.status["tick"]) >= 5, 30, "the episode under way",
+                     procs=procs, interval=0.001)
+            outcomes.append(runner.run_episode(60.0))  # reset mid-episode, run to the end
+    finally:
+        spinner.stop()
+        runner.destroy_node()
+    got = [(o.seed, o.ticks, round(o.reward, 6)) for o in outcomes]
+    expected = [(o.seed, *(lambda t, r: (t, round(r, 6)))(*gym_episode("push", o.seed)))
+                for o in outcomes]
+    assert got == expected, (got, expected)
+
+
 def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.0)
     diags = probe.record(DiagnosticArray, "/diagnostics", 10)

@@ -173,6 +173,11 @@ class MujocoBridge(Node):
         p["lockstep_republish"] = declare(self, "lockstep_republish", 1.0, "lockstep mode: "
                                           "seconds (wall) before an unanswered state is sent again",
                                           min_value=0.05, max_value=60.0)
+        p["reset_grace"] = declare(self, "reset_grace", 0.25, "lockstep mode: seconds (wall) "
+                                   "a reset waits for the answers to the state last published "
+                                   "(while every answering topic has a publisher), so that none "
+                                   "arrives after the reset and is taken for the new episode's",
+                                   min_value=0.0, max_value=10.0)
         p["seed"] = declare(self, "seed", 0, "base seed: episode k after the last change of this "
                             "parameter uses seed+k", min_value=0, max_value=2**31 - 1)
         p["auto_reset"] = declare(self, "auto_reset", False, "start the next episode as soon "
@@ -250,11 +255,13 @@ class MujocoBridge(Node):
 
         # ---------------------------------------------------------------- commands
         arm, grip = p["arm_controller"], p["gripper_controller"]
-        self.create_subscription(Float64MultiArray, f"/{arm}/commands", self._on_arm, COMMAND_QOS)
-        self.create_subscription(JointTrajectory, f"/{arm}/joint_trajectory", self._on_traj,
-                                 COMMAND_QOS)
-        self.create_subscription(Float64MultiArray, f"/{grip}/commands", self._on_gripper,
-                                 COMMAND_QOS)
+        self._command_subs = {
+            "arm": [self.create_subscription(Float64MultiArray, f"/{arm}/commands", self._on_arm,
+                                             COMMAND_QOS),
+                    self.create_subscription(JointTrajectory, f"/{arm}/joint_trajectory",
+                                             self._on_traj, COMMAND_QOS)],
+            "gripper": [self.create_subscription(Float64MultiArray, f"/{grip}/commands",
+                                                 self._on_gripper, COMMAND_QOS)]}
         self._arm_log = BurstLog(self.get_logger(), "arm")
         self._grip_log = BurstLog(self.get_logger(), "gripper")
         self._need = set(p["lockstep_commands"])
@@ -368,7 +375,14 @@ class MujocoBridge(Node):
         return box.get("ok", True), box.get("message", "")
 
     def _srv_reset(self, req, resp):
-        resp.success, resp.message = self._request("reset")
+        # Answered at once, the reset left to the simulation thread: this executor must stay
+        # free to take the answers to the state last published, which the reset waits for.
+        with self.cond:
+            episode = self.core.episode + 1 + sum(r[0] == "reset" for r in self._requests)
+            seed = self._next_seed()
+            self._requests.append(("reset", seed, None, None))
+            self.cond.notify_all()
+        resp.success, resp.message = True, f"episode {episode} seed {seed}"
         return resp
 
     def _srv_pause(self, req, resp):
@@ -391,9 +405,8 @@ class MujocoBridge(Node):
         while self._requests:
             kind, arg, done, box = self._requests.pop(0)
             if kind == "reset":
-                seed = self._next_seed()
-                self._reset(seed)
-                box["message"] = f"episode {self.core.episode} seed {seed}"
+                self._await_answers()
+                self._reset(arg)
             elif kind == "step":
                 for _ in range(arg):
                     self.core.step_tick()
@@ -401,7 +414,26 @@ class MujocoBridge(Node):
                     self._publish_state()
                 box["message"] = f"stepped {arg} ticks: episode tick {self.core.tick}, " \
                                  f"time {self.core.clock:.4f}"
-            done.set()
+            if done is not None:
+                done.set()
+
+    def _await_answers(self) -> None:
+        """Lockstep, before a reset (lock held): let the answers to the state last published
+        come in first. Commands carry no stamp: an answer arriving after the reset would be
+        taken for the answer to the new episode's first state, and every command of that
+        episode would act one tick late. Waits up to `reset_grace`, and only while every
+        answering topic has a publisher (with nobody answering there is nothing to wait for)."""
+        if self.p["mode"] != "lockstep" or self._need <= self._answered:
+            return
+        if not all(any(s.get_publisher_count() for s in self._command_subs[w])
+                   for w in self._need):
+            return
+        deadline = time.monotonic() + self.p["reset_grace"]
+        while not self._need <= self._answered:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.cond.wait(left)
 
     def _reset(self, seed: int) -> None:
         self.core.reset(seed)

@@ -62,6 +62,12 @@ class EpisodeRunner(Node):
             self._status = (to_sec(msg.header.stamp), values)
             self._cond.notify_all()
 
+    @property
+    def status(self) -> dict:
+        """The values of the newest episode status ({} before any)."""
+        with self._cond:
+            return dict(self._status[1]) if self._status else {}
+
     def _client(self, srv_type, name: str):
         if name not in self._call_clients:
             self._call_clients[name] = [self.create_client(srv_type, name), False]
