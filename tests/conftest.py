@@ -75,13 +75,15 @@ class Probe:
     def __init__(self):
         import rclpy
 
+        from robot_imitation.nodes.common import ServiceCaller
         from robot_imitation.nodes.episode_runner import Spinner
 
         Probe._count += 1
         self.node = rclpy.create_node(f"test_probe_{os.getpid()}_{Probe._count}")
         self.spinner = Spinner(self.node)
         self.msgs = {}
-        self._clients = {}
+        # one client per service for the probe's life (see ServiceCaller)
+        self.caller = ServiceCaller(self.node)
 
     def record(self, msg_type, topic, qos, key=None):
         key = key or topic
@@ -90,26 +92,10 @@ class Probe:
         return self.msgs[key]
 
     def call(self, srv_type, name, request=None, timeout=20.0):
-        # one client per service for the probe's life: each new client's response reader must
-        # be discovered by the server again before an answer can reach it
-        from robot_imitation.nodes.episode_runner import SERVER_SETTLE
-
-        key = (srv_type, name)
-        new = key not in self._clients
-        if new:
-            self._clients[key] = self.node.create_client(srv_type, name)
-        client = self._clients[key]
-        if not client.wait_for_service(timeout_sec=timeout):
-            pytest.fail(f"service {name} not available within {timeout} s")
-        if new:  # the server must discover this client's response reader too
-            time.sleep(SERVER_SETTLE)
-        future = client.call_async(request or srv_type.Request())
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                pytest.fail(f"service {name} did not answer within {timeout} s")
-            time.sleep(0.005)
-        return future.result()
+        try:
+            return self.caller.call(srv_type, name, request, timeout)
+        except TimeoutError as exc:
+            pytest.fail(str(exc))
 
     def set_params(self, node_name, **params):
         from rcl_interfaces.srv import SetParameters

@@ -52,8 +52,7 @@ MIXTURE_PER = ("step", "episode")
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
 KEYS = ("state", "stage", "iteration", "iterations", "beta", "expert_share", "labels",
-        "success_rate",
-        "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
+        "success_rate", "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
 
 
 def split_ros_args(argv: list) -> tuple[list, list]:
@@ -280,7 +279,8 @@ class DaggerNode(Node):
     def _on_iteration(self, row: dict) -> None:
         with self._lock:
             self._status.update(iteration=row["iteration"], beta=row["beta"],
-                                expert_share=row["expert_share"], labels=row["labels"], success_rate=row["success_rate"],
+                                expert_share=row["expert_share"], labels=row["labels"],
+                                success_rate=row["success_rate"],
                                 ci95_low=row["ci95"][0], ci95_high=row["ci95"][1],
                                 checkpoint=str(Path(row["checkpoint"]).resolve()))
         self._publish()

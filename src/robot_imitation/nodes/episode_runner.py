@@ -11,15 +11,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
-from .common import LATCHED_QOS, declare, make_executor, to_sec
+from .common import LATCHED_QOS, ServiceCaller, declare, make_executor, to_sec
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-
-
-SERVER_SETTLE = 0.25  # s: a new client's wait for its server to match its response reader
 
 
 @dataclass
@@ -47,9 +44,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 class EpisodeRunner(Node):
     def __init__(self, bridge: str = "mujoco_bridge", name: str = "episode_runner"):
         super().__init__(name)
-        self._call_clients: dict = {}
+        self.caller = ServiceCaller(self)
         self.reset_name = f"{bridge}/reset"
-        self._client(Trigger, self.reset_name)
         self._cond = threading.Condition()
         self._status = None
         self.create_subscription(DiagnosticArray, "episode/status", self._on_status, LATCHED_QOS)
@@ -68,40 +64,13 @@ class EpisodeRunner(Node):
         with self._cond:
             return dict(self._status[1]) if self._status else {}
 
-    def _client(self, srv_type, name: str):
-        if name not in self._call_clients:
-            self._call_clients[name] = [self.create_client(srv_type, name), False]
-        return self._call_clients[name][0]
-
-    def _ready(self, name: str, timeout: float) -> bool:
-        """Wait for the service's server. The first time, also give the server a moment to
-        discover this client's response reader: discovery is not symmetric, and an answer
-        sent before the server knows the reader is lost (the RMW waits only 100 ms for it,
-        which a loaded machine can exceed)."""
-        entry = self._call_clients[name]
-        if not entry[0].wait_for_service(timeout_sec=timeout):
-            return False
-        if not entry[1]:
-            time.sleep(SERVER_SETTLE)
-            entry[1] = True
-        return True
-
     def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
-        """Call ``name`` and wait for the answer (the node must be spinning elsewhere); one
-        client per service for the node's life."""
-        client = self._client(srv_type, name)
-        if not self._ready(name, timeout):
-            raise TimeoutError(f"service {name} not available within {timeout} s")
-        future = client.call_async(request or srv_type.Request())
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service {name} did not answer within {timeout} s")
-            time.sleep(0.002)
-        return future.result()
+        """Call ``name`` and wait for the answer (see ``ServiceCaller``; the node must be
+        spinning elsewhere)."""
+        return self.caller.call(srv_type, name, request, timeout)
 
     def wait_for_bridge(self, timeout: float = 30.0) -> None:
-        if not self._ready(self.reset_name, timeout):
+        if not self.caller.ready(Trigger, self.reset_name, timeout):
             raise TimeoutError(f"no bridge reset service {self.reset_name} within "
                                f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
 
