@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,91 @@ def test_mcap_cdr_test_bag_loads_with_its_stored_definitions():
     assert len(messages) == 7
     basic = next(m for topic, _, m in messages if topic == "/test_topic")
     assert basic.__msgtype__ == "test_msgs/msg/BasicTypes" and hasattr(basic, "float64_value")
+
+
+def independent_counts(path: Path) -> dict:
+    """{topic: messages} of a bag's storage file, read without rosbags: the ``mcap`` library
+    (no decoding) or plain SQL."""
+    import sqlite3
+
+    from mcap.reader import make_reader
+
+    counts = {}
+    for f in sorted(path.glob("*.mcap")):
+        with open(f, "rb") as stream:
+            for _, channel, _ in make_reader(stream, validate_crcs=True).iter_messages():
+                counts[channel.topic] = counts.get(channel.topic, 0) + 1
+    for f in sorted(path.glob("*.db3")):
+        conn = sqlite3.connect(f"{f.resolve().as_uri()}?mode=ro", uri=True)
+        for topic, n in conn.execute("SELECT t.name, count(*) FROM messages m JOIN topics t "
+                                     "ON m.topic_id = t.id GROUP BY t.name"):
+            counts[topic] = n
+        conn.close()
+    return counts
+
+
+def service_events(path: Path) -> list:
+    with open_bag(path) as bag:
+        return [(topic, m.info.event_type, m.info.sequence_number, len(m.request),
+                 len(m.response)) for topic, _, m in bag.messages(
+                     ["/test_service1/_service_event", "/test_service2/_service_event"])]
+
+
+@pytest.mark.parametrize("name", ["mcap_service_events", "sqlite3_service_events"])
+def test_service_event_bags_read_every_message(name):
+    """rosbag2 stores a service event topic's definition as the .srv text (request --- response;
+    in sqlite3 under the service's name), which rosbags cannot parse: the MCAP bag was refused
+    as "truncated or corrupt". Every message the independent reader finds is read and decoded,
+    the events as rosidl defines them (info, request[<=1], response[<=1])."""
+    path = shared_bag(name)
+    with open_bag(path) as bag:
+        assert {t: i.count for t, i in bag.topics.items()} == {
+            "/events/write_split": 0, "/test_service1/_service_event": 4,
+            "/test_service2/_service_event": 4, "/test_topic1": 1, "/test_topic2": 1}
+        readable = [t for t in bag.topics if t not in bag.undecodable]
+        messages = list(bag.messages(readable))
+        strings = [m for t, _, m in messages if t == "/test_topic1"]
+        # The bag's rosbag2_interfaces/msg/WriteSplitEvent has two fields, Kilted's three: its
+        # recorded type hash says so, and the topic is refused rather than misread.
+        assert list(bag.undecodable) == ["/events/write_split"]
+        assert "hashes to" in bag.undecodable["/events/write_split"]
+        with pytest.raises(BagError, match="topic /events/write_split: the ROS 2 Kilted"):
+            list(bag.messages(["/events/write_split"]))
+    assert dict(Counter(t for t, _, _ in messages)) == independent_counts(path)
+    assert strings[0].string_value_default1 == "Hello world!"
+    events = service_events(path)
+    # request sent (event 0: the request, no response), response received (3: the response)
+    for topic in ("/test_service1/_service_event", "/test_service2/_service_event"):
+        assert [e[1:] for e in events if e[0] == topic] == [(0, 1, 1, 0), (3, 1, 0, 1),
+                                                           (0, 2, 1, 0), (3, 2, 0, 1)]
+
+
+def test_service_events_are_the_same_in_both_storages():
+    """The two recordings (separate runs of one test) hold the same events per service."""
+    mcap, db3 = (sorted(service_events(shared_bag(n)), key=lambda e: e[0])
+                 for n in ("mcap_service_events", "sqlite3_service_events"))
+    assert mcap == db3 and len(mcap) == 8
+
+
+def test_a_definition_that_cannot_be_parsed_spoils_only_its_topic(tmp_path):
+    """A bag storing a broken definition of one type: the bag opens, the topic is listed with
+    the reason, its messages cannot be read, every other topic reads."""
+    path = tmp_path / "odd"
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        chatter = writer.add_connection("/chatter", STRING, typestore=TYPES)
+        odd = writer.add_connection("/odd", "odd_msgs/msg/Odd", msgdef="float64 x\n!!! y\n",
+                                    rihs01="RIHS01_" + "0" * 64)
+        for i in range(5):
+            writer.write(chatter, i, TYPES.serialize_cdr(TYPES.types[STRING](data=f"m{i}"),
+                                                         STRING))
+            writer.write(odd, i, bytes(12))
+    with open_bag(path) as bag:
+        assert bag.topics["/odd"] == TopicInfo("odd_msgs/msg/Odd", 5)
+        assert list(bag.undecodable) == ["/odd"]
+        assert "odd_msgs/msg/Odd stored in the bag cannot be parsed" in bag.undecodable["/odd"]
+        assert [m.data for _, _, m in bag.messages(["/chatter"])] == [f"m{i}" for i in range(5)]
+        with pytest.raises(BagError, match="topic /odd: the definition of odd_msgs/msg/Odd"):
+            list(bag.messages())
 
 
 def test_empty_bag_is_refused():
@@ -267,3 +353,87 @@ def test_a_message_type_of_any_installed_package_can_be_recorded(tmp_path, monke
     assert [m.closed for m in got] == [False, True, False]
     with pytest.raises(OSError, match="gripper_msgs/msg/Missing.msg not found"):
         registry.ensure("gripper_msgs/msg/Missing")
+
+
+# ===================================================================== chunk checksums
+def write_values_bag(path: Path, n: int = 3000, storage: str = "mcap", flush_every: int = 0):
+    """An episode bag of /values (Float64MultiArray [i, i + 0.5, 1e6 + 0.25 + i]) written by the
+    recorder's writer (``EpisodeBag``); ``flush_every``: close a chunk every that many messages."""
+    from robot_imitation.recording.bagwriter import EpisodeBag, TypeRegistry
+
+    bag = EpisodeBag(path, {"/values": "std_msgs/msg/Float64MultiArray"}, TypeRegistry(),
+                     storage=storage)
+    layout = TYPES.types["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
+    for i in range(n):
+        msg = TYPES.types["std_msgs/msg/Float64MultiArray"](
+            layout=layout, data=np.array([i, i + 0.5, 1e6 + 0.25 + i], np.float64))
+        bag.write("/values", 1_000_000_000 + i * 1_000_000, TYPES.serialize_cdr(msg, msg.__msgtype__))
+        if flush_every and (i + 1) % flush_every == 0:
+            bag.flush_chunk(force=True)
+    return bag
+
+
+def _chunks(mcap_file: Path) -> list:
+    """Every chunk record of ``mcap_file``, as the independent reader sees it."""
+    from mcap.records import Chunk
+    from mcap.stream_reader import StreamReader
+
+    with open(mcap_file, "rb") as f:
+        return [r for r in StreamReader(f, skip_magic=False, emit_chunks=True).records
+                if isinstance(r, Chunk)]
+
+
+def test_recorded_chunks_carry_real_crcs(tmp_path):
+    """Every chunk the recorder writes (closed by size, by the once-a-second flush, and at the
+    end) holds the CRC32 of its records: the independent reader validates them all."""
+    from mcap.reader import make_reader
+
+    bag = write_values_bag(tmp_path / "bag", n=3000, flush_every=700)
+    bag.close()
+    mcap = tmp_path / "bag" / "bag.mcap"
+    chunks = _chunks(mcap)
+    assert len(chunks) == 5 and all(c.uncompressed_crc != 0 for c in chunks)
+    with open(mcap, "rb") as f:
+        values = [m.data for _, _, m in make_reader(f, validate_crcs=True).iter_messages()]
+    assert len(values) == 3000
+    with open_bag(tmp_path / "bag") as reader:
+        assert reader.checked_chunks == (5, 5)
+        got = [m.data[2] for _, _, m in reader.messages()]
+    assert got == [1e6 + 0.25 + i for i in range(3000)]
+
+
+def flip_float(mcap_file: Path, value: float) -> int:
+    """Flip the lowest bit of the one place ``value`` is stored (a float64 in a payload)."""
+    import struct
+
+    data = bytearray(mcap_file.read_bytes())
+    packed = struct.pack("<d", value)
+    at = data.find(packed)
+    assert at > 0 and data.find(packed, at + 1) == -1
+    data[at] ^= 1
+    mcap_file.write_bytes(bytes(data))
+    return at
+
+
+def test_a_flipped_byte_in_a_payload_is_an_error_naming_bag_and_chunk(tmp_path):
+    """A single flipped bit inside a float of a message: the same size, the same message count,
+    a plausible value. Only the chunk's CRC tells; the bag must never yield the changed value."""
+    bag = write_values_bag(tmp_path / "bag", n=3000, flush_every=700)
+    bag.close()
+    mcap = tmp_path / "bag" / "bag.mcap"
+    flip_float(mcap, 1e6 + 0.25 + 1500)            # message 1500: in the third chunk (700 each)
+    with open_bag(tmp_path / "bag") as reader:
+        with pytest.raises(BagError) as err:
+            list(reader.messages())
+    text = str(err.value)
+    assert str(mcap) in text and "chunk 3 of 5" in text and "CRC" in text, text
+
+
+def test_chunks_without_crc_are_reported_unchecked(tmp_path):
+    """Bags of other writers (and of this recorder before CRCs) may hold CRC 0: readable, and
+    the reader says how many chunks it could not check."""
+    path = write_bag(tmp_path / "plain", n=50)       # rosbags' own writer: CRC 0
+    assert [c.uncompressed_crc for c in _chunks(path / "plain.mcap")] == [0]
+    with open_bag(path) as reader:
+        assert reader.checked_chunks == (0, 1)
+        assert len(list(reader.messages())) == 100

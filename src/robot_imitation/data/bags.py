@@ -9,33 +9,51 @@ into several files, every metadata.yaml version, and either a bag directory or o
         for topic, log_time_ns, msg in bag.messages(["/joint_states"]):
             ...
 
-Two choices differ from using ``AnyReader`` on the bag directory directly:
+Choices that differ from using ``AnyReader`` on the bag directory:
 
-- The storage files are opened one by one and merged in log-time order. ``AnyReader`` on a
-  directory matches each file's topics to metadata.yaml by their QoS profiles too, and yields
-  nothing at all for bags whose two copies of the profiles differ (rosbag2's own ``talker`` test
-  bags). metadata.yaml is still read: for ``custom_data``, the file list, and the serialization
-  format of each topic (the storage files do not always say). Only compressed bags
-  (``compression_mode`` file or message) are read through the directory, which decompresses.
+- The storage files are opened one by one (``rosbags.rosbag2.Reader``) and merged in log-time
+  order. ``AnyReader`` on a directory matches each file's topics to metadata.yaml by their QoS
+  profiles too, and yields nothing at all for bags whose two copies of the profiles differ
+  (rosbag2's own ``talker`` test bags). metadata.yaml is still read: for ``custom_data``, the
+  file list, and the serialization format of each topic (the storage files do not always say).
+  Only compressed bags (``compression_mode`` file or message) are read through the directory,
+  which decompresses.
 - Messages are decoded with the ROS 2 Kilted types first; definitions stored in the bag only
   supply the types Kilted lacks. Stored definitions can be incomplete (rosbag2's sqlite3 test
   bag stores ``rcl_interfaces/msg/Log`` as the single field ``uint8 level``), the standard types
   cannot.
+- A stored definition that cannot be used never makes the whole bag unreadable (``AnyReader``
+  refuses to open it): its topics are listed in ``undecodable`` with the reason, and only
+  reading their messages fails. Service event topics (``pkg/srv/Name_Event``), for which
+  rosbag2 stores the ``.srv`` text (request ``---`` response) rather than the event's
+  definition, are decoded with the event type built from it (``info``, ``request[<=1]``,
+  ``response[<=1]``). Where a topic carries a type hash (metadata version 7 and later) and the
+  definition used to decode it hashes differently, the topic is undecodable too: decoding with
+  another layout would return wrong values. (Service event hashes are the service's, which
+  this reader cannot compute: they are not checked.)
 
-A read that ends with fewer messages than the storage's index announces raises ``BagError``:
-a damaged file never passes for a short recording.
+Integrity: a read that ends with fewer messages than the storage's index announces raises
+``BagError``: a damaged file never passes for a short recording. MCAP chunks that carry a CRC
+(the recorder's, rosbag2's own writer's) are checked when read, and a mismatch is an error
+naming the bag, the file and the chunk. Chunks with CRC 0 (written by ``rosbags``, including
+this recorder before it wrote CRCs) and sqlite3 bags (no checksums at all) cannot be checked: a
+byte changed inside a payload there is read as it is. ``checked_chunks`` tells which is which.
 """
 from __future__ import annotations
 
+import heapq
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from functools import cache
 from pathlib import Path, PurePath
 from typing import NamedTuple
 
 import yaml
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.typesys import Stores, get_typestore
+from rosbags.interfaces import MessageDefinitionFormat
+from rosbags.rosbag2 import Reader
+from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 
@@ -102,10 +120,77 @@ def _read_metadata(path: Path) -> dict:
     return info
 
 
-def _any_reader(sources: list[Path]) -> AnyReader:
-    # An empty default typestore: AnyReader then only gathers the definitions stored in the bag;
-    # the Kilted types come from the shared store (see the module docstring).
-    return AnyReader(sources, default_typestore=get_typestore(Stores.EMPTY))
+DEFINITION_SEPARATOR = "=" * 80 + "\n"
+
+
+def _service_event_types(msgtype: str, text: str) -> dict:
+    """The types of the service event ``pkg/srv/Name_Event`` from the ``.srv`` text rosbag2
+    stores for it (request, ``---``, response, then the definitions they use): Name_Request,
+    Name_Response and Name_Event as rosidl generates them."""
+    base = msgtype[: -len("_Event")]
+    main, _, deps = text.partition(DEFINITION_SEPARATOR)
+    deps = DEFINITION_SEPARATOR + deps if deps else ""
+    lines = main.splitlines()
+    cut = next(i for i, line in enumerate(lines) if line.strip() == "---")
+    request, response = "\n".join(lines[:cut]) + "\n", "\n".join(lines[cut + 1:]) + "\n"
+    types = {}
+    types.update(get_types_from_msg(request + deps, f"{base}_Request"))
+    types.update(get_types_from_msg(response + deps, f"{base}_Response"))
+    types.update(get_types_from_msg(
+        f"service_msgs/msg/ServiceEventInfo info\n{base}_Request[<=1] request\n"
+        f"{base}_Response[<=1] response\n", msgtype))
+    # rosbags files every type under pkg/msg/: give the service's types their /srv/ names back.
+    srv = base.rsplit("/", 1)[0]
+
+    def rename(value):
+        if isinstance(value, str):
+            return value.replace(f"{srv}/msg/", f"{srv}/")
+        if isinstance(value, (tuple, list)):
+            return type(value)(rename(v) for v in value)
+        return value
+
+    return {rename(name): rename(fields) for name, fields in types.items()}
+
+
+def _is_service_text(msgtype: str, text: str) -> bool:
+    main = text.partition(DEFINITION_SEPARATOR)[0]
+    return ("/srv/" in msgtype and msgtype.endswith("_Event")
+            and any(line.strip() == "---" for line in main.splitlines()))
+
+
+def _types_of_definition(msgtype: str, msgdef) -> dict:
+    """The rosbags types of a stored definition (``MessageDefinition``) of ``msgtype``."""
+    if msgdef.format == MessageDefinitionFormat.MSG:
+        if _is_service_text(msgtype, msgdef.data):
+            return _service_event_types(msgtype, msgdef.data)
+        return get_types_from_msg(msgdef.data, msgtype)
+    types = {}
+    if msgdef.data.startswith(f"{DEFINITION_SEPARATOR}IDL: "):
+        for part in msgdef.data.split(DEFINITION_SEPARATOR)[1:]:
+            types.update(get_types_from_idl(part.split("\n", 1)[1]))
+    else:
+        types.update(get_types_from_idl(msgdef.data))
+    return types
+
+
+def _sqlite_definitions(path: Path) -> dict:
+    """{type name: MessageDefinition} from a sqlite3 bag's ``message_definitions`` table (the
+    rosbags reader only looks up each topic's own type there; rosbag2 stores a service event
+    topic's definition under the service's name)."""
+    from rosbags.interfaces import MessageDefinition
+
+    formats = {"ros2msg": MessageDefinitionFormat.MSG, "ros2idl": MessageDefinitionFormat.IDL}
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT topic_type, encoding, encoded_message_definition "
+                                "FROM message_definitions").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+    return {name: MessageDefinition(formats[enc], text) for name, enc, text in rows
+            if enc in formats and text}
 
 
 class BagReader:
@@ -114,6 +199,8 @@ class BagReader:
     def __init__(self, path):
         self.path = Path(path)
         self._is_open = False
+        self._stack = ExitStack()
+        self._readers: list = []
         self.metadata, self.files = _locate(self.path)
         self.custom_data = dict(self.metadata.get("custom_data") or {})
         self.storage = (self.metadata.get("storage_identifier")
@@ -123,40 +210,102 @@ class BagReader:
                            f"(supported: {sorted(STORAGE_SUFFIXES.values())})")
         compressed = (self.metadata.get("compression_mode") or "").lower() not in ("", "none")
         self._sources = [self.path] if compressed else self.files
-        self._reader = _any_reader(self._sources)
-        try:
-            self._reader.open()
-        except (AnyReaderError, OSError) as exc:
-            raise BagError(f"{self._failing_source()}: cannot read the bag ({exc}); the file "
-                           "is truncated or corrupt") from None
+        self._compressed = compressed
+        for source in self._sources:
+            try:
+                reader = Reader(source)
+                reader.open()
+            except Exception as exc:  # noqa: BLE001 - the storage readers raise many kinds
+                self._stack.close()
+                raise BagError(f"{source}: cannot read the bag ({exc}); the file is truncated "
+                               "or corrupt") from None
+            self._stack.callback(reader.close)
+            self._readers.append(reader)
         self._is_open = True
+        self.connections = [c for r in self._readers for c in r.connections]
         try:
             self._check_contents()
         except BagError:
             self.close()
             raise
-        kilted = _kilted()
-        extra = {name: fields for name, fields in self._reader.typestore.fielddefs.items()
-                 if name not in kilted.fielddefs}
-        self.typestore = kilted
-        if extra:
-            self.typestore = get_typestore(Stores.ROS2_KILTED)
-            self.typestore.register(extra)
+        self.typestore, self.undecodable = self._types()
 
-    def _failing_source(self) -> Path:
-        """The storage file that does not open (the bag itself when that cannot be told)."""
-        if len(self._sources) == 1:
-            return self._sources[0]
-        for source in self._sources:
+    def _types(self):
+        """(the typestore decoding this bag's messages, {topic: why it cannot be decoded})."""
+        kilted = _kilted()
+        stored: dict = {}
+        for c in self.connections:
+            if c.msgdef.format != MessageDefinitionFormat.NONE:
+                stored.setdefault(c.msgtype, c.msgdef)
+        missing = {c.msgtype for c in self.connections
+                   if c.msgtype not in kilted.fielddefs and c.msgtype not in stored}
+        if missing and self.storage == "sqlite3" and not self._compressed:
+            tables = {}
+            for f in self.files:
+                tables.update(_sqlite_definitions(f))
+            for msgtype in missing:
+                for name in (msgtype, msgtype.removesuffix("_Event")):
+                    if name in tables:
+                        stored[msgtype] = tables[name]
+                        break
+        problems: dict = {}  # msgtype -> reason
+        extra: dict = {}
+        for msgtype in sorted({c.msgtype for c in self.connections}):
+            if msgtype in kilted.fielddefs:
+                continue
+            if msgtype not in stored:
+                problems[msgtype] = (f"message type {msgtype} is unknown: it is no ROS 2 Kilted "
+                                     "type and the bag stores no definition of it")
+                continue
             try:
-                with _any_reader([source]):
-                    pass
-            except (AnyReaderError, OSError):
-                return source
-        return self.path
+                types = _types_of_definition(msgtype, stored[msgtype])
+            except Exception as exc:  # noqa: BLE001 - the definition parsers raise many kinds
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                problems[msgtype] = (f"the definition of {msgtype} stored in the bag cannot be "
+                                     f"parsed ({type(exc).__name__}: {first[:200]})")
+                continue
+            if msgtype not in types:
+                problems[msgtype] = (f"the definition stored in the bag for {msgtype} defines "
+                                     f"{sorted(types)[:3]}, not {msgtype}")
+                continue
+            extra.update({name: fields for name, fields in types.items()
+                          if name not in kilted.fielddefs})
+        store = kilted
+        if extra:
+            store = get_typestore(Stores.ROS2_KILTED)
+            try:
+                store.register(extra)
+            except Exception as exc:  # noqa: BLE001 - conflicting stored definitions
+                for msgtype in {c.msgtype for c in self.connections} - set(kilted.fielddefs):
+                    problems.setdefault(msgtype, f"the definitions stored in the bag conflict "
+                                                 f"({type(exc).__name__}: {exc})")
+                store = kilted
+        # The type hashes: the storage's, else metadata.yaml's (rosbags reads none from MCAP).
+        recorded = {(e.get("topic_metadata") or {}).get("name"):
+                    (e.get("topic_metadata") or {}).get("type_description_hash")
+                    for e in self.metadata.get("topics_with_message_count") or []}
+        undecodable, hashes = {}, {}
+        for c in self.connections:
+            digest = c.digest or recorded.get(c.topic) or ""
+            if c.msgtype in problems:
+                undecodable[c.topic] = problems[c.msgtype]
+            elif digest and "/srv/" not in c.msgtype and c.topic not in undecodable:
+                if c.msgtype not in hashes:
+                    try:
+                        hashes[c.msgtype] = store.hash_rihs01(c.msgtype)
+                    except Exception:  # noqa: BLE001 - a type rosbags cannot hash
+                        hashes[c.msgtype] = None
+                have = hashes[c.msgtype]
+                if have is not None and have != digest:
+                    source = ("the ROS 2 Kilted definition" if c.msgtype in kilted.fielddefs
+                              else "the definition stored in the bag")
+                    undecodable[c.topic] = (f"{source} of {c.msgtype} hashes to {have}, the bag "
+                                            f"records {digest}: its messages were written "
+                                            "with another definition")
+        return store, undecodable
 
     def _check_contents(self) -> None:
-        formats = {c.topic: c.ext.serialization_format for c in self._reader.connections}
+        formats = {c.topic: c.ext.serialization_format for c in self.connections}
         for entry in self.metadata.get("topics_with_message_count") or []:
             meta = entry.get("topic_metadata") or {}
             formats[meta.get("name")] = meta.get("serialization_format")
@@ -174,29 +323,40 @@ class BagReader:
     def topics(self) -> dict[str, TopicInfo]:
         """{topic: TopicInfo(msgtype, count)}, counts summed over the storage files."""
         counts, types = Counter(), {}
-        for c in self._reader.connections:
+        for c in self.connections:
             counts[c.topic] += c.msgcount
             types.setdefault(c.topic, c.msgtype)
         return {t: TopicInfo(types[t], counts[t]) for t in sorted(types)}
 
     @property
     def message_count(self) -> int:
-        return self._reader.message_count
+        return sum(r.message_count for r in self._readers)
 
     @property
     def start_ns(self) -> int:
         """Log time of the first message (ns)."""
-        return self._reader.start_time
+        return min(r.start_time for r in self._readers)
 
     @property
     def end_ns(self) -> int:
         """Log time of the last message (ns)."""
-        return self._reader.end_time - 1  # rosbags' end time is one past the last message
+        return max(r.end_time for r in self._readers) - 1  # rosbags': one past the last message
 
     @property
     def duration(self) -> float:
         """Seconds from the first to the last message."""
         return (self.end_ns - self.start_ns) * 1e-9
+
+    @property
+    def checked_chunks(self) -> tuple[int, int] | None:
+        """(chunks carrying a CRC, chunks) over the MCAP files; None for sqlite3 (no checksums)
+        and file-compressed bags. Chunks with CRC 0 are read unchecked."""
+        if self.storage != "mcap" or any(f.suffix != ".mcap" for f in self.files):
+            return None
+        if not hasattr(self, "_checked"):
+            crcs = [crc for f in self.files for _, crc in _chunk_crcs(f)]
+            self._checked = (sum(1 for crc in crcs if crc), len(crcs))
+        return self._checked
 
     # ----------------------------------------------------------------- messages
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[tuple[str, int, object]]:
@@ -207,24 +367,22 @@ class BagReader:
         if absent:
             raise BagError(f"{self.path}: no topic {', '.join(absent)} in the bag "
                            f"(it has {sorted(available)})")
-        connections = [c for c in self._reader.connections if c.topic in wanted]
-        for c in connections:
-            if c.msgtype not in self.typestore.fielddefs:
-                raise BagError(f"{self.path}: topic {c.topic}: message type {c.msgtype} is "
-                               "unknown: it is no ROS 2 Kilted type and the bag stores no "
-                               "definition of it")
+        bad = {t: why for t, why in self.undecodable.items() if t in wanted}
+        if bad:
+            raise BagError(f"{self.path}: " + "; ".join(f"topic {t}: {why}"
+                                                        for t, why in sorted(bad.items())))
         expected = {t: available[t].count for t in wanted}
         read = Counter()
-        raw = self._reader.messages(connections=connections)
+        raw = heapq.merge(*[r.messages(connections=mine) for r in self._readers
+                            if (mine := [c for c in r.connections if c.topic in wanted])],
+                          key=lambda m: m[1])
         while True:
             try:
                 connection, log_time, data = next(raw)
             except StopIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - the storage readers raise many kinds
-                raise BagError(f"{self.path}: reading failed after {sum(read.values())} "
-                               f"messages: truncated or corrupt ({type(exc).__name__}: "
-                               f"{exc})") from exc
+                raise BagError(self._damage(exc, sum(read.values()))) from exc
             try:
                 msg = self.typestore.deserialize_cdr(data, connection.msgtype)
             except Exception as exc:  # noqa: BLE001 - malformed data fails in many ways
@@ -239,11 +397,22 @@ class BagReader:
                            + ", ".join(f"{got} of {n} messages on {t}"
                                        for t, (got, n) in sorted(short.items())))
 
+    def _damage(self, exc: Exception, read: int) -> str:
+        """The error for a read that failed: the chunk whose CRC does not match when there is
+        one (MCAP), else what the storage reader said."""
+        if self.storage == "mcap" and not self._compressed:
+            for f in self.files:
+                bad = _bad_chunk(f)
+                if bad is not None:
+                    return f"{f}: {bad}: the file was damaged after it was written; corrupt"
+        return (f"{self.path}: reading failed after {read} messages: truncated or corrupt "
+                f"({type(exc).__name__}: {exc})")
+
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
         if self._is_open:
             self._is_open = False
-            self._reader.close()
+            self._stack.close()
 
     def __enter__(self) -> "BagReader":
         return self
@@ -253,6 +422,57 @@ class BagReader:
 
     def __repr__(self) -> str:
         return f"BagReader({str(self.path)!r}, {self.storage}, {len(self.files)} file(s))"
+
+
+CHUNK_CRC_OFFSET = 1 + 8 + 3 * 8  # opcode, length, start/end time, uncompressed size
+
+
+def _chunk_crcs(path: Path) -> list:
+    """[(chunk start offset, CRC field)] of an MCAP file's chunks, from its summary (a read of
+    4 bytes per chunk). [] when the file has no summary (then rosbags could not open it)."""
+    from mcap.reader import make_reader
+
+    out = []
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+            for index in sorted(summary.chunk_indexes if summary else [],
+                                key=lambda i: i.chunk_start_offset):
+                f.seek(index.chunk_start_offset + CHUNK_CRC_OFFSET)
+                out.append((index.chunk_start_offset, int.from_bytes(f.read(4), "little")))
+    except Exception:  # noqa: BLE001 - a damaged summary: nothing to report here
+        return []
+    return out
+
+
+def _bad_chunk(path: Path) -> str | None:
+    """"chunk i of n ..." for the first chunk of the MCAP file whose records do not match their
+    CRC, else None."""
+    from io import BytesIO
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.reader import make_reader
+    from mcap.records import Chunk
+    from mcap.stream_reader import CRCValidationError, get_chunk_data_stream
+
+    try:
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+            indexes = sorted(summary.chunk_indexes if summary else [],
+                             key=lambda i: i.chunk_start_offset)
+            for i, index in enumerate(indexes, 1):
+                f.seek(index.chunk_start_offset + 9)
+                record = Chunk.read(ReadDataStream(BytesIO(f.read(index.chunk_length - 9))))
+                try:
+                    get_chunk_data_stream(record, validate_crc=True)
+                except CRCValidationError as err:
+                    return (f"chunk {i} of {len(indexes)} (at byte {index.chunk_start_offset}, "
+                            f"messages logged {index.message_start_time}.."
+                            f"{index.message_end_time} ns) does not match its CRC "
+                            f"(stored {err.expected:#010x}, computed {err.actual:#010x})")
+    except Exception:  # noqa: BLE001 - the summary itself is damaged: say what rosbags said
+        return None
+    return None
 
 
 def open_bag(path) -> BagReader:

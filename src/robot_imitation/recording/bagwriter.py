@@ -4,12 +4,17 @@ Built on ``rosbags``' writer, which produces bags that ``ros2 bag info/play``, F
 rosbag2 reader open (metadata.yaml version 9 with type description hashes). Message
 definitions come from the ROS 2 Kilted type store, or from the ``.msg`` files of any installed
 package (so any message type can be recorded).
+
+MCAP chunks carry the CRC32 of their uncompressed records (``rosbags`` writes 0, "no CRC"):
+readers that check CRCs (ours, the ``mcap`` library's) refuse a chunk damaged after it was
+written, a flipped bit in a float included, instead of returning a changed value.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -17,6 +22,9 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 CHUNK_SECONDS = 1.0  # an open MCAP chunk is closed (and reaches the disk) at least this often
+# Byte offset of a chunk record's uncompressed_crc field from the record's start: opcode (1),
+# record length (8), message_start_time, message_end_time, uncompressed_size (8 each).
+CHUNK_CRC_OFFSET = 1 + 8 + 3 * 8
 
 
 class BagWriteError(OSError):
@@ -71,6 +79,26 @@ def _find_msg_file(msgtype: str) -> str:
                         f"under AMENT_PREFIX_PATH ({prefixes})")
 
 
+def _write_chunk_crcs(storage) -> None:
+    """Make the ``rosbags`` MCAP storage writer (pinned version, tested) write each chunk's
+    CRC32 instead of 0: the CRC of the records about to be closed into a chunk, patched into the
+    chunk record's header once ``close_chunk`` has written it. One ``zlib.crc32`` over the
+    chunk buffer per chunk (at most 1 MiB, or a second of messages)."""
+    close_chunk = storage.close_chunk
+
+    def close_chunk_with_crc() -> None:
+        with storage.chunk.bio.getbuffer() as records:
+            crc = zlib.crc32(records)
+        start = storage.bio.tell()
+        close_chunk()
+        end = storage.bio.tell()
+        storage.bio.seek(start + CHUNK_CRC_OFFSET)
+        storage.bio.write(crc.to_bytes(4, "little"))
+        storage.bio.seek(end)
+
+    storage.close_chunk = close_chunk_with_crc  # rosbags calls it when a chunk is full and at close
+
+
 class EpisodeBag:
     """One bag being written. ``write`` must be called from a single thread."""
 
@@ -91,6 +119,8 @@ class EpisodeBag:
                                             else CompressionMode.MESSAGE,
                                             CompressionFormat.ZSTD)
             self.writer.open()
+            if storage == "mcap":
+                _write_chunk_crcs(self.writer.storage)
             self.connections = {}
             for topic, msgtype in topics.items():
                 registry.ensure(msgtype)
