@@ -2,6 +2,7 @@
 (``mcap`` + ``mcap-ros2-support``), crash recovery, disk full."""
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -235,8 +236,12 @@ def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
     assert proc.wait(10) == 0
     bag = tmp_path / "ds" / "episode_000000"
     assert read_counts(bag) == pubs.sent == Counter(metadata_counts(bag))
+    # A finished bag, but no finished episode: its own status, never `ok`.
     entry = index(tmp_path / "ds")[0]
-    assert entry["status"] == "ok" and entry["interrupted"] is True
+    assert entry["status"] == "interrupted" and entry["interrupted"] is True
+    custom = yaml.safe_load((bag / "metadata.yaml").read_text())[
+        "rosbag2_bagfile_information"]["custom_data"]
+    assert custom["robot_imitation.interrupted"] == "True"
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -288,6 +293,115 @@ def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_
     assert custom["robot_imitation.task"] == "synthetic"
     assert custom["robot_imitation.recovered"] == "true"
     assert info["relative_file_paths"] == [f"episode_000001.{'mcap' if storage == 'mcap' else 'db3'}"]
+
+
+# ===================================================================== recover without ROS
+def abandoned_episode(ds: Path, name: str, storage: str, flushes: int, per_flush: int = 40):
+    """An episode the recorder was killed in: an ``EpisodeBag`` of joint states given up after
+    ``flushes`` once-a-second flushes (closed chunks or commits; the rest still in memory), its
+    index entry still ``recording``."""
+    from rclpy.serialization import serialize_message
+
+    from robot_imitation.recording.bagwriter import EpisodeBag, TypeRegistry
+    from robot_imitation.recording.recorder import DatasetWriter
+
+    DatasetWriter(ds).upsert({"name": name, "path": name, "status": "recording",
+                              "storage": storage, "operator": "ada"})
+    bag = EpisodeBag(ds / name, {TOPICS[0]: "sensor_msgs/msg/JointState"}, TypeRegistry(),
+                     storage=storage)
+    i = 0
+    for _ in range(flushes):
+        for _ in range(per_flush):
+            bag.write(TOPICS[0], i * 1_000_000, serialize_message(
+                JointState(name=["a"], position=[float(i)])))
+            i += 1
+        bag.flush_chunk(force=True)
+    for _ in range(7):  # written after the last flush: lost with the process
+        bag.write(TOPICS[0], i * 1_000_000, serialize_message(JointState(name=["a"],
+                                                                         position=[-1.0])))
+        i += 1
+    bag.abort()
+    return flushes * per_flush
+
+
+def positions(bag_dir: Path) -> list:
+    from rclpy.serialization import deserialize_message
+
+    if list(bag_dir.glob("*.mcap")):
+        return [m.ros_msg.position[0] for p in sorted(bag_dir.glob("*.mcap"))
+                for m in read_ros2_messages(str(p))]
+    return [deserialize_message(d, JointState).position[0] for _, d in read_db3(bag_dir)]
+
+
+def broken_episode(ds: Path, name: str, suffix: str, content: bytes) -> None:
+    from robot_imitation.recording.recorder import DatasetWriter
+
+    DatasetWriter(ds).upsert({"name": name, "path": name, "status": "recording"})
+    (ds / name).mkdir()
+    (ds / name / f"{name}{suffix}").write_bytes(content)
+
+
+@pytest.mark.parametrize("storage, suffix, bad", [
+    ("mcap", ".mcap", [b"", b"\x89MCAP0\r\n"]),                  # killed before any chunk
+    ("sqlite3", ".db3", [b"", b"not a database " * 300]),           # empty, garbage
+], ids=["mcap", "sqlite3"])
+def test_recover_salvages_every_episode_it_can_and_reports_the_rest(tmp_path, storage, suffix,
+                                                                     bad):
+    """Episodes that cannot be salvaged (0-byte or header-only MCAP, an empty or garbage .db3)
+    sit between interrupted ones: those after them are recovered too, the bad ones are marked
+    `unrecoverable` with the reason, and `recover` exits 1 after saying which and why."""
+    ds = tmp_path / "ds"
+    kept = {"episode_000000": abandoned_episode(ds, "episode_000000", storage, 2)}
+    broken_episode(ds, "episode_000001", suffix, bad[0])
+    kept["episode_000002"] = abandoned_episode(ds, "episode_000002", storage, 3)
+    broken_episode(ds, "episode_000003", suffix, bad[1])
+    kept["episode_000004"] = abandoned_episode(ds, "episode_000004", storage, 1)
+
+    out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "recover", str(ds)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    entries = {e["name"]: e for e in index(ds)}
+    for name, n in kept.items():
+        assert f"{name}: recovered {n} messages" in out.stdout
+        assert positions(ds / name) == [float(i) for i in range(n)]   # the independent reader
+        assert entries[name]["status"] == "recovered" and entries[name]["operator"] == "ada"
+    for name in ("episode_000001", "episode_000003"):
+        assert entries[name]["status"] == "unrecoverable" and entries[name]["error"]
+        assert f"{name}: cannot be salvaged" in out.stderr
+        assert (ds / name / f"{name}{suffix}").is_file()   # left as it was
+        assert not (ds / f"{name}.incomplete").exists()
+    assert "2 episodes could not be salvaged" in out.stderr
+
+    # Again: the recovered episodes' originals (*.incomplete) are no episodes to recover.
+    again = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "recover", str(ds)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "recovered" not in again.stdout
+    assert sorted(p.name for p in ds.iterdir() if p.name.endswith(".incomplete")) == [
+        f"{name}.incomplete" for name in kept]
+
+
+def test_recover_never_takes_a_dataset_for_a_bag(tmp_path):
+    """A stray storage file at the top of a dataset: the dataset is not renamed, the file is not
+    made a one-bag dataset; it is reported and left alone, and the episodes are recovered."""
+    ds = tmp_path / "ds"
+    n = abandoned_episode(ds, "episode_000000", "mcap", 2)
+    stray = ds / "copied_by_hand.mcap"
+    shutil.copy(ds / "episode_000000" / "episode_000000.mcap", stray)
+    out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "recover", str(ds)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert ds.is_dir() and not (tmp_path / "ds.incomplete").exists()
+    assert "copied_by_hand.mcap" in out.stderr and "left alone" in out.stderr
+    assert stray.is_file() and not (ds / "metadata.yaml").exists()
+    assert positions(ds / "episode_000000") == [float(i) for i in range(n)]
+    # Nor is a dataset a bag when asked for by name, even without its index.
+    (ds / "index.json").unlink()
+    from robot_imitation.recording.recover import RecoverError, recover_bag
+
+    with pytest.raises(RecoverError, match="is a dataset folder"):
+        recover_bag(ds)
+    assert ds.is_dir() and not (tmp_path / "ds.incomplete").exists()
 
 
 def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):

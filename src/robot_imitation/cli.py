@@ -218,11 +218,16 @@ def cmd_recover(args) -> int:
     from .recording.recover import RecoverError, main_summary, recover_dataset
 
     try:
-        print(main_summary(recover_dataset(args.path)))
-    except RecoverError as exc:
+        report = recover_dataset(args.path)
+    except (RecoverError, OSError) as exc:
         print(f"recover: {exc}", file=sys.stderr)
         return 1
-    return 0
+    out, err = main_summary(report)
+    if out:
+        print(out, flush=True)
+    if err:
+        print(err, file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def cmd_evaluate(args) -> int:

@@ -265,9 +265,10 @@ class EpisodeRecorder(Node):
         return text
 
     def close(self) -> None:
-        """On shutdown (SIGINT/SIGTERM): finish the open episode's bag."""
+        """On shutdown (SIGINT/SIGTERM): finish the open episode's bag, status ``interrupted``
+        (the episode did not end: no full demonstration to train on unless asked for)."""
         if self.recorder.recording:
-            entry = self.recorder.stop(True, {"interrupted": True})
+            entry = self.recorder.stop(True, interrupted=True)
             print(f"[{self.NODE_NAME}] shutdown: {self._summary(entry)}", flush=True)
 
 

@@ -4,8 +4,10 @@ Dataset folder::
 
     <dataset>/
       dataset.yaml      format, version, the observation/action spec
-      index.json        one entry per episode: status, task, success, seed, operator, notes,
-                        duration, per-topic counts (rewritten atomically after each change)
+      index.json        one entry per episode: status (recording, ok, interrupted, discarded,
+                        failed; recover adds recovered, unrecoverable), task, success, seed,
+                        operator, notes, duration, per-topic counts (rewritten atomically after
+                        each change)
       episode_000000/   one rosbag2 bag per episode (metadata.yaml + episode_000000.mcap)
 
 Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` only counts
@@ -37,7 +39,8 @@ class RecorderError(RuntimeError):
     pass
 
 
-EPISODE_KEYS = ("task", "success", "seed", "operator", "notes", "spec", "spec_fingerprint", "name")
+EPISODE_KEYS = ("task", "success", "seed", "operator", "notes", "spec", "spec_fingerprint", "name",
+                "interrupted")
 
 
 def episode_custom_data(entry: dict) -> dict:
@@ -200,12 +203,19 @@ class Recorder:
             except queue.Full:
                 self._dropped[topic] += 1
 
-    def stop(self, keep: bool = True, metadata: dict | None = None) -> dict:
-        """Finish the episode: drain the queue, close (or discard) the bag, update the index."""
+    def stop(self, keep: bool = True, metadata: dict | None = None,
+             interrupted: bool = False) -> dict:
+        """Finish the episode: drain the queue, close (or discard) the bag, update the index.
+
+        ``interrupted``: the episode did not end, the recorder was stopped (SIGINT/SIGTERM): the
+        bag is finished all the same, and the episode's status is ``interrupted``, not ``ok``
+        (the dataset builder leaves it out unless asked for)."""
         with self._lock:
             if self._entry is None:
                 raise RecorderError("no episode is being recorded")
             bag, entry = self._bag, {**self._entry, **(metadata or {})}
+            if interrupted:
+                entry["interrupted"] = True
             with self._offer_lock:  # no message can be queued behind the stop marker
                 self._bag = None
                 self._queue.put((_STOP, keep, episode_custom_data(entry)))
@@ -216,7 +226,8 @@ class Recorder:
             if self._error is not None:
                 entry.update(status="failed", error=str(self._error))
             else:
-                entry["status"] = "ok" if keep else "discarded"
+                entry["status"] = ("discarded" if not keep else
+                                   "interrupted" if interrupted else "ok")
             self._entry = None
             try:
                 self.dataset.upsert(entry)
