@@ -37,7 +37,7 @@ T0_NS = 5_000_000_000            # simulation time of an episode's first state
 WALL_CLOCK_NS = 1_700_000_000 * 10**9
 POSE_KEYS = ("ee_pose", "object_pose", "goal_pose")
 STATUSES = ["ok", "ok", "recovered", "discarded", "ok", "failed"]   # of the fixture's episodes
-USABLE = [0, 1, 2, 4]
+USABLE = [0, 1, 4]     # status ok; the recovered one (cut short by a crash) only when asked for
 
 
 # ===================================================================== rollouts
@@ -240,6 +240,8 @@ def test_lockstep_steps_are_the_expert_answers(lockstep_dataset, rollouts, push_
         np.testing.assert_allclose(episode.t, (T0_NS + np.arange(n) * PERIOD_NS) * 1e-9)
         assert episode.obs["joint_pos"].dtype == np.float64
         assert expert_agreement(expert, episode) >= 0.995
+    every = build_dataset(lockstep_dataset, cache=False, include_interrupted=True)
+    assert [e.name for e in every.episodes] == [f"episode_{i:06d}" for i in (0, 1, 2, 4)]
 
 
 def test_realtime_command_lag_aligns_in_a_plain_folder_of_bags(rollouts, push_env, tmp_path):
@@ -302,6 +304,102 @@ def test_image_observations_are_decoded_at_the_spec_size(tmp_path):
                               data=rollout.frames[k].tobytes())
         np.testing.assert_array_equal(frame, decode_image(raw, 96, 96, "rgb8"))
     assert len({f.tobytes() for f in frames}) > 1   # the arm moves: frames differ
+
+
+# ===================================================================== what is used
+SUMMARY_STATUSES = [("ok", {}), ("recording", {}), ("ok", {"interrupted": True}),
+                    ("interrupted", {"interrupted": True}), ("failed", {"error": "disk full"}),
+                    ("recovered", {}), ("unrecoverable", {"error": "empty file"}), ("ok", {})]
+
+
+def summary_dataset(root: Path, rollouts: list) -> Path:
+    """Episodes of every status, in an older dataset's way too (``ok`` + ``interrupted``);
+    episode_000007 lost its gripper command at ticks 0 and 1 and its object pose at 10-12."""
+    chosen = [rollouts[i % len(rollouts)] for i in range(len(SUMMARY_STATUSES))]
+    write_dataset(root, chosen, [status for status, _ in SUMMARY_STATUSES])
+    entries = json.loads((root / "index.json").read_text())["episodes"]
+    for entry, (_, extra) in zip(entries, SUMMARY_STATUSES):
+        entry.update(extra)
+    (root / "index.json").write_text(json.dumps({"episodes": entries}))
+
+    def lossy(topic, k, msg):
+        if (topic == "/gripper_controller/commands" and k in (0, 1)) or (
+                topic == "/object_pose" and k in (10, 11, 12)):
+            return None
+        return msg
+
+    shutil.rmtree(root / "episode_000007")
+    write_episode(root / "episode_000007", chosen[7], edit=lossy)
+    return root
+
+
+def test_the_build_says_what_it_used_and_skipped(rollouts, tmp_path):
+    """Nothing is left out silently: every episode not used is named with its reason, and the
+    steps dropped are counted per reason. Interrupted episodes (new status, and `ok` with
+    `interrupted: true` of older datasets) and recovered ones are used only when asked for."""
+    root = summary_dataset(tmp_path / "ds", rollouts)
+    ds = build_dataset(root, val_fraction=0.0)
+    names = [f"episode_{i:06d}" for i in range(len(SUMMARY_STATUSES))]
+    assert ds.summary["used"] == [names[0], names[7]] == [e.name for e in ds.episodes]
+    assert ds.summary["skipped"] == {
+        "status recording": [names[1]],
+        "interrupted (stopped before the episode ended)": [names[2], names[3]],
+        "status failed": [names[4]],
+        "recovered after a recorder crash (cut short)": [names[5]],
+        "status unrecoverable": [names[6]]}
+    assert ds.summary["dropped"] == {"no gripper yet": 2, "object_pose older than 2 periods": 1}
+    steps = sum(len(e) for e in ds.episodes)
+    assert ds.summary["steps"] == steps
+    assert ds.describe() == (
+        f"used 2 episodes ({steps:,} steps); skipped 6: status recording (episode_000001), "
+        "interrupted (stopped before the episode ended) (episode_000002, episode_000003), "
+        "status failed (episode_000004), recovered after a recorder crash (cut short) "
+        "(episode_000005), status unrecoverable (episode_000006); dropped 3 steps: no gripper "
+        "yet 2, object_pose older than 2 periods 1")
+    cached = build_dataset(root, val_fraction=0.0)      # the same from the cache
+    assert cached.decoded == [] and cached.summary == ds.summary
+
+    every = build_dataset(root, val_fraction=0.0, include_interrupted=True)
+    assert every.summary["used"] == [names[i] for i in (0, 2, 3, 5, 7)]
+    assert list(every.summary["skipped"]) == ["status recording", "status failed",
+                                              "status unrecoverable"]
+    assert every.summary["include_interrupted"] is True
+
+
+def test_nothing_to_use_names_every_reason(rollouts, tmp_path):
+    write_dataset(tmp_path / "ds", rollouts[:2], ["interrupted", "recording"])
+    with pytest.raises(DatasetError) as err:
+        build_dataset(tmp_path / "ds")
+    text = str(err.value)
+    assert "no episode to use" in text and "status recording: episode_000001" in text
+    assert "interrupted (stopped before the episode ended): episode_000000" in text
+    assert "--include-interrupted" in text
+    assert len(build_dataset(tmp_path / "ds", include_interrupted=True).episodes) == 1
+
+
+def test_train_command_reports_and_records_what_it_trained_on(rollouts, tmp_path):
+    """`robot-imitation train` prints the build's summary, and result.json and each checkpoint's
+    policy.json keep it; --include-interrupted adds the interrupted episodes."""
+    root = summary_dataset(tmp_path / "ds", rollouts)
+    cli = [sys.executable, "-m", "robot_imitation.cli", "train", str(root), "--steps", "3",
+           "--eval-every", "0", "--eval-episodes", "0", "--device", "cpu"]
+    proc = subprocess.run([*cli, "--out", str(tmp_path / "run")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    expected = build_dataset(root, val_fraction=0.0).describe()
+    assert f"[train] dataset: {expected}" in proc.stdout
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    meta = json.loads((Path(result["last"]) / "policy.json").read_text())
+    for recorded in (result["dataset"], meta["dataset"]):
+        assert recorded["used"] == ["episode_000000", "episode_000007"]
+        assert recorded["skipped"]["status recording"] == ["episode_000001"]
+    assert meta["training"]["include_interrupted"] is False
+
+    proc = subprocess.run([*cli, "--out", str(tmp_path / "all"), "--include-interrupted"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "all" / "result.json").read_text())
+    assert len(result["dataset"]["used"]) == 5 and result["dataset"]["include_interrupted"]
 
 
 # ===================================================================== split and statistics
@@ -516,8 +614,8 @@ def test_no_steps_explains_a_clock_mismatch(rollouts, tmp_path):
 def test_index_naming_a_missing_bag_is_an_error(lockstep_dataset, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(lockstep_dataset, root)
-    shutil.rmtree(root / "episode_000002")
-    with pytest.raises(DatasetError, match="episode_000002.*does not exist"):
+    shutil.rmtree(root / "episode_000004")
+    with pytest.raises(DatasetError, match="episode_000004.*does not exist"):
         build_dataset(root, cache=False)
 
 

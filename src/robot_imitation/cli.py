@@ -194,6 +194,8 @@ def cmd_train(args) -> int:
         settings["hidden"] = [int(x) for x in args.hidden.split(",")]
     if args.sources:
         settings["sources"] = [s for s in args.sources.split(",") if s]
+    if args.include_interrupted:
+        settings["include_interrupted"] = True
     cfg = TrainConfig.from_dict(settings)
     start = time.perf_counter()
 
@@ -370,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="evaluations without improvement to stop")
     p.add_argument("--sources", help="keep only the steps these command sources drove, by the "
                    "recorded /command_mux/source, e.g. human (HG-DAgger interventions)")
+    p.add_argument("--include-interrupted", dest="include_interrupted", action="store_true",
+                   help="also train on episodes that did not end (status interrupted: the "
+                   "recorder was stopped; recovered: salvaged after a crash)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")

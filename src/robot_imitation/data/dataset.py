@@ -8,8 +8,18 @@ A dataset is a folder written by the recorder::
       episode_000000/    one rosbag2 bag per episode
 
 or any folder of bags (folders with metadata.yaml, or .mcap/.db3 files), e.g. from
-``ros2 bag record``; the spec must then be given. Index entries whose status is not ``ok`` or
-``recovered`` are skipped.
+``ros2 bag record``; the spec must then be given.
+
+Which episodes are used
+-----------------------
+Index entries with status ``ok`` are used. Episodes that did not end are left out unless
+``include_interrupted``: status ``interrupted`` (the recorder was stopped by SIGINT/SIGTERM;
+older datasets mark these ``ok`` with ``interrupted: true``) and ``recovered`` (salvaged by
+``recover`` after a crash: cut short). Every other status (``recording``: never finished or not
+yet recovered; ``failed``, ``discarded``, ``unrecoverable``) is left out. Nothing is left out
+silently: ``Dataset.summary`` lists what was used and what was skipped, per reason, with the
+episodes' names, and the steps dropped per reason (``describe`` renders it in one line); the
+trainer prints it and stores it with the checkpoints.
 
 Alignment rule
 --------------
@@ -73,10 +83,11 @@ import yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4  # 4: drop reasons per episode in the cache
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
-USABLE_STATUSES = ("ok", "recovered")
+USABLE_STATUSES = ("ok",)
+INTERRUPTED_STATUSES = ("interrupted", "recovered")  # used only with include_interrupted
 FAST_COMMANDS = 0.75   # commands closer than this many control periods get subsampled (rule 1)
 MAX_AGE_PERIODS = 2.0  # observations older than this many control periods drop the step (rule 4)
 STD_FLOOR = 1e-6
@@ -101,10 +112,11 @@ class Episode:
     actions: np.ndarray
     t: np.ndarray
     source: str                    # the bag the arrays come from
-    dropped: int = 0               # steps dropped by rule 4
+    dropped: int = 0               # steps dropped by rules 4 and 6
     success: bool | None = None
     seed: int | None = None
     executed: np.ndarray | None = None  # (T,) str: the source that drove each step (rule 7)
+    drop_reasons: dict = field(default_factory=dict)  # {reason: steps} of ``dropped``
 
     def __len__(self) -> int:
         return len(self.t)
@@ -124,7 +136,8 @@ class Episode:
                                obs={key: v[a:b] for key, v in self.obs.items()},
                                actions=self.actions[a:b], t=self.t[a:b], source=self.source,
                                dropped=self.dropped if k == 0 else 0, success=self.success,
-                               seed=self.seed, executed=self.executed[a:b]))
+                               seed=self.seed, executed=self.executed[a:b],
+                               drop_reasons=self.drop_reasons if k == 0 else {}))
         return out
 
 
@@ -156,6 +169,11 @@ class Dataset:
     val: list
     stats: dict                    # {"observations": {key: FieldStats}, "actions": FieldStats}
     decoded: list = field(default_factory=list)  # episodes read from their bags in this build
+    summary: dict = field(default_factory=dict)  # what was used and skipped (``build_summary``)
+
+    def describe(self) -> str:
+        """``summary`` in one line (empty for a dataset assembled by hand)."""
+        return describe_summary(self.summary) if self.summary else ""
 
     def arrays(self, split: str = "train") -> dict:
         """The split's steps concatenated: ``obs`` {key: array}, ``actions``, ``t``, and
@@ -218,7 +236,8 @@ def build_episode(bag_path, spec: Spec, name: str | None = None) -> Episode:
         names = np.asarray(sources.values["source"] or [""], dtype=str)
         executed = np.where(found, names[np.clip(index, 0, len(names) - 1)], "")
     return Episode(name=name or bag_path.name, obs=obs, actions=actions, t=t_ns * 1e-9,
-                   source=str(bag_path), dropped=sum(drops.values()), executed=executed)
+                   source=str(bag_path), dropped=sum(drops.values()), executed=executed,
+                   drop_reasons=dict(drops))
 
 
 def _check_topics(bag, spec: Spec) -> None:
@@ -365,7 +384,8 @@ def _no_steps_message(spec, streams, bag_path, candidates, drops, period) -> str
 
 # ===================================================================== the dataset
 def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.1, seed: int = 0,
-                  cache: bool = True, cache_dir=None, sources=None) -> Dataset:
+                  cache: bool = True, cache_dir=None, sources=None,
+                  include_interrupted: bool = False) -> Dataset:
     """Build (or load from the cache) every usable episode of the dataset at ``path``.
 
     ``spec`` (a ``Spec``, or a spec name or path) defaults to the dataset's own (dataset.yaml);
@@ -375,6 +395,10 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
 
     ``sources`` (names of command sources, e.g. ``["human"]``): keep only the steps those
     sources drove, by the recorded executed source (rule 7), each run of them an episode.
+
+    ``include_interrupted``: also use the episodes that did not end (status ``interrupted`` or
+    ``recovered``, see "Which episodes are used"). ``Dataset.summary`` says what was used and
+    skipped.
     """
     root = Path(path)
     if not root.is_dir():
@@ -383,7 +407,7 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
     if not 0.0 <= val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be in [0, 1), got {val_fraction}")
     spec = dataset_spec(root, spec)
-    entries = _usable_episodes(root)
+    entries, skipped = _usable_episodes(root, include_interrupted)
     store = _Cache(Path(cache_dir) if cache_dir else root / "cache", root, spec) if cache else None
 
     keys = [store.key(e["bag"]) for e in entries] if store else [None] * len(entries)
@@ -401,15 +425,56 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
     if store:
         store.save()
     decoded = [episodes[i].name for i in pending]
+    summary = build_summary(episodes, skipped, include_interrupted)
     if sources:
+        whole = sum(len(e) for e in episodes)
         episodes = [seg for e in episodes for seg in e.segments(sources)]
         if not episodes:
             raise DatasetError(f"{root}: no step was driven by {sorted(sources)} in any "
                                f"episode (by {SOURCE_TOPIC})")
+        summary.update(sources=sorted(sources), steps=sum(len(e) for e in episodes),
+                       steps_of_all=whole)
 
     train, val = split_episodes(episodes, val_fraction, seed)
     return Dataset(path=root, spec=spec, episodes=episodes, train=train, val=val,
-                   stats=compute_stats(spec, train), decoded=decoded)
+                   stats=compute_stats(spec, train), decoded=decoded, summary=summary)
+
+
+def build_summary(episodes: list, skipped: dict, include_interrupted: bool) -> dict:
+    """What a build used and left out: ``used`` (episode names), ``steps``, ``skipped``
+    ({reason: [names]}), ``dropped`` ({reason: steps}), ``include_interrupted``."""
+    dropped: Counter = Counter()
+    for e in episodes:
+        dropped.update(e.drop_reasons or ({"reason not recorded": e.dropped} if e.dropped
+                                          else {}))
+    return {"used": [e.name for e in episodes], "steps": sum(len(e) for e in episodes),
+            "skipped": {reason: list(names) for reason, names in skipped.items()},
+            "dropped": dict(dropped.most_common()), "include_interrupted": include_interrupted}
+
+
+def describe_summary(summary: dict, names: int = 5) -> str:
+    """``build_summary`` in one line, e.g. "used 18 episodes (2,340 steps); skipped 2: status
+    recording (episode_000003), interrupted (episode_000007); dropped 14 steps: ..."."""
+    def listed(items: list) -> str:
+        shown = ", ".join(items[:names])
+        return shown + (f", ... {len(items) - names} more" if len(items) > names else "")
+
+    used = summary["used"]
+    text = f"used {len(used)} episode{'s' if len(used) != 1 else ''} ({summary['steps']:,} steps"
+    if summary.get("sources"):
+        text += (f" driven by {'/'.join(summary['sources'])}, of {summary['steps_of_all']:,} "
+                 "in those episodes")
+    text += ")"
+    skipped = summary["skipped"]
+    total = sum(len(v) for v in skipped.values())
+    if total:
+        text += f"; skipped {total}: " + ", ".join(
+            f"{reason} ({listed(names_)})" for reason, names_ in skipped.items())
+    dropped = summary["dropped"]
+    if dropped:
+        text += (f"; dropped {sum(dropped.values()):,} steps: "
+                 + ", ".join(f"{reason} {n}" for reason, n in dropped.items()))
+    return text
 
 
 def split_episodes(episodes: list, val_fraction: float, seed: int) -> tuple[list, list]:
@@ -508,22 +573,48 @@ def list_episodes(root: Path) -> list:
     return [{**e, "bag": root / e["path"]} for e in index]
 
 
-def _usable_episodes(root: Path) -> list:
-    """The episodes to build: status ok or recovered (any, without an index), bags present."""
+def skip_reason(entry: dict, include_interrupted: bool = False) -> str | None:
+    """Why the index entry ``entry`` is not built (None: it is): see "Which episodes are
+    used" in the module docstring."""
+    status = entry["status"]
+    if status is None:  # a plain folder of bags: no index
+        return None
+    interrupted = status == "interrupted" or (status == "ok" and entry.get("interrupted"))
+    if interrupted or status == "recovered":
+        if include_interrupted:
+            return None
+        return ("interrupted (stopped before the episode ended)" if interrupted
+                else "recovered after a recorder crash (cut short)")
+    if status in USABLE_STATUSES:
+        return None
+    return f"status {status}"
+
+
+def _usable_episodes(root: Path, include_interrupted: bool = False) -> tuple[list, dict]:
+    """(the episodes to build, {skip reason: [names]}): see ``skip_reason``; bags present."""
     entries = list_episodes(root)
     if not entries:
         raise DatasetError(f"{root}: no bags (folders with metadata.yaml, or "
                            f"{'/'.join(STORAGE_SUFFIXES)} files) and no index.json")
-    usable = [e for e in entries if e["status"] is None or e["status"] in USABLE_STATUSES]
+    usable, skipped = [], {}
+    for e in entries:
+        reason = skip_reason(e, include_interrupted)
+        if reason is None:
+            usable.append(e)
+        else:
+            skipped.setdefault(reason, []).append(e["name"])
     if not usable:
-        statuses = dict(Counter(e["status"] for e in entries))
-        raise DatasetError(f"{root / 'index.json'}: no episode with status "
-                           f"{' or '.join(USABLE_STATUSES)} (have {statuses})")
+        hint = ("" if include_interrupted or not any(
+            r.startswith(("interrupted", "recovered")) for r in skipped)
+            else "; include_interrupted (train --include-interrupted) uses the interrupted ones")
+        raise DatasetError(f"{root / 'index.json'}: no episode to use: "
+                           + "; ".join(f"{reason}: {', '.join(names)}"
+                                       for reason, names in skipped.items()) + hint)
     for e in usable:
         if not e["bag"].exists():
             raise DatasetError(f"{root / 'index.json'}: episode {e['name']}: its bag {e['bag']} "
                                "does not exist")
-    return usable
+    return usable, skipped
 
 
 # ===================================================================== cache
@@ -573,7 +664,8 @@ class _Cache:
         self.entries[entry["name"]] = meta
         return Episode(name=entry["name"], obs=obs, actions=actions, t=t, source=meta["source"],
                        dropped=meta["dropped"], success=entry.get("success"),
-                       seed=entry.get("seed"), executed=executed)
+                       seed=entry.get("seed"), executed=executed,
+                       drop_reasons=dict(meta.get("drop_reasons") or {}))
 
     def add(self, name: str, key: str, episode: Episode) -> None:
         filename = f"episode-{key[:32]}.npz"
@@ -590,7 +682,8 @@ class _Cache:
                           stacklevel=3)
             return
         self.entries[name] = {"key": key, "file": filename, "steps": len(episode),
-                              "dropped": episode.dropped, "source": episode.source}
+                              "dropped": episode.dropped, "drop_reasons": episode.drop_reasons,
+                              "source": episode.source}
 
     def save(self) -> None:
         """Write the manifest of this build's episodes; delete files no longer listed."""

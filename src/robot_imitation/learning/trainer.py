@@ -46,6 +46,8 @@ class TrainConfig:
     amp: bool = True                # bf16 autocast on CUDA
     val_fraction: float = 0.1
     sources: list = field(default_factory=list)  # keep only steps these command sources drove
+    # also train on episodes that did not end (interrupted, recovered: see build_dataset)
+    include_interrupted: bool = False
     eval_every: int = 1000          # steps between validation/evaluation; 0: at the end only
     eval_episodes: int = 20         # closed-loop episodes per evaluation (0: none)
     task: str | None = None         # built-in task for closed-loop evaluation (None: from data)
@@ -235,6 +237,9 @@ class Trainer:
         task = cfg.task or _infer_task(ds)
         meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
                 "normalization": norm, "task": task}
+        meta["dataset"] = ds.summary  # what the build used and skipped, per reason
+        if self.rank == 0 and ds.summary:
+            self.log(f"[train] dataset: {ds.describe()}")
         writer = self._writers() if self.rank == 0 else None
         try:
             gen = torch.Generator(device=device)
@@ -331,6 +336,7 @@ class Trainer:
                           "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
                           "data_share": t_data / max(t_data + t_step, 1e-9),
                           "wall_s": time.perf_counter() - t0}
+                result["dataset"] = meta["dataset"]
                 self._finish(writer, history, curve, result)
             if self.distributed:
                 import torch.distributed as dist
@@ -361,7 +367,8 @@ class Trainer:
         return save_checkpoint(self.out / name, policy, spec, stats=meta["normalization"],
                                train_config=meta["train_config"],
                                dataset_fingerprint=meta["dataset_fingerprint"],
-                               extra={"task": meta["task"], "metrics": row})
+                               extra={"task": meta["task"], "metrics": row,
+                                      "dataset": meta["dataset"]})
 
     def _writers(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter
@@ -426,7 +433,11 @@ def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | N
     from ..data.dataset import Dataset, build_dataset
 
     cfg = cfg or TrainConfig()
+    if not isinstance(cfg.include_interrupted, bool):
+        raise ValueError(f"include_interrupted must be true or false, got "
+                         f"{cfg.include_interrupted!r}")
     if not isinstance(dataset, Dataset):
         dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                sources=cfg.sources or None)
+                                sources=cfg.sources or None,
+                                include_interrupted=cfg.include_interrupted)
     return Trainer(dataset, out_dir, cfg, log=log, progress=progress).run()
