@@ -1,4 +1,5 @@
 """The bridge as its own process, talking real DDS to test nodes and to the expert process."""
+import re
 import time
 
 import numpy as np
@@ -14,7 +15,8 @@ from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from robot_imitation.nodes.common import CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, to_sec
+from robot_imitation.nodes.common import (CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, from_sec,
+                                         to_sec)
 from robot_imitation.nodes.episode_runner import run_episodes
 from robot_imitation.sim.env import ImitationEnv
 from robot_imitation.sim.experts import make_expert
@@ -224,7 +226,9 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
         pub.publish(Float64MultiArray(data=bad[i % 3]))
         time.sleep(0.02)
     grip.publish(Float64MultiArray(data=[0.5, 0.5]))
-    time.sleep(1.0)
+    # The burst ends once quiet for a second: its summary, counts per reason.
+    wait_for(lambda: "12 bad arm commands in the last burst" in procs.log(BRIDGE), 10,
+             "the summary of the burst", procs=procs)
     np.testing.assert_allclose(latest_q(joints)[:7], q0[:7], atol=5e-3)
 
     # A command beyond the joint limit is clamped; the arm moves towards the limit only.
@@ -241,10 +245,52 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     assert procs.stop(BRIDGE) == {BRIDGE: 0}, "the bridge must exit cleanly on SIGINT"
     log = procs.log(BRIDGE, tail=100_000)
     assert log.count("rejected arm command") == 1, log
-    assert "12 arm commands rejected in the last burst" in log
-    # The burst of clamped commands (published at 50 Hz until the joint moved) is one line too.
+    assert "12 bad arm commands in the last burst" in log
+    assert "not_finite 8, wrong_length 4" in log
+    assert log.count("rejected gripper command: wrong length 2") == 1, log
+    # The burst of clamped commands (published at 50 Hz until the joint moved) is one line too,
+    # and its summary (at the latest when the bridge stops).
     assert log.count("clamped arm command") == 1, log
-    assert "arm commands clamped in the last burst" in log
+    assert log.count("bad arm commands in the last burst") == 2, log
+
+
+def test_a_flood_of_mixed_bad_commands_is_logged_once_per_burst(procs, probe):
+    """10 kHz of arm commands for 1.5 s, wrong lengths, NaNs, values beyond the limits and
+    good ones interleaved: one line when the burst starts, one summary whose counts per
+    reason are those of /diagnostics (a change of kind or a good command used to start a new
+    burst: thousands of lines)."""
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.0)
+    diags = probe.record(DiagnosticArray, "/diagnostics", 10)
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    wait_for(lambda: joints and pub.get_subscription_count(), 20, "bridge ready", procs=procs)
+    q = latest_q(joints)[:7]
+    beyond = q.copy()
+    beyond[0] = 10.0
+    flood = [Float64MultiArray(data=[0.1, 0.2]), Float64MultiArray(data=beyond.tolist()),
+             Float64MultiArray(data=[float("nan")] * 7), Float64MultiArray(data=q.tolist())]
+    start, sent = time.monotonic(), 0
+    while sent < 15_000:
+        pub.publish(flood[sent % 4])
+        sent += 1
+        while time.monotonic() < start + sent / 10_000:
+            pass
+    wait_for(lambda: "bad arm commands in the last burst" in procs.log(BRIDGE), 10,
+             "the summary of the flood", procs=procs)
+    seen = len(diags)
+    wait_for(lambda: len(diags) > seen, 5, "diagnostics after the burst", procs=procs)
+    values = diagnostics_values(diags)
+    log = procs.log(BRIDGE, tail=100_000)
+    lines = [line for line in log.splitlines() if "arm command" in line]
+    assert len(lines) == 2, "\n".join(lines[:10])
+    # the first line names the first bad command received (DDS may drop a few of the flood)
+    assert re.match(r"\[WARN\] .*: (rejected arm command: (wrong length 2|NaN)|clamped arm "
+                    r"command: beyond the limits)", lines[0]), lines[0]
+    counts = {k: int(v) for k, v in
+              (part.split() for part in lines[1].split("): ")[1].split(", "))}
+    assert counts == {"clamped": int(values["commands_clamped"]),
+                      "not_finite": int(values["rejected_not_finite"]),
+                      "wrong_length": int(values["rejected_wrong_length"])}, (lines, values)
+    assert f"{sum(counts.values())} bad arm commands in the last burst" in lines[1]
 
 
 def test_command_timeout_holds_the_robot(procs, probe):
@@ -282,6 +328,72 @@ def test_joint_trajectory_command(procs, probe):
              "the arm at the trajectory's goal")
     time.sleep(1.0)  # past the timeout after the last point: the arm is held at the goal
     np.testing.assert_allclose(latest_q(joints)[:7], goal, atol=0.03)
+
+
+def test_trajectory_stamps_past_and_wall_clock(procs, probe):
+    """Header stamps as joint_trajectory_controller reads them, and what the user sees: a
+    wall-clock stamp (the bridge runs on simulation time) is rejected with both times and the
+    likely cause; a trajectory stamped in the past skips its past points and runs the rest; one
+    that ends in the past is rejected. Each is counted in /diagnostics."""
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", command_timeout=0.5)
+    clocks = probe.record(Clock, "/clock", CLOCK_QOS)
+    diags = probe.record(DiagnosticArray, "/diagnostics", 10)
+    pub = probe.node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
+                                      COMMAND_QOS)
+    wait_for(lambda: joints and clocks and pub.get_subscription_count(), 20, "bridge ready",
+             procs=procs)
+    names = [f"panda_joint{i}" for i in range(1, 8)]
+
+    def trajectory(stamp, points):
+        msg = JointTrajectory(joint_names=names)
+        msg.header.stamp = from_sec(stamp)
+        msg.points = [JointTrajectoryPoint(positions=list(map(float, q)),
+                                           time_from_start=Duration(sec=int(t),
+                                                                    nanosec=int(t % 1 * 1e9)))
+                      for t, q in points]
+        return msg
+
+    def log_line(needle):
+        found = [line for line in procs.log(BRIDGE, tail=100_000).splitlines() if needle in line]
+        return found[0] if found else None
+
+    def bridge_times(line):
+        return [float(x) for x in re.findall(r"clock \((\d+\.\d+) s\)", line)]
+
+    q0 = latest_q(joints)[:7]
+    goal = q0 + np.array([0.2, -0.2, 0.1, 0.2, 0.0, 0.1, -0.2])
+    # A wall-clock stamp: rejected, the arm does not move.
+    before = to_sec(clocks[-1].clock)
+    wall = time.time()
+    pub.publish(trajectory(wall, [(1.0, goal)]))
+    line = wait_for(lambda: log_line("rejected arm command"), 10, "the rejection logged",
+                    procs=procs)
+    after = to_sec(clocks[-1].clock)
+    assert f"trajectory stamped {wall:.3f} s" in line and "wall-clock stamp" in line, line
+    assert before - 1e-3 <= bridge_times(line)[0] <= after + 1e-3, (line, before, after)
+
+    # Stamped a second in the past: its first point is skipped, the arm goes to the second.
+    now = to_sec(joints[-1].header.stamp)
+    pub.publish(trajectory(now - 1.0, [(0.5, q0 - 0.1), (3.0, goal)]))
+    wait_for(lambda: np.allclose(latest_q(joints)[:7], goal, atol=0.03), 15,
+             "the arm at the trajectory's goal", procs=procs)
+    late = log_line("started late")
+    assert late and f"trajectory stamped {now - 1.0:.3f} s started late: 1 of its 2 points" \
+        in late, late
+
+    # Ending in the past (more than a second after the last bad command: a burst of its own).
+    now = to_sec(joints[-1].header.stamp)
+    pub.publish(trajectory(now - 5.0, [(1.0, q0), (2.0, q0)]))
+    line = wait_for(lambda: log_line(f"trajectory stamped {now - 5.0:.3f} s ends at"), 10,
+                    "the rejection logged", procs=procs)
+    assert f"ends at {now - 3.0:.3f} s, not after the bridge's clock" in line, line
+    wait_for(lambda: diagnostics_values(diags).get("rejected_trajectory_in_past") == "1", 5,
+             "the rejection counted", procs=procs)
+    values = diagnostics_values(diags)
+    assert values["rejected_start_too_far_ahead"] == "1"
+    assert values["trajectories_started_late"] == "1"
+    time.sleep(0.5)
+    np.testing.assert_allclose(latest_q(joints)[:7], goal, atol=0.03)  # still at the goal
 
 
 def test_pause_step_resume(procs, probe):

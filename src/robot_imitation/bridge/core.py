@@ -9,6 +9,8 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +25,11 @@ class CommandResult(enum.Enum):
     NOT_FINITE = "not_finite"
     UNKNOWN_JOINTS = "unknown_joints"
     BAD_TRAJECTORY = "bad_trajectory"
+    # A stamped trajectory whose last point is not after the bridge's clock: nothing to run.
+    TRAJECTORY_IN_PAST = "trajectory_in_past"
+    # A stamped trajectory starting implausibly far ahead of the bridge's clock (typically a
+    # wall-clock stamp while the bridge runs on simulation time, which starts near 0).
+    START_TOO_FAR_AHEAD = "start_too_far_ahead"
 
     @property
     def ok(self) -> bool:
@@ -35,6 +42,7 @@ class CommandCounters:
     clamped: int = 0
     rejected: dict = field(default_factory=dict)  # reason -> count
     timeouts: int = 0
+    late_trajectories: int = 0  # accepted stamped trajectories whose first points were past
 
     def count(self, result: CommandResult) -> None:
         if result is CommandResult.ACCEPTED:
@@ -48,6 +56,62 @@ class CommandCounters:
     @property
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
+
+
+class BurstLog:
+    """Log a flood of bad commands in a bounded number of lines.
+
+    A burst is a run of notes (bad commands of any kind and reason, good commands in between
+    or not) with no quiet time of ``gap`` seconds. Its first note is logged; the others are
+    counted per key; when the burst ends, one summary gives the counts per key (when there
+    was more than the first note). A burst ends when ``flush`` (call it periodically) or the
+    next note finds it quiet for ``gap``, or once it has lasted ``span`` seconds (so a flood
+    that never stops is still reported every ``span`` seconds), or at ``end``. Each burst
+    lasts at least ``min(gap, span)``, so the log gets at most two lines per that time,
+    whatever the rate and the mix of reasons.
+
+    ``log`` takes one line; ``clock`` gives seconds (monotonic), replaceable in tests.
+    """
+
+    def __init__(self, log, noun: str, gap: float = 1.0, span: float = 10.0,
+                 clock=time.monotonic):
+        self.log, self.noun, self.gap, self.span, self.clock = log, noun, gap, span, clock
+        self.counts: dict = {}  # key -> notes in the burst in progress
+        self.started = self.last = 0.0
+        self._lock = threading.Lock()  # notes come from callbacks, flush/end from elsewhere
+
+    def note(self, key: str, line: str) -> None:
+        """A bad command counted under ``key``; ``line`` is logged if it starts a burst."""
+        with self._lock:
+            now = self.clock()
+            if self.counts and (now - self.last > self.gap or now - self.started >= self.span):
+                self._end(now)
+            if not self.counts:
+                self.started = now
+                self.log(f"{line} (further {self.noun} less than {self.gap:g} s apart are "
+                         "counted, not logged)")
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.last = now
+
+    def flush(self) -> None:
+        """End the burst in progress if it has been quiet for ``gap`` or lasted ``span``."""
+        with self._lock:
+            now = self.clock()
+            if self.counts and (now - self.last > self.gap or now - self.started >= self.span):
+                self._end(now)
+
+    def end(self) -> None:
+        """End the burst in progress now (summarise it)."""
+        with self._lock:
+            self._end(self.clock())
+
+    def _end(self, now: float) -> None:
+        total = sum(self.counts.values())
+        if total > 1:
+            parts = ", ".join(f"{key} {n}" for key, n in sorted(self.counts.items()))
+            self.log(f"{total} {self.noun} in the last burst "
+                     f"({min(now, self.last) - self.started:.1f} s): {parts}")
+        self.counts = {}
 
 
 @dataclass
@@ -92,18 +156,30 @@ class BridgeCore:
     - ``interface="position"``: arm commands are joint positions, clamped to the joint limits.
     - ``interface="velocity"``: arm commands are joint velocities, clamped to the velocity
       limits and integrated into the position servo's target every physics step.
-    - Trajectories (``trajectory_msgs/JointTrajectory`` semantics) are interpolated linearly.
+    - Trajectories (``trajectory_msgs/JointTrajectory`` semantics) are interpolated linearly,
+      their header stamp treated as joint_trajectory_controller does (see
+      ``command_trajectory``).
     - Commands that are the wrong length, not finite, or name unknown joints are rejected.
     - With ``command_timeout > 0``, no accepted command for that long holds the arm where it is
       (for a trajectory: counted from its last point).
     """
 
-    def __init__(self, sim: TaskSim, interface: str = "position", command_timeout: float = 0.5):
+    # A trajectory stamped to start more than this many seconds after the bridge's clock is
+    # rejected: no planner schedules that far ahead, but a wall-clock stamp (some 1.7e9 s)
+    # sent to a bridge on simulation time (which starts near 0) would otherwise wait forever.
+    MAX_START_AHEAD = 60.0
+
+    def __init__(self, sim: TaskSim, interface: str = "position", command_timeout: float = 0.5,
+                 max_start_ahead: float = MAX_START_AHEAD):
         if interface not in ("position", "velocity"):
             raise ValueError(f"command interface must be 'position' or 'velocity', not {interface!r}")
         self.sim = sim
         self.interface = interface
         self.command_timeout = float(command_timeout)
+        self.max_start_ahead = float(max_start_ahead)
+        # Why the last trajectory was rejected for its timing, or started late (one line with
+        # the times involved, for the log); "" otherwise.
+        self.detail = ""
         r = sim.robot
         self.n_arm = r.n_arm
         self.low, self.high = r.arm_limits[:, 0], r.arm_limits[:, 1]
@@ -178,8 +254,15 @@ class BridgeCore:
                            start: float | None = None) -> CommandResult:
         """A joint trajectory: names, times (s from ``start``), one position row per point.
 
-        ``start`` is a clock time (the message's header stamp); ``None`` or 0 means now.
+        ``start`` is a clock time (the message's header stamp); ``None`` or 0 means now. As
+        joint_trajectory_controller does: a stamped trajectory that ends at or before now is
+        rejected (``TRAJECTORY_IN_PAST``); points already past are skipped and the arm moves
+        from its current target to the first point still ahead (never jumping along the
+        skipped part); a start more than ``max_start_ahead`` seconds ahead is rejected
+        (``START_TOO_FAR_AHEAD``: a wall-clock stamp under simulation time, most likely).
+        ``detail`` then says why, with the times.
         """
+        self.detail = ""
         names = list(joint_names)
         arm = self.sim.robot.arm_joint_names
         if sorted(names) != sorted(arm):
@@ -194,12 +277,39 @@ class BridgeCore:
             return self._counted(CommandResult.BAD_TRAJECTORY)
         order = [names.index(n) for n in arm]
         pos = pos[:, order]
+        now = self.clock
+        if start:
+            t0 = float(start)
+            due = t0 + times
+            if t0 - now > self.max_start_ahead:
+                self.detail = (
+                    f"trajectory stamped {t0:.3f} s starts {t0 - now:.3f} s after the bridge's "
+                    f"clock ({now:.3f} s), more than {self.max_start_ahead:g} s ahead: a "
+                    "wall-clock stamp while the bridge runs on simulation time? Stamp it 0 "
+                    "(start now) or from the bridge's /clock (use_sim_time: true)")
+                return self._counted(CommandResult.START_TOO_FAR_AHEAD)
+            if due[-1] <= now:
+                self.detail = (
+                    f"trajectory stamped {t0:.3f} s ends at {due[-1]:.3f} s, not after the "
+                    f"bridge's clock ({now:.3f} s): nothing left to run (a stamp from an old "
+                    "state, or from a clock behind the bridge's /clock? Stamp 0 starts now)")
+                return self._counted(CommandResult.TRAJECTORY_IN_PAST)
+            ahead = due > now
+            if not ahead.all():
+                skipped = int((~ahead).sum())
+                self.detail = (
+                    f"trajectory stamped {t0:.3f} s started late: {skipped} of its {len(due)} "
+                    f"points were due before the bridge's clock ({now:.3f} s) and are skipped; "
+                    f"the arm moves from its current target to the next point (due at "
+                    f"{due[ahead][0]:.3f} s)")
+                self.counters.late_trajectories += 1
+            due, pos = due[ahead], pos[ahead]
+        else:
+            due = now + times
         clamped = np.clip(pos, self.low, self.high)
-        t0 = self.clock if not start else float(start)
         # Start from where the arm is being held now, as joint_trajectory_controller does.
         now_q = self._target.copy()
-        self._trajectory = _Trajectory(np.concatenate([[self.clock], t0 + times]),
-                                       np.vstack([now_q, clamped]))
+        self._trajectory = _Trajectory(np.concatenate([[now], due]), np.vstack([now_q, clamped]))
         self._velocity[:] = 0.0
         return self._accepted(not np.array_equal(clamped, pos))
 

@@ -32,47 +32,8 @@ from std_msgs.msg import Float64, Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from ..bridge.core import BridgeCore, CommandResult  # noqa: E402
+from ..bridge.core import BridgeCore, BurstLog, CommandResult  # noqa: E402
 from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
-
-
-class BurstLog:
-    """Log the first bad command of a burst, count the rest, summarise when the burst ends.
-
-    A burst is a run of rejected (or of clamped) commands without a gap of ``gap`` seconds; it
-    ends at the next command of another kind, or when ``flush`` finds it quiet for ``gap``.
-    """
-
-    def __init__(self, logger, what: str, gap: float = 1.0):
-        self.logger, self.what, self.gap = logger, what, gap
-        self.kind = ""         # "rejected" or "clamped": the burst in progress
-        self.in_burst = 0
-        self.last = -1e9
-
-    def bad(self, reason: str, kind: str = "rejected") -> None:
-        now = time.monotonic()
-        if kind != self.kind or now - self.last > self.gap:
-            self.end()
-            self.kind = kind
-            self.logger.warn(f"{kind} {self.what} command: {reason} (further {kind} commands in "
-                             "this burst are counted, not logged)")
-        self.in_burst += 1
-        self.last = now
-
-    def good(self) -> None:
-        if self.in_burst:
-            self.end()
-
-    def flush(self) -> None:
-        """End a burst that has been quiet for ``gap`` (called periodically)."""
-        if self.in_burst and time.monotonic() - self.last > self.gap:
-            self.end()
-
-    def end(self) -> None:
-        if self.in_burst > 1:
-            self.logger.warn(f"{self.in_burst} {self.what} commands {self.kind} in the last burst")
-        self.in_burst = 0
-        self.kind = ""
 
 
 class CameraRenderer(threading.Thread):
@@ -262,8 +223,12 @@ class MujocoBridge(Node):
                                              self._on_traj, COMMAND_QOS)],
             "gripper": [self.create_subscription(Float64MultiArray, f"/{grip}/commands",
                                                  self._on_gripper, COMMAND_QOS)]}
-        self._arm_log = BurstLog(self.get_logger(), "arm")
-        self._grip_log = BurstLog(self.get_logger(), "gripper")
+        # Bad commands are logged once per burst (floods included), trajectories that started
+        # late (points already past skipped) likewise; /diagnostics counts them all.
+        warn = self.get_logger().warning
+        self._arm_log = BurstLog(warn, "bad arm commands")
+        self._grip_log = BurstLog(warn, "bad gripper commands")
+        self._late_log = BurstLog(warn, "late trajectories")
         self._need = set(p["lockstep_commands"])
         if not self._need <= {"arm", "gripper"}:
             raise ValueError(f"lockstep_commands: {sorted(self._need)}; allowed: arm, gripper")
@@ -326,7 +291,7 @@ class MujocoBridge(Node):
             result = self.core.command_arm(msg.data)
             if result.ok:
                 self._answer("arm")
-        self._report(self._arm_log, result, len(msg.data))
+        self._report(self._arm_log, "arm", result, len(msg.data))
 
     def _on_traj(self, msg: JointTrajectory) -> None:
         with self.lock:
@@ -334,34 +299,40 @@ class MujocoBridge(Node):
             result = self.core.command_trajectory(
                 msg.joint_names, [to_sec(pt.time_from_start) for pt in msg.points],
                 [list(pt.positions) for pt in msg.points], start=start or None)
+            detail = self.core.detail
             if result.ok:
                 self._answer("arm")
-        self._report(self._arm_log, result, len(msg.joint_names))
+        if result.ok and detail:  # started late: the points already past were skipped
+            self._late_log.note("started_late", f"arm {detail}")
+        self._report(self._arm_log, "arm", result, len(msg.joint_names), detail)
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         with self.lock:
             result = self.core.command_gripper(msg.data)
             if result.ok:
                 self._answer("gripper")
-        self._report(self._grip_log, result, len(msg.data))
+        self._report(self._grip_log, "gripper", result, len(msg.data))
 
-    def _report(self, log: BurstLog, result: CommandResult, n: int) -> None:
+    def _report(self, log: BurstLog, what: str, result: CommandResult, n: int,
+                detail: str = "") -> None:
+        """Log a bad command (once per burst, see BurstLog); counted by the core already."""
         if result is CommandResult.CLAMPED:
-            log.bad("beyond the limits (joint position or velocity limits; gripper 0..1), "
-                    "clamped", kind="clamped")
+            log.note(result.value, f"clamped {what} command: beyond the limits (joint position "
+                                   "or velocity limits; gripper 0..1)")
             return
         if result.ok:
-            log.good()
             return
-        detail = {
+        reason = {
             CommandResult.WRONG_LENGTH: f"wrong length {n} (arm expects {self.core.n_arm} values, "
                                         "gripper 1)",
             CommandResult.NOT_FINITE: "NaN or infinite value",
             CommandResult.UNKNOWN_JOINTS: f"joint names must be exactly "
                                           f"{self.sim.robot.arm_joint_names}",
             CommandResult.BAD_TRAJECTORY: "trajectory times must be >= 0 and non-decreasing",
+            CommandResult.TRAJECTORY_IN_PAST: detail,
+            CommandResult.START_TOO_FAR_AHEAD: detail,
         }[result]
-        log.bad(detail)
+        log.note(result.value, f"rejected {what} command: {reason}")
 
     # ===================================================================== services
     def _request(self, kind: str, arg=None, timeout: float = 30.0):
@@ -523,8 +494,8 @@ class MujocoBridge(Node):
         info_pub.publish(info)
 
     def _publish_diagnostics(self) -> None:
-        self._arm_log.flush()
-        self._grip_log.flush()
+        for log in (self._arm_log, self._grip_log, self._late_log):
+            log.flush()
         with self.lock:
             c = self.core.counters
             values = {"mode": self.p["mode"], "real_time_factor": f"{self.rtf:.3f}",
@@ -532,6 +503,7 @@ class MujocoBridge(Node):
                       "control_ticks": self.ticks_total, "episode": self.core.episode,
                       "commands_accepted": c.accepted, "commands_clamped": c.clamped,
                       "commands_rejected": c.rejected_total, "command_timeouts": c.timeouts,
+                      "trajectories_started_late": c.late_trajectories,
                       "holding": str(self.core.holding).lower(), "paused": str(self.paused).lower()}
             for reason, n in c.rejected.items():
                 values[f"rejected_{reason}"] = n
@@ -660,8 +632,8 @@ class MujocoBridge(Node):
         if self.renderer:
             self.renderer.stop()
             self.renderer.join(timeout=2.0)
-        self._arm_log.end()  # summarise a burst still open
-        self._grip_log.end()
+        for log in (self._arm_log, self._grip_log, self._late_log):
+            log.end()  # summarise a burst still open
 
 
 def _camera_info(name: str, width: int, height: int, fovy_deg: float) -> CameraInfo:
