@@ -160,3 +160,64 @@ def test_the_policy_computes_the_specs_features():
     # a runtime spec without the feature is named as a mismatch
     assert spec_mismatch(spec, Spec.from_dict(SMALL)) == ["feature 'ee_from_q' is missing at "
                                                           "runtime"]
+
+
+# ---------------------------------------------------------------------- unknown keys
+def with_change(path: tuple, value) -> dict:
+    """SMALL (with a feature) deep-copied, ``value`` set at ``path`` (keys and indices)."""
+    import copy
+
+    data = copy.deepcopy(dict(FEATURED, normalization={"observations": "mean_std",
+                                                       "actions": "min_max"},
+                              record_also=[{"topic": "/clock", "type": "rosgraph_msgs/msg/Clock"}]))
+    data["observations"].append({"key": "cam", "topic": "/cam", "type": "sensor_msgs/msg/Image",
+                                 "field": "image",
+                                 "image": {"width": 8, "height": 6, "encoding": "rgb8"}})
+    target = data
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("normalisation",), {"actions": "min_max"},
+     "unknown key 'normalisation' in the spec: did you mean 'normalization'?"),
+    (("actions", 0, "relative_too"), "q",
+     "unknown key 'relative_too' in actions[0] (u): did you mean 'relative_to'?"),
+    (("observations", 1, "fields"), "pose",
+     "unknown key 'fields' in observations[1] (ee): did you mean 'field'?"),
+    (("observations", 2, "image", "widht"), 8,
+     "unknown key 'widht' in observations[2] (cam).image: did you mean 'width'?"),
+    (("features", 0, "input"), ["ee", "q"],
+     "unknown key 'input' in features[0] (ee_from_q): did you mean 'inputs'?"),
+    (("record_also", 0, "typ"), "x",
+     "unknown key 'typ' in record_also[0]: did you mean 'type'?"),
+    (("normalization", "action"), "min_max",
+     "unknown key 'action' in normalization: did you mean 'actions'?"),
+    (("normalization", "actions"), "minmax",
+     "normalization.actions: unknown method 'minmax': did you mean 'min_max'?"),
+    (("observations", 0, "relative_to"), "ee",
+     "observations[0] (q): relative_to is for actions"),
+    (("colour",), "red", "unknown key 'colour' in the spec (known: "),
+])
+def test_unknown_keys_are_errors_naming_key_place_and_the_closest_known_one(path, value,
+                                                                            message):
+    """A misspelled key used to be ignored: `relative_too` trained absolute actions,
+    `normalisation` the default normalization; a different model without a word."""
+    with pytest.raises(SpecError) as err:
+        Spec.from_dict(with_change(path, value), where="my_spec.yaml")
+    assert str(err.value).startswith("my_spec.yaml: ") and message in str(err.value), err.value
+
+
+def test_existing_specs_and_stored_specs_still_load_with_their_fingerprints():
+    """The built-in specs, and Spec.to_dict output (as datasets and checkpoints store it), load
+    unchanged: the same fingerprints as before unknown keys were refused."""
+    fingerprints = {"reach": "b4d4efe280fab873", "push": "06bfab5b73266614",
+                    "push_image": "e5bc96d81c066449"}
+    for name, fingerprint in fingerprints.items():
+        spec = Spec.load(name)
+        assert spec.fingerprint() == fingerprint
+        assert Spec.from_dict(spec.to_dict()).fingerprint() == fingerprint
+    full = Spec.from_dict(with_change(("actions", 0, "relative_to"), "q"))
+    assert Spec.from_dict(full.to_dict()) == full

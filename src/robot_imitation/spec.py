@@ -11,6 +11,7 @@ the message fields as attributes.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -128,6 +129,69 @@ _SUPPORTED = {
 }
 
 
+# The keys a spec may hold, at each level (Spec.to_dict writes no others). Any other key is an
+# error: a misspelled one (`relative_too`, `normalisation`) would otherwise be ignored and train
+# a different model without a word.
+SPEC_KEYS = ("name", "control_rate", "observations", "actions", "features", "record_also",
+             "normalization")
+FIELD_KEYS = ("key", "topic", "type", "field", "joints", "size", "image", "relative_to")
+IMAGE_KEYS = ("width", "height", "encoding")
+FEATURE_KEYS = ("key", "op", "inputs", "size")
+RECORD_ALSO_KEYS = ("topic", "type")
+NORMALIZED = ("observations", "actions")
+NORMALIZATION_METHODS = ("mean_std", "min_max")
+
+
+def _closest(word, known) -> str:
+    """": did you mean 'x'?" for the known word closest to ``word``, else the known ones."""
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
+
+
+def _check_keys(value, known, where: str, place: str) -> dict:
+    """``value`` as a mapping holding only ``known`` keys; else a SpecError naming the key,
+    where it is (``place``) and the closest known key."""
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: {place} must be a mapping, got {type(value).__name__} "
+                        f"{value!r}")
+    for key in value:
+        if key not in known:
+            raise SpecError(f"{where}: unknown key '{key}' in {place}{_closest(key, known)}")
+    return value
+
+
+def _check_structure(data, where: str) -> None:
+    """Every level of a spec mapping: mappings and lists where they belong, no unknown key."""
+    _check_keys(data, SPEC_KEYS, where, "the spec")
+
+    def entries(name: str) -> list:
+        items = data.get(name) or []
+        if not isinstance(items, list):
+            raise SpecError(f"{where}: {name} must be a list of mappings, got "
+                            f"{type(items).__name__}")
+        return items
+
+    for group, known in (("observations", FIELD_KEYS), ("actions", FIELD_KEYS),
+                         ("features", FEATURE_KEYS), ("record_also", RECORD_ALSO_KEYS)):
+        for i, entry in enumerate(entries(group)):
+            named = (f" ({entry['key']})" if isinstance(entry, dict)
+                     and isinstance(entry.get("key"), str) else "")
+            place = f"{group}[{i}]{named}"
+            _check_keys(entry, known, where, place)
+            if entry.get("image") is not None:
+                _check_keys(entry["image"], IMAGE_KEYS, where, f"{place}.image")
+            if group == "observations" and entry.get("relative_to"):  # to_dict writes ""
+                raise SpecError(f"{where}: {place}: relative_to is for actions (an action "
+                                "predicted relative to an observation), not observations")
+    norm = data.get("normalization")
+    if norm is not None:
+        _check_keys(norm, NORMALIZED, where, "normalization")
+        for key, method in norm.items():
+            if method not in NORMALIZATION_METHODS:
+                raise SpecError(f"{where}: normalization.{key}: unknown method '{method}'"
+                                f"{_closest(method, NORMALIZATION_METHODS)}")
+
+
 def _field_spec(entry: dict, where: str) -> FieldSpec:
     missing = [k for k in ("key", "topic", "type", "field") if k not in entry]
     if missing:
@@ -197,6 +261,9 @@ class Spec:
     # ----------------------------------------------------------------- loading
     @classmethod
     def from_dict(cls, data: dict, where: str = "spec") -> "Spec":
+        """A spec from its mapping (a spec file, ``to_dict`` output); ``SpecError`` naming the
+        place for anything missing, unknown (the closest known key suggested) or invalid."""
+        _check_structure(data, where)
         for key in ("name", "control_rate", "observations", "actions"):
             if key not in data:
                 raise SpecError(f"{where}: missing '{key}'")
