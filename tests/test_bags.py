@@ -307,20 +307,29 @@ def test_empty_written_bag_is_refused(tmp_path):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("name,lines", [
-    ("mcap_talker", ["/rosout                  10 msgs", "/topic                   10 msgs"]),
-    ("sqlite3_talker", ["/rosout                  10 msgs", "/topic                   10 msgs"]),
-    ("mcap_wbag", ["AAA", "804 msgs"]),
-    ("empty_bag", ["the bag holds no messages"]),
+@pytest.mark.parametrize("name,code,lines", [
+    ("mcap_talker", 0, ["/rosout                  10 msgs", "/topic                   10 msgs"]),
+    ("sqlite3_talker", 0, ["/rosout                  10 msgs",
+                           "/topic                   10 msgs"]),
+    ("mcap_wbag", 0, ["AAA", "804 msgs", "chunk CRCs: checked in 5 of 5 chunks"]),
+    ("mcap_service_events", 0, ["/test_service1/_service_event         4 msgs",
+                                "/test_topic2                          1 msgs",
+                                "topic /events/write_split cannot be decoded",
+                                "chunk CRCs: checked in 0 of 1 chunks"]),
+    ("sqlite3_service_events", 0, ["/test_service2/_service_event         4 msgs",
+                                   "sqlite3 bags carry no checksums"]),
+    ("empty_bag", 1, ["UNREADABLE", "the bag holds no messages"]),
 ])
-def test_info_command_on_rosbag2_bags(name, lines):
+def test_info_command_on_rosbag2_bags(name, code, lines):
     """`robot-imitation info` on bags that `ros2 bag record` wrote: topics and counts, or why
-    a bag cannot be read."""
+    a bag cannot be read (then, after printing everything, exit 1)."""
     out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "info",
                           str(shared_bag(name))], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == code, out.stdout + out.stderr
     for line in lines:
         assert line in out.stdout, out.stdout
+    if code:
+        assert "1 of 1 episodes cannot be read" in out.stderr
 
 
 def test_a_message_type_of_any_installed_package_can_be_recorded(tmp_path, monkeypatch):

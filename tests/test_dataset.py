@@ -649,6 +649,31 @@ def test_plot_episode_writes_a_png(lockstep_dataset, tmp_path):
         plot_episode(lockstep_dataset, "episode_9", out)
 
 
+def test_info_exits_1_after_listing_every_episode_when_one_cannot_be_read(lockstep_dataset,
+                                                                          tmp_path):
+    """An unreadable episode used to be a line in the listing and exit 0: a script could not
+    tell. Every episode is still listed; the unreadable ones are named again at the end and the
+    exit status is 1. Bags the index already gives up on (discarded: deleted; failed) do not
+    count."""
+    root = tmp_path / "copy"
+    shutil.copytree(lockstep_dataset, root)
+    mcap = root / "episode_000004" / "episode_000004.mcap"
+    mcap.write_bytes(mcap.read_bytes()[:2000])          # truncated
+    shutil.rmtree(root / "episode_000003")               # discarded: its bag was deleted
+    failed = root / "episode_000005" / "episode_000005.mcap"
+    failed.write_bytes(failed.read_bytes()[:100])
+    out = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "info", str(root)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("  episode_")]
+    assert [line.split()[0] for line in lines] == [f"episode_{i:06d}" for i in range(6)]
+    assert "UNREADABLE" in lines[4] and str(mcap) in lines[4]
+    assert "UNREADABLE" not in lines[3] and "bag deleted" in lines[3]
+    assert "UNREADABLE" in lines[5]                      # listed, but expected
+    assert "1 of 6 episodes cannot be read: episode_000004" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_info_and_plot_commands(lockstep_dataset, tmp_path):
     """The command line as a user runs it: `robot-imitation info` and `plot`."""
     cli = [sys.executable, "-m", "robot_imitation.cli"]

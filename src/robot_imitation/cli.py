@@ -146,12 +146,17 @@ def cmd_record(args) -> int:
 def cmd_info(args) -> int:
     from .data.bags import BagError
     from .data.dataset import DatasetError
-    from .data.inspect import dataset_info, format_info
+    from .data.inspect import dataset_info, format_info, unreadable_summary
 
     try:
-        print(format_info(dataset_info(args.dataset)))
+        info = dataset_info(args.dataset)
     except (BagError, DatasetError, FileNotFoundError) as exc:
         print(f"info: {exc}", file=sys.stderr)
+        return 1
+    print(format_info(info), flush=True)
+    bad = unreadable_summary(info)
+    if bad:  # after everything was printed: a script sees the exit status, a person the list
+        print(f"info: {bad}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,11 @@
 """What a dataset holds (``robot-imitation info``) and a picture of one episode (``plot``).
 
 ``dataset_info`` reads the index and each bag's summary (no message is decoded);
-``format_info`` renders it for a terminal. ``plot_episode`` aligns one episode as the dataset
+``format_info`` renders it for a terminal, and ``unreadable_summary`` names the episodes whose
+bags cannot be read (``robot-imitation info`` then exits 1, after printing everything). Bags the
+index already gives up on (status discarded: deleted; failed; unrecoverable) are listed but not
+counted. Per bag it also says what cannot be checked: topics that cannot be decoded (with the
+reason), and MCAP chunks without a CRC (sqlite3 bags carry no checksums at all). ``plot_episode`` aligns one episode as the dataset
 builder does and draws its joint positions and actions into a PNG (matplotlib).
 """
 from __future__ import annotations
@@ -15,6 +19,9 @@ from ..spec import Spec
 from .bags import BagError, open_bag
 from .dataset import (DatasetError, Progress, build_episode, dataset_spec, list_episodes,
                       read_dataset_yaml)
+
+
+GIVEN_UP = ("discarded", "failed", "unrecoverable")  # statuses whose bags need not be readable
 
 
 def dataset_info(path) -> dict:
@@ -33,10 +40,17 @@ def dataset_info(path) -> dict:
         progress.update(done, entry["name"])
         ep = {k: entry.get(k) for k in ("name", "status", "success", "seed", "task")}
         ep["bag"] = str(entry["bag"])
+        if entry["status"] == "discarded" and not Path(entry["bag"]).exists():
+            ep["note"] = "bag deleted"
+            episodes.append(ep)
+            continue
         try:
             with open_bag(entry["bag"]) as bag:
                 ep["duration"] = bag.duration
                 ep["counts"] = {t: info.count for t, info in bag.topics.items()}
+                ep["undecodable"] = dict(bag.undecodable)
+                ep["storage"] = bag.storage
+                ep["crc"] = bag.checked_chunks
                 for topic, info in bag.topics.items():
                     types.setdefault(topic, info.msgtype)
                     counts[topic] += info.count
@@ -44,6 +58,7 @@ def dataset_info(path) -> dict:
                     durations[topic] += bag.duration
         except BagError as exc:
             ep["error"] = str(exc)
+            ep["unreadable"] = entry["status"] not in GIVEN_UP
         episodes.append(ep)
     progress.close()
     outcomes = Counter({True: "succeeded", False: "failed"}.get(e["success"], "unknown")
@@ -55,6 +70,7 @@ def dataset_info(path) -> dict:
         "statuses": dict(Counter(e["status"] or "(no index)" for e in episodes)),
         "success": {k: outcomes[k] for k in ("succeeded", "failed", "unknown")},
         "duration": sum(e.get("duration", 0.0) for e in episodes),
+        "unreadable": [e["name"] for e in episodes if e.get("unreadable")],
         "topics": {t: {"type": types[t], "messages": counts[t],
                        "rate": intervals[t] / durations[t] if durations[t] > 0 else None}
                    for t in sorted(types)},
@@ -73,6 +89,15 @@ def format_info(info: dict) -> str:
     if durations:
         lines[-1] += (f", {min(durations):.1f}..{max(durations):.1f} s per episode "
                       f"(mean {np.mean(durations):.1f} s)")
+    crcs = [e["crc"] for e in eps if e.get("crc") is not None]
+    if crcs:
+        checked, total = sum(c[0] for c in crcs), sum(c[1] for c in crcs)
+        lines.append(f"chunk CRCs: checked in {checked} of {total} chunks"
+                     + ("" if checked == total else " (a byte changed inside an unchecked chunk "
+                        "cannot be detected)"))
+    if any(e.get("storage") == "sqlite3" for e in eps):
+        lines.append("sqlite3 bags carry no checksums: a byte changed inside a message cannot "
+                     "be detected")
     lines.append("topics:")
     width = max((len(t) for t in info["topics"]), default=0)
     for topic, t in info["topics"].items():
@@ -84,10 +109,28 @@ def format_info(info: dict) -> str:
         text = f"  {e['name']}  {e['status'] or '-'}  {outcome}  seed {e['seed']}"
         if "duration" in e:
             text += f"  {e['duration']:.2f} s"
+        if e.get("crc") and e["crc"][0] < e["crc"][1]:
+            text += f"  (CRCs in {e['crc'][0]} of {e['crc'][1]} chunks)"
+        if "note" in e:
+            text += f"  ({e['note']})"
         if "error" in e:
             text += f"  UNREADABLE: {e['error']}"
+            if e["status"] == "recording":
+                text += " (still recording, or the recorder crashed: robot-imitation recover)"
         lines.append(text)
+        for topic, why in sorted((e.get("undecodable") or {}).items()):
+            lines.append(f"    topic {topic} cannot be decoded: {why}")
     return "\n".join(lines)
+
+
+def unreadable_summary(info: dict) -> str:
+    """"N of M episodes cannot be read: names" ("" when every bag expected to be readable
+    is)."""
+    bad = info["unreadable"]
+    if not bad:
+        return ""
+    return (f"{len(bad)} of {len(info['episodes'])} episodes cannot be read: "
+            + ", ".join(bad))
 
 
 def plot_episode(path, episode, out_png, spec: Spec | str | None = None) -> dict:
