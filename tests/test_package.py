@@ -1,7 +1,10 @@
 """The ROS 2 package itself: manifest, entry points, launch files and parameter files agree."""
 import ast
 import importlib
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -136,3 +139,64 @@ def test_launch_description_builds(path):
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     assert description.entities
+
+
+# ----------------------------------------------------------------- the venv as an ament prefix
+# scripts/bootstrap.sh (make setup / test / demo) installs the package editable into the venv
+# and registers it in the venv's ament index (scripts/ament_register.py): with the venv in
+# AMENT_PREFIX_PATH, `ros2 run` and `ros2 launch` of a ROS 2 install find it.
+PREFIX = Path(sys.prefix)
+NOT_SET_UP = "the venv is not an ament prefix for robot_imitation: run scripts/bootstrap.sh"
+
+
+def test_the_venv_is_an_ament_prefix_for_the_package(monkeypatch):
+    from ament_index_python.packages import get_package_prefix, get_package_share_directory
+
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(PREFIX))
+    assert get_package_prefix("robot_imitation") == str(PREFIX), NOT_SET_UP
+    share = Path(get_package_share_directory("robot_imitation"))
+    assert share == PREFIX / "share" / "robot_imitation"
+    assert ET.parse(share / "package.xml").getroot().findtext("name") == "robot_imitation"
+    assert sorted(p.name for p in (share / "launch").glob("*.launch.py")) == \
+        sorted(p.name for p in LAUNCH_FILES)
+    assert (share / "config" / "bridge.yaml").is_file()
+    assert (share / "config" / "tasks" / "push.yaml").is_file()
+    # Editable: the share files are the checkout's own, so edits to launch/ and config/ show.
+    for name in ("package.xml", "launch", "config"):
+        assert (share / name).resolve() == (ROOT / name).resolve(), name
+
+
+@pytest.mark.parametrize("name", sorted(console_scripts()))
+def test_each_console_script_is_an_executable_in_lib(name):
+    """`ros2 run robot_imitation <name>` and launch files look in <prefix>/lib/robot_imitation."""
+    path = PREFIX / "lib" / "robot_imitation" / name
+    assert path.is_file(), NOT_SET_UP
+    assert os.access(path, os.X_OK)
+    shebang, *body = path.read_text().splitlines()
+    python = Path(shebang[2:])  # the venv's interpreter (bin/python links to the base one)
+    assert shebang.startswith("#!") and python.name == "python"
+    assert python.parent.resolve() == (PREFIX / "bin").resolve()
+    module, func = console_scripts()[name].split(":")
+    assert f"from {module} import {func}" in body and f"    sys.exit({func}())" in body
+
+
+def test_an_executable_in_lib_runs_outside_the_checkout(tmp_path):
+    env = dict(os.environ, AMENT_PREFIX_PATH=str(PREFIX))
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(PREFIX / "lib" / "robot_imitation" / "robot-imitation"), "tasks"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "push" in proc.stdout and "reach" in proc.stdout
+
+
+def test_ros_environment_uses_the_running_interpreters_prefix(tmp_path):
+    """The venv of the running interpreter, not the shell's VIRTUAL_ENV (another venv when a
+    launch file starts lib/robot_imitation/<exe> from a shell with some venv activated)."""
+    env = dict(os.environ, VIRTUAL_ENV=str(tmp_path))
+    env.pop("AMENT_PREFIX_PATH", None)
+    code = ("import os; from robot_imitation.paths import ensure_ros_environment; "
+            "ensure_ros_environment(); print(os.environ.get('AMENT_PREFIX_PATH'))")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(PREFIX)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 PACKAGE = "robot_imitation"
@@ -49,11 +50,14 @@ def config_file(kind: str, name_or_path) -> Path:
 def ensure_ros_environment() -> None:
     """Make a venv that holds the ROS 2 PyPI wheels look like an installed ROS prefix.
 
-    The wheels do not set ``AMENT_PREFIX_PATH``; package look-ups need it.
+    The wheels do not set ``AMENT_PREFIX_PATH``; package look-ups need it. scripts/bootstrap.sh
+    also registers this package in the venv's ament index, so it is found there too.
     """
-    # sys.prefix is the venv's folder whether or not the venv was activated (the interpreter's
-    # real path would be the base Python's).
-    prefix = os.environ.get("VIRTUAL_ENV") or os.sys.prefix
+    # sys.prefix is the running interpreter's venv whether or not the venv was activated (the
+    # interpreter's real path would be the base Python's). Not VIRTUAL_ENV: that names the
+    # venv of the shell, which need not be this one (`ros2 run` or a launch file starting
+    # lib/robot_imitation/<exe>, whose interpreter is this package's venv, from another venv).
+    prefix = sys.prefix
     current = os.environ.get("AMENT_PREFIX_PATH", "")
     if Path(prefix, "share", "ament_index").is_dir() and prefix not in current.split(os.pathsep):
         os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (current, prefix) if p)
