@@ -611,6 +611,43 @@ def test_no_steps_explains_a_clock_mismatch(rollouts, tmp_path):
     assert str(bag) in text and "no steps" in text and "use_sim_time" in text
 
 
+def test_a_flipped_bit_in_a_recorded_command_is_never_trained_on(rollouts, tmp_path):
+    """The recorder's bags carry chunk CRCs: one bit flipped inside an arm command's float (same
+    size, same message count, a plausible value) stops the build with an error naming the bag
+    file and the chunk, instead of training on the changed value."""
+    import struct
+
+    from rosbags.rosbag2 import Reader
+
+    from robot_imitation.recording.bagwriter import EpisodeBag, TypeRegistry
+
+    plain = write_episode(tmp_path / "plain", rollouts[0])
+    with Reader(plain) as reader:
+        raw = [(c.topic, c.msgtype, t, bytes(d)) for c, t, d in reader.messages()]
+    root = tmp_path / "ds"
+    write_dataset(root, [], [])
+    bag = EpisodeBag(root / "episode_000000", {t: ty for t, ty, _, _ in raw}, TypeRegistry())
+    for topic, _, t, data in raw:
+        bag.write(topic, t, data)
+    bag.close()
+    (root / "index.json").write_text(json.dumps({"episodes": [
+        {"name": "episode_000000", "path": "episode_000000", "status": "ok"}]}))
+    good = build_dataset(root, cache=False, val_fraction=0.0)
+    np.testing.assert_array_equal(good.episodes[0].actions, np.array(rollouts[0].actions))
+
+    mcap = root / "episode_000000" / "episode_000000.mcap"
+    data = bytearray(mcap.read_bytes())
+    value = struct.pack("<d", rollouts[0].actions[5][2])   # step 5's third arm joint
+    at = data.find(value)
+    assert at > 0 and data.find(value, at + 1) == -1
+    data[at] ^= 1
+    mcap.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as err:
+        build_dataset(root, val_fraction=0.0)
+    assert str(mcap) in str(err.value) and "chunk 1 of 1" in str(err.value)
+    assert "does not match its CRC" in str(err.value)
+
+
 def test_index_naming_a_missing_bag_is_an_error(lockstep_dataset, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(lockstep_dataset, root)
