@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 
 from ..paths import ensure_ros_environment
 
@@ -41,28 +44,112 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                          history=QoSHistoryPolicy.KEEP_LAST)
 
 
+@dataclass(frozen=True)
+class Param:
+    """One node parameter: the single declaration its descriptor, its checks and the node's
+    ``--help`` come from. ``default`` is the value, or a ``Parameter.Type`` for a parameter
+    without one (it then stays unset until given)."""
+
+    name: str
+    default: object
+    description: str
+    read_only: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple = ()
+
+    def descriptor(self) -> ParameterDescriptor:
+        desc = ParameterDescriptor(description=self.description + (
+            f" (one of: {', '.join(map(str, self.choices))})" if self.choices else ""),
+            read_only=self.read_only)
+        lo, hi, d = self.min_value, self.max_value, self.default
+        if (lo is not None or hi is not None) and not isinstance(d, bool):
+            if isinstance(d, int):
+                desc.integer_range = [IntegerRange(
+                    from_value=int(lo if lo is not None else -2**31),
+                    to_value=int(hi if hi is not None else 2**31 - 1), step=0)]
+            elif isinstance(d, float):
+                desc.floating_point_range = [FloatingPointRange(
+                    from_value=float(lo if lo is not None else -1e300),
+                    to_value=float(hi if hi is not None else 1e300), step=0.0)]
+        return desc
+
+    def declare(self, node):
+        """Declare on ``node``; returns the value (None while a typed parameter is unset)."""
+        value = node.declare_parameter(self.name, self.default, self.descriptor()).value
+        problem = self.problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not allowed (choices; ranges are checked by rcl), or None."""
+        if self.choices and value is not None and value not in self.choices:
+            return (f"parameter {self.name}={value!r}: must be one of "
+                    f"{', '.join(map(str, self.choices))}")
+        return None
+
+    def help(self) -> str:
+        from rclpy.parameter import Parameter
+
+        if isinstance(self.default, Parameter.Type):
+            kind, default = self.default.name.lower(), "unset"
+        else:
+            kind = type(self.default).__name__
+            kind = {"str": "string", "float": "double", "int": "integer", "bool": "bool",
+                    "list": "array"}.get(kind, kind)
+            default = repr(self.default)
+        flags = [kind, f"default {default}"]
+        if self.read_only:
+            flags.append("read-only")
+        if self.min_value is not None or self.max_value is not None:
+            flags.append(f"range {self.min_value if self.min_value is not None else '-inf'}.."
+                         f"{self.max_value if self.max_value is not None else 'inf'}")
+        if self.choices:
+            flags.append("one of " + ", ".join(map(str, self.choices)))
+        import textwrap
+
+        text = textwrap.fill(self.description, 96, initial_indent=" " * 6,
+                             subsequent_indent=" " * 6)
+        return f"  {self.name} ({'; '.join(flags)})\n{text}"
+
+
+def declare_all(node, params) -> dict:
+    """Declare ``params`` (``Param``) on ``node``, refuse later values that break their choices
+    (ranges are enforced by rcl from the descriptors); returns {name: value}."""
+    table = {p.name: p for p in params}
+
+    def check(changes):
+        from rcl_interfaces.msg import SetParametersResult
+
+        for change in changes:
+            param = table.get(change.name)
+            problem = param.problem(change.value) if param else None
+            if problem:
+                return SetParametersResult(successful=False, reason=problem)
+        return SetParametersResult(successful=True)
+
+    values = {p.name: p.declare(node) for p in params}
+    node.add_on_set_parameters_callback(check)
+    return values
+
+
+def parameter_help(node_cls) -> str:
+    """The text of ``<node> --help``: what the node is and its parameters."""
+    doc = (sys.modules[node_cls.__module__].__doc__ or "").strip().splitlines()
+    name = getattr(node_cls, "NODE_NAME", node_cls.__name__)
+    lines = [f"{name}: {doc[0] if doc else ''}", "",
+             "usage: ros2 run robot_imitation <executable> --ros-args [-p name:=value ...] "
+             "[--params-file file.yaml]", "", "parameters:"]
+    lines += [p.help() for p in getattr(node_cls, "PARAMETERS", ())]
+    return "\n".join(lines)
+
+
 def declare(node, name: str, default, description: str, *, read_only: bool = False,
             min_value=None, max_value=None, choices=None):
-    """Declare a parameter with a descriptor and return its value."""
-    desc = ParameterDescriptor(description=description + (f" (one of: {', '.join(choices)})"
-                                                          if choices else ""),
-                               read_only=read_only)
-    if min_value is not None or max_value is not None:
-        if isinstance(default, bool):
-            pass
-        elif isinstance(default, int):
-            desc.integer_range = [IntegerRange(from_value=int(min_value if min_value is not None
-                                                              else -2**31),
-                                               to_value=int(max_value if max_value is not None
-                                                            else 2**31 - 1), step=0)]
-        elif isinstance(default, float):
-            desc.floating_point_range = [FloatingPointRange(
-                from_value=float(min_value if min_value is not None else -1e300),
-                to_value=float(max_value if max_value is not None else 1e300), step=0.0)]
-    value = node.declare_parameter(name, default, desc).value
-    if choices and value not in choices:
-        raise ValueError(f"parameter {name}={value!r}: must be one of {list(choices)}")
-    return value
+    """Declare one parameter with a descriptor and return its value (see ``Param``)."""
+    return Param(name, default, description, read_only, min_value, max_value,
+                 tuple(choices or ())).declare(node)
 
 
 def to_sec(stamp) -> float:
@@ -146,25 +233,63 @@ def from_sec(t: float, msg_time=None):
     return msg
 
 
-def make_executor(kind: str = "events"):
+def make_executor(kind: str = "events", context=None):
     """The events executor is far faster than the single-threaded one for these nodes."""
     if kind == "events":
         try:
             from rclpy.experimental import EventsExecutor
 
-            return EventsExecutor()
+            return EventsExecutor(context=context)
         except ImportError:  # older distributions
             pass
-    return SingleThreadedExecutor()
+    return SingleThreadedExecutor(context=context)
 
 
-def spin(executor, context=None) -> None:
+class ShutdownRequest:
+    """SIGINT and SIGTERM as a request to stop, handled by the node's own code.
+
+    The first signal asks the spin loop to end; the node then closes (a recorder finishes its
+    open bag) and exits 0. Later signals are noted and ignored: a Ctrl-C under ``ros2 launch``
+    reaches each node twice (the terminal's SIGINT, then launch's own), and a signal must never
+    interrupt a shutdown half way. SIGKILL remains the way to abort.
+
+    rclpy's own handlers are not installed (``SignalHandlerOptions.NO``): they shut the context
+    down from inside the signal and raise ``KeyboardInterrupt`` wherever the main thread happens
+    to be, which a second signal turned into an interrupted ``close()`` or an abort inside a C++
+    callback.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.event = threading.Event()
+        self.signals = 0
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self.event.set()
+        elif self.signals == 2:
+            os.write(2, f"[{self.name}] already shutting down: {signal.Signals(signum).name} "
+                        "ignored (SIGKILL aborts)\n".encode())
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+def spin(executor, context=None, stop: ShutdownRequest | None = None) -> None:
     """Spin until the context shuts down.
 
     A ``spin_once`` loop rather than ``spin()``: the events executor of some rclpy releases
     neither runs callbacks nor returns on shutdown from ``spin()``.
     """
-    ok = (lambda: rclpy.ok(context=context))
+    def ok() -> bool:
+        return rclpy.ok(context=context) and not (stop is not None and stop.requested)
+
     while ok():
         try:
             executor.spin_once(timeout_sec=0.1)
@@ -180,9 +305,20 @@ def spin(executor, context=None) -> None:
 def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
     """Entry point body: init, spin until SIGINT/SIGTERM, then shut the node down cleanly.
 
-    rclpy's signal handlers turn both signals into a context shutdown.
+    Signals are handled by ``ShutdownRequest``: the node's ``close()`` always runs to its end,
+    however many signals arrive.
     """
-    rclpy.init(args=args if args is not None else sys.argv)
+    from rclpy.signals import SignalHandlerOptions
+
+    argv = list(args if args is not None else sys.argv)
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in own or "--help" in own:
+        print(parameter_help(node_cls))
+        return 0
+    name = getattr(node_cls, "NODE_NAME", node_cls.__name__)
+    stop = ShutdownRequest(name)
+    stop.install()
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     code = 0
     try:
@@ -190,15 +326,14 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
         # `executor`: a kind ("events", "single"), or a function of the node returning one.
         exe = make_executor(executor(node) if callable(executor) else executor)
         exe.add_node(node)
-        spin(exe)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin(exe, stop=stop)
+    except ExternalShutdownException:
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up errors clearly, then exit non-zero
         if node is not None:
             node.get_logger().fatal(f"{type(exc).__name__}: {exc}")
         else:
-            print(f"[{getattr(node_cls, 'NODE_NAME', node_cls.__name__)}] fatal: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
         if node is not None:
@@ -207,4 +342,8 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
                 close()
             node.destroy_node()
         rclpy.try_shutdown()
+        # the node is closed and the process about to exit: a signal now must not kill it
+        # half way through the interpreter's exit (which restores the default handlers)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     return code
