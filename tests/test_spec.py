@@ -200,6 +200,13 @@ def with_change(path: tuple, value) -> dict:
     (("observations", 0, "relative_to"), "ee",
      "observations[0] (q): relative_to is for actions"),
     (("colour",), "red", "unknown key 'colour' in the spec (known: "),
+    # values of the wrong kind: a joint name given as a string was taken letter by letter
+    (("observations", 0, "joints"), "a", "observations[0] (q).joints must be a list of strings"),
+    (("actions", 0, "size"), "two", "actions[0] (u).size must be an integer, got 'two'"),
+    (("observations", 2, "image", "width"), "8", "observations[2] (cam).image.width must be an "
+                                                 "integer"),
+    (("control_rate",), "fast", "control_rate must be a number, got 'fast'"),
+    (("record_also", 0), {"topic": "/clock"}, "record_also[0]: missing ['type']"),
 ])
 def test_unknown_keys_are_errors_naming_key_place_and_the_closest_known_one(path, value,
                                                                             message):

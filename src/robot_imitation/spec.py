@@ -160,9 +160,34 @@ def _check_keys(value, known, where: str, place: str) -> dict:
     return value
 
 
+def _check_type(value, kind: str, where: str, place: str) -> None:
+    """``value`` is a ``kind``: "text", "number", "count" (an int), or "texts" (a list of
+    text); else a SpecError naming the place (a string where a list belongs would otherwise
+    be taken letter by letter)."""
+    ok = {"text": isinstance(value, str),
+          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+          "count": isinstance(value, int) and not isinstance(value, bool),
+          "texts": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+          }[kind]
+    if not ok:
+        wanted = {"text": "a string", "number": "a number", "count": "an integer",
+                  "texts": "a list of strings"}[kind]
+        raise SpecError(f"{where}: {place} must be {wanted}, got {value!r}")
+
+
+ENTRY_TYPES = {"key": "text", "topic": "text", "type": "text", "field": "text",
+               "joints": "texts", "size": "count", "relative_to": "text", "op": "text",
+               "inputs": "texts", "width": "count", "height": "count", "encoding": "text"}
+
+
 def _check_structure(data, where: str) -> None:
-    """Every level of a spec mapping: mappings and lists where they belong, no unknown key."""
+    """Every level of a spec mapping: mappings and lists where they belong, no unknown key,
+    values of the right kind."""
     _check_keys(data, SPEC_KEYS, where, "the spec")
+    if "name" in data:
+        _check_type(data["name"], "text", where, "name")
+    if "control_rate" in data:
+        _check_type(data["control_rate"], "number", where, "control_rate")
 
     def entries(name: str) -> list:
         items = data.get(name) or []
@@ -178,8 +203,17 @@ def _check_structure(data, where: str) -> None:
                      and isinstance(entry.get("key"), str) else "")
             place = f"{group}[{i}]{named}"
             _check_keys(entry, known, where, place)
+            if group == "record_also":
+                missing = [k for k in RECORD_ALSO_KEYS if k not in entry]
+                if missing:
+                    raise SpecError(f"{where}: {place}: missing {missing}")
+            values = [(f"{place}.{key}", key, value) for key, value in entry.items()]
             if entry.get("image") is not None:
-                _check_keys(entry["image"], IMAGE_KEYS, where, f"{place}.image")
+                image = _check_keys(entry["image"], IMAGE_KEYS, where, f"{place}.image")
+                values += [(f"{place}.image.{key}", key, value) for key, value in image.items()]
+            for at, key, value in values:
+                if key in ENTRY_TYPES and value is not None:
+                    _check_type(value, ENTRY_TYPES[key], where, at)
             if group == "observations" and entry.get("relative_to"):  # to_dict writes ""
                 raise SpecError(f"{where}: {place}: relative_to is for actions (an action "
                                 "predicted relative to an observation), not observations")
