@@ -456,6 +456,8 @@ def test_sources_keep_only_the_intervened_steps_as_segments(rollouts, tmp_path, 
     assert set(first.executed) == set(second.executed) == {"human"}
     assert (first.seed, second.success) == (rollout.seed, rollout.success)
     assert len(ds.arrays("all")["actions"]) == n - 20
+    assert ds.describe() == (f"used 1 episode ({n - 20:,} steps driven by human, of {n:,} in "
+                             "those episodes)")
     # statistics come from the kept steps only
     np.testing.assert_allclose(ds.stats["actions"].mean,
                                np.array(rollout.actions[10:20] + rollout.actions[30:n]).mean(0))
