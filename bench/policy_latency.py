@@ -518,9 +518,8 @@ def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n
     result = {"spec": spec.name, "checkpoint": str(checkpoint), "rate_hz": rate,
               "duration_s": duration, "states": n_states,
               "separation": {k: separation(t) for k, t in tables.items()}}
-    params = {"checkpoint": str(checkpoint), "robot": "", "max_age_periods": 0.0,
-              "trigger": "state", "backend": backend, "episode_topic": "",
-              "checkpoint_topic": ""}
+    params = {"checkpoint": str(checkpoint), "allow_unlimited": True, "max_age_periods": 0.0,
+              "trigger": "state", "backend": backend, "episode_topic": ""}
     for kind in (ECHO, POLICY):
         phase = f"{label}-{kind}"
         print(f"[bench] {label} policy ({spec.name}), {kind}: start-up + {WARMUP_S:g} s warm-up "

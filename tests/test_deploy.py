@@ -173,3 +173,68 @@ def test_first_tick_max_change_counts_from_the_measured_joints():
     assert np.all(np.abs(r.action[:7] - obs["joint_pos"][:7]) <= 0.01 + 1e-12)
     second = ctl.tick(obs).action
     assert np.all(np.abs(second - r.action) <= 0.01 + 1e-12)
+
+
+# ====================================================================== action limits
+def test_safe_zero_command_passes_the_same_filter():
+    """`safe_command: zero` is no raw zeros: it moves toward zero no faster than max_delta from
+    the last command, within the joint limits (joint4's upper limit is below 0); with no
+    reference for a rate-limited value (before any command), nothing is published."""
+    spec = Spec.load("reach")
+    lower, upper = np.full(8, -3.0), np.full(8, 3.0)
+    upper[3] = -0.07
+    lower[7], upper[7] = 0.0, 1.0
+    ctl = PolicyController(spec, loaded(random_policy()),
+                           ActionFilter(8, lower, upper, max_delta=0.1), max_age=0.15,
+                           safe_command="zero")
+    obs = reach_obs(np.random.default_rng(5))
+    obs["joint_pos"][:7] = [0.0, 0.2, 0.0, -2.0, 0.0, 2.2, 0.8]
+    assert ctl.tick(obs, age=1.0).action is None  # stale first: no reference for the gripper
+    assert ctl.counters.commands == 0
+    last = ctl.tick(obs, age=0.0).action
+    for _ in range(3):
+        r = ctl.tick(obs, age=1.0)
+        assert r.reason == "stale" and r.action is not None
+        assert np.all(np.abs(r.action - last) <= 0.1 + 1e-12), (r.action, last)
+        assert np.all(r.action <= upper) and np.all(r.action >= lower)
+        assert np.all(np.abs(r.action) <= np.abs(last) + 1e-12)  # toward zero
+        last = r.action
+    assert last[3] < -1.5  # joint4 far from its 0 target after three ticks: no jump
+
+
+def test_action_limits_from_the_checkpoint_parameters_or_nothing():
+    from robot_imitation.deploy.limits import (ActionLimits, LimitsError, data_limits,
+                                               robot_limits, runtime_limits, training_limits)
+
+    spec = Spec.load("reach")
+    panda = robot_limits("panda", spec)
+    assert panda.source == "robot panda" and panda.upper[7] == 1.0 and panda.lower[7] == 0.0
+    assert np.all(np.isfinite(panda.max_delta[:7])) and np.isinf(panda.max_delta[7])
+    stored = panda.to_dict()
+    assert stored["max_delta"][7] is None  # JSON: unlimited as null
+    # stored limits round-trip; parameters replace parts of them
+    got = runtime_limits(spec, stored)
+    np.testing.assert_array_equal(got.lower, panda.lower)
+    np.testing.assert_array_equal(got.max_delta, panda.max_delta)
+    got = runtime_limits(spec, stored, max_delta=[0.01])
+    np.testing.assert_array_equal(got.max_delta, np.full(8, 0.01))
+    np.testing.assert_array_equal(got.upper, panda.upper)
+    assert "max_delta from parameters" in got.source
+    # nothing stored, nothing given: refused unless running without limits is asked for
+    with pytest.raises(LimitsError, match="carries none"):
+        runtime_limits(spec, None)
+    assert runtime_limits(spec, None, allow_unlimited=True) is None
+    with pytest.raises(LimitsError, match="needs 8 values"):
+        ActionLimits.from_dict({**stored, "lower": stored["lower"][:3]}, 8)
+    with pytest.raises(LimitsError, match="above upper"):
+        runtime_limits(spec, stored, lower=[5.0])
+    # at training time: the task's robot, else the recorded range
+    actions = np.array([[0.0] * 7 + [0.0], [0.1] * 7 + [1.0], [0.3] * 7 + [1.0]])
+    arrays = {"actions": actions, "episode": np.array([0, 0, 1])}
+    assert training_limits(spec, arrays, task="reach").source == "robot panda"
+    data = training_limits(spec, arrays)
+    assert data.source.startswith("data")
+    np.testing.assert_allclose(data.lower[0], -0.03)  # range 0.3 widened by 10% each side
+    np.testing.assert_allclose(data.upper[0], 0.33)
+    np.testing.assert_allclose(data.max_delta[0], 0.15)  # 1.5 x 0.1 (no step across episodes)
+    assert data_limits(actions, np.array([0, 0, 1])).max_delta[7] == 1.5

@@ -1,6 +1,7 @@
 """The policy node as a process over real DDS: train/deploy skew, closed loop through the
 bridge, safety (stale, NaN, clamping), lifecycle, enable, hot reload, refusals."""
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -74,14 +75,14 @@ class StateFeed:
     def matched(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in self.pubs.values())
 
-    def send(self, q=None, stamp=None) -> None:
+    def send(self, q=None, stamp=None, target_xyz=(0.55, 0.1, 0.3)) -> None:
         q = self.q if q is None else q
         t = self.node.get_clock().now().to_msg() if stamp is None else stamp
         js = JointState(name=self.joints, position=[float(v) for v in q],
                         velocity=[0.0] * len(q), effort=[])
         js.header.stamp = t
         ee, target = PoseStamped(), PoseStamped()
-        for msg, xyz in ((ee, (0.5, 0.0, 0.4)), (target, (0.55, 0.1, 0.3))):
+        for msg, xyz in ((ee, (0.5, 0.0, 0.4)), (target, target_xyz)):
             msg.header.stamp = t
             msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
             msg.pose.orientation.w = 1.0
@@ -223,6 +224,75 @@ def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
         feed.stop()
 
 
+def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_bc, procs,
+                                                                            probe, tmp_path):
+    """`policy_node --ros-args -p checkpoint:=...` and nothing else: wild states (joints at
+    50 rad, a target 1e6 m away) never give a command outside the robot's limits, and the
+    clamping is logged. A checkpoint that does not exist is refused by the parameter service
+    (the running policy and the parameter stay), and a checkpoint published on the trainer's
+    topic is ignored unless the node subscribes to it on purpose."""
+    from rcl_interfaces.srv import GetParameters, SetParameters
+    from rclpy.parameter import Parameter
+
+    from robot_imitation.deploy.limits import robot_limits
+
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    grip = timed(probe, Float64MultiArray, GRIPPER, KEEP, "grip")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    announce = probe.node.create_publisher(String, "/trainer/checkpoint", LATCHED_QOS)
+    ckpt = best(reach_bc)
+    start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2)
+    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    limits = robot_limits("panda", Spec.load("reach"))
+    try:
+        wild = np.full(9, 50.0)
+        for i in range(30):
+            feed.send(q=wild, target_xyz=(1e6, -1e6, 1e6))
+            time.sleep(0.02)
+        wait_for(lambda: len(arm) >= 20 and len(grip) >= 20, 10, "commands", procs=procs)
+        commands = np.array([np.append(a.data, g.data) for (a, _), (g, _) in zip(arm, grip)])
+        assert np.all(commands >= limits.lower) and np.all(commands <= limits.upper), commands
+        log = procs.log(NODE, tail=100_000)
+        assert "action limits from robot panda" in log and "clamped to the action limits" in log
+        # a checkpoint that is not there: refused, with the reason, and nothing changes
+        req = SetParameters.Request()
+        req.parameters = [Parameter("checkpoint", value=str(tmp_path / "nonexistent"))
+                          .to_parameter_msg()]
+        result = probe.call(SetParameters, f"/{NODE}/set_parameters", req).results[0]
+        assert not result.successful and "nonexistent" in result.reason, result
+        got = probe.call(GetParameters, f"/{NODE}/get_parameters",
+                         GetParameters.Request(names=["checkpoint"])).values[0].string_value
+        assert got == ckpt
+        # the trainer's topic is not listened to by default: a path there swaps nothing
+        announce.publish(String(data=str(perturbed_copy(ckpt, tmp_path / "other"))))
+        time.sleep(1.5)
+        t_after = time.monotonic()
+        v = wait_for(lambda: newest(diags, t_after), 5, "diagnostics")[0]
+        assert v["checkpoint"] == ckpt and v["swaps"] == "0" and v["reloads"] == "0", v
+    finally:
+        probe.node.destroy_publisher(announce)
+
+
+def test_a_checkpoint_without_limits_is_refused_unless_running_unlimited_is_asked(
+        reach_bc, procs, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(best(reach_bc), bare)
+    meta = json.loads((bare / "policy.json").read_text())
+    del meta["action_limits"]
+    (bare / "policy.json").write_text(json.dumps(meta))
+    procs.start_node(NODE, params={"checkpoint": str(bare)})
+    assert procs.procs[NODE].wait(timeout=60) != 0
+    log = procs.log(NODE)
+    assert "no action limits" in log and "allow_unlimited" in log, log
+    procs.stop(NODE)
+    procs.start_node(NODE, name="unlimited", params={"checkpoint": str(bare),
+                                                     "allow_unlimited": True})
+    wait_for(lambda: "active: commanding" in procs.log("unlimited"), 60, "the node to start",
+             procs=procs)
+    assert "WITHOUT action limits" in procs.log("unlimited")
+
+
 # ====================================================================== lifecycle
 def lifecycle(probe, transition: int) -> bool:
     req = ChangeState.Request()
@@ -287,7 +357,8 @@ def perturbed_copy(src: str, dst: Path) -> Path:
     with torch.no_grad():
         policy.net[-1].bias.add_(1e-4)
     return save_checkpoint(dst, policy, Spec.from_dict(meta["spec"]), meta["normalization"],
-                           meta["training"], meta["dataset_fingerprint"])
+                           meta["training"], meta["dataset_fingerprint"],
+                           extra={"action_limits": meta["action_limits"]})
 
 
 def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp_path, ros):
@@ -299,8 +370,8 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
     announce = probe.node.create_publisher(String, "/trainer/checkpoint", LATCHED_QOS)
     # the policy node first: subscribed before the bridge publishes its first state
-    start_policy(procs, probe, checkpoint=best(reach_bc), robot="panda", use_sim_time=True,
-                 diagnostics_period=0.2)
+    start_policy(procs, probe, checkpoint=best(reach_bc), use_sim_time=True,
+                 diagnostics_period=0.2, checkpoint_topic="/trainer/checkpoint")
     procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
                                               "seed": 90_000})
     first = wait_for(lambda: newest(diags), 30, "diagnostics")[0]["model_version"]

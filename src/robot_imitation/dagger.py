@@ -122,11 +122,9 @@ class RosRig:
                         "spec": spec, "button": INTERVENTION_BUTTON, **supervisor})
                 remap = ["-r", "/arm_controller/commands:=/policy/arm_controller/commands",
                          "-r", "/gripper_controller/commands:=/policy/gripper_controller/commands"]
-            from .sim.tasks import TaskConfig
-
+            # the action limits are the checkpoint's (the task's robot)
             g.start_node("policy_node", params={"checkpoint": str(checkpoint), "spec": spec,
-                                                "robot": TaskConfig.load(task).robot,
-                                                "use_sim_time": True, "checkpoint_topic": "",
+                                                "use_sim_time": True,
                                                 # lockstep: no state can be late (the bridge
                                                 # waits for the answer), so no watchdog
                                                 "max_age_periods": 0.0}, extra_args=remap)

@@ -24,6 +24,7 @@ import numpy as np
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
 from .backends import Backend, low_dim_slices, select_backend
+from .limits import ActionLimits
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
@@ -104,8 +105,9 @@ class ChunkScheduler:
 
 
 class ActionFilter:
-    """Clamp each action value to [lower, upper], and its change per tick to ``max_delta``
-    (inf where unlimited)."""
+    """The one filter every command of the policy node passes, safe commands included: clamp
+    each action value to [lower, upper], and its change per tick to ``max_delta`` (inf where
+    unlimited)."""
 
     def __init__(self, dim: int, lower=None, upper=None, max_delta=None):
         def vec(v, fill):
@@ -124,6 +126,14 @@ class ActionFilter:
         self.max_delta = np.where(delta > 0, delta, np.inf)
         if np.any(self.lower > self.upper):
             raise ValueError("action limits: lower above upper")
+        self.rate_limited = np.isfinite(self.max_delta)
+
+    @classmethod
+    def from_limits(cls, limits: ActionLimits | None, dim: int) -> "ActionFilter":
+        """The filter of ``limits`` (None: no limit at all, an explicit choice)."""
+        if limits is None:
+            return cls(dim)
+        return cls(dim, limits.lower, limits.upper, limits.max_delta)
 
     def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
         out = action
@@ -169,7 +179,7 @@ class PolicyController:
         self.max_age, self.safe_command = max_age, safe_command
         self.counters = Counters()
         self.last_command: np.ndarray | None = None
-        self._offered: LoadedPolicy | None = None
+        self._offered: tuple | None = None  # (policy, filter or None)
         self._install(policy)
         self.splits = []
         start = 0
@@ -182,16 +192,19 @@ class PolicyController:
         self.relative = [(i0, i1, f.relative_to) for (_, i0, i1), f in
                          zip(self.splits, spec.actions) if f.relative_to in low]
 
-    def _install(self, policy: LoadedPolicy) -> None:
+    def _install(self, policy: LoadedPolicy, action_filter: ActionFilter | None = None) -> None:
         self.policy = policy
+        if action_filter is not None:
+            self.filter = action_filter
         self.backend = policy.backend
         cfg = policy.backend.cfg
         self.scheduler = ChunkScheduler(cfg.chunk, self.chunk_mode, self.decay, self.chunk_execute)
         self._low_slices = low_dim_slices(cfg)
 
-    def offer(self, policy: LoadedPolicy) -> None:
-        """Hand over a new policy (from any thread); it takes over at the next tick."""
-        self._offered = policy
+    def offer(self, policy: LoadedPolicy, action_filter: ActionFilter | None = None) -> None:
+        """Hand over a new policy, with the limits it runs under (default: the current ones),
+        from any thread; both take over at the next tick."""
+        self._offered = (policy, action_filter)
 
     def reset(self) -> None:
         """Forget chunks in flight and the previous command (a new episode, re-activation)."""
@@ -199,21 +212,54 @@ class PolicyController:
         self.last_command = None
 
     def safe(self) -> np.ndarray | None:
+        """The safe command before filtering: zeros, or the last command (None before any)."""
         if self.safe_command == "zero":
             return np.zeros(self.spec.action_dim)
         return self.last_command
+
+    def _reference(self, obs: dict) -> np.ndarray | None:
+        """What the maximum change per tick counts from: the last command, or before the first
+        one, the measured values that relative actions are relative to (NaN where unknown)."""
+        if self.last_command is not None:
+            return self.last_command
+        if not self.relative:
+            return None
+        reference = np.full(self.spec.action_dim, np.nan)
+        for i0, i1, key in self.relative:
+            reference[i0:i1] = np.asarray(obs[key], dtype=np.float64)[: i1 - i0]
+        return reference
+
+    def _limit(self, action: np.ndarray, obs: dict) -> tuple[np.ndarray, int]:
+        reference = self._reference(obs)
+        if reference is not None:
+            reference = np.where(np.isnan(reference), action, reference)
+        return self.filter(action, reference)
 
     def tick(self, obs: dict, age: float | None = None) -> TickResult:
         c = self.counters
         c.ticks += 1
         offered, self._offered = self._offered, None
         if offered is not None:
-            self._install(offered)
+            self._install(*offered)
             c.swaps += 1
         if age is not None and self.max_age > 0 and age > self.max_age:
             c.stale += 1
             self.scheduler.reset()
             action = self.safe()
+            if action is not None and self.safe_command == "zero":
+                # through the same filter as every command: never a jump of more than max_delta
+                # from the last command (or the measured joints); with no reference for a
+                # rate-limited value, nothing is published rather than a jump
+                reference = self._reference(obs)
+                unknown = np.ones(len(action), bool) if reference is None else \
+                    ~np.isfinite(reference)
+                if np.any(unknown & self.filter.rate_limited):
+                    return TickResult(None, "stale")
+                action, clamped = self.filter(action, reference)
+                if clamped:
+                    c.clamped_ticks += 1
+                    c.clamped_values += clamped
+                self.last_command = action
             if action is not None:
                 c.commands += 1
             return TickResult(action, "stale")
@@ -237,14 +283,7 @@ class PolicyController:
                 self.scheduler.reset()
                 return TickResult(None, "nonfinite_output", inference_s=inference_s)
             self.scheduler.add(chunk)
-        action = self.scheduler.next()
-        previous = self.last_command
-        if previous is None and self.relative:
-            previous = np.full(self.spec.action_dim, np.nan)
-            for i0, i1, key in self.relative:
-                previous[i0:i1] = np.asarray(obs[key])[: i1 - i0]
-            previous = np.where(np.isnan(previous), action, previous)
-        action, clamped = self.filter(action, previous)
+        action, clamped = self._limit(self.scheduler.next(), obs)
         if clamped:
             c.clamped_ticks += 1
             c.clamped_values += clamped

@@ -161,6 +161,14 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
         policy = Policy(PolicyConfig.from_dict(meta["policy"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path / META}: cannot rebuild the policy: {exc}") from None
+    if meta.get("action_limits") is not None:
+        from ..deploy.limits import ActionLimits, LimitsError
+
+        try:
+            ActionLimits.from_dict(meta["action_limits"], trained.action_dim,
+                                   f"{path / META} action_limits")
+        except LimitsError as exc:
+            raise CheckpointError(str(exc)) from None
     if policy.derived != list(trained.features):
         raise CheckpointError(f"{path / META}: the policy's derived features do not match its "
                               "spec's features (edited by hand?)")

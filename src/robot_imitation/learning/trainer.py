@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..deploy.limits import training_limits
 from ..spec import Spec
 from .checkpoint import save_checkpoint
 from .policies import Policy, PolicyConfig
@@ -55,6 +56,8 @@ class TrainConfig:
     augment_shift: int = 4          # pixels of random shift for camera images
     init_from: str = ""             # warm start: a checkpoint of the same architecture
     log_every: int = 50
+    robot: str = ""                 # robot whose limits the checkpoint carries (empty: the
+                                    # task's robot, else the recorded actions' range)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -235,8 +238,11 @@ class Trainer:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
         amp = cfg.amp and device.type == "cuda"
         task = cfg.task or _infer_task(ds)
+        limits = training_limits(spec, ds.arrays("all"), cfg.robot, task)
+        if self.rank == 0:
+            self.log(f"[train] action limits stored in the checkpoint: {limits.source}")
         meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
-                "normalization": norm, "task": task}
+                "normalization": norm, "task": task, "action_limits": limits.to_dict()}
         meta["dataset"] = ds.summary  # what the build used and skipped, per reason
         if self.rank == 0 and ds.summary:
             self.log(f"[train] dataset: {ds.describe()}")
@@ -368,7 +374,8 @@ class Trainer:
                                train_config=meta["train_config"],
                                dataset_fingerprint=meta["dataset_fingerprint"],
                                extra={"task": meta["task"], "metrics": row,
-                                      "dataset": meta["dataset"]})
+                                      "dataset": meta["dataset"],
+                                      "action_limits": meta["action_limits"]})
 
     def _writers(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter

@@ -12,16 +12,20 @@ the spec's action topics (``std_msgs/Float64MultiArray``, command QoS):
                  a robot driver that publishes one state per control cycle;
   trigger=timer  at the control rate (node clock: ``use_sim_time`` paces it by /clock), from
                  the newest state.
-Safety: a state older than ``max_age_periods`` control periods gives the safe command (``hold``:
-repeat the last command; ``zero``: zeros) and a diagnostics error; NaN/inf in an input or an
-output publishes nothing; every command is clamped to ``action_lower``/``action_upper`` and to
-``max_delta`` per tick (or the limits of ``robot``).
+Safety: every command the node publishes, safe ones included, passes one filter: the action
+limits the checkpoint carries (the robot it was trained for: joint limits, gripper range, largest
+change per tick), replaced in part or whole by ``robot``/``action_lower``/``action_upper``/
+``max_delta``; a checkpoint without limits is refused unless ``allow_unlimited`` (logged). A state
+older than ``max_age_periods`` control periods gives the safe command (``hold``: repeat the last
+command; ``zero``: toward zeros, no faster than the largest change per tick) and a diagnostics
+error; NaN/inf in an input or an output publishes nothing; clamping is counted and logged.
 
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
-~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new path on
-``checkpoint_topic`` (the trainer's latched ~/checkpoint) or a new value of the ``checkpoint``
-parameter is loaded and validated in the background and swapped in between ticks; a failed load
-keeps the running policy and says why (log, /diagnostics).
+~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new value of the
+``checkpoint`` parameter (or, opt-in, a path on ``checkpoint_topic``) is checked at once (a
+checkpoint folder trained for the running spec, or the change is refused with the reason), then
+loaded in the background and swapped in between ticks; a failed load keeps the running policy,
+puts the parameter back and says why (log, /diagnostics).
 /diagnostics (1 Hz): latency from observation stamp to publish (p50/p99/max), compute time,
 tick overruns, missed ticks, model version, backend, counters.
 """
@@ -32,11 +36,11 @@ import time
 
 import numpy as np
 
-from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, declare, run, state_to_answer,
-                     take_state)
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, Param, declare_all, run,
+                     state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
+from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.clock import Clock, ClockType  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -44,29 +48,14 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ..deploy.backends import KINDS  # noqa: E402
+from ..deploy.limits import runtime_limits  # noqa: E402
 from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter, PolicyController,  # noqa: E402
                               load_policy)
+from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 WINDOW = 4096  # latencies kept for the diagnostics percentiles
-
-
-def robot_limits(robot: str, spec: Spec) -> tuple:
-    """(lower, upper, max change per tick) of [arm joints..., gripper] for a robot config."""
-    from ..sim.robot import RobotConfig, RobotIndex, load_robot_spec
-
-    cfg = RobotConfig.load(robot)
-    index = RobotIndex.build(load_robot_spec(cfg).compile(), cfg)
-    n = index.n_arm
-    if spec.action_dim != n + 1:
-        raise ValueError(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
-                         f"'{spec.name}' has {spec.action_dim} action values: set action_lower, "
-                         "action_upper and max_delta instead")
-    lower = np.append(index.arm_limits[:, 0], 0.0)
-    upper = np.append(index.arm_limits[:, 1], 1.0)
-    delta = np.append(index.velocity_limits / spec.control_rate, np.inf)
-    return lower, upper, delta
 
 
 class LatencyWindow:
@@ -88,59 +77,59 @@ class LatencyWindow:
 
 class PolicyNode(LifecycleNode):
     NODE_NAME = "policy_node"
+    PARAMETERS = (
+        Param("checkpoint", "", "checkpoint directory; a new value at run time is checked (a "
+              "checkpoint folder trained for the running spec, or the change is refused) and "
+              "hot-reloaded"),
+        Param("spec", "", "runtime observation/action spec (config/specs name or path); empty: "
+              "the spec stored in the checkpoint", read_only=True),
+        Param("trigger", "state", "command on each new state or on a timer", read_only=True,
+              choices=("state", "timer")),
+        Param("rate", 0.0, "timer rate in Hz; 0: the spec's control rate", read_only=True,
+              min_value=0.0, max_value=10000.0),
+        Param("backend", "auto", "inference backend; auto measures them on the model and keeps "
+              "the fastest", read_only=True, choices=("auto",) + KINDS),
+        Param("threads", 1, "CPU threads for inference", read_only=True, min_value=1,
+              max_value=64),
+        Param("chunk_mode", "first", "chunked policies: first action of each prediction, whole "
+              "chunks, or a temporal ensemble", read_only=True, choices=CHUNK_MODES),
+        Param("ensemble_decay", 0.01, "temporal ensemble weight exp(-decay * i), i = 0 oldest",
+              read_only=True, min_value=0.0, max_value=10.0),
+        Param("chunk_execute", 0, "chunk mode: actions executed per prediction (0: the whole "
+              "chunk)", read_only=True, min_value=0, max_value=10000),
+        Param("max_age_periods", 3.0, "a state older than this many control periods is stale "
+              "(0: no check)", min_value=0.0, max_value=1e6),
+        Param("safe_command", "hold", "what a stale state gets: hold (repeat the last command) "
+              "or zero (move toward zeros, no faster than the maximum change per tick); both "
+              "pass the action limits", choices=SAFE_COMMANDS),
+        Param("robot", "", "take the action limits from this robot config (arm joint limits, "
+              "gripper 0..1, velocity limits per tick) instead of the checkpoint's; empty: the "
+              "limits the checkpoint carries", read_only=True),
+        Param("action_lower", Parameter.Type.DOUBLE_ARRAY, "lower limit per action value (1 or "
+              "action_dim values); replaces that part of the checkpoint's (or robot's) limits",
+              read_only=True),
+        Param("action_upper", Parameter.Type.DOUBLE_ARRAY, "upper limit per action value "
+              "(replaces that part)", read_only=True),
+        Param("max_delta", Parameter.Type.DOUBLE_ARRAY, "largest change per tick per action "
+              "value, 0: none (replaces that part)", read_only=True),
+        Param("allow_unlimited", False, "command without any action limit when the checkpoint "
+              "carries none (trained before checkpoints stored them) and none are given; logged "
+              "as a warning. Without it such a checkpoint is refused", read_only=True),
+        Param("checkpoint_topic", "", "std_msgs/String topic whose checkpoint paths hot-reload "
+              "the policy, e.g. the trainer's /trainer/checkpoint; empty (default): none. Any "
+              "node that can publish on this ROS graph can then swap the running policy (each "
+              "checkpoint is still checked against the running spec): use it on a graph you "
+              "trust, or with SROS 2 access control", read_only=True),
+        Param("episode_topic", "/episode/status", "episode status (a new episode drops chunks "
+              "in flight; empty: none)", read_only=True),
+        Param("autostart", True, "configure and activate at start", read_only=True),
+        Param("diagnostics_period", 1.0, "seconds between /diagnostics messages",
+              read_only=True, min_value=0.05, max_value=60.0),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        self.p = {
-            "checkpoint": declare(self, "checkpoint", "", "checkpoint directory; setting it at "
-                                  "run time hot-reloads"),
-            "spec": declare(self, "spec", "", "runtime observation/action spec (config/specs "
-                            "name or path); empty: the spec stored in the checkpoint",
-                            read_only=True),
-            "trigger": declare(self, "trigger", "state", "command on each new state or on a "
-                               "timer", read_only=True, choices=("state", "timer")),
-            "rate": declare(self, "rate", 0.0, "timer rate in Hz; 0: the spec's control rate",
-                            read_only=True, min_value=0.0, max_value=10000.0),
-            "backend": declare(self, "backend", "auto", "inference backend; auto measures them "
-                               "on the model and keeps the fastest", read_only=True,
-                               choices=("auto",) + KINDS),
-            "threads": declare(self, "threads", 1, "CPU threads for inference", read_only=True,
-                               min_value=1, max_value=64),
-            "chunk_mode": declare(self, "chunk_mode", "first", "chunked policies: first "
-                                  "action of each prediction, whole chunks, or a temporal "
-                                  "ensemble", read_only=True, choices=CHUNK_MODES),
-            "ensemble_decay": declare(self, "ensemble_decay", 0.01, "temporal ensemble weight "
-                                      "exp(-decay * i), i = 0 oldest", read_only=True,
-                                      min_value=0.0, max_value=10.0),
-            "chunk_execute": declare(self, "chunk_execute", 0, "chunk mode: actions executed "
-                                     "per prediction (0: the whole chunk)", read_only=True,
-                                     min_value=0, max_value=10000),
-            "max_age_periods": declare(self, "max_age_periods", 3.0, "a state older than this "
-                                       "many control periods is stale (0: no check)",
-                                       min_value=0.0, max_value=1e6),
-            "safe_command": declare(self, "safe_command", "hold", "what a stale state gets",
-                                    choices=SAFE_COMMANDS),
-            "robot": declare(self, "robot", "", "take the action limits from this robot "
-                             "config (arm joint limits, gripper 0..1, velocity limits per "
-                             "tick); empty: only the limits given below", read_only=True),
-            "checkpoint_topic": declare(self, "checkpoint_topic", "/trainer/checkpoint",
-                                        "std_msgs/String of new checkpoints (empty: none)",
-                                        read_only=True),
-            "episode_topic": declare(self, "episode_topic", "/episode/status", "episode status "
-                                     "(a new episode drops chunks in flight; empty: none)",
-                                     read_only=True),
-            "autostart": declare(self, "autostart", True, "configure and activate at start",
-                                 read_only=True),
-            "diagnostics_period": declare(self, "diagnostics_period", 1.0, "seconds between "
-                                          "/diagnostics messages", read_only=True,
-                                          min_value=0.05, max_value=60.0),
-        }
-        for name, text in (("action_lower", "lower limit per action value (1 or action_dim "
-                                            "values; overrides robot)"),
-                           ("action_upper", "upper limit per action value"),
-                           ("max_delta", "largest change per tick per action value (0: none)")):
-            self.declare_parameter(name, Parameter.Type.DOUBLE_ARRAY,
-                                   ParameterDescriptor(description=text, read_only=True))
+        self.p = declare_all(self, self.PARAMETERS)
         self.controller: PolicyController | None = None
         self.active = False
         self.enabled = True
@@ -159,7 +148,9 @@ class PolicyNode(LifecycleNode):
         self._last_tick_wall = None
         self._episode = None
         self._ents = []
+        # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
+        self.add_post_set_parameters_callback(self._after_set_params)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reload", self._on_reload)
@@ -195,19 +186,14 @@ class PolicyNode(LifecycleNode):
         loaded = load_policy(path, runtime, self.p["backend"], self.p["threads"])
         self.spec = runtime or loaded.spec
         self.period = 1.0 / (self.p["rate"] or self.spec.control_rate)
-        lower, upper, delta = (None, None, None)
-        if self.p["robot"]:
-            lower, upper, delta = robot_limits(self.p["robot"], self.spec)
-
-        def given(name, fallback):
-            if not self.has_parameter(name) or \
-                    self.get_parameter_or(name).type_ == Parameter.Type.NOT_SET:
-                return fallback
-            v = self.get_parameter(name).value
-            return list(v) if v else fallback
-
-        action_filter = ActionFilter(self.spec.action_dim, given("action_lower", lower),
-                                     given("action_upper", upper), given("max_delta", delta))
+        limits = self._limits(loaded)
+        if limits is None:
+            self.get_logger().warn("commanding WITHOUT action limits (allow_unlimited): nothing "
+                                   "bounds the commands or their change per tick")
+        else:
+            names = [n for f in self.spec.actions for n in f.names()]
+            self.get_logger().info(f"action limits from {limits.describe(names)}")
+        action_filter = ActionFilter.from_limits(limits, self.spec.action_dim)
         self.controller = PolicyController(
             self.spec, loaded, action_filter, self.p["chunk_mode"], self.p["ensemble_decay"],
             self.p["chunk_execute"], self.p["max_age_periods"] * self.period,
@@ -233,6 +219,18 @@ class PolicyNode(LifecycleNode):
             f"chunk {loaded.chunk}) on backend {loaded.backend.kind} "
             f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
             f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")
+
+    def _limits(self, loaded):
+        """The action limits for ``loaded``: the checkpoint's, or those the parameters give
+        (``runtime_limits``); raises ``LimitsError`` when there are none and running without
+        them was not asked for."""
+        def given(name):
+            v = self.p[name]
+            return list(v) if v is not None and len(v) else None
+
+        return runtime_limits(self.spec, loaded.meta.get("action_limits"), self.p["robot"],
+                              given("action_lower"), given("action_upper"), given("max_delta"),
+                              self.p["allow_unlimited"])
 
     @staticmethod
     def _backend_table(loaded) -> str:
@@ -313,6 +311,11 @@ class PolicyNode(LifecycleNode):
                             "nonfinite_output": "NaN/inf in the policy output: no command"
                             }[result.reason]
             self.get_logger().error(self.problem, throttle_duration_sec=2.0)
+        if result.clamped:
+            self.get_logger().warn(
+                f"command clamped to the action limits ({result.clamped} values this tick, "
+                f"{self.controller.counters.clamped_ticks} clamped ticks in all)",
+                throttle_duration_sec=5.0)
         if result.action is not None:
             for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
                 pub.publish(Float64MultiArray(data=values.tolist()))
@@ -353,13 +356,49 @@ class PolicyNode(LifecycleNode):
         path = msg.data
         current = self.controller.policy.path if self.controller else None
         if path and path != current:
-            self.set_parameters([Parameter("checkpoint", value=path)])
+            result = self.set_parameters([Parameter("checkpoint", value=path)])[0]
+            if not result.successful:
+                self.reload_failures += 1
+                self.reload_error = result.reason
+                self.get_logger().error(f"checkpoint from {self.p['checkpoint_topic']} "
+                                        f"refused: {result.reason}")
+
+    def checkpoint_problem(self, path: str) -> str | None:
+        """Why ``path`` cannot be the checkpoint (cheap: its files and spec, not its weights),
+        or None. The full load happens in the background after the change is accepted."""
+        try:
+            meta = read_metadata(path)
+            trained = Spec.from_dict(meta["spec"], where=f"{path} spec")
+        except (CheckpointError, ValueError, KeyError) as exc:
+            return f"checkpoint {path!r} refused: {exc}"
+        if self.controller is not None:
+            problems = spec_mismatch(trained, self.controller.spec)
+            if problems:
+                return (f"checkpoint {path!r} refused: trained for spec '{trained.name}', which "
+                        f"does not match the running spec '{self.controller.spec.name}': "
+                        + "; ".join(problems))
+        explicit = all(self.p[k] is not None and len(self.p[k])
+                       for k in ("action_lower", "action_upper", "max_delta"))
+        if meta.get("action_limits") is None and not (self.p["robot"] or explicit
+                                                      or self.p["allow_unlimited"]):
+            return (f"checkpoint {path!r} refused: it carries no action limits (trained before "
+                    "checkpoints stored them); start the node with `robot` or action_lower/"
+                    "action_upper/max_delta for it")
+        return None
 
     def _on_set_params(self, params) -> SetParametersResult:
         for p in params:
-            if p.name == "checkpoint" and self.controller is not None and p.value:
-                self._request_reload(p.value)
+            if p.name == "checkpoint" and p.value:
+                problem = self.checkpoint_problem(p.value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=problem)
         return SetParametersResult(successful=True)
+
+    def _after_set_params(self, params) -> None:
+        for p in params:
+            if p.name == "checkpoint" and p.value and self.controller is not None \
+                    and p.value != self.controller.policy.path:
+                self._request_reload(p.value)
 
     def _request_reload(self, path: str) -> None:
         with self.lock:
@@ -382,18 +421,22 @@ class PolicyNode(LifecycleNode):
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"])
                 except RuntimeError:  # this backend cannot run the new model: measure again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
+                limits = self._limits(loaded)
             except (ValueError, RuntimeError, OSError) as exc:
                 self.reload_failures += 1
                 self.reload_error = str(exc)
                 self.get_logger().error(f"reload of {path} failed, the running policy "
                                         f"({controller.policy.path}) stays: {exc}")
+                # the parameter names the checkpoint that runs
+                self.set_parameters([Parameter("checkpoint", value=controller.policy.path)])
                 continue
-            controller.offer(loaded)
+            controller.offer(loaded, ActionFilter.from_limits(limits, controller.spec.action_dim))
             self.loaded_path = path
             self.reloads += 1
             self.reload_error = ""
             self.get_logger().info(f"loaded {path} (version {loaded.version}, backend "
-                                   f"{loaded.backend.kind}, {loaded.load_seconds:.2f} s): "
+                                   f"{loaded.backend.kind}, {loaded.load_seconds:.2f} s, action "
+                                   f"limits from {limits.source if limits else 'nowhere'}): "
                                    "takes over at the next tick")
 
     # ================================================================== diagnostics

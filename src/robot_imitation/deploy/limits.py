@@ -1,0 +1,182 @@
+"""The limits every command of a policy is held to: per action value, a lower and an upper bound
+and a largest change per control tick.
+
+They are known when a policy is trained (the robot the data came from) and travel in its
+checkpoint (``policy.json``, ``action_limits``), so a policy node applies them however it is
+started. Where they come from, in order:
+
+1. ``robot``: a robot config (``config/robots`` name or YAML path): the arm joints' position
+   limits, the gripper's 0..1 opening, and the joints' velocity limits times one control period.
+2. The task's robot, for data recorded on a built-in task.
+3. The recorded actions themselves: their range widened by ``DATA_MARGIN`` of itself, and
+   ``DATA_DELTA_FACTOR`` times the largest change between two steps of an episode. A robot the
+   package does not know still gets a bound that the demonstrations never needed to exceed.
+
+At run time, the policy node's parameters may replace them (``robot``, ``action_lower``,
+``action_upper``, ``max_delta``); running without any limit is an explicit, logged choice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DATA_MARGIN = 0.1        # data limits: the recorded range widened by this share of itself
+DATA_DELTA_FACTOR = 1.5  # data limits: the largest recorded change per step times this
+
+
+class LimitsError(ValueError):
+    """Limits that cannot be used (names the value and what is wrong)."""
+
+
+@dataclass(frozen=True)
+class ActionLimits:
+    lower: np.ndarray       # (A,), -inf where unbounded
+    upper: np.ndarray       # (A,), +inf where unbounded
+    max_delta: np.ndarray   # (A,), +inf where the change per tick is unlimited
+    source: str             # where they come from, for logs ("robot panda", "data", ...)
+
+    def to_dict(self) -> dict:
+        """JSON: unbounded values as null."""
+        def values(a):
+            return [float(x) if np.isfinite(x) else None for x in a]
+
+        return {"lower": values(self.lower), "upper": values(self.upper),
+                "max_delta": values(self.max_delta), "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict, dim: int, where: str = "action_limits") -> "ActionLimits":
+        if not isinstance(data, dict) or not {"lower", "upper", "max_delta"} <= set(data):
+            raise LimitsError(f"{where}: needs lower, upper and max_delta")
+
+        def vec(name, fill):
+            v = data[name]
+            if not isinstance(v, list) or len(v) != dim:
+                raise LimitsError(f"{where}: {name} needs {dim} values (one per action value), "
+                                  f"got {v!r}")
+            try:
+                return np.array([fill if x is None else float(x) for x in v], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise LimitsError(f"{where}: {name} holds a value that is not a number: "
+                                  f"{v!r}") from None
+
+        return cls.build(vec("lower", -np.inf), vec("upper", np.inf), vec("max_delta", np.inf),
+                         str(data.get("source", "checkpoint")), where)
+
+    @classmethod
+    def build(cls, lower, upper, max_delta, source: str, where: str = "limits") -> "ActionLimits":
+        lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+        delta = np.asarray(max_delta, np.float64)
+        delta = np.where(delta > 0, delta, np.inf)  # 0: no limit (as the node parameter says)
+        if np.isnan(lower).any() or np.isnan(upper).any() or np.isnan(delta).any():
+            raise LimitsError(f"{where}: NaN in the limits")
+        bad = np.flatnonzero(lower > upper)
+        if bad.size:
+            i = int(bad[0])
+            raise LimitsError(f"{where}: lower limit {lower[i]:g} above upper limit "
+                              f"{upper[i]:g} for action value {i}")
+        return cls(lower, upper, delta, source)
+
+    @property
+    def unlimited(self) -> bool:
+        return bool(np.all(np.isinf(self.lower)) and np.all(np.isinf(self.upper))
+                    and np.all(np.isinf(self.max_delta)))
+
+    def describe(self, names: list | None = None) -> str:
+        """One line for logs: the bounds and the change per tick of each value."""
+        names = names or [f"[{i}]" for i in range(len(self.lower))]
+        parts = [f"{n} {lo:.3g}..{hi:.3g} (d {d:.3g})"
+                 for n, lo, hi, d in zip(names, self.lower, self.upper, self.max_delta)]
+        return f"{self.source}: " + ", ".join(parts)
+
+
+def robot_limits(robot: str, spec) -> ActionLimits:
+    """The limits of [arm joints..., gripper] for a robot config (name or YAML path)."""
+    from ..sim.robot import RobotConfig, RobotIndex, load_robot_spec
+
+    try:
+        cfg = RobotConfig.load(robot)
+    except FileNotFoundError as exc:
+        raise LimitsError(str(exc)) from None
+    index = RobotIndex.build(load_robot_spec(cfg).compile(), cfg)
+    n = index.n_arm
+    if spec.action_dim != n + 1:
+        raise LimitsError(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
+                          f"'{spec.name}' has {spec.action_dim} action values: give "
+                          "action_lower, action_upper and max_delta instead")
+    lower = np.append(index.arm_limits[:, 0], 0.0)
+    upper = np.append(index.arm_limits[:, 1], 1.0)
+    delta = np.append(index.velocity_limits / spec.control_rate, np.inf)
+    return ActionLimits.build(lower, upper, delta, f"robot {cfg.name}")
+
+
+def data_limits(actions: np.ndarray, episode: np.ndarray) -> ActionLimits:
+    """Limits from recorded actions (T, A) and each step's episode number (T,)."""
+    actions = np.asarray(actions, np.float64)
+    if actions.ndim != 2 or len(actions) == 0:
+        raise LimitsError("no recorded actions to take limits from")
+    lo, hi = actions.min(axis=0), actions.max(axis=0)
+    margin = DATA_MARGIN * np.maximum(hi - lo, 1e-6)
+    same = np.asarray(episode)[1:] == np.asarray(episode)[:-1]
+    steps = np.abs(np.diff(actions, axis=0))[same]
+    delta = (DATA_DELTA_FACTOR * steps.max(axis=0) if len(steps) else np.full(len(lo), np.inf))
+    delta = np.where(delta > 0, delta, np.inf)  # a value that never changed: no rate limit
+    return ActionLimits.build(lo - margin, hi + margin, delta, "data (recorded range)")
+
+
+def training_limits(spec, arrays: dict, robot: str = "", task: str | None = None
+                    ) -> ActionLimits:
+    """The limits a checkpoint carries (see the module docstring for the order)."""
+    if robot:
+        return robot_limits(robot, spec)
+    if task:
+        from ..sim.tasks import TaskConfig
+
+        try:
+            return robot_limits(TaskConfig.load(task).robot, spec)
+        except LimitsError:
+            pass  # the task's robot does not fit this spec's actions: use the data
+    return data_limits(arrays["actions"], arrays["episode"])
+
+
+def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper=None,
+                   max_delta=None, allow_unlimited: bool = False) -> ActionLimits | None:
+    """The limits a policy node applies: ``robot`` or the checkpoint's (``stored``), with any of
+    ``lower``/``upper``/``max_delta`` given (1 or action_dim values) replacing that part.
+
+    None only with ``allow_unlimited`` and nothing given; without it, a checkpoint that carries
+    no limits (trained before they were stored) and no parameter is an error."""
+    dim = spec.action_dim
+    base = None
+    if robot:
+        base = robot_limits(robot, spec)
+    elif stored is not None:
+        base = ActionLimits.from_dict(stored, dim, "checkpoint action_limits")
+    given = {k: v for k, v in (("action_lower", lower), ("action_upper", upper),
+                               ("max_delta", max_delta)) if v is not None and len(v)}
+    if base is None and not given:
+        if allow_unlimited:
+            return None
+        raise LimitsError("no action limits: the checkpoint carries none (trained before "
+                          "checkpoints stored them) and none were given; set `robot`, or "
+                          "action_lower/action_upper/max_delta, or allow_unlimited:=true to "
+                          "command without limits")
+
+    def vec(name, fill):
+        v = np.atleast_1d(np.asarray(given[name], np.float64))
+        if v.size == 1:
+            v = np.full(dim, float(v[0]))
+        if v.shape != (dim,):
+            raise LimitsError(f"{name} needs 1 or {dim} values (one per action value), got "
+                              f"{v.size}")
+        return v
+
+    lo = vec("action_lower", -np.inf) if "action_lower" in given else \
+        (base.lower if base else np.full(dim, -np.inf))
+    hi = vec("action_upper", np.inf) if "action_upper" in given else \
+        (base.upper if base else np.full(dim, np.inf))
+    d = vec("max_delta", np.inf) if "max_delta" in given else \
+        (base.max_delta if base else np.full(dim, np.inf))
+    source = (base.source if base else "parameters") + \
+        ("" if not given or base is None else f", {'/'.join(given)} from parameters")
+    return ActionLimits.build(lo, hi, d, source)
