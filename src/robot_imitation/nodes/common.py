@@ -76,7 +76,10 @@ class Param:
 
     def declare(self, node):
         """Declare on ``node``; returns the value (None while a typed parameter is unset)."""
-        value = node.declare_parameter(self.name, self.default, self.descriptor()).value
+        # a copy of a list default: rclpy hands the default object itself back as the value,
+        # and the table is shared by every node of the class
+        default = list(self.default) if isinstance(self.default, list) else self.default
+        value = node.declare_parameter(self.name, default, self.descriptor()).value
         problem = self.problem(value)
         if problem:
             raise ValueError(problem)
@@ -143,6 +146,14 @@ def parameter_help(node_cls) -> str:
              "[--params-file file.yaml]", "", "parameters:"]
     lines += [p.help() for p in getattr(node_cls, "PARAMETERS", ())]
     return "\n".join(lines)
+
+
+def help_requested(argv) -> bool:
+    """Whether a command line asks for ``--help`` (or ``-h``): among the program's own
+    arguments, before ``--ros-args``."""
+    argv = list(argv)
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    return "-h" in own or "--help" in own
 
 
 def declare(node, name: str, default, description: str, *, read_only: bool = False,
@@ -311,8 +322,7 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
     from rclpy.signals import SignalHandlerOptions
 
     argv = list(args if args is not None else sys.argv)
-    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
-    if "-h" in own or "--help" in own:
+    if help_requested(argv):
         print(parameter_help(node_cls))
         return 0
     name = getattr(node_cls, "NODE_NAME", node_cls.__name__)
