@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS,
-                     declare, from_sec, run, to_sec)
+                     Param, declare_all, from_sec, run, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -95,72 +95,59 @@ class CameraRenderer(threading.Thread):
 
 class MujocoBridge(Node):
     NODE_NAME = "mujoco_bridge"
+    PARAMETERS = (
+        Param("task", "push", "task to load: a name from config/tasks, a task YAML path, or "
+              "'none' with `robot` naming an MJCF file", read_only=True),
+        Param("robot", "", "robot override: a name from config/robots, a robot YAML path, or "
+              "an MJCF path; empty: the task's robot", read_only=True),
+        Param("mode", "realtime", "timing: physics paced by the wall clock, or lockstep "
+              "(publish tick k, wait for its command, step)", read_only=True,
+              choices=("realtime", "lockstep")),
+        Param("real_time_factor", 1.0, "realtime mode: target simulation speed relative to the "
+              "wall clock", min_value=0.01, max_value=100.0),
+        Param("state_rate", 100.0, "realtime mode: Hz of joint_states and poses (lockstep: "
+              "once per control tick)", read_only=True, min_value=1.0, max_value=1000.0),
+        Param("clock_rate", 500.0, "realtime mode: Hz of /clock", read_only=True,
+              min_value=1.0, max_value=10000.0),
+        Param("arm_controller", "arm_controller", "name of the arm controller: commands on "
+              "/<name>/commands and /<name>/joint_trajectory", read_only=True),
+        Param("gripper_controller", "gripper_controller", "name of the gripper controller: "
+              "/<name>/commands", read_only=True),
+        Param("command_interface", "position", "what arm commands are", read_only=True,
+              choices=("position", "velocity")),
+        Param("command_timeout", 0.5, "seconds (sim time) without a valid arm command before "
+              "the arm is held still; 0 disables", min_value=0.0, max_value=3600.0),
+        Param("lockstep_commands", ["arm", "gripper"], "lockstep mode: the command topics that "
+              "must answer a tick before it is stepped", read_only=True),
+        Param("lockstep_republish", 1.0, "lockstep mode: seconds (wall) before an unanswered "
+              "state is sent again", min_value=0.05, max_value=60.0),
+        Param("reset_grace", 0.25, "lockstep mode: seconds (wall) a reset waits for the answers "
+              "to the state last published (while every answering topic has a publisher), so "
+              "that none arrives after the reset and is taken for the new episode's",
+              min_value=0.0, max_value=10.0),
+        Param("seed", 0, "base seed: episode k after the last change of this parameter uses "
+              "seed+k", min_value=0, max_value=2**31 - 1),
+        Param("auto_reset", False, "start the next episode as soon as one is done"),
+        Param("start_paused", False, "start paused (see ~/set_pause)"),
+        Param("step_ticks", 1, "control ticks run by one ~/step call", min_value=1,
+              max_value=1_000_000),
+        Param("cameras", ["all"], "cameras to publish ('all': every camera of the task; [''] "
+              "or []: none)", read_only=True),
+        Param("camera_width", 320, "camera image width (px)", read_only=True, min_value=8,
+              max_value=4096),
+        Param("camera_height", 240, "camera image height (px)", read_only=True, min_value=8,
+              max_value=4096),
+        Param("camera_rate", 15.0, "camera frames per second (sim time)", min_value=0.1,
+              max_value=1000.0),
+        Param("camera_reliable", True, "publish images RELIABLE (every subscriber may still ask "
+              "for best effort); false: sensor-data QoS (best effort), which loses large frames "
+              "under load", read_only=True),
+        Param("frame_id", "world", "frame of the published poses", read_only=True),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        p = {}
-        p["task"] = declare(self, "task", "push", "task to load: a name from config/tasks, a "
-                            "task YAML path, or 'none' with `robot` naming an MJCF file",
-                            read_only=True)
-        p["robot"] = declare(self, "robot", "", "robot override: a name from config/robots, a "
-                             "robot YAML path, or an MJCF path; empty: the task's robot",
-                             read_only=True)
-        p["mode"] = declare(self, "mode", "realtime", "timing: physics paced by the wall clock, "
-                            "or lockstep (publish tick k, wait for its command, step)",
-                            read_only=True, choices=("realtime", "lockstep"))
-        p["real_time_factor"] = declare(self, "real_time_factor", 1.0, "realtime mode: target "
-                                        "simulation speed relative to the wall clock",
-                                        min_value=0.01, max_value=100.0)
-        p["state_rate"] = declare(self, "state_rate", 100.0, "realtime mode: Hz of joint_states "
-                                  "and poses (lockstep: once per control tick)",
-                                  read_only=True, min_value=1.0, max_value=1000.0)
-        p["clock_rate"] = declare(self, "clock_rate", 500.0, "realtime mode: Hz of /clock",
-                                  read_only=True, min_value=1.0, max_value=10000.0)
-        p["arm_controller"] = declare(self, "arm_controller", "arm_controller", "name of the arm "
-                                      "controller: commands on /<name>/commands and "
-                                      "/<name>/joint_trajectory", read_only=True)
-        p["gripper_controller"] = declare(self, "gripper_controller", "gripper_controller",
-                                          "name of the gripper controller: /<name>/commands",
-                                          read_only=True)
-        p["command_interface"] = declare(self, "command_interface", "position", "what arm "
-                                         "commands are", read_only=True,
-                                         choices=("position", "velocity"))
-        p["command_timeout"] = declare(self, "command_timeout", 0.5, "seconds (sim time) "
-                                       "without a valid arm command before the arm is held "
-                                       "still; 0 disables", min_value=0.0, max_value=3600.0)
-        p["lockstep_commands"] = declare(self, "lockstep_commands", ["arm", "gripper"],
-                                         "lockstep mode: the command topics that must answer a "
-                                         "tick before it is stepped", read_only=True)
-        p["lockstep_republish"] = declare(self, "lockstep_republish", 1.0, "lockstep mode: "
-                                          "seconds (wall) before an unanswered state is sent again",
-                                          min_value=0.05, max_value=60.0)
-        p["reset_grace"] = declare(self, "reset_grace", 0.25, "lockstep mode: seconds (wall) "
-                                   "a reset waits for the answers to the state last published "
-                                   "(while every answering topic has a publisher), so that none "
-                                   "arrives after the reset and is taken for the new episode's",
-                                   min_value=0.0, max_value=10.0)
-        p["seed"] = declare(self, "seed", 0, "base seed: episode k after the last change of this "
-                            "parameter uses seed+k", min_value=0, max_value=2**31 - 1)
-        p["auto_reset"] = declare(self, "auto_reset", False, "start the next episode as soon "
-                                  "as one is done")
-        p["start_paused"] = declare(self, "start_paused", False, "start paused (see ~/set_pause)")
-        p["step_ticks"] = declare(self, "step_ticks", 1, "control ticks run by one ~/step call",
-                                  min_value=1, max_value=1_000_000)
-        p["cameras"] = declare(self, "cameras", ["all"], "cameras to publish ('all': every "
-                               "camera of the task; [''] or []: none)", read_only=True)
-        p["camera_width"] = declare(self, "camera_width", 320, "camera image width (px)",
-                                    read_only=True, min_value=8, max_value=4096)
-        p["camera_height"] = declare(self, "camera_height", 240, "camera image height (px)",
-                                     read_only=True, min_value=8, max_value=4096)
-        p["camera_rate"] = declare(self, "camera_rate", 15.0, "camera frames per second (sim "
-                                   "time)", min_value=0.1, max_value=1000.0)
-        p["camera_reliable"] = declare(self, "camera_reliable", True, "publish images "
-                                       "RELIABLE (every subscriber may still ask for best "
-                                       "effort); false: sensor-data QoS (best effort), which "
-                                       "loses large frames under load", read_only=True)
-        p["frame_id"] = declare(self, "frame_id", "world", "frame of the published poses",
-                                read_only=True)
-        self.p = p
+        self.p = p = declare_all(self, self.PARAMETERS)
         self.add_on_set_parameters_callback(self._on_params)
 
         task = p["task"]

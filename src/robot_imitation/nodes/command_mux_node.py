@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import time
 
-from .common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, declare, run, stamp_ns
+from .common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all,
+                     run, stamp_ns)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -39,43 +40,47 @@ from ..deploy.mux import MuxCore  # noqa: E402
 
 class CommandMux(Node):
     NODE_NAME = "command_mux"
+    PARAMETERS = (
+        Param("topics", ["/arm_controller/commands", "/gripper_controller/commands"],
+              "robot command topics (std_msgs/Float64MultiArray)", read_only=True),
+        Param("sources", ["expert", "policy", "human"], "source names: source s publishes on "
+              "/s<topic>", read_only=True),
+        Param("mode", "expert", "expert | policy | mixture | intervention, or any source name"),
+        Param("beta", 1.0, "mixture: probability of the expert", min_value=0.0, max_value=1.0),
+        Param("mixture_per", "step", "mixture: draw per step or per episode", read_only=True,
+              choices=("step", "episode")),
+        Param("seed", 0, "mixture draws", read_only=True),
+        Param("sync", False, "lockstep: wait for every sync source's answer to each state",
+              read_only=True),
+        Param("sync_sources", ["expert", "policy"], "sources that answer every state (sync)",
+              read_only=True),
+        Param("sync_timeout", 2.0, "sync: seconds to wait for the other sources before "
+              "forwarding the chosen one alone", min_value=0.0, max_value=60.0),
+        Param("state_topic", "/joint_states", "sync: new states", read_only=True),
+        Param("rate", 20.0, "no sync: mixture draws per second", read_only=True, min_value=0.1,
+              max_value=10000.0),
+        Param("intervention_source", "human", "who takes over while the button is held",
+              read_only=True),
+        Param("intervention_button", 5, "sensor_msgs/Joy button to hold for intervention",
+              read_only=True, min_value=0, max_value=127),
+        Param("joy_sync", False, "sync, intervention mode: also wait for the Joy stamped with "
+              "each state's stamp (a scripted supervisor)", read_only=True),
+        Param("episode_topic", "/episode/status", "episode status (per episode mixtures draw "
+              "again per episode)", read_only=True),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        topics = declare(self, "topics", ["/arm_controller/commands",
-                                          "/gripper_controller/commands"],
-                         "robot command topics (std_msgs/Float64MultiArray)", read_only=True)
-        sources = declare(self, "sources", ["expert", "policy", "human"], "source names: source "
-                          "s publishes on /s<topic>", read_only=True)
-        mode = declare(self, "mode", "expert", "expert | policy | mixture | intervention, or "
-                       "any source name")
-        beta = declare(self, "beta", 1.0, "mixture: probability of the expert",
-                       min_value=0.0, max_value=1.0)
-        per = declare(self, "mixture_per", "step", "mixture: draw per step or per episode",
-                      read_only=True, choices=("step", "episode"))
-        seed = declare(self, "seed", 0, "mixture draws", read_only=True)
-        self.sync = declare(self, "sync", False, "lockstep: wait for every sync source's answer "
-                            "to each state", read_only=True)
-        sync_sources = declare(self, "sync_sources", ["expert", "policy"], "sources that answer "
-                               "every state (sync)", read_only=True)
-        self.sync_timeout = declare(self, "sync_timeout", 2.0, "sync: seconds to wait for the "
-                                    "other sources before forwarding the chosen one alone",
-                                    min_value=0.0, max_value=60.0)
-        state_topic = declare(self, "state_topic", "/joint_states", "sync: new states",
-                              read_only=True)
-        rate = declare(self, "rate", 20.0, "no sync: mixture draws per second", read_only=True,
-                       min_value=0.1, max_value=10000.0)
-        source = declare(self, "intervention_source", "human", "who takes over while the "
-                         "button is held", read_only=True)
-        self.button = declare(self, "intervention_button", 5, "sensor_msgs/Joy button to hold "
-                              "for intervention", read_only=True, min_value=0, max_value=127)
-        joy_sync = declare(self, "joy_sync", False, "sync, intervention mode: also wait for the "
-                           "Joy stamped with each state's stamp (a scripted supervisor)",
-                           read_only=True)
-        episode_topic = declare(self, "episode_topic", "/episode/status", "episode status (per "
-                                "episode mixtures draw again per episode)", read_only=True)
-        self.core = MuxCore(topics, sources, mode, beta, per, seed, sync_sources, source,
-                            joy_sync=self.sync and joy_sync)
+        p = declare_all(self, self.PARAMETERS)
+        topics, sources, mode, beta = p["topics"], p["sources"], p["mode"], p["beta"]
+        sync_sources, state_topic, rate = p["sync_sources"], p["state_topic"], p["rate"]
+        episode_topic = p["episode_topic"]
+        self.sync = p["sync"]
+        self.sync_timeout = p["sync_timeout"]
+        self.button = p["intervention_button"]
+        self.core = MuxCore(topics, sources, mode, beta, p["mixture_per"], p["seed"],
+                            sync_sources, p["intervention_source"],
+                            joy_sync=self.sync and p["joy_sync"])
         # what must be connected before a lockstep run starts: an answer sent before the mux
         # subscription matched is lost, and a source answers each state only once
         self._inputs = ([f"/{s}{t}" for s in sync_sources for t in topics] + [state_topic] +

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import COMMAND_QOS, STATE_QOS, declare, run, state_to_answer, take_state
+from .common import (COMMAND_QOS, STATE_QOS, Param, declare_all, run, state_to_answer,
+                     take_state)
 
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -25,37 +26,42 @@ from ..spec import Spec, SpecError  # noqa: E402
 
 class ScriptedExpert(Node):
     NODE_NAME = "scripted_expert"
+    PARAMETERS = (
+        Param("task", "push", "task whose expert runs (config/tasks name or path)",
+              read_only=True),
+        Param("robot", "", "robot override (as the bridge's)", read_only=True),
+        Param("trigger", "state", "when to command", read_only=True, choices=("state", "timer")),
+        Param("arm_controller", "arm_controller", "arm controller name", read_only=True),
+        Param("gripper_controller", "gripper_controller", "gripper controller name",
+              read_only=True),
+        Param("command_interface", "position", "what arm commands are", read_only=True,
+              choices=("position", "velocity")),
+        Param("max_state_age", 0.2, "timer trigger: newest state older than this (s, node "
+              "clock) is stale: no command", min_value=0.0, max_value=60.0),
+        Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
+              "spec named after the task", read_only=True),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        task = declare(self, "task", "push", "task whose expert runs (config/tasks name or path)",
-                       read_only=True)
-        robot = declare(self, "robot", "", "robot override (as the bridge's)", read_only=True)
-        self.trigger = declare(self, "trigger", "state", "when to command", read_only=True,
-                               choices=("state", "timer"))
-        arm = declare(self, "arm_controller", "arm_controller", "arm controller name",
-                      read_only=True)
-        grip = declare(self, "gripper_controller", "gripper_controller",
-                       "gripper controller name", read_only=True)
-        self.interface = declare(self, "command_interface", "position", "what arm commands are",
-                                 read_only=True, choices=("position", "velocity"))
-        self.max_age = declare(self, "max_state_age", 0.2, "timer trigger: newest state older "
-                               "than this (s, node clock) is stale: no command",
-                               min_value=0.0, max_value=60.0)
-        spec = declare(self, "spec", "", "observation/action spec (config/specs name or path); "
-                       "empty: the spec named after the task", read_only=True)
-        self.sim = TaskSim(task, robot or None)
+        p = declare_all(self, self.PARAMETERS)
+        self.trigger = p["trigger"]
+        self.interface = p["command_interface"]
+        self.max_age = p["max_state_age"]
+        self.sim = TaskSim(p["task"], p["robot"] or None)
         self.expert = make_expert(self.sim)
         self.period = self.sim.control_period
-        self.spec = Spec.load(spec or self.sim.cfg.name)
+        self.spec = Spec.load(p["spec"] or self.sim.cfg.name)
         needed = {"joint_pos", "ee_pose", *self.sim.logic.pose_keys}
         fields = [f for f in self.spec.observations if f.key in needed]
         missing = needed - {f.key for f in fields}
         if missing:
             raise SpecError(f"spec {self.spec.name} lacks what the expert observes: {sorted(missing)}")
         self.assembler = ObservationAssembler(self.spec, fields)
-        self.pub_arm = self.create_publisher(Float64MultiArray, f"/{arm}/commands", COMMAND_QOS)
-        self.pub_grip = self.create_publisher(Float64MultiArray, f"/{grip}/commands", COMMAND_QOS)
+        self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
+                                              COMMAND_QOS)
+        self.pub_grip = self.create_publisher(Float64MultiArray,
+                                              f"/{p['gripper_controller']}/commands", COMMAND_QOS)
         for topic, mtype in self.assembler.topics.items():
             self.create_subscription(message_class(mtype), topic,
                                      lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)

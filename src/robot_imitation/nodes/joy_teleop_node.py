@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, declare, run
+from .common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all, run
 
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
@@ -35,6 +35,13 @@ EPISODE_SERVICES = {"episode_start": "start", "episode_keep": "stop",
                     "episode_discard": "discard"}
 GRIPPER_ACTIONS = {"gripper_open": "open", "gripper_close": "close",
                    "gripper_toggle": "toggle"}
+# The gamepad's axes: (motion, default axis, default scale, what it drives).
+AXES = (("linear_x", 1, 0.15, "x velocity"), ("linear_y", 0, 0.15, "y velocity"),
+        ("linear_z", 3, 0.15, "z velocity"), ("angular_x", -1, 0.5, "roll rate"),
+        ("angular_y", -1, 0.5, "pitch rate"), ("angular_z", 2, 0.5, "yaw rate"))
+# The gamepad's buttons: parameter button_<action> (see the table).
+BUTTON_ACTIONS = ("gripper_open", "gripper_close", "episode_start", "episode_keep",
+                  "episode_discard")
 
 
 class TeleopNode(Node):
@@ -43,46 +50,52 @@ class TeleopNode(Node):
     ``action(name)`` for gripper / episode / release events."""
 
     NODE_NAME = "teleop"
+    # the parameters every front end shares (a front end's table adds its own)
+    PARAMETERS = (
+        Param("task", "push", "task whose robot model the IK uses (config/tasks name or path)",
+              read_only=True),
+        Param("robot", "", "robot override (as the bridge's); empty: the task's robot",
+              read_only=True),
+        Param("rate", 0.0, "command rate while engaged (Hz); 0: the task's control rate",
+              read_only=True, min_value=0.0, max_value=1000.0),
+        Param("arm_controller", "arm_controller", "arm controller name: publishes "
+              "/<name>/commands", read_only=True),
+        Param("gripper_controller", "gripper_controller", "gripper controller name: publishes "
+              "/<name>/commands", read_only=True),
+        Param("recorder", "episode_recorder", "node name of the episode recorder: episode "
+              "inputs call /<name>/start, /<name>/stop (keep), /<name>/discard", read_only=True),
+        Param("max_linear", 0.15, "end-effector speed cap (m/s)", read_only=True,
+              min_value=0.0, max_value=2.0),
+        Param("max_angular", 0.5, "end-effector angular speed cap (rad/s)", read_only=True,
+              min_value=0.0, max_value=6.0),
+        Param("max_lead", 0.05, "how far the pose target may run ahead of the measured end "
+              "effector (m): no wind-up when blocked", read_only=True, min_value=0.001,
+              max_value=1.0),
+        Param("workspace_low", [-0.9, -0.9, 0.01], "lower xyz corner of the box the "
+              "end-effector target stays in (m, world frame; floats)", read_only=True),
+        Param("workspace_high", [0.9, 0.9, 0.9], "upper xyz corner of the box the end-effector "
+              "target stays in (m, world frame; floats)", read_only=True),
+        Param("max_state_age", 0.5, "no command while the newest joint state arrived longer "
+              "ago than this (s, wall clock)", read_only=True, min_value=0.01, max_value=60.0),
+    )
 
     def __init__(self, name: str):
         super().__init__(name)
-        task = declare(self, "task", "push", "task whose robot model the IK uses "
-                       "(config/tasks name or path)", read_only=True)
-        robot = declare(self, "robot", "", "robot override (as the bridge's); empty: the "
-                        "task's robot", read_only=True)
-        rate = declare(self, "rate", 0.0, "command rate while engaged (Hz); 0: the task's "
-                       "control rate", read_only=True, min_value=0.0, max_value=1000.0)
-        arm = declare(self, "arm_controller", "arm_controller", "arm controller name: "
-                      "publishes /<name>/commands", read_only=True)
-        grip = declare(self, "gripper_controller", "gripper_controller", "gripper controller "
-                       "name: publishes /<name>/commands", read_only=True)
-        self.recorder = declare(self, "recorder", "episode_recorder", "node name of the "
-                                "episode recorder: episode inputs call /<name>/start, "
-                                "/<name>/stop (keep), /<name>/discard", read_only=True)
-        max_linear = declare(self, "max_linear", 0.15, "end-effector speed cap (m/s)",
-                             read_only=True, min_value=0.0, max_value=2.0)
-        max_angular = declare(self, "max_angular", 0.5, "end-effector angular speed cap "
-                              "(rad/s)", read_only=True, min_value=0.0, max_value=6.0)
-        max_lead = declare(self, "max_lead", 0.05, "how far the pose target may run ahead of "
-                           "the measured end effector (m): no wind-up when blocked",
-                           read_only=True, min_value=0.001, max_value=1.0)
-        ws_low = declare(self, "workspace_low", [-0.9, -0.9, 0.01], "lower xyz corner of the "
-                         "box the end-effector target stays in (m, world frame; floats)",
-                         read_only=True)
-        ws_high = declare(self, "workspace_high", [0.9, 0.9, 0.9], "upper xyz corner of the "
-                          "box the end-effector target stays in (m, world frame; floats)",
-                          read_only=True)
-        self.max_state_age = declare(self, "max_state_age", 0.5, "no command while the newest "
-                                     "joint state arrived longer ago than this (s, wall clock)",
-                                     read_only=True, min_value=0.01, max_value=60.0)
-        self.sim = TaskSim(task, robot or None)
-        self.controller = TeleopController(self.sim, max_linear=max_linear,
-                                           max_angular=max_angular, rate=rate or None,
-                                           max_lead=max_lead, workspace=(ws_low, ws_high))
+        # every parameter of the front end's table, before anything else
+        self.p = p = declare_all(self, self.PARAMETERS)
+        self.recorder = p["recorder"]
+        self.max_state_age = p["max_state_age"]
+        self.sim = TaskSim(p["task"], p["robot"] or None)
+        self.controller = TeleopController(
+            self.sim, max_linear=p["max_linear"], max_angular=p["max_angular"],
+            rate=p["rate"] or None, max_lead=p["max_lead"],
+            workspace=(p["workspace_low"], p["workspace_high"]))
         self.period = self.controller.arm.period
         self.joint_names = self.sim.robot.joint_names
-        self.pub_arm = self.create_publisher(Float64MultiArray, f"/{arm}/commands", COMMAND_QOS)
-        self.pub_grip = self.create_publisher(Float64MultiArray, f"/{grip}/commands",
+        self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
+                                             COMMAND_QOS)
+        self.pub_grip = self.create_publisher(Float64MultiArray,
+                                              f"/{p['gripper_controller']}/commands",
                                               COMMAND_QOS)
         self.create_subscription(JointState, "joint_states", self._on_joint_state, STATE_QOS)
         self.episode_clients = {action: self.create_client(Trigger, f"/{self.recorder}/{srv}")
@@ -198,65 +211,42 @@ class JoyTeleop(TeleopNode):
     6 START, 9 LEFTSHOULDER); remap with the parameters for other devices."""
 
     NODE_NAME = "joy_teleop"
+    PARAMETERS = TeleopNode.PARAMETERS + tuple(
+        Param(f"{kind}_{motion}", default, doc + what, read_only=True)
+        for motion, axis, scale, what in AXES
+        for kind, default, doc in (
+            ("axis", axis, "joystick axis index (-1: unused) for the end-effector "),
+            ("scale", scale, "value at full deflection (m/s or rad/s) of the end-effector "),
+            ("invert", False, "flip the sign of the end-effector "))) + (
+        Param("deadzone", 0.1, "axis values below this magnitude count as 0 (the rest is "
+              "rescaled to 0..1)", read_only=True, min_value=0.0, max_value=0.9),
+        Param("deadman_button", 9, "button that must be held for any motion or command; -1 "
+              "disables the deadman (commands whenever joy messages arrive)", read_only=True,
+              min_value=-1, max_value=255),
+        Param("joy_timeout", 0.5, "release when no joy message came for this long (s; keep the "
+              "joy driver's autorepeat_rate on); 0 disables", read_only=True, min_value=0.0,
+              max_value=60.0),
+        Param("button_gripper_open", 1, "button: open the gripper (with the deadman held); -1: "
+              "none", read_only=True, min_value=-1, max_value=255),
+        Param("button_gripper_close", 0, "button: close the gripper (with the deadman held); "
+              "-1: none", read_only=True, min_value=-1, max_value=255),
+        Param("button_episode_start", 6, "button: start an episode (recorder start); -1: none",
+              read_only=True, min_value=-1, max_value=255),
+        Param("button_episode_keep", 3, "button: stop and keep the episode (recorder stop); "
+              "-1: none", read_only=True, min_value=-1, max_value=255),
+        Param("button_episode_discard", 4, "button: discard the episode (recorder discard); "
+              "-1: none", read_only=True, min_value=-1, max_value=255),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        axis_doc = "joystick axis index (-1: unused) for the end-effector "
-        scale_doc = "value at full deflection (m/s or rad/s) of the end-effector "
-        inv_doc = "flip the sign of the end-effector "
-        self.mapping = {
-            "linear_x": AxisMap(
-                declare(self, "axis_linear_x", 1, axis_doc + "x velocity", read_only=True),
-                declare(self, "scale_linear_x", 0.15, scale_doc + "x velocity", read_only=True),
-                declare(self, "invert_linear_x", False, inv_doc + "x velocity", read_only=True)),
-            "linear_y": AxisMap(
-                declare(self, "axis_linear_y", 0, axis_doc + "y velocity", read_only=True),
-                declare(self, "scale_linear_y", 0.15, scale_doc + "y velocity", read_only=True),
-                declare(self, "invert_linear_y", False, inv_doc + "y velocity", read_only=True)),
-            "linear_z": AxisMap(
-                declare(self, "axis_linear_z", 3, axis_doc + "z velocity", read_only=True),
-                declare(self, "scale_linear_z", 0.15, scale_doc + "z velocity", read_only=True),
-                declare(self, "invert_linear_z", False, inv_doc + "z velocity", read_only=True)),
-            "angular_x": AxisMap(
-                declare(self, "axis_angular_x", -1, axis_doc + "roll rate", read_only=True),
-                declare(self, "scale_angular_x", 0.5, scale_doc + "roll rate", read_only=True),
-                declare(self, "invert_angular_x", False, inv_doc + "roll rate", read_only=True)),
-            "angular_y": AxisMap(
-                declare(self, "axis_angular_y", -1, axis_doc + "pitch rate", read_only=True),
-                declare(self, "scale_angular_y", 0.5, scale_doc + "pitch rate", read_only=True),
-                declare(self, "invert_angular_y", False, inv_doc + "pitch rate", read_only=True)),
-            "angular_z": AxisMap(
-                declare(self, "axis_angular_z", 2, axis_doc + "yaw rate", read_only=True),
-                declare(self, "scale_angular_z", 0.5, scale_doc + "yaw rate", read_only=True),
-                declare(self, "invert_angular_z", False, inv_doc + "yaw rate", read_only=True)),
-        }
-        self.deadzone = declare(self, "deadzone", 0.1, "axis values below this magnitude count "
-                                "as 0 (the rest is rescaled to 0..1)", read_only=True,
-                                min_value=0.0, max_value=0.9)
-        self.deadman = declare(self, "deadman_button", 9, "button that must be held for any "
-                               "motion or command; -1 disables the deadman (commands whenever "
-                               "joy messages arrive)", read_only=True, min_value=-1,
-                               max_value=255)
-        self.joy_timeout = declare(self, "joy_timeout", 0.5, "release when no joy message came "
-                                   "for this long (s; keep the joy driver's autorepeat_rate on); "
-                                   "0 disables", read_only=True, min_value=0.0, max_value=60.0)
-        self.buttons = {
-            "gripper_open": declare(self, "button_gripper_open", 1, "button: open the gripper "
-                                    "(with the deadman held); -1: none", read_only=True,
-                                    min_value=-1, max_value=255),
-            "gripper_close": declare(self, "button_gripper_close", 0, "button: close the "
-                                     "gripper (with the deadman held); -1: none",
-                                     read_only=True, min_value=-1, max_value=255),
-            "episode_start": declare(self, "button_episode_start", 6, "button: start an "
-                                     "episode (recorder start); -1: none", read_only=True,
-                                     min_value=-1, max_value=255),
-            "episode_keep": declare(self, "button_episode_keep", 3, "button: stop and keep the "
-                                    "episode (recorder stop); -1: none", read_only=True,
-                                    min_value=-1, max_value=255),
-            "episode_discard": declare(self, "button_episode_discard", 4, "button: discard the "
-                                       "episode (recorder discard); -1: none", read_only=True,
-                                       min_value=-1, max_value=255),
-        }
+        p = self.p
+        self.mapping = {motion: AxisMap(p[f"axis_{motion}"], p[f"scale_{motion}"],
+                                        p[f"invert_{motion}"]) for motion, *_ in AXES}
+        self.deadzone = p["deadzone"]
+        self.deadman = p["deadman_button"]
+        self.joy_timeout = p["joy_timeout"]
+        self.buttons = {action: p[f"button_{action}"] for action in BUTTON_ACTIONS}
         self.edges = RisingEdges()
         self._joy = None
         self._joy_time = -np.inf

@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-from .common import declare, run
+from .common import Param, run
 
 from ..teleop.core import KEY_HELP, KeyboardTwist, key_action  # noqa: E402
 from .joy_teleop_node import TeleopNode  # noqa: E402
@@ -87,6 +87,14 @@ def parse_keys(text: str) -> list:
 
 class KeyboardTeleop(TeleopNode):
     NODE_NAME = "keyboard_teleop"
+    PARAMETERS = TeleopNode.PARAMETERS + (
+        Param("linear_speed", 0.1, "end-effector speed of a motion key (m/s)", read_only=True,
+              min_value=0.0, max_value=2.0),
+        Param("angular_speed", 0.4, "yaw rate of q/e (rad/s)", read_only=True, min_value=0.0,
+              max_value=6.0),
+        Param("key_hold", 0.5, "a key press moves for this long (s); the terminal's auto-repeat "
+              "extends it while the key is held", read_only=True, min_value=0.05, max_value=5.0),
+    )
 
     def __init__(self, stdin_fd: int | None = None):
         fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
@@ -96,14 +104,8 @@ class KeyboardTeleop(TeleopNode):
                                "keyboard_teleop), or under ros2 launch with prefix='xterm -e'; "
                                "use joy_teleop for a gamepad")
         super().__init__(self.NODE_NAME)
-        linear = declare(self, "linear_speed", 0.1, "end-effector speed of a motion key (m/s)",
-                         read_only=True, min_value=0.0, max_value=2.0)
-        angular = declare(self, "angular_speed", 0.4, "yaw rate of q/e (rad/s)",
-                          read_only=True, min_value=0.0, max_value=6.0)
-        hold = declare(self, "key_hold", 0.5, "a key press moves for this long (s); the "
-                       "terminal's auto-repeat extends it while the key is held",
-                       read_only=True, min_value=0.05, max_value=5.0)
-        self.keys = KeyboardTwist(linear, angular, hold)
+        self.keys = KeyboardTwist(self.p["linear_speed"], self.p["angular_speed"],
+                                  self.p["key_hold"])
         self._latched = False
         self.terminal = CbreakTerminal(fd)
         self.get_logger().info(f"keyboard teleop for task '{self.sim.cfg.name}' at "

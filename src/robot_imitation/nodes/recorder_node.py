@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from .common import declare, run, to_sec
+from .common import Param, declare_all, run, to_sec
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -61,49 +61,49 @@ def _bag_qos(profile: QoSProfile):
 
 class EpisodeRecorder(Node):
     NODE_NAME = "episode_recorder"
+    PARAMETERS = (
+        Param("dataset", "datasets/demos", "dataset folder (created if missing)",
+              read_only=True),
+        Param("spec", "", "observation/action spec whose topics are recorded (config/specs "
+              "name or path); empty: only `topics`", read_only=True),
+        Param("topics", [""], "more topics to record (any message type)", read_only=True),
+        Param("storage", "mcap", "bag storage", read_only=True, choices=("mcap", "sqlite3")),
+        Param("task", "", "episode metadata: the task (the task status overrides it)"),
+        Param("operator", "", "episode metadata: who demonstrated"),
+        Param("notes", "", "episode metadata: free text"),
+        Param("auto_stop_on_done", False, "stop (and keep) the episode when the task's status "
+              "says done"),
+        Param("stop_grace", 0.25, "auto stop: seconds (wall) to keep recording after done, for "
+              "messages of the last instant still in flight on other topics", min_value=0.0,
+              max_value=10.0),
+        Param("status_topic", "/episode/status", "the task's episode status "
+              "(diagnostic_msgs/DiagnosticArray)", read_only=True),
+        Param("discovery_timeout", 10.0, "seconds ~/start waits for every topic to be matched",
+              min_value=0.0, max_value=600.0),
+        Param("log_time", "auto", "time each message is logged at: receive (the recorder's "
+              "clock at reception, as rosbag2), publication (the newest header stamp among "
+              "recorded messages published before it: exact pairing of commands with the states "
+              "they answer; needs the publishers' clocks synchronized), auto (publication under "
+              "use_sim_time, else receive)", read_only=True,
+              choices=("auto", "receive", "publication")),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        self.dataset_dir = declare(self, "dataset", "datasets/demos", "dataset folder (created "
-                                   "if missing)", read_only=True)
-        spec_name = declare(self, "spec", "", "observation/action spec whose topics are "
-                            "recorded (config/specs name or path); empty: only `topics`",
-                            read_only=True)
-        extra = declare(self, "topics", [""], "more topics to record (any message type)",
-                        read_only=True)
-        storage = declare(self, "storage", "mcap", "bag storage", read_only=True,
-                          choices=("mcap", "sqlite3"))
-        self.meta_params = {
-            "task": declare(self, "task", "", "episode metadata: the task (the task status "
-                            "overrides it)"),
-            "operator": declare(self, "operator", "", "episode metadata: who demonstrated"),
-            "notes": declare(self, "notes", "", "episode metadata: free text"),
-        }
-        self.auto_stop = declare(self, "auto_stop_on_done", False, "stop (and keep) the episode "
-                                 "when the task's status says done")
-        self.stop_grace = declare(self, "stop_grace", 0.25, "auto stop: seconds (wall) to "
-                                  "keep recording after done, for messages of the last "
-                                  "instant still in flight on other topics", min_value=0.0,
-                                  max_value=10.0)
-        self.status_topic = declare(self, "status_topic", "/episode/status", "the task's "
-                                    "episode status (diagnostic_msgs/DiagnosticArray)",
-                                    read_only=True)
-        self.discovery_timeout = declare(self, "discovery_timeout", 10.0, "seconds ~/start "
-                                         "waits for every topic to be matched", min_value=0.0,
-                                         max_value=600.0)
-        self.spec = Spec.load(spec_name) if spec_name else None
+        p = declare_all(self, self.PARAMETERS)
+        self.dataset_dir = p["dataset"]
+        self.meta_params = {k: p[k] for k in ("task", "operator", "notes")}
+        self.auto_stop = p["auto_stop_on_done"]
+        self.stop_grace = p["stop_grace"]
+        self.status_topic = p["status_topic"]
+        self.discovery_timeout = p["discovery_timeout"]
+        self.spec = Spec.load(p["spec"]) if p["spec"] else None
         self.wanted = dict(self.spec.topics()) if self.spec else {}
-        for topic in (t for t in extra if t):
+        for topic in (t for t in p["topics"] if t):
             self.wanted.setdefault(topic if topic.startswith("/") else "/" + topic, None)
         if not self.wanted:
             raise ValueError("nothing to record: set `spec` or `topics`")
-        log_time = declare(self, "log_time", "auto", "time each message is logged at: receive "
-                           "(the recorder's clock at reception, as rosbag2), publication (the "
-                           "newest header stamp among recorded messages published before it: "
-                           "exact pairing of commands with the states they answer; needs the "
-                           "publishers' clocks synchronized), auto (publication under "
-                           "use_sim_time, else receive)", read_only=True,
-                           choices=("auto", "receive", "publication"))
+        storage, log_time = p["storage"], p["log_time"]
         if log_time == "auto":
             log_time = "publication" if self.get_parameter("use_sim_time").value else "receive"
         self.log_time = log_time

@@ -12,8 +12,8 @@ lockstep step is then the same on every run.
 """
 from __future__ import annotations
 
-from .common import (LATCHED_QOS, STATE_QOS, declare, run, stamp_ns, state_to_answer,
-                     take_state)
+from .common import (LATCHED_QOS, STATE_QOS, Param, declare_all, run, stamp_ns,
+                     state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -28,32 +28,35 @@ WATCHED = ("ee_pose", "object_pose", "goal_pose", "target_pose")
 
 class ScriptedSupervisor(Node):
     NODE_NAME = "scripted_supervisor"
+    # the InterventionGate's settings, with the gate's defaults
+    GATE_PARAMETERS = (
+        Param("stall_steps", InterventionGate.stall_steps, "take over when the end effector "
+              "moved less than stall_distance over this many ticks", read_only=True,
+              min_value=1),
+        Param("stall_distance", InterventionGate.stall_distance, "m (see stall_steps)",
+              read_only=True, min_value=0.0),
+        Param("regress", InterventionGate.regress, "take over when the object is this much (m) "
+              "further from the goal than its best", read_only=True, min_value=0.0),
+        Param("hold", InterventionGate.hold, "ticks the expert drives per intervention",
+              read_only=True, min_value=1),
+        Param("patience", InterventionGate.patience, "take over after this many ticks without "
+              "`progress` m of object progress (0: never)", read_only=True, min_value=0),
+        Param("progress", InterventionGate.progress, "m (see patience)", read_only=True,
+              min_value=0.0),
+    )
+    PARAMETERS = (
+        Param("spec", "push", "observation spec whose pose topics are watched (config/specs "
+              "name or path)", read_only=True),
+        Param("button", 5, "Joy button held while the expert should drive (the mux's "
+              "intervention_button)", read_only=True, min_value=0, max_value=127),
+    ) + GATE_PARAMETERS
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        spec = declare(self, "spec", "push", "observation spec whose pose topics are watched "
-                       "(config/specs name or path)", read_only=True)
-        self.button = declare(self, "button", 5, "Joy button held while the expert should drive "
-                              "(the mux's intervention_button)", read_only=True,
-                              min_value=0, max_value=127)
-        d = InterventionGate()
-        self.gate = InterventionGate(
-            stall_steps=declare(self, "stall_steps", d.stall_steps, "take over when the end "
-                                "effector moved less than stall_distance over this many ticks",
-                                read_only=True, min_value=1),
-            stall_distance=declare(self, "stall_distance", d.stall_distance, "m (see "
-                                   "stall_steps)", read_only=True, min_value=0.0),
-            regress=declare(self, "regress", d.regress, "take over when the object is this "
-                            "much (m) further from the goal than its best", read_only=True,
-                            min_value=0.0),
-            hold=declare(self, "hold", d.hold, "ticks the expert drives per intervention",
-                         read_only=True, min_value=1),
-            patience=declare(self, "patience", d.patience, "take over after this many ticks "
-                             "without `progress` m of object progress (0: never)",
-                             read_only=True, min_value=0),
-            progress=declare(self, "progress", d.progress, "m (see patience)", read_only=True,
-                             min_value=0.0))
-        self.spec = Spec.load(spec)
+        p = declare_all(self, self.PARAMETERS)
+        self.button = p["button"]
+        self.gate = InterventionGate(**{g.name: p[g.name] for g in self.GATE_PARAMETERS})
+        self.spec = Spec.load(p["spec"])
         self.period = round(1e9 / self.spec.control_rate)
         fields = [f for f in self.spec.observations if f.key in WATCHED]
         if not any(f.key == "ee_pose" for f in fields):
