@@ -34,7 +34,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, declare, run
+from .common import LATCHED_QOS, Param, declare_all, run
 from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -80,53 +80,61 @@ def split_ros_args(argv: list) -> tuple[list, list]:
     return process, node
 
 
+def _parameters() -> tuple:
+    """The DAgger node's parameters: DaggerConfig's settings with the dataclass's defaults (the
+    supervisor's from InterventionGate, the training's from DaggerConfig.train; ``_settings``
+    turns them back into a DaggerConfig), then the node's own."""
+    d, gate = DaggerConfig(), InterventionGate()
+    return (
+        Param("task", d.task, "built-in task (config/tasks name or path)"),
+        Param("spec", d.spec, "observation/action spec (config/specs name or path); empty: the "
+              "task's"),
+        Param("bc_episodes", d.bc_episodes, "expert demonstrations for BC (iteration 0)",
+              min_value=1),
+        Param("iterations", d.iterations, "DAgger iterations after BC", min_value=0),
+        Param("episodes_per_iteration", d.episodes_per_iteration, "episodes recorded (with the "
+              "expert's labels) per DAgger iteration", min_value=1),
+        Param("variant", d.variant, "gated: HG-DAgger (a scripted supervisor hands control to "
+              "the expert when the policy gets into trouble; only those steps are labelled); "
+              "mixture: beta-mixture DAgger (every visited state labelled)", choices=VARIANTS),
+        Param("hold", gate.hold, "gated: ticks the expert drives per intervention",
+              min_value=1),
+        Param("patience", gate.patience, "gated: the supervisor takes over after this many "
+              "ticks without 1 cm of progress of the object (0: never)", min_value=0),
+        Param("schedule", d.schedule, "mixture: expert probability beta over the iterations",
+              choices=SCHEDULES),
+        Param("beta0", d.beta0, "beta of the first DAgger iteration", min_value=0.0,
+              max_value=1.0),
+        Param("decay", d.decay, "exponential schedule: beta factor per iteration",
+              min_value=0.0, max_value=1.0),
+        Param("mixture_per", d.mixture_per, "the mixture draws expert or policy per step or per "
+              "episode", choices=MIXTURE_PER),
+        Param("eval_episodes", d.eval_episodes, "closed-loop evaluation episodes after each "
+              "iteration (fixed seeds)", min_value=1),
+        Param("label_budget", d.label_budget, "stop once this many expert labels are used (0: "
+              "no limit)", min_value=0),
+        Param("warm_start", d.warm_start, "retrain from the previous iteration's policy (else "
+              "from scratch)"),
+        Param("seed", d.seed, "random seed (demonstrations, training, mixture)", min_value=0),
+        Param("train_steps", int(d.train["steps"]), "optimizer steps per training",
+              min_value=1),
+        Param("device", d.train["device"], "training device: auto (CUDA when available), cpu, "
+              "cuda or cuda:N"),
+        # the node's own settings: where and how it runs a run
+        Param("out", "runs/dagger", "output folder: each run writes out/run_<timestamp>"),
+        Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
+              "default, one per core. Fewer leave cores to the run's nodes", min_value=0,
+              max_value=1024),
+    )
+
+
 class DaggerNode(Node):
     NODE_NAME = "dagger"
+    PARAMETERS = _parameters()
 
     def __init__(self, cli_args: list | None = None):
         super().__init__(self.NODE_NAME, cli_args=cli_args)
-        d = DaggerConfig()
-        declare(self, "task", d.task, "built-in task (config/tasks name or path)")
-        declare(self, "spec", d.spec, "observation/action spec (config/specs name or path); "
-                "empty: the task's")
-        declare(self, "out", "runs/dagger", "output folder: each run writes out/run_<timestamp>")
-        declare(self, "bc_episodes", d.bc_episodes, "expert demonstrations for BC (iteration 0)",
-                min_value=1)
-        declare(self, "iterations", d.iterations, "DAgger iterations after BC", min_value=0)
-        declare(self, "episodes_per_iteration", d.episodes_per_iteration, "episodes recorded "
-                "(with the expert's labels) per DAgger iteration", min_value=1)
-        declare(self, "variant", d.variant, "gated: HG-DAgger (a scripted supervisor hands "
-                "control to the expert when the policy gets into trouble; only those steps are "
-                "labelled); mixture: beta-mixture DAgger (every visited state labelled)",
-                choices=VARIANTS)
-        gate = InterventionGate()
-        declare(self, "hold", gate.hold, "gated: ticks the expert drives per intervention",
-                min_value=1)
-        declare(self, "patience", gate.patience, "gated: the supervisor takes over after this "
-                "many ticks without 1 cm of progress of the object (0: never)", min_value=0)
-        declare(self, "schedule", d.schedule, "mixture: expert probability beta over the "
-                "iterations", choices=SCHEDULES)
-        declare(self, "beta0", d.beta0, "beta of the first DAgger iteration", min_value=0.0,
-                max_value=1.0)
-        declare(self, "decay", d.decay, "exponential schedule: beta factor per iteration",
-                min_value=0.0, max_value=1.0)
-        declare(self, "mixture_per", d.mixture_per, "the mixture draws expert or policy per "
-                "step or per episode", choices=MIXTURE_PER)
-        declare(self, "eval_episodes", d.eval_episodes, "closed-loop evaluation episodes after "
-                "each iteration (fixed seeds)", min_value=1)
-        declare(self, "label_budget", d.label_budget, "stop once this many expert labels are "
-                "used (0: no limit)", min_value=0)
-        declare(self, "warm_start", d.warm_start, "retrain from the previous iteration's "
-                "policy (else from scratch)")
-        declare(self, "seed", d.seed, "random seed (demonstrations, training, mixture)",
-                min_value=0)
-        declare(self, "train_steps", int(d.train["steps"]), "optimizer steps per training",
-                min_value=1)
-        declare(self, "device", d.train["device"], "training device: auto (CUDA when "
-                "available), cpu, cuda or cuda:N")
-        declare(self, "cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: "
-                "torch's default, one per core. Fewer leave cores to the run's nodes",
-                min_value=0, max_value=1024)
+        declare_all(self, self.PARAMETERS)
         self.add_on_set_parameters_callback(self._check_params)
 
         self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
@@ -145,17 +153,8 @@ class DaggerNode(Node):
 
     # ----------------------------------------------------------------- parameters
     def _check_params(self, params) -> SetParametersResult:
+        """What the table cannot say (its choices are checked by declare_all)."""
         for prm in params:
-            if prm.name == "variant" and prm.value not in VARIANTS:
-                return SetParametersResult(successful=False,
-                                           reason=f"variant must be one of {list(VARIANTS)}")
-            if prm.name == "schedule" and prm.value not in SCHEDULES:
-                return SetParametersResult(successful=False,
-                                           reason=f"schedule must be one of {list(SCHEDULES)}")
-            if prm.name == "mixture_per" and prm.value not in MIXTURE_PER:
-                return SetParametersResult(successful=False,
-                                           reason=f"mixture_per must be one of "
-                                                  f"{list(MIXTURE_PER)}")
             if prm.name == "device" and not DEVICE.match(str(prm.value)):
                 return SetParametersResult(successful=False,
                                            reason="device must be auto, cpu, cuda or cuda:N")

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 
-from .common import LATCHED_QOS, ServiceCaller, declare, make_executor, to_sec
+from .common import (LATCHED_QOS, Param, ServiceCaller, declare_all, help_requested,
+                     make_executor, parameter_help, to_sec)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -168,13 +170,32 @@ def summarize(outcomes: list[EpisodeOutcome]) -> dict:
             "ci95": [lo, hi], "outcomes": [asdict(o) for o in outcomes]}
 
 
+class EpisodeRunnerMain:
+    """The ``episode_runner`` executable's parameters (``main`` declares them on a node of its
+    own, then runs an ``EpisodeRunner``)."""
+
+    NODE_NAME = "episode_runner"
+    PARAMETERS = (
+        Param("episodes", 10, "episodes to run", min_value=1),
+        Param("bridge", "mujoco_bridge", "bridge node name"),
+        Param("output", "", "write the outcomes to this JSON file"),
+    )
+
+
 def main(args=None) -> int:
+    if help_requested(sys.argv if args is None else args):
+        print(parameter_help(EpisodeRunnerMain))
+        return 0
     rclpy.init(args=args)
     try:
         node = rclpy.create_node("episode_runner_params")
-        n = declare(node, "episodes", 10, "episodes to run", min_value=1)
-        bridge = declare(node, "bridge", "mujoco_bridge", "bridge node name")
-        out = declare(node, "output", "", "write the outcomes to this JSON file")
+        try:
+            p = declare_all(node, EpisodeRunnerMain.PARAMETERS)
+        except Exception as exc:  # noqa: BLE001 - a bad value: one line, as the nodes' run()
+            print(f"[{EpisodeRunnerMain.NODE_NAME}] fatal: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+            return 1
+        n, bridge, out = p["episodes"], p["bridge"], p["output"]
         node.destroy_node()
         res = summarize(run_episodes(n, bridge, progress=lambda o: print(
             f"episode {o[-1].episode} seed {o[-1].seed}: "

@@ -27,7 +27,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, declare, run
+from .common import LATCHED_QOS, Param, declare_all, run
 from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -45,58 +45,63 @@ class Cancelled(Exception):
     """Raised from the progress callback to end a run that ~/cancel asked to stop."""
 
 
+def _parameters() -> tuple:
+    """The trainer's parameters; TrainConfig's settings take the dataclass's defaults."""
+    d = TrainConfig()
+    return (
+        Param("dataset", "datasets/demos", "dataset folder to train on (recorded by "
+              "episode_recorder)"),
+        Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
+              "dataset's"),
+        Param("out", "runs/train", "output folder: each run writes out/run_<timestamp>"),
+        Param("steps", d.steps, "optimizer steps", min_value=1),
+        Param("batch_size", d.batch_size, "samples per step", min_value=1),
+        Param("lr", d.lr, "learning rate (AdamW, cosine schedule)", min_value=0.0,
+              max_value=1.0),
+        Param("weight_decay", d.weight_decay, "AdamW weight decay", min_value=0.0,
+              max_value=1.0),
+        Param("hidden", list(d.hidden), "hidden layer sizes of the MLP"),
+        Param("head", d.head, "policy head", choices=HEADS),
+        Param("modes", d.modes, "gmm head: mixture components", min_value=1, max_value=100),
+        Param("chunk", d.chunk, "actions predicted per step (action chunking)", min_value=1,
+              max_value=1000),
+        Param("dropout", d.dropout, "dropout between hidden layers", min_value=0.0,
+              max_value=0.95),
+        Param("seed", d.seed, "random seed (initialization, batches, split)", min_value=0),
+        Param("device", d.device, "auto (CUDA when available), cpu, cuda or cuda:N"),
+        Param("amp", d.amp, "bf16 autocast on CUDA"),
+        Param("val_fraction", d.val_fraction, "share of the episodes held out for validation",
+              min_value=0.0, max_value=0.9),
+        Param("sources", [""], "keep only the steps these command sources drove, by the "
+              "recorded /command_mux/source (e.g. human: HG-DAgger interventions); [''] or "
+              "empty: every step"),
+        Param("eval_every", d.eval_every, "steps between validations/evaluations (0: at the end "
+              "only)", min_value=0),
+        Param("eval_episodes", d.eval_episodes, "closed-loop episodes per evaluation in the "
+              "task's simulation (0: none)", min_value=0),
+        Param("task", d.task or "", "built-in task for closed-loop evaluation; empty: the "
+              "dataset's"),
+        Param("patience", d.patience, "evaluations without improvement before stopping early "
+              "(0: never)", min_value=0),
+        Param("augment_shift", d.augment_shift, "camera images: pixels of random shift",
+              min_value=0, max_value=64),
+        Param("log_every", d.log_every, "steps between progress reports (and cancel checks)",
+              min_value=1),
+        Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
+              "default, one per core. Fewer leave cores to other nodes, and avoid "
+              "oversubscription on a loaded machine", min_value=0, max_value=1024),
+        Param("progress_rate", 10.0, "most ~/progress messages per second (evaluations and "
+              "state changes are always published)", min_value=0.1, max_value=1000.0),
+    )
+
+
 class TrainerNode(Node):
     NODE_NAME = "trainer"
+    PARAMETERS = _parameters()
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        d = TrainConfig()
-        declare(self, "dataset", "datasets/demos", "dataset folder to train on (recorded by "
-                "episode_recorder)")
-        declare(self, "spec", "", "observation/action spec (config/specs name or path); "
-                "empty: the dataset's")
-        declare(self, "out", "runs/train", "output folder: each run writes out/run_<timestamp>")
-        declare(self, "steps", d.steps, "optimizer steps", min_value=1)
-        declare(self, "batch_size", d.batch_size, "samples per step", min_value=1)
-        declare(self, "lr", d.lr, "learning rate (AdamW, cosine schedule)", min_value=0.0,
-                max_value=1.0)
-        declare(self, "weight_decay", d.weight_decay, "AdamW weight decay", min_value=0.0,
-                max_value=1.0)
-        declare(self, "hidden", list(d.hidden), "hidden layer sizes of the MLP")
-        declare(self, "head", d.head, "policy head", choices=HEADS)
-        declare(self, "modes", d.modes, "gmm head: mixture components", min_value=1,
-                max_value=100)
-        declare(self, "chunk", d.chunk, "actions predicted per step (action chunking)",
-                min_value=1, max_value=1000)
-        declare(self, "dropout", d.dropout, "dropout between hidden layers", min_value=0.0,
-                max_value=0.95)
-        declare(self, "seed", d.seed, "random seed (initialization, batches, split)",
-                min_value=0)
-        declare(self, "device", d.device, "auto (CUDA when available), cpu, cuda or cuda:N")
-        declare(self, "amp", d.amp, "bf16 autocast on CUDA")
-        declare(self, "val_fraction", d.val_fraction, "share of the episodes held out for "
-                "validation", min_value=0.0, max_value=0.9)
-        declare(self, "sources", [""], "keep only the steps these command sources drove, by the "
-                "recorded /command_mux/source (e.g. human: HG-DAgger interventions); [''] or "
-                "empty: every step")
-        declare(self, "eval_every", d.eval_every, "steps between validations/evaluations (0: at "
-                "the end only)", min_value=0)
-        declare(self, "eval_episodes", d.eval_episodes, "closed-loop episodes per evaluation in "
-                "the task's simulation (0: none)", min_value=0)
-        declare(self, "task", d.task or "", "built-in task for closed-loop evaluation; empty: "
-                "the dataset's")
-        declare(self, "patience", d.patience, "evaluations without improvement before stopping "
-                "early (0: never)", min_value=0)
-        declare(self, "augment_shift", d.augment_shift, "camera images: pixels of random "
-                "shift", min_value=0, max_value=64)
-        declare(self, "log_every", d.log_every, "steps between progress reports (and cancel "
-                "checks)", min_value=1)
-        declare(self, "cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: "
-                "torch's default, one per core. Fewer leave cores to other nodes, and avoid "
-                "oversubscription on a loaded machine", min_value=0, max_value=1024)
-        declare(self, "progress_rate", 10.0, "most ~/progress messages per second "
-                "(evaluations and state changes are always published)", min_value=0.1,
-                max_value=1000.0)
+        declare_all(self, self.PARAMETERS)
         self.add_on_set_parameters_callback(self._check_params)
 
         self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
@@ -115,10 +120,8 @@ class TrainerNode(Node):
 
     # ----------------------------------------------------------------- parameters
     def _check_params(self, params) -> SetParametersResult:
+        """What the table cannot say (its choices are checked by declare_all)."""
         for prm in params:
-            if prm.name == "head" and prm.value not in HEADS:
-                return SetParametersResult(successful=False,
-                                           reason=f"head must be one of {list(HEADS)}")
             if prm.name == "device" and not DEVICE.match(str(prm.value)):
                 return SetParametersResult(successful=False,
                                            reason="device must be auto, cpu, cuda or cuda:N")
