@@ -67,32 +67,84 @@ def test_console_scripts_resolve_to_callables():
         assert callable(getattr(importlib.import_module(module), func)), name
 
 
-def declared_parameters(module_file: Path) -> set:
-    return set(re.findall(r'declare\(\s*(?:self|node), "(\w+)"', module_file.read_text()))
+# config section (node name) -> the node class whose PARAMETERS declare its parameters
+NODE_CLASSES = {"mujoco_bridge": "bridge_node.MujocoBridge",
+                "scripted_expert": "expert_node.ScriptedExpert",
+                "episode_recorder": "recorder_node.EpisodeRecorder",
+                "joy_teleop": "joy_teleop_node.JoyTeleop",
+                # the keyboard teleop's table adds its own to TeleopNode's shared parameters
+                "keyboard_teleop": "keyboard_teleop_node.KeyboardTeleop",
+                "trainer": "trainer_node.TrainerNode",
+                "dagger": "dagger_node.DaggerNode",
+                "policy_node": "policy_node.PolicyNode",
+                "command_mux": "command_mux_node.CommandMux",
+                "scripted_supervisor": "supervisor_node.ScriptedSupervisor"}
 
 
-NODE_SOURCES = {"mujoco_bridge": [SRC / "nodes" / "bridge_node.py"],
-                "scripted_expert": [SRC / "nodes" / "expert_node.py"],
-                "episode_recorder": [SRC / "nodes" / "recorder_node.py"],
-                "joy_teleop": [SRC / "nodes" / "joy_teleop_node.py"],
-                "trainer": [SRC / "nodes" / "trainer_node.py"],
-                "dagger": [SRC / "nodes" / "dagger_node.py"],
-                "policy_node": [SRC / "nodes" / "policy_node.py"],
-                "command_mux": [SRC / "nodes" / "command_mux_node.py"],
-                "scripted_supervisor": [SRC / "nodes" / "supervisor_node.py"],
-                # the keyboard teleop inherits the shared parameters of TeleopNode
-                "keyboard_teleop": [SRC / "nodes" / "keyboard_teleop_node.py",
-                                    SRC / "nodes" / "joy_teleop_node.py"]}
+def declared_parameters(node: str) -> dict:
+    """{name: Param} of a node's table, with rclpy's own ``use_sim_time``."""
+    from robot_imitation.nodes.common import Param
+
+    module, cls = NODE_CLASSES[node].split(".")
+    table = getattr(importlib.import_module(f"robot_imitation.nodes.{module}"), cls).PARAMETERS
+    return {"use_sim_time": Param("use_sim_time", False, ""), **{p.name: p for p in table}}
+
+
+def value_problem(param, value) -> str | None:
+    """Why a parameter file's ``value`` cannot set ``param``, or None: its type must be the
+    declared one (rcl takes 1 for an integer, not for a double; an empty list has no type, so
+    the files write [""]), then its range and choices."""
+    from rclpy.parameter import Parameter
+
+    if value == []:
+        return f"{param.name}: an empty list has no type in a parameter file"
+    declared = param.default if isinstance(param.default, Parameter.Type) else \
+        Parameter.Type.from_parameter_value(param.default)
+    try:
+        given = Parameter.Type.from_parameter_value(value)
+    except TypeError:  # e.g. a list of mixed types
+        given = None
+    if given != declared:
+        return (f"{param.name}: {value!r} is not of the declared type {declared.name.lower()} "
+                f"(default {param.default!r})")
+    low, high = param.min_value, param.max_value
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{param.name}: {value!r} is outside {low}..{high}"
+    return param.problem(value)
+
+
+def test_value_problem_checks_type_range_and_choices():
+    from robot_imitation.nodes.common import Param
+
+    rate = Param("rate", 1.0, "", min_value=0.5, max_value=2.0)
+    assert value_problem(rate, 1.5) is None
+    assert "not of the declared type double" in value_problem(rate, 1)
+    assert "outside 0.5..2.0" in value_problem(rate, 3.0)
+    mode = Param("mode", "a", "", choices=("a", "b"))
+    assert value_problem(mode, "b") is None
+    assert "must be one of a, b" in value_problem(mode, "c")
+    hidden = Param("hidden", [256, 256], "")
+    assert value_problem(hidden, [64]) is None
+    assert "empty list" in value_problem(hidden, [])
+    assert "not of the declared type integer_array" in value_problem(hidden, [64.0])
+    assert "type integer_array" in value_problem(hidden, [64, 1.0])
+    assert "type bool" in value_problem(Param("flag", False, ""), "false")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_parameter_files_name_declared_parameters(path):
+    """Every parameter a config file sets is in its node's table, with a value of the declared
+    type, in its range and among its choices."""
     data = yaml.safe_load(path.read_text())
     for node, body in data.items():
         assert set(body) == {"ros__parameters"}, f"{path.name}: {node} needs ros__parameters"
-        declared = set().union(*(declared_parameters(p) for p in NODE_SOURCES[node]))
-        unknown = set(body["ros__parameters"]) - declared - {"use_sim_time"}
+        assert node in NODE_CLASSES, f"{path.name}: no node is named {node}"
+        declared = declared_parameters(node)
+        unknown = set(body["ros__parameters"]) - set(declared)
         assert not unknown, f"{path.name}: {node} does not declare {sorted(unknown)}"
+        for name, value in body["ros__parameters"].items():
+            problem = value_problem(declared[name], value)
+            assert problem is None, f"{path.name}: {node}: {problem}"
 
 
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))

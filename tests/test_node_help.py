@@ -1,0 +1,123 @@
+"""`<node> --help`: each executable's parameters, from their one declaration (the node class's
+``PARAMETERS``), printed without starting anything; values outside a parameter's choices (or
+range) are refused at start and at run time."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from robot_imitation.launcher import NODE_MODULES
+
+from conftest import wait_for
+
+# executable -> the class whose PARAMETERS table it declares
+NODE_CLASSES = {"mujoco_bridge": "MujocoBridge", "scripted_expert": "ScriptedExpert",
+                "episode_runner": "EpisodeRunnerMain", "episode_recorder": "EpisodeRecorder",
+                "joy_teleop": "JoyTeleop", "keyboard_teleop": "KeyboardTeleop",
+                "trainer": "TrainerNode", "dagger_node": "DaggerNode",
+                "policy_node": "PolicyNode", "command_mux": "CommandMux",
+                "scripted_supervisor": "ScriptedSupervisor"}
+# A generous bound: --help only imports the module. A node that starts instead spins until
+# it is stopped, so this only tells "printed and exited" from "started".
+EXIT_WITHIN = 120.0
+
+
+def node_class(executable: str):
+    return getattr(importlib.import_module(NODE_MODULES[executable]), NODE_CLASSES[executable])
+
+
+def test_every_executable_has_a_parameter_table():
+    assert set(NODE_CLASSES) == set(NODE_MODULES)
+    for executable in NODE_MODULES:
+        names = [p.name for p in node_class(executable).PARAMETERS]
+        assert names and len(names) == len(set(names)), (executable, names)
+
+
+@pytest.mark.parametrize("executable", sorted(NODE_MODULES))
+def test_help_prints_the_parameters_and_starts_nothing(executable, tmp_path):
+    """Exit 0 at once with every parameter of the table (name, type, default, flags,
+    description), in order; nothing created in the working directory (the recorder, started,
+    makes its dataset folder there)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    try:
+        res = subprocess.run([sys.executable, "-m", NODE_MODULES[executable], "--help"],
+                             cwd=cwd, capture_output=True, text=True, timeout=EXIT_WITHIN)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{executable} --help did not exit: it started the node\n"
+                    f"{exc.stdout or ''}{exc.stderr or ''}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not list(cwd.iterdir()), f"{executable} --help created {list(cwd.iterdir())}"
+    assert "Traceback" not in res.stderr, res.stderr
+    cls = node_class(executable)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith(f"{cls.NODE_NAME}: "), lines[0]
+    listed = [line.split()[0] for line in lines[lines.index("parameters:") + 1:]
+              if line.startswith("  ") and not line.startswith("   ")]
+    assert listed == [p.name for p in cls.PARAMETERS], res.stdout
+    for p in cls.PARAMETERS:
+        assert p.help() in res.stdout, p.help()
+
+
+def test_help_short_flag_and_ros_args_after_it(tmp_path):
+    """-h works too, and so does --help with ROS arguments after it (the defaults listed are
+    the table's, not the command line's)."""
+    cmd = [sys.executable, "-m", NODE_MODULES["episode_recorder"]]
+    for args in (["-h"], ["--help", "--ros-args", "-p", "dataset:=somewhere"]):
+        res = subprocess.run(cmd + args, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=EXIT_WITHIN)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "  dataset (string; default 'datasets/demos'; read-only)" in res.stdout
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("executable,value,says", [
+    ("trainer", "head:=mlp",
+     "parameter head='mlp': must be one of mse, gaussian, gmm, categorical"),
+    ("episode_runner", "episodes:=0", "Parameter episodes out of range")])
+def test_a_start_value_outside_the_choices_or_range_is_one_line(executable, value, says,
+                                                                 tmp_path):
+    """A parameter file or -p value outside a parameter's choices or range stops the
+    executable at start (exit 1) with one line naming the parameter and the value; no
+    traceback."""
+    res = subprocess.run([sys.executable, "-m", NODE_MODULES[executable], "--ros-args",
+                          "-p", value], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=EXIT_WITHIN)
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out, out
+    assert [line for line in out.splitlines() if says in line and "fatal" in line], out
+
+
+def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path):
+    """`ros2 param set /trainer head mlp`: refused through the parameter service with the
+    choices, and the value stays; a value among the choices is taken."""
+    from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomically
+    from rclpy.parameter import Parameter
+
+    procs.start_node("trainer", params={"out": str(tmp_path / "runs")})
+    wait_for(lambda: probe.caller.ready(SetParameters, "/trainer/set_parameters", 0.2), 60,
+             "the trainer's parameter service", procs=procs)
+
+    def get(name: str):
+        req = GetParameters.Request(names=[name])
+        return probe.call(GetParameters, "/trainer/get_parameters", req).values[0]
+
+    req = SetParameters.Request(parameters=[Parameter("head", value="mlp").to_parameter_msg()])
+    result = probe.call(SetParameters, "/trainer/set_parameters", req).results[0]
+    assert not result.successful
+    assert result.reason == "parameter head='mlp': must be one of mse, gaussian, gmm, categorical"
+    assert get("head").string_value == "mse"
+
+    # atomically with a good change: neither is taken
+    steps = get("steps").integer_value
+    req = SetParametersAtomically.Request(parameters=[
+        Parameter("steps", value=steps + 1).to_parameter_msg(),
+        Parameter("head", value="mlp").to_parameter_msg()])
+    result = probe.call(SetParametersAtomically, "/trainer/set_parameters_atomically", req).result
+    assert not result.successful and "must be one of" in result.reason
+    assert get("head").string_value == "mse" and get("steps").integer_value == steps
+
+    probe.set_params("trainer", head="gmm")
+    assert get("head").string_value == "gmm"
