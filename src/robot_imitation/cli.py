@@ -20,9 +20,78 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from .settings import Limits, arg_type, default_of
+
+# Limits of the options that are no dataclass's settings (the others come from TrainConfig and
+# DaggerConfig, where each is stated once).
+EPISODES = Limits(int, low=1)
+SEED = Limits(int, low=0, high=2**32 - 1)
+RATE = Limits(float, low=0.0, high=1.0)
+SECONDS = Limits(float, low=0.0, low_open=True)
+
+
+class UsageError(Exception):
+    """A user's mistake found by the command line itself (one line, no traceback)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``--help`` shows the usage): ``robot-imitation train:
+    error: argument --steps: must be a positive integer, got 0``, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _train_config():
+    from .learning.trainer import TrainConfig  # imports torch: only when an option needs it
+
+    return TrainConfig
+
+
+def _check_task(task: str) -> None:
+    """Refuse an unknown task at once (``ModelError`` naming it and the known tasks)."""
+    from .sim.tasks import TaskConfig
+
+    TaskConfig.load(task)
+
+
+def _writable_folder(path) -> Path:
+    """``path`` as a folder this process can write into (created when missing)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write into {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _read_yaml(path) -> dict:
+    """A YAML mapping from ``path``; errors name the file (and the line and column)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UsageError(f"{path}{at}: not valid YAML: {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of settings, got a {type(data).__name__}")
+    return data
 
 
 def _progress(done: int, total: int, label: str, extra: str = "") -> None:
@@ -54,6 +123,7 @@ def cmd_expert(args) -> int:
     from .sim.env import ImitationEnv
     from .sim.experts import make_expert
 
+    _check_task(args.task)
     env = ImitationEnv(args.task)
     expert = make_expert(env.sim)
     successes, lengths = 0, []
@@ -77,6 +147,8 @@ def cmd_expert(args) -> int:
 def cmd_demo(args) -> int:
     from .paths import ensure_ros_environment
 
+    _check_task(args.task)  # before any process starts or any time passes
+    out = _writable_folder(args.out)
     ensure_ros_environment()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
@@ -84,8 +156,6 @@ def cmd_demo(args) -> int:
     from .launcher import ProcessGroup
     from .nodes.episode_runner import run_episodes, summarize
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] task {args.task}: bridge ({args.mode}) and scripted expert as separate ROS 2 "
           f"processes, {args.episodes} episodes; logs in {out / 'logs'}")
     start = time.perf_counter()
@@ -95,14 +165,16 @@ def cmd_demo(args) -> int:
         group.start_node("scripted_expert", params={
             "task": args.task, "trigger": "state" if args.mode == "lockstep" else "timer",
             "use_sim_time": args.mode == "realtime"})
-        rclpy.init()
+        # no rclpy signal handlers: Ctrl-C is a KeyboardInterrupt, which stops the processes
+        rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         try:
-            outcomes = run_episodes(args.episodes, timeout=args.timeout, progress=lambda o: _progress(
-                len(o), args.episodes, "episodes", f"success {sum(x.success for x in o)}/{len(o)}"))
-        except TimeoutError as exc:
-            group.check()
-            print(f"[demo] {exc}", file=sys.stderr)
-            return 1
+            outcomes = run_episodes(
+                args.episodes, timeout=args.timeout, alive=group.check,
+                progress=lambda o: _progress(len(o), args.episodes, "episodes",
+                                             f"success {sum(x.success for x in o)}/{len(o)}"))
+        except TimeoutError:
+            group.check()  # a process that died says why, rather than the wait
+            raise
         finally:
             rclpy.try_shutdown()
         group.check()
@@ -162,19 +234,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .data.bags import BagError
-    from .data.dataset import DatasetError
     from .data.inspect import plot_episode
     from .spec import Spec
 
     episode = int(args.episode) if args.episode.isdigit() else args.episode
     out = args.out or f"{Path(args.dataset).name}_{args.episode}.png"
-    try:
-        legend = plot_episode(args.dataset, episode, out,
-                              spec=Spec.load(args.spec) if args.spec else None)
-    except (BagError, DatasetError, FileNotFoundError) as exc:
-        print(f"plot: {exc}", file=sys.stderr)
-        return 1
+    legend = plot_episode(args.dataset, episode, out,
+                          spec=Spec.load(args.spec) if args.spec else None)
     print(f"wrote {out}")
     if legend:
         print(legend if isinstance(legend, str) else "\n".join(map(str, legend)))
@@ -182,26 +248,43 @@ def cmd_plot(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import yaml
+    from .data.dataset import DatasetError, dataset_spec
+    from .learning.evaluation import task_mismatch
+    from .learning.trainer import TrainConfig, resolve_device, train
+    from .settings import SettingError
+    from .spec import SpecError
 
-    from .learning.trainer import TrainConfig, train
-
-    settings = {}
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            settings = yaml.safe_load(f) or {}
+    settings = _read_yaml(args.config) if args.config else {}
+    try:
+        TrainConfig.from_dict(settings)  # the file's own mistakes, named with the file
+    except SettingError as exc:
+        raise SettingError(f"{args.config}: {exc}") from None
     for key in ("steps", "batch_size", "lr", "head", "chunk", "seed", "device",
-                "eval_every", "eval_episodes", "task", "patience"):
+                "eval_every", "eval_episodes", "task", "patience", "hidden", "sources"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    if args.hidden:
-        settings["hidden"] = [int(x) for x in args.hidden.split(",")]
-    if args.sources:
-        settings["sources"] = [s for s in args.sources.split(",") if s]
     if args.include_interrupted:
         settings["include_interrupted"] = True
     cfg = TrainConfig.from_dict(settings)
+    # Up front, before any time passes: the device, the task, the dataset and its spec, the
+    # output folder.
+    try:
+        resolve_device(cfg.device)
+    except (ValueError, RuntimeError) as exc:
+        raise SettingError(str(exc)) from None
+    if cfg.task:
+        _check_task(cfg.task)
+    root = Path(args.dataset)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    spec = dataset_spec(root, args.spec)
+    if cfg.task and cfg.eval_episodes:
+        problem = task_mismatch(spec, cfg.task, "gym")
+        if problem:
+            raise SpecError(f"spec {spec.name} {problem} (--task is where the policy is "
+                            "evaluated)")
+    _writable_folder(args.out)
     start = time.perf_counter()
 
     def progress(step, total, row):
@@ -238,31 +321,31 @@ def cmd_recover(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .learning.checkpoint import CheckpointError
-
     start = time.perf_counter()
-    try:
-        if args.ros:
-            from .dagger import evaluate_ros
+    _check_task(args.task)
+    if args.out:
+        _writable_folder(Path(args.out).parent)
+    if args.ros:
+        from .dagger import evaluate_ros
 
-            out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
-            res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
-                               log_dir=out_dir / "logs", seed=args.seed)
-        else:
-            from .learning.checkpoint import load_checkpoint
-            from .learning.evaluation import evaluate_policy
-            from .nodes.episode_runner import wilson_interval
-            from .spec import Spec
+        # checks the checkpoint against the task and the runtime spec before it starts anything
+        out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
+        res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
+                           log_dir=out_dir / "logs", seed=args.seed)
+    else:
+        from .learning.checkpoint import CheckpointError, load_checkpoint
+        from .learning.evaluation import evaluate_policy, task_mismatch
+        from .nodes.episode_runner import wilson_interval
+        from .spec import Spec
 
-            spec = Spec.load(args.spec) if args.spec else None
-            policy, meta = load_checkpoint(args.checkpoint, spec)
-            spec = spec or Spec.from_dict(meta["spec"])
-            res = evaluate_policy(policy, spec, args.task, episodes=args.episodes,
-                                  seed=args.seed)
-            res["ci95"] = list(wilson_interval(res["successes"], res["episodes"]))
-    except (CheckpointError, TimeoutError, RuntimeError) as exc:
-        print(f"evaluate: {exc}", file=sys.stderr)
-        return 1
+        spec = Spec.load(args.spec) if args.spec else None
+        policy, meta = load_checkpoint(args.checkpoint, spec)
+        spec = spec or Spec.from_dict(meta["spec"])
+        problem = task_mismatch(spec, args.task, "gym")
+        if problem:
+            raise CheckpointError(f"checkpoint {args.checkpoint} {problem}")
+        res = evaluate_policy(policy, spec, args.task, episodes=args.episodes, seed=args.seed)
+        res["ci95"] = list(wilson_interval(res["successes"], res["episodes"]))
     res.update(checkpoint=str(args.checkpoint), task=args.task,
                through="ros" if args.ros else "gymnasium", threshold=args.threshold,
                passed=res["success_rate"] >= args.threshold,
@@ -316,34 +399,36 @@ def cmd_pipeline(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robot-imitation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="robot-imitation", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="the main job through ROS on a task (default: push)")
     p.add_argument("--task", default="push")
-    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=20)
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
-    p.add_argument("--seed", type=int, default=1000, help="base seed (episode k uses seed+k)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per episode at most")
-    p.add_argument("--min-success", type=float, default=0.0,
-                   help="exit with code 2 when the success rate is below this")
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=1000,
+                   help="base seed (episode k uses seed+k)")
+    p.add_argument("--timeout", type=arg_type(SECONDS, "timeout"), default=120.0,
+                   help="seconds per episode at most")
+    p.add_argument("--min-success", type=arg_type(RATE, "min_success"), default=0.0,
+                   help="exit with code 2 when the success rate is below this (0..1)")
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, logs/)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("expert", help="the scripted expert on the gymnasium task, without ROS")
     p.add_argument("--task", default="push")
-    p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=50)
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0)
     p.set_defaults(func=cmd_expert)
 
     p = sub.add_parser("record", help="record scripted-expert demonstrations through ROS")
     p.add_argument("dataset", help="dataset folder (created if missing)")
     p.add_argument("--task", default="push")
     p.add_argument("--spec", default=None, help="spec name or path (default: the task's)")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=10)
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.set_defaults(func=cmd_record)
 
@@ -363,19 +448,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/train", help="output folder (checkpoints, logs)")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.add_argument("--config", help="YAML of training settings (TrainConfig fields)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--hidden", help="hidden layer sizes, e.g. 256,256")
-    p.add_argument("--head", choices=("mse", "gaussian", "gmm", "categorical"))
-    p.add_argument("--chunk", type=int, help="actions predicted per step")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--eval-every", dest="eval_every", type=int)
-    p.add_argument("--eval-episodes", dest="eval_episodes", type=int)
+
+    def train_type(name):  # each option takes its limits from TrainConfig's field
+        return arg_type(_train_config, name)
+
+    p.add_argument("--steps", type=train_type("steps"))
+    p.add_argument("--batch-size", dest="batch_size", type=train_type("batch_size"))
+    p.add_argument("--lr", type=train_type("lr"))
+    p.add_argument("--hidden", type=train_type("hidden"),
+                   help="hidden layer sizes, e.g. 256,256")
+    p.add_argument("--head", type=train_type("head"),
+                   help="mse (default), gaussian, gmm, categorical")
+    p.add_argument("--chunk", type=train_type("chunk"), help="actions predicted per step")
+    p.add_argument("--seed", type=train_type("seed"))
+    p.add_argument("--device", type=train_type("device"), help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--eval-every", dest="eval_every", type=train_type("eval_every"))
+    p.add_argument("--eval-episodes", dest="eval_episodes", type=train_type("eval_episodes"))
     p.add_argument("--task", help="built-in task for closed-loop evaluation")
-    p.add_argument("--patience", type=int, help="evaluations without improvement to stop")
-    p.add_argument("--sources", help="keep only the steps these command sources drove, by the "
+    p.add_argument("--patience", type=train_type("patience"),
+                   help="evaluations without improvement to stop")
+    p.add_argument("--sources", type=train_type("sources"),
+                   help="keep only the steps these command sources drove, by the "
                    "recorded /command_mux/source, e.g. human (HG-DAgger interventions)")
     p.add_argument("--include-interrupted", dest="include_interrupted", action="store_true",
                    help="also train on episodes that did not end (status interrupted: the "
@@ -390,10 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint folder")
     p.add_argument("--task", default="push")
     p.add_argument("--spec", help="runtime spec (default: the checkpoint's)")
-    p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=500_000, help="episode k uses seed+k")
-    p.add_argument("--threshold", type=float, default=0.0,
-                   help="exit with code 3 when the success rate is below this")
+    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=50)
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=500_000,
+                   help="episode k uses seed+k")
+    p.add_argument("--threshold", type=arg_type(RATE, "threshold"), default=0.0,
+                   help="exit with code 3 when the success rate is below this (0..1)")
     p.add_argument("--out", help="write the result as JSON here")
     way = p.add_mutually_exclusive_group()
     way.add_argument("--ros", dest="ros", action="store_true", default=True,
@@ -403,33 +497,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     def dagger_arguments(p, out: str, steps: int) -> None:
-        from .dagger import VARIANTS, DaggerConfig
+        from .dagger import SCHEDULES, SUPERVISOR_LIMITS, VARIANTS, DaggerConfig
         from .sim.supervisor import InterventionGate
 
-        d, gate = DaggerConfig(), InterventionGate()
+        gate = InterventionGate()
+
+        def d(name):  # DaggerConfig's default and limits for a setting
+            return {"default": default_of(DaggerConfig, name),
+                    "type": arg_type(DaggerConfig, name)}
+
         p.add_argument("--out", default=out)
-        p.add_argument("--task", default="push")
-        p.add_argument("--bc-episodes", type=int, default=d.bc_episodes)
-        p.add_argument("--iterations", type=int, default=d.iterations)
-        p.add_argument("--episodes-per-iteration", type=int, default=d.episodes_per_iteration)
-        p.add_argument("--variant", choices=VARIANTS, default=d.variant,
+        p.add_argument("--task", default=default_of(DaggerConfig, "task"))
+        p.add_argument("--bc-episodes", **d("bc_episodes"))
+        p.add_argument("--iterations", **d("iterations"))
+        p.add_argument("--episodes-per-iteration", **d("episodes_per_iteration"))
+        p.add_argument("--variant", choices=VARIANTS, default=default_of(DaggerConfig, "variant"),
                        help="gated: HG-DAgger, a scripted supervisor hands control to the expert "
                        "when the policy gets into trouble and only those steps are labelled "
                        "(default); mixture: beta-mixture DAgger, every visited state labelled")
-        p.add_argument("--hold", type=int, default=gate.hold,
-                       help="gated: ticks the expert drives per intervention")
-        p.add_argument("--patience", type=int, default=gate.patience,
+        p.add_argument("--hold", type=arg_type(SUPERVISOR_LIMITS["hold"], "hold"),
+                       default=gate.hold, help="gated: ticks the expert drives per intervention")
+        p.add_argument("--patience", type=arg_type(SUPERVISOR_LIMITS["patience"], "patience"),
+                       default=gate.patience,
                        help="gated: take over after this many ticks without progress (0: never)")
-        p.add_argument("--schedule", choices=("constant", "linear", "exponential"),
-                       default=d.schedule, help="mixture: the expert probability beta")
-        p.add_argument("--beta0", type=float, default=d.beta0)
-        p.add_argument("--decay", type=float, default=d.decay)
-        p.add_argument("--eval-episodes", type=int, default=20)
-        p.add_argument("--label-budget", type=int, default=0)
+        p.add_argument("--schedule", choices=SCHEDULES, default=default_of(DaggerConfig,
+                                                                           "schedule"),
+                       help="mixture: the expert probability beta")
+        p.add_argument("--beta0", **d("beta0"))
+        p.add_argument("--decay", **d("decay"))
+        p.add_argument("--eval-episodes", **d("eval_episodes"))
+        p.add_argument("--label-budget", **d("label_budget"))
         p.add_argument("--no-warm-start", action="store_true")
-        p.add_argument("--steps", type=int, default=steps, help="training steps per iteration")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--steps", type=arg_type(_train_config, "steps"), default=steps,
+                       help="training steps per iteration")
+        p.add_argument("--device", type=arg_type(_train_config, "device"), default="auto")
+        p.add_argument("--seed", **d("seed"))
 
     p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")
     dagger_arguments(p, "runs/dagger", 3000)
@@ -445,9 +547,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The project's user-error exceptions, by module: an error of a module that was never imported
+# cannot have been raised, so main() needs none of them imported (some import torch).
+USER_ERRORS = (("robot_imitation.settings", "SettingError"),
+               ("robot_imitation.spec", "SpecError"),
+               ("robot_imitation.sim.robot", "ModelError"),
+               ("robot_imitation.learning.checkpoint", "CheckpointError"),
+               ("robot_imitation.data.dataset", "DatasetError"),
+               ("robot_imitation.data.bags", "BagError"),
+               ("robot_imitation.recording.recorder", "RecorderError"),
+               ("robot_imitation.recording.recover", "RecoverError"),
+               ("robot_imitation.deploy.limits", "LimitsError"),
+               ("robot_imitation.deploy.backends", "BackendError"),
+               ("robot_imitation.launcher", "ProcessDied"))
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one line to show for a user's mistake (or a failing environment: a file, a process
+    that died, a wait that ran out), or None for anything else: a bug keeps its traceback."""
+    known = [UsageError, TimeoutError, OSError]
+    for module, name in USER_ERRORS:
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            known.append(getattr(mod, name))
+    if not isinstance(exc, tuple(known)):
+        return None
+    text = getattr(exc, "summary", None) or str(exc)
+    if isinstance(exc, OSError) and exc.strerror and not getattr(exc, "summary", None):
+        text = exc.strerror + (f": {exc.filename}" if exc.filename else "")
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip()) or \
+        type(exc).__name__
+
+
 def main(argv=None) -> int:
+    """Run a subcommand. A user's mistake is one line, ``robot-imitation <command>: <what>``,
+    on stderr and exit code 1 (argparse's own: 2); Ctrl-C stops the command's processes and
+    exits 130; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    prog = f"robot-imitation {args.command}"
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        launcher = sys.modules.get("robot_imitation.launcher")
+        if launcher is not None:
+            launcher.stop_all_groups()  # normally stopped already, by their with-blocks
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a user's mistake is one line, a bug re-raised
+        message = user_error(exc)
+        if message is None:
+            raise
+        print(f"{prog}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,10 +25,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .paths import ensure_ros_environment
+from .settings import Limits, SettingError, check_fields, setting
 
 LABEL_PREFIX = "/expert"
 EVAL_SEED = 500_000       # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
@@ -62,28 +63,80 @@ def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0):
 
 
 VARIANTS = ("gated", "mixture")
+SCHEDULES = ("constant", "linear", "exponential")
+MIXTURE_PER = ("step", "episode")
 INTERVENTION_BUTTON = 5
+
+_POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
+_SHARE = Limits(float, low=0.0, high=1.0)
+#: the limits of the scripted supervisor's settings (``InterventionGate`` fields)
+SUPERVISOR_LIMITS = {"stall_steps": _POSITIVE, "stall_distance": Limits(float, low=0.0),
+                     "regress": Limits(float, low=0.0), "hold": _POSITIVE,
+                     "patience": _NON_NEGATIVE, "progress": Limits(float, low=0.0)}
 
 
 @dataclass
 class DaggerConfig:
-    task: str = "push"
-    spec: str = ""                 # "" = the task's spec
-    bc_episodes: int = 20          # expert demonstrations (iteration 0: BC)
-    iterations: int = 3
-    episodes_per_iteration: int = 10
-    variant: str = "gated"         # gated (HG-DAgger) | mixture (beta-mixture DAgger)
-    supervisor: dict = field(default_factory=dict)  # gated: InterventionGate settings
-    schedule: str = "exponential"  # mixture: constant | linear | exponential
-    beta0: float = 0.7
-    decay: float = 0.85
-    mixture_per: str = "step"
-    eval_episodes: int = 20
-    label_budget: int = 0          # stop once this many expert labels are used (0: no limit)
-    warm_start: bool = True
-    seed: int = 0
-    train: dict = field(default_factory=lambda: {"steps": 3000, "eval_every": 0,
-                                                  "eval_episodes": 0, "device": "auto"})
+    """A DAgger run's settings. Each field states its limits (``settings.Limits``); an instance
+    outside them is never made (``SettingError``), and the command line's options take the
+    same limits from here. ``train`` (``TrainConfig`` settings) is checked by ``check_config``
+    when a run starts, before anything else."""
+
+    task: str = setting("push", Limits(str))
+    spec: str = setting("", Limits(str))  # "" = the task's spec
+    bc_episodes: int = setting(20, _POSITIVE)  # expert demonstrations (iteration 0: BC)
+    iterations: int = setting(3, _NON_NEGATIVE)
+    episodes_per_iteration: int = setting(10, _POSITIVE)
+    # gated (HG-DAgger) | mixture (beta-mixture DAgger)
+    variant: str = setting("gated", Limits(str, choices=VARIANTS))
+    # gated: InterventionGate settings (SUPERVISOR_LIMITS)
+    supervisor: dict = setting(limits=Limits(dict), default_factory=dict)
+    schedule: str = setting("exponential", Limits(str, choices=SCHEDULES))  # mixture's beta
+    beta0: float = setting(0.7, _SHARE)
+    decay: float = setting(0.85, _SHARE)
+    mixture_per: str = setting("step", Limits(str, choices=MIXTURE_PER))
+    eval_episodes: int = setting(20, _POSITIVE)
+    # stop once this many expert labels are used (0: no limit)
+    label_budget: int = setting(0, _NON_NEGATIVE)
+    warm_start: bool = setting(True, Limits(bool))
+    seed: int = setting(0, Limits(int, low=0, high=2**32 - 1))  # as TrainConfig's
+    train: dict = setting(limits=Limits(dict), default_factory=lambda: {
+        "steps": 3000, "eval_every": 0, "eval_episodes": 0, "device": "auto"})
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """``SettingError`` naming the first setting outside its limits."""
+        check_fields(self)
+        unknown = sorted(set(self.supervisor) - set(SUPERVISOR_LIMITS))
+        if unknown:
+            raise SettingError(f"unknown supervisor settings {unknown} "
+                               f"(known: {sorted(SUPERVISOR_LIMITS)})")
+        for key, value in self.supervisor.items():
+            SUPERVISOR_LIMITS[key].check(f"supervisor {key}", value)
+
+
+def check_config(cfg: DaggerConfig):
+    """What a DAgger run needs before anything starts: its training settings, the task and
+    the spec, and a spec the task's bridge can serve. Returns (TrainConfig, Spec); raises
+    ``SettingError``, ``ModelError`` (task) or ``SpecError``, each naming the bad value."""
+    from .learning.evaluation import task_mismatch
+    from .learning.trainer import TrainConfig
+    from .sim.tasks import TaskConfig
+    from .spec import Spec, SpecError
+
+    cfg.validate()  # also an instance changed since it was made
+    try:
+        tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
+    except SettingError as exc:
+        raise SettingError(f"train: {exc}") from None
+    TaskConfig.load(cfg.task)
+    spec = Spec.load(cfg.spec or cfg.task)
+    problem = task_mismatch(spec, cfg.task, through="ros")
+    if problem:
+        raise SpecError(f"spec {spec.name} {problem}")
+    return tcfg, spec
 
 
 class RosRig:
@@ -137,10 +190,11 @@ class RosRig:
                                "/command_mux/source"] + (["/joy"] if self.supervised else [])})
             self.started_here = not rclpy.ok()
             if self.started_here:
-                rclpy.init()
+                # Ctrl-C stays a KeyboardInterrupt (see pipelines.record_demonstrations)
+                rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
             self.node = EpisodeRunner()
             self.spinner = Spinner(self.node)
-            self.node.wait_for_bridge(60.0)
+            self.node.wait_for_bridge(60.0, alive=g.check)
             self._diag, self._diag_time = {}, {}
             from diagnostic_msgs.msg import DiagnosticArray
 
@@ -236,8 +290,24 @@ class RosRig:
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
                  seed: int = EVAL_SEED) -> dict:
     """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node."""
+    from .learning.checkpoint import CheckpointError, load_checkpoint
+    from .learning.evaluation import task_mismatch
     from .nodes.episode_runner import summarize
+    from .settings import SettingError
+    from .sim.tasks import TaskConfig
+    from .spec import Spec
 
+    # before any process starts: the episodes, the task, the spec, and a checkpoint that
+    # loads, fits the task's bridge and was trained on the runtime spec
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise SettingError(f"episodes must be a positive integer, got {episodes!r}")
+    TaskConfig.load(task)
+    runtime = Spec.load(spec or task)
+    _, meta = load_checkpoint(checkpoint)
+    problem = task_mismatch(Spec.from_dict(meta["spec"]), task, through="ros")
+    if problem:
+        raise CheckpointError(f"checkpoint {checkpoint} {problem}")
+    load_checkpoint(checkpoint, runtime)
     rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False)
     try:
         res = summarize(rig.episodes(episodes, seed))
@@ -256,26 +326,22 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     middle of one); when it answers true the run ends there, its results so far written with
     ``"stopped": true``.
     """
-    from .learning.trainer import TrainConfig, train
+    from .learning.trainer import train
     from .nodes.episode_runner import summarize
     from .deploy.mux import beta_schedule
     from .pipelines import record_demonstrations, wait_recorded
-    from .spec import Spec
 
-    if cfg.variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {list(VARIANTS)}, not {cfg.variant!r}")
+    tcfg, spec = check_config(cfg)  # before anything starts or is written
     gated = cfg.variant == "gated"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec_name = cfg.spec or cfg.task
-    spec = Spec.load(spec_name)
     bc_dir, dagger_dir = out / "data" / "expert", out / "data" / "dagger"
     t0 = time.monotonic()
     log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
     record_demonstrations(bc_dir, task=cfg.task, spec=spec_name, episodes=cfg.bc_episodes,
                           seed=cfg.seed, log_dir=out / "logs" / "record")
     parts = [(bc_dir, spec, None)]
-    tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
     results = {"config": asdict(cfg), "iterations": []}
 
     def stopped() -> bool:

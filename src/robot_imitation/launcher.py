@@ -33,7 +33,12 @@ NODE_MODULES = {
 
 
 class ProcessDied(RuntimeError):
-    pass
+    """A child process that exited on its own. ``str()`` holds the tail of its log;
+    ``summary`` is one line: the process, its exit code and its own last error line."""
+
+    def __init__(self, message: str, summary: str | None = None):
+        super().__init__(message)
+        self.summary = summary or message.splitlines()[0]
 
 
 _GROUPS = weakref.WeakSet()  # every ProcessGroup of this process, for stop_all_groups()
@@ -95,11 +100,30 @@ class ProcessGroup:
         except FileNotFoundError:
             return ""
 
+    def last_error(self, name: str) -> str:
+        """The child's own last error line in its log (a fatal start-up error, the last line
+        of a traceback), else its last line; without its ``[name]`` prefix."""
+        lines = [ln.strip() for ln in self.log(name).splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if any(w in line.lower() for w in ("fatal", "error", "exception")):
+                break
+        else:
+            line = lines[-1] if lines else ""
+        for prefix in (f"[{name}] fatal:", f"[{name}]"):
+            if line.startswith(prefix):
+                line = line[len(prefix):].strip()
+                break
+        return line
+
     def check(self) -> None:
-        """Raise if a child exited."""
+        """Raise ``ProcessDied`` if a child exited."""
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise ProcessDied(f"{name} exited with code {proc.returncode}:\n{self.log(name)}")
+                said = self.last_error(name)
+                raise ProcessDied(
+                    f"{name} exited with code {proc.returncode}:\n{self.log(name)}",
+                    f"{name} exited with code {proc.returncode}" + (f": {said}" if said else "")
+                    + f" (log: {self.log_dir / f'{name}.log'})")
 
     def stop(self, name: str | None = None, timeout: float = 5.0) -> dict:
         """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes."""

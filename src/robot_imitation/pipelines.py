@@ -17,12 +17,18 @@ from .paths import ensure_ros_environment
 def start_recording(runner, group=None, recorder: str = "episode_recorder",
                     timeout: float = 30.0) -> str:
     """Start an episode on the recorder (through ``runner``, an ``EpisodeRunner``), waiting
-    while the previous one is still being finished; returns the new episode's name."""
+    while the previous one is still being finished; returns the new episode's name. With
+    ``group``, a recorder process that died (while its service is awaited) is reported at once,
+    with its own error (``ProcessDied``)."""
     from std_srvs.srv import Trigger
 
+    name = f"/{recorder}/start"
+    if not runner.wait_for_service(Trigger, name, timeout,
+                                   alive=group.check if group is not None else None):
+        raise TimeoutError(f"service {name} not available within {timeout} s")
     deadline = time.monotonic() + timeout
     while True:
-        resp = runner.call(Trigger, f"/{recorder}/start", timeout=timeout)
+        resp = runner.call(Trigger, name, timeout=timeout)
         if resp.success or "still being recorded" not in resp.message or \
                 time.monotonic() > deadline:
             break
@@ -51,19 +57,36 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
                           episode_timeout: float = 120.0) -> list[dict]:
     """Record ``episodes`` scripted-expert episodes of ``task`` into ``dataset``.
 
-    Returns the dataset index entries of the recorded episodes.
+    Returns the dataset index entries of the recorded episodes. Before any process starts,
+    refuses (naming the bad value) a number of episodes below 1, an unknown task or spec, a spec
+    the task's bridge cannot serve, and a dataset folder that is not writable or holds episodes
+    of another spec (``SettingError``, ``ModelError``, ``SpecError``, ``RecorderError``).
     """
+    from .learning.evaluation import task_mismatch
+    from .recording.recorder import DatasetWriter
+    from .settings import SettingError
+    from .sim.tasks import TaskConfig
+    from .spec import Spec, SpecError
+
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise SettingError(f"episodes must be a positive integer, got {episodes!r}")
+    TaskConfig.load(task)
+    spec_obj = Spec.load(spec or task)
+    problem = task_mismatch(spec_obj, task, through="ros")
+    if problem:
+        raise SpecError(f"spec {spec_obj.name} {problem}")
+    dataset = Path(dataset)
+    # The recorder node makes the same checks, but only its log would tell why it stopped.
+    DatasetWriter(dataset, spec_obj)
+
     ensure_ros_environment()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     import rclpy
 
     from .launcher import ProcessGroup
     from .nodes.episode_runner import EpisodeRunner, Spinner
-    from .spec import Spec
 
-    spec_obj = Spec.load(spec or task)
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
-    dataset = Path(dataset)
     realtime = mode == "realtime"
     with ProcessGroup(log_dir or dataset / "logs") as group:
         group.start_node("mujoco_bridge", params={
@@ -75,12 +98,14 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
             "use_sim_time": True, "auto_stop_on_done": True})
         started_here = not rclpy.ok()
         if started_here:
-            rclpy.init()
+            # Ctrl-C stays a KeyboardInterrupt (rclpy's handler would only shut ROS down, and
+            # the episode wait would run on)
+            rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         runner = EpisodeRunner()
         spinner = Spinner(runner)
         names = []
         try:
-            runner.wait_for_bridge()
+            runner.wait_for_bridge(alive=group.check)
             # The expert drives the bridge's first episode as soon as both are up: let it end
             # before recording, so its `done` cannot stop the first recorded episode.
             runner.wait_settled(episode_timeout)

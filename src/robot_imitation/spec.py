@@ -338,7 +338,17 @@ class Spec:
         except FileNotFoundError as exc:
             raise SpecError(str(exc)) from None
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(yaml.safe_load(f) or {}, where=str(path))
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise SpecError(f"{path}{at}: not valid YAML: {what}") from None
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a spec is a mapping of names to values, "
+                            f"not a {type(data).__name__}")
+        return cls.from_dict(data, where=str(path))
 
     def to_dict(self) -> dict:
         def entry(f: FieldSpec) -> dict:

@@ -19,52 +19,76 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..deploy.limits import training_limits
+from ..settings import Limits, SettingError, check_fields, setting
 from ..spec import Spec
 from .checkpoint import save_checkpoint
-from .policies import Policy, PolicyConfig
+from .policies import HEADS, Policy, PolicyConfig
+
+
+_POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
+SEED_LIMITS = Limits(int, low=0, high=2**32 - 1)  # numpy's seeds
+DEVICE_LIMITS = Limits(str, pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 5000
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    hidden: list = field(default_factory=lambda: [256, 256])
-    head: str = "mse"
-    modes: int = 5
-    chunk: int = 1
-    dropout: float = 0.0
-    seed: int = 0
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: bool = True                # bf16 autocast on CUDA
-    val_fraction: float = 0.1
-    sources: list = field(default_factory=list)  # keep only steps these command sources drove
+    """Training settings. Each field states its limits (``settings.Limits``): an instance
+    outside them is never made (``SettingError`` naming the setting and the value), and the
+    command line's options take the same limits from here."""
+
+    steps: int = setting(5000, _POSITIVE)
+    batch_size: int = setting(256, _POSITIVE)
+    lr: float = setting(1e-3, Limits(float, low=0.0, low_open=True, high=1.0))
+    weight_decay: float = setting(1e-4, Limits(float, low=0.0, high=1.0))
+    hidden: list = setting(limits=Limits(list, nonempty=True, item=_POSITIVE),
+                           default_factory=lambda: [256, 256])
+    head: str = setting("mse", Limits(str, choices=HEADS))
+    modes: int = setting(5, Limits(int, low=1, high=100))  # gmm head: mixture components
+    chunk: int = setting(1, Limits(int, low=1, high=1000))  # actions predicted per step
+    dropout: float = setting(0.0, Limits(float, low=0.0, high=0.95))
+    seed: int = setting(0, SEED_LIMITS)
+    device: str = setting("auto", DEVICE_LIMITS)
+    amp: bool = setting(True, Limits(bool))  # bf16 autocast on CUDA
+    val_fraction: float = setting(0.1, Limits(float, low=0.0, high=0.9))
+    # keep only steps these command sources drove
+    sources: list = setting(limits=Limits(list, item=Limits(str)), default_factory=list)
     # also train on episodes that did not end (interrupted, recovered: see build_dataset)
     include_interrupted: bool = False
-    eval_every: int = 1000          # steps between validation/evaluation; 0: at the end only
-    eval_episodes: int = 20         # closed-loop episodes per evaluation (0: none)
-    task: str | None = None         # built-in task for closed-loop evaluation (None: from data)
-    patience: int = 0               # evaluations without improvement before stopping (0: off)
-    augment_shift: int = 4          # pixels of random shift for camera images
-    init_from: str = ""             # warm start: a checkpoint of the same architecture
-    log_every: int = 50
+    # steps between validation/evaluation; 0: at the end only
+    eval_every: int = setting(1000, _NON_NEGATIVE)
+    # closed-loop episodes per evaluation (0: none)
+    eval_episodes: int = setting(20, _NON_NEGATIVE)
+    # built-in task for closed-loop evaluation (None: from data)
+    task: str | None = setting(None, Limits(str, optional=True))
+    # evaluations without improvement before stopping (0: off)
+    patience: int = setting(0, _NON_NEGATIVE)
+    augment_shift: int = setting(4, Limits(int, low=0, high=64))  # pixels of shift for images
+    init_from: str = setting("", Limits(str))  # warm start: a checkpoint of the same architecture
+    log_every: int = setting(50, _POSITIVE)
     robot: str = ""                 # robot whose limits the checkpoint carries (empty: the
                                     # task's robot, else the recorded actions' range)
 
+    def __post_init__(self):
+        check_fields(self)
+
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        """Settings from a mapping (a YAML file, node parameters); ``SettingError`` for an
+        unknown name or a value outside its limits."""
+        if not isinstance(data, dict):
+            raise SettingError(f"training settings must be a mapping of names to values, "
+                               f"got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)} "
-                             f"(known: {sorted(cls.__dataclass_fields__)})")
+            raise SettingError(f"unknown training settings {sorted(unknown)} "
+                               f"(known: {sorted(cls.__dataclass_fields__)})")
         return cls(**data)
 
 

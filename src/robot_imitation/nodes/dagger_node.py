@@ -192,7 +192,12 @@ class DaggerNode(Node):
                                 f"(iteration {s.get('iteration', '-')}/{s.get('iterations')}, "
                                 f"{s.get('stage', '')}); wait for it or call ~/cancel")
                 return resp
-            out, cfg = self._settings()
+            try:
+                out, cfg = self._settings()
+            except ValueError as exc:  # a value outside DaggerConfig's limits (SettingError)
+                self.get_logger().error(f"not running DAgger: {exc}")
+                resp.success, resp.message = False, f"not running DAgger: {exc}"
+                return resp
             run_dir = None
             problem = self._problem(cfg)
             if problem is None:

@@ -71,8 +71,23 @@ class EpisodeRunner(Node):
         spinning elsewhere)."""
         return self.caller.call(srv_type, name, request, timeout)
 
-    def wait_for_bridge(self, timeout: float = 30.0) -> None:
-        if not self.caller.ready(Trigger, self.reset_name, timeout):
+    def wait_for_service(self, srv_type, name: str, timeout: float = 30.0, alive=None) -> bool:
+        """Wait (up to ``timeout`` s) for the server of ``name``; False if it did not appear.
+        ``alive``: called between short waits, to raise at once when the process that should
+        serve it has died (``ProcessGroup.check``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if alive is not None:
+                alive()
+            left = deadline - time.monotonic()
+            if self.caller.ready(srv_type, name, min(max(left, 0.0), 0.25)):
+                return True
+            if left <= 0:
+                return False
+
+    def wait_for_bridge(self, timeout: float = 30.0, alive=None) -> None:
+        """Wait for the bridge's reset service (``alive``: see ``wait_for_service``)."""
+        if not self.wait_for_service(Trigger, self.reset_name, timeout, alive):
             raise TimeoutError(f"no bridge reset service {self.reset_name} within "
                                f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
 
@@ -145,12 +160,13 @@ class Spinner:
 
 
 def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
-                 progress=None) -> list[EpisodeOutcome]:
-    """Run ``n`` episodes against a running bridge (rclpy must be initialised)."""
+                 progress=None, alive=None) -> list[EpisodeOutcome]:
+    """Run ``n`` episodes against a running bridge (rclpy must be initialised); ``alive``:
+    see ``EpisodeRunner.wait_for_service``."""
     runner = EpisodeRunner(bridge)
     spinner = Spinner(runner)
     try:
-        runner.wait_for_bridge()
+        runner.wait_for_bridge(alive=alive)
         outcomes = []
         for _ in range(n):
             outcomes.append(runner.run_episode(timeout))

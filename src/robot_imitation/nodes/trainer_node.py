@@ -151,7 +151,12 @@ class TrainerNode(Node):
                                 f"{s.get('step', 0)}/{s.get('total', '?')}); wait for it or "
                                 "call ~/cancel")
                 return resp
-            dataset, spec, out, cfg = self._settings()
+            try:
+                dataset, spec, out, cfg = self._settings()
+            except ValueError as exc:  # a value outside TrainConfig's limits (SettingError)
+                self.get_logger().error(f"not training: {exc}")
+                resp.success, resp.message = False, f"not training: {exc}"
+                return resp
             problem, run_dir = None, None
             if not dataset:
                 problem = "the dataset parameter is empty"

@@ -1,0 +1,179 @@
+"""Limits of settings, stated once: on the dataclass field that holds each setting.
+
+``setting(default, Limits(...))`` declares a dataclass field with its limits; ``check_fields``
+(called from a dataclass's ``__post_init__``) raises ``SettingError`` naming the setting and the
+bad value; ``arg_type`` turns the same limits into an argparse type, so the command line refuses
+exactly what the dataclass refuses, in the same words, before anything starts:
+
+    robot-imitation train: error: argument --steps: must be a positive integer, got 0
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+
+
+class SettingError(ValueError):
+    """A setting outside its limits (the message names the setting and the value)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What values a setting may take.
+
+    ``kind``: int, float, str, bool or list (items checked by ``item``); ``low``/``high``:
+    inclusive bounds (``low_open``: ``low`` itself excluded); ``choices``; ``pattern`` (a
+    regular expression a string must match in full); ``optional``: None allowed; ``what``: the
+    description used in messages, when the generated one does not say it well.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple = ()
+    pattern: str | None = None
+    optional: bool = False
+    nonempty: bool = False
+    item: "Limits | None" = None
+    what: str = ""
+
+    def describe(self) -> str:
+        if self.what:
+            return self.what
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is list:
+            items = self.item.describe_plural() if self.item else "values"
+            return f"{'a non-empty' if self.nonempty else 'a'} list of {items}"
+        if self.kind is int:
+            if self.high is None and self.low == 1:
+                return "a positive integer"
+            if self.high is None and self.low == 0:
+                return "a non-negative integer"
+            if self.high is None and self.low is not None:
+                return f"an integer >= {int(self.low)}"
+            if self.low is not None:
+                return f"an integer from {int(self.low)} to {int(self.high)}"
+            return "an integer"
+        if self.kind is float:
+            if self.high is None and self.low == 0:
+                return "a positive number" if self.low_open else "a non-negative number"
+            if self.low is not None and self.high is not None:
+                return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+            if self.low is not None:
+                return f"a number {'>' if self.low_open else '>='} {self.low:g}"
+            return "a finite number"
+        if self.kind is dict:
+            return "a mapping of names to values"
+        return "a string"
+
+    def describe_plural(self) -> str:
+        text = self.describe()
+        for a in ("a ", "an "):
+            if text.startswith(a):
+                text = text[len(a):]
+                break
+        return text.replace("integer", "integers").replace("number", "numbers") \
+            .replace("string", "strings")
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` is not allowed, or None."""
+        if value is None:
+            return None if self.optional else "a value"
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                math.isfinite(value)
+        elif self.kind is str:
+            ok = isinstance(value, str)
+        elif self.kind is list:
+            ok = isinstance(value, (list, tuple)) and not (self.nonempty and not value) and \
+                not (self.item and any(self.item.problem(v) for v in value))
+            return None if ok else self.describe()
+        else:
+            ok = isinstance(value, self.kind)
+        if ok and self.choices:
+            ok = value in self.choices
+        if ok and self.pattern is not None:
+            ok = re.fullmatch(self.pattern, value) is not None
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value <= self.high
+        return None if ok else self.describe()
+
+    def check(self, name: str, value) -> None:
+        """Raise ``SettingError`` unless ``value`` is allowed for the setting ``name``."""
+        problem = self.problem(value)
+        if problem:
+            raise SettingError(f"{name} must be {problem}, got {value!r}")
+
+    def parse(self, text: str):
+        """A command-line string as the setting's value (``argparse.ArgumentTypeError`` naming
+        the text when it is not an allowed one)."""
+        try:
+            if self.kind is int:
+                value = int(text)
+            elif self.kind is float:
+                value = float(text)
+            elif self.kind is list:
+                value = [self.item.parse(x) if self.item else x
+                         for x in text.split(",") if x.strip()]
+            else:
+                value = text
+        except (ValueError, argparse.ArgumentTypeError):
+            value = None
+        if value is None or self.problem(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text}")
+        return value
+
+
+def setting(default=dataclasses.MISSING, limits: Limits | None = None, *,
+            default_factory=dataclasses.MISSING):
+    """A dataclass field with its limits (in the field's metadata)."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"limits": limits} if limits else {})
+
+
+def limits_of(cls, name: str) -> Limits:
+    return cls.__dataclass_fields__[name].metadata["limits"]
+
+
+def default_of(cls, name: str):
+    """A field's default without making an instance."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def check_fields(obj) -> None:
+    """Check every field of the dataclass instance ``obj`` that states its limits."""
+    for f in dataclasses.fields(obj):
+        limits = f.metadata.get("limits")
+        if limits is not None:
+            limits.check(f.name, getattr(obj, f.name))
+
+
+def arg_type(limits_or_cls, name: str | None = None):
+    """An argparse ``type`` for a setting: ``arg_type(Limits(...))``, ``arg_type(cls, name)``,
+    or ``arg_type(lambda: cls, name)``, where the class is looked up only when the option is
+    given (a class whose module is slow to import)."""
+    def limits() -> Limits:
+        if isinstance(limits_or_cls, Limits):
+            return limits_or_cls
+        cls = limits_or_cls if isinstance(limits_or_cls, type) else limits_or_cls()
+        return limits_of(cls, name)
+
+    def parse(text: str):
+        return limits().parse(text)
+
+    parse.__name__ = name or "value"
+    return parse
