@@ -1,0 +1,303 @@
+"""A user's mistakes on the command line: run the way a user runs it (`python -m
+robot_imitation.cli` in its own process), each gives one line on stderr naming the bad value, a
+non-zero exit and nothing written, found before any process starts or any time passes. The same
+limits hold for the settings dataclasses in code; a node that dies is reported with its own
+error; Ctrl-C stops the command and its processes."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+
+
+def cli(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def one_line(proc, code: int = 1) -> str:
+    """The process's stderr, checked to be a single line, with the exit code ``code``."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def files_under(path: Path) -> list:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def push_checkpoint(tmp_path_factory):
+    """A checkpoint of the push spec (untrained weights: only its interface matters here)."""
+    import torch
+
+    from robot_imitation.learning.checkpoint import save_checkpoint
+    from robot_imitation.learning.policies import Policy
+    from robot_imitation.learning.trainer import TrainConfig, policy_config
+    from robot_imitation.spec import Spec
+
+    torch.manual_seed(0)
+    spec = Spec.load("push")
+    return save_checkpoint(tmp_path_factory.mktemp("push") / "ckpt",
+                           Policy(policy_config(spec, TrainConfig())), spec)
+
+
+# --------------------------------------------------------------------------- numeric options
+BAD_OPTIONS = [
+    ("expert", [], "--episodes", "0", "a positive integer"),
+    ("expert", [], "--episodes", "-3", "a positive integer"),
+    ("expert", [], "--seed", "-1", "an integer from 0 to 4294967295"),
+    ("demo", [], "--episodes", "0", "a positive integer"),
+    ("demo", [], "--timeout", "0", "a positive number"),
+    ("demo", [], "--min-success", "1.5", "a number in [0, 1]"),
+    ("record", ["{tmp}/ds"], "--episodes", "0", "a positive integer"),
+    ("evaluate", ["{tmp}/ckpt", "--gym"], "--episodes", "-2", "a positive integer"),
+    ("evaluate", ["{tmp}/ckpt"], "--threshold", "2", "a number in [0, 1]"),
+    ("train", ["{tmp}/ds"], "--steps", "0", "a positive integer"),
+    ("train", ["{tmp}/ds"], "--steps", "-5", "a positive integer"),
+    ("train", ["{tmp}/ds"], "--batch-size", "0", "a positive integer"),
+    ("train", ["{tmp}/ds"], "--chunk", "0", "an integer from 1 to 1000"),
+    ("train", ["{tmp}/ds"], "--lr", "fast", "a number in (0, 1]"),
+    ("train", ["{tmp}/ds"], "--hidden", "256,0", "a non-empty list of positive integers"),
+    ("dagger", [], "--bc-episodes", "0", "a positive integer"),
+    ("dagger", [], "--iterations", "-1", "a non-negative integer"),
+    ("dagger", [], "--steps", "0", "a positive integer"),
+    ("dagger", [], "--hold", "0", "a positive integer"),
+    ("pipeline", [], "--beta0", "2", "a number in [0, 1]"),
+    ("pipeline", [], "--eval-episodes", "0", "a positive integer"),
+]
+
+
+@pytest.mark.parametrize("command,args,option,value,limit", BAD_OPTIONS,
+                         ids=[f"{c}{o}={v}" for c, _, o, v, _ in BAD_OPTIONS])
+def test_a_bad_number_is_refused_by_the_parser(tmp_path, command, args, option, value, limit):
+    """`--episodes 0` was a ZeroDivisionError (expert, evaluate) or a FileNotFoundError
+    (record), `--episodes -3` a success rate with a 456% interval and exit 0, `--steps 0/-5` an
+    untrained checkpoint and exit 0, `--batch-size 0` and `--chunk 0` torch tracebacks."""
+    out = tmp_path / "out"
+    extra = ["--out", out] if command in ("demo", "train", "dagger", "pipeline") else []
+    if command == "evaluate":
+        extra = ["--out", out / "result.json"]
+    proc = cli(command, *[a.format(tmp=tmp_path) for a in args], *extra, option, value,
+               cwd=tmp_path)
+    assert one_line(proc, 2) == (f"robot-imitation {command}: error: argument {option}: "
+                                 f"must be {limit}, got {value}")
+    assert files_under(tmp_path) == []  # nothing written, in the output or the working folder
+
+
+def test_the_settings_dataclasses_hold_the_same_limits():
+    """TrainConfig and DaggerConfig refuse what the command line refuses, with the same words,
+    however they are made (in code, from a dict, from a YAML file)."""
+    from robot_imitation.learning.trainer import TrainConfig
+    from robot_imitation.settings import SettingError, limits_of
+
+    for bad, words in [({"steps": 0}, "steps must be a positive integer, got 0"),
+                       ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+                       ({"chunk": 0}, "chunk must be an integer from 1 to 1000, got 0"),
+                       ({"lr": float("nan")}, "lr must be a number in (0, 1], got nan"),
+                       ({"steps": "100"}, "steps must be a positive integer, got '100'"),
+                       ({"steps": True}, "steps must be a positive integer, got True"),
+                       ({"hidden": []}, "hidden must be a non-empty list of positive integers"),
+                       ({"head": "mlp"}, "head must be one of mse, gaussian, gmm, categorical"),
+                       ({"stepz": 5}, "unknown training settings ['stepz']")]:
+        with pytest.raises(SettingError) as err:
+            TrainConfig.from_dict(bad)
+        assert str(err.value).startswith(words), err.value
+    with pytest.raises(SettingError, match="steps must be a positive integer, got 0"):
+        TrainConfig(steps=0)
+    assert limits_of(TrainConfig, "steps").describe() == "a positive integer"
+
+    from robot_imitation.dagger import DaggerConfig, check_config
+
+
+    for bad, words in [({"bc_episodes": 0}, "bc_episodes must be a positive integer, got 0"),
+                       ({"iterations": -1}, "iterations must be a non-negative integer"),
+                       ({"eval_episodes": 0}, "eval_episodes must be a positive integer"),
+                       ({"beta0": 1.5}, "beta0 must be a number in [0, 1], got 1.5"),
+                       ({"variant": "dagger"}, "variant must be one of gated, mixture"),
+                       ({"supervisor": {"hold": 0}}, "supervisor hold must be a positive"),
+                       ({"supervisor": {"holdd": 3}}, "unknown supervisor settings ['holdd']")]:
+        with pytest.raises(SettingError) as err:
+            DaggerConfig(**bad)
+        assert str(err.value).startswith(words), err.value
+    # the training settings of a run are checked when it starts, before anything else
+    with pytest.raises(SettingError, match=r"^train: steps must be a positive integer, got 0"):
+        check_config(DaggerConfig(task="reach", train={"steps": 0}))
+
+
+# --------------------------------------------------------------------------- train
+def test_train_config_file_is_held_to_the_same_limits(tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("steps: 0\nbatch_size: 64\n")
+    line = one_line(cli("train", tmp_path / "ds", "--out", tmp_path / "run", "--config", cfg))
+    assert line == f"robot-imitation train: {cfg}: steps must be a positive integer, got 0"
+    cfg.write_text("batch_size: 64\nlearning_rate: 0.1\n")
+    line = one_line(cli("train", tmp_path / "ds", "--out", tmp_path / "run", "--config", cfg))
+    assert line.startswith(f"robot-imitation train: {cfg}: unknown training settings "
+                           "['learning_rate']")
+    cfg.write_text("batch_size: 64\nhidden: [256, 256\n")  # a YAML syntax error
+    line = one_line(cli("train", tmp_path / "ds", "--out", tmp_path / "run", "--config", cfg))
+    assert line.startswith(f"robot-imitation train: {cfg}, line 3, column 1: not valid YAML")
+    assert files_under(tmp_path) == ["train.yaml"]
+
+
+def test_train_errors_are_one_line_before_any_training(tmp_path):
+    """`train` turned every error into a traceback."""
+    run = tmp_path / "run"
+    line = one_line(cli("train", tmp_path / "nothing", "--out", run))
+    assert line == f"robot-imitation train: {tmp_path / 'nothing'}: no such dataset folder"
+    (tmp_path / "bags").mkdir()
+    line = one_line(cli("train", tmp_path / "bags", "--out", run, "--task", "nosuch"))
+    assert "unknown task 'nosuch'" in line and "reach" in line, line
+    # a built-in task whose evaluation cannot feed the dataset's spec: found up front
+    line = one_line(cli("train", tmp_path / "bags", "--spec", "push", "--task", "reach",
+                        "--out", run))
+    assert "needs observation 'object_pose', which task 'reach' does not provide" in line, line
+    # an output folder that cannot be written (a file stands where its parent should be)
+    (tmp_path / "file").write_text("")
+    line = one_line(cli("train", tmp_path / "bags", "--spec", "reach", "--out",
+                        tmp_path / "file" / "run"))
+    assert line.startswith(f"robot-imitation train: cannot write into {tmp_path / 'file'}"), line
+    assert files_under(tmp_path) == ["bags", "file"]
+
+
+# --------------------------------------------------------------------------- specs
+def test_a_spec_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    from robot_imitation.spec import Spec, SpecError
+
+    bad = tmp_path / "my_spec.yaml"
+    bad.write_text("name: mine\ncontrol_rate: 20.0\nobservations: [\n  {key: a}\n")
+    with pytest.raises(SpecError, match=rf"^{bad}, line 5, column 1: not valid YAML: "):
+        Spec.load(bad)
+    line = one_line(cli("record", tmp_path / "ds", "--task", "reach", "--spec", bad))
+    assert line.startswith(f"robot-imitation record: {bad}, line 5, column 1: not valid YAML")
+    assert files_under(tmp_path) == ["my_spec.yaml"]
+
+
+# --------------------------------------------------------------------------- evaluate
+@pytest.mark.parametrize("way", ["--gym", "--ros"])
+def test_a_checkpoint_for_another_task_is_refused_up_front(tmp_path, push_checkpoint, way):
+    """A push checkpoint evaluated on reach was `KeyError: 'object_pose'` (--gym)."""
+    out = tmp_path / "eval"
+    line = one_line(cli("evaluate", push_checkpoint, "--task", "reach", way, "--episodes", 2,
+                        "--out", out / "result.json"))
+    assert line.startswith(f"robot-imitation evaluate: checkpoint {push_checkpoint} needs "
+                           "observation 'object_pose'"), line
+    assert "task 'reach'" in line
+    assert files_under(tmp_path) == ["eval"]  # no result, no process logs
+
+
+# --------------------------------------------------------------------------- ROS commands
+def test_demo_of_an_unknown_task_fails_at_once(tmp_path):
+    """`demo --task nosuch` waited 30 s, then blamed the bridge."""
+    line = one_line(cli("demo", "--task", "nosuch", "--out", tmp_path / "demo"))
+    assert line.startswith("robot-imitation demo: unknown task 'nosuch'"), line
+    assert "reach" in line and "push" in line  # the known tasks
+    assert files_under(tmp_path) == []
+
+
+def test_recording_into_a_dataset_of_another_spec_names_the_reason(tmp_path):
+    """It showed only `service not available` after 35 s, while the recorder knew why."""
+    from robot_imitation.recording.recorder import DatasetWriter
+    from robot_imitation.spec import Spec
+
+    ds = tmp_path / "ds"
+    DatasetWriter(ds, Spec.load("reach"))
+    before = {p: p.read_bytes() for p in ds.rglob("*")}
+    line = one_line(cli("record", ds, "--task", "push", "--episodes", 1))
+    assert line.startswith(f"robot-imitation record: {ds} holds episodes recorded with another "
+                           "spec (reach"), line
+    assert {p: p.read_bytes() for p in ds.rglob("*")} == before  # no logs: nothing started
+
+
+def test_recording_into_a_folder_that_cannot_be_written(tmp_path):
+    """It was an OSError traceback. A folder below a regular file can be written by nobody,
+    root included."""
+    (tmp_path / "file").write_text("")
+    line = one_line(cli("record", tmp_path / "file" / "ds", "--task", "reach"))
+    assert line.startswith(f"robot-imitation record: dataset folder {tmp_path / 'file' / 'ds'} "
+                           "is not writable"), line
+    assert files_under(tmp_path) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder (chmod "
+                    "555); the folder-below-a-file case covers the error as root")
+def test_recording_into_a_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        line = one_line(cli("record", ro / "ds", "--task", "reach"))
+    finally:
+        ro.chmod(0o755)
+    assert line.startswith(f"robot-imitation record: dataset folder {ro / 'ds'} is not "
+                           "writable"), line
+    assert files_under(tmp_path) == ["ro"]
+
+
+def test_a_node_that_dies_is_reported_at_once_with_its_own_error(ros, procs, tmp_path):
+    """While the caller waits for a node's service, a node that died is noticed (its last
+    error line in the message), not a timeout after 30 s."""
+    from robot_imitation.launcher import ProcessDied
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+    from robot_imitation.pipelines import start_recording
+    from robot_imitation.recording.recorder import DatasetWriter
+    from robot_imitation.spec import Spec
+
+    ds = tmp_path / "ds"
+    DatasetWriter(ds, Spec.load("reach"))
+    procs.start_node("episode_recorder", params={"dataset": str(ds), "spec": "push"})
+    runner = EpisodeRunner()
+    spinner = Spinner(runner)
+    try:
+        with pytest.raises(ProcessDied) as died:
+            start_recording(runner, procs, timeout=60.0)
+        assert "another spec" in died.value.summary, died.value.summary
+        assert died.value.summary.startswith("episode_recorder exited with code 1: ")
+        procs.stop("episode_recorder")
+        procs.start_node("mujoco_bridge", params={"task": "nosuch"})
+        with pytest.raises(ProcessDied) as died:
+            runner.wait_for_bridge(60.0, alive=procs.check)
+        assert died.value.summary.startswith("mujoco_bridge exited with code 1: ")
+        assert "unknown task 'nosuch'" in died.value.summary, died.value.summary
+    finally:
+        spinner.stop()
+        runner.destroy_node()
+
+
+def test_ctrl_c_ends_a_command_and_its_processes(tmp_path):
+    """Ctrl-C (SIGINT to the command) ends it with one line and exit code 130, and stops the
+    processes it started, wherever it was."""
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_imitation.cli", "demo", "--task", "reach", "--mode",
+         "realtime", "--episodes", "100", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a terminal's Ctrl-C reaches a foreground command whose SIGINT is not ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_for(lambda: "mujoco_bridge" in (out / "logs" / "mujoco_bridge.log").read_text()
+                 if (out / "logs" / "mujoco_bridge.log").is_file() else False, 60,
+                 "the bridge to start")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip() == "robot-imitation demo: interrupted"
+    left = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and str(out) in (p / "cmdline").read_text():
+                left.append(p.name)
+        except OSError:
+            pass
+    assert left == [], "processes of the command still running"
