@@ -193,6 +193,25 @@ def test_a_checkpoint_for_another_task_is_refused_up_front(tmp_path, push_checkp
     assert files_under(tmp_path) == ["eval"]  # no result, no process logs
 
 
+# --------------------------------------------------------------------------- dagger, pipeline
+def test_a_dagger_run_checks_its_settings_before_recording(tmp_path):
+    """A device that is not there was found only after the demonstrations were recorded."""
+    import torch
+
+    out = tmp_path / "run"
+    line = one_line(cli("dagger", "--task", "nosuch", "--out", out))
+    assert line.startswith("robot-imitation dagger: unknown task 'nosuch'"), line
+    if not torch.cuda.is_available():
+        line = one_line(cli("dagger", "--task", "reach", "--device", "cuda", "--out", out))
+        assert line == ("robot-imitation dagger: train: device cuda asked for, but no CUDA "
+                        "device is available")
+    (tmp_path / "file").write_text("")
+    line = one_line(cli("pipeline", "--task", "reach", "--out", tmp_path / "file" / "run"))
+    assert line.startswith(f"robot-imitation pipeline: cannot write into "
+                           f"{tmp_path / 'file' / 'run'}"), line
+    assert files_under(tmp_path) == ["file"]
+
+
 # --------------------------------------------------------------------------- ROS commands
 def test_demo_of_an_unknown_task_fails_at_once(tmp_path):
     """`demo --task nosuch` waited 30 s, then blamed the bridge."""

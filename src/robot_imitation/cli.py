@@ -376,19 +376,24 @@ def _dagger_config(args):
 
 
 def cmd_dagger(args) -> int:
-    from .dagger import run_dagger
+    from .dagger import check_config, run_dagger
 
-    run_dagger(args.out, _dagger_config(args))
+    cfg = _dagger_config(args)
+    check_config(cfg)
+    _writable_folder(args.out)
+    run_dagger(args.out, cfg)
     return 0
 
 
 def cmd_pipeline(args) -> int:
     """The main job: expert demonstrations, BC, DAgger iterations, evaluation, report."""
-    from .dagger import run_dagger
+    from .dagger import check_config, run_dagger
     from .report import write_report
 
     start = time.perf_counter()
     cfg = _dagger_config(args)
+    check_config(cfg)
+    _writable_folder(args.out)
     print(f"[pipeline] {args.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)

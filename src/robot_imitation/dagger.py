@@ -122,14 +122,15 @@ def check_config(cfg: DaggerConfig):
     the spec, and a spec the task's bridge can serve. Returns (TrainConfig, Spec); raises
     ``SettingError``, ``ModelError`` (task) or ``SpecError``, each naming the bad value."""
     from .learning.evaluation import task_mismatch
-    from .learning.trainer import TrainConfig
+    from .learning.trainer import TrainConfig, resolve_device
     from .sim.tasks import TaskConfig
     from .spec import Spec, SpecError
 
     cfg.validate()  # also an instance changed since it was made
     try:
         tcfg = TrainConfig.from_dict({"seed": cfg.seed, "task": cfg.task, **cfg.train})
-    except SettingError as exc:
+        resolve_device(tcfg.device)  # a device that is not there, before any recording
+    except (SettingError, ValueError, RuntimeError) as exc:
         raise SettingError(f"train: {exc}") from None
     TaskConfig.load(cfg.task)
     spec = Spec.load(cfg.spec or cfg.task)
