@@ -62,11 +62,16 @@ def _check_task(task: str) -> None:
 
 
 def _writable_folder(path) -> Path:
-    """``path`` as a folder this process can write into (created when missing)."""
+    """``path``, checked to be a folder this process can write into or create, without
+    creating anything: its nearest existing ancestor must be a folder that takes a file."""
     path = Path(path)
+    there = path
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    if not there.is_dir():
+        raise UsageError(f"cannot write into {path}: {there} is not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=there):
             pass
     except OSError as exc:
         raise UsageError(f"cannot write into {path}: {exc.strerror or exc}") from None
