@@ -55,7 +55,6 @@ def main() -> int:
     parser.add_argument("--dataset", help="use this dataset instead of recording one")
     args = parser.parse_args()
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     from robot_imitation.data.dataset import build_dataset
     from robot_imitation.pipelines import record_demonstrations
 

@@ -46,13 +46,16 @@ import time
 from array import array
 from pathlib import Path
 
+from robot_imitation.graph import SimGraph
 from robot_imitation.paths import ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
 # A domain of its own keeps the benchmark apart from other ROS 2 processes on the machine.
 ensure_ros_environment()
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+# a private ROS domain (one nothing on this machine uses), this host only: the benchmark's
+# simulated commands never reach another graph; its lock is held while the benchmark runs
+GRAPH = SimGraph()
+os.environ.update(GRAPH.env)
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402

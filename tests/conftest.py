@@ -9,9 +9,16 @@ import time
 
 import pytest
 
-# Before anything imports rclpy: a domain of our own (0..101 are safe), localhost only.
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("ROBOT_IMITATION_TEST_DOMAIN_ID",
-                                             str(1 + os.getpid() % 100))
+from robot_imitation.graph import SimGraph  # noqa: E402 (imports no rclpy)
+
+# Before anything imports rclpy: a domain of our own, localhost only: one that no DDS
+# participant on this machine uses and no other test session or run holds (its lock is kept
+# for the whole session), or the one ROBOT_IMITATION_TEST_DOMAIN_ID names.
+if os.environ.get("ROBOT_IMITATION_TEST_DOMAIN_ID"):
+    os.environ["ROS_DOMAIN_ID"] = os.environ["ROBOT_IMITATION_TEST_DOMAIN_ID"]
+else:
+    SESSION_GRAPH = SimGraph()
+    os.environ["ROS_DOMAIN_ID"] = str(SESSION_GRAPH.domain)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("MUJOCO_GL", "egl")
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from conftest import wait_for
-from robot_imitation.nodes.common import LATCHED_QOS
+from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
 
 PROGRESS = "/dagger/progress"
 CHECKPOINT = "/dagger/checkpoint"
@@ -65,6 +66,8 @@ def test_run_reports_each_iteration_and_latches_the_final_checkpoint(tmp_path, p
     out = tmp_path / "runs"
     progress = start_dagger(procs, probe, {**SMALL, "out": str(out)})
     diagnostics = probe.record(DiagnosticArray, "/diagnostics", READER_QOS)
+    # the run's simulated robot is on a private graph: nothing of it reaches this one
+    states_here = probe.record(JointState, "/joint_states", STATE_QOS)
     resp = probe.call(Trigger, "/dagger/run")
     assert resp.success, resp.message
     assert resp.message.startswith("dagger started: ")
@@ -85,6 +88,8 @@ def test_run_reports_each_iteration_and_latches_the_final_checkpoint(tmp_path, p
     stages = [values(m)["stage"] for m in progress]
     assert any(s.startswith("recording 4 expert demonstrations of reach") for s in stages)
     assert any(s.startswith("expert: 3/3") for s in stages), stages
+    assert any(s.startswith("simulation on a private ROS graph: domain") for s in stages)
+    assert not states_here, "the run's bridge published on the node's graph"
 
     # one report per iteration: BC (0), then DAgger 1 on more labels
     rows = {}
@@ -177,7 +182,8 @@ def test_bad_settings_fail_cancel_stops_and_no_process_outlives_the_node(tmp_pat
     assert not checkpoint, "no run finished, so no checkpoint was announced"
 
     # the node stopped in the middle of a run takes the run's processes with it
-    probe.set_params("dagger", bc_episodes=50)
+    # (on the node's own graph, where this test can see the run's helper node)
+    probe.set_params("dagger", bc_episodes=50, join_ros_graph=True)
     resp = probe.call(Trigger, "/dagger/run")
     assert resp.success, resp.message
     run_dir = Path(resp.message.split(": ", 1)[1])

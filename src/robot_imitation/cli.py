@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -149,39 +148,54 @@ def cmd_expert(args) -> int:
     return 0
 
 
+def _graph(args, command: str | None = None):
+    """The ROS graph of a simulated run: a private domain unless --join-ros-graph (said when
+    ``command`` is given; ``run_dagger`` says it itself)."""
+    from .graph import SimGraph
+
+    graph = SimGraph(join=args.join_ros_graph)
+    if command:
+        print(f"[{command}] simulation on {graph.describe()}", flush=True)
+    return graph
+
+
+def _join_argument(p) -> None:
+    p.add_argument("--join-ros-graph", dest="join_ros_graph", action="store_true",
+                   help="run the simulation on this shell's ROS graph (ROS_DOMAIN_ID), e.g. to "
+                   "watch it in RViz or Foxglove; by default it runs on a private domain of its "
+                   "own, this host only, so that no simulated command reaches a real robot and "
+                   "runs on one machine never mix")
+
+
 def cmd_demo(args) -> int:
     from .paths import ensure_ros_environment
 
     _check_task(args.task)  # before any process starts or any time passes
     out = _writable_folder(args.out)
     ensure_ros_environment()
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
-
     from .launcher import ProcessGroup
     from .nodes.episode_runner import run_episodes, summarize
 
+    graph = _graph(args, "demo")
     print(f"[demo] task {args.task}: bridge ({args.mode}) and scripted expert as separate ROS 2 "
           f"processes, {args.episodes} episodes; logs in {out / 'logs'}")
     start = time.perf_counter()
-    with ProcessGroup(out / "logs") as group:
+    with graph, ProcessGroup(out / "logs", env=graph.env) as group:
         group.start_node("mujoco_bridge", params={
             "task": args.task, "mode": args.mode, "seed": args.seed, "cameras": ["all"]})
         group.start_node("scripted_expert", params={
             "task": args.task, "trigger": "state" if args.mode == "lockstep" else "timer",
             "use_sim_time": args.mode == "realtime"})
-        # no rclpy signal handlers: Ctrl-C is a KeyboardInterrupt, which stops the processes
-        rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+        # the graph's context has no signal handlers: Ctrl-C is a KeyboardInterrupt, which
+        # stops the processes
         try:
             outcomes = run_episodes(
-                args.episodes, timeout=args.timeout, alive=group.check,
+                args.episodes, timeout=args.timeout, alive=group.check, context=graph.context,
                 progress=lambda o: _progress(len(o), args.episodes, "episodes",
                                              f"success {sum(x.success for x in o)}/{len(o)}"))
         except TimeoutError:
             group.check()  # a process that died says why, rather than the wait
             raise
-        finally:
-            rclpy.try_shutdown()
         group.check()
     res = summarize(outcomes)
     res.update(task=args.task, mode=args.mode, wall_time_s=time.perf_counter() - start)
@@ -206,11 +220,12 @@ def cmd_record(args) -> int:
     start = time.perf_counter()
     print(f"[record] {args.episodes} scripted-expert episodes of {args.task} ({args.mode}) "
           f"into {args.dataset}")
-    entries = record_demonstrations(
-        args.dataset, task=args.task, spec=args.spec, episodes=args.episodes, mode=args.mode,
-        seed=args.seed, storage=args.storage,
-        progress=lambda n, o: _progress(n, args.episodes, "episodes",
-                                        f"last: {'success' if o.success else 'failure'}"))
+    with _graph(args, "record") as graph:
+        entries = record_demonstrations(
+            args.dataset, task=args.task, spec=args.spec, episodes=args.episodes,
+            mode=args.mode, seed=args.seed, storage=args.storage, graph=graph,
+            progress=lambda n, o: _progress(n, args.episodes, "episodes",
+                                            f"last: {'success' if o.success else 'failure'}"))
     ok = [e for e in entries if e["status"] == "ok"]
     messages = sum(sum(e["counts"].values()) for e in ok)
     lost = sum(sum(e["received"].values()) - sum(e["counts"].values()) for e in ok)
@@ -335,8 +350,9 @@ def cmd_evaluate(args) -> int:
 
         # checks the checkpoint against the task and the runtime spec before it starts anything
         out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
-        res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
-                           log_dir=out_dir / "logs", seed=args.seed)
+        with _graph(args, "evaluate") as graph:
+            res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
+                               log_dir=out_dir / "logs", seed=args.seed, graph=graph)
     else:
         from .learning.checkpoint import CheckpointError, load_checkpoint
         from .learning.evaluation import evaluate_policy, task_mismatch
@@ -386,7 +402,8 @@ def cmd_dagger(args) -> int:
     cfg = _dagger_config(args)
     check_config(cfg)
     _writable_folder(args.out)
-    run_dagger(args.out, cfg)
+    with _graph(args) as graph:
+        run_dagger(args.out, cfg, graph=graph)
     return 0
 
 
@@ -402,7 +419,8 @@ def cmd_pipeline(args) -> int:
     print(f"[pipeline] {args.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
-    results = run_dagger(args.out, cfg)
+    with _graph(args) as graph:
+        results = run_dagger(args.out, cfg, graph=graph)
     report = write_report(args.out, results, videos=not args.no_videos)
     print(f"[pipeline] done in {time.perf_counter() - start:.0f} s: report {report}")
     return 0
@@ -424,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-success", type=arg_type(RATE, "min_success"), default=0.0,
                    help="exit with code 2 when the success rate is below this (0..1)")
     p.add_argument("--out", default="runs/demo", help="output folder (results.json, logs/)")
+    _join_argument(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("expert", help="the scripted expert on the gymnasium task, without ROS")
@@ -440,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
     p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0)
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    _join_argument(p)
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("info", help="episodes, durations, topics, rates, counts, success")
@@ -504,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="through ROS: bridge in lockstep and policy node (default)")
     way.add_argument("--gym", dest="ros", action="store_false",
                      help="in the gymnasium task, without ROS")
+    _join_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     def dagger_arguments(p, out: str, steps: int) -> None:
@@ -541,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=arg_type(_train_config, "steps"), default=steps,
                        help="training steps per iteration")
         p.add_argument("--device", type=arg_type(_train_config, "device"), default="auto")
+        _join_argument(p)
         p.add_argument("--seed", **d("seed"))
 
     p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")

@@ -1,6 +1,7 @@
 """DAgger through ROS 2, and closed-loop evaluation of a checkpoint.
 
-Processes (one group for the whole run): the bridge in lockstep, the scripted expert answering
+Processes (one group for the whole run, on a private ROS graph unless the caller joins its own:
+``graph.SimGraph``): the bridge in lockstep, the scripted expert answering
 every state on ``/expert/...``, the policy node on ``/policy/...``, the command mux (``sync``)
 forwarding one of them to the robot, and the recorder, which keeps the spec's topics, the
 expert's labels and the executed source (``/command_mux/source``) of each step. The ``gated``
@@ -23,12 +24,10 @@ read with ``label_spec``). Variants:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .paths import ensure_ros_environment
 from .settings import Limits, SettingError, check_fields, setting
 
 LABEL_PREFIX = "/expert"
@@ -145,15 +144,15 @@ class RosRig:
 
     def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
                  dataset=None, mixture_per: str = "step", seed: int = 0,
-                 supervisor: dict | None = None):
-        ensure_ros_environment()
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        import rclpy
-
+                 supervisor: dict | None = None, graph=None):
+        """``graph``: the ``SimGraph`` to run on (default: a private one of its own)."""
+        from .graph import SimGraph
         from .launcher import ProcessGroup
         from .nodes.episode_runner import EpisodeRunner, Spinner
 
-        self.group = ProcessGroup(log_dir)
+        self.own_graph = graph is None
+        self.graph = graph or SimGraph()
+        self.group = ProcessGroup(log_dir, env=self.graph.env)
         g = self.group
         self.with_expert = with_expert
         self.supervised = with_expert and supervisor is not None
@@ -189,11 +188,7 @@ class RosRig:
                     "topics": [LABEL_PREFIX + "/arm_controller/commands",
                                LABEL_PREFIX + "/gripper_controller/commands",
                                "/command_mux/source"] + (["/joy"] if self.supervised else [])})
-            self.started_here = not rclpy.ok()
-            if self.started_here:
-                # Ctrl-C stays a KeyboardInterrupt (see pipelines.record_demonstrations)
-                rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-            self.node = EpisodeRunner()
+            self.node = EpisodeRunner(context=self.graph.context)
             self.spinner = Spinner(self.node)
             self.node.wait_for_bridge(60.0, alive=g.check)
             self._diag, self._diag_time = {}, {}
@@ -278,19 +273,18 @@ class RosRig:
         return outcomes
 
     def close(self) -> None:
-        import rclpy
-
         if getattr(self, "spinner", None):
             self.spinner.stop()
             self.node.destroy_node()
-        if getattr(self, "started_here", False):
-            rclpy.try_shutdown()
         self.group.stop()
+        if self.own_graph:
+            self.graph.close()
 
 
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
-                 seed: int = EVAL_SEED) -> dict:
-    """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node."""
+                 seed: int = EVAL_SEED, graph=None) -> dict:
+    """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node
+    (on ``graph``, a ``SimGraph``; default: a private one)."""
     from .learning.checkpoint import CheckpointError, load_checkpoint
     from .learning.evaluation import task_mismatch
     from .nodes.episode_runner import summarize
@@ -309,7 +303,7 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     if problem:
         raise CheckpointError(f"checkpoint {checkpoint} {problem}")
     load_checkpoint(checkpoint, runtime)
-    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False)
+    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False, graph=graph)
     try:
         res = summarize(rig.episodes(episodes, seed))
         res["policy_node"] = rig.diagnostics("policy_node", fresh=True)
@@ -318,30 +312,47 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     return res
 
 
-def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None) -> dict:
+def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None,
+               graph=None) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations; returns (and
     writes to ``out``/dagger.json) the per-iteration results.
+
+    ``graph``: the ``SimGraph`` every process of the run talks on (default: a private one,
+    closed when the run ends).
 
     ``on_iteration(row)``: called with each iteration's results once they are written.
     ``should_stop()``: asked after the demonstrations and after each iteration (never in the
     middle of one); when it answers true the run ends there, its results so far written with
     ``"stopped": true``.
     """
+    from .graph import SimGraph
+
+    tcfg, spec = check_config(cfg)  # before anything starts or is written
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    own_graph = graph is None
+    graph = graph or SimGraph()
+    try:
+        return _run_dagger(out, cfg, log, on_iteration, should_stop, graph, tcfg, spec)
+    finally:
+        if own_graph:
+            graph.close()
+
+
+def _run_dagger(out, cfg, log, on_iteration, should_stop, graph, tcfg, spec) -> dict:
     from .learning.trainer import train
     from .nodes.episode_runner import summarize
     from .deploy.mux import beta_schedule
     from .pipelines import record_demonstrations, wait_recorded
 
-    tcfg, spec = check_config(cfg)  # before anything starts or is written
     gated = cfg.variant == "gated"
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     spec_name = cfg.spec or cfg.task
     bc_dir, dagger_dir = out / "data" / "expert", out / "data" / "dagger"
     t0 = time.monotonic()
+    log(f"[dagger] simulation on {graph.describe()}")
     log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
     record_demonstrations(bc_dir, task=cfg.task, spec=spec_name, episodes=cfg.bc_episodes,
-                          seed=cfg.seed, log_dir=out / "logs" / "record")
+                          seed=cfg.seed, log_dir=out / "logs" / "record", graph=graph)
     parts = [(bc_dir, spec, None)]
     results = {"config": asdict(cfg), "iterations": []}
 
@@ -367,7 +378,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     ckpt = res["last"]
     rig = RosRig(out / "logs" / "dagger", cfg.task, spec_name, ckpt, with_expert=True,
                  dataset=dagger_dir, mixture_per=cfg.mixture_per, seed=cfg.seed,
-                 supervisor=dict(cfg.supervisor) if gated else None)
+                 supervisor=dict(cfg.supervisor) if gated else None, graph=graph)
     try:
         rig.set_params("command_mux", mode="expert")
         expert = summarize(rig.episodes(cfg.eval_episodes, EVAL_SEED))

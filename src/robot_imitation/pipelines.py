@@ -1,17 +1,16 @@
 """Multi-process pipelines over ROS 2 (used by the command line, the tests and the benchmarks).
 
 ``record_demonstrations``: the bridge, the scripted expert and the recorder as separate
-processes; episode after episode, the recorder starts, the bridge resets, the expert solves the
-task, and the recorder stops when the task reports done.
+processes on a private ROS graph (``graph.SimGraph``); episode after episode, the recorder
+starts, the bridge resets, the expert solves the task, and the recorder stops when the task
+reports done.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from .paths import ensure_ros_environment
 
 
 def start_recording(runner, group=None, recorder: str = "episode_recorder",
@@ -54,8 +53,9 @@ def wait_recorded(dataset, timeout: float = 30.0) -> list:
 def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
                           episodes: int = 10, mode: str = "lockstep", seed: int = 0,
                           storage: str = "mcap", log_dir=None, progress=None,
-                          episode_timeout: float = 120.0) -> list[dict]:
-    """Record ``episodes`` scripted-expert episodes of ``task`` into ``dataset``.
+                          episode_timeout: float = 120.0, graph=None) -> list[dict]:
+    """Record ``episodes`` scripted-expert episodes of ``task`` into ``dataset``, on ``graph``
+    (a ``SimGraph``; default: a private ROS graph of its own).
 
     Returns the dataset index entries of the recorded episodes. Before any process starts,
     refuses (naming the bad value) a number of episodes below 1, an unknown task or spec, a spec
@@ -79,16 +79,26 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     # The recorder node makes the same checks, but only its log would tell why it stopped.
     DatasetWriter(dataset, spec_obj)
 
-    ensure_ros_environment()
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    import rclpy
+    from .graph import SimGraph
 
+    own_graph = graph is None
+    graph = graph or SimGraph()
+    try:
+        return _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir,
+                       progress, episode_timeout, graph)
+    finally:
+        if own_graph:
+            graph.close()
+
+
+def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir, progress,
+            episode_timeout, graph) -> list[dict]:
     from .launcher import ProcessGroup
     from .nodes.episode_runner import EpisodeRunner, Spinner
 
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
     realtime = mode == "realtime"
-    with ProcessGroup(log_dir or dataset / "logs") as group:
+    with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
         group.start_node("mujoco_bridge", params={
             "task": task, "mode": mode, "seed": seed, "cameras": cameras or [""]})
         group.start_node("scripted_expert", params={
@@ -96,12 +106,9 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
         group.start_node("episode_recorder", params={
             "dataset": str(dataset), "spec": spec or task, "storage": storage, "task": task,
             "use_sim_time": True, "auto_stop_on_done": True})
-        started_here = not rclpy.ok()
-        if started_here:
-            # Ctrl-C stays a KeyboardInterrupt (rclpy's handler would only shut ROS down, and
-            # the episode wait would run on)
-            rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-        runner = EpisodeRunner()
+        # the run's own node on the run's graph (a context without signal handlers: Ctrl-C
+        # stays a KeyboardInterrupt, which stops the processes)
+        runner = EpisodeRunner(context=graph.context)
         spinner = Spinner(runner)
         names = []
         try:
@@ -119,7 +126,5 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
         finally:
             spinner.stop()
             runner.destroy_node()
-            if started_here:
-                rclpy.try_shutdown()
     entries = {e["name"]: e for e in json.loads((dataset / "index.json").read_text())["episodes"]}
     return [entries[n] for n in names]

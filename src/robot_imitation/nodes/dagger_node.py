@@ -3,7 +3,8 @@
 Each run is the same loop as `robot-imitation dagger`: it starts the bridge, the scripted
 expert, the policy node, the command mux and the recorder as child processes, records, retrains
 (in this process) and evaluates, and writes <out>/run_<timestamp> (dagger.json, the datasets,
-train_<i>/ checkpoints, logs/).
+train_<i>/ checkpoints, logs/). The run's processes talk on a private ROS domain of their own
+(this host only), never on this node's graph, unless `join_ros_graph` is true.
 
 Services (std_srvs/Trigger):
   ~/run     start a run in a background thread with the current parameters (a client sets them
@@ -43,6 +44,7 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
+from ..graph import SimGraph  # noqa: E402
 from ..dagger import VARIANTS, DaggerConfig, run_dagger  # noqa: E402
 from ..sim.supervisor import InterventionGate  # noqa: E402
 from ..launcher import stop_all_groups  # noqa: E402
@@ -125,6 +127,10 @@ def _parameters() -> tuple:
         Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
               "default, one per core. Fewer leave cores to the run's nodes", min_value=0,
               max_value=1024),
+        Param("join_ros_graph", False, "run a run's simulation (bridge, expert, policy, mux, "
+              "recorder) on this node's ROS domain, e.g. to watch it in RViz or Foxglove; by "
+              "default each run gets a private domain of its own, this host only, so that its "
+              "simulated commands never reach a real robot's controllers"),
     )
 
 
@@ -248,8 +254,10 @@ class DaggerNode(Node):
                 import torch
 
                 torch.set_num_threads(threads)
-            results = run_dagger(run_dir, cfg, log=self._on_log, on_iteration=self._on_iteration,
-                                 should_stop=self._cancel.is_set)
+            with SimGraph(join=self.get_parameter("join_ros_graph").value) as graph:
+                results = run_dagger(run_dir, cfg, log=self._on_log,
+                                     on_iteration=self._on_iteration,
+                                     should_stop=self._cancel.is_set, graph=graph)
             state, values = ("cancelled" if results.get("stopped") else "done"), {}
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
             state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}

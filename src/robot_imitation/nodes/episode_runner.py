@@ -44,8 +44,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 class EpisodeRunner(Node):
-    def __init__(self, bridge: str = "mujoco_bridge", name: str = "episode_runner"):
-        super().__init__(name)
+    def __init__(self, bridge: str = "mujoco_bridge", name: str = "episode_runner",
+                 context=None):
+        super().__init__(name, context=context)
         self.caller = ServiceCaller(self)
         self.reset_name = f"{bridge}/reset"
         self._cond = threading.Condition()
@@ -140,7 +141,8 @@ class Spinner:
     """Spin nodes in a background thread (for library use)."""
 
     def __init__(self, *nodes):
-        self.executor = make_executor("events")
+        self.context = nodes[0].context if nodes else None  # the nodes' context (a SimGraph's)
+        self.executor = make_executor("events", self.context)
         for n in nodes:
             self.executor.add_node(n)
         self._stop = threading.Event()
@@ -149,7 +151,7 @@ class Spinner:
 
     def _spin(self):
         try:
-            while not self._stop.is_set() and rclpy.ok():
+            while not self._stop.is_set() and rclpy.ok(context=self.context):
                 self.executor.spin_once(timeout_sec=0.05)
         except Exception:  # noqa: BLE001 - shutdown races end the spin
             pass
@@ -160,10 +162,10 @@ class Spinner:
 
 
 def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
-                 progress=None, alive=None) -> list[EpisodeOutcome]:
-    """Run ``n`` episodes against a running bridge (rclpy must be initialised); ``alive``:
-    see ``EpisodeRunner.wait_for_service``."""
-    runner = EpisodeRunner(bridge)
+                 progress=None, alive=None, context=None) -> list[EpisodeOutcome]:
+    """Run ``n`` episodes against a running bridge (rclpy initialised: the default context,
+    or ``context``); ``alive``: see ``EpisodeRunner.wait_for_service``."""
+    runner = EpisodeRunner(bridge, context=context)
     spinner = Spinner(runner)
     try:
         runner.wait_for_bridge(alive=alive)

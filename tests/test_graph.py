@@ -1,0 +1,84 @@
+"""Simulated runs on a private ROS graph: the domain a run picks is one nothing on this machine
+uses, two runs never pick the same one, and a run's nodes and processes talk on it only."""
+import os
+import subprocess
+import sys
+import time
+
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from robot_imitation.graph import SimGraph, domain_in_use
+from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS
+
+SHELL_DOMAIN = int(os.environ["ROS_DOMAIN_ID"])  # this test session's (see conftest)
+
+
+def test_a_domain_with_a_participant_is_in_use_and_never_picked(ros):
+    # the test process holds a participant on the session's domain (the `ros` fixture)
+    import rclpy
+
+    node = rclpy.create_node("graph_probe")
+    try:
+        assert domain_in_use(SHELL_DOMAIN)
+        with SimGraph() as a, SimGraph() as b:
+            assert a.private and b.private
+            assert a.domain != b.domain  # the first run's lock keeps the second away
+            assert SHELL_DOMAIN not in (a.domain, b.domain)
+            assert not domain_in_use(a.domain)
+            assert a.env["ROS_DOMAIN_ID"] == str(a.domain)
+            assert a.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+            assert f"domain {a.domain}" in a.describe()
+            # a context on the private domain makes it busy for every later run
+            other = rclpy.create_node("on_private", context=a.context)
+            try:
+                assert domain_in_use(a.domain)
+            finally:
+                other.destroy_node()
+        joined = SimGraph(join=True)
+        assert not joined.private and joined.domain == SHELL_DOMAIN
+        joined.close()
+    finally:
+        node.destroy_node()
+
+
+def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
+    """Run `robot-imitation demo` (3 reach episodes in real time, a few seconds: long enough for
+    discovery to show the run's nodes to the probe) while the probe watches the shell's graph;
+    returns its output and the most publishers of /joint_states seen there at once. Meanwhile
+    the probe publishes arm commands of its own there: a run that listened would take them."""
+    intruder = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands",
+                                           COMMAND_QOS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "robot_imitation.cli", "demo", "--task", "reach", "--episodes",
+         "3", "--mode", "realtime", "--out", str(tmp_path / "demo"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = 0
+    try:
+        while proc.poll() is None:
+            seen = max(seen, probe.node.count_publishers("/joint_states"))
+            intruder.publish(Float64MultiArray(data=[9.0] * 7))
+            time.sleep(0.02)
+    finally:
+        probe.node.destroy_publisher(intruder)
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out
+    return out, seen
+
+
+def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path):
+    """`robot-imitation demo` publishes nothing on the shell's domain (and its expert still
+    solves every episode: no stray command reached its robot); with --join-ros-graph its robot
+    shows there (to watch it in RViz or Foxglove)."""
+    states = probe.record(JointState, "/joint_states", STATE_QOS)
+    poses = probe.record(PoseStamped, "/ee_pose", STATE_QOS)
+    out, seen = watch_demo(probe, tmp_path)
+    assert "simulation on a private ROS graph: domain" in out, out
+    assert f"domain {SHELL_DOMAIN}," not in out
+    assert "success 3/3" in out, out
+    assert seen == 0 and not states and not poses, "the run published on the shell's graph"
+
+    out, seen = watch_demo(probe, tmp_path, "--join-ros-graph")
+    assert f"simulation on the shell's ROS graph (domain {SHELL_DOMAIN})" in out, out
+    assert seen >= 1 and states, "--join-ros-graph: the run's robot is not on the shell's graph"
