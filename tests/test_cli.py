@@ -7,11 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_for
 
 
 def cli(*args, cwd=None, timeout=300):
@@ -307,17 +306,21 @@ def test_ctrl_c_ends_a_command_and_its_processes(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a terminal's Ctrl-C reaches a foreground command whose SIGINT is not ignored
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = out / "logs" / "mujoco_bridge.log"
     try:
-        wait_for(lambda: "mujoco_bridge" in (out / "logs" / "mujoco_bridge.log").read_text()
-                 if (out / "logs" / "mujoco_bridge.log").is_file() else False, 60,
-                 "the bridge to start")
+        # the command has started its processes (the bridge is up and logging), or ended
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and not (log.is_file() and "mujoco_bridge" in log.read_text()):
+            assert time.monotonic() < deadline, "the bridge did not start within 120 s"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        stdout, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err
+            stdout, err = proc.communicate()
+            print(f"the command's output:\n{stdout}\n{err}")
+    assert proc.returncode == 130, (stdout, err)
     assert err.strip() == "robot-imitation demo: interrupted"
     left = []
     for p in Path("/proc").iterdir():
