@@ -170,6 +170,9 @@ def test_train_errors_are_one_line_before_any_training(tmp_path):
     DatasetWriter(tmp_path / "empty", Spec.load("reach"))
     line = one_line(cli("train", tmp_path / "empty", "--out", run))
     assert line.startswith(f"robot-imitation train: {tmp_path / 'empty'}"), line
+    # a robot whose action limits the checkpoint should carry: unknown, or not this spec's
+    line = one_line(cli("train", tmp_path / "empty", "--out", run, "--robot", "nosuch"))
+    assert "unknown robot 'nosuch'" in line, line
     assert files_under(tmp_path) == ["bags", "empty", "empty/dataset.yaml", "file"]
 
 
@@ -296,9 +299,14 @@ def test_a_node_that_dies_is_reported_at_once_with_its_own_error(ros, procs, tmp
         runner.destroy_node()
 
 
-def test_ctrl_c_ends_a_command_and_its_processes(tmp_path):
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_ends_a_command_and_its_processes(tmp_path, sig, code, word):
     """Ctrl-C (SIGINT to the command) ends it with one line and exit code 130, and stops the
-    processes it started, wherever it was."""
+    processes it started, wherever it was; SIGTERM (a service manager, a CI timeout) the same
+    way, with 143 (the children run in sessions of their own: no signal reaches them but the
+    command's)."""
     out = tmp_path / "demo"
     proc = subprocess.Popen(
         [sys.executable, "-m", "robot_imitation.cli", "demo", "--task", "reach", "--mode",
@@ -313,15 +321,15 @@ def test_ctrl_c_ends_a_command_and_its_processes(tmp_path):
         while proc.poll() is None and not (log.is_file() and "mujoco_bridge" in log.read_text()):
             assert time.monotonic() < deadline, "the bridge did not start within 120 s"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             stdout, err = proc.communicate()
             print(f"the command's output:\n{stdout}\n{err}")
-    assert proc.returncode == 130, (stdout, err)
-    assert err.strip() == "robot-imitation demo: interrupted"
+    assert proc.returncode == code, (stdout, err)
+    assert err.strip() == f"robot-imitation demo: {word}"
     left = []
     for p in Path("/proc").iterdir():
         try:

@@ -280,7 +280,8 @@ def cmd_train(args) -> int:
     except SettingError as exc:
         raise SettingError(f"{args.config}: {exc}") from None
     for key in ("steps", "batch_size", "lr", "head", "chunk", "seed", "device",
-                "eval_every", "eval_episodes", "task", "patience", "hidden", "sources"):
+                "eval_every", "eval_episodes", "task", "patience", "hidden", "sources",
+                "robot"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -299,6 +300,10 @@ def cmd_train(args) -> int:
     if not root.is_dir():
         raise DatasetError(f"{root}: no such dataset folder")
     spec = dataset_spec(root, args.spec)
+    if cfg.robot:  # its limits fit the spec's actions (LimitsError naming both otherwise)
+        from .deploy.limits import robot_limits
+
+        robot_limits(cfg.robot, spec)
     if cfg.task and cfg.eval_episodes:
         problem = task_mismatch(spec, cfg.task, "gym")
         if problem:
@@ -500,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", type=train_type("sources"),
                    help="keep only the steps these command sources drove, by the "
                    "recorded /command_mux/source, e.g. human (HG-DAgger interventions)")
+    p.add_argument("--robot", type=train_type("robot"),
+                   help="robot config (name or YAML path) whose action limits the checkpoint "
+                   "carries; default: the task's robot, else the recorded actions' range")
     p.add_argument("--include-interrupted", dest="include_interrupted", action="store_true",
                    help="also train on episodes that did not end (status interrupted: the "
                    "recorder was stopped; recovered: salvaged after a crash)")
@@ -613,19 +621,27 @@ def user_error(exc: BaseException) -> str | None:
 
 def main(argv=None) -> int:
     """Run a subcommand. A user's mistake is one line, ``robot-imitation <command>: <what>``,
-    on stderr and exit code 1 (argparse's own: 2); Ctrl-C stops the command's processes and
-    exits 130; anything else is a bug and keeps its traceback."""
+    on stderr and exit code 1 (argparse's own: 2); Ctrl-C (SIGTERM too) stops the command's
+    processes and exits 130 (143); anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     prog = f"robot-imitation {args.command}"
+    terminated = []
+
+    def on_sigterm(signum, frame):  # as Ctrl-C: the same cleanup (a service manager, CI)
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not stop the cleanup
+            signal.signal(sig, signal.SIG_IGN)
         launcher = sys.modules.get("robot_imitation.launcher")
         if launcher is not None:
             launcher.stop_all_groups()  # normally stopped already, by their with-blocks
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - a user's mistake is one line, a bug re-raised
         message = user_error(exc)
         if message is None:

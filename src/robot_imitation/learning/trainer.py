@@ -60,7 +60,8 @@ class TrainConfig:
     # keep only steps these command sources drove
     sources: list = setting(limits=Limits(list, item=Limits(str)), default_factory=list)
     # also train on episodes that did not end (interrupted, recovered: see build_dataset)
-    include_interrupted: bool = False
+    # also train on episodes that did not end (interrupted, recovered after a crash)
+    include_interrupted: bool = setting(False, Limits(bool))
     # steps between validation/evaluation; 0: at the end only
     eval_every: int = setting(1000, _NON_NEGATIVE)
     # closed-loop episodes per evaluation (0: none)
@@ -72,8 +73,9 @@ class TrainConfig:
     augment_shift: int = setting(4, Limits(int, low=0, high=64))  # pixels of shift for images
     init_from: str = setting("", Limits(str))  # warm start: a checkpoint of the same architecture
     log_every: int = setting(50, _POSITIVE)
-    robot: str = ""                 # robot whose limits the checkpoint carries (empty: the
-                                    # task's robot, else the recorded actions' range)
+    # the robot config whose action limits the checkpoint carries (deploy.limits); empty:
+    # the task's robot, else the recorded actions' range
+    robot: str = setting("", Limits(str))
 
     def __post_init__(self):
         check_fields(self)
@@ -219,7 +221,10 @@ class Trainer:
     def run(self) -> dict:
         cfg, spec, ds = self.cfg, self.dataset.spec, self.dataset
         if not ds.train:
-            raise ValueError("the dataset has no training episodes")
+            from ..data.dataset import DatasetError
+
+            raise DatasetError(f"{ds.path}: no training episodes (all "
+                               f"{len(ds.episodes)} usable episodes went to validation)")
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             # Denormal floats (a loss near zero) slow CPU training tens of times over:
@@ -243,8 +248,10 @@ class Trainer:
 
             start, _ = load_checkpoint(cfg.init_from, spec)
             if start.cfg != policy.cfg:
-                raise ValueError(f"init_from {cfg.init_from}: another architecture "
-                                 f"({start.cfg} vs {policy.cfg})")
+                from .checkpoint import CheckpointError
+
+                raise CheckpointError(f"init_from {cfg.init_from}: another architecture "
+                                      f"({start.cfg} vs {policy.cfg})")
             policy.load_state_dict(start.state_dict())  # normalization is set again below
         stats = dict(ds.stats)
         if policy.cfg.relative:
@@ -275,8 +282,8 @@ class Trainer:
             gen = torch.Generator(device=device)
             gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
             if cfg.batch_size % self.world:
-                raise ValueError(f"batch size {cfg.batch_size} does not divide among "
-                                 f"{self.world} processes: use a multiple of the world size")
+                raise SettingError(f"batch size {cfg.batch_size} does not divide among "
+                                   f"{self.world} processes: use a multiple of the world size")
             per_rank = cfg.batch_size // self.world
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
             running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
@@ -464,9 +471,6 @@ def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | N
     from ..data.dataset import Dataset, build_dataset
 
     cfg = cfg or TrainConfig()
-    if not isinstance(cfg.include_interrupted, bool):
-        raise ValueError(f"include_interrupted must be true or false, got "
-                         f"{cfg.include_interrupted!r}")
     if not isinstance(dataset, Dataset):
         dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                 sources=cfg.sources or None,

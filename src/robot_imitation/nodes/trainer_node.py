@@ -87,6 +87,12 @@ def _parameters() -> tuple:
               min_value=0, max_value=64),
         Param("log_every", d.log_every, "steps between progress reports (and cancel checks)",
               min_value=1),
+        Param("include_interrupted", d.include_interrupted, "also train on episodes that did "
+              "not end (status interrupted: the recorder was stopped; recovered: salvaged "
+              "after a crash); the run's dataset summary names them"),
+        Param("robot", d.robot, "robot config (config/robots name or YAML path) whose action "
+              "limits the checkpoint carries (joint limits, gripper 0..1, velocity limits per "
+              "tick); empty: the task's robot, else the recorded actions' range"),
         Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
               "default, one per core. Fewer leave cores to other nodes, and avoid "
               "oversubscription on a loaded machine", min_value=0, max_value=1024),
