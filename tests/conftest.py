@@ -125,6 +125,21 @@ def probe(ros):
     p.close()
 
 
+def untrained_checkpoint(path, spec_name: str):
+    """A checkpoint of spec ``spec_name`` with random weights (seed 0): the right interface, a
+    policy that has learnt nothing."""
+    import torch
+
+    from robot_imitation.learning.checkpoint import save_checkpoint
+    from robot_imitation.learning.policies import Policy
+    from robot_imitation.learning.trainer import TrainConfig, policy_config
+    from robot_imitation.spec import Spec
+
+    torch.manual_seed(0)
+    spec = Spec.load(spec_name)
+    return save_checkpoint(path, Policy(policy_config(spec, TrainConfig())), spec)
+
+
 @pytest.fixture(scope="session")
 def reach_demos(tmp_path_factory):
     """80 scripted-expert episodes of reach, recorded through bridge, expert and recorder

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import untrained_checkpoint
+
 
 def cli(*args, cwd=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],
@@ -34,17 +36,7 @@ def files_under(path: Path) -> list:
 @pytest.fixture(scope="module")
 def push_checkpoint(tmp_path_factory):
     """A checkpoint of the push spec (untrained weights: only its interface matters here)."""
-    import torch
-
-    from robot_imitation.learning.checkpoint import save_checkpoint
-    from robot_imitation.learning.policies import Policy
-    from robot_imitation.learning.trainer import TrainConfig, policy_config
-    from robot_imitation.spec import Spec
-
-    torch.manual_seed(0)
-    spec = Spec.load("push")
-    return save_checkpoint(tmp_path_factory.mktemp("push") / "ckpt",
-                           Policy(policy_config(spec, TrainConfig())), spec)
+    return untrained_checkpoint(tmp_path_factory.mktemp("push") / "ckpt", "push")
 
 
 # --------------------------------------------------------------------------- numeric options

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from mcap_ros2.reader import read_ros2_messages
 
+from conftest import untrained_checkpoint
+
 
 def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],
@@ -107,17 +109,7 @@ def test_one_hg_dagger_iteration_end_to_end(tmp_path):
 @pytest.fixture(scope="module")
 def bad_checkpoint(tmp_path_factory):
     """A policy of the right shape that has learnt nothing (random weights)."""
-    from robot_imitation.learning.checkpoint import save_checkpoint
-    from robot_imitation.learning.policies import Policy
-    from robot_imitation.learning.trainer import TrainConfig, policy_config
-    from robot_imitation.spec import Spec
-
-    import torch
-
-    torch.manual_seed(0)
-    spec = Spec.load("reach")
-    return save_checkpoint(tmp_path_factory.mktemp("bad") / "ckpt",
-                           Policy(policy_config(spec, TrainConfig())), spec)
+    return untrained_checkpoint(tmp_path_factory.mktemp("bad") / "ckpt", "reach")
 
 
 def test_evaluate_gates_on_the_success_rate(reach_bc, bad_checkpoint, tmp_path):

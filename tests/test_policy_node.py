@@ -90,14 +90,14 @@ class StateFeed:
         self.pubs["/target_pose"].publish(target)
         self.pubs["/joint_states"].publish(js)
 
-    def stream(self, rate: float = 50.0, q=None) -> None:
+    def stream(self, rate: float = 50.0, q=None, target_xyz=(0.55, 0.1, 0.3)) -> None:
         """Publish fresh states in the background until ``stop``."""
         self.stop()
         self._stop.clear()
 
         def loop():
             while not self._stop.is_set():
-                self.send(q)
+                self.send(q, target_xyz=target_xyz)
                 time.sleep(1.0 / rate)
 
         self.thread = threading.Thread(target=loop, daemon=True)
@@ -133,9 +133,10 @@ def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
     bag = Path(episode.source)
     arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
     grip = timed(probe, Float64MultiArray, GRIPPER, KEEP, "grip")
-    # no limits and no staleness check: the node's output is the policy's, and the bag's
-    # stamps are sim time
-    start_policy(procs, probe, checkpoint=ckpt, robot="", max_age_periods=0.0)
+    # limits that never bind (the filter has tests of its own) and no staleness check: the
+    # node's output is the policy's, and the bag's stamps are sim time
+    start_policy(procs, probe, checkpoint=ckpt, max_age_periods=0.0, action_lower=[-1e9],
+                 action_upper=[1e9], max_delta=[0.0])
     classes = {"/joint_states": JointState, "/ee_pose": PoseStamped, "/target_pose": PoseStamped}
     pubs = {t: probe.node.create_publisher(c, t, STATE_QOS) for t, c in classes.items()}
     wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
@@ -246,11 +247,10 @@ def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_
     wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
     limits = robot_limits("panda", Spec.load("reach"))
     try:
-        wild = np.full(9, 50.0)
-        for i in range(30):
-            feed.send(q=wild, target_xyz=(1e6, -1e6, 1e6))
-            time.sleep(0.02)
-        wait_for(lambda: len(arm) >= 20 and len(grip) >= 20, 10, "commands", procs=procs)
+        # states until 20 are answered (the node answers once it sees a command subscriber)
+        feed.stream(q=np.full(9, 50.0), target_xyz=(1e6, -1e6, 1e6))
+        wait_for(lambda: len(arm) >= 20 and len(grip) >= 20, 30, "commands", procs=procs)
+        feed.stop()
         commands = np.array([np.append(a.data, g.data) for (a, _), (g, _) in zip(arm, grip)])
         assert np.all(commands >= limits.lower) and np.all(commands <= limits.upper), commands
         log = procs.log(NODE, tail=100_000)
@@ -271,6 +271,7 @@ def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_
         v = wait_for(lambda: newest(diags, t_after), 5, "diagnostics")[0]
         assert v["checkpoint"] == ckpt and v["swaps"] == "0" and v["reloads"] == "0", v
     finally:
+        feed.stop()
         probe.node.destroy_publisher(announce)
 
 
