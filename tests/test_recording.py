@@ -86,25 +86,25 @@ class Publishers:
             time.sleep(1.0 / rate)
 
 
-def start_recorder(procs, probe, dataset, **params):
+def start_recorder(procs, probe, dataset, name=REC, **params):
     params = {"dataset": str(dataset), "topics": TOPICS, **params}
-    procs.start_node("episode_recorder", params=params)
+    procs.start_node("episode_recorder", name=name, params=params)
     wait_for(lambda: probe.node.count_subscribers(TOPICS[0]) > 0
-             or procs.procs["episode_recorder"].poll() is not None, 30, "recorder up")
+             or procs.procs[name].poll() is not None, 30, "recorder up")
     procs.check()
 
 
-def call(probe, name, timeout=30.0):
-    return probe.call(Trigger, f"/{REC}/{name}", timeout=timeout)
+def call(probe, name, timeout=30.0, recorder=REC):
+    return probe.call(Trigger, f"/{recorder}/{name}", timeout=timeout)
 
 
-def record_episode(probe, pubs, n: int) -> None:
+def record_episode(probe, pubs, n: int, recorder=REC) -> None:
     """Start an episode, publish a burst of ``n`` joint states (and the rest), stop and keep."""
-    assert call(probe, "start").success
+    assert call(probe, "start", recorder=recorder).success
     time.sleep(0.2)
     pubs.burst(n)
     time.sleep(0.3)
-    assert call(probe, "stop").success
+    assert call(probe, "stop", recorder=recorder).success
 
 
 def test_counts_equal_what_was_published(procs, probe, tmp_path):
@@ -250,16 +250,20 @@ def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_
 
     pubs = Publishers(probe)
     ds = tmp_path / "ds"
-    start_recorder(procs, probe, ds, storage=storage, operator="ada", notes="crash test",
-                   task="synthetic")
-    record_episode(probe, pubs, 100)
+    # A recorder killed with SIGKILL stays in the DDS graph until its lease runs out, services
+    # included: a name of its own keeps a later recorder's clients from taking the dead one's
+    # service for the live one's (their first request would go nowhere).
+    rec = f"killed_recorder_{storage}"
+    start_recorder(procs, probe, ds, name=rec, storage=storage, operator="ada",
+                   notes="crash test", task="synthetic")
+    record_episode(probe, pubs, 100, recorder=rec)
     finished = read_counts(ds / "episode_000000")
-    assert call(probe, "start").success
+    assert call(probe, "start", recorder=rec).success
     time.sleep(0.2)
     pubs.sent.clear()
     pubs.burst(1500, rate=600.0)  # ~2.5 s: the writer closes a chunk every second
-    os.killpg(procs.procs[REC].pid, signal.SIGKILL)
-    procs.procs[REC].wait(5)
+    os.killpg(procs.procs[rec].pid, signal.SIGKILL)
+    procs.procs[rec].wait(5)
 
     crashed = ds / "episode_000001"
     assert not (crashed / "metadata.yaml").exists()
