@@ -230,8 +230,10 @@ class PolicyController:
         return reference
 
     def _limit(self, action: np.ndarray, obs: dict) -> tuple[np.ndarray, int]:
+        if self.last_command is not None:  # every tick but the first: no extra work
+            return self.filter(action, self.last_command)
         reference = self._reference(obs)
-        if reference is not None:
+        if reference is not None:  # values without a measured reference: no rate limit yet
             reference = np.where(np.isnan(reference), action, reference)
         return self.filter(action, reference)
 
