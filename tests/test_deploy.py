@@ -200,6 +200,16 @@ def test_safe_zero_command_passes_the_same_filter():
         assert np.all(np.abs(r.action) <= np.abs(last) + 1e-12)  # toward zero
         last = r.action
     assert last[3] < -1.5  # joint4 far from its 0 target after three ticks: no jump
+    # a robot's limits leave the gripper's change unlimited: before any command, the arm's
+    # reference is the measured joints and the gripper needs none (no NaN from a missing one)
+    ctl = PolicyController(spec, loaded(random_policy()),
+                           ActionFilter(8, lower, upper, max_delta=[0.1] * 7 + [0.0]),
+                           max_age=0.15, safe_command="zero")
+    first = ctl.tick(obs, age=1.0).action
+    assert first is not None and np.all(np.isfinite(first)), first
+    # measured [0, 0.2, 0, -2.0, 0, 2.2, 0.8]: 0.1 toward zero at most
+    np.testing.assert_allclose(first[:7], [0.0, 0.1, 0.0, -1.9, 0.0, 2.1, 0.7])
+    assert first[7] == 0.0
 
 
 def test_action_limits_from_the_checkpoint_parameters_or_nothing():

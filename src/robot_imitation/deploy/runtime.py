@@ -257,7 +257,7 @@ class PolicyController:
                     ~np.isfinite(reference)
                 if np.any(unknown & self.filter.rate_limited):
                     return TickResult(None, "stale")
-                action, clamped = self.filter(action, reference)
+                action, clamped = self._limit(action, obs)
                 if clamped:
                     c.clamped_ticks += 1
                     c.clamped_values += clamped
