@@ -48,7 +48,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ..deploy.backends import KINDS  # noqa: E402
-from ..deploy.limits import runtime_limits  # noqa: E402
+from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
 from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter, PolicyController,  # noqa: E402
                               load_policy)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
@@ -186,9 +186,9 @@ class PolicyNode(LifecycleNode):
         loaded = load_policy(path, runtime, self.p["backend"], self.p["threads"])
         self.spec = runtime or loaded.spec
         self.period = 1.0 / (self.p["rate"] or self.spec.control_rate)
-        limits = self._limits(loaded)
+        limits = self._limits(self.spec, loaded.meta.get("action_limits"))
         if limits is None:
-            self.get_logger().warn("commanding WITHOUT action limits (allow_unlimited): nothing "
+            self.get_logger().warning("commanding WITHOUT action limits (allow_unlimited): nothing "
                                    "bounds the commands or their change per tick")
         else:
             names = [n for f in self.spec.actions for n in f.names()]
@@ -220,16 +220,16 @@ class PolicyNode(LifecycleNode):
             f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
             f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")
 
-    def _limits(self, loaded):
-        """The action limits for ``loaded``: the checkpoint's, or those the parameters give
-        (``runtime_limits``); raises ``LimitsError`` when there are none and running without
-        them was not asked for."""
+    def _limits(self, spec, stored):
+        """The action limits of a checkpoint trained for ``spec`` carrying ``stored`` (its
+        ``action_limits``): those, or what the parameters give (``runtime_limits``); raises
+        ``LimitsError`` when there are none and running without them was not asked for."""
         def given(name):
             v = self.p[name]
             return list(v) if v is not None and len(v) else None
 
-        return runtime_limits(self.spec, loaded.meta.get("action_limits"), self.p["robot"],
-                              given("action_lower"), given("action_upper"), given("max_delta"),
+        return runtime_limits(spec, stored, self.p["robot"], given("action_lower"),
+                              given("action_upper"), given("max_delta"),
                               self.p["allow_unlimited"])
 
     @staticmethod
@@ -312,7 +312,7 @@ class PolicyNode(LifecycleNode):
                             }[result.reason]
             self.get_logger().error(self.problem, throttle_duration_sec=2.0)
         if result.clamped:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"command clamped to the action limits ({result.clamped} values this tick, "
                 f"{self.controller.counters.clamped_ticks} clamped ticks in all)",
                 throttle_duration_sec=5.0)
@@ -377,13 +377,11 @@ class PolicyNode(LifecycleNode):
                 return (f"checkpoint {path!r} refused: trained for spec '{trained.name}', which "
                         f"does not match the running spec '{self.controller.spec.name}': "
                         + "; ".join(problems))
-        explicit = all(self.p[k] is not None and len(self.p[k])
-                       for k in ("action_lower", "action_upper", "max_delta"))
-        if meta.get("action_limits") is None and not (self.p["robot"] or explicit
-                                                      or self.p["allow_unlimited"]):
-            return (f"checkpoint {path!r} refused: it carries no action limits (trained before "
-                    "checkpoints stored them); start the node with `robot` or action_lower/"
-                    "action_upper/max_delta for it")
+        if not self.p["robot"]:  # (a robot's limits replace the checkpoint's: nothing to check)
+            try:  # the limits this checkpoint would run under: the same rule as configure's
+                self._limits(trained, meta.get("action_limits"))
+            except LimitsError as exc:
+                return f"checkpoint {path!r} refused: {exc}"
         return None
 
     def _on_set_params(self, params) -> SetParametersResult:
@@ -421,7 +419,7 @@ class PolicyNode(LifecycleNode):
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"])
                 except RuntimeError:  # this backend cannot run the new model: measure again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
-                limits = self._limits(loaded)
+                limits = self._limits(controller.spec, loaded.meta.get("action_limits"))
             except (ValueError, RuntimeError, OSError) as exc:
                 self.reload_failures += 1
                 self.reload_error = str(exc)
