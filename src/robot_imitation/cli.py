@@ -25,11 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from .settings import Limits, arg_type, default_of
+from .settings import EPISODES, Limits, arg_type, default_of
 
 # Limits of the options that are no dataclass's settings (the others come from TrainConfig and
 # DaggerConfig, where each is stated once).
-EPISODES = Limits(int, low=1)
 SEED = Limits(int, low=0, high=2**32 - 1)
 RATE = Limits(float, low=0.0, high=1.0)
 SECONDS = Limits(float, low=0.0, low_open=True)

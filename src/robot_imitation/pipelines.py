@@ -64,12 +64,11 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     """
     from .learning.evaluation import task_mismatch
     from .recording.recorder import DatasetWriter
-    from .settings import SettingError
+    from .settings import EPISODES
     from .sim.tasks import TaskConfig
     from .spec import Spec, SpecError
 
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise SettingError(f"episodes must be a positive integer, got {episodes!r}")
+    EPISODES.check("episodes", episodes)
     TaskConfig.load(task)
     spec_obj = Spec.load(spec or task)
     problem = task_mismatch(spec_obj, task, through="ros")

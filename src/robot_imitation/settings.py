@@ -154,6 +154,11 @@ def default_of(cls, name: str):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
+# the number of episodes of a run (the command line's --episodes, record_demonstrations,
+# evaluate_ros): stated once
+EPISODES = Limits(int, low=1)
+
+
 def check_fields(obj) -> None:
     """Check every field of the dataclass instance ``obj`` that states its limits."""
     for f in dataclasses.fields(obj):

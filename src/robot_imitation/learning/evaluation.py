@@ -67,12 +67,11 @@ def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, s
     the spec's size by the same function the dataset builder uses. A policy whose spec the
     task cannot serve is refused (``SpecError``) before any episode; so is ``episodes`` < 1.
     """
-    from ..settings import SettingError
+    from ..settings import EPISODES
     from ..sim.env import ImitationEnv
     from ..spec import SpecError
 
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise SettingError(f"episodes must be a positive integer, got {episodes!r}")
+    EPISODES.check("episodes", episodes)
     images = spec.image_observations
     env = ImitationEnv(task, render_mode="rgb_array" if images else None,
                        width=camera_size[0], height=camera_size[1])
