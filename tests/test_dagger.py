@@ -157,3 +157,31 @@ def test_main_job_in_a_reduced_configuration(tmp_path):
         with av.open(str(out / f"rollout_{name}.mp4")) as video:
             frames = sum(1 for _ in video.decode(video=0))
         assert frames > 5, name
+
+
+def test_aggregated_training_data_says_what_it_skipped(reach_demos, tmp_path):
+    """DAgger's aggregation leaves out what the dataset builder leaves out, and says so (the
+    summary the trainer stores with each checkpoint), naming each part's skipped episodes."""
+    from robot_imitation.dagger import aggregate
+    from robot_imitation.spec import Spec
+
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "dataset.yaml").write_text((reach_demos / "dataset.yaml").read_text())
+    index = json.loads((reach_demos / "index.json").read_text())
+    entries = index["episodes"][:3]
+    for entry in entries:
+        (part / entry["path"]).symlink_to(reach_demos / entry["path"])
+    entries[1] = {**entries[1], "status": "interrupted"}
+    entries[2] = {**entries[2], "status": "failed"}
+    (part / "index.json").write_text(json.dumps({**index, "episodes": entries}))
+    spec = Spec.load("reach")
+    data = aggregate([(part, spec, None)], spec, val_fraction=0.0)
+    assert [e.name for e in data.episodes] == [entries[0]["name"]]
+    assert data.summary["used"] == [entries[0]["name"]]
+    assert sorted(n for names in data.summary["skipped"].values() for n in names) == \
+        [f"part/{entries[1]['name']}", f"part/{entries[2]['name']}"]
+    assert "skipped 2" in data.describe()
+    # asked for, the interrupted episode is used
+    data = aggregate([(part, spec, None)], spec, val_fraction=0.0, include_interrupted=True)
+    assert [e.name for e in data.episodes] == [entries[0]["name"], entries[1]["name"]]

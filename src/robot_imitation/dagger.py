@@ -46,19 +46,27 @@ def label_spec(spec, prefix: str = LABEL_PREFIX):
     return Spec.from_dict(data)
 
 
-def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0):
+def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0,
+              include_interrupted: bool = False):
     """One ``Dataset`` from several (folder, spec used to read it, sources to keep or None)
-    parts, under ``spec``."""
-    from .data.dataset import Dataset, build_dataset, compute_stats, split_episodes
+    parts, under ``spec``; its ``summary`` says what was used and what each part skipped
+    (episode names prefixed with their folder's)."""
+    from .data.dataset import (Dataset, build_dataset, build_summary, compute_stats,
+                               split_episodes)
 
-    episodes = []
+    episodes, skipped = [], {}
     for folder, read_spec, sources in parts:
-        built = build_dataset(folder, spec=read_spec, val_fraction=0.0).episodes
+        built = build_dataset(folder, spec=read_spec, val_fraction=0.0,
+                              include_interrupted=include_interrupted)
+        for reason, names in built.summary["skipped"].items():
+            skipped.setdefault(reason, []).extend(f"{Path(folder).name}/{n}" for n in names)
         # with sources: the steps they drove (none, when the supervisor never took over)
-        episodes += [s for e in built for s in e.segments(sources)] if sources else built
+        episodes += ([s for e in built.episodes for s in e.segments(sources)] if sources
+                     else built.episodes)
     train, val = split_episodes(episodes, val_fraction, seed)
     return Dataset(path=Path(parts[0][0]), spec=spec, episodes=episodes, train=train, val=val,
-                   stats=compute_stats(spec, train))
+                   stats=compute_stats(spec, train),
+                   summary=build_summary(episodes, skipped, include_interrupted))
 
 
 VARIANTS = ("gated", "mixture")
@@ -285,20 +293,19 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
                  seed: int = EVAL_SEED, graph=None) -> dict:
     """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node
     (on ``graph``, a ``SimGraph``; default: a private one)."""
-    from .learning.checkpoint import CheckpointError, load_checkpoint
+    from .learning.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from .learning.evaluation import task_mismatch
     from .nodes.episode_runner import summarize
-    from .settings import SettingError
+    from .settings import EPISODES
     from .sim.tasks import TaskConfig
     from .spec import Spec
 
     # before any process starts: the episodes, the task, the spec, and a checkpoint that
     # loads, fits the task's bridge and was trained on the runtime spec
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
-        raise SettingError(f"episodes must be a positive integer, got {episodes!r}")
+    EPISODES.check("episodes", episodes)
     TaskConfig.load(task)
     runtime = Spec.load(spec or task)
-    _, meta = load_checkpoint(checkpoint)
+    meta = read_metadata(checkpoint)  # (the weights are loaded once, below)
     problem = task_mismatch(Spec.from_dict(meta["spec"]), task, through="ros")
     if problem:
         raise CheckpointError(f"checkpoint {checkpoint} {problem}")
@@ -368,7 +375,9 @@ def _run_dagger(out, cfg, log, on_iteration, should_stop, graph, tcfg, spec) -> 
         return results
 
     def fit(i: int, init: str | None) -> tuple[dict, int]:
-        data = aggregate(parts, spec, tcfg.val_fraction, cfg.seed)
+        data = aggregate(parts, spec, tcfg.val_fraction, cfg.seed, tcfg.include_interrupted)
+        if data.summary["skipped"]:  # (the summary also goes into the checkpoints)
+            log(f"[dagger] training data: {data.describe()}")
         labels = int(sum(len(e) for e in data.episodes))
         c = replace(tcfg, init_from=init or "") if init else tcfg
         res = train(data, out / f"train_{i}", c, log=lambda *a, **k: None)
