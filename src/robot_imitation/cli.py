@@ -344,6 +344,15 @@ def cmd_recover(args) -> int:
     return 0 if report.ok else 1
 
 
+def _backend_kind(value: str) -> str:
+    """An inference backend's name (checked when given: the backends import torch)."""
+    from .deploy.backends import KINDS
+
+    if value not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown backend {value!r} (known: {', '.join(KINDS)})")
+    return value
+
+
 def cmd_evaluate(args) -> int:
     start = time.perf_counter()
     _check_task(args.task)
@@ -356,21 +365,23 @@ def cmd_evaluate(args) -> int:
         out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
         with _graph(args, "evaluate") as graph:
             res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
-                               log_dir=out_dir / "logs", seed=args.seed, graph=graph)
+                               log_dir=out_dir / "logs", seed=args.seed, graph=graph,
+                               backend=args.backend)
     else:
-        from .learning.checkpoint import CheckpointError, load_checkpoint
-        from .learning.evaluation import evaluate_policy, task_mismatch
-        from .nodes.episode_runner import wilson_interval
+        from .deploy.runtime import load_policy
+        from .learning.checkpoint import CheckpointError
+        from .learning.evaluation import evaluate_loaded, task_mismatch
         from .spec import Spec
 
         spec = Spec.load(args.spec) if args.spec else None
-        policy, meta = load_checkpoint(args.checkpoint, spec)
-        spec = spec or Spec.from_dict(meta["spec"])
-        problem = task_mismatch(spec, args.task, "gym")
+        # loaded as the policy node loads it: the same backend, limits and controller
+        loaded = load_policy(args.checkpoint, spec, args.backend, threads=1)
+        problem = task_mismatch(loaded.spec if spec is None else spec, args.task, "gym")
         if problem:
             raise CheckpointError(f"checkpoint {args.checkpoint} {problem}")
-        res = evaluate_policy(policy, spec, args.task, episodes=args.episodes, seed=args.seed)
-        res["ci95"] = list(wilson_interval(res["successes"], res["episodes"]))
+        if spec is not None:
+            loaded.spec = spec
+        res = evaluate_loaded(loaded, args.task, args.episodes, args.seed)
     res.update(checkpoint=str(args.checkpoint), task=args.task,
                through="ros" if args.ros else "gymnasium", threshold=args.threshold,
                passed=res["success_rate"] >= args.threshold,
@@ -530,7 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     way.add_argument("--ros", dest="ros", action="store_true", default=True,
                      help="through ROS: bridge in lockstep and policy node (default)")
     way.add_argument("--gym", dest="ros", action="store_false",
-                     help="in the gymnasium task, without ROS")
+                     help="in the gymnasium task, without ROS (the same controller, action "
+                          "limits and backend as the policy node: the same episodes)")
+    p.add_argument("--backend", type=_backend_kind, default="eager",
+                   help="inference backend, both ways: eager (default, the reference), "
+                        "torchscript, onnxruntime or numpy")
     _join_argument(p)
     p.set_defaults(func=cmd_evaluate)
 

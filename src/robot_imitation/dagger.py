@@ -31,6 +31,7 @@ from pathlib import Path
 from .settings import Limits, SettingError, check_fields, setting
 
 LABEL_PREFIX = "/expert"
+ROLLOUT_BACKEND = "eager"  # the policy node's backend in a rig (the gymnasium world's too)
 EVAL_SEED = 500_000       # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 DATA_SEED = 100_000       # DAgger iteration i records seeds DATA_SEED * i, DATA_SEED * i + 1, ...
 
@@ -152,8 +153,12 @@ class RosRig:
 
     def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
                  dataset=None, mixture_per: str = "step", seed: int = 0,
-                 supervisor: dict | None = None, graph=None):
-        """``graph``: the ``SimGraph`` to run on (default: a private one of its own)."""
+                 supervisor: dict | None = None, graph=None, backend: str = ROLLOUT_BACKEND,
+                 keep_commands: bool = False):
+        """``graph``: the ``SimGraph`` to run on (default: a private one of its own).
+        ``backend``: the policy node's inference backend (named, not measured: the gymnasium
+        world runs the same one, so both command alike). ``keep_commands``: capture the
+        commands the bridge receives (``commands``)."""
         from .graph import SimGraph
         from .launcher import ProcessGroup
         from .nodes.episode_runner import EpisodeRunner, Spinner
@@ -185,7 +190,8 @@ class RosRig:
                          "-r", "/gripper_controller/commands:=/policy/gripper_controller/commands"]
             # the action limits are the checkpoint's (the task's robot)
             g.start_node("policy_node", params={"checkpoint": str(checkpoint), "spec": spec,
-                                                "use_sim_time": True,
+                                                "use_sim_time": True, "backend": backend,
+                                                "threads": 1,
                                                 # lockstep: no state can be late (the bridge
                                                 # waits for the answer), so no watchdog
                                                 "max_age_periods": 0.0}, extra_args=remap)
@@ -197,6 +203,9 @@ class RosRig:
                                LABEL_PREFIX + "/gripper_controller/commands",
                                "/command_mux/source"] + (["/joy"] if self.supervised else [])})
             self.node = EpisodeRunner(context=self.graph.context)
+            self._commands = None
+            if keep_commands:
+                self._capture_commands(task, spec)
             self.spinner = Spinner(self.node)
             self.node.wait_for_bridge(60.0, alive=g.check)
             self._diag, self._diag_time = {}, {}
@@ -207,6 +216,68 @@ class RosRig:
         except BaseException:
             self.close()
             raise
+
+    def _capture_commands(self, task: str, spec_name: str) -> None:
+        """Keep every command the bridge receives, by the state it answers."""
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+        from std_msgs.msg import Float64MultiArray
+
+        from .pairing import layout_stamp
+        from .sim.tasks import TaskSim
+        from .spec import Spec
+
+        sim = TaskSim(task)
+        self._tick_ns = sim.substeps * sim.model.opt.timestep * 1e9  # between two states
+
+        import threading
+
+        topics = [f.topic for f in Spec.load(spec_name).actions]
+        self._commands = {t: {} for t in topics}
+        self._commands_lock = threading.Lock()
+
+        def keep(topic, msg):
+            with self._commands_lock:
+                self._commands[topic][layout_stamp(msg.layout)] = list(msg.data)
+
+        qos = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE)
+        for t in topics:
+            self.node.create_subscription(Float64MultiArray, t,
+                                          lambda msg, t=t: keep(t, msg), qos)
+
+    def commands(self, outcome, timeout: float = 10.0) -> "np.ndarray":
+        """The commands executed in the episode of ``outcome`` (an ``EpisodeOutcome``), one row
+        per tick: the answers to its ``ticks`` states before the final one, which lie one
+        control period apart (with ``keep_commands``; waits up to ``timeout`` s for answers
+        still on their way)."""
+        import bisect
+
+        import numpy as np
+
+        from .pairing import stamp_of
+
+        end = stamp_of(outcome.end_stamp)
+        expected = [end - k * self._tick_ns for k in range(outcome.ticks, 0, -1)]
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._commands_lock:
+                per_topic = [dict(d) for d in self._commands.values()]
+            rows, missing = [], 0
+            for topic in per_topic:
+                stamps = sorted(s for s in topic if s is not None)
+                found = []
+                for e in expected:  # stamps are whole ns: allow for the rounding of each
+                    i = bisect.bisect_left(stamps, e - 1000)
+                    if i < len(stamps) and abs(stamps[i] - e) <= 1000:
+                        found.append(topic[stamps[i]])
+                    else:
+                        missing += 1
+                rows.append(found)
+            if not missing:
+                return np.array([sum(parts, []) for parts in zip(*rows)])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"episode {outcome.episode}: {missing} commands of its "
+                                   f"{outcome.ticks} ticks were not captured")
+            time.sleep(0.02)
 
     def _on_diag(self, msg) -> None:
         for st in msg.status:
@@ -290,12 +361,16 @@ class RosRig:
 
 
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
-                 seed: int = EVAL_SEED, graph=None) -> dict:
+                 seed: int = EVAL_SEED, graph=None, backend: str = ROLLOUT_BACKEND,
+                 keep_commands: bool = False, progress=None) -> dict:
     """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node
-    (on ``graph``, a ``SimGraph``; default: a private one)."""
+    (on ``graph``, a ``SimGraph``; default: a private one), episodes with seeds
+    seed..seed+episodes-1. Returns ``rollouts.summarize``'s summary (each episode's seed,
+    success, ticks and final reward) with the policy node's diagnostics; ``keep_commands``:
+    also ``results``, each episode's executed commands."""
     from .learning.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from .learning.evaluation import task_mismatch
-    from .nodes.episode_runner import summarize
+    from .rollouts import EpisodeResult, summarize
     from .settings import EPISODES
     from .sim.tasks import TaskConfig
     from .spec import Spec
@@ -310,10 +385,17 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     if problem:
         raise CheckpointError(f"checkpoint {checkpoint} {problem}")
     load_checkpoint(checkpoint, runtime)
-    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False, graph=graph)
+    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False, graph=graph,
+                 backend=backend, keep_commands=keep_commands)
     try:
-        res = summarize(rig.episodes(episodes, seed))
+        outcomes = rig.episodes(episodes, seed, progress=progress)
+        results = [EpisodeResult(o.seed, o.success, o.ticks, o.reward,
+                                 rig.commands(o) if keep_commands else None) for o in outcomes]
+        res = summarize(results)
         res["policy_node"] = rig.diagnostics("policy_node", fresh=True)
+        res["bridge"] = rig.diagnostics("mujoco_bridge", fresh=True)
+        if keep_commands:
+            res["results"] = results
     finally:
         rig.close()
     return res

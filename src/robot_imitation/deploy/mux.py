@@ -12,6 +12,9 @@ command topic (arm, gripper). Modes:
 In ``sync`` operation (lockstep simulation) the mux waits, for each new state, until every
 source in ``sync_sources`` has answered it, then forwards the chosen source's answer: the labels
 of the other sources are then published, and recorded, at the same instant as the state.
+Answers that name the state they answer (``pairing``: the stamp in a command's layout) are
+paired by it: one naming an earlier state than the pending one is dropped, whenever it comes;
+unstamped answers are paired by arrival.
 Without sync, the chosen source's messages are forwarded as they arrive.
 
 ``joy_sync`` (sync, intervention mode): the intervention button is pressed by something that
@@ -24,6 +27,8 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+
+from ..pairing import layout_stamp
 
 MODES = ("expert", "policy", "mixture", "intervention")
 
@@ -54,6 +59,7 @@ class MuxCore:
         self.episode_choice = None
         self.state_pending = False
         self.forwarded = {s: 0 for s in self.sources}
+        self.dropped_late = 0      # answers naming an earlier state than the pending one
         self._current = None       # without sync, a mixture's current draw
 
     def set_mode(self, mode: str, beta: float | None = None) -> None:
@@ -95,7 +101,17 @@ class MuxCore:
         self.queues[source][topic].append(msg)
 
     def answered(self, source: str) -> bool:
+        self._drop_stale(source)
         return all(self.queues[source][t] for t in self.topics)
+
+    def _drop_stale(self, source: str) -> None:
+        """Drop queued answers of ``source`` that name a state before the pending one."""
+        if self.state_stamp is None:
+            return
+        for q in self.queues[source].values():
+            while q and (s := _named_stamp(q[0])) is not None and s < self.state_stamp:
+                q.popleft()
+                self.dropped_late += 1
 
     def ready(self) -> list | None:
         """Sync: when the state has been answered by every sync source (and the chosen one),
@@ -147,6 +163,12 @@ class MuxCore:
     def redraw(self) -> None:
         """Without sync, mixture per step: a new draw every control period."""
         self._current = self.choose()
+
+
+def _named_stamp(msg) -> int | None:
+    """The state (stamp, ns) a command names in its layout (``pairing``), or None."""
+    layout = getattr(msg, "layout", None)
+    return None if layout is None else layout_stamp(layout)
 
 
 def beta_schedule(kind: str, iteration: int, beta0: float = 1.0, decay: float = 0.5,

@@ -24,7 +24,7 @@ import numpy as np
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
 from .backends import Backend, low_dim_slices, select_backend
-from .limits import ActionLimits
+from .limits import ActionLimits, runtime_limits
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
@@ -56,6 +56,19 @@ def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads:
     digest = hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()[:12]
     return LoadedPolicy(path=str(path), spec=spec, meta=meta, backend=chosen, backends=rows,
                         version=digest, load_seconds=time.perf_counter() - t0)
+
+
+def policy_from_module(policy, spec: Spec, meta: dict, backend: str = "eager", threads: int = 1,
+                       path: str = "(in memory)") -> LoadedPolicy:
+    """A ``LoadedPolicy`` of a policy module in memory (a copy on the CPU: the module itself is
+    left where it is, in training or not), e.g. the trainer's policy between steps."""
+    import copy
+
+    t0 = time.perf_counter()
+    module = copy.deepcopy(policy).cpu().eval()
+    chosen, rows = select_backend(module, backend, threads)
+    return LoadedPolicy(path=path, spec=spec, meta=meta, backend=chosen, backends=rows,
+                        version="memory", load_seconds=time.perf_counter() - t0)
 
 
 class ChunkScheduler:
@@ -296,3 +309,22 @@ class PolicyController:
     def split(self, action: np.ndarray) -> list:
         """[(action key, values)] in spec order."""
         return [(key, action[a:b]) for key, a, b in self.splits]
+
+
+def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: str = "",
+                    lower=None, upper=None, max_delta=None, allow_unlimited: bool = False,
+                    chunk_mode: str = "first", ensemble_decay: float = 0.01,
+                    chunk_execute: int = 0, max_age: float = 0.0,
+                    safe_command: str = "hold") -> tuple[PolicyController, ActionLimits | None]:
+    """The controller the policy node runs for ``loaded`` on ``spec`` (default: the
+    checkpoint's), under the action limits ``runtime_limits`` gives (the checkpoint's, replaced
+    in part or whole by ``robot``/``lower``/``upper``/``max_delta``). Every world that runs a
+    policy (the node, the gymnasium rollouts) builds its controller here, so that they command
+    alike. Returns (controller, limits); raises ``LimitsError`` as ``runtime_limits`` does."""
+    spec = spec or loaded.spec
+    limits = runtime_limits(spec, loaded.meta.get("action_limits"), robot, lower, upper,
+                            max_delta, allow_unlimited)
+    controller = PolicyController(spec, loaded, ActionFilter.from_limits(limits, spec.action_dim),
+                                  chunk_mode, ensemble_decay, chunk_execute, max_age,
+                                  safe_command)
+    return controller, limits

@@ -1,10 +1,11 @@
-"""Closed-loop evaluation of a policy in the gymnasium version of a built-in task (no ROS)."""
+"""Closed-loop evaluation of a policy in the gymnasium version of a built-in task (no ROS),
+commanded as the policy node commands it."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..spec import Spec, resize_nearest
+from ..spec import Spec
 from .policies import Policy
 
 
@@ -59,53 +60,58 @@ def task_mismatch(spec: Spec, task, through: str = "gym", sim=None) -> str | Non
 
 
 def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, seed: int = 10_000,
-                    device="cpu", camera_size=(320, 240)) -> dict:
-    """Success rate of ``policy`` over ``episodes`` seeded episodes of ``task``.
+                    device="cpu", camera_size=(320, 240), meta: dict | None = None,
+                    backend: str = "eager", keep_commands: bool = False) -> dict:
+    """Success rate of ``policy`` over ``episodes`` seeded episodes of ``task`` (seeds
+    seed..seed+episodes-1), in the gymnasium world, commanded as the policy node commands it
+    (``rollouts.gym``): the same controller, action filter and chunking (the first action of
+    each predicted chunk). ``meta``: the checkpoint's metadata, whose ``action_limits`` the
+    filter applies; without it, the task's robot's limits (what the trainer stores by default).
+    The module itself is not touched (a CPU copy runs). A policy whose spec the task cannot
+    serve is refused (``SpecError``) before any episode; so is ``episodes`` < 1.
 
-    Chunked policies execute the first action of each predicted chunk (receding horizon).
-    Camera observations are rendered at ``camera_size`` (the bridge's default) and resized to
-    the spec's size by the same function the dataset builder uses. A policy whose spec the
-    task cannot serve is refused (``SpecError``) before any episode; so is ``episodes`` < 1.
-    """
+    Returns the summary (``rollouts.summarize``: successes, rate, 95% interval, mean length,
+    each episode's seed, success, ticks and final reward)."""
+    from ..deploy.runtime import policy_from_module
     from ..settings import EPISODES
-    from ..sim.env import ImitationEnv
+
+    EPISODES.check("episodes", episodes)
+    meta = dict(meta or {})
+    if meta.get("action_limits") is None:
+        from ..deploy.limits import robot_limits
+        from ..sim.tasks import TaskConfig
+
+        meta["action_limits"] = robot_limits(TaskConfig.load(task).robot, spec).to_dict()
+    loaded = policy_from_module(policy, spec, meta, backend)
+    return evaluate_loaded(loaded, task, episodes, seed, camera_size=camera_size,
+                           keep_commands=keep_commands)
+
+
+def evaluate_loaded(loaded, task: str, episodes: int, seed: int, camera_size=(320, 240),
+                    keep_commands: bool = False, progress=None) -> dict:
+    """``evaluate_policy`` for a ``deploy.runtime.LoadedPolicy`` (a checkpoint loaded as the
+    policy node loads it); ``keep_commands``: the summary's ``results`` keep each episode's
+    commands."""
+    from ..deploy.runtime import make_controller
+    from ..rollouts import PolicyDriver, summarize
+    from ..rollouts.gym import GymWorld
+    from ..settings import EPISODES
     from ..spec import SpecError
 
     EPISODES.check("episodes", episodes)
-    images = spec.image_observations
-    env = ImitationEnv(task, render_mode="rgb_array" if images else None,
-                       width=camera_size[0], height=camera_size[1])
-    problem = task_mismatch(spec, task, "gym", sim=env.sim)
+    spec = loaded.spec
+    problem = task_mismatch(spec, task, "gym")
     if problem:
-        env.close()
         raise SpecError(f"spec {spec.name} {problem}")
-    successes, lengths = 0, []
-    was_training = policy.training
-    policy.eval()
+    controller, _ = make_controller(loaded, spec)
+    world = GymWorld(task, spec, camera_size)
     try:
-        for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
-            steps = 0
-            while True:
-                frames = None
-                if images:
-                    frames = {}
-                    for f in images:
-                        camera = f.topic.strip("/").split("/")[0]
-                        env.camera = camera
-                        frames[f.key] = resize_nearest(env.render(), f.image["width"],
-                                                       f.image["height"], f.image["encoding"])
-                chunk = policy.act(observation_tensors(obs, spec, device, frames))
-                action = chunk[0, 0].double().cpu().numpy()
-                obs, _, terminated, truncated, info = env.step(
-                    np.clip(action, env.action_space.low, env.action_space.high))
-                steps += 1
-                if terminated or truncated:
-                    break
-            successes += bool(info["is_success"])
-            lengths.append(steps)
+        results = world.run(range(seed, seed + episodes), PolicyDriver(controller),
+                            keep_commands=keep_commands, progress=progress)
     finally:
-        env.close()
-        policy.train(was_training)
-    return {"episodes": episodes, "successes": successes, "success_rate": successes / episodes,
-            "mean_length": float(np.mean(lengths))}
+        world.close()
+    out = summarize(results)
+    out["policy"] = {"backend": loaded.backend.kind, "counters": vars(controller.counters)}
+    if keep_commands:
+        out["results"] = results
+    return out

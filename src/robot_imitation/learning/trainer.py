@@ -335,7 +335,7 @@ class Trainer:
                         from .evaluation import evaluate_policy
 
                         result = evaluate_policy(policy, spec, task, cfg.eval_episodes,
-                                                 device=device)
+                                                 device=device, meta=meta)
                         row["success_rate"] = result["success_rate"]
                     improved = False
                     if val and row["val_loss"] < best_val:

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS,
-                     Param, declare_all, from_sec, run, to_sec)
+                     Param, declare_all, from_sec, run, stamp_ns, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -33,6 +33,8 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ..bridge.core import BridgeCore, BurstLog, CommandResult  # noqa: E402
+from ..bridge.stepper import Lockstep, Verdict  # noqa: E402
+from ..pairing import layout_stamp  # noqa: E402
 from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
 
 
@@ -101,7 +103,8 @@ class MujocoBridge(Node):
         Param("robot", "", "robot override: a name from config/robots, a robot YAML path, or "
               "an MJCF path; empty: the task's robot", read_only=True),
         Param("mode", "realtime", "timing: physics paced by the wall clock, or lockstep "
-              "(publish tick k, wait for its command, step)", read_only=True,
+              "(publish the state of tick k, wait for the commands answering it, step)",
+              read_only=True,
               choices=("realtime", "lockstep")),
         Param("real_time_factor", 1.0, "realtime mode: target simulation speed relative to the "
               "wall clock", min_value=0.01, max_value=100.0),
@@ -118,13 +121,13 @@ class MujocoBridge(Node):
         Param("command_timeout", 0.5, "seconds (sim time) without a valid arm command before "
               "the arm is held still; 0 disables", min_value=0.0, max_value=3600.0),
         Param("lockstep_commands", ["arm", "gripper"], "lockstep mode: the command topics that "
-              "must answer a tick before it is stepped", read_only=True),
+              "must answer a state before it is stepped. An answer names its state (the stamp "
+              "in a Float64MultiArray's layout label, a trajectory's header stamp): answers to "
+              "earlier states are dropped; unstamped commands are taken by arrival",
+              read_only=True),
         Param("lockstep_republish", 1.0, "lockstep mode: seconds (wall) before an unanswered "
-              "state is sent again", min_value=0.05, max_value=60.0),
-        Param("reset_grace", 0.25, "lockstep mode: seconds (wall) a reset waits for the answers "
-              "to the state last published (while every answering topic has a publisher), so "
-              "that none arrives after the reset and is taken for the new episode's",
-              min_value=0.0, max_value=10.0),
+              "state is sent again (pairing does not depend on it)", min_value=0.05,
+              max_value=60.0),
         Param("seed", 0, "base seed: episode k after the last change of this parameter uses "
               "seed+k", min_value=0, max_value=2**31 - 1),
         Param("auto_reset", False, "start the next episode as soon as one is done"),
@@ -158,6 +161,7 @@ class MujocoBridge(Node):
         else:
             self.sim = TaskSim(task, p["robot"] or None)
         self.core = BridgeCore(self.sim, p["command_interface"], p["command_timeout"])
+        self.lockstep = p["mode"] == "lockstep"
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.joint_names = self.sim.robot.joint_names
@@ -216,10 +220,10 @@ class MujocoBridge(Node):
         self._arm_log = BurstLog(warn, "bad arm commands")
         self._grip_log = BurstLog(warn, "bad gripper commands")
         self._late_log = BurstLog(warn, "late trajectories")
-        self._need = set(p["lockstep_commands"])
-        if not self._need <= {"arm", "gripper"}:
-            raise ValueError(f"lockstep_commands: {sorted(self._need)}; allowed: arm, gripper")
-        self._answered: set = set()
+        self._ahead_log = BurstLog(warn, "commands naming a state never published")
+        need = set(p["lockstep_commands"])
+        if not need <= {"arm", "gripper"}:
+            raise ValueError(f"lockstep_commands: {sorted(need)}; allowed: arm, gripper")
 
         # ---------------------------------------------------------------- services
         self.create_service(Trigger, "~/reset", self._srv_reset)
@@ -232,6 +236,8 @@ class MujocoBridge(Node):
         self.running = True
         self._seed_base = int(p["seed"])
         self._seed_count = 0
+        # the lockstep protocol (pairing answers with states, stepping): a plain core
+        self.stepper = Lockstep(self.core, need, p["auto_reset"], self._next_seed)
         self.overruns = 0
         self.rtf = 0.0
         self.steps_total = 0
@@ -258,6 +264,10 @@ class MujocoBridge(Node):
             elif prm.name == "command_timeout":
                 with self.lock:
                     self.core.command_timeout = float(prm.value)
+            elif prm.name == "auto_reset":
+                with self.lock:
+                    self.stepper.auto_reset = bool(prm.value)
+                    self.p[prm.name] = prm.value
             elif prm.name in self.p:
                 self.p[prm.name] = prm.value
         return SetParametersResult(successful=True)
@@ -268,37 +278,49 @@ class MujocoBridge(Node):
         return seed
 
     # ===================================================================== commands
-    def _answer(self, which: str) -> None:
-        self._answered.add(which)
-        if self._need <= self._answered:
+    def _offer(self, which: str, stamp, apply) -> CommandResult | None:
+        """A command (lock held): in lockstep, paired with the state it names (``stamp``, ns;
+        None: unstamped) by the stepper, which applies it or drops it; else applied. Returns
+        the command's result, None when dropped."""
+        if not self.lockstep:
+            return apply()
+        verdict, result = self.stepper.offer(which, stamp, apply)
+        if verdict is Verdict.AHEAD:
+            self._ahead_log.note("ahead", f"dropped {which} command naming state {stamp} ns: "
+                                 f"the bridge's current state is {self.stepper.stamp} ns")
+        if result is not None and result.ok and self.stepper.complete():
             self.cond.notify_all()
+        return result
 
     def _on_arm(self, msg: Float64MultiArray) -> None:
         with self.lock:
-            result = self.core.command_arm(msg.data)
-            if result.ok:
-                self._answer("arm")
-        self._report(self._arm_log, "arm", result, len(msg.data))
+            result = self._offer("arm", layout_stamp(msg.layout),
+                                 lambda: self.core.command_arm(msg.data))
+        if result is not None:
+            self._report(self._arm_log, "arm", result, len(msg.data))
 
     def _on_traj(self, msg: JointTrajectory) -> None:
         with self.lock:
             start = to_sec(msg.header.stamp)
-            result = self.core.command_trajectory(
-                msg.joint_names, [to_sec(pt.time_from_start) for pt in msg.points],
-                [list(pt.positions) for pt in msg.points], start=start or None)
+            # stamped with the current state: its answer; any other stamp is a start time
+            # (joint_trajectory_controller's meaning), the trajectory taken by arrival
+            stamp = stamp_ns(msg.header.stamp)
+            result = self._offer(
+                "arm", stamp if self.lockstep and stamp == self.stepper.stamp else None,
+                lambda: self.core.command_trajectory(
+                    msg.joint_names, [to_sec(pt.time_from_start) for pt in msg.points],
+                    [list(pt.positions) for pt in msg.points], start=start or None))
             detail = self.core.detail
-            if result.ok:
-                self._answer("arm")
         if result.ok and detail:  # started late: the points already past were skipped
             self._late_log.note("started_late", f"arm {detail}")
         self._report(self._arm_log, "arm", result, len(msg.joint_names), detail)
 
     def _on_gripper(self, msg: Float64MultiArray) -> None:
         with self.lock:
-            result = self.core.command_gripper(msg.data)
-            if result.ok:
-                self._answer("gripper")
-        self._report(self._grip_log, "gripper", result, len(msg.data))
+            result = self._offer("gripper", layout_stamp(msg.layout),
+                                 lambda: self.core.command_gripper(msg.data))
+        if result is not None:
+            self._report(self._grip_log, "gripper", result, len(msg.data))
 
     def _report(self, log: BurstLog, what: str, result: CommandResult, n: int,
                 detail: str = "") -> None:
@@ -363,7 +385,6 @@ class MujocoBridge(Node):
         while self._requests:
             kind, arg, done, box = self._requests.pop(0)
             if kind == "reset":
-                self._await_answers()
                 self._reset(arg)
             elif kind == "step":
                 for _ in range(arg):
@@ -375,32 +396,14 @@ class MujocoBridge(Node):
             if done is not None:
                 done.set()
 
-    def _await_answers(self) -> None:
-        """Lockstep, before a reset (lock held): let the answers to the state last published
-        come in first. Commands carry no stamp: an answer arriving after the reset would be
-        taken for the answer to the new episode's first state, and every command of that
-        episode would act one tick late. Waits up to `reset_grace`, and only while every
-        answering topic has a publisher (with nobody answering there is nothing to wait for)."""
-        if self.p["mode"] != "lockstep" or self._need <= self._answered:
-            return
-        if not all(any(s.get_publisher_count() for s in self._command_subs[w])
-                   for w in self._need):
-            return
-        deadline = time.monotonic() + self.p["reset_grace"]
-        while not self._need <= self._answered:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self.cond.wait(left)
-
     def _reset(self, seed: int) -> None:
-        self.core.reset(seed)
-        self._answered = set()
+        # answers to the old episode's states name earlier stamps: dropped as late
+        self.stepper.reset(seed)
         self._next_frame = self.core.clock
         self._publish_state()
 
     # ===================================================================== publishing
-    def _publish_state(self, status: bool = True) -> None:
+    def _publish_state(self) -> None:
         """Joint states, poses, clock and episode status of the current instant (lock held)."""
         t = self.core.clock
         stamp = from_sec(t)
@@ -419,8 +422,7 @@ class MujocoBridge(Node):
         js.header.stamp = stamp
         js.position, js.velocity, js.effort = q.tolist(), qd.tolist(), eff.tolist()
         self.pub_joints.publish(js)
-        if status:
-            self._publish_status(stamp)
+        self._publish_status(stamp)
         self._maybe_render(t)
 
     def _publish_status(self, stamp) -> None:
@@ -434,7 +436,7 @@ class MujocoBridge(Node):
                     KeyValue(key="tick", value=str(st.tick)),
                     KeyValue(key="success", value=str(st.success).lower()),
                     KeyValue(key="done", value=str(st.done).lower()),
-                    KeyValue(key="reward", value=f"{st.reward:.6f}")]
+                    KeyValue(key="reward", value=repr(float(st.reward)))]
         msg.status = [s]
         self.pub_status.publish(msg)
 
@@ -481,7 +483,7 @@ class MujocoBridge(Node):
         info_pub.publish(info)
 
     def _publish_diagnostics(self) -> None:
-        for log in (self._arm_log, self._grip_log, self._late_log):
+        for log in (self._arm_log, self._grip_log, self._late_log, self._ahead_log):
             log.flush()
         with self.lock:
             c = self.core.counters
@@ -494,6 +496,11 @@ class MujocoBridge(Node):
                       "holding": str(self.core.holding).lower(), "paused": str(self.paused).lower()}
             for reason, n in c.rejected.items():
                 values[f"rejected_{reason}"] = n
+            if self.lockstep:
+                k = self.stepper.counters
+                values.update({"lockstep_answers": k.answers, "lockstep_unstamped": k.unstamped,
+                               "lockstep_late_dropped": k.late,
+                               "lockstep_ahead_dropped": k.ahead})
             if self.renderer:
                 values["camera_frames"] = self.renderer.frames
                 values["camera_frames_skipped"] = self.renderer.skipped
@@ -525,41 +532,29 @@ class MujocoBridge(Node):
 
     def _loop_lockstep(self) -> None:
         republish = self.p["lockstep_republish"]
-        done_since = None  # wall time the final state of an episode was published, unannounced
+        stepper = self.stepper
         with self.cond:
-            # The first state was published by the reset in __init__; an answer to it may
-            # already be in (`_answered` is not cleared here: a source answers a stamp once).
+            # The first state was published by the reset in __init__ (an answer to it may be in
+            # already); once more, for whoever subscribed since (answerers answer a stamp once).
             self._publish_state()
             while self.running:
                 self._serve_requests()
-                if self.paused:
+                if self.paused or stepper.held():
+                    # paused, or the episode is over (its final state and outcome published):
+                    # hold until ~/set_pause or ~/reset
                     self.cond.wait(0.1)
                     continue
-                if self.core.status().done and not self.p["auto_reset"]:
-                    # The episode is over: hold until ~/reset. Its outcome is announced once the
-                    # final state is answered (or after `lockstep_republish`): whoever resets on
-                    # that announcement does so after the answer has arrived, so a late answer
-                    # to the old episode is never taken for the answer to the new one.
-                    if done_since is not None and (self._need <= self._answered or
-                                                   time.monotonic() - done_since > republish):
-                        self._publish_status(from_sec(self.core.clock))
-                        done_since = None
-                    self.cond.wait(0.1)
-                    continue
-                if not self._need <= self._answered:
+                if not stepper.complete():
                     if not self.cond.wait(republish) and not self._requests and not self.paused:
                         self._publish_state()  # nobody answered: the state may have been missed
                     continue
-                status = self.core.step_tick()
+                episode = self.core.episode
+                stepper.advance()
                 self.steps_total += self.sim.substeps
                 self.ticks_total += 1
-                if status.done and self.p["auto_reset"]:
-                    self.core.reset(self._next_seed())
+                if self.core.episode != episode:  # auto_reset started the next episode
                     self._next_frame = self.core.clock
-                self._answered = set()
-                terminal = status.done and not self.p["auto_reset"]
-                done_since = time.monotonic() if terminal else None
-                self._publish_state(status=not terminal)
+                self._publish_state()
 
     def _loop_realtime(self) -> None:
         dt = self.sim.model.opt.timestep
@@ -619,7 +614,7 @@ class MujocoBridge(Node):
         if self.renderer:
             self.renderer.stop()
             self.renderer.join(timeout=2.0)
-        for log in (self._arm_log, self._grip_log, self._late_log):
+        for log in (self._arm_log, self._grip_log, self._late_log, self._ahead_log):
             log.end()  # summarise a burst still open
 
 

@@ -180,7 +180,7 @@ class CommandMux(Node):
         values = {"mode": self.core.mode, "beta": self.core.beta,
                   "connected": str(all(self.count_publishers(t) for t in self._inputs)).lower(),
                   "intervening": str(self.core.intervening).lower(),
-                  "sync_timeouts": self.timeouts,
+                  "sync_timeouts": self.timeouts, "late_answers_dropped": self.core.dropped_late,
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -14,6 +14,9 @@ ensure_ros_environment()
 
 import rclpy  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor  # noqa: E402
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
+
+from ..pairing import stamp_label, stamp_of  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
                        QoSReliabilityPolicy, qos_profile_sensor_data)
@@ -42,6 +45,11 @@ CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
 LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                          durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
                          history=QoSHistoryPolicy.KEEP_LAST)
+# Readers of the episode status that must see every status in order (one comes with each
+# state): latched like LATCHED_QOS, with the state's depth.
+STATUS_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
+                        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+                        history=QoSHistoryPolicy.KEEP_LAST)
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,19 @@ def take_state(node, assembler, topic: str, msg) -> bool:
         node.get_logger().error(str(exc), throttle_duration_sec=5.0)
         return False
     return True
+
+
+def answer(values, stamp: float | None = None, msg=None):
+    """A ``std_msgs/Float64MultiArray`` command of ``values`` answering the state stamped
+    ``stamp`` (seconds; None: a command that answers no particular state). A lockstep bridge
+    pairs it with that state exactly (``bridge.stepper``); other controllers read ``data``
+    only. ``msg``: a message to fill instead of a new one."""
+    msg = msg or Float64MultiArray()
+    msg.data = values.tolist() if hasattr(values, "tolist") else [float(v) for v in values]
+    n = len(msg.data)
+    msg.layout.dim = [] if stamp is None else [
+        MultiArrayDimension(label=stamp_label(stamp_of(stamp)), size=n, stride=n)]
+    return msg
 
 
 def state_to_answer(assembler, outputs) -> tuple | None:

@@ -30,6 +30,7 @@ class EpisodeOutcome:
     reward: float
     sim_time: float
     wall_time: float
+    end_stamp: float = 0.0     # stamp of the episode's final state (s, bridge clock)
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -129,7 +130,7 @@ class EpisodeRunner(Node):
                         v = st[1]
                         return EpisodeOutcome(episode, int(v["seed"]), v["success"] == "true",
                                               int(v["tick"]), float(v["reward"]), st[0] - t0,
-                                              time.monotonic() - start)
+                                              time.monotonic() - start, st[0])
                 left = timeout - (time.monotonic() - start)
                 if left <= 0:
                     raise TimeoutError(f"episode {episode} not done after {timeout} s "

@@ -5,18 +5,17 @@ Subscribes to joint_states and the task's pose topics, assembles the observation
 (std_msgs/Float64MultiArray) and /<gripper_controller>/commands.
 
 trigger=state: answer every new state (all parts with one stamp) once; this is what the bridge's
-lockstep mode waits for. trigger=timer: publish at the task's control rate from the newest state
+lockstep mode waits for (each command names the state it answers, ``pairing``). trigger=timer: publish at the task's control rate from the newest state
 (node clock, so `use_sim_time` paces it by /clock).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_QOS, STATE_QOS, Param, declare_all, run, state_to_answer,
-                     take_state)
+from .common import (COMMAND_QOS, STATE_QOS, Param, answer, declare_all, run,
+                     state_to_answer, take_state)
 
 from rclpy.node import Node  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
@@ -76,7 +75,7 @@ class ScriptedExpert(Node):
             return
         ready = state_to_answer(self.assembler, (self.pub_arm, self.pub_grip))
         if ready is not None:
-            self._command(ready[1])
+            self._command(ready[1], ready[0])
 
     def _on_timer(self) -> None:
         latest = self.assembler.latest()
@@ -90,17 +89,17 @@ class ScriptedExpert(Node):
                 self._stale_logged = True
             return
         self._stale_logged = False
-        self._command(obs)
+        self._command(obs, stamp)
 
-    def _command(self, obs: dict) -> None:
+    def _command(self, obs: dict, stamp: float) -> None:
         action = self.expert(obs)
         n = self.sim.robot.n_arm
         arm = action[:n]
         if self.interface == "velocity":
             arm = np.clip((arm - obs["joint_pos"][:n]) / self.period,
                           -self.sim.robot.velocity_limits, self.sim.robot.velocity_limits)
-        self.pub_arm.publish(Float64MultiArray(data=arm.tolist()))
-        self.pub_grip.publish(Float64MultiArray(data=[float(action[n])]))
+        self.pub_arm.publish(answer(arm, stamp))
+        self.pub_grip.publish(answer([float(action[n])], stamp))
         self.commands += 1
 
 

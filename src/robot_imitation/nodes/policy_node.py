@@ -7,9 +7,14 @@ and activates itself.
 
 Subscribes to the spec's observation topics (robot state QoS), assembles the observation with
 ``ObservationAssembler`` (the dataset builder's ``Spec.extract``) and publishes the command on
-the spec's action topics (``std_msgs/Float64MultiArray``, command QoS):
+the spec's action topics (``std_msgs/Float64MultiArray``, command QoS; each command names the
+state it answers in its layout, ``pairing``, so that a lockstep bridge pairs it exactly):
   trigger=state  answer every new state once (all parts stamped alike): lockstep simulation, or
-                 a robot driver that publishes one state per control cycle;
+                 a robot driver that publishes one state per control cycle. Once an episode
+                 status has been heard (the bridge publishes one with each state), a state is
+                 answered after the status of its stamp, so a new episode resets the
+                 controller before its first state is answered, and a state older than the
+                 newest status (one of a finished episode) is not answered;
   trigger=timer  at the control rate (node clock: ``use_sim_time`` paces it by /clock), from
                  the newest state.
 Safety: every command the node publishes, safe ones included, passes one filter: the action
@@ -36,8 +41,8 @@ import time
 
 import numpy as np
 
-from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, Param, declare_all, run,
-                     state_to_answer, take_state)
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer, declare_all, run,
+                     stamp_ns, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -49,10 +54,11 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
-from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter, PolicyController,  # noqa: E402
-                              load_policy)
+from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter,  # noqa: E402
+                              PolicyController, load_policy, make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..pairing import stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 WINDOW = 4096  # latencies kept for the diagnostics percentiles
@@ -147,6 +153,8 @@ class PolicyNode(LifecycleNode):
         self._reload_event = threading.Event()
         self._last_tick_wall = None
         self._episode = None
+        self._status_stamp = None   # ns of the newest episode status (None: none heard)
+        self._pending = None        # a state waiting for the episode status of its stamp
         self._ents = []
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -186,21 +194,21 @@ class PolicyNode(LifecycleNode):
         loaded = load_policy(path, runtime, self.p["backend"], self.p["threads"])
         self.spec = runtime or loaded.spec
         self.period = 1.0 / (self.p["rate"] or self.spec.control_rate)
-        limits = self._limits(self.spec, loaded.meta.get("action_limits"))
+        self.controller, limits = make_controller(
+            loaded, self.spec, **self._limit_args(), chunk_mode=self.p["chunk_mode"],
+            ensemble_decay=self.p["ensemble_decay"], chunk_execute=self.p["chunk_execute"],
+            max_age=self.p["max_age_periods"] * self.period,
+            safe_command=self.p["safe_command"])
         if limits is None:
             self.get_logger().warning("commanding WITHOUT action limits (allow_unlimited): nothing "
                                    "bounds the commands or their change per tick")
         else:
             names = [n for f in self.spec.actions for n in f.names()]
             self.get_logger().info(f"action limits from {limits.describe(names)}")
-        action_filter = ActionFilter.from_limits(limits, self.spec.action_dim)
-        self.controller = PolicyController(
-            self.spec, loaded, action_filter, self.p["chunk_mode"], self.p["ensemble_decay"],
-            self.p["chunk_execute"], self.p["max_age_periods"] * self.period,
-            self.p["safe_command"])
         self.assembler = ObservationAssembler(self.spec)
         self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
                      for f in self.spec.actions]
+        self._msgs = [Float64MultiArray() for _ in self.pubs]  # reused every tick
         for topic, mtype in self.assembler.topics.items():
             self._ents.append(self.create_subscription(
                 message_class(mtype), topic, lambda msg, t=topic: self._on_state(t, msg),
@@ -211,7 +219,7 @@ class PolicyNode(LifecycleNode):
         if self.p["episode_topic"]:
             self._ents.append(self.create_subscription(
                 message_class("diagnostic_msgs/msg/DiagnosticArray"), self.p["episode_topic"],
-                self._on_episode, LATCHED_QOS))
+                self._on_episode, STATUS_QOS))
         # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
         self._ents.append(self.create_timer(self.period, self._on_timer))
         self.get_logger().info(
@@ -220,17 +228,21 @@ class PolicyNode(LifecycleNode):
             f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
             f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")
 
-    def _limits(self, spec, stored):
-        """The action limits of a checkpoint trained for ``spec`` carrying ``stored`` (its
-        ``action_limits``): those, or what the parameters give (``runtime_limits``); raises
-        ``LimitsError`` when there are none and running without them was not asked for."""
+    def _limit_args(self) -> dict:
+        """The parameters that replace a checkpoint's action limits (``runtime_limits``)."""
         def given(name):
             v = self.p[name]
             return list(v) if v is not None and len(v) else None
 
-        return runtime_limits(spec, stored, self.p["robot"], given("action_lower"),
-                              given("action_upper"), given("max_delta"),
-                              self.p["allow_unlimited"])
+        return {"robot": self.p["robot"], "lower": given("action_lower"),
+                "upper": given("action_upper"), "max_delta": given("max_delta"),
+                "allow_unlimited": self.p["allow_unlimited"]}
+
+    def _limits(self, spec, stored):
+        """The action limits of a checkpoint trained for ``spec`` carrying ``stored`` (its
+        ``action_limits``): those, or what the parameters give (``runtime_limits``); raises
+        ``LimitsError`` when there are none and running without them was not asked for."""
+        return runtime_limits(spec, stored, **self._limit_args())
 
     @staticmethod
     def _backend_table(loaded) -> str:
@@ -277,6 +289,14 @@ class PolicyNode(LifecycleNode):
         if take_state(self, self.assembler, topic, msg) and self.p["trigger"] == "state":
             ready = state_to_answer(self.assembler, self.pubs)
             if ready is not None:
+                if self._status_stamp is not None:
+                    stamp = stamp_of(ready[0])
+                    if stamp > self._status_stamp:
+                        self._pending = ready  # answered once its episode status is in
+                        return
+                    if stamp < self._status_stamp:
+                        return  # a newer status is in: this state's episode has moved on
+                self._pending = None
                 self._tick(*ready)
 
     def _on_timer(self) -> None:
@@ -317,8 +337,9 @@ class PolicyNode(LifecycleNode):
                 f"{self.controller.counters.clamped_ticks} clamped ticks in all)",
                 throttle_duration_sec=5.0)
         if result.action is not None:
-            for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
-                pub.publish(Float64MultiArray(data=values.tolist()))
+            for (_, values), pub, msg in zip(self.controller.split(result.action), self.pubs,
+                                             self._msgs):
+                pub.publish(answer(values, stamp, msg))
             done = self.get_clock().now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
@@ -327,12 +348,24 @@ class PolicyNode(LifecycleNode):
             self.overruns += 1
 
     def _on_episode(self, msg) -> None:
+        stamp = stamp_ns(msg.header.stamp)
+        pending = self._pending
+        if pending is not None and stamp_of(pending[0]) < stamp:
+            # a state whose own status never came (a publisher without one per state): it
+            # comes before this status's episode change
+            self._pending = None
+            self._tick(*pending)
+            pending = None
         for st in msg.status:
             values = {kv.key: kv.value for kv in st.values}
             if "episode" in values and values["episode"] != self._episode:
                 self._episode = values["episode"]
                 if self.controller is not None:
                     self.controller.reset()
+        self._status_stamp = stamp
+        if pending is not None and stamp_of(pending[0]) == stamp:
+            self._pending = None
+            self._tick(*pending)
 
     # ================================================================== services, reload
     def _on_enable(self, request, response):

@@ -1,0 +1,43 @@
+"""How an answer names the state it answers (the lockstep contract, shared by the bridge and
+every node that answers states).
+
+A state is named by its stamp in integer nanoseconds (``stamp_of``: what the bridge publishes
+for simulation time t). A ``std_msgs/Float64MultiArray`` command names it in its layout: one
+dimension labelled ``stamp=<sec>.<nanosec, 9 digits>`` (``stamp_label``); controllers that
+read ``data`` only ignore the label. A ``trajectory_msgs/JointTrajectory`` names it with its
+header stamp. See ``bridge.stepper`` for what the bridge does with it.
+"""
+from __future__ import annotations
+
+STAMP_PREFIX = "stamp="
+_NS = 1_000_000_000
+
+
+def stamp_of(t: float) -> int:
+    """The stamp (integer nanoseconds) of simulation time ``t``: what the bridge publishes."""
+    return int(round(t * 1e9))
+
+
+def stamp_label(stamp: int) -> str:
+    """The layout label naming the state stamped ``stamp`` (ns)."""
+    sec, nsec = divmod(int(stamp), _NS)
+    return f"{STAMP_PREFIX}{sec}.{nsec:09d}"
+
+
+def parse_stamp_label(label: str) -> int | None:
+    """The stamp (ns) a layout label names, or None when it names none (or is malformed)."""
+    if not label.startswith(STAMP_PREFIX):
+        return None
+    sec, dot, nsec = label[len(STAMP_PREFIX):].partition(".")
+    if not (dot and sec.isdigit() and nsec.isdigit() and len(nsec) == 9):
+        return None
+    return int(sec) * _NS + int(nsec)
+
+
+def layout_stamp(layout) -> int | None:
+    """The stamp a ``std_msgs/MultiArrayLayout`` names (``stamp_label``), or None."""
+    for dim in layout.dim:
+        stamp = parse_stamp_label(dim.label)
+        if stamp is not None:
+            return stamp
+    return None
