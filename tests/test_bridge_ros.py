@@ -181,9 +181,9 @@ def gym_episode(task: str, seed: int) -> tuple[int, float]:
 
 
 def test_a_reset_mid_episode_waits_for_the_pending_answer(procs, ros):
-    """Reset while the expert drives: commands carry no stamp, so an answer to the interrupted
-    episode's last state arriving after the reset would be taken for the new episode's first
-    and shift all its commands by one tick. Each new episode must be the gym task's episode of
+    """Reset while the expert drives: an answer to the interrupted episode's last state
+    arriving after the reset must not be taken for the new episode's first (that would shift
+    all its commands by one tick): it names its state, and is dropped. Each new episode must be the gym task's episode of
     its seed, tick for tick."""
     from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
 
@@ -503,50 +503,54 @@ def test_any_mjcf_through_the_bridge(procs, probe, tmp_path):
                   "the two-link arm at its command")
 
 
-def test_lockstep_announces_an_episodes_end_after_its_final_answer(procs, probe):
-    """A late answer to an episode's final state must never be taken for the answer to the
-    next episode's first state: the bridge announces ``done`` only once the final state is
-    answered, so whoever resets on ``done`` resets after that answer has arrived."""
+def test_lockstep_drops_a_late_answer_after_a_reset(procs, probe):
+    """An answer to the state last published that arrives after a reset (here 0.6 s late,
+    longer than any grace window) names that state: the bridge drops it instead of taking it
+    for the answer to the new episode's first state, which stays unstepped until answered."""
     import threading
 
-    from robot_imitation.nodes.common import LATCHED_QOS
-    from robot_imitation.sim.tasks import TaskSim
+    from robot_imitation.nodes.common import LATCHED_QOS, answer
 
-    last = TaskSim("reach").cfg.max_steps  # holding still, reach ends by the step limit
     joints = start_bridge(procs, probe, task="reach", mode="lockstep", seed=5,
                           lockstep_commands=["arm"])
     pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
-    sent, done_at, answered = [], [], set()
-    reset_stamp = []
-
-    def answer(q):
-        pub.publish(Float64MultiArray(data=q))
-        sent.append(time.monotonic())
+    status, diag = [], probe.record(DiagnosticArray, "/diagnostics", 10)
+    answering, delayed, late_sent = [False], [], []
 
     def on_state(msg):
-        stamp = to_sec(msg.header.stamp)
-        if not reset_stamp or stamp < reset_stamp[0] or stamp in answered:
-            return  # the idle state before the reset stays unanswered
-        answered.add(stamp)
-        q = list(msg.position[:7])
-        if round((stamp - reset_stamp[0]) / 0.05) >= last - 2:
-            threading.Timer(0.3, answer, (q,)).start()  # the last answers come late
-        else:
-            answer(q)
+        if not answering[0]:
+            return
+        q, stamp = list(msg.position[:7]), to_sec(msg.header.stamp)
+        if len(joints) and status and status[-1].get("tick") == "4" and not delayed:
+            delayed.append(stamp)  # the answer to this state comes after the reset
+            threading.Timer(0.6, lambda: (pub.publish(answer(q, stamp)),
+                                          late_sent.append(time.monotonic()))).start()
+        elif not delayed:
+            pub.publish(answer(q, stamp))
 
     def on_status(msg):
-        values = {kv.key: kv.value for kv in msg.status[0].values}
-        if values["done"] == "true" and values["episode"] == "1":
-            done_at.append(time.monotonic())
+        status.append({kv.key: kv.value for kv in msg.status[0].values})
 
     probe.node.create_subscription(DiagnosticArray, "episode/status", on_status, LATCHED_QOS)
-    wait_for(lambda: joints, 20, "the idle state", procs=procs)
-    # the reset state's stamp: the bridge's clock moves one physics step on at a reset
-    reset_stamp.append(to_sec(joints[-1].header.stamp) + 0.002 - 1e-6)
     probe.node.create_subscription(JointState, "joint_states", on_state, STATE_QOS)
-    time.sleep(0.5)
+    wait_for(lambda: joints and pub.get_subscription_count(), 20, "the idle state",
+             procs=procs)
+    answering[0] = True
     assert probe.call(Trigger, f"/{BRIDGE}/reset").success
-    wait_for(lambda: done_at, 60, "the end of the episode", procs=procs)
-    time.sleep(0.5)
-    assert len(answered) == last + 1, f"{len(answered)} states answered"
-    assert done_at[0] > sent[-1], "done was announced before the final state was answered"
+    wait_for(lambda: delayed, 30, "tick 4 of the episode", procs=procs)
+    assert probe.call(Trigger, f"/{BRIDGE}/reset").success  # before the answer to tick 4
+    wait_for(lambda: late_sent, 5, "the late answer", procs=procs)
+    time.sleep(1.0)
+    now = status[-1]
+    assert now["episode"] == "2" and now["tick"] == "0", \
+        f"the late answer stepped the new episode: {now}"
+
+    def late_dropped():
+        for msg in reversed(list(diag)):
+            for st in msg.status:
+                values = {kv.key: kv.value for kv in st.values}
+                if "lockstep_late_dropped" in values:
+                    return int(values["lockstep_late_dropped"]) >= 1
+        return False
+
+    wait_for(late_dropped, 5, "the late answer counted as dropped", procs=procs)

@@ -4,12 +4,14 @@ import time
 
 import pytest
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 
 from conftest import wait_for
 from robot_imitation.deploy.mux import MuxCore, beta_schedule
-from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
+from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, answer
+from robot_imitation.pairing import stamp_of
 
 ARM, GRIP = "/arm_controller/commands", "/gripper_controller/commands"
 KEEP = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
@@ -119,6 +121,28 @@ def test_beta_schedules():
 
 
 # ====================================================================== node
+def test_sync_drops_an_answer_naming_an_earlier_state():
+    """After a sync timeout forwarded one source alone, the other's late answer to that state
+    must not be paired with the next state (it names its state: dropped)."""
+    core = MuxCore([ARM, GRIP], ["expert", "policy"], mode="expert")
+    core.on_state(stamp_of(1.0))
+    core.on_answer("policy", ARM, answer([1.0] * 7, 1.0))
+    core.on_answer("policy", GRIP, answer([1.0], 1.0))
+    core.set_mode("policy")
+    assert core.ready() is None          # the expert has not answered state 1
+    assert core.force()[0][1].data[0] == 1.0  # timeout: the policy's answer alone
+    core.set_mode("expert")
+    core.on_state(stamp_of(2.0))
+    core.on_answer("expert", ARM, answer([10.0] * 7, 1.0))  # late: answers state 1
+    core.on_answer("expert", GRIP, answer([10.0], 1.0))
+    assert core.ready() is None, "a late answer is no answer to state 2"
+    for source, value in (("policy", 2.0), ("expert", 20.0)):
+        core.on_answer(source, ARM, answer([value] * 7, 2.0))
+        core.on_answer(source, GRIP, answer([value], 2.0))
+    out = core.ready()
+    assert [m.data[0] for _, m in out] == [20.0, 20.0] and core.dropped_late == 2
+
+
 class Sources:
     def __init__(self, probe, names=("expert", "policy", "human")):
         self.pubs = {(s, t): probe.node.create_publisher(Float64MultiArray, f"/{s}{t}",
@@ -177,6 +201,13 @@ def test_mux_modes_and_joy_intervention(procs, probe):
     assert forwarded_during(sources, arm, ("expert", "policy"), seconds=1.5) == {1.0, 2.0}
 
 
+def mux_connected(diag) -> bool:
+    """Has the mux reported (on /diagnostics) that it hears every input it waits for?"""
+    return any(st.name.startswith("command_mux") and
+               {kv.key: kv.value for kv in st.values}.get("connected") == "true"
+               for msg in list(diag) for st in msg.status)
+
+
 def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)
@@ -184,8 +215,11 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     procs.start_node("command_mux", params={"mode": "mixture", "beta": 0.5, "sync": True,
                                             "seed": 3, "sync_timeout": 5.0})
     sources = Sources(probe)
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    # connected from both sides: the mux itself hears every input (discovery is not symmetric)
     wait_for(lambda: sources.matched() and state.get_subscription_count()
-             and probe.node.count_publishers(ARM), 30, "the mux's subscriptions", procs=procs)
+             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
+             "the mux's subscriptions", procs=procs)
     for k in range(1, 41):
         msg = JointState()
         msg.header.stamp.sec = k

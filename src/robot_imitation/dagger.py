@@ -244,7 +244,7 @@ class RosRig:
             self.node.create_subscription(Float64MultiArray, t,
                                           lambda msg, t=t: keep(t, msg), qos)
 
-    def commands(self, outcome, timeout: float = 10.0) -> "np.ndarray":
+    def commands(self, outcome, timeout: float = 10.0):
         """The commands executed in the episode of ``outcome`` (an ``EpisodeOutcome``), one row
         per tick: the answers to its ``ticks`` states before the final one, which lie one
         control period apart (with ``keep_commands``; waits up to ``timeout`` s for answers

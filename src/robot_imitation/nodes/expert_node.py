@@ -16,6 +16,7 @@ from .common import (COMMAND_QOS, STATE_QOS, Param, answer, declare_all, run,
                      state_to_answer, take_state)
 
 from rclpy.node import Node  # noqa: E402
+from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
