@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..spec import Spec, resize_nearest
-from .policies import Policy
+from ..policies.base import Policy
 
 
 def observation_tensors(obs: dict, spec: Spec, device, frames: dict | None = None) -> dict:
@@ -85,6 +85,7 @@ def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, s
     try:
         for i in range(episodes):
             obs, _ = env.reset(seed=seed + i)
+            policy.reset()
             steps = 0
             while True:
                 frames = None
