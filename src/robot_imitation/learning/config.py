@@ -39,9 +39,9 @@ class TrainConfig:
                           "add types through the robot_imitation.policies entry points)")
     policy_config: dict = setting(
         limits=Limits(dict), default_factory=dict, flag="policy-option",
-        help="options of the policy family, checked against its config (mlp: num_classes, "
-        "image_channels, keypoints; its other options are settings of their own). Command "
-        "line: --policy-option KEY=VALUE; node parameter: a YAML mapping, e.g. '{width: 64}'")
+        help="options of the policy family, checked against its config: KEY=VALUE on the "
+        "command line, a YAML mapping such as '{width: 64}' as a node parameter (mlp's: "
+        "num_classes, image_channels, keypoints; its others are settings of their own)")
     hidden: list = same_as(MlpConfig, "hidden", option_of="mlp")
     head: str = same_as(MlpConfig, "head", option_of="mlp")
     modes: int = same_as(MlpConfig, "modes", option_of="mlp")
@@ -67,8 +67,8 @@ class TrainConfig:
     eval_episodes: int = setting(20, _NON_NEGATIVE, help="closed-loop episodes per evaluation "
                                  "in the task's simulation (0: none)")
     task: str | None = setting(None, Limits(str, optional=True),
-                               help="built-in task for closed-loop evaluation (none: the "
-                               "dataset's)")
+                               help="built-in task for closed-loop evaluation; empty: the "
+                               "dataset's")
     patience: int = setting(0, _NON_NEGATIVE, help="evaluations without improvement before "
                             "stopping early (0: never)")
     augment_shift: int = setting(4, Limits(int, low=0, high=64),
