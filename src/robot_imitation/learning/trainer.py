@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ from ..settings import SettingError
 from ..spec import Spec
 from .checkpoint import save_checkpoint
 from .config import DEVICE_LIMITS, SEED_LIMITS, TrainConfig  # noqa: F401 (re-exported)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
