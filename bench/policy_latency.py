@@ -80,10 +80,10 @@ from robot_imitation.deploy.backends import BackendError, select_backend  # noqa
 from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,  # noqa: E402
                                                  save_checkpoint)
-from robot_imitation.learning.policies import Policy  # noqa: E402
-from robot_imitation.learning.trainer import TrainConfig, policy_config  # noqa: E402
+from robot_imitation.learning.trainer import TrainConfig  # noqa: E402
 from robot_imitation.nodes.common import IMAGE_QOS, STATE_QOS  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
+from robot_imitation.policies import make_policy  # noqa: E402
 from robot_imitation.spec import Spec, SpecError  # noqa: E402
 
 POLICY = "policy_node"
@@ -112,7 +112,7 @@ def make_checkpoint(spec_name: str, path: Path) -> Path:
     that the outputs vary with the inputs as a trained policy's do."""
     spec = Spec.load(spec_name)
     torch.manual_seed(0)
-    policy = Policy(policy_config(spec, TrainConfig()))
+    policy = make_policy(spec, TrainConfig())
     shift, scale = [], []
     for f in spec.low_dim_observations:
         n = f.shape[0]
@@ -221,7 +221,7 @@ def make_states(spec: Spec, n: int, seed: int = 0) -> States:
         images[topic] = frames
     return States(spec, joint_topics[0], joints, poses, images)
 
-def expected_policy(policy: Policy, states: States) -> np.ndarray:
+def expected_policy(policy, states: States) -> np.ndarray:
     """(N, arm size): the first action's values of each state, by the checkpoint run here."""
     obs = states.observations()
     _, a, b = action_slices(states.spec)[0]

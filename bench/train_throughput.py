@@ -3,8 +3,8 @@
 Synthetic arrays with the shapes of the real specs (no ROS, no recording): low-dimensional
 samples of the ``push`` spec and camera frames (96x96 rgb8) with the low-dimensional keys of
 ``push_image``, split into episodes, go through the trainer's own code: ``DeviceData``,
-``Policy`` from ``policy_config``, the trainer's step (bf16 autocast and fused AdamW on CUDA,
-cosine learning rate).
+the policy built through the registry (``make_policy``), the trainer's step (bf16 autocast
+and fused AdamW on CUDA, cosine learning rate).
 
 For each policy and batch size, in one run:
 1. ours: the arrays whole on the device, indices drawn with ``torch.randint`` on the device,
@@ -153,12 +153,12 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
 def make_step(spec, chunk: int, device: torch.device, seed: int):
     """The trainer's training step on a fresh policy; returns step(batch) for a batch
     (obs, actions, mask) already on the device."""
-    from robot_imitation.learning.policies import Policy
-    from robot_imitation.learning.trainer import TrainConfig, policy_config
+    from robot_imitation.learning.trainer import TrainConfig, split_loss
+    from robot_imitation.policies import Batch, make_policy
 
     torch.manual_seed(seed)
     cfg = TrainConfig(chunk=chunk)
-    policy = Policy(policy_config(spec, cfg)).to(device)
+    policy = make_policy(spec, cfg).to(device)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10**9)
@@ -167,8 +167,7 @@ def make_step(spec, chunk: int, device: torch.device, seed: int):
     def step(batch):
         obs, actions, mask = batch
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = policy(obs)
-        loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
+            loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

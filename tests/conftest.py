@@ -131,13 +131,12 @@ def untrained_checkpoint(path, spec_name: str):
     import torch
 
     from robot_imitation.learning.checkpoint import save_checkpoint
-    from robot_imitation.learning.policies import Policy
-    from robot_imitation.learning.trainer import TrainConfig, policy_config
+    from robot_imitation.policies import make_policy
     from robot_imitation.spec import Spec
 
     torch.manual_seed(0)
     spec = Spec.load(spec_name)
-    return save_checkpoint(path, Policy(policy_config(spec, TrainConfig())), spec)
+    return save_checkpoint(path, make_policy(spec), spec)
 
 
 @pytest.fixture(scope="session")

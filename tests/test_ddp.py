@@ -75,12 +75,13 @@ def full_train_loss(policy, dataset, chunk: int) -> float:
     """The loss on the whole training split (the split training used: same seed)."""
     from robot_imitation.data.dataset import build_dataset
     from robot_imitation.learning.trainer import DeviceData
+    from robot_imitation.policies import Batch
 
     ds = build_dataset(dataset, val_fraction=0.1, seed=SEED)
     data = DeviceData(ds.arrays("train"), ds.spec, chunk, torch.device("cpu"))
     with torch.no_grad():
         obs, actions, mask = data.batch(torch.arange(data.n))
-        return float(policy.loss(obs, actions, mask))
+        return float(policy.loss(Batch(obs, actions, mask)))
 
 
 @pytest.mark.parametrize("chunk", [1, 4])  # 4: targets masked at episode ends

@@ -11,7 +11,7 @@ from robot_imitation.data.dataset import Dataset, build_dataset, compute_stats
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,
                                                  save_checkpoint)
 from robot_imitation.learning.evaluation import evaluate_policy
-from robot_imitation.learning.policies import Policy, PolicyConfig
+from robot_imitation.learning.policies import Batch, Policy, PolicyConfig
 from robot_imitation.learning.trainer import (DeviceData, TrainConfig, policy_config,
                                               random_shift, train)
 from robot_imitation.spec import Spec
@@ -147,7 +147,7 @@ def test_continuous_heads_learn_and_act_in_chunks(reach_demos, head):
     assert actions.shape == (len(index), 4, 8) and mask.shape == (len(index), 4)
     first = None
     for _ in range(60):
-        loss = policy.loss(obs, actions, mask)
+        loss = policy.loss(Batch(obs, actions, mask))
         first = float(loss) if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -181,7 +181,7 @@ def test_categorical_head_learns_discrete_actions():
     labels = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
     opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
     for _ in range(300):
-        loss = policy.loss({"x": x}, labels[:, None, None].float())
+        loss = policy.loss(Batch({"x": x}, labels[:, None, None].float()))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -200,7 +200,7 @@ def test_image_policy_trains_on_uint8_frames():
     shifted = random_shift(obs["front_image"], 4)
     assert shifted.shape == obs["front_image"].shape and shifted.dtype == torch.uint8
     actions = torch.randn(8, 1, spec.action_dim, generator=g)
-    loss = policy.loss(obs, actions)
+    loss = policy.loss(Batch(obs, actions))
     loss.backward()
     grads = [p.grad for p in policy.encoders.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)

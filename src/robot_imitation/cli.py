@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .settings import EPISODES, Limits, arg_type, default_of
+from .settings import EPISODES, Limits, add_arguments, arg_type, default_of, given_arguments
 
 # Limits of the options that are no dataclass's settings (the others come from TrainConfig and
 # DaggerConfig, where each is stated once).
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_config():
-    from .learning.trainer import TrainConfig  # imports torch: only when an option needs it
+    from .learning.config import TrainConfig  # no torch: the train options come from its fields
 
     return TrainConfig
 
@@ -278,15 +278,7 @@ def cmd_train(args) -> int:
         TrainConfig.from_dict(settings)  # the file's own mistakes, named with the file
     except SettingError as exc:
         raise SettingError(f"{args.config}: {exc}") from None
-    for key in ("steps", "batch_size", "lr", "head", "chunk", "seed", "device",
-                "eval_every", "eval_episodes", "task", "patience", "hidden", "sources",
-                "robot"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    if args.include_interrupted:
-        settings["include_interrupted"] = True
-    cfg = TrainConfig.from_dict(settings)
+    cfg = TrainConfig.from_dict(given_arguments(args, TrainConfig, settings))
     # Up front, before any time passes: the device, the task, the dataset and its spec, the
     # output folder.
     try:
@@ -494,33 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.add_argument("--config", help="YAML of training settings (TrainConfig fields)")
 
-    def train_type(name):  # each option takes its limits from TrainConfig's field
-        return arg_type(_train_config, name)
-
-    p.add_argument("--steps", type=train_type("steps"))
-    p.add_argument("--batch-size", dest="batch_size", type=train_type("batch_size"))
-    p.add_argument("--lr", type=train_type("lr"))
-    p.add_argument("--hidden", type=train_type("hidden"),
-                   help="hidden layer sizes, e.g. 256,256")
-    p.add_argument("--head", type=train_type("head"),
-                   help="mse (default), gaussian, gmm, categorical")
-    p.add_argument("--chunk", type=train_type("chunk"), help="actions predicted per step")
-    p.add_argument("--seed", type=train_type("seed"))
-    p.add_argument("--device", type=train_type("device"), help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--eval-every", dest="eval_every", type=train_type("eval_every"))
-    p.add_argument("--eval-episodes", dest="eval_episodes", type=train_type("eval_episodes"))
-    p.add_argument("--task", help="built-in task for closed-loop evaluation")
-    p.add_argument("--patience", type=train_type("patience"),
-                   help="evaluations without improvement to stop")
-    p.add_argument("--sources", type=train_type("sources"),
-                   help="keep only the steps these command sources drove, by the "
-                   "recorded /command_mux/source, e.g. human (HG-DAgger interventions)")
-    p.add_argument("--robot", type=train_type("robot"),
-                   help="robot config (name or YAML path) whose action limits the checkpoint "
-                   "carries; default: the task's robot, else the recorded actions' range")
-    p.add_argument("--include-interrupted", dest="include_interrupted", action="store_true",
-                   help="also train on episodes that did not end (status interrupted: the "
-                   "recorder was stopped; recovered: salvaged after a crash)")
+    # one option per TrainConfig field, with its limits, description and default (given
+    # options override the --config file's values)
+    add_arguments(p, _train_config())
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")

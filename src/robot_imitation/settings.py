@@ -138,14 +138,39 @@ class Limits:
 
 
 def setting(default=dataclasses.MISSING, limits: Limits | None = None, *,
-            default_factory=dataclasses.MISSING):
-    """A dataclass field with its limits (in the field's metadata)."""
+            default_factory=dataclasses.MISSING, help: str = "", flag: str | None = None,
+            **extra):
+    """A dataclass field with its limits and its description (in the field's metadata).
+
+    ``help``: what the setting does, in the words the command line's ``--help`` and a node's
+    parameter table show; ``flag``: the command-line option when it is not ``--`` + the name
+    with dashes; ``extra``: more metadata (``option_of``: the policy type a training setting
+    belongs to)."""
+    metadata = dict(extra)
+    if limits:
+        metadata["limits"] = limits
+    if help:
+        metadata["help"] = help
+    if flag:
+        metadata["flag"] = flag
     return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={"limits": limits} if limits else {})
+                             metadata=metadata)
+
+
+def same_as(cls, name: str, **extra):
+    """A field declared like ``cls``'s field ``name`` (default, limits, description), for a
+    setting that is passed on to ``cls``: declared once, where it is used."""
+    f = cls.__dataclass_fields__[name]
+    return dataclasses.field(default=f.default, default_factory=f.default_factory,
+                             metadata={**f.metadata, **extra})
 
 
 def limits_of(cls, name: str) -> Limits:
     return cls.__dataclass_fields__[name].metadata["limits"]
+
+
+def help_of(cls, name: str) -> str:
+    return cls.__dataclass_fields__[name].metadata.get("help", "")
 
 
 def default_of(cls, name: str):
@@ -182,3 +207,75 @@ def arg_type(limits_or_cls, name: str | None = None):
 
     parse.__name__ = name or "value"
     return parse
+
+
+# ===================================================================== the command line
+def flag_of(cls, name: str) -> str:
+    """The command-line option of the field ``name``: ``--batch-size`` for ``batch_size``."""
+    f = cls.__dataclass_fields__[name]
+    return "--" + f.metadata.get("flag", name.replace("_", "-"))
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return "none" if not value else ",".join(f"{k}={v}" for k, v in value.items())
+    return "none" if value is None or value == "" else str(value)
+
+
+def key_value(text: str) -> tuple:
+    """``KEY=VALUE`` (the value read as YAML: 3, 0.5, true, [32, 32], text) as (key, value)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text}")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()} is not valid YAML, "
+                                         f"got {value}") from None
+
+
+def add_arguments(parser, cls, exclude=()) -> None:
+    """One option per field of the dataclass ``cls`` (but ``exclude``), from the field: its
+    flag, its type (the field's limits: refused by the parser in the dataclass's words), its
+    help with the default. Options not given stay None (``given_arguments``): a settings file
+    keeps its values. A bool field gives ``--name``/``--no-name``; a mapping gives a repeatable
+    ``--flag KEY=VALUE``."""
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        limits = f.metadata.get("limits")
+        text = f.metadata.get("help", "")
+        default = f" (default: {_shown(default_of(cls, f.name))})"
+        flag = flag_of(cls, f.name)
+        if limits is not None and limits.kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=text + default)
+        elif limits is not None and limits.kind is dict:
+            parser.add_argument(flag, dest=f.name, action="append", type=key_value,
+                                metavar="KEY=VALUE", default=None,
+                                help=text + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=text + default,
+                                type=arg_type(cls, f.name) if limits is not None else str)
+
+
+def given_arguments(args, cls, settings: dict | None = None) -> dict:
+    """``settings`` (from a file, say) with the options of ``add_arguments`` that were given
+    on top; a mapping's pairs are added to the mapping the settings hold."""
+    out = dict(settings or {})
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        limits = f.metadata.get("limits")
+        if limits is not None and limits.kind is dict:
+            base = out.get(f.name)
+            value = {**(base if isinstance(base, dict) else {}), **dict(value)}
+        out[f.name] = value
+    return out

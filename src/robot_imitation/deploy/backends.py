@@ -2,17 +2,21 @@
 
 Every backend computes exactly ``Policy.act`` for a batch of one: raw observations in, a raw
 action chunk (chunk, action_dim) out, normalization and relative actions included. They differ
-in what runs the arithmetic:
+in what runs the arithmetic, and in the policies they can run (``Backend.unsupported``: the
+reason a backend declines a policy, or None):
 
-- ``eager``: the PyTorch module under ``inference_mode``.
-- ``torchscript``: the same module traced, frozen and optimized for inference.
-- ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime.
-- ``numpy``: the MLP's weights as NumPy arrays (low-dimensional policies only).
+- ``eager``: the PyTorch module under ``inference_mode``: any policy of any family.
+- ``torchscript``: the same module traced, frozen and optimized for inference: policies whose
+  ``act`` can be traced (``Policy.traceable``).
+- ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
+- ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
+  categorical head.
 
 Inputs go into preallocated buffers (``low``: float32 (1, L); ``images[key]``: uint8
 (1, H, W, C)) that the caller fills in place; ``run()`` returns the chunk as float64.
-``select_backend`` measures the candidates on the loaded model and keeps the fastest one whose
-output equals the eager module's.
+``select_backend`` measures the candidates that support the loaded model and keeps the fastest
+one whose output equals the eager module's; a backend asked for by name that does not support
+it is a ``BackendError`` naming the backend and the policy type.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..learning.policies import Policy
+from ..policies.base import Policy
 
 KINDS = ("numpy", "onnxruntime", "torchscript", "eager")
 
@@ -59,16 +63,38 @@ class ActModule(nn.Module):
 
 class Backend:
     kind = "base"
+    # the policy types this backend runs (None: any type; ``unsupported`` may still decline)
+    policy_types: frozenset | None = None
+
+    @classmethod
+    def unsupported(cls, policy: Policy) -> str | None:
+        """Why this backend cannot run ``policy`` (one line naming the backend and the policy
+        type), or None when it can."""
+        if cls.policy_types is not None and policy.type_name not in cls.policy_types:
+            return (f"the {cls.kind} backend does not run policy type {policy.type_name!r} (it "
+                    f"runs: {', '.join(sorted(cls.policy_types))})")
+        return None
+
+    @classmethod
+    def supports(cls, policy: Policy) -> bool:
+        return cls.unsupported(policy) is None
 
     def __init__(self, policy: Policy):
+        problem = self.unsupported(policy)
+        if problem:
+            raise BackendError(problem)
         cfg = policy.cfg
         self.cfg = cfg
+        self.policy_type = policy.type_name
         self.low = np.zeros((1, cfg.low_dim), dtype=np.float32)
         self.images = {k: np.zeros((1, *shape), dtype=np.uint8)
                        for k, shape in zip(cfg.image_keys, cfg.image_shapes)}
 
     def run(self) -> np.ndarray:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """A new episode: a policy that keeps state between calls forgets it."""
 
 
 class EagerBackend(Backend):
@@ -80,14 +106,29 @@ class EagerBackend(Backend):
         # Tensors sharing memory with the numpy buffers: filling a buffer fills the input.
         self._inputs = [torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
                                                        for k in self.cfg.image_keys]
+        self.policy = policy
 
     def run(self) -> np.ndarray:
         with torch.inference_mode():
             return self.module(*self._inputs).double().numpy()
 
+    def reset(self) -> None:
+        self.policy.reset()
+
+
+def _untraceable(kind: str, policy: Policy) -> str | None:
+    if not policy.traceable:
+        return (f"the {kind} backend does not run policy type {policy.type_name!r}: its act() "
+                "keeps state or branches on values (not traceable)")
+    return None
+
 
 class TorchScriptBackend(EagerBackend):
     kind = "torchscript"
+
+    @classmethod
+    def unsupported(cls, policy: Policy) -> str | None:
+        return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
     def __init__(self, policy: Policy):
         super().__init__(policy)
@@ -99,6 +140,10 @@ class TorchScriptBackend(EagerBackend):
 
 class OnnxBackend(Backend):
     kind = "onnxruntime"
+
+    @classmethod
+    def unsupported(cls, policy: Policy) -> str | None:
+        return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
     def __init__(self, policy: Policy, threads: int = 1):
         super().__init__(policy)
@@ -149,14 +194,21 @@ def _gelu_inplace(x: np.ndarray, tmp: np.ndarray) -> None:
 
 class NumpyBackend(Backend):
     kind = "numpy"
+    policy_types = frozenset({"mlp"})
+
+    @classmethod
+    def unsupported(cls, policy: Policy) -> str | None:
+        problem = super().unsupported(policy)
+        if problem is None and policy.cfg.image_keys:
+            problem = ("the numpy backend runs low-dimensional MLP policies only (this mlp "
+                       "policy has images)")
+        if problem is None and policy.cfg.head == "categorical":
+            problem = "the numpy backend does not run mlp policies with a categorical head"
+        return problem
 
     def __init__(self, policy: Policy):
         super().__init__(policy)
         cfg = policy.cfg
-        if cfg.image_keys:
-            raise BackendError("the numpy backend runs MLP policies only (this one has images)")
-        if cfg.head == "categorical":
-            raise BackendError("the numpy backend does not run categorical heads")
         linears = [m for m in policy.net if isinstance(m, nn.Linear)]
         others = {type(m).__name__ for m in policy.net if not isinstance(m, nn.Linear)}
         if not others <= {"GELU", "Dropout"} or any(
@@ -217,7 +269,15 @@ class NumpyBackend(Backend):
         return actions
 
 
+BACKENDS = {"numpy": NumpyBackend, "onnxruntime": OnnxBackend,
+            "torchscript": TorchScriptBackend, "eager": EagerBackend}
+
+
 def make_backend(policy: Policy, kind: str, threads: int = 1) -> Backend:
+    if kind in BACKENDS:
+        problem = BACKENDS[kind].unsupported(policy)
+        if problem:
+            raise BackendError(problem)
     if kind == "eager":
         return EagerBackend(policy)
     if kind == "torchscript":
@@ -266,12 +326,22 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
     Returns (backend, measurements): one row per candidate with its median latency in
     microseconds, or why it was not used.
     """
+    if kind != "auto" and kind not in BACKENDS:
+        raise BackendError(f"unknown inference backend {kind!r} (one of {KINDS} or auto)")
+    if kind != "auto":  # asked for by name: one that cannot run this policy type says so
+        problem = BACKENDS[kind].unsupported(policy)
+        if problem:
+            raise BackendError(problem)
     reference = EagerBackend(policy)
     fill_example(reference, policy)
     expected = reference.run()
     candidates = KINDS if kind == "auto" else (kind,)
     rows, best = [], None
     for k in candidates:
+        problem = BACKENDS[k].unsupported(policy)
+        if problem:  # only the backends that support this policy are tried
+            rows.append({"backend": k, "error": problem})
+            continue
         try:
             backend = reference if k == "eager" else make_backend(policy, k, threads)
         except BackendError as exc:
@@ -288,6 +358,7 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
             rows.append({"backend": k, "error": f"disagrees with eager by {err:.3g}"})
             continue
         if kind != "auto":  # asked for by name: checked, not timed
+            backend.reset()
             return backend, [{"backend": k}]
         us = time_backend(backend, calls) * 1e6
         rows.append({"backend": k, "median_us": us})
@@ -296,4 +367,5 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
     if best is None:
         raise BackendError("no inference backend can run this model: "
                            + "; ".join(f"{r['backend']}: {r['error']}" for r in rows))
+    best[0].reset()  # the measurements ran the policy: a stateful one starts afresh
     return best[0], rows

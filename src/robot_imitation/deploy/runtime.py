@@ -44,6 +44,10 @@ class LoadedPolicy:
     def chunk(self) -> int:
         return self.backend.cfg.chunk
 
+    @property
+    def policy_type(self) -> str:
+        return self.backend.policy_type
+
 
 def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1
                 ) -> LoadedPolicy:
@@ -220,8 +224,10 @@ class PolicyController:
         self._offered = (policy, action_filter)
 
     def reset(self) -> None:
-        """Forget chunks in flight and the previous command (a new episode, re-activation)."""
+        """Forget chunks in flight, the previous command and what the policy keeps between
+        calls (a new episode, re-activation)."""
         self.scheduler.reset()
+        self.backend.reset()
         self.last_command = None
 
     def safe(self) -> np.ndarray | None:

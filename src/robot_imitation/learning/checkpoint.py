@@ -1,6 +1,8 @@
 """Checkpoints: a folder with ``model.safetensors`` and ``policy.json``, never a pickle.
 
-``policy.json`` holds the architecture, the observation/action spec with its fingerprint, the
+``policy.json`` holds the policy's type (its family in ``robot_imitation.policies``; a
+checkpoint written before types were stored is an ``mlp``) and architecture, the
+observation/action spec with its fingerprint, the
 normalization statistics, the training configuration, the dataset fingerprint and the library
 versions. Saving writes a temporary folder and renames it into place, so a reader never sees a
 half-written checkpoint. Loading validates the files and, given the runtime spec, refuses a
@@ -18,13 +20,14 @@ from pathlib import Path
 
 import torch
 
+from ..policies.base import Policy
 from ..spec import Spec
-from .policies import Policy, PolicyConfig
 
 FORMAT = "robot_imitation.policy"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "policy.json"
+DEFAULT_TYPE = "mlp"  # the type of a checkpoint that does not say (written before types)
 
 
 class CheckpointError(ValueError):
@@ -57,7 +60,7 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "policy": policy.cfg.to_dict(), "spec": spec.to_dict(),
+            "type": policy.type_name, "policy": policy.cfg.to_dict(), "spec": spec.to_dict(),
             "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
             "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
             "versions": _versions(), **(extra or {})}
@@ -134,6 +137,29 @@ def spec_mismatch(trained: Spec, runtime: Spec) -> list[str]:
     return problems
 
 
+def policy_type(meta: dict) -> str:
+    """The policy type a checkpoint's metadata names (``mlp`` when it names none)."""
+    return meta.get("type", DEFAULT_TYPE)
+
+
+def rebuild_policy(meta: dict, where) -> Policy:
+    """The policy (untrained weights) that ``policy.json``'s ``type`` and ``policy`` describe,
+    built by its family in the registry; ``CheckpointError`` naming ``where`` otherwise."""
+    from ..policies.registry import UnknownPolicyError, policy_class
+
+    kind = policy_type(meta)
+    if not isinstance(kind, str):
+        raise CheckpointError(f"{where}: type must be a policy type name, got {kind!r}")
+    try:
+        family = policy_class(kind)
+    except UnknownPolicyError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    try:
+        return family.from_config(meta["policy"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where}: cannot rebuild the {kind} policy: {exc}") from None
+
+
 def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
     """(policy in eval mode, metadata). Validates files, weights and (given) the runtime spec."""
     from safetensors import SafetensorError
@@ -157,10 +183,7 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
             raise CheckpointError(f"{path} was trained for spec '{trained.name}', which does not "
                                   f"match the runtime spec '{runtime_spec.name}': "
                                   + "; ".join(problems))
-    try:
-        policy = Policy(PolicyConfig.from_dict(meta["policy"]))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path / META}: cannot rebuild the policy: {exc}") from None
+    policy = rebuild_policy(meta, path / META)
     if meta.get("action_limits") is not None:
         from ..deploy.limits import ActionLimits, LimitsError
 
@@ -169,7 +192,7 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
                                    f"{path / META} action_limits")
         except LimitsError as exc:
             raise CheckpointError(str(exc)) from None
-    if policy.derived != list(trained.features):
+    if policy.cfg.feature_specs() != list(trained.features):
         raise CheckpointError(f"{path / META}: the policy's derived features do not match its "
                               "spec's features (edited by hand?)")
     try:

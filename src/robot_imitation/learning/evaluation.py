@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..policies.base import Policy
 from ..spec import Spec
-from .policies import Policy
 
 
 def observation_tensors(obs: dict, spec: Spec, device, frames: dict | None = None) -> dict:

@@ -19,79 +19,19 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..deploy.limits import training_limits
-from ..settings import Limits, SettingError, check_fields, setting
+from ..policies import input_layout, policy_class
+from ..policies.base import Batch, Policy, statistics_record
+from ..settings import SettingError
 from ..spec import Spec
 from .checkpoint import save_checkpoint
-from .policies import HEADS, Policy, PolicyConfig
-
-
-_POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
-SEED_LIMITS = Limits(int, low=0, high=2**32 - 1)  # numpy's seeds
-DEVICE_LIMITS = Limits(str, pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
-
-
-@dataclass
-class TrainConfig:
-    """Training settings. Each field states its limits (``settings.Limits``): an instance
-    outside them is never made (``SettingError`` naming the setting and the value), and the
-    command line's options take the same limits from here."""
-
-    steps: int = setting(5000, _POSITIVE)
-    batch_size: int = setting(256, _POSITIVE)
-    lr: float = setting(1e-3, Limits(float, low=0.0, low_open=True, high=1.0))
-    weight_decay: float = setting(1e-4, Limits(float, low=0.0, high=1.0))
-    hidden: list = setting(limits=Limits(list, nonempty=True, item=_POSITIVE),
-                           default_factory=lambda: [256, 256])
-    head: str = setting("mse", Limits(str, choices=HEADS))
-    modes: int = setting(5, Limits(int, low=1, high=100))  # gmm head: mixture components
-    chunk: int = setting(1, Limits(int, low=1, high=1000))  # actions predicted per step
-    dropout: float = setting(0.0, Limits(float, low=0.0, high=0.95))
-    seed: int = setting(0, SEED_LIMITS)
-    device: str = setting("auto", DEVICE_LIMITS)
-    amp: bool = setting(True, Limits(bool))  # bf16 autocast on CUDA
-    val_fraction: float = setting(0.1, Limits(float, low=0.0, high=0.9))
-    # keep only steps these command sources drove
-    sources: list = setting(limits=Limits(list, item=Limits(str)), default_factory=list)
-    # also train on episodes that did not end (interrupted, recovered: see build_dataset)
-    # also train on episodes that did not end (interrupted, recovered after a crash)
-    include_interrupted: bool = setting(False, Limits(bool))
-    # steps between validation/evaluation; 0: at the end only
-    eval_every: int = setting(1000, _NON_NEGATIVE)
-    # closed-loop episodes per evaluation (0: none)
-    eval_episodes: int = setting(20, _NON_NEGATIVE)
-    # built-in task for closed-loop evaluation (None: from data)
-    task: str | None = setting(None, Limits(str, optional=True))
-    # evaluations without improvement before stopping (0: off)
-    patience: int = setting(0, _NON_NEGATIVE)
-    augment_shift: int = setting(4, Limits(int, low=0, high=64))  # pixels of shift for images
-    init_from: str = setting("", Limits(str))  # warm start: a checkpoint of the same architecture
-    log_every: int = setting(50, _POSITIVE)
-    # the robot config whose action limits the checkpoint carries (deploy.limits); empty:
-    # the task's robot, else the recorded actions' range
-    robot: str = setting("", Limits(str))
-
-    def __post_init__(self):
-        check_fields(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        """Settings from a mapping (a YAML file, node parameters); ``SettingError`` for an
-        unknown name or a value outside its limits."""
-        if not isinstance(data, dict):
-            raise SettingError(f"training settings must be a mapping of names to values, "
-                               f"got {type(data).__name__}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise SettingError(f"unknown training settings {sorted(unknown)} "
-                               f"(known: {sorted(cls.__dataclass_fields__)})")
-        return cls(**data)
+from .config import DEVICE_LIMITS, SEED_LIMITS, TrainConfig  # noqa: F401 (re-exported)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,50 +89,39 @@ def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     return x.to(images.dtype)  # (b, h, w, c)
 
 
-def policy_config(spec: Spec, cfg: TrainConfig) -> PolicyConfig:
-    low = spec.low_dim_observations
-    relative, offset = [], 0
-    for f in spec.actions:
-        if f.relative_to:
-            relative.append([offset, f.shape[0], f.relative_to])
-        offset += f.shape[0]
-    return PolicyConfig(relative=relative,
-        low_dim_keys=[f.key for f in low], low_dim_sizes=[f.shape[0] for f in low],
-        image_keys=[f.key for f in spec.image_observations],
-        image_shapes=[list(f.shape) for f in spec.image_observations],
-        action_dim=spec.action_dim, chunk=cfg.chunk, hidden=list(cfg.hidden), head=cfg.head,
-        modes=cfg.modes, dropout=cfg.dropout,
-        derived=[f.to_dict() for f in spec.features])
+def policy_config(spec: Spec, cfg: TrainConfig):
+    """The config of the policy ``cfg`` trains for ``spec`` (its family's config class)."""
+    return policy_class(cfg.policy).make_config(spec, cfg)
 
 
-def relative_action_stats(policy: Policy, arrays: dict):
-    """Statistics of the actions as the policy predicts them (relative where declared)."""
+def relative_action_stats(relative: list, arrays: dict):
+    """Statistics of the actions as a policy predicts them: relative where declared
+    (``relative``: [action offset, size, observation key], as ``PolicyConfig.relative``)."""
     from ..data.dataset import FieldStats
 
     actions = arrays["actions"].copy()
-    for offset, size, key in policy.cfg.relative:
+    for offset, size, key in relative:
         actions[:, offset:offset + size] -= arrays["obs"][key][:, :size]
     return FieldStats.of(actions)
 
 
-def set_normalization(policy: Policy, spec: Spec, stats: dict) -> dict:
-    """Load the training split's statistics into the policy; returns them as JSON."""
-    obs_stats = [stats["observations"][f.key] for f in spec.policy_inputs]
-    if spec.normalization.get("observations", "mean_std") == "min_max":
-        shift = np.concatenate([(s.max + s.min) / 2 for s in obs_stats])
-        scale = np.concatenate([np.maximum((s.max - s.min) / 2, 1e-6) for s in obs_stats])
-    else:
-        shift = np.concatenate([s.mean for s in obs_stats])
-        scale = np.concatenate([s.std for s in obs_stats])
-    policy.obs_norm.set(shift, scale)
-    a = stats["actions"]
-    if spec.normalization.get("actions", "min_max") == "min_max":
-        policy.act_norm.set((a.max + a.min) / 2, np.maximum((a.max - a.min) / 2, 1e-6))
-    else:
-        policy.act_norm.set(a.mean, a.std)
-    return {"observations": {f.key: stats["observations"][f.key].to_dict()
-                             for f in spec.policy_inputs},
-            "actions": a.to_dict(), "methods": dict(spec.normalization)}
+class _Loss(torch.nn.Module):
+    """The policy's loss as a module's forward, so that DistributedDataParallel wraps it."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: dict, actions: torch.Tensor, mask: torch.Tensor):
+        return split_loss(self.policy.loss(Batch(obs, actions, mask)))
+
+
+def split_loss(out) -> tuple:
+    """(loss, metrics) from what ``Policy.loss`` returns."""
+    if isinstance(out, tuple):
+        loss, metrics = out
+        return loss, dict(metrics or {})
+    return out, {}
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -242,7 +171,12 @@ class Trainer:
         np.random.seed(cfg.seed)
         train = DeviceData(ds.arrays("train"), spec, cfg.chunk, device)
         val = DeviceData(ds.arrays("val"), spec, cfg.chunk, device) if ds.val else None
-        policy = Policy(policy_config(spec, cfg)).to(device)
+        family = policy_class(cfg.policy)
+        stats = dict(ds.stats)
+        relative = input_layout(spec)["relative"]
+        if relative:
+            stats["actions"] = relative_action_stats(relative, ds.arrays("train"))
+        policy = family.build(spec, stats, cfg).to(device)
         if cfg.init_from:
             from .checkpoint import load_checkpoint
 
@@ -252,17 +186,15 @@ class Trainer:
 
                 raise CheckpointError(f"init_from {cfg.init_from}: another architecture "
                                       f"({start.cfg} vs {policy.cfg})")
-            policy.load_state_dict(start.state_dict())  # normalization is set again below
-        stats = dict(ds.stats)
-        if policy.cfg.relative:
-            stats["actions"] = relative_action_stats(policy, ds.arrays("train"))
-        norm = set_normalization(policy, spec, stats)
-        model = policy
+            policy.load_state_dict(start.state_dict())
+            policy.set_statistics(spec, stats)  # this dataset's, not the start's
+        norm = statistics_record(spec, stats)
+        model = _Loss(policy)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(
-                policy, device_ids=[device.index] if device.type == "cuda" else None)
+                model, device_ids=[device.index] if device.type == "cuda" else None)
         fused = device.type == "cuda"
         opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 fused=fused)
@@ -272,6 +204,8 @@ class Trainer:
         limits = training_limits(spec, ds.arrays("all"), cfg.robot, task)
         if self.rank == 0:
             self.log(f"[train] action limits stored in the checkpoint: {limits.source}")
+        if self.rank == 0:
+            self.log(f"[train] policy {cfg.policy}")
         meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
                 "normalization": norm, "task": task, "action_limits": limits.to_dict()}
         meta["dataset"] = ds.summary  # what the build used and skipped, per reason
@@ -295,12 +229,11 @@ class Trainer:
                 obs, actions, mask = train.batch(index, cfg.augment_shift)
                 t_b = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(obs)
-                loss = policy.loss_from_output(out, actions, mask, policy.action_base(obs))
-                if self.distributed and policy.cfg.head != "gmm":
+                    loss, metrics = model(obs, actions, mask)
+                if self.distributed and policy.loss_mean_over == "valid_steps":
                     # Each rank's loss is averaged over its own valid chunk steps; rescale so that
-                    # DDP's mean of the ranks' gradients is the whole batch's (gmm averages per
-                    # sample already).
+                    # DDP's mean of the ranks' gradients is the whole batch's (a loss averaged
+                    # per sample needs nothing).
                     loss = loss * (mask.sum() * self.world / train.chunk_mask[batch].sum())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -318,6 +251,8 @@ class Trainer:
                     curve.append((step, running))
                     if writer:
                         writer["tb"].add_scalar("loss/train", running, step)
+                        for key, value in metrics.items():
+                            writer["tb"].add_scalar(f"train/{key}", float(value), step)
                 t_data += t_b - t_a
                 t_step += time.perf_counter() - t_b
                 evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
@@ -393,9 +328,8 @@ class Trainer:
             index = torch.arange(start, min(start + 4096, val.n), device=device)
             obs, actions, mask = val.batch(index)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = policy(obs)
-            total += float(policy.loss_from_output(out, actions, mask,
-                                                   policy.action_base(obs))) * len(index)
+                loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)))
+            total += float(loss) * len(index)
             n += len(index)
         policy.train()
         return total / max(n, 1)

@@ -65,6 +65,9 @@ class Param:
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple = ()
+    # a parameter that stands for a settings dataclass's field (``params_of``): the field's
+    # limits, checked on the value as the setting takes it (``setting_value``)
+    limits: object = None
 
     def descriptor(self) -> ParameterDescriptor:
         desc = ParameterDescriptor(description=self.description + (
@@ -94,11 +97,50 @@ class Param:
         return value
 
     def problem(self, value) -> str | None:
-        """Why ``value`` is not allowed (choices; ranges are checked by rcl), or None."""
+        """Why ``value`` is not allowed (choices, a setting's limits; ranges are checked by
+        rcl), or None."""
         if self.choices and value is not None and value not in self.choices:
             return (f"parameter {self.name}={value!r}: must be one of "
                     f"{', '.join(map(str, self.choices))}")
+        if self.limits is not None and value is not None:
+            try:
+                why = self.limits.problem(self.setting_value(value))
+            except ValueError as exc:
+                why = str(exc)
+            if why:
+                return f"parameter {self.name}={value!r}: must be {why}"
         return None
+
+    def setting_value(self, value):
+        """A parameter's value as the setting it stands for takes it: '' is None for an
+        optional string, [''] an empty list of strings, a YAML text a mapping."""
+        limits = self.limits
+        if limits is None or value is None:
+            return value
+        if limits.kind is str and limits.optional:
+            return value or None
+        if limits.kind is list:
+            items = list(value)
+            if limits.item is not None and limits.item.kind is str:
+                return [v for v in items if v != ""]
+            if limits.item is not None and limits.item.kind is int:
+                return [int(v) if isinstance(v, int) else v for v in items]
+            return items
+        if limits.kind is dict:
+            import yaml
+
+            if not str(value).strip():
+                return {}
+            try:
+                data = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ValueError("a YAML mapping (e.g. '{width: 64}')") from None
+            if data is None:
+                return {}
+            if not isinstance(data, dict):
+                raise ValueError("a YAML mapping (e.g. '{width: 64}')")
+            return data
+        return value
 
     def help(self) -> str:
         from rclpy.parameter import Parameter
@@ -123,6 +165,39 @@ class Param:
         text = textwrap.fill(self.description, 96, initial_indent=" " * 6,
                              subsequent_indent=" " * 6)
         return f"  {self.name} ({'; '.join(flags)})\n{text}"
+
+
+def params_of(cls, choices: dict | None = None) -> tuple:
+    """A ``Param`` for each field of the settings dataclass ``cls``, from the field: its name,
+    default, description and limits (range, choices, and the rest checked on every value).
+    ``choices``: {name: values} for a field whose allowed values are known only at run time.
+
+    A parameter cannot be None, an empty list or a mapping: an optional string's None is '',
+    an empty list of strings is [''], and a mapping is a YAML text ('' for none)."""
+    import dataclasses
+
+    from ..settings import default_of
+
+    out = []
+    for f in dataclasses.fields(cls):
+        limits = f.metadata.get("limits")
+        default = default_of(cls, f.name)
+        if default is None:
+            default = ""
+        elif isinstance(default, dict):
+            import yaml
+
+            default = yaml.safe_dump(default, default_flow_style=True).strip() if default else ""
+        elif isinstance(default, (list, tuple)):
+            default = list(default) or [""]
+        low = high = None
+        if limits is not None and limits.kind in (int, float):
+            low, high = limits.low, limits.high
+        allowed = tuple((choices or {}).get(f.name, ())) or \
+            (tuple(limits.choices) if limits is not None else ())
+        out.append(Param(f.name, default, f.metadata.get("help", ""), min_value=low,
+                         max_value=high, choices=allowed, limits=limits))
+    return tuple(out)
 
 
 def declare_all(node, params) -> dict:

@@ -223,7 +223,8 @@ class PolicyNode(LifecycleNode):
         # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
         self._ents.append(self.create_timer(self.period, self._on_timer))
         self.get_logger().info(
-            f"policy {loaded.path} (version {loaded.version}, spec '{self.spec.name}', "
+            f"policy {loaded.path} (type {loaded.policy_type}, version {loaded.version}, "
+            f"spec '{self.spec.name}', "
             f"chunk {loaded.chunk}) on backend {loaded.backend.kind} "
             f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
             f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")

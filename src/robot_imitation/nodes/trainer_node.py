@@ -27,78 +27,44 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, Param, declare_all, run
-from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
+from .common import LATCHED_QOS, Param, declare_all, params_of, run
+from .runs import new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ..learning.policies import HEADS  # noqa: E402
 from ..learning.trainer import TrainConfig, Trainer  # noqa: E402
-
+from ..policies import available_policies  # noqa: E402
 
 
 class Cancelled(Exception):
     """Raised from the progress callback to end a run that ~/cancel asked to stop."""
 
 
+# the parameters of the node itself; every other one is a TrainConfig field (``params_of``)
+NODE_ONLY = (
+    Param("dataset", "datasets/demos", "dataset folder to train on (recorded by "
+          "episode_recorder)"),
+    Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
+          "dataset's"),
+    Param("out", "runs/train", "output folder: each run writes out/run_<timestamp>"),
+)
+NODE_ONLY_AFTER = (
+    Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
+          "default, one per core. Fewer leave cores to other nodes, and avoid "
+          "oversubscription on a loaded machine", min_value=0, max_value=1024),
+    Param("progress_rate", 10.0, "most ~/progress messages per second (evaluations and "
+          "state changes are always published)", min_value=0.1, max_value=1000.0),
+)
+
+
 def _parameters() -> tuple:
-    """The trainer's parameters; TrainConfig's settings take the dataclass's defaults."""
-    d = TrainConfig()
-    return (
-        Param("dataset", "datasets/demos", "dataset folder to train on (recorded by "
-              "episode_recorder)"),
-        Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
-              "dataset's"),
-        Param("out", "runs/train", "output folder: each run writes out/run_<timestamp>"),
-        Param("steps", d.steps, "optimizer steps", min_value=1),
-        Param("batch_size", d.batch_size, "samples per step", min_value=1),
-        Param("lr", d.lr, "learning rate (AdamW, cosine schedule)", min_value=0.0,
-              max_value=1.0),
-        Param("weight_decay", d.weight_decay, "AdamW weight decay", min_value=0.0,
-              max_value=1.0),
-        Param("hidden", list(d.hidden), "hidden layer sizes of the MLP"),
-        Param("head", d.head, "policy head", choices=HEADS),
-        Param("modes", d.modes, "gmm head: mixture components", min_value=1, max_value=100),
-        Param("chunk", d.chunk, "actions predicted per step (action chunking)", min_value=1,
-              max_value=1000),
-        Param("dropout", d.dropout, "dropout between hidden layers", min_value=0.0,
-              max_value=0.95),
-        Param("seed", d.seed, "random seed (initialization, batches, split)", min_value=0),
-        Param("device", d.device, "auto (CUDA when available), cpu, cuda or cuda:N"),
-        Param("amp", d.amp, "bf16 autocast on CUDA"),
-        Param("val_fraction", d.val_fraction, "share of the episodes held out for validation",
-              min_value=0.0, max_value=0.9),
-        Param("sources", [""], "keep only the steps these command sources drove, by the "
-              "recorded /command_mux/source (e.g. human: HG-DAgger interventions); [''] or "
-              "empty: every step"),
-        Param("eval_every", d.eval_every, "steps between validations/evaluations (0: at the end "
-              "only)", min_value=0),
-        Param("eval_episodes", d.eval_episodes, "closed-loop episodes per evaluation in the "
-              "task's simulation (0: none)", min_value=0),
-        Param("task", d.task or "", "built-in task for closed-loop evaluation; empty: the "
-              "dataset's"),
-        Param("patience", d.patience, "evaluations without improvement before stopping early "
-              "(0: never)", min_value=0),
-        Param("augment_shift", d.augment_shift, "camera images: pixels of random shift",
-              min_value=0, max_value=64),
-        Param("log_every", d.log_every, "steps between progress reports (and cancel checks)",
-              min_value=1),
-        Param("include_interrupted", d.include_interrupted, "also train on episodes that did "
-              "not end (status interrupted: the recorder was stopped; recovered: salvaged "
-              "after a crash); the run's dataset summary names them"),
-        Param("robot", d.robot, "robot config (config/robots name or YAML path) whose action "
-              "limits the checkpoint carries (joint limits, gripper 0..1, velocity limits per "
-              "tick); empty: the task's robot, else the recorded actions' range"),
-        Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
-              "default, one per core. Fewer leave cores to other nodes, and avoid "
-              "oversubscription on a loaded machine", min_value=0, max_value=1024),
-        Param("progress_rate", 10.0, "most ~/progress messages per second (evaluations and "
-              "state changes are always published)", min_value=0.1, max_value=1000.0),
-    )
+    """The trainer's parameters: its own, and one per TrainConfig field (default, limits and
+    description from the field; the policy types known when the node starts)."""
+    return (NODE_ONLY + params_of(TrainConfig, choices={"policy": available_policies()})
+            + NODE_ONLY_AFTER)
 
 
 class TrainerNode(Node):
@@ -108,7 +74,8 @@ class TrainerNode(Node):
     def __init__(self):
         super().__init__(self.NODE_NAME)
         declare_all(self, self.PARAMETERS)
-        self.add_on_set_parameters_callback(self._check_params)
+        self._settings_params = {p.name: p for p in self.PARAMETERS
+                                 if p.name in TrainConfig.__dataclass_fields__}
 
         self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -125,24 +92,10 @@ class TrainerNode(Node):
         self.get_logger().info("trainer ready: set parameters, then call ~/train")
 
     # ----------------------------------------------------------------- parameters
-    def _check_params(self, params) -> SetParametersResult:
-        """What the table cannot say (its choices are checked by declare_all)."""
-        for prm in params:
-            if prm.name == "device" and not DEVICE.match(str(prm.value)):
-                return SetParametersResult(successful=False,
-                                           reason="device must be auto, cpu, cuda or cuda:N")
-            if prm.name == "hidden" and (not prm.value or min(prm.value) < 1):
-                return SetParametersResult(successful=False,
-                                           reason="hidden needs one or more positive sizes")
-        return SetParametersResult(successful=True)
-
     def _settings(self) -> tuple[str, str | None, str, TrainConfig]:
         """(dataset, spec, out, training configuration) from the current parameters."""
-        p = {name: self.get_parameter(name).value for name in TrainConfig.__dataclass_fields__
-             if self.has_parameter(name)}
-        p["hidden"] = [int(x) for x in p["hidden"]]
-        p["task"] = p["task"] or None
-        p["sources"] = [s for s in p["sources"] if s]
+        p = {name: param.setting_value(self.get_parameter(name).value)
+             for name, param in self._settings_params.items()}
         cfg = TrainConfig.from_dict(p)
         spec = self.get_parameter("spec").value or None
         return (self.get_parameter("dataset").value, spec, self.get_parameter("out").value, cfg)
@@ -218,7 +171,8 @@ class TrainerNode(Node):
             if threads:
                 torch.set_num_threads(threads)
             data = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction,
-                                 seed=cfg.seed, sources=cfg.sources or None)
+                                 seed=cfg.seed, sources=cfg.sources or None,
+                                 include_interrupted=cfg.include_interrupted)
             if self._cancel.is_set():
                 raise Cancelled()
             trainer = Trainer(data, run_dir, cfg, log=self.get_logger().info,

@@ -1,0 +1,205 @@
+"""The base class of every policy family: what the trainer, the checkpoint loader, the
+inference backends and the policy node call, the same way for every family.
+
+A family is a ``Policy`` subclass with a config dataclass (a ``PolicyConfig`` subclass, its
+``config_class``), registered by type name (``registry.register_policy``). It implements:
+
+- ``loss(batch)``: the training loss of a ``Batch`` (raw observations, raw action chunks and
+  their mask), a scalar tensor, or (loss, {name: scalar}) with metrics to log;
+- ``act(obs)``: raw observations {key: (B, ...)} in, a raw action chunk (B, chunk, action_dim)
+  out: normalization and relative actions are the policy's business, inside the model;
+
+and may override ``reset()`` (between episodes; a policy that keeps state between calls also
+sets ``traceable = False``), ``set_statistics`` (the training split's statistics), ``options``
+and ``build``.
+
+Every policy holds the normalizers ``obs_norm`` (low-dimensional inputs and derived features,
+in spec order) and ``act_norm`` (actions, relative where declared), set from the training
+split's statistics per the spec's normalization methods; ``normalized_inputs``,
+``normalize_actions`` and ``raw_actions`` use them. A family is free not to.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..settings import SettingError
+from ..spec import derive
+from .config import PolicyConfig, input_layout
+
+
+@dataclass
+class Batch:
+    """One training batch: raw observations {key: (B, ...)} (images uint8 (B, H, W, C)), the
+    raw action chunks to predict (B, chunk, action_dim) and their mask (B, chunk): 1 where the
+    target step lies inside the sample's episode (None: all)."""
+
+    obs: dict
+    actions: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+class Normalizer(nn.Module):
+    """x -> (x - shift) / scale, with the statistics as buffers (saved with the weights)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
+
+    def set(self, shift, scale) -> None:
+        self.shift.copy_(torch.as_tensor(shift, dtype=torch.float32))
+        self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) / self.scale
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale + self.shift
+
+
+def normalization(spec, stats: dict) -> tuple:
+    """(observation shift, scale, action shift, scale) from the training split's statistics
+    (``FieldStats`` per policy input, and of the actions), per the spec's methods."""
+    obs_stats = [stats["observations"][f.key] for f in spec.policy_inputs]
+    if spec.normalization.get("observations", "mean_std") == "min_max":
+        shift = np.concatenate([(s.max + s.min) / 2 for s in obs_stats])
+        scale = np.concatenate([np.maximum((s.max - s.min) / 2, 1e-6) for s in obs_stats])
+    else:
+        shift = np.concatenate([s.mean for s in obs_stats])
+        scale = np.concatenate([s.std for s in obs_stats])
+    a = stats["actions"]
+    if spec.normalization.get("actions", "min_max") == "min_max":
+        act = ((a.max + a.min) / 2, np.maximum((a.max - a.min) / 2, 1e-6))
+    else:
+        act = (a.mean, a.std)
+    return shift, scale, act[0], act[1]
+
+
+def statistics_record(spec, stats: dict) -> dict:
+    """The statistics as JSON, as a checkpoint stores them."""
+    return {"observations": {f.key: stats["observations"][f.key].to_dict()
+                             for f in spec.policy_inputs},
+            "actions": stats["actions"].to_dict(), "methods": dict(spec.normalization)}
+
+
+class Policy(nn.Module):
+    """Base of every policy family (see the module docstring)."""
+
+    config_class: ClassVar[type] = PolicyConfig
+    type_name: ClassVar[str] = ""      # set by register_policy
+    # act() is a pure function of its inputs (no state between calls, no Python branching on
+    # values): TorchScript tracing and ONNX export may run it
+    traceable: ClassVar[bool] = True
+    # what loss() averages over: "samples", or "valid_steps" (the unmasked chunk steps of the
+    # batch; a multi-process run then rescales each process's loss to the whole batch's)
+    loss_mean_over: ClassVar[str] = "samples"
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, "
+                            f"not a {type(cfg).__name__}")
+        self.cfg = cfg
+        self.obs_norm = Normalizer(cfg.input_dim)
+        self.derived = cfg.feature_specs()
+        self.act_norm = Normalizer(cfg.action_dim)
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def options(cls, settings) -> dict:
+        """The family's options from the training settings (``TrainConfig``): the settings
+        declared as this type's (``option_of``), then ``policy_config``."""
+        own = {f.name: getattr(settings, f.name) for f in fields(settings)
+               if f.metadata.get("option_of") == cls.type_name}
+        return {**own, **dict(getattr(settings, "policy_config", {}) or {})}
+
+    @classmethod
+    def check_options(cls, options: dict, where: str = "policy_config") -> None:
+        """``SettingError`` for an option the family's config does not have, or a value
+        outside the limits its field states."""
+        own = cls.config_class.options()
+        unknown = sorted(set(options) - set(own))
+        if unknown:
+            raise SettingError(f"{where}: unknown options {unknown} of policy {cls.type_name} "
+                               f"(its options: {', '.join(sorted(own)) or 'none'})")
+        for name, value in options.items():
+            limits = own[name].metadata.get("limits")
+            if limits is not None:
+                limits.check(f"{where} {name}", value)
+
+    @classmethod
+    def make_config(cls, spec, settings) -> PolicyConfig:
+        """The config of a policy for ``spec`` trained with ``settings`` (``TrainConfig``)."""
+        options = cls.options(settings)
+        cls.check_options(options)
+        return cls.config_class.from_dict({**input_layout(spec, settings.chunk), **options})
+
+    @classmethod
+    def build(cls, spec, stats: dict | None, settings) -> "Policy":
+        """A new policy for ``spec``, with the training split's statistics ``stats`` (None:
+        identity normalization) and the training settings (``TrainConfig``)."""
+        policy = cls(cls.make_config(spec, settings))
+        if stats is not None:
+            policy.set_statistics(spec, stats)
+        return policy
+
+    @classmethod
+    def from_config(cls, data: dict) -> "Policy":
+        """The policy (untrained weights) of a stored config (``policy.json``'s ``policy``)."""
+        return cls(cls.config_class.from_dict(data))
+
+    def set_statistics(self, spec, stats: dict) -> None:
+        """Load the training split's statistics (actions relative where declared)."""
+        obs_shift, obs_scale, act_shift, act_scale = normalization(spec, stats)
+        self.obs_norm.set(obs_shift, obs_scale)
+        self.act_norm.set(act_shift, act_scale)
+
+    # ----------------------------------------------------------------- helpers
+    def normalized_inputs(self, obs: dict) -> torch.Tensor:
+        """(B, input_dim): the low-dimensional observations and derived features, in spec
+        order, normalized."""
+        raw = derive(self.derived, {k: obs[k].float().reshape(obs[k].shape[0], -1)
+                                    for k in self.cfg.low_dim_keys})
+        low = torch.cat([raw[k] for k in self.cfg.low_dim_keys]
+                        + [raw[f.key] for f in self.derived], dim=-1)
+        return self.obs_norm(low)
+
+    def action_base(self, obs: dict) -> torch.Tensor | None:
+        """(B, 1, action_dim): what relative actions are measured from (None: all absolute)."""
+        if not self.cfg.relative:
+            return None
+        first = obs[self.cfg.low_dim_keys[0]]
+        base = torch.zeros(first.shape[0], 1, self.cfg.action_dim, device=first.device)
+        for offset, size, key in self.cfg.relative:
+            base[:, 0, offset:offset + size] = obs[key][:, :size].float()
+        return base
+
+    def normalize_actions(self, actions: torch.Tensor, obs: dict) -> torch.Tensor:
+        """Raw action chunks -> what the network predicts (relative, normalized)."""
+        base = self.action_base(obs)
+        if base is not None:
+            actions = actions - base
+        return self.act_norm(actions.float())
+
+    def raw_actions(self, predicted: torch.Tensor, obs: dict) -> torch.Tensor:
+        """The inverse of ``normalize_actions``."""
+        actions = self.act_norm.inverse(predicted)
+        base = self.action_base(obs)
+        return actions if base is None else actions + base
+
+    # ----------------------------------------------------------------- the interface
+    def loss(self, batch: Batch):
+        """The training loss of ``batch`` (a scalar tensor), or (loss, {name: scalar})."""
+        raise NotImplementedError
+
+    def act(self, obs: dict) -> torch.Tensor:
+        """Raw action chunks (B, chunk, action_dim) for raw observations {key: (B, ...)}."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """A new episode starts (a policy that keeps state between calls forgets it)."""

@@ -1,0 +1,89 @@
+"""What every policy family's configuration holds: the layout of its inputs and outputs.
+
+``PolicyConfig`` is the base of each family's config dataclass. Its fields come from the
+spec (and the training's ``chunk``); the inference backends and the policy node's controller
+read only these, the same way for every family. A family adds its own options as fields with
+defaults, each declared with ``settings.setting`` (limits and a description): they are checked
+when a config is made, and ``policy_config`` options of a training run are held to them.
+
+Nothing here imports torch: the command line reads these dataclasses to build its options.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..settings import SettingError, check_fields
+
+# the fields of PolicyConfig: filled from the spec, never an option of a family
+LAYOUT = ("low_dim_keys", "low_dim_sizes", "image_keys", "image_shapes", "action_dim", "chunk",
+          "relative", "derived")
+
+
+@dataclass
+class PolicyConfig:
+    """The input/output layout every policy has (stored in policy.json with the family's
+    options)."""
+
+    low_dim_keys: list = field(default_factory=list)   # low-dimensional observation keys, in order
+    low_dim_sizes: list = field(default_factory=list)  # their sizes
+    image_keys: list = field(default_factory=list)
+    image_shapes: list = field(default_factory=list)  # (H, W, C) per image key
+    action_dim: int = 1
+    chunk: int = 1                                     # actions predicted per step
+    # [action offset, size, observation key]: these actions are predicted relative to the
+    # leading `size` values of that (raw) observation
+    relative: list = field(default_factory=list)
+    # the spec's features ({key, op, inputs, size}), computed from the low-dim inputs and
+    # appended to them before normalization
+    derived: list = field(default_factory=list)
+
+    def __post_init__(self):
+        check_fields(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyConfig":
+        if not isinstance(data, dict):
+            raise SettingError(f"policy settings must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise SettingError(f"unknown policy settings {sorted(unknown)} (known: "
+                               f"{sorted(cls.__dataclass_fields__)})")
+        return cls(**data)
+
+    @classmethod
+    def options(cls) -> dict:
+        """The family's own fields (its options), by name."""
+        return {f.name: f for f in fields(cls) if f.name not in LAYOUT}
+
+    @property
+    def low_dim(self) -> int:
+        """Size of the flat raw low-dimensional input."""
+        return int(sum(self.low_dim_sizes))
+
+    @property
+    def input_dim(self) -> int:
+        """Size of what is normalized: raw low-dimensional inputs plus derived features."""
+        return self.low_dim + int(sum(d["size"] for d in self.derived))
+
+    def feature_specs(self) -> list:
+        from ..spec import FeatureSpec
+
+        return [FeatureSpec.from_dict(d) for d in self.derived]
+
+
+def input_layout(spec, chunk: int = 1) -> dict:
+    """The ``PolicyConfig`` fields of a policy for ``spec`` predicting ``chunk`` actions."""
+    low = spec.low_dim_observations
+    relative, offset = [], 0
+    for f in spec.actions:
+        if f.relative_to:
+            relative.append([offset, f.shape[0], f.relative_to])
+        offset += f.shape[0]
+    return {"low_dim_keys": [f.key for f in low], "low_dim_sizes": [f.shape[0] for f in low],
+            "image_keys": [f.key for f in spec.image_observations],
+            "image_shapes": [list(f.shape) for f in spec.image_observations],
+            "action_dim": spec.action_dim, "chunk": chunk, "relative": relative,
+            "derived": [f.to_dict() for f in spec.features]}

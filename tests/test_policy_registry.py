@@ -1,0 +1,280 @@
+"""Policy families by type: a family defined outside the package (tests/plugins/tiny_policy.py)
+trains with the real trainer, saves, loads, runs on the inference backends that support it and
+drives the policy node process, which finds it through an entry point; unknown types are one
+line; mlp is what it was (same weights for the same seed, checkpoints without a type load as
+mlp)."""
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from safetensors.torch import load_file
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from conftest import wait_for
+from robot_imitation.deploy.backends import BackendError, select_backend
+from robot_imitation.deploy.runtime import load_policy
+from robot_imitation.learning.checkpoint import CheckpointError, load_checkpoint
+from robot_imitation.learning.dagger_sim import episodes_dataset, rollout
+from robot_imitation.learning.evaluation import observation_tensors
+from robot_imitation.learning.trainer import TrainConfig, train
+from robot_imitation.nodes.common import STATE_QOS
+from robot_imitation.observation import ObservationAssembler
+from robot_imitation.policies import (UnknownPolicyError, available_policies, policy_class,
+                                      register_policy, unregister_policy)
+from robot_imitation.settings import SettingError
+from robot_imitation.sim.env import ImitationEnv
+from robot_imitation.sim.experts import make_expert
+from robot_imitation.spec import Spec
+
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+ARM, GRIPPER = "/arm_controller/commands", "/gripper_controller/commands"
+KEEP = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
+                  history=QoSHistoryPolicy.KEEP_LAST)
+
+
+def cli(*args, env=None, cwd=None):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def one_line(proc) -> str:
+    assert proc.returncode != 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def tiny():
+    """The tiny family, registered from the test (its module is no part of the package)."""
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from tiny_policy import TinyPolicy
+
+        register_policy("tiny", TinyPolicy)
+        yield TinyPolicy
+    finally:
+        unregister_policy("tiny")
+        sys.path.remove(str(PLUGINS))
+
+
+@pytest.fixture(scope="module")
+def reach_episodes():
+    """Three scripted-expert episodes of reach in its gymnasium version (real MuJoCo)."""
+    spec = Spec.load("reach")
+    env = ImitationEnv("reach")
+    expert = make_expert(env.sim)
+    episodes = [rollout(env, expert, spec, seed=s) for s in (0, 1, 2)]
+    env.close()
+    assert all(e.success for e in episodes)
+    return spec, episodes
+
+
+def small_run(reach_episodes, out: Path, **settings) -> dict:
+    spec, episodes = reach_episodes
+    cfg = TrainConfig(steps=30, batch_size=32, eval_every=15, eval_episodes=0, device="cpu",
+                      seed=5, log_every=10, **settings)
+    data = episodes_dataset(episodes, spec, out, cfg)
+    return train(data, out / "run", cfg, log=lambda *a, **k: None)
+
+
+def weights_hash(checkpoint) -> str:
+    state = load_file(str(Path(checkpoint) / "model.safetensors"))
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].numpy().tobytes())
+    return h.hexdigest()
+
+
+# ====================================================================== a family from outside
+def write_entry_point(site: Path) -> None:
+    """What installing a package that declares the tiny family would leave on the path."""
+    info = site / "tiny_policy_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-policy-plugin\n"
+                                   "Version: 0.1\n")
+    (info / "entry_points.txt").write_text("[robot_imitation.policies]\n"
+                                           "tiny = tiny_policy:TinyPolicy\n")
+
+
+def state_messages(spec: Spec, stamp) -> dict:
+    """One instant of reach observations: {topic: message}."""
+    joints = list(spec.observations[0].joints)
+    q = [0.1, 0.3, -0.1, -2.1, 0.05, 2.3, 0.7, 0.03, 0.03]
+    js = JointState(name=joints, position=q, velocity=[0.01] * len(q), effort=[])
+    js.header.stamp = stamp
+    ee, target = PoseStamped(), PoseStamped()
+    for msg, xyz in ((ee, (0.45, 0.02, 0.38)), (target, (0.55, 0.1, 0.3))):
+        msg.header.stamp = stamp
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
+        msg.pose.orientation.w = 1.0
+    return {"/ee_pose": ee, "/target_pose": target, "/joint_states": js}
+
+
+def test_a_family_from_outside_the_package_trains_loads_and_drives_the_policy_node(
+        tiny, reach_episodes, tmp_path, procs, probe):
+    assert "tiny" in available_policies() and policy_class("tiny") is tiny
+    # the real trainer, with an option of the family's own config
+    result = small_run(reach_episodes, tmp_path, policy="tiny", policy_config={"width": 24})
+    ckpt = Path(result["last"])
+    meta = json.loads((ckpt / "policy.json").read_text())
+    assert meta["type"] == "tiny" and meta["policy"]["width"] == 24
+    assert meta["training"]["policy"] == "tiny"
+    assert all(np.isfinite([row["train_loss"], row["val_loss"]]).all()
+               for row in result["history"]), result["history"]
+    # loaded by type, checked against the runtime spec
+    spec = Spec.load("reach")
+    policy, _ = load_checkpoint(ckpt, spec)
+    assert isinstance(policy, tiny) and policy.cfg.width == 24
+    with pytest.raises(CheckpointError, match="was not in training"):
+        load_checkpoint(ckpt, Spec.load("push"))
+    # the backends: numpy runs mlp only, and says so when asked by name; auto tries the others
+    with pytest.raises(BackendError) as err:
+        select_backend(policy, "numpy")
+    assert "numpy" in str(err.value) and "'tiny'" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+    loaded = load_policy(ckpt, spec)
+    rows = {r["backend"]: r for r in loaded.backends}
+    assert "'tiny'" in rows["numpy"]["error"] and "median_us" in rows["eager"]
+    assert loaded.policy_type == "tiny" and loaded.chunk == 1
+    eager, _ = select_backend(policy, "eager")
+    assert eager.kind == "eager"
+
+    # the policy node process finds the family through the entry point group alone
+    site = tmp_path / "site"
+    write_entry_point(site)
+    procs.env["PYTHONPATH"] = os.pathsep.join(
+        [str(site), str(PLUGINS)] + [p for p in [procs.env.get("PYTHONPATH")] if p])
+    arm = probe.record(Float64MultiArray, ARM, KEEP, "arm")
+    grip = probe.record(Float64MultiArray, GRIPPER, KEEP, "grip")
+    # limits that never bind and no staleness check: the commands are the policy's outputs
+    procs.start_node("policy_node", params={"checkpoint": str(ckpt), "max_age_periods": 0.0,
+                                            "action_lower": [-1e9], "action_upper": [1e9],
+                                            "max_delta": [0.0]})
+    pubs = {t: probe.node.create_publisher(type(m), t, STATE_QOS)
+            for t, m in state_messages(spec, probe.node.get_clock().now().to_msg()).items()}
+    wait_for(lambda: all(p.get_subscription_count() for p in pubs.values()), 60,
+             "the policy node's subscriptions", procs=procs)
+    stop = threading.Event()
+
+    def feed():
+        while not stop.is_set():
+            for topic, msg in state_messages(spec, probe.node.get_clock().now().to_msg()).items():
+                pubs[topic].publish(msg)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(arm) >= 3 and len(grip) >= 3, 60, "commands", procs=procs)
+    finally:
+        stop.set()
+        thread.join()
+    assembler = ObservationAssembler(spec)
+    for topic, msg in state_messages(spec, probe.node.get_clock().now().to_msg()).items():
+        assembler.on_message(topic, msg)
+    _, obs = assembler.synchronized()
+    expected = policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+    got = np.concatenate([arm[-1].data, grip[-1].data])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    log = procs.log("policy_node", tail=100_000)
+    assert "type tiny" in log, log
+
+
+# ====================================================================== unknown types
+def test_an_unknown_type_is_one_line_everywhere(tmp_path, reach_episodes, procs):
+    with pytest.raises(UnknownPolicyError) as err:
+        policy_class("nosuch")
+    assert str(err.value) == f"unknown policy type 'nosuch' (known types: " \
+                             f"{', '.join(available_policies())})"
+    with pytest.raises(SettingError, match="unknown policy type 'nosuch'"):
+        TrainConfig(policy="nosuch")
+    # a checkpoint of a type nobody registered: the loader, the command line, the policy node
+    result = small_run(reach_episodes, tmp_path / "mlp")
+    ckpt = Path(result["last"])
+    meta = json.loads((ckpt / "policy.json").read_text())
+    meta["type"] = "nosuch"
+    (ckpt / "policy.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(ckpt)
+    text = str(err.value)
+    assert "unknown policy type 'nosuch'" in text and "mlp" in text and "policy.json" in text
+    line = one_line(cli("evaluate", ckpt, "--gym", "--task", "reach", "--episodes", 1))
+    assert line.startswith("robot-imitation evaluate: ") and "'nosuch'" in line, line
+    assert "known types: mlp" in line, line
+    procs.start_node("policy_node", params={"checkpoint": str(ckpt)})
+    assert procs.procs["policy_node"].wait(timeout=60) != 0
+    log = procs.log("policy_node")
+    assert "unknown policy type 'nosuch'" in log and "Traceback" not in log, log
+    # train --policy nosuch: before anything is read or written
+    out = tmp_path / "run"
+    line = one_line(cli("train", tmp_path / "no_dataset", "--out", out, "--policy", "nosuch"))
+    assert line == ("robot-imitation train: unknown policy type 'nosuch' (known types: "
+                    f"{', '.join(available_policies())})"), line
+    line = one_line(cli("train", tmp_path / "no_dataset", "--out", out, "--policy-option",
+                        "width=3"))
+    assert line.startswith("robot-imitation train: policy_config: unknown options ['width'] "
+                           "of policy mlp"), line
+    assert not out.exists()
+
+
+def test_options_belong_to_their_family(tiny):
+    with pytest.raises(SettingError, match="head is an option of policy mlp, not of policy tiny"):
+        TrainConfig(policy="tiny", head="gmm")
+    with pytest.raises(SettingError, match=r"policy_config width must be an integer from 1"):
+        TrainConfig(policy="tiny", policy_config={"width": 0})
+    with pytest.raises(SettingError, match="hidden is a training setting of its own"):
+        TrainConfig(policy_config={"hidden": [8]})
+    # an mlp option that had no setting before: a categorical head with its classes
+    from robot_imitation.policies import make_policy
+
+    policy = make_policy(Spec.load("reach"), TrainConfig(head="categorical",
+                                                         policy_config={"num_classes": 3}))
+    assert policy.type_name == "mlp" and policy.cfg.num_classes == 3
+
+
+# ====================================================================== mlp as before
+def test_mlp_trains_as_before_and_old_checkpoints_load_as_mlp(reach_episodes, tmp_path):
+    """Two runs with one seed give the same weights (the code before policy families gave
+    these too: see the report of the change), stored as type mlp; a checkpoint written before
+    types were stored (no "type") loads as mlp with the same outputs."""
+    settings = {"head": "gmm", "chunk": 3, "dropout": 0.1, "hidden": [64, 32]}
+    first = small_run(reach_episodes, tmp_path / "a", policy="mlp", **settings)
+    second = small_run(reach_episodes, tmp_path / "b", **settings)
+    assert weights_hash(first["last"]) == weights_hash(second["last"])
+    meta = json.loads((Path(first["last"]) / "policy.json").read_text())
+    assert meta["type"] == "mlp" and meta["policy"]["head"] == "gmm"
+    del meta["type"]
+    (Path(first["last"]) / "policy.json").write_text(json.dumps(meta))
+    spec = Spec.load("reach")
+    old, _ = load_checkpoint(first["last"], spec)
+    new, _ = load_checkpoint(second["last"], spec)
+    assert old.type_name == "mlp"
+    g = torch.Generator().manual_seed(0)
+    obs = {f.key: torch.randn(4, *f.shape, generator=g) for f in spec.observations}
+    assert torch.equal(old.act(obs), new.act(obs))
+    # the former names build the same network, weight for weight
+    from robot_imitation.learning.policies import Policy
+    from robot_imitation.learning.trainer import policy_config
+    from robot_imitation.policies import make_policy
+
+    cfg = TrainConfig(**settings)
+    torch.manual_seed(3)
+    a = Policy(policy_config(spec, cfg)).state_dict()
+    torch.manual_seed(3)
+    b = make_policy(spec, cfg).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,115 @@
+"""The training settings are declared once, on TrainConfig's fields: the trainer node's
+parameters and the `train` command's options are made from them, and config/trainer.yaml only
+names fields or the node's own parameters."""
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robot_imitation.cli import build_parser
+from robot_imitation.learning.config import TrainConfig
+from robot_imitation.settings import default_of, flag_of
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+# settings deliberately left off a surface, each with the reason (none today)
+NOT_A_NODE_PARAMETER: dict = {}
+NOT_A_COMMAND_LINE_OPTION: dict = {}
+# the options the train command had before its options were made from TrainConfig
+FORMER_FLAGS = ["--steps", "--batch-size", "--lr", "--hidden", "--head", "--chunk", "--seed",
+                "--device", "--eval-every", "--eval-episodes", "--task", "--patience",
+                "--sources", "--robot", "--include-interrupted"]
+
+
+def trainer_parameters() -> dict:
+    from robot_imitation.nodes.trainer_node import TrainerNode
+
+    return {p.name: p for p in TrainerNode.PARAMETERS}
+
+
+def train_options() -> dict:
+    """{flag: argparse action} of `robot-imitation train`."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train = sub.choices["train"]
+    return {flag: action for action in train._actions for flag in action.option_strings}
+
+
+def test_trainer_yaml_names_settings_or_the_nodes_own_parameters():
+    from robot_imitation.nodes.trainer_node import NODE_ONLY, NODE_ONLY_AFTER
+
+    own = {p.name for p in NODE_ONLY + NODE_ONLY_AFTER}
+    assert not own & set(FIELDS), "a node-only parameter shadows a TrainConfig field"
+    params = yaml.safe_load((ROOT / "config" / "trainer.yaml").read_text())
+    keys = set(params["trainer"]["ros__parameters"])
+    assert keys <= set(FIELDS) | own, sorted(keys - set(FIELDS) - own)
+    # and the file sets every setting (a reference of all of them), at its default
+    table = trainer_parameters()
+    assert set(FIELDS) - set(NOT_A_NODE_PARAMETER) <= keys, sorted(set(FIELDS) - keys)
+    for name in FIELDS:
+        value = params["trainer"]["ros__parameters"][name]
+        assert table[name].setting_value(value) == default_of(TrainConfig, name), name
+
+
+def test_node_parameters_come_from_the_fields():
+    table = trainer_parameters()
+    for name in FIELDS:
+        if name in NOT_A_NODE_PARAMETER:
+            continue
+        assert name in table, f"TrainConfig.{name} is no trainer parameter"
+        param, field = table[name], TrainConfig.__dataclass_fields__[name]
+        assert param.description == field.metadata["help"] and param.description, name
+        assert param.setting_value(param.default) == default_of(TrainConfig, name), name
+        assert param.limits is field.metadata["limits"], name
+    # the field's limits hold at run time: the parameter service refuses what TrainConfig does
+    assert table["device"].problem("gpu") == ("parameter device='gpu': must be auto, cpu, "
+                                              "cuda or cuda:N")
+    assert "non-empty list" in table["hidden"].problem([])
+    assert "positive integers" in table["hidden"].problem([64, 0])
+    assert table["lr"].problem(0.0) == "parameter lr=0.0: must be a number in (0, 1]"
+    assert table["policy_config"].setting_value("{width: 8}") == {"width": 8}
+    assert table["policy_config"].setting_value("") == {}
+    assert "YAML mapping" in table["policy_config"].problem("[1, 2]")
+    assert table["policy"].choices and "mlp" in table["policy"].choices
+    assert table["task"].setting_value("") is None and table["sources"].setting_value([""]) == []
+
+
+def test_train_options_come_from_the_fields():
+    options = train_options()
+    for name in FIELDS:
+        if name in NOT_A_COMMAND_LINE_OPTION:
+            continue
+        flag = flag_of(TrainConfig, name)
+        assert flag in options, f"TrainConfig.{name} has no option {flag}"
+        assert options[flag].dest == name
+        assert TrainConfig.__dataclass_fields__[name].metadata["help"] in options[flag].help
+    for flag in FORMER_FLAGS:
+        assert flag in options, flag
+    assert "--policy" in options and "--policy-option" in options
+    assert "--no-amp" in options
+
+
+def test_given_options_override_the_config_file(tmp_path):
+    from robot_imitation.settings import given_arguments
+
+    args = build_parser().parse_args(
+        ["train", "ds", "--steps", "7", "--no-amp", "--include-interrupted", "--policy-option",
+         "num_classes=3", "--policy-option", "keypoints=16", "--head", "categorical",
+         "--hidden", "32,16"])
+    settings = given_arguments(args, TrainConfig, {"steps": 100, "lr": 0.01,
+                                                   "policy_config": {"keypoints": 8}})
+    cfg = TrainConfig.from_dict(settings)
+    assert (cfg.steps, cfg.lr, cfg.amp, cfg.include_interrupted) == (7, 0.01, False, True)
+    assert cfg.policy_config == {"keypoints": 16, "num_classes": 3}
+    assert cfg.hidden == [32, 16] and cfg.head == "categorical"
+
+
+@pytest.mark.parametrize("text,says", [("width", "must be KEY=VALUE, got width"),
+                                       ("=3", "must be KEY=VALUE, got =3")])
+def test_a_bad_policy_option_is_refused_by_the_parser(text, says, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["train", "ds", "--policy-option", text])
+    assert exc.value.code == 2
+    assert says in capsys.readouterr().err
