@@ -1,8 +1,11 @@
 """DAgger against BC on the contact task: success rate against the number of expert labels.
 
-For each seed: the BC curve (more expert demonstrations each point) and the DAgger curve (from
-the smallest BC point, iterations of beta-mixture rollouts labelled by the expert), both with
-the library's trainer and the task's scripted expert, evaluated on the same fixed episodes. The
+For each seed: the BC curve (more expert demonstrations each point) and the DAgger curves (from
+the smallest BC point, iterations of beta-mixture or gated rollouts labelled by the expert),
+both with the library's trainer and the task's scripted expert, evaluated on the same fixed
+episodes. The DAgger curves are the algorithm the ROS pipeline runs (``algorithms.dagger``), in
+the gymnasium world; every policy commands through the policy node's controller (its action
+limits included). The
 baseline of the ratio is BC measured in the same run: the labels BC needs to reach 90% of the
 expert's success, over the labels DAgger needs.
 
@@ -86,10 +89,10 @@ def main() -> int:
     ap.add_argument("--beta0", type=float, default=d.beta0, help="beta of DAgger iteration 1")
     ap.add_argument("--decay", type=float, default=d.decay, help="beta_i = beta0 * decay**(i-1)")
     ap.add_argument("--stall-steps", type=int, default=d.stall_steps,
-                    help="end a learner episode once the end effector is stuck this many steps "
-                         "(0: never)")
+                    help="gated: the expert takes over once the end effector is stuck this many "
+                         "steps")
     ap.add_argument("--stall-distance", type=float, default=d.stall_distance,
-                    help="end-effector motion (m) under which it counts as stuck")
+                    help="gated: end-effector motion (m) under which it counts as stuck")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
                     help="mixture: DAgger (beta-mixture rollouts, every state labelled); gated: "
                          "HG-DAgger (the policy drives, a scripted gate hands control to the "

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from robot_imitation.learning.checkpoint import load_checkpoint
-from robot_imitation.learning.dagger_sim import episodes_dataset
+from robot_imitation.rollouts.gym import episodes_dataset
 from robot_imitation.learning.evaluation import evaluate_policy
 from robot_imitation.learning.trainer import DeviceData, TrainConfig, random_shift, train
 from robot_imitation.spec import Spec
@@ -20,14 +20,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def expert_episodes(task: str, n: int, seed: int) -> list:
-    from robot_imitation.learning.dagger_sim import rollout
-    from robot_imitation.sim.env import ImitationEnv
-    from robot_imitation.sim.experts import make_expert
+    from robot_imitation.rollouts.gym import expert_demonstrations
 
-    env = ImitationEnv(task)
-    expert = make_expert(env.sim)
-    spec = Spec.load(task)
-    return [rollout(env, expert, spec, seed + i) for i in range(n)]
+    return expert_demonstrations(task, range(seed, seed + n))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def reach_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cuda_reach") / "run"
     cfg = TrainConfig(steps=3000, eval_every=1000, eval_episodes=20, device="cuda", seed=0,
                       task="reach")
-    result = train(episodes_dataset(expert_episodes("reach", 80, 300), spec, out, cfg), out, cfg,
+    result = train(episodes_dataset(expert_episodes("reach", 80, 300), spec, cfg), out, cfg,
                    log=print)
     return spec, result
 
@@ -128,7 +123,7 @@ def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
     losses = {}
     for shuffle in (False, True):
         out = tmp_path / f"shuffled_{shuffle}"
-        result = train(episodes_dataset(square_episodes(spec, shuffle), spec, out, cfg), out, cfg,
+        result = train(episodes_dataset(square_episodes(spec, shuffle), spec, cfg), out, cfg,
                        log=print)
         losses[shuffle] = result["best_val_loss"]
         if not shuffle:

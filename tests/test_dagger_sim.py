@@ -1,28 +1,51 @@
-"""The no-ROS DAgger core used by the benchmark: labels are always the expert's."""
+"""The gymnasium learning world (rollouts/gym.py) that the DAgger benchmark runs the shared
+algorithm in: who drives, and labels that are always the expert's."""
 import numpy as np
+import pytest
 
-from robot_imitation.learning.dagger_sim import fit, labels_to_reach, rollout
-from robot_imitation.learning.trainer import TrainConfig
-from robot_imitation.sim.env import ImitationEnv
-from robot_imitation.sim.experts import make_expert
+from robot_imitation.algorithms.dagger import Gated, Mixture
+from robot_imitation.learning.dagger_sim import labels_to_reach
+from robot_imitation.learning.trainer import TrainConfig, train
+from robot_imitation.rollouts.gym import GymLearningWorld, episodes_dataset
+from robot_imitation.sim.supervisor import InterventionGate
 from robot_imitation.spec import Spec
 
 
-def test_rollout_labels_are_the_experts_whoever_acts(tmp_path):
+@pytest.fixture(scope="module")
+def push_world(tmp_path_factory):
+    """The push world with a barely trained learner deployed (5 training steps on one
+    demonstration: it wanders)."""
     spec = Spec.load("push")
-    env = ImitationEnv("push")
-    expert = make_expert(env.sim)
-    demo = rollout(env, expert, spec, seed=3)
-    assert demo.success and demo.actions.shape == (len(demo), spec.action_dim)
-    policy = fit([demo], spec, tmp_path / "fit", TrainConfig(
-        steps=20, eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0))
-    learner = rollout(env, expert, spec, seed=3, policy=policy, beta=0.0)
-    # the untrained learner drives (a different trajectory), the expert labels every state
+    world = GymLearningWorld("push", spec, seed=0)
+    demos, _ = world.demonstrations([3])
+    assert demos[0].success
+    cfg = TrainConfig(steps=5, eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0,
+                      task="push")
+    out = tmp_path_factory.mktemp("learner")
+    world.deploy(train(episodes_dataset(demos, spec, cfg), out, cfg,
+                       log=lambda *a, **k: None)["last"])
+    yield world, demos[0]
+    world.close()
+
+
+def assert_expert_labels(world, episode):
+    for k in range(0, len(episode), 7):
+        obs = {key: episode.obs[key][k].astype(float) for key in episode.obs}
+        np.testing.assert_allclose(episode.actions[k], world.expert(obs), atol=2e-3)
+
+
+def test_mixture_labels_are_the_experts_whoever_acts(push_world):
+    world, demo = push_world
+    (episodes, sources), share = world.collect([3], Mixture(beta=0.0))
+    learner = episodes[0]
+    assert sources is None and share == 0.0 and set(learner.executed) == {"policy"}
+    # the learner drives (another trajectory), the expert labels every state
     n = min(len(learner), len(demo))
     assert not np.allclose(learner.obs["joint_pos"][:n], demo.obs["joint_pos"][:n])
-    for k in range(0, len(learner), 7):
-        obs = {key: learner.obs[key][k].astype(float) for key in learner.obs}
-        np.testing.assert_allclose(learner.actions[k], expert(obs), atol=2e-3)
+    assert_expert_labels(world, learner)
+    (episodes, _), share = world.collect([3], Mixture(beta=1.0))
+    assert share == 1.0 and episodes[0].success
+    np.testing.assert_array_equal(episodes[0].actions, demo.actions)
 
 
 def test_labels_to_reach():
@@ -32,22 +55,7 @@ def test_labels_to_reach():
     assert labels_to_reach(curve, 0.99) is None
 
 
-class ExpertAsPolicy:
-    """The scripted expert behind the policy interface: a learner that makes no mistakes."""
-
-    def __init__(self, expert, spec):
-        self.expert, self.keys = expert, [f.key for f in spec.observations]
-
-    def act(self, obs):
-        import torch
-
-        action = self.expert({k: obs[k][0].double().numpy() for k in self.keys})
-        return torch.as_tensor(action)[None, None]
-
-
 def test_the_gate_takes_over_when_stuck_or_backwards_and_hands_back_after_hold():
-    from robot_imitation.learning.dagger_sim import InterventionGate
-
     gate = InterventionGate(stall_steps=3, stall_distance=0.01, regress=0.02, hold=4,
                             patience=0)
 
@@ -71,25 +79,23 @@ def test_the_gate_takes_over_when_stuck_or_backwards_and_hands_back_after_hold()
     assert idle == [False] * 6 + [True, True] + [False] * 2  # 5 ticks without progress
 
 
-def test_gated_rollouts_label_only_the_experts_interventions(tmp_path):
-    from robot_imitation.learning.dagger_sim import InterventionGate, gated_rollout
-
-    spec = Spec.load("push")
-    env = ImitationEnv("push")
-    expert = make_expert(env.sim)
+def test_gated_collection_labels_only_the_experts_interventions(push_world):
+    world, _ = push_world
+    cfg = TrainConfig(val_fraction=0.0)
+    # a gate that never takes over: the learner drives alone, no label
+    never = Gated({"stall_steps": 1000, "regress": 10.0, "patience": 0})
+    part, share = world.collect([5], never)
+    assert share == 0.0 and part[1] == ["expert"]
+    assert [s for e in part[0] for s in e.segments(part[1])] == []
+    # the wandering learner gets stuck: the expert takes over, and only those ticks count
     gate = InterventionGate()
-    # a learner that never errs drives alone: no intervention, no label, the task solved
-    segments, ok, ticks = gated_rollout(env, expert, spec, 5, ExpertAsPolicy(expert, spec), gate)
-    assert ok and segments == [] and ticks > 10
-    # an untrained learner gets stuck: the expert takes over, and only those ticks are labelled
-    demo = rollout(env, expert, spec, seed=3)
-    policy = fit([demo], spec, tmp_path / "fit", TrainConfig(
-        steps=5, eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0))
-    segments, ok, ticks = gated_rollout(env, expert, spec, 5, policy, gate)
+    part, share = world.collect([5], Gated({}))
+    segments = [s for e in part[0] for s in e.segments(part[1])]
     labels = sum(len(s) for s in segments)
-    assert segments and 0 < labels < ticks
+    assert segments and 0 < labels < len(part[0][0]) and 0 < share < 1
     assert all(len(s) <= gate.hold for s in segments)
     for s in segments:
-        for k in range(len(s)):
-            obs = {key: s.obs[key][k].astype(float) for key in s.obs}
-            np.testing.assert_allclose(s.actions[k], expert(obs), atol=2e-3)
+        assert set(s.executed) == {"expert"}
+        assert_expert_labels(world, s)
+    data = world.dataset([part], world.spec, cfg)
+    assert sum(len(e) for e in data.episodes) == labels

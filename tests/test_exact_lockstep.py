@@ -9,11 +9,9 @@ import pytest
 
 from robot_imitation.dagger import evaluate_ros
 from robot_imitation.deploy.runtime import load_policy
-from robot_imitation.learning.dagger_sim import episodes_dataset, rollout
+from robot_imitation.rollouts.gym import episodes_dataset, expert_demonstrations
 from robot_imitation.learning.evaluation import evaluate_loaded
 from robot_imitation.learning.trainer import TrainConfig, train
-from robot_imitation.sim.env import ImitationEnv
-from robot_imitation.sim.experts import make_expert
 from robot_imitation.spec import Spec
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -28,16 +26,13 @@ def checkpoints(tmp_path_factory):
     """A push BC policy trained on 12 expert demonstrations, and a deliberately poor one (60
     steps on 2 of them): the first succeeds at times, the second hardly."""
     spec = Spec.load("push")
-    env = ImitationEnv("push")
-    expert = make_expert(env.sim)
-    demos = [rollout(env, expert, spec, 2_000 + i) for i in range(12)]
-    env.close()
+    demos = expert_demonstrations("push", range(2_000, 2_012), spec)
     root = tmp_path_factory.mktemp("exact")
     out = {}
     for name, episodes, steps in (("trained", demos, 1500), ("imperfect", demos[:2], 60)):
         cfg = TrainConfig(steps=steps, batch_size=128, eval_every=0, eval_episodes=0,
                           device="cpu", task="push", val_fraction=0.0, seed=3)
-        result = train(episodes_dataset(episodes, spec, root / name, cfg), root / name, cfg,
+        result = train(episodes_dataset(episodes, spec, cfg), root / name, cfg,
                        log=lambda *a, **k: None)
         out[name] = result["last"]
     return out

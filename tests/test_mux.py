@@ -9,7 +9,8 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 
 from conftest import wait_for
-from robot_imitation.deploy.mux import MuxCore, beta_schedule
+from robot_imitation.algorithms.dagger import BetaSchedule
+from robot_imitation.deploy.mux import MuxCore
 from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, answer
 from robot_imitation.pairing import stamp_of
 
@@ -112,12 +113,12 @@ def test_joy_sync_waits_for_the_button_state_of_each_state():
 
 
 def test_beta_schedules():
-    assert [beta_schedule("constant", i, 0.5) for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
-    assert [beta_schedule("linear", i, 1.0, iterations=4) for i in (1, 2, 3, 4, 5)] == \
+    assert [BetaSchedule("constant", 0.5)(i) for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
+    assert [BetaSchedule("linear", 1.0, iterations=4)(i) for i in (1, 2, 3, 4, 5)] == \
         [1.0, 0.75, 0.5, 0.25, 0.0]
-    assert [beta_schedule("exponential", i, 1.0, 0.5) for i in (1, 2, 3)] == [1.0, 0.5, 0.25]
-    with pytest.raises(ValueError):
-        beta_schedule("cosine", 1)
+    assert [BetaSchedule("exponential", 1.0, 0.5)(i) for i in (1, 2, 3)] == [1.0, 0.5, 0.25]
+    with pytest.raises(ValueError, match="cosine"):
+        BetaSchedule("cosine")
 
 
 # ====================================================================== node

@@ -24,7 +24,7 @@ from conftest import wait_for
 from robot_imitation.deploy.backends import BackendError, select_backend
 from robot_imitation.deploy.runtime import load_policy
 from robot_imitation.learning.checkpoint import CheckpointError, load_checkpoint
-from robot_imitation.learning.dagger_sim import episodes_dataset, rollout
+from robot_imitation.rollouts.gym import episodes_dataset, expert_demonstrations
 from robot_imitation.learning.evaluation import observation_tensors
 from robot_imitation.learning.trainer import TrainConfig, train
 from robot_imitation.nodes.common import STATE_QOS
@@ -32,8 +32,6 @@ from robot_imitation.observation import ObservationAssembler
 from robot_imitation.policies import (UnknownPolicyError, available_policies, policy_class,
                                       register_policy, unregister_policy)
 from robot_imitation.settings import SettingError
-from robot_imitation.sim.env import ImitationEnv
-from robot_imitation.sim.experts import make_expert
 from robot_imitation.spec import Spec
 
 PLUGINS = Path(__file__).resolve().parent / "plugins"
@@ -75,10 +73,7 @@ def tiny():
 def reach_episodes():
     """Three scripted-expert episodes of reach in its gymnasium version (real MuJoCo)."""
     spec = Spec.load("reach")
-    env = ImitationEnv("reach")
-    expert = make_expert(env.sim)
-    episodes = [rollout(env, expert, spec, seed=s) for s in (0, 1, 2)]
-    env.close()
+    episodes = expert_demonstrations("reach", (0, 1, 2), spec)
     assert all(e.success for e in episodes)
     return spec, episodes
 
@@ -87,7 +82,7 @@ def small_run(reach_episodes, out: Path, **settings) -> dict:
     spec, episodes = reach_episodes
     cfg = TrainConfig(steps=30, batch_size=32, eval_every=15, eval_episodes=0, device="cpu",
                       seed=5, log_every=10, **settings)
-    data = episodes_dataset(episodes, spec, out, cfg)
+    data = episodes_dataset(episodes, spec, cfg)
     return train(data, out / "run", cfg, log=lambda *a, **k: None)
 
 

@@ -169,17 +169,3 @@ def _named_stamp(msg) -> int | None:
     """The state (stamp, ns) a command names in its layout (``pairing``), or None."""
     layout = getattr(msg, "layout", None)
     return None if layout is None else layout_stamp(layout)
-
-
-def beta_schedule(kind: str, iteration: int, beta0: float = 1.0, decay: float = 0.5,
-                  iterations: int = 1) -> float:
-    """Expert probability at DAgger iteration ``iteration`` (1-based; iteration 0 is the expert's
-    demonstrations): constant ``beta0``; linear from ``beta0`` to 0 over ``iterations``;
-    exponential ``beta0 * decay ** (iteration - 1)``."""
-    if kind == "constant":
-        return beta0
-    if kind == "linear":
-        return max(0.0, beta0 * (1.0 - (iteration - 1) / max(1, iterations)))
-    if kind == "exponential":
-        return beta0 * decay ** (iteration - 1)
-    raise ValueError(f"beta schedule must be constant, linear or exponential, not {kind!r}")

@@ -12,7 +12,7 @@ lockstep step is then the same on every run.
 """
 from __future__ import annotations
 
-from .common import (LATCHED_QOS, STATE_QOS, Param, declare_all, run, stamp_ns,
+from .common import (STATE_QOS, STATUS_QOS, Param, declare_all, run, stamp_ns,
                      state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -69,7 +69,7 @@ class ScriptedSupervisor(Node):
             self.create_subscription(message_class(mtype), topic,
                                      lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
         self.create_subscription(DiagnosticArray, "episode/status", self._on_status,
-                                 LATCHED_QOS)
+                                 STATUS_QOS)
         self._states = {}     # stamp (ns) -> (header stamp, observation), not yet answered
         self._episodes = {}   # stamp (ns) -> episode number
         self._episode = None
@@ -95,7 +95,7 @@ class ScriptedSupervisor(Node):
         episode began before it judges the episode's first state. A state is judged once its
         episode status is in, or when it follows the last judged state by one control period
         (the next tick of the same episode: a reset's first state comes one physics step after
-        the last, with its status; a final state's status is published only once answered)."""
+        the last, with its status)."""
         while self._states:
             t = min(self._states)
             if t in self._episodes:

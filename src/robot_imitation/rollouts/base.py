@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+ROLLOUT_BACKEND = "eager"  # the policy's inference backend in every world (named, not measured)
+EVAL_SEED = 500_000        # evaluation episodes: EVAL_SEED, EVAL_SEED + 1, ...
+
 
 @dataclass
 class EpisodeResult:

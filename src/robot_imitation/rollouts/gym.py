@@ -12,6 +12,7 @@ rate), so policies with cameras are close but not exact.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +100,123 @@ class GymWorld:
         self.env.close()
 
 
+class GymLearningWorld(GymWorld):
+    """The gymnasium task as a learning algorithm's world (see ``algorithms``), doing what the
+    ROS world's processes do: the expert labels every state it sees; the learner runs in a
+    ``PolicyController`` that answers every state (as the policy node does, also when the
+    expert's action is executed); a mixture draws from one generator seeded with the run's
+    seed, once per state (the final state of an episode included, as the command mux forwards
+    its answer); the gate is the scripted supervisor's ``InterventionGate``."""
+
+    kind = "gym"
+
+    def __init__(self, task: str, spec: Spec, seed: int = 0, backend: str | None = None):
+        from ..sim.experts import make_expert
+        from .base import ROLLOUT_BACKEND
+
+        super().__init__(task, spec)
+        if self.images:
+            raise SpecError(f"spec {spec.name} has camera observations: the gymnasium learning "
+                            "world handles low-dimensional specs only")
+        self.task = task
+        self.expert = make_expert(self.sim)
+        self.backend = backend or ROLLOUT_BACKEND
+        self.rng = np.random.default_rng(seed)  # the command mux's, seeded alike
+        self.controller = None
+        self.loaded = None
+
+    def describe(self) -> str:
+        return f"the gymnasium task '{self.task}' in this process"
+
+    def deploy(self, checkpoint) -> None:
+        from ..deploy.runtime import load_policy, make_controller
+
+        self.loaded = load_policy(checkpoint, self.spec, self.backend, threads=1)
+        self.controller, _ = make_controller(self.loaded, self.spec)
+
+    def evaluate(self, seeds, who: str = "policy") -> dict:
+        from .base import ExpertDriver, PolicyDriver, summarize
+
+        driver = ExpertDriver(self.expert) if who == "expert" else PolicyDriver(self.controller)
+        return summarize(self.run(seeds, driver))
+
+    def demonstrations(self, seeds) -> tuple:
+        return [self._labelled(seed, None) for seed in seeds], None
+
+    def collect(self, seeds, driver) -> tuple:
+        """(part, share of steps the expert drove): every step labelled; a gated driver's part
+        keeps only the expert's steps when the data is built (``dataset``)."""
+        episodes = [self._labelled(seed, driver) for seed in seeds]
+        steps = sum(len(e) for e in episodes)
+        share = sum(int((e.executed == "expert").sum()) for e in episodes) / max(steps, 1)
+        return (episodes, ["expert"] if hasattr(driver, "supervisor") else None), float(share)
+
+    def _labelled(self, seed: int, driver):
+        """One episode: the expert's label at every state; who drives: the expert alone
+        (``driver`` None), a ``Mixture`` or a ``Gated`` driver."""
+        from ..data.dataset import Episode
+        from ..sim.supervisor import InterventionGate
+
+        gate = InterventionGate(**driver.supervisor) if hasattr(driver, "supervisor") else None
+        per_episode = driver is not None and gate is None and driver.per == "episode"
+        sim_obs, _ = self.env.reset(seed=seed)
+        if driver is not None:
+            self.controller.reset()
+        seen = {f.key: [] for f in self.spec.observations}
+        labels, executed, success = [], [], False
+        episode_choice = None
+        with _torch_threads(1):
+            while True:
+                obs = self.observation(sim_obs)
+                label = np.asarray(self.expert(sim_obs), dtype=float)
+                for key in seen:
+                    seen[key].append(obs[key])
+                labels.append(label)
+                source = "expert"
+                if driver is not None:
+                    command = self.controller.tick(obs).action  # answers every state
+                    if gate is not None:
+                        expert_drives = gate.expert_drives(obs)
+                    elif per_episode:
+                        if episode_choice is None:
+                            episode_choice = bool(self.rng.random() < driver.beta)
+                        expert_drives = episode_choice
+                    else:
+                        expert_drives = bool(self.rng.random() < driver.beta)
+                    if not expert_drives:
+                        if command is None:
+                            break  # NaN/inf from the policy: through ROS nothing is sent
+                        source = "policy"
+                executed.append(source)
+                sim_obs, _, terminated, truncated, info = self.env.step(
+                    label if source == "expert" else command)
+                if terminated or truncated:
+                    success = bool(info["is_success"])
+                    break
+            if driver is not None and gate is None and not per_episode:
+                self.rng.random()  # the mux forwards (and draws for) the final state too
+        n = len(executed)
+        return Episode(name=f"seed_{seed}",
+                       obs={k: np.stack(v[:n]).astype(np.float32) for k, v in seen.items()},
+                       actions=np.stack(labels[:n]).astype(np.float32),
+                       t=np.arange(n) / self.spec.control_rate, source="gymnasium",
+                       success=success, seed=seed, executed=np.array(executed))
+
+    def dataset(self, parts, spec, tcfg):
+        """A ``Dataset`` of the parts' episodes (the expert's steps of gated parts)."""
+        episodes = []
+        for part, sources in parts:
+            episodes += ([s for e in part for s in e.segments(sources)] if sources
+                         else list(part))
+        return episodes_dataset(episodes, spec, tcfg)
+
+    def policy_stats(self) -> dict:
+        c = self.controller
+        return {"backend": self.loaded.backend.kind} if c is None else {
+            "backend": self.loaded.backend.kind, "clamped_ticks": c.counters.clamped_ticks,
+            "ticks": c.counters.ticks}
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
     if n is None:
@@ -112,3 +230,24 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def episodes_dataset(episodes: list, spec: Spec, tcfg):
+    """A ``Dataset`` of in-memory ``episodes``, split by episode as ``tcfg`` says (its
+    val_fraction and seed), statistics of the train split."""
+    from ..data.dataset import Dataset, build_summary, compute_stats, split_episodes
+
+    train, val = split_episodes(episodes, tcfg.val_fraction, tcfg.seed)
+    return Dataset(path=Path("."), spec=spec, episodes=episodes, train=train, val=val,
+                   stats=compute_stats(spec, train),
+                   summary=build_summary(episodes, {}, tcfg.include_interrupted))
+
+
+def expert_demonstrations(task: str, seeds, spec: Spec | None = None) -> list:
+    """The task's scripted expert's episodes from ``seeds``, labelled by itself, observed as
+    the policy node observes (``spec``: default the task's)."""
+    world = GymLearningWorld(task, spec or Spec.load(task))
+    try:
+        return world.demonstrations(seeds)[0]
+    finally:
+        world.close()
