@@ -295,7 +295,7 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     (on ``graph``, a ``SimGraph``; default: a private one)."""
     from .learning.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from .learning.evaluation import task_mismatch
-    from .nodes.episode_runner import summarize
+    from .learning.outcomes import summarize
     from .settings import EPISODES
     from .sim.tasks import TaskConfig
     from .spec import Spec
@@ -348,7 +348,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
 
 def _run_dagger(out, cfg, log, on_iteration, should_stop, graph, tcfg, spec) -> dict:
     from .learning.trainer import train
-    from .nodes.episode_runner import summarize
+    from .learning.outcomes import summarize
     from .deploy.mux import beta_schedule
     from .pipelines import record_demonstrations, wait_recorded
 
