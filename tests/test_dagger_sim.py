@@ -1,5 +1,6 @@
 """The no-ROS DAgger core used by the benchmark: labels are always the expert's."""
 import numpy as np
+import pytest
 
 from robot_imitation.learning.dagger_sim import fit, labels_to_reach, rollout
 from robot_imitation.learning.trainer import TrainConfig
@@ -8,6 +9,7 @@ from robot_imitation.sim.experts import make_expert
 from robot_imitation.spec import Spec
 
 
+@pytest.mark.slow
 def test_rollout_labels_are_the_experts_whoever_acts(tmp_path):
     spec = Spec.load("push")
     env = ImitationEnv("push")

@@ -5,12 +5,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from robot_imitation.graph import SimGraph, domain_in_use
 from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS
+
+pytestmark = pytest.mark.ros
 
 SHELL_DOMAIN = int(os.environ["ROS_DOMAIN_ID"])  # this test session's (see conftest)
 

@@ -148,6 +148,7 @@ def forwarded_during(sources, arm, names, seconds=0.5) -> set:
     return {m.data[0] for m in arm[n:]}
 
 
+@pytest.mark.ros
 def test_mux_modes_and_joy_intervention(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)
@@ -177,6 +178,7 @@ def test_mux_modes_and_joy_intervention(procs, probe):
     assert forwarded_during(sources, arm, ("expert", "policy"), seconds=1.5) == {1.0, 2.0}
 
 
+@pytest.mark.ros
 def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)

@@ -13,6 +13,8 @@ from std_srvs.srv import Trigger
 from conftest import wait_for
 from robot_imitation.nodes.common import LATCHED_QOS
 
+pytestmark = pytest.mark.ros
+
 PROGRESS = "/trainer/progress"
 CHECKPOINT = "/trainer/checkpoint"
 # A volatile reader that keeps every progress message it is sent.
