@@ -14,7 +14,7 @@ from std_srvs.srv import Trigger
 from conftest import wait_for
 from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 PROGRESS = "/dagger/progress"
 CHECKPOINT = "/dagger/checkpoint"

@@ -70,6 +70,7 @@ def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
     return out, seen
 
 
+@pytest.mark.slow
 def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path):
     """`robot-imitation demo` publishes nothing on the shell's domain (and its expert still
     solves every episode: no stray command reached its robot); with --join-ros-graph its robot
