@@ -1,11 +1,20 @@
-"""Test isolation and shared fixtures.
+"""Test isolation, the tiers' guard and shared fixtures.
 
 Every test session talks on its own ROS domain, limited to this host, so parallel runs and
 other ROS graphs on the machine never mix with it. Processes a test starts are stopped when
 it ends, pass or fail.
+
+Tiers (markers, registered in pytest.ini): ``ros`` (talks over DDS: starts nodes, makes rclpy
+contexts or nodes), ``slow`` (over about 10 s), ``gpu`` (needs CUDA); the fast tier is the rest
+(`make test-fast`). A test not marked ``ros`` fails if, in its setup, call or teardown, this
+process calls ``rclpy.init``, ``rclpy.Context.init`` or ``ProcessGroup.start`` (see
+``pytest_runtest_protocol`` below).
 """
+import functools
 import os
 import time
+import traceback
+from pathlib import Path
 
 import pytest
 
@@ -66,10 +75,74 @@ def procs(tmp_path, request):
             print(f"--- log of {name} ---\n{group.log(name)}")
 
 
+# --------------------------------------------------------------------------- the tiers' guard
+TESTS_DIR = Path(__file__).resolve().parent
+ROS_CALLS = pytest.StashKey[list]()
+
+
+def ros_entry_points() -> list:
+    """(owner, attribute, label) of each way into a ROS graph from this process."""
+    import rclpy
+    from rclpy.context import Context
+
+    from robot_imitation.launcher import ProcessGroup
+
+    return [(rclpy, "init", "rclpy.init"), (Context, "init", "rclpy.Context.init"),
+            (ProcessGroup, "start", "ProcessGroup.start")]
+
+
+def _caller(label: str) -> str:
+    """``label`` with where it was called from: the calling line, and the test file's line."""
+    frames = [f for f in traceback.extract_stack() if f.filename != __file__]  # less the guard
+    here = f"{label} called at {frames[-1].filename}:{frames[-1].lineno}"
+    mine = [f for f in frames if Path(f.filename).parent == TESTS_DIR]
+    if mine and mine[-1] is not frames[-1]:
+        here += f" (from {Path(mine[-1].filename).name}:{mine[-1].lineno})"
+    return here
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """For a test not marked ``ros``: while it runs (setup, call, teardown, session fixtures it
+    is the first to need included), the ROS entry points are wrapped; each call is noted and
+    still made, and ``pytest_runtest_makereport`` fails the phase it happened in. A ``ros``
+    test runs with the functions untouched."""
+    if item.get_closest_marker("ros") is not None:
+        yield
+        return
+    calls = item.stash[ROS_CALLS] = []
+    wrapped = []
+    for owner, name, label in ros_entry_points():
+        original = owner.__dict__[name]
+
+        @functools.wraps(original)
+        def guard(*args, _original=original, _label=label, **kwargs):
+            calls.append(_caller(_label))
+            return _original(*args, **kwargs)
+
+        setattr(owner, name, guard)
+        wrapped.append((owner, name, original))
+    try:
+        yield
+    finally:
+        for owner, name, original in wrapped:
+            setattr(owner, name, original)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    calls = item.stash.get(ROS_CALLS, None)
+    if calls:
+        message = (f"{item.nodeid} is not marked `ros` but its {rep.when} reached a ROS graph "
+                   "(mark it @pytest.mark.ros, or keep it off DDS):\n  " + "\n  ".join(calls))
+        calls.clear()
+        if rep.passed:
+            rep.outcome = "failed"
+            rep.longrepr = message
+        else:
+            rep.sections.append(("ROS in a test not marked ros", message))
     if rep.when == "call":
         item.rep_call = rep
 

@@ -21,6 +21,8 @@ from robot_imitation.nodes.episode_runner import run_episodes
 from robot_imitation.sim.env import ImitationEnv
 from robot_imitation.sim.experts import make_expert
 
+pytestmark = pytest.mark.ros
+
 BRIDGE = "mujoco_bridge"
 
 

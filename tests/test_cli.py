@@ -138,6 +138,7 @@ def test_train_config_file_is_held_to_the_same_limits(tmp_path):
     assert files_under(tmp_path) == ["train.yaml"]
 
 
+@pytest.mark.slow
 def test_train_errors_are_one_line_before_any_training(tmp_path):
     """`train` turned every error into a traceback."""
     run = tmp_path / "run"
@@ -261,6 +262,7 @@ def test_recording_into_a_read_only_folder(tmp_path):
     assert files_under(tmp_path) == ["ro"]
 
 
+@pytest.mark.ros
 def test_a_node_that_dies_is_reported_at_once_with_its_own_error(ros, procs, tmp_path):
     """While the caller waits for a node's service, a node that died is noticed (its last
     error line in the message), not a timeout after 30 s."""
@@ -294,6 +296,7 @@ def test_a_node_that_dies_is_reported_at_once_with_its_own_error(ros, procs, tmp
 @pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "terminated")],
                          ids=["SIGINT", "SIGTERM"])
+@pytest.mark.ros
 def test_ctrl_c_ends_a_command_and_its_processes(tmp_path, sig, code, word):
     """Ctrl-C (SIGINT to the command) ends it with one line and exit code 130, and stops the
     processes it started, wherever it was; SIGTERM (a service manager, a CI timeout) the same

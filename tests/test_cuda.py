@@ -15,8 +15,9 @@ from robot_imitation.learning.evaluation import evaluate_policy
 from robot_imitation.learning.trainer import DeviceData, TrainConfig, random_shift, train
 from robot_imitation.spec import Spec
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False)")]
 
 
 def expert_episodes(task: str, n: int, seed: int) -> list:
@@ -37,6 +38,7 @@ def reach_run(tmp_path_factory):
     return spec, result
 
 
+@pytest.mark.slow
 def test_bc_trains_on_the_gpu_and_succeeds_in_closed_loop(reach_run):
     spec, result = reach_run
     assert result["device"].startswith("cuda")
@@ -50,6 +52,7 @@ def test_bc_trains_on_the_gpu_and_succeeds_in_closed_loop(reach_run):
     assert score["success_rate"] >= 0.9
 
 
+@pytest.mark.slow
 def test_a_gpu_checkpoint_gives_the_same_actions_on_cpu_and_gpu(reach_run):
     spec, result = reach_run
     cpu, _ = load_checkpoint(result["last"], spec)
@@ -113,6 +116,7 @@ def square_episodes(spec: Spec, shuffle: bool) -> list:
     return episodes
 
 
+@pytest.mark.slow
 def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
     """The camera policy, trained by the trainer on the GPU (bf16, random shift), learns where
     the square sits: its validation loss ends far below that of the same run on shuffled

@@ -10,6 +10,8 @@ from mcap_ros2.reader import read_ros2_messages
 
 from conftest import untrained_checkpoint
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
 
 def run_cli(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, args)],

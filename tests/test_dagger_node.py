@@ -4,6 +4,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -12,6 +13,8 @@ from std_srvs.srv import Trigger
 
 from conftest import wait_for
 from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 PROGRESS = "/dagger/progress"
 CHECKPOINT = "/dagger/checkpoint"

@@ -377,6 +377,7 @@ def test_nothing_to_use_names_every_reason(rollouts, tmp_path):
     assert len(build_dataset(tmp_path / "ds", include_interrupted=True).episodes) == 1
 
 
+@pytest.mark.slow
 def test_train_command_reports_and_records_what_it_trained_on(rollouts, tmp_path):
     """`robot-imitation train` prints the build's summary, and result.json and each checkpoint's
     policy.json keep it; --include-interrupted adds the interrupted episodes."""

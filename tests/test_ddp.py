@@ -14,6 +14,8 @@ import time
 import pytest
 import torch
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
 STEPS, BATCH, SEED = 200, 64, 3
 # largest |difference| of a weight tensor, relative to the tensor's largest |value|
 TOLERANCE = 1e-4

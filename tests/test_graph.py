@@ -5,12 +5,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
 from robot_imitation.graph import SimGraph, domain_in_use
 from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS
+
+pytestmark = pytest.mark.ros
 
 SHELL_DOMAIN = int(os.environ["ROS_DOMAIN_ID"])  # this test session's (see conftest)
 
@@ -67,6 +70,7 @@ def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
     return out, seen
 
 
+@pytest.mark.slow
 def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path):
     """`robot-imitation demo` publishes nothing on the shell's domain (and its expert still
     solves every episode: no stray command reached its robot); with --join-ros-graph its robot

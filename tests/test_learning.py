@@ -26,6 +26,8 @@ def small_dataset(root, n: int) -> Dataset:
                    val=episodes[:1], stats=compute_stats(full.spec, episodes), decoded=[])
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_overfits_a_tiny_dataset(reach_demos, tmp_path):
     data = small_dataset(reach_demos, 2)
     cfg = TrainConfig(steps=1500, batch_size=64, lr=3e-3, eval_every=0, eval_episodes=0,
@@ -37,6 +39,8 @@ def test_overfits_a_tiny_dataset(reach_demos, tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_bc_on_reach_demonstrations_succeeds_in_closed_loop(reach_bc):
     """The user's way (`robot-imitation train`, in the fixture), then 50 closed-loop episodes
     of the gymnasium task."""
@@ -62,6 +66,8 @@ def random_obs(spec: Spec, batch: int = 5, seed: int = 0) -> dict:
             for f in spec.observations}
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_outputs(trained, tmp_path):
     policy, meta = load_checkpoint(trained, Spec.load("reach"))
     obs = random_obs(Spec.load("reach"))
@@ -75,6 +81,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(trained, tmp_path):
     assert meta["dataset_fingerprint"] and meta["normalization"]["actions"]["mean"]
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_mismatched_spec_is_refused_naming_the_difference(trained):
     with pytest.raises(CheckpointError, match=r"observation 'object_pose' was not in training"):
         load_checkpoint(trained, Spec.load("push"))
@@ -90,6 +98,8 @@ def copy_of(trained, tmp_path) -> Path:
     return dst
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_corrupted_checkpoints_are_refused(trained, tmp_path):
     ckpt = copy_of(trained, tmp_path)
     weights = ckpt / "model.safetensors"
@@ -111,6 +121,8 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path):
         load_checkpoint(ckpt)
 
 
+@pytest.mark.ros
+@pytest.mark.slow
 def test_a_pickle_is_never_loaded(trained, tmp_path):
     ckpt = copy_of(trained, tmp_path)
     policy, _ = load_checkpoint(trained)
@@ -135,6 +147,8 @@ def test_a_pickle_is_never_loaded(trained, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["mse", "gaussian", "gmm"])
+@pytest.mark.ros
+@pytest.mark.slow
 def test_continuous_heads_learn_and_act_in_chunks(reach_demos, head):
     data = small_dataset(reach_demos, 3)
     spec = data.spec
@@ -172,6 +186,7 @@ def test_chunk_targets_stay_inside_their_episode():
     assert actions[3, :, 0].tolist() == [3, 4, 5] and mask[3].tolist() == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_categorical_head_learns_discrete_actions():
     cfg = PolicyConfig(low_dim_keys=["x"], low_dim_sizes=[2], action_dim=1, head="categorical",
                        num_classes=3, hidden=[32])

@@ -173,6 +173,7 @@ def forwarded_during(sources, arm, names, seconds=0.5) -> set:
     return {m.data[0] for m in arm[n:]}
 
 
+@pytest.mark.ros
 def test_mux_modes_and_joy_intervention(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)
@@ -209,6 +210,7 @@ def mux_connected(diag) -> bool:
                for msg in list(diag) for st in msg.status)
 
 
+@pytest.mark.ros
 def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)

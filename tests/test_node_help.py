@@ -76,6 +76,7 @@ def test_help_short_flag_and_ros_args_after_it(tmp_path):
     ("trainer", "head:=mlp",
      "parameter head='mlp': must be one of mse, gaussian, gmm, categorical"),
     ("episode_runner", "episodes:=0", "Parameter episodes out of range")])
+@pytest.mark.ros
 def test_a_start_value_outside_the_choices_or_range_is_one_line(executable, value, says,
                                                                  tmp_path):
     """A parameter file or -p value outside a parameter's choices or range stops the
@@ -90,6 +91,7 @@ def test_a_start_value_outside_the_choices_or_range_is_one_line(executable, valu
     assert [line for line in out.splitlines() if says in line and "fatal" in line], out
 
 
+@pytest.mark.ros
 def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path):
     """`ros2 param set /trainer head mlp`: refused through the parameter service with the
     choices, and the value stays; a value among the choices is taken."""

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
@@ -20,6 +21,8 @@ from std_srvs.srv import SetBool
 from conftest import wait_for
 from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
 from robot_imitation.spec import Spec
+
+pytestmark = pytest.mark.ros
 
 NODE = "policy_node"
 ARM, GRIPPER = "/arm_controller/commands", "/gripper_controller/commands"

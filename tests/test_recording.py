@@ -107,6 +107,7 @@ def record_episode(probe, pubs, n: int, recorder=REC) -> None:
     assert call(probe, "stop", recorder=recorder).success
 
 
+@pytest.mark.ros
 def test_counts_equal_what_was_published(procs, probe, tmp_path):
     pubs = Publishers(probe)
     start_recorder(procs, probe, tmp_path / "ds")
@@ -134,6 +135,7 @@ def test_counts_equal_what_was_published(procs, probe, tmp_path):
     assert qos[TOPICS[0]]["reliability"] == "reliable"
 
 
+@pytest.mark.ros
 def test_start_waits_for_every_topic(procs, probe, tmp_path):
     pubs = Publishers(probe)
     procs.start_node("episode_recorder", params={
@@ -146,6 +148,7 @@ def test_start_waits_for_every_topic(procs, probe, tmp_path):
     assert not resp.success and "no episode" in resp.message
 
 
+@pytest.mark.ros
 def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
     from rosbags.highlevel import AnyReader
 
@@ -170,6 +173,7 @@ def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
     assert got == pubs.sent
 
 
+@pytest.mark.ros
 def test_auto_stop_ignores_statuses_received_before_the_start(procs, probe, tmp_path):
     """Statuses that arrive while ~/start is still waiting for its topics are queued and handled
     after it: the `done` of an episode that ran before the start must neither stop the new
@@ -224,6 +228,7 @@ def test_auto_stop_ignores_statuses_received_before_the_start(procs, probe, tmp_
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.ros
 def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
     pubs = Publishers(probe)
     start_recorder(procs, probe, tmp_path / "ds")
@@ -245,6 +250,7 @@ def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+@pytest.mark.ros
 def test_sigkill_keeps_finished_episodes_and_recover_salvages(procs, probe, tmp_path, storage):
     from rclpy.serialization import deserialize_message
 
@@ -408,6 +414,7 @@ def test_recover_never_takes_a_dataset_for_a_bag(tmp_path):
     assert ds.is_dir() and not (tmp_path / "ds.incomplete").exists()
 
 
+@pytest.mark.ros
 def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("a file where the dataset folder should be")
@@ -418,6 +425,7 @@ def test_unwritable_dataset_folder_is_a_clear_error(procs, tmp_path):
     assert "is not writable" in procs.log("episode_recorder")
 
 
+@pytest.mark.ros
 def test_an_unwritable_index_refuses_the_start_and_the_recorder_survives(procs, probe, tmp_path):
     pubs = Publishers(probe)
     ds = tmp_path / "ds"
@@ -450,6 +458,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.ros
 def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_disk):
     pubs = Publishers(probe)
     ds = small_disk / "ds"
@@ -475,6 +484,7 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
     assert "No space left on device" in entries[1]["error"]
 
 
+@pytest.mark.ros
 def test_record_scripted_expert_episodes_through_ros(tmp_path):
     """Bridge, expert and recorder as three processes: every tick's state and command is kept."""
     from robot_imitation.pipelines import record_demonstrations
@@ -527,6 +537,7 @@ def alignment(dataset_dir) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("mode, floor", [("lockstep", 0.995), ("realtime", 0.8)])
+@pytest.mark.ros
 def test_recorded_pairs_are_the_experts_answers(tmp_path, mode, floor):
     """The expert's command is a known function of the observation: the dataset must pair each
     observation with the command issued in answer to it (>= 99.5% in lockstep; in real time a

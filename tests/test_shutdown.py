@@ -7,10 +7,13 @@ import os
 import signal
 import time
 
+import pytest
 from mcap_ros2.reader import read_ros2_messages
 from std_srvs.srv import Trigger
 
 from conftest import wait_for
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 NODES = ("episode_recorder", "scripted_expert", "policy_node", "mujoco_bridge")
 

@@ -225,6 +225,7 @@ def publish_for(pub, msg, seconds, rate=50.0, until=None):
     return until() if until is not None else True
 
 
+@pytest.mark.ros
 def test_joy_teleop_deadman_motion_and_gripper(procs, probe):
     procs.start_node("mujoco_bridge", params={"task": "push", "mode": "realtime", "seed": 3,
                                               "cameras": [""], "command_timeout": 0.0})
@@ -275,6 +276,7 @@ def test_joy_teleop_deadman_motion_and_gripper(procs, probe):
     assert "engaged at end effector" in log and "released" in log
 
 
+@pytest.mark.ros
 def test_joy_episode_buttons_call_the_recorder_once_per_press(procs, probe):
     calls = {"start": [], "stop": []}
 
@@ -320,6 +322,7 @@ def test_joy_episode_buttons_call_the_recorder_once_per_press(procs, probe):
     assert log.count("/episode_recorder/discard is not available") == 1, log
 
 
+@pytest.mark.ros
 def test_keyboard_teleop_refuses_a_non_tty_stdin(procs):
     result = subprocess.run([sys.executable, "-m", KEYBOARD_MODULE], stdin=subprocess.DEVNULL,
                             capture_output=True, text=True, timeout=60, env=procs.env)
@@ -327,6 +330,7 @@ def test_keyboard_teleop_refuses_a_non_tty_stdin(procs):
     assert "not a TTY" in result.stderr + result.stdout
 
 
+@pytest.mark.ros
 def test_keyboard_teleop_under_a_pty(procs, probe, tmp_path):
     procs.start_node("mujoco_bridge", params={"task": "push", "mode": "realtime", "seed": 3,
                                               "cameras": [""], "command_timeout": 0.0})

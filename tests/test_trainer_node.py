@@ -13,6 +13,8 @@ from std_srvs.srv import Trigger
 from conftest import wait_for
 from robot_imitation.nodes.common import LATCHED_QOS
 
+pytestmark = pytest.mark.ros
+
 PROGRESS = "/trainer/progress"
 CHECKPOINT = "/trainer/checkpoint"
 # A volatile reader that keeps every progress message it is sent.
@@ -51,6 +53,7 @@ def start_trainer(procs, probe, params: dict):
     wait_for(lambda: client.service_is_ready(), 30, "/trainer/train", procs=procs)
 
 
+@pytest.mark.slow
 def test_train_publishes_progress_and_a_latched_checkpoint(reach_dataset, tmp_path, procs,
                                                             probe):
     from robot_imitation.learning.checkpoint import load_checkpoint

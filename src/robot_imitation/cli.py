@@ -122,7 +122,7 @@ def cmd_tasks(args) -> int:
 def cmd_expert(args) -> int:
     import numpy as np
 
-    from .nodes.episode_runner import wilson_interval
+    from .learning.outcomes import wilson_interval
     from .sim.env import ImitationEnv
     from .sim.experts import make_expert
 
@@ -173,7 +173,8 @@ def cmd_demo(args) -> int:
     out = _writable_folder(args.out)
     ensure_ros_environment()
     from .launcher import ProcessGroup
-    from .nodes.episode_runner import run_episodes, summarize
+    from .learning.outcomes import summarize
+    from .nodes.episode_runner import run_episodes
 
     graph = _graph(args, "demo")
     print(f"[demo] task {args.task}: bridge ({args.mode}) and scripted expert as separate ROS 2 "

@@ -6,12 +6,13 @@ the ``episode_runner`` executable, which runs N episodes, prints the success rat
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
 
+# the outcome statistics live in a plain module (the no-ROS commands use them); its users here
+# keep importing them from this module
+from ..learning.outcomes import EpisodeOutcome, summarize, wilson_interval  # noqa: F401
 from .common import (LATCHED_QOS, Param, ServiceCaller, declare_all, help_requested,
                      make_executor, parameter_help, to_sec)
 
@@ -19,29 +20,6 @@ import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-
-
-@dataclass
-class EpisodeOutcome:
-    episode: int
-    seed: int
-    success: bool
-    ticks: int
-    reward: float
-    sim_time: float
-    wall_time: float
-    end_stamp: float = 0.0     # stamp of the episode's final state (s, bridge clock)
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class EpisodeRunner(Node):
@@ -179,14 +157,6 @@ def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
     finally:
         spinner.stop()
         runner.destroy_node()
-
-
-def summarize(outcomes: list[EpisodeOutcome]) -> dict:
-    n = len(outcomes)
-    k = sum(o.success for o in outcomes)
-    lo, hi = wilson_interval(k, n)
-    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
-            "ci95": [lo, hi], "outcomes": [asdict(o) for o in outcomes]}
 
 
 class EpisodeRunnerMain:

@@ -1,10 +1,11 @@
 """What a rollout gives, and the drivers that choose the executed action each tick."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..learning.outcomes import summarize, wilson_interval  # noqa: F401 (the rollouts' summary)
 
 ROLLOUT_BACKEND = "eager"  # the policy's inference backend in every world (named, not measured)
 EVAL_SEED = 500_000        # evaluation episodes: EVAL_SEED, EVAL_SEED + 1, ...
@@ -24,29 +25,6 @@ class EpisodeResult:
     def to_dict(self) -> dict:
         return {"seed": int(self.seed), "success": bool(self.success), "ticks": int(self.ticks),
                 "reward": float(self.reward)}
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def summarize(results: list) -> dict:
-    """Success count and rate (95% Wilson interval), mean length, and every episode's seed,
-    success, ticks and final reward."""
-    n = len(results)
-    k = sum(bool(r.success) for r in results)
-    lo, hi = wilson_interval(k, n)
-    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0,
-            "ci95": [lo, hi],
-            "mean_length": float(np.mean([r.ticks for r in results])) if n else 0.0,
-            "per_episode": [r.to_dict() for r in results]}
 
 
 class ExpertDriver:
