@@ -207,9 +207,15 @@ def untrained_checkpoint(path, spec_name: str):
     from robot_imitation.policies import make_policy
     from robot_imitation.spec import Spec
 
+    from robot_imitation.deploy.limits import robot_limits
+    from robot_imitation.sim.tasks import TaskConfig
+
     torch.manual_seed(0)
     spec = Spec.load(spec_name)
-    return save_checkpoint(path, make_policy(spec), spec)
+    # the action limits the trainer stores: the task's robot's
+    limits = robot_limits(TaskConfig.load(spec_name).robot, spec)
+    return save_checkpoint(path, make_policy(spec), spec,
+                           extra={"action_limits": limits.to_dict(), "task": spec_name})
 
 
 @pytest.fixture(scope="session")

@@ -359,7 +359,8 @@ def cmd_evaluate(args) -> int:
         with _graph(args, "evaluate") as graph:
             res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
                                log_dir=out_dir / "logs", seed=args.seed, graph=graph,
-                               backend=args.backend)
+                               backend=args.backend, robot=args.robot,
+                               allow_unlimited=args.allow_unlimited)
     else:
         from .deploy.runtime import load_policy
         from .learning.checkpoint import CheckpointError
@@ -374,7 +375,8 @@ def cmd_evaluate(args) -> int:
             raise CheckpointError(f"checkpoint {args.checkpoint} {problem}")
         if spec is not None:
             loaded.spec = spec
-        res = evaluate_loaded(loaded, args.task, args.episodes, args.seed)
+        res = evaluate_loaded(loaded, args.task, args.episodes, args.seed, robot=args.robot,
+                              allow_unlimited=args.allow_unlimited)
     res.update(checkpoint=str(args.checkpoint), task=args.task,
                through="ros" if args.ros else "gymnasium", threshold=args.threshold,
                passed=res["success_rate"] >= args.threshold,
@@ -515,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", type=_backend_kind, default="eager",
                    help="inference backend, both ways: eager (default, the reference), "
                         "torchscript, onnxruntime or numpy")
+    p.add_argument("--robot", default="", help="action limits from this robot (config/robots "
+                   "name or YAML) instead of the checkpoint's, as the policy node's `robot`")
+    p.add_argument("--allow-unlimited", action="store_true",
+                   help="a checkpoint without action limits (trained before they were stored) "
+                        "commands without any, as the policy node's `allow_unlimited`")
     _join_argument(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -88,10 +88,12 @@ def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, s
 
 
 def evaluate_loaded(loaded, task: str, episodes: int, seed: int, camera_size=(320, 240),
-                    keep_commands: bool = False, progress=None) -> dict:
+                    keep_commands: bool = False, progress=None, robot: str = "",
+                    allow_unlimited: bool = False) -> dict:
     """``evaluate_policy`` for a ``deploy.runtime.LoadedPolicy`` (a checkpoint loaded as the
     policy node loads it); ``keep_commands``: the summary's ``results`` keep each episode's
-    commands."""
+    commands. ``robot``, ``allow_unlimited``: as the policy node's parameters (the limits of
+    that robot instead of the checkpoint's; command without limits when it carries none)."""
     from ..deploy.runtime import make_controller
     from ..rollouts import PolicyDriver, summarize
     from ..rollouts.gym import GymWorld
@@ -103,7 +105,7 @@ def evaluate_loaded(loaded, task: str, episodes: int, seed: int, camera_size=(32
     problem = task_mismatch(spec, task, "gym")
     if problem:
         raise SpecError(f"spec {spec.name} {problem}")
-    controller, _ = make_controller(loaded, spec)
+    controller, _ = make_controller(loaded, spec, robot=robot, allow_unlimited=allow_unlimited)
     world = GymWorld(task, spec, camera_size)
     try:
         results = world.run(range(seed, seed + episodes), PolicyDriver(controller),

@@ -65,11 +65,12 @@ class RosRig:
     def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
                  dataset=None, mixture_per: str = "step", seed: int = 0,
                  supervisor: dict | None = None, graph=None, backend: str = ROLLOUT_BACKEND,
-                 keep_commands: bool = False):
+                 keep_commands: bool = False, policy_params: dict | None = None):
         """``graph``: the ``SimGraph`` to run on (default: a private one of its own).
         ``backend``: the policy node's inference backend (named, not measured: the gymnasium
         world runs the same one, so both command alike). ``keep_commands``: capture the
-        commands the bridge receives (``commands``)."""
+        commands the bridge receives (``commands``). ``policy_params``: more parameters of the
+        policy node (``robot``, ``allow_unlimited``)."""
         from ..graph import SimGraph
         from ..launcher import ProcessGroup
         from ..nodes.episode_runner import EpisodeRunner, Spinner
@@ -105,7 +106,8 @@ class RosRig:
                                                 "threads": 1,
                                                 # lockstep: no state can be late (the bridge
                                                 # waits for the answer), so no watchdog
-                                                "max_age_periods": 0.0}, extra_args=remap)
+                                                "max_age_periods": 0.0,
+                                                **(policy_params or {})}, extra_args=remap)
             if dataset is not None:
                 g.start_node("episode_recorder", params={
                     "dataset": str(dataset), "spec": spec, "task": task, "use_sim_time": True,
@@ -280,12 +282,14 @@ class RosRig:
 
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
                  seed: int = EVAL_SEED, graph=None, backend: str = ROLLOUT_BACKEND,
-                 keep_commands: bool = False, progress=None) -> dict:
+                 keep_commands: bool = False, progress=None, robot: str = "",
+                 allow_unlimited: bool = False) -> dict:
     """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node
     (on ``graph``, a ``SimGraph``; default: a private one), episodes with seeds
     seed..seed+episodes-1. Returns ``rollouts.summarize``'s summary (each episode's seed,
     success, ticks and final reward) with the policy node's diagnostics; ``keep_commands``:
-    also ``results``, each episode's executed commands."""
+    also ``results``, each episode's executed commands. ``robot``, ``allow_unlimited``: the
+    policy node's parameters."""
     from ..learning.checkpoint import CheckpointError, load_checkpoint, read_metadata
     from ..learning.evaluation import task_mismatch
     from . import summarize
@@ -303,8 +307,9 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     if problem:
         raise CheckpointError(f"checkpoint {checkpoint} {problem}")
     load_checkpoint(checkpoint, runtime)
+    params = {k: v for k, v in (("robot", robot), ("allow_unlimited", allow_unlimited)) if v}
     rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False, graph=graph,
-                 backend=backend, keep_commands=keep_commands)
+                 backend=backend, keep_commands=keep_commands, policy_params=params)
     try:
         results = rig.results(rig.episodes(episodes, seed, progress=progress), keep_commands)
         res = summarize(results)
