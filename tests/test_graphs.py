@@ -170,23 +170,27 @@ def test_start_graph_refuses_a_node_it_cannot_start_before_starting_any(tmp_path
 
 
 def test_start_graph_starts_each_node_with_its_name_parameters_and_remappings(procs, probe):
-    """Real processes over DDS: the expert of a DAgger graph, remapped, under another name."""
+    """Real processes over DDS: a bridge, an expert under another name, remapped, and the
+    DAgger graph's mux (whose two source lists must reach it as two lists: rcl refuses a
+    parameter file with YAML aliases)."""
     bridge, expert = expert_graph("reach", "lockstep", seed=3, cameras=[""])
     expert.name = "labeller"
     expert.remappings = [("/arm_controller/commands", "/labels/arm")]
-    procs.start_graph([bridge, expert])
+    mux = {d.name: d for d in dagger_graph("reach", "ckpt", seed=3)}["command_mux"]
+    procs.start_graph([bridge, expert, mux])
     node = probe.node
 
     def up():
         procs.check()
         names = {n for n, _ in node.get_node_names_and_namespaces()}
-        return {"mujoco_bridge", "labeller"} <= names and \
+        return {"mujoco_bridge", "labeller", "command_mux"} <= names and \
             node.count_publishers("/labels/arm") == 1
 
-    wait_for(up, 60, "the bridge and the remapped expert", procs=procs)
-    assert node.count_publishers("/arm_controller/commands") == 0
-    params = yaml.safe_load((procs.log_dir / "labeller.params.yaml").read_text())
-    assert params == {"labeller": {"ros__parameters": expert.parameters}}
+    wait_for(up, 60, "the bridge, the remapped expert and the mux", procs=procs)
+    assert node.count_publishers("/arm_controller/commands") == 1  # the mux's, not the expert's
+    for decl in (expert, mux):
+        params = yaml.safe_load((procs.log_dir / f"{decl.name}.params.yaml").read_text())
+        assert params == {decl.name: {"ros__parameters": decl.parameters}}
 
 
 # ------------------------------------------------------------------ launch files and the code

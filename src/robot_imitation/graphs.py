@@ -168,16 +168,17 @@ def dagger_graph(task, checkpoint, spec=None, dataset=None, mixture_per=None, se
     intervention button (its settings; None: no supervisor, as in a mixture run), the policy
     node running ``checkpoint`` on ``/policy/...``, and with ``dataset`` the recorder."""
     supervised = supervisor is not None
-    sources = ["expert", "policy"]
+    labels = LABEL_PREFIX.strip("/")  # the expert's controllers: expert/arm_controller, ...
     nodes = [
         bridge(task, "lockstep", seed, [""]),
         NodeDecl("scripted_expert", "scripted_expert", params_file="expert.yaml",
                  parameters=_params(task=task, spec=spec, trigger="state",
-                                    arm_controller=LABEL_PREFIX.strip("/") + "/arm_controller",
-                                    gripper_controller=LABEL_PREFIX.strip("/")
-                                    + "/gripper_controller")),
+                                    arm_controller=f"{labels}/arm_controller",
+                                    gripper_controller=f"{labels}/gripper_controller")),
+        # (two lists: a parameter file must not alias one)
         NodeDecl("command_mux", "command_mux", params_file="mux.yaml",
-                 parameters=_params(sources=sources, sync_sources=sources, sync=True, mode=mode,
+                 parameters=_params(sources=["expert", "policy"],
+                                    sync_sources=["expert", "policy"], sync=True, mode=mode,
                                     beta=beta, mixture_per=mixture_per, seed=seed,
                                     intervention_source="expert", joy_sync=supervised,
                                     intervention_button=INTERVENTION_BUTTON)),

@@ -32,6 +32,13 @@ NODE_MODULES = {
 }
 
 
+class _ParameterDumper(yaml.SafeDumper):
+    """No YAML aliases: rcl's parameter file parser refuses them (a list used twice)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 class ProcessDied(RuntimeError):
     """A child process that exited on its own. ``str()`` holds the tail of its log;
     ``summary`` is one line: the process, its exit code and its own last error line."""
@@ -88,7 +95,7 @@ class ProcessGroup:
         if params:
             path = self.log_dir / f"{name}.params.yaml"
             with open(path, "w", encoding="utf-8") as f:
-                yaml.safe_dump({name: {"ros__parameters": params}}, f)
+                yaml.dump({name: {"ros__parameters": params}}, f, Dumper=_ParameterDumper)
             argv += ["--params-file", str(path)]
         argv += list(extra_args or [])
         return self.start(name, argv)
