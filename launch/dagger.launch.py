@@ -11,21 +11,35 @@ the expert with probability ``beta``.
     robot-imitation train datasets/dagger --sources expert ...   # gated: the expert's steps
 
 `robot-imitation dagger` runs the whole loop (record, aggregate, retrain, hot-reload, evaluate)
-over these same nodes.
+over these same nodes: both take them from ``robot_imitation.graphs.dagger_graph``.
 """
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+try:
+    from robot_imitation import graphs
+except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
+    # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location(
+        "robot_imitation_graphs",
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+    graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(graphs)
+
+
+def nodes(arg, value):
+    """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
+    gated = value("variant") == "gated"
+    return graphs.dagger_graph(arg("task"), arg("checkpoint"), dataset=arg("dataset"),
+                               supervisor={} if gated else None,
+                               mode="intervention" if gated else "mixture", beta=arg("beta"))
 
 
 def generate_launch_description():
-    config = PathJoinSubstitution([FindPackageShare("robot_imitation"), "config"])
-    task = LaunchConfiguration("task")
-    gated = PythonExpression(["'", LaunchConfiguration("variant"), "' == 'gated'"])
-    return LaunchDescription([
+    from launch.actions import DeclareLaunchArgument
+
+    return graphs.launch_description([
         DeclareLaunchArgument("checkpoint", description="the current policy"),
         DeclareLaunchArgument("task", default_value="push"),
         DeclareLaunchArgument("dataset", default_value="datasets/dagger",
@@ -35,41 +49,4 @@ def generate_launch_description():
                                           "mixture: beta-mixture"),
         DeclareLaunchArgument("beta", default_value="0.5",
                               description="mixture: probability of the expert per step"),
-        Node(package="robot_imitation", executable="mujoco_bridge", name="mujoco_bridge",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "bridge.yaml"]),
-                         {"task": task, "mode": "lockstep", "cameras": [""]}]),
-        Node(package="robot_imitation", executable="scripted_expert", name="scripted_expert",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "expert.yaml"]),
-                         {"task": task, "trigger": "state",
-                          "arm_controller": "expert/arm_controller",
-                          "gripper_controller": "expert/gripper_controller"}]),
-        Node(package="robot_imitation", executable="policy_node", name="policy_node",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "policy.yaml"]),
-                         {"checkpoint": LaunchConfiguration("checkpoint"), "trigger": "state",
-                          "use_sim_time": True, "max_age_periods": 0.0}],
-             remappings=[("/arm_controller/commands", "/policy/arm_controller/commands"),
-                         ("/gripper_controller/commands",
-                          "/policy/gripper_controller/commands")]),
-        Node(package="robot_imitation", executable="command_mux", name="command_mux",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "mux.yaml"]),
-                         {"sync": True, "sources": ["expert", "policy"],
-                          "mode": PythonExpression(["'intervention' if ", gated,
-                                                    " else 'mixture'"]),
-                          "beta": LaunchConfiguration("beta"), "joy_sync": True,
-                          "intervention_source": "expert"}]),
-        Node(package="robot_imitation", executable="scripted_supervisor",
-             name="scripted_supervisor", output="screen", condition=IfCondition(gated),
-             parameters=[PathJoinSubstitution([config, "supervisor.yaml"]), {"spec": task}]),
-        Node(package="robot_imitation", executable="episode_recorder", name="episode_recorder",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "recorder.yaml"]),
-                         {"dataset": LaunchConfiguration("dataset"), "spec": task, "task": task,
-                          "use_sim_time": True, "auto_stop_on_done": True,
-                          "topics": ["/expert/arm_controller/commands",
-                                     "/expert/gripper_controller/commands",
-                                     "/command_mux/source", "/joy"]}]),
-    ])
+    ], nodes)

@@ -1,35 +1,38 @@
 """Bridge and scripted expert: the simulated robot driven by its expert.
 
     ros2 launch robot_imitation sim_expert.launch.py task:=push mode:=lockstep
+
+The nodes and their parameters are ``robot_imitation.graphs.expert_graph``'s, the graph that
+``robot-imitation demo`` starts.
 """
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+try:
+    from robot_imitation import graphs
+except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
+    # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location(
+        "robot_imitation_graphs",
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+    graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(graphs)
+
+
+def nodes(arg, value):
+    """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
+    return graphs.expert_graph(arg("task"), value("mode"),
+                               expert=graphs.flag("expert", value("expert")))
 
 
 def generate_launch_description():
-    task = LaunchConfiguration("task")
-    mode = LaunchConfiguration("mode")
-    config = PathJoinSubstitution([FindPackageShare("robot_imitation"), "config"])
-    lockstep = PythonExpression(["'", mode, "' == 'lockstep'"])
-    return LaunchDescription([
+    from launch.actions import DeclareLaunchArgument
+
+    return graphs.launch_description([
         DeclareLaunchArgument("task", default_value="push", description="task name"),
-        DeclareLaunchArgument("mode", default_value="realtime",
+        DeclareLaunchArgument("mode", default_value="realtime", choices=["realtime", "lockstep"],
                               description="bridge timing: realtime or lockstep"),
         DeclareLaunchArgument("expert", default_value="true",
                               description="start the scripted expert"),
-        Node(package="robot_imitation", executable="mujoco_bridge", name="mujoco_bridge",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "bridge.yaml"]),
-                         {"task": task, "mode": mode}]),
-        Node(package="robot_imitation", executable="scripted_expert", name="scripted_expert",
-             output="screen", condition=IfCondition(LaunchConfiguration("expert")),
-             parameters=[PathJoinSubstitution([config, "expert.yaml"]),
-                         {"task": task,
-                          "trigger": PythonExpression(["'state' if ", lockstep,
-                                                       " else 'timer'"]),
-                          "use_sim_time": PythonExpression(["not ", lockstep])}]),
-    ])
+    ], nodes)

@@ -5,35 +5,38 @@
 
 mode:=lockstep (the default) runs as fast as the machine allows, deterministically; the policy
 node answers every state (trigger state) on simulated time. mode:=realtime paces the physics by
-the wall clock and the policy node commands on a timer at the control rate.
+the wall clock and the policy node commands on a timer at the control rate. The nodes and their
+parameters are ``robot_imitation.graphs.evaluation_graph``'s, the graph that
+`robot-imitation evaluate --ros` starts (here with the cameras and the inference backend of the
+parameter files).
 """
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+try:
+    from robot_imitation import graphs
+except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
+    # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location(
+        "robot_imitation_graphs",
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+    graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(graphs)
+
+
+def nodes(arg, value):
+    """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
+    return graphs.evaluation_graph(arg("task"), arg("checkpoint"), mode=value("mode"),
+                                   cameras=None)
 
 
 def generate_launch_description():
-    config = PathJoinSubstitution([FindPackageShare("robot_imitation"), "config"])
-    lockstep = PythonExpression(["'", LaunchConfiguration("mode"), "' == 'lockstep'"])
-    policy_params = [PathJoinSubstitution([config, "policy.yaml"]),
-                     {"checkpoint": LaunchConfiguration("checkpoint"), "use_sim_time": True}]
-    return LaunchDescription([
+    from launch.actions import DeclareLaunchArgument
+
+    return graphs.launch_description([
         DeclareLaunchArgument("checkpoint", description="checkpoint folder to run"),
         DeclareLaunchArgument("task", default_value="push", description="task to simulate"),
-        DeclareLaunchArgument("mode", default_value="lockstep",
+        DeclareLaunchArgument("mode", default_value="lockstep", choices=["lockstep", "realtime"],
                               description="lockstep or realtime"),
-        Node(package="robot_imitation", executable="mujoco_bridge", name="mujoco_bridge",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "bridge.yaml"]),
-                         {"task": LaunchConfiguration("task"),
-                          "mode": LaunchConfiguration("mode")}]),
-        Node(package="robot_imitation", executable="policy_node", name="policy_node",
-             output="screen", condition=IfCondition(lockstep),
-             parameters=policy_params + [{"trigger": "state", "max_age_periods": 0.0}]),
-        Node(package="robot_imitation", executable="policy_node", name="policy_node",
-             output="screen", condition=UnlessCondition(lockstep),
-             parameters=policy_params + [{"trigger": "timer"}]),
-    ])
+    ], nodes)

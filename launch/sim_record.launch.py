@@ -5,43 +5,37 @@
 
 Episodes are started and stopped through the recorder's services (~/start, ~/stop, ~/discard),
 or with the teleop's buttons; `robot-imitation record` automates it for the scripted expert.
+The nodes and their parameters are ``robot_imitation.graphs.record_graph``'s, the graph that
+`robot-imitation record` starts (here in real time, episodes ended by hand).
 """
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
-from launch_ros.actions import Node
-from launch_ros.substitutions import FindPackageShare
+try:
+    from robot_imitation import graphs
+except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
+    # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    _spec = importlib.util.spec_from_file_location(
+        "robot_imitation_graphs",
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+    graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(graphs)
+
+
+def nodes(arg, value):
+    """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
+    return graphs.record_graph(arg("task"), arg("dataset"), mode="realtime", auto_stop=False,
+                               teleop=value("teleop"))
 
 
 def generate_launch_description():
-    task = LaunchConfiguration("task")
-    teleop = LaunchConfiguration("teleop")
-    config = PathJoinSubstitution([FindPackageShare("robot_imitation"), "config"])
-    use_expert = PythonExpression(["'", teleop, "' == 'none'"])
-    use_joy = PythonExpression(["'", teleop, "' == 'joy'"])
-    return LaunchDescription([
+    from launch.actions import DeclareLaunchArgument
+
+    return graphs.launch_description([
         DeclareLaunchArgument("task", default_value="push", description="task name"),
         DeclareLaunchArgument("dataset", default_value="datasets/demos",
                               description="dataset folder"),
-        DeclareLaunchArgument("teleop", default_value="none",
+        DeclareLaunchArgument("teleop", default_value="none", choices=["none", "joy"],
                               description="none (scripted expert) or joy (joystick teleop)"),
-        Node(package="robot_imitation", executable="mujoco_bridge", name="mujoco_bridge",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "bridge.yaml"]), {"task": task}]),
-        Node(package="robot_imitation", executable="scripted_expert", name="scripted_expert",
-             output="screen", condition=IfCondition(use_expert),
-             parameters=[PathJoinSubstitution([config, "expert.yaml"]),
-                         {"task": task, "trigger": "timer", "use_sim_time": True}]),
-        Node(package="joy", executable="game_controller_node", name="joy",
-             condition=IfCondition(use_joy)),
-        Node(package="robot_imitation", executable="joy_teleop", name="joy_teleop",
-             output="screen", condition=IfCondition(use_joy),
-             parameters=[PathJoinSubstitution([config, "teleop.yaml"]),
-                         {"task": task, "use_sim_time": True}]),
-        Node(package="robot_imitation", executable="episode_recorder", name="episode_recorder",
-             output="screen",
-             parameters=[PathJoinSubstitution([config, "recorder.yaml"]),
-                         {"dataset": LaunchConfiguration("dataset"), "spec": task,
-                          "task": task, "use_sim_time": True}]),
-    ])
+    ], nodes)

@@ -150,18 +150,73 @@ def test_parameter_files_name_declared_parameters(path):
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 
 
+def launch_arguments(path) -> dict:
+    """{name: (default or None, choices or None)} of a launch file's DeclareLaunchArgument calls."""
+    args = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id == "DeclareLaunchArgument":
+            kw = {k.arg: k.value for k in node.keywords}
+            default = kw.get("default_value")
+            args[ast.literal_eval(node.args[0])] = (
+                ast.literal_eval(default) if isinstance(default, ast.Constant) else None,
+                ast.literal_eval(kw["choices"]) if "choices" in kw else None)
+    return args
+
+
+def load_launch_file(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launch_graphs(path, **given) -> list:
+    """A launch file that builds its nodes from ``robot_imitation.graphs`` (a ``nodes(arg,
+    value)`` function; importable without the launch system): [(argument values, the
+    declarations it starts, the arguments it reads)] for each combination of the choices of its
+    arguments. An argument is its ``given`` value, else its default, else ``<name>``; asking
+    for an argument the file does not declare fails. [] for a file with Node actions only."""
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "nodes"
+               for n in ast.parse(path.read_text()).body):
+        return []
+    module = load_launch_file(path)
+    declared = launch_arguments(path)
+    import itertools
+
+    names = [n for n, (_, choices) in declared.items() if choices and n not in given]
+    runs = []
+    for combo in itertools.product(*(declared[n][1] for n in names)):
+        values = {n: given.get(n, d if d is not None else f"<{n}>")
+                  for n, (d, _) in declared.items()}
+        values.update(zip(names, combo))
+        read = set()
+
+        def value(name):
+            assert name in declared, f"{path.name} reads the undeclared launch argument {name}"
+            read.add(name)
+            return values[name]
+
+        runs.append((values, module.nodes(value, value), read))
+    return runs
+
+
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_references_exist(path):
+    """Node actions written in the file, or the declarations of ``robot_imitation.graphs`` it
+    starts (under each choice of its arguments): existing executables, parameter files and
+    declared arguments."""
     tree = ast.parse(path.read_text())
     scripts = console_scripts()
-    declared_args, used_args, executables, files = set(), set(), set(), set()
+    declared_args, used_args, executables, files = set(launch_arguments(path)), set(), set(), set()
+    packages = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             first = node.args[0] if node.args else None
             name = first.value if isinstance(first, ast.Constant) else None
-            if node.func.id == "DeclareLaunchArgument":
-                declared_args.add(name)
-            elif node.func.id == "LaunchConfiguration":
+            if node.func.id == "LaunchConfiguration":
                 used_args.add(name)
             elif node.func.id == "Node":
                 kw = {k.arg: k.value for k in node.keywords}
@@ -169,11 +224,22 @@ def test_launch_file_references_exist(path):
                 if package == "robot_imitation":
                     executables.add(ast.literal_eval(kw["executable"]))
                 else:
-                    assert package in manifest_dependencies(), \
-                        f"{path.name} starts a node of {package}, not declared in package.xml"
+                    packages.add(package)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                 and node.value.endswith(".yaml"):
             files.add(node.value)
+    for _, nodes, read in launch_graphs(path):
+        used_args |= read
+        for decl in nodes:
+            if decl.package == "robot_imitation":
+                executables.add(decl.executable)
+            else:
+                packages.add(decl.package)
+            if decl.params_file:
+                files.add(decl.params_file)
+    for package in packages:
+        assert package in manifest_dependencies(), \
+            f"{path.name} starts a node of {package}, not declared in package.xml"
     assert executables and executables <= set(scripts), executables - set(scripts)
     assert used_args <= declared_args, f"undeclared launch arguments {used_args - declared_args}"
     for f in files:
@@ -184,12 +250,7 @@ def test_launch_file_references_exist(path):
 def test_launch_description_builds(path):
     pytest.importorskip("launch_ros", reason="the ROS 2 launch system is not installed here "
                         "(it is not on PyPI); the static check above still ran")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    description = module.generate_launch_description()
+    description = load_launch_file(path).generate_launch_description()
     assert description.entities
 
 

@@ -172,6 +172,7 @@ def cmd_demo(args) -> int:
     _check_task(args.task)  # before any process starts or any time passes
     out = _writable_folder(args.out)
     ensure_ros_environment()
+    from .graphs import expert_graph
     from .launcher import ProcessGroup
     from .learning.outcomes import summarize
     from .nodes.episode_runner import run_episodes
@@ -181,11 +182,7 @@ def cmd_demo(args) -> int:
           f"processes, {args.episodes} episodes; logs in {out / 'logs'}")
     start = time.perf_counter()
     with graph, ProcessGroup(out / "logs", env=graph.env) as group:
-        group.start_node("mujoco_bridge", params={
-            "task": args.task, "mode": args.mode, "seed": args.seed, "cameras": ["all"]})
-        group.start_node("scripted_expert", params={
-            "task": args.task, "trigger": "state" if args.mode == "lockstep" else "timer",
-            "use_sim_time": args.mode == "realtime"})
+        group.start_graph(expert_graph(args.task, args.mode, seed=args.seed, cameras=["all"]))
         # the graph's context has no signal handlers: Ctrl-C is a KeyboardInterrupt, which
         # stops the processes
         try:

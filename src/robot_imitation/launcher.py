@@ -32,6 +32,13 @@ NODE_MODULES = {
 }
 
 
+class _ParameterDumper(yaml.SafeDumper):
+    """No YAML aliases: rcl's parameter file parser refuses them (a list used twice)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 class ProcessDied(RuntimeError):
     """A child process that exited on its own. ``str()`` holds the tail of its log;
     ``summary`` is one line: the process, its exit code and its own last error line."""
@@ -88,10 +95,25 @@ class ProcessGroup:
         if params:
             path = self.log_dir / f"{name}.params.yaml"
             with open(path, "w", encoding="utf-8") as f:
-                yaml.safe_dump({name: {"ros__parameters": params}}, f)
+                yaml.dump({name: {"ros__parameters": params}}, f, Dumper=_ParameterDumper)
             argv += ["--params-file", str(path)]
         argv += list(extra_args or [])
         return self.start(name, argv)
+
+    def start_graph(self, nodes: list) -> list[subprocess.Popen]:
+        """Start every node of a graph (``graphs.NodeDecl`` list, e.g. ``graphs.record_graph``),
+        in order. A node of another package (which only ``ros2 launch`` can start) is refused
+        before any process starts."""
+        for decl in nodes:
+            if decl.package != "robot_imitation" or decl.executable not in NODE_MODULES:
+                raise ValueError(f"node {decl.name}: {decl.package} {decl.executable} cannot be "
+                                 "started here (only this package's nodes; use ros2 launch)")
+        procs = []
+        for decl in nodes:
+            remaps = [arg for src, dst in decl.remappings for arg in ("-r", f"{src}:={dst}")]
+            procs.append(self.start_node(decl.executable, decl.name, dict(decl.parameters),
+                                         namespace=decl.namespace, extra_args=remaps))
+        return procs
 
     def log(self, name: str, tail: int = 4000) -> str:
         path = self.log_dir / f"{name}.log"

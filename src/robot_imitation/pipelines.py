@@ -92,19 +92,14 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
 
 def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir, progress,
             episode_timeout, graph) -> list[dict]:
+    from .graphs import record_graph
     from .launcher import ProcessGroup
     from .nodes.episode_runner import EpisodeRunner, Spinner
 
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
-    realtime = mode == "realtime"
     with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
-        group.start_node("mujoco_bridge", params={
-            "task": task, "mode": mode, "seed": seed, "cameras": cameras or [""]})
-        group.start_node("scripted_expert", params={
-            "task": task, "trigger": "timer" if realtime else "state", "use_sim_time": realtime})
-        group.start_node("episode_recorder", params={
-            "dataset": str(dataset), "spec": spec or task, "storage": storage, "task": task,
-            "use_sim_time": True, "auto_stop_on_done": True})
+        group.start_graph(record_graph(task, str(dataset), spec=spec or task, mode=mode,
+                                       seed=seed, storage=storage, cameras=cameras or [""]))
         # the run's own node on the run's graph (a context without signal handlers: Ctrl-C
         # stays a KeyboardInterrupt, which stops the processes)
         runner = EpisodeRunner(context=graph.context)
