@@ -21,8 +21,7 @@ from pathlib import Path
 
 from .base import EVAL_SEED, ROLLOUT_BACKEND
 
-LABEL_PREFIX = "/expert"
-INTERVENTION_BUTTON = 5
+from ..graphs import INTERVENTION_BUTTON, LABEL_PREFIX  # noqa: F401 (declared with the graphs)
 
 
 def label_spec(spec, prefix: str = LABEL_PREFIX):
@@ -72,6 +71,7 @@ class RosRig:
         commands the bridge receives (``commands``). ``policy_params``: more parameters of the
         policy node (``robot``, ``allow_unlimited``)."""
         from ..graph import SimGraph
+        from ..graphs import dagger_graph, evaluation_graph
         from ..launcher import ProcessGroup
         from ..nodes.episode_runner import EpisodeRunner, Spinner
 
@@ -82,39 +82,19 @@ class RosRig:
         self.with_expert = with_expert
         self.supervised = with_expert and supervisor is not None
         try:
-            g.start_node("mujoco_bridge", params={"task": task, "mode": "lockstep",
-                                                  "seed": seed, "cameras": [""]})
-            remap = []
+            # the graph is declared once (graphs.py), for this rig and the launch files
+            ds = None if dataset is None else str(dataset)
             if with_expert:
-                g.start_node("scripted_expert", params={
-                    "task": task, "spec": spec, "trigger": "state",
-                    "arm_controller": "expert/arm_controller",
-                    "gripper_controller": "expert/gripper_controller"})
-                g.start_node("command_mux", params={
-                    "sources": ["expert", "policy"], "sync_sources": ["expert", "policy"],
-                    "sync": True, "mode": "policy", "mixture_per": mixture_per, "seed": seed,
-                    "intervention_source": "expert", "joy_sync": self.supervised,
-                    "intervention_button": INTERVENTION_BUTTON})
-                if self.supervised:
-                    g.start_node("scripted_supervisor", params={
-                        "spec": spec, "button": INTERVENTION_BUTTON, **supervisor})
-                remap = ["-r", "/arm_controller/commands:=/policy/arm_controller/commands",
-                         "-r", "/gripper_controller/commands:=/policy/gripper_controller/commands"]
-            # the action limits are the checkpoint's (the task's robot)
-            g.start_node("policy_node", params={"checkpoint": str(checkpoint), "spec": spec,
-                                                "use_sim_time": True, "backend": backend,
-                                                "threads": 1,
-                                                # lockstep: no state can be late (the bridge
-                                                # waits for the answer), so no watchdog
-                                                "max_age_periods": 0.0,
-                                                **(policy_params or {})}, extra_args=remap)
-            if dataset is not None:
-                g.start_node("episode_recorder", params={
-                    "dataset": str(dataset), "spec": spec, "task": task, "use_sim_time": True,
-                    "auto_stop_on_done": True,
-                    "topics": [LABEL_PREFIX + "/arm_controller/commands",
-                               LABEL_PREFIX + "/gripper_controller/commands",
-                               "/command_mux/source"] + (["/joy"] if self.supervised else [])})
+                nodes = dagger_graph(task, str(checkpoint), spec=spec, dataset=ds,
+                                     mixture_per=mixture_per, seed=seed, supervisor=supervisor,
+                                     backend=backend)
+            else:
+                nodes = evaluation_graph(task, str(checkpoint), spec=spec, seed=seed,
+                                         backend=backend, dataset=ds)
+            for decl in nodes:  # the action limits: the checkpoint's, unless these say else
+                if decl.executable == "policy_node":
+                    decl.parameters.update(policy_params or {})
+            g.start_graph(nodes)
             self.node = EpisodeRunner(context=self.graph.context)
             self._commands = None
             if keep_commands:
