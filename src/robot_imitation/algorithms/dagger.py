@@ -182,7 +182,7 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     out.mkdir(parents=True, exist_ok=True)
     gated = cfg.variant == "gated"
     t0 = time.monotonic()
-    log(f"[dagger] simulation in {world.describe()}")
+    log(f"[dagger] simulation {world.describe()}")
     log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
     parts = [world.demonstrations(demo_seeds(cfg))]
     results = {"config": asdict(cfg), "world": world.kind, "iterations": []}

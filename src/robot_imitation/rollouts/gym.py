@@ -126,7 +126,7 @@ class GymLearningWorld(GymWorld):
         self.loaded = None
 
     def describe(self) -> str:
-        return f"the gymnasium task '{self.task}' in this process"
+        return f"in the gymnasium task '{self.task}' in this process"
 
     def deploy(self, checkpoint) -> None:
         from ..deploy.runtime import load_policy, make_controller

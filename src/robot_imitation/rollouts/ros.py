@@ -331,7 +331,7 @@ class RosWorld:
         self.rig = None
 
     def describe(self) -> str:
-        return self.graph.describe()
+        return f"on {self.graph.describe()}"
 
     def demonstrations(self, seeds: range):
         from ..pipelines import record_demonstrations
