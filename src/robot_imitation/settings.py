@@ -269,6 +269,7 @@ def add_arguments(parser, cls, exclude=(), defaults: dict | None = None) -> None
                                 help=text + " (repeatable)")
         else:
             parser.add_argument(flag, dest=f.name, default=value, help=text + default,
+                                metavar=flag[2:].replace("-", "_").upper(),
                                 type=arg_type(cls, f.name) if limits is not None else str)
 
 
