@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .settings import EPISODES, Limits, add_arguments, arg_type, default_of, given_arguments
+from .settings import EPISODES, Limits, add_arguments, arg_type, given_arguments
 
 # Limits of the options that are no dataclass's settings (the others come from TrainConfig and
 # DaggerConfig, where each is stated once).
@@ -389,18 +389,17 @@ def cmd_evaluate(args) -> int:
     return 0 if res["passed"] else 3
 
 
-def _dagger_config(args):
-    from .dagger import DaggerConfig
+def _dagger_settings():
+    from .algorithms.dagger_settings import DaggerSettings  # no torch, no ROS
 
-    return DaggerConfig(task=args.task, bc_episodes=args.bc_episodes, iterations=args.iterations,
-                        episodes_per_iteration=args.episodes_per_iteration,
-                        variant=args.variant,
-                        supervisor={"hold": args.hold, "patience": args.patience},
-                        schedule=args.schedule, beta0=args.beta0, decay=args.decay,
-                        eval_episodes=args.eval_episodes, label_budget=args.label_budget,
-                        warm_start=not args.no_warm_start, seed=args.seed,
-                        train={"steps": args.steps, "eval_every": 0, "eval_episodes": 0,
-                               "device": args.device})
+    return DaggerSettings
+
+
+def _dagger_config(args):
+    """The DaggerConfig of the options of ``dagger_arguments``."""
+    from .algorithms.dagger_settings import to_config
+
+    return to_config(given_arguments(args, _dagger_settings()))
 
 
 def cmd_dagger(args) -> int:
@@ -423,7 +422,7 @@ def cmd_pipeline(args) -> int:
     cfg = _dagger_config(args)
     check_config(cfg)
     _writable_folder(args.out)
-    print(f"[pipeline] {args.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
+    print(f"[pipeline] {cfg.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
     with _graph(args) as graph:
@@ -523,42 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     def dagger_arguments(p, out: str, steps: int) -> None:
-        from .dagger import SCHEDULES, SUPERVISOR_LIMITS, VARIANTS, DaggerConfig
-        from .sim.supervisor import InterventionGate
-
-        gate = InterventionGate()
-
-        def d(name):  # DaggerConfig's default and limits for a setting
-            return {"default": default_of(DaggerConfig, name),
-                    "type": arg_type(DaggerConfig, name)}
-
-        p.add_argument("--out", default=out)
-        p.add_argument("--task", default=default_of(DaggerConfig, "task"))
-        p.add_argument("--bc-episodes", **d("bc_episodes"))
-        p.add_argument("--iterations", **d("iterations"))
-        p.add_argument("--episodes-per-iteration", **d("episodes_per_iteration"))
-        p.add_argument("--variant", choices=VARIANTS, default=default_of(DaggerConfig, "variant"),
-                       help="gated: HG-DAgger, a scripted supervisor hands control to the expert "
-                       "when the policy gets into trouble and only those steps are labelled "
-                       "(default); mixture: beta-mixture DAgger, every visited state labelled")
-        p.add_argument("--hold", type=arg_type(SUPERVISOR_LIMITS["hold"], "hold"),
-                       default=gate.hold, help="gated: ticks the expert drives per intervention")
-        p.add_argument("--patience", type=arg_type(SUPERVISOR_LIMITS["patience"], "patience"),
-                       default=gate.patience,
-                       help="gated: take over after this many ticks without progress (0: never)")
-        p.add_argument("--schedule", choices=SCHEDULES, default=default_of(DaggerConfig,
-                                                                           "schedule"),
-                       help="mixture: the expert probability beta")
-        p.add_argument("--beta0", **d("beta0"))
-        p.add_argument("--decay", **d("decay"))
-        p.add_argument("--eval-episodes", **d("eval_episodes"))
-        p.add_argument("--label-budget", **d("label_budget"))
-        p.add_argument("--no-warm-start", action="store_true")
-        p.add_argument("--steps", type=arg_type(_train_config, "steps"), default=steps,
-                       help="training steps per iteration")
-        p.add_argument("--device", type=arg_type(_train_config, "device"), default="auto")
+        p.add_argument("--out", default=out, help=f"output folder (dagger.json, the datasets, "
+                       f"train_<i>/ checkpoints, logs/) (default: {out})")
+        # one option per DaggerConfig setting (algorithms.dagger_settings: the supervisor's
+        # --hold and --patience, the training's --steps and --device), with its limits,
+        # description and default; --steps' default is the command's
+        add_arguments(p, _dagger_settings(), defaults={"train_steps": steps})
         _join_argument(p)
-        p.add_argument("--seed", **d("seed"))
 
     p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")
     dagger_arguments(p, "runs/dagger", 3000)

@@ -240,28 +240,36 @@ def key_value(text: str) -> tuple:
                                          f"got {value}") from None
 
 
-def add_arguments(parser, cls, exclude=()) -> None:
+def add_arguments(parser, cls, exclude=(), defaults: dict | None = None) -> None:
     """One option per field of the dataclass ``cls`` (but ``exclude``), from the field: its
     flag, its type (the field's limits: refused by the parser in the dataclass's words), its
     help with the default. Options not given stay None (``given_arguments``): a settings file
     keeps its values. A bool field gives ``--name``/``--no-name``; a mapping gives a repeatable
-    ``--flag KEY=VALUE``."""
+    ``--flag KEY=VALUE``. ``defaults``: {name: value} for options of this command whose default
+    is not the field's: an option not given takes it, and its help shows it."""
+    defaults = dict(defaults or {})
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"defaults of no field of {cls.__name__}: {sorted(unknown)}")
     for f in dataclasses.fields(cls):
         if f.name in exclude:
             continue
         limits = f.metadata.get("limits")
         text = f.metadata.get("help", "")
-        default = f" (default: {_shown(default_of(cls, f.name))})"
+        value = defaults.get(f.name)  # None: the field's default, applied by the caller
+        shown = value if f.name in defaults else default_of(cls, f.name)
+        default = f" (default: {_shown(shown)})"
         flag = flag_of(cls, f.name)
         if limits is not None and limits.kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=text + default)
+                                default=value, help=text + default)
         elif limits is not None and limits.kind is dict:
             parser.add_argument(flag, dest=f.name, action="append", type=key_value,
-                                metavar="KEY=VALUE", default=None,
+                                metavar="KEY=VALUE", default=value,
                                 help=text + " (repeatable)")
         else:
-            parser.add_argument(flag, dest=f.name, default=None, help=text + default,
+            parser.add_argument(flag, dest=f.name, default=value, help=text + default,
+                                metavar=flag[2:].replace("-", "_").upper(),
                                 type=arg_type(cls, f.name) if limits is not None else str)
 
 

@@ -52,26 +52,41 @@ class DaggerConfig:
     same limits from here. ``train`` (``TrainConfig`` settings) is checked by ``check_config``
     when a run starts, before anything else."""
 
-    task: str = setting("push", Limits(str))
-    spec: str = setting("", Limits(str))  # "" = the task's spec
-    bc_episodes: int = setting(20, _POSITIVE)  # expert demonstrations (iteration 0: BC)
-    iterations: int = setting(3, _NON_NEGATIVE)
-    episodes_per_iteration: int = setting(10, _POSITIVE)
-    # gated (HG-DAgger) | mixture (beta-mixture DAgger)
-    variant: str = setting("gated", Limits(str, choices=VARIANTS))
-    # gated: InterventionGate settings (SUPERVISOR_LIMITS)
-    supervisor: dict = setting(limits=Limits(dict), default_factory=dict)
-    schedule: str = setting("exponential", Limits(str, choices=SCHEDULES))  # mixture's beta
-    beta0: float = setting(0.7, _SHARE)
-    decay: float = setting(0.85, _SHARE)
-    mixture_per: str = setting("step", Limits(str, choices=MIXTURE_PER))
-    eval_episodes: int = setting(20, _POSITIVE)
-    # stop once this many expert labels are used (0: no limit)
-    label_budget: int = setting(0, _NON_NEGATIVE)
-    warm_start: bool = setting(True, Limits(bool))
-    seed: int = setting(0, Limits(int, low=0, high=2**32 - 1))  # as TrainConfig's
+    task: str = setting("push", Limits(str), help="built-in task (config/tasks name or path)")
+    spec: str = setting("", Limits(str), help="observation/action spec (config/specs name or "
+                        "path); empty: the task's")
+    bc_episodes: int = setting(20, _POSITIVE, help="expert demonstrations for BC (iteration 0)")
+    iterations: int = setting(3, _NON_NEGATIVE, help="DAgger iterations after BC")
+    episodes_per_iteration: int = setting(10, _POSITIVE, help="episodes recorded (with the "
+                                          "expert's labels) per DAgger iteration")
+    variant: str = setting("gated", Limits(str, choices=VARIANTS),
+                           help="gated: HG-DAgger (a scripted supervisor hands control to the "
+                           "expert when the policy gets into trouble; only those steps are "
+                           "labelled); mixture: beta-mixture DAgger (every visited state "
+                           "labelled)")
+    supervisor: dict = setting(limits=Limits(dict), default_factory=dict,
+                               help="gated: settings of the scripted supervisor "
+                               "(sim.supervisor.InterventionGate fields, limits in "
+                               "SUPERVISOR_LIMITS); unset ones keep the gate's defaults")
+    schedule: str = setting("exponential", Limits(str, choices=SCHEDULES),
+                            help="mixture: expert probability beta over the iterations")
+    beta0: float = setting(0.7, _SHARE, help="mixture: beta of the first DAgger iteration")
+    decay: float = setting(0.85, _SHARE, help="mixture, exponential schedule: beta factor per "
+                           "iteration")
+    mixture_per: str = setting("step", Limits(str, choices=MIXTURE_PER),
+                               help="mixture: draw expert or policy per step or per episode")
+    eval_episodes: int = setting(20, _POSITIVE, help="closed-loop evaluation episodes after "
+                                 "each iteration (fixed seeds)")
+    label_budget: int = setting(0, _NON_NEGATIVE, help="stop once this many expert labels are "
+                                "used (0: no limit)")
+    warm_start: bool = setting(True, Limits(bool), help="retrain from the previous "
+                               "iteration's policy (else from scratch)")
+    seed: int = setting(0, Limits(int, low=0, high=2**32 - 1),  # as TrainConfig's
+                        help="random seed (demonstrations, training, mixture)")
     train: dict = setting(limits=Limits(dict), default_factory=lambda: {
-        "steps": 3000, "eval_every": 0, "eval_episodes": 0, "device": "auto"})
+        "steps": 3000, "eval_every": 0, "eval_episodes": 0, "device": "auto"},
+        help="the training settings of each iteration (TrainConfig fields); unset ones take "
+        "TrainConfig's defaults")
 
     def __post_init__(self):
         self.validate()

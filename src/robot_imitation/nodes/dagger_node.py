@@ -35,22 +35,19 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, Param, declare_all, run
-from .runs import DEVICE, new_run_dir, number, progress_message, publish_safely
+from .common import LATCHED_QOS, Param, declare_all, params_of, run
+from .runs import new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ..graph import SimGraph  # noqa: E402
-from ..dagger import VARIANTS, DaggerConfig, run_dagger  # noqa: E402
-from ..sim.supervisor import InterventionGate  # noqa: E402
+from ..algorithms.dagger_settings import DaggerSettings, to_config  # noqa: E402
+from ..dagger import DaggerConfig, run_dagger  # noqa: E402
 from ..launcher import stop_all_groups  # noqa: E402
 
-SCHEDULES = ("constant", "linear", "exponential")
-MIXTURE_PER = ("step", "episode")
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
 KEYS = ("state", "stage", "iteration", "iterations", "beta", "expert_share", "labels",
@@ -82,56 +79,26 @@ def split_ros_args(argv: list) -> tuple[list, list]:
     return process, node
 
 
+# the parameters of the node itself (where and how it runs a run); every other one is a
+# DAgger setting (``algorithms.dagger_settings.DaggerSettings``, made from DaggerConfig's fields)
+NODE_ONLY = (
+    Param("out", "runs/dagger", "output folder: each run writes out/run_<timestamp>"),
+    Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
+          "default, one per core. Fewer leave cores to the run's nodes", min_value=0,
+          max_value=1024),
+    Param("join_ros_graph", False, "run a run's simulation (bridge, expert, policy, mux, "
+          "recorder) on this node's ROS domain, e.g. to watch it in RViz or Foxglove; by "
+          "default each run gets a private domain of its own, this host only, so that its "
+          "simulated commands never reach a real robot's controllers"),
+)
+
+
 def _parameters() -> tuple:
-    """The DAgger node's parameters: DaggerConfig's settings with the dataclass's defaults (the
-    supervisor's from InterventionGate, the training's from DaggerConfig.train; ``_settings``
-    turns them back into a DaggerConfig), then the node's own."""
-    d, gate = DaggerConfig(), InterventionGate()
-    return (
-        Param("task", d.task, "built-in task (config/tasks name or path)"),
-        Param("spec", d.spec, "observation/action spec (config/specs name or path); empty: the "
-              "task's"),
-        Param("bc_episodes", d.bc_episodes, "expert demonstrations for BC (iteration 0)",
-              min_value=1),
-        Param("iterations", d.iterations, "DAgger iterations after BC", min_value=0),
-        Param("episodes_per_iteration", d.episodes_per_iteration, "episodes recorded (with the "
-              "expert's labels) per DAgger iteration", min_value=1),
-        Param("variant", d.variant, "gated: HG-DAgger (a scripted supervisor hands control to "
-              "the expert when the policy gets into trouble; only those steps are labelled); "
-              "mixture: beta-mixture DAgger (every visited state labelled)", choices=VARIANTS),
-        Param("hold", gate.hold, "gated: ticks the expert drives per intervention",
-              min_value=1),
-        Param("patience", gate.patience, "gated: the supervisor takes over after this many "
-              "ticks without 1 cm of progress of the object (0: never)", min_value=0),
-        Param("schedule", d.schedule, "mixture: expert probability beta over the iterations",
-              choices=SCHEDULES),
-        Param("beta0", d.beta0, "beta of the first DAgger iteration", min_value=0.0,
-              max_value=1.0),
-        Param("decay", d.decay, "exponential schedule: beta factor per iteration",
-              min_value=0.0, max_value=1.0),
-        Param("mixture_per", d.mixture_per, "the mixture draws expert or policy per step or per "
-              "episode", choices=MIXTURE_PER),
-        Param("eval_episodes", d.eval_episodes, "closed-loop evaluation episodes after each "
-              "iteration (fixed seeds)", min_value=1),
-        Param("label_budget", d.label_budget, "stop once this many expert labels are used (0: "
-              "no limit)", min_value=0),
-        Param("warm_start", d.warm_start, "retrain from the previous iteration's policy (else "
-              "from scratch)"),
-        Param("seed", d.seed, "random seed (demonstrations, training, mixture)", min_value=0),
-        Param("train_steps", int(d.train["steps"]), "optimizer steps per training",
-              min_value=1),
-        Param("device", d.train["device"], "training device: auto (CUDA when available), cpu, "
-              "cuda or cuda:N"),
-        # the node's own settings: where and how it runs a run
-        Param("out", "runs/dagger", "output folder: each run writes out/run_<timestamp>"),
-        Param("cpu_threads", 0, "threads of CPU training (torch.set_num_threads); 0: torch's "
-              "default, one per core. Fewer leave cores to the run's nodes", min_value=0,
-              max_value=1024),
-        Param("join_ros_graph", False, "run a run's simulation (bridge, expert, policy, mux, "
-              "recorder) on this node's ROS domain, e.g. to watch it in RViz or Foxglove; by "
-              "default each run gets a private domain of its own, this host only, so that its "
-              "simulated commands never reach a real robot's controllers"),
-    )
+    """The DAgger node's parameters: one per DAgger setting (default, limits and description
+    from DaggerConfig's fields; ``hold``, ``patience``, ``train_steps`` and ``device`` for its
+    supervisor and training mappings; ``_settings`` turns them back into a DaggerConfig), then
+    the node's own."""
+    return params_of(DaggerSettings) + NODE_ONLY
 
 
 class DaggerNode(Node):
@@ -140,8 +107,9 @@ class DaggerNode(Node):
 
     def __init__(self, cli_args: list | None = None):
         super().__init__(self.NODE_NAME, cli_args=cli_args)
-        declare_all(self, self.PARAMETERS)
-        self.add_on_set_parameters_callback(self._check_params)
+        declare_all(self, self.PARAMETERS)  # values outside a setting's limits refused
+        self._settings_params = {p.name: p for p in self.PARAMETERS
+                                 if p.name in DaggerSettings.__dataclass_fields__}
 
         self.pub_progress = self.create_publisher(DiagnosticArray, "~/progress", LATCHED_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -158,22 +126,11 @@ class DaggerNode(Node):
         self.get_logger().info("dagger ready: set parameters, then call ~/run")
 
     # ----------------------------------------------------------------- parameters
-    def _check_params(self, params) -> SetParametersResult:
-        """What the table cannot say (its choices are checked by declare_all)."""
-        for prm in params:
-            if prm.name == "device" and not DEVICE.match(str(prm.value)):
-                return SetParametersResult(successful=False,
-                                           reason="device must be auto, cpu, cuda or cuda:N")
-        return SetParametersResult(successful=True)
-
     def _settings(self) -> tuple[str, DaggerConfig]:
         """(out, DAgger configuration) from the current parameters."""
-        p = {name: self.get_parameter(name).value for name in DaggerConfig.__dataclass_fields__
-             if name not in ("train", "supervisor")}
-        p["supervisor"] = {k: self.get_parameter(k).value for k in ("hold", "patience")}
-        p["train"] = {"steps": self.get_parameter("train_steps").value, "eval_every": 0,
-                      "eval_episodes": 0, "device": self.get_parameter("device").value}
-        return self.get_parameter("out").value, DaggerConfig(**p)
+        values = {name: param.setting_value(self.get_parameter(name).value)
+                  for name, param in self._settings_params.items()}
+        return self.get_parameter("out").value, to_config(values)
 
     @staticmethod
     def _problem(cfg: DaggerConfig) -> str | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..settings import setting
+
 
 def stuck(path: list, steps: int, distance: float) -> bool:
     """True when the last of ``path`` (end-effector positions) is within ``distance`` of the
@@ -28,12 +30,16 @@ class InterventionGate:
     and hands control back after ``hold`` ticks. It looks at what a person sees (where the arm,
     the object, the goal are), never at the expert's or the learner's actions."""
 
-    stall_steps: int = 10
-    stall_distance: float = 0.01
-    regress: float = 0.02
-    hold: int = 15
-    patience: int = 30
-    progress: float = 0.01
+    # the limits of these settings: algorithms.dagger.SUPERVISOR_LIMITS
+    stall_steps: int = setting(10, help="take over when the end effector moved less than "
+                               "stall_distance over this many ticks")
+    stall_distance: float = setting(0.01, help="m (see stall_steps)")
+    regress: float = setting(0.02, help="take over when the task's gap (the object's distance "
+                             "to the goal) is this much (m) wider than its best")
+    hold: int = setting(15, help="ticks the expert drives per intervention")
+    patience: int = setting(30, help="take over after this many ticks without `progress` m of "
+                            "progress (0: never)")
+    progress: float = setting(0.01, help="m (see patience)")
 
     def __post_init__(self):
         self.reset()
