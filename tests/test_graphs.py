@@ -153,13 +153,6 @@ def test_a_substitution_stays_a_parameter_value():
     assert recorder.parameters["task"] is task and recorder.parameters["spec"] is task
 
 
-def test_the_dagger_constants_are_the_rigs():
-    from robot_imitation import dagger
-
-    assert graphs.INTERVENTION_BUTTON == dagger.INTERVENTION_BUTTON
-    assert graphs.LABEL_PREFIX == dagger.LABEL_PREFIX
-
-
 def test_start_graph_refuses_a_node_it_cannot_start_before_starting_any(tmp_path):
     from robot_imitation.launcher import ProcessGroup
 
@@ -169,6 +162,7 @@ def test_start_graph_refuses_a_node_it_cannot_start_before_starting_any(tmp_path
         assert not group.procs
 
 
+@pytest.mark.ros
 def test_start_graph_starts_each_node_with_its_name_parameters_and_remappings(procs, probe):
     """Real processes over DDS: a bridge, an expert under another name, remapped, and the
     DAgger graph's mux (whose two source lists must reach it as two lists: rcl refuses a
