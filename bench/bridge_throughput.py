@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from robot_imitation.graph import SimGraph
+from robot_imitation.ros.graph import SimGraph
 from robot_imitation.paths import ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
@@ -44,7 +44,7 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from benchlib import RESULTS_DIR, BenchmarkError, run_with_ros, wait_until  # noqa: E402
-from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
+from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import STATE_QOS, to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
 from robot_imitation.sim.env import ImitationEnv  # noqa: E402

@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from robot_imitation.data.dataset import build_dataset
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     tmp = None
     if args.dataset:

@@ -51,7 +51,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from robot_imitation.graph import SimGraph
+from robot_imitation.ros.graph import SimGraph
 from robot_imitation.paths import ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
@@ -77,7 +77,7 @@ from std_srvs.srv import SetBool  # noqa: E402
 from benchlib import (RESULTS_DIR, BenchmarkError, positive, proc_stat,  # noqa: E402
                       run_with_ros, stat_cpu_seconds, wait_until)
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
-from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
+from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,  # noqa: E402
                                                  save_checkpoint)
 from robot_imitation.learning.trainer import TrainConfig  # noqa: E402

@@ -46,7 +46,7 @@ import time
 from array import array
 from pathlib import Path
 
-from robot_imitation.graph import SimGraph
+from robot_imitation.ros.graph import SimGraph
 from robot_imitation.paths import ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
@@ -70,7 +70,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from benchlib import (RESULTS_DIR, positive, proc_stat, run_with_ros,  # noqa: E402
                       stat_cpu_seconds)
-from robot_imitation.launcher import ProcessDied, ProcessGroup  # noqa: E402
+from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import IMAGE_QOS  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
 

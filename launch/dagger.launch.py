@@ -11,10 +11,10 @@ the expert with probability ``beta``.
     robot-imitation train datasets/dagger --sources expert ...   # gated: the expert's steps
 
 `robot-imitation dagger` runs the whole loop (record, aggregate, retrain, hot-reload, evaluate)
-over these same nodes: both take them from ``robot_imitation.graphs.dagger_graph``.
+over these same nodes: both take them from ``robot_imitation.ros.graphs.dagger_graph``.
 """
 try:
-    from robot_imitation import graphs
+    from robot_imitation.ros import graphs
 except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
     # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
     import importlib.util
@@ -23,7 +23,7 @@ except ImportError:  # ros2 launch's Python without the package's environment (a
 
     _spec = importlib.util.spec_from_file_location(
         "robot_imitation_graphs",
-        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "ros" / "graphs.py")
     graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(graphs)
 

@@ -6,12 +6,12 @@
 mode:=lockstep (the default) runs as fast as the machine allows, deterministically; the policy
 node answers every state (trigger state) on simulated time. mode:=realtime paces the physics by
 the wall clock and the policy node commands on a timer at the control rate. The nodes and their
-parameters are ``robot_imitation.graphs.evaluation_graph``'s, the graph that
+parameters are ``robot_imitation.ros.graphs.evaluation_graph``'s, the graph that
 `robot-imitation evaluate --ros` starts (here with the cameras and the inference backend of the
 parameter files).
 """
 try:
-    from robot_imitation import graphs
+    from robot_imitation.ros import graphs
 except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
     # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
     import importlib.util
@@ -20,7 +20,7 @@ except ImportError:  # ros2 launch's Python without the package's environment (a
 
     _spec = importlib.util.spec_from_file_location(
         "robot_imitation_graphs",
-        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "ros" / "graphs.py")
     graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(graphs)
 

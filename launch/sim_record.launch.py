@@ -5,11 +5,11 @@
 
 Episodes are started and stopped through the recorder's services (~/start, ~/stop, ~/discard),
 or with the teleop's buttons; `robot-imitation record` automates it for the scripted expert.
-The nodes and their parameters are ``robot_imitation.graphs.record_graph``'s, the graph that
+The nodes and their parameters are ``robot_imitation.ros.graphs.record_graph``'s, the graph that
 `robot-imitation record` starts (here in real time, episodes ended by hand).
 """
 try:
-    from robot_imitation import graphs
+    from robot_imitation.ros import graphs
 except ImportError:  # ros2 launch's Python without the package's environment (a venv): the
     # checkout's graphs.py, by file (share/robot_imitation/launch links to the checkout)
     import importlib.util
@@ -18,7 +18,7 @@ except ImportError:  # ros2 launch's Python without the package's environment (a
 
     _spec = importlib.util.spec_from_file_location(
         "robot_imitation_graphs",
-        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "graphs.py")
+        Path(__file__).resolve().parents[1] / "src" / "robot_imitation" / "ros" / "graphs.py")
     graphs = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(graphs)
 

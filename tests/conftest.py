@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from robot_imitation.graph import SimGraph  # noqa: E402 (imports no rclpy)
+from robot_imitation.ros.graph import SimGraph  # noqa: E402 (imports no rclpy)
 
 # Before anything imports rclpy: a domain of our own, localhost only: one that no DDS
 # participant on this machine uses and no other test session or run holds (its lock is kept
@@ -63,7 +63,7 @@ def ros():
 
 @pytest.fixture
 def procs(tmp_path, request):
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     group = ProcessGroup(tmp_path / "logs")
     yield group
@@ -85,7 +85,7 @@ def ros_entry_points() -> list:
     import rclpy
     from rclpy.context import Context
 
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     return [(rclpy, "init", "rclpy.init"), (Context, "init", "rclpy.Context.init"),
             (ProcessGroup, "start", "ProcessGroup.start")]
@@ -222,7 +222,7 @@ def untrained_checkpoint(path, spec_name: str):
 def reach_demos(tmp_path_factory):
     """80 scripted-expert episodes of reach, recorded through bridge, expert and recorder
     (40 gave 37-43 of 50 closed-loop successes, 80 gave 50 of 50)."""
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     root = tmp_path_factory.mktemp("reach") / "ds"
     entries = record_demonstrations(root, task="reach", episodes=80, mode="lockstep", seed=300)

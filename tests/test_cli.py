@@ -266,9 +266,9 @@ def test_recording_into_a_read_only_folder(tmp_path):
 def test_a_node_that_dies_is_reported_at_once_with_its_own_error(ros, procs, tmp_path):
     """While the caller waits for a node's service, a node that died is noticed (its last
     error line in the message), not a timeout after 30 s."""
-    from robot_imitation.launcher import ProcessDied
+    from robot_imitation.ros.launcher import ProcessDied
     from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
-    from robot_imitation.pipelines import start_recording
+    from robot_imitation.ros.pipelines import start_recording
     from robot_imitation.recording.recorder import DatasetWriter
     from robot_imitation.spec import Spec
 

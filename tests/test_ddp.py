@@ -24,7 +24,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def reach_dataset(tmp_path_factory):
     """Five scripted-expert episodes of reach, recorded through bridge, expert and recorder."""
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     ds = tmp_path_factory.mktemp("ddp") / "reach"
     entries = record_demonstrations(ds, task="reach", episodes=5, mode="lockstep", seed=20)

@@ -10,7 +10,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from robot_imitation.graph import SimGraph, domain_in_use
+from robot_imitation.ros.graph import SimGraph, domain_in_use
 from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS
 
 pytestmark = pytest.mark.ros

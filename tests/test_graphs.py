@@ -1,12 +1,12 @@
-"""The process graphs, declared once (``robot_imitation.graphs``): what the Python code starts
+"""The process graphs, declared once (``robot_imitation.ros.graphs``): what the Python code starts
 and what the launch files start are the same declarations, and they are what the rigs started
 when each wrote its own."""
 import pytest
 import yaml
 
 from conftest import wait_for
-from robot_imitation import graphs
-from robot_imitation.graphs import dagger_graph, evaluation_graph, expert_graph, record_graph
+from robot_imitation.ros import graphs
+from robot_imitation.ros.graphs import dagger_graph, evaluation_graph, expert_graph, record_graph
 from test_package import ROOT, declared_parameters, launch_graphs, load_launch_file, value_problem
 
 
@@ -116,7 +116,7 @@ def test_every_declared_parameter_is_one_the_node_declares(nodes):
     """Each parameter a graph sets is in its node's table, of the declared type, in range and
     among the choices (as test_package checks the parameter files); each node can be started
     here, and its parameter file exists."""
-    from robot_imitation.launcher import NODE_MODULES
+    from robot_imitation.ros.launcher import NODE_MODULES
 
     for decl in nodes:
         assert decl.executable in NODE_MODULES, decl.executable
@@ -154,7 +154,7 @@ def test_a_substitution_stays_a_parameter_value():
 
 
 def test_start_graph_refuses_a_node_it_cannot_start_before_starting_any(tmp_path):
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     with ProcessGroup(tmp_path / "logs") as group:
         with pytest.raises(ValueError, match=r"^node joy: joy game_controller_node cannot be "):
@@ -217,7 +217,7 @@ GIVEN = {"task": "push", "dataset": "ds", "checkpoint": "ckpt"}
 def test_launch_file_starts_the_graph_the_code_starts(name):
     path = ROOT / "launch" / name
     runs = launch_graphs(path, **GIVEN)
-    assert runs, f"{name} does not build its nodes from robot_imitation.graphs"
+    assert runs, f"{name} does not build its nodes from robot_imitation.ros.graphs"
     for values, launched, _ in runs:
         code = LAUNCH_TWINS[name](values)
         assert [(d.package, d.executable, d.name, d.namespace, [tuple(r) for r in d.remappings])

@@ -23,11 +23,11 @@ from conftest import untrained_checkpoint
 BLOCKED = "rclpy is blocked for this test"
 PACKAGE_DIR = Path(robot_imitation.__file__).parent
 # The ROS layer: modules that import rclpy (or start processes that do) by design.
-ROS_LAYER = ("robot_imitation.nodes", "robot_imitation.launcher", "robot_imitation.pipelines")
+ROS_LAYER = ("robot_imitation.nodes", "robot_imitation.ros.launcher", "robot_imitation.ros.pipelines")
 # Named here so that none of them can drop out of the walk unnoticed (a rename, a move).
 MUST_BE_ROS_FREE = (
     "robot_imitation", "robot_imitation.cli", "robot_imitation.settings",
-    "robot_imitation.spec", "robot_imitation.observation", "robot_imitation.graph",
+    "robot_imitation.spec", "robot_imitation.observation", "robot_imitation.ros.graph",
     "robot_imitation.paths", "robot_imitation.dagger", "robot_imitation.report",
     "robot_imitation.sim.env", "robot_imitation.sim.experts", "robot_imitation.sim.tasks",
     "robot_imitation.bridge.core", "robot_imitation.teleop.core",

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from robot_imitation.launcher import NODE_MODULES
+from robot_imitation.ros.launcher import NODE_MODULES
 
 from conftest import wait_for
 

@@ -174,7 +174,7 @@ def load_launch_file(path):
 
 
 def launch_graphs(path, **given) -> list:
-    """A launch file that builds its nodes from ``robot_imitation.graphs`` (a ``nodes(arg,
+    """A launch file that builds its nodes from ``robot_imitation.ros.graphs`` (a ``nodes(arg,
     value)`` function; importable without the launch system): [(argument values, the
     declarations it starts, the arguments it reads)] for each combination of the choices of its
     arguments. An argument is its ``given`` value, else its default, else ``<name>``; asking
@@ -205,7 +205,7 @@ def launch_graphs(path, **given) -> list:
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_references_exist(path):
-    """Node actions written in the file, or the declarations of ``robot_imitation.graphs`` it
+    """Node actions written in the file, or the declarations of ``robot_imitation.ros.graphs`` it
     starts (under each choice of its arguments): existing executables, parameter files and
     declared arguments."""
     tree = ast.parse(path.read_text())

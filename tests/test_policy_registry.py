@@ -120,6 +120,7 @@ def state_messages(spec: Spec, stamp) -> dict:
     return {"/ee_pose": ee, "/target_pose": target, "/joint_states": js}
 
 
+@pytest.mark.ros
 def test_a_family_from_outside_the_package_trains_loads_and_drives_the_policy_node(
         tiny, reach_episodes, tmp_path, procs, probe):
     assert "tiny" in available_policies() and policy_class("tiny") is tiny
@@ -191,6 +192,7 @@ def test_a_family_from_outside_the_package_trains_loads_and_drives_the_policy_no
 
 
 # ====================================================================== unknown types
+@pytest.mark.ros
 def test_an_unknown_type_is_one_line_everywhere(tmp_path, reach_episodes, procs):
     with pytest.raises(UnknownPolicyError) as err:
         policy_class("nosuch")

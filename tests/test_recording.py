@@ -487,7 +487,7 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
 @pytest.mark.ros
 def test_record_scripted_expert_episodes_through_ros(tmp_path):
     """Bridge, expert and recorder as three processes: every tick's state and command is kept."""
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     ds = tmp_path / "ds"
     entries = record_demonstrations(ds, task="push", episodes=3, mode="lockstep", seed=40)
@@ -542,7 +542,7 @@ def test_recorded_pairs_are_the_experts_answers(tmp_path, mode, floor):
     """The expert's command is a known function of the observation: the dataset must pair each
     observation with the command issued in answer to it (>= 99.5% in lockstep; in real time a
     timer-driven expert sometimes acts on a state one publication older, so only reported)."""
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     record_demonstrations(tmp_path / "ds", task="push", episodes=4 if mode == "lockstep" else 2,
                           mode=mode, seed=70)

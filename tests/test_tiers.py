@@ -35,7 +35,7 @@ def test_a_context_init_unmarked():
 
 
 def test_a_process_started_unmarked(tmp_path):
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     with ProcessGroup(tmp_path / "logs") as group:
         group.start("plain", [sys.executable, "-c", "pass"]).wait(30)
@@ -43,7 +43,7 @@ def test_a_process_started_unmarked(tmp_path):
 
 @pytest.fixture(scope="session")
 def started(tmp_path_factory):
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     with ProcessGroup(tmp_path_factory.mktemp("logs")) as group:
         group.start("plain", [sys.executable, "-c", "pass"]).wait(30)
@@ -63,7 +63,7 @@ def test_marked_ros_sees_the_functions_untouched(tmp_path):
     import rclpy
     from rclpy.context import Context
 
-    from robot_imitation.launcher import ProcessGroup
+    from robot_imitation.ros.launcher import ProcessGroup
 
     for f in (rclpy.init, Context.init, ProcessGroup.start):
         assert not hasattr(f, "__wrapped__"), f

@@ -28,7 +28,7 @@ SMALL = {"steps": 300, "batch_size": 64, "hidden": [64, 64], "eval_every": 150,
 @pytest.fixture(scope="module")
 def reach_dataset(tmp_path_factory):
     """Eight scripted-expert episodes of reach, recorded through bridge, expert and recorder."""
-    from robot_imitation.pipelines import record_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
 
     ds = tmp_path_factory.mktemp("trainer") / "reach"
     entries = record_demonstrations(ds, task="reach", episodes=8, mode="lockstep", seed=5)

@@ -150,7 +150,7 @@ def cmd_expert(args) -> int:
 def _graph(args, command: str | None = None):
     """The ROS graph of a simulated run: a private domain unless --join-ros-graph (said when
     ``command`` is given; ``run_dagger`` says it itself)."""
-    from .graph import SimGraph
+    from .ros.graph import SimGraph
 
     graph = SimGraph(join=args.join_ros_graph)
     if command:
@@ -172,8 +172,8 @@ def cmd_demo(args) -> int:
     _check_task(args.task)  # before any process starts or any time passes
     out = _writable_folder(args.out)
     ensure_ros_environment()
-    from .graphs import expert_graph
-    from .launcher import ProcessGroup
+    from .ros.graphs import expert_graph
+    from .ros.launcher import ProcessGroup
     from .learning.outcomes import summarize
     from .nodes.episode_runner import run_episodes
 
@@ -212,7 +212,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from .pipelines import record_demonstrations
+    from .ros.pipelines import record_demonstrations
 
     start = time.perf_counter()
     print(f"[record] {args.episodes} scripted-expert episodes of {args.task} ({args.mode}) "
@@ -556,7 +556,7 @@ USER_ERRORS = (("robot_imitation.settings", "SettingError"),
                ("robot_imitation.recording.recover", "RecoverError"),
                ("robot_imitation.deploy.limits", "LimitsError"),
                ("robot_imitation.deploy.backends", "BackendError"),
-               ("robot_imitation.launcher", "ProcessDied"))
+               ("robot_imitation.ros.launcher", "ProcessDied"))
 
 
 def user_error(exc: BaseException) -> str | None:
@@ -594,7 +594,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not stop the cleanup
             signal.signal(sig, signal.SIG_IGN)
-        launcher = sys.modules.get("robot_imitation.launcher")
+        launcher = sys.modules.get("robot_imitation.ros.launcher")
         if launcher is not None:
             launcher.stop_all_groups()  # normally stopped already, by their with-blocks
         print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)

@@ -30,7 +30,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     from pathlib import Path
 
     from .algorithms.dagger import run
-    from .graph import SimGraph
+    from .ros.graph import SimGraph
 
     tcfg, spec = check_config(cfg)  # before anything starts or is written
     out = Path(out)

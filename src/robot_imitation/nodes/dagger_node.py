@@ -43,10 +43,10 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ..graph import SimGraph  # noqa: E402
+from ..ros.graph import SimGraph  # noqa: E402
 from ..algorithms.dagger_settings import DaggerSettings, to_config  # noqa: E402
 from ..dagger import DaggerConfig, run_dagger  # noqa: E402
-from ..launcher import stop_all_groups  # noqa: E402
+from ..ros.launcher import stop_all_groups  # noqa: E402
 
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")

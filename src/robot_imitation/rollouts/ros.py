@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .base import EVAL_SEED, ROLLOUT_BACKEND
 
-from ..graphs import INTERVENTION_BUTTON, LABEL_PREFIX  # noqa: F401 (declared with the graphs)
+from ..ros.graphs import INTERVENTION_BUTTON, LABEL_PREFIX  # noqa: F401 (declared with the graphs)
 
 
 def label_spec(spec, prefix: str = LABEL_PREFIX):
@@ -70,9 +70,9 @@ class RosRig:
         world runs the same one, so both command alike). ``keep_commands``: capture the
         commands the bridge receives (``commands``). ``policy_params``: more parameters of the
         policy node (``robot``, ``allow_unlimited``)."""
-        from ..graph import SimGraph
-        from ..graphs import dagger_graph, evaluation_graph
-        from ..launcher import ProcessGroup
+        from ..ros.graph import SimGraph
+        from ..ros.graphs import dagger_graph, evaluation_graph
+        from ..ros.launcher import ProcessGroup
         from ..nodes.episode_runner import EpisodeRunner, Spinner
 
         self.own_graph = graph is None
@@ -239,7 +239,7 @@ class RosRig:
 
     def episodes(self, n: int, seed: int, record: bool = False, progress=None) -> list:
         """Run ``n`` episodes with seeds seed..seed+n-1 (recording each when ``record``)."""
-        from ..pipelines import start_recording
+        from ..ros.pipelines import start_recording
 
         self.set_params("mujoco_bridge", seed=int(seed))
         outcomes = []
@@ -334,7 +334,7 @@ class RosWorld:
         return f"on {self.graph.describe()}"
 
     def demonstrations(self, seeds: range):
-        from ..pipelines import record_demonstrations
+        from ..ros.pipelines import record_demonstrations
 
         record_demonstrations(self.demo_dir, task=self.cfg.task, spec=self.spec_name,
                               episodes=len(seeds), seed=seeds.start,
@@ -359,7 +359,7 @@ class RosWorld:
         return summarize(self.rig.results(self.rig.episodes(len(seeds), seeds.start)))
 
     def collect(self, seeds: range, driver):
-        from ..pipelines import wait_recorded
+        from ..ros.pipelines import wait_recorded
 
         if hasattr(driver, "supervisor"):
             self.rig.set_params("command_mux", mode="intervention")

@@ -108,7 +108,7 @@ class SimGraph:
     def context(self):
         """An rclpy context on this graph's domain (initialized on first use)."""
         if self._context is None:
-            from .paths import ensure_ros_environment
+            from ..paths import ensure_ros_environment
 
             ensure_ros_environment()
             import rclpy

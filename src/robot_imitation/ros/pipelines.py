@@ -62,11 +62,11 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     the task's bridge cannot serve, and a dataset folder that is not writable or holds episodes
     of another spec (``SettingError``, ``ModelError``, ``SpecError``, ``RecorderError``).
     """
-    from .learning.evaluation import task_mismatch
-    from .recording.recorder import DatasetWriter
-    from .settings import EPISODES
-    from .sim.tasks import TaskConfig
-    from .spec import Spec, SpecError
+    from ..learning.evaluation import task_mismatch
+    from ..recording.recorder import DatasetWriter
+    from ..settings import EPISODES
+    from ..sim.tasks import TaskConfig
+    from ..spec import Spec, SpecError
 
     EPISODES.check("episodes", episodes)
     TaskConfig.load(task)
@@ -94,7 +94,7 @@ def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_di
             episode_timeout, graph) -> list[dict]:
     from .graphs import record_graph
     from .launcher import ProcessGroup
-    from .nodes.episode_runner import EpisodeRunner, Spinner
+    from ..nodes.episode_runner import EpisodeRunner, Spinner
 
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
     with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
