@@ -130,14 +130,24 @@ def test_evaluate_gates_on_the_success_rate(reach_bc, bad_checkpoint, tmp_path):
     assert wrong.returncode == 1 and "does not match the runtime spec" in wrong.stderr
 
 
-def test_evaluate_through_ros(reach_bc, tmp_path):
+def test_evaluate_through_ros_equals_the_gymnasium_evaluation(reach_bc, tmp_path):
+    """`evaluate --ros` and `--gym` as a user runs them: the same success count, and the same
+    seed, success, ticks and final reward for every episode in the JSON each writes."""
     best = json.loads((reach_bc / "result.json").read_text())["best"]
-    proc = run_cli("evaluate", best, "--task", "reach", "--ros", "--episodes", 10,
-                   "--threshold", 0.8, "--out", tmp_path / "ros.json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "ros.json").read_text())
-    assert result["through"] == "ros" and result["episodes"] == 10
-    assert float(result["policy_node"]["latency_p50_ms"]) >= 0.0
+    results = {}
+    for way in ("ros", "gym"):
+        proc = run_cli("evaluate", best, "--task", "reach", f"--{way}", "--episodes", 10,
+                       "--threshold", 0.8, "--out", tmp_path / f"{way}.json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        results[way] = json.loads((tmp_path / f"{way}.json").read_text())
+        assert f"success {results[way]['successes']}/10" in proc.stdout
+    ros, gym = results["ros"], results["gym"]
+    assert ros["through"] == "ros" and ros["episodes"] == 10
+    assert float(ros["policy_node"]["latency_p50_ms"]) >= 0.0
+    assert [e["seed"] for e in ros["per_episode"]] == list(range(500_000, 500_010))
+    assert set(ros["per_episode"][0]) == {"seed", "success", "ticks", "reward"}
+    assert ros["per_episode"] == gym["per_episode"]
+    assert ros["successes"] == gym["successes"]
 
 
 def test_main_job_in_a_reduced_configuration(tmp_path):

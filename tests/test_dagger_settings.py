@@ -38,6 +38,8 @@ FORMER_FLAGS = ["--out", "--task", "--bc-episodes", "--iterations", "--episodes-
 # what each command's defaults differ in
 COMMAND_DEFAULTS = {"dagger": {"out": "runs/dagger", "steps": 3000},
                     "pipeline": {"out": "runs/pipeline", "steps": 4000}}
+# the main job's own settings (the pipeline's defaults over DaggerConfig's)
+PIPELINE_SETTINGS = {"iterations": 10, "warm_start": False}
 
 
 def plain_fields() -> list:
@@ -169,7 +171,8 @@ def test_the_defaults_of_a_run_are_the_dataclass_s(command):
     cfg = _dagger_config(args)
     expected = DaggerConfig(
         supervisor={key: flat_default("supervisor", key) for key in FLAT["supervisor"].values()},
-        train={**default_of(DaggerConfig, "train"), "steps": defaults["steps"]})
+        train={**default_of(DaggerConfig, "train"), "steps": defaults["steps"]},
+        **(PIPELINE_SETTINGS if command == "pipeline" else {}))
     assert dataclasses.asdict(cfg) == dataclasses.asdict(expected)
 
 

@@ -10,42 +10,48 @@ import numpy as np
 
 def rollout_video(path, task: str, checkpoint=None, seed: int = 500_001, camera: str = "front",
                   size=(320, 240), fps: float | None = None) -> dict:
-    """One episode of ``task`` (the scripted expert, or ``checkpoint``) rendered to an MP4."""
+    """One episode of ``task`` (the scripted expert, or ``checkpoint`` commanded as the policy
+    node commands it: the same controller and action limits) rendered to an MP4."""
     import av
-    import torch
 
-    from .learning.evaluation import observation_tensors
-    from .sim.env import ImitationEnv
+    from .rollouts.gym import GymWorld
     from .sim.experts import make_expert
+    from .spec import Spec
 
-    env = ImitationEnv(task, render_mode="rgb_array", width=size[0], height=size[1])
-    env.camera = camera
     if checkpoint is None:
-        act = make_expert(env.sim)
+        world = GymWorld(task, Spec.load(task), size, render=True)
+        expert = make_expert(world.sim)
+
+        def act(obs, sim_obs):
+            return expert(sim_obs)
     else:
-        from .learning.checkpoint import load_checkpoint
-        from .spec import Spec
+        from .deploy.runtime import load_policy, make_controller
+        from .rollouts.base import ROLLOUT_BACKEND
 
-        policy, meta = load_checkpoint(checkpoint)
-        spec = Spec.from_dict(meta["spec"])
-        if spec.image_observations:
+        loaded = load_policy(checkpoint, None, ROLLOUT_BACKEND, threads=1)
+        if loaded.spec.image_observations:
             raise ValueError("rollout videos of image policies are not supported here")
+        controller, _ = make_controller(loaded)
+        world = GymWorld(task, loaded.spec, size, render=True)
 
-        def act(obs):
-            with torch.no_grad():
-                return policy.act(observation_tensors(obs, spec, "cpu"))[0, 0].double().numpy()
+        def act(obs, sim_obs):
+            return controller.tick(obs).action
+    env = world.env
+    env.camera = camera
     container = av.open(str(path), "w")
     stream = container.add_stream("libx264", rate=int(fps or env.sim.cfg.control_rate))
     stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
     try:
-        obs, _ = env.reset(seed=seed)
-        steps = 0
+        sim_obs, _ = env.reset(seed=seed)
+        steps, info = 0, {"is_success": False}
         while True:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(env.render()), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
-            action = np.clip(act(obs), env.action_space.low, env.action_space.high)
-            obs, _, terminated, truncated, info = env.step(action)
+            action = act(world.observation(sim_obs), sim_obs)
+            if action is None:  # NaN/inf from the policy: the node would send nothing
+                break
+            sim_obs, _, terminated, truncated, info = env.step(action)
             steps += 1
             if terminated or truncated:
                 break
@@ -53,7 +59,7 @@ def rollout_video(path, task: str, checkpoint=None, seed: int = 500_001, camera:
             container.mux(packet)
     finally:
         container.close()
-        env.close()
+        world.close()
     return {"steps": steps, "success": bool(info["is_success"])}
 
 

@@ -25,12 +25,13 @@ JOINT_FIELDS = ("position", "velocity", "effort")
 class GymWorld:
     """``task``'s gymnasium version, observed through ``spec``."""
 
-    def __init__(self, task: str, spec: Spec, camera_size=(320, 240)):
+    def __init__(self, task: str, spec: Spec, camera_size=(320, 240), render: bool = False):
+        """``render``: also render frames when the spec has no camera (videos)."""
         from ..sim.env import ImitationEnv
 
         self.spec = spec
         self.images = spec.image_observations
-        self.env = ImitationEnv(task, render_mode="rgb_array" if self.images else None,
+        self.env = ImitationEnv(task, render_mode="rgb_array" if self.images or render else None,
                                 width=camera_size[0], height=camera_size[1])
         self.sim = self.env.sim
         names = list(self.sim.robot.joint_names)  # the bridge's JointState names, in order
