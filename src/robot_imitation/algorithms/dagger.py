@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..rollouts.base import EVAL_SEED
+from ..sim.supervisor import InterventionGate
 from ..settings import Limits, SettingError, check_fields, setting
 
 SEED_STRIDE = 1_000_000  # a run's demonstration and data seeds start at seed * SEED_STRIDE
@@ -40,9 +41,7 @@ MIXTURE_PER = ("step", "episode")
 _POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
 _SHARE = Limits(float, low=0.0, high=1.0)
 #: the limits of the scripted supervisor's settings (``InterventionGate`` fields)
-SUPERVISOR_LIMITS = {"stall_steps": _POSITIVE, "stall_distance": Limits(float, low=0.0),
-                     "regress": Limits(float, low=0.0), "hold": _POSITIVE,
-                     "patience": _NON_NEGATIVE, "progress": Limits(float, low=0.0)}
+SUPERVISOR_LIMITS = {f.name: f.metadata["limits"] for f in fields(InterventionGate)}
 
 
 @dataclass

@@ -12,7 +12,9 @@ lockstep step is then the same on every run.
 """
 from __future__ import annotations
 
-from .common import (STATE_QOS, STATUS_QOS, Param, declare_all, run, stamp_ns,
+import dataclasses
+
+from .common import (STATE_QOS, STATUS_QOS, Param, declare_all, params_of, run, stamp_ns,
                      state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -28,22 +30,9 @@ WATCHED = ("ee_pose", "object_pose", "goal_pose", "target_pose")
 
 class ScriptedSupervisor(Node):
     NODE_NAME = "scripted_supervisor"
-    # the InterventionGate's settings, with the gate's defaults
-    GATE_PARAMETERS = (
-        Param("stall_steps", InterventionGate.stall_steps, "take over when the end effector "
-              "moved less than stall_distance over this many ticks", read_only=True,
-              min_value=1),
-        Param("stall_distance", InterventionGate.stall_distance, "m (see stall_steps)",
-              read_only=True, min_value=0.0),
-        Param("regress", InterventionGate.regress, "take over when the object is this much (m) "
-              "further from the goal than its best", read_only=True, min_value=0.0),
-        Param("hold", InterventionGate.hold, "ticks the expert drives per intervention",
-              read_only=True, min_value=1),
-        Param("patience", InterventionGate.patience, "take over after this many ticks without "
-              "`progress` m of object progress (0: never)", read_only=True, min_value=0),
-        Param("progress", InterventionGate.progress, "m (see patience)", read_only=True,
-              min_value=0.0),
-    )
+    # the InterventionGate's settings: their defaults, limits and descriptions, from its fields
+    GATE_PARAMETERS = tuple(dataclasses.replace(p, read_only=True)
+                            for p in params_of(InterventionGate))
     PARAMETERS = (
         Param("spec", "push", "observation spec whose pose topics are watched (config/specs "
               "name or path)", read_only=True),

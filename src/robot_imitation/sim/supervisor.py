@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..settings import setting
+from ..settings import Limits, setting
+
+_COUNT, _TICKS, _METRES = Limits(int, low=1), Limits(int, low=0), Limits(float, low=0.0)
 
 
 def stuck(path: list, steps: int, distance: float) -> bool:
@@ -30,16 +32,17 @@ class InterventionGate:
     and hands control back after ``hold`` ticks. It looks at what a person sees (where the arm,
     the object, the goal are), never at the expert's or the learner's actions."""
 
-    # the limits of these settings: algorithms.dagger.SUPERVISOR_LIMITS
-    stall_steps: int = setting(10, help="take over when the end effector moved less than "
-                               "stall_distance over this many ticks")
-    stall_distance: float = setting(0.01, help="m (see stall_steps)")
-    regress: float = setting(0.02, help="take over when the task's gap (the object's distance "
-                             "to the goal) is this much (m) wider than its best")
-    hold: int = setting(15, help="ticks the expert drives per intervention")
-    patience: int = setting(30, help="take over after this many ticks without `progress` m of "
-                            "progress (0: never)")
-    progress: float = setting(0.01, help="m (see patience)")
+    # each setting with its limits and description: the scripted supervisor node's parameters,
+    # the DAgger settings' supervisor mapping and options come from here
+    stall_steps: int = setting(10, _COUNT, help="take over when the end effector moved less "
+                               "than stall_distance over this many ticks")
+    stall_distance: float = setting(0.01, _METRES, help="m (see stall_steps)")
+    regress: float = setting(0.02, _METRES, help="take over when the task's gap (the object's "
+                             "distance to the goal) is this much (m) wider than its best")
+    hold: int = setting(15, _COUNT, help="ticks the expert drives per intervention")
+    patience: int = setting(30, _TICKS, help="take over after this many ticks without "
+                            "`progress` m of progress (0: never)")
+    progress: float = setting(0.01, _METRES, help="m (see patience)")
 
     def __post_init__(self):
         self.reset()
