@@ -155,6 +155,7 @@ class PolicyNode(LifecycleNode):
         self._episode = None
         self._status_stamp = None   # ns of the newest episode status (None: none heard)
         self._pending = None        # a state waiting for the episode status of its stamp
+        self._status_sub = None
         self._ents = []
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -217,9 +218,10 @@ class PolicyNode(LifecycleNode):
             self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
                                                        self._on_checkpoint_topic, LATCHED_QOS))
         if self.p["episode_topic"]:
-            self._ents.append(self.create_subscription(
+            self._status_sub = self.create_subscription(
                 message_class("diagnostic_msgs/msg/DiagnosticArray"), self.p["episode_topic"],
-                self._on_episode, STATUS_QOS))
+                self._on_episode, STATUS_QOS)
+            self._ents.append(self._status_sub)
         # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
         self._ents.append(self.create_timer(self.period, self._on_timer))
         self.get_logger().info(
@@ -280,6 +282,7 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_subscription(ent)
         self._ents = []
+        self._status_sub = None
         for pub in getattr(self, "pubs", []):
             self.destroy_lifecycle_publisher(pub)
         self.pubs = []
@@ -290,6 +293,13 @@ class PolicyNode(LifecycleNode):
         if take_state(self, self.assembler, topic, msg) and self.p["trigger"] == "state":
             ready = state_to_answer(self.assembler, self.pubs)
             if ready is not None:
+                if self._status_stamp is None and self._status_sub is not None and \
+                        self._status_sub.get_publisher_count():
+                    # an episode status is published but none heard yet (discovery still
+                    # matching): the state waits for it, so that the controller is reset for
+                    # a new episode before it answers that episode's first state
+                    self._pending = ready
+                    return
                 if self._status_stamp is not None:
                     stamp = stamp_of(ready[0])
                     if stamp > self._status_stamp:
@@ -478,6 +488,8 @@ class PolicyNode(LifecycleNode):
                   "enabled": str(self.enabled).lower(), "missed_ticks": self.missed_ticks,
                   "overruns": self.overruns, "reloads": self.reloads,
                   "reload_failures": self.reload_failures}
+        if self._episode is not None:
+            values["episode"] = self._episode  # the newest episode status heard
         if c is not None:
             k = c.counters
             values.update({"checkpoint": c.policy.path,

@@ -207,8 +207,11 @@ class RosRig:
             # the mux sees every source it waits for (its own view of the graph)
             mux_ready = not self.with_expert or \
                 self._diag.get("command_mux", {}).get("connected") == "true"
-            if all(self.node.count_publishers(t) for t in topics) and \
-                    "policy_node" in self._diag and mux_ready:
+            # the policy node hears the bridge's episode status (it answers a state only after
+            # the status of its stamp: a new episode resets it before its first state)
+            policy_ready = "episode" in self._diag.get("policy_node", {})
+            if all(self.node.count_publishers(t) for t in topics) and policy_ready and \
+                    mux_ready:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"the processes did not connect within {timeout} s "
