@@ -24,7 +24,8 @@ from importlib import metadata
 
 ENTRY_POINT_GROUP = "robot_imitation.policies"
 # built-in families: the module whose import registers each
-BUILTIN = {"mlp": "robot_imitation.policies.mlp.model"}
+BUILTIN = {"mlp": "robot_imitation.policies.mlp.model",
+           "act": "robot_imitation.policies.act.model"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _REGISTRY: dict = {}

@@ -1,0 +1,38 @@
+"""The act family's options (no torch here: the command line reads them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...settings import Limits, SettingError, setting
+from ..config import PolicyConfig
+
+_POSITIVE = Limits(int, low=1)
+
+
+@dataclass
+class ActConfig(PolicyConfig):
+    """Everything needed to rebuild an act network (stored in policy.json). The defaults train
+    on 2 CPU cores in minutes for the built-in tasks."""
+
+    dim_model: int = setting(128, _POSITIVE, help="width of the transformer's tokens")
+    heads: int = setting(4, _POSITIVE, help="attention heads (dim_model must divide by it)")
+    encoder_layers: int = setting(2, _POSITIVE, help="transformer encoder layers (observation "
+                                  "and latent tokens)")
+    decoder_layers: int = setting(2, _POSITIVE, help="transformer decoder layers (one query per "
+                                  "action of the chunk)")
+    vae_layers: int = setting(2, _POSITIVE, help="layers of the CVAE encoder over the "
+                              "demonstrated chunk (training only)")
+    feedforward: int = setting(512, _POSITIVE, help="feedforward width of every layer")
+    latent_dim: int = setting(16, _POSITIVE, help="CVAE latent size")
+    kl_weight: float = setting(10.0, Limits(float, low=0.0), help="weight of the KL term")
+    dropout: float = setting(0.1, Limits(float, low=0.0, high=0.95),
+                             help="dropout inside the transformer")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dim_model % self.heads:
+            raise SettingError(f"act: dim_model {self.dim_model} does not divide into "
+                               f"{self.heads} heads")
+        if self.image_keys:
+            raise SettingError(f"act: camera observations {self.image_keys} are not supported "
+                               "yet (low-dimensional specs only)")
