@@ -9,7 +9,8 @@ Layers (each imports only the ones above it; none but the ROS layer imports rclp
   cores       ``sim`` (TaskSim, experts, the gymnasium environments), ``bridge`` (BridgeCore:
               controller behaviour; ``stepper``: the lockstep protocol), ``recording`` and
               ``data`` (bags, datasets), ``policies`` (families by type name: ``base.Policy``,
-              ``config.PolicyConfig``, ``registry``, ``mlp/``, ``act/``), ``learning`` (``TrainConfig``,
+              ``config.PolicyConfig``, ``registry``, ``mlp/``, ``act/``,
+              ``diffusion/``), ``learning`` (``TrainConfig``,
               trainer, checkpoints, evaluation, outcomes), ``deploy`` (limits, backends, the
               policy controller, the mux core), ``teleop``
   rollouts    episodes from given seeds with a driver, in a world: ``rollouts.gym`` (the

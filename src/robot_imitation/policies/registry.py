@@ -25,7 +25,8 @@ from importlib import metadata
 ENTRY_POINT_GROUP = "robot_imitation.policies"
 # built-in families: the module whose import registers each
 BUILTIN = {"mlp": "robot_imitation.policies.mlp.model",
-           "act": "robot_imitation.policies.act.model"}
+           "act": "robot_imitation.policies.act.model",
+           "diffusion": "robot_imitation.policies.diffusion.model"}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 _REGISTRY: dict = {}

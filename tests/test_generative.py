@@ -1,5 +1,7 @@
-"""The act policy family (CVAE action-chunking transformer): trains with the suite's trainer on
-real expert episodes, round-trips through a checkpoint, runs in the policy node's controller."""
+"""The generative policy families, act (a CVAE action-chunking transformer) and diffusion (a
+denoiser over action chunks, DDIM sampling): each trains with the suite's trainer on real
+expert episodes, round-trips through a checkpoint (the same chunks: diffusion's sampler has a
+fixed seed), runs in the policy node's controller, and refuses bad settings."""
 import json
 from pathlib import Path
 
@@ -18,37 +20,42 @@ from robot_imitation.spec import Spec
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def act_run(tmp_path_factory):
-    """act trained 300 steps (chunks of 8) on three scripted reach episodes."""
+# family: (training steps, mean error allowed on the first action of each chunk, radians)
+FAMILIES = {"act": (300, 0.02), "diffusion": (1000, 0.06)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def act_run(request, tmp_path_factory):
+    """The family trained (chunks of 8) on three scripted reach episodes."""
+    family = request.param
     spec = Spec.load("reach")
     episodes = expert_demonstrations("reach", range(3), spec)
-    cfg = TrainConfig(policy="act", chunk=8, steps=300, batch_size=64, eval_every=0,
-                      eval_episodes=0, device="cpu", val_fraction=0.0, task="reach", seed=1,
-                      log_every=50)
-    out = tmp_path_factory.mktemp("act") / "run"
+    cfg = TrainConfig(policy=family, chunk=8, steps=FAMILIES[family][0], batch_size=64,
+                      eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0,
+                      task="reach", seed=1, log_every=50)
+    out = tmp_path_factory.mktemp(family) / "run"
     result = train(episodes_dataset(episodes, spec, cfg), out, cfg, log=lambda *a, **k: None)
-    return spec, episodes, result
+    return spec, episodes, result, family
 
 
-def test_act_fits_its_demonstrations(act_run):
-    spec, episodes, result = act_run
+def test_fits_its_demonstrations(act_run):
+    spec, episodes, result, family = act_run
     logged = json.loads((Path(result["last"]).parent / "result.json").read_text())
     curve = [loss for _, loss in logged["loss_curve"]]
     assert curve[-1] < 0.3 * curve[0], curve
     policy, meta = load_checkpoint(result["last"], spec)
-    assert meta["type"] == "act" and type(policy).__name__ == "ActPolicy"
+    assert meta["type"] == family and policy.type_name == family
     ep = episodes[0]
     obs = {k: torch.as_tensor(v) for k, v in ep.obs.items()}
     with torch.no_grad():
         chunks = policy.eval().act(obs).numpy()
     assert chunks.shape == (len(ep), 8, spec.action_dim)
     # the first action of each predicted chunk is the demonstrated one (scale: radians)
-    assert np.abs(chunks[:, 0] - ep.actions).mean() < 0.02
+    assert np.abs(chunks[:, 0] - ep.actions).mean() < FAMILIES[family][1]
 
 
-def test_act_checkpoint_round_trip_and_controller(act_run):
-    spec, episodes, result = act_run
+def test_checkpoint_round_trip_and_controller(act_run):
+    spec, episodes, result, family = act_run
     policy, _ = load_checkpoint(result["last"], spec)
     again, _ = load_checkpoint(result["last"], spec)
     obs = {k: torch.as_tensor(v[:4]) for k, v in episodes[1].obs.items()}
@@ -63,8 +70,11 @@ def test_act_checkpoint_round_trip_and_controller(act_run):
     assert limits is not None
 
 
-def test_act_settings_are_checked():
+def test_settings_are_checked():
     spec = Spec.load("reach")
+    with pytest.raises(SettingError, match="inference_steps 50 exceeds train_steps 20"):
+        make_policy(spec, TrainConfig(policy="diffusion",
+                                      policy_config={"train_steps": 20, "inference_steps": 50}))
     with pytest.raises(SettingError, match="dim_model 130"):
         make_policy(spec, TrainConfig(policy="act", policy_config={"dim_model": 130}))
     with pytest.raises(SettingError, match="unknown options"):

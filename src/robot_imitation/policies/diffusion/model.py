@@ -1,0 +1,121 @@
+"""The diffusion network: a denoiser over action chunks conditioned on the observation (as
+Diffusion Policy), with a hand-written noise schedule and DDIM sampler (``DdimSchedule``).
+
+Training: a chunk x0 (normalized, relative where declared) is noised to
+x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a random step t of a squared-cosine schedule;
+the denoiser (residual MLP blocks on [x_t, observation, embedding of t]) predicts eps; the loss
+is the mean squared error, masked past the episode's end. Inference: ``inference_steps``
+deterministic DDIM steps from noise drawn with the config's seed, so the same observation gives
+the same chunk.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..base import Batch, Policy
+from ..registry import register_policy
+from .config import DiffusionConfig
+
+
+class DdimSchedule:
+    """Squared-cosine noise schedule over ``steps`` and the DDIM (eta = 0) update."""
+
+    def __init__(self, steps: int, s: float = 0.008):
+        t = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        alpha_bar = (f / f[0])[1:].clamp(1e-5, 1.0)
+        self.steps = steps
+        self.alpha_bar = alpha_bar.float()           # abar_t, t = 0..steps-1
+
+    def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t for clean samples ``x0`` (B, ...) at steps ``t`` (B,)."""
+        ab = self.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def timesteps(self, n: int) -> list:
+        """``n`` steps from the noisiest to the cleanest, evenly spaced."""
+        return sorted({int(round(v)) for v in torch.linspace(self.steps - 1, 0, n).tolist()},
+                      reverse=True)
+
+    def step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int | None,
+             clip: float = 1.5) -> tuple:
+        """One DDIM step: (x at ``t_prev``, or the clean estimate when None; the estimate)."""
+        ab = self.alpha_bar[t].to(x_t.device)
+        x0 = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-clip, clip)
+        if t_prev is None:
+            return x0, x0
+        ab_prev = self.alpha_bar[t_prev].to(x_t.device)
+        eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()  # consistent with the clipped x0
+        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps, x0
+
+
+def step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of diffusion steps ``t`` (B,)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, cond: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.film = nn.Linear(cond, 2 * width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(c).chunk(2, dim=-1)
+        h = self.norm(x) * (1 + scale) + shift
+        return x + self.fc2(F.mish(self.fc1(F.mish(h))))
+
+
+@register_policy("diffusion")
+class DiffusionPolicy(Policy):
+    config_class = DiffusionConfig
+    traceable = False  # the sampler loops in Python: the eager backend runs it
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__(cfg)
+        w, size = cfg.width, cfg.chunk * cfg.action_dim
+        self.schedule = DdimSchedule(cfg.train_steps)
+        self.cond = nn.Sequential(nn.Linear(cfg.input_dim + 64, w), nn.Mish(), nn.Linear(w, w))
+        self.inp = nn.Linear(size, w)
+        self.blocks = nn.ModuleList(ResidualBlock(w, w) for _ in range(cfg.blocks))
+        self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, size))
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (B, chunk, A) of noisy chunks ``x_t`` at steps ``t``."""
+        c = self.cond(torch.cat([low, step_embedding(t, 64)], dim=-1))
+        h = self.inp(x_t.flatten(1))
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(h).view_as(x_t)
+
+    def loss(self, batch: Batch):
+        obs, cfg = batch.obs, self.cfg
+        low = self.normalized_inputs(obs)
+        x0 = self.normalize_actions(batch.actions, obs)
+        b = x0.shape[0]
+        t = torch.randint(0, cfg.train_steps, (b,), device=x0.device)
+        eps = torch.randn_like(x0)
+        err = (self.denoise(self.schedule.noise(x0, t, eps), t, low) - eps).pow(2).mean(-1)
+        mask = torch.ones_like(err) if batch.mask is None else batch.mask.float()
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def act(self, obs: dict) -> torch.Tensor:
+        cfg = self.cfg
+        low = self.normalized_inputs(obs)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        x = torch.randn(low.shape[0], cfg.chunk, cfg.action_dim, generator=gen).to(low.device)
+        steps = self.schedule.timesteps(cfg.inference_steps)
+        for i, t in enumerate(steps):
+            tt = torch.full((low.shape[0],), t, device=low.device, dtype=torch.long)
+            eps = self.denoise(x, tt, low)
+            x, _ = self.schedule.step(x, eps, t, steps[i + 1] if i + 1 < len(steps) else None)
+        return self.raw_actions(x, obs)
