@@ -5,7 +5,8 @@
 against ``SUPERVISOR_LIMITS``) and each iteration's training settings in another (``train``,
 ``TrainConfig`` fields). A few of them are settings of their own for a person:
 ``SUPERVISOR_SETTINGS`` (``hold``, ``patience``) and ``TRAIN_SETTINGS`` (``train_steps``,
-option ``--steps``; ``device``). ``DaggerSettings`` is DaggerConfig with those in place of the
+option ``--steps``; ``device``; the policy family ``policy``, its ``chunk`` and its options
+``policy_config``, option ``--policy-option KEY=VALUE``). ``DaggerSettings`` is DaggerConfig with those in place of the
 two mappings, made from the fields, nothing restated:
 
 - every other DaggerConfig field as it is declared there (default, limits, description), so a
@@ -31,7 +32,8 @@ from .dagger import SUPERVISOR_LIMITS, DaggerConfig
 #: the supervisor settings (keys of DaggerConfig.supervisor) that are settings of their own
 SUPERVISOR_SETTINGS = ("hold", "patience")
 #: the training settings that are settings of their own: {name here: TrainConfig field}
-TRAIN_SETTINGS = {"train_steps": "steps", "device": "device"}
+TRAIN_SETTINGS = {"train_steps": "steps", "device": "device", "policy": "policy", "chunk": "chunk",
+                  "policy_config": "policy_config"}
 
 
 def _supervisor_field(cls, key: str):
@@ -45,9 +47,12 @@ def _supervisor_field(cls, key: str):
 def _train_field(cls, name: str, key: str):
     field = TrainConfig.__dataclass_fields__[key]
     default = default_of(cls, "train").get(key, default_of(TrainConfig, key))
+    flag = field.metadata.get("flag") or (key.replace("_", "-") if key != name else None)
+    mutable = isinstance(default, (dict, list))
     return (name, field.type,
-            setting(default, field.metadata["limits"],
-                    flag=key.replace("_", "-") if key != name else None,
+            setting(dataclasses.MISSING if mutable else default, field.metadata["limits"],
+                    default_factory=(lambda: type(default)(default)) if mutable
+                    else dataclasses.MISSING, flag=flag,
                     help="each iteration's training: " + help_of(TrainConfig, key)))
 
 
@@ -88,6 +93,9 @@ def to_config(values: dict, cls=DaggerConfig):
     settings = dataclasses.asdict(flat(**values))  # checked, with the defaults of the others
     supervisor = {**default_of(cls, "supervisor"),
                   **{key: settings.pop(key) for key in SUPERVISOR_SETTINGS}}
-    train = {**default_of(cls, "train"),
-             **{key: settings.pop(name) for name, key in TRAIN_SETTINGS.items()}}
+    train = default_of(cls, "train")
+    for name, key in TRAIN_SETTINGS.items():  # the mapping names what differs from TrainConfig
+        value = settings.pop(name)
+        if key in train or value != default_of(TrainConfig, key):
+            train[key] = value
     return cls(**settings, supervisor=supervisor, train=train)

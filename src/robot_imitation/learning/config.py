@@ -45,8 +45,9 @@ class TrainConfig:
     hidden: list = same_as(MlpConfig, "hidden", option_of="mlp")
     head: str = same_as(MlpConfig, "head", option_of="mlp")
     modes: int = same_as(MlpConfig, "modes", option_of="mlp")
-    chunk: int = setting(1, Limits(int, low=1, high=1000),
-                         help="actions predicted per step (action chunking)")
+    chunk: int = setting(0, Limits(int, low=0, high=1000),
+                         help="actions predicted per step (action chunking); 0: the policy "
+                         "family's default (mlp 1, act and diffusion 8)")
     dropout: float = same_as(MlpConfig, "dropout", option_of="mlp")
     seed: int = setting(0, SEED_LIMITS, help="random seed (initialization, batches, split)")
     device: str = setting("auto", DEVICE_LIMITS,
@@ -100,6 +101,8 @@ class TrainConfig:
                 raise SettingError(f"{f.name} is an option of policy {owner}, not of policy "
                                    f"{self.policy} (its options go in policy_config)")
         family.check_options(dict(self.policy_config))
+        if not self.chunk:  # resolved here, so the trainer and the checkpoint see the value
+            self.chunk = family.config_class.default_chunk
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

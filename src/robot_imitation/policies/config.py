@@ -11,6 +11,7 @@ Nothing here imports torch: the command line reads these dataclasses to build it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 from ..settings import SettingError, check_fields
 
@@ -36,6 +37,9 @@ class PolicyConfig:
     # the spec's features ({key, op, inputs, size}), computed from the low-dim inputs and
     # appended to them before normalization
     derived: list = field(default_factory=list)
+
+    #: the chunk a training run predicts unless it sets one (``TrainConfig.chunk`` 0)
+    default_chunk: ClassVar[int] = 1
 
     def __post_init__(self):
         check_fields(self)

@@ -14,6 +14,8 @@ class DiffusionConfig(PolicyConfig):
     """Everything needed to rebuild a diffusion network (stored in policy.json). The defaults
     train on 2 CPU cores in minutes for the built-in tasks."""
 
+    default_chunk = 8
+
     width: int = setting(256, _POSITIVE, help="width of the denoiser's residual blocks")
     blocks: int = setting(3, _POSITIVE, help="residual blocks of the denoiser")
     train_steps: int = setting(100, Limits(int, low=2, high=10000),
