@@ -327,3 +327,60 @@ def test_auto_is_the_policy_familys_own_chunk_execution(family, chunk, expected)
     ctl.close()
     # a module of a class no registry knows: the base's default
     assert controller(probe(), chunk_mode="auto").settings["chunk_mode"] == "first"
+
+
+# ====================================================================== the policy node
+def act_checkpoint(path):
+    """An untrained act checkpoint (chunks of 8) carrying the panda's limits."""
+    from robot_imitation.deploy.limits import robot_limits
+    from robot_imitation.learning.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    policy = make_policy(SPEC, TrainConfig(policy="act", chunk=8, task="reach"))
+    return save_checkpoint(path, policy, SPEC, extra={
+        "action_limits": robot_limits("panda", SPEC).to_dict(), "task": "reach"})
+
+
+@pytest.mark.ros
+def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tmp_path):
+    """Started with nothing but an act checkpoint: its own chunk execution (half the chunk,
+    the next one a tick ahead, waited for), in the start log and in /diagnostics with the
+    chunk counters and inference times. A prefetch the chunk cannot run is one line."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Float64MultiArray
+
+    from conftest import wait_for
+    from test_policy_node import ARM, KEEP, NODE, StateFeed, newest, start_policy, timed
+
+    ckpt = str(act_checkpoint(tmp_path / "act"))
+    procs.start_node(NODE, name="refused", params={"checkpoint": ckpt, "chunk_prefetch": 8})
+    assert procs.procs["refused"].wait(timeout=60) != 0
+    log = procs.log("refused")
+    assert "Traceback" not in log and ("prefetch 8 leaves no action of a chunk to execute: it "
+                                       "must be below chunk_execute (4 of a chunk of 8)") in log
+    procs.stop("refused")
+
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    # (no stale check: the timer gives no safe commands once the states stop)
+    start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2, max_age_periods=0.0)
+    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    try:
+        feed.stream()
+        wait_for(lambda: len(arm) >= 20, 30, "commands", procs=procs)
+    finally:
+        feed.stop()
+    assert ("chunk 8; chunk_mode chunk (auto: act's default), chunk_execute 4 of 8, prefetch 1, "
+            "late_chunk wait") in procs.log(NODE)
+    after = time.monotonic() + 0.3
+    v = wait_for(lambda: newest(diags, after), 5, "diagnostics")[0]
+    assert (v["chunk_mode"], v["chunk_execute"], v["chunk_prefetch"], v["late_chunk"]) == \
+        ("chunk (auto)", "4", "1", "wait")
+    n = int(v["commands"])
+    # the first chunk executes its actions 0..3, every next one 1..3
+    assert n >= 20 and int(v["chunks"]) == 1 + -(-(n - 4) // 3) == int(v["inferences"]), v
+    assert (v["no_action_ticks"], v["inference_errors"], v["discarded_chunks"]) == \
+        ("0", "0", "0"), v
+    assert int(v["waited_ticks"]) < int(v["chunks"])
+    assert 0 < float(v["chunk_inference_p50_ms"]) <= float(v["chunk_inference_max_ms"])
