@@ -384,3 +384,28 @@ def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tm
         ("0", "0", "0"), v
     assert int(v["waited_ticks"]) < int(v["chunks"])
     assert 0 < float(v["chunk_inference_p50_ms"]) <= float(v["chunk_inference_max_ms"])
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_act_chunks_computed_ahead_are_the_same_through_ros_in_lockstep(tmp_path):
+    """The node's defaults (auto: prefetch 1, late_chunk wait) keep lockstep exact: an act
+    policy's episodes through ROS (bridge in lockstep, policy node) equal its episodes in the
+    gymnasium world, command for command."""
+    from robot_imitation.dagger import evaluate_ros
+    from robot_imitation.deploy.runtime import load_policy
+    from robot_imitation.learning.evaluation import evaluate_loaded
+
+    ckpt = act_checkpoint(tmp_path / "act")
+    gym = evaluate_loaded(load_policy(ckpt, None, "eager", threads=1), "reach", 2, 5,
+                          keep_commands=True)
+    assert gym["policy"]["chunking"] == ("chunk_mode chunk (auto: act's default), "
+                                         "chunk_execute 4 of 8, prefetch 1, late_chunk wait")
+    # each episode: its first chunk's actions 0..3, every next one's 1..3
+    assert gym["policy"]["counters"]["chunks"] == sum(
+        1 + -(-(len(r.commands) - 4) // 3) for r in gym["results"])
+    ros = evaluate_ros(str(ckpt), "reach", 2, log_dir=tmp_path / "logs", seed=5,
+                       keep_commands=True)
+    for g, r in zip(gym["results"], ros["results"], strict=True):
+        assert r.commands.shape == g.commands.shape, g.seed
+        np.testing.assert_array_equal(r.commands, g.commands, err_msg=f"seed {g.seed}")

@@ -188,7 +188,8 @@ class TimeWindow:
         if v.size == 0:
             return {}
         p50, p99 = np.percentile(v, [50, 99])
-        return {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": v.max() * 1e3}
+        return {"p50_ms": float(p50) * 1e3, "p99_ms": float(p99) * 1e3,
+                "max_ms": float(v.max()) * 1e3}
 
 
 class ActionFilter:
