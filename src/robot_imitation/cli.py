@@ -383,6 +383,8 @@ def cmd_evaluate(args) -> int:
           f"{res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
           f"(95% CI {lo:.1%}..{hi:.1%}); threshold {args.threshold:.0%}: "
           f"{'pass' if res['passed'] else 'FAIL'}")
+    if "policy" in res:  # (through ROS, the policy node logs its own)
+        print(f"[evaluate] backend {res['policy']['backend']}, {res['policy']['chunking']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")

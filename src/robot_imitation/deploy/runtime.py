@@ -4,9 +4,13 @@
   Built off the control path (in a background thread for hot reloads).
 - ``ChunkScheduler``: what to execute from action chunks: the first action of every prediction
   (receding horizon), whole chunks open loop, or a temporal ensemble of overlapping chunks.
+- ``chunking``: the chunk execution a policy runs under; ``auto`` is its family's own
+  (``Policy.deployment``).
 - ``ActionFilter``: limits per action value and a maximum change per tick.
 - ``PolicyController``: one tick: staleness, non-finite inputs and outputs, inference, chunking,
-  clamping, with counters for diagnostics. Swapping the policy happens between ticks.
+  clamping, with counters for diagnostics. Swapping the policy happens between ticks. In chunk
+  execution with ``prefetch`` L >= 1 the next chunk is computed on a worker thread while the
+  current one executes (see the class).
 
 The observation dictionary comes from ``ObservationAssembler`` (``Spec.extract``): the same code
 that built the training arrays.
@@ -16,10 +20,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
@@ -28,6 +35,8 @@ from .limits import ActionLimits, runtime_limits
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
+LATE_CHUNKS = ("wait", "hold")
+WINDOW = 4096  # times kept for the percentiles of the diagnostics
 
 
 @dataclass
@@ -80,7 +89,8 @@ class ChunkScheduler:
 
     - ``first``: predict every tick, execute the first action (receding horizon).
     - ``chunk``: predict, execute ``execute`` actions of the chunk open loop (all by default),
-      then predict again.
+      then predict again; ``add(chunk, skip)`` of a chunk predicted ``skip`` ticks ago executes
+      its actions from index ``skip`` on (those before were for ticks gone by).
     - ``ensemble``: predict every tick; the action for tick t averages every chunk's prediction
       for t, weighted exp(-decay * i) with i = 0 for the oldest (temporal ensembling, as ACT).
     """
@@ -100,9 +110,14 @@ class ChunkScheduler:
     def needs_prediction(self) -> bool:
         return self.mode != "chunk" or not self._queue
 
-    def add(self, chunk: np.ndarray) -> None:
+    @property
+    def remaining(self) -> int:
+        """Actions left to execute of the current chunk (chunk mode)."""
+        return len(self._queue)
+
+    def add(self, chunk: np.ndarray, skip: int = 0) -> None:
         if self.mode == "chunk":
-            self._queue.extend(chunk[: self.execute])
+            self._queue.extend(chunk[skip: self.execute])
         elif self.mode == "ensemble":
             self._history.append((self._tick, chunk))
         else:
@@ -119,6 +134,62 @@ class ChunkScheduler:
             action = self._queue.popleft()
         self._tick += 1
         return action
+
+
+def chunking(policy: LoadedPolicy, chunk_mode: str = "auto", chunk_execute: int = 0,
+             prefetch: int = 0) -> dict:
+    """The chunk execution ``policy`` runs under: {chunk_mode, chunk_execute (the actions of a
+    chunk used, 1..chunk), prefetch (0 outside chunk mode), auto}. ``auto`` takes the policy
+    family's deployment defaults (``Policy.deployment``), a ``chunk_execute`` or ``prefetch``
+    given (non-zero) taking precedence; the chunk's size comes from the policy, so a policy
+    swapped in is resolved again. ``ValueError`` naming the values for a prefetch that leaves
+    no action of a chunk to execute."""
+    if chunk_mode != "auto" and chunk_mode not in CHUNK_MODES:
+        raise ValueError(f"chunk mode must be auto or one of {CHUNK_MODES}, not {chunk_mode!r}")
+    for name, v in (("chunk_execute", chunk_execute), ("prefetch", prefetch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, not {v!r}")
+    chunk, mode, execute, lead = policy.chunk, chunk_mode, chunk_execute, prefetch
+    if chunk_mode == "auto":
+        from ..policies.base import Policy
+        from ..policies.registry import UnknownPolicyError, policy_class
+
+        try:
+            family = policy_class(policy.policy_type)
+        except UnknownPolicyError:  # a module of an unregistered class: the base's defaults
+            family = Policy
+        own = family.deployment(policy.backend.cfg)
+        mode, execute = own["chunk_mode"], chunk_execute or own["chunk_execute"]
+    used = min(execute or chunk, chunk)
+    if chunk_mode == "auto" and not prefetch:  # the family's lead, within what is executed
+        lead = min(own["prefetch"], used - 1)
+    if mode != "chunk":
+        lead = 0
+    elif lead >= used:
+        raise ValueError(f"prefetch {lead} leaves no action of a chunk to execute: it must be "
+                         f"below chunk_execute ({used} of a chunk of {chunk})")
+    return {"chunk_mode": mode, "chunk_execute": used, "prefetch": lead,
+            "auto": chunk_mode == "auto"}
+
+
+class TimeWindow:
+    """The newest ``size`` durations (seconds), for percentiles."""
+
+    def __init__(self, size: int = WINDOW):
+        self.values = np.zeros(size)
+        self.n = 0
+
+    def add(self, v: float) -> None:
+        self.values[self.n % len(self.values)] = v
+        self.n += 1
+
+    def summary(self) -> dict:
+        v = self.values[: min(self.n, len(self.values))]
+        if v.size == 0:
+            return {}
+        p50, p99 = np.percentile(v, [50, 99])
+        return {"p50_ms": float(p50) * 1e3, "p99_ms": float(p99) * 1e3,
+                "max_ms": float(v.max()) * 1e3}
 
 
 class ActionFilter:
@@ -163,9 +234,12 @@ class ActionFilter:
 @dataclass
 class TickResult:
     action: np.ndarray | None   # None: publish nothing
-    reason: str                 # "ok", "stale", "nonfinite_input", "nonfinite_output"
+    # "ok", "stale", "nonfinite_input", "nonfinite_output", "late" (the chunk in flight is not
+    # ready: the safe command), "inference_error" (the safe command; ``error`` says why)
+    reason: str
     clamped: int = 0
     inference_s: float = 0.0
+    error: str = ""
 
 
 @dataclass
@@ -179,24 +253,62 @@ class Counters:
     clamped_values: int = 0
     inferences: int = 0
     swaps: int = 0
+    chunks: int = 0             # chunks whose actions went into execution
+    discarded_chunks: int = 0   # chunks in flight dropped (reset, swap, stale/NaN input, late)
+    waited_ticks: int = 0       # ticks that waited for a prefetched chunk (late_chunk wait)
+    no_action_ticks: int = 0    # ticks without a chunk's action: the safe command (hold)
+    inference_errors: int = 0   # exceptions in inference on the worker: the safe command
+
+
+@dataclass
+class _Job:
+    """A chunk in flight: computed on the worker from the observation of tick ``tick``."""
+    future: Future
+    generation: int
+    tick: int
 
 
 class PolicyController:
     """One control tick at a time. Not thread-safe: call from the control thread only; other
-    threads hand a new policy over with ``offer`` and it is swapped in at the next tick."""
+    threads hand a new policy over with ``offer`` and it is swapped in at the next tick.
+
+    Chunk execution with ``prefetch`` L >= 1: when L actions of the current chunk are left, the
+    next chunk is computed on a worker thread (one in flight at most) from a copy of that tick's
+    inputs (the backend's buffers are the worker's alone then: the tick checks its inputs in its
+    own), and executed from index L on when the current one runs out: the action at tick t+L+k
+    is the new chunk's index L+k, as if it had been computed inside tick t. A chunk not ready by
+    then is waited for (``late_chunk`` "wait": each episode's commands are the same on any
+    machine, as lockstep simulation and the gymnasium world need), or the tick gives the safe
+    command and the chunk, when it comes, executes from the index of the tick it is used at
+    ("hold": real time, the tick never waits for inference). The first chunk of an episode is
+    computed the same way (waited for, or held). A new episode, a policy swap, a stale or
+    non-finite input drop the chunk in flight: its generation is no longer the controller's,
+    and a chunk that has not started is never computed. The backend's reset for a new episode
+    runs on the worker too, between the inferences, never during one."""
 
     def __init__(self, spec: Spec, policy: LoadedPolicy, action_filter: ActionFilter,
-                 chunk_mode: str = "first", ensemble_decay: float = 0.01,
-                 chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold"):
+                 chunk_mode: str = "auto", ensemble_decay: float = 0.01,
+                 chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
+                 prefetch: int = 0, late_chunk: str = "wait"):
         if safe_command not in SAFE_COMMANDS:
             raise ValueError(f"safe_command must be one of {SAFE_COMMANDS}")
+        if late_chunk not in LATE_CHUNKS:
+            raise ValueError(f"late_chunk must be one of {LATE_CHUNKS}, not {late_chunk!r}")
         self.spec = spec
         self.filter = action_filter
         self.chunk_mode, self.decay, self.chunk_execute = chunk_mode, ensemble_decay, chunk_execute
+        self.prefetch_setting, self.late_chunk = prefetch, late_chunk
         self.max_age, self.safe_command = max_age, safe_command
         self.counters = Counters()
+        self.inference_times = TimeWindow()   # seconds per chunk (per inference)
         self.last_command: np.ndarray | None = None
         self._offered: tuple | None = None  # (policy, filter or None)
+        self._executor: ThreadPoolExecutor | None = None
+        self._job: _Job | None = None
+        self._generation = 0        # a chunk computed for another generation is never used
+        self._t = 0                 # ticks, for the index a chunk in flight starts at
+        self._reset_backend = False  # due on the worker before its next inference
+        self.scheduler: ChunkScheduler | None = None
         self._install(policy)
         self.splits = []
         start = 0
@@ -209,26 +321,70 @@ class PolicyController:
         self.relative = [(i0, i1, f.relative_to) for (_, i0, i1), f in
                          zip(self.splits, spec.actions) if f.relative_to in low]
 
+    def resolve(self, policy: LoadedPolicy) -> dict:
+        """The chunk execution ``policy`` would run under here (``chunking``, with the late
+        chunk policy); ``ValueError`` when it cannot."""
+        return {**chunking(policy, self.chunk_mode, self.chunk_execute, self.prefetch_setting),
+                "late_chunk": self.late_chunk}
+
     def _install(self, policy: LoadedPolicy, action_filter: ActionFilter | None = None) -> None:
+        settings = self.resolve(policy)
+        self._discard()
         self.policy = policy
         if action_filter is not None:
             self.filter = action_filter
         self.backend = policy.backend
         cfg = policy.backend.cfg
-        self.scheduler = ChunkScheduler(cfg.chunk, self.chunk_mode, self.decay, self.chunk_execute)
+        self.settings = settings
+        self.prefetch = settings["prefetch"]
+        self.scheduler = ChunkScheduler(cfg.chunk, settings["chunk_mode"], self.decay,
+                                        settings["chunk_execute"])
         self._low_slices = low_dim_slices(cfg)
+        # the tick's inputs: the backend's buffer, or with a worker, a buffer of the tick's own
+        self._low = np.zeros_like(self.backend.low) if self.prefetch else self.backend.low
+
+    def describe(self) -> str:
+        """The chunk execution in one line (logs)."""
+        s = self.settings
+        out = f"chunk_mode {s['chunk_mode']}" + (
+            f" (auto: {self.policy.policy_type}'s default)" if s["auto"] else "")
+        if s["chunk_mode"] == "chunk":
+            out += f", chunk_execute {s['chunk_execute']} of {self.policy.chunk}"
+            if s["prefetch"]:
+                out += f", prefetch {s['prefetch']}, late_chunk {s['late_chunk']}"
+        return out
 
     def offer(self, policy: LoadedPolicy, action_filter: ActionFilter | None = None) -> None:
         """Hand over a new policy, with the limits it runs under (default: the current ones),
-        from any thread; both take over at the next tick."""
+        from any thread; both take over at the next tick. ``ValueError`` (nothing changes) when
+        the chunk execution cannot run it (a prefetch not below its chunk)."""
+        self.resolve(policy)
         self._offered = (policy, action_filter)
 
     def reset(self) -> None:
         """Forget chunks in flight, the previous command and what the policy keeps between
         calls (a new episode, re-activation)."""
-        self.scheduler.reset()
-        self.backend.reset()
+        self._discard()
+        if self.prefetch:  # the worker may be running the backend: reset it there, in turn
+            self._reset_backend = True
+        else:
+            self.backend.reset()
         self.last_command = None
+
+    def close(self) -> None:
+        """Stop the worker (a chunk being computed finishes; none is started)."""
+        self._discard()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def wait_inflight(self, timeout: float | None = None) -> bool:
+        """Wait until the chunk in flight, if any, is computed; False on timeout."""
+        return self._job is None or not wait_for([self._job.future], timeout).not_done
+
+    def timing(self) -> dict:
+        """Seconds per chunk (per inference): {p50_ms, p99_ms, max_ms} of the newest ones."""
+        return self.inference_times.summary()
 
     def safe(self) -> np.ndarray | None:
         """The safe command before filtering: zeros, or the last command (None before any)."""
@@ -256,54 +412,106 @@ class PolicyController:
             reference = np.where(np.isnan(reference), action, reference)
         return self.filter(action, reference)
 
+    def _safe_result(self, obs: dict, reason: str, error: str = "") -> TickResult:
+        """The safe command, through the same filter as every command."""
+        c = self.counters
+        action = self.safe()
+        if action is not None and self.safe_command == "zero":
+            # never a jump of more than max_delta from the last command (or the measured
+            # joints); with no reference for a rate-limited value, nothing is published rather
+            # than a jump
+            reference = self._reference(obs)
+            unknown = np.ones(len(action), bool) if reference is None else \
+                ~np.isfinite(reference)
+            if np.any(unknown & self.filter.rate_limited):
+                return TickResult(None, reason, error=error)
+            action, clamped = self._limit(action, obs)
+            if clamped:
+                c.clamped_ticks += 1
+                c.clamped_values += clamped
+            self.last_command = action
+        if action is not None:
+            c.commands += 1
+        return TickResult(action, reason, error=error)
+
+    def _discard(self) -> None:
+        """Drop the chunk executing and the one in flight (whose result is then never used)."""
+        if self.scheduler is not None:
+            self.scheduler.reset()
+        if self._job is not None:
+            self._generation += 1   # the worker skips it if it has not started
+            self._job = None
+            self.counters.discarded_chunks += 1
+
+    def _submit(self, obs: dict) -> None:
+        """Start computing a chunk on the worker from a copy of this tick's inputs."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="chunk-inference")
+        images = {key: np.array(obs[key]) for key in self.backend.images}
+        reset, self._reset_backend = self._reset_backend, False
+        # torch's thread count is set per thread once it ran: the worker follows the caller's
+        future = self._executor.submit(self._infer, self.backend, self._generation,
+                                       self._low.copy(), images, reset, torch.get_num_threads())
+        self._job = _Job(future, self._generation, self._t)
+
+    def _infer(self, backend: Backend, generation: int, low: np.ndarray, images: dict,
+               reset: bool, threads: int):
+        """On the worker: (chunk, seconds), or None for a chunk dropped before it started
+        (a backend reset it carries is done all the same, in order with the inferences)."""
+        if reset:
+            backend.reset()
+        if generation != self._generation:
+            return None
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        backend.low[...] = low
+        for key, img in images.items():
+            backend.images[key][0] = img
+        t = time.perf_counter()
+        chunk = backend.run()
+        return chunk, time.perf_counter() - t
+
     def tick(self, obs: dict, age: float | None = None) -> TickResult:
         c = self.counters
         c.ticks += 1
+        self._t += 1
         offered, self._offered = self._offered, None
         if offered is not None:
             self._install(*offered)
             c.swaps += 1
         if age is not None and self.max_age > 0 and age > self.max_age:
             c.stale += 1
-            self.scheduler.reset()
-            action = self.safe()
-            if action is not None and self.safe_command == "zero":
-                # through the same filter as every command: never a jump of more than max_delta
-                # from the last command (or the measured joints); with no reference for a
-                # rate-limited value, nothing is published rather than a jump
-                reference = self._reference(obs)
-                unknown = np.ones(len(action), bool) if reference is None else \
-                    ~np.isfinite(reference)
-                if np.any(unknown & self.filter.rate_limited):
-                    return TickResult(None, "stale")
-                action, clamped = self._limit(action, obs)
-                if clamped:
-                    c.clamped_ticks += 1
-                    c.clamped_values += clamped
-                self.last_command = action
-            if action is not None:
-                c.commands += 1
-            return TickResult(action, "stale")
+            self._discard()
+            return self._safe_result(obs, "stale")
         inference_s = 0.0
-        low = self.backend.low[0]
+        low = self._low[0]
         for key, a, b in self._low_slices:
             low[a:b] = obs[key]
         if not np.isfinite(low).all():  # checked every tick, also while a chunk runs open loop
             c.nonfinite_inputs += 1
-            self.scheduler.reset()
+            self._discard()
             return TickResult(None, "nonfinite_input")
-        if self.scheduler.needs_prediction():
+        if self.prefetch:
+            if not self.scheduler.remaining:
+                result, inference_s = self._take_chunk(obs)
+                if result is not None:
+                    return result
+            if self._job is None and self.scheduler.remaining <= self.prefetch:
+                self._submit(obs)
+        elif self.scheduler.needs_prediction():
             for key, img in self.backend.images.items():
                 img[0] = obs[key]
             t = time.perf_counter()
             chunk = self.backend.run()
             inference_s = time.perf_counter() - t
             c.inferences += 1
+            self.inference_times.add(inference_s)
             if not np.isfinite(chunk).all():
                 c.nonfinite_outputs += 1
                 self.scheduler.reset()
                 return TickResult(None, "nonfinite_output", inference_s=inference_s)
             self.scheduler.add(chunk)
+            c.chunks += 1
         action, clamped = self._limit(self.scheduler.next(), obs)
         if clamped:
             c.clamped_ticks += 1
@@ -312,6 +520,42 @@ class PolicyController:
         c.commands += 1
         return TickResult(action, "ok", clamped, inference_s)
 
+    def _take_chunk(self, obs: dict) -> tuple[TickResult | None, float]:
+        """The current chunk ran out (prefetch): put the one in flight into execution (None,
+        its inference seconds), or (the result of this tick without a chunk's action, 0)."""
+        c = self.counters
+        fresh = self._job is None
+        if fresh:  # nothing in flight (a new episode): computed now
+            self._submit(obs)
+        job = self._job
+        if not job.future.done():
+            if self.late_chunk == "hold":
+                c.no_action_ticks += 1
+                return self._safe_result(obs, "late"), 0.0
+            c.waited_ticks += int(not fresh)  # (a first chunk is waited for by design)
+            wait_for([job.future])
+        self._job = None
+        try:
+            out = job.future.result()
+        except Exception as exc:  # noqa: BLE001 - reported, the tick gives the safe command
+            c.inference_errors += 1
+            return self._safe_result(obs, "inference_error", f"{type(exc).__name__}: {exc}"), 0.0
+        chunk, seconds = out  # (a job of another generation is never self._job)
+        c.inferences += 1
+        self.inference_times.add(seconds)
+        if not np.isfinite(chunk).all():
+            c.nonfinite_outputs += 1
+            return TickResult(None, "nonfinite_output", inference_s=seconds), seconds
+        skip = self._t - job.tick   # the ticks since its observation: their actions are past
+        if skip >= self.scheduler.execute:  # all past (hold): a new one from now
+            c.discarded_chunks += 1
+            c.no_action_ticks += 1
+            self._submit(obs)
+            return self._safe_result(obs, "late"), 0.0
+        self.scheduler.add(chunk, skip)
+        c.chunks += 1
+        return None, seconds
+
     def split(self, action: np.ndarray) -> list:
         """[(action key, values)] in spec order."""
         return [(key, action[a:b]) for key, a, b in self.splits]
@@ -319,18 +563,21 @@ class PolicyController:
 
 def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: str = "",
                     lower=None, upper=None, max_delta=None, allow_unlimited: bool = False,
-                    chunk_mode: str = "first", ensemble_decay: float = 0.01,
-                    chunk_execute: int = 0, max_age: float = 0.0,
-                    safe_command: str = "hold") -> tuple[PolicyController, ActionLimits | None]:
+                    chunk_mode: str = "auto", ensemble_decay: float = 0.01,
+                    chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
+                    prefetch: int = 0, late_chunk: str = "wait"
+                    ) -> tuple[PolicyController, ActionLimits | None]:
     """The controller the policy node runs for ``loaded`` on ``spec`` (default: the
     checkpoint's), under the action limits ``runtime_limits`` gives (the checkpoint's, replaced
-    in part or whole by ``robot``/``lower``/``upper``/``max_delta``). Every world that runs a
-    policy (the node, the gymnasium rollouts) builds its controller here, so that they command
-    alike. Returns (controller, limits); raises ``LimitsError`` as ``runtime_limits`` does."""
+    in part or whole by ``robot``/``lower``/``upper``/``max_delta``), executing chunks as
+    ``chunking`` resolves ``chunk_mode`` (default: the policy family's own). Every world that
+    runs a policy (the node, the gymnasium rollouts) builds its controller here, so that they
+    command alike. Returns (controller, limits); raises ``LimitsError`` as ``runtime_limits``
+    does, ``ValueError`` for chunk settings that cannot run the policy."""
     spec = spec or loaded.spec
     limits = runtime_limits(spec, loaded.meta.get("action_limits"), robot, lower, upper,
                             max_delta, allow_unlimited)
     controller = PolicyController(spec, loaded, ActionFilter.from_limits(limits, spec.action_dim),
                                   chunk_mode, ensemble_decay, chunk_execute, max_age,
-                                  safe_command)
+                                  safe_command, prefetch, late_chunk)
     return controller, limits

@@ -112,8 +112,11 @@ def evaluate_loaded(loaded, task: str, episodes: int, seed: int, camera_size=(32
                             keep_commands=keep_commands, progress=progress)
     finally:
         world.close()
+        controller.close()
     out = summarize(results)
-    out["policy"] = {"backend": loaded.backend.kind, "counters": vars(controller.counters)}
+    out["policy"] = {"backend": loaded.backend.kind, "chunking": controller.describe(),
+                     "counters": vars(controller.counters),
+                     "chunk_inference": controller.timing()}
     if keep_commands:
         out["results"] = results
     return out

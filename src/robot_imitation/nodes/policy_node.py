@@ -25,6 +25,15 @@ older than ``max_age_periods`` control periods gives the safe command (``hold``:
 command; ``zero``: toward zeros, no faster than the largest change per tick) and a diagnostics
 error; NaN/inf in an input or an output publishes nothing; clamping is counted and logged.
 
+Chunks (``chunk_mode``; ``auto``, the default, is the policy family's own: ``mlp`` the first
+action of every prediction, ``act`` and ``diffusion`` half of each chunk with the next one
+computed a tick ahead): with ``chunk_prefetch`` L >= 1 the next chunk is computed on a worker
+thread, from the state L ticks before the current chunk runs out, so that inference longer than
+a tick does not hold up the tick. A chunk not ready in time is waited for (``late_chunk: wait``,
+the default: commands are the same however long inference takes, as lockstep simulation needs);
+a real-time robot sets ``late_chunk: hold``: the tick gives the safe command, through the same
+filter, and the chunk is used when it comes, from the action for that tick on.
+
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
 ~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new value of the
 ``checkpoint`` parameter (or, opt-in, a path on ``checkpoint_topic``) is checked at once (a
@@ -32,14 +41,13 @@ checkpoint folder trained for the running spec, or the change is refused with th
 loaded in the background and swapped in between ticks; a failed load keeps the running policy,
 puts the parameter back and says why (log, /diagnostics).
 /diagnostics (1 Hz): latency from observation stamp to publish (p50/p99/max), compute time,
-tick overruns, missed ticks, model version, backend, counters.
+tick overruns, missed ticks, model version, backend, the chunk execution (resolved), inference
+time per chunk (p50/p99/max), counters (chunks, waited ticks, ticks without a chunk's action...).
 """
 from __future__ import annotations
 
 import threading
 import time
-
-import numpy as np
 
 from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer, declare_all, run,
                      stamp_ns, state_to_answer, take_state)
@@ -54,32 +62,13 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
-from ..deploy.runtime import (CHUNK_MODES, SAFE_COMMANDS, ActionFilter,  # noqa: E402
-                              PolicyController, load_policy, make_controller)
+from ..deploy.runtime import (CHUNK_MODES, LATE_CHUNKS, SAFE_COMMANDS,  # noqa: E402
+                              ActionFilter, PolicyController, TimeWindow, load_policy,
+                              make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..pairing import stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
-
-WINDOW = 4096  # latencies kept for the diagnostics percentiles
-
-
-class LatencyWindow:
-    def __init__(self, size: int = WINDOW):
-        self.values = np.zeros(size)
-        self.n = 0
-
-    def add(self, v: float) -> None:
-        self.values[self.n % len(self.values)] = v
-        self.n += 1
-
-    def summary(self) -> dict:
-        v = self.values[: min(self.n, len(self.values))]
-        if v.size == 0:
-            return {}
-        p50, p99 = np.percentile(v, [50, 99])
-        return {"p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "max_ms": v.max() * 1e3}
-
 
 class PolicyNode(LifecycleNode):
     NODE_NAME = "policy_node"
@@ -95,14 +84,23 @@ class PolicyNode(LifecycleNode):
               min_value=0.0, max_value=10000.0),
         Param("backend", "auto", "inference backend; auto measures them on the model and keeps "
               "the fastest", read_only=True, choices=("auto",) + KINDS),
-        Param("threads", 1, "CPU threads for inference", read_only=True, min_value=1,
-              max_value=64),
-        Param("chunk_mode", "first", "chunked policies: first action of each prediction, whole "
-              "chunks, or a temporal ensemble", read_only=True, choices=CHUNK_MODES),
+        Param("threads", 1, "CPU threads for inference (PyTorch's setting: also those of the "
+              "chunk worker's inference)", read_only=True, min_value=1, max_value=64),
+        Param("chunk_mode", "auto", "chunked policies: the policy family's own (auto), the first "
+              "action of each prediction, chunks open loop, or a temporal ensemble",
+              read_only=True, choices=("auto",) + CHUNK_MODES),
         Param("ensemble_decay", 0.01, "temporal ensemble weight exp(-decay * i), i = 0 oldest",
               read_only=True, min_value=0.0, max_value=10.0),
-        Param("chunk_execute", 0, "chunk mode: actions executed per prediction (0: the whole "
-              "chunk)", read_only=True, min_value=0, max_value=10000),
+        Param("chunk_execute", 0, "chunk mode: the actions of each chunk executed (0: the whole "
+              "chunk; under auto, the family's)", read_only=True, min_value=0, max_value=10000),
+        Param("chunk_prefetch", 0, "chunk mode: ticks of lead: the next chunk is computed on a "
+              "worker thread when this many actions are left, and executed from that index on "
+              "(0: inside the tick when the chunk runs out; under auto, the family's)",
+              read_only=True, min_value=0, max_value=10000),
+        Param("late_chunk", "wait", "a prefetched chunk not ready in time: wait for it (the "
+              "same commands however long inference takes: lockstep simulation) or hold (the "
+              "safe command until it comes: a real-time robot)", read_only=True,
+              choices=LATE_CHUNKS),
         Param("max_age_periods", 3.0, "a state older than this many control periods is stale "
               "(0: no check)", min_value=0.0, max_value=1e6),
         Param("safe_command", "hold", "what a stale state gets: hold (repeat the last command) "
@@ -140,8 +138,8 @@ class PolicyNode(LifecycleNode):
         self.active = False
         self.enabled = True
         self.lock = threading.Lock()
-        self.latency = LatencyWindow()
-        self.compute = LatencyWindow()
+        self.latency = TimeWindow()
+        self.compute = TimeWindow()
         self.missed_ticks = 0
         self.overruns = 0
         self.reloads = 0
@@ -199,7 +197,8 @@ class PolicyNode(LifecycleNode):
             loaded, self.spec, **self._limit_args(), chunk_mode=self.p["chunk_mode"],
             ensemble_decay=self.p["ensemble_decay"], chunk_execute=self.p["chunk_execute"],
             max_age=self.p["max_age_periods"] * self.period,
-            safe_command=self.p["safe_command"])
+            safe_command=self.p["safe_command"], prefetch=self.p["chunk_prefetch"],
+            late_chunk=self.p["late_chunk"])
         if limits is None:
             self.get_logger().warning("commanding WITHOUT action limits (allow_unlimited): nothing "
                                    "bounds the commands or their change per tick")
@@ -226,9 +225,9 @@ class PolicyNode(LifecycleNode):
         self._ents.append(self.create_timer(self.period, self._on_timer))
         self.get_logger().info(
             f"policy {loaded.path} (type {loaded.policy_type}, version {loaded.version}, "
-            f"spec '{self.spec.name}', "
-            f"chunk {loaded.chunk}) on backend {loaded.backend.kind} "
-            f"[{self._backend_table(loaded)}], trigger {self.p['trigger']} at "
+            f"spec '{self.spec.name}', chunk {loaded.chunk}; {self.controller.describe()}) on "
+            f"backend {loaded.backend.kind} [{self._backend_table(loaded)}], trigger "
+            f"{self.p['trigger']} at "
             f"{1 / self.period:g} Hz, loaded in {loaded.load_seconds:.2f} s")
 
     def _limit_args(self) -> dict:
@@ -286,6 +285,8 @@ class PolicyNode(LifecycleNode):
         for pub in getattr(self, "pubs", []):
             self.destroy_lifecycle_publisher(pub)
         self.pubs = []
+        if self.controller is not None:
+            self.controller.close()
         self.controller = None
 
     # ================================================================== control
@@ -335,11 +336,18 @@ class PolicyNode(LifecycleNode):
         t0 = time.perf_counter()
         now = self.get_clock().now().nanoseconds * 1e-9
         result = self.controller.tick(obs, now - stamp)
-        if result.reason != "ok":
+        if result.reason == "late":  # late_chunk hold: counted (no_action_ticks), not an error
+            self.get_logger().warning(
+                f"the next chunk is not computed yet: safe command ({self.p['safe_command']}; "
+                f"{self.controller.counters.no_action_ticks} such ticks in all)",
+                throttle_duration_sec=5.0)
+        elif result.reason != "ok":
             self.problem = {"stale": f"state {now - stamp:.3f} s old: safe command "
                                      f"({self.p['safe_command']})",
                             "nonfinite_input": "NaN/inf in the observation: no command",
-                            "nonfinite_output": "NaN/inf in the policy output: no command"
+                            "nonfinite_output": "NaN/inf in the policy output: no command",
+                            "inference_error": f"inference failed ({result.error}): safe "
+                                               f"command ({self.p['safe_command']})"
                             }[result.reason]
             self.get_logger().error(self.problem, throttle_duration_sec=2.0)
         if result.clamped:
@@ -464,6 +472,9 @@ class PolicyNode(LifecycleNode):
                 except RuntimeError:  # this backend cannot run the new model: measure again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
                 limits = self._limits(controller.spec, loaded.meta.get("action_limits"))
+                # checked here (a prefetch its chunk cannot run: ValueError), swapped at a tick
+                controller.offer(loaded, ActionFilter.from_limits(limits,
+                                                                  controller.spec.action_dim))
             except (ValueError, RuntimeError, OSError) as exc:
                 self.reload_failures += 1
                 self.reload_error = str(exc)
@@ -472,7 +483,6 @@ class PolicyNode(LifecycleNode):
                 # the parameter names the checkpoint that runs
                 self.set_parameters([Parameter("checkpoint", value=controller.policy.path)])
                 continue
-            controller.offer(loaded, ActionFilter.from_limits(limits, controller.spec.action_dim))
             self.loaded_path = path
             self.reloads += 1
             self.reload_error = ""
@@ -499,7 +509,17 @@ class PolicyNode(LifecycleNode):
                            "commands": k.commands, "inferences": k.inferences,
                            "stale": k.stale, "nonfinite_inputs": k.nonfinite_inputs,
                            "nonfinite_outputs": k.nonfinite_outputs,
-                           "clamped_ticks": k.clamped_ticks, "swaps": k.swaps})
+                           "clamped_ticks": k.clamped_ticks, "swaps": k.swaps,
+                           "chunk_mode": c.settings["chunk_mode"]
+                           + " (auto)" * c.settings["auto"],
+                           "chunk_execute": c.settings["chunk_execute"],
+                           "chunk_prefetch": c.settings["prefetch"],
+                           "late_chunk": c.settings["late_chunk"], "chunks": k.chunks,
+                           "discarded_chunks": k.discarded_chunks,
+                           "waited_ticks": k.waited_ticks, "no_action_ticks": k.no_action_ticks,
+                           "inference_errors": k.inference_errors})
+            for key, v in c.timing().items():
+                values[f"chunk_inference_{key}"] = f"{v:.3f}"
         for name, window in (("latency", self.latency), ("compute", self.compute)):
             for key, v in window.summary().items():
                 values[f"{name}_{key}"] = f"{v:.3f}"

@@ -11,7 +11,7 @@ A family is a ``Policy`` subclass with a config dataclass (a ``PolicyConfig`` su
 
 and may override ``reset()`` (between episodes; a policy that keeps state between calls also
 sets ``traceable = False``), ``set_statistics`` (the training split's statistics), ``options``
-and ``build``.
+and ``build``, and set ``deploy_defaults`` (how the policy node executes its chunks by default).
 
 Every policy holds the normalizers ``obs_norm`` (low-dimensional inputs and derived features,
 in spec order) and ``act_norm`` (actions, relative where declared), set from the training
@@ -98,6 +98,10 @@ class Policy(nn.Module):
     # what loss() averages over: "samples", or "valid_steps" (the unmasked chunk steps of the
     # batch; a multi-process run then rescales each process's loss to the whole batch's)
     loss_mean_over: ClassVar[str] = "samples"
+    # how the policy node executes this family's chunks by default (its ``chunk_mode`` "auto",
+    # see ``deployment``): the controller's chunk_mode, and for "chunk" optionally
+    # chunk_execute (default: half the chunk) and prefetch (ticks of lead of the next chunk)
+    deploy_defaults: ClassVar[dict] = {"chunk_mode": "first"}
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
@@ -108,6 +112,18 @@ class Policy(nn.Module):
         self.obs_norm = Normalizer(cfg.input_dim)
         self.derived = cfg.feature_specs()
         self.act_norm = Normalizer(cfg.action_dim)
+
+    @classmethod
+    def deployment(cls, cfg: PolicyConfig) -> dict:
+        """The controller settings {chunk_mode, chunk_execute, prefetch} that chunk_mode "auto"
+        takes for a policy of ``cfg``: ``deploy_defaults``, sized to ``cfg.chunk``. Executing
+        half the chunk before the next one is computed, from an observation ``prefetch`` ticks
+        before it is needed, keeps the policy reactive without inference on every tick."""
+        out = {"chunk_mode": "first", "chunk_execute": 0, "prefetch": 0, **cls.deploy_defaults}
+        if out["chunk_mode"] == "chunk":
+            out["chunk_execute"] = min(out["chunk_execute"] or max(1, cfg.chunk // 2), cfg.chunk)
+            out["prefetch"] = min(out["prefetch"], out["chunk_execute"] - 1)
+        return out
 
     # ----------------------------------------------------------------- building
     @classmethod

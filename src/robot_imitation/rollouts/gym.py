@@ -133,6 +133,8 @@ class GymLearningWorld(GymWorld):
         from ..deploy.runtime import load_policy, make_controller
 
         self.loaded = load_policy(checkpoint, self.spec, self.backend, threads=1)
+        if self.controller is not None:
+            self.controller.close()
         self.controller, _ = make_controller(self.loaded, self.spec)
 
     def evaluate(self, seeds, who: str = "policy") -> dict:
@@ -214,8 +216,8 @@ class GymLearningWorld(GymWorld):
     def policy_stats(self) -> dict:
         c = self.controller
         return {"backend": self.loaded.backend.kind} if c is None else {
-            "backend": self.loaded.backend.kind, "clamped_ticks": c.counters.clamped_ticks,
-            "ticks": c.counters.ticks}
+            "backend": self.loaded.backend.kind, "chunking": c.describe(),
+            "clamped_ticks": c.counters.clamped_ticks, "ticks": c.counters.ticks}
 
 
 @contextlib.contextmanager

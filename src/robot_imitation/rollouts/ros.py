@@ -384,7 +384,7 @@ class RosWorld:
 
     def policy_stats(self) -> dict:
         return {k: v for k, v in self.rig.diagnostics("policy_node", True).items()
-                if k.startswith(("latency", "compute", "backend"))}
+                if k.startswith(("latency", "compute", "backend", "chunk"))}
 
     def close(self) -> None:
         if self.rig is not None:

@@ -24,6 +24,8 @@ from .config import ActConfig
 class ActPolicy(Policy):
     config_class = ActConfig
     traceable = False  # the eager backend runs it (transformer export is not checked yet)
+    # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
+    deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
 
     def __init__(self, cfg: ActConfig):
         super().__init__(cfg)

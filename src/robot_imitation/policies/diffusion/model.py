@@ -79,6 +79,8 @@ class ResidualBlock(nn.Module):
 class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
     traceable = False  # the sampler loops in Python: the eager backend runs it
+    # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
+    deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
