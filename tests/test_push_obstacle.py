@@ -196,3 +196,28 @@ def test_the_expert_is_a_pure_function_of_the_observation():
     push.reset(0)
     np.testing.assert_array_equal(PushExpert(push).push_target(push.observe()),
                                   push.observe()["goal_pose"][:2])
+
+
+@pytest.mark.ros
+def test_through_ros_the_expert_node_takes_the_route_from_the_bridge(tmp_path):
+    """Recorded through bridge, expert node and recorder (lockstep), the demonstrations are the
+    gymnasium ones, command for command: the expert node reads ``route_pose`` off the bridge's
+    topic, and the recording (the spec's topics) holds the post but not the route."""
+    from robot_imitation.data.dataset import build_dataset
+    from robot_imitation.rollouts.gym import expert_demonstrations
+    from robot_imitation.ros.pipelines import record_demonstrations
+
+    entries = record_demonstrations(tmp_path / "ds", task=TASK, episodes=2, seed=700,
+                                    log_dir=tmp_path / "logs")
+    assert [e["status"] for e in entries] == ["ok", "ok"] and all(e["success"] for e in entries)
+    assert "/obstacle_pose" in entries[0]["counts"] and "/route_pose" not in entries[0]["counts"]
+    ros = build_dataset(tmp_path / "ds", cache=False, val_fraction=0.0).episodes
+    gym_demos = expert_demonstrations(TASK, [e["seed"] for e in entries])
+    for a, b in zip(ros, gym_demos):
+        n = len(b.actions)  # through ROS the expert also answers the final state
+        assert len(a.actions) == n + 1
+        # the same numbers (the gymnasium episodes are kept as float32)
+        np.testing.assert_array_equal(a.actions[:n].astype(np.float32), b.actions)
+        for key in b.obs:
+            np.testing.assert_array_equal(a.obs[key][:n].astype(np.float32), b.obs[key],
+                                          err_msg=key)
