@@ -227,7 +227,7 @@ class PushObstacleLogic(PushLogic):
         r, h = self.p["obstacle_radius"], self.p["obstacle_half_height"]
         post = spec.worldbody.add_body(name="obstacle", mocap=True)
         # priority: its low friction holds in contacts (MuJoCo takes the larger otherwise), so
-        # the puck slides round the post rather than rolling on it
+        # a puck pushed against the post slides round it rather than catching on it
         post.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[r, h, 0],
                       rgba=[0.25, 0.3, 0.75, 1], friction=[0.1, 0.005, 0.0001], priority=1)
         spec.worldbody.add_body(name="route", mocap=True)
