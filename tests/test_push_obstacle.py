@@ -1,18 +1,18 @@
 """push_obstacle, the multimodal contact task: a fixed post between puck and goal, an expert that
 goes round it on a side drawn at random, demonstrations that hold both routes from states that
-look alike (real MuJoCo physics, no ROS)."""
+look alike (real MuJoCo physics; a ROS graph only in the test marked ros)."""
 import gymnasium as gym
-import mujoco
 import numpy as np
 import pytest
+import yaml
 from gymnasium.utils.env_checker import check_env
 
-import robot_imitation  # noqa: F401  (registers the environments)
+import robot_imitation  # registers the environments
 from robot_imitation.bridge.core import BridgeCore
 from robot_imitation.learning.evaluation import task_mismatch
 from robot_imitation.rollouts.gym import GymWorld
 from robot_imitation.sim.experts import PushExpert, PushObstacleExpert, make_expert
-from robot_imitation.sim.tasks import PushObstacleLogic, TaskSim
+from robot_imitation.sim.tasks import PushLogic, PushObstacleLogic, TaskSim
 from robot_imitation.spec import Spec, derive
 
 TASK = "push_obstacle"
@@ -222,3 +222,12 @@ def test_through_ros_the_expert_node_takes_the_route_from_the_bridge(tmp_path):
         for key in b.obs:
             np.testing.assert_array_equal(a.obs[key][:n].astype(np.float32), b.obs[key],
                                           err_msg=key)
+
+
+def test_task_names_pick_logic_and_expert_by_full_name_then_prefix(tmp_path):
+    """push_obstacle is its own task; a variant such as push_fast is still a push."""
+    path = tmp_path / "push_fast.yaml"
+    path.write_text(yaml.safe_dump({**TaskSim("push").cfg.params, "name": "push_fast"}))
+    fast = TaskSim(str(path))
+    assert type(fast.logic) is PushLogic and type(make_expert(fast)) is PushExpert
+    assert type(TaskSim(TASK).logic) is PushObstacleLogic
