@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import robot_imitation  # noqa: F401  (registers the environments)
+import robot_imitation  # registers the environments
 from robot_imitation.sim.experts import make_expert
 from robot_imitation.sim.robot import ModelError, RobotConfig
 from robot_imitation.sim.tasks import TaskConfig, TaskSim
@@ -13,7 +13,7 @@ PANDA_JOINTS = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"
                                                            "panda_finger_joint2"]
 
 
-@pytest.mark.parametrize("env_id", ["robot_imitation/Reach-v0", "robot_imitation/Push-v0"])
+@pytest.mark.parametrize("env_id", sorted(robot_imitation.ENV_IDS.values()))
 def test_gymnasium_api(env_id):
     env = gym.make(env_id)
     check_env(env.unwrapped, skip_render_check=True)
@@ -35,7 +35,7 @@ def test_panda_model():
     assert sim.data.site_xmat[sim.robot.ee_site].reshape(3, 3)[2, 2] < -0.9
 
 
-@pytest.mark.parametrize("task", ["reach", "push"])
+@pytest.mark.parametrize("task", ["reach", "push", "push_obstacle"])
 def test_seeded_reset_reproduces_state(task):
     a, b = TaskSim(task), TaskSim(task)
     a.reset(42)
@@ -46,10 +46,10 @@ def test_seeded_reset_reproduces_state(task):
     assert not np.array_equal(a.observe()["joint_pos"], b.observe()["joint_pos"])
 
 
-@pytest.mark.parametrize("task", ["reach", "push"])
+@pytest.mark.parametrize("task", ["reach", "push", "push_obstacle"])
 def test_gym_rollouts_deterministic(task):
     def rollout():
-        env = gym.make(f"robot_imitation/{task.capitalize()}-v0")
+        env = gym.make(robot_imitation.ENV_IDS[task])
         expert = make_expert(env.unwrapped.sim)
         obs, _ = env.reset(seed=11)
         traj = [obs["joint_pos"]]
@@ -63,10 +63,11 @@ def test_gym_rollouts_deterministic(task):
     assert np.ptp(first[:, :7], axis=0).max() > 0.05  # the arm really moved
 
 
-@pytest.mark.parametrize("task", ["reach", "push"])
+@pytest.mark.parametrize("task", ["reach", "push",
+                                  pytest.param("push_obstacle", marks=pytest.mark.slow)])  # 10 s
 def test_expert_success_rate(task):
     """Each scripted expert solves >= 95% of randomized episodes (100 episodes, fixed seeds)."""
-    env = gym.make(f"robot_imitation/{task.capitalize()}-v0")
+    env = gym.make(robot_imitation.ENV_IDS[task])
     expert = make_expert(env.unwrapped.sim)
     successes = 0
     for seed in range(100):

@@ -34,7 +34,7 @@ def pose(stamp, xyz):
     return msg
 
 
-@pytest.mark.parametrize("name", ["reach", "push", "push_image"])
+@pytest.mark.parametrize("name", ["reach", "push", "push_image", "push_obstacle"])
 def test_builtin_specs_load(name):
     spec = Spec.load(name)
     assert spec.action_dim == 8
@@ -221,7 +221,7 @@ def test_existing_specs_and_stored_specs_still_load_with_their_fingerprints():
     """The built-in specs, and Spec.to_dict output (as datasets and checkpoints store it), load
     unchanged: the same fingerprints as before unknown keys were refused."""
     fingerprints = {"reach": "b4d4efe280fab873", "push": "06bfab5b73266614",
-                    "push_image": "e5bc96d81c066449"}
+                    "push_image": "e5bc96d81c066449", "push_obstacle": "2352818d095eb5fa"}
     for name, fingerprint in fingerprints.items():
         spec = Spec.load(name)
         assert spec.fingerprint() == fingerprint

@@ -29,13 +29,15 @@ Adding a policy family: a ``Policy`` subclass with its ``PolicyConfig`` subclass
 ``<name> = "package.module:Class"`` in the group ``robot_imitation.policies``. Adding a
 learning algorithm: a module of ``algorithms`` over the world interface (``algorithms``).
 
-Importing the package registers the gymnasium environments ``robot_imitation/Reach-v0`` and
-``robot_imitation/Push-v0`` (nothing heavy is imported until one is made).
+Importing the package registers the gymnasium environments ``robot_imitation/Reach-v0``,
+``robot_imitation/Push-v0`` and ``robot_imitation/PushObstacle-v0`` (nothing heavy is imported
+until one is made).
 """
 
 __version__ = "0.1.0"
 
-ENV_IDS = {"reach": "robot_imitation/Reach-v0", "push": "robot_imitation/Push-v0"}
+ENV_IDS = {"reach": "robot_imitation/Reach-v0", "push": "robot_imitation/Push-v0",
+           "push_obstacle": "robot_imitation/PushObstacle-v0"}
 
 
 def register_envs() -> None:

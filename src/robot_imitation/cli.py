@@ -110,9 +110,11 @@ def cmd_tasks(args) -> int:
     from .paths import available
     from .sim.tasks import TaskConfig
 
-    for name in available("tasks"):
+    names = available("tasks")
+    width = max(map(len, names), default=0)
+    for name in names:
         cfg = TaskConfig.load(name)
-        print(f"{name:10s} robot={cfg.robot} control={cfg.control_rate:g} Hz "
+        print(f"{name:{width}s} robot={cfg.robot} control={cfg.control_rate:g} Hz "
               f"max_steps={cfg.max_steps} cameras={list(cfg.cameras)}")
     print("robots:", ", ".join(available("robots")))
     print("specs:", ", ".join(available("specs")))

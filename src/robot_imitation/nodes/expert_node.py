@@ -1,8 +1,9 @@
 """Scripted expert node: drives the robot on the same command topics a human's teleop would.
 
-Subscribes to joint_states and the task's pose topics, assembles the observation with
-``ObservationAssembler`` and publishes the expert's command on /<arm_controller>/commands
-(std_msgs/Float64MultiArray) and /<gripper_controller>/commands.
+Subscribes to joint_states and the task's pose topics (also those only an expert sees, such as
+push_obstacle's ``route_pose``), assembles the observation with ``ObservationAssembler`` and
+publishes the expert's command on /<arm_controller>/commands (std_msgs/Float64MultiArray) and
+/<gripper_controller>/commands.
 
 trigger=state: answer every new state (all parts with one stamp) once; this is what the bridge's
 lockstep mode waits for (each command names the state it answers, ``pairing``). trigger=timer: publish at the task's control rate from the newest state
@@ -21,7 +22,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
-from ..spec import Spec, SpecError  # noqa: E402
+from ..spec import FieldSpec, Spec, SpecError  # noqa: E402
 
 
 class ScriptedExpert(Node):
@@ -52,11 +53,15 @@ class ScriptedExpert(Node):
         self.expert = make_expert(self.sim)
         self.period = self.sim.control_period
         self.spec = Spec.load(p["spec"] or self.sim.cfg.name)
-        needed = {"joint_pos", "ee_pose", *self.sim.logic.pose_keys}
+        own = tuple(self.sim.logic.privileged_keys)
+        needed = {"joint_pos", "ee_pose", *self.sim.logic.pose_keys} - set(own)
         fields = [f for f in self.spec.observations if f.key in needed]
         missing = needed - {f.key for f in fields}
         if missing:
             raise SpecError(f"spec {self.spec.name} lacks what the expert observes: {sorted(missing)}")
+        # what only the expert sees (push_obstacle's side): no policy's spec has it; the bridge
+        # publishes it, stamped with the rest of the state, on the topic of its name
+        fields += [FieldSpec(k, f"/{k}", "geometry_msgs/msg/PoseStamped", "pose") for k in own]
         self.assembler = ObservationAssembler(self.spec, fields)
         self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
                                               COMMAND_QOS)

@@ -1,4 +1,5 @@
-"""The tasks as gymnasium environments (``robot_imitation/Reach-v0``, ``robot_imitation/Push-v0``)."""
+"""The tasks as gymnasium environments (``robot_imitation/Reach-v0``, ``robot_imitation/Push-v0``,
+``robot_imitation/PushObstacle-v0``)."""
 from __future__ import annotations
 
 import gymnasium as gym

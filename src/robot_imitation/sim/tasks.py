@@ -85,6 +85,9 @@ class TaskLogic:
 
     #: observation keys besides the robot's own, each a pose (x y z qw qx qy qz)
     pose_keys: tuple = ()
+    #: those of ``pose_keys`` only the scripted expert reads (no policy's spec has them): the
+    #: expert node takes them from the bridge's topic of that name
+    privileged_keys: tuple = ()
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -200,7 +203,83 @@ class PushLogic(TaskLogic):
         return -self.distance(data)
 
 
-TASK_LOGIC = {"reach": ReachLogic, "push": PushLogic, "none": TaskLogic}
+def route_clearance(p: dict) -> float:
+    """Distance from the post's axis to the puck centre's route beside it (``push_obstacle``)."""
+    return p["obstacle_radius"] + p["puck_radius"] + p["route_margin"]
+
+
+class PushObstacleLogic(PushLogic):
+    """Push with a fixed post halfway between the puck and the goal: the puck has to go round
+    it, on the left or the right, and both are as good.
+
+    The side the expert takes is drawn at reset after everything visible (arm, puck, goal, post)
+    and is published as ``route_pose``, the point beside the post the route passes: the expert
+    reads it, no policy's spec carries it, so the demonstrations hold both modes from states
+    that look alike. It is a mocap body without geoms, so no camera shows it.
+    """
+
+    pose_keys = ("object_pose", "goal_pose", "obstacle_pose", "route_pose")
+    #: poses for the scripted expert only: published and observed, never in a policy's spec
+    privileged_keys = ("route_pose",)
+
+    def build(self, spec):
+        super().build(spec)
+        r, h = self.p["obstacle_radius"], self.p["obstacle_half_height"]
+        post = spec.worldbody.add_body(name="obstacle", mocap=True)
+        # priority: its low friction holds in contacts (MuJoCo takes the larger otherwise), so
+        # a puck pushed against the post slides round it rather than catching on it
+        post.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[r, h, 0],
+                      rgba=[0.25, 0.3, 0.75, 1], friction=[0.1, 0.005, 0.0001], priority=1)
+        spec.worldbody.add_body(name="route", mocap=True)
+
+    def bind(self, model):
+        super().bind(model)
+        self.post = model.body_mocapid[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY,
+                                                         "obstacle")]
+        self.route = model.body_mocapid[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY,
+                                                          "route")]
+
+    def reset(self, model, data, rng):
+        p = self.p
+        lo, hi = np.asarray(p["goal_low"]), np.asarray(p["goal_high"])
+        clear = route_clearance(p)
+        for _ in range(1000):
+            puck_xy = rng.uniform(p["puck_low"], p["puck_high"])
+            angle = rng.uniform(-np.pi, np.pi)
+            u = np.array([np.cos(angle), np.sin(angle)])
+            goal_xy = puck_xy + rng.uniform(*p["goal_distance"]) * u
+            post_xy = (puck_xy + goal_xy) / 2 + rng.uniform(-1, 1) * p["obstacle_jitter"] * u
+            beside = clear * np.array([-u[1], u[0]])
+            # the goal and both routes inside the box: the layout does not tell the side
+            points = np.array([goal_xy, post_xy + beside, post_xy - beside])
+            if np.all(points >= lo) and np.all(points <= hi):
+                break
+        side = 1.0 if rng.random() < 0.5 else -1.0  # the last draw: after all that is seen
+        data.qpos[self.puck_qpos:self.puck_qpos + 7] = [*puck_xy, p["puck_half_height"],
+                                                        1, 0, 0, 0]
+        data.qvel[self.puck_qvel:self.puck_qvel + 6] = 0
+        data.mocap_pos[self.mocap] = [*goal_xy, 0.001]
+        data.mocap_quat[self.mocap] = [1, 0, 0, 0]
+        data.mocap_pos[self.post] = [*post_xy, p["obstacle_half_height"]]
+        data.mocap_quat[self.post] = [1, 0, 0, 0]
+        data.mocap_pos[self.route] = [*(post_xy + side * beside), p["puck_half_height"]]
+        data.mocap_quat[self.route] = [1, 0, 0, 0]
+
+    def poses(self, model, data):
+        out = super().poses(model, data)
+        for key, i in (("obstacle_pose", self.post), ("route_pose", self.route)):
+            out[key] = np.concatenate([data.mocap_pos[i], data.mocap_quat[i]])
+        return out
+
+
+TASK_LOGIC = {"reach": ReachLogic, "push": PushLogic, "push_obstacle": PushObstacleLogic,
+              "none": TaskLogic}
+
+
+def task_logic(name: str):
+    """The logic of task ``name``: by its full name, else by the part before the first ``_``
+    (``push_fast`` is a ``push``), else None."""
+    return TASK_LOGIC.get(name, TASK_LOGIC.get(name.split("_")[0]))
 
 
 def _add_scene(spec: mujoco.MjSpec, cfg: TaskConfig) -> None:
@@ -231,7 +310,7 @@ class TaskSim:
         self.cfg = task if isinstance(task, TaskConfig) else TaskConfig.load(task)
         self.robot_cfg = (robot if isinstance(robot, RobotConfig)
                           else RobotConfig.load(robot or self.cfg.robot))
-        logic_cls = TASK_LOGIC.get(self.cfg.name.split("_")[0])
+        logic_cls = task_logic(self.cfg.name)
         if logic_cls is None:
             raise ModelError(f"task '{self.cfg.name}': no task logic of that name "
                              f"(known: {sorted(TASK_LOGIC)})")
