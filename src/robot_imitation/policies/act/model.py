@@ -5,7 +5,8 @@ gives the posterior of a latent z; the policy (a transformer encoder over [z, ob
 tokens, a transformer decoder with one learned query per action of the chunk) reconstructs the
 chunk from z and the observation. Loss: L1 on the normalized (relative where declared) chunk,
 masked past the episode's end, plus ``kl_weight`` times the KL divergence to N(0, I).
-Inference: z at the prior's mean (zero), so ``act`` is deterministic.
+Inference: z at the prior's mean (zero), so ``act`` is deterministic and a pure function of
+the observation: TorchScript tracing and ONNX export run it (``Policy.traceable``).
 
 Normalization lives inside the model (the base class's buffers): raw observations in, raw
 actions out.
@@ -23,7 +24,6 @@ from .config import ActConfig
 @register_policy("act")
 class ActPolicy(Policy):
     config_class = ActConfig
-    traceable = False  # the eager backend runs it (transformer export is not checked yet)
 
     def __init__(self, cfg: ActConfig):
         super().__init__(cfg)
