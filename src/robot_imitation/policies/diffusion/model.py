@@ -5,8 +5,11 @@ Training: a chunk x0 (normalized, relative where declared) is noised to
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a random step t of a squared-cosine schedule;
 the denoiser (residual MLP blocks on [x_t, observation, embedding of t]) predicts eps; the loss
 is the mean squared error, masked past the episode's end. Inference: ``inference_steps``
-deterministic DDIM steps from noise drawn with the config's seed, so the same observation gives
-the same chunk.
+deterministic DDIM steps from an initial noise drawn once, when the policy is built, from the
+config's seed (``initial_noise``, the same for every row of a batch): the same observation gives
+the same chunk, wherever it sits in a batch. The noise and the timesteps are fixed by the
+config, so ``act`` is a pure function of the observation: tracing unrolls the sampler's
+denoiser calls into one graph (TorchScript, ONNX) that computes what the loop computes.
 """
 from __future__ import annotations
 
@@ -78,7 +81,6 @@ class ResidualBlock(nn.Module):
 @register_policy("diffusion")
 class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
-    traceable = False  # the sampler loops in Python: the eager backend runs it
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
@@ -88,6 +90,11 @@ class DiffusionPolicy(Policy):
         self.inp = nn.Linear(size, w)
         self.blocks = nn.ModuleList(ResidualBlock(w, w) for _ in range(cfg.blocks))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, size))
+        # the sampler's starting point: made from the config's seed, so not saved with the
+        # weights (checkpoints made before it still load)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.register_buffer("initial_noise", torch.randn(1, cfg.chunk, cfg.action_dim,
+                                                          generator=gen), persistent=False)
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         """Predicted noise (B, chunk, A) of noisy chunks ``x_t`` at steps ``t``."""
@@ -111,8 +118,7 @@ class DiffusionPolicy(Policy):
     def act(self, obs: dict) -> torch.Tensor:
         cfg = self.cfg
         low = self.normalized_inputs(obs)
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        x = torch.randn(low.shape[0], cfg.chunk, cfg.action_dim, generator=gen).to(low.device)
+        x = self.initial_noise.expand(low.shape[0], -1, -1)
         steps = self.schedule.timesteps(cfg.inference_steps)
         for i, t in enumerate(steps):
             tt = torch.full((low.shape[0],), t, device=low.device, dtype=torch.long)
