@@ -158,7 +158,8 @@ class OnnxBackend(Backend):
                                                        for k in self.cfg.image_keys])
         buf = io.BytesIO()
         # In inference, PyTorch runs transformer layers as fused kernels that have no ONNX form:
-        # the export traces their plain form (the same arithmetic) instead.
+        # the export traces their plain form (the same arithmetic) instead. The switch is
+        # process-wide: while the export runs, other threads' transformers take the plain form.
         fused = torch.backends.mha.get_fastpath_enabled()
         try:
             torch.backends.mha.set_fastpath_enabled(False)
