@@ -7,7 +7,8 @@ reason a backend declines a policy, or None):
 
 - ``eager``: the PyTorch module under ``inference_mode``: any policy of any family.
 - ``torchscript``: the same module traced, frozen and optimized for inference: policies whose
-  ``act`` can be traced (``Policy.traceable``).
+  ``act`` can be traced (``Policy.traceable``: the built-in families all are; diffusion's
+  sampler is unrolled into one graph).
 - ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
 - ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
   categorical head.
@@ -156,13 +157,20 @@ class OnnxBackend(Backend):
         inputs = tuple([torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
                                                        for k in self.cfg.image_keys])
         buf = io.BytesIO()
+        # In inference, PyTorch runs transformer layers as fused kernels that have no ONNX form:
+        # the export traces their plain form (the same arithmetic) instead. The switch is
+        # process-wide: while the export runs, other threads' transformers take the plain form.
+        fused = torch.backends.mha.get_fastpath_enabled()
         try:
+            torch.backends.mha.set_fastpath_enabled(False)
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, inputs, buf, dynamo=False, input_names=names,
                                   output_names=["chunk"], opset_version=17)
         except Exception as exc:  # noqa: BLE001 - any exporter failure means "not this backend"
             raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fused)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -41,7 +41,9 @@ class TrainConfig:
         limits=Limits(dict), default_factory=dict, flag="policy-option",
         help="options of the policy family, checked against its config: KEY=VALUE on the "
         "command line, a YAML mapping such as '{width: 64}' as a node parameter (mlp's: "
-        "num_classes, image_channels, keypoints; its others are settings of their own)")
+        "num_classes, image_channels, keypoints, its others are settings of their own; act's "
+        "and diffusion's: all theirs, the camera encoder's image_channels and keypoints as "
+        "mlp's)")
     hidden: list = same_as(MlpConfig, "hidden", option_of="mlp")
     head: str = same_as(MlpConfig, "head", option_of="mlp")
     modes: int = same_as(MlpConfig, "modes", option_of="mlp")

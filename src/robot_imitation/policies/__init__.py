@@ -8,7 +8,12 @@
 - ``registry``: ``register_policy`` (a class decorator), ``policy_class(name)``,
   ``available_policies()``; other packages add families through the entry-point group
   ``robot_imitation.policies``.
-- ``mlp/``: the built-in family ``mlp`` (MLP + camera CNN, heads mse/gaussian/gmm/categorical).
+- ``encoders``: the suite's camera encoder (``ImageEncoder``, ``SpatialSoftmax``), which every
+  family that takes camera observations builds with ``camera_encoders(cfg)``; its options are
+  ``config.CameraOptions``.
+- ``mlp/``: the built-in family ``mlp`` (MLP + camera CNN, heads mse/gaussian/gmm/categorical);
+  ``act/`` (a CVAE action-chunking transformer); ``diffusion/`` (a denoiser over action chunks,
+  DDIM sampling).
 
 Adding a family in this package: a folder ``policies/<name>/`` with its config dataclass (a
 ``PolicyConfig`` subclass whose fields are declared with ``settings.setting``) and its

@@ -5,6 +5,8 @@ spec (and the training's ``chunk``); the inference backends and the policy node'
 read only these, the same way for every family. A family adds its own options as fields with
 defaults, each declared with ``settings.setting`` (limits and a description): they are checked
 when a config is made, and ``policy_config`` options of a training run are held to them.
+``CameraOptions`` declares the camera encoder's options once, for every family that takes
+camera observations (``check_cameras`` checks them).
 
 Nothing here imports torch: the command line reads these dataclasses to build its options.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
-from ..settings import SettingError, check_fields
+from ..settings import Limits, SettingError, check_fields, setting
 
 # the fields of PolicyConfig: filled from the spec, never an option of a family
 LAYOUT = ("low_dim_keys", "low_dim_sizes", "image_keys", "image_shapes", "action_dim", "chunk",
@@ -91,3 +93,25 @@ def input_layout(spec, chunk: int = 1) -> dict:
             "image_shapes": [list(f.shape) for f in spec.image_observations],
             "action_dim": spec.action_dim, "chunk": chunk, "relative": relative,
             "derived": [f.to_dict() for f in spec.features]}
+
+
+@dataclass
+class CameraOptions:
+    """The options of the suite's camera encoder (``encoders.ImageEncoder``), declared once: a
+    family that takes camera observations declares these fields ``same_as`` them (the same
+    names, defaults, limits and descriptions in every family)."""
+
+    image_channels: list = setting(
+        limits=Limits(list, nonempty=True, item=Limits(int, low=1)),
+        default_factory=lambda: [32, 32, 64], help="camera encoder: channels of its convolutions")
+    keypoints: int = setting(32, Limits(int, low=1),
+                             help="camera encoder: spatial-softmax keypoints per camera")
+
+
+def check_cameras(cfg, family: str) -> None:
+    """``SettingError`` for ``CameraOptions`` of ``cfg`` that the encoder cannot take, when the
+    spec has cameras (its group norm splits each convolution's channels into 8 groups)."""
+    bad = [c for c in cfg.image_channels if c % 8]
+    if cfg.image_keys and bad:
+        raise SettingError(f"{family}: image_channels {cfg.image_channels}: each must be a "
+                           f"multiple of 8 (the camera encoder's group norm), not {bad}")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...settings import Limits, SettingError, setting
-from ..config import PolicyConfig
+from ...settings import Limits, SettingError, same_as, setting
+from ..config import CameraOptions, PolicyConfig, check_cameras
 
 _POSITIVE = Limits(int, low=1)
 
@@ -30,12 +30,12 @@ class ActConfig(PolicyConfig):
     kl_weight: float = setting(10.0, Limits(float, low=0.0), help="weight of the KL term")
     dropout: float = setting(0.1, Limits(float, low=0.0, high=0.95),
                              help="dropout inside the transformer")
+    image_channels: list = same_as(CameraOptions, "image_channels")
+    keypoints: int = same_as(CameraOptions, "keypoints")
 
     def __post_init__(self):
         super().__post_init__()
         if self.dim_model % self.heads:
             raise SettingError(f"act: dim_model {self.dim_model} does not divide into "
                                f"{self.heads} heads")
-        if self.image_keys:
-            raise SettingError(f"act: camera observations {self.image_keys} are not supported "
-                               "yet (low-dimensional specs only)")
+        check_cameras(self, "act")

@@ -1,11 +1,15 @@
 """The act network: a conditional VAE over action chunks with a transformer (as ACT).
 
-Training: a CVAE encoder (a transformer encoder over [CLS, observation, the demonstrated chunk])
-gives the posterior of a latent z; the policy (a transformer encoder over [z, observation]
-tokens, a transformer decoder with one learned query per action of the chunk) reconstructs the
-chunk from z and the observation. Loss: L1 on the normalized (relative where declared) chunk,
-masked past the episode's end, plus ``kl_weight`` times the KL divergence to N(0, I).
-Inference: z at the prior's mean (zero), so ``act`` is deterministic.
+Training: a CVAE encoder (a transformer encoder over [CLS, low-dimensional observation, the
+demonstrated chunk]) gives the posterior of a latent z; the policy (a transformer encoder over
+[z, low-dimensional observation, one token per camera], a transformer decoder with one learned
+query per action of the chunk) reconstructs the chunk from z and the observation. A camera's
+token is its keypoints from the suite's camera encoder (``policies.encoders``) projected to
+``dim_model``; as in ACT, the CVAE encoder sees no camera. Loss: L1 on the normalized
+(relative where declared) chunk, masked past the episode's end, plus ``kl_weight`` times the KL
+divergence to N(0, I).
+Inference: z at the prior's mean (zero), so ``act`` is deterministic and a pure function of
+the observation: TorchScript tracing and ONNX export run it (``Policy.traceable``).
 
 Normalization lives inside the model (the base class's buffers): raw observations in, raw
 actions out.
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from ..base import Batch, Policy
+from ..encoders import camera_encoders, camera_features
 from ..registry import register_policy
 from .config import ActConfig
 
@@ -23,7 +28,6 @@ from .config import ActConfig
 @register_policy("act")
 class ActPolicy(Policy):
     config_class = ActConfig
-    traceable = False  # the eager backend runs it (transformer export is not checked yet)
     # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
     deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
 
@@ -43,10 +47,13 @@ class ActPolicy(Policy):
         self.vae_pos = nn.Parameter(torch.zeros(1, 2 + cfg.chunk, d))
         self.vae_encoder = encoder(cfg.vae_layers)
         self.vae_out = nn.Linear(d, 2 * cfg.latent_dim)
-        # the policy: [z, observation] tokens; one query per action of the chunk
+        # the policy: [z, observation, a token per camera]; one query per action of the chunk
         self.latent_in = nn.Linear(cfg.latent_dim, d)
         self.obs_in = nn.Linear(cfg.input_dim, d)
-        self.memory_pos = nn.Parameter(torch.zeros(1, 2, d))
+        self.encoders = camera_encoders(cfg)
+        self.camera_in = nn.ModuleDict({key: nn.Linear(e.out_dim, d)
+                                        for key, e in self.encoders.items()})
+        self.memory_pos = nn.Parameter(torch.zeros(1, 2 + len(cfg.image_keys), d))
         self.encoder = encoder(cfg.encoder_layers)
         layer = nn.TransformerDecoderLayer(d, cfg.heads, cfg.feedforward, cfg.dropout,
                                            batch_first=True, norm_first=True)
@@ -56,9 +63,12 @@ class ActPolicy(Policy):
         for p in (self.vae_cls, self.vae_pos, self.memory_pos, self.queries):
             nn.init.normal_(p, std=0.02)
 
-    def _decode(self, z: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        """Normalized chunks (B, chunk, A) from latents (B, L) and normalized inputs (B, I)."""
-        memory = torch.stack([self.latent_in(z), self.obs_in(low)], dim=1) + self.memory_pos
+    def _decode(self, z: torch.Tensor, low: torch.Tensor, cameras: list) -> torch.Tensor:
+        """Normalized chunks (B, chunk, A) from latents (B, L), normalized inputs (B, I) and
+        each camera's keypoints (B, 2K)."""
+        tokens = [self.latent_in(z), self.obs_in(low)]
+        tokens += [self.camera_in[key](f) for key, f in zip(self.cfg.image_keys, cameras)]
+        memory = torch.stack(tokens, dim=1) + self.memory_pos
         memory = self.encoder(memory)
         queries = self.queries.expand(low.shape[0], -1, -1)
         return self.action_out(self.decoder(queries, memory))
@@ -78,7 +88,7 @@ class ActPolicy(Policy):
         stats = self.vae_out(self.vae_encoder(tokens, src_key_padding_mask=padding)[:, 0])
         mu, logvar = stats.chunk(2, dim=-1)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        predicted = self._decode(z, low)
+        predicted = self._decode(z, low, camera_features(self.encoders, cfg, obs))
         l1 = ((predicted - target).abs().mean(-1) * mask).sum() / mask.sum().clamp_min(1.0)
         kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).sum(-1).mean()
         return l1 + cfg.kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
@@ -86,4 +96,5 @@ class ActPolicy(Policy):
     def act(self, obs: dict) -> torch.Tensor:
         low = self.normalized_inputs(obs)
         z = torch.zeros(low.shape[0], self.cfg.latent_dim, device=low.device)
-        return self.raw_actions(self._decode(z, low), obs)
+        cameras = camera_features(self.encoders, self.cfg, obs)
+        return self.raw_actions(self._decode(z, low, cameras), obs)

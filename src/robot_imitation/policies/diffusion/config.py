@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...settings import Limits, SettingError, setting
-from ..config import PolicyConfig
+from ...settings import Limits, SettingError, same_as, setting
+from ..config import CameraOptions, PolicyConfig, check_cameras
 
 _POSITIVE = Limits(int, low=1)
 
@@ -25,12 +25,12 @@ class DiffusionConfig(PolicyConfig):
     seed: int = setting(0, Limits(int, low=0, high=2**31 - 1),
                         help="seed of the sampler's initial noise at inference (a fixed seed "
                         "gives the same chunk for the same observation)")
+    image_channels: list = same_as(CameraOptions, "image_channels")
+    keypoints: int = same_as(CameraOptions, "keypoints")
 
     def __post_init__(self):
         super().__post_init__()
         if self.inference_steps > self.train_steps:
             raise SettingError(f"diffusion: inference_steps {self.inference_steps} exceeds "
                                f"train_steps {self.train_steps}")
-        if self.image_keys:
-            raise SettingError(f"diffusion: camera observations {self.image_keys} are not "
-                               "supported yet (low-dimensional specs only)")
+        check_cameras(self, "diffusion")

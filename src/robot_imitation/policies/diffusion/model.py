@@ -3,10 +3,15 @@ Diffusion Policy), with a hand-written noise schedule and DDIM sampler (``DdimSc
 
 Training: a chunk x0 (normalized, relative where declared) is noised to
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a random step t of a squared-cosine schedule;
-the denoiser (residual MLP blocks on [x_t, observation, embedding of t]) predicts eps; the loss
-is the mean squared error, masked past the episode's end. Inference: ``inference_steps``
-deterministic DDIM steps from noise drawn with the config's seed, so the same observation gives
-the same chunk.
+the denoiser (residual MLP blocks on x_t, FiLM-conditioned on the observation's features, the
+normalized low-dimensional inputs and each camera's keypoints from the suite's camera encoder,
+and on an embedding of t) predicts eps; the loss is the mean squared error, masked past the
+episode's end. Inference: ``inference_steps`` deterministic DDIM steps from an initial noise
+drawn once, when the policy is built, from the config's seed (``initial_noise``, the same for
+every row of a batch): the same observation gives the same chunk, wherever it sits in a batch.
+The noise and the timesteps are fixed by the config, so ``act`` is a pure function of the
+observation: tracing unrolls the sampler's denoiser calls into one graph (TorchScript, ONNX)
+that computes what the loop computes.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..base import Batch, Policy
+from ..encoders import camera_encoders, camera_features
 from ..registry import register_policy
 from .config import DiffusionConfig
 
@@ -78,7 +84,6 @@ class ResidualBlock(nn.Module):
 @register_policy("diffusion")
 class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
-    traceable = False  # the sampler loops in Python: the eager backend runs it
     # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
     deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
 
@@ -86,14 +91,30 @@ class DiffusionPolicy(Policy):
         super().__init__(cfg)
         w, size = cfg.width, cfg.chunk * cfg.action_dim
         self.schedule = DdimSchedule(cfg.train_steps)
-        self.cond = nn.Sequential(nn.Linear(cfg.input_dim + 64, w), nn.Mish(), nn.Linear(w, w))
+        self.encoders = camera_encoders(cfg)
+        features = cfg.input_dim + sum(e.out_dim for e in self.encoders.values())
+        self.cond = nn.Sequential(nn.Linear(features + 64, w), nn.Mish(), nn.Linear(w, w))
         self.inp = nn.Linear(size, w)
         self.blocks = nn.ModuleList(ResidualBlock(w, w) for _ in range(cfg.blocks))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, size))
+        # the sampler's starting point: made from the config's seed, so not saved with the
+        # weights (checkpoints made before it still load)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.register_buffer("initial_noise", torch.randn(1, cfg.chunk, cfg.action_dim,
+                                                          generator=gen), persistent=False)
 
-    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        """Predicted noise (B, chunk, A) of noisy chunks ``x_t`` at steps ``t``."""
-        c = self.cond(torch.cat([low, step_embedding(t, 64)], dim=-1))
+    def features(self, obs: dict) -> torch.Tensor:
+        """What the denoiser is conditioned on: the normalized low-dimensional observations and
+        derived features, and each camera's keypoints, in spec order (computed once per chunk,
+        not per denoising step)."""
+        return torch.cat([self.normalized_inputs(obs),
+                          *camera_features(self.encoders, self.cfg, obs)], dim=-1)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, features: torch.Tensor
+                ) -> torch.Tensor:
+        """Predicted noise (B, chunk, A) of noisy chunks ``x_t`` at steps ``t``, conditioned
+        on the observation's ``features``."""
+        c = self.cond(torch.cat([features, step_embedding(t, 64)], dim=-1))
         h = self.inp(x_t.flatten(1))
         for block in self.blocks:
             h = block(h, c)
@@ -101,23 +122,23 @@ class DiffusionPolicy(Policy):
 
     def loss(self, batch: Batch):
         obs, cfg = batch.obs, self.cfg
-        low = self.normalized_inputs(obs)
+        features = self.features(obs)
         x0 = self.normalize_actions(batch.actions, obs)
         b = x0.shape[0]
         t = torch.randint(0, cfg.train_steps, (b,), device=x0.device)
         eps = torch.randn_like(x0)
-        err = (self.denoise(self.schedule.noise(x0, t, eps), t, low) - eps).pow(2).mean(-1)
+        err = (self.denoise(self.schedule.noise(x0, t, eps), t, features) - eps).pow(2).mean(-1)
         mask = torch.ones_like(err) if batch.mask is None else batch.mask.float()
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
     def act(self, obs: dict) -> torch.Tensor:
         cfg = self.cfg
-        low = self.normalized_inputs(obs)
-        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        x = torch.randn(low.shape[0], cfg.chunk, cfg.action_dim, generator=gen).to(low.device)
+        features = self.features(obs)
+        b = features.shape[0]
+        x = self.initial_noise.expand(b, -1, -1)
         steps = self.schedule.timesteps(cfg.inference_steps)
         for i, t in enumerate(steps):
-            tt = torch.full((low.shape[0],), t, device=low.device, dtype=torch.long)
-            eps = self.denoise(x, tt, low)
+            tt = torch.full((b,), t, device=features.device, dtype=torch.long)
+            eps = self.denoise(x, tt, features)
             x, _ = self.schedule.step(x, eps, t, steps[i + 1] if i + 1 < len(steps) else None)
         return self.raw_actions(x, obs)

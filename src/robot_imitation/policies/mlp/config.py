@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...settings import Limits, setting
-from ..config import PolicyConfig
+from ...settings import Limits, same_as, setting
+from ..config import CameraOptions, PolicyConfig, check_cameras
 
 HEADS = ("mse", "gaussian", "gmm", "categorical")
 _SIZES = Limits(list, nonempty=True, item=Limits(int, low=1))
@@ -22,9 +22,11 @@ class MlpConfig(PolicyConfig):
     modes: int = setting(5, Limits(int, low=1, high=100), help="gmm head: mixture components")
     num_classes: int = setting(0, Limits(int, low=0),
                                help="categorical head: classes per action value (2 or more)")
-    image_channels: list = setting(limits=_SIZES, default_factory=lambda: [32, 32, 64],
-                                   help="camera encoder: channels of its convolutions")
-    keypoints: int = setting(32, Limits(int, low=1),
-                             help="camera encoder: spatial-softmax keypoints per camera")
+    image_channels: list = same_as(CameraOptions, "image_channels")
+    keypoints: int = same_as(CameraOptions, "keypoints")
     dropout: float = setting(0.0, Limits(float, low=0.0, high=0.95),
                              help="dropout between hidden layers")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_cameras(self, "mlp")

@@ -1,8 +1,8 @@
 """The mlp network: an observation dictionary (spec keys) in, an action chunk out.
 
-- Low-dimensional observations: an MLP. Camera observations: a small CNN per camera whose
-  feature maps become keypoints through a spatial softmax, fused with the low-dimensional
-  inputs.
+- Low-dimensional observations: an MLP. Camera observations: the suite's camera encoder
+  (``policies.encoders``: a small CNN per camera whose feature maps become keypoints through a
+  spatial softmax), fused with the low-dimensional inputs.
 - Heads: ``mse`` (deterministic), ``gaussian`` (diagonal, learned variance), ``gmm``
   (a mixture of diagonal Gaussians), ``categorical`` (discrete actions, cross-entropy).
 - Action chunking: the policy predicts the next ``chunk`` actions.
@@ -17,44 +17,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..base import Batch, Policy
+from ..encoders import ImageEncoder, SpatialSoftmax  # noqa: F401 (importable from here still)
+from ..encoders import camera_encoders, camera_features
 from ..registry import register_policy
 from .config import HEADS, MlpConfig
-
-
-class SpatialSoftmax(nn.Module):
-    """Feature maps (B, C, H, W) -> expected image coordinates of each channel (B, 2C)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        attention = F.softmax(x.reshape(b, c, h * w).float(), dim=-1)
-        # coordinates in [-1, 1] (arange rather than linspace: it exports to ONNX in float32)
-        ys = torch.arange(h, device=x.device, dtype=attention.dtype) * (2.0 / max(h - 1, 1)) - 1
-        xs = torch.arange(w, device=x.device, dtype=attention.dtype) * (2.0 / max(w - 1, 1)) - 1
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        ex = (attention * grid_x.reshape(1, 1, -1)).sum(-1)
-        ey = (attention * grid_y.reshape(1, 1, -1)).sum(-1)
-        return torch.cat([ex, ey], dim=1)
-
-
-class ImageEncoder(nn.Module):
-    """uint8 (B, H, W, C) -> keypoints (B, 2K)."""
-
-    def __init__(self, in_channels: int, channels: list, keypoints: int):
-        super().__init__()
-        layers, c = [], in_channels
-        for i, out in enumerate(channels):
-            layers += [nn.Conv2d(c, out, 5 if i == 0 else 3, stride=2 if i == 0 else 1,
-                                 padding=2 if i == 0 else 1), nn.GroupNorm(8, out), nn.ReLU()]
-            c = out
-        layers.append(nn.Conv2d(c, keypoints, 1))
-        self.net = nn.Sequential(*layers)
-        self.softmax = SpatialSoftmax()
-        self.out_dim = 2 * keypoints
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
-        x = x.contiguous(memory_format=torch.channels_last)
-        return self.softmax(self.net(x))
 
 
 def mlp(sizes: list, dropout: float = 0.0) -> nn.Sequential:
@@ -77,9 +43,7 @@ class MlpPolicy(Policy):
         if cfg.head == "categorical" and cfg.num_classes < 2:
             raise ValueError("a categorical head needs num_classes >= 2")
         super().__init__(cfg)
-        self.encoders = nn.ModuleDict({
-            key: ImageEncoder(shape[2], cfg.image_channels, cfg.keypoints)
-            for key, shape in zip(cfg.image_keys, cfg.image_shapes)})
+        self.encoders = camera_encoders(cfg)
         features = cfg.input_dim + sum(e.out_dim for e in self.encoders.values())
         out = cfg.chunk * cfg.action_dim
         per_dim = {"mse": 1, "gaussian": 2, "gmm": 0, "categorical": cfg.num_classes}[cfg.head]
@@ -95,9 +59,8 @@ class MlpPolicy(Policy):
     def features(self, obs: dict) -> torch.Tensor:
         """Normalized low-dim observations and derived features (and image keypoints),
         concatenated in spec order."""
-        parts = [self.normalized_inputs(obs)]
-        parts += [self.encoders[k](obs[k]) for k in self.cfg.image_keys]
-        return torch.cat(parts, dim=-1)
+        return torch.cat([self.normalized_inputs(obs),
+                          *camera_features(self.encoders, self.cfg, obs)], dim=-1)
 
     def forward(self, obs: dict) -> torch.Tensor:
         return self.net(self.features(obs))

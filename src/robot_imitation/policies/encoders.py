@@ -1,0 +1,62 @@
+"""The suite's camera encoder, shared by the policy families: a small CNN per camera whose
+feature maps become keypoints through a spatial softmax (uint8 frames in, 2K coordinates out).
+
+Every family builds its encoders with ``camera_encoders(cfg)`` (one per image key, from the
+config's ``image_channels`` and ``keypoints``, the options ``config.CameraOptions`` declares)
+and keeps them as its ``encoders`` attribute, so a checkpoint names their weights
+``encoders.<image key>.net.<i>...`` in every family. ``camera_features`` gives each camera's
+keypoints, in the spec's order.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature maps (B, C, H, W) -> expected image coordinates of each channel (B, 2C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        attention = F.softmax(x.reshape(b, c, h * w).float(), dim=-1)
+        # coordinates in [-1, 1] (arange rather than linspace: it exports to ONNX in float32)
+        ys = torch.arange(h, device=x.device, dtype=attention.dtype) * (2.0 / max(h - 1, 1)) - 1
+        xs = torch.arange(w, device=x.device, dtype=attention.dtype) * (2.0 / max(w - 1, 1)) - 1
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        ex = (attention * grid_x.reshape(1, 1, -1)).sum(-1)
+        ey = (attention * grid_y.reshape(1, 1, -1)).sum(-1)
+        return torch.cat([ex, ey], dim=1)
+
+
+class ImageEncoder(nn.Module):
+    """uint8 (B, H, W, C) -> keypoints (B, 2K)."""
+
+    def __init__(self, in_channels: int, channels: list, keypoints: int):
+        super().__init__()
+        layers, c = [], in_channels
+        for i, out in enumerate(channels):
+            layers += [nn.Conv2d(c, out, 5 if i == 0 else 3, stride=2 if i == 0 else 1,
+                                 padding=2 if i == 0 else 1), nn.GroupNorm(8, out), nn.ReLU()]
+            c = out
+        layers.append(nn.Conv2d(c, keypoints, 1))
+        self.net = nn.Sequential(*layers)
+        self.softmax = SpatialSoftmax()
+        self.out_dim = 2 * keypoints
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.softmax(self.net(x))
+
+
+def camera_encoders(cfg) -> nn.ModuleDict:
+    """One ``ImageEncoder`` per camera of ``cfg`` (a ``PolicyConfig`` with ``CameraOptions``),
+    by image key (empty for a low-dimensional spec)."""
+    return nn.ModuleDict({key: ImageEncoder(shape[2], cfg.image_channels, cfg.keypoints)
+                          for key, shape in zip(cfg.image_keys, cfg.image_shapes)})
+
+
+def camera_features(encoders: nn.ModuleDict, cfg, obs: dict) -> list:
+    """Each camera's keypoints (B, 2K), in the spec's order of ``cfg.image_keys``."""
+    return [encoders[key](obs[key]) for key in cfg.image_keys]
