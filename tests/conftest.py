@@ -230,18 +230,40 @@ def reach_demos(tmp_path_factory):
     return root
 
 
+def train_cli(dataset, out, *options) -> None:
+    """`robot-imitation train DATASET --out OUT OPTIONS` the user's way, on the CPU."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "robot_imitation.cli", "train", str(dataset), "--out", str(out),
+         "--device", "cpu", "--seed", "0", *options], capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 @pytest.fixture(scope="session")
 def reach_bc(reach_demos, tmp_path_factory):
     """BC on ``reach_demos`` the user's way, `robot-imitation train`: the run folder."""
     import json
-    import subprocess
-    import sys
 
     out = tmp_path_factory.mktemp("reach_bc") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "robot_imitation.cli", "train", str(reach_demos), "--out",
-         str(out), "--steps", "3000", "--eval-every", "1000", "--eval-episodes", "20",
-         "--device", "cpu", "--seed", "0"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    train_cli(reach_demos, out, "--steps", "3000", "--eval-every", "1000",
+              "--eval-episodes", "20")
     assert json.loads((out / "result.json").read_text())["best"]
     return out
+
+
+# the generative families on ``reach_demos`` (defaults: chunks of 8): steps and batch size
+GENERATIVE_RUNS = {"act": ("2000", "128"), "diffusion": ("3000", "128")}
+
+
+@pytest.fixture(scope="session", params=sorted(GENERATIVE_RUNS))
+def reach_generative(request, reach_demos, tmp_path_factory):
+    """(family, run folder): act or diffusion trained on ``reach_demos`` the user's way."""
+    family = request.param
+    steps, batch = GENERATIVE_RUNS[family]
+    out = tmp_path_factory.mktemp(f"reach_{family}") / "run"
+    train_cli(reach_demos, out, "--policy", family, "--steps", steps, "--batch-size", batch,
+              "--eval-every", "0", "--eval-episodes", "0")
+    return family, out

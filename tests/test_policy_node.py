@@ -120,26 +120,23 @@ def count_during(msgs, seconds: float) -> int:
 
 
 # ====================================================================== train/deploy skew
-def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
-        reach_demos, reach_bc, procs, probe):
-    """Play a recorded episode's observation messages (raw CDR from the bag) into the live
-    node; its commands must equal the checkpoint applied to the dataset builder's arrays."""
+def replay_episode(reach_demos, ckpt, procs, probe, **params):
+    """Play a recorded episode's observation messages (raw CDR from the bag, as `ros2 bag
+    play` sends them) into the live node, one state at a time, each answered before the next;
+    returns (the dataset builder's episode, the node's commands (T, action_dim))."""
     from mcap.reader import make_reader
     from rclpy.serialization import deserialize_message
 
     from robot_imitation.data.dataset import build_dataset
-    from robot_imitation.learning.checkpoint import load_checkpoint
 
-    ckpt = best(reach_bc)
-    dataset = build_dataset(reach_demos)
-    episode = dataset.episodes[0]
+    episode = build_dataset(reach_demos).episodes[0]
     bag = Path(episode.source)
     arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
     grip = timed(probe, Float64MultiArray, GRIPPER, KEEP, "grip")
     # limits that never bind (the filter has tests of its own) and no staleness check: the
     # node's output is the policy's, and the bag's stamps are sim time
     start_policy(procs, probe, checkpoint=ckpt, max_age_periods=0.0, action_lower=[-1e9],
-                 action_upper=[1e9], max_delta=[0.0])
+                 action_upper=[1e9], max_delta=[0.0], **params)
     classes = {"/joint_states": JointState, "/ee_pose": PoseStamped, "/target_pose": PoseStamped}
     pubs = {t: probe.node.create_publisher(c, t, STATE_QOS) for t, c in classes.items()}
     wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
@@ -161,16 +158,59 @@ def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
                  procs=procs)
         answers[stamp] = np.concatenate([arm[-1][0].data, grip[-1][0].data])
     assert len(arm) == len(grip) == len(ticks), "exactly one command per state"
-
-    policy, _ = load_checkpoint(ckpt, Spec.load("reach"))
-    obs = {k: torch.as_tensor(v) for k, v in episode.obs.items()}
-    expected = policy.act(obs)[:, 0].double().numpy()
     got = np.array([answers[int(round(t * 1e9))] for t in episode.t])
     assert len(got) == len(episode) > 10
+    return episode, got
+
+
+def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
+        reach_demos, reach_bc, procs, probe):
+    """A recorded episode played into the live node: its commands equal the checkpoint
+    applied to the dataset builder's arrays."""
+    from robot_imitation.learning.checkpoint import load_checkpoint
+
+    episode, got = replay_episode(reach_demos, best(reach_bc), procs, probe)
+    policy, _ = load_checkpoint(best(reach_bc), Spec.load("reach"))
+    obs = {k: torch.as_tensor(v) for k, v in episode.obs.items()}
+    expected = policy.act(obs)[:, 0].double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     # and a node that read joints by index, not by name, would differ: the check can fail
     shuffled = dict(obs, joint_pos=obs["joint_pos"][:, [1, 0, *range(2, 9)]])
     assert not np.allclose(policy.act(shuffled)[:, 0].double().numpy(), got, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_replayed_episode_commands_of_a_generative_policy_equal_its_chunks_on_the_arrays(
+        reach_demos, reach_generative, procs, probe):
+    """act and diffusion (its sampler's noise seeded): a recorded episode played into the live
+    node, which executes chunks as the family declares (chunk_mode auto: part of each chunk,
+    the next one computed ahead on a worker thread), gives the commands of the same
+    controller run on the dataset builder's arrays; and those are the checkpoint's chunks."""
+    from robot_imitation.deploy.runtime import load_policy, make_controller
+    from robot_imitation.learning.checkpoint import load_checkpoint
+
+    family, run = reach_generative
+    ckpt, spec = best(run), Spec.load("reach")
+    # ONNX Runtime on both sides: the node's commands must match to the last bits
+    episode, got = replay_episode(reach_demos, ckpt, procs, probe, backend="onnxruntime")
+    loaded = load_policy(ckpt, spec, "onnxruntime")
+    controller, _ = make_controller(loaded, spec, lower=[-1e9], upper=[1e9], max_delta=[0.0])
+    assert controller.settings["chunk_mode"] == "chunk" and controller.prefetch >= 1
+    steps = [{k: v[i].astype(np.float64) for k, v in episode.obs.items()}
+             for i in range(len(episode))]
+    expected = np.array([controller.tick(o).action for o in steps])
+    controller.close()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # the executed actions are the chunks of the checkpoint (eager PyTorch) on those arrays:
+    # the first chunk from the first state, open loop
+    policy, _ = load_checkpoint(ckpt, spec)
+    obs = {k: torch.as_tensor(v) for k, v in episode.obs.items()}
+    with torch.no_grad():
+        chunks = policy.eval().act(obs).double().numpy()
+    execute = controller.settings["chunk_execute"]
+    np.testing.assert_allclose(got[:execute], chunks[0, :execute], atol=1e-4)
+    # ...and not the first action of each state's own chunk: chunks are executed, not re-planned
+    assert not np.allclose(got[1:execute], chunks[1:execute, 0], atol=1e-4)
 
 
 # ====================================================================== closed loop
@@ -185,6 +225,23 @@ def test_bc_policy_reaches_through_ros_in_lockstep(reach_bc, procs, ros):
                                    "use_sim_time": True})
     res = summarize(run_episodes(50, timeout=60))
     print(f"\nBC policy node through ROS: {res['successes']}/50 "
+          f"(95% CI {res['ci95'][0]:.0%}-{res['ci95'][1]:.0%})")
+    assert res["success_rate"] >= 0.9
+
+
+@pytest.mark.slow
+def test_a_generative_policy_reaches_through_ros_in_lockstep(reach_generative, procs, ros):
+    """act and diffusion through the bridge in lockstep and the policy node with its defaults
+    (chunks executed in part, the next computed ahead; joint and velocity limits active):
+    >= 90% of 30 reach episodes."""
+    from robot_imitation.nodes.episode_runner import run_episodes, summarize
+
+    family, run = reach_generative
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
+                                              "seed": 70_000})
+    procs.start_node(NODE, params={"checkpoint": best(run), "use_sim_time": True})
+    res = summarize(run_episodes(30, timeout=60))
+    print(f"\n{family} policy node through ROS: {res['successes']}/30 "
           f"(95% CI {res['ci95'][0]:.0%}-{res['ci95'][1]:.0%})")
     assert res["success_rate"] >= 0.9
 

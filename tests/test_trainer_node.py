@@ -108,6 +108,31 @@ def test_train_publishes_progress_and_a_latched_checkpoint(reach_dataset, tmp_pa
     procs.check()
 
 
+@pytest.mark.slow
+def test_the_trainer_node_trains_a_generative_family(reach_dataset, tmp_path, procs, probe):
+    """`policy: act` with options as a YAML mapping, the chunk left at the family's default:
+    the node trains an act checkpoint the policy node can load."""
+    from robot_imitation.learning.checkpoint import load_checkpoint
+    from robot_imitation.spec import Spec
+
+    start_trainer(procs, probe, {"dataset": str(reach_dataset), "out": str(tmp_path / "runs"),
+                                 "policy": "act", "policy_config": "{dim_model: 32, heads: 2}",
+                                 "steps": 40, "batch_size": 32, "eval_every": 0,
+                                 "eval_episodes": 0, "device": "cpu", "cpu_threads": 1})
+    progress = probe.record(DiagnosticArray, PROGRESS, READER_QOS)
+    wait_for(lambda: probe.node.count_subscribers(PROGRESS) > 0, 10, "progress matched")
+    resp = probe.call(Trigger, "/trainer/train")
+    assert resp.success, resp.message
+    wait_for(lambda: progress and states(progress)[-1] != "running", 120,
+             "the run to end", procs=procs, interval=0.1)
+    last = values(progress[-1])
+    assert last["state"] == "done", last
+    policy, meta = load_checkpoint(last["checkpoint"], runtime_spec=Spec.load("reach"))
+    assert meta["type"] == "act" and policy.type_name == "act"
+    assert policy.cfg.dim_model == 32 and policy.cfg.heads == 2 and policy.cfg.chunk == 8
+    procs.check()
+
+
 def test_failures_are_reported_and_the_node_keeps_serving(reach_dataset, tmp_path, procs,
                                                           probe):
     out = tmp_path / "runs"

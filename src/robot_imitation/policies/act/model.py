@@ -30,6 +30,9 @@ class ActPolicy(Policy):
     config_class = ActConfig
     # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
     deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
+    # the L1 term is a mean over the batch's valid chunk steps (the KL term, per sample, is
+    # scaled with it under DDP: a close approximation when ranks hold alike shares of padding)
+    loss_mean_over = "valid_steps"
 
     def __init__(self, cfg: ActConfig):
         super().__init__(cfg)

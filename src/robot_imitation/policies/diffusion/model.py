@@ -86,6 +86,7 @@ class DiffusionPolicy(Policy):
     config_class = DiffusionConfig
     # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
     deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
+    loss_mean_over = "valid_steps"  # the noise error is a mean over the valid chunk steps
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
