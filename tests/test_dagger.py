@@ -150,7 +150,30 @@ def test_evaluate_through_ros_equals_the_gymnasium_evaluation(reach_bc, tmp_path
     assert ros["successes"] == gym["successes"]
 
 
-def test_main_job_in_a_reduced_configuration(tmp_path):
+def test_a_generative_policy_through_ros_reaches_and_equals_the_gymnasium(reach_generative,
+                                                                         tmp_path):
+    """act and diffusion, trained on the recorded reach demonstrations, evaluated the user's
+    way: `evaluate --ros` (the bridge in lockstep, the policy node with its defaults: chunks
+    executed in part, the next one computed ahead; the checkpoint's limits) reaches >= 90% of
+    30 episodes, and `--gym` gives the same episodes, tick for tick."""
+    family, run = reach_generative
+    best = json.loads((run / "result.json").read_text())["best"]
+    results = {}
+    for way in ("ros", "gym"):
+        proc = run_cli("evaluate", best, "--task", "reach", f"--{way}", "--episodes", 30,
+                       "--threshold", 0.9, "--out", tmp_path / f"{way}.json")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results[way] = json.loads((tmp_path / f"{way}.json").read_text())
+    ros, gym = results["ros"], results["gym"]
+    print(f"\n{family} through ROS: {ros['successes']}/30")
+    assert ros["success_rate"] >= 0.9 and ros["passed"]
+    assert ros["per_episode"] == gym["per_episode"]
+
+
+@pytest.mark.parametrize("policy", [[], ["--policy", "act", "--policy-option", "dim_model=32",
+                                         "--policy-option", "heads=2"]],
+                         ids=["mlp", "act"])
+def test_main_job_in_a_reduced_configuration(policy, tmp_path):
     """`robot-imitation pipeline` (the README's first command) with few episodes: the report,
     its plots and one playable MP4 per policy."""
     import av
@@ -158,8 +181,11 @@ def test_main_job_in_a_reduced_configuration(tmp_path):
     out = tmp_path / "pipeline"
     proc = run_cli("pipeline", "--task", "reach", "--out", out, "--bc-episodes", 3,
                    "--iterations", 1, "--episodes-per-iteration", 2, "--eval-episodes", 2,
-                   "--steps", 200, "--device", "cpu")
+                   "--steps", 200, "--device", "cpu", *policy)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    family = policy[1] if policy else "mlp"
+    trained = json.loads((out / "train_1" / "last" / "policy.json").read_text())
+    assert trained["type"] == family
     report = (out / "report.md").read_text()
     for row in ("| expert |", "| BC |", "| DAgger 1 |", "success.png", "loss.png",
                 "rollout_dagger_1.mp4", "latency"):

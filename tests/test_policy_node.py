@@ -229,23 +229,6 @@ def test_bc_policy_reaches_through_ros_in_lockstep(reach_bc, procs, ros):
     assert res["success_rate"] >= 0.9
 
 
-@pytest.mark.slow
-def test_a_generative_policy_reaches_through_ros_in_lockstep(reach_generative, procs, ros):
-    """act and diffusion through the bridge in lockstep and the policy node with its defaults
-    (chunks executed in part, the next computed ahead; joint and velocity limits active):
-    >= 90% of 30 reach episodes."""
-    from robot_imitation.nodes.episode_runner import run_episodes, summarize
-
-    family, run = reach_generative
-    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
-                                              "seed": 70_000})
-    procs.start_node(NODE, params={"checkpoint": best(run), "use_sim_time": True})
-    res = summarize(run_episodes(30, timeout=60))
-    print(f"\n{family} policy node through ROS: {res['successes']}/30 "
-          f"(95% CI {res['ci95'][0]:.0%}-{res['ci95'][1]:.0%})")
-    assert res["success_rate"] >= 0.9
-
-
 # ====================================================================== safety
 def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
     feed = StateFeed(probe)
