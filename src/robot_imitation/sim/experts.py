@@ -107,12 +107,18 @@ class PushExpert(Expert):
 
 
 class PushObstacleExpert(PushExpert):
-    """Push round the post along a route: from the puck to the point beside the post, then
-    straight to the goal, the push aimed ``lookahead`` ahead along it (a carrot), so the puck
-    bends round the post instead of stopping at a corner.
+    """Push round the wall: straight at it first, then, ``turn_gap`` short of its face,
+    sideways out to a lane ``route_clearance`` off the line through wall and goal (clear of the
+    wall's end), along the lane past the wall, and in to the goal; the push is aimed
+    ``lookahead`` ahead along that route (a carrot), so the puck bends round the corners.
+
+    Straight first, so that the two routes part only near the wall: the approach and the first
+    push are the same on either side, and a policy that averages the routes pushes the puck
+    into the wall's face where they part (a route that left the line from the start would
+    tell its side by where the arm comes down, long before the wall).
 
     Which side: the one the puck is already on, once it is ``side_threshold`` off the line
-    through post and goal (so in a state a learner drove, the label keeps to the side the
+    through wall and goal (so in a state a learner drove, the label keeps to the side the
     puck went); on that line, the episode's side, read off ``route_pose`` (drawn at reset, seen
     by no policy). Both are read off the observation: the expert stays a pure function of it.
     """
@@ -123,10 +129,17 @@ class PushObstacleExpert(PushExpert):
         self.clear = route_clearance(p)
         self.on_line = p["side_threshold"]
         self.lookahead = 0.05
-        # the route keeps beside the post until half a puck past its far side: aimed ahead,
-        # the puck cuts the route's corner, and it would graze the post's back otherwise
-        self.past = p["obstacle_radius"] + 0.5 * self.r
-        self.keep_out = p["obstacle_radius"] + 0.06
+        self.half_length = p["obstacle_half_length"]
+        self.half_thickness = p["obstacle_half_thickness"]
+        # puck centre positions along the line, from the wall's centre: where the turn starts,
+        # and the nearest the carrot comes to the face while the puck is in the wall's shadow
+        self.turn = -(self.half_thickness + self.r + p["turn_gap"])
+        self.stop = -(self.half_thickness + self.r + 0.025)
+        # the lane keeps its full offset until the carrot is this far past the wall's centre:
+        # aimed ahead, the puck cuts the route's corner, and would catch the wall's end otherwise
+        self.past = self.half_thickness + self.r + 0.5 * self.lookahead
+        # the pre-push point (where the fingers come down) keeps this far off the wall
+        self.keep_out = 0.06
 
     def push_target(self, obs):
         puck, goal, post, route = (np.asarray(obs[k][:2], dtype=float) for k in
@@ -136,34 +149,67 @@ class PushObstacleExpert(PushExpert):
         u /= span
         n = np.array([-u[1], u[0]])
         rel = puck - post
-        lateral = float(rel @ n)
-        ahead = float(rel @ u) + self.lookahead
+        along, lateral = float(rel @ u), float(rel @ n)
+        ahead = along + self.lookahead
         if ahead >= span:
             target = goal
         else:
             side = np.sign(lateral) if abs(lateral) > self.on_line else np.sign((route - post) @ n)
             beside = (side or 1.0) * self.clear * min(1.0, (span - ahead) / (span - self.past))
-            target = post + ahead * u + beside * n
-        return self.keep_off(puck, post, target)
+            # straight on until the turn, then out to the lane: back onto the line while the
+            # puck is near it (so a push that drifts does not pick the side), a puck further
+            # off (where a learner drove it) keeps its offset
+            straight = lateral * ramp(abs(lateral), self.on_line, self.on_line + 0.01)
+            turn = ramp(along, self.turn, self.turn + 0.01)
+            # in front of the wall and in its shadow, the carrot stops short of the face (no
+            # nearer than the puck itself): there the puck goes sideways, not at the wall
+            shadow = ((1.0 - ramp(abs(lateral), self.half_length + self.r,
+                                  self.half_length + self.r + 0.02))
+                      * (1.0 - ramp(along, -self.half_thickness, 0.0)))
+            ahead = (1.0 - shadow) * ahead + shadow * min(ahead, max(self.stop, along))
+            target = post + ahead * u + ((1.0 - turn) * straight + turn * beside) * n
+        return self.keep_off(puck, post, u, target)
 
-    def keep_off(self, puck, post, target):
-        """``target``, or, when the pre-push point behind the puck for it is over the post (the
-        fingers would land on it), the nearest direction whose pre-push point is clear."""
+    def wall_distance(self, points, post, u) -> np.ndarray:
+        """Distance (xy) from each of ``points`` to the wall: a rectangle at ``post``, its
+        thickness along ``u`` (the wall stands across the line from it to the goal)."""
+        rel = np.atleast_2d(points) - post
+        along = np.maximum(np.abs(rel @ u) - self.half_thickness, 0.0)
+        across = np.maximum(np.abs(rel @ np.array([-u[1], u[0]])) - self.half_length, 0.0)
+        return np.hypot(along, across)
+
+    def keep_off(self, puck, post, u, target):
+        """``target``, or, when the pre-push point behind the puck for it is over the wall (the
+        fingers would land on it), the nearest direction whose pre-push point is clear: the
+        turn found on a 2-degree grid, then refined by bisection, so it changes continuously
+        with the state."""
         d = target - puck
         dist = np.linalg.norm(d)
         if dist < 1e-9:
             return target
         d /= dist
-        q = puck - post
-        if np.linalg.norm(q - self.standoff * d) >= self.keep_out:
+
+        def clear(turn):
+            turn = np.atleast_1d(turn)
+            c, s = np.cos(turn), np.sin(turn)
+            dirs = np.stack([c * d[0] - s * d[1], s * d[0] + c * d[1]], axis=1)
+            return self.wall_distance(puck - self.standoff * dirs, post, u) >= self.keep_out, dirs
+
+        if clear(0.0)[0][0]:
             return target
-        # directions d with |q - standoff d| = keep_out: at angle a either side of q
-        qn = max(np.linalg.norm(q), 1e-9)
-        a = np.arccos(np.clip((qn ** 2 + self.standoff ** 2 - self.keep_out ** 2)
-                              / (2 * self.standoff * qn), -1.0, 1.0))
-        qa = np.arctan2(q[1], q[0])
-        cands = [np.array([np.cos(qa + s * a), np.sin(qa + s * a)]) for s in (1, -1)]
-        return puck + max(cands, key=lambda v: v @ d) * dist
+        grid = np.deg2rad(np.arange(2.0, 181.0, 2.0))
+        turns = np.stack([grid, -grid], axis=1).ravel()  # nearest first, left before right
+        ok, _ = clear(turns)
+        if not ok.any():
+            return target
+        lo, hi = 0.0, float(turns[np.argmax(ok)])  # blocked at lo, clear at hi
+        for _ in range(20):
+            mid = 0.5 * (lo + hi)
+            if clear(mid)[0][0]:
+                hi = mid
+            else:
+                lo = mid
+        return puck + clear(hi)[1][0] * dist
 
 
 EXPERTS = {"reach": ReachExpert, "push": PushExpert, "push_obstacle": PushObstacleExpert}

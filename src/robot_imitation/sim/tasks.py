@@ -204,18 +204,36 @@ class PushLogic(TaskLogic):
 
 
 def route_clearance(p: dict) -> float:
-    """Distance from the post's axis to the puck centre's route beside it (``push_obstacle``)."""
-    return p["obstacle_radius"] + p["puck_radius"] + p["route_margin"]
+    """Distance from the wall's centre to the puck centre's route past its end (``push_obstacle``),
+    across the puck-goal line."""
+    return p["obstacle_half_length"] + p["puck_radius"] + p["route_margin"]
+
+
+def wall_yaw(u) -> float:
+    """Yaw of the wall across direction ``u`` (its x axis, the thickness, along ``u``), folded
+    into (-pi/2, pi/2]: the box is the same turned half round, and the folded angle keeps its
+    observed quaternion to one hemisphere (qw > 0.7)."""
+    yaw = float(np.arctan2(u[1], u[0]))
+    if yaw > np.pi / 2:
+        yaw -= np.pi
+    elif yaw <= -np.pi / 2:
+        yaw += np.pi
+    return yaw
 
 
 class PushObstacleLogic(PushLogic):
-    """Push with a fixed post halfway between the puck and the goal: the puck has to go round
-    it, on the left or the right, and both are as good.
+    """Push with a fixed wall halfway between the puck and the goal, across the line between
+    them: the puck has to go round one end of it, left or right, and both are as good.
 
-    The side the expert takes is drawn at reset after everything visible (arm, puck, goal, post)
-    and is published as ``route_pose``, the point beside the post the route passes: the expert
-    reads it, no policy's spec carries it, so the demonstrations hold both modes from states
-    that look alike. It is a mocap body without geoms, so no camera shows it.
+    The wall is a box whose long faces are perpendicular to the puck-goal line, with ordinary
+    friction, so a puck pushed straight at it (the average of the two routes) is pinned against
+    a flat face; a round or slippery obstacle would let it slide round, and a policy that
+    averages the routes would still succeed.
+
+    The side the expert takes is drawn at reset after everything visible (arm, puck, goal, wall)
+    and is published as ``route_pose``, the point beside the wall's end the route passes: the
+    expert reads it, no policy's spec carries it, so the demonstrations hold both modes from
+    states that look alike. It is a mocap body without geoms, so no camera shows it.
     """
 
     pose_keys = ("object_pose", "goal_pose", "obstacle_pose", "route_pose")
@@ -224,12 +242,14 @@ class PushObstacleLogic(PushLogic):
 
     def build(self, spec):
         super().build(spec)
-        r, h = self.p["obstacle_radius"], self.p["obstacle_half_height"]
-        post = spec.worldbody.add_body(name="obstacle", mocap=True)
-        # priority: its low friction holds in contacts (MuJoCo takes the larger otherwise), so
-        # a puck pushed against the post slides round it rather than catching on it
-        post.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[r, h, 0],
-                      rgba=[0.25, 0.3, 0.75, 1], friction=[0.1, 0.005, 0.0001], priority=1)
+        p = self.p
+        wall = spec.worldbody.add_body(name="obstacle", mocap=True)
+        # no priority: MuJoCo takes the larger friction of the two geoms, so a puck pushed
+        # against a face grips it rather than sliding along it to the end
+        wall.add_geom(name="obstacle", type=mujoco.mjtGeom.mjGEOM_BOX,
+                      size=[p["obstacle_half_thickness"], p["obstacle_half_length"],
+                            p["obstacle_half_height"]],
+                      rgba=[0.25, 0.3, 0.75, 1], friction=[p["obstacle_friction"], 0.005, 0.0001])
         spec.worldbody.add_body(name="route", mocap=True)
 
     def bind(self, model):
@@ -250,18 +270,24 @@ class PushObstacleLogic(PushLogic):
             goal_xy = puck_xy + rng.uniform(*p["goal_distance"]) * u
             post_xy = (puck_xy + goal_xy) / 2 + rng.uniform(-1, 1) * p["obstacle_jitter"] * u
             beside = clear * np.array([-u[1], u[0]])
-            # the goal and both routes inside the box: the layout does not tell the side
-            points = np.array([goal_xy, post_xy + beside, post_xy - beside])
+            # the goal and both lanes beside the line (from beside the puck's start to past
+            # the wall's ends) inside the box: the layout does not tell the side, and the arm
+            # reaches either route
+            points = np.array([goal_xy, post_xy + beside, post_xy - beside,
+                               puck_xy + beside, puck_xy - beside])
             if np.all(points >= lo) and np.all(points <= hi):
                 break
+        else:
+            raise RuntimeError("push_obstacle: no layout fits the box in 1000 draws")
         side = 1.0 if rng.random() < 0.5 else -1.0  # the last draw: after all that is seen
+        yaw = wall_yaw(u)
         data.qpos[self.puck_qpos:self.puck_qpos + 7] = [*puck_xy, p["puck_half_height"],
                                                         1, 0, 0, 0]
         data.qvel[self.puck_qvel:self.puck_qvel + 6] = 0
         data.mocap_pos[self.mocap] = [*goal_xy, 0.001]
         data.mocap_quat[self.mocap] = [1, 0, 0, 0]
         data.mocap_pos[self.post] = [*post_xy, p["obstacle_half_height"]]
-        data.mocap_quat[self.post] = [1, 0, 0, 0]
+        data.mocap_quat[self.post] = [np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
         data.mocap_pos[self.route] = [*(post_xy + side * beside), p["puck_half_height"]]
         data.mocap_quat[self.route] = [1, 0, 0, 0]
 
