@@ -51,6 +51,9 @@ class TrainConfig:
                          help="actions predicted per step (action chunking); 0: the policy "
                          "family's default (mlp 1, act and diffusion 8)")
     dropout: float = same_as(MlpConfig, "dropout", option_of="mlp")
+    ema: float = setting(0.0, Limits(float, low=0.0, high=0.99999),
+                         help="decay of an exponential moving average of the weights, which "
+                         "the checkpoints hold, e.g. 0.999 (0: none)")
     seed: int = setting(0, SEED_LIMITS, help="random seed (initialization, batches, split)")
     device: str = setting("auto", DEVICE_LIMITS,
                           help="auto (CUDA when available), cpu, cuda or cuda:N")
@@ -103,7 +106,8 @@ class TrainConfig:
                 raise SettingError(f"{f.name} is an option of policy {owner}, not of policy "
                                    f"{self.policy} (its options go in policy_config)")
         family.check_options(dict(self.policy_config))
-        if not self.chunk:  # resolved here, so the trainer and the checkpoint see the value
+        # the family's defaults, resolved here so the trainer and the checkpoint see the values
+        if not self.chunk:
             self.chunk = family.config_class.default_chunk
 
     @classmethod

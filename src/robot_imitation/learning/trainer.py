@@ -94,15 +94,24 @@ def policy_config(spec: Spec, cfg: TrainConfig):
     return policy_class(cfg.policy).make_config(spec, cfg)
 
 
-def relative_action_stats(relative: list, arrays: dict):
+def relative_action_stats(relative: list, arrays: dict, chunk: int = 1):
     """Statistics of the actions as a policy predicts them: relative where declared
-    (``relative``: [action offset, size, observation key], as ``PolicyConfig.relative``)."""
+    (``relative``: [action offset, size, observation key], as ``PolicyConfig.relative``), over
+    every step of its chunks: the action k steps ahead (same episode) measured from the
+    observation the chunk is predicted at. (A chunk's later actions lie further from the
+    measured joints than the next one does: statistics of the next step alone would put them
+    outside the normalized range a sampler clips to.)"""
     from ..data.dataset import FieldStats
 
-    actions = arrays["actions"].copy()
-    for offset, size, key in relative:
-        actions[:, offset:offset + size] -= arrays["obs"][key][:, :size]
-    return FieldStats.of(actions)
+    actions, episode = arrays["actions"], np.asarray(arrays["episode"])
+    parts = []
+    for k in range(chunk):
+        same = np.flatnonzero(episode[k:] == episode[:len(episode) - k])
+        part = actions[same + k].copy()
+        for offset, size, key in relative:
+            part[:, offset:offset + size] -= arrays["obs"][key][same, :size]
+        parts.append(part)
+    return FieldStats.of(np.concatenate(parts))
 
 
 class _Loss(torch.nn.Module):
@@ -175,7 +184,7 @@ class Trainer:
         stats = dict(ds.stats)
         relative = input_layout(spec)["relative"]
         if relative:
-            stats["actions"] = relative_action_stats(relative, ds.arrays("train"))
+            stats["actions"] = relative_action_stats(relative, ds.arrays("train"), cfg.chunk)
         policy = family.build(spec, stats, cfg).to(device)
         if cfg.init_from:
             from .checkpoint import load_checkpoint
@@ -189,6 +198,10 @@ class Trainer:
             policy.load_state_dict(start.state_dict())
             policy.set_statistics(spec, stats)  # this dataset's, not the start's
         norm = statistics_record(spec, stats)
+        # an exponential moving average of the weights (what the checkpoints hold): a
+        # diffusion denoiser's weights are noisy step to step, their average is not
+        ema = EmaWeights(policy, cfg.ema) if cfg.ema > 0 else None
+        held = ema.model if ema else policy  # validated, evaluated and saved
         model = _Loss(policy)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -239,6 +252,8 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 sched.step()
+                if ema:
+                    ema.update(step)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     value = loss.detach()  # one sync per log interval
                     if self.distributed:
@@ -265,20 +280,20 @@ class Trainer:
                        "data_share": t_data / max(t_data + t_step, 1e-9)}
                 stop = False
                 if self.rank == 0:
-                    row["val_loss"] = self._val_loss(policy, val, amp, device) if val else math.nan
+                    row["val_loss"] = self._val_loss(held, val, amp, device) if val else math.nan
                     if task and cfg.eval_episodes:
                         from .evaluation import evaluate_policy
 
-                        result = evaluate_policy(policy, spec, task, cfg.eval_episodes,
+                        result = evaluate_policy(held, spec, task, cfg.eval_episodes,
                                                  device=device, meta=meta)
                         row["success_rate"] = result["success_rate"]
                     improved = False
                     if val and row["val_loss"] < best_val:
                         best_val, improved = row["val_loss"], True
-                        self._save("best_val", policy, spec, meta, row)
+                        self._save("best_val", held, spec, meta, row)
                     if "success_rate" in row and row["success_rate"] > best_success:
                         best_success, improved = row["success_rate"], True
-                        self._save("best_success", policy, spec, meta, row)
+                        self._save("best_success", held, spec, meta, row)
                     stale = 0 if improved else stale + 1
                     stop = bool(cfg.patience and stale >= cfg.patience)
                     history.append(row)
@@ -297,7 +312,7 @@ class Trainer:
                     break
             result = {}
             if self.rank == 0:
-                last = self._save("last", policy, spec, meta, history[-1] if history else {})
+                last = self._save("last", held, spec, meta, history[-1] if history else {})
                 best = self.out / ("best_success" if best_success >= 0 else "best_val")
                 if not best.exists():
                     best = last
@@ -397,6 +412,29 @@ def plot_losses(curve: list, history: list, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+class EmaWeights:
+    """An exponential moving average of a policy's parameters (buffers copied): after step t,
+    ema = d * ema + (1 - d) * weights with d = min(decay, (1 + t) / (10 + t)), so early steps,
+    far from the end of training, weigh little."""
+
+    def __init__(self, policy: Policy, decay: float):
+        import copy
+
+        self.decay = decay
+        self.policy = policy
+        self.model = copy.deepcopy(policy).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for avg, p in zip(self.model.parameters(), self.policy.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.model.buffers(), self.policy.buffers()):
+            avg.copy_(b)
 
 
 def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | None = None,
