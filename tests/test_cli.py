@@ -53,7 +53,7 @@ BAD_OPTIONS = [
     ("train", ["{tmp}/ds"], "--steps", "0", "a positive integer"),
     ("train", ["{tmp}/ds"], "--steps", "-5", "a positive integer"),
     ("train", ["{tmp}/ds"], "--batch-size", "0", "a positive integer"),
-    ("train", ["{tmp}/ds"], "--chunk", "0", "an integer from 1 to 1000"),
+    ("train", ["{tmp}/ds"], "--chunk", "1001", "an integer from 0 to 1000"),
     ("train", ["{tmp}/ds"], "--lr", "fast", "a number in (0, 1]"),
     ("train", ["{tmp}/ds"], "--hidden", "256,0", "a non-empty list of positive integers"),
     ("dagger", [], "--bc-episodes", "0", "a positive integer"),
@@ -70,7 +70,7 @@ BAD_OPTIONS = [
 def test_a_bad_number_is_refused_by_the_parser(tmp_path, command, args, option, value, limit):
     """`--episodes 0` was a ZeroDivisionError (expert, evaluate) or a FileNotFoundError
     (record), `--episodes -3` a success rate with a 456% interval and exit 0, `--steps 0/-5` an
-    untrained checkpoint and exit 0, `--batch-size 0` and `--chunk 0` torch tracebacks."""
+    untrained checkpoint and exit 0, `--batch-size 0` and `--chunk 1001` torch tracebacks."""
     out = tmp_path / "out"
     extra = ["--out", out] if command in ("demo", "train", "dagger", "pipeline") else []
     if command == "evaluate":
@@ -90,7 +90,7 @@ def test_the_settings_dataclasses_hold_the_same_limits():
 
     for bad, words in [({"steps": 0}, "steps must be a positive integer, got 0"),
                        ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
-                       ({"chunk": 0}, "chunk must be an integer from 1 to 1000, got 0"),
+                       ({"chunk": -1}, "chunk must be an integer from 0 to 1000, got -1"),
                        ({"lr": float("nan")}, "lr must be a number in (0, 1], got nan"),
                        ({"steps": "100"}, "steps must be a positive integer, got '100'"),
                        ({"steps": True}, "steps must be a positive integer, got True"),
