@@ -70,7 +70,8 @@ BAD_OPTIONS = [
 def test_a_bad_number_is_refused_by_the_parser(tmp_path, command, args, option, value, limit):
     """`--episodes 0` was a ZeroDivisionError (expert, evaluate) or a FileNotFoundError
     (record), `--episodes -3` a success rate with a 456% interval and exit 0, `--steps 0/-5` an
-    untrained checkpoint and exit 0, `--batch-size 0` and `--chunk 1001` torch tracebacks."""
+    untrained checkpoint and exit 0, `--batch-size 0` a torch traceback (`--chunk 0` now takes
+    the policy family's default)."""
     out = tmp_path / "out"
     extra = ["--out", out] if command in ("demo", "train", "dagger", "pipeline") else []
     if command == "evaluate":
