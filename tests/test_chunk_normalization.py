@@ -1,7 +1,7 @@
-"""Action statistics of chunked policies: actions relative to the measured joints are
-normalized over every step of their chunks, not only the next one, so a chunk's later actions
-(further from the joints it is predicted at) stay inside the normalized range that a sampler
-clips to (diffusion's DDIM clips its clean estimate)."""
+"""Action statistics of chunked policies: for diffusion, actions relative to the measured
+joints are normalized over every step of their chunks, not only the next one, so a chunk's
+later actions (further from the joints it is predicted at) stay inside the normalized range
+its DDIM step clips its clean estimate to; the trainer takes the family's choice."""
 import numpy as np
 import torch
 
@@ -35,3 +35,21 @@ def test_relative_chunk_targets_are_normalized_inside_the_range():
     single[:, :7] -= arrays["obs"]["joint_pos"][:, :7]
     np.testing.assert_allclose(one.min, single.min(0), atol=1e-6)
     np.testing.assert_allclose(one.max, single.max(0), atol=1e-6)
+
+
+def test_the_trainer_normalizes_each_family_as_it_declares(tmp_path):
+    from robot_imitation.learning.checkpoint import load_checkpoint
+    from robot_imitation.learning.trainer import train
+
+    spec = Spec.load("reach")
+    episodes = expert_demonstrations("reach", range(3), spec)
+    for family, over in (("diffusion", 8), ("act", 1)):
+        cfg = TrainConfig(policy=family, chunk=8, steps=1, batch_size=8, eval_every=0,
+                          eval_episodes=0, device="cpu", val_fraction=0.0)
+        ds = episodes_dataset(episodes, spec, cfg)
+        out = train(ds, tmp_path / family, cfg, log=lambda *a, **k: None)
+        policy, _ = load_checkpoint(out["last"], spec)
+        stats = relative_action_stats(input_layout(spec)["relative"], ds.arrays("train"), over)
+        lo, hi = stats.min, stats.max
+        torch.testing.assert_close(policy.act_norm.shift, torch.as_tensor(
+            (hi + lo) / 2, dtype=torch.float32))

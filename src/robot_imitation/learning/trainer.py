@@ -184,7 +184,8 @@ class Trainer:
         stats = dict(ds.stats)
         relative = input_layout(spec)["relative"]
         if relative:
-            stats["actions"] = relative_action_stats(relative, ds.arrays("train"), cfg.chunk)
+            over = cfg.chunk if family.action_statistics == "chunk" else 1
+            stats["actions"] = relative_action_stats(relative, ds.arrays("train"), over)
         policy = family.build(spec, stats, cfg).to(device)
         if cfg.init_from:
             from .checkpoint import load_checkpoint

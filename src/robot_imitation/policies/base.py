@@ -98,6 +98,10 @@ class Policy(nn.Module):
     # what loss() averages over: "samples", or "valid_steps" (the unmasked chunk steps of the
     # batch; a multi-process run then rescales each process's loss to the whole batch's)
     loss_mean_over: ClassVar[str] = "samples"
+    # the statistics its relative actions are normalized with: of the next step ("step"), or
+    # of every step of the chunk ("chunk": a family whose sampler clips to the normalized
+    # range needs its later steps inside it; the others keep the next step's finer scale)
+    action_statistics: ClassVar[str] = "step"
     # how the policy node executes this family's chunks by default (its ``chunk_mode`` "auto",
     # see ``deployment``): the controller's chunk_mode, and for "chunk" optionally
     # chunk_execute (default: half the chunk) and prefetch (ticks of lead of the next chunk)

@@ -87,6 +87,7 @@ class DiffusionPolicy(Policy):
     # a chunk of actions is one sample of a plan: executed in part, the next one computed ahead
     deploy_defaults = {"chunk_mode": "chunk", "prefetch": 1}
     loss_mean_over = "valid_steps"  # the noise error is a mean over the valid chunk steps
+    action_statistics = "chunk"     # the DDIM step clips its clean estimate to +-1.5
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__(cfg)
