@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 POLICIES = {
     "mlp-mse": ("mlp", {}, {"head": "mse", "steps": 4000}),
     "mlp-gmm": ("mlp", {}, {"head": "gmm", "steps": 4000}),
-    "act": ("act", {}, {"steps": 3000, "batch_size": 128}),
+    "act": ("act", {}, {"steps": 6000, "batch_size": 128}),  # 3000: too few on push_obstacle
     "diffusion": ("diffusion", {}, {"steps": 4000, "batch_size": 128}),
 }
 DEMO_SEED = 2_000_000  # demonstrations: DEMO_SEED * (seed + 1) + k; evaluation: EVAL_SEED + k
