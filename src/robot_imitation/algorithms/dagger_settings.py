@@ -6,8 +6,8 @@ against ``SUPERVISOR_LIMITS``) and each iteration's training settings in another
 ``TrainConfig`` fields). A few of them are settings of their own for a person:
 ``SUPERVISOR_SETTINGS`` (``hold``, ``patience``) and ``TRAIN_SETTINGS`` (``train_steps``,
 option ``--steps``; ``device``; the policy family ``policy``, its ``chunk`` and its options
-``policy_config``, option ``--policy-option KEY=VALUE``). ``DaggerSettings`` is DaggerConfig with those in place of the
-two mappings, made from the fields, nothing restated:
+``policy_config``, option ``--policy-option KEY=VALUE``). ``DaggerSettings`` is DaggerConfig
+with those in place of the two mappings, made from the fields, nothing restated:
 
 - every other DaggerConfig field as it is declared there (default, limits, description), so a
   field added to DaggerConfig is an option and a node parameter by itself;

@@ -6,8 +6,9 @@ publishes the expert's command on /<arm_controller>/commands (std_msgs/Float64Mu
 /<gripper_controller>/commands.
 
 trigger=state: answer every new state (all parts with one stamp) once; this is what the bridge's
-lockstep mode waits for (each command names the state it answers, ``pairing``). trigger=timer: publish at the task's control rate from the newest state
-(node clock, so `use_sim_time` paces it by /clock).
+lockstep mode waits for (each command names the state it answers, ``pairing``).
+trigger=timer: publish at the task's control rate from the newest state (node clock, so
+`use_sim_time` paces it by /clock).
 """
 from __future__ import annotations
 
