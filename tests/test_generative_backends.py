@@ -16,7 +16,8 @@ from robot_imitation.policies import make_policy
 from robot_imitation.policies.base import statistics_record
 from robot_imitation.spec import Spec
 
-FAMILIES = ("act", "diffusion")
+# (family, options): diffusion with each denoiser (its default U-Net and the residual MLP)
+FAMILIES = (("act", {}), ("diffusion", {}), ("diffusion", {"denoiser": "mlp"}))
 RUNS_THEM = ("eager", "torchscript", "onnxruntime")
 
 
@@ -53,17 +54,20 @@ def act_on(policy, backend) -> np.ndarray:
         return policy.act(obs)[0].double().numpy()
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=FAMILIES,
+                ids=[f + "".join(f"-{v}" for v in o.values()) for f, o in FAMILIES])
 def built(request):
-    """(family, spec, statistics, an untrained policy, {kind: its backend}) for each family."""
-    family = request.param
-    spec, stats, policy = untrained(family)
-    return family, spec, stats, policy, {kind: make_backend(policy, kind) for kind in RUNS_THEM}
+    """(family, spec, statistics, an untrained policy, {kind: its backend}, options) for each
+    family."""
+    family, options = request.param
+    spec, stats, policy = untrained(family, **options)
+    return (family, spec, stats, policy, {kind: make_backend(policy, kind) for kind in RUNS_THEM},
+            options)
 
 
 def test_traced_backends_compute_policy_act(built):
-    family, _, _, policy, backends = built
-    _, _, other = untrained(family, weights=1)  # other weights, the same statistics
+    family, _, _, policy, backends, options = built
+    _, _, other = untrained(family, weights=1, **options)  # other weights, the same statistics
     for kind in ("torchscript", "onnxruntime"):
         backend = backends[kind]
         for seed in range(3):
@@ -78,7 +82,7 @@ def test_traced_backends_compute_policy_act(built):
 
 
 def test_checkpoint_gives_the_same_chunks_on_each_backend(built, tmp_path):
-    family, spec, stats, policy, backends = built
+    family, spec, stats, policy, backends, _ = built
     path = save_checkpoint(tmp_path / family, policy, spec, statistics_record(spec, stats))
     loaded, meta = load_checkpoint(path, spec)
     assert meta["type"] == family
@@ -107,8 +111,10 @@ def test_diffusion_noise_comes_from_the_seed_and_is_the_same_for_every_row():
         chunks = policy.act(obs)
         reversed_rows = policy.act({k: v.flip(0) for k, v in obs.items()})
         alone = policy.act({k: v[1:2] for k, v in obs.items()})
-    torch.testing.assert_close(reversed_rows.flip(0), chunks, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(alone[0], chunks[1], rtol=1e-5, atol=1e-5)
+    # float rounding only (a convolution's arithmetic depends on the batch size): the backends'
+    # own tolerance; a row that saw another row's noise or input would be off by far more
+    torch.testing.assert_close(reversed_rows.flip(0), chunks, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alone[0], chunks[1], rtol=1e-4, atol=1e-4)
     reseeded.load_state_dict(policy.state_dict())  # the same weights: only the noise differs
     with torch.no_grad():
         other_seed = reseeded.act(obs)
@@ -116,7 +122,7 @@ def test_diffusion_noise_comes_from_the_seed_and_is_the_same_for_every_row():
 
 
 def test_auto_keeps_the_fastest_backend_that_agrees(built):
-    _, _, _, policy, _ = built
+    _, _, _, policy, _, _ = built
     backend, rows = select_backend(policy, "auto", calls=30)
     timed = {r["backend"]: r["median_us"] for r in rows if "median_us" in r}
     assert set(timed) == set(RUNS_THEM), rows

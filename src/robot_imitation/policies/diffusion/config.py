@@ -16,8 +16,20 @@ class DiffusionConfig(PolicyConfig):
 
     default_chunk = 8
 
-    width: int = setting(256, _POSITIVE, help="width of the denoiser's residual blocks")
-    blocks: int = setting(3, _POSITIVE, help="residual blocks of the denoiser")
+    denoiser: str = setting("unet", Limits(str, choices=("unet", "mlp")),
+                            help="the denoising network: unet (a 1D temporal convolutional "
+                            "U-Net over the chunk, FiLM-conditioned) or mlp (residual MLP "
+                            "blocks on the flattened chunk: faster, less precise)")
+    unet_channels: list = setting(
+        limits=Limits(list, nonempty=True, item=Limits(int, low=8)),
+        default_factory=lambda: [64, 128],
+        help="unet: channels per resolution level (each a multiple of 8; the chunk is halved "
+        "between levels)")
+    kernel_size: int = setting(5, Limits(int, low=1, high=15),
+                               help="unet: width of the temporal convolutions (odd)")
+    width: int = setting(256, _POSITIVE, help="mlp: width of the denoiser's residual blocks; "
+                         "unet: width of the conditioning embedding")
+    blocks: int = setting(3, _POSITIVE, help="mlp: residual blocks of the denoiser")
     train_steps: int = setting(100, Limits(int, low=2, high=10000),
                                help="diffusion steps of the noise schedule (training)")
     inference_steps: int = setting(10, _POSITIVE,
@@ -28,9 +40,23 @@ class DiffusionConfig(PolicyConfig):
     image_channels: list = same_as(CameraOptions, "image_channels")
     keypoints: int = same_as(CameraOptions, "keypoints")
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "DiffusionConfig":
+        # policy.json written before the U-Net was the default holds no denoiser: its network
+        # is the residual MLP
+        if isinstance(data, dict) and "width" in data and "denoiser" not in data:
+            data = {**data, "denoiser": "mlp"}
+        return super().from_dict(data)
+
     def __post_init__(self):
         super().__post_init__()
         if self.inference_steps > self.train_steps:
             raise SettingError(f"diffusion: inference_steps {self.inference_steps} exceeds "
                                f"train_steps {self.train_steps}")
+        bad = [c for c in self.unet_channels if c % 8]
+        if bad:
+            raise SettingError(f"diffusion: unet_channels {self.unet_channels}: each must be a "
+                               f"multiple of 8 (the U-Net's group norm), not {bad}")
+        if self.kernel_size % 2 == 0:
+            raise SettingError(f"diffusion: kernel_size must be odd, got {self.kernel_size}")
         check_cameras(self, "diffusion")

@@ -43,9 +43,12 @@ class DdimSchedule:
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     def timesteps(self, n: int) -> list:
-        """``n`` steps from the noisiest to the cleanest, evenly spaced."""
-        return sorted({int(round(v)) for v in torch.linspace(self.steps - 1, 0, n).tolist()},
-                      reverse=True)
+        """``n`` steps, evenly spaced from 0 (``steps // n`` apart), the noisiest first (the
+        "leading" spacing): the first is not the schedule's last step, whose signal is so small
+        (abar near 0) that its clean estimate divides the float rounding of the denoiser's
+        output by sqrt(abar), hundreds of times over."""
+        stride = self.steps // n
+        return list(range((n - 1) * stride, -1, -stride))
 
     def step(self, x_t: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int | None,
              clip: float = 1.5) -> tuple:
@@ -65,6 +68,76 @@ def step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class ConvBlock(nn.Sequential):
+    """Temporal convolution, group norm, Mish: (B, C_in, T) -> (B, C_out, T)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__(nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2),
+                         nn.GroupNorm(8, c_out), nn.Mish())
+
+
+class ConvResidualBlock(nn.Module):
+    """Two convolution blocks, the second FiLM-modulated by the condition, and a skip."""
+
+    def __init__(self, c_in: int, c_out: int, cond: int, kernel: int):
+        super().__init__()
+        self.first = ConvBlock(c_in, c_out, kernel)
+        self.second = ConvBlock(c_out, c_out, kernel)
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond, 2 * c_out))
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(c).unsqueeze(-1).chunk(2, dim=1)
+        return self.second(self.first(x) * (1 + scale) + shift) + self.skip(x)
+
+
+class UNet1d(nn.Module):
+    """A 1D temporal U-Net over a chunk (B, T, A) -> (B, T, A), conditioned on a vector
+    (B, cond) at every block (as Diffusion Policy's convolutional denoiser): per level two
+    residual blocks, then the chunk halved (stride-2 convolution); back up through the levels
+    with the skip connections, doubling the chunk (transposed convolution). A chunk whose
+    length does not halve evenly is padded with zeros and cropped again."""
+
+    def __init__(self, action_dim: int, cond: int, channels: list, kernel: int):
+        super().__init__()
+        self.levels = len(channels)
+        chans = [action_dim, *channels]
+        self.down = nn.ModuleList()
+        for i, (c_in, c_out) in enumerate(zip(chans[:-1], chans[1:])):
+            self.down.append(nn.ModuleList([
+                ConvResidualBlock(c_in, c_out, cond, kernel),
+                ConvResidualBlock(c_out, c_out, cond, kernel),
+                nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if i < self.levels - 1
+                else nn.Identity()]))
+        deepest = channels[-1]
+        self.mid = nn.ModuleList([ConvResidualBlock(deepest, deepest, cond, kernel)
+                                  for _ in range(2)])
+        self.up = nn.ModuleList()
+        for c_out, c_in in reversed(list(zip(channels[:-1], channels[1:]))):
+            self.up.append(nn.ModuleList([
+                ConvResidualBlock(2 * c_in, c_out, cond, kernel),
+                ConvResidualBlock(c_out, c_out, cond, kernel),
+                nn.ConvTranspose1d(c_out, c_out, 4, stride=2, padding=1)]))
+        self.final = nn.Sequential(ConvBlock(channels[0], channels[0], kernel),
+                                   nn.Conv1d(channels[0], action_dim, 1))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        multiple = 2 ** (self.levels - 1)
+        pad = -length % multiple
+        h = F.pad(x.transpose(1, 2), (0, pad))
+        skips = []
+        for first, second, down in self.down:
+            h = second(first(h, c), c)
+            skips.append(h)
+            h = down(h)
+        for block in self.mid:
+            h = block(h, c)
+        for first, second, up in self.up:
+            h = up(second(first(torch.cat([h, skips.pop()], dim=1), c), c))
+        return self.final(h)[..., :length].transpose(1, 2)
 
 
 class ResidualBlock(nn.Module):
@@ -96,9 +169,12 @@ class DiffusionPolicy(Policy):
         self.encoders = camera_encoders(cfg)
         features = cfg.input_dim + sum(e.out_dim for e in self.encoders.values())
         self.cond = nn.Sequential(nn.Linear(features + 64, w), nn.Mish(), nn.Linear(w, w))
-        self.inp = nn.Linear(size, w)
-        self.blocks = nn.ModuleList(ResidualBlock(w, w) for _ in range(cfg.blocks))
-        self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, size))
+        if cfg.denoiser == "unet":
+            self.unet = UNet1d(cfg.action_dim, w, list(cfg.unet_channels), cfg.kernel_size)
+        else:
+            self.inp = nn.Linear(size, w)
+            self.blocks = nn.ModuleList(ResidualBlock(w, w) for _ in range(cfg.blocks))
+            self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, size))
         # the sampler's starting point: made from the config's seed, so not saved with the
         # weights (checkpoints made before it still load)
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -117,6 +193,8 @@ class DiffusionPolicy(Policy):
         """Predicted noise (B, chunk, A) of noisy chunks ``x_t`` at steps ``t``, conditioned
         on the observation's ``features``."""
         c = self.cond(torch.cat([features, step_embedding(t, 64)], dim=-1))
+        if self.cfg.denoiser == "unet":
+            return self.unet(x_t, c)
         h = self.inp(x_t.flatten(1))
         for block in self.blocks:
             h = block(h, c)
