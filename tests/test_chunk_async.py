@@ -310,7 +310,7 @@ def test_prefetch_must_leave_actions_to_execute():
 
 
 @pytest.mark.parametrize("family, chunk, expected", [
-    ("act", 8, ("chunk", 4, 1)), ("diffusion", 8, ("chunk", 4, 1)),
+    ("act", 8, ("chunk", 2, 0)), ("act", 1, ("chunk", 1, 0)), ("diffusion", 8, ("chunk", 4, 1)),
     ("diffusion", 2, ("chunk", 1, 0)), ("mlp", 8, ("first", 8, 0))])
 def test_auto_is_the_policy_familys_own_chunk_execution(family, chunk, expected):
     loaded = policy_from_module(make_policy(SPEC, TrainConfig(policy=family, chunk=chunk)),
@@ -318,12 +318,16 @@ def test_auto_is_the_policy_familys_own_chunk_execution(family, chunk, expected)
     ctl, _ = make_controller(loaded, SPEC, allow_unlimited=True)
     assert ctl.settings == {"chunk_mode": expected[0], "chunk_execute": expected[1],
                             "prefetch": expected[2], "auto": True, "late_chunk": "wait"}
-    if family == "act":
-        assert ctl.describe() == ("chunk_mode chunk (auto: act's default), chunk_execute 4 of "
-                                  "8, prefetch 1, late_chunk wait")
+    if (family, chunk) == ("diffusion", 8):
+        assert ctl.describe() == ("chunk_mode chunk (auto: diffusion's default), chunk_execute "
+                                  "4 of 8, prefetch 1, late_chunk wait")
         for t in range(5):   # the second chunk: computed at tick 3, used from tick 4
             assert ctl.tick(obs(t)).reason == "ok"
         assert (ctl.counters.chunks, ctl.counters.inferences) == (2, 2)
+    if (family, chunk) == ("act", 8):
+        for t in range(5):   # chunks at ticks 0, 2 and 4, each from that tick's observation
+            assert ctl.tick(obs(t)).reason == "ok"
+        assert (ctl.counters.chunks, ctl.counters.inferences) == (3, 3)
     ctl.close()
     # a module of a class no registry knows: the base's default
     assert controller(probe(), chunk_mode="auto").settings["chunk_mode"] == "first"

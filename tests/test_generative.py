@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 # family: (training steps, mean error allowed on the first action of each chunk, radians)
-FAMILIES = {"act": (600, 0.02), "diffusion": (2000, 0.06)}
+FAMILIES = {"act": (600, 0.02), "diffusion": (800, 0.06)}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

@@ -60,6 +60,9 @@ def test_the_wall_stands_across_the_line_between_puck_and_goal_and_is_observed()
         # on the line, near the midpoint; the goal past the wall by more than the puck can
         # reach when stopped at it, so going straight never succeeds
         assert abs((post - puck) @ n) < 1e-9
+        # pushed in a direction inside the task's window (degrees, from the x axis)
+        low, high = p["goal_direction"]
+        assert low <= np.degrees(np.arctan2(u[1], u[0])) <= high
         assert abs((post - puck) @ u - span / 2) <= p["obstacle_jitter"] + 1e-9
         assert (goal - post) @ u > (p["obstacle_half_thickness"] + p["puck_radius"]
                                     + p["success_threshold"])

@@ -68,7 +68,7 @@ def test_node_parameters_come_from_the_fields():
                                               "cuda or cuda:N")
     assert "non-empty list" in table["hidden"].problem([])
     assert "positive integers" in table["hidden"].problem([64, 0])
-    assert table["lr"].problem(0.0) == "parameter lr=0.0: must be a number in (0, 1]"
+    assert table["lr"].problem(-0.1) == "parameter lr=-0.1: must be a number in [0, 1]"
     assert table["policy_config"].setting_value("{width: 8}") == {"width": 8}
     assert table["policy_config"].setting_value("") == {}
     assert "YAML mapping" in table["policy_config"].problem("[1, 2]")
@@ -113,3 +113,12 @@ def test_a_bad_policy_option_is_refused_by_the_parser(text, says, capsys):
         build_parser().parse_args(["train", "ds", "--policy-option", text])
     assert exc.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_chunk_and_learning_rate_left_at_0_take_the_familys_defaults():
+    for family, chunk, lr in (("mlp", 1, 1e-3), ("act", 8, 1e-3), ("diffusion", 8, 3e-3)):
+        cfg = TrainConfig(policy=family)
+        assert (cfg.chunk, cfg.lr) == (chunk, lr), family
+        # a value given is kept
+        assert (TrainConfig(policy=family, chunk=3, lr=5e-4).chunk,
+                TrainConfig(policy=family, lr=5e-4).lr) == (3, 5e-4)

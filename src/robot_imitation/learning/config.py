@@ -30,8 +30,9 @@ class TrainConfig:
 
     steps: int = setting(5000, _POSITIVE, help="optimizer steps")
     batch_size: int = setting(256, _POSITIVE, help="samples per step")
-    lr: float = setting(1e-3, Limits(float, low=0.0, low_open=True, high=1.0),
-                        help="learning rate (AdamW, cosine schedule)")
+    lr: float = setting(0.0, Limits(float, low=0.0, high=1.0),
+                        help="learning rate (AdamW, cosine schedule); 0: the policy family's "
+                        "default (mlp and act 1e-3, diffusion 3e-3)")
     weight_decay: float = setting(1e-4, Limits(float, low=0.0, high=1.0),
                                   help="AdamW weight decay")
     policy: str = setting("mlp", POLICY_LIMITS,
@@ -109,6 +110,8 @@ class TrainConfig:
         # the family's defaults, resolved here so the trainer and the checkpoint see the values
         if not self.chunk:
             self.chunk = family.config_class.default_chunk
+        if not self.lr:
+            self.lr = family.config_class.default_lr
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -42,6 +42,8 @@ class PolicyConfig:
 
     #: the chunk a training run predicts unless it sets one (``TrainConfig.chunk`` 0)
     default_chunk: ClassVar[int] = 1
+    #: the learning rate of a training run that sets none (``TrainConfig.lr`` 0)
+    default_lr: ClassVar[float] = 1e-3
 
     def __post_init__(self):
         check_fields(self)

@@ -265,7 +265,7 @@ class PushObstacleLogic(PushLogic):
         clear = route_clearance(p)
         for _ in range(1000):
             puck_xy = rng.uniform(p["puck_low"], p["puck_high"])
-            angle = rng.uniform(-np.pi, np.pi)
+            angle = np.deg2rad(rng.uniform(*p.get("goal_direction", (-180.0, 180.0))))
             u = np.array([np.cos(angle), np.sin(angle)])
             goal_xy = puck_xy + rng.uniform(*p["goal_distance"]) * u
             post_xy = (puck_xy + goal_xy) / 2 + rng.uniform(-1, 1) * p["obstacle_jitter"] * u
