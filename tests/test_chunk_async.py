@@ -334,20 +334,21 @@ def test_auto_is_the_policy_familys_own_chunk_execution(family, chunk, expected)
 
 
 # ====================================================================== the policy node
-def act_checkpoint(path):
-    """An untrained act checkpoint (chunks of 8) carrying the panda's limits."""
+def diffusion_checkpoint(path):
+    """An untrained diffusion checkpoint (chunks of 8; its default execution: half of each
+    chunk, the next computed a tick ahead) carrying the panda's limits."""
     from robot_imitation.deploy.limits import robot_limits
     from robot_imitation.learning.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    policy = make_policy(SPEC, TrainConfig(policy="act", chunk=8, task="reach"))
+    policy = make_policy(SPEC, TrainConfig(policy="diffusion", chunk=8, task="reach"))
     return save_checkpoint(path, policy, SPEC, extra={
         "action_limits": robot_limits("panda", SPEC).to_dict(), "task": "reach"})
 
 
 @pytest.mark.ros
-def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tmp_path):
-    """Started with nothing but an act checkpoint: its own chunk execution (half the chunk,
+def test_the_policy_node_runs_chunks_ahead_and_reports_them(procs, probe, tmp_path):
+    """Started with nothing but a diffusion checkpoint: its own chunk execution (half the chunk,
     the next one a tick ahead, waited for), in the start log and in /diagnostics with the
     chunk counters and inference times. A prefetch the chunk cannot run is one line."""
     from diagnostic_msgs.msg import DiagnosticArray
@@ -356,7 +357,7 @@ def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tm
     from conftest import wait_for
     from test_policy_node import ARM, KEEP, NODE, StateFeed, newest, start_policy, timed
 
-    ckpt = str(act_checkpoint(tmp_path / "act"))
+    ckpt = str(diffusion_checkpoint(tmp_path / "diffusion"))
     procs.start_node(NODE, name="refused", params={"checkpoint": ckpt, "chunk_prefetch": 8})
     assert procs.procs["refused"].wait(timeout=60) != 0
     log = procs.log("refused")
@@ -375,8 +376,8 @@ def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tm
         wait_for(lambda: len(arm) >= 20, 30, "commands", procs=procs)
     finally:
         feed.stop()
-    assert ("chunk 8; chunk_mode chunk (auto: act's default), chunk_execute 4 of 8, prefetch 1, "
-            "late_chunk wait") in procs.log(NODE)
+    assert ("chunk 8; chunk_mode chunk (auto: diffusion's default), chunk_execute 4 of 8, "
+            "prefetch 1, late_chunk wait") in procs.log(NODE)
     after = time.monotonic() + 0.3
     v = wait_for(lambda: newest(diags, after), 5, "diagnostics")[0]
     assert (v["chunk_mode"], v["chunk_execute"], v["chunk_prefetch"], v["late_chunk"]) == \
@@ -392,18 +393,18 @@ def test_the_policy_node_runs_act_chunks_ahead_and_reports_them(procs, probe, tm
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_act_chunks_computed_ahead_are_the_same_through_ros_in_lockstep(tmp_path):
-    """The node's defaults (auto: prefetch 1, late_chunk wait) keep lockstep exact: an act
+def test_chunks_computed_ahead_are_the_same_through_ros_in_lockstep(tmp_path):
+    """The node's defaults (auto: prefetch 1, late_chunk wait) keep lockstep exact: a diffusion
     policy's episodes through ROS (bridge in lockstep, policy node) equal its episodes in the
     gymnasium world, command for command."""
     from robot_imitation.dagger import evaluate_ros
     from robot_imitation.deploy.runtime import load_policy
     from robot_imitation.learning.evaluation import evaluate_loaded
 
-    ckpt = act_checkpoint(tmp_path / "act")
+    ckpt = diffusion_checkpoint(tmp_path / "diffusion")
     gym = evaluate_loaded(load_policy(ckpt, None, "eager", threads=1), "reach", 2, 5,
                           keep_commands=True)
-    assert gym["policy"]["chunking"] == ("chunk_mode chunk (auto: act's default), "
+    assert gym["policy"]["chunking"] == ("chunk_mode chunk (auto: diffusion's default), "
                                          "chunk_execute 4 of 8, prefetch 1, late_chunk wait")
     # each episode: its first chunk's actions 0..3, every next one's 1..3
     assert gym["policy"]["counters"]["chunks"] == sum(

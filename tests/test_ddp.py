@@ -147,14 +147,18 @@ def test_ddp_trains_the_generative_families(family, reach_dataset, tmp_path):
     from robot_imitation.spec import Spec
 
     out = {n: tmp_path / f"x{n}" for n in (1, 2)}
+    # DDP's path, not the network's size: a 64-wide, one-layer act keeps CI short
+    options = {"dim_model": 64, "encoder_layers": 1, "feedforward": 256}
     for n in (1, 2):
-        train(reach_dataset, out[n], n, 8, "--policy", family)
+        train(reach_dataset, out[n], n, 8, "--policy", family,
+              *[a for k, v in options.items() for a in ("--policy-option", f"{k}={v}")])
     results = {n: json.loads((out[n] / "result.json").read_text()) for n in (1, 2)}
     assert results[1]["world_size"] == 1 and results[2]["world_size"] == 2
     assert results[1]["steps"] == results[2]["steps"] == STEPS
     (single, meta), (ddp, _) = (load_checkpoint(out[n] / "last") for n in (1, 2))
     assert single.type_name == ddp.type_name == family and single.cfg == ddp.cfg
-    untrained = make_policy(Spec.from_dict(meta["spec"]), TrainConfig(policy=family, chunk=8))
+    untrained = make_policy(Spec.from_dict(meta["spec"]),
+                            TrainConfig(policy=family, chunk=8, policy_config=options))
     for name in ("obs_norm", "act_norm"):  # the same normalization, weights at initialization
         getattr(untrained, name).load_state_dict(getattr(single, name).state_dict())
     losses = {}
