@@ -30,7 +30,7 @@ class ActPolicy(Policy):
     config_class = ActConfig
     # a chunk of actions is one sample of a plan, executed in part (a quarter: contact needs
     # feedback), the next computed from the newest observation (inference takes under a
-    # millisecond): on push_obstacle, 49/50 so against 43/50 executing half, computed a tick
+    # millisecond): on push_obstacle 49/50, against 43/50 executing half, computed a tick
     # ahead
     deploy_defaults = {"chunk_mode": "chunk", "chunk_execute": 2, "prefetch": 0}
     # the L1 term is a mean over the batch's valid chunk steps (the KL term, per sample, is

@@ -3,12 +3,13 @@ Diffusion Policy), with a hand-written noise schedule and DDIM sampler (``DdimSc
 
 Training: a chunk x0 (normalized, relative where declared) is noised to
 x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at a random step t of a squared-cosine schedule;
-the denoiser (residual MLP blocks on x_t, FiLM-conditioned on the observation's features, the
-normalized low-dimensional inputs and each camera's keypoints from the suite's camera encoder,
-and on an embedding of t) predicts eps; the loss is the mean squared error, masked past the
-episode's end. Inference: ``inference_steps`` deterministic DDIM steps from an initial noise
-drawn once, when the policy is built, from the config's seed (``initial_noise``, the same for
-every row of a batch): the same observation gives the same chunk, wherever it sits in a batch.
+the denoiser (``denoiser`` unet: a 1D temporal U-Net over the chunk's steps, ``UNet1d``; mlp:
+residual MLP blocks on the flattened chunk; both FiLM-conditioned on the observation's features,
+the normalized low-dimensional inputs and each camera's keypoints from the suite's camera
+encoder, and on an embedding of t) predicts eps; the loss is the mean squared error, masked
+past the episode's end. Inference: ``inference_steps`` deterministic DDIM steps (evenly spaced
+from step 0) from an initial noise drawn once, when the policy is built, from the config's seed
+(``initial_noise``, the same for every row of a batch): the same observation gives the same chunk, wherever it sits in a batch.
 The noise and the timesteps are fixed by the config, so ``act`` is a pure function of the
 observation: tracing unrolls the sampler's denoiser calls into one graph (TorchScript, ONNX)
 that computes what the loop computes.
