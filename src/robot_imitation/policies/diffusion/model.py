@@ -11,8 +11,8 @@ past the episode's end. Inference: ``inference_steps`` deterministic DDIM steps 
 from step 0) from an initial noise drawn once, when the policy is built, from the config's seed
 (``initial_noise``, the same for every row of a batch): the same observation gives the same
 chunk, wherever it sits in a batch. The noise and the timesteps are fixed by the config, so
-``act`` is a pure function of the observation: tracing unrolls the sampler's denoiser calls into one graph (TorchScript, ONNX)
-that computes what the loop computes.
+``act`` is a pure function of the observation: tracing unrolls the sampler's denoiser calls
+into one graph (TorchScript, ONNX) that computes what the loop computes.
 """
 from __future__ import annotations
 
