@@ -30,7 +30,7 @@ setup(
     ],
     install_requires=["setuptools", "numpy", "PyYAML", "mujoco", "gymnasium", "gymnasium-robotics",
                       "rosbags", "mcap", "matplotlib", "torch", "safetensors", "tensorboard",
-                      "onnxruntime", "onnx", "av"],
+                      "onnxruntime", "onnx", "av", "pyarrow"],
     python_requires=">=3.11",
     zip_safe=False,
     maintainer="robot_imitation developers",

@@ -440,6 +440,30 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
                    stats=compute_stats(spec, train), decoded=decoded, summary=summary)
 
 
+def iter_episodes(path, spec: Spec | str | None = None, include_interrupted: bool = False,
+                  cache: bool = True):
+    """(spec, {skip reason: [names]}, generator of ``Episode``): the usable episodes of the
+    dataset at ``path`` one at a time, in dataset order, for work that streams through a
+    dataset (export) instead of holding it whole. Episodes found in the builder's cache are
+    read from it; the others are decoded (and not added to the cache)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    spec = dataset_spec(root, spec)
+    entries, skipped = _usable_episodes(root, include_interrupted)
+    store = _Cache(root / "cache", root, spec) if cache else None
+
+    def episodes():
+        for entry in entries:
+            episode = store.load(entry, store.key(entry["bag"])) if store else None
+            if episode is None:
+                episode = build_episode(entry["bag"], spec, name=entry["name"])
+            episode.success, episode.seed = entry.get("success"), entry.get("seed")
+            yield episode, entry
+
+    return spec, skipped, episodes()
+
+
 def build_summary(episodes: list, skipped: dict, include_interrupted: bool) -> dict:
     """What a build used and left out: ``used`` (episode names), ``steps``, ``skipped``
     ({reason: [names]}), ``dropped`` ({reason: steps}), ``include_interrupted``."""

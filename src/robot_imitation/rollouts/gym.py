@@ -254,3 +254,37 @@ def expert_demonstrations(task: str, seeds, spec: Spec | None = None) -> list:
         return world.demonstrations(seeds)[0]
     finally:
         world.close()
+
+
+def expert_episodes(task: str, seeds, spec: Spec) -> list:
+    """The scripted expert's episodes observed through ``spec``, cameras included (rendered as
+    the policy node would receive them): ``Episode`` arrays as the dataset builder makes them
+    (float64; images uint8), one per seed, the expert driving every step."""
+    from ..data.dataset import Episode
+    from ..sim.experts import make_expert
+
+    world = GymWorld(task, spec)
+    expert = make_expert(world.sim)
+    episodes = []
+    try:
+        for seed in seeds:
+            sim_obs, _ = world.env.reset(seed=int(seed))
+            seen = {f.key: [] for f in spec.observations}
+            actions, success = [], False
+            while True:
+                obs = world.observation(sim_obs)
+                action = np.asarray(expert(sim_obs), dtype=np.float64)
+                for key in seen:
+                    seen[key].append(obs[key])
+                actions.append(action)
+                sim_obs, _, terminated, truncated, info = world.env.step(action)
+                if terminated or truncated:
+                    success = bool(info["is_success"])
+                    break
+            episodes.append(Episode(
+                name=f"seed_{seed}", obs={k: np.stack(v) for k, v in seen.items()},
+                actions=np.stack(actions), t=np.arange(len(actions)) / spec.control_rate,
+                source="gymnasium", success=success, seed=int(seed)))
+    finally:
+        world.close()
+    return episodes
