@@ -13,6 +13,8 @@ Subcommands:
            exits 3 below --threshold, for CI gates
   dagger   expert demonstrations, BC, then DAgger iterations through ROS, with a table
   pipeline the main job: dagger, then a report (table, plots, rollout videos, latency)
+  export   a dataset's episodes as a LeRobotDataset v3.0 (Parquet + MP4)
+  import   a LeRobotDataset v3.0 as a dataset of rosbag2 episodes on a spec's topics
   tasks    the built-in tasks and robots
 """
 from __future__ import annotations
@@ -263,6 +265,31 @@ def cmd_plot(args) -> int:
     print(f"wrote {out}")
     if legend:
         print(legend if isinstance(legend, str) else "\n".join(map(str, legend)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .data.lerobot import export_lerobot
+
+    out = _writable_folder(args.out)
+    report = export_lerobot(
+        args.dataset, out, spec=args.spec, fps=args.fps, task_text=args.task_text,
+        robot_type=args.robot_type, codec=args.codec, crf=args.crf,
+        include_interrupted=args.include_interrupted, overwrite=args.overwrite,
+        progress=lambda done, total, name: _progress(done, total, "exporting", name))
+    print(report.describe())
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .data.lerobot import import_lerobot
+
+    out = _writable_folder(args.out)
+    report = import_lerobot(args.source, args.spec, out, mapping=args.mapping,
+                            overwrite=args.overwrite,
+                            progress=lambda done, total, name: _progress(done, total,
+                                                                         "importing", name))
+    print(report.describe())
     return 0
 
 
@@ -547,6 +574,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-videos", action="store_true")
     p.set_defaults(func=cmd_pipeline)
 
+    p = sub.add_parser("export", help="a dataset as a LeRobotDataset v3.0 (Parquet + MP4)")
+    p.add_argument("dataset", help="dataset folder (its usable episodes: status ok)")
+    p.add_argument("--format", choices=("lerobot",), default="lerobot")
+    p.add_argument("--out", required=True, help="the LeRobot dataset's folder")
+    p.add_argument("--spec", help="spec (default: the dataset's)")
+    p.add_argument("--fps", type=arg_type(Limits(float, low=0.0, low_open=True), "fps"),
+                   help="frames per second (default: the spec's control rate; a lower rate "
+                   "must divide it)")
+    p.add_argument("--task-text", help="the task's description for every episode (default: "
+                   "the recorded task's name)")
+    p.add_argument("--robot-type", help="info.json's robot_type (default: the task's robot)")
+    p.add_argument("--codec", choices=("h264", "av1"), default="h264",
+                   help="camera videos: H.264 (libx264) or AV1 (SVT-AV1, LeRobot's default)")
+    p.add_argument("--crf", type=arg_type(Limits(int, low=0, high=51), "crf"), default=18,
+                   help="video quality (lower: closer to the recorded frames, larger files)")
+    p.add_argument("--include-interrupted", action="store_true",
+                   help="also export the episodes that did not end (interrupted, recovered)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a LeRobotDataset v3.0 as rosbag2 episodes")
+    p.add_argument("source", help="the LeRobot dataset's folder (meta/, data/, videos/)")
+    p.add_argument("--spec", required=True, help="spec the episodes are written for")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--mapping", help="YAML: which LeRobot feature fills which spec field "
+                   "(default: by element names)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_import)
+
     p = sub.add_parser("tasks", help="list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)
     return parser
@@ -560,6 +616,7 @@ USER_ERRORS = (("robot_imitation.settings", "SettingError"),
                ("robot_imitation.learning.checkpoint", "CheckpointError"),
                ("robot_imitation.data.dataset", "DatasetError"),
                ("robot_imitation.data.bags", "BagError"),
+               ("robot_imitation.data.lerobot", "LeRobotError"),
                ("robot_imitation.recording.recorder", "RecorderError"),
                ("robot_imitation.recording.recover", "RecoverError"),
                ("robot_imitation.deploy.limits", "LimitsError"),

@@ -442,7 +442,8 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
 
 def iter_episodes(path, spec: Spec | str | None = None, include_interrupted: bool = False,
                   cache: bool = True):
-    """(spec, {skip reason: [names]}, generator of ``Episode``): the usable episodes of the
+    """(spec, {skip reason: [names]}, their number, generator of (``Episode``, index entry)):
+    the usable episodes of the
     dataset at ``path`` one at a time, in dataset order, for work that streams through a
     dataset (export) instead of holding it whole. Episodes found in the builder's cache are
     read from it; the others are decoded (and not added to the cache)."""
@@ -461,7 +462,7 @@ def iter_episodes(path, spec: Spec | str | None = None, include_interrupted: boo
             episode.success, episode.seed = entry.get("success"), entry.get("seed")
             yield episode, entry
 
-    return spec, skipped, episodes()
+    return spec, skipped, len(entries), episodes()
 
 
 def build_summary(episodes: list, skipped: dict, include_interrupted: bool) -> dict:

@@ -294,7 +294,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
-    spec, skipped, episodes = iter_episodes(dataset, spec, include_interrupted)
+    spec, skipped, total, episodes = iter_episodes(dataset, spec, include_interrupted)
     rate = float(spec.control_rate)
     fps = rate if fps is None else float(fps)
     step = rate / fps if fps > 0 else math.inf
@@ -400,7 +400,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
             episodes_rows.append(row)
             index += n
             if progress:
-                progress(number + 1, episode.name)
+                progress(number + 1, total, episode.name)
         if not episodes_rows:
             raise LeRobotError(f"{dataset}: no episode to export")
     except (DatasetError, SpecError) as exc:
@@ -938,7 +938,8 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                      f"{ep['episode_index']}", "lerobot_episode": int(ep["episode_index"])}
             yield values, n, entry
 
-    frames = write_episode_bags(out, spec, items(), fps, overwrite=True, progress=progress)
+    frames = write_episode_bags(out, spec, items(), fps, overwrite=True, progress=progress,
+                                total=len(data.episodes))
     report = ImportReport(out=out, episodes=len(data.episodes), frames=frames,
                           seconds=time.perf_counter() - t0)
     report.mapping = {k: feature if idx is None else
@@ -947,7 +948,7 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
 
 
 def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = False,
-                       progress=None) -> int:
+                       progress=None, total: int | None = None) -> int:
     """A dataset folder of the suite (dataset.yaml, index.json, one MCAP bag per episode) from
     step arrays: ``items`` yields ({spec key: (T, ...) array}, T, index entry fields). Step k
     is written at 1 s + k / fps: each stamped observation with that header stamp, every message
@@ -982,7 +983,7 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
             writer.upsert(entry)
             total += n
             if progress:
-                progress(number + 1, name)
+                progress(number + 1, total or number + 1, name)
     except (BagWriteError, RecorderError, OSError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise LeRobotError(f"writing {out}: {exc}") from None
