@@ -15,6 +15,7 @@ Subcommands:
   pipeline the main job: dagger, then a report (table, plots, rollout videos, latency)
   export   a dataset's episodes as a LeRobotDataset v3.0 (Parquet + MP4)
   import   a LeRobotDataset v3.0 as a dataset of rosbag2 episodes on a spec's topics
+  layout   a Foxglove Studio layout for a spec's episodes
   tasks    the built-in tasks and robots
 """
 from __future__ import annotations
@@ -290,6 +291,15 @@ def cmd_import(args) -> int:
                             progress=lambda done, total, name: _progress(done, total,
                                                                          "importing", name))
     print(report.describe())
+    return 0
+
+
+def cmd_layout(args) -> int:
+    from .data.foxglove import write_layout
+    from .spec import Spec
+
+    path = write_layout(Spec.load(args.spec), args.out)
+    print(f"wrote {path} (Foxglove: Layouts, Import from file)")
     return 0
 
 
@@ -602,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: by element names)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("layout", help="a Foxglove Studio layout for a spec's episodes")
+    p.add_argument("--spec", default="push_image", help="spec name or path")
+    p.add_argument("--out", default="robot_imitation_layout.json", help="JSON file to write")
+    p.set_defaults(func=cmd_layout)
 
     p = sub.add_parser("tasks", help="list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)
