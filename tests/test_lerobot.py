@@ -232,6 +232,31 @@ def test_round_trip_gives_back_the_arrays(exported, episodes, tmp_path):
         np.testing.assert_allclose(np.diff(got.t), 0.05, atol=1e-9)
 
 
+def test_dagger_episodes_keep_the_source_of_each_step(episodes, tmp_path):
+    """The command mux's executed source (HG-DAgger data) goes into the episodes table and
+    comes back as the recorded topic: training on the person's steps works after the trip."""
+    chosen = [episodes[0], episodes[2]]
+    drove = [np.where((np.arange(len(e)) // 5) % 2 == 1, "human", "policy") for e in chosen]
+
+    def items():
+        for e, sources in zip(chosen, drove):
+            yield spec_values(SPEC, e), len(e), {"status": "ok", "task": "push",
+                                                 "executed": sources.tolist()}
+
+    write_episode_bags(tmp_path / "hg", SPEC, items(), SPEC.control_rate)
+    export_lerobot(tmp_path / "hg", tmp_path / "lr")
+    rows = pq.read_table(tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [r["robot_imitation/executed"] for r in rows] == [d.tolist() for d in drove]
+    import_lerobot(tmp_path / "lr", SPEC, tmp_path / "back")
+    for root in (tmp_path / "hg", tmp_path / "back"):
+        ds = build_dataset(root, val_fraction=0.0, cache=False)
+        for got, sources in zip(ds.episodes, drove):
+            np.testing.assert_array_equal(got.executed, sources)
+        human = build_dataset(root, val_fraction=0.0, cache=False, sources=["human"])
+        assert sum(len(e) for e in human.episodes) == sum(int((d == "human").sum())
+                                                          for d in drove)
+
+
 def write_foreign(root: Path, episodes: list) -> Path:
     """A LeRobotDataset v3.0 as another writer makes one (pandas-style tasks index without a
     name, plain list columns, one MP4 per episode, an SO-100-like naming), with pyarrow and

@@ -47,7 +47,7 @@ import numpy as np
 import yaml
 
 from ..spec import Spec, SpecError
-from .dataset import DatasetError, iter_episodes
+from .dataset import SOURCE_TOPIC, SOURCE_TYPE, DatasetError, iter_episodes
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -274,12 +274,14 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                    task_text: str | None = None, robot_type: str | None = None,
                    codec: str = "h264", crf: int = 18, include_interrupted: bool = False,
                    overwrite: bool = False, data_file_mb: float = DATA_FILE_MB,
-                   video_file_mb: float = VIDEO_FILE_MB, progress=None) -> ExportReport:
+                   video_file_mb: float = VIDEO_FILE_MB, cache: bool = True,
+                   progress=None) -> ExportReport:
     """Write the usable episodes of ``dataset`` as a LeRobotDataset v3.0 at ``out``.
 
     ``fps`` defaults to the spec's control rate; a lower one must divide it (every k-th step is
     kept). ``task_text``: the task's description for every episode (default: the episode's
-    task name as recorded, else the spec's name). The folder is written under a temporary name
+    task name as recorded, else the spec's name). ``cache``: take the episodes the dataset
+    builder has cached from its cache (False: decode every bag). The folder is written under a temporary name
     and moved into place at the end: a failed export leaves nothing half-written at ``out``.
     """
     import pyarrow as pa
@@ -294,7 +296,8 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
-    spec, skipped, total, episodes = iter_episodes(dataset, spec, include_interrupted)
+    spec, skipped, total, episodes = iter_episodes(dataset, spec, include_interrupted,
+                                                   cache)
     rate = float(spec.control_rate)
     fps = rate if fps is None else float(fps)
     step = rate / fps if fps > 0 else math.inf
@@ -936,6 +939,9 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                      "operator": meta.get("operator") or "lerobot import",
                      "notes": meta.get("notes") or f"{data.root.name} episode "
                      f"{ep['episode_index']}", "lerobot_episode": int(ep["episode_index"])}
+            executed = meta.get("executed")
+            if executed and len(executed) == n:  # a DAgger episode exported at full rate
+                entry["executed"] = list(executed)
             yield values, n, entry
 
     frames = write_episode_bags(out, spec, items(), fps, overwrite=True, progress=progress,
@@ -953,8 +959,9 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
     step arrays: ``items`` yields ({spec key: (T, ...) array}, T, index entry fields). Step k
     is written at 1 s + k / fps: each stamped observation with that header stamp, every message
     logged at that time (as a lockstep recording), so the builder's alignment returns the
-    arrays. Written under a temporary name and moved into place at the end; the frames
-    written."""
+    arrays. An ``executed`` entry field (T strings: the source that drove each step) is written
+    as the command mux's source topic, as a DAgger run records it. Written under a temporary
+    name and moved into place at the end; the frames written."""
     from ..recording.bagwriter import BagWriteError, EpisodeBag, TypeRegistry
     from ..recording.recorder import DatasetWriter, RecorderError, episode_custom_data
 
@@ -965,23 +972,35 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
     shutil.rmtree(tmp, ignore_errors=True)
     registry = TypeRegistry()
     composer = MessageComposer(spec, registry)
+    registry.ensure(SOURCE_TYPE)
+    source_class = registry.store.types[SOURCE_TYPE]
     period = round(1e9 / fps)
-    total = 0
+    frames = 0
     try:
         writer = DatasetWriter(tmp, spec)
         for number, (values, n, fields) in enumerate(items):
             name = writer.next_name()
+            fields = dict(fields)
+            executed = fields.pop("executed", None)
+            if executed is not None and len(executed) != n:
+                raise LeRobotError(f"{name}: {len(executed)} executed sources for {n} steps")
             entry = {"name": name, "path": name, **fields, "duration": n / fps}
-            bag = EpisodeBag(tmp / name, composer.types(), registry)
+            topics = composer.types()
+            if executed is not None:
+                topics[SOURCE_TOPIC] = SOURCE_TYPE
+            bag = EpisodeBag(tmp / name, topics, registry)
             for k in range(n):
                 stamp = 1_000_000_000 + k * period
                 for topic, cdr in composer.messages({key: v[k] for key, v in values.items()},
                                                     stamp):
                     bag.write(topic, stamp, cdr)
+                if executed is not None:
+                    bag.write(SOURCE_TOPIC, stamp, registry.store.serialize_cdr(
+                        source_class(data=str(executed[k])), SOURCE_TYPE))
             bag.close(episode_custom_data(entry))
             entry["counts"] = dict(bag.counts)
             writer.upsert(entry)
-            total += n
+            frames += n
             if progress:
                 progress(number + 1, total or number + 1, name)
     except (BagWriteError, RecorderError, OSError) as exc:
@@ -994,7 +1013,7 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, out)
-    return total
+    return frames
 
 
 def _ranges(idx: list) -> str:
