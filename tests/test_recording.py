@@ -550,3 +550,36 @@ def test_recorded_pairs_are_the_experts_answers(tmp_path, mode, floor):
     print(f"\n{mode}: action == expert(observation) for {ok}/{total} = {ok / total:.2%} of steps")
     assert total > 50
     assert ok / total >= floor
+
+
+def test_an_episode_without_a_spec_topic_is_failed_not_ok(tmp_path):
+    """A spec topic that delivered nothing during an episode (measured: a busy recorder of
+    lockstep camera episodes got no joint states in 2 of 100 episodes, their samples held back
+    past the stop): the episode is ``failed`` with the topics named, so the builder skips it
+    and says why, instead of an ok episode that no build can use."""
+    from rclpy.serialization import serialize_message
+
+    from robot_imitation.data.dataset import _usable_episodes, build_summary
+    from robot_imitation.recording.recorder import DatasetWriter, Recorder
+
+    ds = tmp_path / "ds"
+    recorder = Recorder(DatasetWriter(ds), log=lambda *a: None)
+    topics = {"/test/joints": "sensor_msgs/msg/JointState",
+              "/test/command": "std_msgs/msg/Float64MultiArray"}
+    command = serialize_message(Float64MultiArray(data=[1.0]))
+    joints = serialize_message(JointState(name=["a"], position=[0.5]))
+    statuses = []
+    for with_joints in (True, False, False):
+        recorder.start(topics, required=list(topics))
+        for k in range(3):
+            recorder.offer("/test/command", 1_000 + k, command)
+            if with_joints:
+                recorder.offer("/test/joints", 1_000 + k, joints)
+        statuses.append(recorder.stop(keep=True, interrupted=len(statuses) == 2))
+    assert [e["status"] for e in statuses] == ["ok", "failed", "interrupted"]
+    assert statuses[1]["error"] == "no messages on /test/joints"
+    usable, skipped = _usable_episodes(ds)
+    assert [e["name"] for e in usable] == ["episode_000000"]
+    assert build_summary([], skipped, False)["skipped"] == {
+        "status failed": ["episode_000001"],
+        "interrupted (stopped before the episode ended)": ["episode_000002"]}

@@ -281,8 +281,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     ``fps`` defaults to the spec's control rate; a lower one must divide it (every k-th step is
     kept). ``task_text``: the task's description for every episode (default: the episode's
     task name as recorded, else the spec's name). ``cache``: take the episodes the dataset
-    builder has cached from its cache (False: decode every bag). The folder is written under a temporary name
-    and moved into place at the end: a failed export leaves nothing half-written at ``out``.
+    builder has cached from its cache (False: decode every bag). The folder is written under a
+    temporary name and moved into place at the end: a failed export leaves nothing
+    half-written at ``out``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -207,8 +207,9 @@ class EpisodeRecorder(Node):
         if self.spec:
             meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
         try:
-            name = self.recorder.start(dict(self.wanted), meta,
-                                       qos={t: [_bag_qos(q)] for t, q in self.qos.items()})
+            name = self.recorder.start(
+                dict(self.wanted), meta, qos={t: [_bag_qos(q)] for t, q in self.qos.items()},
+                required=[f.topic for f in self.spec.fields] if self.spec else ())
         except RecorderError as exc:
             resp.success, resp.message = False, str(exc)
             self.get_logger().error(resp.message)

@@ -143,8 +143,11 @@ class Recorder:
         return self._entry["name"] if self._entry else None
 
     # ----------------------------------------------------------------- episode control
-    def start(self, topics: dict, metadata: dict | None = None, qos: dict | None = None) -> str:
-        """Open a new episode bag for ``topics`` ({topic: type}); returns its name."""
+    def start(self, topics: dict, metadata: dict | None = None, qos: dict | None = None,
+              required=()) -> str:
+        """Open a new episode bag for ``topics`` ({topic: type}); returns its name.
+        ``required``: topics without which the episode cannot be used (the spec's observations
+        and actions): an episode that ends with none of one of them is ``failed``, not ok."""
         with self._lock:
             if self._entry is not None:
                 raise RecorderError(f"episode {self.episode} is still being recorded")
@@ -181,6 +184,7 @@ class Recorder:
                 self.dataset.episodes = [e for e in self.dataset.episodes if e["name"] != name]
                 raise RecorderError(f"cannot start {name}: the dataset index "
                                     f"{self.dataset.index_path} cannot be written: {exc}") from None
+            self._required = [t for t in required if t in topics]
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
             self._entry, self._thread = entry, thread
@@ -223,8 +227,13 @@ class Recorder:
             entry.update(duration=round(time.monotonic() - self._t0, 3),
                          counts=dict(bag.counts), received=dict(self._received),
                          dropped=dict(self._dropped), bytes=bag.bytes)
+            empty = [t for t in self._required if not bag.counts.get(t)]
             if self._error is not None:
                 entry.update(status="failed", error=str(self._error))
+            elif empty and keep and not interrupted:
+                # a spec topic that delivered nothing (a subscription the middleware never fed,
+                # or samples held back past the stop): no step of it can be trained on
+                entry.update(status="failed", error=f"no messages on {', '.join(empty)}")
             else:
                 entry["status"] = ("discarded" if not keep else
                                    "interrupted" if interrupted else "ok")
