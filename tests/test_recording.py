@@ -570,7 +570,7 @@ def test_an_episode_without_a_spec_topic_is_failed_not_ok(tmp_path):
     joints = serialize_message(JointState(name=["a"], position=[0.5]))
     statuses = []
     for with_joints in (True, False, False):
-        recorder.start(topics, required=list(topics))
+        recorder.start(topics, required=list(topics) + ["/test/joints"])
         for k in range(3):
             recorder.offer("/test/command", 1_000 + k, command)
             if with_joints:

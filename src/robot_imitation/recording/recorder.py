@@ -184,7 +184,7 @@ class Recorder:
                 self.dataset.episodes = [e for e in self.dataset.episodes if e["name"] != name]
                 raise RecorderError(f"cannot start {name}: the dataset index "
                                     f"{self.dataset.index_path} cannot be written: {exc}") from None
-            self._required = [t for t in required if t in topics]
+            self._required = [t for t in dict.fromkeys(required) if t in topics]
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
             self._entry, self._thread = entry, thread
