@@ -209,6 +209,22 @@ def test_fps_takes_every_kth_step(dataset, episodes, tmp_path):
     assert not (tmp_path / "lr7").exists()
 
 
+def test_av1_videos(dataset, episodes, tmp_path):
+    """--codec av1 (SVT-AV1, LeRobot's own default): decoded by PyAV, frames at their times."""
+    export_lerobot(dataset, tmp_path / "av1", codec="av1")
+    info = json.loads((tmp_path / "av1" / "meta" / "info.json").read_text())
+    assert info["features"]["observation.images.front_image"]["info"]["video.codec"] == "av1"
+    path = next((tmp_path / "av1" / "videos").rglob("*.mp4"))
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.codec.name in ("libdav1d", "av1", "libaom-av1")
+        n = sum(1 for _ in container.decode(stream))
+    assert n == info["total_frames"]
+    back = open_lerobot(tmp_path / "av1")
+    assert psnr(back.frames(1)["observation.images.front_image"],
+                episodes[2].obs["front_image"]) > 30
+
+
 # ===================================================================== round trip, import
 def test_round_trip_gives_back_the_arrays(exported, episodes, tmp_path):
     """export, then import: the dataset builder gives the same arrays (float32 as exported),
@@ -495,3 +511,67 @@ def test_round_trip_of_episodes_recorded_through_ros(reach_demos, tmp_path):
         for key in a.obs:
             np.testing.assert_array_equal(b.obs[key], a.obs[key].astype(np.float32))
         assert (b.success, b.seed) == (a.success, a.seed)
+
+
+WRITER = """
+import json, os, sys
+import numpy as np
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_DATASETS_CACHE", sys.argv[2])
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+features = {
+    "observation.state": {"dtype": "float32", "shape": (9,),
+                          "names": [f"motor_{j}.pos" for j in range(9)]},
+    "action": {"dtype": "float32", "shape": (8,), "names": [f"cmd_{j}" for j in range(8)]},
+    "observation.images.top": {"dtype": "video", "shape": (96, 96, 3),
+                               "names": ["height", "width", "channels"]},
+}
+ds = LeRobotDataset.create("local/written_by_lerobot", fps=20, features=features,
+                           root=sys.argv[1], use_videos=True)  # LeRobot's default codec (AV1)
+rng = np.random.default_rng(0)
+for length in (12, 15):
+    for k in range(length):
+        img = np.zeros((96, 96, 3), np.uint8)
+        img[:, :, 0] = 40 + 10 * k
+        img[20:60, 30:70, 1] = 200
+        ds.add_frame({"observation.state": rng.random(9).astype(np.float32),
+                      "action": rng.random(8).astype(np.float32),
+                      "observation.images.top": img, "task": "push"})
+    ds.save_episode()
+ds.finalize()
+back = LeRobotDataset("local/written_by_lerobot", root=sys.argv[1], video_backend="pyav")
+items = [back[i] for i in range(len(back))]
+print(json.dumps({"state": [it["observation.state"].tolist() for it in items],
+                  "action": [it["action"].tolist() for it in items],
+                  "image": [(it["observation.images.top"] * 255).round().permute(1, 2, 0)
+                            .to(dtype=__import__("torch").uint8).tolist()[::16] for it in items],
+                  "episode": [int(it["episode_index"]) for it in items]}))
+"""
+
+
+def test_import_of_a_dataset_written_by_lerobot(tmp_path):
+    """A dataset written by LeRobot's own writer (AV1 videos, its Parquet and metadata) is
+    imported with a mapping; the builder gives what LeRobot's loader gives."""
+    python = lerobot_python()
+    if python is None:
+        pytest.skip("the lerobot package is not importable here (and "
+                    "ROBOT_IMITATION_LEROBOT_PYTHON is not set)")
+    src = tmp_path / "by_lerobot"
+    run = subprocess.run([python, "-c", WRITER, str(src), str(tmp_path / "hf")],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    want = json.loads(run.stdout.strip().splitlines()[-1])
+    spec_path = tmp_path / "foreign_arm.yaml"
+    spec_path.write_text(json.dumps(FOREIGN_SPEC))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(FOREIGN_MAPPING)
+    report = import_lerobot(src, str(spec_path), tmp_path / "ds", mapping=mapping)
+    assert (report.episodes, report.frames) == (2, 27)
+    ds = build_dataset(tmp_path / "ds", val_fraction=0.0, cache=False)
+    actions = np.concatenate([e.actions for e in ds.episodes])
+    state = np.concatenate([e.obs["joint_pos"] for e in ds.episodes])
+    images = np.concatenate([e.obs["camera"] for e in ds.episodes])
+    np.testing.assert_array_equal(actions, np.array(want["action"], np.float32))
+    np.testing.assert_array_equal(state, np.array(want["state"], np.float32))
+    np.testing.assert_allclose(images[:, ::16].astype(int), np.array(want["image"]), atol=2)
