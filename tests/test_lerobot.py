@@ -273,10 +273,11 @@ def test_dagger_episodes_keep_the_source_of_each_step(episodes, tmp_path):
                                                           for d in drove)
 
 
-def write_foreign(root: Path, episodes: list) -> Path:
+def write_foreign(root: Path, episodes: list, png: bool = False) -> Path:
     """A LeRobotDataset v3.0 as another writer makes one (pandas-style tasks index without a
     name, plain list columns, one MP4 per episode, an SO-100-like naming), with pyarrow and
-    PyAV only: the state is the arm joints alone, named as that robot's."""
+    PyAV only: the state is the arm joints alone, named as that robot's. ``png``: the camera
+    as PNG images in the Parquet (LeRobot's ``image`` dtype) instead of videos."""
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     names = [f"motor_{j}.pos" for j in range(9)]
     rows, index, data = [], 0, {k: [] for k in ("observation.state", "action", "timestamp",
@@ -291,6 +292,21 @@ def write_foreign(root: Path, episodes: list) -> Path:
         data["episode_index"] += [k] * n
         data["index"] += list(range(index, index + n))
         data["task_index"] += [0] * n
+        if png:
+            import io
+
+            from PIL import Image
+
+            cells = data.setdefault("observation.images.top", [])
+            for img in e.obs["front_image"]:
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                cells.append({"bytes": buf.getvalue(), "path": None})
+            rows.append({"episode_index": k, "tasks": ["push"], "length": n,
+                         "data/chunk_index": 0, "data/file_index": 0,
+                         "dataset_from_index": index, "dataset_to_index": index + n})
+            index += n
+            continue
         video = root / f"videos/observation.images.top/chunk-000/file-{k:03d}.mp4"
         video.parent.mkdir(parents=True, exist_ok=True)
         with av.open(str(video), "w") as c:
@@ -317,8 +333,10 @@ def write_foreign(root: Path, episodes: list) -> Path:
     features = {"observation.state": {"dtype": "float32", "shape": [9], "names": names},
                 "action": {"dtype": "float32", "shape": [8], "names": [f"cmd_{j}" for j in
                                                                       range(8)]},
-                "observation.images.top": {"dtype": "video", "shape": [96, 96, 3],
-                                           "names": ["height", "width", "channels"]},
+                "observation.images.top": {"dtype": "image" if png else "video",
+                                           "shape": [3, 96, 96] if png else [96, 96, 3],
+                                           "names": ["channels", "height", "width"] if png
+                                           else ["height", "width", "channels"]},
                 **{k: {"dtype": "int64", "shape": [1], "names": None}
                    for k in ("frame_index", "episode_index", "index", "task_index")},
                 "timestamp": {"dtype": "float32", "shape": [1], "names": None}}
@@ -380,6 +398,19 @@ def test_import_of_a_dataset_written_by_another_writer(episodes, tmp_path):
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
     assert "joint_pos: no feature of" in run.stderr and "--mapping" in run.stderr
     assert not (tmp_path / "ds2").exists()
+
+
+def test_import_of_images_stored_in_the_parquet(episodes, tmp_path):
+    """LeRobot's ``image`` dtype (PNG bytes in the data, channels-first shape): lossless."""
+    src = write_foreign(tmp_path / "png", [episodes[0]], png=True)
+    spec_path = tmp_path / "foreign_arm.yaml"
+    spec_path.write_text(json.dumps(FOREIGN_SPEC))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(FOREIGN_MAPPING)
+    import_lerobot(src, str(spec_path), tmp_path / "ds", mapping=mapping)
+    got = build_dataset(tmp_path / "ds", val_fraction=0.0, cache=False).episodes[0]
+    np.testing.assert_array_equal(got.obs["camera"], episodes[0].obs["front_image"])
+    np.testing.assert_array_equal(got.actions, episodes[0].actions)
 
 
 # ===================================================================== bad input

@@ -578,7 +578,15 @@ class LeRobotDataset:
         out = {k: v[rows] for k, v in table.items()}
         for key in self.video_keys():
             out[key] = self._video_frames(key, ep, n)
+        for key in self.image_keys():
+            if key not in out:
+                raise LeRobotError(f"{self.root}: image feature {key} has no column in the data")
+            out[key] = _decode_images(out[key], key, ep["episode_index"])
         return out
+
+    def image_keys(self) -> list:
+        """Camera features stored as images (PNG or JPEG bytes in the Parquet)."""
+        return [k for k, f in self.features.items() if f.get("dtype") == "image"]
 
     def _data_file(self, chunk: int, file: int) -> dict:
         import pyarrow.parquet as pq
@@ -619,6 +627,26 @@ class LeRobotDataset:
             raise LeRobotError(f"{key}: episode {ep['episode_index']}: no video frame within "
                                f"half a frame of {want[bad]:.4f} s in chunk {chunk} file {file}")
         return frames[at]
+
+
+def _decode_images(cells, key: str, episode) -> np.ndarray:
+    """Image cells ({bytes, path} as LeRobot writes them) to (T, H, W, 3) uint8."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    frames = []
+    for k, cell in enumerate(cells):
+        data = cell.get("bytes") if isinstance(cell, dict) else None
+        if not data:
+            raise LeRobotError(f"{key}: episode {episode}, frame {k}: no image bytes in the data "
+                               "(images stored as separate files are not read)")
+        try:
+            frames.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise LeRobotError(f"{key}: episode {episode}, frame {k}: not an image: {exc}") \
+                from None
+    return np.stack(frames)
 
 
 def _column(table, name: str) -> np.ndarray:
@@ -670,9 +698,10 @@ def open_lerobot(root) -> LeRobotDataset:
                 if str(version).startswith("v2") else "")
         raise LeRobotError(f"{root}: LeRobotDataset version {version} is not supported: this "
                            f"reads {CODEBASE_VERSION}{hint}")
-    for key in ("fps", "features", "data_path", "total_episodes"):
+    for key in ("fps", "features", "total_episodes"):
         if key not in info:
             raise LeRobotError(f"{info_path}: no {key!r}")
+    info.setdefault("data_path", DATA_PATH)  # LeRobot's loader does not need it either
     files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
         raise LeRobotError(f"{root}: no meta/episodes/chunk-*/file-*.parquet")
@@ -735,15 +764,10 @@ def resolve_mapping(spec: Spec, data: LeRobotDataset, mapping: dict | None = Non
             feature = (entry or {}).get("feature", IMAGES + key)
             ft = features.get(feature)
             if ft is None or ft.get("dtype") not in ("video", "image"):
-                raise LeRobotError(f"{key}: no video feature {feature!r} in {data.root} (its "
-                                   f"videos: {data.video_keys()}); map it in a mapping file")
-            if ft.get("dtype") == "image":
-                raise LeRobotError(f"{key}: {feature} is stored as images, not video: only "
-                                   "video features are read")
-            shape = tuple(ft["shape"])
-            if len(shape) != 3 or shape[2] != 3:
-                raise LeRobotError(f"{key}: {feature} has shape {list(shape)}, an RGB video "
-                                   "(height, width, 3) is needed")
+                raise LeRobotError(f"{key}: no camera feature {feature!r} in {data.root} (its "
+                                   f"cameras: {data.video_keys() + data.image_keys()}); map it "
+                                   "in a mapping file")
+            _camera_hw(feature, ft)
             out[key] = (feature, None)
             continue
         size = int(np.prod(f.shape))
@@ -791,6 +815,19 @@ def resolve_mapping(spec: Spec, data: LeRobotDataset, mapping: dict | None = Non
 
 
 _DEFAULT = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+
+
+def _camera_hw(feature: str, ft: dict) -> tuple:
+    """(height, width) of a camera feature: shape (H, W, 3), or (3, H, W) where its names
+    say the channels come first."""
+    shape = tuple(int(v) for v in ft.get("shape", ()))
+    names = ft.get("names") if isinstance(ft.get("names"), list) else []
+    if len(shape) == 3 and names[:1] in (["channel"], ["channels"]) and shape[0] == 3:
+        return shape[1:]
+    if len(shape) == 3 and shape[2] == 3:
+        return shape[:2]
+    raise LeRobotError(f"{feature} has shape {list(shape)}: an RGB camera (height, width, 3) "
+                       "is needed")
 
 
 def read_mapping(path) -> dict:
@@ -908,8 +945,8 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
     for key, (feature, _) in resolved.items():
         f = next(x for x in spec.fields if x.key == key)
         if f.is_image:
-            shape = tuple(data.features[feature]["shape"])
-            if shape[:2] != f.shape[:2]:
+            shape = _camera_hw(feature, data.features[feature])
+            if shape != f.shape[:2]:
                 raise LeRobotError(f"{key}: {feature} is {shape[1]}x{shape[0]}, the spec's "
                                    f"{key} {f.shape[1]}x{f.shape[0]}: the builder would resize "
                                    "it (use a spec of the video's size)")
