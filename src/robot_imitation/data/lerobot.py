@@ -410,6 +410,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     except (DatasetError, SpecError) as exc:
         _abandon(writer, videos, tmp)
         raise LeRobotError(str(exc)) from None
+    except OSError as exc:  # a full disk, an unwritable folder (the reading side raised above)
+        _abandon(writer, videos, tmp)
+        raise LeRobotError(f"writing {out}: {exc.strerror or exc}") from None
     except BaseException:
         _abandon(writer, videos, tmp)
         raise
@@ -420,6 +423,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
         _write_meta(tmp, spec, layout, fps, episodes_rows, tasks, stats, default_stats, videos,
                     image_shapes, robot_type if robot_type is not None else _robot_of(
                         episodes_rows, dataset), data_file_mb, video_file_mb, step)
+    except OSError as exc:
+        _abandon(None, videos, tmp)
+        raise LeRobotError(f"writing {out}: {exc.strerror or exc}") from None
     except BaseException:
         _abandon(None, videos, tmp)
         raise
