@@ -12,6 +12,7 @@ process calls ``rclpy.init``, ``rclpy.Context.init`` or ``ProcessGroup.start`` (
 """
 import functools
 import os
+import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -232,7 +233,6 @@ def reach_demos(tmp_path_factory):
 
 def train_cli(dataset, out, *options) -> None:
     """`robot-imitation train DATASET --out OUT OPTIONS` the user's way, on the CPU."""
-    import subprocess
     import sys
 
     proc = subprocess.run(
@@ -273,3 +273,16 @@ def reach_generative(request, reach_demos, tmp_path_factory):
               "--eval-every", "0", "--eval-episodes", "0",
               *[a for option in options for a in ("--policy-option", option)])
     return family, out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs to fill (a full disk); skips where mounting needs a root this is not."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

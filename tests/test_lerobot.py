@@ -608,18 +608,6 @@ def test_import_of_a_dataset_written_by_lerobot(tmp_path):
     np.testing.assert_allclose(images[:, ::16].astype(int), np.array(want["image"]), atol=2)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_full_disk_is_one_line_and_leaves_nothing(exported, dataset, small_disk):
     """Export and import onto a disk with 64 KiB free: ``No space left on device``, exit 1,
     no partial folder left (the filler is all there is)."""

@@ -446,18 +446,6 @@ def test_an_unwritable_index_refuses_the_start_and_the_recorder_survives(procs, 
     assert read_counts(ds / "episode_000000") == first
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 @pytest.mark.ros
 def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_disk):
     pubs = Publishers(probe)
