@@ -10,7 +10,8 @@ limits) in the gymnasium world. The baseline of the ratios is the expert's succe
 episodes, measured in the same run.
 
 Also measured per policy (the largest demonstration set of the first seed, on the first task):
-training time; inference time per chunk (the controller's worker); and the control thread's
+training time (on the CPU its CPU time: with ``--threads 1`` the time on one core, unaffected
+by other work on the machine; on a GPU the wall time); inference time per chunk (the controller's worker); and the control thread's
 time per tick when ticks come at the control rate in real time (``late_chunk hold``, as on a
 robot), with the ticks where no action was ready.
 
@@ -70,11 +71,14 @@ def fit(task: str, name: str, episodes: list, seed: int, out: Path, device: str)
     cfg = TrainConfig(policy=family, policy_config=dict(options), task=task, seed=seed,
                       device=device, eval_every=0, eval_episodes=0, val_fraction=0.0,
                       log_every=500, **settings)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train(episodes_dataset(episodes, Spec.load(task), cfg), out, cfg,
                    log=lambda *a, **k: None)
-    return {"checkpoint": result["last"], "train_s": time.perf_counter() - t0,
-            "samples": sum(len(e) for e in episodes)}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # on the CPU, the training's CPU time (with --threads 1, its time on one core whatever
+    # else the machine runs, or if the run is paused); on a GPU, the wall time
+    return {"checkpoint": result["last"], "train_s": wall if device != "cpu" else cpu,
+            "train_wall_s": wall, "samples": sum(len(e) for e in episodes)}
 
 
 def evaluate(task: str, checkpoint: str | None, episodes: int) -> dict:
