@@ -33,6 +33,7 @@ class ObservationAssembler:
         self._values: dict = {}
         self._stamps: dict = {}
         self._answered = None
+        self._readers = None  # cdr.MessageReader per topic, made on the first raw message
 
     @property
     def topics(self) -> dict:
@@ -45,6 +46,29 @@ class ObservationAssembler:
         for f in self.by_topic[topic]:
             self._values[f.key] = self.spec.extract(f, msg)
             self._stamps[f.key] = t
+
+    def on_raw(self, topic: str, raw: bytes) -> None:
+        """Take a serialized message (a raw subscription's): the fields read straight from its
+        CDR bytes (``cdr.MessageReader``), the same values and stamp as ``on_message`` of the
+        deserialized message; bytes the reader does not take are deserialized."""
+        from .cdr import CdrError, readers
+
+        if self._readers is None:
+            self._readers = readers(self.spec, self.fields)
+        try:
+            stamp_ns, values = self._readers[topic].read(raw)
+        except CdrError:
+            from rclpy.serialization import deserialize_message
+
+            self.on_message(topic, deserialize_message(raw, message_class(
+                self.topics[topic])))
+            return
+        # the float message_stamp computes, bit for bit (stamps are compared for equality)
+        t = None if stamp_ns is None else \
+            stamp_ns // 1_000_000_000 + (stamp_ns % 1_000_000_000) * 1e-9
+        self._values.update(values)
+        for key in values:
+            self._stamps[key] = t
 
     def synchronized(self) -> tuple[float, dict] | None:
         """(stamp, observation) when all parts share a stamp not handed out before, else None."""

@@ -256,12 +256,15 @@ def stamp_ns(stamp) -> int:
 
 
 def take_state(node, assembler, topic: str, msg) -> bool:
-    """Give a state message to ``assembler`` (an ``ObservationAssembler``); a malformed one is
-    logged (throttled) and refused."""
+    """Give a state message (or its serialized bytes) to ``assembler`` (an
+    ``ObservationAssembler``); a malformed one is logged (throttled) and refused."""
     from ..spec import SpecError
 
     try:
-        assembler.on_message(topic, msg)
+        if isinstance(msg, bytes):  # a raw subscription's serialized message
+            assembler.on_raw(topic, msg)
+        else:
+            assembler.on_message(topic, msg)
     except SpecError as exc:
         node.get_logger().error(str(exc), throttle_duration_sec=5.0)
         return False

@@ -69,8 +69,10 @@ class ScriptedExpert(Node):
         self.pub_grip = self.create_publisher(Float64MultiArray,
                                               f"/{p['gripper_controller']}/commands", COMMAND_QOS)
         for topic, mtype in self.assembler.topics.items():
+            # raw: the fields are read straight from the CDR bytes (observation.on_raw)
             self.create_subscription(message_class(mtype), topic,
-                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
+                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS,
+                                     raw=True)
         self.commands = 0
         self._stale_logged = False
         if self.trigger == "timer":

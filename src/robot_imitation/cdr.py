@@ -1,0 +1,204 @@
+"""Reading a spec's fields straight from serialized (CDR) messages.
+
+A raw subscription (``create_subscription(..., raw=True)``) hands over the message's bytes;
+turning them into an rclpy message object first (every field, the joint names as Python
+strings) and then into the spec's arrays costs more than the control step itself at high
+rates. ``MessageReader`` reads only what the spec takes, at the offsets the CDR layout puts
+them: the header stamp and each field's values, the same arrays ``Spec.extract`` gives (tests
+hold the two equal on messages serialized by rclpy).
+
+Supported: the spec's message types (``sensor_msgs/JointState``, ``geometry_msgs/PoseStamped``,
+``geometry_msgs/Pose``, ``std_msgs/Float64MultiArray``, ``std_msgs/Float32MultiArray``,
+``sensor_msgs/Image``), little-endian plain CDR (what every ROS 2 middleware on x86 and ARM
+writes). ``MessageReader.read`` raises ``CdrError`` for anything else (a big-endian stream, a
+truncated message), and the caller then takes the slow path.
+
+CDR layout: a 4-byte encapsulation header (``00 01 00 00``: CDR, little endian), then the
+fields in order, each aligned to its size relative to the end of the header; a string is a
+uint32 length (with the terminating NUL) and the bytes; a sequence a uint32 count and the items.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from .spec import Spec, SpecError, resize_nearest
+
+CDR_LE = (b"\x00\x01", b"\x00\x03")  # CDR and PL_CDR, little endian (options ignored)
+_U32 = struct.Struct("<I")
+_TIME = struct.Struct("<iI")
+_STAMPED = {"sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped",
+            "sensor_msgs/msg/Image"}
+_JOINT_FIELDS = ("position", "velocity", "effort")
+_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class CdrError(ValueError):
+    """Bytes this reader does not take (the caller deserializes them the usual way)."""
+
+
+def _align(pos: int, n: int) -> int:
+    # positions count from the end of the 4-byte encapsulation header
+    return pos + (-(pos - 4) % n)
+
+
+def _string_end(buf, pos: int) -> int:
+    pos = _align(pos, 4)
+    (n,) = _U32.unpack_from(buf, pos)
+    return pos + 4 + n
+
+
+def _doubles(buf, pos: int, dtype="<f8") -> tuple[np.ndarray, int]:
+    """A sequence of floats at ``pos``: (array, position after it)."""
+    pos = _align(pos, 4)
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    size = np.dtype(dtype).itemsize
+    if n:
+        pos = _align(pos, size)
+    end = pos + n * size
+    if end > len(buf):
+        raise CdrError("truncated")
+    return np.frombuffer(buf, dtype, n, pos), end
+
+
+class MessageReader:
+    """The spec fields of one topic (all of one message type) from its serialized messages."""
+
+    def __init__(self, spec: Spec, fields):
+        self.spec = spec
+        self.fields = tuple(fields)
+        self.type = self.fields[0].type
+        if any(f.type != self.type for f in self.fields):
+            raise SpecError(f"{self.fields[0].topic}: fields of different types")
+        self.stamped = self.type in _STAMPED
+        self._names_raw = None  # JointState: the name sequence's bytes last seen, and its index
+        self._index: dict = {}
+
+    def read(self, raw) -> tuple[int | None, dict]:
+        """(header stamp in ns, or None without a header; {field key: array}). ``CdrError``
+        for bytes not taken here; ``SpecError`` for a message that does not fit the spec (as
+        ``Spec.extract``)."""
+        buf = memoryview(raw).cast("B") if not isinstance(raw, (bytes, bytearray)) else raw
+        if len(buf) < 4 or bytes(buf[:2]) not in CDR_LE:
+            raise CdrError("not little-endian CDR")
+        try:
+            return self._read(buf)
+        except struct.error:
+            raise CdrError("truncated") from None
+
+    def _read(self, buf) -> tuple[int | None, dict]:
+        pos = 4
+        stamp = None
+        if self.stamped:
+            sec, nsec = _TIME.unpack_from(buf, pos)
+            stamp = sec * 1_000_000_000 + nsec
+            pos = _string_end(buf, pos + 8)  # frame_id
+        t = self.type
+        if t == "sensor_msgs/msg/JointState":
+            return stamp, self._joint_state(buf, pos)
+        if t in ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/Pose"):
+            pos = _align(pos, 8)
+            if pos + 56 > len(buf):
+                raise CdrError("truncated")
+            p = np.frombuffer(buf, "<f8", 7, pos)  # x y z, qx qy qz qw
+            value = np.array([p[0], p[1], p[2], p[6], p[3], p[4], p[5]])
+            return stamp, {f.key: value for f in self.fields}
+        if t in ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray"):
+            pos = _align(pos, 4)
+            (dims,) = _U32.unpack_from(buf, pos)
+            pos += 4
+            for _ in range(dims):  # label, size, stride
+                pos = _string_end(buf, pos)
+                pos = _align(pos, 4) + 8
+            pos = _align(pos, 4) + 4  # data_offset
+            data, _ = _doubles(buf, pos, "<f8" if "Float64" in t else "<f4")
+            out = {}
+            for f in self.fields:
+                if data.shape != (f.size,):
+                    raise SpecError(f"{f.topic}: expected {f.size} values, got {data.size}")
+                out[f.key] = data.astype(np.float64)  # a copy: the buffer is reused
+            return stamp, out
+        if t == "sensor_msgs/msg/Image":
+            return stamp, self._image(buf, pos)
+        raise CdrError(f"{t} is not read here")
+
+    def _joint_state(self, buf, pos: int) -> dict:
+        pos = _align(pos, 4)
+        start = pos
+        (n,) = _U32.unpack_from(buf, pos)
+        pos += 4
+        for _ in range(n):
+            pos = _string_end(buf, pos)
+        names_raw = bytes(buf[start:pos])
+        if names_raw != self._names_raw:
+            names = _names(buf, start)
+            self._index = {}
+            for f in self.fields:
+                missing = [j for j in f.joints if j not in names]
+                if missing:
+                    raise SpecError(f"{f.topic}: joints {missing} missing from the message "
+                                    f"(it has {names})")
+                self._index[f.key] = np.array([names.index(j) for j in f.joints])
+            self._names_raw = names_raw
+            self._n = n
+        arrays = {}
+        for name in _JOINT_FIELDS:
+            arrays[name], pos = _doubles(buf, pos)
+        out = {}
+        for f in self.fields:
+            values = arrays[f.field]
+            if len(values) != self._n:
+                raise SpecError(f"{f.topic}: {self._n} joint names but {len(values)} {f.field} "
+                                "values")
+            out[f.key] = values[self._index[f.key]]  # fancy indexing: a copy
+        return out
+
+    def _image(self, buf, pos: int) -> dict:
+        pos = _align(pos, 4)
+        h, w = struct.unpack_from("<II", buf, pos)
+        end = _string_end(buf, pos + 8)
+        encoding = bytes(buf[pos + 12:end - 1]).decode("ascii", "replace")
+        pos = end + 1  # is_bigendian
+        pos = _align(pos, 4)
+        (step,) = _U32.unpack_from(buf, pos)
+        (n,) = _U32.unpack_from(buf, pos + 4)
+        data = np.frombuffer(buf, np.uint8, min(n, len(buf) - pos - 8), pos + 8)
+        ch = _ENCODINGS.get(encoding)
+        if ch is None:
+            raise SpecError(f"image encoding {encoding!r} not supported "
+                            f"(supported: {sorted(_ENCODINGS)})")
+        if step < w * ch or data.size < step * h:
+            raise SpecError(f"image of {w}x{h} {encoding} needs {step * h} bytes with step "
+                            f"{step}, got {data.size}")
+        img = data[: step * h].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
+        if encoding in ("bgr8", "bgra8"):
+            img = img[..., [2, 1, 0]]
+        elif encoding == "rgba8":
+            img = img[..., :3]
+        out = {}
+        for f in self.fields:
+            out[f.key] = resize_nearest(img, f.image["width"], f.image["height"],
+                                        f.image["encoding"])
+        return out
+
+
+def _names(buf, pos: int) -> list:
+    (n,) = _U32.unpack_from(buf, pos)
+    pos += 4
+    names = []
+    for _ in range(n):
+        pos = _align(pos, 4)
+        (k,) = _U32.unpack_from(buf, pos)
+        names.append(bytes(buf[pos + 4:pos + 4 + k - 1]).decode("utf-8"))
+        pos += 4 + k
+    return names
+
+
+def readers(spec: Spec, fields=None) -> dict:
+    """{topic: MessageReader} for ``fields`` (default: the spec's observations)."""
+    by_topic: dict = {}
+    for f in (fields if fields is not None else spec.observations):
+        by_topic.setdefault(f.topic, []).append(f)
+    return {topic: MessageReader(spec, fs) for topic, fs in by_topic.items()}

@@ -1,0 +1,162 @@
+"""Spec fields read straight from CDR bytes (``cdr.MessageReader``) equal ``Spec.extract`` on
+the deserialized message, for messages serialized by rclpy itself."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
+
+from robot_imitation.cdr import CdrError, MessageReader, readers
+from robot_imitation.spec import FieldSpec, Spec, SpecError, message_stamp
+
+RNG = np.random.default_rng(0)
+JOINTS = ("a1", "a2", "a3", "finger")
+
+
+def field(key, type_, name, **kw) -> FieldSpec:
+    return FieldSpec(key=key, topic="/t", type=type_, field=name, **kw)
+
+
+def same(spec, fields, msg) -> None:
+    """The reader's stamp and arrays equal message_stamp and Spec.extract."""
+    stamp, values = MessageReader(spec, fields).read(serialize_message(msg))
+    want = message_stamp(msg)
+    assert (stamp is None) == (want is None)
+    if stamp is not None:
+        assert stamp == msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+    for f in fields:
+        expect = spec.extract(f, msg)
+        assert values[f.key].dtype == expect.dtype
+        np.testing.assert_array_equal(values[f.key], expect)
+
+
+def joint_state(names, frame="base_link_with_a_long_name", with_effort=True) -> JointState:
+    msg = JointState(name=list(names), position=RNG.normal(size=len(names)).tolist(),
+                     velocity=RNG.normal(size=len(names)).tolist(),
+                     effort=RNG.normal(size=len(names)).tolist() if with_effort else [])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 12, 345_678_901
+    msg.header.frame_id = frame
+    return msg
+
+
+SPEC = Spec.load("push_image")
+
+
+@pytest.mark.parametrize("frame", ["", "w", "wor", "world", "a_frame_of_odd_length"])
+def test_joint_states_in_any_order_with_any_frame(frame):
+    fields = [field("pos", "sensor_msgs/msg/JointState", "position", joints=JOINTS),
+              field("vel", "sensor_msgs/msg/JointState", "velocity", joints=JOINTS[::-1]),
+              field("eff", "sensor_msgs/msg/JointState", "effort", joints=JOINTS[1:])]
+    reader = MessageReader(SPEC, fields)
+    for names in (JOINTS + ("extra",), ("extra", "finger", "a3", "a1", "a2"), JOINTS):
+        msg = joint_state(names, frame)
+        stamp, values = reader.read(serialize_message(msg))  # the name index is cached
+        for f in fields:
+            np.testing.assert_array_equal(values[f.key], SPEC.extract(f, msg))
+        same(SPEC, fields, msg)
+
+
+def test_joint_state_errors_are_the_extract_errors():
+    f = field("pos", "sensor_msgs/msg/JointState", "position", joints=JOINTS)
+    with pytest.raises(SpecError, match=r"joints \['finger'\] missing from the message"):
+        MessageReader(SPEC, [f]).read(serialize_message(joint_state(JOINTS[:3])))
+    e = field("eff", "sensor_msgs/msg/JointState", "effort", joints=JOINTS)
+    with pytest.raises(SpecError, match="4 joint names but 0 effort values"):
+        MessageReader(SPEC, [e]).read(serialize_message(joint_state(JOINTS, with_effort=False)))
+
+
+@pytest.mark.parametrize("frame", ["", "map", "odom_frame"])
+def test_poses(frame):
+    msg = PoseStamped()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 7, 1
+    msg.header.frame_id = frame
+    v = RNG.normal(size=7)
+    p, o = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z, o.x, o.y, o.z, o.w = (float(x) for x in v)
+    same(SPEC, [field("ee", "geometry_msgs/msg/PoseStamped", "pose")], msg)
+    same(SPEC, [field("ee", "geometry_msgs/msg/Pose", "pose")], msg.pose)
+
+
+@pytest.mark.parametrize("labels", [[], ["s"], ["12.500000000", "x"], ["abc", "de", "f"]])
+@pytest.mark.parametrize("cls, type_", [(Float64MultiArray, "std_msgs/msg/Float64MultiArray"),
+                                        (Float32MultiArray, "std_msgs/msg/Float32MultiArray")])
+def test_arrays_after_any_layout(labels, cls, type_):
+    msg = cls(data=RNG.normal(size=7).tolist())
+    msg.layout.dim = [MultiArrayDimension(label=lab, size=7, stride=7) for lab in labels]
+    msg.layout.data_offset = 3
+    same(SPEC, [field("arm", type_, "data", size=7)], msg)
+    with pytest.raises(SpecError, match="expected 8 values, got 7"):
+        MessageReader(SPEC, [field("arm", type_, "data", size=8)]).read(serialize_message(msg))
+    empty = cls(data=[])
+    with pytest.raises(SpecError, match="expected 7 values, got 0"):
+        MessageReader(SPEC, [field("arm", type_, "data", size=7)]).read(serialize_message(empty))
+
+
+@pytest.mark.parametrize("encoding, channels", [("rgb8", 3), ("bgr8", 3), ("rgba8", 4),
+                                                ("mono8", 1)])
+@pytest.mark.parametrize("want", ["rgb8", "mono8"])
+@pytest.mark.parametrize("pad", [0, 5])
+def test_images_with_padding_and_resizing(encoding, channels, want, pad):
+    h, w = 30, 41
+    pixels = RNG.integers(0, 256, size=(h, w * channels + pad), dtype=np.uint8)
+    msg = Image(height=h, width=w, encoding=encoding, is_bigendian=0, step=w * channels + pad,
+                data=pixels.tobytes())
+    msg.header.stamp.sec = 3
+    msg.header.frame_id = "cam_optical"
+    for size in ((w, h), (16, 12)):
+        f = field("img", "sensor_msgs/msg/Image", "image",
+                  image={"width": size[0], "height": size[1], "encoding": want})
+        same(SPEC, [f], msg)
+
+
+def test_what_is_not_taken_here():
+    f = field("pos", "sensor_msgs/msg/JointState", "position", joints=JOINTS)
+    raw = serialize_message(joint_state(JOINTS))
+    reader = MessageReader(SPEC, [f])
+    with pytest.raises(CdrError, match="truncated"):
+        reader.read(raw[: len(raw) - 9])
+    with pytest.raises(CdrError, match="little-endian"):
+        reader.read(b"\x00\x00" + raw[2:])  # big-endian CDR
+    bad = Image(height=4, width=4, encoding="yuv422", step=8, data=bytes(32))
+    g = field("img", "sensor_msgs/msg/Image", "image",
+              image={"width": 4, "height": 4, "encoding": "rgb8"})
+    with pytest.raises(SpecError, match="encoding 'yuv422' not supported"):
+        MessageReader(SPEC, [g]).read(serialize_message(bad))
+
+
+def test_every_built_in_spec_is_read():
+    """One reader per topic of each built-in spec's observations and actions."""
+    for name in ("reach", "push", "push_image", "push_obstacle"):
+        spec = Spec.load(name)
+        found = readers(spec, spec.fields)
+        assert set(found) == {f.topic for f in spec.fields}
+
+
+def test_the_assembler_gives_the_same_state_from_bytes():
+    """``on_raw`` and ``on_message`` hand out the same observation with the same float stamp
+    (stamps are compared for equality and name the state a command answers)."""
+    from robot_imitation.observation import ObservationAssembler
+
+    spec = Spec.load("push")
+    by_msg, by_raw = ObservationAssembler(spec), ObservationAssembler(spec)
+    for k in range(50):
+        sec, nsec = 100 + k // 20, (k * 50_000_000 + 7) % 1_000_000_000
+        for topic in by_msg.topics:
+            if topic == "/joint_states":
+                msg = joint_state(spec.observations[0].joints)
+            else:
+                msg = PoseStamped()
+                msg.pose.position.x = float(RNG.normal())
+                msg.pose.orientation.w = 1.0
+            msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nsec
+            by_msg.on_message(topic, msg)
+            by_raw.on_raw(topic, serialize_message(msg))
+        a, b = by_msg.synchronized(), by_raw.synchronized()
+        assert a is not None and b is not None
+        assert a[0] == b[0]  # the very same float
+        assert a[1].keys() == b[1].keys()
+        for key in a[1]:
+            np.testing.assert_array_equal(a[1][key], b[1][key])
