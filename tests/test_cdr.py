@@ -160,3 +160,25 @@ def test_the_assembler_gives_the_same_state_from_bytes():
         assert a[1].keys() == b[1].keys()
         for key in a[1]:
             np.testing.assert_array_equal(a[1][key], b[1][key])
+
+
+@pytest.mark.parametrize("label", [None, "", "5.000000000", "12345.678901234", "a" * 13])
+@pytest.mark.parametrize("n", [0, 1, 7, 8])
+def test_commands_serialized_as_rclpy_does(label, n):
+    """The raw command bytes deserialize (rclpy) to the ``answer`` message of the same values
+    and label, and rclpy's own bytes of it differ only in padding (unspecified in CDR)."""
+    from rclpy.serialization import deserialize_message
+
+    from robot_imitation.cdr import float64_multi_array
+
+    values = RNG.normal(size=n)
+    msg = Float64MultiArray(data=values.tolist())
+    if label is not None:
+        msg.layout.dim = [MultiArrayDimension(label=label, size=n, stride=n)]
+    raw = float64_multi_array(values, label)
+    assert deserialize_message(raw, Float64MultiArray) == msg
+    theirs = serialize_message(msg)
+    assert len(theirs) - len(raw) in (0, 1, 2, 3, 4)  # rclpy rounds the length up to 4 bytes
+    meaningful = np.frombuffer(raw, np.uint8) != 0
+    assert np.array_equal(np.frombuffer(theirs[:len(raw)], np.uint8)[meaningful],
+                          np.frombuffer(raw, np.uint8)[meaningful])

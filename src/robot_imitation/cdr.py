@@ -202,3 +202,25 @@ def readers(spec: Spec, fields=None) -> dict:
     for f in (fields if fields is not None else spec.observations):
         by_topic.setdefault(f.topic, []).append(f)
     return {topic: MessageReader(spec, fs) for topic, fs in by_topic.items()}
+
+
+def float64_multi_array(values, label: str | None = None) -> bytes:
+    """The CDR bytes rclpy serializes for a ``std_msgs/Float64MultiArray`` of ``values`` whose
+    layout has one dimension labelled ``label`` (size and stride the number of values), or no
+    dimension (None): what ``nodes.common.answer`` fills, for a raw publish."""
+    data = np.ascontiguousarray(values, dtype="<f8")
+    n = data.size
+    out = bytearray(b"\x00\x01\x00\x00")
+    if label is None:
+        out += _U32.pack(0)
+    else:
+        text = label.encode("utf-8") + b"\x00"
+        out += _U32.pack(1) + _U32.pack(len(text)) + text
+        out += b"\x00" * (-(len(out) - 4) % 4)
+        out += struct.pack("<II", n, n)
+    out += _U32.pack(0)  # data_offset
+    out += _U32.pack(n)
+    if n:
+        out += b"\x00" * (-(len(out) - 4) % 8)
+        out += data.tobytes()
+    return bytes(out)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer, declare_all, run,
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, declare_all, run,
                      stamp_ns, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
@@ -67,7 +67,8 @@ from ..deploy.runtime import (CHUNK_MODES, LATE_CHUNKS, SAFE_COMMANDS,  # noqa: 
                               make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..pairing import stamp_of  # noqa: E402
+from ..cdr import float64_multi_array  # noqa: E402
+from ..pairing import stamp_label, stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -208,11 +209,11 @@ class PolicyNode(LifecycleNode):
         self.assembler = ObservationAssembler(self.spec)
         self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
                      for f in self.spec.actions]
-        self._msgs = [Float64MultiArray() for _ in self.pubs]  # reused every tick
         for topic, mtype in self.assembler.topics.items():
+            # raw: the spec's fields read straight from the CDR bytes (observation.on_raw)
             self._ents.append(self.create_subscription(
                 message_class(mtype), topic, lambda msg, t=topic: self._on_state(t, msg),
-                STATE_QOS))
+                STATE_QOS, raw=True))
         if self.p["checkpoint_topic"]:
             self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
                                                        self._on_checkpoint_topic, LATCHED_QOS))
@@ -356,9 +357,10 @@ class PolicyNode(LifecycleNode):
                 f"{self.controller.counters.clamped_ticks} clamped ticks in all)",
                 throttle_duration_sec=5.0)
         if result.action is not None:
-            for (_, values), pub, msg in zip(self.controller.split(result.action), self.pubs,
-                                             self._msgs):
-                pub.publish(answer(values, stamp, msg))
+            # serialized here (the message answer() fills, as CDR bytes): a raw publish
+            label = stamp_label(stamp_of(stamp))
+            for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
+                pub.publish(float64_multi_array(values, label))
             done = self.get_clock().now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
