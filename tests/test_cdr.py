@@ -182,3 +182,58 @@ def test_commands_serialized_as_rclpy_does(label, n):
     meaningful = np.frombuffer(raw, np.uint8) != 0
     assert np.array_equal(np.frombuffer(theirs[:len(raw)], np.uint8)[meaningful],
                           np.frombuffer(raw, np.uint8)[meaningful])
+
+
+@pytest.mark.parametrize("frame", ["", "w", "world", "odom_frame"])
+def test_state_messages_written_as_rclpy_reads_them(frame):
+    """The bridge's raw state messages deserialize to the messages it filled before."""
+    from rclpy.serialization import deserialize_message
+    from rosgraph_msgs.msg import Clock
+
+    from robot_imitation.cdr import StateWriter
+
+    names = ["panda_joint1", "j2", "a_longer_joint_name"]
+    writer = StateWriter(names, frame)
+    q, qd, eff = RNG.normal(size=3), RNG.normal(size=3), RNG.normal(size=3)
+    got = deserialize_message(writer.joint_state(5, 250_000_000, q, qd, eff), JointState)
+    want = JointState(name=names, position=q.tolist(), velocity=qd.tolist(),
+                      effort=eff.tolist())
+    want.header.stamp.sec, want.header.stamp.nanosec = 5, 250_000_000
+    assert got == want
+    v = RNG.normal(size=7)
+    got = deserialize_message(writer.pose_stamped(7, 3, v), PoseStamped)
+    want = PoseStamped()
+    want.header.stamp.sec, want.header.stamp.nanosec = 7, 3
+    want.header.frame_id = frame
+    p, o = want.pose.position, want.pose.orientation
+    p.x, p.y, p.z, o.w, o.x, o.y, o.z = (float(x) for x in v)
+    assert got == want
+    clock = deserialize_message(StateWriter.clock(9, 10), Clock)
+    assert (clock.clock.sec, clock.clock.nanosec) == (9, 10)
+    # and the reader takes them back
+    spec = Spec.load("push")
+    stamp, values = MessageReader(spec, [f for f in spec.observations
+                                         if f.topic == "/ee_pose"]).read(
+        writer.pose_stamped(7, 3, v))
+    assert stamp == 7_000_000_003
+    np.testing.assert_array_equal(values["ee_pose"], v)
+
+
+@pytest.mark.parametrize("texts", [("episode", "running", "push"), ("", "", ""),
+                                   ("ep", "succeeded", "push_obstacle")])
+def test_status_written_as_rclpy_reads_it(texts):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.serialization import deserialize_message
+
+    from robot_imitation.cdr import diagnostic_array
+
+    pairs = [("episode", "3"), ("seed", "1003"), ("tick", "17"), ("success", "false"),
+             ("done", "false"), ("reward", "-0.123")]
+    raw = diagnostic_array(4, 50_000_000, 2, *texts, pairs)
+    want = DiagnosticArray()
+    want.header.stamp.sec, want.header.stamp.nanosec = 4, 50_000_000
+    status = DiagnosticStatus(level=DiagnosticStatus.ERROR, name=texts[0], message=texts[1],
+                              hardware_id=texts[2])
+    status.values = [KeyValue(key=k, value=v) for k, v in pairs]
+    want.status = [status]
+    assert deserialize_message(raw, DiagnosticArray) == want

@@ -224,3 +224,71 @@ def float64_multi_array(values, label: str | None = None) -> bytes:
         out += b"\x00" * (-(len(out) - 4) % 8)
         out += data.tobytes()
     return bytes(out)
+
+
+def _cdr_string(out: bytearray, text: bytes) -> None:
+    out += b"\x00" * (-(len(out) - 4) % 4)
+    out += _U32.pack(len(text) + 1) + text + b"\x00"
+
+
+def _cdr_doubles(out: bytearray, values: np.ndarray) -> None:
+    out += b"\x00" * (-(len(out) - 4) % 4)
+    out += _U32.pack(len(values))
+    if len(values):
+        out += b"\x00" * (-(len(out) - 4) % 8)
+        out += values.tobytes()
+
+
+class StateWriter:
+    """The bridge's state messages as CDR bytes for a raw publish, their constant parts
+    (frame, joint names) serialized once: ``joint_state``, ``pose_stamped`` and ``clock``
+    deserialize (rclpy) to the messages the bridge filled before."""
+
+    def __init__(self, joint_names=(), frame_id: str = ""):
+        names = bytearray(b"\x00\x01\x00\x00" + bytes(8))  # header stamp placeholder
+        _cdr_string(names, b"")  # JointState's frame_id: empty, as the bridge leaves it
+        names += b"\x00" * (-(len(names) - 4) % 4)
+        names += _U32.pack(len(joint_names))
+        for j in joint_names:
+            _cdr_string(names, j.encode("utf-8"))
+        self._joints_prefix = bytes(names[12:])  # after encapsulation + stamp
+        pose = bytearray(b"\x00\x01\x00\x00" + bytes(8))
+        _cdr_string(pose, frame_id.encode("utf-8"))
+        pose += b"\x00" * (-(len(pose) - 4) % 8)
+        self._pose_prefix = bytes(pose[12:])
+
+    @staticmethod
+    def clock(sec: int, nanosec: int) -> bytes:
+        """``rosgraph_msgs/Clock``."""
+        return b"\x00\x01\x00\x00" + _TIME.pack(sec, nanosec)
+
+    def joint_state(self, sec: int, nanosec: int, position, velocity, effort) -> bytes:
+        """``sensor_msgs/JointState`` of the joints given at construction."""
+        out = bytearray(b"\x00\x01\x00\x00" + _TIME.pack(sec, nanosec) + self._joints_prefix)
+        for values in (position, velocity, effort):
+            _cdr_doubles(out, np.ascontiguousarray(values, dtype="<f8"))
+        return bytes(out)
+
+    def pose_stamped(self, sec: int, nanosec: int, pose) -> bytes:
+        """``geometry_msgs/PoseStamped`` of ``pose`` = (x, y, z, qw, qx, qy, qz)."""
+        p = np.asarray(pose, dtype="<f8")
+        return (b"\x00\x01\x00\x00" + _TIME.pack(sec, nanosec) + self._pose_prefix
+                + p[[0, 1, 2, 4, 5, 6, 3]].tobytes())
+
+
+def diagnostic_array(sec: int, nanosec: int, level: int, name: str, message: str,
+                     hardware_id: str, values) -> bytes:
+    """``diagnostic_msgs/DiagnosticArray`` of one ``DiagnosticStatus`` (``values``: (key,
+    value) pairs), as CDR bytes for a raw publish (the bridge's episode status)."""
+    out = bytearray(b"\x00\x01\x00\x00" + _TIME.pack(sec, nanosec))
+    _cdr_string(out, b"")  # header.frame_id
+    out += b"\x00" * (-(len(out) - 4) % 4)
+    out += _U32.pack(1) + bytes([level])
+    for text in (name, message, hardware_id):
+        _cdr_string(out, text.encode("utf-8"))
+    out += b"\x00" * (-(len(out) - 4) % 4)
+    out += _U32.pack(len(values))
+    for key, value in values:
+        _cdr_string(out, key.encode("utf-8"))
+        _cdr_string(out, value.encode("utf-8"))
+    return bytes(out)

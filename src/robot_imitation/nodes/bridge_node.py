@@ -34,6 +34,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ..bridge.core import BridgeCore, BurstLog, CommandResult  # noqa: E402
 from ..bridge.stepper import Lockstep, Verdict  # noqa: E402
+from ..cdr import StateWriter, diagnostic_array  # noqa: E402
 from ..pairing import layout_stamp  # noqa: E402
 from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
 
@@ -176,11 +177,9 @@ class MujocoBridge(Node):
         self.pub_status = self.create_publisher(DiagnosticArray, "episode/status", LATCHED_QOS)
         self.pub_rtf = self.create_publisher(Float64, "~/real_time_factor", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._js = JointState()
-        self._js.name = list(self.joint_names)
-        self._poses = {k: PoseStamped() for k in self.pose_keys}
-        for msg in self._poses.values():
-            msg.header.frame_id = frame
+        # the state messages serialized here, their constant parts once (cdr.StateWriter):
+        # raw publishes, the same messages as filling rclpy ones costs twice as much
+        self._writer = StateWriter(list(self.joint_names), frame)
         self._clock_msg = Clock()
 
         # ---------------------------------------------------------------- cameras
@@ -407,38 +406,24 @@ class MujocoBridge(Node):
         """Joint states, poses, clock and episode status of the current instant (lock held)."""
         t = self.core.clock
         stamp = from_sec(t)
-        self._clock_msg.clock = stamp
-        self.pub_clock.publish(self._clock_msg)
+        sec, nsec = stamp.sec, stamp.nanosec
+        self.pub_clock.publish(self._writer.clock(sec, nsec))
         obs = self.sim.observe()
-        for key, msg in self._poses.items():
-            v = obs[key]
-            msg.header.stamp = stamp
-            pos, ori = msg.pose.position, msg.pose.orientation
-            pos.x, pos.y, pos.z = float(v[0]), float(v[1]), float(v[2])
-            ori.w, ori.x, ori.y, ori.z = float(v[3]), float(v[4]), float(v[5]), float(v[6])
-            self.pub_poses[key].publish(msg)
+        for key in self.pose_keys:
+            self.pub_poses[key].publish(self._writer.pose_stamped(sec, nsec, obs[key][:7]))
         q, qd, eff = self.sim.joint_state()
-        js = self._js
-        js.header.stamp = stamp
-        js.position, js.velocity, js.effort = q.tolist(), qd.tolist(), eff.tolist()
-        self.pub_joints.publish(js)
+        self.pub_joints.publish(self._writer.joint_state(sec, nsec, q, qd, eff))
         self._publish_status(stamp)
         self._maybe_render(t)
 
     def _publish_status(self, stamp) -> None:
         st = self.core.status()
-        msg = DiagnosticArray()
-        msg.header.stamp = stamp
-        s = DiagnosticStatus(level=DiagnosticStatus.OK, name="episode",
-                             message=st.outcome, hardware_id=self.sim.cfg.name)
-        s.values = [KeyValue(key="episode", value=str(st.episode)),
-                    KeyValue(key="seed", value=str(st.seed)),
-                    KeyValue(key="tick", value=str(st.tick)),
-                    KeyValue(key="success", value=str(st.success).lower()),
-                    KeyValue(key="done", value=str(st.done).lower()),
-                    KeyValue(key="reward", value=repr(float(st.reward)))]
-        msg.status = [s]
-        self.pub_status.publish(msg)
+        self.pub_status.publish(diagnostic_array(
+            stamp.sec, stamp.nanosec, DiagnosticStatus.OK[0], "episode", st.outcome,
+            self.sim.cfg.name,
+            (("episode", str(st.episode)), ("seed", str(st.seed)), ("tick", str(st.tick)),
+             ("success", str(st.success).lower()), ("done", str(st.done).lower()),
+             ("reward", repr(float(st.reward))))))
 
     def _maybe_render(self, t: float) -> None:
         if not self.renderer or t + 1e-9 < self._next_frame:

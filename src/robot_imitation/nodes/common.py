@@ -284,6 +284,13 @@ def answer(values, stamp: float | None = None, msg=None):
     return msg
 
 
+def answer_bytes(values, stamp: float | None = None) -> bytes:
+    """``answer(values, stamp)`` as CDR bytes, for a raw publish (``cdr``)."""
+    from ..cdr import float64_multi_array
+
+    return float64_multi_array(values, None if stamp is None else stamp_label(stamp_of(stamp)))
+
+
 def state_to_answer(assembler, outputs) -> tuple | None:
     """(stamp, observation) of a complete state not answered before, or None. While none of
     ``outputs`` (the answering publishers) has a subscriber, the state is left unanswered: an

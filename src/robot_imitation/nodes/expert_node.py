@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_QOS, STATE_QOS, Param, answer, declare_all, run,
+from .common import (COMMAND_QOS, STATE_QOS, Param, answer_bytes, declare_all, run,
                      state_to_answer, take_state)
 
 from rclpy.node import Node  # noqa: E402
@@ -107,8 +107,8 @@ class ScriptedExpert(Node):
         if self.interface == "velocity":
             arm = np.clip((arm - obs["joint_pos"][:n]) / self.period,
                           -self.sim.robot.velocity_limits, self.sim.robot.velocity_limits)
-        self.pub_arm.publish(answer(arm, stamp))
-        self.pub_grip.publish(answer([float(action[n])], stamp))
+        self.pub_arm.publish(answer_bytes(arm, stamp))
+        self.pub_grip.publish(answer_bytes([float(action[n])], stamp))
         self.commands += 1
 
 

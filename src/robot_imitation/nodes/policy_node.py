@@ -49,8 +49,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, declare_all, run,
-                     stamp_ns, state_to_answer, take_state)
+from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer_bytes,
+                     declare_all, run, stamp_ns, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -67,8 +67,7 @@ from ..deploy.runtime import (CHUNK_MODES, LATE_CHUNKS, SAFE_COMMANDS,  # noqa: 
                               make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..cdr import float64_multi_array  # noqa: E402
-from ..pairing import stamp_label, stamp_of  # noqa: E402
+from ..pairing import stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -358,9 +357,8 @@ class PolicyNode(LifecycleNode):
                 throttle_duration_sec=5.0)
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
-            label = stamp_label(stamp_of(stamp))
             for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
-                pub.publish(float64_multi_array(values, label))
+                pub.publish(answer_bytes(values, stamp))
             done = self.get_clock().now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
