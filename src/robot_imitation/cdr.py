@@ -23,7 +23,7 @@ import struct
 
 import numpy as np
 
-from .spec import Spec, SpecError, resize_nearest
+from .spec import Spec, SpecError, image_pixels, resize_nearest
 
 CDR_LE = (b"\x00\x01", b"\x00\x03")  # CDR and PL_CDR, little endian (options ignored)
 _U32 = struct.Struct("<I")
@@ -31,7 +31,6 @@ _TIME = struct.Struct("<iI")
 _STAMPED = {"sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped",
             "sensor_msgs/msg/Image"}
 _JOINT_FIELDS = ("position", "velocity", "effort")
-_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 class CdrError(ValueError):
@@ -165,18 +164,7 @@ class MessageReader:
         (step,) = _U32.unpack_from(buf, pos)
         (n,) = _U32.unpack_from(buf, pos + 4)
         data = np.frombuffer(buf, np.uint8, min(n, len(buf) - pos - 8), pos + 8)
-        ch = _ENCODINGS.get(encoding)
-        if ch is None:
-            raise SpecError(f"image encoding {encoding!r} not supported "
-                            f"(supported: {sorted(_ENCODINGS)})")
-        if step < w * ch or data.size < step * h:
-            raise SpecError(f"image of {w}x{h} {encoding} needs {step * h} bytes with step "
-                            f"{step}, got {data.size}")
-        img = data[: step * h].reshape(h, step)[:, : w * ch].reshape(h, w, ch)
-        if encoding in ("bgr8", "bgra8"):
-            img = img[..., [2, 1, 0]]
-        elif encoding == "rgba8":
-            img = img[..., :3]
+        img = image_pixels(data, h, w, step, encoding)
         out = {}
         for f in self.fields:
             out[f.key] = resize_nearest(img, f.image["width"], f.image["height"],

@@ -472,14 +472,19 @@ def decode_image(msg, width: int, height: int, encoding: str) -> np.ndarray:
 
     Resizing is nearest-neighbour (deterministic, and identical at training and deployment).
     """
-    src_enc = msg.encoding
+    buf = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray)
+                        else msg.data, dtype=np.uint8)
+    img = image_pixels(buf, int(msg.height), int(msg.width), int(msg.step), msg.encoding)
+    return resize_nearest(img, width, height, encoding)
+
+
+def image_pixels(buf: np.ndarray, h: int, w: int, step: int, src_enc: str) -> np.ndarray:
+    """The (h, w, channels) RGB or mono pixels of an image's bytes (rows ``step`` bytes apart,
+    in ``src_enc``): BGR turned to RGB, alpha dropped."""
     if src_enc not in IMAGE_ENCODINGS:
         raise SpecError(f"image encoding {src_enc!r} not supported "
                         f"(supported: {sorted(IMAGE_ENCODINGS)})")
     ch = IMAGE_ENCODINGS[src_enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    buf = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray)
-                        else msg.data, dtype=np.uint8)
     if step < w * ch or buf.size < step * h:
         raise SpecError(f"image of {w}x{h} {src_enc} needs {step * h} bytes with step {step}, "
                         f"got {buf.size}")
@@ -488,7 +493,7 @@ def decode_image(msg, width: int, height: int, encoding: str) -> np.ndarray:
         img = img[..., [2, 1, 0]]
     elif src_enc == "rgba8":
         img = img[..., :3]
-    return resize_nearest(img, width, height, encoding)
+    return img
 
 
 def resize_nearest(img: np.ndarray, width: int, height: int, encoding: str) -> np.ndarray:
