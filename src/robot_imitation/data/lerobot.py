@@ -421,8 +421,8 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
         for video in videos.values():
             video.close()
         _write_meta(tmp, spec, layout, fps, episodes_rows, tasks, stats, default_stats, videos,
-                    image_shapes, robot_type if robot_type is not None else _robot_of(
-                        episodes_rows, dataset), data_file_mb, video_file_mb, step)
+                    image_shapes, robot_type if robot_type is not None else _robot_of(dataset),
+                    data_file_mb, video_file_mb, step)
     except OSError as exc:
         _abandon(None, videos, tmp)
         raise LeRobotError(f"writing {out}: {exc.strerror or exc}") from None
@@ -456,7 +456,7 @@ def _abandon(writer, videos: dict, tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _robot_of(rows: list, dataset) -> str | None:
+def _robot_of(dataset) -> str | None:
     """The robot of the recorded task (by the dataset's task name), else None."""
     try:
         from ..sim.tasks import TaskConfig
