@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 
+from .cdr import CdrError, readers
 from .spec import Spec, SpecError, message_stamp
 
 
@@ -51,8 +52,6 @@ class ObservationAssembler:
         """Take a serialized message (a raw subscription's): the fields read straight from its
         CDR bytes (``cdr.MessageReader``), the same values and stamp as ``on_message`` of the
         deserialized message; bytes the reader does not take are deserialized."""
-        from .cdr import CdrError, readers
-
         if self._readers is None:
             self._readers = readers(self.spec, self.fields)
         try:
