@@ -11,9 +11,10 @@ episodes, measured in the same run.
 
 Also measured per policy (the largest demonstration set of the first seed, on the first task):
 training time (on the CPU its CPU time: with ``--threads 1`` the time on one core, unaffected
-by other work on the machine; on a GPU the wall time); inference time per chunk (the controller's worker); and the control thread's
-time per tick when ticks come at the control rate in real time (``late_chunk hold``, as on a
-robot), with the ticks where no action was ready.
+by other work on the machine; on a GPU the wall time); inference time per chunk (the
+controller's worker); and the control thread's time per tick when ticks come at the control
+rate in real time (``late_chunk hold``, as on a robot), with the ticks where no action was
+ready.
 
 Goal (issue): on the multimodal task, act and diffusion reach >= 90% of the expert's success
 where mlp-mse stays under half of it; on push they are at least as good as mlp.
