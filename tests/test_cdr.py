@@ -237,3 +237,14 @@ def test_status_written_as_rclpy_reads_it(texts):
     status.values = [KeyValue(key=k, value=v) for k, v in pairs]
     want.status = [status]
     assert deserialize_message(raw, DiagnosticArray) == want
+
+
+def test_bytes_no_reader_takes_are_one_error_not_a_crash():
+    """A truncated message: the assembler's fallback (rclpy's deserializer) fails too, and the
+    node gets the SpecError it logs and refuses, not an exception out of its callback."""
+    from robot_imitation.observation import ObservationAssembler
+
+    spec = Spec.load("push")
+    raw = serialize_message(joint_state(spec.observations[0].joints))
+    with pytest.raises(SpecError, match="/joint_states: a message that cannot be deserialized"):
+        ObservationAssembler(spec).on_raw("/joint_states", raw[:len(raw) - 9])

@@ -56,11 +56,15 @@ class ObservationAssembler:
             self._readers = readers(self.spec, self.fields)
         try:
             stamp_ns, values = self._readers[topic].read(raw)
-        except CdrError:
+        except CdrError as exc:
             from rclpy.serialization import deserialize_message
 
-            self.on_message(topic, deserialize_message(raw, message_class(
-                self.topics[topic])))
+            try:
+                msg = deserialize_message(raw, message_class(self.topics[topic]))
+            except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
+                raise SpecError(f"{topic}: a message that cannot be deserialized ({exc}, "
+                                f"{len(raw)} bytes)") from None
+            self.on_message(topic, msg)
             return
         # the float message_stamp computes, bit for bit (stamps are compared for equality)
         t = None if stamp_ns is None else \
