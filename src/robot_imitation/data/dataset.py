@@ -443,9 +443,8 @@ def build_dataset(path, spec: Spec | str | None = None, val_fraction: float = 0.
 def iter_episodes(path, spec: Spec | str | None = None, include_interrupted: bool = False,
                   cache: bool = True):
     """(spec, {skip reason: [names]}, their number, generator of (``Episode``, index entry)):
-    the usable episodes of the
-    dataset at ``path`` one at a time, in dataset order, for work that streams through a
-    dataset (export) instead of holding it whole. Episodes found in the builder's cache are
+    the usable episodes of the dataset at ``path`` one at a time, in dataset order, for work
+    that streams through a dataset (export) instead of holding it whole. Episodes found in the builder's cache are
     read from it; the others are decoded (and not added to the cache)."""
     root = Path(path)
     if not root.is_dir():

@@ -16,6 +16,7 @@ import rclpy  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor  # noqa: E402
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
 
+from ..cdr import float64_multi_array  # noqa: E402
 from ..pairing import stamp_label, stamp_of  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
@@ -286,8 +287,6 @@ def answer(values, stamp: float | None = None, msg=None):
 
 def answer_bytes(values, stamp: float | None = None) -> bytes:
     """``answer(values, stamp)`` as CDR bytes, for a raw publish (``cdr``)."""
-    from ..cdr import float64_multi_array
-
     return float64_multi_array(values, None if stamp is None else stamp_label(stamp_of(stamp)))
 
 
