@@ -47,7 +47,7 @@ from array import array
 from pathlib import Path
 
 from robot_imitation.ros.graph import SimGraph
-from robot_imitation.paths import ensure_ros_environment
+from robot_imitation.paths import config_dir, ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
 # A domain of its own keeps the benchmark apart from other ROS 2 processes on the machine.
@@ -414,13 +414,21 @@ def measure_recording(args: argparse.Namespace, dataset: Path, work: Path) -> di
                                         100.0 * other / (window * os.cpu_count())},
             "kernel_threads_cpu_s": all1[1] - all0[1]}
 
-def read_bag_counts(bag: Path) -> dict:
-    """Messages per topic, read without rosbags: the ``mcap`` package, or sqlite3 itself."""
+def read_bag_counts(bag: Path, delays: dict | None = None) -> dict:
+    """Messages per topic, read without rosbags: the ``mcap`` package, or sqlite3 itself.
+    MCAP: ``delays`` gets per topic the log time minus the header stamp of each message (ms):
+    with log time ``receive``, how long after publication the recorder had it."""
     counts = collections.Counter()
     for path in sorted(bag.glob("*.mcap")):
         with open(path, "rb") as f:
-            for _, channel, _ in make_reader(f).iter_messages(log_time_order=False):
+            for _, channel, message in make_reader(f).iter_messages(log_time_order=False):
                 counts[channel.topic] += 1
+                if delays is not None:  # CDR: 4 bytes of encapsulation, then the stamp
+                    data = message.data
+                    stamp = (int.from_bytes(data[4:8], "little") * 1_000_000_000
+                             + int.from_bytes(data[8:12], "little"))
+                    delays.setdefault(channel.topic, array("d")).append(
+                        (message.log_time - stamp) / 1e6)
     for path in sorted(bag.glob("*.db3")):
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             counts.update(dict(db.execute(
@@ -488,13 +496,19 @@ def run(args: argparse.Namespace) -> dict:
                "duration_s": args.duration, "storage": args.storage, "log_time": args.log_time,
                "joint_rate_hz": args.joint_rate, "camera_rate_hz": args.camera_rate,
                "joint_depth": args.joint_depth, "image_depth": args.image_depth,
-               "camera": f"{WIDTH}x{HEIGHT} rgb8", "topics": list(TOPICS)}
+               "camera": f"{WIDTH}x{HEIGHT} rgb8", "topics": list(TOPICS),
+               "dds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE")}
     try:
         print(f"[bench] live recording (ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}): "
               f"start-up + {args.duration:g} s", flush=True)
         live = measure_recording(args, dataset, work)
         bag = dataset / live["episode"]["path"]
-        live["bag_counts"] = read_bag_counts(bag)
+        delays: dict = {}
+        live["bag_counts"] = read_bag_counts(bag, delays)
+        live["delivery_ms"] = {
+            t: {"p50": float(np.median(d)), "p99": float(np.percentile(d, 99)),
+                "max": float(np.max(d)), "over_100ms": int((np.asarray(d) > 100).sum())}
+            for t, d in delays.items() if len(d)}
         live["bag_bytes"] = bag_size(bag)
         results["live"] = live
         print("[bench] bare rosbags writer: the same messages", flush=True)
@@ -557,7 +571,12 @@ def report(r: dict) -> str:
               f"recorder, {queue} refused by its full queue)",
               f"  bag read back independently: "
               f"{'matches the written counts' if r['bag_matches_written'] else 'MISMATCH'}",
-              "",
+              f"  DDS profile: {r.get('dds_profile') or 'none (Fast DDS defaults)'}",
+              "  delivery (log time - header stamp), ms:"]
+    for topic, d in live.get("delivery_ms", {}).items():
+        lines.append(f"    {topic:24} p50 {d['p50']:.2f}  p99 {d['p99']:.1f}  max "
+                     f"{d['max']:.1f}  over 100 ms: {d['over_100ms']}")
+    lines += ["",
               f"  {'publisher achieved':34}joint states {pub['achieved_hz']['joint_states']:.1f} "
               f"Hz, cameras {pub['achieved_hz']['cameras']:.2f} Hz; lag mean "
               f"{pub['lag_ms']['mean']:.2f} ms, max {pub['lag_ms']['max']:.1f} ms, "
@@ -616,6 +635,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-depth", type=positive_int, default=IMAGE_QOS.depth,
                         help="history depth of the camera publishers (default: "
                              f"{IMAGE_QOS.depth}, as IMAGE_QOS)")
+    parser.add_argument("--dds-profile", default="suite", metavar="suite|off|XML",
+                        help="Fast DDS profile of every process of the run: suite (default: "
+                        "what the suite's processes use, config/fastdds/large_data.xml unless "
+                        "configured otherwise), off (Fast DDS's defaults) or a profile file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the recorded dataset (default: a temporary folder, removed)")
     # The publisher process: this script started by itself.
@@ -624,10 +647,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--counts-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
+def dds_profile_default() -> Path:
+    return config_dir() / "fastdds" / "large_data.xml"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.publisher:
         return publisher_main(args)
+    # before rclpy.init (this process) and the processes it starts, which inherit it
+    if args.dds_profile == "off":
+        os.environ["ROBOT_IMITATION_DDS_PROFILE"] = "off"
+        if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") == str(dds_profile_default()):
+            del os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+    elif args.dds_profile != "suite":
+        if not Path(args.dds_profile).is_file():
+            print(f"error: --dds-profile {args.dds_profile}: no such file", file=sys.stderr)
+            return 2
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
     return run_with_ros("recorder_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":

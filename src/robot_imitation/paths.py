@@ -51,7 +51,9 @@ def ensure_ros_environment() -> None:
     """Make a venv that holds the ROS 2 PyPI wheels look like an installed ROS prefix.
 
     The wheels do not set ``AMENT_PREFIX_PATH``; package look-ups need it. scripts/bootstrap.sh
-    also registers this package in the venv's ament index, so it is found there too.
+    also registers this package in the venv's ament index, so it is found there too. Also sets
+    the suite's Fast DDS profile where nothing else is configured (``dds_profile``). Call it
+    before rclpy creates a context; child processes inherit both.
     """
     # sys.prefix is the running interpreter's venv whether or not the venv was activated (the
     # interpreter's real path would be the base Python's). Not VIRTUAL_ENV: that names the
@@ -61,3 +63,42 @@ def ensure_ros_environment() -> None:
     current = os.environ.get("AMENT_PREFIX_PATH", "")
     if Path(prefix, "share", "ament_index").is_dir() and prefix not in current.split(os.pathsep):
         os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (current, prefix) if p)
+    profile = dds_profile()
+    if profile is not None:
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+
+
+SHM_FREE_NEEDED = 256 << 20  # /dev/shm bytes free for the larger segments of a run's processes
+
+
+def dds_profile() -> Path | None:
+    """The Fast DDS profile the suite's processes use when nothing else is configured:
+    ``config/fastdds/large_data.xml``, a shared-memory segment that holds camera frames
+    published back to back (Fast DDS's 512 KB default loses the first of two VGA frames to the
+    second and repairs it up to a second late, or never: bench/recorder_throughput.py).
+
+    None (Fast DDS as configured) where the user chose a profile (FASTDDS_DEFAULT_PROFILES_FILE,
+    FASTRTPS_DEFAULT_PROFILES_FILE, a default profile file in the working folder), the RMW is
+    not Fast DDS, /dev/shm is small (a container's 64 MB), or ROBOT_IMITATION_DDS_PROFILE is
+    ``off``; ROBOT_IMITATION_DDS_PROFILE=<file> names another profile."""
+    env = os.environ
+    choice = env.get("ROBOT_IMITATION_DDS_PROFILE", "").strip()
+    if choice.lower() in ("off", "none", "0", "false"):
+        return None
+    if env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
+        return None
+    if any(Path(n).is_file() for n in ("DEFAULT_FASTDDS_PROFILES.xml",
+                                       "DEFAULT_FASTRTPS_PROFILES.xml")):
+        return None
+    if not env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"):
+        return None
+    if choice:
+        return Path(choice).resolve()
+    try:
+        shm = os.statvfs("/dev/shm")
+        if shm.f_bavail * shm.f_frsize < SHM_FREE_NEEDED:
+            return None
+        path = config_dir() / "fastdds" / "large_data.xml"
+    except (OSError, FileNotFoundError):
+        return None
+    return path if path.is_file() else None

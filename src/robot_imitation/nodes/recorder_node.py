@@ -7,8 +7,10 @@ Services (std_srvs/Trigger): ~/start, ~/stop (stop and keep), ~/discard. With
 
 An episode starts only once every recorded topic has a publisher matched to this node's
 subscription (so no first message is lost); subscriptions take the reliability and durability
-of the topic's publishers. Subscription callbacks only count and queue; a writer thread writes.
-SIGINT/SIGTERM finish the open bag.
+of the topic's publishers. The recorded topics are not run by the executor: a drain thread takes
+every message waiting on them a few hundred times a second (serialized, with the middleware's
+reception stamp) and hands them to the recorder in reception order, one batch per pass; a writer
+thread writes. SIGINT/SIGTERM finish the open bag.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import time
 from .common import Param, declare_all, run, to_sec
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.callback_groups import CallbackGroup  # noqa: E402
+from rclpy.guard_condition import GuardCondition  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
                        QoSReliabilityPolicy)
@@ -57,6 +61,121 @@ def _bag_qos(profile: QoSProfile):
                enum(QosReliability, profile.reliability, QosReliability.UNKNOWN),
                enum(QosDurability, profile.durability, QosDurability.UNKNOWN),
                QosTime(0, 0), QosTime(0, 0), QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+
+
+class _TakenByDrain(CallbackGroup):
+    """The recorded subscriptions' group: the executor never waits on them nor takes from them
+    (``Drain`` does)."""
+
+    def can_execute(self, entity) -> bool:
+        return False
+
+    def beginning_execution(self, entity) -> bool:
+        return False
+
+    def ending_execution(self, entity) -> None:
+        pass
+
+
+class Drain:
+    """Takes the recorded topics' messages off their subscriptions in batches.
+
+    An executor costs about 0.2 ms of Python per message it hands to a callback (it rebuilds its
+    wait set for every wake-up); at 1 kHz that was most of the recorder's CPU. Here a thread
+    waits on the recorded subscriptions alone (one wait set, kept) and, when any has data,
+    takes every message waiting on each of them (serialized bytes and the message info) and
+    passes them on in one call. It takes as promptly as an executor: a reader whose large
+    samples wait long untaken lost some of them in DDS (measured, polling every 4 ms: up to 38
+    of 600 frames of a 30 Hz VGA camera).
+
+    Reception order is exact: a pass first notes the time, and everything received before it is
+    already waiting and taken in this pass; the messages taken that were received after it are
+    held for the next pass, so the batches, sorted by reception stamp, follow one another in
+    reception order.
+
+    ``offer(batch)`` gets ``[(received_ns, topic, data, info), ...]``; ``received_ns`` is the
+    middleware's reception stamp (system clock), or the time of the take where it has none.
+    """
+
+    def __init__(self, offer, context, timeout: float = 0.1):
+        self.offer = offer
+        self.context = context
+        self.timeout_ns = int(timeout * 1e9)
+        self.subs: dict = {}  # topic -> subscription (added by discovery, never removed)
+        self._held: list = []
+        self._lock = threading.Lock()  # one pass at a time (the thread, or a flush)
+        self._stop = threading.Event()
+        self._wake = GuardCondition(None, None, context=context)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="drain")
+        self._thread.start()
+
+    def add(self, topic: str, sub) -> None:
+        self.subs[topic] = sub
+        self._wake.trigger()  # the thread waits on it from now on
+
+    def _run(self) -> None:
+        import contextlib
+
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        waited: tuple = ()
+        handles = wait_set = None
+        with contextlib.ExitStack() as keep:
+            while not self._stop.is_set():
+                subs = tuple(self.subs.values())
+                if subs != waited or wait_set is None:
+                    keep.close()
+                    keep.enter_context(self.context.handle)
+                    keep.enter_context(self._wake.handle)
+                    handles = [sub.handle for sub in subs]
+                    for handle in handles:
+                        keep.enter_context(handle)
+                    wait_set = _rclpy.WaitSet(len(handles), 1, 0, 0, 0, 0, self.context.handle)
+                    waited = subs
+                wait_set.clear_entities()
+                for handle in handles:
+                    wait_set.add_subscription(handle)
+                wait_set.add_guard_condition(self._wake.handle)
+                wait_set.wait(self.timeout_ns)
+                if not self._stop.is_set():
+                    self.take(flush=False)
+
+    def take(self, flush: bool) -> None:
+        """One pass; ``flush``: pass on everything taken, the held messages included (a stop:
+        what was received up to now belongs to the episode)."""
+        with self._lock:
+            mark = time.time_ns()
+            batch, self._held = self._held, []
+            for topic, sub in tuple(self.subs.items()):
+                handle, mtype = sub.handle, sub.msg_type
+                with handle:
+                    while True:
+                        got = handle.take_message(mtype, True)
+                        if got is None:
+                            break
+                        data, info = got
+                        batch.append((info["received_timestamp"] or time.time_ns(), topic,
+                                      data, info))
+            if not batch:
+                return
+            batch.sort(key=_first)
+            if not flush and batch[-1][0] > mark:
+                cut = next(i for i, item in enumerate(batch) if item[0] > mark)
+                batch, self._held = batch[:cut], batch[cut:]
+            if batch:
+                self.offer(batch)
+
+    def close(self) -> None:
+        """Stop the thread; a last pass takes what is still waiting."""
+        self._stop.set()
+        self._wake.trigger()
+        self._thread.join()
+        self.take(flush=True)
+        self._wake.destroy()
+
+
+def _first(item):
+    return item[0]
 
 
 class EpisodeRecorder(Node):
@@ -116,6 +235,9 @@ class EpisodeRecorder(Node):
         self._running_episode = None
         self._stop_lock = threading.Lock()
         self._started_ns = 0  # wall time (ns) of the running episode's ~/start
+        self._drained = _TakenByDrain()
+        self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
+        self.drain = Drain(self._offer_batch, self.context)
         self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
@@ -146,17 +268,23 @@ class EpisodeRecorder(Node):
             self.wanted[topic] = mtype
             qos = _match_qos(infos)
             self.qos[topic] = infos[0].qos_profile  # what `ros2 bag play` should offer
+            # taken by the drain thread, never by the executor (the callback is not called)
             self.subs[topic] = self.create_subscription(
-                message_class(mtype), topic,
-                lambda data, info, t=topic: self._offer(t, data, info), qos, raw=True)
+                message_class(mtype), topic, _never_called, qos, raw=True,
+                callback_group=self._drained)
+            self.drain.add(topic, self.subs[topic])
         return missing
 
-    def _offer(self, topic: str, data, info) -> None:
-        # A message received before ~/start (still queued while the start ran) is not part
-        # of the episode.
-        if not self._before_start(info):
-            self.recorder.offer(topic, self.get_clock().now().nanoseconds, data,
-                                info["source_timestamp"])
+    def _offer_batch(self, batch: list) -> None:
+        """A drained batch to the recorder, in reception order. A message received before
+        ~/start (still waiting while the start ran) is not part of the episode. Log time
+        ``receive``: the middleware's reception stamp (the system clock, which is ROS time);
+        under simulation time, the node clock when the message was taken."""
+        now = self.get_clock().now().nanoseconds if self._receive_clock else 0
+        started = self._started_ns
+        self.recorder.offer_many([(topic, now or received, data, info["source_timestamp"])
+                                  for received, topic, data, info in batch
+                                  if not 0 < info["received_timestamp"] < started])
 
     def _before_start(self, info) -> bool:
         received = info["received_timestamp"]  # 0 where the RMW does not stamp receptions
@@ -240,6 +368,7 @@ class EpisodeRecorder(Node):
         with self._stop_lock:
             if not self.recorder.recording:
                 raise RecorderError("no episode is being recorded")
+            self.drain.take(flush=True)  # what was received until now belongs to the episode
             self._running_episode = None
             meta = {}
             if self._status is not None:
@@ -268,19 +397,24 @@ class EpisodeRecorder(Node):
     def close(self) -> None:
         """On shutdown (SIGINT/SIGTERM): finish the open episode's bag, status ``interrupted``
         (the episode did not end: no full demonstration to train on unless asked for)."""
+        self.drain.close()
         if self.recorder.recording:
             entry = self.recorder.stop(True, interrupted=True)
             print(f"[{self.NODE_NAME}] shutdown: {self._summary(entry)}", flush=True)
 
 
+def _never_called(data, info) -> None:
+    raise AssertionError("the recorded topics are taken by the drain thread")
+
+
 def main(args=None) -> int:
     # A file-size limit must end the episode with an error, not kill the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    # The single-threaded executor, measured (bench/recorder_throughput.py, 60 s of 1 kHz joint
-    # states + two 30 Hz VGA cameras): the events executor of this rclpy left 36 of 3600 frames
-    # untaken (acknowledged by DDS, never handed to the callback), the single-threaded one none,
-    # for about twice the CPU. It also hands callbacks the message info (source timestamps)
-    # that publication log times need, which the events executor cannot.
+    # The single-threaded executor (services, the status): it hands callbacks the message info
+    # (reception stamps) that the status's start check needs, which the events executor
+    # cannot. The recorded topics never reach it (Drain): when they did, the events executor
+    # of this rclpy left 36 of 3600 frames untaken (bench/recorder_throughput.py, 60 s), and
+    # the single-threaded one cost about 0.2 ms per message.
     return run(EpisodeRecorder, args, executor="single")
 
 

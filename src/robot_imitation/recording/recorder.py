@@ -10,9 +10,9 @@ Dataset folder::
                         each change)
       episode_000000/   one rosbag2 bag per episode (metadata.yaml + episode_000000.mcap)
 
-Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` only counts
-and queues them, so subscription callbacks stay cheap. A writer thread writes the queue to the
-bag. Finished episodes are closed bags that nothing touches again: a crash of the recorder can
+Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` (one) and
+``offer_many`` (a batch) only count and queue them, so the caller stays cheap. A writer thread
+writes the queue to the bag. Finished episodes are closed bags that nothing touches again: a crash of the recorder can
 only affect the episode in progress, whose closed MCAP chunks ``recover`` salvages.
 """
 from __future__ import annotations
@@ -123,7 +123,8 @@ class Recorder:
         self.registry = TypeRegistry()
         self.log = log
         self.max_queue = max_queue
-        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending = 0  # messages queued and not yet taken by the writer (at most max_queue)
         self._lock = threading.Lock()
         self._offer_lock = threading.Lock()  # held only to queue a message, or the stop marker
         self._bag: EpisodeBag | None = None
@@ -159,7 +160,7 @@ class Recorder:
             # The writer thread owns the bag from opening to closing (sqlite3 connections
             # belong to the thread that made them). A queue per episode: a message offered
             # while the previous episode stopped can never end up in this one.
-            q: queue.Queue = queue.Queue(maxsize=self.max_queue)
+            q: queue.Queue = queue.Queue()
             opened = threading.Event()
             result: dict = {}
             thread = threading.Thread(
@@ -187,6 +188,7 @@ class Recorder:
             self._required = [t for t in dict.fromkeys(required) if t in topics]
             self._received = collections.Counter({t: 0 for t in topics})
             self._dropped = collections.Counter()
+            self._pending = 0
             self._entry, self._thread = entry, thread
             self._t0 = time.monotonic()
             self._queue = q
@@ -198,14 +200,24 @@ class Recorder:
 
         ``t_ns``: reception time on the recorder's clock; ``src_ns``: the DDS source timestamp.
         """
+        self.offer_many([(topic, t_ns, data, src_ns)])
+
+    def offer_many(self, items: list) -> None:
+        """``offer`` for a batch of ``(topic, t_ns, data, src_ns)`` in order: one queue entry.
+        Past ``max_queue`` messages waiting for the writer, a batch is refused whole (dropped,
+        counted per topic)."""
         with self._offer_lock:
-            if self._bag is None or self._error is not None:
+            if self._bag is None or self._error is not None or not items:
                 return
-            self._received[topic] += 1
-            try:
-                self._queue.put_nowait((topic, t_ns, data, src_ns))
-            except queue.Full:
-                self._dropped[topic] += 1
+            received = self._received
+            for item in items:
+                received[item[0]] += 1
+            if self._pending + len(items) > self.max_queue:
+                for item in items:
+                    self._dropped[item[0]] += 1
+                return
+            self._pending += len(items)
+            self._queue.put_nowait(items)
 
     def stop(self, keep: bool = True, metadata: dict | None = None,
              interrupted: bool = False) -> dict:
@@ -265,14 +277,17 @@ class Recorder:
             except queue.Empty:
                 item = None
             stop = item is not None and item[0] is _STOP
+            batch = () if item is None or stop else item
+            if batch:
+                with self._offer_lock:
+                    self._pending -= len(batch)
             if self._error is None:
                 try:
                     if clock is None:
-                        if item is not None and not stop:
-                            bag.write(*item[:3])
+                        for topic, t_ns, data, _ in batch:
+                            bag.write(topic, t_ns, data)
                     else:
-                        if item is not None and not stop:
-                            topic, recv_ns, data, src_ns = item
+                        for topic, recv_ns, data, src_ns in batch:
                             clock.add(topic, recv_ns, data, recv_ns if src_ns is None else src_ns)
                         for decided in clock.ready(flush=stop):
                             bag.write(*decided)
