@@ -258,9 +258,11 @@ def reach_bc(reach_demos, tmp_path_factory):
 # options. act 64 wide with one encoder layer (its defaults take twice as long per step; on
 # 80 scripted reach episodes, 2,000 steps: 96/100 in the gymnasium world, the defaults 93/100);
 # diffusion's default U-Net (with 32 and 64 channels 56/100 after 3,000 steps, 95/100 here)
+# small networks, which reach does not need larger: the default U-Net took 150 s of the CI's
+# 20 minutes to train here, this one about a third of it
 GENERATIVE_RUNS = {"act": ("2000", "128", ("dim_model=64", "encoder_layers=1",
                                           "feedforward=256")),
-                   "diffusion": ("3000", "128", ())}
+                   "diffusion": ("3000", "128", ("unet_channels=[32,64]", "width=128"))}
 
 
 @pytest.fixture(scope="session", params=sorted(GENERATIVE_RUNS))
