@@ -23,6 +23,11 @@ where mlp-mse stays under half of it; on push they are at least as good as mlp.
     .venv/bin/python bench/generative.py --tasks push_obstacle --seeds 0 --demos 50
     .venv/bin/python bench/generative.py --report bench/results/generative.json   # table again
 
+Parts of the grid can run apart (--seeds, --tasks and their own --out: on two cores, two
+workers of one thread each) and be reported together: --report A/generative.json
+B/generative.json ... merges them. --timing-only JSON measures the per-policy timing again,
+on a quiet machine, into generative_timing.json, which --report then uses.
+
 A run stopped part-way is taken up again by the same command: generative.json is rewritten
 after every cell and the cells found there are not trained again (--fresh: all of them).
 
@@ -226,6 +231,66 @@ def run(args) -> dict:
     return result
 
 
+def merge(paths: list, timing_path: Path | None = None) -> dict:
+    """The results of several runs of the grid as one: every cell once (the first file that has
+    it), the experts (which must agree: the same fixed episodes), the timing of the first file
+    that measured it, or of ``timing_path`` (``--timing-only``) where that exists."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    result = {k: first[k] for k in ("eval_episodes", "device")}
+    for part, path in zip(parts[1:], paths[1:]):
+        if part["eval_episodes"] != first["eval_episodes"]:
+            raise SystemExit(f"error: {path} was measured with eval_episodes "
+                             f"{part['eval_episodes']}, {paths[0]} with {first['eval_episodes']}")
+    runs, seen = [], set()
+    for part in parts:
+        for row in part.get("runs", []):
+            if cell_key(row) not in seen:
+                seen.add(cell_key(row))
+                runs.append(row)
+    expert: dict = {}
+    for part, path in zip(parts, paths):
+        for task, e in part.get("expert", {}).items():
+            if task in expert and expert[task]["successes"] != e["successes"]:
+                raise SystemExit(f"error: {path}: the expert's {task} success differs "
+                                 f"({e['successes']} against {expert[task]['successes']})")
+            expert.setdefault(task, e)
+    order = {name: i for i, name in enumerate(POLICIES)}
+    result.update(
+        tasks=list(dict.fromkeys(t for part in parts for t in part["tasks"])),
+        seeds=sorted({r["seed"] for r in runs}), demos=sorted({r["demos"] for r in runs}),
+        policies=sorted({r["policy"] for r in runs}, key=lambda p: order.get(p, 99)),
+        runs=runs, expert=expert, wall_s=sum(part.get("wall_s", 0.0) for part in parts),
+        timing=next((part["timing"] for part in parts if part.get("timing")), {}))
+    if timing_path is not None and timing_path.exists():
+        result["timing"] = json.loads(timing_path.read_text())["timing"]
+    return result
+
+
+def timing_only(args) -> None:
+    """Per-policy timing (``realtime_ticks``) of the checkpoints of an earlier run's timing cell
+    (first task, first seed, most demonstrations), measured again: on a quiet machine, where the
+    grid's run measured them while other training ran."""
+    import torch
+
+    torch.set_num_threads(1)
+    earlier = json.loads(args.timing_only.read_text())
+    task, seed, demos = earlier["tasks"][0], earlier["seeds"][0], max(earlier["demos"])
+    timing = {}
+    for name in args.policies:
+        row = next((r for r in earlier["runs"]
+                    if cell_key(r) == (task, seed, demos, name)), None)
+        if row is None or not Path(row["checkpoint"]).exists():
+            print(f"{name}: no checkpoint of {task}, seed {seed}, {demos} demos: skipped")
+            continue
+        timing[name] = {"train_s": row["train_s"], **realtime_ticks(task, row["checkpoint"])}
+        print(f"{name}: {timing[name]}", flush=True)
+    out = args.out / "generative_timing.json"
+    out.write_text(json.dumps({"task": task, "seed": seed, "demos": demos, "timing": timing},
+                              indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def summarize(result: dict, out: Path) -> dict:
     """The table (mean success over seeds, min-max, ratio to the expert), the goal checks and
     the timing; writes generative.json and generative.png."""
@@ -330,12 +395,21 @@ def main() -> int:
                     help="measure every cell again (default: keep the cells in --out's JSON)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for training (default: every core)")
-    ap.add_argument("--report", type=Path, metavar="JSON",
-                    help="summarize an earlier generative.json again (no training)")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                    help="summarize earlier generative.json files again, merged (no training): "
+                    "parts of the grid run apart (--seeds, --tasks, --out), on one machine or "
+                    "several")
+    ap.add_argument("--timing-only", type=Path, metavar="JSON",
+                    help="measure only the per-policy timing again (on a quiet machine), from "
+                    "the checkpoints of JSON's timing cell; writes generative_timing.json in "
+                    "--out, which --report prefers to the timing found in the runs' files")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.timing_only:
+        timing_only(args)
+        return 0
     if args.report:
-        summarize(json.loads(args.report.read_text()), args.out)
+        summarize(merge(args.report, args.out / "generative_timing.json"), args.out)
         return 0
     summarize(run(args), args.out)
     return 0
