@@ -40,11 +40,19 @@ from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
 
 
 class CameraRenderer(threading.Thread):
-    """Renders camera images off the simulation thread from snapshots of the state."""
+    """Renders camera images off the simulation thread from snapshots of the state.
 
-    def __init__(self, node: "MujocoBridge", cameras, width: int, height: int):
+    ``lossless`` (lockstep): every frame due is rendered; a snapshot submitted while the one
+    before is not taken yet waits for it (the simulation waits for the renderer, as it waits
+    for commands), so which frames exist depends on simulated time only, never on the load.
+    Otherwise (real time) a frame the renderer has not taken yet is replaced by the newer one
+    (counted as skipped): real time goes on."""
+
+    def __init__(self, node: "MujocoBridge", cameras, width: int, height: int,
+                 lossless: bool = False):
         super().__init__(daemon=True, name="camera-renderer")
         self.node, self.cameras, self.width, self.height = node, cameras, width, height
+        self.lossless = lossless
         self.cond = threading.Condition()
         self.snapshot = None
         self.stopped = False
@@ -54,15 +62,18 @@ class CameraRenderer(threading.Thread):
 
     def submit(self, stamp, qpos, mocap_pos, mocap_quat, wanted) -> None:
         with self.cond:
+            if self.lossless:
+                while self.snapshot is not None and not self.stopped and self.is_alive():
+                    self.cond.wait(0.1)  # (a renderer that died takes nothing: skip, below)
             if self.snapshot is not None:
                 self.skipped += 1
             self.snapshot = (stamp, qpos, mocap_pos, mocap_quat, wanted)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def stop(self) -> None:
         with self.cond:
             self.stopped = True
-            self.cond.notify()
+            self.cond.notify_all()
 
     def run(self) -> None:
         import mujoco
@@ -84,6 +95,7 @@ class CameraRenderer(threading.Thread):
                     break
                 stamp, qpos, mocap_pos, mocap_quat, wanted = self.snapshot
                 self.snapshot = None
+                self.cond.notify_all()  # a lossless submit waiting for the slot
             data.qpos[:] = qpos
             data.mocap_pos[:] = mocap_pos
             data.mocap_quat[:] = mocap_quat
@@ -200,7 +212,8 @@ class MujocoBridge(Node):
                                   self.create_publisher(CameraInfo, f"{name}/camera_info",
                                                         cam_qos),
                                   _camera_info(name, w, h, fovy))
-        self.renderer = CameraRenderer(self, wanted, w, h) if wanted else None
+        self.renderer = CameraRenderer(self, wanted, w, h, lossless=self.lockstep) \
+            if wanted else None
         self._next_frame = 0.0
         self._rendering: list[str] = []
 
