@@ -48,12 +48,15 @@ def _string_end(buf, pos: int) -> int:
     return pos + 4 + n
 
 
+_SIZES = {"<f8": 8, "<f4": 4}
+
+
 def _doubles(buf, pos: int, dtype="<f8") -> tuple[np.ndarray, int]:
     """A sequence of floats at ``pos``: (array, position after it)."""
     pos = _align(pos, 4)
     (n,) = _U32.unpack_from(buf, pos)
     pos += 4
-    size = np.dtype(dtype).itemsize
+    size = _SIZES[dtype]
     if n:
         pos = _align(pos, size)
     end = pos + n * size
@@ -126,12 +129,20 @@ class MessageReader:
     def _joint_state(self, buf, pos: int) -> dict:
         pos = _align(pos, 4)
         start = pos
-        (n,) = _U32.unpack_from(buf, pos)
-        pos += 4
-        for _ in range(n):
-            pos = _string_end(buf, pos)
-        names_raw = bytes(buf[start:pos])
-        if names_raw != self._names_raw:
+        known = self._names_raw
+        if known is not None and buf[start:start + len(known)] == known:
+            # the names of the message before (a driver sends the same every time): their
+            # bytes compared whole, not walked name by name
+            names_raw = known
+            pos = start + len(known)
+            n = self._n
+        else:
+            (n,) = _U32.unpack_from(buf, pos)
+            pos += 4
+            for _ in range(n):
+                pos = _string_end(buf, pos)
+            names_raw = bytes(buf[start:pos])
+        if names_raw is not known:
             names = _names(buf, start)
             self._index = {}
             for f in self.fields:
