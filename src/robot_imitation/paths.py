@@ -99,6 +99,6 @@ def dds_profile() -> Path | None:
         if shm.f_bavail * shm.f_frsize < SHM_FREE_NEEDED:
             return None
         path = config_dir() / "fastdds" / "large_data.xml"
-    except (OSError, FileNotFoundError):
+    except OSError:  # no /dev/shm, no share folder
         return None
     return path if path.is_file() else None

@@ -12,8 +12,9 @@ Dataset folder::
 
 Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` (one) and
 ``offer_many`` (a batch) only count and queue them, so the caller stays cheap. A writer thread
-writes the queue to the bag. Finished episodes are closed bags that nothing touches again: a crash of the recorder can
-only affect the episode in progress, whose closed MCAP chunks ``recover`` salvages.
+writes the queue to the bag. Finished episodes are closed bags that nothing touches again: a crash
+of the recorder can only affect the episode in progress, whose closed MCAP chunks ``recover``
+salvages.
 """
 from __future__ import annotations
 
