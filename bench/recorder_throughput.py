@@ -635,10 +635,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-depth", type=positive_int, default=IMAGE_QOS.depth,
                         help="history depth of the camera publishers (default: "
                              f"{IMAGE_QOS.depth}, as IMAGE_QOS)")
-    parser.add_argument("--dds-profile", default="suite", metavar="suite|off|XML",
-                        help="Fast DDS profile of every process of the run: suite (default: "
-                        "what the suite's processes use, config/fastdds/large_data.xml unless "
-                        "configured otherwise), off (Fast DDS's defaults) or a profile file")
+    parser.add_argument("--dds-profile", default="large_data", metavar="large_data|off|XML",
+                        help="Fast DDS profile of every process of the run: large_data "
+                        "(default: config/fastdds/large_data.xml, what camera recording needs), "
+                        "off (Fast DDS's defaults) or a profile file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the recorded dataset (default: a temporary folder, removed)")
     # The publisher process: this script started by itself.
@@ -656,15 +656,16 @@ def main(argv=None) -> int:
     if args.publisher:
         return publisher_main(args)
     # before rclpy.init (this process) and the processes it starts, which inherit it
+    os.environ.pop("ROBOT_IMITATION_DDS_PROFILE", None)
     if args.dds_profile == "off":
-        os.environ["ROBOT_IMITATION_DDS_PROFILE"] = "off"
-        if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") == str(dds_profile_default()):
-            del os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
-    elif args.dds_profile != "suite":
-        if not Path(args.dds_profile).is_file():
+        os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    else:
+        path = dds_profile_default() if args.dds_profile == "large_data" \
+            else Path(args.dds_profile)
+        if not path.is_file():
             print(f"error: --dds-profile {args.dds_profile}: no such file", file=sys.stderr)
             return 2
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path.resolve())
     return run_with_ros("recorder_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":

@@ -315,8 +315,8 @@ def test_ros_environment_uses_the_running_interpreters_prefix(tmp_path):
     assert proc.stdout.split() == [str(PREFIX)]
 
 
-def test_the_suite_dds_profile_applies_only_where_nothing_else_is_configured(monkeypatch,
-                                                                              tmp_path):
+def test_the_dds_profile_applies_only_where_asked_and_nothing_else_is_configured(monkeypatch,
+                                                                                 tmp_path):
     from robot_imitation.paths import config_dir, dds_profile
 
     suite = config_dir() / "fastdds" / "large_data.xml"
@@ -326,7 +326,8 @@ def test_the_suite_dds_profile_applies_only_where_nothing_else_is_configured(mon
     for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
                  "ROBOT_IMITATION_DDS_PROFILE", "RMW_IMPLEMENTATION"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
+    assert dds_profile() is None  # off unless asked for
+    monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", "large_data")
     assert dds_profile() == suite
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
     assert dds_profile() is None  # another middleware: nothing to set
@@ -334,9 +335,6 @@ def test_the_suite_dds_profile_applies_only_where_nothing_else_is_configured(mon
     monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(tmp_path / "mine.xml"))
     assert dds_profile() is None  # the user's own profile wins
     monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE")
-    (tmp_path / "DEFAULT_FASTDDS_PROFILES.xml").write_text("<dds/>")
-    assert dds_profile() is None  # so does a default profile file where it runs
-    (tmp_path / "DEFAULT_FASTDDS_PROFILES.xml").unlink()
     monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", "off")
     assert dds_profile() is None
     monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", str(tmp_path / "other.xml"))

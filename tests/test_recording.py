@@ -135,37 +135,56 @@ def test_counts_equal_what_was_published(procs, probe, tmp_path):
     assert qos[TOPICS[0]]["reliability"] == "reliable"
 
 
-@pytest.mark.ros
-def test_camera_frames_published_back_to_back_all_arrive(procs, probe, tmp_path):
-    """Two 640x480 cameras published back to back, reliable with a history of one: each frame
-    must arrive on first delivery (a repair comes after the next frame replaced it). With Fast
-    DDS's default 512 KB shared-memory segment the second frame overwrote first ones
-    (ROBOT_IMITATION_DDS_PROFILE=off, three runs: 18, 4 and 1 of the 20 first frames arrived);
-    the suite's profile holds both."""
-    from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+BACK_TO_BACK = """
+import sys, time
+from pathlib import Path
+from robot_imitation.paths import ensure_ros_environment
+ensure_ros_environment()
+import numpy as np, rclpy
+from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node("back_to_back")
+qos = QoSProfile(depth=1, history=QoSHistoryPolicy.KEEP_LAST,
+                 reliability=QoSReliabilityPolicy.RELIABLE)
+pubs = [node.create_publisher(Image, t, qos) for t in ("/test/cam0", "/test/cam1")]
+frame = Image(width=640, height=480, encoding="rgb8", step=640 * 3)
+frame.data = np.random.default_rng(0).integers(0, 255, 640 * 480 * 3, dtype=np.uint8).tobytes()
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.02)
+for k in range(20):
+    frame.header.stamp.sec = k
+    for pub in pubs:
+        pub.publish(frame)
+    time.sleep(0.1)
+time.sleep(1.0)
+"""
 
-    qos = QoSProfile(depth=1, history=QoSHistoryPolicy.KEEP_LAST,
-                     reliability=QoSReliabilityPolicy.RELIABLE)
+
+@pytest.mark.ros
+def test_camera_frames_published_back_to_back_all_arrive_with_the_profile(procs, probe, tmp_path,
+                                                                           profile="large_data"):
+    """Two 640x480 cameras published back to back, reliable with a history of one: a frame
+    arrives on first delivery or never (a repair comes after the next frame replaced it). With
+    the profile config/fastdds/large_data.xml (ROBOT_IMITATION_DDS_PROFILE=large_data) every
+    frame arrives; with Fast DDS's default 512 KB shared-memory segment the second frame
+    overwrote first ones (profile "off", four runs: 18, 4, 1 and 5 of the 20 first frames
+    arrived)."""
+    procs.env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    procs.env["ROBOT_IMITATION_DDS_PROFILE"] = profile
     topics = ["/test/cam0", "/test/cam1"]
-    pubs = [probe.node.create_publisher(Image, t, qos) for t in topics]
-    frame = Image(width=640, height=480, encoding="rgb8", step=640 * 3)
-    frame.data = np.random.default_rng(0).integers(0, 255, 640 * 480 * 3,
-                                                   dtype=np.uint8).tobytes()
     procs.start_node("episode_recorder", params={"dataset": str(tmp_path / "ds"),
                                                  "topics": topics})
-    wait_for(lambda: all(p.get_subscription_count() for p in pubs), 30, "recorder up")
-    assert call(probe, "start").success
-    for k in range(20):
-        frame.header.stamp.sec = k
-        for pub in pubs:
-            pub.publish(frame)
-        time.sleep(0.1)
-    time.sleep(0.5)
+    procs.start("back_to_back", [sys.executable, "-c", BACK_TO_BACK, str(tmp_path / "go")])
+    resp = call(probe, "start")  # waits until both publishers are matched
+    assert resp.success, resp.message
+    (tmp_path / "go").touch()
+    wait_for(lambda: procs.procs["back_to_back"].poll() is not None, 60, "the publisher")
     resp = call(probe, "stop")
     assert resp.success, resp.message
-    assert index(tmp_path / "ds")[0]["counts"] == {t: 20 for t in topics}, resp.message
-    for p in pubs:
-        probe.node.destroy_publisher(p)
+    counts = index(tmp_path / "ds")[0]["counts"]
+    assert counts == {t: 20 for t in topics}, resp.message
 
 
 @pytest.mark.ros
