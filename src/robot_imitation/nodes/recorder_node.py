@@ -86,10 +86,14 @@ class Drain:
     takes every message waiting on each of them (serialized bytes and the message info) and
     passes them on in one call. It wakes on data as promptly as an executor does.
 
-    Reception order is exact: a pass first notes the time, and everything received before it is
-    already waiting and taken in this pass; the messages taken that were received after it are
-    held for the next pass, so the batches, sorted by reception stamp, follow one another in
-    reception order.
+    Reception order: a pass first notes the time, and everything received before it is already
+    waiting and taken in this pass; the messages taken that were received after it are held for
+    the next pass, so the batches, sorted by reception stamp, follow one another in reception
+    order. Except for a large message the middleware reassembles from fragments: it carries the
+    first fragment's stamp and is taken once complete, possibly after later messages were
+    passed on (seen with Fast DDS's default segment, where first deliveries of camera frames
+    failed and were repaired). Bag readers sort by log time (MCAP's chunk indexes), so only the
+    file order differs.
 
     ``offer(batch)`` gets ``[(received_ns, topic, data, info), ...]``; ``received_ns`` is the
     middleware's reception stamp (system clock), or the time of the take where it has none.
