@@ -163,8 +163,7 @@ time.sleep(1.0)
 
 
 @pytest.mark.ros
-def test_camera_frames_published_back_to_back_all_arrive_with_the_profile(procs, probe, tmp_path,
-                                                                           profile="large_data"):
+def test_camera_frames_published_back_to_back_all_arrive_with_the_profile(procs, probe, tmp_path):
     """Two 640x480 cameras published back to back, reliable with a history of one: a frame
     arrives on first delivery or never (a repair comes after the next frame replaced it). With
     the profile config/fastdds/large_data.xml (ROBOT_IMITATION_DDS_PROFILE=large_data) every
@@ -172,7 +171,7 @@ def test_camera_frames_published_back_to_back_all_arrive_with_the_profile(procs,
     overwrote first ones (profile "off", four runs: 18, 4, 1 and 5 of the 20 first frames
     arrived)."""
     procs.env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    procs.env["ROBOT_IMITATION_DDS_PROFILE"] = profile
+    procs.env["ROBOT_IMITATION_DDS_PROFILE"] = "large_data"
     topics = ["/test/cam0", "/test/cam1"]
     procs.start_node("episode_recorder", params={"dataset": str(tmp_path / "ds"),
                                                  "topics": topics})
