@@ -47,7 +47,7 @@ from array import array
 from pathlib import Path
 
 from robot_imitation.ros.graph import SimGraph
-from robot_imitation.paths import config_dir, ensure_ros_environment
+from robot_imitation.paths import ensure_ros_environment, large_data_profile
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
 # A domain of its own keeps the benchmark apart from other ROS 2 processes on the machine.
@@ -647,10 +647,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--counts-file", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
-def dds_profile_default() -> Path:
-    return config_dir() / "fastdds" / "large_data.xml"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.publisher:
@@ -660,7 +656,7 @@ def main(argv=None) -> int:
     if args.dds_profile == "off":
         os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
     else:
-        path = dds_profile_default() if args.dds_profile == "large_data" \
+        path = large_data_profile() if args.dds_profile == "large_data" \
             else Path(args.dds_profile)
         if not path.is_file():
             print(f"error: --dds-profile {args.dds_profile}: no such file", file=sys.stderr)

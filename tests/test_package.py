@@ -317,9 +317,9 @@ def test_ros_environment_uses_the_running_interpreters_prefix(tmp_path):
 
 def test_the_dds_profile_applies_only_where_asked_and_nothing_else_is_configured(monkeypatch,
                                                                                  tmp_path):
-    from robot_imitation.paths import config_dir, dds_profile
+    from robot_imitation.paths import dds_profile, large_data_profile
 
-    suite = config_dir() / "fastdds" / "large_data.xml"
+    suite = large_data_profile()
     root = ET.parse(suite).getroot()  # a well-formed Fast DDS profile with the larger segment
     sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size")]
     assert sizes and min(sizes) >= 4 << 20

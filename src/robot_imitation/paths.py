@@ -90,7 +90,12 @@ def dds_profile() -> Path | None:
         return None
     if choice == "large_data":
         try:
-            return config_dir() / "fastdds" / "large_data.xml"
+            return large_data_profile()
         except OSError:  # no share folder
             return None
     return Path(choice).resolve()
+
+
+def large_data_profile() -> Path:
+    """``config/fastdds/large_data.xml``: the profile ``dds_profile`` calls ``large_data``."""
+    return config_dir() / "fastdds" / "large_data.xml"
