@@ -47,7 +47,7 @@ from array import array
 from pathlib import Path
 
 from robot_imitation.ros.graph import SimGraph
-from robot_imitation.paths import ensure_ros_environment, large_data_profile
+from robot_imitation.paths import DDS_PROFILES, ensure_ros_environment
 
 # Before rclpy is imported; the node processes inherit both (ProcessGroup copies os.environ).
 # A domain of its own keeps the benchmark apart from other ROS 2 processes on the machine.
@@ -635,10 +635,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-depth", type=positive_int, default=IMAGE_QOS.depth,
                         help="history depth of the camera publishers (default: "
                              f"{IMAGE_QOS.depth}, as IMAGE_QOS)")
-    parser.add_argument("--dds-profile", default="large_data", metavar="large_data|off|XML",
-                        help="Fast DDS profile of every process of the run: large_data "
-                        "(default: config/fastdds/large_data.xml, what camera recording needs), "
-                        "off (Fast DDS's defaults) or a profile file")
+    parser.add_argument("--dds-profile", default="large_data",
+                        metavar="|".join(DDS_PROFILES) + "|off|XML",
+                        help="Fast DDS profile of every process of the run: a profile of the "
+                        "suite (config/fastdds/<name>.xml; default: large_data, what camera "
+                        "recording needs), off (Fast DDS's defaults) or a profile file")
     parser.add_argument("--keep", action="store_true",
                         help="keep the recorded dataset (default: a temporary folder, removed)")
     # The publisher process: this script started by itself.
@@ -652,16 +653,15 @@ def main(argv=None) -> int:
     if args.publisher:
         return publisher_main(args)
     # before rclpy.init (this process) and the processes it starts, which inherit it
-    os.environ.pop("ROBOT_IMITATION_DDS_PROFILE", None)
-    if args.dds_profile == "off":
-        os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
-    else:
-        path = large_data_profile() if args.dds_profile == "large_data" \
-            else Path(args.dds_profile)
-        if not path.is_file():
-            print(f"error: --dds-profile {args.dds_profile}: no such file", file=sys.stderr)
+    os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    choice = args.dds_profile
+    if choice not in (*DDS_PROFILES, "off"):
+        if not Path(choice).is_file():
+            print(f"error: --dds-profile {choice}: no such file", file=sys.stderr)
             return 2
-        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(path.resolve())
+        choice = str(Path(choice).resolve())
+    os.environ["ROBOT_IMITATION_DDS_PROFILE"] = choice
+    ensure_ros_environment()  # sets FASTDDS_DEFAULT_PROFILES_FILE from the choice
     return run_with_ros("recorder_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":

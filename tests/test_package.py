@@ -315,20 +315,32 @@ def test_ros_environment_uses_the_running_interpreters_prefix(tmp_path):
     assert proc.stdout.split() == [str(PREFIX)]
 
 
-def test_the_dds_profile_applies_only_where_asked_and_nothing_else_is_configured(monkeypatch,
-                                                                                 tmp_path):
-    from robot_imitation.paths import dds_profile, large_data_profile
+def test_the_dds_profile_is_the_suites_unless_the_user_chose_one(monkeypatch, tmp_path):
+    from robot_imitation.paths import DDS_PROFILES, dds_profile, suite_dds_profile
 
-    suite = large_data_profile()
-    root = ET.parse(suite).getroot()  # a well-formed Fast DDS profile with the larger segment
+    def service_wait(path):  # the response writers' max_blocking_time, in s
+        root = ET.parse(path).getroot()  # a well-formed Fast DDS profile
+        writers = [e for e in root.iter() if e.tag.endswith("data_writer")
+                   and e.get("profile_name") == "service"]
+        assert len(writers) == 1, path
+        sec = [e for e in writers[0].iter() if e.tag.endswith("max_blocking_time")][0]
+        return sum(float(e.text) * (1e-9 if e.tag.endswith("nanosec") else 1)
+                   for e in sec if e.tag.endswith("sec"))
+
+    services, large = (suite_dds_profile(n) for n in DDS_PROFILES)
+    root = ET.parse(large).getroot()  # the larger shared-memory segment
     sizes = [int(e.text) for e in root.iter() if e.tag.endswith("segment_size")]
     assert sizes and min(sizes) >= 4 << 20
+    assert service_wait(services) == service_wait(large) == 5.0  # not Fast DDS's 0.1 s
+    # the default profile changes nothing but the service answers' wait
+    assert [e.tag.split("}")[-1] for e in ET.parse(services).getroot().iter()
+            if e.tag.split("}")[-1] in ("participant", "transport_descriptor", "topic")] == []
     for name in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE",
                  "ROBOT_IMITATION_DDS_PROFILE", "RMW_IMPLEMENTATION"):
         monkeypatch.delenv(name, raising=False)
-    assert dds_profile() is None  # off unless asked for
+    assert dds_profile() == services  # the default
     monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", "large_data")
-    assert dds_profile() == suite
+    assert dds_profile() == large
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
     assert dds_profile() is None  # another middleware: nothing to set
     monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")

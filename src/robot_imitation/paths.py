@@ -68,34 +68,42 @@ def ensure_ros_environment() -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
 
+DDS_PROFILES = ("services", "large_data")  # config/fastdds/<name>.xml; the first is the default
+
 
 def dds_profile() -> Path | None:
-    """The Fast DDS profile to give the processes, where asked for: ROBOT_IMITATION_DDS_PROFILE
-    is ``large_data`` (``config/fastdds/large_data.xml``, a shared-memory segment that holds
-    camera frames published back to back: Fast DDS's 512 KB default loses the first of two VGA
-    frames to the second and repairs it up to a second late, or never) or a profile file.
+    """The Fast DDS profile to give the processes: ROBOT_IMITATION_DDS_PROFILE names one of
+    ``DDS_PROFILES`` or a file; unset, ``services``.
 
-    None (Fast DDS as configured) by default, and where the user chose a profile otherwise
-    (FASTDDS_DEFAULT_PROFILES_FILE, FASTRTPS_DEFAULT_PROFILES_FILE), or the RMW is not Fast DDS.
-    Not on by default: with it, discovery between many processes on one machine was measured
-    slower (service answers lost in a CI run), which the profile's initial-peer range only
-    partly mended."""
+    - ``services`` (``config/fastdds/services.xml``): a service's answer waits up to 5 s for
+      the client's response reader to be discovered, not Fast DDS's 100 ms, after which the
+      answer is dropped and the client waits forever (seen on a loaded machine with freshly
+      started nodes). Nothing else differs from Fast DDS's defaults.
+    - ``large_data`` (``config/fastdds/large_data.xml``): the same, and a shared-memory segment
+      that holds camera frames published back to back (Fast DDS's 512 KB default loses the
+      first of two VGA frames to the second and repairs it up to a second late, or never). Not
+      the default: with it, discovery between many processes on one machine was measured
+      slower, which its initial-peer range only partly mended.
+
+    None (Fast DDS as configured) for ``off``, where the user chose a profile
+    (FASTDDS_DEFAULT_PROFILES_FILE, FASTRTPS_DEFAULT_PROFILES_FILE), or where the RMW is not
+    Fast DDS."""
     env = os.environ
-    choice = env.get("ROBOT_IMITATION_DDS_PROFILE", "").strip()
-    if not choice or choice.lower() in ("off", "none", "0", "false"):
+    choice = env.get("ROBOT_IMITATION_DDS_PROFILE", "").strip() or DDS_PROFILES[0]
+    if choice.lower() in ("off", "none", "0", "false"):
         return None
     if env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
         return None
     if not env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"):
         return None
-    if choice == "large_data":
+    if choice in DDS_PROFILES:
         try:
-            return large_data_profile()
+            return suite_dds_profile(choice)
         except OSError:  # no share folder
             return None
     return Path(choice).resolve()
 
 
-def large_data_profile() -> Path:
-    """``config/fastdds/large_data.xml``: the profile ``dds_profile`` calls ``large_data``."""
-    return config_dir() / "fastdds" / "large_data.xml"
+def suite_dds_profile(name: str) -> Path:
+    """``config/fastdds/<name>.xml``, one of ``DDS_PROFILES``."""
+    return config_dir() / "fastdds" / f"{name}.xml"

@@ -300,38 +300,28 @@ def state_to_answer(assembler, outputs) -> tuple | None:
     return assembler.synchronized()
 
 
-SERVER_SETTLE = 0.25  # s: a new client's wait for its server to match its response reader
-
-
 class ServiceCaller:
     """Service calls from a node that spins elsewhere (a background executor): one client per
-    service for the node's life. The first time a client finds its server, it also gives the
-    server a moment to discover the client's response reader: discovery is not symmetric, and
-    an answer sent before the server knows the reader is lost (the RMW waits only 100 ms for
-    it, which a loaded machine can exceed)."""
+    service for the node's life. A request may reach a server before the server has discovered
+    the client's response reader; the suite's Fast DDS profile (``paths.dds_profile``) has the
+    server's answer wait for it (Fast DDS's own 100 ms lost answers on a loaded machine)."""
 
     def __init__(self, node):
         self.node = node
-        self._clients: dict = {}  # name -> [client, settled]
+        self._clients: dict = {}  # name -> client
 
     def ready(self, srv_type, name: str, timeout: float) -> bool:
         """Wait (up to ``timeout`` s) for the server of ``name``; False if it did not appear."""
         if name not in self._clients:
-            self._clients[name] = [self.node.create_client(srv_type, name), False]
-        entry = self._clients[name]
-        if not entry[0].wait_for_service(timeout_sec=timeout):
-            return False
-        if not entry[1]:
-            time.sleep(SERVER_SETTLE)
-            entry[1] = True
-        return True
+            self._clients[name] = self.node.create_client(srv_type, name)
+        return self._clients[name].wait_for_service(timeout_sec=timeout)
 
     def call(self, srv_type, name: str, request=None, timeout: float = 30.0):
         """Call ``name`` and wait for the answer; ``TimeoutError`` when the server is missing
         or silent for ``timeout`` s."""
         if not self.ready(srv_type, name, timeout):
             raise TimeoutError(f"service {name} not available within {timeout} s")
-        future = self._clients[name][0].call_async(request or srv_type.Request())
+        future = self._clients[name].call_async(request or srv_type.Request())
         deadline = time.monotonic() + timeout
         while not future.done():
             if time.monotonic() > deadline:
