@@ -350,4 +350,27 @@ def test_the_dds_profile_is_the_suites_unless_the_user_chose_one(monkeypatch, tm
     monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", "off")
     assert dds_profile() is None
     monkeypatch.setenv("ROBOT_IMITATION_DDS_PROFILE", str(tmp_path / "other.xml"))
+    with pytest.raises(ValueError, match="other.xml: no such profile or file"):
+        dds_profile()
+    (tmp_path / "other.xml").write_text(services.read_text())
     assert dds_profile() == tmp_path / "other.xml"
+
+
+def test_a_dds_profile_that_is_not_there_ends_a_node_or_command_in_one_line(tmp_path):
+    env = {**os.environ, "ROBOT_IMITATION_DDS_PROFILE": "large"}
+    env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    proc = subprocess.run([sys.executable, "-m", "robot_imitation.nodes.recorder_node"],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: ROBOT_IMITATION_DDS_PROFILE=large: no such profile or file (choose services, "
+        "large_data, off or a Fast DDS profile file)"]
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+    proc = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "record", "--task",
+                           "reach", "--episodes", "1", str(tmp_path / "ds")],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "robot-imitation record: ROBOT_IMITATION_DDS_PROFILE=large: no such profile or file "
+        "(choose services, large_data, off or a Fast DDS profile file)"]
+    assert list(tmp_path.iterdir()) == []

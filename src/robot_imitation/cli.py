@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .paths import dds_profile
 from .settings import EPISODES, Limits, add_arguments, arg_type, given_arguments
 
 # Limits of the options that are no dataclass's settings (the others come from TrainConfig and
@@ -669,6 +670,11 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        dds_profile()  # a bad ROBOT_IMITATION_DDS_PROFILE: refused before anything is written
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
     try:
         return args.func(args)
     except KeyboardInterrupt:

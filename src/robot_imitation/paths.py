@@ -63,7 +63,10 @@ def ensure_ros_environment() -> None:
     current = os.environ.get("AMENT_PREFIX_PATH", "")
     if Path(prefix, "share", "ament_index").is_dir() and prefix not in current.split(os.pathsep):
         os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (current, prefix) if p)
-    profile = dds_profile()
+    try:
+        profile = dds_profile()
+    except ValueError as exc:  # a user's setting: one line, no traceback, exit 1
+        raise SystemExit(f"error: {exc}") from None
     if profile is not None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
@@ -87,7 +90,7 @@ def dds_profile() -> Path | None:
 
     None (Fast DDS as configured) for ``off``, where the user chose a profile
     (FASTDDS_DEFAULT_PROFILES_FILE, FASTRTPS_DEFAULT_PROFILES_FILE), or where the RMW is not
-    Fast DDS."""
+    Fast DDS. ValueError where the variable names neither a profile of the suite nor a file."""
     env = os.environ
     choice = env.get("ROBOT_IMITATION_DDS_PROFILE", "").strip() or DDS_PROFILES[0]
     if choice.lower() in ("off", "none", "0", "false"):
@@ -101,7 +104,11 @@ def dds_profile() -> Path | None:
             return suite_dds_profile(choice)
         except OSError:  # no share folder
             return None
-    return Path(choice).resolve()
+    path = Path(choice).resolve()
+    if not path.is_file():
+        raise ValueError(f"ROBOT_IMITATION_DDS_PROFILE={choice}: no such profile or file "
+                         f"(choose {', '.join(DDS_PROFILES)}, off or a Fast DDS profile file)")
+    return path
 
 
 def suite_dds_profile(name: str) -> Path:
