@@ -41,6 +41,7 @@ def answer_delay_after_an_unmatched_client(procs, probe, tmp_path, node: str) ->
             return delay  # the node took the late request, and waited this long
     pytest.fail("the node never took the late client's request")
 
+
 def test_an_answer_waits_for_a_client_the_node_has_not_yet_discovered(procs, probe, tmp_path):
     # started as `ros2 run` starts it: no profile in its environment, the node sets its own
     procs.env.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
