@@ -37,8 +37,11 @@ from robot_imitation.paths import ensure_ros_environment  # noqa: E402
 ensure_ros_environment()
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None):
-    """Poll ``predicate`` until true; fail with ``what`` (and child logs) after ``timeout``."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None,
+             log_dir=None):
+    """Poll ``predicate`` until true; fail with ``what`` (and child logs) after ``timeout``.
+    ``log_dir``: a folder whose logs (``*.log``, at any depth: a run's processes) go with the
+    failure too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -50,6 +53,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs
     logs = ""
     if procs is not None:
         logs = "\n".join(f"--- {n} ---\n{procs.log(n)}" for n in [*procs.procs, *procs.stopped])
+    if log_dir is not None:
+        for path in sorted(Path(log_dir).rglob("*.log")):
+            logs += f"\n--- {path} ---\n{path.read_text(errors='replace')[-3000:]}"
     pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
 
 

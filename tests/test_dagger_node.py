@@ -82,7 +82,7 @@ def test_run_reports_each_iteration_and_latches_the_final_checkpoint(tmp_path, p
     assert "already running" in refused.message and str(run_dir) in refused.message
 
     wait_for(lambda: progress and states(progress)[-1] != "running", 300, "the run to end",
-             procs=procs, interval=0.1)
+             procs=procs, interval=0.1, log_dir=run_dir)
     last = values(progress[-1])
     assert last["state"] == "done", last
     assert progress[-1].status[0].message == "done"
@@ -172,7 +172,7 @@ def test_bad_settings_fail_cancel_stops_and_no_process_outlives_the_node(tmp_pat
     resp = probe.call(Trigger, "/dagger/cancel")
     assert resp.success and "iteration boundary" in resp.message, resp.message
     wait_for(lambda: progress and states(progress)[-1] != "running", 120, "the run to stop",
-             procs=procs, interval=0.1)
+             procs=procs, interval=0.1, log_dir=run_dir)
     assert states(progress)[-1] == "cancelled", values(progress[-1])
     res = json.loads((run_dir / "dagger.json").read_text())
     assert res["stopped"] is True and res["iterations"] == []
@@ -190,11 +190,17 @@ def test_bad_settings_fail_cancel_stops_and_no_process_outlives_the_node(tmp_pat
     resp = probe.call(Trigger, "/dagger/run")
     assert resp.success, resp.message
     run_dir = Path(resp.message.split(": ", 1)[1])
-    wait_for(lambda: len(processes_of(run_dir)) >= 3, 60, "the run's processes", procs=procs)
+    wait_for(lambda: len(processes_of(run_dir)) >= 3, 60, "the run's processes", procs=procs,
+             log_dir=run_dir)
     # the run's helper node in this process did not take the name given to the node
     wait_for(lambda: ("episode_runner", "/") in probe.node.get_node_names_and_namespaces(), 10,
              "the run's episode runner")
     assert probe.node.get_node_names_and_namespaces().count(("dagger", "/")) == 1
     codes = procs.stop("dagger")
-    assert codes["dagger"] is not None
     wait_for(lambda: not processes_of(run_dir), 5, "the run's processes to end")
+    # a clean exit: no traceback from two threads stopping the run's processes at once, no
+    # abort from the run's thread meeting the interpreter's teardown
+    log = procs.log("dagger", tail=100_000)
+    assert codes["dagger"] == 0, (codes, log[-3000:])
+    for bad in ("Traceback", "Fatal Python error", "terminate called"):
+        assert bad not in log, log[-3000:]

@@ -1,6 +1,8 @@
 """The process graphs, declared once (``robot_imitation.ros.graphs``): what the Python code starts
 and what the launch files start are the same declarations, and they are what the rigs started
 when each wrote its own."""
+import time
+
 import pytest
 import yaml
 
@@ -160,6 +162,72 @@ def test_start_graph_refuses_a_node_it_cannot_start_before_starting_any(tmp_path
         with pytest.raises(ValueError, match=r"^node joy: joy game_controller_node cannot be "):
             group.start_graph(record_graph("push", "ds", mode="realtime", teleop="joy"))
         assert not group.procs
+
+
+@pytest.mark.ros  # (plain processes, but ProcessGroup.start is what the tiers' guard watches)
+def test_a_group_stopped_from_two_threads_at_once_stops_once_and_closes(tmp_path):
+    """A node's shutdown stops its run's group (``stop_all_groups``) while the run's own thread
+    stops it too, or checks it: no error in either, every process ended, and then the group is
+    closed: ``check`` raises, so a run waiting on those processes ends, and ``start`` refuses."""
+    import threading
+
+    from robot_imitation.ros.launcher import ProcessDied, ProcessGroup
+
+    group = ProcessGroup(tmp_path / "logs")
+    # processes that ignore SIGINT: both stops are still waiting when SIGTERM is due
+    procs = [group.start(f"p{i}", ["bash", "-c", "trap '' INT; sleep 30"]) for i in range(3)]
+    time.sleep(0.3)  # (the trap set)
+    errors, codes = [], []
+
+    def stop():
+        try:
+            codes.append(group.stop(timeout=0.5))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    def check():
+        try:
+            while not group.closed:
+                group.check()
+        except ProcessDied:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (stop, stop, check)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    assert all(p.poll() is not None for p in procs)
+    assert sorted(k for c in codes for k in c) == ["p0", "p1", "p2"]  # each stopped once
+    with pytest.raises(ProcessDied, match="the processes were stopped"):
+        group.check()
+    with pytest.raises(ProcessDied, match="^not starting late: its process group was stopped"):
+        group.start("late", ["sleep", "30"])
+    assert "late" not in group.procs
+
+
+@pytest.mark.ros
+def test_a_wait_on_the_bridge_ends_when_a_process_of_the_run_dies(ros, tmp_path):
+    """The episode runner's waits check the run's processes (``alive``): one that died ends the
+    wait at once with its own error, not after the episode timeout."""
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+    from robot_imitation.ros.launcher import ProcessDied, ProcessGroup
+
+    runner = EpisodeRunner(name="waiting_runner")  # no bridge: no status ever comes
+    spinner = Spinner(runner)
+    try:
+        with ProcessGroup(tmp_path / "logs") as group:
+            group.start("scripted_expert", ["bash", "-c", "echo '[x] fatal: gone' >&2; exit 3"])
+            t0 = time.monotonic()
+            with pytest.raises(ProcessDied, match="scripted_expert exited with code 3"):
+                runner.wait_settled(60.0, alive=group.check)
+            assert time.monotonic() - t0 < 10.0
+    finally:
+        spinner.stop()
+        runner.destroy_node()
 
 
 @pytest.mark.ros

@@ -28,6 +28,7 @@ A failed run (bad settings, a process that died, an error while training) publis
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -50,6 +51,9 @@ from ..ros.launcher import stop_all_groups  # noqa: E402
 
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
 NODE_ARGS = ("-r", "--remap", "-p", "--param", "--params-file")
+# Seconds the node's shutdown waits for a run to end once its processes are stopped (within
+# the 5 s ros2 launch and the suite's launcher give a node between SIGINT and SIGTERM).
+CLOSE_JOIN = 3.0
 KEYS = ("state", "stage", "iteration", "iterations", "beta", "expert_share", "labels",
         "success_rate", "ci95_low", "ci95_high", "checkpoint", "run_dir", "elapsed")
 
@@ -123,6 +127,7 @@ class DaggerNode(Node):
         self._cancel = threading.Event()
         self._closing = threading.Event()  # the node is shutting down
         self._status: dict = {}
+        self.abandoned = False  # closed while its run was still busy (see close)
         self.get_logger().info("dagger ready: set parameters, then call ~/run")
 
     # ----------------------------------------------------------------- parameters
@@ -280,7 +285,9 @@ class DaggerNode(Node):
 
     def close(self) -> None:
         """At shutdown: a run under way cannot stop before its next iteration boundary, so its
-        processes are stopped here (none outlives the node); the run itself ends with it."""
+        processes are stopped here (none outlives the node); the run itself ends with it: its
+        waits on those processes end at once (``ProcessGroup.check``). A run busy training
+        (which nothing interrupts) is left to the process's exit (``abandoned``)."""
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._closing.set()
@@ -289,17 +296,32 @@ class DaggerNode(Node):
             print(f"[{self.get_name()}] shutting down during a DAgger run: stopping its "
                   f"processes ({self._status.get('run_dir')})", file=sys.stderr, flush=True)
             stop_all_groups(timeout=3.0)
-            thread.join(timeout=1.0)
+            thread.join(timeout=CLOSE_JOIN)
+            stop_all_groups(timeout=3.0)  # any the run started meanwhile
+            if thread.is_alive():
+                self.abandoned = True
+                print(f"[{self.get_name()}] the run is still busy (training): exiting without "
+                      "it", file=sys.stderr, flush=True)
 
 
 def main(args=None) -> int:
     process_args, node_args = split_ros_args(list(sys.argv if args is None else args))
 
+    nodes = []
+
     class Dagger(DaggerNode):
         def __init__(self):
             super().__init__(cli_args=node_args)
+            nodes.append(self)
 
-    return run(Dagger, process_args)
+    code = run(Dagger, process_args)
+    if any(n.abandoned for n in nodes):
+        # a thread still running a run's code (its helper node's executor among it) must not
+        # meet the interpreter's teardown (an abort in C++): leave at once, all else closed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ class EpisodeRunner(Node):
             raise TimeoutError(f"no bridge reset service {self.reset_name} within "
                                f"{timeout} s: is the bridge running (same ROS_DOMAIN_ID)?")
 
-    def wait_settled(self, timeout: float = 30.0) -> bool:
+    def wait_settled(self, timeout: float = 30.0, alive=None) -> bool:
         """Wait until the bridge's current episode is done (true), or ``timeout`` (false).
+        ``alive``: see ``wait_for_service`` (a process that died ends the wait at once).
 
         A lockstep bridge runs an episode from its start whenever a controller answers it;
         recording must not begin while that episode may still announce its end, or a
@@ -83,7 +84,9 @@ class EpisodeRunner(Node):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._cond.wait(min(left, 0.5))
+                if alive is not None:
+                    alive()
+                self._cond.wait(min(left, 0.25))
         return True
 
     def reset(self, timeout: float = 30.0) -> str:
@@ -92,8 +95,9 @@ class EpisodeRunner(Node):
             raise RuntimeError(f"bridge refused reset: {resp.message}")
         return resp.message
 
-    def run_episode(self, timeout: float = 120.0) -> EpisodeOutcome:
-        """Reset, then wait until the bridge reports the episode done."""
+    def run_episode(self, timeout: float = 120.0, alive=None) -> EpisodeOutcome:
+        """Reset, then wait until the bridge reports the episode done (``alive``: see
+        ``wait_for_service``)."""
         msg = self.reset()
         episode = int(msg.split()[1])
         start = time.monotonic()
@@ -113,7 +117,9 @@ class EpisodeRunner(Node):
                 if left <= 0:
                     raise TimeoutError(f"episode {episode} not done after {timeout} s "
                                        "(is a controller answering the bridge?)")
-                self._cond.wait(min(left, 1.0))
+                if alive is not None:
+                    alive()
+                self._cond.wait(min(left, 0.25))
 
 
 class Spinner:
@@ -150,7 +156,7 @@ def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
         runner.wait_for_bridge(alive=alive)
         outcomes = []
         for _ in range(n):
-            outcomes.append(runner.run_episode(timeout))
+            outcomes.append(runner.run_episode(timeout, alive))
             if progress:
                 progress(outcomes)
         return outcomes

@@ -249,7 +249,7 @@ class RosRig:
         for _ in range(n):
             if record:
                 start_recording(self.node, self.group)
-            outcomes.append(self.node.run_episode(120.0))
+            outcomes.append(self.node.run_episode(120.0, alive=self.group.check))
             if progress:
                 progress(outcomes)
         return outcomes

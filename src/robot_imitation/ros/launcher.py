@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -59,7 +60,12 @@ def stop_all_groups(timeout: float = 5.0) -> None:
 
 
 class ProcessGroup:
-    """A set of child processes, each in its own process group, with logs in ``log_dir``."""
+    """A set of child processes, each in its own process group, with logs in ``log_dir``.
+
+    Safe to use from several threads: a node's shutdown may stop the group (``stop_all_groups``)
+    while the run that owns it is starting, checking or stopping its processes. Once stopped as
+    a whole the group is closed: ``start`` refuses and ``check`` raises ``ProcessDied``, so a run
+    waiting on its processes ends instead of waiting for ones that are gone."""
 
     def __init__(self, log_dir: str | os.PathLike | None = None, env: dict | None = None):
         _GROUPS.add(self)
@@ -73,14 +79,20 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen] = {}  # running (or died on their own)
         self.stopped: dict[str, int | None] = {}       # stopped on purpose: exit codes
         self._logs = {}
+        self._lock = threading.RLock()
+        self.closed = False  # stopped as a whole
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
-        self.procs[name] = proc
-        self._logs[name] = log
-        return proc
+        with self._lock:
+            if self.closed:
+                raise ProcessDied(f"not starting {name}: its process group was stopped "
+                                  f"(logs in {self.log_dir})")
+            log = open(self.log_dir / f"{name}.log", "wb")
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                    start_new_session=True)
+            self.procs[name] = proc
+            self._logs[name] = log
+            return proc
 
     def start_node(self, executable: str, name: str | None = None, params: dict | None = None,
                    namespace: str | None = None, extra_args: list | None = None
@@ -138,8 +150,12 @@ class ProcessGroup:
         return line
 
     def check(self) -> None:
-        """Raise ``ProcessDied`` if a child exited."""
-        for name, proc in self.procs.items():
+        """Raise ``ProcessDied`` if a child exited, or the group was stopped as a whole."""
+        with self._lock:
+            if self.closed:
+                raise ProcessDied(f"the processes were stopped (logs in {self.log_dir})")
+            procs = list(self.procs.items())
+        for name, proc in procs:
             if proc.poll() is not None:
                 said = self.last_error(name)
                 raise ProcessDied(
@@ -148,8 +164,15 @@ class ProcessGroup:
                     + f" (log: {self.log_dir / f'{name}.log'})")
 
     def stop(self, name: str | None = None, timeout: float = 5.0) -> dict:
-        """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes."""
-        names = [n for n in ([name] if name else list(self.procs)) if n in self.procs]
+        """SIGINT, then SIGTERM, then SIGKILL; returns the exit codes (of the processes this
+        call stopped). Without ``name``: every process, and the group is closed."""
+        with self._lock:
+            if name is None:
+                self.closed = True
+            return self._stop([name] if name else list(self.procs), timeout)
+
+    def _stop(self, names: list, timeout: float) -> dict:
+        names = [n for n in names if n in self.procs]
         for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 2.0), (signal.SIGKILL, 2.0)):
             alive = [n for n in names if self.procs[n].poll() is None]
             if not alive:

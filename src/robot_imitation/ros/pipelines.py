@@ -109,10 +109,13 @@ def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_di
             runner.wait_for_bridge(alive=group.check)
             # The expert drives the bridge's first episode as soon as both are up: let it end
             # before recording, so its `done` cannot stop the first recorded episode.
-            runner.wait_settled(episode_timeout)
+            if not runner.wait_settled(episode_timeout, alive=group.check):
+                raise TimeoutError(f"the bridge's first episode, driven by the expert before "
+                                   f"recording, did not end within {episode_timeout} s (logs "
+                                   f"in {group.log_dir})")
             for _ in range(episodes):
                 names.append(start_recording(runner, group))
-                outcome = runner.run_episode(episode_timeout)
+                outcome = runner.run_episode(episode_timeout, alive=group.check)
                 if progress:
                     progress(len(names), outcome)
             wait_recorded(dataset)  # the last episode's automatic stop
