@@ -370,7 +370,7 @@ def test_the_policy_node_runs_chunks_ahead_and_reports_them(procs, probe, tmp_pa
     diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
     # (no stale check: the timer gives no safe commands once the states stop)
     start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2, max_age_periods=0.0)
-    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     try:
         feed.stream()
         wait_for(lambda: len(arm) >= 20, 30, "commands", procs=procs)

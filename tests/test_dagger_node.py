@@ -90,6 +90,9 @@ def test_run_reports_each_iteration_and_latches_the_final_checkpoint(tmp_path, p
     assert set(states(progress[:-1])) == {"running"}
     stages = [values(m)["stage"] for m in progress]
     assert any(s.startswith("recording 4 expert demonstrations of reach") for s in stages)
+    # each demonstration reported as it is recorded (a stage of its own)
+    assert [s.split(":")[0] for s in stages if s.startswith("demonstration ")] == \
+        [f"demonstration {k}/4" for k in range(1, 5)], stages
     assert any(s.startswith("expert: 3/3") for s in stages), stages
     assert any(s.startswith("simulation on a private ROS graph: domain") for s in stages)
     assert not states_here, "the run's bridge published on the node's graph"

@@ -238,7 +238,7 @@ def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
     start_policy(procs, probe, checkpoint=best(reach_bc), trigger="timer", robot="",
                  max_age_periods=3.0, safe_command="zero", diagnostics_period=0.2,
                  action_lower=[-0.05], action_upper=[0.05])
-    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     try:
         # fresh states: commands at the control rate (20 Hz), clamped to +-0.05
         feed.stream()
@@ -288,7 +288,7 @@ def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_
     announce = probe.node.create_publisher(String, "/trainer/checkpoint", LATCHED_QOS)
     ckpt = best(reach_bc)
     start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2)
-    wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     limits = robot_limits("panda", Spec.load("reach"))
     try:
         # states until 20 are answered (the node answers once it sees a command subscriber)
@@ -364,7 +364,7 @@ def test_lifecycle_transitions_and_enable(reach_bc, procs, probe, tmp_path):
         probe.set_params(NODE, checkpoint=best(reach_bc))
         assert lifecycle(probe, Transition.TRANSITION_CONFIGURE)
         assert lifecycle_state(probe) == "inactive"
-        wait_for(feed.matched, 30, "the node's subscriptions", procs=procs)
+        wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
         assert count_during(arm, 0.5) == 0, "commands while inactive"
         assert lifecycle(probe, Transition.TRANSITION_ACTIVATE)
         assert lifecycle_state(probe) == "active"

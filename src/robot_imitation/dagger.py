@@ -37,7 +37,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     out.mkdir(parents=True, exist_ok=True)
     own_graph = graph is None
     graph = graph or SimGraph()
-    world = RosWorld(out, cfg, spec, graph)
+    world = RosWorld(out, cfg, spec, graph, log=log)
     try:
         return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop)
     finally:

@@ -325,9 +325,11 @@ class RosWorld:
 
     kind = "ros"
 
-    def __init__(self, out, cfg, spec, graph):
-        """``cfg``: the ``algorithms.dagger.DaggerConfig``; ``graph``: a ``SimGraph``."""
+    def __init__(self, out, cfg, spec, graph, log=None):
+        """``cfg``: the ``algorithms.dagger.DaggerConfig``; ``graph``: a ``SimGraph``; ``log``:
+        where each recorded demonstration is reported (the run's log)."""
         self.out, self.cfg, self.spec, self.graph = Path(out), cfg, spec, graph
+        self.log = log
         self.spec_name = cfg.spec or cfg.task
         self.demo_dir = self.out / "data" / "expert"
         self.dagger_dir = self.out / "data" / "dagger"
@@ -339,9 +341,16 @@ class RosWorld:
     def demonstrations(self, seeds: range):
         from ..ros.pipelines import record_demonstrations
 
+        def progress(k: int, outcome) -> None:
+            if self.log is not None:
+                self.log(f"[dagger] demonstration {k}/{len(seeds)}: "
+                         f"{'success' if outcome.success else 'failure'} in {outcome.ticks} "
+                         "ticks")
+
         record_demonstrations(self.demo_dir, task=self.cfg.task, spec=self.spec_name,
                               episodes=len(seeds), seed=seeds.start,
-                              log_dir=self.out / "logs" / "record", graph=self.graph)
+                              log_dir=self.out / "logs" / "record", progress=progress,
+                              graph=self.graph)
         return (self.demo_dir, self.spec, None)
 
     def deploy(self, checkpoint) -> None:
