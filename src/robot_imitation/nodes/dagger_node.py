@@ -287,7 +287,8 @@ class DaggerNode(Node):
         """At shutdown: a run under way cannot stop before its next iteration boundary, so its
         processes are stopped here (none outlives the node); the run itself ends with it: its
         waits on those processes end at once (``ProcessGroup.check``). A run busy training
-        (which nothing interrupts) is left to the process's exit (``abandoned``)."""
+        (which nothing interrupts) or in a service call is left to the process's exit
+        (``abandoned``)."""
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._closing.set()
@@ -300,8 +301,8 @@ class DaggerNode(Node):
             stop_all_groups(timeout=3.0)  # any the run started meanwhile
             if thread.is_alive():
                 self.abandoned = True
-                print(f"[{self.get_name()}] the run is still busy (training): exiting without "
-                      "it", file=sys.stderr, flush=True)
+                print(f"[{self.get_name()}] the run is still busy (training, or a service "
+                      "call it cannot cut short): exiting without it", file=sys.stderr, flush=True)
 
 
 def main(args=None) -> int:
