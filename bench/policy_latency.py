@@ -15,7 +15,12 @@ Three measurements in one run:
    ratio policy node / echo node of p50 and p99: what the policy node adds over the DDS floor.
 2. Image policy (spec ``push_image``) at --image-rate (30 Hz) for --image-duration (30) seconds:
    /front/image_raw (320x240 rgb8, as the bridge publishes it; the node resizes it to the spec's
-   96x96), /ee_pose, then /joint_states; the same figures against the same two nodes.
+   96x96), /ee_pose, then /joint_states; the same figures against the same two nodes. With
+   --camera-rate below --image-rate, a frame goes out with every k-th state only (k =
+   image-rate / camera-rate, rounded): the node answers each joint state with the newest frame
+   (``camera_frames: latest``), encoding each frame once (``camera_encoding``, --camera-encoding:
+   inline, or ahead on a thread of its own); e.g. --image-rate 500 --camera-rate 30
+   --camera-encoding ahead: a 500 Hz loop with a 30 Hz camera.
 3. The inference backends ``select_backend(policy, "auto")`` measures on each policy (one
    thread, as the node runs them), with the ratio of each to eager PyTorch.
 
@@ -24,7 +29,9 @@ driver cycles through N distinct states (tick % N; N = 1000 at 1 kHz, 300 for im
 of one and ten seconds), whose commands are computed beforehand (the echo: the positions; the
 policy: the same checkpoint run in this process). A received arm command is decoded to the
 nearest expected command; one further than 1e-3 from it is unmatched. Its latency is the receive
-time minus the send time of the newest earlier send of that state.
+time minus the send time of the newest earlier send of that state. With a slower camera and
+``camera_encoding: ahead`` a state may be answered from the previous frame's features (the new
+one still being encoded): those commands are expected too, and counted.
 
 By default the checkpoints are built with untrained random weights (and plausible
 normalization) of the architecture training produces: the latency does not depend on the weight
@@ -154,26 +161,37 @@ class States:
     joint_topic: str
     joints: list          # JointState messages, one per state
     poses: dict           # topic -> PoseStamped (the same for every state)
-    images: dict          # topic -> [Image] (state i shows image i % IMAGES)
+    images: dict          # topic -> [Image] (state i shows image frame(i))
+    frame_every: int = 1  # a frame goes out with every k-th state (a slower camera)
 
     @property
     def n(self) -> int:
         return len(self.joints)
 
-    def messages(self, i: int) -> list[tuple[str, object]]:
-        """(topic, message) of state i, in publishing order: images, poses, joint states last
-        (the echo node answers the joint states)."""
-        return ([(t, frames[i % len(frames)]) for t, frames in self.images.items()]
-                + list(self.poses.items()) + [(self.joint_topic, self.joints[i])])
+    def frame(self, i: int, back: int = 0) -> int:
+        """The frame shown at state i (``back`` frames before it)."""
+        return (i // self.frame_every - back) % IMAGES
 
-    def observations(self) -> dict:
+    def messages(self, i: int) -> list[tuple[str, object]]:
+        """(topic, message) of state i, in publishing order: images (with every k-th state),
+        poses, joint states last (the echo node answers the joint states)."""
+        images = [] if i % self.frame_every else [
+            (t, frames[self.frame(i)]) for t, frames in self.images.items()]
+        return images + list(self.poses.items()) + [(self.joint_topic, self.joints[i])]
+
+    def observations(self, back: int = 0) -> dict:
         """The observation of every state, as the policy node assembles it (``Spec.extract``:
-        joints by name, images decoded and resized), stacked: key -> (N, ...)."""
-        per_state = [{f.key: self.spec.extract(f, dict(self.messages(i))[f.topic])
-                      for f in self.spec.observations} for i in range(self.n)]
+        joints by name, images decoded and resized), with the frame ``back`` frames before its
+        own, stacked: key -> (N, ...)."""
+        per_state = []
+        for i in range(self.n):
+            msgs = dict(self.messages(i))
+            msgs.update({t: frames[self.frame(i, back)] for t, frames in self.images.items()})
+            per_state.append({f.key: self.spec.extract(f, msgs[f.topic])
+                              for f in self.spec.observations})
         return {k: np.stack([o[k] for o in per_state]) for k in per_state[0]}
 
-def make_states(spec: Spec, n: int, seed: int = 0) -> States:
+def make_states(spec: Spec, n: int, seed: int = 0, frame_every: int = 1) -> States:
     """Joint positions: a base posture plus a distinct offset per state (what tells the
     commands apart); velocities vary too; poses are fixed; camera frames are random pixels."""
     rng = np.random.default_rng(seed)
@@ -219,11 +237,12 @@ def make_states(spec: Spec, n: int, seed: int = 0) -> States:
                                     dtype=np.uint8).tobytes()
             frames.append(msg)
         images[topic] = frames
-    return States(spec, joint_topics[0], joints, poses, images)
+    return States(spec, joint_topics[0], joints, poses, images, frame_every)
 
-def expected_policy(policy, states: States) -> np.ndarray:
-    """(N, arm size): the first action's values of each state, by the checkpoint run here."""
-    obs = states.observations()
+def expected_policy(policy, states: States, back: int = 0) -> np.ndarray:
+    """(N, arm size): the first action's values of each state, by the checkpoint run here
+    (with the frame ``back`` frames before the state's own)."""
+    obs = states.observations(back)
     _, a, b = action_slices(states.spec)[0]
     out = []
     with torch.inference_mode():
@@ -360,13 +379,17 @@ def percentiles_ms(seconds: np.ndarray) -> dict:
             "mean_ms": float(seconds.mean() * 1e3)}
 
 def analyse(driver: Driver, table: np.ndarray, warm_ticks: int, rate: float) -> dict:
-    """Trace each arm command back to the tick it answers; latencies of the measured window."""
+    """Trace each arm command back to the tick it answers; latencies of the measured window.
+    ``table``: the expected command of each state (N rows), then optionally of each state
+    answered from the previous camera frame (N more)."""
     n = driver.states.n
     sent = driver.tick
     send = driver.send_times[:sent]
     lags = driver.lags[warm_ticks:sent]
     values, recv = driver.decoded_arm()
     index, residual = nearest(values, table)
+    previous = index >= n
+    index = index % n
     matched = residual <= MATCH_TOLERANCE          # False for NaN
     # the newest tick sent before the command arrived that carried state `index`
     newest = np.searchsorted(send, recv, side="right") - 1
@@ -383,6 +406,7 @@ def analyse(driver: Driver, table: np.ndarray, warm_ticks: int, rate: float) -> 
     return {
         "states_sent": window_ticks,
         "commands_received": int(in_window.sum()),
+        "previous_frame_commands": int((in_window & previous).sum()),
         "unmatched": int((~matched & (recv >= window_start)).sum()),
         "missed_ticks": int((answers == 0).sum()),
         "answered_twice": int((answers > 1).sum()),
@@ -512,17 +536,28 @@ def echo_argv(spec: Spec, folder: Path) -> list[str]:
             "-r", f"__node:={ECHO}", "-p", f"spec:={path}"]
 
 def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n_states: int,
-                   backend: str) -> dict:
-    """Echo node, then policy node, on the same states; the backends of the policy."""
+                   backend: str, camera_rate: float = 0.0, camera_encoding: str = "inline"
+                   ) -> dict:
+    """Echo node, then policy node, on the same states; the backends of the policy. A
+    ``camera_rate`` below ``rate``: a frame with every k-th state only."""
     policy, meta = load_checkpoint(checkpoint)
     spec = Spec.from_dict(meta["spec"])
-    states = make_states(spec, n_states)
+    every = max(1, round(rate / camera_rate)) if camera_rate and spec.image_observations else 1
+    if every > 1:   # whole cycles of the frames
+        n_states = every * IMAGES * max(1, -(-n_states // (every * IMAGES)))
+    states = make_states(spec, n_states, frame_every=every)
     tables = {ECHO: expected_echo(states), POLICY: expected_policy(policy, states)}
     result = {"spec": spec.name, "checkpoint": str(checkpoint), "rate_hz": rate,
               "duration_s": duration, "states": n_states,
+              "camera_rate_hz": rate / every if spec.image_observations else None,
+              "camera_encoding": camera_encoding if spec.image_observations else None,
               "separation": {k: separation(t) for k, t in tables.items()}}
     params = {"checkpoint": str(checkpoint), "allow_unlimited": True, "max_age_periods": 0.0,
-              "trigger": "state", "backend": backend, "episode_topic": ""}
+              "trigger": "state", "backend": backend, "episode_topic": "",
+              "camera_encoding": camera_encoding,
+              "camera_frames": "latest" if every > 1 else "stamp"}
+    if every > 1 and camera_encoding == "ahead":  # a state answered from the previous frame
+        tables[POLICY] = np.concatenate([tables[POLICY], expected_policy(policy, states, 1)])
     for kind in (ECHO, POLICY):
         phase = f"{label}-{kind}"
         print(f"[bench] {label} policy ({spec.name}), {kind}: start-up + {WARMUP_S:g} s warm-up "
@@ -559,8 +594,11 @@ def report(r: dict) -> str:
         m = r.get(label)
         if not m:
             continue
-        lines += ["", f"{label.upper()} policy ({m['spec']}): states at {m['rate_hz']:g} Hz, "
-                      f"{m['duration_s']:g} s measured after {WARMUP_S:g} s warm-up, "
+        camera = "" if not m.get("camera_rate_hz") else (
+            f", camera frames at {m['camera_rate_hz']:.1f} Hz (camera_encoding "
+            f"{m['camera_encoding']})")
+        lines += ["", f"{label.upper()} policy ({m['spec']}): states at {m['rate_hz']:g} Hz"
+                      f"{camera}, {m['duration_s']:g} s measured after {WARMUP_S:g} s warm-up, "
                       f"{m['states']} distinct states", head]
         for kind in (ECHO, POLICY):
             x = m[kind]
@@ -589,6 +627,13 @@ def report(r: dict) -> str:
                          f"compute p50 {d.get('compute_p50_ms', '?')} p99 "
                          f"{d.get('compute_p99_ms', '?')} ms, missed_ticks "
                          f"{d.get('missed_ticks', '?')}, overruns {d.get('overruns', '?')}")
+            if "frames_encoded" in d:
+                lines.append(f"  camera: {d['frames_encoded']} frames encoded "
+                             f"({d.get('camera_encoding')}), encoding p50 "
+                             f"{d.get('frame_encoding_p50_ms', '?')} p99 "
+                             f"{d.get('frame_encoding_p99_ms', '?')} ms; commands from the "
+                             f"previous frame (the new one being encoded): "
+                             f"{m[POLICY]['previous_frame_commands']}")
     lines += ["", "Inference backends (select_backend \"auto\", one thread, median of 200 calls; "
                   "* = chosen)",
               f"  {'policy':8}{'backend':14}{'median us':>11}{'/ eager':>9}"]
@@ -624,6 +669,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="state rate for the MLP policy in Hz (default: 1000)")
     parser.add_argument("--image-rate", type=positive, default=30.0,
                         help="state rate for the image policy in Hz (default: 30)")
+    parser.add_argument("--camera-rate", type=float, default=0.0,
+                        help="camera frame rate for the image policy in Hz, below --image-rate "
+                             "(a frame with every k-th state; default 0: one with every state)")
+    parser.add_argument("--camera-encoding", default="inline", choices=("inline", "ahead"),
+                        help="the policy node's camera_encoding (default: inline)")
     parser.add_argument("--checkpoint", type=Path,
                         help="MLP checkpoint (default: random weights, spec reach)")
     parser.add_argument("--image-checkpoint", type=Path,
@@ -652,7 +702,8 @@ def run(args: argparse.Namespace) -> dict:
         results["image"] = None
         if image is not None:
             results["image"] = measure_policy("image", image, args.image_rate,
-                                              args.image_duration, STATES_IMAGE, args.backend)
+                                              args.image_duration, STATES_IMAGE, args.backend,
+                                              args.camera_rate, args.camera_encoding)
         print("[bench] inference backends", flush=True)
         results["backends"] = {"mlp": measure_backends(mlp)}
         if image is not None:

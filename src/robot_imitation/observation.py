@@ -4,7 +4,11 @@ The bridge publishes the state of one instant on several topics with one stamp; 
 them in any order. ``ObservationAssembler`` turns each message into arrays with
 ``Spec.extract`` (the code the dataset builder uses) and hands out the observation dictionary
 once every part carries the same stamp (``synchronized``), or the newest values regardless of
-stamps (``latest``, for timer-driven control).
+stamps (``latest``, for timer-driven control). With ``cameras="latest"`` the camera parts are
+left out of the stamp match: a state is complete once the other parts share its stamp, with the
+newest frame of each camera (cameras slower than the joint states, as on a robot); the default,
+``"stamp"``, waits for each camera's frame of the state's stamp (lockstep simulation, a recorded
+episode played back).
 """
 from __future__ import annotations
 
@@ -24,10 +28,18 @@ def message_class(type_name: str):
         raise SpecError(f"message type {type_name} is not installed") from None
 
 
+CAMERA_FRAMES = ("stamp", "latest")
+
+
 class ObservationAssembler:
-    def __init__(self, spec: Spec, fields=None):
+    def __init__(self, spec: Spec, fields=None, cameras: str = "stamp"):
+        if cameras not in CAMERA_FRAMES:
+            raise ValueError(f"cameras must be one of {CAMERA_FRAMES}, not {cameras!r}")
         self.spec = spec
         self.fields = tuple(fields if fields is not None else spec.observations)
+        # the parts whose stamps must match (all, or all but the cameras)
+        self._matched = None if cameras == "stamp" else tuple(
+            f.key for f in self.fields if not f.is_image)
         self.by_topic: dict = {}
         for f in self.fields:
             self.by_topic.setdefault(f.topic, []).append(f)
@@ -77,7 +89,8 @@ class ObservationAssembler:
         """(stamp, observation) when all parts share a stamp not handed out before, else None."""
         if len(self._stamps) < len(self.fields):
             return None
-        stamps = set(self._stamps.values())
+        stamps = set(self._stamps.values()) if self._matched is None else {
+            self._stamps[k] for k in self._matched}
         if len(stamps) != 1:
             return None
         stamp = stamps.pop()

@@ -15,12 +15,21 @@ reason a backend declines a policy, or None):
 
 Inputs go into preallocated buffers (``low``: float32 (1, L); ``images[key]``: uint8
 (1, H, W, C)) that the caller fills in place; ``run()`` returns the chunk as float64.
+
+A policy with cameras runs split where its family allows it (``split_policy``: the family keeps
+its camera encoders as ``encoders`` and reads its images only through them, as the built-in ones
+do): ``encode(key)`` runs one camera's encoder on ``images[key]`` into ``features[key]``
+(float32 (1, F)), and ``head()`` computes the chunk from ``low`` and the features, so that a
+caller encodes each camera frame once however many ticks use it (cameras at 30 Hz, control at
+500 Hz). ``run()`` is ``encode`` of every camera, then ``head()``. ``select_backend`` checks every
+backend, split or not, against the whole policy's ``act`` (``ActModule``) run by PyTorch.
 ``select_backend`` measures the candidates that support the loaded model and keeps the fastest
 one whose output equals the eager module's; a backend asked for by name that does not support
 it is a ``BackendError`` naming the backend and the policy type.
 """
 from __future__ import annotations
 
+import copy
 import io
 import time
 import warnings
@@ -62,6 +71,34 @@ class ActModule(nn.Module):
         return self.policy.act(obs)[0]
 
 
+class FeaturesIn(nn.Module):
+    """A camera encoder's place in the head of a split policy: its input is the camera's features,
+    computed already."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def split_policy(policy: Policy) -> tuple[dict, Policy] | None:
+    """({image key: camera encoder}, head) of a policy with cameras whose family keeps its encoders
+    as ``encoders`` (an ``nn.ModuleDict`` by image key, as ``encoders.camera_encoders`` builds it):
+    the head is the policy (sharing its weights) with each encoder replaced by ``FeaturesIn``, so
+    that its ``act`` takes each camera's features where the policy takes its images. None for a
+    policy without cameras or encoders by image key, or one that keeps state between calls (not
+    ``traceable``: its state is the policy's own): it runs whole. A family that reads its images
+    other than through these encoders gives a head that disagrees with the policy: the backends'
+    check against the whole policy (``select_backend``) refuses it."""
+    keys = list(policy.cfg.image_keys)
+    encoders = getattr(policy, "encoders", None)
+    if (not keys or not policy.traceable or not isinstance(encoders, nn.ModuleDict)
+            or sorted(encoders) != sorted(keys)):
+        return None
+    head = copy.copy(policy)
+    head._modules = dict(policy._modules)  # its own table of submodules; the same weights
+    head._modules["encoders"] = nn.ModuleDict({key: FeaturesIn() for key in keys})
+    return {key: encoders[key] for key in keys}, head
+
+
 class Backend:
     kind = "base"
     # the policy types this backend runs (None: any type; ``unsupported`` may still decline)
@@ -80,7 +117,7 @@ class Backend:
     def supports(cls, policy: Policy) -> bool:
         return cls.unsupported(policy) is None
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, split: bool = True):
         problem = self.unsupported(policy)
         if problem:
             raise BackendError(problem)
@@ -90,9 +127,49 @@ class Backend:
         self.low = np.zeros((1, cfg.low_dim), dtype=np.float32)
         self.images = {k: np.zeros((1, *shape), dtype=np.uint8)
                        for k, shape in zip(cfg.image_keys, cfg.image_shapes)}
+        self.parts = split_policy(policy) if split else None
+        # each camera's features (split backends): what encode() writes and head() reads
+        self.features: dict = {}
+        if self.parts is not None:
+            with torch.no_grad():
+                for key, encoder in self.parts[0].items():
+                    dim = encoder.eval()(torch.from_numpy(self.images[key])).shape[-1]
+                    self.features[key] = np.zeros((1, dim), dtype=np.float32)
+
+    @property
+    def split(self) -> bool:
+        """Whether the cameras are encoded apart (``encode``) from the head."""
+        return bool(self.features)
+
+    def encode(self, key: str) -> None:
+        """``images[key]`` -> ``features[key]`` (nothing where the policy runs whole)."""
+        if self.split:
+            self.features[key][...] = self.encode_frame(key, self.images[key])
+
+    def encode_frame(self, key: str, image: np.ndarray) -> np.ndarray:
+        """Camera ``key``'s features (1, F) of ``image`` (uint8 (1, H, W, C)), in a new array;
+        the backend's buffers untouched (a thread other than the head's may call it)."""
+        raise NotImplementedError
+
+    def head(self) -> np.ndarray:
+        """The chunk from ``low`` and the cameras' features (or, whole, their images)."""
+        raise NotImplementedError
 
     def run(self) -> np.ndarray:
-        raise NotImplementedError
+        """The chunk of the inputs in the buffers: every camera encoded, then the head."""
+        for key in self.features:
+            self.encode(key)
+        return self.head()
+
+    def inputs(self) -> list:
+        """The head's inputs as tensors sharing the buffers' memory: low, then each camera's
+        features (split) or image (whole), in the spec's order."""
+        per_camera = self.features if self.split else self.images
+        return [torch.from_numpy(self.low)] + [torch.from_numpy(per_camera[k])
+                                               for k in self.cfg.image_keys]
+
+    def head_module(self, policy: Policy) -> "ActModule":
+        return ActModule((self.parts[1] if self.split else policy).cpu().eval()).eval()
 
     def reset(self) -> None:
         """A new episode: a policy that keeps state between calls forgets it."""
@@ -101,15 +178,21 @@ class Backend:
 class EagerBackend(Backend):
     kind = "eager"
 
-    def __init__(self, policy: Policy):
-        super().__init__(policy)
-        self.module = ActModule(policy.cpu().eval()).eval()
+    def __init__(self, policy: Policy, split: bool = True):
+        super().__init__(policy.cpu().eval(), split)
+        self.module = self.head_module(policy)
         # Tensors sharing memory with the numpy buffers: filling a buffer fills the input.
-        self._inputs = [torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
-                                                       for k in self.cfg.image_keys]
+        self._inputs = self.inputs()
+        self.encoders = {} if not self.split else {
+            key: encoder.eval() for key, encoder in self.parts[0].items()}
         self.policy = policy
 
-    def run(self) -> np.ndarray:
+    def encode_frame(self, key: str, image: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.encoders[key](torch.from_numpy(image))
+        return out.numpy().astype(np.float32, copy=False)
+
+    def head(self) -> np.ndarray:
         with torch.inference_mode():
             return self.module(*self._inputs).double().numpy()
 
@@ -131,12 +214,18 @@ class TorchScriptBackend(EagerBackend):
     def unsupported(cls, policy: Policy) -> str | None:
         return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
-    def __init__(self, policy: Policy):
-        super().__init__(policy)
+    def __init__(self, policy: Policy, split: bool = True):
+        super().__init__(policy, split)
+
+        def script(module, inputs):
+            traced = torch.jit.trace(module, tuple(inputs), check_trace=False)
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(self.module, tuple(self._inputs), check_trace=False)
-            self.module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            self.module = script(self.module, self._inputs)
+            self.encoders = {key: script(encoder, [torch.from_numpy(self.images[key])])
+                             for key, encoder in self.encoders.items()}
 
 
 class OnnxBackend(Backend):
@@ -146,42 +235,50 @@ class OnnxBackend(Backend):
     def unsupported(cls, policy: Policy) -> str | None:
         return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
-    def __init__(self, policy: Policy, threads: int = 1):
-        super().__init__(policy)
+    def __init__(self, policy: Policy, threads: int = 1, split: bool = True):
+        super().__init__(policy, split)
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("onnxruntime is not installed") from None
-        module = ActModule(policy.cpu().eval()).eval()
-        names = ["low"] + [f"image_{i}" for i in range(len(self.cfg.image_keys))]
-        inputs = tuple([torch.from_numpy(self.low)] + [torch.from_numpy(self.images[k])
-                                                       for k in self.cfg.image_keys])
-        buf = io.BytesIO()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+
+        def session(module, names, inputs, output):
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, tuple(inputs), buf, dynamo=False, input_names=names,
+                                  output_names=[output], opset_version=17)
+            return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+        per_camera = "features" if self.split else "image"
+        names = ["low"] + [f"{per_camera}_{i}" for i in range(len(self.cfg.image_keys))]
         # In inference, PyTorch runs transformer layers as fused kernels that have no ONNX form:
         # the export traces their plain form (the same arithmetic) instead. The switch is
         # process-wide: while the export runs, other threads' transformers take the plain form.
         fused = torch.backends.mha.get_fastpath_enabled()
         try:
             torch.backends.mha.set_fastpath_enabled(False)
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, inputs, buf, dynamo=False, input_names=names,
-                                  output_names=["chunk"], opset_version=17)
+            self.session = session(self.head_module(policy), names, self.inputs(), "chunk")
+            self.encoders = {key: session(encoder.eval(), ["image"],
+                                          [torch.from_numpy(self.images[key])], "features")
+                             for key, encoder in (self.parts[0].items() if self.split else ())}
         except Exception as exc:  # noqa: BLE001 - any exporter failure means "not this backend"
             raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
         finally:
             torch.backends.mha.set_fastpath_enabled(fused)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(buf.getvalue(), opts,
-                                            providers=["CPUExecutionProvider"])
+        per_camera = self.features if self.split else self.images
         self.feed = {"low": self.low}
-        for i, k in enumerate(self.cfg.image_keys):
-            self.feed[f"image_{i}"] = self.images[k]
+        for name, key in zip(names[1:], self.cfg.image_keys):
+            self.feed[name] = per_camera[key]
 
-    def run(self) -> np.ndarray:
+    def encode_frame(self, key: str, image: np.ndarray) -> np.ndarray:
+        return self.encoders[key].run(None, {"image": image})[0].astype(np.float32, copy=False)
+
+    def head(self) -> np.ndarray:
         return self.session.run(None, self.feed)[0].astype(np.float64)
 
 
@@ -214,8 +311,8 @@ class NumpyBackend(Backend):
             problem = "the numpy backend does not run mlp policies with a categorical head"
         return problem
 
-    def __init__(self, policy: Policy):
-        super().__init__(policy)
+    def __init__(self, policy: Policy, split: bool = True):
+        super().__init__(policy, split)
         cfg = policy.cfg
         linears = [m for m in policy.net if isinstance(m, nn.Linear)]
         others = {type(m).__name__ for m in policy.net if not isinstance(m, nn.Linear)}
@@ -246,7 +343,7 @@ class NumpyBackend(Backend):
         # (action offset, size, low-buffer offset) of relative actions
         self.relative = [(int(o), int(s), offsets[k]) for o, s, k in cfg.relative]
 
-    def run(self) -> np.ndarray:
+    def head(self) -> np.ndarray:
         cfg = self.cfg
         self.x[:, :cfg.low_dim] = self.low
         for f, out in self.derived:
@@ -281,22 +378,24 @@ BACKENDS = {"numpy": NumpyBackend, "onnxruntime": OnnxBackend,
             "torchscript": TorchScriptBackend, "eager": EagerBackend}
 
 
-def make_backend(policy: Policy, kind: str, threads: int = 1) -> Backend:
+def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True) -> Backend:
+    """Backend ``kind`` of ``policy``; ``split``: its cameras encoded apart from the head where
+    the policy can be split (``split_policy``)."""
     if kind in BACKENDS:
         problem = BACKENDS[kind].unsupported(policy)
         if problem:
             raise BackendError(problem)
     if kind == "eager":
-        return EagerBackend(policy)
+        return EagerBackend(policy, split)
     if kind == "torchscript":
         try:
-            return TorchScriptBackend(policy)
+            return TorchScriptBackend(policy, split)
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}") from None
     if kind == "onnxruntime":
-        return OnnxBackend(policy, threads)
+        return OnnxBackend(policy, threads, split)
     if kind == "numpy":
-        return NumpyBackend(policy)
+        return NumpyBackend(policy, split)
     raise BackendError(f"unknown inference backend {kind!r} (one of {KINDS} or auto)")
 
 
@@ -343,6 +442,13 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
     reference = EagerBackend(policy)
     fill_example(reference, policy)
     expected = reference.run()
+    split = reference.split
+    if split:  # the split policy must compute the whole one's act: else every backend runs whole
+        whole = EagerBackend(policy, split=False)
+        fill_example(whole, policy)
+        full = whole.run()
+        if not agrees(expected, full):
+            split, reference, expected = False, whole, full
     candidates = KINDS if kind == "auto" else (kind,)
     rows, best = [], None
     for k in candidates:
@@ -351,7 +457,7 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
             rows.append({"backend": k, "error": problem})
             continue
         try:
-            backend = reference if k == "eager" else make_backend(policy, k, threads)
+            backend = reference if k == "eager" else make_backend(policy, k, threads, split)
         except BackendError as exc:
             if kind != "auto":
                 raise

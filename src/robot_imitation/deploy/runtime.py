@@ -10,7 +10,8 @@
 - ``PolicyController``: one tick: staleness, non-finite inputs and outputs, inference, chunking,
   clamping, with counters for diagnostics. Swapping the policy happens between ticks. In chunk
   execution with ``prefetch`` L >= 1 the next chunk is computed on a worker thread while the
-  current one executes (see the class).
+  current one executes (see the class). A camera frame is encoded once, whatever the number of
+  ticks that use it (``camera_encoding``: on the tick, or ahead of it on a thread of its own).
 
 The observation dictionary comes from ``ObservationAssembler`` (``Spec.extract``): the same code
 that built the training arrays.
@@ -36,6 +37,7 @@ from .limits import ActionLimits, runtime_limits
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
 LATE_CHUNKS = ("wait", "hold")
+CAMERA_ENCODINGS = ("inline", "ahead")
 WINDOW = 4096  # times kept for the percentiles of the diagnostics
 
 
@@ -258,6 +260,10 @@ class Counters:
     waited_ticks: int = 0       # ticks that waited for a prefetched chunk (late_chunk wait)
     no_action_ticks: int = 0    # ticks without a chunk's action: the safe command (hold)
     inference_errors: int = 0   # exceptions in inference on the worker: the safe command
+    frames_encoded: int = 0     # camera frames run through their encoder
+    # ticks whose newest camera frame was still being encoded (camera_encoding ahead): the
+    # previous frame's features were used
+    previous_frame_ticks: int = 0
 
 
 @dataclass
@@ -284,16 +290,32 @@ class PolicyController:
     computed the same way (waited for, or held). A new episode, a policy swap, a stale or
     non-finite input drop the chunk in flight: its generation is no longer the controller's,
     and a chunk that has not started is never computed. The backend's reset for a new episode
-    runs on the worker too, between the inferences, never during one."""
+    runs on the worker too, between the inferences, never during one.
+
+    Cameras: a policy whose backend runs split (``Backend.split``) encodes each camera frame once
+    (a frame equal to the one encoded before is not encoded again), and runs only the head on
+    the ticks in between. ``camera_encoding`` "inline": a new frame is encoded in the tick that
+    first sees it (or with the chunk computed from it), so every chunk is computed from the
+    features of its own observation's frames, exactly; "ahead": a new frame is encoded on a
+    thread of its own while ticks go on, each tick using the newest frame whose features are
+    ready (a frame's features reach the ticks one encoding time after the frame: no tick waits
+    for an encoder, but the first of an episode, which waits for its frames). A backend that
+    runs whole encodes inline, with every inference."""
 
     def __init__(self, spec: Spec, policy: LoadedPolicy, action_filter: ActionFilter,
                  chunk_mode: str = "auto", ensemble_decay: float = 0.01,
                  chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
-                 prefetch: int = 0, late_chunk: str = "wait"):
+                 prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline"):
         if safe_command not in SAFE_COMMANDS:
             raise ValueError(f"safe_command must be one of {SAFE_COMMANDS}")
         if late_chunk not in LATE_CHUNKS:
             raise ValueError(f"late_chunk must be one of {LATE_CHUNKS}, not {late_chunk!r}")
+        if camera_encoding not in CAMERA_ENCODINGS:
+            raise ValueError(f"camera_encoding must be one of {CAMERA_ENCODINGS}, not "
+                             f"{camera_encoding!r}")
+        self.camera_encoding = camera_encoding
+        self.encode_times = TimeWindow()      # seconds per camera frame encoded
+        self._encoder: ThreadPoolExecutor | None = None
         self.spec = spec
         self.filter = action_filter
         self.chunk_mode, self.decay, self.chunk_execute = chunk_mode, ensemble_decay, chunk_execute
@@ -309,6 +331,8 @@ class PolicyController:
         self._t = 0                 # ticks, for the index a chunk in flight starts at
         self._reset_backend = False  # due on the worker before its next inference
         self.scheduler: ChunkScheduler | None = None
+        self._ahead = False
+        self._forget_frames()
         self._install(policy)
         self.splits = []
         start = 0
@@ -342,6 +366,16 @@ class PolicyController:
         self._low_slices = low_dim_slices(cfg)
         # the tick's inputs: the backend's buffer, or with a worker, a buffer of the tick's own
         self._low = np.zeros_like(self.backend.low) if self.prefetch else self.backend.low
+        self._cameras = list(self.backend.images)
+        self._ahead = self.camera_encoding == "ahead" and self.backend.split
+        self._forget_frames()
+
+    def _forget_frames(self) -> None:
+        """No frame counts as encoded: the next of each camera is (a new backend, a chunk in
+        flight dropped with the frames it carried, a new episode)."""
+        self._sent: dict = {}       # key: the frame last handed to the backend (or the encoder)
+        self._ready: dict = {}      # key: the features of that frame, ready (ahead)
+        self._encoding: dict = {}   # key: Future of its features (ahead)
 
     def describe(self) -> str:
         """The chunk execution in one line (logs)."""
@@ -365,6 +399,7 @@ class PolicyController:
         """Forget chunks in flight, the previous command and what the policy keeps between
         calls (a new episode, re-activation)."""
         self._discard()
+        self._forget_frames()  # (ahead: an episode never starts on the last one's frames)
         if self.prefetch:  # the worker may be running the backend: reset it there, in turn
             self._reset_backend = True
         else:
@@ -372,11 +407,13 @@ class PolicyController:
         self.last_command = None
 
     def close(self) -> None:
-        """Stop the worker (a chunk being computed finishes; none is started)."""
+        """Stop the workers (a chunk or frame being computed finishes; none is started)."""
         self._discard()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        self._forget_frames()
+        for pool in (self._executor, self._encoder):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._executor = self._encoder = None
 
     def wait_inflight(self, timeout: float | None = None) -> bool:
         """Wait until the chunk in flight, if any, is computed; False on timeout."""
@@ -385,6 +422,10 @@ class PolicyController:
     def timing(self) -> dict:
         """Seconds per chunk (per inference): {p50_ms, p99_ms, max_ms} of the newest ones."""
         return self.inference_times.summary()
+
+    def encode_timing(self) -> dict:
+        """Seconds per camera frame encoded ({p50_ms, p99_ms, max_ms}; {} before any)."""
+        return self.encode_times.summary()
 
     def safe(self) -> np.ndarray | None:
         """The safe command before filtering: zeros, or the last command (None before any)."""
@@ -442,22 +483,97 @@ class PolicyController:
             self._generation += 1   # the worker skips it if it has not started
             self._job = None
             self.counters.discarded_chunks += 1
+            if not self._ahead:     # the frames it carried may never reach the backend
+                self._sent = {}
+
+    # ------------------------------------------------------------------ cameras
+    def _new_frame(self, key: str, frame: np.ndarray) -> bool:
+        last = self._sent.get(key)
+        return last is None or not np.array_equal(last, frame)
+
+    def _encode_inline(self, obs: dict) -> None:
+        """On the tick, without a worker: each new frame into the backend's buffer, encoded."""
+        for key in self._cameras:
+            buffer = self.backend.images[key]
+            if self._new_frame(key, obs[key]):
+                buffer[0] = obs[key]
+                t = time.perf_counter()
+                self.backend.encode(key)
+                if self.backend.split:
+                    self.encode_times.add(time.perf_counter() - t)
+                    self.counters.frames_encoded += 1
+                self._sent[key] = buffer[0]
+
+    def _frames_for_worker(self, obs: dict) -> dict:
+        """With a worker, inline: copies of the new frames, for the worker to encode."""
+        out = {}
+        for key in self._cameras:
+            if self._new_frame(key, obs[key]):
+                out[key] = self._sent[key] = np.array(obs[key])
+        return out
+
+    def _encode_frame(self, backend: Backend, key: str, frame: np.ndarray, threads: int):
+        """On the encoder thread: (features, seconds) of ``frame``."""
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        t = time.perf_counter()
+        features = backend.encode_frame(key, frame[None])
+        return features, time.perf_counter() - t
+
+    def _watch_frames(self, obs: dict) -> TickResult | None:
+        """Ahead, every tick: take the features that are ready, start encoding the new frames
+        (one frame in flight per camera: the newest is taken when it is done), wait only for
+        a camera with no features yet. None, or the result of a tick whose encoder failed."""
+        c = self.counters
+        for key in self._cameras:
+            job = self._encoding.get(key)
+            if job is not None and (job.done() or key not in self._ready):
+                if not job.done():
+                    wait_for([job])
+                del self._encoding[key]
+                try:
+                    self._ready[key], seconds = job.result()
+                except Exception as exc:  # noqa: BLE001 - reported: the safe command
+                    c.inference_errors += 1
+                    self._forget_frames()
+                    self._discard()
+                    return self._safe_result(obs, "inference_error",
+                                             f"{type(exc).__name__}: {exc}")
+                self.encode_times.add(seconds)
+                c.frames_encoded += 1
+            if key not in self._encoding and self._new_frame(key, obs[key]):
+                if self._encoder is None:
+                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix="camera-encoder")
+                frame = self._sent[key] = np.array(obs[key])
+                self._encoding[key] = self._encoder.submit(
+                    self._encode_frame, self.backend, key, frame, torch.get_num_threads())
+                if key not in self._ready:  # the first frame: waited for
+                    return self._watch_frames(obs)
+        if self._encoding:
+            c.previous_frame_ticks += 1
+        return None
 
     def _submit(self, obs: dict) -> None:
         """Start computing a chunk on the worker from a copy of this tick's inputs."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="chunk-inference")
-        images = {key: np.array(obs[key]) for key in self.backend.images}
+        if self._ahead:  # the newest features ready, as the head reads them
+            images, features = {}, {key: self._ready[key] for key in self._cameras}
+        else:
+            images, features = self._frames_for_worker(obs), {}
         reset, self._reset_backend = self._reset_backend, False
         # torch's thread count is set per thread once it ran: the worker follows the caller's
         future = self._executor.submit(self._infer, self.backend, self._generation,
-                                       self._low.copy(), images, reset, torch.get_num_threads())
+                                       self._low.copy(), images, features, reset,
+                                       torch.get_num_threads())
         self._job = _Job(future, self._generation, self._t)
 
     def _infer(self, backend: Backend, generation: int, low: np.ndarray, images: dict,
-               reset: bool, threads: int):
-        """On the worker: (chunk, seconds), or None for a chunk dropped before it started
-        (a backend reset it carries is done all the same, in order with the inferences)."""
+               features: dict, reset: bool, threads: int):
+        """On the worker: (chunk, seconds, [seconds per frame encoded]), or None for a chunk
+        dropped before it started (a backend reset it carries is done all the same, in order
+        with the inferences). ``images``: the new frames, encoded here; ``features``: each
+        camera's, encoded ahead."""
         if reset:
             backend.reset()
         if generation != self._generation:
@@ -465,11 +581,18 @@ class PolicyController:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         backend.low[...] = low
+        t = time.perf_counter()
+        encodings = []
         for key, img in images.items():
             backend.images[key][0] = img
-        t = time.perf_counter()
-        chunk = backend.run()
-        return chunk, time.perf_counter() - t
+            e = time.perf_counter()
+            backend.encode(key)
+            if backend.split:
+                encodings.append(time.perf_counter() - e)
+        for key, f in features.items():
+            backend.features[key][...] = f
+        chunk = backend.head()
+        return chunk, time.perf_counter() - t, encodings
 
     def tick(self, obs: dict, age: float | None = None) -> TickResult:
         c = self.counters
@@ -491,6 +614,10 @@ class PolicyController:
             c.nonfinite_inputs += 1
             self._discard()
             return TickResult(None, "nonfinite_input")
+        if self._ahead:
+            failed = self._watch_frames(obs)
+            if failed is not None:
+                return failed
         if self.prefetch:
             if not self.scheduler.remaining:
                 result, inference_s = self._take_chunk(obs)
@@ -499,10 +626,13 @@ class PolicyController:
             if self._job is None and self.scheduler.remaining <= self.prefetch:
                 self._submit(obs)
         elif self.scheduler.needs_prediction():
-            for key, img in self.backend.images.items():
-                img[0] = obs[key]
             t = time.perf_counter()
-            chunk = self.backend.run()
+            if self._ahead:
+                for key in self._cameras:
+                    self.backend.features[key][...] = self._ready[key]
+            else:
+                self._encode_inline(obs)
+            chunk = self.backend.head()
             inference_s = time.perf_counter() - t
             c.inferences += 1
             self.inference_times.add(inference_s)
@@ -540,7 +670,10 @@ class PolicyController:
         except Exception as exc:  # noqa: BLE001 - reported, the tick gives the safe command
             c.inference_errors += 1
             return self._safe_result(obs, "inference_error", f"{type(exc).__name__}: {exc}"), 0.0
-        chunk, seconds = out  # (a job of another generation is never self._job)
+        chunk, seconds, encodings = out  # (a job of another generation is never self._job)
+        for e in encodings:
+            self.encode_times.add(e)
+        c.frames_encoded += len(encodings)
         c.inferences += 1
         self.inference_times.add(seconds)
         if not np.isfinite(chunk).all():
@@ -565,7 +698,7 @@ def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: st
                     lower=None, upper=None, max_delta=None, allow_unlimited: bool = False,
                     chunk_mode: str = "auto", ensemble_decay: float = 0.01,
                     chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
-                    prefetch: int = 0, late_chunk: str = "wait"
+                    prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline"
                     ) -> tuple[PolicyController, ActionLimits | None]:
     """The controller the policy node runs for ``loaded`` on ``spec`` (default: the
     checkpoint's), under the action limits ``runtime_limits`` gives (the checkpoint's, replaced
@@ -579,5 +712,5 @@ def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: st
                             max_delta, allow_unlimited)
     controller = PolicyController(spec, loaded, ActionFilter.from_limits(limits, spec.action_dim),
                                   chunk_mode, ensemble_decay, chunk_execute, max_age,
-                                  safe_command, prefetch, late_chunk)
+                                  safe_command, prefetch, late_chunk, camera_encoding)
     return controller, limits

@@ -34,6 +34,15 @@ the default: commands are the same however long inference takes, as lockstep sim
 a real-time robot sets ``late_chunk: hold``: the tick gives the safe command, through the same
 filter, and the chunk is used when it comes, from the action for that tick on.
 
+Cameras: each frame is run through the policy's camera encoder once (the backends run the
+encoders apart from the head), and the ticks in between run the head only. ``camera_encoding:
+inline`` (default) encodes a new frame in the tick that first sees it: every command comes from
+its own frame, exactly; ``ahead`` encodes it on a thread of its own, the ticks using the newest
+frame encoded until then, so that a control rate far above the camera's never waits for an
+encoder (/diagnostics: frames_encoded, frame_encoding_p50/p99, previous_frame_ticks). With
+``trigger: state`` a state is answered once every part carries its stamp; cameras slower than
+the joint states set ``camera_frames: latest`` (each camera's newest frame, whatever its stamp).
+
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
 ~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new value of the
 ``checkpoint`` parameter (or, opt-in, a path on ``checkpoint_topic``) is checked at once (a
@@ -62,11 +71,12 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
-from ..deploy.runtime import (CHUNK_MODES, LATE_CHUNKS, SAFE_COMMANDS,  # noqa: E402
-                              ActionFilter, PolicyController, TimeWindow, load_policy,
-                              make_controller)
+from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noqa: E402
+                              SAFE_COMMANDS, ActionFilter, PolicyController, TimeWindow,
+                              load_policy, make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
-from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
+                           message_class)
 from ..pairing import stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
@@ -101,6 +111,16 @@ class PolicyNode(LifecycleNode):
               "same commands however long inference takes: lockstep simulation) or hold (the "
               "safe command until it comes: a real-time robot)", read_only=True,
               choices=LATE_CHUNKS),
+        Param("camera_frames", "stamp", "trigger state, policies with cameras: a state is "
+              "answered once each camera's frame of its stamp is in (stamp: lockstep "
+              "simulation, recorded episodes) or with the newest frame of each camera (latest: "
+              "cameras slower than the joint states, as on a robot)", read_only=True,
+              choices=CAMERA_FRAMES),
+        Param("camera_encoding", "inline", "policies with cameras: each frame is encoded once, "
+              "in the tick that first sees it (inline: every command from its own frame, "
+              "exactly) or ahead of the ticks on a thread of its own (ahead: no tick waits for "
+              "an encoder; a tick uses the newest frame encoded: a control rate far above the "
+              "camera's)", read_only=True, choices=CAMERA_ENCODINGS),
         Param("max_age_periods", 3.0, "a state older than this many control periods is stale "
               "(0: no check)", min_value=0.0, max_value=1e6),
         Param("safe_command", "hold", "what a stale state gets: hold (repeat the last command) "
@@ -198,14 +218,14 @@ class PolicyNode(LifecycleNode):
             ensemble_decay=self.p["ensemble_decay"], chunk_execute=self.p["chunk_execute"],
             max_age=self.p["max_age_periods"] * self.period,
             safe_command=self.p["safe_command"], prefetch=self.p["chunk_prefetch"],
-            late_chunk=self.p["late_chunk"])
+            late_chunk=self.p["late_chunk"], camera_encoding=self.p["camera_encoding"])
         if limits is None:
             self.get_logger().warning("commanding WITHOUT action limits (allow_unlimited): nothing "
                                    "bounds the commands or their change per tick")
         else:
             names = [n for f in self.spec.actions for n in f.names()]
             self.get_logger().info(f"action limits from {limits.describe(names)}")
-        self.assembler = ObservationAssembler(self.spec)
+        self.assembler = ObservationAssembler(self.spec, cameras=self.p["camera_frames"])
         self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
                      for f in self.spec.actions]
         for topic, mtype in self.assembler.topics.items():
@@ -520,6 +540,13 @@ class PolicyNode(LifecycleNode):
                            "inference_errors": k.inference_errors})
             for key, v in c.timing().items():
                 values[f"chunk_inference_{key}"] = f"{v:.3f}"
+            if c.policy.backend.images:
+                values.update({"camera_encoding": c.camera_encoding
+                               + " (whole)" * (not c.policy.backend.split),
+                               "frames_encoded": k.frames_encoded,
+                               "previous_frame_ticks": k.previous_frame_ticks})
+                for key, v in c.encode_timing().items():
+                    values[f"frame_encoding_{key}"] = f"{v:.3f}"
         for name, window in (("latency", self.latency), ("compute", self.compute)):
             for key, v in window.summary().items():
                 values[f"{name}_{key}"] = f"{v:.3f}"

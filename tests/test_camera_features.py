@@ -1,0 +1,247 @@
+"""Camera features computed once per frame: every backend runs a policy with cameras as each
+camera's encoder and a head (``split_policy``), and the controller encodes a frame once however
+many ticks use it, on the tick ("inline", exact) or ahead of it on a thread of its own ("ahead":
+no tick waits for an encoder). Real policies of each family on spec ``push_image``, random
+weights; no ROS."""
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from robot_imitation.deploy.backends import (KINDS, BackendError, agrees, fill_example,
+                                             make_backend, select_backend, split_policy)
+from robot_imitation.deploy.runtime import LoadedPolicy, make_controller
+from robot_imitation.learning.trainer import TrainConfig
+from robot_imitation.policies import make_policy
+from robot_imitation.policies.mlp.model import MlpPolicy
+from robot_imitation.spec import Spec
+
+SPEC = Spec.load("push_image")
+CAMERA = {"image_channels": [8, 16], "keypoints": 8}
+FAMILIES = ("mlp", "act", "diffusion")
+
+
+def image_policy(family: str, chunk: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    policy = make_policy(SPEC, TrainConfig(policy=family, chunk=chunk, policy_config=CAMERA))
+    n = policy.cfg.input_dim
+    policy.obs_norm.set(torch.randn(n), torch.rand(n) + 0.5)
+    policy.act_norm.set(torch.randn(policy.cfg.action_dim), torch.rand(policy.cfg.action_dim) + 0.5)
+    return policy.eval()
+
+
+def act_of(policy, low: np.ndarray, frames: dict) -> np.ndarray:
+    obs, at = {k: torch.from_numpy(np.ascontiguousarray(v[None])) for k, v in frames.items()}, 0
+    for key, size in zip(policy.cfg.low_dim_keys, policy.cfg.low_dim_sizes):
+        obs[key], at = torch.from_numpy(low[None, at:at + size].astype(np.float32)), at + size
+    with torch.no_grad():
+        return policy.act(obs)[0].double().numpy()
+
+
+def frames(n: int, seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    f = SPEC.image_observations[0]
+    return [rng.integers(0, 256, f.shape, dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_backend_runs_the_head_on_features_encoded_apart(family):
+    """Split on eager, TorchScript and ONNX Runtime: ``run`` is ``Policy.act``; the head reads
+    the features, not the image buffer (a new frame in the buffer changes nothing until it is
+    encoded); encoding it gives the new frame's act."""
+    policy = image_policy(family)
+    key = SPEC.image_observations[0].key
+    a, b = frames(2)
+    for kind in ("eager", "torchscript", "onnxruntime"):
+        backend = make_backend(policy, kind)
+        assert backend.split and set(backend.features) == {key}, kind
+        fill_example(backend, policy, 0)
+        backend.images[key][0] = a
+        low = backend.low[0].copy()
+        first = backend.run()
+        assert agrees(first, act_of(policy, low, {key: a}), 1e-5, 1e-5), kind
+        backend.images[key][0] = b
+        assert np.array_equal(backend.head(), first), kind   # b is not encoded yet
+        backend.encode(key)
+        second = backend.head()
+        assert agrees(second, act_of(policy, low, {key: b}), 1e-5, 1e-5), kind
+        assert not agrees(first, second), kind
+        whole = make_backend(policy, kind, split=False)
+        assert not whole.split and not whole.features
+        whole.low[...] = backend.low
+        whole.images[key][0] = b
+        assert agrees(whole.run(), second, 1e-5, 1e-5), kind
+    with pytest.raises(BackendError, match="numpy"):
+        make_backend(policy, "numpy")
+
+
+class ReadsPixels(MlpPolicy):
+    """A family that reads its images outside its encoders: its head cannot run on features."""
+
+    def features(self, obs):
+        out = super().features(obs)
+        return out + obs[self.cfg.image_keys[0]].float().mean() / 255.0
+
+
+def test_a_policy_that_reads_pixels_outside_its_encoders_runs_whole():
+    policy = image_policy("mlp")
+    odd = ReadsPixels(policy.cfg)
+    odd.load_state_dict(policy.state_dict())
+    odd.eval()
+    assert split_policy(odd) is not None   # it looks splittable; the check finds it is not
+    backend, rows = select_backend(odd, "auto", calls=5)
+    assert not backend.split
+    key = SPEC.image_observations[0].key
+    fill_example(backend, odd, 3)
+    assert agrees(backend.run(), act_of(odd, backend.low[0].copy(),
+                                         {key: backend.images[key][0].copy()}), 1e-5, 1e-5)
+    assert {r["backend"] for r in rows if "median_us" in r} == set(KINDS) - {"numpy"}
+
+
+def loaded(policy, kind="eager", split=True) -> LoadedPolicy:
+    return LoadedPolicy("mem", SPEC, {}, make_backend(policy, kind, split=split), [], "v", 0.0)
+
+
+def observations(ticks: int, every: int, seed: int = 2) -> list:
+    """One observation per tick: low-dimensional values change every tick, the camera frame
+    every ``every`` ticks (a camera slower than the control loop)."""
+    rng = np.random.default_rng(seed)
+    pictures = frames(ticks // every + 1, seed)
+    key = SPEC.image_observations[0].key
+    out = []
+    for t in range(ticks):
+        o = {f.key: rng.normal(0, 0.3, f.shape) for f in SPEC.observations if not f.is_image}
+        # a copy per tick, as the node's assembler hands out: equal frames, other arrays
+        o[key] = pictures[t // every].copy()
+        out.append(o)
+    return out
+
+
+@pytest.mark.parametrize("family, settings", [
+    ("mlp", {}), ("act", {}), ("diffusion", {}),
+    ("act", {"chunk_mode": "chunk", "chunk_execute": 2, "prefetch": 1}),
+    ("mlp", {"chunk_mode": "ensemble"})])
+def test_inline_encodes_each_frame_once_and_commands_as_the_whole_policy(family, settings):
+    """Ticks at six times the camera's rate: one encoding per frame, and every command the
+    same as the policy's run whole (its camera encoded at every inference) gives."""
+    policy = image_policy(family)
+    obs = observations(36, 6)
+    runs = {}
+    for split in (True, False):
+        ctl, _ = make_controller(loaded(policy, split=split), SPEC, allow_unlimited=True,
+                                 **settings)
+        runs[split] = [ctl.tick(o).action for o in obs]
+        counters = ctl.counters
+        ctl.close()
+        if split:
+            assert counters.frames_encoded == 6, counters
+            assert ctl.encode_timing()["p50_ms"] > 0
+        else:
+            assert counters.frames_encoded == 0   # whole: encoded inside every inference
+    for t, (a, b) in enumerate(zip(runs[True], runs[False])):
+        assert agrees(a, b, 1e-5, 1e-5), (t, np.abs(a - b).max())
+
+
+def test_a_new_episode_encodes_its_frame_again_and_nothing_stale_survives_a_swap():
+    policy, other = image_policy("mlp"), image_policy("mlp", seed=5)
+    obs = observations(4, 10)
+    ctl, _ = make_controller(loaded(policy), SPEC, allow_unlimited=True)
+    ctl.tick(obs[0])
+    ctl.reset()
+    ctl.tick(obs[1])     # the same frame: encoded again after the reset
+    assert ctl.counters.frames_encoded == 2
+    ctl.offer(loaded(other))
+    got = ctl.tick(obs[2]).action  # the new policy's own encoder ran on the frame
+    ctl.close()
+    assert ctl.counters.frames_encoded == 3
+    fresh, _ = make_controller(loaded(other), SPEC, allow_unlimited=True)
+    fresh.tick(obs[1])
+    expected = fresh.tick(obs[2]).action
+    fresh.close()
+    assert agrees(got, expected, 1e-5, 1e-5)
+
+
+def test_ahead_no_tick_waits_for_the_encoder_and_each_uses_the_newest_ready_frame():
+    """An encoder slowed to 50 ms: the ticks go on at once with the previous frame's features
+    (counted), each command equal to the whole policy's on the current low-dimensional values
+    and the newest frame encoded before it; the first tick of an episode waits for its frame."""
+    policy = image_policy("mlp")
+    key = SPEC.image_observations[0].key
+    backend = make_backend(policy, "eager")
+    encode_frame = backend.encode_frame
+    release = threading.Event()
+    entered = []
+
+    def slow(k, image):
+        entered.append(image.copy())
+        if len(entered) > 1:
+            release.wait(5.0)
+        return encode_frame(k, image)
+
+    backend.encode_frame = slow
+    ctl, _ = make_controller(LoadedPolicy("mem", SPEC, {}, backend, [], "v", 0.0), SPEC,
+                             allow_unlimited=True, camera_encoding="ahead")
+
+    def expected(o, frame):
+        return act_of(policy, np.concatenate([o[k] for k in policy.cfg.low_dim_keys]),
+                      {key: frame})[0]   # the first action of the chunk (chunk_mode first)
+
+    obs = observations(6, 3)
+    r = ctl.tick(obs[0])   # the first frame, waited for
+    assert agrees(r.action, expected(obs[0], obs[0][key]), 1e-5, 1e-5)
+    for o in obs[1:3]:
+        assert agrees(ctl.tick(o).action, expected(o, obs[0][key]), 1e-5, 1e-5)
+    t = time.perf_counter()
+    for o in obs[3:5]:    # a new frame: being encoded (held back), the old one's features used
+        assert agrees(ctl.tick(o).action, expected(o, obs[0][key]), 1e-5, 1e-5)
+    assert time.perf_counter() - t < 1.0
+    assert ctl.counters.previous_frame_ticks == 2
+    release.set()
+    assert ctl.wait_inflight(5.0)
+    deadline = time.monotonic() + 5.0
+    while not ctl._encoding[key].done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    got = ctl.tick(obs[5]).action
+    assert agrees(got, expected(obs[5], obs[3][key]), 1e-5, 1e-5)
+    assert ctl.counters.frames_encoded == 2 and len(entered) == 2
+    ctl.reset()           # a new episode waits for its own frame
+    release.set()
+    assert agrees(ctl.tick(obs[0]).action, expected(obs[0], obs[0][key]), 1e-5, 1e-5)
+    ctl.close()
+
+
+def test_with_cameras_latest_a_state_is_answered_with_the_newest_frame():
+    """``cameras="latest"``: joint states at six times the camera's rate are each answered once,
+    with the newest frame, whatever its stamp; the default waits for the frame of the state's
+    stamp (a state whose frame never comes is never answered)."""
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Image, JointState
+
+    from robot_imitation.observation import ObservationAssembler
+
+    joints = SPEC.observations[0].joints
+    latest, stamped = (ObservationAssembler(SPEC, cameras=c) for c in ("latest", "stamp"))
+    with pytest.raises(ValueError, match="cameras must be one of .* not 'newest'"):
+        ObservationAssembler(SPEC, cameras="newest")
+    answered = []
+    for k in range(12):
+        msgs = []
+        if k % 6 == 0:
+            msgs.append(("/front/image_raw", Image(height=96, width=96, encoding="rgb8", step=288,
+                                                   data=bytes([k]) * (96 * 96 * 3))))
+        pose = PoseStamped()
+        pose.pose.orientation.w = 1.0
+        msgs += [("/ee_pose", pose), ("/joint_states", JointState(
+            name=joints, position=[float(k)] * 9, velocity=[0.0] * 9, effort=[0.0] * 9))]
+        for topic, msg in msgs:
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 10, k * 1_000_000
+            latest.on_message(topic, msg)
+            stamped.on_message(topic, msg)
+        got = latest.synchronized()
+        assert got is not None and latest.synchronized() is None   # once
+        assert got[1]["joint_pos"][0] == k
+        answered.append(int(got[1]["front_image"][0, 0, 0]))
+        assert (stamped.synchronized() is not None) == (k % 6 == 0)
+    assert answered == [0] * 6 + [6] * 6
