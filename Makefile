@@ -8,9 +8,12 @@
 # contexts or nodes), slow (over about 10 s on 2 cores: training runs, full pipelines), gpu
 # (needs CUDA). A test not marked ros that makes an rclpy context or starts a node process
 # fails (tests/conftest.py). PYTEST_ARGS adds pytest options to either, e.g. PYTEST_ARGS="-ra".
+# make test runs the tests in TEST_WORKERS processes (pytest-xdist; each test file in one of
+# them, each worker on a ROS domain of its own; TEST_WORKERS=0: all in one process).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FAST := not ros and not slow and not gpu
+TEST_WORKERS ?= 2
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 .PHONY: setup demo test test-fast bench clean
@@ -22,7 +25,7 @@ demo: setup
 	$(VENV)/bin/robot-imitation pipeline --task push --out runs/pipeline
 
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
 	$(PY) -m pytest tests -m "$(FAST)" $(PYTEST_ARGS)

@@ -225,16 +225,49 @@ def untrained_checkpoint(path, spec_name: str):
                            extra={"action_limits": limits.to_dict(), "task": spec_name})
 
 
+def made_once(tmp_path_factory, name: str, make):
+    """A session fixture's folder, made once per test run: ``make(folder)`` returns the path
+    the fixture gives. With parallel workers (``make test``: pytest-xdist) the first worker to
+    need it makes it under a file lock in the run's common temporary folder, and the others
+    wait for it and take the same path; should making it fail there, they fail at once,
+    naming that, instead of making it again."""
+    import fcntl
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(name))
+    folder = tmp_path_factory.getbasetemp().parent / "shared" / name
+    folder.parent.mkdir(exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done, failed = folder.parent / f"{name}.done", folder.parent / f"{name}.failed"
+        if done.exists():
+            return Path(done.read_text())
+        if failed.exists():
+            pytest.fail(f"{name} failed in another worker ({failed.read_text()}): see its error")
+        folder.mkdir()
+        try:
+            path = make(folder)
+        except BaseException as exc:
+            failed.write_text(f"{os.environ['PYTEST_XDIST_WORKER']}: {type(exc).__name__}")
+            raise
+        done.write_text(str(path))
+        return path
+
+
 @pytest.fixture(scope="session")
 def reach_demos(tmp_path_factory):
     """80 scripted-expert episodes of reach, recorded through bridge, expert and recorder
     (40 gave 37-43 of 50 closed-loop successes, 80 gave 50 of 50)."""
     from robot_imitation.ros.pipelines import record_demonstrations
 
-    root = tmp_path_factory.mktemp("reach") / "ds"
-    entries = record_demonstrations(root, task="reach", episodes=80, mode="lockstep", seed=300)
-    assert all(e["status"] == "ok" for e in entries)
-    return root
+    def make(folder):
+        root = folder / "ds"
+        entries = record_demonstrations(root, task="reach", episodes=80, mode="lockstep",
+                                        seed=300)
+        assert all(e["status"] == "ok" for e in entries)
+        return root
+
+    return made_once(tmp_path_factory, "reach", make)
 
 
 def train_cli(dataset, out, *options) -> None:
@@ -253,11 +286,14 @@ def reach_bc(reach_demos, tmp_path_factory):
     """BC on ``reach_demos`` the user's way, `robot-imitation train`: the run folder."""
     import json
 
-    out = tmp_path_factory.mktemp("reach_bc") / "run"
-    train_cli(reach_demos, out, "--steps", "3000", "--eval-every", "1000",
-              "--eval-episodes", "20")
-    assert json.loads((out / "result.json").read_text())["best"]
-    return out
+    def make(folder):
+        out = folder / "run"
+        train_cli(reach_demos, out, "--steps", "3000", "--eval-every", "1000",
+                  "--eval-episodes", "20")
+        assert json.loads((out / "result.json").read_text())["best"]
+        return out
+
+    return made_once(tmp_path_factory, "reach_bc", make)
 
 
 # the generative families on ``reach_demos`` (defaults: chunks of 8): steps, batch size and
@@ -276,11 +312,15 @@ def reach_generative(request, reach_demos, tmp_path_factory):
     """(family, run folder): act or diffusion trained on ``reach_demos`` the user's way."""
     family = request.param
     steps, batch, options = GENERATIVE_RUNS[family]
-    out = tmp_path_factory.mktemp(f"reach_{family}") / "run"
-    train_cli(reach_demos, out, "--policy", family, "--steps", steps, "--batch-size", batch,
-              "--eval-every", "0", "--eval-episodes", "0",
-              *[a for option in options for a in ("--policy-option", option)])
-    return family, out
+
+    def make(folder):
+        out = folder / "run"
+        train_cli(reach_demos, out, "--policy", family, "--steps", steps, "--batch-size", batch,
+                  "--eval-every", "0", "--eval-episodes", "0",
+                  *[a for option in options for a in ("--policy-option", option)])
+        return out
+
+    return family, made_once(tmp_path_factory, f"reach_{family}", make)
 
 
 @pytest.fixture
