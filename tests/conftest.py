@@ -37,6 +37,18 @@ from robot_imitation.paths import ensure_ros_environment  # noqa: E402
 ensure_ros_environment()
 
 
+def pytest_configure(config):
+    """One domain named for every test, and parallel workers, would put two workers' nodes on
+    the same topics: refused, in one line, before any test runs."""
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("ROBOT_IMITATION_TEST_DOMAIN_ID") and workers not in (None, 0):
+        raise pytest.UsageError(
+            f"ROBOT_IMITATION_TEST_DOMAIN_ID={os.environ['ROBOT_IMITATION_TEST_DOMAIN_ID']} "
+            f"names one ROS domain for every test, and -n {workers} runs them in parallel "
+            "workers that would share it: run them in one process (make test TEST_WORKERS=0, "
+            "or pytest -n 0), or unset it for a domain of each worker's own")
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None,
              log_dir=None):
     """Poll ``predicate`` until true; fail with ``what`` (and child logs) after ``timeout``.

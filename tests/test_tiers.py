@@ -74,12 +74,12 @@ def test_marked_ros_sees_the_functions_untouched(tmp_path):
 '''
 
 
-def inner_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
+def inner_session(tmp_path: Path, source: str, *options: str) -> subprocess.CompletedProcess:
     shutil.copy(TESTS / "conftest.py", tmp_path)
     shutil.copy(TESTS.parent / "pytest.ini", tmp_path)
     (tmp_path / "test_inner.py").write_text(source)
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
-                           "test_inner.py"], cwd=tmp_path, capture_output=True, text=True,
+                           *options, "test_inner.py"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -119,3 +119,66 @@ def test_an_unregistered_marker_is_an_error(tmp_path):
                                    "    pass\n")
     assert proc.returncode != 0
     assert "'rso' not found in `markers` configuration option" in proc.stdout + proc.stderr
+
+
+SHARED = '''
+import os
+import time
+
+import pytest
+
+from conftest import made_once
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    def make(folder):
+        time.sleep(1.0)  # both workers ask while the first is making it
+        with open(os.environ["MAKES"], "a") as log:
+            log.write(os.environ.get("PYTEST_XDIST_WORKER", "master") + "\\n")
+        (folder / "value").write_text("made")
+        return folder
+
+
+    return made_once(tmp_path_factory, "data", make)
+
+
+@pytest.fixture(scope="session")
+def broken(tmp_path_factory):
+    def make(folder):
+        time.sleep(1.0)
+        with open(os.environ["MAKES"], "a") as log:
+            log.write("broken\\n")
+        raise RuntimeError("cannot make it")
+
+    return made_once(tmp_path_factory, "broken", make)
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_uses_it(data, i):
+    assert (data / "value").read_text() == "made"
+
+
+@pytest.mark.parametrize("i", range(2))
+def test_uses_the_broken_one(broken, i):
+    pass
+'''
+
+
+def test_parallel_workers_make_a_session_fixture_once_and_share_its_failure(tmp_path,
+                                                                            monkeypatch):
+    """``make test`` runs two workers (pytest-xdist): the recordings and training runs of the
+    session fixtures are made by one of them, and a failure to make one is not repeated. Both
+    workers run every test here (``--dist each``), so both need both fixtures."""
+    makes = tmp_path / "makes.txt"
+    monkeypatch.setenv("MAKES", str(makes))
+    proc = inner_session(tmp_path, SHARED, "-n", "2", "--dist", "each")
+    found = outcomes(proc.stdout)
+    assert [found.get(f"test_uses_it[{i}]") for i in range(4)] == ["PASSED"] * 4, \
+        proc.stdout[-5000:] + proc.stderr[-2000:]
+    assert [found.get(f"test_uses_the_broken_one[{i}]") for i in range(2)] == ["ERROR"] * 2
+    lines = makes.read_text().split()
+    assert sorted(lines)[0] == "broken" and lines.count("broken") == 1, lines
+    assert len([w for w in lines if w.startswith("gw")]) == 1, lines
+    assert "broken failed in another worker" in proc.stdout, proc.stdout[-5000:]
+    assert proc.stdout.count("PASSED test_inner.py::test_uses_it") == 8
