@@ -607,37 +607,79 @@ def test_lockstep_recording_keeps_every_camera_frame_due(tmp_path):
         assert episode.dropped == 0, episode.drop_reasons
 
 
-def alignment(dataset_dir) -> tuple[int, int]:
-    """Steps whose recorded action equals the expert's action for the paired observation."""
-    from robot_imitation.data.dataset import build_dataset
+def answered_views(dataset_dir) -> tuple[Counter, int]:
+    """For each step, how old the view is that its recorded action answers, in whole control
+    periods before the step: ``0`` when the action equals the expert's action for the step's
+    own observation (the pairing the dataset holds), ``k`` for the messages the recorder held
+    ``k`` periods earlier (the bridge publishes its states faster than the control rate, so such
+    a view may lie between two steps), ``None`` when no view of messages stamped at or before
+    the step explains it (near the bag's first message, where the expert may have acted on messages
+    from before the recording, such steps are counted apart). Returns (counts, steps)."""
+    from robot_imitation.data.bags import open_bag
+    from robot_imitation.data.dataset import _read_streams, build_dataset
     from robot_imitation.sim.experts import make_expert
     from robot_imitation.sim.tasks import TaskSim
 
     dataset = build_dataset(dataset_dir, cache=False)
+    spec = dataset.spec
+    period = 1e9 / spec.control_rate
     expert = make_expert(TaskSim("push"))
-    ok = total = 0
+    views: Counter = Counter()
     for ep in dataset.episodes:
+        with open_bag(ep.source) as bag:
+            streams = _read_streams(bag, spec)
+        # every view the expert can have held: the newest message of each observation topic,
+        # after each message in the order of their stamps (the time the bridge published them,
+        # before any command answering them)
+        arrivals = sorted((t, topic, i) for topic in {f.topic for f in spec.observations}
+                          for i, t in enumerate(streams[topic].stamp_ns))
+        held, timeline = {}, []
+        for t, topic, i in arrivals:
+            held[topic] = i
+            if all(f.topic in held for f in spec.observations):
+                timeline.append((t, dict(held)))
+        times = np.asarray([t for t, _ in timeline], dtype=np.int64)
         for i in range(len(ep)):
-            action = expert({k: v[i] for k, v in ep.obs.items()})
-            ok += bool(np.array_equal(action, ep.actions[i]))
-            total += 1
-    return ok, total
+            if np.array_equal(expert({k: v[i] for k, v in ep.obs.items()}), ep.actions[i]):
+                views[0] += 1
+                continue
+            t_a = round(ep.t[i] * 1e9)
+            age = None
+            for j in range(np.searchsorted(times, t_a + 1_000, side="right") - 1, -1, -1):
+                t, at = timeline[j]
+                view = {f.key: streams[f.topic].values[f.key][at[f.topic]]
+                        for f in spec.observations}
+                if np.array_equal(expert(view), ep.actions[i]):
+                    age = max(1, int((t_a - t) // period))
+                    break
+            if age is None and t_a - times[0] < 3 * period:
+                age = "near the bag's start"  # may answer messages from before the recording
+            views[age] += 1
+    return views, sum(views.values())
 
 
-@pytest.mark.parametrize("mode, floor", [("lockstep", 0.995), ("realtime", 0.8)])
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
 @pytest.mark.ros
-def test_recorded_pairs_are_the_experts_answers(tmp_path, mode, floor):
-    """The expert's command is a known function of the observation: the dataset must pair each
-    observation with the command issued in answer to it (>= 99.5% in lockstep; in real time a
-    timer-driven expert sometimes acts on a state one publication older, so only reported)."""
+def test_recorded_pairs_are_the_experts_answers(tmp_path, mode):
+    """The expert's command is a known function of the observation. In lockstep the dataset
+    must pair each observation with the command issued in answer to it (>= 99.5% of the steps;
+    the rest the safety filter changed). In real time a timer-driven expert acts on the newest
+    messages it holds, which under load may be a tick or more older than the observation the
+    recorder pairs with its command: how often is reported, not asserted (it measures the
+    machine), but each command must still answer a view at or before its step (never a later
+    observation, another episode's or nothing)."""
     from robot_imitation.ros.pipelines import record_demonstrations
 
     record_demonstrations(tmp_path / "ds", task="push", episodes=4 if mode == "lockstep" else 2,
                           mode=mode, seed=70)
-    ok, total = alignment(tmp_path / "ds")
-    print(f"\n{mode}: action == expert(observation) for {ok}/{total} = {ok / total:.2%} of steps")
+    views, total = answered_views(tmp_path / "ds")
+    print(f"\n{mode}: of {total} steps the action answers the step's observation in {views[0]}, "
+          f"views by age {dict(sorted(views.items(), key=str))}")
     assert total > 50
-    assert ok / total >= floor
+    if mode == "lockstep":
+        assert views[0] / total >= 0.995, views
+    else:
+        assert views[None] / total <= 0.02, views
 
 
 def test_an_episode_without_a_spec_topic_is_failed_not_ok(tmp_path):
