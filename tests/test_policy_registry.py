@@ -236,9 +236,19 @@ def test_options_belong_to_their_family(tiny):
         TrainConfig(policy="tiny", policy_config={"width": 0})
     with pytest.raises(SettingError, match="hidden is a training setting of its own"):
         TrainConfig(policy_config={"hidden": [8]})
-    # an mlp option that had no setting before: a categorical head with its classes
+    # a name mlp has as a training setting is another family's own option: act's dropout
+    # (refused as "a training setting of its own" before, so act's dropout could not be set)
     from robot_imitation.policies import make_policy
 
+    assert TrainConfig(policy="act", policy_config={"dropout": 0.0}).policy_config == {
+        "dropout": 0.0}
+    act = make_policy(Spec.load("reach"), TrainConfig(policy="act",
+                                                      policy_config={"dropout": 0.0}))
+    assert act.cfg.dropout == 0.0
+    with pytest.raises(SettingError, match="dropout is an option of policy mlp, not of policy "
+                       "act"):
+        TrainConfig(policy="act", dropout=0.2)
+    # an mlp option that had no setting before: a categorical head with its classes
     policy = make_policy(Spec.load("reach"), TrainConfig(head="categorical",
                                                          policy_config={"num_classes": 3}))
     assert policy.type_name == "mlp" and policy.cfg.num_classes == 3

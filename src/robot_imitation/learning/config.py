@@ -100,7 +100,7 @@ class TrainConfig:
             owner = f.metadata.get("option_of")
             if owner is None:
                 continue
-            if f.name in self.policy_config:
+            if owner == self.policy and f.name in self.policy_config:
                 raise SettingError(f"policy_config: {f.name} is a training setting of its own, "
                                    f"not a policy_config option")
             if owner != self.policy and getattr(self, f.name) != default_of(type(self), f.name):
