@@ -8,13 +8,12 @@
 # contexts or nodes), slow (over about 10 s on 2 cores: training runs, full pipelines), gpu
 # (needs CUDA). A test not marked ros that makes an rclpy context or starts a node process
 # fails (tests/conftest.py). PYTEST_ARGS adds pytest options to either, e.g. PYTEST_ARGS="-ra".
-# TEST_WORKERS=N makes `make test` run the tests in N processes (pytest-xdist; each test file
-# in one of them, each worker on a ROS domain of its own). Not the default (0: one process):
-# in a first two-worker run on 2 cores one worker hung in test_exact_lockstep's busy-CPU test.
+# TEST_WORKERS=N: `make test` runs the tests in N processes (pytest-xdist; each test file in
+# one of them, each worker on a ROS domain of its own, torch on one thread); 0: one process.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FAST := not ros and not slow and not gpu
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 2
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 .PHONY: setup demo test test-fast bench clean

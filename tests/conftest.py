@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported (see pytest_configure)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from robot_imitation.ros.graph import SimGraph  # noqa: E402 (imports no rclpy)
 
 # Before anything imports rclpy: a domain of our own, localhost only: one that no DDS
@@ -39,7 +42,9 @@ ensure_ros_environment()
 
 def pytest_configure(config):
     """One domain named for every test, and parallel workers, would put two workers' nodes on
-    the same topics: refused, in one line, before any test runs."""
+    the same topics: refused, in one line, before any test runs. A parallel worker, and the
+    processes it starts, compute on one thread each (torch's two threads gain little on these
+    small networks, and two workers' thread pools on two cores would contend)."""
     workers = getattr(config.option, "numprocesses", None)
     if os.environ.get("ROBOT_IMITATION_TEST_DOMAIN_ID") and workers not in (None, 0):
         raise pytest.UsageError(

@@ -369,7 +369,9 @@ def test_the_policy_node_runs_chunks_ahead_and_reports_them(procs, probe, tmp_pa
     arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
     diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
     # (no stale check: the timer gives no safe commands once the states stop)
-    start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2, max_age_periods=0.0)
+    # the backend named: choosing one by measurement (tested apart) takes 20 s of a U-Net
+    start_policy(procs, probe, checkpoint=ckpt, diagnostics_period=0.2, max_age_periods=0.0,
+                 backend="torchscript")
     wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     try:
         feed.stream()

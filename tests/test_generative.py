@@ -21,8 +21,12 @@ from robot_imitation.spec import Spec
 pytestmark = pytest.mark.slow
 
 
-# family: (training steps, mean error allowed on the first action of each chunk, radians)
-FAMILIES = {"act": (600, 0.02), "diffusion": (800, 0.06)}
+# family: (training steps, mean error allowed on the first action of each chunk (radians),
+# options): small networks (the defaults, several times slower on the CPU, fitted these as
+# well; bench/generative.py trains the defaults)
+FAMILIES = {"act": (600, 0.02, {"dim_model": 64, "encoder_layers": 1, "feedforward": 256,
+                                "dropout": 0.0}),
+            "diffusion": (800, 0.06, {"unet_channels": [32, 64], "width": 128})}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -33,7 +37,7 @@ def act_run(request, tmp_path_factory):
     episodes = expert_demonstrations("reach", range(3), spec)
     cfg = TrainConfig(policy=family, chunk=8, steps=FAMILIES[family][0], batch_size=64,
                       eval_every=0, eval_episodes=0, device="cpu", val_fraction=0.0,
-                      task="reach", seed=1, log_every=50)
+                      task="reach", seed=1, log_every=50, policy_config=FAMILIES[family][2])
     out = tmp_path_factory.mktemp(family) / "run"
     result = train(episodes_dataset(episodes, spec, cfg), out, cfg, log=lambda *a, **k: None)
     return spec, episodes, result, family
