@@ -75,6 +75,12 @@ def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path
     """`robot-imitation demo` publishes nothing on the shell's domain (and its expert still
     solves every episode: no stray command reached its robot); with --join-ros-graph its robot
     shows there (to watch it in RViz or Foxglove)."""
+    from conftest import wait_for
+
+    # a node an earlier test of this session killed stays in DDS discovery until its lease
+    # runs out (Fast DDS: 20 s): the count starts from none
+    wait_for(lambda: probe.node.count_publishers("/joint_states") == 0, 40,
+             "no /joint_states publisher left on the shell's graph by an earlier test")
     states = probe.record(JointState, "/joint_states", STATE_QOS)
     poses = probe.record(PoseStamped, "/ee_pose", STATE_QOS)
     out, seen = watch_demo(probe, tmp_path)
