@@ -39,6 +39,13 @@ SENSOR_QOS = qos_profile_sensor_data
 # A reliable publisher still serves best-effort subscribers.
 IMAGE_QOS = QoSProfile(depth=30, reliability=QoSReliabilityPolicy.RELIABLE,
                        history=QoSHistoryPolicy.KEEP_LAST)
+# Camera images of a lockstep bridge: reliable keep-all. The simulation runs as fast as its
+# controller answers (hundreds of frames a second), so 30 frames are a fraction of a second of
+# a busy recorder: a CI run lost one frame of 49 with two test workers loading two cores. A
+# keep-all writer keeps every frame until each reliable reader has it (the renderer waits when
+# its history is full, and the lockstep simulation waits for the renderer).
+LOCKSTEP_IMAGE_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                                history=QoSHistoryPolicy.KEEP_ALL)
 # /clock, as rclpy's time source subscribes to it.
 CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
                        history=QoSHistoryPolicy.KEEP_LAST)
