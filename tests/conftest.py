@@ -54,6 +54,21 @@ def pytest_configure(config):
             "or pytest -n 0), or unset it for a domain of each worker's own")
 
 
+@pytest.fixture(autouse=True)
+def _scheduling_kept():
+    """A test that leaves the test process with another scheduling policy fails, and the
+    policy is put back: processes started later inherit it (an encoder that made the process
+    SCHED_FIFO 99 stalled a CI run when busy loops started afterwards ran real-time)."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    yield
+    after = (os.sched_getscheduler(0), os.sched_getparam(0))
+    if after != before:
+        os.sched_setscheduler(0, before[0], before[1])
+        pytest.fail(f"the test left this process with scheduling policy {after[0]} priority "
+                    f"{after[1].sched_priority} (was {before[0]} priority "
+                    f"{before[1].sched_priority}); put back")
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None,
              log_dir=None):
     """Poll ``predicate`` until true; fail with ``what`` (and child logs) after ``timeout``.

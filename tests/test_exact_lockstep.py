@@ -1,6 +1,7 @@
 """Exact lockstep: a policy's episodes through ROS (bridge in lockstep, policy node, separate
 processes over DDS) equal its episodes in the gymnasium world, command for command, run after
 run, while two busy loops load the CPUs."""
+import os
 import subprocess
 import sys
 
@@ -42,8 +43,13 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def busy_cpus():
-    """Two busy loops (this machine has two cores in CI) for the duration of a test."""
-    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    """Two busy loops (this machine has two cores in CI) for the duration of a test, at normal
+    scheduling whatever this process has (real-time loops would starve the machine)."""
+    def normal():
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=normal)
+             for _ in range(2)]
     yield
     for p in loops:
         p.kill()

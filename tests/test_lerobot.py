@@ -210,8 +210,13 @@ def test_fps_takes_every_kth_step(dataset, episodes, tmp_path):
 
 
 def test_av1_videos(dataset, episodes, tmp_path):
-    """--codec av1 (SVT-AV1, LeRobot's own default): decoded by PyAV, frames at their times."""
+    """--codec av1 (SVT-AV1, LeRobot's own default): decoded by PyAV, frames at their times.
+    The export leaves this process's scheduling as it was: SVT-AV1 makes the thread that opens
+    it SCHED_FIFO 99 where it may (as root), and every process started after inherited it (a CI
+    run stalled past 90 minutes when two busy loops started later ran real-time)."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
     export_lerobot(dataset, tmp_path / "av1", codec="av1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
     info = json.loads((tmp_path / "av1" / "meta" / "info.json").read_text())
     assert info["features"]["observation.images.front_image"]["info"]["video.codec"] == "av1"
     path = next((tmp_path / "av1" / "videos").rglob("*.mp4"))

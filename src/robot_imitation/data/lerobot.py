@@ -34,6 +34,7 @@ dataset whose names match) or from a mapping file::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -203,9 +204,32 @@ class _Files:
             self.chunk, self.file = self.chunk + 1, 0
 
 
+@contextlib.contextmanager
+def _own_scheduling():
+    """Keep the calling thread's scheduling policy across encoder calls. The SVT-AV1 encoder
+    (libsvtav1) makes the thread that opens it SCHED_FIFO at priority 99 where it may (as root):
+    a trainer or exporter left real-time after an export starves a robot computer, and every
+    process it starts inherits the policy (measured: a test run whose two busy-loop processes
+    inherited it stalled past 90 minutes on 2 cores)."""
+    try:
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    except (AttributeError, OSError):  # no such calls on this platform
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            if os.sched_getscheduler(0) != policy or os.sched_getparam(0) != param:
+                os.sched_setscheduler(0, policy, param)
+        except OSError:
+            pass
+
+
 class _VideoWriter:
     """One camera's MP4 files: episodes appended, frame i of a file at pts i (time base
-    1/fps), so frame times are exact multiples of 1/fps."""
+    1/fps), so frame times are exact multiples of 1/fps. Every encoder call keeps the caller's
+    scheduling policy (``_own_scheduling``)."""
 
     def __init__(self, root: Path, key: str, fps: int, codec: str, limit_mb: float, crf: int):
         self.root, self.key, self.fps = root, key, fps
@@ -246,14 +270,15 @@ class _VideoWriter:
             self._open(frames.shape[1], frames.shape[2])
         start = self.frames
         fmt = "rgb24" if frames.shape[-1] == 3 else "gray"
-        for img in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img if fmt == "rgb24"
-                                                                    else img[..., 0]),
-                                               format=fmt)
-            frame.pts = self.frames
-            frame.time_base = self.time_base
-            self.container.mux(self.stream.encode(frame))
-            self.frames += 1
+        with _own_scheduling():
+            for img in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img if fmt == "rgb24"
+                                                                        else img[..., 0]),
+                                                   format=fmt)
+                frame.pts = self.frames
+                frame.time_base = self.time_base
+                self.container.mux(self.stream.encode(frame))
+                self.frames += 1
         return (self.files.chunk, self.files.file, start / self.fps, self.frames / self.fps)
 
     def info(self, shape: tuple) -> dict:
@@ -265,8 +290,9 @@ class _VideoWriter:
 
     def close(self) -> None:
         if self.container is not None:
-            self.container.mux(self.stream.encode())
-            self.container.close()
+            with _own_scheduling():
+                self.container.mux(self.stream.encode())
+                self.container.close()
             self.container = None
 
 
