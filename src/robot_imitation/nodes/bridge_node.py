@@ -59,7 +59,6 @@ class CameraRenderer(threading.Thread):
         self.frames = 0
         self.skipped = 0
         self.error = None
-        self.busy = False  # a snapshot taken and not yet published
 
     def submit(self, stamp, qpos, mocap_pos, mocap_quat, wanted) -> None:
         with self.cond:
@@ -70,15 +69,6 @@ class CameraRenderer(threading.Thread):
                 self.skipped += 1
             self.snapshot = (stamp, qpos, mocap_pos, mocap_quat, wanted)
             self.cond.notify_all()
-
-    def drain(self, timeout: float = 10.0) -> None:
-        """Wait until every frame submitted is published (or ``timeout`` s, or the renderer
-        stopped or died)."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while ((self.snapshot is not None or self.busy) and not self.stopped
-                   and self.is_alive() and time.monotonic() < deadline):
-                self.cond.wait(0.05)
 
     def stop(self) -> None:
         with self.cond:
@@ -105,7 +95,6 @@ class CameraRenderer(threading.Thread):
                     break
                 stamp, qpos, mocap_pos, mocap_quat, wanted = self.snapshot
                 self.snapshot = None
-                self.busy = True
                 self.cond.notify_all()  # a lossless submit waiting for the slot
             data.qpos[:] = qpos
             data.mocap_pos[:] = mocap_pos
@@ -116,9 +105,6 @@ class CameraRenderer(threading.Thread):
                 pixels = renderer.render()
                 self.node.publish_image(name, stamp, pixels)
                 self.frames += 1
-            with self.cond:
-                self.busy = False
-                self.cond.notify_all()  # a drain waiting
         renderer.close()
 
 
@@ -169,9 +155,10 @@ class MujocoBridge(Node):
               max_value=4096),
         Param("camera_rate", 15.0, "camera frames per second (sim time)", min_value=0.1,
               max_value=1000.0),
-        Param("camera_reliable", True, "publish images RELIABLE (in lockstep keep-all: no frame "
-              "lost to a busy subscriber; every subscriber may still ask for best effort); false: sensor-data QoS (best effort), which loses large frames "
-              "under load", read_only=True),
+        Param("camera_reliable", True, "publish images RELIABLE (in lockstep keep-all: no "
+              "frame lost to a busy subscriber; every subscriber may still ask for best "
+              "effort); false: sensor-data QoS (best effort), which loses large frames under "
+              "load", read_only=True),
         Param("frame_id", "world", "frame of the published poses", read_only=True),
     )
 
@@ -441,16 +428,11 @@ class MujocoBridge(Node):
             self.pub_poses[key].publish(self._writer.pose_stamped(sec, nsec, obs[key][:7]))
         q, qd, eff = self.sim.joint_state()
         self.pub_joints.publish(self._writer.joint_state(sec, nsec, q, qd, eff))
+        self._publish_status(stamp)
         self._maybe_render(t)
-        st = self.core.status()
-        if self.lockstep and self.renderer and st.done:
-            # The episode's last frames are published before the status that says it is done
-            # (a recorder stopping on `done` keeps them, whatever the load).
-            self.renderer.drain()
-        self._publish_status(stamp, st)
 
-    def _publish_status(self, stamp, st=None) -> None:
-        st = self.core.status() if st is None else st
+    def _publish_status(self, stamp) -> None:
+        st = self.core.status()
         self.pub_status.publish(diagnostic_array(
             stamp.sec, stamp.nanosec, DiagnosticStatus.OK[0], "episode", st.outcome,
             self.sim.cfg.name,
