@@ -42,8 +42,9 @@ IMAGE_QOS = QoSProfile(depth=30, reliability=QoSReliabilityPolicy.RELIABLE,
 # Camera images of a lockstep bridge: reliable keep-all. The simulation runs as fast as its
 # controller answers (hundreds of frames a second), so 30 frames are a fraction of a second of
 # a busy recorder: a CI run lost one frame of 49 with two test workers loading two cores. A
-# keep-all writer keeps every frame until each reliable reader has it (the renderer waits when
-# its history is full, and the lockstep simulation waits for the renderer).
+# keep-all writer keeps every frame until each reliable reader has acknowledged it (its memory
+# grows with the reader's lag; what happens at the middleware's resource limits is not
+# measured here).
 LOCKSTEP_IMAGE_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                                 history=QoSHistoryPolicy.KEEP_ALL)
 # /clock, as rclpy's time source subscribes to it.
