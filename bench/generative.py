@@ -362,11 +362,23 @@ def plot(result: dict, means: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = result["tasks"]
+    seeds = len(result["seeds"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for policy in result["policies"]:
             xs = [n for n in result["demos"] if (task, policy, n) in means]
-            ax.plot(xs, [means[(task, policy, n)] for n in xs], marker="o", label=policy)
+            line, = ax.plot(xs, [means[(task, policy, n)] for n in xs], marker="o",
+                            label=policy)
+            # each seed's success, faint: a mean over fewer seeds than the grid's is marked
+            rows = [r for r in result["runs"] if r["task"] == task and r["policy"] == policy]
+            ax.scatter([r["demos"] for r in rows], [r["success"] for r in rows], s=12,
+                       color=line.get_color(), alpha=0.35)
+            for n in xs:
+                count = sum(1 for r in rows if r["demos"] == n)
+                if count < seeds:
+                    ax.annotate(f"{count} seed" + "s" * (count > 1),
+                                (n, means[(task, policy, n)]), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color=line.get_color())
         ax.axhline(result["expert"][task]["success"], color="k", ls="--", lw=1, label="expert")
         ax.set_title(task)
         ax.set_xlabel("demonstrations")

@@ -1,0 +1,248 @@
+"""What taking a controller's state topics costs in rclpy: the events executor against a thread
+on one kept wait set, per message, over real DDS.
+
+A publisher process plays the robot driver of the `reach` spec at `--rate` (1 kHz): per tick
+`/ee_pose`, `/target_pose` (geometry_msgs/PoseStamped) and `/joint_states` (sensor_msgs/
+JointState, 9 joints), RELIABLE keep-last 100 as the suite's `STATE_QOS`, on an absolute-time
+schedule. A subscriber process takes them as serialized bytes (raw subscriptions, as the policy
+node does) and answers every joint state with one command (a prepared serialized
+std_msgs/Float64MultiArray of 7 values), in one of two ways:
+
+- **events**: the policy node's way: callbacks dispatched by rclpy's events executor,
+  `spin_once` in a loop (`robot_imitation.nodes.common.spin`);
+- **waitset**: a thread waiting on the three subscriptions alone (one wait set, kept) and
+  taking everything waiting per wake-up: the recorder's `Drain`.
+
+Reported per run: the subscriber's CPU (utime + stime of its process) over the measured window
+as a share of one core and per message taken, the messages taken, the commands the publisher
+received back; the variants alternate (`--rounds`, default 2 each) and the ratio waitset /
+events of the median CPU per message is the figure. The subscriber does nothing else: this is
+the floor a Python node at this rate pays before any work of its own.
+
+    .venv/bin/python bench/state_intake.py                  # 8 s windows, 2 rounds, 1 kHz
+    .venv/bin/python bench/state_intake.py --seconds 20 --rounds 3
+
+Writes bench/results/state_intake.json. Reports figures only, checks none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from benchlib import RESULTS_DIR, positive  # noqa: E402
+
+TOPICS = ("/ee_pose", "/target_pose", "/joint_states")
+COMMAND = "/bench/command"
+KINDS = ("events", "waitset")
+
+
+def _ros():
+    from robot_imitation.nodes.common import STATE_QOS  # (sets up the ROS environment first)
+
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
+
+    return rclpy, STATE_QOS, (PoseStamped, PoseStamped, JointState)
+
+
+def publisher(rate: float, seconds: float) -> int:
+    rclpy, qos, types = _ros()
+    from std_msgs.msg import Float64MultiArray
+
+    rclpy.init()
+    node = rclpy.create_node("state_intake_driver")
+    pubs = [node.create_publisher(t, topic, qos) for t, topic in zip(types, TOPICS)]
+    joints = types[2](name=[f"joint_{i}" for i in range(9)], position=[0.1] * 9,
+                      velocity=[0.0] * 9, effort=[0.0] * 9)
+    msgs = (types[0](), types[1](), joints)
+    answers = [0]
+    node.create_subscription(Float64MultiArray, COMMAND,
+                             lambda m: answers.__setitem__(0, answers[0] + 1), qos)
+    exe = rclpy.executors.SingleThreadedExecutor()
+    exe.add_node(node)
+    def spin() -> None:
+        try:
+            exe.spin()
+        except rclpy.executors.ExternalShutdownException:
+            pass
+
+    spinning = threading.Thread(target=spin, daemon=True)
+    spinning.start()
+    deadline = time.monotonic() + 20
+    while not all(p.get_subscription_count() for p in pubs) or \
+            not node.count_publishers(COMMAND):
+        if time.monotonic() > deadline:
+            print(json.dumps({"error": "the subscriber did not come up"}), flush=True)
+            return 1
+        time.sleep(0.05)
+    time.sleep(0.5)
+    period, sent, t0 = 1.0 / rate, 0, time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        sent += 1
+        for pub, msg in zip(pubs, msgs):
+            pub.publish(msg)
+        wait = t0 + sent * period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+    time.sleep(0.5)
+    print(json.dumps({"sent": sent, "answers": answers[0]}), flush=True)
+    rclpy.try_shutdown()  # (ends the executor's spin)
+    spinning.join(timeout=5)
+    node.destroy_node()
+    return 0
+
+
+def subscriber(kind: str, warmup: float, seconds: float) -> int:
+    rclpy, qos, types = _ros()
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Float64MultiArray
+
+    from robot_imitation.nodes.common import spin
+    from robot_imitation.nodes.recorder_node import Drain, _never_called, _TakenByDrain
+
+    rclpy.init()
+    node = rclpy.create_node("state_intake_subscriber")
+    command = node.create_publisher(Float64MultiArray, COMMAND, qos)
+    answer = serialize_message(Float64MultiArray(data=[0.0] * 7))
+    taken = [0]
+    first = threading.Event()
+    window = {}
+    done = threading.Event()
+
+    def got(topic: str) -> None:
+        taken[0] += 1
+        first.set()
+        if topic == "/joint_states":
+            command.publish(answer)
+
+    def clock() -> None:
+        first.wait()
+        time.sleep(warmup)
+        t, n = os.times(), taken[0]
+        window.update(cpu0=t.user + t.system, wall0=time.monotonic(), n0=n)
+        time.sleep(seconds)
+        t, n = os.times(), taken[0]
+        window.update(cpu1=t.user + t.system, wall1=time.monotonic(), n1=n)
+        done.set()
+
+    threading.Thread(target=clock, daemon=True).start()
+    drain = None
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        for t, topic in zip(types, TOPICS):
+            node.create_subscription(t, topic, lambda data, topic=topic: got(topic), qos,
+                                     raw=True)
+        exe = EventsExecutor()
+        exe.add_node(node)
+
+        class Stop:
+            requested = False
+
+        stop = Stop()
+        threading.Thread(target=lambda: (done.wait(), setattr(stop, "requested", True)),
+                         daemon=True).start()
+        spin(exe, stop=stop)
+    else:
+        def offer(batch) -> None:
+            for _, topic, _, _ in batch:
+                got(topic)
+
+        drain = Drain(offer, node.context, print)
+        group = _TakenByDrain()
+        for t, topic in zip(types, TOPICS):
+            drain.add(topic, node.create_subscription(t, topic, _never_called, qos, raw=True,
+                                                      callback_group=group))
+        done.wait()
+        drain.close()
+    cpu = window["cpu1"] - window["cpu0"]
+    wall = window["wall1"] - window["wall0"]
+    n = window["n1"] - window["n0"]
+    print(json.dumps({"kind": kind, "cpu_s": cpu, "wall_s": wall, "messages": n,
+                      "share": cpu / wall, "us_per_message": cpu / max(n, 1) * 1e6}),
+          flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+def one_run(kind: str, args) -> dict:
+    env = dict(os.environ)
+    env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    me = [sys.executable, str(Path(__file__).resolve())]
+    sub = subprocess.Popen(me + ["--subscriber", kind, "--seconds", str(args.seconds)],
+                           env=env, stdout=subprocess.PIPE, text=True)
+    pub = subprocess.Popen(me + ["--publisher", "--rate", str(args.rate), "--seconds",
+                                 str(args.seconds + 3.0)], env=env, stdout=subprocess.PIPE,
+                           text=True)
+    limit = args.seconds + 60
+    try:
+        sub_out, _ = sub.communicate(timeout=limit)
+        pub_out, _ = pub.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        sub.kill()
+        pub.kill()
+        raise SystemExit(f"error: a {kind} run did not end within {limit:.0f} s")
+    try:
+        result = json.loads(sub_out.strip().splitlines()[-1])
+        result.update(json.loads(pub_out.strip().splitlines()[-1]))
+    except (IndexError, ValueError):
+        raise SystemExit(f"error: the {kind} run gave no result (exit codes {sub.returncode}, "
+                         f"{pub.returncode})")
+    if "error" in result:
+        raise SystemExit(f"error: {result['error']}")
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=positive, default=1000.0, help="ticks per second")
+    ap.add_argument("--seconds", type=positive, default=8.0, help="measured window per run")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating")
+    ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--subscriber", choices=KINDS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.publisher:
+        return publisher(args.rate, args.seconds)
+    if args.subscriber:
+        return subscriber(args.subscriber, 1.0, args.seconds)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, not {args.rounds}")
+    runs = []
+    for _ in range(args.rounds):
+        for kind in KINDS:
+            runs.append(one_run(kind, args))
+            r = runs[-1]
+            print(f"{kind:<8} {r['share']:6.1%} of a core, {r['us_per_message']:6.1f} us CPU per "
+                  f"message, {r['messages']} taken, {r['answers']} of {r['sent']} states "
+                  "answered", flush=True)
+    median = {k: statistics.median(r["us_per_message"] for r in runs if r["kind"] == k)
+              for k in KINDS}
+    load = os.getloadavg()[0]
+    print(f"\nCPU per message taken (median of {args.rounds}): events {median['events']:.1f} us, "
+          f"waitset {median['waitset']:.1f} us; waitset / events "
+          f"{median['waitset'] / median['events']:.2f} (load average {load:.2f}, "
+          f"{os.cpu_count()} CPUs)")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / "state_intake.json"
+    out.write_text(json.dumps({"rate": args.rate, "seconds": args.seconds, "runs": runs,
+                               "median_us_per_message": median, "load": load}, indent=2) + "\n")
+    print(f"[bench] results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
