@@ -2,7 +2,9 @@
 
 In lockstep the bridge publishes the state of instant k (joint states, poses, episode status,
 all stamped with the simulation time of k), waits until every answering command topic has
-answered *that* state, then steps one control tick and publishes state k+1.
+answered *that* state, then steps one control tick and publishes state k+1. The status of an
+episode's final state goes out once that state is answered (the bridge node), so everything of
+the episode is published before it.
 
 Pairing is explicit. An answer names the state it answers:
 

@@ -46,7 +46,9 @@ class CameraRenderer(threading.Thread):
     before is not taken yet waits for it (the simulation waits for the renderer, as it waits
     for commands), so which frames exist depends on simulated time only, never on the load.
     Otherwise (real time) a frame the renderer has not taken yet is replaced by the newer one
-    (counted as skipped): real time goes on."""
+    (counted as skipped): real time goes on. ``flush`` waits until every frame submitted is
+    published: lockstep publishes an episode's final status only then, so a recorder stopping on
+    it does not stop before the episode's last frame (it did, under load)."""
 
     def __init__(self, node: "MujocoBridge", cameras, width: int, height: int,
                  lossless: bool = False):
@@ -58,6 +60,7 @@ class CameraRenderer(threading.Thread):
         self.stopped = False
         self.frames = 0
         self.skipped = 0
+        self.pending = 0  # snapshots submitted and not yet published (or skipped)
         self.error = None
 
     def submit(self, stamp, qpos, mocap_pos, mocap_quat, wanted) -> None:
@@ -67,8 +70,17 @@ class CameraRenderer(threading.Thread):
                     self.cond.wait(0.1)  # (a renderer that died takes nothing: skip, below)
             if self.snapshot is not None:
                 self.skipped += 1
+            else:
+                self.pending += 1
             self.snapshot = (stamp, qpos, mocap_pos, mocap_quat, wanted)
             self.cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every submitted frame is published (a renderer that died or was stopped
+        publishes nothing more: no wait)."""
+        with self.cond:
+            while self.pending and not self.stopped and self.is_alive():
+                self.cond.wait(0.1)
 
     def stop(self) -> None:
         with self.cond:
@@ -105,6 +117,9 @@ class CameraRenderer(threading.Thread):
                 pixels = renderer.render()
                 self.node.publish_image(name, stamp, pixels)
                 self.frames += 1
+            with self.cond:
+                self.pending -= 1
+                self.cond.notify_all()  # a flush waiting for the last frame
         renderer.close()
 
 
@@ -217,6 +232,7 @@ class MujocoBridge(Node):
         self.renderer = CameraRenderer(self, wanted, w, h, lossless=self.lockstep) \
             if wanted else None
         self._next_frame = 0.0
+        self._final = None  # lockstep: a finished episode's status until its end is announced
         self._rendering: list[str] = []
 
         # ---------------------------------------------------------------- commands
@@ -411,6 +427,7 @@ class MujocoBridge(Node):
                 done.set()
 
     def _reset(self, seed: int) -> None:
+        self._announce_end(now=True)  # a finished episode's final status, if not out yet
         # answers to the old episode's states name earlier stamps: dropped as late
         self.stepper.reset(seed)
         self._next_frame = self.core.clock
@@ -428,11 +445,30 @@ class MujocoBridge(Node):
             self.pub_poses[key].publish(self._writer.pose_stamped(sec, nsec, obs[key][:7]))
         q, qd, eff = self.sim.joint_state()
         self.pub_joints.publish(self._writer.joint_state(sec, nsec, q, qd, eff))
-        self._publish_status(stamp)
         self._maybe_render(t)
-
-    def _publish_status(self, stamp) -> None:
         st = self.core.status()
+        if st.done and self.lockstep and not self.stepper.auto_reset:
+            if self.renderer:
+                self.renderer.flush()  # the episode's frames before its final status
+            self._final = (stamp, st, time.monotonic() + self.p["lockstep_republish"])
+            self._announce_end()
+            return
+        self._publish_status(stamp, st)
+
+    def _announce_end(self, now: bool = False) -> None:
+        """Lockstep: the final status of a finished episode, once its final state is answered
+        (or ``lockstep_republish`` s without an answer, or ``now``). Everything of the episode,
+        its frames and the answers to its final state included, is then published before the
+        status a recorder stops on: which messages an episode's bag holds does not depend on
+        the load (the last answer used to come after the status, and a CI run lost it)."""
+        if self._final is None:
+            return
+        stamp, st, deadline = self._final
+        if now or self.stepper.complete() or time.monotonic() >= deadline:
+            self._final = None
+            self._publish_status(stamp, st)
+
+    def _publish_status(self, stamp, st) -> None:
         self.pub_status.publish(diagnostic_array(
             stamp.sec, stamp.nanosec, DiagnosticStatus.OK[0], "episode", st.outcome,
             self.sim.cfg.name,
@@ -540,8 +576,9 @@ class MujocoBridge(Node):
             while self.running:
                 self._serve_requests()
                 if self.paused or stepper.held():
-                    # paused, or the episode is over (its final state and outcome published):
-                    # hold until ~/set_pause or ~/reset
+                    # paused, or the episode is over (its final state published; its outcome
+                    # once that state is answered): hold until ~/set_pause or ~/reset
+                    self._announce_end()
                     self.cond.wait(0.1)
                     continue
                 if not stepper.complete():
