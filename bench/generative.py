@@ -260,10 +260,16 @@ def merge(paths: list, timing_path: Path | None = None) -> dict:
         tasks=list(dict.fromkeys(t for part in parts for t in part["tasks"])),
         seeds=sorted({r["seed"] for r in runs}), demos=sorted({r["demos"] for r in runs}),
         policies=sorted({r["policy"] for r in runs}, key=lambda p: order.get(p, 99)),
-        runs=runs, expert=expert, wall_s=sum(part.get("wall_s", 0.0) for part in parts),
-        timing=next((part["timing"] for part in parts if part.get("timing")), {}))
+        runs=runs, expert=expert, wall_s=sum(part.get("wall_s", 0.0) for part in parts))
+    timed = next((part for part in parts if part.get("timing")), None)
+    result["timing"] = timed["timing"] if timed else {}
+    if timed:  # a run measures the timing on its own timing cell
+        result["timing_cell"] = {"task": timed["tasks"][0], "seed": timed["seeds"][0],
+                                 "demos": max(timed["demos"])}
     if timing_path is not None and timing_path.exists():
-        result["timing"] = json.loads(timing_path.read_text())["timing"]
+        measured = json.loads(timing_path.read_text())
+        result["timing"] = measured["timing"]
+        result["timing_cell"] = {k: measured[k] for k in ("task", "seed", "demos")}
     return result
 
 
@@ -339,8 +345,10 @@ def summarize(result: dict, out: Path) -> dict:
     for text, ok, value in checks:
         print(f"goal {text}: {'met' if ok else 'NOT met'} ({value})")
     if result.get("timing"):
-        print(f"\nper policy (trained on {top} demonstrations, first seed, {result['tasks'][0]};"
-              " ticks at the control rate in real time, late_chunk hold):")
+        cell = result.get("timing_cell") or {"task": result["tasks"][0],
+                                             "seed": result["seeds"][0], "demos": top}
+        print(f"\nper policy (trained on {cell['demos']} demonstrations, seed {cell['seed']}, "
+              f"{cell['task']}; ticks at the control rate in real time, late_chunk hold):")
         print(f"{'policy':<11}{'backend':>12}{'train s':>9}{'chunk p50 ms':>14}"
               f"{'tick p50 ms':>13}{'tick p99 ms':>13}{'no action':>11}")
         for name, t in result["timing"].items():
