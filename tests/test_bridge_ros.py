@@ -501,7 +501,8 @@ def test_lockstep_announces_an_episodes_end_after_its_frames_and_last_answers(pr
     still rendering off the simulation thread (a frame due at the final tick was always
     published after the status; a CI run lost the last frame of an episode, 48 of 49) and the
     answers to the final state (a controller answers the state it receives, while the status
-    went out with that state; a CI run lost the last command of an episode). Here a controller
+    went out with that state; with the recorder's 0.25 s grace at 0, the bag of every episode
+    lacked its last command). Here a controller
     that takes 20 ms to answer each state, and a frame at every tick (camera rate = control
     rate): each frame and both answers to the final state are received before the final
     status; without a camera too (rendering the last frame does not delay the status then).
