@@ -501,13 +501,13 @@ def test_lockstep_announces_an_episodes_end_after_its_frames_and_last_answers(pr
     still rendering off the simulation thread (a frame due at the final tick was always
     published after the status; a CI run lost the last frame of an episode, 48 of 49) and the
     answers to the final state (a controller answers the state it receives, while the status
-    went out with that state; with the recorder's 0.25 s grace at 0, the bag of every episode
-    lacked its last command). Here a controller
-    that takes 20 ms to answer each state, and a frame at every tick (camera rate = control
-    rate): each frame and both answers to the final state are received before the final
-    status; without a camera too (rendering the last frame does not delay the status then).
-    Reception stamps of the middleware, in one process (rclpy's events executor does not pass
-    them to a callback: a node of the test on the single-threaded executor)."""
+    went out with that state; with the recorder's 0.25 s grace set to 0, a recorded episode
+    lacked its last command). Here a controller that takes 20 ms to answer each state, and a
+    frame at every tick (camera rate = control rate): each frame and both answers to the final
+    state are received before the final status; without a camera too (rendering the last frame
+    does not delay the status then). Reception stamps of the middleware, in one process (on the
+    probe's events executor no two-argument callback ran: a node of the test on the
+    single-threaded executor)."""
     import threading
 
     import rclpy

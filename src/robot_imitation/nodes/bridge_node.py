@@ -460,8 +460,8 @@ class MujocoBridge(Node):
         (or ``lockstep_republish`` s without an answer, or ``now``). Everything of the episode,
         its frames and the answers to its final state included, is then published before the
         status a recorder stops on: which messages an episode's bag holds does not depend on
-        the load (the last answer used to come after the status; with the recorder's grace at
-        0 its bag lacked the last command every time)."""
+        the load (the last answer used to come after the status; with the recorder's grace set
+        to 0, a recorded episode lacked its last command)."""
         if self._final is None:
             return
         stamp, st, deadline = self._final
