@@ -230,6 +230,91 @@ class Probe:
         self.node.destroy_node()
 
 
+class AnswerAfterStatus:
+    """A controller of the test, in this process, for a lockstep bridge: it answers each state
+    once that state's episode status is in too, as the policy node does (arm: the state's arm
+    joints, i.e. hold; gripper: 0), and the final state of an episode ``final_delay`` s after
+    its status (None: never). Keeps the middleware's reception stamps (ns) of the states,
+    statuses and, with ``image_topic``, frames it receives, by stamp (ns); ``finals``: the
+    stamps of the statuses saying done. Its own node on the single-threaded executor, spun by a
+    thread of its own (the probe's events executor ran no callback taking the message info)."""
+
+    def __init__(self, final_delay: float | None = 0.0, image_topic: str | None = None):
+        import threading
+
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64MultiArray
+
+        from robot_imitation.nodes.common import (COMMAND_QOS, LOCKSTEP_IMAGE_QOS, STATE_QOS,
+                                                 STATUS_QOS)
+
+        self.final_delay = final_delay
+        self.states, self.statuses, self.frames, self.finals = {}, {}, {}, []
+        self.answered = set()
+        self.node = rclpy.create_node(f"test_controller_{os.getpid()}")
+        self.pubs = [self.node.create_publisher(Float64MultiArray, f"/{w}_controller/commands",
+                                                COMMAND_QOS) for w in ("arm", "gripper")]
+        self.node.create_subscription(JointState, "/joint_states", self._on_state, STATE_QOS)
+        self.node.create_subscription(DiagnosticArray, "/episode/status", self._on_status,
+                                      STATUS_QOS)
+        if image_topic:
+            self.node.create_subscription(Image, image_topic, self._on_image,
+                                          LOCKSTEP_IMAGE_QOS)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def connected(self) -> bool:
+        return all(p.get_subscription_count() for p in self.pubs)
+
+    def _answer(self, stamp: int) -> None:
+        # a state is answered once its status is in too (whichever came first)
+        if stamp not in self.states or stamp not in self.statuses or stamp in self.answered:
+            return
+        if stamp in self.finals:
+            if self.final_delay is None:
+                return
+            time.sleep(self.final_delay)
+        from robot_imitation.nodes.common import answer
+
+        self.answered.add(stamp)
+        arm, grip = self.pubs
+        arm.publish(answer(list(self.states[stamp][0].position[:7]), stamp * 1e-9))
+        grip.publish(answer([0.0], stamp * 1e-9))
+
+    def _on_state(self, msg, info):
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.states.setdefault(stamp, (msg, info["received_timestamp"]))
+        self._answer(stamp)
+
+    def _on_status(self, msg, info):
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.statuses.setdefault(stamp, info["received_timestamp"])
+        if {kv.key: kv.value for kv in msg.status[0].values}.get("done") == "true" and \
+                stamp not in self.finals:
+            self.finals.append(stamp)
+        self._answer(stamp)
+
+    def _on_image(self, msg, info):
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.frames.setdefault(stamp, info["received_timestamp"])
+
+    def close(self):
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+
+
 @pytest.fixture
 def probe(ros):
     p = Probe()

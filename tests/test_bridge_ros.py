@@ -1,5 +1,4 @@
 """The bridge as its own process, talking real DDS to test nodes and to the expert process."""
-import os
 import re
 import time
 
@@ -17,7 +16,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from robot_imitation.nodes.common import (CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, from_sec,
-                                         stamp_ns, to_sec)
+                                         to_sec)
 from robot_imitation.nodes.episode_runner import run_episodes
 from robot_imitation.sim.env import ImitationEnv
 from robot_imitation.sim.experts import make_expert
@@ -493,95 +492,48 @@ def test_cameras_render_only_while_subscribed(procs, probe):
     assert int(diagnostics_values(diags)["camera_frames"]) == frames
 
 
-@pytest.mark.parametrize("camera", [True, False], ids=["camera", "no-camera"])
-def test_lockstep_announces_an_episodes_end_after_its_frames_and_last_answers(procs, probe,
-                                                                             camera):
-    """A recorder stops on an episode's final status: every message of the episode must be out
-    before it, or which messages a bag holds depends on the load. Two were not: the frames
-    still rendering off the simulation thread (a frame due at the final tick was always
-    published after the status; a CI run lost the last frame of an episode, 48 of 49) and the
-    answers to the final state (a controller answers the state it receives, while the status
-    went out with that state; with the recorder's 0.25 s grace set to 0, a recorded episode
-    lacked its last command). Here a controller that takes 20 ms to answer each state, and a
-    frame at every tick (camera rate = control rate): each frame and both answers to the final
-    state are received before the final status; without a camera too (rendering the last frame
-    does not delay the status then). Reception stamps of the middleware, in one process (on the
-    probe's events executor no two-argument callback ran: a node of the test on the
-    single-threaded executor)."""
-    import threading
+def test_lockstep_publishes_an_episodes_frames_before_its_final_status_and_does_not_hold_it(
+        procs, probe):
+    """A recorder stops on an episode's final status: the frames still rendering off the
+    simulation thread when it went out were lost (a frame due at the final tick was always
+    published after the status; a CI run lost the last frame of an episode, 48 of 49). Here a
+    frame at every tick (camera rate = control rate): each frame of the episode is received
+    before its final status.
 
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from robot_imitation.nodes.common import LOCKSTEP_IMAGE_QOS, STATUS_QOS, answer
-    from robot_imitation.pairing import layout_stamp
+    The status goes out with its state, never held for the state's answers: a controller may
+    answer a state only once its status is in, as the policy node does (a bridge that held the
+    final status until the final state was answered stalled every episode end for
+    `lockstep_republish` s, and the policy node's answer to the final state came after it all
+    the same). The controller here answers after the status, and `lockstep_republish` is long.
+    Reception stamps of the middleware, in one process."""
+    from conftest import AnswerAfterStatus
     from robot_imitation.sim.tasks import TaskConfig
 
     rate = TaskConfig.load("reach").control_rate
     start_bridge(procs, probe, task="reach", mode="lockstep", seed=11, start_paused=True,
-                 cameras=["front"] if camera else [""], camera_width=64, camera_height=48,
-                 camera_rate=rate)
-    frames, answers, finals = {}, {"arm": {}, "gripper": {}}, []
-    node = rclpy.create_node(f"test_episode_end_{os.getpid()}")
-    pubs = {w: node.create_publisher(Float64MultiArray, f"/{w}_controller/commands",
-                                     COMMAND_QOS) for w in answers}
-
-    def on_state(msg):
-        time.sleep(0.02)  # a slow controller
-        stamp = to_sec(msg.header.stamp)
-        pubs["arm"].publish(answer(np.array(msg.position[:7]), stamp))
-        pubs["gripper"].publish(answer([0.0], stamp))
-
-    def on_image(msg, info):
-        frames.setdefault(stamp_ns(msg.header.stamp), info["received_timestamp"])
-
-    def on_answer(which):
-        def take(msg, info):
-            answers[which].setdefault(layout_stamp(msg.layout), info["received_timestamp"])
-        return take
-
-    def on_status(msg, info):
-        values = {kv.key: kv.value for kv in msg.status[0].values}
-        if values["done"] == "true":
-            finals.append((stamp_ns(msg.header.stamp), info["received_timestamp"]))
-
-    node.create_subscription(JointState, "joint_states", on_state, STATE_QOS)
-    node.create_subscription(Image, "front/image_raw", on_image, LOCKSTEP_IMAGE_QOS)
-    for which in answers:
-        node.create_subscription(Float64MultiArray, f"/{which}_controller/commands",
-                                 on_answer(which), COMMAND_QOS)
-    node.create_subscription(DiagnosticArray, "/episode/status", on_status, STATUS_QOS)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
+                 cameras=["front"], camera_width=64, camera_height=48, camera_rate=rate,
+                 lockstep_republish=5.0)
+    ctl = AnswerAfterStatus(image_topic="/front/image_raw")
     try:
-        wait_for(lambda: (not camera or node.count_publishers("front/image_raw")) and all(
-            p.get_subscription_count() for p in pubs.values()), 30, "the bridge", procs=procs)
+        wait_for(lambda: ctl.node.count_publishers("/front/image_raw") and ctl.connected(), 30,
+                 "the bridge", procs=procs)
         time.sleep(0.5)  # matched with the test's subscriptions (the bridge renders)
         assert probe.call(SetBool, f"/{BRIDGE}/set_pause", SetBool.Request(data=False)).success
-        wait_for(lambda: finals, 60, "the episode's final status", procs=procs)
-        time.sleep(1.0)  # a message published after the final status arrives meanwhile
+        wait_for(lambda: ctl.finals, 60, "the episode's final status", procs=procs)
+        time.sleep(1.0)  # a frame published after the final status arrives meanwhile
     finally:
-        stop.set()
-        spinner.join(timeout=2.0)
-        executor.remove_node(node)
-        node.destroy_node()
-    end, end_received = finals[0]
-    if camera:
-        assert end in frames, f"no frame of the final tick ({end} ns; last: {max(frames)} ns)"
-        late = sorted(t for t, got in frames.items() if t <= end and got > end_received)
-        assert not late, f"frames received after the final status: {late}"
-        assert len(frames) > 10  # the episode's ticks since the test subscribed
-    for which, got in answers.items():
-        assert end in got, f"no {which} answer to the final state"
-        assert got[end] < end_received, f"the {which} answer to the final state came after it"
+        ctl.close()
+    end = ctl.finals[0]
+    end_received = ctl.statuses[end]
+    frames = ctl.frames
+    assert end in frames, f"no frame of the final tick ({end} ns; last: {max(frames)} ns)"
+    late = sorted(t for t, got in frames.items() if t <= end and got > end_received)
+    assert not late, f"frames received after the final status: {late}"
+    assert len(frames) > 10  # the episode's ticks since the test subscribed
+    # the final status with its state (5 s when held for an answer that waits for it)
+    held = (end_received - ctl.states[end][1]) * 1e-9
+    assert held < 2.0, f"the final status came {held:.2f} s after its state"
+    assert end in ctl.answered
 
 
 def test_any_mjcf_through_the_bridge(procs, probe, tmp_path):

@@ -251,3 +251,28 @@ def test_bytes_no_reader_takes_are_one_error_not_a_crash():
     raw = serialize_message(joint_state(spec.observations[0].joints))
     with pytest.raises(SpecError, match="/joint_states: a message that cannot be deserialized"):
         ObservationAssembler(spec).on_raw("/joint_states", raw[:len(raw) - 9])
+
+
+@pytest.mark.parametrize("labels", [[], ["x"], ["stamp=bad"], ["x", "abcde"], ["abc", "s"],
+                                    ["y" * 7, "stamp=3.000000005"], ["stamp=12.345678901", "z"]])
+@pytest.mark.parametrize("cls", [Float64MultiArray, Float32MultiArray])
+def test_the_state_a_serialized_command_names(labels, cls):
+    """``answer_stamp`` on rclpy's bytes equals ``pairing.layout_stamp`` on the message, for any
+    layout (labels of every length around the 4-byte alignment), whatever the data; cut short
+    or not CDR, it names nothing."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    from robot_imitation.cdr import answer_stamp
+    from robot_imitation.pairing import layout_stamp
+
+    msg = cls(data=RNG.normal(size=3).tolist())
+    msg.layout.dim = [MultiArrayDimension(label=text, size=3, stride=3) for text in labels]
+    raw = serialize_message(msg)
+    assert answer_stamp(raw) == layout_stamp(msg.layout)
+    if layout_stamp(msg.layout) is not None:
+        assert answer_stamp(raw[:raw.index(b"stamp=") + 8]) is None  # the label cut
+    assert answer_stamp(b"\x00\x00" + raw[2:]) is None  # big endian: not read here
+    traj = JointTrajectory()
+    traj.header.stamp.sec, traj.header.stamp.nanosec = 4, 20
+    assert answer_stamp(serialize_message(traj), headed=True) == 4_000_000_020
+    assert answer_stamp(serialize_message(JointTrajectory()), headed=True) is None

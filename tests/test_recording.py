@@ -524,6 +524,64 @@ def test_disk_full_fails_the_episode_and_keeps_earlier_ones(procs, probe, small_
 
 
 @pytest.mark.ros
+def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_path):
+    """In lockstep the answers to an episode's final state come after its final status (a
+    controller may answer a state only once its status is in, as the policy node does). The
+    recorder stopped a fixed `stop_grace` (0.25 s) after that status, so a bag held the final
+    command or not depending on the load. Here a controller answers the final state 0.6 s after
+    its status: the bag holds it (one command per state, the last naming the final state).
+    Then one that never answers it: the episode stops `answer_timeout` after the status, kept,
+    and the recorder says what the bag lacks."""
+    from std_srvs.srv import SetBool
+
+    from conftest import AnswerAfterStatus
+    from robot_imitation.pairing import layout_stamp
+
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep", "seed": 7,
+                                              "start_paused": True, "cameras": [""],
+                                              "lockstep_republish": 10.0})
+    ds = tmp_path / "ds"
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "spec": "reach", "auto_stop_on_done": True, "use_sim_time": True,
+        "answer_timeout": 1.5, "discovery_timeout": 30.0})
+    ctl = AnswerAfterStatus(final_delay=0.6)
+    try:
+        wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")
+                 and probe.node.count_subscribers("/episode/status") >= 2, 30,
+                 "the bridge and the recorder", procs=procs)
+        assert call(probe, "start").success
+        assert probe.call(SetBool, "/mujoco_bridge/set_pause", SetBool.Request(data=False)).success
+        wait_for(lambda: index(ds)[0]["status"] != "recording", 60, "the auto stop",
+                 procs=procs)
+        # the next episode: its final state never answered
+        ctl.final_delay = None
+        assert call(probe, "start").success
+        assert probe.call(Trigger, "/mujoco_bridge/reset").success
+        wait_for(lambda: len(ctl.finals) == 2, 60, "the second episode's end", procs=procs)
+        t_end = time.monotonic()
+        wait_for(lambda: index(ds)[1]["status"] != "recording", 10, "the auto stop",
+                 procs=procs)
+        waited = time.monotonic() - t_end
+    finally:
+        ctl.close()
+    first, second = index(ds)
+    assert first["status"] == second["status"] == "ok", (first, second)
+    for e, final, answered in ((first, ctl.finals[0], True), (second, ctl.finals[1], False)):
+        mcap = str(ds / e["name"] / f"{e['name']}.mcap")
+        counts = read_counts(ds / e["name"])
+        states = counts["/joint_states"]
+        assert states > 10
+        for topic in ("/arm_controller/commands", "/gripper_controller/commands"):
+            assert counts[topic] == states - (not answered), (e["name"], topic, counts)
+        last = [layout_stamp(m.ros_msg.layout) for m in read_ros2_messages(
+            mcap, topics=["/arm_controller/commands"])][-1]
+        assert (last == final) is answered, (e["name"], last, final)
+    assert 1.0 < waited < 8.0, waited  # answer_timeout (1.5 s) after the final status
+    log = procs.log("episode_recorder")
+    assert "no command answering the final state" in log and "/arm_controller/commands" in log
+
+
+@pytest.mark.ros
 def test_record_scripted_expert_episodes_through_ros(tmp_path):
     """Bridge, expert and recorder as three processes: every tick's state and command is kept."""
     from robot_imitation.ros.pipelines import record_demonstrations

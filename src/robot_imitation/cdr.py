@@ -23,6 +23,7 @@ import struct
 
 import numpy as np
 
+from .pairing import parse_stamp_label
 from .spec import Spec, SpecError, image_pixels, resize_nearest
 
 CDR_LE = (b"\x00\x01", b"\x00\x03")  # CDR and PL_CDR, little endian (options ignored)
@@ -201,6 +202,32 @@ def readers(spec: Spec, fields=None) -> dict:
     for f in (fields if fields is not None else spec.observations):
         by_topic.setdefault(f.topic, []).append(f)
     return {topic: MessageReader(spec, fs) for topic, fs in by_topic.items()}
+
+
+def answer_stamp(buf, headed: bool = False) -> int | None:
+    """The state a serialized command names (``pairing``), in ns: a ``Float64MultiArray``'s (or
+    ``Float32MultiArray``'s) layout label ``stamp=<sec>.<nanosec>``, or with ``headed`` the
+    header stamp (a ``JointTrajectory``; 0 names none). None when it names none, or for bytes
+    that are not little-endian CDR or are cut short. Reads the layout only, never the data."""
+    if len(buf) < 8 or bytes(buf[:2]) not in CDR_LE:
+        return None
+    try:
+        if headed:
+            sec, nsec = _TIME.unpack_from(buf, 4)
+            return sec * 1_000_000_000 + nsec or None
+        (count,) = _U32.unpack_from(buf, 4)
+        pos = 8
+        for _ in range(min(count, 64)):
+            (n,) = _U32.unpack_from(buf, pos)
+            if n == 0 or pos + 4 + n > len(buf):
+                return None
+            stamp = parse_stamp_label(bytes(buf[pos + 4:pos + 3 + n]).decode("utf-8", "replace"))
+            if stamp is not None:
+                return stamp
+            pos = _align(pos + 4 + n, 4) + 8  # the dimension's size and stride
+    except struct.error:
+        return None
+    return None
 
 
 def float64_multi_array(values, label: str | None = None) -> bytes:

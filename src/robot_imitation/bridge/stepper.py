@@ -2,9 +2,10 @@
 
 In lockstep the bridge publishes the state of instant k (joint states, poses, episode status,
 all stamped with the simulation time of k), waits until every answering command topic has
-answered *that* state, then steps one control tick and publishes state k+1. The status of an
-episode's final state goes out once that state is answered (the bridge node), so everything of
-the episode is published before it.
+answered *that* state, then steps one control tick and publishes state k+1. The final state of
+an episode goes out with its status (``done``), after the episode's camera frames; the answers
+to it follow (a controller may wait for a state's status before answering it, as the policy node
+does), and a recorder stopping on that status waits for them (``nodes.recorder_node``).
 
 Pairing is explicit. An answer names the state it answers:
 

@@ -3,7 +3,11 @@
 Records the spec's topics, plus any topics named in `topics` (any message type), as
 serialized messages stamped with the node clock (simulation time under `use_sim_time`).
 Services (std_srvs/Trigger): ~/start, ~/stop (stop and keep), ~/discard. With
-`auto_stop_on_done`, the episode stops when the task's `episode/status` says done.
+`auto_stop_on_done`, the episode stops when the task's `episode/status` says done, once the
+commands answering the final state are in (the spec's action topics, at most `answer_timeout`
+s) and at least `stop_grace` s after it: in lockstep a controller answers the final state after
+its status (the policy node waits for a state's status before it answers), and an answer later
+than a fixed grace was lost under load.
 
 An episode starts only once every recorded topic has a publisher matched to this node's
 subscription (so no first message is lost); subscriptions take the reliability and durability
@@ -18,7 +22,7 @@ import signal
 import threading
 import time
 
-from .common import Param, declare_all, run, to_sec
+from .common import Param, declare_all, run, stamp_ns, to_sec
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -28,6 +32,7 @@ from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noq
                        QoSReliabilityPolicy)
 from std_srvs.srv import Trigger  # noqa: E402
 
+from ..cdr import answer_stamp  # noqa: E402
 from ..observation import message_class  # noqa: E402
 from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
 from ..spec import Spec  # noqa: E402
@@ -204,6 +209,10 @@ class EpisodeRecorder(Node):
         Param("stop_grace", 0.25, "auto stop: seconds (wall) to keep recording after done, for "
               "messages of the last instant still in flight on other topics", min_value=0.0,
               max_value=10.0),
+        Param("answer_timeout", 2.0, "auto stop: the longest wait (seconds, wall) after done "
+              "for a command answering the final state on each of the spec's action topics (one "
+              "naming that state, or one without a name received after the status)",
+              min_value=0.0, max_value=60.0),
         Param("status_topic", "/episode/status", "the task's episode status "
               "(diagnostic_msgs/DiagnosticArray)", read_only=True),
         Param("discovery_timeout", 10.0, "seconds ~/start waits for every topic to be matched",
@@ -223,6 +232,7 @@ class EpisodeRecorder(Node):
         self.meta_params = {k: p[k] for k in ("task", "operator", "notes")}
         self.auto_stop = p["auto_stop_on_done"]
         self.stop_grace = p["stop_grace"]
+        self.answer_timeout = p["answer_timeout"]
         self.status_topic = p["status_topic"]
         self.discovery_timeout = p["discovery_timeout"]
         self.spec = Spec.load(p["spec"]) if p["spec"] else None
@@ -245,6 +255,13 @@ class EpisodeRecorder(Node):
         self._stop_lock = threading.Lock()
         self._started_ns = 0  # wall time (ns) of the running episode's ~/start
         self._drained = _TakenByDrain()
+        # auto stop: the action topics whose answers to an episode's final state are awaited
+        # (topic -> whether the state is named by a header stamp), and the newest command
+        # taken on each: (the stamp it names or None, reception ns)
+        self._answering = {t: not ty.endswith("MultiArray")
+                           for t, ty in self.spec.action_topics().items()} \
+            if self.spec and self.auto_stop else {}
+        self._newest_answer: dict = {}
         self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
         self.drain = Drain(self._offer_batch, self.context,
                            lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
@@ -291,6 +308,12 @@ class EpisodeRecorder(Node):
         ``receive``: the middleware's reception stamp (the system clock, which is ROS time);
         under simulation time, the node clock when the message was taken."""
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
+        if self._answering:
+            for received, topic, data, info in batch:
+                headed = self._answering.get(topic)
+                if headed is not None:
+                    self._newest_answer[topic] = (answer_stamp(data, headed),
+                                                  info["received_timestamp"] or time.time_ns())
         self.recorder.offer_many([(topic, now or received, data, info["source_timestamp"])
                                   for received, topic, data, info in batch
                                   if not self._before_start(info)])
@@ -322,7 +345,9 @@ class EpisodeRecorder(Node):
         elif (values.get("done") == "true" and self._running_episode is not None
               and values.get("episode") == self._running_episode):
             self._running_episode = None  # one stop per episode
-            threading.Timer(self.stop_grace, self._auto_stop).start()
+            seen = info["received_timestamp"] or time.time_ns()
+            threading.Thread(target=self._auto_stop_after, daemon=True,
+                             args=(stamp_ns(msg.header.stamp), seen, self._started_ns)).start()
 
     # ----------------------------------------------------------------- services
     def _srv_start(self, req, resp):
@@ -367,16 +392,46 @@ class EpisodeRecorder(Node):
         resp.message = self._summary(entry)
         return resp
 
-    def _auto_stop(self) -> None:
+    def _answered(self, topic: str, final: int, seen: int) -> bool:
+        """Has ``topic`` a command answering the state stamped ``final`` (one naming it or a
+        later one, or one naming none received after that state's status, at ``seen``)?"""
+        newest = self._newest_answer.get(topic)
+        if newest is None:
+            return False
+        stamp, received = newest
+        return stamp >= final if stamp is not None else received >= seen
+
+    def _auto_stop_after(self, final: int, seen: int, started: int) -> None:
+        """Stop ``stop_grace`` s after the final status, or later, once every action topic has
+        answered the final state (at most ``answer_timeout`` s after the status); not an episode
+        started since (``started``: the ~/start of the one to stop)."""
+        t0 = time.monotonic()
+        time.sleep(self.stop_grace)
+        missing = list(self._answering)
+        while True:
+            missing = [t for t in missing if not self._answered(t, final, seen)]
+            if not missing or time.monotonic() - t0 >= self.answer_timeout:
+                break
+            time.sleep(0.005)
+        if missing:
+            self.get_logger().warning(
+                f"episode end: no command answering the final state ({final * 1e-9:.3f} s) on "
+                f"{', '.join(missing)} within answer_timeout ({self.answer_timeout} s): the bag "
+                f"ends without it")
+        self._auto_stop(started)
+
+    def _auto_stop(self, started: int) -> None:
         try:
-            self._stop_episode(True)
+            self._stop_episode(True, started)
         except RecorderError as exc:  # stopped by a service call meanwhile
             self.get_logger().info(f"auto stop: {exc}")
 
-    def _stop_episode(self, keep: bool) -> dict:
+    def _stop_episode(self, keep: bool, started: int | None = None) -> dict:
         with self._stop_lock:
             if not self.recorder.recording:
                 raise RecorderError("no episode is being recorded")
+            if started is not None and started != self._started_ns:
+                raise RecorderError("the episode it was for was stopped; another one runs")
             self.drain.take(flush=True)  # what was received until now belongs to the episode
             self._running_episode = None
             meta = {}
