@@ -123,10 +123,17 @@ class EpisodeRunner(Node):
 
 
 class Spinner:
-    """Spin nodes in a background thread (for library use)."""
+    """Spin nodes in a background thread (for library use).
+
+    A callback that raises is logged (the node's logger, with the exception) and the spinning
+    goes on: one bad message must not silence every other subscription of the nodes (the
+    exception used to end the thread, and the nodes went deaf until their callers timed out).
+    """
 
     def __init__(self, *nodes):
         self.context = nodes[0].context if nodes else None  # the nodes' context (a SimGraph's)
+        self.logger = nodes[0].get_logger() if nodes else None
+        self.errors = 0  # callbacks that raised
         self.executor = make_executor("events", self.context)
         for n in nodes:
             self.executor.add_node(n)
@@ -135,11 +142,16 @@ class Spinner:
         self.thread.start()
 
     def _spin(self):
-        try:
-            while not self._stop.is_set() and rclpy.ok(context=self.context):
+        while not self._stop.is_set() and rclpy.ok(context=self.context):
+            try:
                 self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # noqa: BLE001 - shutdown races end the spin
-            pass
+            except Exception as exc:  # noqa: BLE001 - a callback's error, or a shutdown race
+                if self._stop.is_set() or not rclpy.ok(context=self.context):
+                    return
+                self.errors += 1
+                if self.logger is not None:
+                    self.logger.error(f"a callback failed ({type(exc).__name__}: {exc}); "
+                                      f"spinning on", throttle_duration_sec=5.0)
 
     def stop(self):
         self._stop.set()
