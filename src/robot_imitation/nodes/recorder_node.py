@@ -257,7 +257,7 @@ class EpisodeRecorder(Node):
         self._drained = _TakenByDrain()
         # auto stop: the action topics whose answers to an episode's final state are awaited
         # (topic -> whether the state is named by a header stamp), and the newest command
-        # taken on each: (the stamp it names or None, reception ns)
+        # taken on each: (its bytes, reception ns), read only by the stop's wait
         self._answering = {t: not ty.endswith("MultiArray")
                            for t, ty in self.spec.action_topics().items()} \
             if self.spec and self.auto_stop else {}
@@ -310,10 +310,9 @@ class EpisodeRecorder(Node):
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
         if self._answering:
             for received, topic, data, info in batch:
-                headed = self._answering.get(topic)
-                if headed is not None:
-                    self._newest_answer[topic] = (answer_stamp(data, headed),
-                                                  info["received_timestamp"] or time.time_ns())
+                if topic in self._answering:  # the stamp is read only while a stop waits
+                    self._newest_answer[topic] = (data, info["received_timestamp"]
+                                                  or time.time_ns())
         self.recorder.offer_many([(topic, now or received, data, info["source_timestamp"])
                                   for received, topic, data, info in batch
                                   if not self._before_start(info)])
@@ -398,7 +397,8 @@ class EpisodeRecorder(Node):
         newest = self._newest_answer.get(topic)
         if newest is None:
             return False
-        stamp, received = newest
+        data, received = newest
+        stamp = answer_stamp(data, self._answering[topic])
         return stamp >= final if stamp is not None else received >= seen
 
     def _auto_stop_after(self, final: int, seen: int, started: int) -> None:
