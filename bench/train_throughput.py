@@ -150,43 +150,23 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
 
 
 # ===================================================================== the two pipelines
-def make_step(spec, chunk: int, device: torch.device, seed: int):
-    """The trainer's training step on a fresh policy; returns step(batch) for a batch
-    (obs, actions, mask) already on the device."""
-    from robot_imitation.learning.trainer import TrainConfig, split_loss
-    from robot_imitation.policies import Batch, make_policy
+def make_step(spec, family: str, chunk: int, data, batch_size: int, graph: bool, seed: int):
+    """The trainer's step (``TrainStep``) on a fresh policy of ``family`` over ``data``: draw()
+    gives a batch, update(batch) takes one optimizer step on it. ``graph``: captured in CUDA
+    graphs after its warm-up (on CUDA)."""
+    from robot_imitation.learning.step import TrainStep
+    from robot_imitation.learning.trainer import TrainConfig
+    from robot_imitation.policies import make_policy
 
     torch.manual_seed(seed)
-    cfg = TrainConfig(chunk=chunk)
-    policy = make_policy(spec, cfg).to(device)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10**9)
-    amp = cfg.amp and device.type == "cuda"
-
-    def step(batch):
-        obs, actions, mask = batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        return loss.detach()
-
-    return step, cfg.augment_shift
-
-
-def ours(data, batch_size: int, shift: int, device: torch.device, seed: int):
-    """Batches as the trainer draws them: indices on the device, gathered there."""
-    gen = torch.Generator(device=device)
+    cfg = TrainConfig(policy=family, chunk=chunk)
+    policy = make_policy(spec, cfg).to(data.device)
+    gen = torch.Generator(device=data.device)
     gen.manual_seed(seed)
-
-    def next_batch():
-        index = torch.randint(data.n, (batch_size,), device=device, generator=gen)
-        return data.batch(index, shift)
-
-    return next_batch
+    taker = TrainStep(policy, data, batch_size=batch_size, lr=cfg.lr,
+                      weight_decay=cfg.weight_decay, steps=10**9, shift=cfg.augment_shift,
+                      amp=cfg.amp, generator=gen, graph=graph)
+    return taker, cfg.augment_shift
 
 
 def baseline(cpu_data, spec, batch_size: int, shift: int, device: torch.device, workers: int,
@@ -218,13 +198,14 @@ def baseline(cpu_data, spec, batch_size: int, shift: int, device: torch.device, 
         obs = {}
         for k, t in zip(keys, tensors):
             obs[k] = random_shift(t, shift) if k in images and shift else t
-        return obs, tensors[-2], tensors[-1]
+        return None, obs, tensors[-2], tensors[-1]
 
     return next_batch, loader
 
 
 # ===================================================================== one policy
-def run_policy(label: str, spec, n: int, chunk: int, batch_sizes: list, device, args) -> list:
+def run_policy(label: str, spec, family: str, n: int, chunk: int, batch_sizes: list, device,
+               args) -> list:
     from robot_imitation.learning.trainer import DeviceData
 
     start = time.perf_counter()
@@ -235,48 +216,79 @@ def run_policy(label: str, spec, n: int, chunk: int, batch_sizes: list, device, 
     del arrays
     print(f"[bench] {label}: {n} samples ready in {time.perf_counter() - start:.1f} s",
           flush=True)
+    cuda = device.type == "cuda"
     rows = []
     for batch_size in batch_sizes:
         if batch_size > n:
             print(f"[bench] {label}: batch {batch_size} > {n} samples, skipped", flush=True)
             continue
-        step, shift = make_step(spec, chunk, device, args.seed)
-        pipelines = {"ours": (ours(data, batch_size, shift, device, args.seed), step)}
-        step, shift = make_step(spec, chunk, device, args.seed)
-        next_batch, loader = baseline(cpu_data, spec, batch_size, shift, device, args.workers,
-                                      args.seed)
-        pipelines["baseline"] = (next_batch, step)
+        pipelines, graphed, loader = {}, None, None
+        for name in (["ours", "eager", "baseline"] if cuda else ["ours", "baseline"]):
+            taker, shift = make_step(spec, family, chunk, data, batch_size,
+                                     graph=name == "ours" and not args.no_graph, seed=args.seed)
+            if name == "baseline":
+                next_batch, loader = baseline(cpu_data, spec, batch_size, shift, device,
+                                              args.workers, args.seed)
+            else:
+                next_batch = taker.draw
+            pipelines[name] = (next_batch, taker.update)
+            graphed = graphed or taker
         measured = compare(pipelines, batch_size, device, args)
         del pipelines, next_batch, loader  # stops the DataLoader's workers, if any
         a, b = measured["ours"], measured["baseline"]
-        row = {"policy": label, "chunk": chunk, "batch": batch_size, "samples": n,
-               "ours": a, "baseline": b, "ours_over_baseline": a["samples_per_s"]
-               / b["samples_per_s"]}
+        row = {"policy": label, "family": family, "chunk": chunk, "batch": batch_size,
+               "samples": n, "cuda_graph": graphed.captured, "why_eager": graphed.why_eager,
+               "ours": a, "baseline": b,
+               "ours_over_baseline": a["samples_per_s"] / b["samples_per_s"]}
+        graphed = None
+        text = ""
+        if "eager" in measured:
+            e = measured["eager"]
+            row["eager"] = e
+            row["ours_over_eager"] = a["samples_per_s"] / e["samples_per_s"]
+            text = f", eager {e['samples_per_s']:,.0f}/s"
         print(f"[bench] {label} batch {batch_size}: ours {a['samples_per_s']:,.0f}/s "
-              f"({100 * a['data_share']:.1f} % data), DataLoader {b['samples_per_s']:,.0f}/s "
-              f"({100 * b['data_share']:.1f} % data)", flush=True)
+              f"({100 * a['data_share']:.1f} % data, graphs {graphed_text(row)}){text}, "
+              f"DataLoader {b['samples_per_s']:,.0f}/s ({100 * b['data_share']:.1f} % data)",
+              flush=True)
         rows.append(row)
     del data, cpu_data
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
     return rows
 
 
+def graphed_text(row: dict) -> str:
+    if row["cuda_graph"]:
+        return "yes"
+    return f"no: {row['why_eager']}" if row["why_eager"] else "no"
+
+
 def report(results: dict) -> str:
     m = results["machine"]
+    eager = any("eager" in r for r in results["rows"])
     lines = [f"Training throughput on {m['device']} ({m['device_name']}), torch {m['torch']}, "
              f"{m['cpus']} CPUs, {m['threads']} threads, DataLoader workers "
              f"{results['config']['workers']}",
-             f"  {'policy':14s} {'batch':>6s} {'ours /s':>11s} {'data %':>7s} "
-             f"{'DataLoader /s':>14s} {'data %':>7s} {'ours/DL':>8s}"]
+             f"  {'policy':21s} {'batch':>6s} {'ours /s':>12s} {'data %':>7s} {'graph':>5s} "
+             + (f"{'eager /s':>11s} " if eager else "")
+             + f"{'DataLoader /s':>14s} {'data %':>7s} "
+             + (f"{'ours/eager':>10s} " if eager else "") + f"{'ours/DL':>8s}"]
     for r in results["rows"]:
-        lines.append(f"  {r['policy']:14s} {r['batch']:6d} "
-                     f"{r['ours']['samples_per_s']:11,.0f} {100 * r['ours']['data_share']:7.1f} "
-                     f"{r['baseline']['samples_per_s']:14,.0f} "
+        lines.append(f"  {r['policy']:21s} {r['batch']:6d} "
+                     f"{r['ours']['samples_per_s']:12,.0f} {100 * r['ours']['data_share']:7.1f} "
+                     f"{'yes' if r['cuda_graph'] else 'no':>5s} "
+                     + (f"{r['eager']['samples_per_s']:11,.0f} " if eager else "")
+                     + f"{r['baseline']['samples_per_s']:14,.0f} "
                      f"{100 * r['baseline']['data_share']:7.1f} "
-                     f"{r['ours_over_baseline']:8.2f}")
-    lines.append("  (samples per second; frames per second for the image policy; data %: share "
-                 "of step time getting the batch, goal <= 10)")
+                     + (f"{r['ours_over_eager']:10.2f} " if eager else "")
+                     + f"{r['ours_over_baseline']:8.2f}")
+    lines.append("  (samples per second; frames per second for image policies; data %: share "
+                 "of step time getting the batch, goal <= 10; graph: ours replays the step as "
+                 "CUDA graphs; eager: the same step without graphs)")
+    for r in results["rows"]:
+        if r["why_eager"]:
+            lines.append(f"  {r['policy']} batch {r['batch']}: not captured ({r['why_eager']})")
     others = results["other_processes_cpu_s"]
     if others is not None:
         share = others / results["total_s"] / (m["cpus"] or 1)
@@ -286,8 +298,18 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def str_list(text: str) -> list:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def int_list(text: str) -> list:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def family_chunk(family: str) -> int:
+    from robot_imitation.policies import policy_class
+
+    return policy_class(family).config_class.default_chunk
 
 
 def main() -> int:
@@ -301,7 +323,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="measured windows per pipeline, alternating ours and baseline; "
                              "the median counts (default 3)")
-    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--warmup-steps", type=int, default=5,
+                        help="warm-up steps per pipeline (at least 4: ours captures its CUDA "
+                             "graphs after 3 eager steps)")
     parser.add_argument("--warmup-seconds", type=float, default=1.0)
     parser.add_argument("--low-dim-samples", type=int, default=200_000)
     parser.add_argument("--image-frames", type=int, default=20_000)
@@ -311,6 +335,13 @@ def main() -> int:
                         help="low-dimensional action chunk lengths (comma separated)")
     parser.add_argument("--image-batch", type=int_list, default=[256],
                         help="image batch sizes (comma separated; 0: no image policy)")
+    parser.add_argument("--families", type=str_list, default=["mlp"],
+                        help="policy families (comma separated): mlp at each --chunks, the "
+                             "others (act, diffusion) at their default chunk")
+    parser.add_argument("--image-families", type=str_list, default=["mlp"],
+                        help="policy families with the image spec (comma separated)")
+    parser.add_argument("--no-graph", action="store_true",
+                        help="ours without CUDA graphs (as TrainConfig.cuda_graph false)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (torch.set_num_threads; 0: torch's default)")
@@ -334,15 +365,20 @@ def main() -> int:
     cpu_start = cpu_seconds()
     rows = []
     low = Spec.load(args.low_dim_spec)
-    for chunk in args.chunks:
-        rows += run_policy(f"low-dim c{chunk}", low, args.low_dim_samples, chunk,
-                           args.batch_sizes, device, args)
+    for family in args.families:
+        chunks = args.chunks if family == "mlp" else [family_chunk(family)]
+        for chunk in chunks:
+            rows += run_policy(f"{family} low-dim c{chunk}", low, family, args.low_dim_samples,
+                               chunk, args.batch_sizes, device, args)
     image_batches = [b for b in args.image_batch if b > 0]
     if image_batches and args.image_frames > 0:
         image = Spec.load(args.image_spec)
         if not image.image_observations:
             parser.error(f"spec {args.image_spec} has no camera observation")
-        rows += run_policy("image c1", image, args.image_frames, 1, image_batches, device, args)
+        for family in args.image_families:
+            chunk = 1 if family == "mlp" else family_chunk(family)
+            rows += run_policy(f"{family} image c{chunk}", image, family, args.image_frames,
+                               chunk, image_batches, device, args)
 
     elapsed = time.perf_counter() - start
     others = None

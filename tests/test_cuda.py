@@ -134,3 +134,106 @@ def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
             print(f"\nimage policy on the GPU: {result['samples_per_s']:,.0f} frames/s")
     print(f"validation loss: {losses[False]:.2e} (real labels), {losses[True]:.2e} (shuffled)")
     assert losses[False] < 0.3 * losses[True]
+
+
+# ===================================================================== CUDA graphs
+def synthetic_data(spec: Spec, n: int, chunk: int, device) -> DeviceData:
+    rng = np.random.default_rng(0)
+    arrays = {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
+                              if f.is_image else rng.standard_normal((n, *f.shape)))
+                      for f in spec.observations},
+              "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
+              "episode": np.arange(n) // 100}
+    return DeviceData(arrays, spec, chunk, device)
+
+
+def make_taker(spec: Spec, data: DeviceData, family: str, graph: bool, ema: float = 0.0,
+               batch_size: int = 512, **options):
+    from robot_imitation.learning.step import EmaWeights, TrainStep
+    from robot_imitation.policies import make_policy
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(policy=family, **options)
+    policy = make_policy(spec, cfg).to(data.device)
+    gen = torch.Generator(device=data.device)
+    gen.manual_seed(0)
+    return TrainStep(policy, data, batch_size=batch_size, lr=cfg.lr, weight_decay=1e-4,
+                     steps=200, shift=cfg.augment_shift, amp=True,
+                     ema=EmaWeights(policy, ema) if ema else None, generator=gen, graph=graph)
+
+
+def test_graph_replays_take_the_eager_steps():
+    """The same policy, data and seeds, 40 steps eager and 40 steps of which all but the first
+    three replay CUDA graphs: the same batches drawn, the same weights and moving average."""
+    spec = Spec.load("push")
+    data = synthetic_data(spec, 20_000, 1, torch.device("cuda"))
+    runs = {}
+    for graph in (False, True):
+        taker = make_taker(spec, data, "mlp", graph, ema=0.99)
+        drawn, losses = [], []
+        for step in range(1, 41):
+            loss, _, batch = taker.take(step)
+            drawn.append(batch[0].clone())
+            losses.append(loss.clone())
+        torch.cuda.synchronize()
+        assert taker.captured == graph, taker.why_eager
+        runs[graph] = (drawn, torch.stack(losses), taker)
+    eager, graphed = runs[False], runs[True]
+    if hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        assert all(torch.equal(a, b) for a, b in zip(eager[0], graphed[0]))
+    for name in ("policy", "ema"):
+        a = eager[2].policy if name == "policy" else eager[2].ema.model
+        b = graphed[2].policy if name == "policy" else graphed[2].ema.model
+        for (key, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+    torch.testing.assert_close(eager[1], graphed[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family,spec_name", [("mlp", "push_image"), ("act", "push"),
+                                              ("act", "push_image"), ("diffusion", "push")])
+def test_every_family_trains_in_graphs(family, spec_name):
+    """Each policy family's step is captured (randomness of its own included: dropout, the
+    CVAE's sample, diffusion's noise and timesteps, the image shift) and its loss falls."""
+    from robot_imitation.policies import policy_class
+
+    spec = Spec.load(spec_name)
+    chunk = policy_class(family).config_class.default_chunk if family != "mlp" else 1
+    data = synthetic_data(spec, 4_000 if spec.image_observations else 20_000, chunk,
+                          torch.device("cuda"))
+    taker = make_taker(spec, data, family, True, ema=0.999, batch_size=128)
+    losses = [float(taker.take(step)[0]) for step in range(1, 151)]
+    assert taker.captured, taker.why_eager
+    assert all(np.isfinite(losses)) and np.mean(losses[-20:]) < np.mean(losses[:5]), losses
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why():
+    """A loss that reads a value on the host (here ``float``) breaks capture: the failure is
+    logged and the steps go on eagerly, the weights still moving."""
+    spec = Spec.load("push")
+    data = synthetic_data(spec, 5_000, 1, torch.device("cuda"))
+    taker = make_taker(spec, data, "mlp", True)
+    logged = []
+    taker.log = logged.append
+    original = taker.policy.loss
+
+    def loss_with_a_sync(batch):
+        out = original(batch)
+        if float(out) < 0:  # a host synchronization, not allowed while capturing
+            raise AssertionError("a negative mse")
+        return out
+
+    taker.policy.loss = loss_with_a_sync
+    for step in range(1, 6):
+        taker.take(step)
+    before = [p.detach().clone() for p in taker.policy.parameters()]
+    losses = [float(taker.take(step)[0]) for step in range(6, 30)]
+    assert not taker.captured and taker.why_eager and len(logged) == 1, logged
+    assert "could not be captured" in logged[0] and taker.why_eager in logged[0]
+    assert all(np.isfinite(losses))
+    assert any(not torch.equal(a, p) for a, p in zip(before, taker.policy.parameters()))
+
+
+@pytest.mark.slow
+def test_the_trainer_replays_graphs_and_reports_it(reach_run):
+    _, result = reach_run
+    assert result["cuda_graph"] is True

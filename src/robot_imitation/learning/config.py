@@ -59,6 +59,10 @@ class TrainConfig:
     device: str = setting("auto", DEVICE_LIMITS,
                           help="auto (CUDA when available), cpu, cuda or cuda:N")
     amp: bool = setting(True, Limits(bool), help="bf16 autocast on CUDA")
+    cuda_graph: bool = setting(True, Limits(bool), help="on one CUDA GPU, capture the whole "
+                               "training step (batch drawing included) in CUDA graphs after "
+                               "3 eager steps and replay them (a policy that cannot be "
+                               "captured trains in eager steps, logged); off: eager steps")
     val_fraction: float = setting(0.1, Limits(float, low=0.0, high=0.9),
                                   help="share of the episodes held out for validation")
     sources: list = setting(limits=Limits(list, item=Limits(str)), default_factory=list,

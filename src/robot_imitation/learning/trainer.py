@@ -32,6 +32,7 @@ from ..settings import SettingError
 from ..spec import Spec
 from .checkpoint import save_checkpoint
 from .config import DEVICE_LIMITS, SEED_LIMITS, TrainConfig  # noqa: F401 (re-exported)
+from .step import EmaWeights, PolicyLoss, TrainStep, split_loss  # noqa: F401 (re-exported)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,25 +115,6 @@ def relative_action_stats(relative: list, arrays: dict, chunk: int = 1):
     return FieldStats.of(np.concatenate(parts))
 
 
-class _Loss(torch.nn.Module):
-    """The policy's loss as a module's forward, so that DistributedDataParallel wraps it."""
-
-    def __init__(self, policy: Policy):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, obs: dict, actions: torch.Tensor, mask: torch.Tensor):
-        return split_loss(self.policy.loss(Batch(obs, actions, mask)))
-
-
-def split_loss(out) -> tuple:
-    """(loss, metrics) from what ``Policy.loss`` returns."""
-    if isinstance(out, tuple):
-        loss, metrics = out
-        return loss, dict(metrics or {})
-    return out, {}
-
-
 def dataset_fingerprint(dataset) -> str:
     h = hashlib.sha256(dataset.spec.fingerprint().encode())
     for ep in dataset.episodes:
@@ -203,16 +185,12 @@ class Trainer:
         # diffusion denoiser's weights are noisy step to step, their average is not
         ema = EmaWeights(policy, cfg.ema) if cfg.ema > 0 else None
         held = ema.model if ema else policy  # validated, evaluated and saved
-        model = _Loss(policy)
+        model = PolicyLoss(policy)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        fused = device.type == "cuda"
-        opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                fused=fused)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
         amp = cfg.amp and device.type == "cuda"
         task = cfg.task or _infer_task(ds)
         limits = training_limits(spec, ds.arrays("all"), cfg.robot, task)
@@ -232,29 +210,19 @@ class Trainer:
             if cfg.batch_size % self.world:
                 raise SettingError(f"batch size {cfg.batch_size} does not divide among "
                                    f"{self.world} processes: use a multiple of the world size")
-            per_rank = cfg.batch_size // self.world
+            taker = TrainStep(policy, train, batch_size=cfg.batch_size, lr=cfg.lr,
+                              weight_decay=cfg.weight_decay, steps=cfg.steps,
+                              shift=cfg.augment_shift, amp=cfg.amp, ema=ema, generator=gen,
+                              model=model, rank=self.rank, world=self.world,
+                              graph=cfg.cuda_graph, log=self.log if self.rank == 0 else _quiet)
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
             running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
             step = 0
             for step in range(1, cfg.steps + 1):
                 t_a = time.perf_counter()
-                batch = torch.randint(train.n, (per_rank * self.world,), device=device, generator=gen)
-                index = batch[self.rank * per_rank:(self.rank + 1) * per_rank]
-                obs, actions, mask = train.batch(index, cfg.augment_shift)
+                batch = taker.draw()
                 t_b = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    loss, metrics = model(obs, actions, mask)
-                if self.distributed and policy.loss_mean_over == "valid_steps":
-                    # Each rank's loss is averaged over its own valid chunk steps; rescale so that
-                    # DDP's mean of the ranks' gradients is the whole batch's (a loss averaged
-                    # per sample needs nothing).
-                    loss = loss * (mask.sum() * self.world / train.chunk_mask[batch].sum())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                if ema:
-                    ema.update(step)
+                loss, metrics = taker.update(batch, step)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     value = loss.detach()  # one sync per log interval
                     if self.distributed:
@@ -276,7 +244,7 @@ class Trainer:
                     if self.progress and self.rank == 0 and step % cfg.log_every == 0:
                         self.progress(step, cfg.steps, {"train_loss": running})
                     continue
-                row = {"step": step, "train_loss": running, "lr": sched.get_last_lr()[0],
+                row = {"step": step, "train_loss": running, "lr": taker.last_lr,
                        "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
                        "data_share": t_data / max(t_data + t_step, 1e-9)}
                 stop = False
@@ -321,6 +289,7 @@ class Trainer:
                           "best_val_loss": best_val, "best_success_rate": best_success
                           if best_success >= 0 else None, "history": history,
                           "device": str(device), "world_size": self.world,
+                          "cuda_graph": taker.captured,
                           "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
                           "data_share": t_data / max(t_data + t_step, 1e-9),
                           "wall_s": time.perf_counter() - t0}
@@ -415,27 +384,8 @@ def plot_losses(curve: list, history: list, out: Path) -> None:
     plt.close(fig)
 
 
-class EmaWeights:
-    """An exponential moving average of a policy's parameters (buffers copied): after step t,
-    ema = d * ema + (1 - d) * weights with d = min(decay, (1 + t) / (10 + t)), so early steps,
-    far from the end of training, weigh little."""
-
-    def __init__(self, policy: Policy, decay: float):
-        import copy
-
-        self.decay = decay
-        self.policy = policy
-        self.model = copy.deepcopy(policy).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for avg, p in zip(self.model.parameters(), self.policy.parameters()):
-            avg.lerp_(p.detach(), 1.0 - d)
-        for avg, b in zip(self.model.buffers(), self.policy.buffers()):
-            avg.copy_(b)
+def _quiet(*_args, **_kwargs) -> None:
+    pass
 
 
 def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | None = None,

@@ -1,0 +1,70 @@
+"""The trainer's step (``learning.step``): the learning-rate schedule in closed form, the moving
+average's graph form, and a step taken in two halves. Their CUDA-graph form is tested on a GPU
+in ``test_cuda.py``."""
+import numpy as np
+import torch
+
+from robot_imitation.learning.step import EmaWeights, TrainStep, cosine_lr
+from robot_imitation.learning.trainer import DeviceData, TrainConfig
+from robot_imitation.policies import make_policy
+from robot_imitation.spec import Spec
+
+
+def test_the_schedule_is_cosine_annealing():
+    """Step k of a run uses what torch's CosineAnnealingLR gives after k - 1 scheduler steps."""
+    steps, base = 37, 3e-3
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    for k in range(1, steps + 1):
+        assert abs(cosine_lr(base, k, steps) - sched.get_last_lr()[0]) < 1e-12 * base, k
+        opt.step()
+        sched.step()
+    assert cosine_lr(base, 1, steps) == base and cosine_lr(base, steps + 1, steps) < 1e-18
+
+
+def test_the_average_with_a_tensor_weight_is_the_average_with_a_number():
+    spec = Spec.load("push")
+    policies = [make_policy(spec, TrainConfig(policy="act")) for _ in range(2)]
+    policies[1].load_state_dict(policies[0].state_dict())
+    averages = [EmaWeights(p, 0.99) for p in policies]
+    weight = torch.zeros(())
+    for step in range(1, 6):
+        for p in policies:
+            with torch.no_grad():
+                for w in p.parameters():
+                    w.add_(0.01 * step)
+        averages[0].update(step)
+        weight.fill_(averages[1].weight(step))
+        averages[1].update(step, weight)
+    for a, b in zip(averages[0].model.parameters(), averages[1].model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert averages[0].weight(1000) == 1.0 - 0.99
+
+
+def synthetic(spec: Spec, n: int = 400):
+    rng = np.random.default_rng(0)
+    return {"obs": {f.key: rng.standard_normal((n, *f.shape)) for f in spec.observations},
+            "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
+            "episode": np.arange(n) // 50}
+
+
+def test_a_step_in_two_halves_is_the_step_on_the_drawn_batch():
+    """draw() gives the batch the generator names; update() on an outside batch (as the
+    benchmark's DataLoader gives) trains on that batch; both halves on the CPU are eager
+    whatever ``graph`` says."""
+    spec = Spec.load("push")
+    data = DeviceData(synthetic(spec), spec, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    policy = make_policy(spec, TrainConfig())
+    gen = torch.Generator().manual_seed(5)
+    taker = TrainStep(policy, data, batch_size=32, lr=1e-3, weight_decay=0.0, steps=10,
+                      generator=gen, graph=True)
+    index, obs, actions, mask = taker.draw()
+    assert torch.equal(index, torch.randint(data.n, (32,), generator=torch.Generator()
+                                            .manual_seed(5)))
+    torch.testing.assert_close(actions, data.actions[data.chunk_index[index]])
+    before = [p.detach().clone() for p in policy.parameters()]
+    loss, metrics = taker.update((index, obs, actions, mask), 1)
+    assert torch.isfinite(loss) and not loss.requires_grad and metrics == {}
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
+    assert not taker.captured and taker.why_eager == "" and taker.last_lr == 1e-3
