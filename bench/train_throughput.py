@@ -83,33 +83,44 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def window(next_batch, step, device, steps: int, seconds: float, synced: bool) -> dict:
+def window(next_batch, step, device, steps: int, seconds: float, timed: bool) -> dict:
     """Run ``step(next_batch())`` for ``steps`` steps (with steps 0: for at least ``seconds``,
-    one step at least). Per step, the time to get the batch and the whole step's time;
-    ``synced``: synchronize CUDA around getting the batch, so that these times are the
-    device's (which slows the loop down: throughput comes from unsynchronized windows)."""
+    one step at least). ``timed``: also the time getting the batch and the whole step's time,
+    on the CPU by the clock (every operation is synchronous there), on CUDA by events recorded
+    in the stream around each half: the device's own time line, where getting a batch runs
+    from the end of the last step to the batch being ready (a DataLoader's wait for the host
+    included), with no synchronization inside the window."""
     sync(device)
+    cuda = device.type == "cuda"
+    marks = []
     t0 = time.perf_counter()
     n, data_s, total_s = 0, 0.0, 0.0
     while True:
-        if synced:
-            sync(device)
-        t_a = time.perf_counter()
-        batch = next_batch()
-        if synced:
-            sync(device)
-        t_b = time.perf_counter()
-        step(batch)
-        if synced:
-            sync(device)
-        t_c = time.perf_counter()
-        data_s += t_b - t_a
-        total_s += t_c - t_a
+        if timed and cuda:
+            ev = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            ev[0].record()
+            batch = next_batch()
+            ev[1].record()
+            step(batch)
+            ev[2].record()
+            marks.append(ev)
+            t_c = time.perf_counter()
+        else:
+            t_a = time.perf_counter()
+            batch = next_batch()
+            t_b = time.perf_counter()
+            step(batch)
+            t_c = time.perf_counter()
+            data_s += t_b - t_a
+            total_s += t_c - t_a
         n += 1
         if (steps and n >= steps) or (not steps and t_c - t0 >= seconds):
             break
     sync(device)
     wall = time.perf_counter() - t0
+    if marks:
+        data_s = sum(a.elapsed_time(b) for a, b, _ in marks) / 1e3
+        total_s = sum(a.elapsed_time(c) for a, _, c in marks) / 1e3
     return {"steps": n, "seconds": wall, "steps_per_s": n / wall, "data_s": data_s,
             "step_s": total_s}
 
@@ -119,9 +130,9 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
     then ``--rounds`` rounds of one throughput window per pipeline in turn (the median window
     counts: a burst of other work on the machine hits one window, not a whole pipeline).
 
-    Data share: on CUDA a further window per pipeline with synchronization around getting the
-    batch (without it the timer sees kernel launches, not the work); on the CPU every operation
-    is synchronous, so the throughput windows give it directly."""
+    Data share: on CUDA a further window per pipeline with CUDA events around each half of the
+    step (the host's clock sees kernel launches, not the work); on the CPU every operation is
+    synchronous, so the throughput windows give it directly."""
     results = {}
     for name, (next_batch, step) in pipelines.items():
         t0, n = time.perf_counter(), 0
@@ -133,14 +144,15 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
     for _ in range(args.rounds):
         for name, (next_batch, step) in pipelines.items():
             results[name]["windows"].append(window(next_batch, step, device, args.steps,
-                                                   args.seconds / args.rounds, synced=False))
+                                                   args.seconds / args.rounds,
+                                                   timed=device.type == "cpu"))
     for name, (next_batch, step) in pipelines.items():
         r = results[name]
         rate = float(np.median([w["steps_per_s"] for w in r["windows"]]))
         r["samples_per_s"] = rate * batch_size
         r["step_ms"] = 1e3 / rate
         if device.type == "cuda":
-            share = window(next_batch, step, device, args.steps, args.seconds / 2, synced=True)
+            share = window(next_batch, step, device, args.steps, args.seconds / 2, timed=True)
             r["share_window"] = share
             r["data_share"] = share["data_s"] / share["step_s"]
         else:

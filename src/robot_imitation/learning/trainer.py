@@ -45,35 +45,63 @@ def resolve_device(name: str) -> torch.device:
 
 
 class DeviceData:
-    """One split's arrays on the device, with on-device batch sampling (action chunks)."""
+    """One split's arrays on the device, with on-device batch sampling (action chunks).
+
+    The low-dimensional observations, each sample's action chunk and its mask sit side by
+    side in one float32 table, so that drawing a batch is one gather (and one per camera),
+    not one per field: on a GPU a small policy's batch costs kernel launches, not bytes.
+    ``obs``, ``chunk_index`` and ``chunk_mask`` stay readable as before (``obs`` of the
+    low-dimensional keys are views into the table)."""
 
     def __init__(self, arrays: dict, spec: Spec, chunk: int, device: torch.device):
         self.spec = spec
-        self.obs = {}
-        for f in spec.observations:
-            a = arrays["obs"][f.key]
-            self.obs[f.key] = torch.as_tensor(a if f.is_image else a.astype(np.float32),
-                                              device=device)
         self.actions = torch.as_tensor(arrays["actions"].astype(np.float32), device=device)
-        self.n = len(self.actions)
+        self.n = n = len(self.actions)
         episode = torch.as_tensor(arrays["episode"], device=device)
         # chunk targets: the next `chunk` actions of the same episode (masked past its end)
         offsets = torch.arange(chunk, device=device)
-        idx = (torch.arange(self.n, device=device)[:, None] + offsets).clamp(max=self.n - 1)
+        idx = (torch.arange(n, device=device)[:, None] + offsets).clamp(max=n - 1)
         same = episode[idx] == episode[:, None]
         last = torch.where(same, idx, torch.zeros_like(idx)).amax(1, keepdim=True)
         self.chunk_index = torch.where(same, idx, last)
-        self.chunk_mask = same.float()
+        low = [f for f in spec.observations if not f.is_image]
+        widths = [int(np.prod(f.shape)) for f in low]
+        action_dim = self.actions.shape[1]
+        self.table = torch.cat(
+            [torch.as_tensor(np.asarray(arrays["obs"][f.key], dtype=np.float32)
+                             .reshape(n, -1), device=device) for f in low]
+            + [self.actions[self.chunk_index].reshape(n, -1), same.float()], dim=1) \
+            if n else torch.zeros(0, sum(widths) + chunk * (action_dim + 1), device=device)
+        self._fields, start = [], 0  # (key, first column, width, shape) in the table
+        for f, width in zip(low, widths):
+            self._fields.append((f.key, start, width, tuple(f.shape)))
+            start += width
+        self._columns = {field[0]: field for field in self._fields}
+        self._chunk = (start, chunk, action_dim)
+        self.obs = {}
+        for f in spec.observations:
+            if f.is_image:
+                self.obs[f.key] = torch.as_tensor(arrays["obs"][f.key], device=device)
+        for key, first, width, shape in self._fields:
+            self.obs[key] = self.table[:, first:first + width].reshape(n, *shape)
+        self.chunk_mask = self.table[:, start + chunk * action_dim:]
+        self.images = [f.key for f in spec.image_observations]
         self.device = device
 
     def batch(self, index: torch.Tensor, shift: int = 0):
+        rows = self.table[index]
+        b = rows.shape[0]
         obs = {}
-        for f in self.spec.observations:
-            x = self.obs[f.key][index]
-            if f.is_image and shift:
-                x = random_shift(x, shift)
-            obs[f.key] = x
-        return obs, self.actions[self.chunk_index[index]], self.chunk_mask[index]
+        for f in self.spec.observations:  # the spec's order
+            if f.is_image:
+                x = self.obs[f.key][index]
+                obs[f.key] = random_shift(x, shift) if shift else x
+            else:
+                _, first, width, shape = self._columns[f.key]
+                obs[f.key] = rows[:, first:first + width].reshape(b, *shape)
+        start, chunk, action_dim = self._chunk
+        actions = rows[:, start:start + chunk * action_dim].reshape(b, chunk, action_dim)
+        return obs, actions, rows[:, start + chunk * action_dim:]
 
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:

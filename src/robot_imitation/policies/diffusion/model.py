@@ -37,10 +37,16 @@ class DdimSchedule:
         alpha_bar = (f / f[0])[1:].clamp(1e-5, 1.0)
         self.steps = steps
         self.alpha_bar = alpha_bar.float()           # abar_t, t = 0..steps-1
+        self._alpha_bar_on = {}                      # its copy on each device training used
 
     def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_t for clean samples ``x0`` (B, ...) at steps ``t`` (B,)."""
-        ab = self.alpha_bar.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1)))
+        """x_t for clean samples ``x0`` (B, ...) at steps ``t`` (B,). The schedule is copied to
+        the device once (no host-to-device copy per step: a training step stays capturable in
+        a CUDA graph)."""
+        on = self._alpha_bar_on.get(x0.device)
+        if on is None:
+            on = self._alpha_bar_on[x0.device] = self.alpha_bar.to(x0.device)
+        ab = on[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
     def timesteps(self, n: int) -> list:
