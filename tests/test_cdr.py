@@ -276,3 +276,24 @@ def test_the_state_a_serialized_command_names(labels, cls):
     traj.header.stamp.sec, traj.header.stamp.nanosec = 4, 20
     assert answer_stamp(serialize_message(traj), headed=True) == 4_000_000_020
     assert answer_stamp(serialize_message(JointTrajectory()), headed=True) is None
+
+
+@pytest.mark.parametrize("labels", [[], ["x"], ["stamp=bad"], ["x", "abcde"], ["abc", "s"],
+                                    ["y" * 7, "stamp=3.000000005"], ["stamp=12.345678901", "z"]])
+@pytest.mark.parametrize("size", [0, 1, 7])
+def test_a_serialized_command_read_as_the_bridge_reads_it(labels, size):
+    """``multi_array`` (the bridge's raw command subscriptions) on rclpy's bytes gives the stamp
+    ``layout_stamp`` gives and the message's data, bit for bit; bytes cut short or not
+    little-endian CDR are refused (``CdrError``: the bridge deserializes them instead)."""
+    from robot_imitation.cdr import CdrError, multi_array
+    from robot_imitation.pairing import layout_stamp
+
+    msg = Float64MultiArray(data=RNG.normal(size=size).tolist())
+    msg.layout.dim = [MultiArrayDimension(label=text, size=size, stride=size) for text in labels]
+    raw = serialize_message(msg)
+    stamp, data = multi_array(raw)
+    assert stamp == layout_stamp(msg.layout)
+    assert data.dtype == np.float64 and data.tolist() == list(msg.data)
+    for bad in ([raw[:len(raw) - 8]] if size else []) + [raw[:10], b"\x00\x00" + raw[2:]]:
+        with pytest.raises(CdrError):
+            multi_array(bad)

@@ -230,6 +230,29 @@ def answer_stamp(buf, headed: bool = False) -> int | None:
     return None
 
 
+def multi_array(buf) -> tuple[int | None, np.ndarray]:
+    """A serialized ``std_msgs/Float64MultiArray`` (a command): (the state it names, as
+    ``answer_stamp``, or None; its data, float64). ``CdrError`` for bytes that are not
+    little-endian CDR or are cut short (the caller deserializes them the usual way)."""
+    if len(buf) < 12 or bytes(buf[:2]) not in CDR_LE:
+        raise CdrError("not little-endian CDR")
+    try:
+        (count,) = _U32.unpack_from(buf, 4)
+        pos, stamp = 8, None
+        for _ in range(count):
+            (n,) = _U32.unpack_from(buf, pos)
+            if n == 0 or pos + 4 + n > len(buf):
+                raise CdrError("truncated")
+            if stamp is None:
+                stamp = parse_stamp_label(
+                    bytes(buf[pos + 4:pos + 3 + n]).decode("utf-8", "replace"))
+            pos = _align(pos + 4 + n, 4) + 8  # the dimension's size and stride
+        data, _ = _doubles(buf, pos + 4)  # after data_offset
+    except struct.error:
+        raise CdrError("truncated") from None
+    return stamp, data
+
+
 def float64_multi_array(values, label: str | None = None) -> bytes:
     """The CDR bytes rclpy serializes for a ``std_msgs/Float64MultiArray`` of ``values`` whose
     layout has one dimension labelled ``label`` (size and stride the number of values), or no
