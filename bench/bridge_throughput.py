@@ -4,9 +4,15 @@ Three measurements in one run, on one task (default: push):
 
 1. lockstep through ROS: the bridge (mode lockstep, auto_reset, no cameras) and the scripted
    expert (trigger state) as two processes; closed-loop control ticks per second, from the
-   bridge's /diagnostics counters (primary) and from the joint_states messages counted here.
+   bridge's /diagnostics counters.
 2. without ROS: the same task and expert in this process (``ImitationEnv`` + ``make_expert``).
    The ratio of the two is the cost of ROS.
+
+   The two alternate in ``--rounds`` pairs of windows (``--duration / --rounds`` seconds each):
+   the bridge is paused (``~/set_pause``) while the in-process loop runs, so neither competes
+   with the other, and a slow stretch of the machine hits one pair, whose ratio is its own. The
+   ratio reported is the median of the pairs' ratios. Nothing else subscribes to the state
+   topics while they run (this process reads /diagnostics only).
 3. real time: the bridge (mode realtime, real_time_factor 1.0) with the expert on a sim-time
    timer; the real-time factor the bridge achieves, its overruns and physics steps per second.
 
@@ -14,7 +20,7 @@ Prints a table and writes bench/results/bridge_throughput.json. It only measures
 checked against a threshold. Exits non-zero, printing the nodes' logs, when a node dies or does
 not start.
 
-    .venv/bin/python bench/bridge_throughput.py [--task push] [--duration 20]
+    .venv/bin/python bench/bridge_throughput.py [--task push] [--duration 20] [--rounds 3]
                                                 [--realtime-seconds 30] [--skip-realtime]
 """
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import contextlib
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -41,11 +48,10 @@ os.environ.update(GRAPH.env)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
 
 from benchlib import RESULTS_DIR, BenchmarkError, run_with_ros, wait_until  # noqa: E402
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
-from robot_imitation.nodes.common import STATE_QOS, to_sec  # noqa: E402
+from robot_imitation.nodes.common import to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
 from robot_imitation.sim.env import ImitationEnv  # noqa: E402
 from robot_imitation.sim.experts import make_expert  # noqa: E402
@@ -73,19 +79,13 @@ def rate(first: DiagSample, last: DiagSample, key: str) -> float:
     return (last[key] - first[key]) / dt if dt > 0 else 0.0
 
 class BridgeMonitor(Node):
-    """Collects the bridge's /diagnostics and, optionally, counts its joint_states messages."""
+    """Collects the bridge's /diagnostics (and calls its services: ``ServiceCaller``)."""
 
-    def __init__(self, count_states: bool):
+    def __init__(self):
         super().__init__("bridge_throughput_monitor")
         self._lock = threading.Lock()
         self._samples: list[DiagSample] = []
-        self._states = 0
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        if count_states:
-            # raw: counting needs no deserialisation, which keeps this process's share of the
-            # CPU (taken from the processes being measured) small.
-            self.create_subscription(JointState, "joint_states", self._on_state, STATE_QOS,
-                                     raw=True)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -95,10 +95,6 @@ class BridgeMonitor(Node):
                 with self._lock:
                     self._samples.append(sample)
 
-    def _on_state(self, _raw: bytes) -> None:
-        with self._lock:
-            self._states += 1
-
     def samples(self) -> list[DiagSample]:
         with self._lock:
             return list(self._samples)
@@ -107,13 +103,9 @@ class BridgeMonitor(Node):
         with self._lock:
             return self._samples[-1] if self._samples else None
 
-    def states(self) -> int:
-        with self._lock:
-            return self._states
-
 @contextlib.contextmanager
-def monitoring(count_states: bool = False):
-    monitor = BridgeMonitor(count_states)
+def monitoring():
+    monitor = BridgeMonitor()
     spinner = Spinner(monitor)
     try:
         yield monitor
@@ -155,50 +147,83 @@ def counter_above(monitor: BridgeMonitor, key: str, value: float = 0.0):
 
 # ============================================================================ measurements
 
-def measure_lockstep(task: str, duration: float, substeps: int) -> dict:
-    """Closed-loop lockstep control ticks per second, bridge and expert in two processes."""
-    bridge = {"task": task, "mode": "lockstep", "auto_reset": True, "cameras": [""], "seed": 0}
-    expert = {"task": task, "trigger": "state"}
-    with bridge_and_expert("lockstep", bridge, expert) as group, monitoring(True) as monitor:
-        wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks",
-                   STARTUP_TIMEOUT_S, 0.1)
-        watch(group, WARMUP_S)
-        first, states0, t0 = monitor.latest(), monitor.states(), time.monotonic()
-        watch(group, duration)
-        last, states1, t1 = monitor.latest(), monitor.states(), time.monotonic()
-    if last.stamp <= first.stamp:
-        raise BenchmarkError("no /diagnostics from the bridge during the lockstep window")
-    ticks_per_s = rate(first, last, "control_ticks")
-    return {"window_s": last.stamp - first.stamp, "ticks_per_s": ticks_per_s,
-            "ticks_per_s_joint_states": (states1 - states0) / (t1 - t0),
-            "physics_steps_per_s": ticks_per_s * substeps,
-            "episodes": int(last["episode"] - first["episode"])}
+class InProcess:
+    """The closed loop in this process: gymnasium env and expert, no ROS."""
 
-def measure_without_ros(task: str, duration: float, substeps: int) -> dict:
-    """The same closed loop in this process: gymnasium env and expert, no ROS."""
-    env = ImitationEnv(task)
-    expert = make_expert(env.sim)
-    seed = 0
-    obs, _ = env.reset(seed=seed)
+    def __init__(self, task: str):
+        self.env = ImitationEnv(task)
+        self.expert = make_expert(self.env.sim)
+        self.seed = 0
+        self.obs, _ = self.env.reset(seed=self.seed)
 
-    def run_for(seconds: float) -> tuple[int, int, float]:
-        nonlocal obs, seed
+    def run_for(self, seconds: float) -> dict:
         ticks = episodes = 0
         start = time.perf_counter()
         while (elapsed := time.perf_counter() - start) < seconds:
-            obs, _, terminated, truncated, _ = env.step(expert(obs))
+            self.obs, _, terminated, truncated, _ = self.env.step(self.expert(self.obs))
             ticks += 1
             if terminated or truncated:
-                seed += 1
+                self.seed += 1
                 episodes += 1
-                obs, _ = env.reset(seed=seed)
-        return ticks, episodes, elapsed
+                self.obs, _ = self.env.reset(seed=self.seed)
+        return {"window_s": elapsed, "ticks_per_s": ticks / elapsed, "episodes": episodes}
 
-    run_for(WARMUP_S)
-    ticks, episodes, elapsed = run_for(duration)
-    env.close()
-    return {"window_s": elapsed, "ticks_per_s": ticks / elapsed,
-            "physics_steps_per_s": ticks / elapsed * substeps, "episodes": episodes}
+    def close(self) -> None:
+        self.env.close()
+
+
+def set_pause(caller, pause: bool) -> None:
+    from std_srvs.srv import SetBool
+
+    resp = caller.call(SetBool, f"/{BRIDGE}/set_pause", SetBool.Request(data=pause), 10.0)
+    if not resp.success:
+        raise BenchmarkError(f"the bridge refused set_pause {pause}: {resp.message}")
+
+
+def measure_alternating(task: str, duration: float, rounds: int, substeps: int) -> tuple:
+    """(lockstep, without ROS, rounds): ``rounds`` pairs of windows, the in-process loop while
+    the bridge is paused, then lockstep through ROS; control ticks per second of each."""
+    from robot_imitation.nodes.common import ServiceCaller
+
+    window = duration / rounds
+    local = InProcess(task)
+    local.run_for(WARMUP_S)
+    bridge = {"task": task, "mode": "lockstep", "auto_reset": True, "cameras": [""], "seed": 0}
+    expert = {"task": task, "trigger": "state"}
+    pairs = []
+    with bridge_and_expert("lockstep", bridge, expert) as group, monitoring() as monitor:
+        wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks",
+                   STARTUP_TIMEOUT_S, 0.1)
+        watch(group, WARMUP_S)
+        caller = ServiceCaller(monitor)
+        for _ in range(rounds):
+            set_pause(caller, True)
+            time.sleep(0.3)  # the tick in flight ends
+            without = local.run_for(window)
+            set_pause(caller, False)
+            watch(group, 1.0)  # the loop closes again
+            start = len(monitor.samples())
+            watch(group, window + 1.0)  # /diagnostics comes once a second
+            samples = monitor.samples()[start:]
+            if len(samples) < 2 or samples[-1].stamp <= samples[0].stamp:
+                raise BenchmarkError("no /diagnostics from the bridge during a lockstep window")
+            first, last = samples[0], samples[-1]
+            ticks = rate(first, last, "control_ticks")
+            pairs.append({"lockstep": {"window_s": last.stamp - first.stamp,
+                                       "ticks_per_s": ticks,
+                                       "episodes": int(last["episode"] - first["episode"])},
+                          "without_ros": without, "ratio": ticks / without["ticks_per_s"]})
+    local.close()
+
+    def summary(key: str) -> dict:
+        rates = [p[key]["ticks_per_s"] for p in pairs]
+        return {"ticks_per_s": statistics.median(rates),
+                "physics_steps_per_s": statistics.median(rates) * substeps,
+                "window_s": sum(p[key]["window_s"] for p in pairs),
+                "episodes": sum(p[key]["episodes"] for p in pairs)}
+
+    return summary("lockstep"), summary("without_ros"), pairs
+
 
 def measure_realtime(task: str, seconds: float) -> dict:
     """Achieved real-time factor at a target of 1.0, with the expert on a sim-time timer."""
@@ -230,14 +255,16 @@ def report(r: dict) -> str:
     lines = [f"Closed-loop control, task {r['task']}: {r['control_rate_hz']:g} Hz control, "
              f"{sub} physics steps per tick; {r['cpus']} CPUs",
              f"  {'':44}{'ticks/s':>10}{'physics steps/s':>18}"]
-    for label, ticks in (("lockstep through ROS (/diagnostics)", lock["ticks_per_s"]),
-                         ("lockstep through ROS (joint_states received)",
-                          lock["ticks_per_s_joint_states"]),
-                         ("in process, without ROS", base["ticks_per_s"])):
+    for label, ticks in (("lockstep through ROS (median window)", lock["ticks_per_s"]),
+                         ("in process, without ROS (median window)", base["ticks_per_s"])):
         lines.append(f"  {label:44}{ticks:10.1f}{ticks * sub:18.0f}")
     ratio = r["ros_over_without_ros"]
     lines.append(f"  {'cost of ROS: through ROS / without ROS':44}{ratio:10.3f}"
-                 f"   ({1 / ratio:.2f}x slower)")
+                 f"   ({1 / ratio:.2f}x slower; median of the pairs' ratios)")
+    pairs = r["pairs"]
+    lines.append("  pairs (through ROS / without ROS, ticks/s): " + ", ".join(
+        f"{p['lockstep']['ticks_per_s']:.0f}/{p['without_ros']['ticks_per_s']:.0f} = "
+        f"{p['ratio']:.3f}" for p in pairs))
     lines.append(f"  (windows: {lock['window_s']:.1f} s through ROS, {lock['episodes']} episodes; "
                  f"{base['window_s']:.1f} s without ROS, {base['episodes']} episodes)")
     rt = r.get("realtime")
@@ -258,6 +285,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", default="push", help="task to run (default: push)")
     parser.add_argument("--duration", type=float, default=20.0,
                         help="seconds measured in lockstep and without ROS (default: 20)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="pairs of windows, without ROS and through ROS in turn (default 3)")
     parser.add_argument("--realtime-seconds", type=float, default=30.0,
                         help="seconds measured in real-time mode (default: 30)")
     parser.add_argument("--skip-realtime", action="store_true",
@@ -270,13 +299,13 @@ def run(args: argparse.Namespace) -> dict:
     results = {"task": args.task, "control_rate_hz": cfg.control_rate, "substeps": substeps,
                "cpus": os.cpu_count(), "python": platform.python_version(),
                "duration_s": args.duration}
-    print(f"[bench] without ROS: {WARMUP_S:g} s warm-up + {args.duration:g} s", flush=True)
-    results["without_ros"] = measure_without_ros(args.task, args.duration, substeps)
-    print(f"[bench] lockstep through ROS (ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}): "
-          f"start-up + {WARMUP_S:g} s warm-up + {args.duration:g} s", flush=True)
-    results["lockstep"] = measure_lockstep(args.task, args.duration, substeps)
-    results["ros_over_without_ros"] = (results["lockstep"]["ticks_per_s"]
-                                       / results["without_ros"]["ticks_per_s"])
+    print(f"[bench] lockstep through ROS (ROS_DOMAIN_ID {os.environ['ROS_DOMAIN_ID']}) and "
+          f"without ROS, alternating: start-up + {WARMUP_S:g} s warm-up each + {args.rounds} "
+          f"pairs of {args.duration / args.rounds:g} s windows", flush=True)
+    results["lockstep"], results["without_ros"], results["pairs"] = measure_alternating(
+        args.task, args.duration, args.rounds, substeps)
+    results["rounds"] = args.rounds
+    results["ros_over_without_ros"] = statistics.median(p["ratio"] for p in results["pairs"])
     results["realtime"] = None
     if not args.skip_realtime:
         print(f"[bench] real time: start-up + {args.realtime_seconds:g} s", flush=True)
@@ -285,6 +314,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0:
+        print("bridge_throughput: --rounds must be >= 1 and --duration > 0", file=sys.stderr)
+        return 2
     return run_with_ros("bridge_throughput", run, report, args, (ProcessDied, BenchmarkError))
 
 if __name__ == "__main__":
