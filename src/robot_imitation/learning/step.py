@@ -21,6 +21,7 @@ depends on the data) keeps training in eager steps, and the log says why. Severa
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -194,7 +195,7 @@ class TrainStep:
         stream = torch.cuda.Stream(self.device) if side else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream) if stream is not None else _nothing():
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self.opt.zero_grad(set_to_none=True)
             out = self._forward_backward(batch, cache=not self.graph)
             self.opt.step()
@@ -243,11 +244,3 @@ class TrainStep:
             obs[key].copy_(value)
         actions.copy_(batch[2])
         mask.copy_(batch[3])
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -2,7 +2,8 @@
 
 - The device is CUDA when available, else the CPU (``device`` overrides); bf16 autocast on the
   GPU. The training arrays sit whole on the device (images as uint8) and batches are sampled
-  there: no Python data-loader loop. Images get a random shift on the device.
+  there: no Python data-loader loop. Images get a random shift on the device. On one GPU the
+  whole step is replayed as CUDA graphs (``learning.step.TrainStep``, ``cuda_graph``).
 - Seeds; validation split by episode (from the dataset builder); the best checkpoint by
   validation loss; with a built-in task, periodic closed-loop evaluation in its gymnasium
   version and the best checkpoint by success rate; early stopping.
@@ -85,7 +86,6 @@ class DeviceData:
         for key, first, width, shape in self._fields:
             self.obs[key] = self.table[:, first:first + width].reshape(n, *shape)
         self.chunk_mask = self.table[:, start + chunk * action_dim:]
-        self.images = [f.key for f in spec.image_observations]
         self.device = device
 
     def batch(self, index: torch.Tensor, shift: int = 0):
