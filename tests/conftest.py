@@ -33,10 +33,10 @@ else:
     SESSION_GRAPH = SimGraph()
     os.environ["ROS_DOMAIN_ID"] = str(SESSION_GRAPH.domain)
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("MUJOCO_GL", "egl")
 
-from robot_imitation.paths import ensure_ros_environment  # noqa: E402
+from robot_imitation.paths import ensure_ros_environment, set_default_mujoco_gl  # noqa: E402
 
+set_default_mujoco_gl()
 ensure_ros_environment()
 
 
@@ -120,9 +120,13 @@ ROS_CALLS = pytest.StashKey[list]()
 
 
 def ros_entry_points() -> list:
-    """(owner, attribute, label) of each way into a ROS graph from this process."""
-    import rclpy
-    from rclpy.context import Context
+    """(owner, attribute, label) of each way into a ROS graph from this process; none where
+    rclpy is not installed (a GPU machine without ROS runs the tests that need none)."""
+    try:
+        import rclpy
+        from rclpy.context import Context
+    except ImportError:
+        return []
 
     from robot_imitation.ros.launcher import ProcessGroup
 

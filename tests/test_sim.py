@@ -159,3 +159,60 @@ def test_any_mjcf_by_path(tmp_path):
     for _ in range(50):
         sim.step(np.array([0.5, -0.5, 0.0]))
     np.testing.assert_allclose(sim.observe()["joint_pos"], [0.5, -0.5], atol=0.02)
+
+
+NO_EGL = '''
+import ctypes
+
+_CDLL = ctypes.CDLL
+
+
+class _NoEgl(_CDLL):
+    """ctypes without EGL: a machine with no GL libraries (a bare training server)."""
+
+    def __init__(self, name, *args, **kwargs):
+        if name and "EGL" in str(name):
+            raise OSError(f"{name}: cannot open shared object file: No such file or directory")
+        super().__init__(name, *args, **kwargs)
+
+
+ctypes.CDLL = _NoEgl
+ctypes.cdll = ctypes.LibraryLoader(_NoEgl)
+'''
+
+
+def test_the_simulation_imports_where_no_egl_library_is_installed(tmp_path):
+    """Where no EGL library loads, ``MUJOCO_GL=egl`` makes ``import mujoco`` itself fail, also
+    for simulation that renders nothing; the suite sets that default only where EGL loads
+    (``paths.default_mujoco_gl``), and MuJoCo then imports and steps. A user's own setting is
+    kept."""
+    import os
+    import subprocess
+    import sys
+
+    from robot_imitation.paths import default_mujoco_gl
+
+    (tmp_path / "sitecustomize.py").write_text(NO_EGL)
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    code = ("import os\nfrom robot_imitation.sim.env import ImitationEnv\n"
+            "env = ImitationEnv('reach')\nobs, _ = env.reset(seed=0)\n"
+            "env.step(env.action_space.sample())\n"
+            "print('MUJOCO_GL', os.environ.get('MUJOCO_GL'))\n")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "MUJOCO_GL None" in run.stdout, run.stderr[-3000:]
+    forced = subprocess.run([sys.executable, "-c", code], env=dict(env, MUJOCO_GL="egl"),
+                            capture_output=True, text=True, timeout=120)
+    assert forced.returncode != 0  # the failure the default avoids
+    assert "MUJOCO_GL egl" in subprocess.run(
+        [sys.executable, "-c", "import os, robot_imitation.sim\n"
+         "print('MUJOCO_GL', os.environ.get('MUJOCO_GL'))"],
+        env={k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}, capture_output=True,
+        text=True, timeout=120).stdout  # EGL here: the default is egl
+
+    def refuse(name):
+        raise OSError(name)
+
+    assert default_mujoco_gl(load=refuse) is None
+    assert default_mujoco_gl(load=lambda name: None) == "egl"

@@ -74,13 +74,14 @@ def test_marked_ros_sees_the_functions_untouched(tmp_path):
 '''
 
 
-def inner_session(tmp_path: Path, source: str, *options: str) -> subprocess.CompletedProcess:
+def inner_session(tmp_path: Path, source: str, *options: str,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
     shutil.copy(TESTS / "conftest.py", tmp_path)
     shutil.copy(TESTS.parent / "pytest.ini", tmp_path)
     (tmp_path / "test_inner.py").write_text(source)
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
                            *options, "test_inner.py"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
 
 
 def outcomes(stdout: str) -> dict:
@@ -112,6 +113,28 @@ def test_the_guard_fails_tests_not_marked_ros_that_reach_ros(tmp_path):
     assert "ProcessGroup.start called at " in out
     assert "test_a_session_fixture_that_starts_a_process_unmarked is not marked `ros` but its " \
            "setup reached a ROS graph" in out
+
+
+def test_tests_that_need_no_ros_run_where_rclpy_is_not_installed(tmp_path):
+    """A GPU machine without ROS runs the tests that need none (``pytest tests/test_cuda.py``):
+    the guard wraps nothing there. Here rclpy is hidden by a package of that name that cannot
+    be imported."""
+    import os
+
+    hidden = tmp_path / "hidden"
+    (hidden / "rclpy").mkdir(parents=True)
+    (hidden / "rclpy" / "__init__.py").write_text("raise ImportError('no rclpy here')\n")
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(hidden), os.environ.get("PYTHONPATH", "")) if p))
+    proc = inner_session(inner, "import pytest\n\n\ndef test_no_rclpy():\n"
+                                "    with pytest.raises(ImportError):\n"
+                                "        import rclpy  # noqa: F401\n\n\n"
+                                "def test_torch():\n    import torch\n"
+                                "    assert torch.ones(2).sum() == 2\n", env=env)
+    assert outcomes(proc.stdout) == {"test_no_rclpy": "PASSED", "test_torch": "PASSED"}, \
+        proc.stdout[-5000:] + proc.stderr[-2000:]
 
 
 def test_an_unregistered_marker_is_an_error(tmp_path):

@@ -1,4 +1,5 @@
-"""Where the package's data lives: the source tree when run from a checkout, else the ament share."""
+"""Where the package's data lives (the source tree when run from a checkout, else the ament
+share), and the process environment it sets up (ROS prefix and DDS profile, MUJOCO_GL)."""
 from __future__ import annotations
 
 import os
@@ -114,3 +115,32 @@ def dds_profile() -> Path | None:
 def suite_dds_profile(name: str) -> Path:
     """``config/fastdds/<name>.xml``, one of ``DDS_PROFILES``."""
     return config_dir() / "fastdds" / f"{name}.xml"
+
+
+EGL_LIBRARIES = ("libEGL.so.1", "libEGL.so")
+
+
+def default_mujoco_gl(load=None) -> str | None:
+    """``MUJOCO_GL``'s default: ``egl`` where an EGL library loads (offscreen rendering with no
+    display), else None: left unset. With ``MUJOCO_GL=egl`` and no EGL library, ``import
+    mujoco`` itself fails, also where nothing is rendered (a training machine without GL
+    libraries); unset, MuJoCo imports and only rendering fails, with its own message.
+    ``load``: what loads a shared library (``ctypes.CDLL``)."""
+    if load is None:
+        import ctypes
+
+        load = ctypes.CDLL
+    for name in EGL_LIBRARIES:
+        try:
+            load(name)
+        except OSError:
+            continue
+        return "egl"
+    return None
+
+
+def set_default_mujoco_gl() -> None:
+    """Set ``MUJOCO_GL`` to ``default_mujoco_gl()`` unless it is set (before MuJoCo is
+    imported)."""
+    if "MUJOCO_GL" not in os.environ and (gl := default_mujoco_gl()) is not None:
+        os.environ["MUJOCO_GL"] = gl

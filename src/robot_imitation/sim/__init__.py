@@ -1,8 +1,9 @@
 """Simulation core: robot models, tasks, scripted experts and the gymnasium environments."""
-import os
+from ..paths import set_default_mujoco_gl
 
-# Offscreen rendering needs a GL platform; EGL works headless (Mesa's software renderer).
-os.environ.setdefault("MUJOCO_GL", "egl")
+# Offscreen rendering needs a GL platform; EGL works headless (Mesa's software renderer),
+# where its library is installed (without it, MUJOCO_GL=egl would fail `import mujoco`).
+set_default_mujoco_gl()
 
 from .env import ImitationEnv  # noqa: E402
 
