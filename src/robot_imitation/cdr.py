@@ -204,6 +204,26 @@ def readers(spec: Spec, fields=None) -> dict:
     return {topic: MessageReader(spec, fs) for topic, fs in by_topic.items()}
 
 
+def _layout(buf, first_stamp: bool = False) -> tuple[int | None, int]:
+    """The layout of a serialized ``Float64MultiArray`` (or ``Float32MultiArray``): (the stamp
+    its first ``stamp=`` label names, or None; the position after its dimensions). With
+    ``first_stamp`` it stops at that label (the position is then not the layout's end).
+    ``CdrError`` or ``struct.error`` for bytes cut short."""
+    (count,) = _U32.unpack_from(buf, 4)
+    pos, stamp = 8, None
+    for _ in range(count):
+        (n,) = _U32.unpack_from(buf, pos)
+        if n == 0 or pos + 4 + n > len(buf):
+            raise CdrError("truncated")
+        if stamp is None:
+            stamp = parse_stamp_label(
+                bytes(buf[pos + 4:pos + 3 + n]).decode("utf-8", "replace"))
+            if stamp is not None and first_stamp:
+                return stamp, pos
+        pos = _align(pos + 4 + n, 4) + 8  # the dimension's size and stride
+    return stamp, pos
+
+
 def answer_stamp(buf, headed: bool = False) -> int | None:
     """The state a serialized command names (``pairing``), in ns: a ``Float64MultiArray``'s (or
     ``Float32MultiArray``'s) layout label ``stamp=<sec>.<nanosec>``, or with ``headed`` the
@@ -215,19 +235,9 @@ def answer_stamp(buf, headed: bool = False) -> int | None:
         if headed:
             sec, nsec = _TIME.unpack_from(buf, 4)
             return sec * 1_000_000_000 + nsec or None
-        (count,) = _U32.unpack_from(buf, 4)
-        pos = 8
-        for _ in range(min(count, 64)):
-            (n,) = _U32.unpack_from(buf, pos)
-            if n == 0 or pos + 4 + n > len(buf):
-                return None
-            stamp = parse_stamp_label(bytes(buf[pos + 4:pos + 3 + n]).decode("utf-8", "replace"))
-            if stamp is not None:
-                return stamp
-            pos = _align(pos + 4 + n, 4) + 8  # the dimension's size and stride
-    except struct.error:
+        return _layout(buf, first_stamp=True)[0]
+    except (struct.error, CdrError):
         return None
-    return None
 
 
 def multi_array(buf) -> tuple[int | None, np.ndarray]:
@@ -237,16 +247,7 @@ def multi_array(buf) -> tuple[int | None, np.ndarray]:
     if len(buf) < 12 or bytes(buf[:2]) not in CDR_LE:
         raise CdrError("not little-endian CDR")
     try:
-        (count,) = _U32.unpack_from(buf, 4)
-        pos, stamp = 8, None
-        for _ in range(count):
-            (n,) = _U32.unpack_from(buf, pos)
-            if n == 0 or pos + 4 + n > len(buf):
-                raise CdrError("truncated")
-            if stamp is None:
-                stamp = parse_stamp_label(
-                    bytes(buf[pos + 4:pos + 3 + n]).decode("utf-8", "replace"))
-            pos = _align(pos + 4 + n, 4) + 8  # the dimension's size and stride
+        stamp, pos = _layout(buf)
         data, _ = _doubles(buf, pos + 4)  # after data_offset
     except struct.error:
         raise CdrError("truncated") from None

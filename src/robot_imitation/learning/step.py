@@ -90,10 +90,6 @@ class EmaWeights:
             torch._foreach_copy_(self._avg_buffers, self._buffers)
 
 
-def graphs_available() -> bool:
-    return torch.cuda.is_available() and hasattr(torch.cuda, "graph")
-
-
 class TrainStep:
     """The trainer's optimizer step over ``data`` (a ``DeviceData``). ``take(step)`` draws a
     batch and updates; ``draw()`` and ``update(batch)`` are its two halves (the benchmark
@@ -110,12 +106,12 @@ class TrainStep:
         self.device = data.device
         cuda = self.device.type == "cuda"
         self.model = model if model is not None else PolicyLoss(policy)
-        self.batch_size, self.rank, self.world = batch_size, rank, world
+        self.rank, self.world = rank, world
         self.per_rank = batch_size // world
         self.base_lr, self.steps, self.shift = lr, steps, shift
         self.amp = amp and cuda
         self.generator = generator
-        self.graph = bool(graph and cuda and world == 1 and graphs_available())
+        self.graph = bool(graph and cuda and world == 1)
         self.warmup = max(1, warmup)
         # a tensor learning rate (and EMA weight) is read by a graph at each replay
         rate = torch.tensor(lr, device=self.device) if self.graph else lr
