@@ -8,15 +8,17 @@ schedule. A subscriber process takes them as serialized bytes (raw subscriptions
 node does) and answers every joint state with one command (a prepared serialized
 std_msgs/Float64MultiArray of 7 values), in one of two ways:
 
-- **events**: the policy node's way: callbacks dispatched by rclpy's events executor,
-  `spin_once` in a loop (`robot_imitation.nodes.common.spin`);
+- **events**: the nodes' way: callbacks dispatched by rclpy's events executor in slices of
+  0.1 s (`robot_imitation.nodes.common.spin`: `spin_until_future_complete` on a future that
+  never completes, the executor's own loop between the slices);
+- **spin_once**: the same executor, one `spin_once` call per callback (the nodes' way before);
 - **waitset**: a thread waiting on the three subscriptions alone (one wait set, kept) and
   taking everything waiting per wake-up: the recorder's `Drain`.
 
 Reported per run: the subscriber's CPU (utime + stime of its process) over the measured window
 as a share of one core and per message taken, the messages taken, the commands the publisher
-received back; the variants alternate (`--rounds`, default 2 each) and the ratio waitset /
-events of the median CPU per message is the figure. The subscriber does nothing else: this is
+received back; the variants alternate (`--rounds`, default 2 each) and the ratios of the
+median CPU per message to that of spin_once are the figures. The subscriber does nothing else: this is
 the floor a Python node at this rate pays before any work of its own.
 
     .venv/bin/python bench/state_intake.py                  # 8 s windows, 2 rounds, 1 kHz
@@ -44,7 +46,7 @@ from benchlib import RESULTS_DIR, positive  # noqa: E402
 
 TOPICS = ("/ee_pose", "/target_pose", "/joint_states")
 COMMAND = "/bench/command"
-KINDS = ("events", "waitset")
+KINDS = ("events", "spin_once", "waitset")
 
 
 def _ros():
@@ -139,7 +141,7 @@ def subscriber(kind: str, warmup: float, seconds: float) -> int:
 
     threading.Thread(target=clock, daemon=True).start()
     drain = None
-    if kind == "events":
+    if kind in ("events", "spin_once"):
         from rclpy.experimental import EventsExecutor
 
         for t, topic in zip(types, TOPICS):
@@ -154,7 +156,11 @@ def subscriber(kind: str, warmup: float, seconds: float) -> int:
         stop = Stop()
         threading.Thread(target=lambda: (done.wait(), setattr(stop, "requested", True)),
                          daemon=True).start()
-        spin(exe, stop=stop)
+        if kind == "events":
+            spin(exe, stop=stop)
+        else:
+            while not stop.requested:
+                exe.spin_once(timeout_sec=0.1)
     else:
         def offer(batch) -> None:
             for _, topic, _, _ in batch:
@@ -226,16 +232,18 @@ def main() -> int:
         for kind in KINDS:
             runs.append(one_run(kind, args))
             r = runs[-1]
-            print(f"{kind:<8} {r['share']:6.1%} of a core, {r['us_per_message']:6.1f} us CPU per "
+            print(f"{kind:<9} {r['share']:6.1%} of a core, {r['us_per_message']:6.1f} us CPU per "
                   f"message, {r['messages']} taken, {r['answers']} of {r['sent']} states "
                   "answered", flush=True)
     median = {k: statistics.median(r["us_per_message"] for r in runs if r["kind"] == k)
               for k in KINDS}
     load = os.getloadavg()[0]
-    print(f"\nCPU per message taken (median of {args.rounds}): events {median['events']:.1f} us, "
-          f"waitset {median['waitset']:.1f} us; waitset / events "
-          f"{median['waitset'] / median['events']:.2f} (load average {load:.2f}, "
-          f"{os.cpu_count()} CPUs)")
+    base = median["spin_once"]
+    print(f"\nCPU per message taken (median of {args.rounds}): "
+          + ", ".join(f"{k} {median[k]:.1f} us" for k in KINDS)
+          + "; / spin_once: " + ", ".join(f"{k} {median[k] / base:.2f}" for k in KINDS
+                                          if k != "spin_once")
+          + f" (load average {load:.2f}, {os.cpu_count()} CPUs)")
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / "state_intake.json"
     out.write_text(json.dumps({"rate": args.rate, "seconds": args.seconds, "runs": runs,

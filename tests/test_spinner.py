@@ -49,3 +49,89 @@ def test_a_callback_that_raises_does_not_silence_the_others(ros):
         node.destroy_node()
         talker.destroy_node()
     assert not spinner.thread.is_alive()
+
+
+def _ticking_node(ros, name: str, period: float = 0.001, fail_at: int | None = None):
+    """A node whose timer fires every ``period`` s, counting its calls (and raising at call
+    ``fail_at``)."""
+    node = ros.create_node(name)
+    calls = [0]
+
+    def tick():
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise RuntimeError(f"tick {fail_at} failed")
+
+    node.create_timer(period, tick)
+    return node, calls
+
+
+@pytest.mark.parametrize("kind", ["events", "single"])
+def test_a_spin_slice_runs_the_callbacks_due_within_it(ros, kind):
+    """The events executor runs a whole slice in its own loop (many callbacks per call: the
+    nodes' way, cheaper than a return to Python per callback); a Python executor takes one
+    callback per call. Either way a slice ends by its timeout while callbacks keep coming."""
+    from robot_imitation.nodes.common import SpinSlices, make_executor
+
+    node, calls = _ticking_node(ros, f"test_spin_slice_{kind}")
+    exe = make_executor(kind)
+    exe.add_node(node)
+    try:
+        slices = SpinSlices(exe, 0.3)
+        for _ in range(5):  # the first calls may meet nothing due yet
+            slices.run()
+        before = calls[0]
+        t = time.monotonic()
+        slices.run()
+        spent = time.monotonic() - t
+        assert spent < 2.0  # a timer at 1 kHz never lets the slice run dry
+        if kind == "events":
+            assert calls[0] - before > 10, (before, calls[0], spent)
+            assert spent > 0.2  # the slice's length, not one callback's
+        else:
+            assert calls[0] - before == 1
+    finally:
+        exe.remove_node(node)
+        node.destroy_node()
+
+
+def test_spinning_stops_on_request_while_callbacks_keep_coming(ros):
+    """``spin`` looks at its stop request between slices: a node under a steady stream of
+    callbacks still stops (and closes) within a slice of the request."""
+    import threading
+
+    from robot_imitation.nodes.common import ShutdownRequest, make_executor, spin
+
+    node, calls = _ticking_node(ros, "test_spin_stop")
+    exe = make_executor("events")
+    exe.add_node(node)
+    stop = ShutdownRequest("test_spin_stop")
+    thread = threading.Thread(target=spin, args=(exe,), kwargs={"stop": stop}, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: calls[0] > 50, 10, "the timer's callbacks")
+        t = time.monotonic()
+        stop.event.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+        assert time.monotonic() - t < 1.0
+    finally:
+        exe.remove_node(node)
+        node.destroy_node()
+
+
+def test_a_node_callback_that_raises_ends_the_spin_with_its_error(ros):
+    """A node's own callback error is not swallowed by spinning in slices: the bridge's failed
+    simulation step must end its process with the reason (``run`` logs it as fatal)."""
+    from robot_imitation.nodes.common import make_executor, spin
+
+    node, calls = _ticking_node(ros, "test_spin_raises", period=0.005, fail_at=3)
+    exe = make_executor("events")
+    exe.add_node(node)
+    try:
+        with pytest.raises(RuntimeError, match="tick 3 failed"):
+            spin(exe)
+        assert calls[0] == 3
+    finally:
+        exe.remove_node(node)
+        node.destroy_node()

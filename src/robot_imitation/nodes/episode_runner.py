@@ -13,8 +13,8 @@ import time
 # the outcome statistics live in a plain module (the no-ROS commands use them); its users here
 # keep importing them from this module
 from ..learning.outcomes import EpisodeOutcome, summarize, wilson_interval  # noqa: F401
-from .common import (LATCHED_QOS, Param, ServiceCaller, declare_all, help_requested,
-                     make_executor, parameter_help, to_sec)
+from .common import (LATCHED_QOS, Param, ServiceCaller, SpinSlices, declare_all,
+                     help_requested, make_executor, parameter_help, to_sec)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -142,9 +142,10 @@ class Spinner:
         self.thread.start()
 
     def _spin(self):
+        slices = SpinSlices(self.executor, 0.05)
         while not self._stop.is_set() and rclpy.ok(context=self.context):
             try:
-                self.executor.spin_once(timeout_sec=0.05)
+                slices.run()
             except Exception as exc:  # noqa: BLE001 - a callback's error, or a shutdown race
                 if self._stop.is_set() or not rclpy.ok(context=self.context):
                     return
