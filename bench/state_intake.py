@@ -1,5 +1,5 @@
-"""What taking a controller's state topics costs in rclpy: the events executor against a thread
-on one kept wait set, per message, over real DDS.
+"""What taking a controller's state topics costs in rclpy: the events executor (two ways of
+spinning it) against a thread on one kept wait set, per message, over real DDS.
 
 A publisher process plays the robot driver of the `reach` spec at `--rate` (1 kHz): per tick
 `/ee_pose`, `/target_pose` (geometry_msgs/PoseStamped) and `/joint_states` (sensor_msgs/
@@ -18,8 +18,8 @@ std_msgs/Float64MultiArray of 7 values), in one of two ways:
 Reported per run: the subscriber's CPU (utime + stime of its process) over the measured window
 as a share of one core and per message taken, the messages taken, the commands the publisher
 received back; the variants alternate (`--rounds`, default 2 each) and the ratios of the
-median CPU per message to that of spin_once are the figures. The subscriber does nothing else: this is
-the floor a Python node at this rate pays before any work of its own.
+median CPU per message to that of spin_once are the figures. The subscriber does nothing else:
+this is the floor a Python node at this rate pays before any work of its own.
 
     .venv/bin/python bench/state_intake.py                  # 8 s windows, 2 rounds, 1 kHz
     .venv/bin/python bench/state_intake.py --seconds 20 --rounds 3

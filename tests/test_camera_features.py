@@ -245,3 +245,28 @@ def test_with_cameras_latest_a_state_is_answered_with_the_newest_frame():
         answered.append(int(got[1]["front_image"][0, 0, 0]))
         assert (stamped.synchronized() is not None) == (k % 6 == 0)
     assert answered == [0] * 6 + [6] * 6
+
+
+def test_the_encoder_in_bf16_gives_the_float32_keypoints_and_float32_gradients():
+    """``ImageEncoder.forward_in``: what the encoder runs under the trainer's bf16 autocast on a
+    GPU (every layer in bf16, group norms included). Here on the CPU: the keypoints agree with
+    the float32 encoder to bf16's precision, come out float32, and the float32 weights get
+    float32 gradients through the casts."""
+    from robot_imitation.policies.encoders import ImageEncoder
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(3, [32, 32, 64], 32)
+    frames = torch.randint(0, 256, (6, 48, 48, 3), dtype=torch.uint8)
+    full = enc(frames)
+    low = enc.forward_in(frames, torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == full.shape == (6, 64)
+    assert torch.isfinite(low).all()
+    err = (low - full).abs().max().item()
+    assert err < 0.05, err  # coordinates in [-1, 1]
+    # not the float32 path by accident: bf16 rounds somewhere
+    assert err > 0
+    low.square().sum().backward()
+    grads = [p.grad for p in enc.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+               for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)

@@ -206,6 +206,25 @@ def test_every_family_trains_in_graphs(family, spec_name):
     assert all(np.isfinite(losses)) and np.mean(losses[-20:]) < np.mean(losses[:5]), losses
 
 
+def test_under_bf16_autocast_the_camera_encoder_runs_in_bf16():
+    """Under the trainer's autocast the encoder takes its bf16 path (``forward_in``; autocast
+    alone would run each group norm in float32): the same keypoints as that path, close to the
+    float32 encoder's, and float32 gradients for its float32 weights."""
+    from robot_imitation.policies.encoders import ImageEncoder
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(3, [32, 32, 64], 32).cuda()
+    frames = torch.randint(0, 256, (16, 96, 96, 3), dtype=torch.uint8, device="cuda")
+    full = enc(frames)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        mixed = enc(frames)
+    torch.testing.assert_close(mixed, enc.forward_in(frames, torch.bfloat16))
+    assert mixed.dtype == torch.float32
+    assert 0 < (mixed - full).abs().max().item() < 0.05
+    mixed.square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in enc.parameters())
+
+
 def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why():
     """A loss that reads a value on the host (here ``float``) breaks capture: the failure is
     logged and the steps go on eagerly, the weights still moving."""

@@ -30,7 +30,15 @@ class SpatialSoftmax(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """uint8 (B, H, W, C) -> keypoints (B, 2K)."""
+    """uint8 (B, H, W, C) -> keypoints (B, 2K).
+
+    Under bf16 autocast on the GPU (the trainer's ``amp``) the convolutions and group norms all
+    run in bf16 (``forward_in``): autocast itself runs each group norm in float32, with a cast
+    before and after it, and those casts and the float32 norms were about 40% of an image
+    policy's training step (measured on an H200 at batch 1,024: 53.1 k frames/s as autocast
+    runs it, 67.4 k in bf16). The weights stay float32 (the optimizer's); their gradients come
+    back through the casts. Elsewhere (inference, the CPU) it runs in float32 as before.
+    """
 
     def __init__(self, in_channels: int, channels: list, keypoints: int):
         super().__init__()
@@ -45,9 +53,29 @@ class ImageEncoder(nn.Module):
         self.out_dim = 2 * keypoints
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_cuda and torch.is_autocast_enabled("cuda") \
+                and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+            return self.forward_in(images, torch.bfloat16)
         x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
         x = x.contiguous(memory_format=torch.channels_last)
         return self.softmax(self.net(x))
+
+    def forward_in(self, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The keypoints with every layer computed in ``dtype`` (autocast off; the spatial
+        softmax in float32, as always). The frames are scaled in float32 first, as the first
+        convolution gets them under autocast."""
+        with torch.autocast(images.device.type, enabled=False):
+            x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).to(dtype)
+            for layer in self.net:
+                if isinstance(layer, nn.Conv2d):
+                    x = F.conv2d(x, layer.weight.to(dtype), layer.bias.to(dtype), layer.stride,
+                                 layer.padding)
+                elif isinstance(layer, nn.GroupNorm):
+                    x = F.group_norm(x, layer.num_groups, layer.weight.to(dtype),
+                                     layer.bias.to(dtype), layer.eps)
+                else:
+                    x = layer(x)
+            return self.softmax(x)
 
 
 def camera_encoders(cfg) -> nn.ModuleDict:
