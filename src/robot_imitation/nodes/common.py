@@ -402,8 +402,8 @@ class SpinSlices:
     ``run()`` can look at its stop condition between them.
 
     The events executor runs a slice in its own loop, ``spin_until_future_complete`` on a future
-    that never completes: no return to Python for each callback (taking a message cost 63 us
-    of CPU against 78-87 us with a ``spin_once`` per callback, ``bench/state_intake.py``).
+    that never completes: no return to Python for each callback (taking a message costs 65 us
+    of CPU against 81 us with a ``spin_once`` per callback, medians of ``bench/state_intake.py``).
     rclpy's Python executors take one callback per ``spin_once``: their
     ``spin_until_future_complete`` leaves a done callback on the future at every call.
     ``spin()`` itself is not used: the events executor of some rclpy releases neither runs

@@ -34,9 +34,9 @@ class ImageEncoder(nn.Module):
 
     Under bf16 autocast on the GPU (the trainer's ``amp``) the convolutions and group norms all
     run in bf16 (``forward_in``): autocast itself runs each group norm in float32, with a cast
-    before and after it, and those casts and the float32 norms were about 40% of an image
-    policy's training step (measured on an H200 at batch 1,024: 53.1 k frames/s as autocast
-    runs it, 67.4 k in bf16). The weights stay float32 (the optimizer's); their gradients come
+    before and after it (in a profile of an image policy's training step: dtype casts 21% of
+    the GPU time, group norms 19%; on an H200 at batch 1,024, 53.1 k frames/s as autocast runs
+    it, 67.4 k in bf16). The weights stay float32 (the optimizer's); their gradients come
     back through the casts. Elsewhere (inference, the CPU) it runs in float32 as before.
     """
 
@@ -69,7 +69,7 @@ class ImageEncoder(nn.Module):
             for layer in self.net:
                 if isinstance(layer, nn.Conv2d):
                     x = F.conv2d(x, layer.weight.to(dtype), layer.bias.to(dtype), layer.stride,
-                                 layer.padding)
+                                 layer.padding, layer.dilation, layer.groups)
                 elif isinstance(layer, nn.GroupNorm):
                     x = F.group_norm(x, layer.num_groups, layer.weight.to(dtype),
                                      layer.bias.to(dtype), layer.eps)
