@@ -77,17 +77,17 @@ def test_a_spin_slice_runs_the_callbacks_due_within_it(ros, kind):
     exe = make_executor(kind)
     exe.add_node(node)
     try:
-        slices = SpinSlices(exe, 0.3)
+        slices = SpinSlices(exe, 1.0)
         for _ in range(5):  # the first calls may meet nothing due yet
             slices.run()
         before = calls[0]
         t = time.monotonic()
         slices.run()
         spent = time.monotonic() - t
-        assert spent < 2.0  # a timer at 1 kHz never lets the slice run dry
+        assert spent < 10.0  # a timer at 1 kHz never lets the slice run dry
         if kind == "events":
             assert calls[0] - before > 10, (before, calls[0], spent)
-            assert spent > 0.2  # the slice's length, not one callback's
+            assert spent > 0.9  # the slice's length, not one callback's
         else:
             assert calls[0] - before == 1
     finally:
@@ -112,9 +112,9 @@ def test_spinning_stops_on_request_while_callbacks_keep_coming(ros):
         wait_for(lambda: calls[0] > 50, 10, "the timer's callbacks")
         t = time.monotonic()
         stop.event.set()
-        thread.join(timeout=5)
+        thread.join(timeout=10)
         assert not thread.is_alive()
-        assert time.monotonic() - t < 1.0
+        assert time.monotonic() - t < 5.0  # slices of 0.1 s: never a wait for the stream's end
     finally:
         exe.remove_node(node)
         node.destroy_node()
