@@ -140,7 +140,8 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
             step(next_batch())
             n += 1
         sync(device)
-        results[name] = {"warmup_steps": n, "windows": []}
+        results[name] = {"warmup_steps": n, "warmup_s": time.perf_counter() - t0,
+                         "windows": []}
     for _ in range(args.rounds):
         for name, (next_batch, step) in pipelines.items():
             results[name]["windows"].append(window(next_batch, step, device, args.steps,
@@ -162,10 +163,11 @@ def compare(pipelines: dict, batch_size: int, device, args) -> dict:
 
 
 # ===================================================================== the two pipelines
-def make_step(spec, family: str, chunk: int, data, batch_size: int, graph: bool, seed: int):
+def make_step(spec, family: str, chunk: int, data, batch_size: int, graph: bool, seed: int,
+              compile: str = "none"):
     """The trainer's step (``TrainStep``) on a fresh policy of ``family`` over ``data``: draw()
     gives a batch, update(batch) takes one optimizer step on it. ``graph``: captured in CUDA
-    graphs after its warm-up (on CUDA)."""
+    graphs after its warm-up (on CUDA); ``compile``: ``TrainConfig.compile``."""
     from robot_imitation.learning.step import TrainStep
     from robot_imitation.learning.trainer import TrainConfig
     from robot_imitation.policies import make_policy
@@ -177,8 +179,12 @@ def make_step(spec, family: str, chunk: int, data, batch_size: int, graph: bool,
     gen.manual_seed(seed)
     taker = TrainStep(policy, data, batch_size=batch_size, lr=cfg.lr,
                       weight_decay=cfg.weight_decay, steps=10**9, shift=cfg.augment_shift,
-                      amp=cfg.amp, generator=gen, graph=graph)
+                      amp=cfg.amp, generator=gen, graph=graph, compile=compile, log=_quiet)
     return taker, cfg.augment_shift
+
+
+def _quiet(*_args) -> None:
+    pass
 
 
 def baseline(cpu_data, spec, batch_size: int, shift: int, device: torch.device, workers: int,
@@ -234,10 +240,17 @@ def run_policy(label: str, spec, family: str, n: int, chunk: int, batch_sizes: l
         if batch_size > n:
             print(f"[bench] {label}: batch {batch_size} > {n} samples, skipped", flush=True)
             continue
-        pipelines, graphed, loader = {}, None, None
-        for name in (["ours", "eager", "baseline"] if cuda else ["ours", "baseline"]):
+        pipelines, graphed, loader, compiled = {}, None, None, None
+        names = ["ours", "eager", "baseline"] if cuda else ["ours", "baseline"]
+        if cuda and args.compile != "none":
+            names.insert(1, "compiled")
+        for name in names:
             taker, shift = make_step(spec, family, chunk, data, batch_size,
-                                     graph=name == "ours" and not args.no_graph, seed=args.seed)
+                                     graph=name in ("ours", "compiled") and not args.no_graph,
+                                     seed=args.seed,
+                                     compile=args.compile if name == "compiled" else "none")
+            if name == "compiled":
+                compiled = taker
             if name == "baseline":
                 next_batch, loader = baseline(cpu_data, spec, batch_size, shift, device,
                                               args.workers, args.seed)
@@ -254,11 +267,22 @@ def run_policy(label: str, spec, family: str, n: int, chunk: int, batch_sizes: l
                "ours_over_baseline": a["samples_per_s"] / b["samples_per_s"]}
         graphed = None
         text = ""
+        if compiled is not None:
+            c = measured["compiled"]
+            row["compiled"] = c
+            row["compiled_ok"] = compiled.compiled and compiled.captured
+            row["why_uncompiled"] = compiled.why_uncompiled or compiled.why_eager
+            row["compiled_over_ours"] = c["samples_per_s"] / a["samples_per_s"]
+            text += (f", compiled {c['samples_per_s']:,.0f}/s ({100 * c['data_share']:.1f} % "
+                     f"data, {c['warmup_s']:.0f} s to compile and warm up"
+                     + ("" if row["compiled_ok"] else f"; not as asked: "
+                        f"{row['why_uncompiled'] or 'uncaptured'}") + ")")
+            compiled = None
         if "eager" in measured:
             e = measured["eager"]
             row["eager"] = e
             row["ours_over_eager"] = a["samples_per_s"] / e["samples_per_s"]
-            text = f", eager {e['samples_per_s']:,.0f}/s"
+            text += f", eager {e['samples_per_s']:,.0f}/s"
         print(f"[bench] {label} batch {batch_size}: ours {a['samples_per_s']:,.0f}/s "
               f"({100 * a['data_share']:.1f} % data, graphs {graphed_text(row)}){text}, "
               f"DataLoader {b['samples_per_s']:,.0f}/s ({100 * b['data_share']:.1f} % data)",
@@ -270,6 +294,14 @@ def run_policy(label: str, spec, family: str, n: int, chunk: int, batch_sizes: l
     return rows
 
 
+def compiled_text(row: dict) -> str:
+    if "compiled" not in row:
+        return f"{'-':>12s} {'-':>7s} {'-':>9s} "
+    c = row["compiled"]
+    return (f"{c['samples_per_s']:12,.0f} {100 * c['data_share']:7.1f} "
+            f"{row['compiled_over_ours']:9.2f} ")
+
+
 def graphed_text(row: dict) -> str:
     if row["cuda_graph"]:
         return "yes"
@@ -279,10 +311,12 @@ def graphed_text(row: dict) -> str:
 def report(results: dict) -> str:
     m = results["machine"]
     eager = any("eager" in r for r in results["rows"])
+    comp = any("compiled" in r for r in results["rows"])
     lines = [f"Training throughput on {m['device']} ({m['device_name']}), torch {m['torch']}, "
              f"{m['cpus']} CPUs, {m['threads']} threads, DataLoader workers "
              f"{results['config']['workers']}",
              f"  {'policy':21s} {'batch':>6s} {'ours /s':>12s} {'data %':>7s} {'graph':>5s} "
+             + (f"{'compiled /s':>12s} {'data %':>7s} {'comp/ours':>9s} " if comp else "")
              + (f"{'eager /s':>11s} " if eager else "")
              + f"{'DataLoader /s':>14s} {'data %':>7s} "
              + (f"{'ours/eager':>10s} " if eager else "") + f"{'ours/DL':>8s}"]
@@ -290,6 +324,7 @@ def report(results: dict) -> str:
         lines.append(f"  {r['policy']:21s} {r['batch']:6d} "
                      f"{r['ours']['samples_per_s']:12,.0f} {100 * r['ours']['data_share']:7.1f} "
                      f"{'yes' if r['cuda_graph'] else 'no':>5s} "
+                     + (compiled_text(r) if comp else "")
                      + (f"{r['eager']['samples_per_s']:11,.0f} " if eager else "")
                      + f"{r['baseline']['samples_per_s']:14,.0f} "
                      f"{100 * r['baseline']['data_share']:7.1f} "
@@ -297,10 +332,17 @@ def report(results: dict) -> str:
                      + f"{r['ours_over_baseline']:8.2f}")
     lines.append("  (samples per second; frames per second for image policies; data %: share "
                  "of step time getting the batch, goal <= 10; graph: ours replays the step as "
-                 "CUDA graphs; eager: the same step without graphs)")
+                 "CUDA graphs; eager: the same step without graphs"
+                 + ("; compiled: ours with the loss compiled, --compile "
+                    f"{results['config']['compile']}" if comp else "") + ")")
     for r in results["rows"]:
         if r["why_eager"]:
             lines.append(f"  {r['policy']} batch {r['batch']}: not captured ({r['why_eager']})")
+        if "compiled" in r:
+            lines.append(f"  {r['policy']} batch {r['batch']}: compiled in "
+                         f"{r['compiled']['warmup_s']:.0f} s (warm-up included)"
+                         + ("" if r["compiled_ok"] else
+                            f"; not compiled and captured: {r['why_uncompiled']}"))
     others = results["other_processes_cpu_s"]
     if others is not None:
         share = others / results["total_s"] / (m["cpus"] or 1)
@@ -352,6 +394,9 @@ def main() -> int:
                              "others (act, diffusion) at their default chunk")
     parser.add_argument("--image-families", type=str_list, default=["mlp"],
                         help="policy families with the image spec (comma separated)")
+    parser.add_argument("--compile", default="none", choices=["none", "default", "max-autotune"],
+                        help="on CUDA, also measure the step with the loss compiled (the "
+                        "trainer's compile setting), graphs on, as a fourth pipeline")
     parser.add_argument("--no-graph", action="store_true",
                         help="ours without CUDA graphs (as TrainConfig.cuda_graph false)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")

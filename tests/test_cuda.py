@@ -122,14 +122,17 @@ def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
     the square sits: its validation loss ends far below that of the same run on shuffled
     labels, which can do no better than predicting the mean."""
     spec = Spec.load("push_image")
-    cfg = TrainConfig(steps=600, batch_size=64, eval_every=100, eval_episodes=0,
-                      device="cuda", seed=0, val_fraction=0.2)
     losses = {}
     for shuffle in (False, True):
+        # the real labels' run with its loss compiled (the trainer's compile setting)
+        cfg = TrainConfig(steps=600, batch_size=64, eval_every=100, eval_episodes=0,
+                          device="cuda", seed=0, val_fraction=0.2,
+                          compile="none" if shuffle else "default")
         out = tmp_path / f"shuffled_{shuffle}"
         result = train(episodes_dataset(square_episodes(spec, shuffle), spec, cfg), out, cfg,
                        log=print)
         losses[shuffle] = result["best_val_loss"]
+        assert result["compiled"] == (not shuffle) and result["cuda_graph"]
         if not shuffle:
             print(f"\nimage policy on the GPU: {result['samples_per_s']:,.0f} frames/s")
     print(f"validation loss: {losses[False]:.2e} (real labels), {losses[True]:.2e} (shuffled)")
@@ -148,7 +151,7 @@ def synthetic_data(spec: Spec, n: int, chunk: int, device) -> DeviceData:
 
 
 def make_taker(spec: Spec, data: DeviceData, family: str, graph: bool, ema: float = 0.0,
-               batch_size: int = 512, **options):
+               batch_size: int = 512, compile: str = "none", **options):
     from robot_imitation.learning.step import EmaWeights, TrainStep
     from robot_imitation.policies import make_policy
 
@@ -159,7 +162,8 @@ def make_taker(spec: Spec, data: DeviceData, family: str, graph: bool, ema: floa
     gen.manual_seed(0)
     return TrainStep(policy, data, batch_size=batch_size, lr=cfg.lr, weight_decay=1e-4,
                      steps=200, shift=cfg.augment_shift, amp=True,
-                     ema=EmaWeights(policy, ema) if ema else None, generator=gen, graph=graph)
+                     ema=EmaWeights(policy, ema) if ema else None, generator=gen, graph=graph,
+                     compile=compile)
 
 
 def test_graph_replays_take_the_eager_steps():
@@ -189,21 +193,78 @@ def test_graph_replays_take_the_eager_steps():
     torch.testing.assert_close(eager[1], graphed[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family,spec_name", [("mlp", "push_image"), ("act", "push"),
-                                              ("act", "push_image"), ("diffusion", "push")])
-def test_every_family_trains_in_graphs(family, spec_name):
+@pytest.mark.parametrize("family,spec_name,compile", [
+    ("mlp", "push_image", "none"), ("act", "push", "none"), ("act", "push_image", "none"),
+    ("diffusion", "push", "none"), ("act", "push_image", "default"),
+    ("diffusion", "push_image", "default")])
+def test_every_family_trains_in_graphs(family, spec_name, compile):
     """Each policy family's step is captured (randomness of its own included: dropout, the
-    CVAE's sample, diffusion's noise and timesteps, the image shift) and its loss falls."""
+    CVAE's sample, diffusion's noise and timesteps, the image shift), with its loss compiled
+    where asked, and its loss falls."""
     from robot_imitation.policies import policy_class
 
     spec = Spec.load(spec_name)
     chunk = policy_class(family).config_class.default_chunk if family != "mlp" else 1
     data = synthetic_data(spec, 4_000 if spec.image_observations else 20_000, chunk,
                           torch.device("cuda"))
-    taker = make_taker(spec, data, family, True, ema=0.999, batch_size=128)
+    taker = make_taker(spec, data, family, True, ema=0.999, batch_size=128, compile=compile)
     losses = [float(taker.take(step)[0]) for step in range(1, 151)]
     assert taker.captured, taker.why_eager
+    assert taker.compiled == (compile != "none"), taker.why_uncompiled
     assert all(np.isfinite(losses)) and np.mean(losses[-20:]) < np.mean(losses[:5]), losses
+
+
+def test_a_compiled_loss_takes_the_uncompiled_steps():
+    """A camera policy, the same data and seeds, 30 steps in graphs with the loss compiled and
+    not: the same batches drawn, and losses and weights that agree to bf16's precision (fused
+    kernels round differently), both falling."""
+    spec = Spec.load("push_image")
+    data = synthetic_data(spec, 4_000, 1, torch.device("cuda"))
+    runs = {}
+    for compile in ("none", "default"):
+        taker = make_taker(spec, data, "mlp", True, batch_size=256, compile=compile)
+        drawn, losses = [], []
+        for step in range(1, 31):
+            loss, _, batch = taker.take(step)
+            drawn.append(batch[0].clone())
+            losses.append(loss.clone())
+        torch.cuda.synchronize()
+        assert taker.captured, taker.why_eager
+        assert taker.compiled == (compile == "default"), taker.why_uncompiled
+        runs[compile] = (drawn, torch.stack(losses).float(), taker.policy)
+    plain, compiled = runs["none"], runs["default"]
+    if hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        assert all(torch.equal(a, b) for a, b in zip(plain[0], compiled[0]))
+    torch.testing.assert_close(compiled[1], plain[1], rtol=0.05, atol=1e-3)
+    assert compiled[1][-5:].mean() < compiled[1][:5].mean()
+    for (key, p), q in zip(plain[2].named_parameters(), compiled[2].parameters()):
+        assert (p - q).norm() <= 0.05 * p.norm() + 1e-3, key
+
+
+def test_a_loss_that_does_not_compile_trains_uncompiled_and_says_why(monkeypatch):
+    """Compiling fails (here Inductor's compiler raises, as it does on a machine without one):
+    the failure is logged once, and the steps go on uncompiled, in graphs, the weights
+    moving."""
+    import torch._inductor.compile_fx as inductor
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(inductor, "compile_fx", no_compiler)
+    torch._dynamo.reset()
+    spec = Spec.load("push")
+    data = synthetic_data(spec, 5_000, 1, torch.device("cuda"))
+    taker = make_taker(spec, data, "mlp", True, compile="default")
+    logged = []
+    taker.log = logged.append
+    before = [p.detach().clone() for p in taker.policy.parameters()]
+    losses = [float(taker.take(step)[0]) for step in range(1, 20)]
+    torch._dynamo.reset()
+    assert not taker.compiled and "no compiler here" in taker.why_uncompiled, logged
+    assert len(logged) == 1 and "could not be compiled" in logged[0], logged
+    assert taker.captured, taker.why_eager
+    assert all(np.isfinite(losses))
+    assert any(not torch.equal(a, p) for a, p in zip(before, taker.policy.parameters()))
 
 
 def test_under_bf16_autocast_the_camera_encoder_runs_in_bf16():

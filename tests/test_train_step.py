@@ -68,3 +68,20 @@ def test_a_step_in_two_halves_is_the_step_on_the_drawn_batch():
     assert torch.isfinite(loss) and not loss.requires_grad and metrics == {}
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
     assert not taker.captured and taker.why_eager == "" and taker.last_lr == 1e-3
+
+
+def test_compiling_is_for_one_cuda_gpu_and_the_cpu_says_it_took_none():
+    """``compile`` on the CPU: the log says the steps are uncompiled, and they train (torch's
+    compiled form is tested on a GPU in ``test_cuda.py``)."""
+    spec = Spec.load("push")
+    data = DeviceData(synthetic(spec), spec, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    policy = make_policy(spec, TrainConfig())
+    logged = []
+    taker = TrainStep(policy, data, batch_size=32, lr=1e-3, weight_decay=0.0, steps=10,
+                      compile="default", log=logged.append)
+    assert len(logged) == 1 and "compile default" in logged[0] and "device cpu" in logged[0]
+    before = [p.detach().clone() for p in policy.parameters()]
+    loss, _, _ = taker.take(1)
+    assert torch.isfinite(loss) and not taker.compiled and taker.why_uncompiled == ""
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))

@@ -18,6 +18,13 @@ else the draw in graphs uses the default CUDA generator, seeded from the run's s
 whose loss cannot be captured (a host synchronization such as ``.item()``, a shape that
 depends on the data) keeps training in eager steps, and the log says why. Several processes
 (DistributedDataParallel) and the CPU always take eager steps.
+
+``TrainConfig.compile`` (off by default) also runs the loss through ``torch.compile`` on one
+CUDA GPU: its first warm-up step compiles forward and backward (Inductor's kernels; the
+``max-autotune`` choice tunes them, without Inductor's own CUDA graphs, as the step's graphs
+capture the compiled kernels). A camera policy's step is mostly its encoder's convolutions,
+group norms and elementwise work, which compiling fuses. A loss that fails to compile trains
+uncompiled, and the log says why.
 """
 from __future__ import annotations
 
@@ -27,6 +34,11 @@ import math
 import torch
 
 from ..policies.base import Batch, Policy
+
+# TrainConfig.compile's choices -> torch.compile's mode (the step's own graphs capture the
+# compiled kernels, so Inductor's CUDA graphs stay off)
+COMPILE_MODES = {"none": None, "default": "default",
+                 "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 def cosine_lr(base: float, step: int, steps: int) -> float:
@@ -95,13 +107,15 @@ class TrainStep:
     batch and updates; ``draw()`` and ``update(batch)`` are its two halves (the benchmark
     times them apart). ``graph``: capture on CUDA after ``warmup`` eager steps (ignored on the
     CPU and with ``world`` > 1). ``captured`` says whether steps replay graphs; ``why_eager``
-    why not, where capture was asked for and failed."""
+    why not, where capture was asked for and failed. ``compile``: a key of ``COMPILE_MODES``
+    (on one CUDA GPU; ignored elsewhere); ``compiled`` says whether steps run the compiled
+    loss, ``why_uncompiled`` why not, where compiling was asked for and failed."""
 
     def __init__(self, policy: Policy, data, *, batch_size: int, lr: float,
                  weight_decay: float, steps: int, shift: int = 0, amp: bool = True,
                  ema: EmaWeights | None = None, generator: torch.Generator | None = None,
                  model: torch.nn.Module | None = None, rank: int = 0, world: int = 1,
-                 graph: bool = True, warmup: int = 3, log=print):
+                 graph: bool = True, warmup: int = 3, compile: str = "none", log=print):
         self.policy, self.data, self.ema, self.log = policy, data, ema, log
         self.device = data.device
         cuda = self.device.type == "cuda"
@@ -120,6 +134,17 @@ class TrainStep:
         self.ema_weight = torch.zeros((), device=self.device) if ema and self.graph else None
         self.captured = False
         self.why_eager = ""
+        mode = COMPILE_MODES[compile]
+        self._compiled = None
+        if mode and cuda and world == 1:
+            self._compiled = torch.compile(self.model, mode=mode, dynamic=False)
+            log(f"[train] compile {compile}: the loss is compiled in the first step, which "
+                "takes that much longer")
+        elif mode:
+            where = f"{world} processes" if world > 1 else f"device {self.device}"
+            log(f"[train] compile {compile}: only on one CUDA GPU, not with {where}: "
+                "uncompiled steps")
+        self.why_uncompiled = ""
         self.last_lr = lr
         self._graphs = None
         self._static = None  # (drawn batch, (loss, metrics)) of the graphs
@@ -173,11 +198,29 @@ class TrainStep:
         obs, actions, mask = self.data.batch(mine, self.shift)
         return index, obs, actions, mask
 
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
     def _forward_backward(self, batch, cache: bool):
+        if self._compiled is not None:
+            try:
+                return self._loss_backward(self._compiled, batch, cache)
+            except Exception as exc:  # noqa: BLE001 (a loss that does not compile: uncompiled)
+                if torch.cuda.is_current_stream_capturing():
+                    raise  # a capture's failure: eager steps, still compiled (_capture)
+                self._compiled = None
+                self.why_uncompiled = _first_line(exc)
+                self.log(f"[train] the loss could not be compiled ({self.why_uncompiled}): "
+                         "uncompiled steps")
+                self.opt.zero_grad(set_to_none=True)
+        return self._loss_backward(self.model, batch, cache)
+
+    def _loss_backward(self, model, batch, cache: bool):
         index, obs, actions, mask = batch
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                             cache_enabled=cache):
-            loss, metrics = self.model(obs, actions, mask)
+            loss, metrics = model(obs, actions, mask)
         if self.world > 1 and self.policy.loss_mean_over == "valid_steps":
             # Each rank's loss is averaged over its own valid chunk steps; rescale so that DDP's
             # mean of the ranks' gradients is the whole batch's (a loss averaged per sample
@@ -224,8 +267,7 @@ class TrainStep:
             torch.cuda.synchronize(self.device)
         except Exception as exc:  # noqa: BLE001 (any failure of capture: eager steps go on)
             self.graph = False
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            self.why_eager = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            self.why_eager = _first_line(exc)
             self.log(f"[train] the training step could not be captured in a CUDA graph "
                      f"({self.why_eager}): eager steps")
             self.opt.zero_grad(set_to_none=True)
@@ -240,3 +282,9 @@ class TrainStep:
             obs[key].copy_(value)
         actions.copy_(batch[2])
         mask.copy_(batch[3])
+
+
+def _first_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

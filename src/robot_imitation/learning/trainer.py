@@ -242,7 +242,8 @@ class Trainer:
                               weight_decay=cfg.weight_decay, steps=cfg.steps,
                               shift=cfg.augment_shift, amp=cfg.amp, ema=ema, generator=gen,
                               model=model, rank=self.rank, world=self.world,
-                              graph=cfg.cuda_graph, log=self.log if self.rank == 0 else _quiet)
+                              graph=cfg.cuda_graph, compile=cfg.compile,
+                              log=self.log if self.rank == 0 else _quiet)
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
             running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
             step = 0
@@ -317,7 +318,7 @@ class Trainer:
                           "best_val_loss": best_val, "best_success_rate": best_success
                           if best_success >= 0 else None, "history": history,
                           "device": str(device), "world_size": self.world,
-                          "cuda_graph": taker.captured,
+                          "cuda_graph": taker.captured, "compiled": taker.compiled,
                           "samples_per_s": step * cfg.batch_size / max(t_data + t_step, 1e-9),
                           "data_share": t_data / max(t_data + t_step, 1e-9),
                           "wall_s": time.perf_counter() - t0}

@@ -37,15 +37,14 @@ class DdimSchedule:
         alpha_bar = (f / f[0])[1:].clamp(1e-5, 1.0)
         self.steps = steps
         self.alpha_bar = alpha_bar.float()           # abar_t, t = 0..steps-1
-        self._alpha_bar_on = {}                      # its copy on each device training used
 
-    def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x_t for clean samples ``x0`` (B, ...) at steps ``t`` (B,). The schedule is copied to
-        the device once (no host-to-device copy per step: a training step stays capturable in
-        a CUDA graph)."""
-        on = self._alpha_bar_on.get(x0.device)
-        if on is None:
-            on = self._alpha_bar_on[x0.device] = self.alpha_bar.to(x0.device)
+    def noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+              alpha_bar: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t for clean samples ``x0`` (B, ...) at steps ``t`` (B,). ``alpha_bar``: the
+        schedule already on ``x0``'s device (the policy's buffer: no host-to-device copy per
+        step, so that a training step stays capturable in a CUDA graph, and no state of its
+        own that a compiled loss would guard on); default: copied from ``self.alpha_bar``."""
+        on = self.alpha_bar.to(x0.device) if alpha_bar is None else alpha_bar
         ab = on[t].view(-1, *([1] * (x0.dim() - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
 
@@ -187,6 +186,8 @@ class DiffusionPolicy(Policy):
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.register_buffer("initial_noise", torch.randn(1, cfg.chunk, cfg.action_dim,
                                                           generator=gen), persistent=False)
+        # the noise schedule, moved with the policy (nor saved: made from the config)
+        self.register_buffer("alpha_bar", self.schedule.alpha_bar.clone(), persistent=False)
 
     def features(self, obs: dict) -> torch.Tensor:
         """What the denoiser is conditioned on: the normalized low-dimensional observations and
@@ -214,7 +215,8 @@ class DiffusionPolicy(Policy):
         b = x0.shape[0]
         t = torch.randint(0, cfg.train_steps, (b,), device=x0.device)
         eps = torch.randn_like(x0)
-        err = (self.denoise(self.schedule.noise(x0, t, eps), t, features) - eps).pow(2).mean(-1)
+        x_t = self.schedule.noise(x0, t, eps, self.alpha_bar)
+        err = (self.denoise(x_t, t, features) - eps).pow(2).mean(-1)
         mask = torch.ones_like(err) if batch.mask is None else batch.mask.float()
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
