@@ -216,13 +216,19 @@ def test_every_family_trains_in_graphs(family, spec_name, compile):
 
 def test_a_compiled_loss_takes_the_uncompiled_steps():
     """A camera policy, the same data and seeds, 30 steps in graphs with the loss compiled and
-    not: the same batches drawn, and losses and weights that agree to bf16's precision (fused
-    kernels round differently), both falling."""
+    not: the same batches drawn, losses that agree to bf16's precision (fused kernels round
+    differently) and fall, and actions that training moved alike. (Not every weight agrees: the bias
+    of the convolution before the spatial softmax, to which the softmax is blind, has gradients
+    of rounding noise only, which AdamW scales to full steps.)"""
     spec = Spec.load("push_image")
     data = synthetic_data(spec, 4_000, 1, torch.device("cuda"))
+    obs = data.batch(torch.arange(512, device="cuda"), 0)[0]
     runs = {}
     for compile in ("none", "default"):
         taker = make_taker(spec, data, "mlp", True, batch_size=256, compile=compile)
+        with torch.no_grad():
+            start = taker.policy.eval().act(obs)
+        taker.policy.train()
         drawn, losses = [], []
         for step in range(1, 31):
             loss, _, batch = taker.take(step)
@@ -231,14 +237,20 @@ def test_a_compiled_loss_takes_the_uncompiled_steps():
         torch.cuda.synchronize()
         assert taker.captured, taker.why_eager
         assert taker.compiled == (compile == "default"), taker.why_uncompiled
-        runs[compile] = (drawn, torch.stack(losses).float(), taker.policy)
+        with torch.no_grad():
+            actions = taker.policy.eval().act(obs)
+        runs[compile] = (drawn, torch.stack(losses).float(), actions, start)
     plain, compiled = runs["none"], runs["default"]
     if hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         assert all(torch.equal(a, b) for a, b in zip(plain[0], compiled[0]))
     torch.testing.assert_close(compiled[1], plain[1], rtol=0.05, atol=1e-3)
     assert compiled[1][-5:].mean() < compiled[1][:5].mean()
-    for (key, p), q in zip(plain[2].named_parameters(), compiled[2].parameters()):
-        assert (p - q).norm() <= 0.05 * p.norm() + 1e-3, key
+    # the two runs moved the policy's actions the same way, to within 10% of the move
+    torch.testing.assert_close(compiled[3], plain[3])
+    moved = (plain[2] - plain[3]).norm()
+    print(f"\nactions after 30 steps, compiled against not: "
+          f"{(compiled[2] - plain[2]).norm() / moved:.3f} of what training moved them")
+    assert (compiled[2] - plain[2]).norm() <= 0.1 * moved
 
 
 def test_a_loss_that_does_not_compile_trains_uncompiled_and_says_why(monkeypatch):

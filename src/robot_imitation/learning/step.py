@@ -41,6 +41,17 @@ COMPILE_MODES = {"none": None, "default": "default",
                  "max-autotune": "max-autotune-no-cudagraphs"}
 
 
+def compile_options(mode: str) -> dict:
+    """Inductor's options for ``mode`` (a value of ``COMPILE_MODES``), with the convolutions'
+    tensors channels-last throughout. Inductor's own rule leaves a graph whose convolutions
+    all have <= 64 channels (the camera encoder's) in NCHW, and cuDNN then converts each
+    convolution's tensors to NHWC and back: in a profile of the compiled camera policy's step
+    on an H200 (batch 1,024), those conversions took 2.1 of its 10.4 ms."""
+    from torch._inductor import list_mode_options
+
+    return {**list_mode_options(mode), "force_layout_optimization": True}
+
+
 def cosine_lr(base: float, step: int, steps: int) -> float:
     """The learning rate of optimizer step ``step`` (1-based) of ``steps``: cosine annealing
     from ``base`` to 0 (``CosineAnnealingLR`` with ``T_max=steps``, in closed form)."""
@@ -137,7 +148,8 @@ class TrainStep:
         mode = COMPILE_MODES[compile]
         self._compiled = None
         if mode and cuda and world == 1:
-            self._compiled = torch.compile(self.model, mode=mode, dynamic=False)
+            self._compiled = torch.compile(self.model, dynamic=False,
+                                           options=compile_options(mode))
             log(f"[train] compile {compile}: the loss is compiled in the first step, which "
                 "takes that much longer")
         elif mode:
@@ -210,7 +222,7 @@ class TrainStep:
                 if torch.cuda.is_current_stream_capturing():
                     raise  # a capture's failure: eager steps, still compiled (_capture)
                 self._compiled = None
-                self.why_uncompiled = _first_line(exc)
+                self.why_uncompiled = _reason(exc)
                 self.log(f"[train] the loss could not be compiled ({self.why_uncompiled}): "
                          "uncompiled steps")
                 self.opt.zero_grad(set_to_none=True)
@@ -267,7 +279,7 @@ class TrainStep:
             torch.cuda.synchronize(self.device)
         except Exception as exc:  # noqa: BLE001 (any failure of capture: eager steps go on)
             self.graph = False
-            self.why_eager = _first_line(exc)
+            self.why_eager = _reason(exc)
             self.log(f"[train] the training step could not be captured in a CUDA graph "
                      f"({self.why_eager}): eager steps")
             self.opt.zero_grad(set_to_none=True)
@@ -284,7 +296,13 @@ class TrainStep:
         mask.copy_(batch[3])
 
 
-def _first_line(exc: BaseException) -> str:
-    """The exception's type and the first line of its message."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """The exception's type and the first line of its message, and the next line where the
+    first ends with a colon (as torch's ``BackendCompilerFailed``: "backend='inductor'
+    raised:" then the compiler's error)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if not (lines[0].endswith(":") and len(lines) > 1) \
+        else f"{lines[0]} {lines[1]}"
+    return f"{type(exc).__name__}: {text}"
