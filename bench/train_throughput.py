@@ -13,7 +13,10 @@ For each policy and batch size, in one run:
    ``pin_memory`` on CUDA, ``--workers`` processes), each batch moved host-to-device
    (``non_blocking`` on CUDA), the same image shift on the device, the same model and step.
 
-The two alternate in rounds of timed windows after a warm-up (the median window counts).
+On CUDA also: eager, ours without CUDA graphs; and with ``--compile MODE``, compiled: ours with
+the loss compiled (the trainer's ``compile`` setting; the report gives its compile time).
+
+The pipelines alternate in rounds of timed windows after a warm-up (the median window counts).
 Reported: samples per second (frames per second for the image policy), the share of step time
 spent getting the batch (goal <= 10 %), and the ratio ours / baseline. Results go to
 bench/results/train_throughput.json.

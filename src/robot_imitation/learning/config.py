@@ -65,10 +65,11 @@ class TrainConfig:
                                "captured trains in eager steps, logged); off: eager steps")
     compile: str = setting("none", Limits(str, choices=("none", "default", "max-autotune")),
                            help="on one CUDA GPU, torch.compile the policy's loss (forward and "
-                           "backward; the camera encoder's layers fused) before the step is "
-                           "captured: default (about a minute of compiling for an image "
-                           "policy) or max-autotune (longer, kernels tuned); a loss that does "
-                           "not compile trains uncompiled, logged; none: not compiled")
+                           "backward) before the step is captured: camera policies train "
+                           "1.8-2x faster at batch 1,024 after 18-39 s of compiling (H200, 16 "
+                           "cores); default, or max-autotune (kernels tuned: minutes); a loss "
+                           "that does not compile trains uncompiled, logged; none: not "
+                           "compiled")
     val_fraction: float = setting(0.1, Limits(float, low=0.0, high=0.9),
                                   help="share of the episodes held out for validation")
     sources: list = setting(limits=Limits(list, item=Limits(str)), default_factory=list,
