@@ -1,7 +1,9 @@
 """The trainer's step (``learning.step``): the learning-rate schedule in closed form, the moving
-average's graph form, and a step taken in two halves. Their CUDA-graph form is tested on a GPU
+average's graph form, a step taken in two halves, the compile setting off the GPU, and each
+family's loss traced once for compiling. Their CUDA-graph and compiled forms are tested on a GPU
 in ``test_cuda.py``."""
 import numpy as np
+import pytest
 import torch
 
 from robot_imitation.learning.step import EmaWeights, TrainStep, cosine_lr
@@ -85,3 +87,35 @@ def test_compiling_is_for_one_cuda_gpu_and_the_cpu_says_it_took_none():
     loss, _, _ = taker.take(1)
     assert torch.isfinite(loss) and not taker.compiled and taker.why_uncompiled == ""
     assert any(not torch.equal(a, p) for a, p in zip(before, policy.parameters()))
+
+
+@pytest.mark.parametrize("family", ["mlp", "act", "diffusion"])
+def test_a_policys_loss_is_traced_once_for_compiling(family):
+    """``torch.compile`` traces the loss at its first step and replays it after: nothing the
+    loss does changes what the trace guards on (the diffusion loss once filled a per-device
+    cache of its noise schedule at its first call, and compiled training traced it again at
+    the second). Dynamo with a backend that only counts the graphs: no compiler needed."""
+    from robot_imitation.learning.step import PolicyLoss
+    from robot_imitation.policies import policy_class
+
+    spec = Spec.load("push")
+    chunk = policy_class(family).config_class.default_chunk if family != "mlp" else 1
+    data = DeviceData(synthetic(spec), spec, chunk, torch.device("cpu"))
+    torch.manual_seed(0)
+    policy = make_policy(spec, TrainConfig(policy=family))
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    loss = torch.compile(PolicyLoss(policy), backend=counting, dynamic=False)
+    traced = []
+    for step in range(3):
+        obs, actions, mask = data.batch(torch.arange(step, step + 16))
+        value, _ = loss(obs, actions, mask)
+        value.backward()
+        traced.append(len(graphs))
+    torch._dynamo.reset()
+    assert traced[0] >= 1 and traced[1] == traced[2] == traced[0], traced
