@@ -119,3 +119,19 @@ def test_a_policys_loss_is_traced_once_for_compiling(family):
         traced.append(len(graphs))
     torch._dynamo.reset()
     assert traced[0] >= 1 and traced[1] == traced[2] == traced[0], traced
+
+
+def test_where_torch_cannot_compile_at_all_the_reason_is_given(monkeypatch):
+    """``torch.compile`` itself raising (as on a Python it does not support) gives no compiled
+    loss and the reason, not a traceback."""
+    from robot_imitation.learning import step
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    model = torch.nn.Linear(2, 2)
+    compiled, why = step.compiled_loss(model, "default")
+    assert compiled is not None and why == ""
+    monkeypatch.setattr(torch, "compile", unsupported)
+    compiled, why = step.compiled_loss(model, "default")
+    assert compiled is None and why == "RuntimeError: torch.compile is not supported on this Python"

@@ -52,6 +52,16 @@ def compile_options(mode: str) -> dict:
     return {**list_mode_options(mode), "force_layout_optimization": True}
 
 
+def compiled_loss(model: torch.nn.Module, mode: str) -> tuple:
+    """(``model`` through ``torch.compile`` with ``compile_options(mode)``, ""), or (None, the
+    reason) where torch cannot compile here at all (``torch.compile`` raises for a Python it
+    does not support); a failure of the compiler itself comes at the first call."""
+    try:
+        return torch.compile(model, dynamic=False, options=compile_options(mode)), ""
+    except Exception as exc:  # noqa: BLE001 (no compiling here: uncompiled steps)
+        return None, _reason(exc)
+
+
 def cosine_lr(base: float, step: int, steps: int) -> float:
     """The learning rate of optimizer step ``step`` (1-based) of ``steps``: cosine annealing
     from ``base`` to 0 (``CosineAnnealingLR`` with ``T_max=steps``, in closed form)."""
@@ -146,17 +156,17 @@ class TrainStep:
         self.captured = False
         self.why_eager = ""
         mode = COMPILE_MODES[compile]
-        self._compiled = None
+        self._compiled, self.why_uncompiled = None, ""
         if mode and cuda and world == 1:
-            self._compiled = torch.compile(self.model, dynamic=False,
-                                           options=compile_options(mode))
+            self._compiled, self.why_uncompiled = compiled_loss(self.model, mode)
             log(f"[train] compile {compile}: the loss is compiled in the first step, which "
-                "takes that much longer")
+                "takes that much longer" if self._compiled is not None else
+                f"[train] compile {compile}: not available here ({self.why_uncompiled}): "
+                "uncompiled steps")
         elif mode:
             where = f"{world} processes" if world > 1 else f"device {self.device}"
             log(f"[train] compile {compile}: only on one CUDA GPU, not with {where}: "
                 "uncompiled steps")
-        self.why_uncompiled = ""
         self.last_lr = lr
         self._graphs = None
         self._static = None  # (drawn batch, (loss, metrics)) of the graphs
