@@ -159,10 +159,12 @@ class TrainStep:
         self._compiled, self.why_uncompiled = None, ""
         if mode and cuda and world == 1:
             self._compiled, self.why_uncompiled = compiled_loss(self.model, mode)
-            log(f"[train] compile {compile}: the loss is compiled in the first step, which "
-                "takes that much longer" if self._compiled is not None else
-                f"[train] compile {compile}: not available here ({self.why_uncompiled}): "
-                "uncompiled steps")
+            if self._compiled is not None:
+                log(f"[train] compile {compile}: the loss is compiled in the first step, "
+                    "which takes that much longer")
+            else:
+                log(f"[train] compile {compile}: not available here ({self.why_uncompiled}): "
+                    "uncompiled steps")
         elif mode:
             where = f"{world} processes" if world > 1 else f"device {self.device}"
             log(f"[train] compile {compile}: only on one CUDA GPU, not with {where}: "
