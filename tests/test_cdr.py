@@ -165,7 +165,7 @@ def test_the_assembler_gives_the_same_state_from_bytes():
             np.testing.assert_array_equal(a[1][key], b[1][key])
 
 
-@pytest.mark.parametrize("label", [None, "", "5.000000000", "12345.678901234", "a" * 13])
+@pytest.mark.parametrize("label", [None, "", "ab", "5.000000000", "12345.678901234", "a" * 13])
 @pytest.mark.parametrize("n", [0, 1, 7, 8])
 def test_commands_serialized_as_rclpy_does(label, n):
     """The raw command bytes deserialize (rclpy) to the ``answer`` message of the same values

@@ -85,8 +85,7 @@ class ObservationAssembler:
         for key in values:
             self._stamps[key] = t
 
-    def synchronized(self) -> tuple[float, dict] | None:
-        """(stamp, observation) when all parts share a stamp not handed out before, else None."""
+    def _complete_stamp(self) -> float | None:
         if len(self._stamps) < len(self.fields):
             return None
         stamps = set(self._stamps.values()) if self._matched is None else {
@@ -94,7 +93,16 @@ class ObservationAssembler:
         if len(stamps) != 1:
             return None
         stamp = stamps.pop()
-        if stamp == self._answered:
+        return None if stamp == self._answered else stamp
+
+    def complete(self) -> bool:
+        """Whether ``synchronized`` would hand out a state now (nothing is taken)."""
+        return self._complete_stamp() is not None
+
+    def synchronized(self) -> tuple[float, dict] | None:
+        """(stamp, observation) when all parts share a stamp not handed out before, else None."""
+        stamp = self._complete_stamp()
+        if stamp is None:
             return None
         self._answered = stamp
         return stamp, dict(self._values)

@@ -217,6 +217,8 @@ class ActionFilter:
         if np.any(self.lower > self.upper):
             raise ValueError("action limits: lower above upper")
         self.rate_limited = np.isfinite(self.max_delta)
+        self._any_rate = bool(self.rate_limited.any())
+        self._bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
 
     @classmethod
     def from_limits(cls, limits: ActionLimits | None, dim: int) -> "ActionFilter":
@@ -226,10 +228,17 @@ class ActionFilter:
         return cls(dim, limits.lower, limits.upper, limits.max_delta)
 
     def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
-        out = action
-        if previous is not None:
-            out = np.clip(out, previous - self.max_delta, previous + self.max_delta)
-        out = np.clip(out, self.lower, self.upper)
+        """(the filtered action, a new array; how many of its values were changed). Clamping
+        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists."""
+        out = None
+        if previous is not None and self._any_rate:
+            out = np.maximum(action, previous - self.max_delta)
+            np.minimum(out, previous + self.max_delta, out=out)
+        if self._bounded:
+            out = np.maximum(action if out is None else out, self.lower)
+            np.minimum(out, self.upper, out=out)
+        if out is None:  # nothing bounds it (allow_unlimited)
+            return np.array(action, dtype=np.float64), 0
         return out, int(np.count_nonzero(out != action))
 
 

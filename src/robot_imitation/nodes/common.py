@@ -18,6 +18,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
 
 from ..cdr import float64_multi_array  # noqa: E402
 from ..pairing import stamp_label, stamp_of  # noqa: E402
+from ..spec import SpecError  # noqa: E402
 from rclpy.executors import (Executor, ExternalShutdownException,  # noqa: E402
                               SingleThreadedExecutor)
 from rclpy.task import Future  # noqa: E402
@@ -269,8 +270,6 @@ def stamp_ns(stamp) -> int:
 def take_state(node, assembler, topic: str, msg) -> bool:
     """Give a state message (or its serialized bytes) to ``assembler`` (an
     ``ObservationAssembler``); a malformed one is logged (throttled) and refused."""
-    from ..spec import SpecError
-
     try:
         if isinstance(msg, bytes):  # a raw subscription's serialized message
             assembler.on_raw(topic, msg)
@@ -304,8 +303,9 @@ def state_to_answer(assembler, outputs) -> tuple | None:
     """(stamp, observation) of a complete state not answered before, or None. While none of
     ``outputs`` (the answering publishers) has a subscriber, the state is left unanswered: an
     answer nobody can receive yet is lost, and a lockstep bridge publishes an unanswered state
-    again (one subscribed output is enough: a robot may have no gripper listener)."""
-    if not any(p.get_subscription_count() for p in outputs):
+    again (one subscribed output is enough: a robot may have no gripper listener). The
+    subscribers are counted once a state is complete, not for each of its parts."""
+    if not assembler.complete() or not any(p.get_subscription_count() for p in outputs):
         return None
     return assembler.synchronized()
 

@@ -154,6 +154,8 @@ class PolicyNode(LifecycleNode):
     def __init__(self):
         super().__init__(self.NODE_NAME)
         self.p = declare_all(self, self.PARAMETERS)
+        # the node's clock read without building an rclpy Time each tick (sim time included)
+        self._clock_now = self.get_clock().handle.get_now
         self.controller: PolicyController | None = None
         self.active = False
         self.enabled = True
@@ -346,7 +348,7 @@ class PolicyNode(LifecycleNode):
                 self._tick(*latest)
         elif latest is not None and self.controller.max_age > 0:
             # trigger=state: no new state for too long gives the safe command
-            age = self.get_clock().now().nanoseconds * 1e-9 - self.assembler.newest_stamp()
+            age = self._clock_now().nanoseconds * 1e-9 - self.assembler.newest_stamp()
             if age > self.controller.max_age:
                 self._tick(latest[0], latest[1])
 
@@ -354,7 +356,7 @@ class PolicyNode(LifecycleNode):
         if not (self.active and self.enabled) or self.controller is None:
             return
         t0 = time.perf_counter()
-        now = self.get_clock().now().nanoseconds * 1e-9
+        now = self._clock_now().nanoseconds * 1e-9
         result = self.controller.tick(obs, now - stamp)
         if result.reason == "late":  # late_chunk hold: counted (no_action_ticks), not an error
             self.get_logger().warning(
@@ -379,7 +381,7 @@ class PolicyNode(LifecycleNode):
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
             for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
                 pub.publish(answer_bytes(values, stamp))
-            done = self.get_clock().now().nanoseconds * 1e-9
+            done = self._clock_now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
         self.compute.add(spent)
