@@ -1,4 +1,8 @@
 """The policy node's core without ROS: inference backends, chunk execution, safety filter."""
+import copy
+import io
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +15,9 @@ from robot_imitation.learning.policies import Policy, PolicyConfig
 from robot_imitation.spec import Spec
 
 
-def random_policy(head="mse", chunk=1, images=False, seed=0) -> Policy:
+def random_policy(head="mse", chunk=1, images=False, seed=0, **more) -> Policy:
     torch.manual_seed(seed)
-    cfg = PolicyConfig(low_dim_keys=["joint_pos", "ee_pose"], low_dim_sizes=[9, 7],
+    cfg = PolicyConfig(**more, low_dim_keys=["joint_pos", "ee_pose"], low_dim_sizes=[9, 7],
                        image_keys=["cam"] if images else [],
                        image_shapes=[[48, 64, 3]] if images else [], action_dim=8, chunk=chunk,
                        head=head, num_classes=3 if head == "categorical" else 0,
@@ -30,11 +34,23 @@ def random_policy(head="mse", chunk=1, images=False, seed=0) -> Policy:
     return policy.eval()
 
 
+def act64(policy: Policy, low: torch.Tensor) -> np.ndarray:
+    """``act`` in float64 (the network's output rounded to float32 once, as ``act`` does)."""
+    exact = copy.deepcopy(policy).double()
+    return exact.act({"joint_pos": low[:, :9].double(), "ee_pose": low[:, 9:].double()}
+                     )[0].double().numpy()
+
+
 @pytest.mark.parametrize("head", ["mse", "gaussian", "gmm", "categorical"])
 def test_every_backend_computes_policy_act(head):
     """Each backend's output equals Policy.act on the same observation (several inputs),
-    derived features included."""
+    derived features included: to 1e-5 where the backend runs act's own arithmetic; where it
+    runs the policy's folded ``inference_module`` (the compiled backends of an mse or gaussian
+    mlp), to float32 rounding of act computed in float64 (2e-6 of the outputs' scale), the
+    accuracy of act itself in float32."""
     policy = random_policy(head, chunk=3)
+    folded = policy.inference_module() is not None
+    assert folded == (head in ("mse", "gaussian"))
     ran = 0
     for kind in KINDS:
         try:
@@ -47,10 +63,52 @@ def test_every_backend_computes_policy_act(head):
             low = torch.from_numpy(backend.low.copy())
             obs = {"joint_pos": low[:, :9], "ee_pose": low[:, 9:]}
             expected = policy.act(obs)[0].double().numpy()
-            np.testing.assert_allclose(backend.run(), expected, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{kind} {head}")
+            if folded and kind in ("onnxruntime", "torchscript"):
+                exact = act64(policy, low)
+                np.testing.assert_allclose(backend.run(), exact, rtol=0,
+                                           atol=2e-6 * np.abs(exact).max(),
+                                           err_msg=f"{kind} {head}")
+                assert np.abs(expected - exact).max() < 2e-6 * np.abs(exact).max()
+            else:
+                np.testing.assert_allclose(backend.run(), expected, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{kind} {head}")
         ran += 1
     assert ran == (3 if head == "categorical" else 4)
+
+
+@pytest.mark.parametrize("hidden", [[64, 64], [32]])
+def test_the_low_dim_mlp_exports_with_its_constants_folded(hidden):
+    """The compiled backends export the mlp's ``inference_module``: the slices, derived
+    features, normalization and action scaling folded into its linear layers, a graph of a
+    few operators (``act`` exported as it is: over a hundred, most of them constants and
+    slicing, which ONNX Runtime dispatches one by one). Its output is act's to float32
+    rounding, also for an input that had no spread in training (scale clamped to 1e-6: the
+    shift is subtracted before the division is folded, nothing cancels)."""
+    onnx = pytest.importorskip("onnx")
+    policy = random_policy("mse", chunk=2, hidden=hidden)
+    shift = policy.obs_norm.shift.clone()
+    scale = policy.obs_norm.scale.clone()
+    scale[3] = 0.0  # a joint that never moved in training: clamped to 1e-6
+    policy.obs_norm.set(shift, scale)
+    module = policy.inference_module()
+    for seed in range(3):
+        backend = make_backend(policy, "eager")
+        fill_example(backend, policy, seed)
+        low = torch.from_numpy(backend.low.copy())
+        low[0, 3] = shift[3]  # where it always was
+        exact = act64(policy, low)
+        with torch.no_grad():
+            got = module(low).double().numpy()
+        np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.abs(exact).max())
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (low,), buf, dynamo=False, opset_version=17)
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node
+           if n.op_type != "Constant"]
+    # select, first layer, per hidden layer a GELU (5 operators before fusing) and a layer;
+    # the base of the relative actions, its addition, the reshape to (chunk, action_dim)
+    assert len(ops) <= 2 + 6 * len(hidden) + 3, ops
 
 
 def test_image_policy_backends_agree_and_numpy_declines():
@@ -115,6 +173,18 @@ def test_action_filter_limits_and_max_change():
     assert n == 2
     with pytest.raises(ValueError, match="1 or 3 values"):
         ActionFilter(3, lower=[0, 0])
+    # only a maximum change: the values themselves unbounded
+    f = ActionFilter(3, max_delta=[0.1, 0, 0.5])
+    out, n = f(np.array([5.0, -5.0, 0.2]), np.array([0.0, 0.0, 0.0]))
+    np.testing.assert_allclose(out, [0.1, -5.0, 0.2])
+    assert n == 1
+    # nothing bounds it: the same values, in an array of its own (the caller keeps it as the
+    # last command while the action's buffer is reused)
+    f = ActionFilter(3)
+    action = np.array([5.0, -5.0, 0.2])
+    out, n = f(action, np.zeros(3))
+    np.testing.assert_array_equal(out, action)
+    assert n == 0 and out is not action and not np.shares_memory(out, action)
 
 
 def loaded(policy: Policy, version="a") -> LoadedPolicy:

@@ -10,6 +10,11 @@ reason a backend declines a policy, or None):
   ``act`` can be traced (``Policy.traceable``: the built-in families all are; diffusion's
   sampler is unrolled into one graph).
 - ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
+
+The two compiled ones take a policy's ``inference_module`` where it has one (the low-dimensional
+mlp: its normalization and action scaling folded into its linear layers, ``policies.mlp.folded``)
+instead of ``act`` itself; eager PyTorch always runs ``act``, the reference every backend is
+checked against.
 - ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
   categorical head.
 
@@ -169,7 +174,18 @@ class Backend:
                                                for k in self.cfg.image_keys]
 
     def head_module(self, policy: Policy) -> "ActModule":
+        """``act`` (of the head, split) on flat inputs: what eager PyTorch runs."""
         return ActModule((self.parts[1] if self.split else policy).cpu().eval()).eval()
+
+    def export_module(self, policy: Policy) -> nn.Module:
+        """What a compiled backend (TorchScript, ONNX) runs for the head: the policy's own
+        ``inference_module`` where it has one (asked of policies without cameras), else
+        ``head_module``."""
+        if not self.cfg.image_keys:
+            module = policy.cpu().eval().inference_module()
+            if module is not None:
+                return module.eval()
+        return self.head_module(policy)
 
     def reset(self) -> None:
         """A new episode: a policy that keeps state between calls forgets it."""
@@ -223,7 +239,7 @@ class TorchScriptBackend(EagerBackend):
 
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.module = script(self.module, self._inputs)
+            self.module = script(self.export_module(policy), self._inputs)
             self.encoders = {key: script(encoder, [torch.from_numpy(self.images[key])])
                              for key, encoder in self.encoders.items()}
 
@@ -262,7 +278,7 @@ class OnnxBackend(Backend):
         fused = torch.backends.mha.get_fastpath_enabled()
         try:
             torch.backends.mha.set_fastpath_enabled(False)
-            self.session = session(self.head_module(policy), names, self.inputs(), "chunk")
+            self.session = session(self.export_module(policy), names, self.inputs(), "chunk")
             self.encoders = {key: session(encoder.eval(), ["image"],
                                           [torch.from_numpy(self.images[key])], "features")
                              for key, encoder in (self.parts[0].items() if self.split else ())}

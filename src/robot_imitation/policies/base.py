@@ -221,5 +221,14 @@ class Policy(nn.Module):
         """Raw action chunks (B, chunk, action_dim) for raw observations {key: (B, ...)}."""
         raise NotImplementedError
 
+    def inference_module(self) -> nn.Module | None:
+        """A module the inference backends may run (and export) instead of ``act``: low
+        (1, low_dim) float32, the low-dimensional observations side by side in spec order, to
+        the raw chunk (chunk, action_dim), equal to ``act`` up to float32 rounding, written for
+        speed (constants folded, fewer operators). None (the default): ``act`` itself. Asked of
+        policies without cameras only; ``select_backend`` checks whatever a backend runs
+        against ``act``."""
+        return None
+
     def reset(self) -> None:
         """A new episode starts (a policy that keeps state between calls forgets it)."""

@@ -21,6 +21,7 @@ from ..encoders import ImageEncoder, SpatialSoftmax  # noqa: F401 (importable fr
 from ..encoders import camera_encoders, camera_features
 from ..registry import register_policy
 from .config import HEADS, MlpConfig
+from .folded import fold
 
 
 def mlp(sizes: list, dropout: float = 0.0) -> nn.Sequential:
@@ -111,6 +112,11 @@ class MlpPolicy(Policy):
         return -(mix / m.sum((1, 2)).clamp_min(1.0)).mean()
 
     # ----------------------------------------------------------------- acting
+    def inference_module(self) -> nn.Module | None:
+        """Without cameras, with an mse or gaussian head: ``act`` with the normalization, the
+        derived features and the action scaling folded into the linear layers (``folded``)."""
+        return fold(self)
+
     @torch.no_grad()
     def act(self, obs: dict) -> torch.Tensor:
         """Raw action chunks (B, chunk, action_dim): the mean, or the likeliest mode/class."""
