@@ -5,6 +5,8 @@ interrupts."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -67,3 +69,48 @@ def test_two_sigints_in_a_row_close_every_node_and_finish_the_open_bag(reach_bc,
     assert (bag / "metadata.yaml").is_file()
     read = sum(1 for _ in read_ros2_messages(str(bag / f"{entry['name']}.mcap")))
     assert read == sum(entry["counts"].values()) > 0
+
+
+STARTER = """
+import sys, time
+from robot_imitation.ros.launcher import ProcessGroup
+group = ProcessGroup(sys.argv[1])
+proc = group.start_node("mujoco_bridge", params={"task": "reach", "mode": "realtime",
+                                                  "cameras": [""]})
+print(proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """A process that has not exited (a zombie nobody reaped yet has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path):
+    """The launcher runs its nodes in sessions of their own (a Ctrl-C reaches the launcher,
+    which stops them in order), so a launcher killed outright never stops them: a run or a
+    benchmark killed with SIGKILL left a bridge simulating and publishing in real time. Each
+    node now shuts down by itself, cleanly, once the process that started it is gone."""
+    logs = tmp_path / "logs"
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(logs)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(starter.stdout.readline())
+        wait_for(lambda: "mode realtime" in (logs / "mujoco_bridge.log").read_text(), 60,
+                 "the bridge to start")
+    finally:
+        starter.kill()
+        starter.wait(10)
+    try:
+        wait_for(lambda: not _alive(pid), 15, "the bridge to stop after its starter died")
+    finally:
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    log = (logs / "mujoco_bridge.log").read_text()
+    assert f"the process that started it ({starter.pid}) is gone: shutting down" in log, log
+    assert "Traceback" not in log, log

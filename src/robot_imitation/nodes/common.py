@@ -369,6 +369,12 @@ class ShutdownRequest:
     reaches each node twice (the terminal's SIGINT, then launch's own), and a signal must never
     interrupt a shutdown half way. SIGKILL remains the way to abort.
 
+    A node started by the suite's launcher (``ros.launcher.ProcessGroup``, which names itself
+    in ``PARENT_ENV``) also stops so when that process is gone: the launcher runs its nodes in
+    sessions of their own, so that a Ctrl-C reaches the launcher only and it stops them in
+    order, and a launcher killed outright (SIGKILL, the OOM killer, a benchmark's SIGTERM)
+    could not stop them. The spin loop looks every 0.1 s.
+
     rclpy's own handlers are not installed (``SignalHandlerOptions.NO``): they shut the context
     down from inside the signal and raise ``KeyboardInterrupt`` wherever the main thread happens
     to be, which a second signal turned into an interrupted ``close()`` or an abort inside a C++
@@ -379,6 +385,7 @@ class ShutdownRequest:
         self.name = name
         self.event = threading.Event()
         self.signals = 0
+        self.parent = _launcher_parent()
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -394,7 +401,24 @@ class ShutdownRequest:
 
     @property
     def requested(self) -> bool:
+        if not self.event.is_set() and self.parent is not None and os.getppid() != self.parent:
+            os.write(2, f"[{self.name}] the process that started it ({self.parent}) is gone: "
+                        "shutting down\n".encode())
+            self.event.set()
         return self.event.is_set()
+
+
+def _launcher_parent() -> int | None:
+    """The pid of the suite's launcher that started this process (``PARENT_ENV``) while it is
+    this process's parent; None otherwise (ros2 launch, a shell, a variable inherited from
+    further up)."""
+    from ..ros.launcher import PARENT_ENV
+
+    try:
+        pid = int(os.environ.get(PARENT_ENV, ""))
+    except ValueError:
+        return None
+    return pid if pid == os.getppid() else None
 
 
 class SpinSlices:

@@ -33,6 +33,12 @@ NODE_MODULES = {
 }
 
 
+# The environment variable that tells a node which process started it (``ProcessGroup.start``):
+# the node shuts down as on SIGTERM once that process is gone (``nodes.common.ShutdownRequest``),
+# so a run killed outright (SIGKILL, the OOM killer) leaves no simulation or controller running.
+PARENT_ENV = "ROBOT_IMITATION_PARENT_PID"
+
+
 class _ParameterDumper(yaml.SafeDumper):
     """No YAML aliases: rcl's parameter file parser refuses them (a list used twice)."""
 
@@ -60,7 +66,8 @@ def stop_all_groups(timeout: float = 5.0) -> None:
 
 
 class ProcessGroup:
-    """A set of child processes, each in its own process group, with logs in ``log_dir``.
+    """A set of child processes, each in its own process group, with logs in ``log_dir``. The
+    suite's nodes among them stop by themselves when this process dies (``PARENT_ENV``).
 
     Safe to use from several threads: a node's shutdown may stop the group (``stop_all_groups``)
     while the run that owns it is starting, checking or stopping its processes. Once stopped as
@@ -88,7 +95,8 @@ class ProcessGroup:
                 raise ProcessDied(f"not starting {name}: its process group was stopped "
                                   f"(logs in {self.log_dir})")
             log = open(self.log_dir / f"{name}.log", "wb")
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            env = {**self.env, PARENT_ENV: str(os.getpid())}
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
             self.procs[name] = proc
             self._logs[name] = log
