@@ -111,6 +111,31 @@ def test_the_low_dim_mlp_exports_with_its_constants_folded(hidden):
     assert len(ops) <= 2 + 6 * len(hidden) + 3, ops
 
 
+def test_a_camera_mlp_exports_its_split_head_folded():
+    """With cameras the split head is folded (the camera encoders run apart as they are): its
+    inputs are the flat low-dimensional input and each camera's features, and the compiled
+    backends that run it agree with act on whole observations."""
+    onnx = pytest.importorskip("onnx")
+    policy = random_policy(images=True)
+    reference = EagerBackend(policy, split=False)
+    fill_example(reference, policy, 2)
+    expected = reference.run()
+    for kind in ("onnxruntime", "torchscript"):
+        backend = make_backend(policy, kind)
+        assert backend.split
+        fill_example(backend, policy, 2)
+        np.testing.assert_allclose(backend.run(), expected, rtol=1e-4, atol=1e-4, err_msg=kind)
+    module = policy.inference_module()
+    inputs = EagerBackend(policy).inputs()  # low, then the camera's features
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, tuple(inputs), buf, dynamo=False, opset_version=17)
+    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node
+           if n.op_type != "Constant"]
+    assert len(ops) <= 2 + 1 + 6 * len(policy.cfg.hidden) + 3, ops  # + the concatenation
+
+
 def test_image_policy_backends_agree_and_numpy_declines():
     policy = random_policy(images=True)
     reference = EagerBackend(policy)

@@ -11,10 +11,10 @@ reason a backend declines a policy, or None):
   sampler is unrolled into one graph).
 - ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
 
-The two compiled ones take a policy's ``inference_module`` where it has one (the low-dimensional
-mlp: its normalization and action scaling folded into its linear layers, ``policies.mlp.folded``)
-instead of ``act`` itself; eager PyTorch always runs ``act``, the reference every backend is
-checked against.
+The two compiled ones take a policy's ``inference_module`` where it has one (the mlp, or the
+head of a split mlp: its normalization and action scaling folded into its linear layers,
+``policies.mlp.folded``) instead of ``act`` itself; eager PyTorch always runs ``act``, the
+reference every backend is checked against.
 - ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
   categorical head.
 
@@ -179,9 +179,9 @@ class Backend:
 
     def export_module(self, policy: Policy) -> nn.Module:
         """What a compiled backend (TorchScript, ONNX) runs for the head: the policy's own
-        ``inference_module`` where it has one (asked of policies without cameras), else
-        ``head_module``."""
-        if not self.cfg.image_keys:
+        ``inference_module`` where it has one (asked of policies without cameras, or split),
+        else ``head_module``."""
+        if self.split or not self.cfg.image_keys:
             module = policy.cpu().eval().inference_module()
             if module is not None:
                 return module.eval()

@@ -223,11 +223,12 @@ class Policy(nn.Module):
 
     def inference_module(self) -> nn.Module | None:
         """A module the inference backends may run (and export) instead of ``act``: low
-        (1, low_dim) float32, the low-dimensional observations side by side in spec order, to
-        the raw chunk (chunk, action_dim), equal to ``act`` up to float32 rounding, written for
-        speed (constants folded, fewer operators). None (the default): ``act`` itself. Asked of
-        policies without cameras only; ``select_backend`` checks whatever a backend runs
-        against ``act``."""
+        (1, low_dim) float32, the low-dimensional observations side by side in spec order, and
+        for a policy with cameras each camera's features (1, F) in ``image_keys`` order (the
+        inputs of its split head, ``deploy.backends.split_policy``: asked only where the
+        policy splits), to the raw chunk (chunk, action_dim), equal to ``act`` up to float32
+        rounding, written for speed (constants folded, fewer operators). None (the default):
+        ``act`` itself. ``select_backend`` checks whatever a backend runs against ``act``."""
         return None
 
     def reset(self) -> None:

@@ -1,18 +1,19 @@
-"""The low-dimensional mlp's ``act`` for one observation with its constants folded, for export.
+"""The mlp's ``act`` for one observation with its constants folded, for export.
 
 ``MlpPolicy.act`` on the flat input (the low-dimensional observations side by side, as the
 inference backends fill it) is a chain of small steps around the network: slices per
 observation, the derived features (differences), the normalization, the network, the action
-scaling and the relative actions' base added back. Exported as they are that is about 25
-operators, and for a 256x256 network ONNX Runtime spends more time dispatching them than
-computing the three matrix products. All but the network are affine in the flat input, so they
+scaling and the relative actions' base added back. Exported as they are that is about 118
+ONNX operators (25 after ONNX Runtime's own graph optimizations), and for a 256x256 network ONNX
+Runtime spends more time dispatching them than computing the three matrix products. All but the network are affine in the flat input, so they
 fold into linear layers (in float64, then stored as float32):
 
 - ``select``: the flat input to the network's input order, derived features included (every
   entry 0 or +-1: each output is an input, or the difference of two, rounded once as the plain
   computation rounds it), minus the normalization's shift (its bias);
-- the first layer with its weights divided by the normalization's scale; the hidden layers as
-  they are;
+- the first layer with its weights divided by the normalization's scale (with cameras, the
+  split head's: each camera's features join the selected inputs as they are, and their
+  columns of the first layer are kept); the hidden layers as they are;
 - the last layer with the action scale and shift folded in, keeping the mean's outputs only
   (a gaussian head predicts a log-std beside each mean that acting ignores);
 - ``base``: the relative actions' base (the measured positions they are relative to), picked
@@ -31,7 +32,9 @@ from torch import nn
 
 
 class FoldedMlp(nn.Module):
-    """low (1, L) float32 -> the raw action chunk (chunk, action_dim)."""
+    """low (1, L) float32, and each camera's features (1, F) in ``image_keys`` order (a policy
+    with cameras, split: ``deploy.backends.split_policy``) -> the raw chunk (chunk, action_dim).
+    """
 
     def __init__(self, select: nn.Linear, body: nn.Sequential, last: nn.Linear,
                  base: nn.Linear | None, chunk: int, action_dim: int):
@@ -39,8 +42,11 @@ class FoldedMlp(nn.Module):
         self.select, self.body, self.last, self.base = select, body, last, base
         self.shape = (chunk, action_dim)
 
-    def forward(self, low: torch.Tensor) -> torch.Tensor:
-        out = self.last(self.body(self.select(low)))
+    def forward(self, low: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        x = self.select(low)
+        if features:  # the cameras' keypoints follow the low-dimensional inputs, as in act
+            x = torch.cat([x, *features], dim=-1)
+        out = self.last(self.body(x))
         if self.base is not None:
             out = out + self.base(low)
         return out.reshape(self.shape)
@@ -60,10 +66,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def fold(policy) -> FoldedMlp | None:
-    """``policy`` (an ``MlpPolicy``) folded, or None where it does not fold: cameras (their
-    encoders run apart), a gmm or categorical head (acting picks a mode or class: not affine)."""
+    """``policy`` (an ``MlpPolicy``) folded, or None where it does not fold: a gmm or
+    categorical head (acting picks a mode or class: not affine). With cameras, the head of the
+    split policy is folded (its inputs: the flat low-dimensional input and each camera's
+    features); the camera encoders run apart as they are."""
     cfg = policy.cfg
-    if cfg.image_keys or cfg.head not in ("mse", "gaussian"):
+    if cfg.head not in ("mse", "gaussian"):
         return None
     width = cfg.low_dim
     rows, at = {}, 0
@@ -81,9 +89,10 @@ def fold(policy) -> FoldedMlp | None:
     for m in policy.net:
         if m is last or isinstance(m, nn.Dropout):
             continue
-        if m is first:
-            m = _linear(_np(first.weight) / _np(policy.obs_norm.scale)[None, :],
-                        _np(first.bias))
+        if m is first:  # its low-dimensional columns divided by the scale, the cameras' kept
+            weight = _np(first.weight)
+            weight[:, :cfg.input_dim] /= _np(policy.obs_norm.scale)[None, :]
+            m = _linear(weight, _np(first.bias))
         body.append(m)
     chunk, dim = cfg.chunk, cfg.action_dim
     weight, bias = _np(last.weight), _np(last.bias)

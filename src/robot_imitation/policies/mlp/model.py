@@ -113,8 +113,9 @@ class MlpPolicy(Policy):
 
     # ----------------------------------------------------------------- acting
     def inference_module(self) -> nn.Module | None:
-        """Without cameras, with an mse or gaussian head: ``act`` with the normalization, the
-        derived features and the action scaling folded into the linear layers (``folded``)."""
+        """With an mse or gaussian head: ``act`` (of the split head, with cameras) with the
+        normalization, the derived features and the action scaling folded into the linear
+        layers (``folded``)."""
         return fold(self)
 
     @torch.no_grad()
