@@ -10,13 +10,13 @@ reason a backend declines a policy, or None):
   ``act`` can be traced (``Policy.traceable``: the built-in families all are; diffusion's
   sampler is unrolled into one graph).
 - ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
+- ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
+  categorical head.
 
 The two compiled ones take a policy's ``inference_module`` where it has one (the mlp, or the
 head of a split mlp: its normalization and action scaling folded into its linear layers,
 ``policies.mlp.folded``) instead of ``act`` itself; eager PyTorch always runs ``act``, the
 reference every backend is checked against.
-- ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
-  categorical head.
 
 Inputs go into preallocated buffers (``low``: float32 (1, L); ``images[key]``: uint8
 (1, H, W, C)) that the caller fills in place; ``run()`` returns the chunk as float64.

@@ -4,9 +4,10 @@
 inference backends fill it) is a chain of small steps around the network: slices per
 observation, the derived features (differences), the normalization, the network, the action
 scaling and the relative actions' base added back. Exported as they are that is about 118
-ONNX operators (25 after ONNX Runtime's own graph optimizations), and for a 256x256 network ONNX
-Runtime spends more time dispatching them than computing the three matrix products. All but the network are affine in the flat input, so they
-fold into linear layers (in float64, then stored as float32):
+ONNX operators (25 after ONNX Runtime's own graph optimizations), and for a 256x256 network
+ONNX Runtime spends more time dispatching them than computing the three matrix products. All
+but the network are affine in the flat input, so they fold into linear layers (in float64,
+then stored as float32):
 
 - ``select``: the flat input to the network's input order, derived features included (every
   entry 0 or +-1: each output is an input, or the difference of two, rounded once as the plain
@@ -25,6 +26,8 @@ large values that then cancel. The result equals ``act`` up to float32 rounding 
 them together); the backends check every candidate against the plain ``act`` anyway.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -93,7 +96,7 @@ def fold(policy) -> FoldedMlp | None:
             weight = _np(first.weight)
             weight[:, :cfg.input_dim] /= _np(policy.obs_norm.scale)[None, :]
             m = _linear(weight, _np(first.bias))
-        body.append(m)
+        body.append(copy.deepcopy(m))  # a module of its own: the policy's stay untouched
     chunk, dim = cfg.chunk, cfg.action_dim
     weight, bias = _np(last.weight), _np(last.bias)
     if cfg.head == "gaussian":  # (chunk, dim, 2): the means are the even outputs
