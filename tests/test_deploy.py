@@ -76,6 +76,16 @@ def test_every_backend_computes_policy_act(head):
     assert ran == (3 if head == "categorical" else 4)
 
 
+def onnx_operators(onnx, module, inputs: tuple) -> list:
+    """The operators (constants aside) of ``module`` exported to ONNX as the backends export."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, inputs, buf, dynamo=False, opset_version=17)
+    return [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node
+            if n.op_type != "Constant"]
+
+
 @pytest.mark.parametrize("hidden", [[64, 64], [32]])
 def test_the_low_dim_mlp_exports_with_its_constants_folded(hidden):
     """The compiled backends export the mlp's ``inference_module``: the slices, derived
@@ -100,12 +110,7 @@ def test_the_low_dim_mlp_exports_with_its_constants_folded(hidden):
         with torch.no_grad():
             got = module(low).double().numpy()
         np.testing.assert_allclose(got, exact, rtol=0, atol=2e-6 * np.abs(exact).max())
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (low,), buf, dynamo=False, opset_version=17)
-    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node
-           if n.op_type != "Constant"]
+    ops = onnx_operators(onnx, module, (low,))
     # select, first layer, per hidden layer a GELU (5 operators before fusing) and a layer;
     # the base of the relative actions, its addition, the reshape to (chunk, action_dim)
     assert len(ops) <= 2 + 6 * len(hidden) + 3, ops
@@ -127,12 +132,7 @@ def test_a_camera_mlp_exports_its_split_head_folded():
         np.testing.assert_allclose(backend.run(), expected, rtol=1e-4, atol=1e-4, err_msg=kind)
     module = policy.inference_module()
     inputs = EagerBackend(policy).inputs()  # low, then the camera's features
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(inputs), buf, dynamo=False, opset_version=17)
-    ops = [n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node
-           if n.op_type != "Constant"]
+    ops = onnx_operators(onnx, module, tuple(inputs))
     assert len(ops) <= 2 + 1 + 6 * len(policy.cfg.hidden) + 3, ops  # + the concatenation
 
 
