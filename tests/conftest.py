@@ -277,8 +277,11 @@ class AnswerAfterStatus:
         while not self._stop.is_set():
             self.executor.spin_once(timeout_sec=0.05)
 
-    def connected(self) -> bool:
-        return all(p.get_subscription_count() for p in self.pubs)
+    def connected(self, readers: int = 1) -> bool:
+        """Has each command publisher matched ``readers`` subscriptions? Matching is per side:
+        a recorder's subscription may count this publisher while this publisher has not matched
+        it yet, and a command published then never reaches the recorder."""
+        return all(p.get_subscription_count() >= readers for p in self.pubs)
 
     def _answer(self, stamp: int) -> None:
         # a state is answered once its status is in too (whichever came first)

@@ -104,12 +104,19 @@ def test_joy_sync_waits_for_the_button_state_of_each_state():
     core.on_answer("policy", ARM, "p-3")
     core.on_answer("expert", ARM, "e-3")
     assert core.ready() is None and core.force() == [(ARM, "p-3")]
+    # the next episode's button state may come before the final state is forwarded
+    core.on_state(stamp=5)
+    core.on_joy(True, stamp=5)
+    core.on_answer("expert", ARM, "e-5")
+    core.on_joy(False, stamp=6)
+    core.on_answer("policy", ARM, "p-5")
+    assert core.ready() == [(ARM, "e-5")], "state 5's own button state decides"
     # outside intervention mode the button is not waited for
     core.set_mode("expert")
-    core.on_state(stamp=4)
-    core.on_answer("policy", ARM, "p-4")
-    core.on_answer("expert", ARM, "e-4")
-    assert core.ready() == [(ARM, "e-4")]
+    core.on_state(stamp=7)
+    core.on_answer("policy", ARM, "p-7")
+    core.on_answer("expert", ARM, "e-7")
+    assert core.ready() == [(ARM, "e-7")]
 
 
 def test_beta_schedules():
@@ -142,6 +149,39 @@ def test_sync_drops_an_answer_naming_an_earlier_state():
         core.on_answer(source, GRIP, answer([value], 2.0))
     out = core.ready()
     assert [m.data[0] for _, m in out] == [20.0, 20.0] and core.dropped_late == 2
+
+
+def test_sync_keeps_an_answer_to_the_next_episode_across_a_forward():
+    """At an episode's end the robot starts the next episode without executing the answer to
+    the final state, so a fast source's answer to the new episode's first state can reach the
+    mux before the slow source's answer to the final state (the policy node answers a state once
+    its status is in) and before the mux sees the new state. Forwarding the final state's answer
+    must not drop it: that state would then never be answered by the chosen source, and the
+    lockstep would wait forever (the pipeline's "episode 14 not done after 120 s")."""
+    core = MuxCore([ARM, GRIP], ["expert", "policy"], mode="expert")
+    final, first = 5.0, 5.5  # the stamps of the final state and of the next episode's first
+    core.on_state(stamp_of(final))
+    core.on_answer("expert", ARM, answer([1.0] * 7, final))
+    core.on_answer("expert", GRIP, answer([1.0], final))
+    core.on_answer("expert", ARM, answer([2.0] * 7, first))   # the next episode's already
+    core.on_answer("expert", GRIP, answer([2.0], first))
+    assert core.ready() is None, "the policy has not answered the final state"
+    core.on_answer("policy", ARM, answer([0.0] * 7, final))
+    core.on_answer("policy", GRIP, answer([0.0], final))
+    assert [m.data[0] for _, m in core.ready()] == [1.0, 1.0]
+    core.on_state(stamp_of(first))
+    assert core.ready() is None, "the policy has not answered the new state yet"
+    assert [m.data[0] for _, m in core.force()] == [2.0, 2.0], \
+        "the expert's answer to the new state was dropped with the final state's"
+    # the policy's late answer to that state is still no answer to the next one
+    core.on_answer("policy", ARM, answer([0.0] * 7, first))
+    core.on_answer("policy", GRIP, answer([0.0], first))
+    core.on_state(stamp_of(6.0))
+    core.set_mode("policy")
+    for source, value in (("policy", 3.0), ("expert", 4.0)):
+        core.on_answer(source, ARM, answer([value] * 7, 6.0))
+        core.on_answer(source, GRIP, answer([value], 6.0))
+    assert [m.data[0] for _, m in core.ready()] == [3.0, 3.0]
 
 
 class Sources:

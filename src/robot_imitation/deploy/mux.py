@@ -55,6 +55,7 @@ class MuxCore:
         self.intervening = False
         self.joy_sync = joy_sync
         self.joy_stamp = None      # stamp of the newest button state (joy_sync)
+        self._joys: dict = {}      # joy_sync: the newest button states by the stamp they answer
         self.state_stamp = None    # stamp of the pending state
         self.episode_choice = None
         self.state_pending = False
@@ -96,6 +97,12 @@ class MuxCore:
         """The intervention button's state (``stamp``: the state it answers, with joy_sync)."""
         self.intervening = bool(pressed)
         self.joy_stamp = stamp
+        if self.joy_sync and stamp is not None:
+            # kept by stamp: the next episode's first button state may come before the final
+            # state of this one is forwarded (its slow source's answer still out)
+            self._joys[stamp] = self.intervening
+            if len(self._joys) > 8:
+                del self._joys[next(iter(self._joys))]
 
     def on_answer(self, source: str, topic: str, msg) -> None:
         self.queues[source][topic].append(msg)
@@ -119,8 +126,10 @@ class MuxCore:
         every sync source's answer is consumed. Else None."""
         if not all(self.answered(s) for s in self.sync_sources):
             return None
-        if self.joy_sync and self.mode == "intervention" and self.joy_stamp != self.state_stamp:
-            return None
+        if self.joy_sync and self.mode == "intervention":
+            if self.state_stamp not in self._joys:
+                return None
+            self.intervening = self._joys[self.state_stamp]
         return self.force()
 
     def force(self) -> list | None:
@@ -140,13 +149,20 @@ class MuxCore:
         return out
 
     def _clear(self) -> None:
-        """After a forward, drop what the sync sources queued. In lockstep nothing queued then
-        can answer a later state (the robot publishes the next state only once it has the
-        forwarded command), so leftovers (a late answer after a timeout, an extra command) are
-        stale: dropping them keeps every later state paired with its own answers."""
+        """After a forward, drop what the sync sources queued for this state or none: leftovers
+        (a late answer after a timeout, an extra command) are stale, and dropping them keeps
+        every later state paired with its own answers. An answer naming a later state is kept:
+        within an episode the robot publishes the next state only once it has the forwarded
+        command, but at an episode's end it starts the next episode without executing the
+        final state's answer, and a fast source may answer the new episode's first state
+        before a slow one answers the final state (and before the mux sees the new state)."""
+        now = self.state_stamp
         for s in self.sync_sources:
             for q in self.queues[s].values():
+                keep = [] if now is None else [
+                    m for m in q if (named := _named_stamp(m)) is not None and named > now]
                 q.clear()
+                q.extend(keep)
 
     # ----------------------------------------------------------------- without sync
     def passthrough(self, source: str) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 
 from .common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all,
-                     run, stamp_ns)
+                     run, stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -105,11 +105,11 @@ class CommandMux(Node):
         self.timeouts = 0
         if self.sync:
             self.create_subscription(JointState, state_topic, self._on_state, STATE_QOS)
-            self.create_timer(0.05, self._check_timeout)
+            steady_timer(self, 0.05, self._check_timeout)  # measured in wall time
         else:
             self.create_timer(1.0 / rate, self.core.redraw)
         self.add_on_set_parameters_callback(self._on_params)
-        self.create_timer(1.0, self._publish_diagnostics)
+        steady_timer(self, 1.0, self._publish_diagnostics)
         self.get_logger().info(f"mux over {sources} on {topics}: mode {mode} (beta {beta}), "
                                f"{'sync on ' + state_topic if self.sync else 'no sync'}")
 

@@ -340,6 +340,16 @@ class ServiceCaller:
         return future.result()
 
 
+def steady_timer(node, period: float, callback, **kwargs):
+    """A timer on the steady clock, not the node's: watchdogs, discovery and diagnostics keep
+    running under ``use_sim_time`` while simulated time stands still (a paused bridge, a
+    lockstep waiting for an answer)."""
+    from rclpy.clock import Clock, ClockType
+
+    return node.create_timer(period, callback, clock=Clock(clock_type=ClockType.STEADY_TIME),
+                             **kwargs)
+
+
 def from_sec(t: float, msg_time=None):
     from builtin_interfaces.msg import Time
 

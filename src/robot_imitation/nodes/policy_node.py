@@ -59,11 +59,10 @@ import threading
 import time
 
 from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer_bytes,
-                     declare_all, run, stamp_ns, state_to_answer, take_state)
+                     declare_all, run, stamp_ns, state_to_answer, steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
-from rclpy.clock import Clock, ClockType  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
@@ -184,8 +183,7 @@ class PolicyNode(LifecycleNode):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reload", self._on_reload)
         # wall-clock paced: diagnostics keep coming while simulated time stands still
-        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady_timer(self, self.p["diagnostics_period"], self._publish_diagnostics)
         self._worker = threading.Thread(target=self._reload_worker, daemon=True)
         self._worker.start()
         if self.p["autostart"]:
