@@ -279,6 +279,8 @@ class EpisodeRecorder(Node):
     # ----------------------------------------------------------------- discovery
     def _discover(self) -> list:
         """Subscribe to the wanted topics that have publishers; return those still missing."""
+        if len(self.subs) == len(self.wanted):
+            return []  # all subscribed: no graph query (the timer keeps calling)
         graph = dict(self.get_topic_names_and_types())
         missing = []
         for topic, mtype in self.wanted.items():
