@@ -182,6 +182,10 @@ def test_sync_keeps_an_answer_to_the_next_episode_across_a_forward():
         core.on_answer(source, ARM, answer([value] * 7, 6.0))
         core.on_answer(source, GRIP, answer([value], 6.0))
     assert [m.data[0] for _, m in core.ready()] == [3.0, 3.0]
+    core.on_state(stamp_of(7.0))
+    core.on_answer("policy", ARM, answer([5.0] * 7, 7.0))
+    core.on_answer("policy", GRIP, answer([5.0], 7.0))
+    assert core.unanswered() == ["expert"], "who a waiting mux names"
 
 
 class Sources:
@@ -278,3 +282,28 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     chosen = [m.data for m in executed]
     assert [("expert" if m.data[0] > 200 else "policy") for m in arm] == chosen
     assert 8 < chosen.count("expert") < 32
+
+
+@pytest.mark.ros
+def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
+    """A state the chosen source never answers is not forwarded (the robot waits), and the mux
+    says so past `sync_timeout`, naming the source (a stalled lockstep used to log nothing)."""
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    procs.start_node("command_mux", params={"mode": "expert", "sync": True,
+                                            "sync_timeout": 0.3})
+    sources = Sources(probe, names=("expert", "policy"))
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: sources.matched() and state.get_subscription_count()
+             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
+             "the mux's subscriptions", procs=procs)
+    msg = JointState()
+    msg.header.stamp.sec = 7
+    state.publish(msg)
+    sources.send("policy", 1.0)
+    wait_for(lambda: "unanswered for" in procs.log("command_mux"), 10, "the mux's warning",
+             procs=procs)
+    line = next(ln for ln in procs.log("command_mux").splitlines() if "unanswered for" in ln)
+    assert "state 7.000 s" in line and "no answer from expert" in line, line
+    assert "policy" not in line.partition("no answer from")[2].partition("(")[0], line
+    assert len(arm) == 0, "nothing is forwarded without the chosen source's answer"

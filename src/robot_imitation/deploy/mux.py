@@ -111,6 +111,13 @@ class MuxCore:
         self._drop_stale(source)
         return all(self.queues[source][t] for t in self.topics)
 
+    def unanswered(self) -> list:
+        """The sync sources (and a mode's own source) that have not answered the pending
+        state: who a waiting mux waits for."""
+        waited = self.sync_sources + [s for s in self.sources
+                                      if s == self.mode and s not in self.sync_sources]
+        return [s for s in waited if not self.answered(s)]
+
     def _drop_stale(self, source: str) -> None:
         """Drop queued answers of ``source`` that name a state before the pending one."""
         if self.state_stamp is None:

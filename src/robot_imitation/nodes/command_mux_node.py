@@ -153,6 +153,12 @@ class CommandMux(Node):
                                        f"{self.core.last_choice} alone",
                                        throttle_duration_sec=5.0)
                 self._flush(out)
+            else:  # nothing to forward: the robot waits; say for whom
+                self.get_logger().warn(
+                    f"state {self._stamps_seen * 1e-9:.3f} s unanswered for "
+                    f"{time.monotonic() - self._state_time:.1f} s: no answer from "
+                    f"{', '.join(self.core.unanswered()) or 'the chosen source'} (mode "
+                    f"{self.core.mode}): nothing forwarded", throttle_duration_sec=10.0)
 
     def _flush(self, out) -> None:
         if out is None:
