@@ -134,9 +134,10 @@ class MuxCore:
         if not all(self.answered(s) for s in self.sync_sources):
             return None
         if self.joy_sync and self.mode == "intervention":
-            if self.state_stamp not in self._joys:
+            if self.state_stamp in self._joys:
+                self.intervening = self._joys[self.state_stamp]
+            elif self.joy_stamp != self.state_stamp:  # (unstamped: the newest button state)
                 return None
-            self.intervening = self._joys[self.state_stamp]
         return self.force()
 
     def force(self) -> list | None:
