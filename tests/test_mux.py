@@ -2,6 +2,7 @@
 sensor_msgs/Joy button, lockstep sync)."""
 import time
 
+import numpy as np
 import pytest
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from diagnostic_msgs.msg import DiagnosticArray
@@ -79,6 +80,23 @@ def test_sync_waits_for_every_source_and_consumes_in_order():
         core.on_answer(source, GRIP, f"{source[0]}-grip-5")
     core.set_mode("policy")
     assert core.ready() == [(ARM, "p-arm-5"), (GRIP, "p-grip-5")]
+
+
+def test_a_mixture_draws_once_per_state_however_often_a_timeout_asks():
+    """A sync timeout that finds the drawn source's answer missing asks again every 50 ms; each
+    ask used to draw again, so the draw ended on whichever source had answered (the mixture's
+    beta no longer held, and the draws depended on the timing)."""
+    core = MuxCore([ARM], ["expert", "policy"], "mixture", beta=0.5, seed=8)
+    first = np.random.default_rng(8).random(2)   # the draws of the next two states
+    assert first[0] < 0.5 <= first[1], "seed 8: the expert, then the policy"
+    core.on_state(stamp=1)
+    core.on_answer("policy", ARM, "p-1")
+    assert all(core.force() is None for _ in range(50)), "drawn: the expert, who never answered"
+    core.on_answer("expert", ARM, "e-1")
+    assert core.force() == [(ARM, "e-1")]
+    core.on_state(stamp=2)   # the next state: the next draw
+    core.on_answer("policy", ARM, "p-2")
+    assert core.force() == [(ARM, "p-2")]
 
 
 def test_joy_sync_waits_for_the_button_state_of_each_state():

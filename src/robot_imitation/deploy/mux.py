@@ -72,6 +72,7 @@ class MuxCore:
             self.beta = float(beta)
         self.mode = mode
         self.episode_choice = None
+        self._step_choice = None
 
     def new_episode(self) -> None:
         self.episode_choice = None
@@ -91,6 +92,7 @@ class MuxCore:
     # ----------------------------------------------------------------- sync operation
     def on_state(self, stamp=None) -> None:
         self.state_pending = True
+        self._step_choice = None
         self.state_stamp = stamp
 
     def on_joy(self, pressed: bool, stamp=None) -> None:
@@ -144,7 +146,11 @@ class MuxCore:
         """Sync timeout: forward the chosen source's answer without waiting for the others."""
         if not self.state_pending:
             return None
-        choice = self.choose()
+        # a mixture draws once per state: a sync timeout asking again must not draw again (that
+        # would favour whichever source answered, and tie the draws to the timing)
+        choice = self._step_choice or self.choose()
+        if self.mode == "mixture":
+            self._step_choice = choice
         if choice not in self.sources or not self.answered(choice):
             return None
         # a sync source's oldest answer is this state's; other sources' newest command stands
@@ -152,6 +158,7 @@ class MuxCore:
         out = [(t, self.queues[choice][t][at]) for t in self.topics]
         self._clear()
         self.state_pending = False
+        self._step_choice = None
         self.last_choice = choice
         self.forwarded[choice] += 1
         return out
