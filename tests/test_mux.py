@@ -305,7 +305,9 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
 @pytest.mark.ros
 def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     """A state the chosen source never answers is not forwarded (the robot waits), and the mux
-    says so past `sync_timeout`, naming the source (a stalled lockstep used to log nothing)."""
+    says so past `sync_timeout`, naming the source (a stalled lockstep used to log nothing): a
+    source that has not answered anything yet is still starting (said), one that stops
+    answering is warned about."""
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
     procs.start_node("command_mux", params={"mode": "expert", "sync": True,
@@ -319,9 +321,23 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     msg.header.stamp.sec = 7
     state.publish(msg)
     sources.send("policy", 1.0)
-    wait_for(lambda: "unanswered for" in procs.log("command_mux"), 10, "the mux's warning",
-             procs=procs)
-    line = next(ln for ln in procs.log("command_mux").splitlines() if "unanswered for" in ln)
-    assert "state 7.000 s" in line and "no answer from expert" in line, line
-    assert "policy" not in line.partition("no answer from")[2].partition("(")[0], line
+
+    def said(stamp: str) -> str:
+        wait_for(lambda: f"state {stamp} s unanswered for" in procs.log("command_mux"), 10,
+                 f"the mux's line on state {stamp}", procs=procs)
+        return next(ln for ln in procs.log("command_mux").splitlines()
+                    if f"state {stamp} s unanswered for" in ln)
+
+    line = said("7.000")
+    assert "no answer from expert (mode expert; none has answered yet)" in line, line
+    assert line.startswith("[INFO]"), line
     assert len(arm) == 0, "nothing is forwarded without the chosen source's answer"
+    sources.send("expert", 2.0)
+    wait_for(lambda: len(arm) == 1, 5, "the forward once the expert answered", procs=procs)
+    msg.header.stamp.sec = 8
+    state.publish(msg)
+    sources.send("policy", 1.0)
+    line = said("8.000")
+    assert "no answer from expert (mode expert): nothing forwarded" in line, line
+    assert line.startswith("[WARN]"), line
+    assert len(arm) == 1

@@ -61,6 +61,7 @@ class MuxCore:
         self.state_pending = False
         self.forwarded = {s: 0 for s in self.sources}
         self.dropped_late = 0      # answers naming an earlier state than the pending one
+        self.answers = {s: 0 for s in self.sources}  # messages taken from each source
         self._current = None       # without sync, a mixture's current draw
 
     def set_mode(self, mode: str, beta: float | None = None) -> None:
@@ -108,6 +109,7 @@ class MuxCore:
 
     def on_answer(self, source: str, topic: str, msg) -> None:
         self.queues[source][topic].append(msg)
+        self.answers[source] += 1
 
     def answered(self, source: str) -> bool:
         self._drop_stale(source)

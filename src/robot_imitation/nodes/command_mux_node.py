@@ -149,16 +149,23 @@ class CommandMux(Node):
             out = self.core.force()
             if out is not None:
                 self.timeouts += 1
-                self.get_logger().warn("a sync source did not answer in time: forwarded "
-                                       f"{self.core.last_choice} alone",
-                                       throttle_duration_sec=5.0)
+                self.get_logger().warning("a sync source did not answer in time: forwarded "
+                                          f"{self.core.last_choice} alone",
+                                          throttle_duration_sec=5.0)
                 self._flush(out)
             else:  # nothing to forward: the robot waits; say for whom
-                self.get_logger().warn(
-                    f"state {self._stamps_seen * 1e-9:.3f} s unanswered for "
-                    f"{time.monotonic() - self._state_time:.1f} s: no answer from "
-                    f"{', '.join(self.core.unanswered()) or 'the chosen source'} (mode "
-                    f"{self.core.mode}): nothing forwarded", throttle_duration_sec=10.0)
+                missing = self.core.unanswered()
+                # sources that never answered yet are still starting (a policy node loading
+                # its checkpoint): said, not warned about
+                text = (f"state {self._stamps_seen * 1e-9:.3f} s unanswered for "
+                        f"{time.monotonic() - self._state_time:.1f} s: no answer from "
+                        f"{', '.join(missing) or 'the chosen source'} (mode {self.core.mode}")
+                if missing and not any(self.core.answers[s] for s in missing):
+                    self.get_logger().info(text + "; none has answered yet): nothing forwarded",
+                                           throttle_duration_sec=10.0)
+                else:
+                    self.get_logger().warning(text + "): nothing forwarded",
+                                              throttle_duration_sec=10.0)
 
     def _flush(self, out) -> None:
         if out is None:
