@@ -531,9 +531,10 @@ def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_pa
     command or not depending on the load. Here a controller answers the final state 0.6 s after
     its status: the bag holds it (one command per state, the last naming the final state).
     Then one that never answers it: the episode stops `answer_timeout` after the status, kept,
-    and the recorder says what the bag lacks. The recorder subscribes before ~/start although
-    its simulated clock stands still (a paused bridge): the controller's commands are matched
-    both ways before the episode starts, so its first answer cannot miss the bag."""
+    and the recorder says what the bag lacks. The bridge starts paused: the recorder subscribes
+    at ~/start (its simulated clock stands still), and the episode starts only once the
+    controller's publishers have matched the recorder too (matching is per side: a command
+    published before would miss the bag)."""
     from std_srvs.srv import SetBool
 
     from conftest import AnswerAfterStatus
@@ -548,10 +549,12 @@ def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_pa
         "answer_timeout": 1.5, "discovery_timeout": 30.0})
     ctl = AnswerAfterStatus(final_delay=0.6)
     try:
-        wait_for(lambda: ctl.connected(2) and probe.node.count_publishers("/joint_states")
+        wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")
                  and probe.node.count_subscribers("/episode/status") >= 2, 30,
-                 "the bridge and the recorder", procs=procs)  # both read the commands
+                 "the bridge and the recorder", procs=procs)
         assert call(probe, "start").success
+        wait_for(lambda: ctl.connected(2), 30, "the commands matched to the recorder too",
+                 procs=procs)
         assert probe.call(SetBool, "/mujoco_bridge/set_pause", SetBool.Request(data=False)).success
         wait_for(lambda: index(ds)[0]["status"] != "recording", 60, "the auto stop",
                  procs=procs)

@@ -341,7 +341,7 @@ class ServiceCaller:
 
 
 def steady_timer(node, period: float, callback, **kwargs):
-    """A timer on the steady clock, not the node's: watchdogs, discovery and diagnostics keep
+    """A timer on the steady clock, not the node's: watchdogs and diagnostics keep
     running under ``use_sim_time`` while simulated time stands still (a paused bridge, a
     lockstep waiting for an answer)."""
     from rclpy.clock import Clock, ClockType

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 
-from .common import Param, declare_all, run, stamp_ns, steady_timer, to_sec
+from .common import Param, declare_all, run, stamp_ns, to_sec
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -269,10 +269,12 @@ class EpisodeRecorder(Node):
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
         self.create_service(Trigger, "~/discard", lambda req, resp: self._srv_stop(resp, False))
-        # on the steady clock: under use_sim_time a paused simulation's clock stands still,
-        # and subscribing only at ~/start races the first messages (a publisher may match the
-        # new subscription after the subscription has matched it)
-        steady_timer(self, 0.5, self._discover)
+        # On the node's clock, on purpose: under simulated time it does not fire before the
+        # simulation runs. A lockstep controller answers each state once, as soon as any reader
+        # of its command topic is matched; a recorder subscribed earlier can be that reader
+        # before the bridge is, and the bridge then never gets the first state's answer (seen:
+        # a recording pipeline whose first episode never ended). ~/start subscribes anyway.
+        self.create_timer(0.5, self._discover)
         self.get_logger().info(f"recording {sorted(self.wanted)} into {self.dataset_dir} "
                                f"({storage}, log time: {log_time})")
 
