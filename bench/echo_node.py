@@ -4,10 +4,10 @@ It subscribes to the observation topics of a spec, with the QoS the policy node 
 (``STATE_QOS``), and answers each message on the spec's JointState topic at once with that
 message's positions, cut into the spec's actions in order: for ``reach`` and ``push_image``,
 position[:7] on /arm_controller/commands and [position[7]] on /gripper_controller/commands
-(std_msgs/Float64MultiArray, ``COMMAND_QOS``). The other state topics (poses, camera images) are
-only received, as the policy node receives them; nothing is decoded and nothing is computed. It
-runs with the nodes' own entry-point body (``robot_imitation.nodes.common.run``), so it gets the
-executor the policy node gets.
+(std_msgs/Float64MultiArray, ``COMMAND_PUB_QOS``, as the policy node publishes). The other state
+topics (poses, camera images) are only received, as the policy node receives them; nothing is
+decoded and nothing is computed. It runs with the nodes' own entry-point body
+(``robot_imitation.nodes.common.run``), so it gets the executor the policy node gets.
 
     python bench/echo_node.py --ros-args -p spec:=reach
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS, declare, run
+from robot_imitation.nodes.common import COMMAND_PUB_QOS, STATE_QOS, declare, run
 
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -42,7 +42,7 @@ class EchoNode(Node):
         # (publisher, first position, end) per action, in the spec's order
         self.outputs, start = [], 0
         for f in spec.actions:
-            pub = self.create_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
+            pub = self.create_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
             self.outputs.append((pub, start, start + f.shape[0]))
             start += f.shape[0]
         self.latest = {}  # newest message per topic: received, not used

@@ -252,7 +252,7 @@ class AnswerAfterStatus:
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float64MultiArray
 
-        from robot_imitation.nodes.common import (COMMAND_QOS, LOCKSTEP_IMAGE_QOS, STATE_QOS,
+        from robot_imitation.nodes.common import (COMMAND_PUB_QOS, LOCKSTEP_IMAGE_QOS, STATE_QOS,
                                                  STATUS_QOS)
 
         self.final_delay = final_delay
@@ -260,7 +260,7 @@ class AnswerAfterStatus:
         self.answered = set()
         self.node = rclpy.create_node(f"test_controller_{os.getpid()}")
         self.pubs = [self.node.create_publisher(Float64MultiArray, f"/{w}_controller/commands",
-                                                COMMAND_QOS) for w in ("arm", "gripper")]
+                                                COMMAND_PUB_QOS) for w in ("arm", "gripper")]
         self.node.create_subscription(JointState, "/joint_states", self._on_state, STATE_QOS)
         self.node.create_subscription(DiagnosticArray, "/episode/status", self._on_status,
                                       STATUS_QOS)

@@ -776,3 +776,153 @@ def test_an_episode_without_a_spec_topic_is_failed_not_ok(tmp_path):
     assert build_summary([], skipped, False)["skipped"] == {
         "status failed": ["episode_000001"],
         "interrupted (stopped before the episode ended)": ["episode_000002"]}
+
+
+@pytest.mark.ros
+def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tmp_path):
+    """A recorder that falls behind (a loaded machine; here stopped for a second) must still
+    get every message of a lockstep episode: the simulation runs as fast as its controller
+    answers, the messages the stopped reader cannot take overflow its transport's queue, and a
+    keep-last publisher can send again only what its history still holds. A CI run lost 16 of
+    101 commands, 23 of 101 statuses and 22 of 101 clock ticks so (histories of 10, 1 and a
+    best-effort clock), while the joint states (history 100) were complete."""
+    from std_srvs.srv import SetBool
+
+    from conftest import AnswerAfterStatus
+
+    procs.start_node("mujoco_bridge", params={"task": "push", "mode": "lockstep", "seed": 3,
+                                              "start_paused": True, "cameras": [""]})
+    ds = tmp_path / "ds"
+    recorder = procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "spec": "push", "auto_stop_on_done": True, "use_sim_time": True,
+        "discovery_timeout": 30.0})
+    ctl = AnswerAfterStatus()
+    try:
+        wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")
+                 and probe.node.count_subscribers("/episode/status") >= 2, 30,
+                 "the bridge and the recorder", procs=procs)
+        assert call(probe, "start").success
+        wait_for(lambda: ctl.connected(2), 30, "the commands matched to the recorder too",
+                 procs=procs)
+        os.kill(recorder.pid, signal.SIGSTOP)
+        try:
+            assert probe.call(SetBool, "/mujoco_bridge/set_pause",
+                              SetBool.Request(data=False)).success
+            wait_for(lambda: ctl.finals, 60, "the episode's end", procs=procs)
+        finally:
+            os.kill(recorder.pid, signal.SIGCONT)
+        wait_for(lambda: index(ds)[0]["status"] != "recording", 60, "the auto stop",
+                 procs=procs)
+    finally:
+        ctl.close()
+    entry = index(ds)[0]
+    assert entry["status"] == "ok", entry
+    bag = ds / entry["name"]
+    counts = read_counts(bag)
+    statuses = [{kv.key: kv.value for kv in m.ros_msg.status[0].values}
+                for m in read_ros2_messages(str(bag / f"{entry['name']}.mcap"),
+                                            topics=["/episode/status"])]
+    ticks = [int(s["tick"]) for s in statuses]
+    if ticks[:2] == [0, 0]:
+        # the first state's status, twice: the latched value sent to the recorder's new
+        # subscription, then the state published again once unpaused (it was not answered yet)
+        ticks = ticks[1:]
+    assert statuses[-1]["done"] == "true"
+    assert ticks == list(range(ticks[0], ticks[-1] + 1)), ticks  # none missing
+    assert ticks[-1] - ticks[0] >= 150, ticks  # the episode ran while the recorder stood still
+    for topic in ("/joint_states", "/object_pose", "/arm_controller/commands",
+                  "/gripper_controller/commands", "/clock"):
+        assert counts[topic] == len(ticks), (topic, counts)
+
+
+def test_of_a_latched_publishers_history_only_the_newest_is_recorded():
+    """A new transient-local subscription gets the samples its publishers' histories still hold,
+    published before it existed: of each publisher's, only the newest (the latched value) goes
+    on, just before that publisher's first live sample, or at a flush."""
+    from robot_imitation.recording.latched import Replays
+
+    def item(received, topic, source, gid, data=b""):
+        return (received, topic, data or str(source).encode(),
+                {"source_timestamp": source, "publisher_gid": {"data": [gid] * 16}})
+
+    replays = Replays()
+    replays.subscribed("/latched", 1000)
+    first = [item(1001, "/latched", 10, 1), item(1002, "/other", 5, 3),
+             item(1003, "/latched", 20, 1), item(1004, "/latched", 15, 2)]
+    out, ended = replays.sort(first)
+    assert out == [first[1]] and ended == []  # /other is not latched: it passes
+    second = [item(1005, "/latched", 30, 1), item(1006, "/latched", 1100, 1)]
+    out, ended = replays.sort(second)
+    # publisher 1's newest replayed sample (30), then its live one; 10 and 20 skipped
+    assert [i[2] for i in out] == [b"30", b"1100"] and ended == [("/latched", 2)]
+    out, ended = replays.sort([item(1007, "/latched", 1200, 1)], flush=True)
+    # a flush passes publisher 2's value (no live sample came), in reception order
+    assert [i[2] for i in out] == [b"15", b"1200"] and ended == []
+    assert replays.skipped == {"/latched": 2}
+    assert replays.sort([item(1008, "/latched", 1300, 2)]) == ([item(1008, "/latched", 1300, 2)],
+                                                               [])
+
+
+LATCHED_PUBLISHER = """
+import signal, time
+import rclpy
+from std_msgs.msg import String
+from robot_imitation.nodes.common import STATUS_PUB_QOS
+rclpy.init()
+node = rclpy.create_node("latched_publisher")
+pub = node.create_publisher(String, "/test/latched", STATUS_PUB_QOS)
+for i in range(50):
+    pub.publish(String(data=str(i)))
+print("published", flush=True)
+go = []
+signal.signal(signal.SIGUSR1, lambda *_: go.append(1))
+while not go:
+    time.sleep(0.01)
+for i in range(50, 55):
+    pub.publish(String(data=str(i)))
+    time.sleep(0.05)
+print("live", flush=True)
+while rclpy.ok():
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.ros
+def test_a_recorder_subscribing_records_the_latched_value_not_the_history(procs, probe,
+                                                                           tmp_path):
+    """The episode status's publisher keeps a deep history (a recorder that falls behind must
+    lose nothing), and a transient-local publisher sends a new subscription that history. A
+    recorder subscribing at ~/start recorded every past status it got after the start: here 50
+    messages published before it, of which only the newest, the latched value, belongs to the
+    episode. The publisher is stopped while the recorder subscribes, so its history surely
+    arrives after the start."""
+    script = tmp_path / "latched_publisher.py"
+    script.write_text(LATCHED_PUBLISHER)
+    publisher = procs.start("latched_publisher", [sys.executable, str(script)])
+    ds = tmp_path / "ds"
+    # simulated time with no /clock: the recorder subscribes only at ~/start
+    procs.start_node("episode_recorder", params={"dataset": str(ds), "topics": ["/test/latched"],
+                                                 "use_sim_time": True})
+    wait_for(lambda: "published" in procs.log("latched_publisher")
+             and probe.node.count_publishers("/test/latched")
+             and any(name == f"/{REC}/start"
+                     for name, _ in probe.node.get_service_names_and_types()), 30,
+             "the publisher and the recorder", procs=procs)
+    time.sleep(1.0)  # the recorder's participant knows the publisher's by now
+    os.kill(publisher.pid, signal.SIGSTOP)
+    try:
+        assert call(probe, "start").success
+    finally:
+        os.kill(publisher.pid, signal.SIGCONT)
+    time.sleep(1.0)  # the history arrives
+    os.kill(publisher.pid, signal.SIGUSR1)  # then 5 live messages
+    wait_for(lambda: "live" in procs.log("latched_publisher"), 30, "the live messages",
+             procs=procs)
+    time.sleep(0.5)
+    assert call(probe, "stop").success
+    entry = index(ds)[0]
+    bag = ds / entry["name"]
+    values = [int(m.ros_msg.data) for m in read_ros2_messages(
+        str(bag / f"{entry['name']}.mcap"), topics=["/test/latched"])]
+    assert values == list(range(49, 55)), values  # the latched value, then the live ones
+    assert "49 older message(s)" in procs.log("episode_recorder")

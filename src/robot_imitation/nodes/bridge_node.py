@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 
-from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LATCHED_QOS, LOCKSTEP_IMAGE_QOS,
-                     SENSOR_QOS, STATE_QOS, Param, declare_all, from_sec, run, stamp_ns, to_sec)
+from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LOCKSTEP_IMAGE_QOS, SENSOR_QOS,
+                     STATE_PUB_QOS, STATUS_PUB_QOS, Param, declare_all, from_sec, run, stamp_ns,
+                     to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -199,11 +200,12 @@ class MujocoBridge(Node):
         frame = p["frame_id"]
 
         # ---------------------------------------------------------------- publishers
-        self.pub_joints = self.create_publisher(JointState, "joint_states", STATE_QOS)
-        self.pub_poses = {k: self.create_publisher(PoseStamped, k, STATE_QOS)
+        self.pub_joints = self.create_publisher(JointState, "joint_states", STATE_PUB_QOS)
+        self.pub_poses = {k: self.create_publisher(PoseStamped, k, STATE_PUB_QOS)
                           for k in self.pose_keys}
         self.pub_clock = self.create_publisher(Clock, "/clock", CLOCK_QOS)
-        self.pub_status = self.create_publisher(DiagnosticArray, "episode/status", LATCHED_QOS)
+        self.pub_status = self.create_publisher(DiagnosticArray, "episode/status",
+                                            STATUS_PUB_QOS)
         self.pub_rtf = self.create_publisher(Float64, "~/real_time_factor", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # the state messages serialized here, their constant parts once (cdr.StateWriter):

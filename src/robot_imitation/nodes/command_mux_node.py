@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import time
 
-from .common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all,
-                     run, stamp_ns, steady_timer)
+from .common import (COMMAND_PUB_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, Param,
+                     declare_all, run, stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -85,8 +85,9 @@ class CommandMux(Node):
         # subscription matched is lost, and a source answers each state only once
         self._inputs = ([f"/{s}{t}" for s in sync_sources for t in topics] + [state_topic] +
                         (["joy"] if self.core.joy_sync else [])) if self.sync else []
-        self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_QOS) for t in topics}
-        self.pub_source = self.create_publisher(String, "~/source", COMMAND_QOS)
+        self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_PUB_QOS)
+                     for t in topics}
+        self.pub_source = self.create_publisher(String, "~/source", COMMAND_PUB_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         for s in sources:
             for t in topics:

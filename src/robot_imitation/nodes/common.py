@@ -50,9 +50,31 @@ IMAGE_QOS = QoSProfile(depth=30, reliability=QoSReliabilityPolicy.RELIABLE,
 # measured here).
 LOCKSTEP_IMAGE_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                                 history=QoSHistoryPolicy.KEEP_ALL)
-# /clock, as rclpy's time source subscribes to it.
-CLOCK_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
-                       history=QoSHistoryPolicy.KEEP_LAST)
+# Publishers of what a recorder takes (the robot state, commands, the episode status, the clock)
+# keep about a second of a fast lockstep simulation. A stopped or starved reader cannot take what
+# arrives; its transport's queue overflows, and a keep-last writer can send again only what its
+# history still holds. A lockstep simulation runs as fast as its controller answers (hundreds of
+# states a second), so a recorder that fell behind lost data: a CI run's bag held 85 of 101
+# commands (history 10), 78 of 101 statuses (1) and 79 of 101 clock ticks (best effort), with
+# the joint states (100) complete. A recorder stopped through a whole push episode (201 states)
+# lost some of every topic with those histories, none with this one
+# (test_recording.py::test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode). Readers keep
+# their own, shallower, histories.
+PUBLISHER_DEPTH = 1000
+
+
+def publisher_qos(profile: QoSProfile) -> QoSProfile:
+    """``profile`` with a publisher's history (``PUBLISHER_DEPTH``, keep-last)."""
+    return QoSProfile(depth=max(profile.depth, PUBLISHER_DEPTH), history=profile.history,
+                      reliability=profile.reliability, durability=profile.durability)
+
+
+STATE_PUB_QOS = publisher_qos(STATE_QOS)
+COMMAND_PUB_QOS = publisher_qos(COMMAND_QOS)
+# /clock: reliable, so that a recorder can take every tick; rclpy's time source subscribes best
+# effort, which a reliable publisher serves too.
+CLOCK_QOS = publisher_qos(QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                                     history=QoSHistoryPolicy.KEEP_LAST))
 # Latched status: late joiners get the newest value.
 LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                          durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
@@ -62,6 +84,9 @@ LATCHED_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
 STATUS_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
                         history=QoSHistoryPolicy.KEEP_LAST)
+# The episode status's publisher (one status with each state): a late joiner is sent the history
+# too, up to PUBLISHER_DEPTH statuses (a recorder keeps only the newest of them, as latched).
+STATUS_PUB_QOS = publisher_qos(STATUS_QOS)
 
 
 @dataclass(frozen=True)

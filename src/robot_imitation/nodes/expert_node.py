@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_QOS, STATE_QOS, Param, answer_bytes, declare_all, run,
+from .common import (COMMAND_PUB_QOS, STATE_QOS, Param, answer_bytes, declare_all, run,
                      state_to_answer, take_state)
 
 from rclpy.node import Node  # noqa: E402
@@ -65,9 +65,10 @@ class ScriptedExpert(Node):
         fields += [FieldSpec(k, f"/{k}", "geometry_msgs/msg/PoseStamped", "pose") for k in own]
         self.assembler = ObservationAssembler(self.spec, fields)
         self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
-                                              COMMAND_QOS)
+                                              COMMAND_PUB_QOS)
         self.pub_grip = self.create_publisher(Float64MultiArray,
-                                              f"/{p['gripper_controller']}/commands", COMMAND_QOS)
+                                              f"/{p['gripper_controller']}/commands",
+                                              COMMAND_PUB_QOS)
         for topic, mtype in self.assembler.topics.items():
             # raw: the fields are read straight from the CDR bytes (observation.on_raw)
             self.create_subscription(message_class(mtype), topic,

@@ -5,7 +5,7 @@ publish it) and ``joint_states`` (joints taken by name). While the deadman butto
 integrates an end-effector target pose from the stick axes, turns it into arm joint position
 targets by differential IK on the task's robot model (``teleop.core``), and publishes them on
 ``/<arm_controller>/commands`` and the gripper opening on ``/<gripper_controller>/commands``
-(std_msgs/Float64MultiArray, COMMAND_QOS) at the control rate: the topics the scripted expert
+(std_msgs/Float64MultiArray, reliable) at the control rate: the topics the scripted expert
 and a policy use. With the deadman released nothing is published at all (the robot holds its
 last command). Episode buttons call the recorder's ``start`` / ``stop`` / ``discard`` services
 (std_srvs/Trigger) on the button's rising edge, asynchronously.
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all, run
+from .common import COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all, run
 
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
@@ -93,10 +93,10 @@ class TeleopNode(Node):
         self.period = self.controller.arm.period
         self.joint_names = self.sim.robot.joint_names
         self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
-                                             COMMAND_QOS)
+                                             COMMAND_PUB_QOS)
         self.pub_grip = self.create_publisher(Float64MultiArray,
                                               f"/{p['gripper_controller']}/commands",
-                                              COMMAND_QOS)
+                                              COMMAND_PUB_QOS)
         self.create_subscription(JointState, "joint_states", self._on_joint_state, STATE_QOS)
         self.episode_clients = {action: self.create_client(Trigger, f"/{self.recorder}/{srv}")
                                 for action, srv in EPISODE_SERVICES.items()}

@@ -58,7 +58,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import (COMMAND_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer_bytes,
+from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer_bytes,
                      declare_all, run, stamp_ns, state_to_answer, steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
@@ -226,7 +226,7 @@ class PolicyNode(LifecycleNode):
             names = [n for f in self.spec.actions for n in f.names()]
             self.get_logger().info(f"action limits from {limits.describe(names)}")
         self.assembler = ObservationAssembler(self.spec, cameras=self.p["camera_frames"])
-        self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_QOS)
+        self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
                      for f in self.spec.actions]
         for topic, mtype in self.assembler.topics.items():
             # raw: the spec's fields read straight from the CDR bytes (observation.on_raw)

@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from ..cdr import answer_stamp  # noqa: E402
 from ..observation import message_class  # noqa: E402
+from ..recording.latched import Replays  # noqa: E402
 from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
@@ -100,8 +101,9 @@ class Drain:
     failed and were repaired). Bag readers sort by log time (MCAP's chunk indexes), so only the
     file order differs.
 
-    ``offer(batch)`` gets ``[(received_ns, topic, data, info), ...]``; ``received_ns`` is the
-    middleware's reception stamp (system clock), or the time of the take where it has none.
+    ``offer(batch, flush)`` gets ``[(received_ns, topic, data, info), ...]`` (``received_ns``:
+    the middleware's reception stamp, system clock, or the time of the take where it has none)
+    and whether this pass is a flush (then possibly with an empty batch).
     """
 
     def __init__(self, offer, context, log, timeout: float = 0.1):
@@ -170,14 +172,12 @@ class Drain:
                         data, info = got
                         batch.append((info["received_timestamp"] or time.time_ns(), topic,
                                       data, info))
-            if not batch:
-                return
             batch.sort(key=_first)
-            if not flush and batch[-1][0] > mark:
+            if not flush and batch and batch[-1][0] > mark:
                 cut = next(i for i, item in enumerate(batch) if item[0] > mark)
                 batch, self._held = batch[:cut], batch[cut:]
-            if batch:
-                self.offer(batch)
+            if batch or flush:
+                self.offer(batch, flush)
 
     def close(self) -> None:
         """Stop the thread; a last pass takes what is still waiting."""
@@ -255,6 +255,7 @@ class EpisodeRecorder(Node):
         self._stop_lock = threading.Lock()
         self._started_ns = 0  # wall time (ns) of the running episode's ~/start
         self._drained = _TakenByDrain()
+        self.replays = Replays()
         # auto stop: the action topics whose answers to an episode's final state are awaited
         # (topic -> whether the state is named by a header stamp), and the newest command
         # taken on each: (its bytes, reception ns), read only by the stop's wait
@@ -302,6 +303,8 @@ class EpisodeRecorder(Node):
             self.wanted[topic] = mtype
             qos = _match_qos(infos)
             self.qos[topic] = infos[0].qos_profile  # what `ros2 bag play` should offer
+            if qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL:
+                self.replays.subscribed(topic, time.time_ns())
             # taken by the drain thread, never by the executor (the callback is not called)
             self.subs[topic] = self.create_subscription(
                 message_class(mtype), topic, _never_called, qos, raw=True,
@@ -309,11 +312,19 @@ class EpisodeRecorder(Node):
             self.drain.add(topic, self.subs[topic])
         return missing
 
-    def _offer_batch(self, batch: list) -> None:
+    def _offer_batch(self, batch: list, flush: bool = False) -> None:
         """A drained batch to the recorder, in reception order. A message received before
-        ~/start (still waiting while the start ran) is not part of the episode. Log time
-        ``receive``: the middleware's reception stamp (the system clock, which is ROS time);
-        under simulation time, the node clock when the message was taken."""
+        ~/start (still waiting while the start ran) is not part of the episode. Of the history
+        a latched publisher sends a new subscription, only the newest sample (the latched
+        value) is (``latched.Replays``). Log time ``receive``: the middleware's reception stamp
+        (the system clock, which is ROS time); under simulation time, the node clock when the
+        message was taken."""
+        batch, ended = self.replays.sort(batch, flush)
+        for topic, skipped in ended:
+            self.get_logger().info(
+                f"{topic}: {skipped} older message(s) its publisher sent from its history "
+                "(published before this recorder subscribed) not recorded; the newest kept, "
+                "as the latched value")
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
         if self._answering:
             for received, topic, data, info in batch:
