@@ -606,3 +606,79 @@ def test_lockstep_drops_a_late_answer_after_a_reset(procs, probe):
         return False
 
     wait_for(late_dropped, 5, "the late answer counted as dropped", procs=procs)
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("node", ["scripted_expert", "scripted_supervisor"])
+def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, node):
+    """A lockstep bridge publishes a state again when no answer reached it (lockstep_republish):
+    an answer was lost, or went out while only another reader of the command topic was matched
+    (a recorder, `ros2 topic echo`), not the bridge yet. The expert and the supervisor answered
+    each state once, so the simulation waited for ever (a CI run's recording pipeline: its first
+    episode never ended). They now answer a state that comes again whole once more, with the
+    same message; a part of it again is no repetition. This test plays the bridge."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import Joy
+
+    from robot_imitation.nodes.common import STATE_PUB_QOS, STATUS_PUB_QOS
+    from robot_imitation.pairing import layout_stamp
+    from robot_imitation.spec import Spec
+
+    if node == "scripted_expert":
+        params, topic = {"task": "reach", "trigger": "state"}, "/arm_controller/commands"
+        mtype = Float64MultiArray
+
+        def stamp_of(msg):
+            return layout_stamp(msg.layout)
+    else:
+        params, topic, mtype = {"spec": "reach"}, "/joy", Joy
+
+        def stamp_of(msg):
+            return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    answers = probe.record(mtype, topic, STATE_QOS)
+    pubs = {"/joint_states": probe.node.create_publisher(JointState, "/joint_states",
+                                                          STATE_PUB_QOS)}
+    pubs.update({t: probe.node.create_publisher(PoseStamped, t, STATE_PUB_QOS)
+                 for t in ("/ee_pose", "/target_pose")})
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_PUB_QOS)
+    procs.start_node(node, params=params)
+    names = next(f.joints for f in Spec.load("reach").observations if f.key == "joint_pos")
+    watched = {"scripted_expert": list(pubs), "scripted_supervisor": ["/ee_pose",
+                                                                      "/target_pose"]}[node]
+    wait_for(lambda: all(pubs[t].get_subscription_count() for t in watched)
+             and probe.node.count_publishers(topic), 30, node, procs=procs)
+
+    def publish(sec: int, topics=tuple(pubs)) -> None:
+        stamp = from_sec(float(sec))
+        for t in topics:
+            if t == "/joint_states":
+                msg = JointState(name=list(names), position=[0.0, -0.5, 0.0, -2.0, 0.0, 1.6,
+                                                             0.8, 0.02, 0.02],
+                                 velocity=[0.0] * len(names), effort=[0.0] * len(names))
+            else:
+                msg = PoseStamped()
+                msg.pose.position.x, msg.pose.position.z = 0.4 + 0.1 * len(t), 0.4
+                msg.pose.orientation.w = 1.0
+            msg.header.stamp = stamp
+            pubs[t].publish(msg)
+        if topics == tuple(pubs):
+            msg = DiagnosticArray()
+            msg.header.stamp = stamp
+            msg.status = [DiagnosticStatus(name="episode", values=[
+                KeyValue(key="episode", value="0"), KeyValue(key="tick", value=str(sec - 1)),
+                KeyValue(key="done", value="false")])]
+            status.publish(msg)
+
+    publish(1)
+    wait_for(lambda: len(answers) == 1, 10, "the answer to state 1", procs=procs)
+    publish(1, topics=("/ee_pose",))  # a part again: no repetition
+    time.sleep(0.5)
+    assert len(answers) == 1
+    publish(1, topics=("/joint_states", "/target_pose"))  # now the whole state came again
+    wait_for(lambda: len(answers) == 2, 10, "the answer to state 1 again", procs=procs)
+    assert answers[1] == answers[0] and stamp_of(answers[1]) == 10**9
+    publish(2)
+    wait_for(lambda: len(answers) == 3, 10, "the answer to state 2", procs=procs)
+    assert stamp_of(answers[2]) == 2 * 10**9
+    assert "state 1.000 s published again: answered again (1 in all)" in procs.log(node)

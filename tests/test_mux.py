@@ -341,3 +341,41 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     assert "no answer from expert (mode expert): nothing forwarded" in line, line
     assert line.startswith("[WARN]"), line
     assert len(arm) == 1
+
+
+@pytest.mark.ros
+def test_a_synced_mux_forwards_again_a_state_published_again(procs, probe):
+    """A lockstep bridge publishes a state again when no answer reached it. The mux ignored a
+    republished state, so a forward the bridge did not get (lost, or sent before the bridge's
+    subscription matched) stalled the simulation for ever. It now sends that forward again;
+    a state not forwarded yet still waits for its sources."""
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    executed = probe.record(String, "/command_mux/source", KEEP)
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    procs.start_node("command_mux", params={"mode": "expert", "sync": True,
+                                            "sync_sources": ["expert"]})
+    sources = Sources(probe, names=("expert",))
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: sources.matched() and state.get_subscription_count()
+             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
+             "the mux's subscriptions", procs=procs)
+    msg = JointState()
+    msg.header.stamp.sec = 7
+    state.publish(msg)
+    time.sleep(0.2)
+    state.publish(msg)  # again before any answer: nothing to forward yet
+    time.sleep(0.3)
+    assert len(arm) == 0
+    sources.send("expert", 4.0)
+    wait_for(lambda: len(arm) == 1, 5, "the forward", procs=procs)
+    state.publish(msg)  # again after the forward: the same forward again
+    wait_for(lambda: len(arm) == 2, 5, "the forward again", procs=procs)
+    assert list(arm[1].data) == list(arm[0].data) == [4.0] * 7
+    wait_for(lambda: len(executed) == 2, 5, "the executed source, twice")
+    assert [m.data for m in executed] == ["expert", "expert"]
+    msg.header.stamp.sec = 8
+    state.publish(msg)
+    time.sleep(0.3)
+    assert len(arm) == 2  # a new state waits for its answer
+    assert "state 7.000 s published again: its forward sent again (1 in all)" in \
+        procs.log("command_mux")

@@ -120,10 +120,12 @@ def count_during(msgs, seconds: float) -> int:
 
 
 # ====================================================================== train/deploy skew
-def replay_episode(reach_demos, ckpt, procs, probe, **params):
+def replay_episode(reach_demos, ckpt, procs, probe, again: int = 0, **params):
     """Play a recorded episode's observation messages (raw CDR from the bag, as `ros2 bag
     play` sends them) into the live node, one state at a time, each answered before the next;
-    returns (the dataset builder's episode, the node's commands (T, action_dim))."""
+    returns (the dataset builder's episode, the node's commands (T, action_dim)). ``again``:
+    the first states are played twice, as a lockstep bridge publishes a state again when no
+    answer reached it; each is answered again with the same command."""
     from mcap.reader import make_reader
     from rclpy.serialization import deserialize_message
 
@@ -149,15 +151,19 @@ def replay_episode(reach_demos, ckpt, procs, probe, **params):
             stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
             ticks.setdefault(stamp, []).append((channel.topic, message.data))
     answers = {}
-    for stamp, parts in sorted(ticks.items()):
+    for i, (stamp, parts) in enumerate(sorted(ticks.items())):
         assert sorted(t for t, _ in parts) == sorted(classes), parts
-        n = len(arm), len(grip)
-        for topic, raw in parts:
-            pubs[topic].publish(raw)        # the recorded bytes, as `ros2 bag play` sends them
-        wait_for(lambda: len(arm) > n[0] and len(grip) > n[1], 10, f"the answer to {stamp}",
-                 procs=procs)
-        answers[stamp] = np.concatenate([arm[-1][0].data, grip[-1][0].data])
-    assert len(arm) == len(grip) == len(ticks), "exactly one command per state"
+        for _ in range(2 if i < again else 1):
+            n = len(arm), len(grip)
+            for topic, raw in parts:
+                pubs[topic].publish(raw)    # the recorded bytes, as `ros2 bag play` sends them
+            wait_for(lambda: len(arm) > n[0] and len(grip) > n[1], 10,
+                     f"the answer to {stamp}", procs=procs)
+            answer = np.concatenate([arm[-1][0].data, grip[-1][0].data])
+            assert stamp not in answers or np.array_equal(answers[stamp], answer)
+            answers[stamp] = answer
+    assert len(arm) == len(grip) == len(ticks) + min(again, len(ticks)), \
+        "exactly one command per state (two for a state played twice)"
     got = np.array([answers[int(round(t * 1e9))] for t in episode.t])
     assert len(got) == len(episode) > 10
     return episode, got
@@ -166,10 +172,12 @@ def replay_episode(reach_demos, ckpt, procs, probe, **params):
 def test_replayed_episode_commands_equal_the_checkpoint_on_the_training_arrays(
         reach_demos, reach_bc, procs, probe):
     """A recorded episode played into the live node: its commands equal the checkpoint
-    applied to the dataset builder's arrays."""
+    applied to the dataset builder's arrays. Its first three states are played twice (a
+    lockstep bridge's republish): each is answered again, with the same command (the node
+    answered a state once, so a lost answer stalled a lockstep simulation for ever)."""
     from robot_imitation.learning.checkpoint import load_checkpoint
 
-    episode, got = replay_episode(reach_demos, best(reach_bc), procs, probe)
+    episode, got = replay_episode(reach_demos, best(reach_bc), procs, probe, again=3)
     policy, _ = load_checkpoint(best(reach_bc), Spec.load("reach"))
     obs = {k: torch.as_tensor(v) for k, v in episode.obs.items()}
     expected = policy.act(obs)[:, 0].double().numpy()

@@ -91,6 +91,29 @@ def test_assembler_pairs_parts_of_one_instant():
     assert asm.synchronized() is None  # each instant is handed out once
 
 
+def test_assembler_says_when_the_state_it_handed_out_comes_again_whole():
+    """A lockstep bridge publishes a state again when no answer reached it; a controller that
+    answered it answers again once the state came again whole (a part is no repetition), once
+    per repetition, and never for a state it has not handed out."""
+    spec = Spec.from_dict(SMALL)
+    asm = ObservationAssembler(spec)
+    asm.on_message("/js", joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    asm.on_message("/ee", pose(1.0, (1, 2, 3)))
+    assert asm.repeated() is None  # not handed out yet
+    assert asm.synchronized()[0] == 1.0
+    assert asm.repeated() is None
+    asm.on_message("/ee", pose(1.0, (1, 2, 3)))
+    assert asm.repeated() is None  # a part again
+    asm.on_message("/js", joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    assert asm.repeated() == 1.0 and asm.synchronized() is None
+    assert asm.repeated() is None  # once per repetition
+    asm.on_message("/js", joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    asm.on_message("/ee", pose(1.05, (1, 2, 3)))  # the next state's part came in between
+    assert asm.repeated() is None
+    asm.on_message("/js", joint_state(1.05, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    assert asm.synchronized()[0] == 1.05 and asm.repeated() is None
+
+
 def image(w, h, enc, pixels):
     msg = Image(width=w, height=h, encoding=enc, step=w * pixels.shape[2])
     msg.data = pixels.tobytes()

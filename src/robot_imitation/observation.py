@@ -46,6 +46,12 @@ class ObservationAssembler:
         self._values: dict = {}
         self._stamps: dict = {}
         self._answered = None
+        # the parts of the state handed out last that came again with its stamp since (a
+        # republish), and the parts a whole repetition needs (cameras aside: a republished
+        # state brings no new frame)
+        self._again: set = set()
+        self._repeat = frozenset(f.key for f in self.fields if not f.is_image) or \
+            frozenset(f.key for f in self.fields)
         self._readers = None  # cdr.MessageReader per topic, made on the first raw message
 
     @property
@@ -59,6 +65,8 @@ class ObservationAssembler:
         for f in self.by_topic[topic]:
             self._values[f.key] = self.spec.extract(f, msg)
             self._stamps[f.key] = t
+            if t == self._answered:
+                self._again.add(f.key)
 
     def on_raw(self, topic: str, raw: bytes) -> None:
         """Take a serialized message (a raw subscription's): the fields read straight from its
@@ -84,6 +92,8 @@ class ObservationAssembler:
         self._values.update(values)
         for key in values:
             self._stamps[key] = t
+        if t == self._answered:
+            self._again.update(values)
 
     def _complete_stamp(self) -> float | None:
         if len(self._stamps) < len(self.fields):
@@ -105,7 +115,19 @@ class ObservationAssembler:
         if stamp is None:
             return None
         self._answered = stamp
+        self._again.clear()
         return stamp, dict(self._values)
+
+    def repeated(self) -> float | None:
+        """The stamp of the state handed out last if it came again whole since then (or since
+        the last call that returned it): each part, cameras aside, again with that stamp, and
+        no part newer. Else None. A lockstep bridge publishes a state again when no answer
+        came, and a controller that answered it answers again (``nodes.common.LastAnswer``)."""
+        if self._answered is None or not self._again >= self._repeat:
+            return None
+        self._again.clear()
+        stamp = self._answered
+        return stamp if all(self._stamps[k] == stamp for k in self._repeat) else None
 
     def newest_stamp(self) -> float | None:
         """The stamp of the newest part received, or None before any."""

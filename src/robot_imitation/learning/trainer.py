@@ -178,6 +178,7 @@ class Trainer:
             # Denormal floats (a loss near zero) slow CPU training tens of times over:
             # measured 1,100 against 103,000 samples/s on a small reach run.
             torch.set_flush_denormal(True)
+        owned_group = False  # a process group this run made, destroyed when it ends
         if self.distributed:
             import torch.distributed as dist
 
@@ -186,6 +187,7 @@ class Trainer:
                 torch.cuda.set_device(device)
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+                owned_group = True
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         train = DeviceData(ds.arrays("train"), spec, cfg.chunk, device)
@@ -332,6 +334,10 @@ class Trainer:
         finally:
             if writer:
                 writer["tb"].close()  # also when a run ends with an exception (a no-op after)
+            if owned_group and dist.is_initialized():
+                # before the process exits: a CI run's second process, its training done,
+                # aborted at exit without it ("terminate called without an active exception")
+                dist.destroy_process_group()
 
     # ----------------------------------------------------------------- helpers
     @torch.no_grad()

@@ -571,8 +571,9 @@ class MujocoBridge(Node):
         stepper = self.stepper
         with self.cond:
             # The first state was published by the reset in __init__ (an answer to it may be in
-            # already); once more, for whoever subscribed since (answerers answer a stamp once).
-            self._publish_state()
+            # already). Whoever subscribed since gets it from the republish below; no copy at
+            # once: a controller that answered it would answer the copy again
+            # (nodes.common.LastAnswer), and a recorder would keep both answers.
             while self.running:
                 self._serve_requests()
                 if self.paused or stepper.held():

@@ -103,6 +103,8 @@ class CommandMux(Node):
         self._episode = None
         self._stamps_seen = None
         self._state_time = None
+        self._forward = None  # (state stamp, source, [(topic, message)]) forwarded last
+        self.resent = 0
         self.timeouts = 0
         if self.sync:
             self.create_subscription(JointState, state_topic, self._on_state, STATE_QOS)
@@ -127,7 +129,16 @@ class CommandMux(Node):
 
     def _on_state(self, msg: JointState) -> None:
         stamp = stamp_ns(msg.header.stamp)
-        if stamp == self._stamps_seen:   # the bridge republishes an unanswered state
+        if stamp == self._stamps_seen:
+            # the bridge publishes a state again when no answer reached it: one forwarded (lost,
+            # or sent while the bridge was not matched yet) goes again; one not forwarded yet
+            # waits, as before (its sources answer again: nodes.common.LastAnswer)
+            if self._forward is not None and self._forward[0] == stamp:
+                self._publish(*self._forward[1:])
+                self.resent += 1
+                self.get_logger().info(f"state {stamp * 1e-9:.3f} s published again: its "
+                                       f"forward sent again ({self.resent} in all)",
+                                       throttle_duration_sec=10.0)
             return
         self._stamps_seen = stamp
         self._state_time = time.monotonic()
@@ -171,9 +182,13 @@ class CommandMux(Node):
     def _flush(self, out) -> None:
         if out is None:
             return
+        self._forward = (self._stamps_seen, self.core.last_choice, out)
+        self._publish(self.core.last_choice, out)
+
+    def _publish(self, choice: str, out) -> None:
         # the source first: a recorder then has it before the robot's next state (its clock,
         # in lockstep), which the forwarded command releases
-        self.pub_source.publish(String(data=self.core.last_choice))
+        self.pub_source.publish(String(data=choice))
         for topic, msg in out:
             self.pubs[topic].publish(msg)
 
@@ -195,6 +210,7 @@ class CommandMux(Node):
                   "connected": str(all(self.count_publishers(t) for t in self._inputs)).lower(),
                   "intervening": str(self.core.intervening).lower(),
                   "sync_timeouts": self.timeouts, "late_answers_dropped": self.core.dropped_late,
+                  "forwards_resent": self.resent,
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

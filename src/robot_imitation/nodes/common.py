@@ -335,6 +335,41 @@ def state_to_answer(assembler, outputs) -> tuple | None:
     return assembler.synchronized()
 
 
+class LastAnswer:
+    """What a lockstep controller published answering the state it answered last, to publish
+    again when that state comes again whole (``ObservationAssembler.repeated``). A controller
+    answers a state once, but the bridge publishes a state again when no answer reached it in
+    ``lockstep_republish`` s: an answer was lost, or was sent while only another reader of the
+    command topic (a recorder, ``ros2 topic echo``) was matched yet, not the bridge. Without a
+    second answer the simulation would wait for ever."""
+
+    __slots__ = ("stamp", "sent", "resent")
+
+    def __init__(self):
+        self.stamp = None  # the state answered last
+        self.sent: list = []  # (publisher, message or serialized bytes) answering it
+        self.resent = 0  # states answered again
+
+    def publish(self, pub, msg, stamp) -> None:
+        """Publish ``msg`` on ``pub`` as (part of) the answer to the state stamped ``stamp``."""
+        if stamp != self.stamp:
+            self.stamp = stamp
+            self.sent.clear()
+        self.sent.append((pub, msg))
+        pub.publish(msg)
+
+    def again(self, node, stamp) -> None:
+        """The state stamped ``stamp`` came again: publish its answer again, if it was the
+        last one sent (a state handed out but not answered yet has none), and say so."""
+        if stamp is None or stamp != self.stamp or not self.sent:
+            return
+        for pub, msg in self.sent:
+            pub.publish(msg)
+        self.resent += 1
+        node.get_logger().info(f"state {float(stamp):.3f} s published again: answered again "
+                               f"({self.resent} in all)", throttle_duration_sec=10.0)
+
+
 class ServiceCaller:
     """Service calls from a node that spins elsewhere (a background executor): one client per
     service for the node's life. A request may reach a server before the server has discovered

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_PUB_QOS, STATE_QOS, Param, answer_bytes, declare_all, run,
-                     state_to_answer, take_state)
+from .common import (COMMAND_PUB_QOS, STATE_QOS, LastAnswer, Param, answer_bytes, declare_all,
+                     run, state_to_answer, take_state)
 
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -69,6 +69,7 @@ class ScriptedExpert(Node):
         self.pub_grip = self.create_publisher(Float64MultiArray,
                                               f"/{p['gripper_controller']}/commands",
                                               COMMAND_PUB_QOS)
+        self.last = LastAnswer()  # sent again when the bridge republishes its state
         for topic, mtype in self.assembler.topics.items():
             # raw: the fields are read straight from the CDR bytes (observation.on_raw)
             self.create_subscription(message_class(mtype), topic,
@@ -86,6 +87,8 @@ class ScriptedExpert(Node):
         ready = state_to_answer(self.assembler, (self.pub_arm, self.pub_grip))
         if ready is not None:
             self._command(ready[1], ready[0])
+        else:
+            self.last.again(self, self.assembler.repeated())
 
     def _on_timer(self) -> None:
         latest = self.assembler.latest()
@@ -108,8 +111,8 @@ class ScriptedExpert(Node):
         if self.interface == "velocity":
             arm = np.clip((arm - obs["joint_pos"][:n]) / self.period,
                           -self.sim.robot.velocity_limits, self.sim.robot.velocity_limits)
-        self.pub_arm.publish(answer_bytes(arm, stamp))
-        self.pub_grip.publish(answer_bytes([float(action[n])], stamp))
+        self.last.publish(self.pub_arm, answer_bytes(arm, stamp), stamp)
+        self.last.publish(self.pub_grip, answer_bytes([float(action[n])], stamp), stamp)
         self.commands += 1
 
 

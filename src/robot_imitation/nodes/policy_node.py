@@ -58,8 +58,9 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, Param, answer_bytes,
-                     declare_all, run, stamp_ns, state_to_answer, steady_timer, take_state)
+from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer, Param,
+                     answer_bytes, declare_all, run, stamp_ns, state_to_answer, steady_timer,
+                     take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -176,6 +177,7 @@ class PolicyNode(LifecycleNode):
         self._pending = None        # a state waiting for the episode status of its stamp
         self._status_sub = None
         self._ents = []
+        self.last = LastAnswer()
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
         self.add_post_set_parameters_callback(self._after_set_params)
@@ -228,6 +230,7 @@ class PolicyNode(LifecycleNode):
         self.assembler = ObservationAssembler(self.spec, cameras=self.p["camera_frames"])
         self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
                      for f in self.spec.actions]
+        self.last = LastAnswer()  # sent again when the bridge republishes its state
         for topic, mtype in self.assembler.topics.items():
             # raw: the spec's fields read straight from the CDR bytes (observation.on_raw)
             self._ents.append(self.create_subscription(
@@ -305,6 +308,7 @@ class PolicyNode(LifecycleNode):
         for pub in getattr(self, "pubs", []):
             self.destroy_lifecycle_publisher(pub)
         self.pubs = []
+        self.last = LastAnswer()
         if self.controller is not None:
             self.controller.close()
         self.controller = None
@@ -330,6 +334,8 @@ class PolicyNode(LifecycleNode):
                         return  # a newer status is in: this state's episode has moved on
                 self._pending = None
                 self._tick(*ready)
+            elif self.active and self.enabled:
+                self.last.again(self, self.assembler.repeated())
 
     def _on_timer(self) -> None:
         if self.controller is None:
@@ -378,7 +384,7 @@ class PolicyNode(LifecycleNode):
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
             for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
-                pub.publish(answer_bytes(values, stamp))
+                self.last.publish(pub, answer_bytes(values, stamp), stamp)
             done = self._clock_now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
@@ -517,7 +523,7 @@ class PolicyNode(LifecycleNode):
         values = {"state": ("active" if self.active else "inactive") if c else "unconfigured",
                   "enabled": str(self.enabled).lower(), "missed_ticks": self.missed_ticks,
                   "overruns": self.overruns, "reloads": self.reloads,
-                  "reload_failures": self.reload_failures}
+                  "reload_failures": self.reload_failures, "answers_resent": self.last.resent}
         if self._episode is not None:
             values["episode"] = self._episode  # the newest episode status heard
         if c is not None:

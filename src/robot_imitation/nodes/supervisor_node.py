@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .common import (STATE_PUB_QOS, STATE_QOS, STATUS_QOS, Param, declare_all, params_of, run,
-                     stamp_ns, state_to_answer, take_state)
+from .common import (STATE_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, Param, declare_all,
+                     params_of, run, stamp_ns, state_to_answer, take_state, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -63,6 +63,7 @@ class ScriptedSupervisor(Node):
         self._episodes = {}   # stamp (ns) -> episode number
         self._episode = None
         self._answered = -1
+        self.last = LastAnswer()  # sent again when the bridge republishes its state
         self.get_logger().info(f"supervising {[f.key for f in fields]}: {self.gate}")
 
     def _on_state(self, topic: str, msg) -> None:
@@ -72,6 +73,8 @@ class ScriptedSupervisor(Node):
         if ready is not None:
             self._states[stamp_ns(msg.header.stamp)] = (msg.header.stamp, ready[1])
             self._answer()
+        else:
+            self.last.again(self, self.assembler.repeated())
 
     def _on_status(self, msg: DiagnosticArray) -> None:
         values = {kv.key: kv.value for st in msg.status[:1] for kv in st.values}
@@ -106,7 +109,7 @@ class ScriptedSupervisor(Node):
             buttons[self.button] = int(held)
             msg = Joy(buttons=buttons)
             msg.header.stamp = header_stamp
-            self.pub.publish(msg)
+            self.last.publish(self.pub, msg, to_sec(header_stamp))
             for old in [k for k in self._episodes if k < t]:
                 del self._episodes[old]
 
