@@ -319,12 +319,7 @@ class EpisodeRecorder(Node):
         value) is (``latched.Replays``). Log time ``receive``: the middleware's reception stamp
         (the system clock, which is ROS time); under simulation time, the node clock when the
         message was taken."""
-        batch, ended = self.replays.sort(batch, flush)
-        for topic, skipped in ended:
-            self.get_logger().info(
-                f"{topic}: {skipped} older message(s) its publisher sent from its history "
-                "(published before this recorder subscribed) not recorded; the newest kept, "
-                "as the latched value")
+        batch = self.replays.sort(batch, flush)
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
         if self._answering:
             for received, topic, data, info in batch:
@@ -451,6 +446,10 @@ class EpisodeRecorder(Node):
             if started is not None and started != self._started_ns:
                 raise RecorderError("the episode it was for was stopped; another one runs")
             self.drain.take(flush=True)  # what was received until now belongs to the episode
+            for topic, n in sorted(self.replays.take_skipped().items()):
+                self.get_logger().info(
+                    f"{topic}: {n} older message(s) its publisher sent from its history when "
+                    "this recorder subscribed not recorded (only the newest, its latched value)")
             self._running_episode = None
             meta = {}
             if self._status is not None:
