@@ -801,9 +801,16 @@ def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tm
         wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")
                  and probe.node.count_subscribers("/episode/status") >= 2, 30,
                  "the bridge and the recorder", procs=procs)
+        state_topics = ("/joint_states", "/object_pose", "/ee_pose", "/goal_pose", "/clock")
+        before = {t: probe.node.count_subscribers(t) for t in state_topics}
         assert call(probe, "start").success
-        wait_for(lambda: ctl.connected(2), 30, "the commands matched to the recorder too",
-                 procs=procs)
+        # the recorder subscribes now; its subscriptions must be announced before it stops
+        # (stopped with the announcement still queued, the bridge matched them only after
+        # the episode, and the bag had no state at all)
+        wait_for(lambda: ctl.connected(2) and all(
+            probe.node.count_subscribers(t) > before[t] for t in state_topics), 30,
+            "the recorder's subscriptions announced", procs=procs)
+        time.sleep(0.5)
         os.kill(recorder.pid, signal.SIGSTOP)
         try:
             assert probe.call(SetBool, "/mujoco_bridge/set_pause",
@@ -837,14 +844,11 @@ def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tm
     # every state from the first recorded to the final one, once, in order
     assert states == sorted(set(states)) and len(states) >= 150, states
     status = stamps["/episode/status"]
-    if status[0] not in states:
-        # the first state's status without its state: the latched value sent to the recorder's
-        # new subscription at ~/start, its state published before (and answered already)
-        status, ticks = status[1:], ticks[1:]
-    elif status[:2] == status[:1] * 2:
-        # the first state's status twice: the latched value, then the state published again
-        # once unpaused (not answered yet)
-        status, ticks = status[1:], ticks[1:]
+    for topic in ("/arm_controller/commands", "/gripper_controller/commands"):
+        if stamps[topic][0] not in states:
+            # the answer to a state published before the episode, sent after the recorder
+            # subscribed
+            stamps[topic] = stamps[topic][1:]
     assert ticks == list(range(ticks[0], ticks[-1] + 1)), ticks  # none missing
     assert status == states
     for topic in ("/object_pose", "/arm_controller/commands", "/gripper_controller/commands",
@@ -852,45 +856,52 @@ def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tm
         assert stamps[topic] == states, (topic, len(stamps[topic]), len(states))
 
 
-def test_of_a_latched_publishers_history_only_the_newest_is_recorded():
+def test_what_a_latched_publisher_replays_to_a_new_subscription_is_not_recorded():
     """A new transient-local subscription gets the samples its publishers' histories still hold,
-    published before it existed: of each publisher's, only the newest (the latched value) goes
-    on. A live sample may overtake the history (seen in `make demo`): the latched value is
-    then the sample just before the first live one, whenever it arrives."""
+    published before it existed; an episode holds what was published from its start on."""
     from robot_imitation.recording.latched import Replays
 
-    def item(received, topic, seq, gid, live=False):
-        return (received, topic, f"{gid}:{seq}".encode(),
-                {"source_timestamp": 1000 + seq if live else 900 + seq,
-                 "publication_sequence_number": seq,
-                 "publisher_gid": {"data": bytes([gid]) * 16}})
-
-    def data(out):
-        return [i[2].decode() for i in out]
+    def item(received, topic, source):
+        return (received, topic, b"", {"source_timestamp": source})
 
     replays = Replays()
     replays.subscribed("/latched", 1000)
-    # publisher 1: its history 1-3, then live from 4 on, in order
-    out = replays.sort([item(1, "/latched", 1, 1), item(2, "/other", 5, 3),
-                        item(3, "/latched", 2, 1)])
-    assert data(out) == ["3:5"]  # /other is not latched: it passes; the rest waits
-    out = replays.sort([item(4, "/latched", 3, 1), item(5, "/latched", 4, 1, live=True)])
-    assert data(out) == ["1:3", "1:4"]
-    # publisher 2: live 5 first, then its history 1-4: 4 is its latched value
-    out = replays.sort([item(6, "/latched", 5, 2, live=True), item(7, "/latched", 1, 2),
-                        item(8, "/latched", 3, 2)])
-    assert data(out) == ["2:5"]
-    out = replays.sort([item(9, "/latched", 4, 2), item(10, "/latched", 6, 2, live=True)])
-    assert data(out) == ["2:4", "2:6"]
-    # publisher 4: history only; a flush (a stop) passes its newest, in reception order
-    out = replays.sort([item(11, "/latched", 7, 4), item(12, "/latched", 8, 4)])
-    assert out == []
-    out = replays.sort([item(13, "/latched", 5, 1, live=True)], flush=True)
-    assert data(out) == ["4:8", "1:5"]
-    assert replays.take_skipped() == {"/latched": 2 + 2 + 1}
+    batch = [item(1, "/latched", 10), item(2, "/other", 5), item(3, "/latched", 999),
+             item(4, "/latched", 1000), item(5, "/latched", 0)]  # 0: no source stamp
+    assert replays.sort(batch) == [batch[1], batch[3], batch[4]]
+    assert replays.take_skipped() == {"/latched": 2}
     assert replays.take_skipped() == {}
-    assert replays.sort([item(14, "/latched", 2, 1)]) == []  # history after the value
-    assert replays.take_skipped() == {"/latched": 1}
+
+
+def test_a_command_naming_its_state_is_logged_at_that_state_whatever_the_arrival_order():
+    """Log time by publication: a command is logged at the newest state stamp published before
+    it, which needs the states published before it to have arrived. A recorder that fell behind
+    gets the samples its transport dropped sent again, late and out of order, and a command
+    decided before its own state had come was logged at the state before (paired with it by the
+    dataset builder). A command naming its state is logged at that state's stamp, at once; one
+    naming none keeps the rule."""
+    from robot_imitation.cdr import StateWriter, float64_multi_array
+    from robot_imitation.pairing import stamp_label
+    from robot_imitation.recording.timing import PublicationClock
+
+    w = StateWriter(["j"])
+    clock = PublicationClock(["/joint_states"], hold=0.0,
+                             answers=["/arm_controller/commands", "/teleop"])
+    ms = 1_000_000
+    clock.add("/joint_states", 0, w.joint_state(0, 25 * ms, [0.0], [0.0], [0.0]), 5)  # state 0
+    assert [t for _, t, _ in clock.ready()] == [25 * ms]
+    # state 1 (published at 10) and its answer (11); state 2 (20). State 1 arrives last, as a
+    # repaired sample does: the answer is decided once state 2 (published after it) is in
+    clock.add("/arm_controller/commands", 0, float64_multi_array([0.5], stamp_label(50 * ms)), 11)
+    clock.add("/teleop", 0, float64_multi_array([0.7]), 12)  # names no state
+    clock.add("/joint_states", 0, w.joint_state(0, 75 * ms, [0.0], [0.0], [0.0]), 20)
+    logged = {topic: t for topic, t, _ in clock.ready()}
+    assert logged["/arm_controller/commands"] == 50 * ms  # its state's stamp (was 25 ms)
+    # the rule with what has arrived: a command naming no state keeps this limit
+    assert logged["/teleop"] == 25 * ms
+    clock.add("/joint_states", 0, w.joint_state(0, 50 * ms, [0.0], [0.0], [0.0]), 10)
+    assert [t for _, t, _ in clock.ready()] == [50 * ms]
+    assert len(clock) == 0
 
 
 LATCHED_PUBLISHER = """
@@ -918,14 +929,12 @@ while rclpy.ok():
 
 
 @pytest.mark.ros
-def test_a_recorder_subscribing_records_the_latched_value_not_the_history(procs, probe,
-                                                                           tmp_path):
+def test_a_recorder_subscribing_at_the_start_records_no_history(procs, probe, tmp_path):
     """The episode status's publisher keeps a deep history (a recorder that falls behind must
     lose nothing), and a transient-local publisher sends a new subscription that history. A
-    recorder subscribing at ~/start recorded every past status it got after the start: here 50
-    messages published before it, of which only the newest, the latched value, belongs to the
-    episode. The publisher is stopped while the recorder subscribes, so its history surely
-    arrives after the start."""
+    recorder subscribing at ~/start recorded every past status it got after the start noted: here
+    50 messages published before the episode. The publisher is stopped while the recorder
+    subscribes, so its history surely arrives after the start."""
     script = tmp_path / "latched_publisher.py"
     script.write_text(LATCHED_PUBLISHER)
     publisher = procs.start("latched_publisher", [sys.executable, str(script)])
@@ -954,6 +963,7 @@ def test_a_recorder_subscribing_records_the_latched_value_not_the_history(procs,
     bag = ds / entry["name"]
     values = [int(m.ros_msg.data) for m in read_ros2_messages(
         str(bag / f"{entry['name']}.mcap"), topics=["/test/latched"])]
-    assert values == list(range(49, 55)), values  # the latched value, then the live ones
-    assert "/test/latched: 49 older message(s) its publisher sent from its history" in \
+    assert values == list(range(50, 55)), values  # the live ones
+    assert "/test/latched: 50 message(s) published before the episode, sent from the " \
+        "publisher's history when this recorder subscribed: not recorded" in \
         procs.log("episode_recorder")

@@ -4,8 +4,9 @@ Records the spec's topics, plus any topics named in `topics` (any message type),
 serialized messages stamped with the node clock (simulation time under `use_sim_time`).
 Services (std_srvs/Trigger): ~/start, ~/stop (stop and keep), ~/discard. With
 `auto_stop_on_done`, the episode stops when the task's `episode/status` says done, once the
-commands answering the final state are in (the spec's action topics, at most `answer_timeout`
-s) and at least `stop_grace` s after it: in lockstep a controller answers the final state after
+commands answering the final state are in (the spec's action topics), and the final state's
+message on each topic that carries every state (at most `answer_timeout` s), and at least
+`stop_grace` s after it: in lockstep a controller answers the final state after
 its status (the policy node waits for a state's status before it answers), and an answer later
 than a fixed grace was lost under load.
 
@@ -35,6 +36,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ..cdr import answer_stamp  # noqa: E402
 from ..observation import message_class  # noqa: E402
 from ..recording.latched import Replays  # noqa: E402
+from ..recording.timing import header_stamp_ns  # noqa: E402
 from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
@@ -101,9 +103,8 @@ class Drain:
     failed and were repaired). Bag readers sort by log time (MCAP's chunk indexes), so only the
     file order differs.
 
-    ``offer(batch, flush)`` gets ``[(received_ns, topic, data, info), ...]`` (``received_ns``:
-    the middleware's reception stamp, system clock, or the time of the take where it has none)
-    and whether this pass is a flush (then possibly with an empty batch).
+    ``offer(batch)`` gets ``[(received_ns, topic, data, info), ...]``; ``received_ns`` is the
+    middleware's reception stamp (system clock), or the time of the take where it has none.
     """
 
     def __init__(self, offer, context, log, timeout: float = 0.1):
@@ -172,12 +173,14 @@ class Drain:
                         data, info = got
                         batch.append((info["received_timestamp"] or time.time_ns(), topic,
                                       data, info))
+            if not batch:
+                return
             batch.sort(key=_first)
-            if not flush and batch and batch[-1][0] > mark:
+            if not flush and batch[-1][0] > mark:
                 cut = next(i for i, item in enumerate(batch) if item[0] > mark)
                 batch, self._held = batch[:cut], batch[cut:]
-            if batch or flush:
-                self.offer(batch, flush)
+            if batch:
+                self.offer(batch)
 
     def close(self) -> None:
         """Stop the thread; a last pass takes what is still waiting."""
@@ -211,7 +214,9 @@ class EpisodeRecorder(Node):
               max_value=10.0),
         Param("answer_timeout", 2.0, "auto stop: the longest wait (seconds, wall) after done "
               "for a command answering the final state on each of the spec's action topics (one "
-              "naming that state, or one without a name received after the status)",
+              "naming that state, or one without a name received after the status), and for the "
+              "final state's message on each topic that carries every state (the spec's stamped "
+              "observations, /clock)",
               min_value=0.0, max_value=60.0),
         Param("status_topic", "/episode/status", "the task's episode status "
               "(diagnostic_msgs/DiagnosticArray)", read_only=True),
@@ -263,6 +268,16 @@ class EpisodeRecorder(Node):
                            for t, ty in self.spec.action_topics().items()} \
             if self.spec and self.auto_stop else {}
         self._newest_answer: dict = {}
+        # and the topics that carry every state (the spec's stamped observations, a recorded
+        # /clock), whose message of the final state is awaited as well: a recorder that fell
+        # behind gets the samples its transport dropped sent again, later (a CI run's bag
+        # ended without the final 136 poses); their newest bytes taken, by topic
+        self._per_state = {
+            t for t, ty in self.wanted.items() if ty == "rosgraph_msgs/msg/Clock" or (
+                t in {f.topic for f in self.spec.low_dim_observations}
+                and "header" in message_class(ty).get_fields_and_field_types())
+        } if self._answering else set()
+        self._newest_state: dict = {}
         self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
         self.drain = Drain(self._offer_batch, self.context,
                            lambda text: self.get_logger().error(text, throttle_duration_sec=5.0))
@@ -312,20 +327,21 @@ class EpisodeRecorder(Node):
             self.drain.add(topic, self.subs[topic])
         return missing
 
-    def _offer_batch(self, batch: list, flush: bool = False) -> None:
+    def _offer_batch(self, batch: list) -> None:
         """A drained batch to the recorder, in reception order. A message received before
-        ~/start (still waiting while the start ran) is not part of the episode. Of the history
-        a latched publisher sends a new subscription, only the newest sample (the latched
-        value) is (``latched.Replays``). Log time ``receive``: the middleware's reception stamp
-        (the system clock, which is ROS time); under simulation time, the node clock when the
-        message was taken."""
-        batch = self.replays.sort(batch, flush)
+        ~/start (still waiting while the start ran) is not part of the episode, nor is the
+        history a latched publisher sends a subscription made at ~/start (``latched.Replays``).
+        Log time ``receive``: the middleware's reception stamp (the system clock, which is ROS
+        time); under simulation time, the node clock when the message was taken."""
+        batch = self.replays.sort(batch)
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
         if self._answering:
             for received, topic, data, info in batch:
                 if topic in self._answering:  # the stamp is read only while a stop waits
                     self._newest_answer[topic] = (data, info["received_timestamp"]
                                                   or time.time_ns())
+                elif topic in self._per_state:
+                    self._newest_state[topic] = data
         self.recorder.offer_many([(topic, now or received, data, info["source_timestamp"])
                                   for received, topic, data, info in batch
                                   if not self._before_start(info)])
@@ -404,6 +420,13 @@ class EpisodeRecorder(Node):
         resp.message = self._summary(entry)
         return resp
 
+    def _reached(self, topic: str, final: int) -> bool:
+        """Has ``topic`` (one that carries every state) a message of the final state's instant
+        or a later one?"""
+        newest = self._newest_state.get(topic)
+        stamp = header_stamp_ns(newest) if newest is not None else None
+        return stamp is not None and stamp >= final
+
     def _answered(self, topic: str, final: int, seen: int) -> bool:
         """Has ``topic`` a command answering the state stamped ``final`` (one naming it or a
         later one, or one naming none received after that state's status, at ``seen``)?"""
@@ -421,15 +444,22 @@ class EpisodeRecorder(Node):
         t0 = time.monotonic()
         time.sleep(self.stop_grace)
         missing = list(self._answering)
+        lacking = sorted(self._per_state)
         while True:
             missing = [t for t in missing if not self._answered(t, final, seen)]
-            if not missing or time.monotonic() - t0 >= self.answer_timeout:
+            lacking = [t for t in lacking if not self._reached(t, final)]
+            if not (missing or lacking) or time.monotonic() - t0 >= self.answer_timeout:
                 break
             time.sleep(0.005)
         if missing:
             self.get_logger().warning(
                 f"episode end: no command answering the final state ({final * 1e-9:.3f} s) on "
                 f"{', '.join(missing)} within answer_timeout ({self.answer_timeout} s): the bag "
+                f"ends without it")
+        if lacking:
+            self.get_logger().warning(
+                f"episode end: no message of the final state ({final * 1e-9:.3f} s) on "
+                f"{', '.join(lacking)} within answer_timeout ({self.answer_timeout} s): the bag "
                 f"ends without it")
         self._auto_stop(started)
 
@@ -448,8 +478,8 @@ class EpisodeRecorder(Node):
             self.drain.take(flush=True)  # what was received until now belongs to the episode
             for topic, n in sorted(self.replays.take_skipped().items()):
                 self.get_logger().info(
-                    f"{topic}: {n} older message(s) its publisher sent from its history when "
-                    "this recorder subscribed not recorded (only the newest, its latched value)")
+                    f"{topic}: {n} message(s) published before the episode, sent from the "
+                    "publisher's history when this recorder subscribed: not recorded")
             self._running_episode = None
             meta = {}
             if self._status is not None:

@@ -270,8 +270,12 @@ class Recorder:
         opened.set()
         clock = None
         if self.log_time == "publication":
+            # /clock carries its instant as a header carries a stamp (the same CDR layout)
             clock = PublicationClock([t for t, ty in topics.items()
-                                      if self.registry.has_header(ty)])
+                                      if self.registry.has_header(ty)
+                                      or ty == "rosgraph_msgs/msg/Clock"],
+                                     answers=[t for t, ty in topics.items()
+                                              if ty.endswith("MultiArray")])
         while True:
             try:
                 item = q.get(timeout=0.05)

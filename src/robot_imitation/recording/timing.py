@@ -10,6 +10,14 @@ messages *published before it* (ordered by their DDS source timestamps, one wall
 publishers on this host). In lockstep this is exact: command k is published after state k and
 before state k+1, so it is logged at t_k. A message waits until a message published after it
 has arrived (or ``hold`` seconds), because topics arrive in any order.
+
+A command that names the state it answers (``answers``: a ``Float64MultiArray`` with the
+``stamp=`` label of ``pairing``) is logged at that state's stamp, at once. The rule above gave
+the same time while messages arrive in about the order they were published, but not for a
+recorder that fell behind: the samples its transport's queue could not hold are sent again
+later, out of order with the rest, and a command decided before its own state had arrived was
+logged at the state before, and paired with it (a recorder stopped through a lockstep episode
+on a loaded machine: the last commands logged out of order).
 """
 from __future__ import annotations
 
@@ -18,11 +26,14 @@ import struct
 import time
 from collections import deque
 
+from ..cdr import answer_stamp
+
 _STAMP = struct.Struct("<iI")
 
 
 def header_stamp_ns(data) -> int | None:
-    """The header stamp of a little-endian CDR message that starts with std_msgs/Header."""
+    """The header stamp of a little-endian CDR message that starts with std_msgs/Header (or the
+    time of a rosgraph_msgs/Clock, laid out the same)."""
     if len(data) < 12 or data[1] != 1:  # encapsulation: CDR little endian
         return None
     sec, nsec = _STAMP.unpack_from(data, 4)
@@ -32,14 +43,17 @@ def header_stamp_ns(data) -> int | None:
 class PublicationClock:
     """Assigns log times from source timestamps and header stamps; emits messages when decided."""
 
-    def __init__(self, stamped_topics, hold: float = 0.25, window: int = 4096):
+    def __init__(self, stamped_topics, hold: float = 0.25, window: int = 4096,
+                 answers=()):
         self.stamped = set(stamped_topics)
+        self.answers = set(answers)
         self.hold_ns = int(hold * 1e9)
         self._src: list[int] = []      # source timestamps of stamped messages (sorted)
         self._stamp: list[int] = []    # their header stamps
         self._window = window
         self._newest_src = -1
         self._pending: deque = deque()
+        self._named: list = []  # answers naming their state: decided
 
     def add(self, topic: str, recv_ns: int, data, src_ns: int) -> None:
         if topic in self.stamped:
@@ -51,6 +65,11 @@ class PublicationClock:
                 if len(self._src) > self._window:
                     del self._src[0], self._stamp[0]
                 self._newest_src = max(self._newest_src, src_ns)
+        if topic in self.answers:
+            named = answer_stamp(data)
+            if named is not None:
+                self._named.append((topic, named, data))
+                return
         self._pending.append((topic, recv_ns, data, src_ns, time.monotonic_ns()))
 
     def _log_time(self, src_ns: int, recv_ns: int) -> int:
@@ -62,9 +81,10 @@ class PublicationClock:
         return max(self._stamp[max(0, i - 32):i])
 
     def ready(self, flush: bool = False):
-        """(topic, log_ns, data) of the messages whose log time is decided, in arrival order."""
+        """(topic, log_ns, data) of the messages whose log time is decided (the answers naming
+        their state first, then the others in arrival order)."""
         now = time.monotonic_ns()
-        out = []
+        out, self._named = self._named, []
         keep = deque()
         for item in self._pending:
             topic, recv_ns, data, src_ns, arrived = item
@@ -76,4 +96,4 @@ class PublicationClock:
         return out
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._named)
