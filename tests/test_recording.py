@@ -793,9 +793,11 @@ def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tm
     procs.start_node("mujoco_bridge", params={"task": "push", "mode": "lockstep", "seed": 3,
                                               "start_paused": True, "cameras": [""]})
     ds = tmp_path / "ds"
+    # answer_timeout: what the stopped recorder's transport dropped is sent again later, after
+    # the episode's end (seen: the last poses more than 2 s after it, on a loaded machine)
     recorder = procs.start_node("episode_recorder", params={
         "dataset": str(ds), "spec": "push", "auto_stop_on_done": True, "use_sim_time": True,
-        "discovery_timeout": 30.0})
+        "discovery_timeout": 30.0, "answer_timeout": 10.0})
     ctl = AnswerAfterStatus()
     try:
         wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")

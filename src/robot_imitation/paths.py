@@ -82,9 +82,7 @@ def dds_profile() -> Path | None:
     - ``services`` (``config/fastdds/services.xml``): a service's answer waits up to 5 s for
       the client's response reader to be discovered, not Fast DDS's 100 ms, after which the
       answer is dropped and the client waits forever (seen on a loaded machine with freshly
-      started nodes); and data writers send their periodic heartbeat every 100 ms, not 3 s, so
-      that a reader that fell behind gets what its transport dropped within a tenth of a
-      second. Nothing else differs from Fast DDS's defaults.
+      started nodes). Nothing else differs from Fast DDS's defaults.
     - ``large_data`` (``config/fastdds/large_data.xml``): the same, and a shared-memory segment
       that holds camera frames published back to back (Fast DDS's 512 KB default loses the
       first of two VGA frames to the second and repairs it up to a second late, or never). Not

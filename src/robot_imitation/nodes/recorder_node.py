@@ -270,7 +270,7 @@ class EpisodeRecorder(Node):
         self._newest_answer: dict = {}
         # and the topics that carry every state (the spec's stamped observations, a recorded
         # /clock), whose message of the final state is awaited as well: a recorder that fell
-        # behind gets the samples its transport dropped sent again, later (a CI run's bag
+        # behind gets the samples its transport dropped sent again, later (a test run's bag
         # ended without the final 136 poses); their newest bytes taken, by topic
         self._per_state = {
             t for t, ty in self.wanted.items() if ty == "rosgraph_msgs/msg/Clock" or (
