@@ -302,6 +302,18 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     assert 8 < chosen.count("expert") < 32
 
 
+def synced_mux(procs, probe, state, names, **params) -> "Sources":
+    """A mux in `expert` mode syncing on ``state`` (the probe's JointState publisher), its
+    sources ``names`` played by the probe; returns them once the mux hears everything."""
+    procs.start_node("command_mux", params={"mode": "expert", "sync": True, **params})
+    sources = Sources(probe, names=names)
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: sources.matched() and state.get_subscription_count()
+             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
+             "the mux's subscriptions", procs=procs)
+    return sources
+
+
 @pytest.mark.ros
 def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     """A state the chosen source never answers is not forwarded (the robot waits), and the mux
@@ -310,13 +322,7 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     answering is warned about."""
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
-    procs.start_node("command_mux", params={"mode": "expert", "sync": True,
-                                            "sync_timeout": 0.3})
-    sources = Sources(probe, names=("expert", "policy"))
-    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
-    wait_for(lambda: sources.matched() and state.get_subscription_count()
-             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
-             "the mux's subscriptions", procs=procs)
+    sources = synced_mux(procs, probe, state, ("expert", "policy"), sync_timeout=0.3)
     msg = JointState()
     msg.header.stamp.sec = 7
     state.publish(msg)
@@ -352,13 +358,7 @@ def test_a_synced_mux_forwards_again_a_state_published_again(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)
     state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
-    procs.start_node("command_mux", params={"mode": "expert", "sync": True,
-                                            "sync_sources": ["expert"]})
-    sources = Sources(probe, names=("expert",))
-    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
-    wait_for(lambda: sources.matched() and state.get_subscription_count()
-             and probe.node.count_publishers(ARM) and mux_connected(diag), 30,
-             "the mux's subscriptions", procs=procs)
+    sources = synced_mux(procs, probe, state, ("expert",), sync_sources=["expert"])
     msg = JointState()
     msg.header.stamp.sec = 7
     state.publish(msg)
