@@ -85,7 +85,8 @@ STATUS_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
                         history=QoSHistoryPolicy.KEEP_LAST)
 # The episode status's publisher (one status with each state): a late joiner is sent the history
-# too, up to PUBLISHER_DEPTH statuses (a recorder keeps only the newest of them, as latched).
+# too, up to PUBLISHER_DEPTH statuses (a recorder subscribing at ~/start records none of them:
+# recording.latched).
 STATUS_PUB_QOS = publisher_qos(STATUS_QOS)
 
 
