@@ -333,7 +333,7 @@ class EpisodeRecorder(Node):
         history a latched publisher sends a subscription made at ~/start (``latched.Replays``).
         Log time ``receive``: the middleware's reception stamp (the system clock, which is ROS
         time); under simulation time, the node clock when the message was taken."""
-        batch = self.replays.sort(batch)
+        batch = self.replays.drop_replayed(batch)
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
         if self._answering:
             for received, topic, data, info in batch:

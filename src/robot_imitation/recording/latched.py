@@ -34,7 +34,7 @@ class Replays:
         """``topic``'s subscription, transient local, was made at ``now_ns`` (system clock)."""
         self.since[topic] = now_ns
 
-    def sort(self, batch: list) -> list:
+    def drop_replayed(self, batch: list) -> list:
         """The batch without the replayed samples, in reception order."""
         if not self.since:
             return batch
