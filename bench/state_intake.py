@@ -13,7 +13,8 @@ std_msgs/Float64MultiArray of 7 values), in one of two ways:
   never completes, the executor's own loop between the slices);
 - **spin_once**: the same executor, one `spin_once` call per callback (the nodes' way before);
 - **waitset**: a thread waiting on the three subscriptions alone (one wait set, kept) and
-  taking everything waiting per wake-up: the recorder's `Drain`.
+  taking everything waiting per wake-up: the recorder's `Drain`, without the recorder's pause
+  between passes (`period` 0: a controller answers each state at once).
 
 Reported per run: the subscriber's CPU (utime + stime of its process) over the measured window
 as a share of one core and per message taken, the messages taken, the commands the publisher
