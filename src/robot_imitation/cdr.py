@@ -33,6 +33,7 @@ _TIME = struct.Struct("<iI")
 _STAMPED = {"sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped",
             "sensor_msgs/msg/Image"}
 _JOINT_FIELDS = ("position", "velocity", "effort")
+_POSE_ORDER = np.array([0, 1, 2, 6, 3, 4, 5])
 
 
 class CdrError(ValueError):
@@ -106,8 +107,8 @@ class MessageReader:
             pos = _align(pos, 8)
             if pos + 56 > len(buf):
                 raise CdrError("truncated")
-            p = np.frombuffer(buf, "<f8", 7, pos)  # x y z, qx qy qz qw
-            value = np.array([p[0], p[1], p[2], p[6], p[3], p[4], p[5]])
+            # x y z, qx qy qz qw -> x y z, qw qx qy qz (fancy indexing: a copy)
+            value = np.frombuffer(buf, "<f8", 7, pos)[_POSE_ORDER]
             return stamp, {f.key: value for f in self.fields}
         if t in ("std_msgs/msg/Float64MultiArray", "std_msgs/msg/Float32MultiArray"):
             pos = _align(pos, 4)

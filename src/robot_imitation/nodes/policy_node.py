@@ -59,8 +59,7 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer, Param,
-                     answer_bytes, declare_all, run, stamp_ns, state_to_answer, steady_timer,
-                     take_state)
+                     declare_all, run, stamp_ns, state_to_answer, steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -69,6 +68,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
+from ..cdr import float64_multi_array  # noqa: E402
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
 from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noqa: E402
@@ -77,7 +77,7 @@ from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noq
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
-from ..pairing import stamp_of  # noqa: E402
+from ..pairing import stamp_label, stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -383,8 +383,9 @@ class PolicyNode(LifecycleNode):
                 throttle_duration_sec=5.0)
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
+            label = stamp_label(stamp_of(stamp))
             for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
-                self.last.publish(pub, answer_bytes(values, stamp), stamp)
+                self.last.publish(pub, float64_multi_array(values, label), stamp)
             done = self._clock_now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
