@@ -13,7 +13,7 @@ than a fixed grace was lost under load.
 An episode starts only once every recorded topic has a publisher matched to this node's
 subscription (so no first message is lost); subscriptions take the reliability and durability
 of the topic's publishers. The recorded topics are not run by the executor: a drain thread takes
-every message waiting on them a few hundred times a second (serialized, with the middleware's
+every message waiting on them at most every 10 ms (serialized, with the middleware's
 reception stamp) and hands them to the recorder in reception order, one batch per pass; a writer
 thread writes. SIGINT/SIGTERM finish the open bag.
 """
