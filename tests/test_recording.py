@@ -906,6 +906,49 @@ def test_a_command_naming_its_state_is_logged_at_that_state_whatever_the_arrival
     assert len(clock) == 0
 
 
+def test_a_message_naming_no_state_waits_for_every_per_state_topic():
+    """Log time by publication, a message naming no state (a teleop's command, the mux's
+    ~/source): logged at the newest state stamp published before it once every state topic has
+    delivered a message published after it. A reliable writer's samples arrive in order, so
+    the states before it are all in by then. Deciding as soon as any stamped message published
+    after it had come (here a camera frame) logged it at the state before when the states were
+    repaired late."""
+    from robot_imitation.cdr import StateWriter, float64_multi_array
+    from robot_imitation.recording.timing import PublicationClock
+
+    w = StateWriter(["j"])
+    ms = 1_000_000
+
+    def state(clock, stamp_ms, src):  # joint state and pose of one state, published at src
+        clock.add("/joint_states", 0, w.joint_state(0, stamp_ms * ms, [0.0], [0.0], [0.0]), src)
+        clock.add("/pose", 0, w.joint_state(0, stamp_ms * ms, [0.0], [0.0], [0.0]), src + 1)
+
+    clock = PublicationClock(["/joint_states", "/pose", "/camera"], hold=0.0,
+                             answers=["/teleop"], per_state=["/joint_states", "/pose"])
+    state(clock, 25, 5)
+    assert len(clock.ready()) == 2
+    # state 1 published at 10/11, the teleop command at 12, a camera frame at 15; the state's
+    # samples are repaired and come after the frame
+    clock.add("/teleop", 0, float64_multi_array([0.7]), 12)
+    clock.add("/camera", 0, w.joint_state(0, 50 * ms, [0.0], [0.0], [0.0]), 15)
+    assert [t for t, _, _ in clock.ready()] == ["/camera"]  # the command waits
+    state(clock, 50, 10)
+    assert [t for t, _, _ in clock.ready()] == ["/joint_states", "/pose"]  # still waits
+    state(clock, 75, 20)  # each state topic has a message published after the command
+    logged = {topic: t for topic, t, _ in clock.ready()}
+    assert logged["/teleop"] == 50 * ms  # its state's (the rule with any later message: 25)
+    # the end of an episode: a message after the last state is written at the stop
+    clock.add("/teleop", 0, float64_multi_array([0.1]), 30)
+    assert clock.ready() == []
+    assert [(t, log) for t, log, _ in clock.ready(flush=True)] == [("/teleop", 75 * ms)]
+    # without per-state topics (none recorded) the rule is as it was
+    clock = PublicationClock(["/joint_states", "/camera"], hold=60.0, answers=["/teleop"])
+    clock.add("/joint_states", 0, w.joint_state(0, 25 * ms, [0.0], [0.0], [0.0]), 5)
+    clock.add("/teleop", 0, float64_multi_array([0.7]), 12)
+    clock.add("/camera", 0, w.joint_state(0, 50 * ms, [0.0], [0.0], [0.0]), 15)
+    assert {t: log for t, log, _ in clock.ready()}["/teleop"] == 25 * ms
+
+
 LATCHED_PUBLISHER = """
 import signal, time
 import rclpy

@@ -267,8 +267,15 @@ class EpisodeRecorder(Node):
             log_time = "publication" if self.get_parameter("use_sim_time").value else "receive"
         self.log_time = log_time
         self.dataset = DatasetWriter(self.dataset_dir, self.spec)
+        # the topics that carry every state, once each (the spec's stamped low-dimensional
+        # observations, a recorded /clock): what a message naming no state waits for (log time
+        # publication), and, with auto stop, the final state's messages the stop waits for
+        per_state = {
+            t for t, ty in self.wanted.items() if ty == "rosgraph_msgs/msg/Clock" or (
+                self.spec and t in {f.topic for f in self.spec.low_dim_observations}
+                and "header" in message_class(ty).get_fields_and_field_types())}
         self.recorder = Recorder(self.dataset, storage, log=self.get_logger().error,
-                                 log_time=log_time)
+                                 log_time=log_time, per_state=sorted(per_state))
         self.subs: dict = {}
         self.qos: dict = {}
         self._status = None
@@ -284,15 +291,11 @@ class EpisodeRecorder(Node):
                            for t, ty in self.spec.action_topics().items()} \
             if self.spec and self.auto_stop else {}
         self._newest_answer: dict = {}
-        # and the topics that carry every state (the spec's stamped observations, a recorded
-        # /clock), whose message of the final state is awaited as well: a recorder that fell
-        # behind gets the samples its transport dropped sent again, later (a test run's bag
-        # ended without the final 136 poses); their newest bytes taken, by topic
-        self._per_state = {
-            t for t, ty in self.wanted.items() if ty == "rosgraph_msgs/msg/Clock" or (
-                t in {f.topic for f in self.spec.low_dim_observations}
-                and "header" in message_class(ty).get_fields_and_field_types())
-        } if self._answering else set()
+        # and the topics that carry every state, whose message of the final state is awaited
+        # as well: a recorder that fell behind gets the samples its transport dropped sent
+        # again, later (a test run's bag ended without the final 136 poses); their newest bytes
+        # taken, by topic
+        self._per_state = per_state if self._answering else set()
         self._newest_state: dict = {}
         self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
         self.drain = Drain(self._offer_batch, self.context,

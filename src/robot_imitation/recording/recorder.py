@@ -113,14 +113,18 @@ class Recorder:
     """Records offered messages into one bag per episode, through a writer thread."""
 
     def __init__(self, dataset: DatasetWriter, storage: str = "mcap", max_queue: int = 100_000,
-                 log=print, log_time: str = "receive"):
+                 log=print, log_time: str = "receive", per_state=()):
         """``log_time``: "receive" (rosbag2's: the reception time given to ``offer``) or
-        "publication" (see ``timing.PublicationClock``; ``offer`` needs source timestamps)."""
+        "publication" (see ``timing.PublicationClock``; ``offer`` needs source timestamps).
+        ``per_state``: topics published once per state, each by one writer (the robot's stamped
+        state topics, a simulation's /clock): with log time publication, a message naming no
+        state is logged once each of them has delivered a message published after it."""
         if log_time not in ("receive", "publication"):
             raise ValueError(f"log_time must be receive or publication, not {log_time!r}")
         self.dataset = dataset
         self.storage = storage
         self.log_time = log_time
+        self.per_state = tuple(per_state)
         self.registry = TypeRegistry()
         self.log = log
         self.max_queue = max_queue
@@ -275,7 +279,8 @@ class Recorder:
                                       if self.registry.has_header(ty)
                                       or ty == "rosgraph_msgs/msg/Clock"],
                                      answers=[t for t, ty in topics.items()
-                                              if ty.endswith("MultiArray")])
+                                              if ty.endswith("MultiArray")],
+                                     per_state=[t for t in self.per_state if t in topics])
         while True:
             try:
                 item = q.get(timeout=0.05)

@@ -18,6 +18,15 @@ recorder that fell behind: the samples its transport's queue could not hold are 
 later, out of order with the rest, and a command decided before its own state had arrived was
 logged at the state before, and paired with it (a recorder stopped through a lockstep episode
 on a loaded machine: the last commands logged out of order).
+
+A message naming no state (a teleop's command, the mux's ``~/source``) keeps the rule, with one
+more condition where the recorded topics include ``per_state`` ones (published once per state,
+each by one writer, as the bridge publishes its joint states and poses): it waits until each of
+them has delivered a message published after it. A reliable writer's samples reach the reader
+in the order published, repairs included, so by then every state published before the message
+is in. Without that, a message was decided as soon as any stamped message published after it
+had come (a camera frame, ``/clock``), and with the states repaired late it was logged, and
+paired, a state early. It waits at most ``per_state_hold`` seconds (a writer that stopped).
 """
 from __future__ import annotations
 
@@ -44,10 +53,13 @@ class PublicationClock:
     """Assigns log times from source timestamps and header stamps; emits messages when decided."""
 
     def __init__(self, stamped_topics, hold: float = 0.25, window: int = 4096,
-                 answers=()):
+                 answers=(), per_state=(), per_state_hold: float = 10.0):
         self.stamped = set(stamped_topics)
         self.answers = set(answers)
         self.hold_ns = int(hold * 1e9)
+        self.per_state = set(per_state) & self.stamped
+        self.per_state_hold_ns = int(per_state_hold * 1e9)
+        self._newest_by_topic: dict = {}  # per-state topic -> newest source timestamp in
         self._src: list[int] = []      # source timestamps of stamped messages (sorted)
         self._stamp: list[int] = []    # their header stamps
         self._window = window
@@ -65,6 +77,8 @@ class PublicationClock:
                 if len(self._src) > self._window:
                     del self._src[0], self._stamp[0]
                 self._newest_src = max(self._newest_src, src_ns)
+                if topic in self.per_state and src_ns > self._newest_by_topic.get(topic, -1):
+                    self._newest_by_topic[topic] = src_ns
         if topic in self.answers:
             named = answer_stamp(data)
             if named is not None:
@@ -86,9 +100,16 @@ class PublicationClock:
         now = time.monotonic_ns()
         out, self._named = self._named, []
         keep = deque()
+        # every state published before a message is in once each per-state topic has delivered
+        # a message published after it (a writer's samples arrive in order)
+        floor = min(self._newest_by_topic.values()) if self._newest_by_topic else None
         for item in self._pending:
             topic, recv_ns, data, src_ns, arrived = item
-            if flush or self._newest_src > src_ns or now - arrived > self.hold_ns:
+            if floor is None or topic in self.stamped:  # (a stamped one counts its own stamp)
+                decided = self._newest_src > src_ns or now - arrived > self.hold_ns
+            else:
+                decided = floor > src_ns or now - arrived > self.per_state_hold_ns
+            if flush or decided:
                 out.append((topic, self._log_time(src_ns, recv_ns), data))
             else:
                 keep.append(item)
