@@ -59,7 +59,7 @@ class PublicationClock:
         self.hold_ns = int(hold * 1e9)
         self.per_state = set(per_state) & self.stamped
         self.per_state_hold_ns = int(per_state_hold * 1e9)
-        self._newest_by_topic: dict = {}  # per-state topic -> newest source timestamp in
+        self._newest_by_topic: dict = {}  # per-state topic -> newest source timestamp come
         self._src: list[int] = []      # source timestamps of stamped messages (sorted)
         self._stamp: list[int] = []    # their header stamps
         self._window = window
