@@ -31,11 +31,17 @@ def run_with_ros(name: str, run, report, args, errors: tuple) -> int:
         rclpy.try_shutdown()
     print()
     print(report(results))
+    save_results(name, results)
+    return 0
+
+
+def save_results(name: str, results: dict) -> Path:
+    """Write ``results`` to bench/results/<name>.json and say where."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\n[bench] results in {os.path.relpath(out)}")
-    return 0
+    return out
 
 
 class BenchmarkError(RuntimeError):

@@ -18,14 +18,13 @@ a table and writes bench/results/generative_latency.json; it only measures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 
 import torch
 
-from benchlib import RESULTS_DIR
+from benchlib import save_results
 from robot_imitation.data.dataset import compute_stats
 from robot_imitation.deploy.backends import KINDS, select_backend
 from robot_imitation.learning.config import TrainConfig
@@ -103,10 +102,7 @@ def main() -> int:
          "rounds": args.rounds, "calls": args.calls, "results": results}
     print()
     print(report(r))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "generative_latency.json"
-    out.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-    print(f"\n[bench] results in {os.path.relpath(out)}")
+    save_results("generative_latency", r)
     return 0
 
 

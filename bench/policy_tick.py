@@ -19,8 +19,6 @@ The checkpoint defaults to untrained random weights of the trained architecture 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import struct
 import sys
 import tempfile
@@ -37,7 +35,7 @@ from rclpy.qos import QoSProfile, QoSReliabilityPolicy  # noqa: E402
 from rclpy.serialization import serialize_message  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
-from benchlib import RESULTS_DIR  # noqa: E402
+from benchlib import save_results  # noqa: E402
 from robot_imitation.deploy.backends import KINDS  # noqa: E402
 from robot_imitation.spec import Spec  # noqa: E402
 
@@ -156,10 +154,7 @@ def main(argv=None) -> int:
         ap.error("--states and --rounds must be at least 1")
     results = run(args)
     print(report(results))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / "policy_tick.json"
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"\n[bench] results in {os.path.relpath(out)}")
+    save_results("policy_tick", results)
     return 0
 
 
