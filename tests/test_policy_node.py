@@ -78,7 +78,8 @@ class StateFeed:
     def matched(self) -> bool:
         return all(p.get_subscription_count() > 0 for p in self.pubs.values())
 
-    def send(self, q=None, stamp=None, target_xyz=(0.55, 0.1, 0.3)) -> None:
+    def send(self, q=None, stamp=None, target_xyz=(0.55, 0.1, 0.3), topics=None) -> None:
+        """One state; ``topics``: only these of its topics (default: all)."""
         q = self.q if q is None else q
         t = self.node.get_clock().now().to_msg() if stamp is None else stamp
         js = JointState(name=self.joints, position=[float(v) for v in q],
@@ -89,18 +90,19 @@ class StateFeed:
             msg.header.stamp = t
             msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = xyz
             msg.pose.orientation.w = 1.0
-        self.pubs["/ee_pose"].publish(ee)
-        self.pubs["/target_pose"].publish(target)
-        self.pubs["/joint_states"].publish(js)
+        for topic, msg in (("/ee_pose", ee), ("/target_pose", target), ("/joint_states", js)):
+            if topics is None or topic in topics:
+                self.pubs[topic].publish(msg)
 
-    def stream(self, rate: float = 50.0, q=None, target_xyz=(0.55, 0.1, 0.3)) -> None:
+    def stream(self, rate: float = 50.0, q=None, target_xyz=(0.55, 0.1, 0.3),
+               topics=None) -> None:
         """Publish fresh states in the background until ``stop``."""
         self.stop()
         self._stop.clear()
 
         def loop():
             while not self._stop.is_set():
-                self.send(q, target_xyz=target_xyz)
+                self.send(q, target_xyz=target_xyz, topics=topics)
                 time.sleep(1.0 / rate)
 
         self.thread = threading.Thread(target=loop, daemon=True)
@@ -273,6 +275,34 @@ def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
         # valid states again: commands resume
         feed.stream()
         wait_for(lambda: count_during(arm, 0.5) >= 5, 10, "commands after NaN inputs")
+    finally:
+        feed.stop()
+
+
+def test_a_silent_state_topic_gives_the_safe_command_and_names_it(reach_bc, procs, probe):
+    """trigger state: the poses go silent while the joint states go on, so no state completes.
+    After max_age the node gives the safe command at its rate and names the silent topic in
+    /diagnostics. Its watchdog used to look at the newest message of any topic: it published
+    nothing and said nothing for as long as the joint states kept coming."""
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    start_policy(procs, probe, checkpoint=best(reach_bc), max_age_periods=3.0,
+                 safe_command="hold", diagnostics_period=0.2)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
+    try:
+        feed.stream()
+        wait_for(lambda: len(arm) >= 10, 10, "commands", procs=procs)
+        feed.stream(topics=("/joint_states",))
+        t_cut = time.monotonic()
+        # the safe command (the last one held) at the control rate (20 Hz), after 3 periods
+        wait_for(lambda: count_during(arm, 0.5) >= 5 and arm[-1][1] > t_cut + 0.5, 10,
+                 "safe commands while the poses are silent", procs=procs)
+        v = wait_for(lambda: (v := newest(diags, t_cut + 0.3)) and v[1] == DiagnosticStatus.ERROR
+                     and v, 5, "an error in /diagnostics")
+        assert "/ee_pose" in v[2] or "/target_pose" in v[2], v[2]
+        assert "the other topics go on" in v[2], v[2]
+        assert int(v[0]["stale"]) > 0
     finally:
         feed.stop()
 

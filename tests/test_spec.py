@@ -114,6 +114,20 @@ def test_assembler_says_when_the_state_it_handed_out_comes_again_whole():
     assert asm.synchronized()[0] == 1.05 and asm.repeated() is None
 
 
+def test_assembler_names_the_oldest_part_that_holds_the_states_back():
+    """A topic gone silent keeps every state from completing; the watchdog of a controller
+    answering states reads its age from the oldest part, not the newest message."""
+    spec = Spec.from_dict(SMALL)
+    asm = ObservationAssembler(spec)
+    asm.on_message("/js", joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    assert asm.oldest_part() is None  # not every part yet
+    asm.on_message("/ee", pose(1.0, (1, 2, 3)))
+    for t in (1.1, 1.2, 1.3):  # the joint states go on, the pose does not
+        asm.on_message("/js", joint_state(t, ["c", "a", "b"], [3.0, 1.0, 2.0]))
+    assert asm.oldest_part() == (1.0, "ee") and asm.newest_stamp() == 1.3
+    assert asm.complete() is False
+
+
 def image(w, h, enc, pixels):
     msg = Image(width=w, height=h, encoding=enc, step=w * pixels.shape[2])
     msg.data = pixels.tobytes()

@@ -129,6 +129,15 @@ class ObservationAssembler:
         stamp = self._answered
         return stamp if all(self._stamps[k] == stamp for k in self._repeat) else None
 
+    def oldest_part(self) -> tuple[float, str] | None:
+        """(stamp, key) of the oldest part among those a state needs with its own stamp (all,
+        or all but the cameras with ``cameras="latest"``), or None before every part came. A
+        part whose topic went silent keeps every state from completing: its age says so."""
+        if len(self._stamps) < len(self.fields):
+            return None
+        key = min(self._matched or self._stamps, key=self._stamps.__getitem__)
+        return self._stamps[key], key
+
     def newest_stamp(self) -> float | None:
         """The stamp of the newest part received, or None before any."""
         return max(self._stamps.values()) if self._stamps else None

@@ -23,7 +23,8 @@ change per tick), replaced in part or whole by ``robot``/``action_lower``/``acti
 ``max_delta``; a checkpoint without limits is refused unless ``allow_unlimited`` (logged). A state
 older than ``max_age_periods`` control periods gives the safe command (``hold``: repeat the last
 command; ``zero``: toward zeros, no faster than the largest change per tick) and a diagnostics
-error; NaN/inf in an input or an output publishes nothing; clamping is counted and logged.
+error (trigger=state: also one topic of the state gone silent while the others go on, which
+keeps every state from completing; the error names it); NaN/inf in an input or an output publishes nothing; clamping is counted and logged.
 
 Chunks (``chunk_mode``; ``auto``, the default, is the policy family's own: ``mlp`` the first
 action of every prediction, ``act`` and ``diffusion`` half of each chunk with the next one
@@ -175,6 +176,7 @@ class PolicyNode(LifecycleNode):
         self._episode = None
         self._status_stamp = None   # ns of the newest episode status (None: none heard)
         self._pending = None        # a state waiting for the episode status of its stamp
+        self._silent = None         # the watchdog's tick: the part that holds the states back
         self._status_sub = None
         self._ents = []
         self.last = LastAnswer()
@@ -351,10 +353,14 @@ class PolicyNode(LifecycleNode):
             if latest is not None:
                 self._tick(*latest)
         elif latest is not None and self.controller.max_age > 0:
-            # trigger=state: no new state for too long gives the safe command
-            age = self._clock_now().nanoseconds * 1e-9 - self.assembler.newest_stamp()
+            # trigger=state: no complete state for too long gives the safe command, whether
+            # every topic went silent or one (whose part then holds every state back)
+            stamp, key = self.assembler.oldest_part()
+            age = self._clock_now().nanoseconds * 1e-9 - stamp
             if age > self.controller.max_age:
+                self._silent = key
                 self._tick(latest[0], latest[1])
+                self._silent = None
 
     def _tick(self, stamp: float, obs: dict) -> None:
         if not (self.active and self.enabled) or self.controller is None:
@@ -368,8 +374,8 @@ class PolicyNode(LifecycleNode):
                 f"{self.controller.counters.no_action_ticks} such ticks in all)",
                 throttle_duration_sec=5.0)
         elif result.reason != "ok":
-            self.problem = {"stale": f"state {now - stamp:.3f} s old: safe command "
-                                     f"({self.p['safe_command']})",
+            self.problem = {"stale": f"state {now - stamp:.3f} s old{self._silent_part(now)}: "
+                                     f"safe command ({self.p['safe_command']})",
                             "nonfinite_input": "NaN/inf in the observation: no command",
                             "nonfinite_output": "NaN/inf in the policy output: no command",
                             "inference_error": f"inference failed ({result.error}): safe "
@@ -392,6 +398,18 @@ class PolicyNode(LifecycleNode):
         self.compute.add(spent)
         if spent > self.period:
             self.overruns += 1
+
+    def _silent_part(self, now: float) -> str:
+        """Which topic holds the states back, when the watchdog found one older than the
+        others (for the stale message), else nothing."""
+        key = self._silent
+        if key is None:
+            return ""
+        stamp = self.assembler.oldest_part()[0]
+        topic = next((f.topic for f in self.assembler.fields if f.key == key), key)
+        if self.assembler.newest_stamp() <= stamp:
+            return ""  # every topic as old: the states stopped
+        return f" ({topic}: nothing new for {now - stamp:.3f} s, the other topics go on)"
 
     def _on_episode(self, msg) -> None:
         stamp = stamp_ns(msg.header.stamp)
