@@ -177,7 +177,7 @@ class PolicyNode(LifecycleNode):
         self._episode = None
         self._status_stamp = None   # ns of the newest episode status (None: none heard)
         self._pending = None        # a state waiting for the episode status of its stamp
-        self._silent = None         # the watchdog's tick: the part that holds the states back
+        self._silent = None         # watchdog tick: (key, stamp) of the part holding states back
         self._status_sub = None
         self._ents = []
         self.last = LastAnswer()
@@ -359,7 +359,7 @@ class PolicyNode(LifecycleNode):
             stamp, key = self.assembler.oldest_part()
             age = self._clock_now().nanoseconds * 1e-9 - stamp
             if age > self.controller.max_age:
-                self._silent = key
+                self._silent = (key, stamp)
                 self._tick(latest[0], latest[1])
                 self._silent = None
 
@@ -403,13 +403,12 @@ class PolicyNode(LifecycleNode):
     def _silent_part(self, now: float) -> str:
         """Which topic holds the states back, when the watchdog found one older than the
         others (for the stale message), else nothing."""
-        key = self._silent
-        if key is None:
+        if self._silent is None:
             return ""
-        stamp = self.assembler.oldest_part()[0]
-        topic = next((f.topic for f in self.assembler.fields if f.key == key), key)
+        key, stamp = self._silent
         if self.assembler.newest_stamp() <= stamp:
             return ""  # every topic as old: the states stopped
+        topic = next((f.topic for f in self.assembler.fields if f.key == key), key)
         return f" ({topic}: nothing new for {now - stamp:.3f} s, the other topics go on)"
 
     def _on_episode(self, msg) -> None:
