@@ -2,6 +2,7 @@
 bridge, safety (stale, NaN, clamping), lifecycle, enable, hot reload, refusals."""
 import json
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -303,6 +304,71 @@ def test_a_silent_state_topic_gives_the_safe_command_and_names_it(reach_bc, proc
         assert "/ee_pose" in v[2] or "/target_pose" in v[2], v[2]
         assert "the other topics go on" in v[2], v[2]
         assert int(v[0]["stale"]) > 0
+    finally:
+        feed.stop()
+
+
+WRONG_TYPE_DRIVER = """
+import rclpy
+from geometry_msgs.msg import PointStamped
+from rclpy.executors import ExternalShutdownException
+
+rclpy.init()
+node = rclpy.create_node("wrong_driver")
+pub = node.create_publisher(PointStamped, "/ee_pose", 10)
+node.create_timer(0.05, lambda: pub.publish(PointStamped()))
+try:
+    rclpy.spin(node)
+except (KeyboardInterrupt, ExternalShutdownException):
+    pass
+"""
+
+
+def test_a_topic_that_never_sent_is_named_with_why_while_nothing_is_commanded(reach_bc, procs,
+                                                                             probe):
+    """A state topic that never sent a message: no state can be answered, so no command. The
+    node used to say "commanding" (OK) meanwhile and log nothing. Now /diagnostics names the
+    topic and why it is silent, read from the graph (a publisher with incompatible QoS, one
+    of another type, none at all): a warning, an error after first_state_timeout."""
+    feed = StateFeed(probe)
+    probe.node.destroy_publisher(feed.pubs.pop("/ee_pose"))
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "diag")
+    start_policy(procs, probe, checkpoint=best(reach_bc), diagnostics_period=0.2,
+                 first_state_timeout=1.0)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
+    rest = ("/joint_states", "/target_pose")
+
+    def said(level, *words, after=None):
+        return wait_for(lambda: (v := newest(diags, after or time.monotonic() - 0.1))
+                        and v[1] == level and all(w in v[2] for w in words) and v, 10,
+                        f"/diagnostics level {level} saying {words}", procs=procs)
+
+    try:
+        feed.stream(topics=rest)
+        v = said(DiagnosticStatus.ERROR, "/ee_pose (no publisher)", "no command")
+        assert v[0]["waiting_for"] == "/ee_pose" and "/joint_states" not in v[2]
+        # a driver publishing best effort: the node's reliable subscription never matches it
+        best_effort = probe.node.create_publisher(
+            PoseStamped, "/ee_pose", QoSProfile(depth=10,
+                                                reliability=QoSReliabilityPolicy.BEST_EFFORT))
+        said(DiagnosticStatus.ERROR, f"/ee_pose ({probe.node.get_fully_qualified_name()} offers "
+             "incompatible QoS (")
+        probe.node.destroy_publisher(best_effort)
+        # a publisher of another type (a process of its own: DDS refuses two types for one
+        # topic in one participant)
+        procs.start("wrong_type", [sys.executable, "-c", WRONG_TYPE_DRIVER])
+        said(DiagnosticStatus.ERROR, "/wrong_driver publishes geometry_msgs/msg/PointStamped, "
+             "the spec takes geometry_msgs/msg/PoseStamped")
+        assert not arm, "commands without a whole state"
+        procs.stop("wrong_type")
+        # the right publisher: every state is answered, and the node says so
+        feed.pubs["/ee_pose"] = probe.node.create_publisher(PoseStamped, "/ee_pose", STATE_QOS)
+        wait_for(feed.matched, 30, "the /ee_pose subscription", procs=procs)
+        feed.stream()
+        wait_for(lambda: len(arm) >= 10, 10, "commands", procs=procs)
+        v = said(DiagnosticStatus.OK, "commanding")
+        assert "waiting_for" not in v[0]
     finally:
         feed.stop()
 

@@ -119,9 +119,12 @@ def test_assembler_names_the_oldest_part_that_holds_the_states_back():
     answering states reads its age from the oldest part, not the newest message."""
     spec = Spec.from_dict(SMALL)
     asm = ObservationAssembler(spec)
+    assert asm.missing_topics() == ("/js", "/ee")
     asm.on_message("/js", joint_state(1.0, ["c", "a", "b"], [3.0, 1.0, 2.0]))
     assert asm.oldest_part() is None  # not every part yet
+    assert asm.missing_topics() == ("/ee",)  # the topic to name while nothing can be answered
     asm.on_message("/ee", pose(1.0, (1, 2, 3)))
+    assert asm.missing_topics() == ()
     for t in (1.1, 1.2, 1.3):  # the joint states go on, the pose does not
         asm.on_message("/js", joint_state(t, ["c", "a", "b"], [3.0, 1.0, 2.0]))
     assert asm.oldest_part() == (1.0, "ee") and asm.newest_stamp() == 1.3

@@ -138,6 +138,12 @@ class ObservationAssembler:
         key = min(self._matched or self._stamps, key=self._stamps.__getitem__)
         return self._stamps[key], key
 
+    def missing_topics(self) -> tuple:
+        """The topics of the parts that never came (spec order): no state can be complete, and
+        ``latest`` has none, before each has sent a message."""
+        return tuple(t for t, fs in self.by_topic.items()
+                     if any(f.key not in self._stamps for f in fs))
+
     def newest_stamp(self) -> float | None:
         """The stamp of the newest part received, or None before any."""
         return max(self._stamps.values()) if self._stamps else None

@@ -25,7 +25,9 @@ older than ``max_age_periods`` control periods gives the safe command (``hold``:
 command; ``zero``: toward zeros, no faster than the largest change per tick) and a diagnostics
 error (trigger=state: also one topic of the state gone silent while the others go on, which
 keeps every state from completing; the error names it); NaN/inf in an input or an output
-publishes nothing; clamping is counted and logged.
+publishes nothing; clamping is counted and logged. A state topic that never sent anything
+(nothing to answer, no command) is named in /diagnostics with why, from the graph (no
+publisher, another type, incompatible QoS): a warning, an error after ``first_state_timeout``.
 
 Chunks (``chunk_mode``; ``auto``, the default, is the policy family's own: ``mlp`` the first
 action of every prediction, ``act`` and ``diffusion`` half of each chunk with the next one
@@ -67,6 +69,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # n
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSCompatibility, qos_check_compatible  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
@@ -151,6 +154,11 @@ class PolicyNode(LifecycleNode):
         Param("autostart", True, "configure and activate at start", read_only=True),
         Param("diagnostics_period", 1.0, "seconds between /diagnostics messages",
               read_only=True, min_value=0.05, max_value=60.0),
+        Param("first_state_timeout", 5.0, "seconds after activation (or enable) that a topic "
+              "of the state may send nothing before it is an error: /diagnostics turns from "
+              "WARN to ERROR and the log names each such topic and why it is silent (no "
+              "publisher, a publisher of another type or with incompatible QoS)",
+              min_value=0.0, max_value=1e6),
     )
 
     def __init__(self):
@@ -180,6 +188,8 @@ class PolicyNode(LifecycleNode):
         self._silent = None         # watchdog tick: (key, stamp) of the part holding states back
         self._status_sub = None
         self._ents = []
+        self._state_subs = {}       # topic -> its subscription (why a topic sends nothing)
+        self._since = time.monotonic()  # activation or enable: how long a topic sent nothing
         self.last = LastAnswer()
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -236,9 +246,10 @@ class PolicyNode(LifecycleNode):
         self.last = LastAnswer()  # sent again when the bridge republishes its state
         for topic, mtype in self.assembler.topics.items():
             # raw: the spec's fields read straight from the CDR bytes (observation.on_raw)
-            self._ents.append(self.create_subscription(
+            self._state_subs[topic] = self.create_subscription(
                 message_class(mtype), topic, lambda msg, t=topic: self._on_state(t, msg),
-                STATE_QOS, raw=True))
+                STATE_QOS, raw=True)
+            self._ents.append(self._state_subs[topic])
         if self.p["checkpoint_topic"]:
             self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
                                                        self._on_checkpoint_topic, LATCHED_QOS))
@@ -281,6 +292,7 @@ class PolicyNode(LifecycleNode):
     def on_activate(self, state) -> TransitionCallbackReturn:
         self.controller.reset()
         self._last_tick_wall = None
+        self._since = time.monotonic()
         self.active = True
         self.get_logger().info("active: commanding")
         return super().on_activate(state)
@@ -307,6 +319,7 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_subscription(ent)
         self._ents = []
+        self._state_subs = {}
         self._status_sub = None
         for pub in getattr(self, "pubs", []):
             self.destroy_lifecycle_publisher(pub)
@@ -433,6 +446,8 @@ class PolicyNode(LifecycleNode):
 
     # ================================================================== services, reload
     def _on_enable(self, request, response):
+        if request.data and not self.enabled:
+            self._since = time.monotonic()
         self.enabled = bool(request.data)
         if self.enabled and self.controller is not None:
             self.controller.reset()
@@ -537,6 +552,44 @@ class PolicyNode(LifecycleNode):
                                    "takes over at the next tick")
 
     # ================================================================== diagnostics
+    def _waiting(self) -> tuple | None:
+        """(level, message, topics) while a topic of the state has sent nothing since the node
+        was configured (no state can be answered: no command), else None. An error, logged,
+        once that has lasted ``first_state_timeout`` since activation or enable; a warning
+        before (nodes starting in any order)."""
+        missing = self.assembler.missing_topics()
+        if not missing:
+            return None
+        waited = time.monotonic() - self._since
+        message = (f"no command: nothing received on "
+                   f"{'; '.join(f'{t} ({self._why_silent(t)})' for t in missing)} "
+                   f"for {waited:.1f} s")
+        if waited < self.get_parameter("first_state_timeout").value:
+            return DiagnosticStatus.WARN, message, missing
+        self.get_logger().error(message, throttle_duration_sec=10.0)
+        return DiagnosticStatus.ERROR, message, missing
+
+    def _why_silent(self, topic: str) -> str:
+        """Why ``topic`` may have sent nothing, from the ROS graph."""
+        sub = self._state_subs[topic]
+        matched = sub.get_publisher_count()
+        if matched:
+            return f"{matched} publisher{'s' * (matched > 1)} matched, no message yet"
+        expected = self.assembler.topics[topic]
+        reasons = []
+        for info in self.get_publishers_info_by_topic(topic):
+            who = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+            if info.topic_type != expected:
+                reasons.append(f"{who} publishes {info.topic_type}, the spec takes {expected}")
+                continue
+            compatible, why = qos_check_compatible(info.qos_profile, sub.qos_profile)
+            # rcl's reason reads "ERROR: Best effort publisher and reliable subscription;"
+            why = why.removeprefix("ERROR:").strip().rstrip(";")
+            reasons.append(f"{who} offers incompatible QoS ({why[:1].lower() + why[1:]})"
+                           if compatible == QoSCompatibility.ERROR
+                           else f"{who} not matched yet")
+        return "; ".join(reasons) or "no publisher"
+
     def _publish_diagnostics(self) -> None:
         c = self.controller
         values = {"state": ("active" if self.active else "inactive") if c else "unconfigured",
@@ -578,8 +631,13 @@ class PolicyNode(LifecycleNode):
         if self.reload_error:
             values["reload_error"] = self.reload_error
         problem, self.problem = self.problem, ""
+        waiting = self._waiting() if c and self.active and self.enabled else None
+        if waiting:
+            values["waiting_for"] = " ".join(waiting[2])
         if problem:
             level, message = DiagnosticStatus.ERROR, problem
+        elif waiting:
+            level, message = waiting[:2]
         elif self.reload_error:
             level, message = DiagnosticStatus.WARN, f"reload failed: {self.reload_error}"
         elif not (c and self.active and self.enabled):
