@@ -339,8 +339,8 @@ def test_a_topic_that_never_sent_is_named_with_why_while_nothing_is_commanded(re
     wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     rest = ("/joint_states", "/target_pose")
 
-    def said(level, *words, after=None):
-        return wait_for(lambda: (v := newest(diags, after or time.monotonic() - 0.1))
+    def said(level, *words):
+        return wait_for(lambda: (v := newest(diags, time.monotonic() - 0.1))
                         and v[1] == level and all(w in v[2] for w in words) and v, 10,
                         f"/diagnostics level {level} saying {words}", procs=procs)
 
