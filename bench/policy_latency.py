@@ -84,6 +84,7 @@ from std_srvs.srv import SetBool  # noqa: E402
 from benchlib import (RESULTS_DIR, BenchmarkError, positive, proc_stat,  # noqa: E402
                       run_with_ros, stat_cpu_seconds, wait_until)
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
+from robot_imitation.deploy.runtime import ENCODER_PRIORITIES  # noqa: E402
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,  # noqa: E402
                                                  save_checkpoint)
@@ -536,8 +537,8 @@ def echo_argv(spec: Spec, folder: Path) -> list[str]:
             "-r", f"__node:={ECHO}", "-p", f"spec:={path}"]
 
 def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n_states: int,
-                   backend: str, camera_rate: float = 0.0, camera_encoding: str = "inline"
-                   ) -> dict:
+                   backend: str, camera_rate: float = 0.0, camera_encoding: str = "inline",
+                   encoder_priority: str = "idle") -> dict:
     """Echo node, then policy node, on the same states; the backends of the policy. A
     ``camera_rate`` below ``rate``: a frame with every k-th state only."""
     policy, meta = load_checkpoint(checkpoint)
@@ -554,7 +555,7 @@ def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n
               "separation": {k: separation(t) for k, t in tables.items()}}
     params = {"checkpoint": str(checkpoint), "allow_unlimited": True, "max_age_periods": 0.0,
               "trigger": "state", "backend": backend, "episode_topic": "",
-              "camera_encoding": camera_encoding,
+              "camera_encoding": camera_encoding, "camera_encoder_priority": encoder_priority,
               "camera_frames": "latest" if every > 1 else "stamp"}
     if every > 1 and camera_encoding == "ahead":  # a state answered from the previous frame
         tables[POLICY] = np.concatenate([tables[POLICY], expected_policy(policy, states, 1)])
@@ -634,6 +635,10 @@ def report(r: dict) -> str:
                              f"{d.get('frame_encoding_p99_ms', '?')} ms; commands from the "
                              f"previous frame (the new one being encoded): "
                              f"{m[POLICY]['previous_frame_commands']}")
+            if "camera_encoder_priority" in d:
+                lines.append(f"  encoder thread at priority {d['camera_encoder_priority']}; "
+                             f"frames encoded on the tick past camera_max_lag: "
+                             f"{d.get('late_frames', '?')}")
     lines += ["", "Inference backends (select_backend \"auto\", one thread, median of 200 calls; "
                   "* = chosen)",
               f"  {'policy':8}{'backend':14}{'median us':>11}{'/ eager':>9}"]
@@ -674,6 +679,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(a frame with every k-th state; default 0: one with every state)")
     parser.add_argument("--camera-encoding", default="inline", choices=("inline", "ahead"),
                         help="the policy node's camera_encoding (default: inline)")
+    parser.add_argument("--camera-encoder-priority", default="idle", choices=ENCODER_PRIORITIES,
+                        help="camera_encoding ahead: the policy node's camera_encoder_priority "
+                             "(default: idle)")
     parser.add_argument("--checkpoint", type=Path,
                         help="MLP checkpoint (default: random weights, spec reach)")
     parser.add_argument("--image-checkpoint", type=Path,
@@ -703,7 +711,8 @@ def run(args: argparse.Namespace) -> dict:
         if image is not None:
             results["image"] = measure_policy("image", image, args.image_rate,
                                               args.image_duration, STATES_IMAGE, args.backend,
-                                              args.camera_rate, args.camera_encoding)
+                                              args.camera_rate, args.camera_encoding,
+                                              args.camera_encoder_priority)
         print("[bench] inference backends", flush=True)
         results["backends"] = {"mlp": measure_backends(mlp)}
         if image is not None:

@@ -3,6 +3,7 @@ camera's encoder and a head (``split_policy``), and the controller encodes a fra
 many ticks use it, on the tick ("inline", exact) or ahead of it on a thread of its own ("ahead":
 no tick waits for an encoder). Real policies of each family on spec ``push_image``, random
 weights; no ROS."""
+import os
 import threading
 import time
 
@@ -163,10 +164,10 @@ def test_a_new_episode_encodes_its_frame_again_and_nothing_stale_survives_a_swap
     assert agrees(got, expected, 1e-5, 1e-5)
 
 
-def test_ahead_no_tick_waits_for_the_encoder_and_each_uses_the_newest_ready_frame():
-    """An encoder slowed to 50 ms: the ticks go on at once with the previous frame's features
-    (counted), each command equal to the whole policy's on the current low-dimensional values
-    and the newest frame encoded before it; the first tick of an episode waits for its frame."""
+def slowed(**settings):
+    """A controller encoding ahead whose encoder thread holds each frame until ``release`` is
+    set (frames encoded on the tick are not held); the expected command of an observation
+    with a given frame."""
     policy = image_policy("mlp")
     key = SPEC.image_observations[0].key
     backend = make_backend(policy, "eager")
@@ -176,20 +177,28 @@ def test_ahead_no_tick_waits_for_the_encoder_and_each_uses_the_newest_ready_fram
 
     def slow(k, image):
         entered.append(image.copy())
-        if len(entered) > 1:
+        if threading.current_thread().name.startswith("camera-encoder"):
             release.wait(5.0)
         return encode_frame(k, image)
 
     backend.encode_frame = slow
     ctl, _ = make_controller(LoadedPolicy("mem", SPEC, {}, backend, [], "v", 0.0), SPEC,
-                             allow_unlimited=True, camera_encoding="ahead")
+                             allow_unlimited=True, camera_encoding="ahead", **settings)
 
     def expected(o, frame):
         return act_of(policy, np.concatenate([o[k] for k in policy.cfg.low_dim_keys]),
                       {key: frame})[0]   # the first action of the chunk (chunk_mode first)
 
+    return ctl, key, release, entered, expected
+
+
+def test_ahead_no_tick_waits_for_the_encoder_and_each_uses_the_newest_ready_frame():
+    """An encoder held back: the ticks go on at once with the previous frame's features
+    (counted), each command equal to the whole policy's on the current low-dimensional values
+    and the newest frame encoded before it; the first tick of an episode encodes its frame."""
+    ctl, key, release, entered, expected = slowed()
     obs = observations(6, 3)
-    r = ctl.tick(obs[0])   # the first frame, waited for
+    r = ctl.tick(obs[0])   # the first frame: on the tick
     assert agrees(r.action, expected(obs[0], obs[0][key]), 1e-5, 1e-5)
     for o in obs[1:3]:
         assert agrees(ctl.tick(o).action, expected(o, obs[0][key]), 1e-5, 1e-5)
@@ -199,17 +208,81 @@ def test_ahead_no_tick_waits_for_the_encoder_and_each_uses_the_newest_ready_fram
     assert time.perf_counter() - t < 1.0
     assert ctl.counters.previous_frame_ticks == 2
     release.set()
-    assert ctl.wait_inflight(5.0)
-    deadline = time.monotonic() + 5.0
-    while not ctl._encoding[key].done() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert ctl.wait_inflight(5.0) and ctl.wait_frames(5.0)
     got = ctl.tick(obs[5]).action
     assert agrees(got, expected(obs[5], obs[3][key]), 1e-5, 1e-5)
     assert ctl.counters.frames_encoded == 2 and len(entered) == 2
-    ctl.reset()           # a new episode waits for its own frame
-    release.set()
+    ctl.reset()           # a new episode encodes its own frame
     assert agrees(ctl.tick(obs[0]).action, expected(obs[0], obs[0][key]), 1e-5, 1e-5)
     ctl.close()
+
+
+def test_ahead_a_frame_in_encoding_past_max_frame_lag_hands_the_frames_to_the_ticks():
+    """On a busy machine the encoder's thread (at low priority) may starve: once a frame has
+    been in encoding for longer than ``max_frame_lag``, each tick encodes the newest frame
+    itself (counted) until that thread is done, without waiting for it, so that the features
+    commands come from are never older than the bound plus one encoding; then frames go to the
+    encoder's thread again. Within the bound, ticks go on with the previous frame's."""
+    ctl, key, release, entered, expected = slowed(max_frame_lag=0.2)
+    obs = observations(12, 3)
+    ctl.tick(obs[0])                   # the first frame: on the tick
+    t = time.perf_counter()
+    assert agrees(ctl.tick(obs[3]).action, expected(obs[3], obs[0][key]), 1e-5, 1e-5)
+    assert time.perf_counter() - t < 0.15 and ctl.counters.previous_frame_ticks == 1
+    time.sleep(0.25)                   # that frame is now 0.25 s in encoding
+    t = time.perf_counter()
+    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[3][key]), 1e-5, 1e-5)
+    assert time.perf_counter() - t < 2.0 and not release.is_set()
+    assert ctl.counters.late_frames == 1
+    # a new frame while the encoder's thread is still held: on the tick too
+    assert agrees(ctl.tick(obs[6]).action, expected(obs[6], obs[6][key]), 1e-5, 1e-5)
+    assert ctl.counters.late_frames == 2 and ctl.counters.previous_frame_ticks == 1
+    release.set()
+    assert ctl.wait_frames(5.0)
+    assert agrees(ctl.tick(obs[7]).action, expected(obs[7], obs[6][key]), 1e-5, 1e-5)
+    # the encoder's thread caught up: the next frame is its again
+    assert agrees(ctl.tick(obs[9]).action, expected(obs[9], obs[6][key]), 1e-5, 1e-5)
+    assert ctl.counters.previous_frame_ticks == 2
+    assert ctl.wait_frames(5.0)
+    assert agrees(ctl.tick(obs[10]).action, expected(obs[10], obs[9][key]), 1e-5, 1e-5)
+    assert ctl.counters.late_frames == 2 and ctl.counters.frames_encoded == 4
+    assert [f[0, 0, 0, 0] for f in entered] == [obs[k][key][0, 0, 0] for k in (0, 3, 4, 6, 9)]
+    ctl.close()
+    with pytest.raises(ValueError, match="max_frame_lag must be >= 0, not -1"):
+        make_controller(loaded(image_policy("mlp")), SPEC, allow_unlimited=True,
+                        max_frame_lag=-1)
+
+
+def scheduling(tid: int) -> tuple[int, int]:
+    return os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+@pytest.mark.parametrize("priority, expected", [
+    ("idle", (getattr(os, "SCHED_IDLE", 5), None)), ("low", (os.SCHED_OTHER, 19)),
+    ("normal", (os.SCHED_OTHER, None))])
+def test_the_encoder_thread_alone_runs_at_the_priority_asked(priority, expected):
+    """The encoder's thread runs below the control loop (``idle``: any thread of the machine
+    that wakes preempts it at once; ``low``: nice 19), and nothing else is lowered: neither
+    the thread that ticks nor a thread it starts afterwards (they inherit its scheduling)."""
+    mine = scheduling(threading.get_native_id())
+    ctl, _ = make_controller(loaded(image_policy("mlp")), SPEC, allow_unlimited=True,
+                             camera_encoding="ahead", encoder_priority=priority)
+    for o in observations(4, 2):
+        ctl.tick(o)
+    want_policy, want_nice = expected
+    assert scheduling(ctl.encoder_thread_id) == (want_policy, want_nice or mine[1])
+    assert ctl.encoder_priority == priority
+    assert scheduling(threading.get_native_id()) == mine
+    later = []
+    t = threading.Thread(target=lambda: later.append(scheduling(threading.get_native_id())))
+    t.start()
+    t.join()
+    assert later == [mine]
+    ctl.close()
+    with pytest.raises(ValueError, match="encoder_priority must be one of .* not 'high'"):
+        make_controller(loaded(image_policy("mlp")), SPEC, allow_unlimited=True,
+                        encoder_priority="high")
 
 
 def test_with_cameras_latest_a_state_is_answered_with_the_newest_frame():

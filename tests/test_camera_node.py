@@ -133,6 +133,8 @@ def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, p
                 or np.allclose(command, before[k], rtol=1e-6, atol=1e-6)), k
     assert np.allclose(got[0], own[0], rtol=1e-6, atol=1e-6)   # the first frame: waited for
     assert diag["camera_encoding"] == "ahead"
+    # the encoder's thread below the control loop (SCHED_IDLE), the frames it gave up on
+    assert diag["camera_encoder_priority"] == "idle" and int(diag["late_frames"]) >= 0
     assert int(diag["frames_encoded"]) == STATES // EVERY
     assert int(diag["previous_frame_ticks"]) == sum(
         not np.allclose(c, o, rtol=1e-6, atol=1e-6) for c, o in zip(got, own))

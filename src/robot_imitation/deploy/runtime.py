@@ -19,6 +19,8 @@ that built the training arrays.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +40,27 @@ CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
 LATE_CHUNKS = ("wait", "hold")
 CAMERA_ENCODINGS = ("inline", "ahead")
+# The CPU priority of the thread that encodes frames ahead: idle (Linux SCHED_IDLE: any thread
+# that wakes preempts it at once), low (nice 19) or normal (the control thread's).
+ENCODER_PRIORITIES = ("idle", "low", "normal")
+
+
+def lower_this_thread(priority: str) -> str:
+    """Run the calling thread at ``priority`` (one of ``ENCODER_PRIORITIES``; threads it starts
+    later inherit it, no other thread changes). An unprivileged thread cannot raise its
+    priority back, so only a thread kept for the work calls this. Returns what it runs at: the
+    priority, or "normal (<priority> refused: <why>)"."""
+    tid = threading.get_native_id()
+    try:
+        if priority == "idle":
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        elif priority == "low":
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (OSError, AttributeError) as exc:  # not Linux, or refused by the system's policy
+        return f"normal ({priority} refused: {exc})"
+    return priority
+
+
 WINDOW = 4096  # times kept for the percentiles of the diagnostics
 
 
@@ -273,6 +296,9 @@ class Counters:
     # ticks whose newest camera frame was still being encoded (camera_encoding ahead): the
     # previous frame's features were used
     previous_frame_ticks: int = 0
+    # frames encoded on the tick because the encoder had been on the frame before for longer
+    # than max_frame_lag (ahead: a starved encoder)
+    late_frames: int = 0
 
 
 @dataclass
@@ -308,13 +334,19 @@ class PolicyController:
     features of its own observation's frames, exactly; "ahead": a new frame is encoded on a
     thread of its own while ticks go on, each tick using the newest frame whose features are
     ready (a frame's features reach the ticks one encoding time after the frame: no tick waits
-    for an encoder, but the first of an episode, which waits for its frames). A backend that
-    runs whole encodes inline, with every inference."""
+    for an encoder; the first frame of an episode is encoded on its tick). The encoder's thread
+    runs at ``encoder_priority`` (default idle: the control thread, the middleware's and the
+    other processes' preempt it), and once a frame has been in encoding for longer than
+    ``max_frame_lag`` seconds (> 0; an encoder starved on a busy machine), the ticks encode the
+    newest frames themselves until the encoder is done with it: the features a command comes
+    from are never older than that bound plus one encoding, and no tick waits for the encoder's
+    thread. A backend that runs whole encodes inline, with every inference."""
 
     def __init__(self, spec: Spec, policy: LoadedPolicy, action_filter: ActionFilter,
                  chunk_mode: str = "auto", ensemble_decay: float = 0.01,
                  chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
-                 prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline"):
+                 prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline",
+                 encoder_priority: str = "idle", max_frame_lag: float = 0.0):
         if safe_command not in SAFE_COMMANDS:
             raise ValueError(f"safe_command must be one of {SAFE_COMMANDS}")
         if late_chunk not in LATE_CHUNKS:
@@ -322,7 +354,15 @@ class PolicyController:
         if camera_encoding not in CAMERA_ENCODINGS:
             raise ValueError(f"camera_encoding must be one of {CAMERA_ENCODINGS}, not "
                              f"{camera_encoding!r}")
+        if encoder_priority not in ENCODER_PRIORITIES:
+            raise ValueError(f"encoder_priority must be one of {ENCODER_PRIORITIES}, not "
+                             f"{encoder_priority!r}")
+        if not max_frame_lag >= 0:
+            raise ValueError(f"max_frame_lag must be >= 0, not {max_frame_lag:g}")
         self.camera_encoding = camera_encoding
+        # what the encoder's thread runs at, once it runs (a refusal is said here), and its id
+        self.encoder_priority, self.encoder_thread_id = encoder_priority, None
+        self._encoder_priority, self.max_frame_lag = encoder_priority, float(max_frame_lag)
         self.encode_times = TimeWindow()      # seconds per camera frame encoded
         self._encoder: ThreadPoolExecutor | None = None
         self.spec = spec
@@ -385,6 +425,8 @@ class PolicyController:
         self._sent: dict = {}       # key: the frame last handed to the backend (or the encoder)
         self._ready: dict = {}      # key: the features of that frame, ready (ahead)
         self._encoding: dict = {}   # key: Future of its features (ahead)
+        self._handed: dict = {}     # key: time.monotonic() its frame was handed to the encoder
+        self._late: dict = {}       # key: Future of a frame given up on (max_frame_lag)
 
     def describe(self) -> str:
         """The chunk execution in one line (logs)."""
@@ -427,6 +469,12 @@ class PolicyController:
     def wait_inflight(self, timeout: float | None = None) -> bool:
         """Wait until the chunk in flight, if any, is computed; False on timeout."""
         return self._job is None or not wait_for([self._job.future], timeout).not_done
+
+    def wait_frames(self, timeout: float | None = None) -> bool:
+        """Wait until the encoder's thread is done with the frames it has (ahead); False on
+        timeout."""
+        jobs = [*self._encoding.values(), *self._late.values()]
+        return not jobs or not wait_for(jobs, timeout).not_done
 
     def timing(self) -> dict:
         """Seconds per chunk (per inference): {p50_ms, p99_ms, max_ms} of the newest ones."""
@@ -530,37 +578,66 @@ class PolicyController:
         return features, time.perf_counter() - t
 
     def _watch_frames(self, obs: dict) -> TickResult | None:
-        """Ahead, every tick: take the features that are ready, start encoding the new frames
-        (one frame in flight per camera: the newest is taken when it is done), wait only for
-        a camera with no features yet. None, or the result of a tick whose encoder failed."""
+        """Ahead, every tick: take the features that are ready and start encoding the new
+        frames (one frame in flight per camera: the newest is taken when it is done). On the
+        tick instead: the first frame of each camera (nothing to use meanwhile) and, once a
+        frame has been in encoding for longer than ``max_frame_lag`` (the encoder starved on
+        a busy machine), the newest frame and those after it until the encoder is done with
+        that one. None, or the result of a tick whose encoding failed."""
         c = self.counters
         for key in self._cameras:
             job = self._encoding.get(key)
-            if job is not None and (job.done() or key not in self._ready):
-                if not job.done():
-                    wait_for([job])
-                del self._encoding[key]
-                try:
-                    self._ready[key], seconds = job.result()
-                except Exception as exc:  # noqa: BLE001 - reported: the safe command
-                    c.inference_errors += 1
-                    self._forget_frames()
-                    self._discard()
-                    return self._safe_result(obs, "inference_error",
-                                             f"{type(exc).__name__}: {exc}")
-                self.encode_times.add(seconds)
-                c.frames_encoded += 1
+            if job is not None:
+                if job.done():
+                    del self._encoding[key]
+                    failed = self._take_features(obs, key, job.result)
+                    if failed is not None:
+                        return failed
+                elif self.max_frame_lag and \
+                        time.monotonic() - self._handed[key] > self.max_frame_lag:
+                    self._late[key] = self._encoding.pop(key)  # its features, when done, unused
+                    del self._sent[key]   # the newest frame is encoded now, whatever it is
+            late = self._late.get(key)
+            if late is not None and late.done():
+                del self._late[key]
+                late = None
             if key not in self._encoding and self._new_frame(key, obs[key]):
-                if self._encoder is None:
-                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix="camera-encoder")
                 frame = self._sent[key] = np.array(obs[key])
+                if late is not None or key not in self._ready:   # on the tick
+                    c.late_frames += late is not None
+                    failed = self._take_features(obs, key, lambda: self._encode_frame(
+                        self.backend, key, frame, torch.get_num_threads()))
+                    if failed is not None:
+                        return failed
+                    continue
+                if self._encoder is None:
+                    self._encoder = ThreadPoolExecutor(1, thread_name_prefix="camera-encoder",
+                                                       initializer=self._encoder_started)
+                self._handed[key] = time.monotonic()
                 self._encoding[key] = self._encoder.submit(
                     self._encode_frame, self.backend, key, frame, torch.get_num_threads())
-                if key not in self._ready:  # the first frame: waited for
-                    return self._watch_frames(obs)
         if self._encoding:
             c.previous_frame_ticks += 1
         return None
+
+    def _take_features(self, obs: dict, key: str, encoded) -> TickResult | None:
+        """``encoded()`` gives (features, seconds) of ``key``'s frame: they become the ones
+        the ticks use. None, or the safe result when it raised."""
+        try:
+            self._ready[key], seconds = encoded()
+        except Exception as exc:  # noqa: BLE001 - reported: the safe command
+            self.counters.inference_errors += 1
+            self._forget_frames()
+            self._discard()
+            return self._safe_result(obs, "inference_error", f"{type(exc).__name__}: {exc}")
+        self.encode_times.add(seconds)
+        self.counters.frames_encoded += 1
+        return None
+
+    def _encoder_started(self) -> None:
+        """On the encoder's thread, before its first frame."""
+        self.encoder_thread_id = threading.get_native_id()
+        self.encoder_priority = lower_this_thread(self._encoder_priority)
 
     def _submit(self, obs: dict) -> None:
         """Start computing a chunk on the worker from a copy of this tick's inputs."""
@@ -707,7 +784,8 @@ def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: st
                     lower=None, upper=None, max_delta=None, allow_unlimited: bool = False,
                     chunk_mode: str = "auto", ensemble_decay: float = 0.01,
                     chunk_execute: int = 0, max_age: float = 0.0, safe_command: str = "hold",
-                    prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline"
+                    prefetch: int = 0, late_chunk: str = "wait", camera_encoding: str = "inline",
+                    encoder_priority: str = "idle", max_frame_lag: float = 0.0
                     ) -> tuple[PolicyController, ActionLimits | None]:
     """The controller the policy node runs for ``loaded`` on ``spec`` (default: the
     checkpoint's), under the action limits ``runtime_limits`` gives (the checkpoint's, replaced
@@ -721,5 +799,6 @@ def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: st
                             max_delta, allow_unlimited)
     controller = PolicyController(spec, loaded, ActionFilter.from_limits(limits, spec.action_dim),
                                   chunk_mode, ensemble_decay, chunk_execute, max_age,
-                                  safe_command, prefetch, late_chunk, camera_encoding)
+                                  safe_command, prefetch, late_chunk, camera_encoding,
+                                  encoder_priority, max_frame_lag)
     return controller, limits

@@ -43,7 +43,10 @@ encoders apart from the head), and the ticks in between run the head only. ``cam
 inline`` (default) encodes a new frame in the tick that first sees it: every command comes from
 its own frame, exactly; ``ahead`` encodes it on a thread of its own, the ticks using the newest
 frame encoded until then, so that a control rate far above the camera's never waits for an
-encoder (/diagnostics: frames_encoded, frame_encoding_p50/p99, previous_frame_ticks). With
+encoder (/diagnostics: frames_encoded, frame_encoding_p50/p99, previous_frame_ticks). That
+thread runs at ``camera_encoder_priority`` (idle: whatever wakes preempts it), and a frame still
+in encoding ``camera_max_lag`` seconds after it came is given up on: the newest frame is
+encoded on the tick, and so are the next ones until the encoder is done (late_frames). With
 ``trigger: state`` a state is answered once every part carries its stamp; cameras slower than
 the joint states set ``camera_frames: latest`` (each camera's newest frame, whatever its stamp).
 
@@ -77,8 +80,8 @@ from ..cdr import float64_multi_array  # noqa: E402
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
 from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noqa: E402
-                              SAFE_COMMANDS, ActionFilter, PolicyController, TimeWindow,
-                              load_policy, make_controller)
+                              ENCODER_PRIORITIES, SAFE_COMMANDS, ActionFilter, PolicyController,
+                              TimeWindow, load_policy, make_controller)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
@@ -126,6 +129,15 @@ class PolicyNode(LifecycleNode):
               "exactly) or ahead of the ticks on a thread of its own (ahead: no tick waits for "
               "an encoder; a tick uses the newest frame encoded: a control rate far above the "
               "camera's)", read_only=True, choices=CAMERA_ENCODINGS),
+        Param("camera_encoder_priority", "idle", "camera_encoding ahead: the CPU priority of "
+              "the encoder's thread (idle: Linux SCHED_IDLE, any thread that wakes preempts "
+              "it, the control loop's tail latency least disturbed; low: nice 19; normal: the "
+              "control loop's)", read_only=True, choices=ENCODER_PRIORITIES),
+        Param("camera_max_lag", 0.1, "camera_encoding ahead: once a frame has been in encoding "
+              "this many seconds (the encoder starved on a busy machine), the ticks encode the "
+              "newest frames themselves until the encoder is done: the features commands come "
+              "from are never older than this plus one encoding; 0: no bound", read_only=True,
+              min_value=0.0, max_value=60.0),
         Param("max_age_periods", 3.0, "a state older than this many control periods is stale "
               "(0: no check)", min_value=0.0, max_value=1e6),
         Param("safe_command", "hold", "what a stale state gets: hold (repeat the last command) "
@@ -233,7 +245,9 @@ class PolicyNode(LifecycleNode):
             ensemble_decay=self.p["ensemble_decay"], chunk_execute=self.p["chunk_execute"],
             max_age=self.p["max_age_periods"] * self.period,
             safe_command=self.p["safe_command"], prefetch=self.p["chunk_prefetch"],
-            late_chunk=self.p["late_chunk"], camera_encoding=self.p["camera_encoding"])
+            late_chunk=self.p["late_chunk"], camera_encoding=self.p["camera_encoding"],
+            encoder_priority=self.p["camera_encoder_priority"],
+            max_frame_lag=self.p["camera_max_lag"])
         if limits is None:
             self.get_logger().warning("commanding WITHOUT action limits (allow_unlimited): nothing "
                                    "bounds the commands or their change per tick")
@@ -623,6 +637,9 @@ class PolicyNode(LifecycleNode):
                                + " (whole)" * (not c.policy.backend.split),
                                "frames_encoded": k.frames_encoded,
                                "previous_frame_ticks": k.previous_frame_ticks})
+                if c.camera_encoding == "ahead" and c.policy.backend.split:
+                    values.update({"camera_encoder_priority": c.encoder_priority,
+                                   "late_frames": k.late_frames})
                 for key, v in c.encode_timing().items():
                     values[f"frame_encoding_{key}"] = f"{v:.3f}"
         for name, window in (("latency", self.latency), ("compute", self.compute)):
