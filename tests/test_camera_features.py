@@ -270,6 +270,7 @@ def test_the_encoder_thread_alone_runs_at_the_priority_asked(priority, expected)
                              camera_encoding="ahead", encoder_priority=priority)
     for o in observations(4, 2):
         ctl.tick(o)
+    assert ctl.wait_frames(5.0)   # the thread set itself up before its frame
     want_policy, want_nice = expected
     assert scheduling(ctl.encoder_thread_id) == (want_policy, want_nice or mine[1])
     assert ctl.encoder_priority == priority
