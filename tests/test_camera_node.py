@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -79,8 +79,10 @@ def expected(ckpt: str, states: list, back: int = 0) -> np.ndarray:
     return np.array(out)
 
 
-def run_node(procs, probe, ckpt: str, encoding: str) -> tuple[list, np.ndarray, dict]:
-    """Each state published and answered before the next; (states, commands, diagnostics)."""
+def run_node(procs, probe, ckpt: str, encoding: str, **params) -> tuple[list, np.ndarray, dict,
+                                                                       list]:
+    """Each state published and answered before the next; (states, commands, the last
+    diagnostics' values, the node's statuses (level, message) in order)."""
     arm, grip, diags = [], [], []
     probe.node.create_subscription(Float64MultiArray, ARM, arm.append, KEEP)
     probe.node.create_subscription(Float64MultiArray, GRIPPER, grip.append, KEEP)
@@ -88,7 +90,7 @@ def run_node(procs, probe, ckpt: str, encoding: str) -> tuple[list, np.ndarray, 
     procs.start_node(NODE, params={"checkpoint": ckpt, "backend": "onnxruntime",
                                    "max_age_periods": 0.0, "camera_frames": "latest",
                                    "camera_encoding": encoding, "diagnostics_period": 0.2,
-                                   "episode_topic": "", **UNBOUND})
+                                   "episode_topic": "", **UNBOUND, **params})
     client = probe.node.create_client(SetBool, f"/{NODE}/enable")
     wait_for(client.service_is_ready, 120, "the policy node's services", procs=procs)
     pubs = {"/front/image_raw": probe.node.create_publisher(Image, "/front/image_raw", IMAGE_QOS),
@@ -113,11 +115,12 @@ def run_node(procs, probe, ckpt: str, encoding: str) -> tuple[list, np.ndarray, 
     wait_for(lambda: len(diags) > since + 1, 10, "/diagnostics", procs=procs)
     values = next({kv.key: kv.value for kv in s.values} for m in reversed(diags)
                   for s in m.status if s.name.startswith(NODE))
-    return states, np.array(got), values
+    statuses = [(s.level, s.message) for m in diags for s in m.status if s.name.startswith(NODE)]
+    return states, np.array(got), values, statuses
 
 
 def test_inline_answers_each_state_from_its_newest_frame_encoded_once(checkpoint, procs, probe):
-    states, got, diag = run_node(procs, probe, checkpoint, "inline")
+    states, got, diag, _ = run_node(procs, probe, checkpoint, "inline")
     np.testing.assert_allclose(got, expected(checkpoint, states), rtol=1e-6, atol=1e-6)
     # the frame matters: the same states with the frame before give other commands
     assert not np.allclose(got[EVERY:], expected(checkpoint, states, back=1)[EVERY:], atol=1e-4)
@@ -126,7 +129,7 @@ def test_inline_answers_each_state_from_its_newest_frame_encoded_once(checkpoint
 
 
 def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, procs, probe):
-    states, got, diag = run_node(procs, probe, checkpoint, "ahead")
+    states, got, diag, _ = run_node(procs, probe, checkpoint, "ahead")
     own, before = expected(checkpoint, states), expected(checkpoint, states, back=1)
     for k, command in enumerate(got):
         assert (np.allclose(command, own[k], rtol=1e-6, atol=1e-6)
@@ -138,3 +141,23 @@ def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, p
     assert int(diag["frames_encoded"]) == STATES // EVERY
     assert int(diag["previous_frame_ticks"]) == sum(
         not np.allclose(c, o, rtol=1e-6, atol=1e-6) for c, o in zip(got, own))
+
+
+def test_ahead_frames_past_camera_max_lag_are_encoded_on_the_tick_and_warned(tmp_path, procs,
+                                                                            probe):
+    """A camera encoder of some 50 ms and ``camera_max_lag`` of 1 ms: the state after a new
+    frame finds it in encoding past the bound, so that tick encodes the newest frame itself:
+    every command comes from its state's frame or the one before, and /diagnostics warns
+    (frames given up on, counted in late_frames)."""
+    torch.manual_seed(0)
+    policy = make_policy(SPEC, TrainConfig(policy="mlp", chunk=1, policy_config={
+        "image_channels": [128, 256, 256], "keypoints": 8}))
+    ckpt = str(save_checkpoint(tmp_path / "heavy", policy.eval(), SPEC))
+    states, got, diag, statuses = run_node(procs, probe, ckpt, "ahead", camera_max_lag=0.001)
+    own, before = expected(ckpt, states), expected(ckpt, states, back=1)
+    for k, command in enumerate(got):
+        assert (np.allclose(command, own[k], rtol=1e-6, atol=1e-6)
+                or np.allclose(command, before[k], rtol=1e-6, atol=1e-6)), k
+    assert int(diag["late_frames"]) >= 1, diag
+    assert any(level == DiagnosticStatus.WARN and "over camera_max_lag (0.001 s" in message
+               for level, message in statuses), statuses

@@ -202,6 +202,7 @@ class PolicyNode(LifecycleNode):
         self._ents = []
         self._state_subs = {}       # topic -> its subscription (why a topic sends nothing)
         self._since = time.monotonic()  # activation or enable: how long a topic sent nothing
+        self._late_told = 0   # the controller's late_frames at the last diagnostics
         self.last = LastAnswer()
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -648,6 +649,10 @@ class PolicyNode(LifecycleNode):
         if self.reload_error:
             values["reload_error"] = self.reload_error
         problem, self.problem = self.problem, ""
+        late = 0   # camera frames the encoder's thread gave up since the last report
+        if c is not None:
+            n = c.counters.late_frames
+            late, self._late_told = max(0, n - self._late_told), n
         waiting = self._waiting() if c and self.active and self.enabled else None
         if waiting:
             values["waiting_for"] = " ".join(waiting[2])
@@ -657,6 +662,13 @@ class PolicyNode(LifecycleNode):
             level, message = waiting[:2]
         elif self.reload_error:
             level, message = DiagnosticStatus.WARN, f"reload failed: {self.reload_error}"
+        elif late:
+            level, message = DiagnosticStatus.WARN, (
+                f"{late} camera frame(s) encoded on the tick since the last report: the "
+                f"encoder's thread had one in encoding for over camera_max_lag "
+                f"({c.max_frame_lag:g} s; a machine too busy for it, or an encoder slower "
+                f"than that)")
+            self.get_logger().warning(message, throttle_duration_sec=10.0)
         elif not (c and self.active and self.enabled):
             level, message = DiagnosticStatus.WARN, "not commanding (" + (
                 "disabled" if c and self.active else values["state"]) + ")"
