@@ -283,8 +283,11 @@ def test_a_flood_of_mixed_bad_commands_is_logged_once_per_burst(procs, probe):
              15, "the flood's summary to match the diagnostics", procs=procs)
     seen = len(diags)
     wait_for(lambda: len(diags) > seen, 5, "diagnostics after the summary", procs=procs)
+    # A few commands delivered late (reliable retransmissions under load: a CI run's 7, 1.3 s
+    # after the flood) open a burst of their own, summed up once it has been quiet a second.
+    wait_for(lambda: logged_counts(procs.log(BRIDGE, tail=100_000)) == counted(diags), 10,
+             "the log to account for every bad command counted, late ones too", procs=procs)
     log = procs.log(BRIDGE, tail=100_000)
-    assert logged_counts(log) == counted(diags), (log[-2000:], counted(diags))
     lines = [line for line in log.splitlines() if "arm command" in line]
     # One line when a burst starts, one summary when it ends, bursts at least a second apart
     # (normally the whole flood is one burst: two lines); it used to be thousands.

@@ -99,8 +99,13 @@ def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path)
     from rclpy.parameter import Parameter
 
     procs.start_node("trainer", params={"out": str(tmp_path / "runs")})
-    wait_for(lambda: probe.caller.ready(SetParameters, "/trainer/set_parameters", 0.2), 60,
-             "the trainer's parameter service", procs=procs)
+    # Every client made and matched first: a request sent right after its client is made may
+    # find the server not yet matched to the client's response reader, and its answer is lost
+    # (a CI run under load: set_parameters_atomically, made at its call, never answered).
+    for srv, name in ((SetParameters, "set_parameters"), (GetParameters, "get_parameters"),
+                      (SetParametersAtomically, "set_parameters_atomically")):
+        wait_for(lambda: probe.caller.ready(srv, f"/trainer/{name}", 0.2), 60,
+                 f"the trainer's {name} service", procs=procs)
 
     def get(name: str):
         req = GetParameters.Request(names=[name])
