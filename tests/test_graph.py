@@ -46,6 +46,23 @@ def test_a_domain_with_a_participant_is_in_use_and_never_picked(ros):
         node.destroy_node()
 
 
+def processes_on(domain: int) -> list[str]:
+    """'pid: command line' of each process of this machine whose ROS_DOMAIN_ID is ``domain``
+    (this test process aside)."""
+    out = []
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit() or int(proc) == os.getpid():
+            continue
+        try:
+            env = open(f"/proc/{proc}/environ", "rb").read().split(b"\0")
+            cmd = open(f"/proc/{proc}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:   # gone, or not ours to read
+            continue
+        if f"ROS_DOMAIN_ID={domain}".encode() in env:
+            out.append(f"{proc}: {cmd.decode(errors='replace')[:200]}")
+    return out
+
+
 def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
     """Run `robot-imitation demo` (3 reach episodes in real time, a few seconds: long enough for
     discovery to show the run's nodes to the probe) while the probe watches the shell's graph;
@@ -75,12 +92,16 @@ def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path
     """`robot-imitation demo` publishes nothing on the shell's domain (and its expert still
     solves every episode: no stray command reached its robot); with --join-ros-graph its robot
     shows there (to watch it in RViz or Foxglove)."""
-    from conftest import wait_for
-
     # a node an earlier test of this session killed stays in DDS discovery until its lease
     # runs out (Fast DDS: 20 s): the count starts from none
-    wait_for(lambda: probe.node.count_publishers("/joint_states") == 0, 40,
-             "no /joint_states publisher left on the shell's graph by an earlier test")
+    deadline = time.monotonic() + 40
+    while probe.node.count_publishers("/joint_states"):
+        if time.monotonic() > deadline:   # who: the nodes, and the processes on the domain
+            nodes = [f"{i.node_namespace.rstrip('/')}/{i.node_name}"
+                     for i in probe.node.get_publishers_info_by_topic("/joint_states")]
+            pytest.fail(f"/joint_states publishers left on the shell's graph 40 s on: {nodes}; "
+                        f"processes on domain {SHELL_DOMAIN}: {processes_on(SHELL_DOMAIN)}")
+        time.sleep(0.2)
     states = probe.record(JointState, "/joint_states", STATE_QOS)
     poses = probe.record(PoseStamped, "/ee_pose", STATE_QOS)
     out, seen = watch_demo(probe, tmp_path)
