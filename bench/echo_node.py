@@ -9,17 +9,34 @@ topics (poses, camera images) are only received, as the policy node receives the
 decoded and nothing is computed. It runs with the nodes' own entry-point body
 (``robot_imitation.nodes.common.run``), so it gets the executor the policy node gets.
 
+With ``encoder_checkpoint`` (a camera policy's checkpoint) it also does the policy node's camera
+work of ``camera_encoding: ahead``, and nothing else of the policy: each new frame is read from
+its serialized message (resized to the spec's size) on the callback's thread and encoded by the
+checkpoint's camera encoder on a thread of its own (``encoder_backend``, at
+``encoder_priority``, as ``camera_encoder_priority``); a frame that comes while the previous
+one of its camera is still in encoding is skipped. Its figures go to /diagnostics once a
+second. The answers are the same: this is the floor with the encoding's CPU work alongside.
+
     python bench/echo_node.py --ros-args -p spec:=reach
 """
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from robot_imitation.nodes.common import COMMAND_PUB_QOS, STATE_QOS, declare, run
 
+import numpy as np  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_msgs.msg import Float64MultiArray, Header  # noqa: E402
 
+from robot_imitation.cdr import readers  # noqa: E402
+from robot_imitation.deploy.backends import select_backend  # noqa: E402
+from robot_imitation.deploy.runtime import ENCODER_PRIORITIES, lower_this_thread  # noqa: E402
+from robot_imitation.learning.checkpoint import load_checkpoint  # noqa: E402
 from robot_imitation.observation import message_class  # noqa: E402
 from robot_imitation.spec import Spec  # noqa: E402
 
@@ -45,16 +62,104 @@ class EchoNode(Node):
             pub = self.create_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
             self.outputs.append((pub, start, start + f.shape[0]))
             start += f.shape[0]
+        checkpoint = declare(self, "encoder_checkpoint", "", "a camera policy's checkpoint: "
+                             "its camera encoder runs on each new frame, on a thread of its own "
+                             "(empty: none)", read_only=True)
+        backend = declare(self, "encoder_backend", "auto", "the camera encoder's inference "
+                          "backend (as the policy node's backend)", read_only=True)
+        priority = declare(self, "encoder_priority", "idle", "the camera encoder thread's "
+                           "priority (as the policy node's camera_encoder_priority)",
+                           read_only=True, choices=ENCODER_PRIORITIES)
+        self.encoder = FrameEncoder(spec, checkpoint, backend, priority) if checkpoint else None
         self.latest = {}  # newest message per topic: received, not used
         for topic, mtype in topics.items():
+            if self.encoder is not None and topic in self.encoder.topics:
+                self.create_subscription(message_class(mtype), topic,
+                                         lambda raw, t=topic: self.encoder.on_raw(t, raw),
+                                         STATE_QOS, raw=True)
+                continue
             callback = self._on_joints if topic in joint_topics else (
                 lambda msg, t=topic: self.latest.__setitem__(t, msg))
             self.create_subscription(message_class(mtype), topic, callback, STATE_QOS)
+        if self.encoder is not None:
+            self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self.create_timer(1.0, self._report)
 
     def _on_joints(self, msg) -> None:
         position = msg.position  # array('d'): slices go into the command as they are
         for pub, a, b in self.outputs:
             pub.publish(Float64MultiArray(data=position[a:b]))
+
+
+    def _report(self) -> None:
+        status = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.NODE_NAME}: camera",
+                                  hardware_id=self.NODE_NAME)
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in self.encoder.figures().items()]
+        self._diagnostics.publish(DiagnosticArray(
+            header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
+
+    def destroy_node(self):
+        if self.encoder is not None:
+            self.encoder.close()
+        return super().destroy_node()
+
+
+class FrameEncoder:
+    """The policy node's camera work with ``camera_encoding: ahead``, without its control."""
+
+    def __init__(self, spec: Spec, checkpoint: str, backend: str, priority: str):
+        policy, _ = load_checkpoint(checkpoint)
+        self.backend, _ = select_backend(policy, backend)
+        if not self.backend.split:
+            raise ValueError(f"{checkpoint}: its policy's cameras are not encoded apart from its "
+                             f"head on the {self.backend.kind} backend")
+        fields = [f for f in spec.observations if f.is_image]
+        self.readers = readers(spec, fields)
+        self.topics = set(self.readers)
+        self.priority, self._wanted = "?", priority
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="camera-encoder",
+                                        initializer=self._started)
+        self._busy: dict = {}          # camera key -> its frame's job
+        self._sent: dict = {}          # camera key -> the frame encoded last
+        self._lock = threading.Lock()
+        self.seconds: list = []
+        self.skipped = 0
+
+    def _started(self) -> None:
+        self.priority = lower_this_thread(self._wanted)
+
+    def on_raw(self, topic: str, raw: bytes) -> None:
+        """A camera message: its frame read (and resized) here, encoded on the thread."""
+        _, values = self.readers[topic].read(raw)
+        for key, frame in values.items():
+            last = self._sent.get(key)
+            if last is not None and np.array_equal(last, frame):
+                continue
+            job = self._busy.get(key)
+            if job is not None and not job.done():
+                self.skipped += 1
+                continue
+            frame = self._sent[key] = np.array(frame)
+            self._busy[key] = self._pool.submit(self._encode, key, frame)
+
+    def _encode(self, key: str, frame: np.ndarray) -> None:
+        t = time.perf_counter()
+        self.backend.encode_frame(key, frame[None])
+        with self._lock:
+            self.seconds.append(time.perf_counter() - t)
+
+    def figures(self) -> dict:
+        with self._lock:
+            seconds = np.array(self.seconds)
+        out = {"backend": self.backend.kind, "camera_encoder_priority": self.priority,
+               "frames_encoded": len(seconds), "frames_skipped": self.skipped}
+        if len(seconds):
+            out.update(frame_encoding_p50_ms=round(float(np.percentile(seconds, 50)) * 1e3, 3),
+                       frame_encoding_p99_ms=round(float(np.percentile(seconds, 99)) * 1e3, 3))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(args=None) -> int:

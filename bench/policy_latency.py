@@ -20,7 +20,11 @@ Three measurements in one run:
    image-rate / camera-rate, rounded): the node answers each joint state with the newest frame
    (``camera_frames: latest``), encoding each frame once (``camera_encoding``, --camera-encoding:
    inline, or ahead on a thread of its own); e.g. --image-rate 500 --camera-rate 30
-   --camera-encoding ahead: a 500 Hz loop with a 30 Hz camera.
+   --camera-encoding ahead: a 500 Hz loop with a 30 Hz camera. With ``ahead``, the echo node
+   runs a second time, after the policy node, encoding each new frame as the policy node does
+   (``encoder_checkpoint``: the same encoder, on the backend the policy node chose, at its
+   thread priority; its answers unchanged): ``policy/(e+enc)`` is the policy node over the floor with the encoding's CPU
+   work alongside, what the node adds beyond what that work costs the machine.
 3. The inference backends ``select_backend(policy, "auto")`` measures on each policy (one
    thread, as the node runs them), with the ratio of each to eager PyTorch.
 
@@ -96,6 +100,8 @@ from robot_imitation.spec import Spec, SpecError  # noqa: E402
 
 POLICY = "policy_node"
 ECHO = "echo_node"
+BACKEND_CHOICES = ("auto", "numpy", "onnxruntime", "torchscript", "eager")
+ECHO_ENCODER = "echo+encoder"  # the echo node with the camera encoding alongside
 WARMUP_S = 3.0             # before each measured window; its commands are discarded
 STARTUP_TIMEOUT_S = 120.0  # for a node to come up (the policy node measures its backends)
 DRAIN_S = 1.0              # after the last state, for the last commands to arrive
@@ -310,7 +316,7 @@ class Driver(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            if status.name.startswith(POLICY):
+            if status.name.startswith((POLICY, ECHO)):
                 self.diagnostics.append((time.monotonic(),
                                          {kv.key: kv.value for kv in status.values}))
 
@@ -519,22 +525,25 @@ def measure(phase: str, kind: str, node_args, states: States, table: np.ndarray,
         node_cpu, driver_cpu, total = ((b - a) / (t1 - t0) * 100.0 for a, b in zip(c0, c1))
         result.update(node_cpu_percent=node_cpu, driver_cpu_percent=driver_cpu,
                       others_cpu_percent=total - node_cpu - driver_cpu)
-    if kind == POLICY:
-        # the node's newest /diagnostics of the measured window (its percentiles cover its
-        # last 4096 ticks)
+    if kind == POLICY or driver.diagnostics:
+        # the node's newest /diagnostics of the measured window (the policy node's
+        # percentiles cover its last 4096 ticks)
         stop_time = cpu["end"][0]
         window = [v for t, v in driver.diagnostics if t <= stop_time]
         result["diagnostics"] = window[-1] if window else {}
     return result
 
-def echo_argv(spec: Spec, folder: Path) -> list[str]:
+def echo_argv(spec: Spec, folder: Path, encoder: dict | None = None) -> list[str]:
     """The echo node's command line, with the spec as a file (a checkpoint's spec need not be
-    a built-in one)."""
+    a built-in one); ``encoder``: its ``encoder_*`` parameters (the camera work alongside)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "echo_spec.yaml"
     path.write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False), encoding="utf-8")
-    return [sys.executable, str(Path(__file__).resolve().parent / "echo_node.py"), "--ros-args",
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "echo_node.py"), "--ros-args",
             "-r", f"__node:={ECHO}", "-p", f"spec:={path}"]
+    for name, value in (encoder or {}).items():
+        argv += ["-p", f"encoder_{name}:={value}"]
+    return argv
 
 def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n_states: int,
                    backend: str, camera_rate: float = 0.0, camera_encoding: str = "inline",
@@ -557,18 +566,28 @@ def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n
               "trigger": "state", "backend": backend, "episode_topic": "",
               "camera_encoding": camera_encoding, "camera_encoder_priority": encoder_priority,
               "camera_frames": "latest" if every > 1 else "stamp"}
+    runs = [(ECHO, ECHO, None), (POLICY, POLICY, None)]
     if every > 1 and camera_encoding == "ahead":  # a state answered from the previous frame
         tables[POLICY] = np.concatenate([tables[POLICY], expected_policy(policy, states, 1)])
-    for kind in (ECHO, POLICY):
-        phase = f"{label}-{kind}"
-        print(f"[bench] {label} policy ({spec.name}), {kind}: start-up + {WARMUP_S:g} s warm-up "
+        # the floor with the camera encoding's CPU work alongside (the echo node encoding each
+        # frame as the policy node does): what the node adds beyond that work's own cost
+        # (after the policy node: the encoder on the backend the node chose)
+        runs.append((ECHO_ENCODER, ECHO, {"checkpoint": checkpoint, "priority": encoder_priority}))
+    for key, kind, encoder in runs:
+        if encoder is not None:
+            chosen = (result[POLICY].get("diagnostics") or {}).get("backend")
+            encoder["backend"] = chosen if chosen in BACKEND_CHOICES else backend
+        phase = f"{label}-{key}"
+        print(f"[bench] {label} policy ({spec.name}), {key}: start-up + {WARMUP_S:g} s warm-up "
               f"+ {duration:g} s at {rate:g} Hz", flush=True)
         node_args = params if kind == POLICY else echo_argv(
-            spec, RESULTS_DIR / "logs" / "policy_latency" / phase)
-        result[kind] = measure(phase, kind, node_args, states, tables[kind], rate, duration)
-    e, p = result[ECHO]["latency"], result[POLICY]["latency"]
-    result["policy_over_echo"] = {"p50": p["p50_ms"] / e["p50_ms"],
-                                  "p99": p["p99_ms"] / e["p99_ms"]}
+            spec, RESULTS_DIR / "logs" / "policy_latency" / phase, encoder)
+        result[key] = measure(phase, kind, node_args, states, tables[kind], rate, duration)
+    p = result[POLICY]["latency"]
+    for key, name in ((ECHO, "policy_over_echo"), (ECHO_ENCODER, "policy_over_echo_encoder")):
+        if key in result:
+            e = result[key]["latency"]
+            result[name] = {"p50": p["p50_ms"] / e["p50_ms"], "p99": p["p99_ms"] / e["p99_ms"]}
     return result
 
 def measure_backends(checkpoint: Path) -> list[dict]:
@@ -601,7 +620,8 @@ def report(r: dict) -> str:
         lines += ["", f"{label.upper()} policy ({m['spec']}): states at {m['rate_hz']:g} Hz"
                       f"{camera}, {m['duration_s']:g} s measured after {WARMUP_S:g} s warm-up, "
                       f"{m['states']} distinct states", head]
-        for kind in (ECHO, POLICY):
+        kinds = [k for k in (ECHO, ECHO_ENCODER, POLICY) if k in m]
+        for kind in kinds:
             x = m[kind]
             lat, nan = x["latency"], float("nan")
             lines.append(f"  {kind:13}{lat['p50_ms']:8.3f}{lat['p99_ms']:8.3f}"
@@ -613,13 +633,21 @@ def report(r: dict) -> str:
         ratio = m["policy_over_echo"]
         lines.append(f"  {'policy/echo':13}{ratio['p50']:8.2f}{ratio['p99']:8.2f}"
                      "   (what the policy node adds over the DDS floor)")
+        ratio = m.get("policy_over_echo_encoder")
+        if ratio:
+            d = m[ECHO_ENCODER].get("diagnostics") or {}
+            lines.append(f"  {'policy/(e+enc)':13}{ratio['p50']:8.2f}{ratio['p99']:8.2f}"
+                         "   (over the floor with the camera encoding's CPU work alongside: "
+                         f"{d.get('frames_encoded', '?')} frames encoded by the echo node, "
+                         f"{d.get('backend', '?')}, p50 {d.get('frame_encoding_p50_ms', '?')} "
+                         f"ms, priority {d.get('camera_encoder_priority', '?')})")
         lines.append("  residuals (max |command - expected|): " + ", ".join(
-            f"{kind} {m[kind]['residual_max']:.1e}" for kind in (ECHO, POLICY))
+            f"{kind} {m[kind]['residual_max']:.1e}" for kind in kinds)
             + f"; expected commands at least {min(m['separation'].values()):.1e} apart")
         lines.append("  driver: publish lag p99 " + ", ".join(
-            f"{m[kind]['publish_lag_ms']['p99']:.2f} ms ({kind})" for kind in (ECHO, POLICY))
+            f"{m[kind]['publish_lag_ms']['p99']:.2f} ms ({kind})" for kind in kinds)
             + "; CPU " + ", ".join(f"{m[kind].get('driver_cpu_percent', float('nan')):.0f}% "
-                                   f"({kind})" for kind in (ECHO, POLICY)))
+                                   f"({kind})" for kind in kinds))
         d = m[POLICY].get("diagnostics") or {}
         if d:
             lines.append(f"  policy node's /diagnostics (its last 4096 ticks, stamp to publish): "
@@ -687,7 +715,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-checkpoint", type=Path,
                         help="image checkpoint (default: random weights, spec push_image)")
     parser.add_argument("--backend", default="auto",
-                        choices=("auto", "numpy", "onnxruntime", "torchscript", "eager"),
+                        choices=BACKEND_CHOICES,
                         help="the policy node's inference backend (default: auto)")
     return parser.parse_args(argv)
 
