@@ -90,7 +90,6 @@ class EchoNode(Node):
         for pub, a, b in self.outputs:
             pub.publish(Float64MultiArray(data=position[a:b]))
 
-
     def _report(self) -> None:
         status = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.NODE_NAME}: camera",
                                   hardware_id=self.NODE_NAME)

@@ -23,8 +23,9 @@ Three measurements in one run:
    --camera-encoding ahead: a 500 Hz loop with a 30 Hz camera. With ``ahead``, the echo node
    runs a second time, after the policy node, encoding each new frame as the policy node does
    (``encoder_checkpoint``: the same encoder, on the backend the policy node chose, at its
-   thread priority; its answers unchanged): ``policy/(e+enc)`` is the policy node over the floor with the encoding's CPU
-   work alongside, what the node adds beyond what that work costs the machine.
+   thread priority; its answers unchanged): ``policy/(e+enc)`` is the policy node over the
+   floor with the encoding's CPU work alongside, what the node adds beyond what that work
+   costs the machine.
 3. The inference backends ``select_backend(policy, "auto")`` measures on each policy (one
    thread, as the node runs them), with the ratio of each to eager PyTorch.
 
