@@ -135,3 +135,28 @@ def test_a_node_callback_that_raises_ends_the_spin_with_its_error(ros):
     finally:
         exe.remove_node(node)
         node.destroy_node()
+
+
+def test_a_node_destroyed_after_its_spinner_stopped_leaves_the_graph(ros):
+    """``Spinner.stop`` let its executor keep the nodes: one destroyed afterwards stayed in use,
+    and its publishers stayed on the graph (and in DDS) until the executor happened to be
+    garbage collected. A CI run's later test saw a test probe's /joint_states publisher still
+    there 40 s after the probe was destroyed (another node of the process counting it)."""
+    from std_msgs.msg import String
+
+    from robot_imitation.nodes.common import COMMAND_QOS
+    from robot_imitation.nodes.episode_runner import Spinner
+
+    topic = "/test_spinner/left_behind"
+    node = ros.create_node("test_spinner_destroyed")
+    node.create_publisher(String, topic, COMMAND_QOS)
+    watcher = ros.create_node("test_spinner_watcher")
+    try:
+        spinner = Spinner(node)
+        assert watcher.count_publishers(topic) == 1
+        spinner.stop()
+        node.destroy_node()
+        wait_for(lambda: watcher.count_publishers(topic) == 0, 10,
+                 "the destroyed node's publisher gone from the graph")
+    finally:
+        watcher.destroy_node()

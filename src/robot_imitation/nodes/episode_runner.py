@@ -155,8 +155,13 @@ class Spinner:
                                       f"spinning on", throttle_duration_sec=5.0)
 
     def stop(self):
+        """End the spinning and let go of the nodes: an executor that still holds a node keeps
+        it in use, and a node destroyed then kept its publishers on the graph (and in DDS)
+        until the executor happened to be garbage collected."""
         self._stop.set()
         self.thread.join(timeout=2.0)
+        if not self.thread.is_alive():   # (a callback that never returns keeps them)
+            self.executor.shutdown()
 
 
 def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
