@@ -88,6 +88,7 @@ from std_srvs.srv import SetBool  # noqa: E402
 
 from benchlib import (RESULTS_DIR, BenchmarkError, positive, proc_stat,  # noqa: E402
                       run_with_ros, stat_cpu_seconds, wait_until)
+from robot_imitation.deploy.backends import KINDS as BACKEND_KINDS  # noqa: E402
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
 from robot_imitation.deploy.runtime import ENCODER_PRIORITIES  # noqa: E402
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
@@ -101,7 +102,7 @@ from robot_imitation.spec import Spec, SpecError  # noqa: E402
 
 POLICY = "policy_node"
 ECHO = "echo_node"
-BACKEND_CHOICES = ("auto", "numpy", "onnxruntime", "torchscript", "eager")
+BACKEND_CHOICES = ("auto", *BACKEND_KINDS)
 ECHO_ENCODER = "echo+encoder"  # the echo node with the camera encoding alongside
 WARMUP_S = 3.0             # before each measured window; its commands are discarded
 STARTUP_TIMEOUT_S = 120.0  # for a node to come up (the policy node measures its backends)
