@@ -187,6 +187,29 @@ def test_commands_serialized_as_rclpy_does(label, n):
                           np.frombuffer(raw, np.uint8)[meaningful])
 
 
+@pytest.mark.parametrize("stamp", [0, 7, 1_500_000_000, 123_456_789_012, 1_796_490_651_406_985_744])
+def test_a_states_commands_written_at_once_as_one_by_one(stamp):
+    """``CommandWriter`` (the policy node's answer to a state) gives, for each action's slice,
+    the bytes of ``float64_multi_array`` with the state's ``stamp_label``, which rclpy reads
+    back as the command with that label: the label's seconds of any width, nanoseconds to 9
+    digits."""
+    from rclpy.serialization import deserialize_message
+
+    from robot_imitation.cdr import CommandWriter, float64_multi_array
+    from robot_imitation.nodes.common import answer
+    from robot_imitation.pairing import stamp_label
+
+    action = RNG.normal(size=8)
+    slices = [(0, 7), (7, 8)]
+    raws = CommandWriter(slices).write(action, stamp)
+    assert len(raws) == 2
+    for raw, (a, b) in zip(raws, slices):
+        assert raw == float64_multi_array(action[a:b], stamp_label(stamp))
+        msg = answer(action[a:b])
+        msg.layout.dim = [MultiArrayDimension(label=stamp_label(stamp), size=b - a, stride=b - a)]
+        assert deserialize_message(raw, Float64MultiArray) == msg
+
+
 @pytest.mark.parametrize("frame", ["", "w", "world", "odom_frame"])
 def test_state_messages_written_as_rclpy_reads_them(frame):
     """The bridge's raw state messages deserialize to the messages it filled before."""

@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from .pairing import parse_stamp_label
+from .pairing import STAMP_PREFIX, parse_stamp_label
 from .spec import Spec, SpecError, image_pixels, resize_nearest
 
 CDR_LE = (b"\x00\x01", b"\x00\x03")  # CDR and PL_CDR, little endian (options ignored)
@@ -34,6 +34,7 @@ _STAMPED = {"sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped",
             "sensor_msgs/msg/Image"}
 _JOINT_FIELDS = ("position", "velocity", "effort")
 _POSE_ORDER = np.array([0, 1, 2, 6, 3, 4, 5])
+_PREFIX = STAMP_PREFIX.encode("ascii")
 
 
 class CdrError(ValueError):
@@ -280,6 +281,27 @@ def float64_multi_array(values, label: str | None = None) -> bytes:
         out += b"\x00" * (-(len(out) - 4) % 8)
         out += data.tobytes()
     return bytes(out)
+
+
+class CommandWriter:
+    """The serialized commands answering one state, one ``std_msgs/Float64MultiArray`` per
+    action: the bytes ``float64_multi_array(action[a:b], stamp_label(stamp))`` gives for each
+    ``(a, b)`` of ``slices``, made with the label formatted once for them all (the policy
+    node's hot path: a raw publish each)."""
+
+    __slots__ = ("_slices",)
+
+    def __init__(self, slices):
+        self._slices = tuple((int(a), int(b), int(b) - int(a)) for a, b in slices)
+
+    def write(self, action: np.ndarray, stamp: int) -> list:
+        """[bytes] per slice, for ``action`` (float64) answering the state stamped ``stamp``
+        (integer nanoseconds, ``pairing.stamp_of``)."""
+        text = b"%s%d.%09d" % (_PREFIX, *divmod(stamp, 1_000_000_000))
+        head = _labelled_head(len(text))
+        data = np.ascontiguousarray(action, dtype="<f8")
+        return [head.pack(b"\x00\x01\x00\x00", 1, len(text) + 1, text, n, n, 0, n) +
+                data[a:b].tobytes() for a, b, n in self._slices]
 
 
 @functools.lru_cache(maxsize=32)

@@ -76,7 +76,7 @@ from rclpy.qos import QoSCompatibility, qos_check_compatible  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
-from ..cdr import float64_multi_array  # noqa: E402
+from ..cdr import CommandWriter  # noqa: E402
 from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
 from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noqa: E402
@@ -85,7 +85,7 @@ from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noq
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
-from ..pairing import stamp_label, stamp_of  # noqa: E402
+from ..pairing import stamp_of  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -258,6 +258,8 @@ class PolicyNode(LifecycleNode):
         self.assembler = ObservationAssembler(self.spec, cameras=self.p["camera_frames"])
         self.pubs = [self.create_lifecycle_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
                      for f in self.spec.actions]
+        # each action's slice of the command vector, serialized for its publisher
+        self._commands = CommandWriter((a, b) for _, a, b in self.controller.splits)
         self.last = LastAnswer()  # sent again when the bridge republishes its state
         for topic, mtype in self.assembler.topics.items():
             # raw: the spec's fields read straight from the CDR bytes (observation.on_raw)
@@ -418,9 +420,8 @@ class PolicyNode(LifecycleNode):
                 throttle_duration_sec=5.0)
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
-            label = stamp_label(stamp_of(stamp))
-            for (_, values), pub in zip(self.controller.split(result.action), self.pubs):
-                self.last.publish(pub, float64_multi_array(values, label), stamp)
+            for pub, raw in zip(self.pubs, self._commands.write(result.action, stamp_of(stamp))):
+                self.last.publish(pub, raw, stamp)
             done = self._clock_now().nanoseconds * 1e-9
             self.latency.add(done - stamp)
         spent = time.perf_counter() - t0
