@@ -14,13 +14,22 @@ std_msgs/Float64MultiArray of 7 values), in one of two ways:
 - **spin_once**: the same executor, one `spin_once` call per callback (the nodes' way before);
 - **waitset**: a thread waiting on the three subscriptions alone (one wait set, kept) and
   taking everything waiting per wake-up: the recorder's `Drain`, without the recorder's pause
-  between passes (`period` 0: a controller answers each state at once).
+  between passes (`period` 0: a controller answers each state at once);
+- **compiled**: the baseline under them all, the same loop in C on rcl (`intake_floor.c`: one
+  wait set, serialized takes, the prepared answer), built with the machine's C compiler against
+  the rcl headers the ROS installation ships (the PyPI wheels' venv or an installed prefix) and
+  run in a process that has loaded rclpy, with no Python in the loop; left out, saying why,
+  without a compiler or headers (or with `--no-compiled`);
+- **compiled_py**: that C loop handing each message's bytes to a Python function (ctypes), as
+  a raw subscription's callback gets them: what a Python node would pay per message with the
+  messages taken in C instead of by rclpy's executor.
 
 Reported per run: the subscriber's CPU (utime + stime of its process) over the measured window
 as a share of one core and per message taken, the messages taken, the commands the publisher
 received back; the variants alternate (`--rounds`, default 2 each) and the ratios of the
-median CPU per message to that of spin_once are the figures. The subscriber does nothing else:
-this is the floor a Python node at this rate pays before any work of its own.
+median CPU per message to that of spin_once are the figures, with events / compiled: what rclpy
+and Python add per message over the middleware. The subscriber does nothing else: this is the
+floor a Python node at this rate pays before any work of its own.
 
     .venv/bin/python bench/state_intake.py                  # 8 s windows, 2 rounds, 1 kHz
     .venv/bin/python bench/state_intake.py --seconds 20 --rounds 3
@@ -30,11 +39,14 @@ Writes bench/results/state_intake.json. Reports figures only, checks none.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -47,7 +59,38 @@ from benchlib import RESULTS_DIR, positive  # noqa: E402
 
 TOPICS = ("/ee_pose", "/target_pose", "/joint_states")
 COMMAND = "/bench/command"
-KINDS = ("events", "spin_once", "waitset")
+KINDS = ("events", "spin_once", "waitset", "compiled_py", "compiled")
+COMPILED = ("compiled_py", "compiled")
+FLOOR_SOURCE = HERE / "intake_floor.c"
+FLOOR_LIBRARIES = ("rcl", "rmw", "rcutils", "rosidl_runtime_c",
+                   "geometry_msgs__rosidl_typesupport_c", "sensor_msgs__rosidl_typesupport_c",
+                   "std_msgs__rosidl_typesupport_c")
+
+
+def build_floor(folder: Path) -> tuple[Path | None, str]:
+    """``intake_floor.c`` built into a shared library in ``folder``: (its path, ""), or
+    (None, why not: no C compiler, no rcl headers, the compiler's error)."""
+    from robot_imitation.paths import ensure_ros_environment
+
+    ensure_ros_environment()
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc or gcc on PATH, or CC)"
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    prefix = next((Path(p) for p in prefixes
+                   if p and (Path(p) / "include" / "rcl" / "rcl" / "rcl.h").is_file()), None)
+    if prefix is None:
+        return None, "no rcl headers (include/rcl/rcl/rcl.h) in the venv or AMENT_PREFIX_PATH"
+    out = folder / "libintake_floor.so"
+    cmd = [cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(FLOOR_SOURCE)]
+    cmd += [f"-I{d}" for d in sorted((prefix / "include").iterdir()) if d.is_dir()]
+    cmd += [f"-L{prefix / 'lib'}", f"-Wl,-rpath,{prefix / 'lib'}"]
+    cmd += [f"-l{lib}" for lib in FLOOR_LIBRARIES]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return None, f"the C build failed: {last}"
+    return out, ""
 
 
 def _ros():
@@ -104,6 +147,39 @@ def publisher(rate: float, seconds: float) -> int:
     rclpy.try_shutdown()  # (ends the executor's spin)
     spinning.join(timeout=5)
     node.destroy_node()
+    return 0
+
+
+def compiled_subscriber(kind: str, library: str, warmup: float, seconds: float) -> int:
+    """The C loop of ``intake_floor.c`` in this process, after rclpy has loaded the ROS
+    libraries and the message packages (the same ones the Python variants use). ``compiled_py``:
+    each message's bytes handed to a Python function, as a raw subscription's callback gets
+    them."""
+    import ctypes
+
+    _ros()
+    importlib.import_module("std_msgs.msg")  # its type support, as the Python variants load it
+
+    callback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_ubyte),
+                                ctypes.c_size_t)
+    last = [b""]
+
+    def got(topic: int, data, length: int) -> None:
+        last[0] = ctypes.string_at(data, length)  # the bytes a raw subscription's callback gets
+
+    lib = ctypes.CDLL(library)
+    lib.intake_floor.argtypes = [ctypes.c_double, ctypes.c_double,
+                                 ctypes.POINTER(ctypes.c_double),
+                                 ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_long),
+                                 callback]
+    cpu, wall, n = ctypes.c_double(), ctypes.c_double(), ctypes.c_long()
+    hand = callback(got) if kind == "compiled_py" else ctypes.cast(None, callback)
+    if lib.intake_floor(warmup, seconds, ctypes.byref(cpu), ctypes.byref(wall), ctypes.byref(n),
+                        hand):
+        return 1
+    print(json.dumps({"kind": kind, "cpu_s": cpu.value, "wall_s": wall.value,
+                      "messages": n.value, "share": cpu.value / wall.value,
+                      "us_per_message": cpu.value / max(n.value, 1) * 1e6}), flush=True)
     return 0
 
 
@@ -190,7 +266,8 @@ def one_run(kind: str, args) -> dict:
     env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     me = [sys.executable, str(Path(__file__).resolve())]
-    sub = subprocess.Popen(me + ["--subscriber", kind, "--seconds", str(args.seconds)],
+    extra = ["--library", str(args.library)] if kind in COMPILED else []
+    sub = subprocess.Popen(me + ["--subscriber", kind, "--seconds", str(args.seconds), *extra],
                            env=env, stdout=subprocess.PIPE, text=True)
     pub = subprocess.Popen(me + ["--publisher", "--rate", str(args.rate), "--seconds",
                                  str(args.seconds + 3.0)], env=env, stdout=subprocess.PIPE,
@@ -221,34 +298,59 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, alternating")
     ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--subscriber", choices=KINDS, help=argparse.SUPPRESS)
+    ap.add_argument("--library", help=argparse.SUPPRESS)
+    ap.add_argument("--no-compiled", action="store_true",
+                    help="leave out the compiled floor (intake_floor.c, built with cc)")
     args = ap.parse_args()
     if args.publisher:
         return publisher(args.rate, args.seconds)
+    if args.subscriber in COMPILED:
+        return compiled_subscriber(args.subscriber, args.library, 1.0, args.seconds)
     if args.subscriber:
         return subscriber(args.subscriber, 1.0, args.seconds)
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1, not {args.rounds}")
+    with tempfile.TemporaryDirectory(prefix="state_intake-") as folder:
+        kinds = KINDS
+        if args.no_compiled:
+            kinds, skipped = KINDS[:-2], "--no-compiled"
+        else:
+            args.library, skipped = build_floor(Path(folder))
+            if args.library is None:
+                kinds = KINDS[:-2]
+        if skipped:
+            print(f"[bench] compiled floor left out: {skipped}", flush=True)
+        return measure(args, kinds, skipped)
+
+
+def measure(args, kinds: tuple, skipped: str) -> int:
     runs = []
     for _ in range(args.rounds):
-        for kind in KINDS:
+        for kind in kinds:
             runs.append(one_run(kind, args))
             r = runs[-1]
-            print(f"{kind:<9} {r['share']:6.1%} of a core, {r['us_per_message']:6.1f} us CPU per "
+            print(f"{kind:<11} {r['share']:6.1%} of a core, {r['us_per_message']:6.1f} us CPU per "
                   f"message, {r['messages']} taken, {r['answers']} of {r['sent']} states "
                   "answered", flush=True)
     median = {k: statistics.median(r["us_per_message"] for r in runs if r["kind"] == k)
-              for k in KINDS}
+              for k in kinds}
     load = os.getloadavg()[0]
     base = median["spin_once"]
     print(f"\nCPU per message taken (median of {args.rounds}): "
-          + ", ".join(f"{k} {median[k]:.1f} us" for k in KINDS)
-          + "; / spin_once: " + ", ".join(f"{k} {median[k] / base:.2f}" for k in KINDS
+          + ", ".join(f"{k} {median[k]:.1f} us" for k in kinds)
+          + "; / spin_once: " + ", ".join(f"{k} {median[k] / base:.2f}" for k in kinds
                                           if k != "spin_once")
           + f" (load average {load:.2f}, {os.cpu_count()} CPUs)")
+    if "compiled" in median:
+        print(f"events / compiled: {median['events'] / median['compiled']:.2f} (what rclpy "
+              "and Python add per message over the same loop in C); compiled_py / compiled: "
+              f"{median['compiled_py'] / median['compiled']:.2f} (a Python callback per "
+              "message, taken in C)")
     RESULTS_DIR.mkdir(exist_ok=True)
     out = RESULTS_DIR / "state_intake.json"
     out.write_text(json.dumps({"rate": args.rate, "seconds": args.seconds, "runs": runs,
-                               "median_us_per_message": median, "load": load}, indent=2) + "\n")
+                               "median_us_per_message": median, "load": load,
+                               "compiled_left_out": skipped or None}, indent=2) + "\n")
     print(f"[bench] results in {out}")
     return 0
 
