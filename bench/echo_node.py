@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from robot_imitation.nodes.common import COMMAND_PUB_QOS, STATE_QOS, declare, run
+from robot_imitation.nodes.common import COMMAND_PUB_QOS, STATE_QOS, Param, declare_all, run
 
 import numpy as np  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
@@ -34,7 +34,7 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray, Header  # noqa: E402
 
 from robot_imitation.cdr import readers  # noqa: E402
-from robot_imitation.deploy.backends import select_backend  # noqa: E402
+from robot_imitation.deploy.backends import KINDS, select_backend  # noqa: E402
 from robot_imitation.deploy.runtime import ENCODER_PRIORITIES, lower_this_thread  # noqa: E402
 from robot_imitation.learning.checkpoint import load_checkpoint  # noqa: E402
 from robot_imitation.observation import message_class  # noqa: E402
@@ -45,12 +45,21 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 
 class EchoNode(Node):
     NODE_NAME = "echo_node"
+    PARAMETERS = (
+        Param("spec", "reach", "observation/action spec (config/specs name or path): the topics "
+              "to subscribe to and to answer on", read_only=True),
+        Param("encoder_checkpoint", "", "a camera policy's checkpoint: its camera encoder runs on "
+              "each new frame, on a thread of its own (empty: none)", read_only=True),
+        Param("encoder_backend", "auto", "the camera encoder's inference backend (as the policy "
+              "node's backend)", read_only=True, choices=("auto", *KINDS)),
+        Param("encoder_priority", "idle", "the camera encoder thread's priority (as the policy "
+              "node's camera_encoder_priority)", read_only=True, choices=ENCODER_PRIORITIES),
+    )
 
     def __init__(self):
         super().__init__(self.NODE_NAME)
-        spec = Spec.load(declare(self, "spec", "reach", "observation/action spec (config/specs "
-                                 "name or path): the topics to subscribe to and to answer on",
-                                 read_only=True))
+        p = declare_all(self, self.PARAMETERS)
+        spec = Spec.load(p["spec"])
         topics = spec.observation_topics()
         joint_topics = [t for t, mtype in topics.items() if mtype == JOINT_STATE]
         if len(joint_topics) != 1:
@@ -62,15 +71,9 @@ class EchoNode(Node):
             pub = self.create_publisher(Float64MultiArray, f.topic, COMMAND_PUB_QOS)
             self.outputs.append((pub, start, start + f.shape[0]))
             start += f.shape[0]
-        checkpoint = declare(self, "encoder_checkpoint", "", "a camera policy's checkpoint: "
-                             "its camera encoder runs on each new frame, on a thread of its own "
-                             "(empty: none)", read_only=True)
-        backend = declare(self, "encoder_backend", "auto", "the camera encoder's inference "
-                          "backend (as the policy node's backend)", read_only=True)
-        priority = declare(self, "encoder_priority", "idle", "the camera encoder thread's "
-                           "priority (as the policy node's camera_encoder_priority)",
-                           read_only=True, choices=ENCODER_PRIORITIES)
-        self.encoder = FrameEncoder(spec, checkpoint, backend, priority) if checkpoint else None
+        checkpoint = p["encoder_checkpoint"]
+        self.encoder = FrameEncoder(spec, checkpoint, p["encoder_backend"],
+                                    p["encoder_priority"]) if checkpoint else None
         self.latest = {}  # newest message per topic: received, not used
         for topic, mtype in topics.items():
             if self.encoder is not None and topic in self.encoder.topics:
