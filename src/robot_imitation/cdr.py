@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from .pairing import STAMP_PREFIX, parse_stamp_label
+from .pairing import STAMP_FORMAT, parse_stamp_label
 from .spec import Spec, SpecError, image_pixels, resize_nearest
 
 CDR_LE = (b"\x00\x01", b"\x00\x03")  # CDR and PL_CDR, little endian (options ignored)
@@ -34,7 +34,7 @@ _STAMPED = {"sensor_msgs/msg/JointState", "geometry_msgs/msg/PoseStamped",
             "sensor_msgs/msg/Image"}
 _JOINT_FIELDS = ("position", "velocity", "effort")
 _POSE_ORDER = np.array([0, 1, 2, 6, 3, 4, 5])
-_PREFIX = STAMP_PREFIX.encode("ascii")
+_STAMP_FORMAT = STAMP_FORMAT.encode("ascii")  # pairing.stamp_label, as bytes
 
 
 class CdrError(ValueError):
@@ -297,7 +297,7 @@ class CommandWriter:
     def write(self, action: np.ndarray, stamp: int) -> list:
         """[bytes] per slice, for ``action`` (float64) answering the state stamped ``stamp``
         (integer nanoseconds, ``pairing.stamp_of``)."""
-        text = b"%s%d.%09d" % (_PREFIX, *divmod(stamp, 1_000_000_000))
+        text = _STAMP_FORMAT % divmod(stamp, 1_000_000_000)
         head = _labelled_head(len(text))
         data = np.ascontiguousarray(action, dtype="<f8")
         return [head.pack(b"\x00\x01\x00\x00", 1, len(text) + 1, text, n, n, 0, n) +

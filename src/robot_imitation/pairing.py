@@ -10,6 +10,8 @@ header stamp. See ``bridge.stepper`` for what the bridge does with it.
 from __future__ import annotations
 
 STAMP_PREFIX = "stamp="
+# the label of a stamp's (seconds, nanoseconds): the one format (also as bytes, cdr.CommandWriter)
+STAMP_FORMAT = STAMP_PREFIX + "%d.%09d"
 _NS = 1_000_000_000
 
 
@@ -20,8 +22,7 @@ def stamp_of(t: float) -> int:
 
 def stamp_label(stamp: int) -> str:
     """The layout label naming the state stamped ``stamp`` (ns)."""
-    sec, nsec = divmod(int(stamp), _NS)
-    return f"{STAMP_PREFIX}{sec}.{nsec:09d}"
+    return STAMP_FORMAT % divmod(int(stamp), _NS)
 
 
 def parse_stamp_label(label: str) -> int | None:
