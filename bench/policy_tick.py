@@ -57,6 +57,7 @@ def measure(node, states_raw: list, n: int) -> dict:
     """Each state into the node's callback; wall and thread CPU of the callbacks per state."""
     on_state = node._on_state
     commands0 = node.controller.counters.commands
+    clamped0 = node.controller.counters.clamped_ticks
     wall = np.empty(n)
     cpu = 0.0
     for i in range(n):
@@ -67,8 +68,9 @@ def measure(node, states_raw: list, n: int) -> dict:
         wall[i] = time.perf_counter() - w0
         cpu += time.thread_time() - c0
     answered = node.controller.counters.commands - commands0
+    clamped = node.controller.counters.clamped_ticks - clamped0
     return {"wall_us_p50": float(np.median(wall) * 1e6), "wall_us_mean": float(wall.mean() * 1e6),
-            "cpu_us": cpu / n * 1e6, "answered": answered, "states": n}
+            "cpu_us": cpu / n * 1e6, "answered": answered, "clamped": clamped, "states": n}
 
 
 def measure_head(backend, n: int) -> dict:
@@ -91,8 +93,10 @@ def run(args) -> dict:
                          f"policy); '{spec.name}' observes images")
     checkpoint = args.checkpoint or str(make_checkpoint(
         args.spec, Path(tempfile.mkdtemp(prefix="policy_tick-")) / "random"))
+    limits = ["-p", "allow_unlimited:=true"] if args.max_delta is None else \
+        ["-p", f"max_delta:=[{args.max_delta!r}]"]
     rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p",
-                     f"backend:={args.backend}", "-p", "allow_unlimited:=true"])
+                     f"backend:={args.backend}", *limits])
     from robot_imitation.nodes.policy_node import PolicyNode
 
     node = PolicyNode()
@@ -109,7 +113,8 @@ def run(args) -> dict:
     raws = [[(t, bytearray(serialize_message(m))) for t, m in states.messages(i)]
             for i in range(states.n)]
     results = {"spec": spec.name, "backend": node.controller.policy.backend.kind,
-               "states": args.states, "python": sys.version.split()[0], "rounds": []}
+               "states": args.states, "python": sys.version.split()[0],
+               "max_delta": args.max_delta, "rounds": []}
     try:
         measure(node, raws, min(args.states, 500))  # warm-up
         for _ in range(args.rounds):
@@ -137,6 +142,9 @@ def report(r: dict) -> str:
                      f"{x['ratio_wall_p50']:.2f}x, {x['ratio_cpu']:.2f}x")
     lines.append("  node: the state callbacks of one state (three messages for reach), the "
                  "commands published included; inference: head() alone")
+    if r.get("max_delta") is not None:
+        lines.append(f"  max_delta {r['max_delta']:g}: clamped ticks per round "
+                     + ", ".join(str(x["node"]["clamped"]) for x in r["rounds"]))
     return "\n".join(lines)
 
 
@@ -147,6 +155,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     ap.add_argument("--backend", default="auto", choices=("auto",) + KINDS,
                     help="inference backend (default: auto, as the node)")
+    ap.add_argument("--max-delta", type=float, default=None,
+                    help="the commands' largest change per tick, with the checkpoint's action "
+                         "limits (default: none, allow_unlimited); a tiny one clamps every tick")
     ap.add_argument("--checkpoint", default="", help="a trained checkpoint (default: random "
                     "weights of the trained architecture)")
     args = ap.parse_args(argv)

@@ -592,3 +592,104 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
         f"one command per state: {len(arm) - counted_from[0]} commands for {len(stamps)} " \
         f"states ({len(outcomes)} episodes); policy node: {newest(diags)}"
     assert sum(o.success for o in outcomes) >= 0.75 * len(outcomes), outcomes
+
+
+LOG_CALLS = r"""
+import sys
+import time
+
+from robot_imitation.nodes.common import STATE_QOS  # noqa: F401 - the ROS environment first
+
+import rclpy
+import rclpy.impl.rcutils_logger as rcutils_logger
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from robot_imitation.spec import Spec
+
+calls = [0]
+filters = rcutils_logger.get_filters_from_kwargs
+
+
+def counted(**kwargs):  # what each logger call runs (enabled severities), logged or throttled
+    calls[0] += 1
+    return filters(**kwargs)
+
+
+rcutils_logger.get_filters_from_kwargs = counted
+checkpoint, n = sys.argv[1], int(sys.argv[2])
+rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "max_delta:=[1.0e-9]",
+                 "-p", "max_age_periods:=3.0"])
+from robot_imitation.nodes.policy_node import PolicyNode  # noqa: E402
+
+node = PolicyNode()
+probe = rclpy.create_node("log_calls_probe")
+spec = Spec.load("reach")
+qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+for f in spec.actions:  # the node answers only while its commands have a subscriber
+    probe.create_subscription(Float64MultiArray, f.topic, lambda _m: None, qos)
+deadline = time.monotonic() + 30
+while not all(p.get_subscription_count() for p in node.pubs):
+    assert time.monotonic() < deadline, "the probe's subscriptions never matched"
+    time.sleep(0.05)
+names = [j for f in spec.observations for j in f.joints]
+joints = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * len(names),
+                    effort=[0.0] * len(names))
+pose = PoseStamped()
+pose.pose.orientation.w = 1.0
+messages = [(f.topic, joints if f.type.endswith("JointState") else pose)
+            for f in spec.observations]
+messages = list(dict(messages).items())
+
+
+def feed(count, age):
+    for i in range(count):
+        t = time.time() - age
+        for topic, msg in messages:
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+            if topic == "/joint_states":
+                msg.position[0] = 0.1 + 0.01 * (i % 2)  # each state a new observation
+            node._on_state(topic, serialize_message(msg))
+
+
+feed(5, 0.0)  # the first commands (and their log lines)
+counters = node.controller.counters
+for phase, age in (("clamped", 0.0), ("stale", 10.0)):
+    calls[0], clamped0, stale0 = 0, counters.clamped_ticks, counters.stale
+    feed(n, age)
+    print(phase, counters.clamped_ticks - clamped0, counters.stale - stale0, calls[0], flush=True)
+calls[0], commands0 = 0, counters.commands
+for _ in range(n):  # bytes that are no JointState: refused, each
+    node._on_state("/joint_states", b"\x00\x01\x00\x00" + b"\xff" * 8)
+print("malformed", counters.commands - commands0, calls[0], flush=True)
+probe.destroy_node()
+node.destroy_node()
+rclpy.try_shutdown()
+"""
+
+
+def test_a_tick_that_clamps_or_is_stale_pays_no_log_call_until_a_line_is_due(tmp_path):
+    """Every clamped tick, every stale one and every malformed state message used to call
+    rclpy's throttled logger, which finds its caller with ``inspect`` each time, logged or not
+    (0.2-0.7 ms a call: a 1 kHz loop clamping its commands overran with it). The node decides
+    first whether a line is due: hundreds of them in a row make at most a couple of calls."""
+    import subprocess
+
+    from conftest import untrained_checkpoint
+
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "reach")
+    n = 300
+    out = subprocess.run([sys.executable, "-c", LOG_CALLS, str(ckpt), str(n)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.split()[0]: [int(v) for v in line.split()[1:]]
+            for line in out.stdout.splitlines()
+            if line.split()[:1] in (["clamped"], ["stale"], ["malformed"])}
+    clamped, _, clamped_calls = rows["clamped"]
+    _, stale, stale_calls = rows["stale"]
+    answered, malformed_calls = rows["malformed"]
+    assert clamped == n and stale == n and answered == 0, rows
+    assert clamped_calls <= 2 and stale_calls <= 2 and malformed_calls <= 2, rows

@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 from ..paths import ensure_ros_environment
@@ -293,16 +294,46 @@ def stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+class LogThrottle:
+    """Whether a throttled log line is due, decided with one clock read: ``due()`` is True at
+    most once per ``period`` seconds (monotonic), the first time at once. For what may happen
+    on every tick or message: rclpy's own ``throttle_duration_sec`` finds its caller with
+    ``inspect`` (source lines, real paths) on each call, logged or not, 0.2-0.7 ms a call, so a
+    1 kHz loop that clamps its commands, or a stream of malformed messages, overran with it.
+    The line is built and rclpy called only when ``due()``."""
+
+    __slots__ = ("period", "_next")
+
+    def __init__(self, period: float):
+        self.period = period
+        self._next = float("-inf")
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.period
+        return True
+
+
+# per node: the malformed state messages' log line (take_state)
+_MALFORMED_LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def take_state(node, assembler, topic: str, msg) -> bool:
     """Give a state message (or its serialized bytes) to ``assembler`` (an
-    ``ObservationAssembler``); a malformed one is logged (throttled) and refused."""
+    ``ObservationAssembler``); a malformed one is refused, and logged at most every 5 s."""
     try:
         if isinstance(msg, bytes):  # a raw subscription's serialized message
             assembler.on_raw(topic, msg)
         else:
             assembler.on_message(topic, msg)
     except SpecError as exc:
-        node.get_logger().error(str(exc), throttle_duration_sec=5.0)
+        throttle = _MALFORMED_LOGS.get(node)
+        if throttle is None:
+            throttle = _MALFORMED_LOGS[node] = LogThrottle(5.0)
+        if throttle.due():
+            node.get_logger().error(str(exc))
         return False
     return True
 

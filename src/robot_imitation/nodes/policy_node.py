@@ -65,8 +65,9 @@ from __future__ import annotations
 import threading
 import time
 
-from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer, Param,
-                     declare_all, run, stamp_ns, state_to_answer, steady_timer, take_state)
+from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
+                     LogThrottle, Param, declare_all, run, stamp_ns, state_to_answer,
+                     steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -190,7 +191,11 @@ class PolicyNode(LifecycleNode):
         self.reload_failures = 0
         self.reload_error = ""
         self.loaded_path = ""      # newest checkpoint loaded (it runs from the next tick on)
-        self.problem = ""          # newest safety event since the last diagnostics message
+        # newest safety event since the last diagnostics message (_tick: its parts, not its line)
+        self.problem: tuple | None = None
+        # the log lines that ticks in a row may repeat, each at most every so many seconds
+        self._logs = {"late": LogThrottle(5.0), "problem": LogThrottle(2.0),
+                      "clamped": LogThrottle(5.0)}
         self._reload_request = None
         self._reload_event = threading.Event()
         self._last_tick_wall = None
@@ -399,25 +404,23 @@ class PolicyNode(LifecycleNode):
         t0 = time.perf_counter()
         now = self._clock_now().nanoseconds * 1e-9
         result = self.controller.tick(obs, now - stamp)
+        # the log lines of ticks that may come one after another are decided by a clock read
+        # (LogThrottle) and built only when due: rclpy's throttled logging costs more than a tick
         if result.reason == "late":  # late_chunk hold: counted (no_action_ticks), not an error
-            self.get_logger().warning(
-                f"the next chunk is not computed yet: safe command ({self.p['safe_command']}; "
-                f"{self.controller.counters.no_action_ticks} such ticks in all)",
-                throttle_duration_sec=5.0)
+            if self._logs["late"].due():
+                self.get_logger().warning(
+                    f"the next chunk is not computed yet: safe command "
+                    f"({self.p['safe_command']}; {self.controller.counters.no_action_ticks} "
+                    "such ticks in all)")
         elif result.reason != "ok":
-            self.problem = {"stale": f"state {now - stamp:.3f} s old{self._silent_part(now)}: "
-                                     f"safe command ({self.p['safe_command']})",
-                            "nonfinite_input": "NaN/inf in the observation: no command",
-                            "nonfinite_output": "NaN/inf in the policy output: no command",
-                            "inference_error": f"inference failed ({result.error}): safe "
-                                               f"command ({self.p['safe_command']})"
-                            }[result.reason]
-            self.get_logger().error(self.problem, throttle_duration_sec=2.0)
-        if result.clamped:
+            # the newest safety event, for /diagnostics: its line is made when reported
+            self.problem = (result.reason, result.error, now - stamp, self._silent_part(now))
+            if self._logs["problem"].due():
+                self.get_logger().error(self._problem_line(self.problem))
+        if result.clamped and self._logs["clamped"].due():
             self.get_logger().warning(
                 f"command clamped to the action limits ({result.clamped} values this tick, "
-                f"{self.controller.counters.clamped_ticks} clamped ticks in all)",
-                throttle_duration_sec=5.0)
+                f"{self.controller.counters.clamped_ticks} clamped ticks in all)")
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
             for pub, raw in zip(self.pubs, self._commands.write(result.action, stamp_of(stamp))):
@@ -428,6 +431,18 @@ class PolicyNode(LifecycleNode):
         self.compute.add(spent)
         if spent > self.period:
             self.overruns += 1
+
+    def _problem_line(self, problem: tuple) -> str:
+        """The line that says why a tick gave no command or the safe one, from what ``_tick``
+        kept of it: (reason, error, the state's age, the silent topic's part)."""
+        reason, error, age, silent = problem
+        safe = self.p["safe_command"]
+        if reason == "stale":
+            return f"state {age:.3f} s old{silent}: safe command ({safe})"
+        if reason == "inference_error":
+            return f"inference failed ({error}): safe command ({safe})"
+        return {"nonfinite_input": "NaN/inf in the observation: no command",
+                "nonfinite_output": "NaN/inf in the policy output: no command"}[reason]
 
     def _silent_part(self, now: float) -> str:
         """Which topic holds the states back, when the watchdog found one older than the
@@ -649,7 +664,8 @@ class PolicyNode(LifecycleNode):
                 values[f"{name}_{key}"] = f"{v:.3f}"
         if self.reload_error:
             values["reload_error"] = self.reload_error
-        problem, self.problem = self.problem, ""
+        problem = self._problem_line(self.problem) if self.problem else ""
+        self.problem = None
         late = 0   # camera frames the encoder's thread gave up since the last report
         if c is not None:
             n = c.counters.late_frames
