@@ -674,8 +674,9 @@ rclpy.try_shutdown()
 def test_a_tick_that_clamps_or_is_stale_pays_no_log_call_until_a_line_is_due(tmp_path):
     """Every clamped tick, every stale one and every malformed state message used to call
     rclpy's throttled logger, which finds its caller with ``inspect`` each time, logged or not
-    (0.2-0.7 ms a call: a 1 kHz loop clamping its commands overran with it). The node decides
-    first whether a line is due: hundreds of them in a row make at most a couple of calls."""
+    (about 0.5 ms a call here: a 1 kHz loop clamping its commands overran with it). The node
+    decides first whether a line is due: hundreds of them in a row make at most a couple of
+    calls."""
     import subprocess
 
     from conftest import untrained_checkpoint
