@@ -393,3 +393,48 @@ def test_keyboard_teleop_under_a_pty(procs, probe, tmp_path):
         os.close(slave)
     assert code == 0, log_path.read_text(errors="replace")
     assert restored == original, "the terminal mode was not restored"
+
+
+BAD_JOINT_STATES = r"""
+from robot_imitation.nodes.common import STATE_QOS  # noqa: F401 - the ROS environment first
+
+import rclpy
+import rclpy.impl.rcutils_logger as rcutils_logger
+from sensor_msgs.msg import JointState
+
+calls = [0]
+filters = rcutils_logger.get_filters_from_kwargs
+
+
+def counted(**kwargs):  # what each logger call runs (enabled severities), logged or throttled
+    calls[0] += 1
+    return filters(**kwargs)
+
+
+rcutils_logger.get_filters_from_kwargs = counted
+rclpy.init()
+from robot_imitation.nodes.joy_teleop_node import JoyTeleop  # noqa: E402
+
+node = JoyTeleop()
+calls[0] = 0
+bad = JointState(name=["no_such_joint"], position=[0.0])
+for _ in range(300):
+    node._on_joint_state(bad)
+print("calls", calls[0], "state", node._q, flush=True)
+node.destroy_node()
+rclpy.try_shutdown()
+"""
+
+
+@pytest.mark.ros
+def test_joint_states_it_cannot_read_cost_no_log_call_until_a_line_is_due():
+    """A stream of joint states without the robot's joints (a wrong driver, a wrong robot)
+    called rclpy's throttled logger for each message, which finds its caller with ``inspect``
+    logged or not (about 0.5 ms a message here): 300 of them now make one call, and none of
+    them becomes the teleop's state."""
+    out = subprocess.run([sys.executable, "-c", BAD_JOINT_STATES], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "missing from the joint state" in out.stderr
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("calls ")][-1]
+    assert line.split()[1] in ("1", "2") and line.endswith("state None"), line

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from .common import COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, Param, declare_all, run
+from .common import (COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, LogThrottle, Param, declare_all,
+                     run)
 
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
@@ -92,6 +93,7 @@ class TeleopNode(Node):
             workspace=(p["workspace_low"], p["workspace_high"]))
         self.period = self.controller.arm.period
         self.joint_names = self.sim.robot.joint_names
+        self._bad_state_log = LogThrottle(5.0)  # a joint state it cannot read: a line per 5 s
         self.pub_arm = self.create_publisher(Float64MultiArray, f"/{p['arm_controller']}/commands",
                                              COMMAND_PUB_QOS)
         self.pub_grip = self.create_publisher(Float64MultiArray,
@@ -163,7 +165,8 @@ class TeleopNode(Node):
         try:
             self._q = positions_by_name(msg.name, msg.position, self.joint_names)
         except ValueError as exc:
-            self.get_logger().error(f"joint_states: {exc}", throttle_duration_sec=5.0)
+            if self._bad_state_log.due():
+                self.get_logger().error(f"joint_states: {exc}")
             return
         self._q_time = time.monotonic()
 
