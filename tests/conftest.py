@@ -467,3 +467,25 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {res.stderr.strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# The start of a script (run as a process of its own) that counts the calls to rclpy's loggers:
+# ``calls[0]``, every call of an enabled severity, logged or throttled. rclpy's throttled
+# logging finds its caller with ``inspect`` on each call (about 0.5 ms here), so what runs per
+# tick or per message must not call it until a line is due.
+COUNT_LOGGER_CALLS = r"""
+from robot_imitation.nodes.common import STATE_QOS  # noqa: F401 - the ROS environment first
+
+import rclpy.impl.rcutils_logger as rcutils_logger
+
+calls = [0]
+filters = rcutils_logger.get_filters_from_kwargs
+
+
+def counted(**kwargs):  # what each logger call runs (enabled severities), logged or throttled
+    calls[0] += 1
+    return filters(**kwargs)
+
+
+rcutils_logger.get_filters_from_kwargs = counted
+"""

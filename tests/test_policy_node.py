@@ -19,7 +19,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, String
 from std_srvs.srv import SetBool
 
-from conftest import wait_for
+from conftest import COUNT_LOGGER_CALLS, wait_for
 from robot_imitation.nodes.common import LATCHED_QOS, STATE_QOS
 from robot_imitation.spec import Spec
 
@@ -594,14 +594,11 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     assert sum(o.success for o in outcomes) >= 0.75 * len(outcomes), outcomes
 
 
-LOG_CALLS = r"""
+LOG_CALLS = COUNT_LOGGER_CALLS + r"""
 import sys
 import time
 
-from robot_imitation.nodes.common import STATE_QOS  # noqa: F401 - the ROS environment first
-
 import rclpy
-import rclpy.impl.rcutils_logger as rcutils_logger
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from rclpy.serialization import serialize_message
@@ -610,16 +607,6 @@ from std_msgs.msg import Float64MultiArray
 
 from robot_imitation.spec import Spec
 
-calls = [0]
-filters = rcutils_logger.get_filters_from_kwargs
-
-
-def counted(**kwargs):  # what each logger call runs (enabled severities), logged or throttled
-    calls[0] += 1
-    return filters(**kwargs)
-
-
-rcutils_logger.get_filters_from_kwargs = counted
 checkpoint, n = sys.argv[1], int(sys.argv[2])
 rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "max_delta:=[1.0e-9]",
                  "-p", "max_age_periods:=3.0"])

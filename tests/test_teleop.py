@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import wait_for
+from conftest import COUNT_LOGGER_CALLS, wait_for
 
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState, Joy
@@ -395,23 +395,10 @@ def test_keyboard_teleop_under_a_pty(procs, probe, tmp_path):
     assert restored == original, "the terminal mode was not restored"
 
 
-BAD_JOINT_STATES = r"""
-from robot_imitation.nodes.common import STATE_QOS  # noqa: F401 - the ROS environment first
-
+BAD_JOINT_STATES = COUNT_LOGGER_CALLS + r"""
 import rclpy
-import rclpy.impl.rcutils_logger as rcutils_logger
 from sensor_msgs.msg import JointState
 
-calls = [0]
-filters = rcutils_logger.get_filters_from_kwargs
-
-
-def counted(**kwargs):  # what each logger call runs (enabled severities), logged or throttled
-    calls[0] += 1
-    return filters(**kwargs)
-
-
-rcutils_logger.get_filters_from_kwargs = counted
 rclpy.init()
 from robot_imitation.nodes.joy_teleop_node import JoyTeleop  # noqa: E402
 
