@@ -775,10 +775,6 @@ class PolicyController:
         c.chunks += 1
         return None, seconds
 
-    def split(self, action: np.ndarray) -> list:
-        """[(action key, values)] in spec order."""
-        return [(key, action[a:b]) for key, a, b in self.splits]
-
 
 def make_controller(loaded: LoadedPolicy, spec: Spec | None = None, *, robot: str = "",
                     lower=None, upper=None, max_delta=None, allow_unlimited: bool = False,
