@@ -344,3 +344,47 @@ def test_the_encoder_in_bf16_gives_the_float32_keypoints_and_float32_gradients()
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
                for g in grads)
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (48, 50), (37, 45)])
+def test_the_encoders_first_convolution_as_one_matrix_product_is_the_same_convolution(
+        monkeypatch, height, width):
+    """``conv_by_columns`` (what ``forward_in`` runs for the first convolution when the loss is
+    compiled): in float64 the direct convolution's outputs, with and without a bias; through
+    ``forward_in`` under compiling, in float32, the encoder's keypoints and weight gradients."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from robot_imitation.policies import encoders
+    from robot_imitation.policies.encoders import ImageEncoder, columns_fit, conv_by_columns
+
+    torch.manual_seed(height)
+    for conv in (nn.Conv2d(3, 32, 5, stride=2, padding=2), nn.Conv2d(5, 8, 3, 1, 1, bias=False)):
+        conv = conv.double()
+        assert columns_fit(conv)
+        frames = torch.rand(3, conv.in_channels, height, width, dtype=torch.float64)
+        direct = conv(frames)
+        rows = conv_by_columns(frames, conv, torch.float64)
+        assert rows.shape == direct.shape
+        assert (rows - direct).abs().max().item() < 1e-12
+    assert not columns_fit(nn.Conv2d(3, 8, 3, dilation=2))
+
+    enc = ImageEncoder(3, [32, 32, 64], 32)
+    images = torch.randint(0, 256, (4, height, width, 3), dtype=torch.uint8)
+    unfolded = []
+    real_unfold = F.unfold
+    monkeypatch.setattr(F, "unfold", lambda *a, **k: unfolded.append(1) or real_unfold(*a, **k))
+    outs, grads = [], []
+    for compiling in (False, True):
+        monkeypatch.setattr(encoders.torch.compiler, "is_compiling", lambda c=compiling: c)
+        enc.zero_grad()
+        out = enc.forward_in(images, torch.float32)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in enc.parameters()])
+        assert len(unfolded) == compiling
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-5
+    for direct_grad, rows_grad in zip(*grads):
+        scale = direct_grad.abs().max().item()
+        assert (direct_grad - rows_grad).abs().max().item() <= 1e-5 * max(scale, 1.0)
