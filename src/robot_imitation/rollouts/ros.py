@@ -195,11 +195,19 @@ class RosRig:
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         """Every process up and connected before the first episode (the mux must hear every
-        source before the first state, or that state would wait for an answer sent earlier)."""
+        source before the first state, or that state would wait for an answer sent earlier),
+        and the parameter services this rig calls found: their clients are made here, so each
+        server has discovered its client's answer reader long before the first call (the
+        first call of a client made at that moment once lost its answer on a loaded
+        machine)."""
+        from rcl_interfaces.srv import SetParameters
+
         deadline = time.monotonic() + timeout
         topics = ["/arm_controller/commands"]
+        services = ["policy_node", "mujoco_bridge"]
         if self.with_expert:
             topics += ["/expert/arm_controller/commands", "/policy/arm_controller/commands"]
+            services.append("command_mux")
         if self.supervised:
             topics.append("/joy")
         while time.monotonic() < deadline:
@@ -211,7 +219,9 @@ class RosRig:
             # the status of its stamp: a new episode resets it before its first state)
             policy_ready = "episode" in self._diag.get("policy_node", {})
             if all(self.node.count_publishers(t) for t in topics) and policy_ready and \
-                    mux_ready:
+                    mux_ready and all(self.node.caller.ready(SetParameters,
+                                                             f"/{n}/set_parameters", 0.0)
+                                      for n in services):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"the processes did not connect within {timeout} s "
