@@ -10,6 +10,7 @@ own CPU time. The ratio printed is the kernels' time over the step's wall time w
 how busy the device is, with launches as the only other cost.
 
     python bench/step_profile.py --device cuda --family mlp --batch 1024 --compile default
+    python bench/step_profile.py ... --encoder-variant channel-stats-gn   (encoder_variants.py)
 
 Results go to bench/results/step_profile.json (every kernel, with its time and calls).
 """
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_throughput as tt  # noqa: E402 (a sibling script)
+import encoder_variants  # noqa: E402 (sibling scripts)
+import train_throughput as tt  # noqa: E402
 
 # kinds of kernel, by the first pattern their name contains (lower case), in this order
 KINDS = (
@@ -65,6 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=8, help="steps before profiling")
     p.add_argument("--steps", type=int, default=20, help="profiled steps")
     p.add_argument("--top", type=int, default=25, help="kernels listed")
+    p.add_argument("--encoder-variant", default="as-is",
+                   choices=list(encoder_variants.VARIANTS),
+                   help="the camera encoder's layers as they are, or an alternative "
+                   "(encoder_variants.py), checked against them first")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if min(args.batch, args.samples, args.steps, args.top) < 1 or args.warmup < 0:
@@ -90,6 +96,20 @@ def main(argv=None) -> int:
         print(f"[step_profile] error: {exc}", file=sys.stderr)
         return 2
     cuda = device.type == "cuda"
+    variant_error = None
+    if args.encoder_variant != "as-is" and not cuda:
+        print(f"[step_profile] error: --encoder-variant {args.encoder_variant}: the variants "
+              f"change the encoder's bf16 path, which runs on CUDA only", file=sys.stderr)
+        return 2
+    if args.encoder_variant != "as-is":
+        variant_error = encoder_variants.check(args.encoder_variant, device)
+        print(f"[step_profile] encoder variant {args.encoder_variant}: largest difference "
+              f"from the encoder as it is {variant_error:.1e} (float32)", flush=True)
+        if not variant_error < 1e-4:
+            print(f"[step_profile] error: encoder variant {args.encoder_variant} does not "
+                  f"compute the encoder's function", file=sys.stderr)
+            return 1
+        encoder_variants.use(args.encoder_variant)
     chunk = args.chunk or (1 if args.family == "mlp" else tt.family_chunk(args.family))
     data = DeviceData(tt.synthetic_arrays(spec, args.samples, args.episode_length, args.seed),
                       spec, chunk, device)
@@ -121,7 +141,8 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if cuda else tt.cpu_name()
     lines = [f"Step profile on {device} ({name}), torch {torch.__version__}: {args.family} "
              f"on {args.spec}, chunk {chunk}, batch {args.batch}, compile "
-             f"{args.compile if cuda else 'none'}, {args.steps} steps after {args.warmup} "
+             f"{args.compile if cuda else 'none'}, encoder {args.encoder_variant}, "
+             f"{args.steps} steps after {args.warmup} "
              f"({warm_s:.1f} s)",
              f"  {what}: {total_us / 1e3:.3f} ms a step; wall time a step without graphs "
              f"{wall_ms:.3f} ms; {what} / wall {total_us / 1e3 / wall_ms:.2f}",
@@ -137,6 +158,7 @@ def main(argv=None) -> int:
     results = {"device": str(device), "device_name": name, "torch": torch.__version__,
                "config": vars(args), "chunk": chunk, "warmup_s": warm_s,
                "compiled": bool(getattr(taker, "compiled", False)),
+               "encoder_variant_error": variant_error,
                "per_step_us": total_us, "wall_per_step_ms": wall_ms,
                "kinds_us": dict(kinds),
                "kernels": [{"name": k, "us_per_step": t, "calls": n} for k, (t, n) in rows]}

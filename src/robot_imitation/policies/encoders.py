@@ -76,11 +76,18 @@ class ImageEncoder(nn.Module):
                     x = F.conv2d(x, layer.weight.to(dtype), layer.bias.to(dtype), layer.stride,
                                  layer.padding, layer.dilation, layer.groups)
                 elif isinstance(layer, nn.GroupNorm):
-                    x = F.group_norm(x, layer.num_groups, layer.weight.to(dtype),
-                                     layer.bias.to(dtype), layer.eps)
+                    x = group_norm_in(x, layer, dtype)
                 else:
                     x = layer(x)
             return self.softmax(x)
+
+
+def group_norm_in(x: torch.Tensor, norm: nn.GroupNorm, dtype: torch.dtype) -> torch.Tensor:
+    """``norm`` over ``x`` with its weights in ``dtype`` (``forward_in``'s group norms; this
+    and ``conv_by_columns`` are looked up by name at each call, so ``bench/step_profile.py
+    --encoder-variant`` can time alternatives to them)."""
+    return F.group_norm(x, norm.num_groups, norm.weight.to(dtype), norm.bias.to(dtype),
+                        norm.eps)
 
 
 def columns_fit(conv: nn.Conv2d) -> bool:
