@@ -204,6 +204,47 @@ def test_categorical_head_learns_discrete_actions():
     assert accuracy > 0.9
 
 
+def replicate_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """The random shift written out plainly: float frames padded by repeating their edges,
+    each cut at its offset (drawn across, then down, as the trainer draws them)."""
+    b, h, w, _ = images.shape
+    x = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4,
+                                mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,))
+    dy = torch.randint(0, 2 * pad + 1, (b,))
+    return torch.stack([x[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)]
+                       ).permute(0, 2, 3, 1).to(images.dtype)
+
+
+@pytest.mark.parametrize("pad", [1, 4])
+def test_a_batchs_frames_are_shifted_in_one_gather_as_by_replicate_padding(pad):
+    """``DeviceData.batch`` takes a batch's shifted frames in one gather from the uint8 frames
+    (``shifted_frames``): the frames a replicate-padded float copy cut at the same offsets
+    gives, pixel for pixel, in uint8; ``random_shift`` of a gathered batch the same."""
+    from robot_imitation.learning.trainer import DeviceData, random_shift
+
+    spec = Spec.load("push_image")
+    rng = np.random.default_rng(pad)
+    n = 40
+    arrays = {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
+                              if f.is_image else rng.standard_normal((n, *f.shape)))
+                      for f in spec.observations},
+              "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
+              "episode": np.arange(n) // 10}
+    data = DeviceData(arrays, spec, 1, torch.device("cpu"))
+    key = spec.image_observations[0].key
+    index = torch.as_tensor(rng.integers(0, n, 16))
+    torch.manual_seed(7)
+    got = data.batch(index, shift=pad)[0][key]
+    torch.manual_seed(7)
+    want = replicate_shift(data.obs[key][index], pad)
+    assert got.dtype == torch.uint8 and got.shape == (16, *spec.image_observations[0].shape)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, data.obs[key][index])  # moved
+    torch.manual_seed(7)
+    assert torch.equal(random_shift(data.obs[key][index], pad), want)
+
+
 def test_image_policy_trains_on_uint8_frames():
     spec = Spec.load("push_image")
     cfg = TrainConfig(steps=1, device="cpu")

@@ -94,8 +94,8 @@ class DeviceData:
         obs = {}
         for f in self.spec.observations:  # the spec's order
             if f.is_image:
-                x = self.obs[f.key][index]
-                obs[f.key] = random_shift(x, shift) if shift else x
+                frames = self.obs[f.key]
+                obs[f.key] = shifted_frames(frames, index, shift) if shift else frames[index]
             else:
                 _, first, width, shape = self._columns[f.key]
                 obs[f.key] = rows[:, first:first + width].reshape(b, *shape)
@@ -106,16 +106,25 @@ class DeviceData:
 
 def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
     """Random translation by up to ``pad`` pixels (replicate padding), per image, on device."""
-    b, h, w, c = images.shape
-    x = images.permute(0, 3, 1, 2).float()
-    x = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=images.device)
-    rows = (torch.arange(h, device=images.device)[None] + dy[:, None])
-    cols = (torch.arange(w, device=images.device)[None] + dx[:, None])
-    x = x[torch.arange(b, device=images.device)[:, None, None], :, rows[:, :, None],
-          cols[:, None, :]]
-    return x.to(images.dtype)  # (b, h, w, c)
+    return shifted_frames(images, None, pad)
+
+
+def shifted_frames(frames: torch.Tensor, index, pad: int) -> torch.Tensor:
+    """``frames[index]`` (all of them where ``index`` is None), each moved by its own random
+    offset of up to ``pad`` pixels across and down, the edge pixels repeated (replicate
+    padding): (B, H, W, C) in the frames' dtype, taken in one gather from the frames as they
+    are stored (uint8): a padded pixel is the edge pixel its clamped index names. (Before: the
+    batch gathered, made float32, padded, gathered again and made uint8 again, five passes.)
+    The offsets are drawn across, then down, from the device's default generator."""
+    n, h, w, _ = frames.shape
+    device = frames.device
+    b = n if index is None else index.shape[0]
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=device)
+    rows = (torch.arange(h, device=device)[None] + dy[:, None] - pad).clamp_(0, h - 1)
+    cols = (torch.arange(w, device=device)[None] + dx[:, None] - pad).clamp_(0, w - 1)
+    which = torch.arange(b, device=device) if index is None else index
+    return frames[which[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def policy_config(spec: Spec, cfg: TrainConfig):
