@@ -358,6 +358,20 @@ def untrained_checkpoint(path, spec_name: str):
                            extra={"action_limits": limits.to_dict(), "task": spec_name})
 
 
+def synthetic_arrays(spec, n: int, episode_length: int, seed: int = 0) -> dict:
+    """Training arrays shaped by ``spec`` (as ``DeviceData`` takes them): uint8 frames for its
+    cameras, normal draws for its other observations, uniform actions in [-1, 1], episodes of
+    ``episode_length`` samples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
+                            if f.is_image else rng.standard_normal((n, *f.shape)))
+                    for f in spec.observations},
+            "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
+            "episode": np.arange(n) // episode_length}
+
+
 def made_once(tmp_path_factory, name: str, make):
     """A session fixture's folder, made once per test run: ``make(folder)`` returns the path
     the fixture gives. With parallel workers (``make test``: pytest-xdist) the first worker to

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_arrays
 from robot_imitation.learning.checkpoint import load_checkpoint
 from robot_imitation.rollouts.gym import episodes_dataset
 from robot_imitation.learning.evaluation import evaluate_policy
@@ -71,14 +72,8 @@ def test_a_gpu_checkpoint_gives_the_same_actions_on_cpu_and_gpu(reach_run):
 def test_image_frames_stay_uint8_on_the_gpu_and_train():
     spec = Spec.load("push_image")
     device = torch.device("cuda")
-    rng = np.random.default_rng(0)
     n = 64
-    arrays = {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
-                              if f.is_image else rng.standard_normal((n, *f.shape)))
-                      for f in spec.observations},
-              "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
-              "episode": np.arange(n) // 16}
-    data = DeviceData(arrays, spec, 1, device)
+    data = DeviceData(synthetic_arrays(spec, n, 16), spec, 1, device)
     image = spec.image_observations[0].key
     assert data.obs[image].dtype == torch.uint8 and data.obs[image].is_cuda
     obs, actions, _ = data.batch(torch.randint(0, n, (32,), device=device), shift=4)
@@ -141,13 +136,7 @@ def test_image_policy_learns_from_frames_on_the_gpu(tmp_path):
 
 # ===================================================================== CUDA graphs
 def synthetic_data(spec: Spec, n: int, chunk: int, device) -> DeviceData:
-    rng = np.random.default_rng(0)
-    arrays = {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
-                              if f.is_image else rng.standard_normal((n, *f.shape)))
-                      for f in spec.observations},
-              "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
-              "episode": np.arange(n) // 100}
-    return DeviceData(arrays, spec, chunk, device)
+    return DeviceData(synthetic_arrays(spec, n, 100), spec, chunk, device)
 
 
 def make_taker(spec: Spec, data: DeviceData, family: str, graph: bool, ema: float = 0.0,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import synthetic_arrays
 from robot_imitation.data.dataset import Dataset, build_dataset, compute_stats
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,
                                                  save_checkpoint)
@@ -224,16 +225,10 @@ def test_a_batchs_frames_are_shifted_in_one_gather_as_by_replicate_padding(pad):
     from robot_imitation.learning.trainer import DeviceData, random_shift
 
     spec = Spec.load("push_image")
-    rng = np.random.default_rng(pad)
     n = 40
-    arrays = {"obs": {f.key: (rng.integers(0, 256, (n, *f.shape), dtype=np.uint8)
-                              if f.is_image else rng.standard_normal((n, *f.shape)))
-                      for f in spec.observations},
-              "actions": rng.uniform(-1, 1, (n, spec.action_dim)),
-              "episode": np.arange(n) // 10}
-    data = DeviceData(arrays, spec, 1, torch.device("cpu"))
+    data = DeviceData(synthetic_arrays(spec, n, 10, seed=pad), spec, 1, torch.device("cpu"))
     key = spec.image_observations[0].key
-    index = torch.as_tensor(rng.integers(0, n, 16))
+    index = torch.as_tensor(np.random.default_rng(pad).integers(0, n, 16))
     torch.manual_seed(7)
     got = data.batch(index, shift=pad)[0][key]
     torch.manual_seed(7)
