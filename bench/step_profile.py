@@ -121,12 +121,17 @@ def main(argv=None) -> int:
     tt.sync(device)
     warm_s = time.perf_counter() - t0
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    cpu_start = tt.cpu_seconds()
     with profile(activities=[activity]) as prof:
         t0 = time.perf_counter()
         for _ in range(args.steps):
             taker.update(taker.draw())
         tt.sync(device)
-        wall_ms = (time.perf_counter() - t0) * 1e3 / args.steps  # profiling adds a little
+        wall_s = time.perf_counter() - t0
+    wall_ms = wall_s * 1e3 / args.steps  # profiling adds a little
+    others = None
+    if cpu_start and (cpu_end := tt.cpu_seconds()):
+        others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
     per = defaultdict(lambda: [0.0, 0])
     for e in prof.key_averages():
         t = e.self_device_time_total if cuda else e.self_cpu_time_total
@@ -149,6 +154,10 @@ def main(argv=None) -> int:
              "  by kind:"]
     for kind, t in sorted(kinds.items(), key=lambda kv: -kv[1]):
         lines.append(f"    {kind:22s} {t / 1e3:8.3f} ms {100 * t / total_us:5.1f} %")
+    if others is not None:
+        lines.append(f"  other processes used {others:.1f} CPU-s during the {wall_s:.1f} s "
+                     f"profiled ({100 * others / wall_s / (os.cpu_count() or 1):.0f} % of the "
+                     f"machine): compare runs only when this is small")
     lines.append(f"  top {args.top} (us a step, share, calls a step):")
     rows = sorted(per.items(), key=lambda kv: -kv[1][0])
     for kernel, (t, n) in rows[:args.top]:
@@ -160,6 +169,7 @@ def main(argv=None) -> int:
                "compiled": bool(getattr(taker, "compiled", False)),
                "encoder_variant_error": variant_error,
                "per_step_us": total_us, "wall_per_step_ms": wall_ms,
+               "other_processes_cpu_s": others,
                "kinds_us": dict(kinds),
                "kernels": [{"name": k, "us_per_step": t, "calls": n} for k, (t, n) in rows]}
     tt.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
