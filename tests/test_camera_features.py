@@ -369,6 +369,7 @@ def test_the_encoders_first_convolution_as_one_matrix_product_is_the_same_convol
         assert rows.shape == direct.shape
         assert (rows - direct).abs().max().item() < 1e-12
     assert not columns_fit(nn.Conv2d(3, 8, 3, dilation=2))
+    assert not columns_fit(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"))
 
     enc = ImageEncoder(3, [32, 32, 64], 32)
     images = torch.randint(0, 256, (4, height, width, 3), dtype=torch.uint8)

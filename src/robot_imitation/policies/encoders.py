@@ -91,8 +91,10 @@ def group_norm_in(x: torch.Tensor, norm: nn.GroupNorm, dtype: torch.dtype) -> to
 
 
 def columns_fit(conv: nn.Conv2d) -> bool:
-    """Whether ``conv_by_columns`` computes ``conv`` (no dilation, no groups)."""
-    return conv.dilation == (1, 1) and conv.groups == 1 and isinstance(conv.padding, tuple)
+    """Whether ``conv_by_columns`` computes ``conv`` (no dilation, no groups, zero padding
+    given in pixels)."""
+    return conv.dilation == (1, 1) and conv.groups == 1 and isinstance(conv.padding, tuple) \
+        and conv.padding_mode == "zeros"
 
 
 def conv_by_columns(x: torch.Tensor, conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
