@@ -194,9 +194,41 @@ def test_start_waits_for_every_topic(procs, probe, tmp_path):
         "discovery_timeout": 1.0})
     resp = call(probe, "start")
     assert not resp.success and "/test/nobody" in resp.message
+    assert "(/test/nobody: no publisher discovered)" in resp.message, resp.message
     assert pubs.joints.get_subscription_count() == 1  # the others were subscribed meanwhile
     resp = call(probe, "stop")
     assert not resp.success and "no episode" in resp.message
+
+
+@pytest.mark.ros
+def test_starting_asks_again_while_a_topic_is_not_matched_yet(procs, probe, tmp_path):
+    """``pipelines.start_recording`` asks the recorder again when a topic was not matched
+    within its ``discovery_timeout`` (a slow discovery) and starts once the topic's publisher
+    is there, up to its own timeout."""
+    import threading
+
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+    from robot_imitation.ros.pipelines import start_recording
+
+    Publishers(probe)
+    start_recorder(procs, probe, tmp_path / "ds", topics=TOPICS + ["/test/late"],
+                   discovery_timeout=1.0)
+    late = []
+    timer = threading.Timer(2.5, lambda: late.append(probe.node.create_publisher(
+        Float64MultiArray, "/test/late", COMMAND_QOS)))
+    runner = EpisodeRunner()
+    spinner = Spinner(runner)
+    try:
+        timer.start()
+        began = time.monotonic()
+        name = start_recording(runner, procs, recorder=REC, timeout=30.0)
+        assert late, "started before /test/late had a publisher"
+        assert name.startswith("episode_") and time.monotonic() - began > 2.0
+    finally:
+        timer.cancel()
+        spinner.stop()
+        runner.destroy_node()
+    assert call(probe, "stop").success
 
 
 @pytest.mark.ros

@@ -408,8 +408,10 @@ class EpisodeRecorder(Node):
             time.sleep(0.05)
         if unmatched:
             resp.success = False
+            why = "; ".join(f"{t}: " + ("subscribed, no publisher matched" if t in self.subs
+                                         else "no publisher discovered") for t in unmatched)
             resp.message = (f"not starting: no matched publisher within "
-                            f"{self.discovery_timeout} s for {unmatched}")
+                            f"{self.discovery_timeout} s for {unmatched} ({why})")
             self.get_logger().error(resp.message)
             return resp
         started = time.time_ns()  # the DDS reception stamps' clock

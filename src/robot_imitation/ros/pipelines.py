@@ -16,9 +16,12 @@ from pathlib import Path
 def start_recording(runner, group=None, recorder: str = "episode_recorder",
                     timeout: float = 30.0) -> str:
     """Start an episode on the recorder (through ``runner``, an ``EpisodeRunner``), waiting
-    while the previous one is still being finished; returns the new episode's name. With
-    ``group``, a recorder process that died (while its service is awaited) is reported at once,
-    with its own error (``ProcessDied``)."""
+    while the previous one is still being finished, and asking again while a topic is not
+    matched yet (each ask waits the recorder's ``discovery_timeout``; a test run on a loaded
+    machine once saw a recorder miss one of the bridge's topics for over 10 s), up to
+    ``timeout`` s in all; returns the new episode's name. With ``group``, a recorder process
+    that died (while its service is awaited) is reported at once, with its own error
+    (``ProcessDied``)."""
     from std_srvs.srv import Trigger
 
     name = f"/{recorder}/start"
@@ -28,9 +31,12 @@ def start_recording(runner, group=None, recorder: str = "episode_recorder",
     deadline = time.monotonic() + timeout
     while True:
         resp = runner.call(Trigger, name, timeout=timeout)
-        if resp.success or "still being recorded" not in resp.message or \
+        unmatched = "no matched publisher" in resp.message
+        if resp.success or not (unmatched or "still being recorded" in resp.message) or \
                 time.monotonic() > deadline:
             break
+        if unmatched:
+            runner.get_logger().warning(f"{name}: {resp.message}; asking again")
         time.sleep(0.05)
     if not resp.success:
         if group is not None:
