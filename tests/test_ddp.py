@@ -32,13 +32,15 @@ def reach_dataset(tmp_path_factory):
     return ds
 
 
-def train(dataset, out, processes: int, chunk: int, *options) -> float:
-    """`robot-imitation train`, as one process or under torchrun; returns the seconds taken."""
+def train(dataset, out, processes: int, chunk: int, *options, steps: int = STEPS,
+          program=("-m", "robot_imitation.cli")) -> tuple[float, str]:
+    """`robot-imitation train`, as one process or under torchrun (`program`: what runs it);
+    returns the seconds taken and what it printed."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"  # two processes on two cores: no oversubscription
-    args = ["-m", "robot_imitation.cli", "train", str(dataset), "--out", str(out),
-            "--steps", str(STEPS), "--batch-size", str(BATCH), "--eval-episodes", "0",
+    args = [*program, "train", str(dataset), "--out", str(out),
+            "--steps", str(steps), "--batch-size", str(BATCH), "--eval-episodes", "0",
             "--device", "cpu", "--seed", str(SEED), "--chunk", str(chunk), *options]
     if processes > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -47,7 +49,7 @@ def train(dataset, out, processes: int, chunk: int, *options) -> float:
     proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return time.perf_counter() - start
+    return time.perf_counter() - start, proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def runs(reach_dataset, tmp_path_factory):
             root = tmp_path_factory.mktemp(f"chunk{chunk}")
             cache[chunk] = {}
             for n in (1, 2):
-                seconds = train(reach_dataset, root / f"x{n}", n, chunk)
+                seconds, _ = train(reach_dataset, root / f"x{n}", n, chunk)
                 print(f"\nchunk {chunk}, {n} process(es): {seconds:.1f} s")
                 cache[chunk][n] = root / f"x{n}"
         return cache[chunk]
@@ -169,3 +171,33 @@ def test_ddp_trains_the_generative_families(family, reach_dataset, tmp_path):
           f"{losses['single']:.4g}, two processes {losses['ddp']:.4g}")
     assert losses["ddp"] < 0.5 * losses["untrained"]
     assert losses["ddp"] == pytest.approx(losses["single"], rel=0.3)
+
+
+# runs the CLI's train, then lists the threads the process still has
+AFTER_TRAINING = """
+import os, sys
+from robot_imitation.cli import main
+code = main(sys.argv[1:])
+tasks = "/proc/self/task"
+names = sorted(open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks))
+print(f"rank {os.environ['RANK']} threads after training: {' '.join(names)}", flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists threads from /proc")
+def test_a_ranks_collective_threads_end_with_its_training(reach_dataset, tmp_path):
+    """When a rank's training returns, gloo's worker threads are gone. One left running could
+    free a finished collective's tensors after the interpreter began to shut down, and the
+    process aborted at exit ("terminate called without an active exception"; a CI run lost
+    a test to it now and then). The threads outlived the run before: DDP made
+    torch.distributed.nn.functional import after the group existed, its defaults held the
+    group, and DDP's reducer, alive when the group was destroyed, held it too."""
+    script = tmp_path / "after_training.py"
+    script.write_text(AFTER_TRAINING, encoding="utf-8")
+    _, printed = train(reach_dataset, tmp_path / "out", 2, 1, steps=20,
+                       program=(str(script),))
+    lines = [ln for ln in printed.splitlines() if "threads after training" in ln]
+    assert sorted(ln.split()[1] for ln in lines) == ["0", "1"], printed[-2000:]
+    for line in lines:
+        assert "gloo" not in line, f"gloo's threads outlived the training: {line}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -195,6 +196,12 @@ class Trainer:
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
                 torch.cuda.set_device(device)
             if not dist.is_initialized():
+                # imported before the group exists: this module's functions take
+                # `group=group.WORLD` as a default, which, evaluated after, would hold the
+                # group for good (torch imports it with DDP), and gloo's threads would outlive
+                # the run (see the end of this function)
+                importlib.import_module("torch.distributed.nn.functional")
+
                 dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
                 owned_group = True
         torch.manual_seed(cfg.seed)
@@ -344,8 +351,12 @@ class Trainer:
             if writer:
                 writer["tb"].close()  # also when a run ends with an exception (a no-op after)
             if owned_group and dist.is_initialized():
-                # before the process exits: a CI run's second process, its training done,
-                # aborted at exit without it ("terminate called without an active exception")
+                # the group's last holder: DDP's reducer, dropped first, so that destroying
+                # the group joins gloo's threads here. Left running, one of them could free
+                # a finished collective's tensors after the interpreter began to shut down,
+                # and the process aborted at exit ("terminate called without an active
+                # exception": a CI run's second process, its training done)
+                model = taker = None
                 dist.destroy_process_group()
 
     # ----------------------------------------------------------------- helpers
