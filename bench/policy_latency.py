@@ -25,7 +25,8 @@ Three measurements in one run:
    (``encoder_checkpoint``: the same encoder, on the backend the policy node chose, at its
    thread priority; its answers unchanged): ``policy/(e+enc)`` is the policy node over the
    floor with the encoding's CPU work alongside, what the node adds beyond what that work
-   costs the machine.
+   costs the machine. With a slower camera, the latency of the states sent with a frame and
+   of the others is also given apart (``latency_frame_states``, ``latency_other_states``).
 3. The inference backends ``select_backend(policy, "auto")`` measures on each policy (one
    thread, as the node runs them), with the ratio of each to eager PyTorch.
 
@@ -412,7 +413,12 @@ def analyse(driver: Driver, table: np.ndarray, warm_ticks: int, rate: float) -> 
     window_ticks = max(sent - warm_ticks, 0)
     span = send[-1] - window_start if window_ticks > 1 else np.nan
     period = 1.0 / rate
+    every = driver.states.frame_every
+    by_frame = {} if every == 1 else {  # a slower camera: the states sent with a frame apart
+        "latency_frame_states": percentiles_ms(latency[in_window & (tick % every == 0)]),
+        "latency_other_states": percentiles_ms(latency[in_window & (tick % every != 0)])}
     return {
+        **by_frame,
         "states_sent": window_ticks,
         "commands_received": int(in_window.sum()),
         "previous_frame_commands": int((in_window & previous).sum()),
@@ -632,6 +638,13 @@ def report(r: dict) -> str:
                          f"{x['unmatched']:10d}{x['achieved_rate_hz']:9.1f}"
                          f"{x['publish_overruns']:6d}{x.get('node_cpu_percent', nan):9.0f}%"
                          f"{x.get('others_cpu_percent', nan):7.0f}%")
+        if "latency_frame_states" in m[POLICY]:
+            lines.append("  p50 / p99 ms of the states sent with a frame, then of the others: "
+                         + ", ".join(f"{kind} {x['p50_ms']:.3f} / {x['p99_ms']:.3f}, "
+                                     f"{y['p50_ms']:.3f} / {y['p99_ms']:.3f}"
+                                     for kind in kinds
+                                     for x, y in [(m[kind]["latency_frame_states"],
+                                                   m[kind]["latency_other_states"])]))
         ratio = m["policy_over_echo"]
         lines.append(f"  {'policy/echo':13}{ratio['p50']:8.2f}{ratio['p99']:8.2f}"
                      "   (what the policy node adds over the DDS floor)")

@@ -152,6 +152,30 @@ def test_decode_image_encodings_and_resize():
         decode_image(short, 6, 4, "rgb8")
 
 
+@pytest.mark.parametrize("src, dst", [((240, 320), (96, 96)), ((7, 5), (3, 4)),
+                                      ((4, 6), (9, 13))])
+def test_resize_takes_each_pixel_from_the_nearest_source_pixel(src, dst):
+    """Pixel (i, j) of the result is source pixel (i*h//height, j*w//width), whatever the
+    ratio (not a whole number, or a larger image), for rows padded past their pixels (a
+    message's step), and after a conversion to mono."""
+    from robot_imitation.spec import image_pixels, resize_nearest
+
+    (h, w), (height, width) = src, dst
+    step = w * 3 + 5  # padded rows: the pixels are a strided view of the message's bytes
+    data = np.random.default_rng(1).integers(0, 256, step * h, dtype=np.uint8)
+    img = image_pixels(data, h, w, step, "rgb8")
+    out = resize_nearest(img, width, height, "rgb8")
+    assert out.shape == (height, width, 3) and out.flags.c_contiguous
+    for i in range(height):
+        for j in range(width):
+            y, x = i * h // height, j * w // width
+            assert out[i, j].tolist() == data[y * step + 3 * x: y * step + 3 * x + 3].tolist()
+    mono = resize_nearest(img, width, height, "mono8")
+    expected = (img @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    rows, cols = np.arange(height) * h // height, np.arange(width) * w // width
+    np.testing.assert_array_equal(mono[..., 0], expected[rows][:, cols])
+
+
 # ---------------------------------------------------------------------- derived features
 FEATURED = dict(SMALL, features=[{"key": "ee_from_q", "op": "difference",
                                   "inputs": ["ee", "q"], "size": 3}])
