@@ -508,7 +508,7 @@ def resize_nearest(img: np.ndarray, width: int, height: int, encoding: str) -> n
     h, w = img.shape[:2]
     if (h, w) != (height, width):
         # row i of the result is row i*h//height (column j, j*w//width); two takes, one per
-        # axis: 32 us for 320x240 rgb8 to 96x96, where indexing with the rows and then the
+        # axis: 37 us for 320x240 rgb8 to 96x96, where indexing with the rows and then the
         # columns took 116 (its column gather left a strided result, copied again)
         img = np.take(np.take(img, np.arange(height) * h // height, axis=0),
                       np.arange(width) * w // width, axis=1)
