@@ -72,6 +72,40 @@ def stat_cpu_seconds(fields: list[str], children: bool = False) -> float:
     return sum(int(v) for v in fields[11:15 if children else 13]) / CLK_TCK
 
 
+PF_KTHREAD = 0x00200000  # in the flags of /proc/<pid>/stat: a kernel thread
+
+def all_processes_cpu_seconds() -> tuple[float, float]:
+    """CPU time of (the processes, with the children they have waited for; kernel threads).
+
+    A process's time moves to its parent's cutime/cstime when it is reaped, so the difference
+    of two sums counts the processes that ended in between too. (/proc/stat's per-tick
+    accounting under-counts the short, frequent wake-ups of a 1 kHz publisher.)
+    """
+    processes = kernel = 0.0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = proc_stat(entry.name)
+                if int(fields[6]) & PF_KTHREAD:
+                    kernel += stat_cpu_seconds(fields, children=False)
+                else:
+                    processes += stat_cpu_seconds(fields, children=True)
+            except (OSError, IndexError, ValueError):  # ended meanwhile
+                pass
+    return processes, kernel
+
+
+def steal_seconds() -> float:
+    """Time the hypervisor ran something else while this machine's CPUs had work (/proc/stat's
+    steal, summed over the CPUs): a virtual machine's share of a busy host. NaN without it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal
+        return int(fields[8]) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def positive(text: str) -> float:
     """argparse type: a number > 0."""
     value = float(text)

@@ -12,7 +12,9 @@ Three measurements in one run, on one task (default: push):
    the bridge is paused (``~/set_pause``) while the in-process loop runs, so neither competes
    with the other, and a slow stretch of the machine hits one pair, whose ratio is its own. The
    ratio reported is the median of the pairs' ratios. Nothing else subscribes to the state
-   topics while they run (this process reads /diagnostics only).
+   topics while they run (this process reads /diagnostics only). Each window also gives the
+   machine's load: the CPU of every other process (kernel threads included) and the steal
+   time (a virtual machine's CPUs kept waiting by its host), in percent of one CPU.
 3. real time: the bridge (mode realtime, real_time_factor 1.0) with the expert on a sim-time
    timer; the real-time factor the bridge achieves, its overruns and physics steps per second.
 
@@ -49,7 +51,8 @@ os.environ.update(GRAPH.env)
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
-from benchlib import RESULTS_DIR, BenchmarkError, run_with_ros, wait_until  # noqa: E402
+from benchlib import (RESULTS_DIR, BenchmarkError, all_processes_cpu_seconds,  # noqa: E402
+                      proc_stat, run_with_ros, stat_cpu_seconds, steal_seconds, wait_until)
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
@@ -145,6 +148,31 @@ def counter_above(monitor: BridgeMonitor, key: str, value: float = 0.0):
         return sample is not None and sample[key] > value
     return ready
 
+# ============================================================================ machine load
+
+class LoadWindow:
+    """What else the machine did over a window: the CPU of every process but this one and the
+    nodes (kernel threads included), and the time the hypervisor gave to other guests (steal),
+    each as a percentage of one CPU. Linux /proc; NaN elsewhere."""
+
+    def __init__(self, pids):
+        self.pids = [os.getpid(), *pids]
+        self.start = self._sample()
+
+    def _sample(self) -> tuple:
+        try:
+            own = sum(stat_cpu_seconds(proc_stat(pid), children=True) for pid in self.pids)
+            processes, kernel = all_processes_cpu_seconds()
+        except (OSError, ValueError, IndexError):
+            own = processes = kernel = float("nan")
+        return time.monotonic(), own, processes + kernel, steal_seconds()
+
+    def end(self) -> dict:
+        (t0, own0, all0, steal0), (t1, own1, all1, steal1) = self.start, self._sample()
+        dt = max(t1 - t0, 1e-9)
+        return {"others_cpu_percent": ((all1 - all0) - (own1 - own0)) / dt * 100.0,
+                "steal_percent": (steal1 - steal0) / dt * 100.0}
+
 # ============================================================================ measurements
 
 class InProcess:
@@ -196,14 +224,19 @@ def measure_alternating(task: str, duration: float, rounds: int, substeps: int) 
                    STARTUP_TIMEOUT_S, 0.1)
         watch(group, WARMUP_S)
         caller = ServiceCaller(monitor)
+        nodes = [proc.pid for proc in group.procs.values()]
         for _ in range(rounds):
             set_pause(caller, True)
             time.sleep(0.3)  # the tick in flight ends
+            load = LoadWindow(nodes)
             without = local.run_for(window)
+            without["load"] = load.end()
             set_pause(caller, False)
             watch(group, 1.0)  # the loop closes again
             start = len(monitor.samples())
+            load = LoadWindow(nodes)
             watch(group, window + 1.0)  # /diagnostics comes once a second
+            lockstep_load = load.end()
             samples = monitor.samples()[start:]
             if len(samples) < 2 or samples[-1].stamp <= samples[0].stamp:
                 raise BenchmarkError("no /diagnostics from the bridge during a lockstep window")
@@ -211,7 +244,8 @@ def measure_alternating(task: str, duration: float, rounds: int, substeps: int) 
             ticks = rate(first, last, "control_ticks")
             pairs.append({"lockstep": {"window_s": last.stamp - first.stamp,
                                        "ticks_per_s": ticks,
-                                       "episodes": int(last["episode"] - first["episode"])},
+                                       "episodes": int(last["episode"] - first["episode"]),
+                                       "load": lockstep_load},
                           "without_ros": without, "ratio": ticks / without["ticks_per_s"]})
     local.close()
 
@@ -267,6 +301,12 @@ def report(r: dict) -> str:
         f"{p['ratio']:.3f}" for p in pairs))
     lines.append(f"  (windows: {lock['window_s']:.1f} s through ROS, {lock['episodes']} episodes; "
                  f"{base['window_s']:.1f} s without ROS, {base['episodes']} episodes)")
+    lines.append("  machine load in each pair, % of one CPU (other processes' CPU / steal), "
+                 "through ROS | without ROS: " + ", ".join(
+                     f"{p['lockstep']['load']['others_cpu_percent']:.0f}/"
+                     f"{p['lockstep']['load']['steal_percent']:.0f} | "
+                     f"{p['without_ros']['load']['others_cpu_percent']:.0f}/"
+                     f"{p['without_ros']['load']['steal_percent']:.0f}" for p in pairs))
     rt = r.get("realtime")
     if rt:
         lines += ["",

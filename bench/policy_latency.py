@@ -87,8 +87,8 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 from std_srvs.srv import SetBool  # noqa: E402
 
-from benchlib import (RESULTS_DIR, BenchmarkError, positive, proc_stat,  # noqa: E402
-                      run_with_ros, stat_cpu_seconds, wait_until)
+from benchlib import (RESULTS_DIR, BenchmarkError, all_processes_cpu_seconds,  # noqa: E402
+                      positive, proc_stat, run_with_ros, stat_cpu_seconds, wait_until)
 from robot_imitation.deploy.backends import KINDS as BACKEND_KINDS  # noqa: E402
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
 from robot_imitation.deploy.runtime import ENCODER_PRIORITIES  # noqa: E402
@@ -440,29 +440,17 @@ def analyse(driver: Driver, table: np.ndarray, warm_ticks: int, rate: float) -> 
 
 # ============================================================================ measuring
 
-PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread
-
 def cpu_sample(node_pid: int) -> tuple[float, float, float, float]:
     """(time, CPU-seconds of the node, of this process, of every process).
 
-    Every process: utime + stime + the times of the children it has waited for (a process's
-    time moves to its parent when it is reaped, so the difference of two sums also counts the
-    processes that ended in between); kernel threads left out. Linux /proc; NaN elsewhere.
+    Every process: ``all_processes_cpu_seconds`` (those that ended in between counted too),
+    kernel threads left out. Linux /proc; NaN elsewhere.
     """
     try:
         node, driver = stat_cpu_seconds(proc_stat(node_pid)), stat_cpu_seconds(proc_stat("self"))
     except (OSError, ValueError, IndexError):
         return time.monotonic(), float("nan"), float("nan"), float("nan")
-    total = 0.0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = proc_stat(entry.name)
-                if not int(fields[6]) & PF_KTHREAD:
-                    total += stat_cpu_seconds(fields, children=True)
-            except (OSError, ValueError, IndexError):  # ended meanwhile
-                pass
-    return time.monotonic(), node, driver, total
+    return time.monotonic(), node, driver, all_processes_cpu_seconds()[0]
 
 @contextlib.contextmanager
 def node_under_test(phase: str, kind: str, argv_or_params):

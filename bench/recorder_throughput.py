@@ -70,8 +70,8 @@ from rosbags.typesys import Stores, get_typestore  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from benchlib import (RESULTS_DIR, positive, proc_stat, run_with_ros,  # noqa: E402
-                      stat_cpu_seconds)
+from benchlib import (RESULTS_DIR, all_processes_cpu_seconds, positive, proc_stat,  # noqa: E402
+                      run_with_ros, stat_cpu_seconds)
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import IMAGE_QOS  # noqa: E402
 from robot_imitation.recording.heap import keep_freed_memory  # noqa: E402
@@ -95,7 +95,6 @@ ACK_TIMEOUT_S = 10.0      # publisher: for the recorder to acknowledge the last 
 SETTLE_S = 1.0            # between the publisher's end and the stop call
 STOP_TIMEOUT_S = 300.0    # stop drains the recorder's queue before it answers
 BATCH_BYTES = 256 << 20   # bare writer: messages held in memory per timed batch
-PF_KTHREAD = 0x00200000  # in the flags of /proc/<pid>/stat
 MB = 1e6
 GB = 1e9
 
@@ -259,27 +258,6 @@ def process_peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024 / MB
     return float("nan")
-
-def all_processes_cpu_seconds() -> tuple[float, float]:
-    """CPU time of (the processes, with the children they have waited for; kernel threads).
-
-    A process's time moves to its parent's cutime/cstime when it is reaped, so the difference
-    of two sums counts the processes that ended in between too. (/proc/stat's per-tick
-    accounting under-counts the short, frequent wake-ups of a 1 kHz publisher.) Kernel threads
-    apart: their work (page cache writeback of the bag, among others) is partly the recording's.
-    """
-    processes = kernel = 0.0
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = proc_stat(entry.name)
-                if int(fields[6]) & PF_KTHREAD:
-                    kernel += stat_cpu_seconds(fields, children=False)
-                else:
-                    processes += stat_cpu_seconds(fields, children=True)
-            except (OSError, IndexError, ValueError):  # ended meanwhile
-                pass
-    return processes, kernel
 
 class CpuWatch:
     """CPU-seconds of one process sampled over time: total, average and peak one-second share."""
