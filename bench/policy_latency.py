@@ -91,7 +91,7 @@ from benchlib import (RESULTS_DIR, BenchmarkError, all_processes_cpu_seconds,  #
                       positive, proc_stat, run_with_ros, stat_cpu_seconds, wait_until)
 from robot_imitation.deploy.backends import KINDS as BACKEND_KINDS  # noqa: E402
 from robot_imitation.deploy.backends import BackendError, select_backend  # noqa: E402
-from robot_imitation.deploy.runtime import ENCODER_PRIORITIES  # noqa: E402
+from robot_imitation.deploy.runtime import CAMERA_ENCODINGS, ENCODER_PRIORITIES  # noqa: E402
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,  # noqa: E402
                                                  save_checkpoint)
@@ -563,8 +563,9 @@ def measure_policy(label: str, checkpoint: Path, rate: float, duration: float, n
               "camera_encoding": camera_encoding, "camera_encoder_priority": encoder_priority,
               "camera_frames": "latest" if every > 1 else "stamp"}
     runs = [(ECHO, ECHO, None), (POLICY, POLICY, None)]
-    if every > 1 and camera_encoding == "ahead":  # a state answered from the previous frame
+    if every > 1 and camera_encoding != "inline":  # a state answered from the previous frame
         tables[POLICY] = np.concatenate([tables[POLICY], expected_policy(policy, states, 1)])
+    if every > 1 and camera_encoding == "ahead":
         # the floor with the camera encoding's CPU work alongside (the echo node encoding each
         # frame as the policy node does): what the node adds beyond that work's own cost
         # (after the policy node: the encoder on the backend the node chose)
@@ -708,7 +709,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--camera-rate", type=float, default=0.0,
                         help="camera frame rate for the image policy in Hz, below --image-rate "
                              "(a frame with every k-th state; default 0: one with every state)")
-    parser.add_argument("--camera-encoding", default="inline", choices=("inline", "ahead"),
+    parser.add_argument("--camera-encoding", default="inline", choices=CAMERA_ENCODINGS,
                         help="the policy node's camera_encoding (default: inline)")
     parser.add_argument("--camera-encoder-priority", default="idle", choices=ENCODER_PRIORITIES,
                         help="camera_encoding ahead: the policy node's camera_encoder_priority "

@@ -1,8 +1,8 @@
 """Camera features computed once per frame: every backend runs a policy with cameras as each
 camera's encoder and a head (``split_policy``), and the controller encodes a frame once however
-many ticks use it, on the tick ("inline", exact) or ahead of it on a thread of its own ("ahead":
-no tick waits for an encoder). Real policies of each family on spec ``push_image``, random
-weights; no ROS."""
+many ticks use it, on the tick ("inline", exact), ahead of it on a thread of its own ("ahead":
+no tick waits for an encoder) or between the ticks a stage at a time ("between"). Real policies
+of each family on spec ``push_image``, random weights; no ROS."""
 import os
 import threading
 import time
@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from robot_imitation.deploy.backends import (KINDS, BackendError, agrees, fill_example,
-                                             make_backend, select_backend, split_policy)
+from robot_imitation.deploy.backends import (KINDS, STAGE_MACS, BackendError, agrees,
+                                             fill_example, make_backend, select_backend,
+                                             split_policy)
 from robot_imitation.deploy.runtime import LoadedPolicy, make_controller
 from robot_imitation.learning.trainer import TrainConfig
 from robot_imitation.policies import make_policy
+from robot_imitation.policies.encoders import ImageEncoder, encoder_stages
 from robot_imitation.policies.mlp.model import MlpPolicy
 from robot_imitation.spec import Spec
 
@@ -389,3 +391,124 @@ def test_the_encoders_first_convolution_as_one_matrix_product_is_the_same_convol
     for direct_grad, rows_grad in zip(*grads):
         scale = direct_grad.abs().max().item()
         assert (direct_grad - rows_grad).abs().max().item() <= 1e-5 * max(scale, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["eager", "torchscript", "onnxruntime"])
+def test_an_encoder_in_stages_gives_the_encoders_features(kind):
+    """The default encoder (32, 32, 64 channels on 96 x 96 frames) cut into stages of at most
+    ``STAGE_MACS`` multiply-adds, its heavier convolutions by output channels in whole
+    group-norm groups: run a stage at a time on each backend, the features are the encoder's;
+    a new ``start`` drops the frame in progress."""
+    torch.manual_seed(0)
+    policy = make_policy(SPEC, TrainConfig()).eval()
+    key = SPEC.image_observations[0].key
+    encoder = policy.encoders[key]
+    stages = encoder_stages(encoder, STAGE_MACS, 96, 96)
+    assert [(s.source, s.first, s.last) for s in stages] == [
+        (0, 0, 32), (1, 0, 16), (1, 16, 32), (2, 0, 16), (2, 16, 32), (2, 32, 48), (2, 48, 64),
+        (3, 0, 32)]
+    for s in stages[1:-1]:   # 48 x 48 maps, 3 x 3 kernels
+        assert 48 * 48 * (s.last - s.first) * s.weight.shape[1] * 9 <= STAGE_MACS
+    backend = make_backend(policy, kind)
+    staged = backend.staged(key)
+    assert staged is backend.staged(key) and staged.stages == 8   # made once
+    a, b = frames(2)
+    staged.start(a)
+    staged.step()
+    assert not staged.done() and staged.next_cost() > 0
+    assert staged.remaining_cost() > staged.next_cost()
+    staged.start(b)
+    steps = 0
+    while not staged.done():
+        staged.step()
+        steps += 1
+    features, seconds = staged.result()
+    assert steps == 8 and seconds > 0 and staged.remaining_cost() == 0
+    np.testing.assert_allclose(features, backend.encode_frame(key, b[None]), rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(features, backend.encode_frame(key, a[None]), atol=1e-3)
+    # an encoder of another form (no group norms) runs whole: no stages
+    assert encoder_stages(nn_of_other_form(), STAGE_MACS, 96, 96) is None
+
+
+def nn_of_other_form() -> ImageEncoder:
+    odd = ImageEncoder(3, [8], 4)
+    odd.net[1] = torch.nn.Identity()
+    return odd
+
+
+def between_controller(**settings):
+    policy = image_policy("mlp")
+    ctl, _ = make_controller(loaded(policy, "onnxruntime"), SPEC, allow_unlimited=True,
+                             camera_encoding="between", **settings)
+    key = SPEC.image_observations[0].key
+
+    def expected(o, frame):
+        return act_of(policy, np.concatenate([o[k] for k in policy.cfg.low_dim_keys]),
+                      {key: frame})[0]
+    return ctl, key, expected
+
+
+def test_between_encodes_each_frame_in_stages_in_the_time_given_after_the_ticks():
+    """The first frame of an episode is encoded on its tick. A new frame: the ticks use the
+    previous frame's features (counted) while ``between(deadline)`` runs its stages, only those
+    that fit before the deadline (none with no time left; a frame taken on that tick only if
+    it fits whole); once all have run, the next tick commands from the new frame."""
+    ctl, key, expected = between_controller()
+    obs = observations(10, 2)   # frames at ticks 0, 2, 4, 6 and 8
+    assert agrees(ctl.tick(obs[0]).action, expected(obs[0], obs[0][key]), 1e-5, 1e-5)
+    assert ctl.counters.frames_encoded == 1
+    ctl.between(time.perf_counter() + 1.0)     # nothing in encoding
+    assert agrees(ctl.tick(obs[2]).action, expected(obs[2], obs[0][key]), 1e-5, 1e-5)
+    staged = ctl.backend.staged(key)
+    assert staged.stages == 3 and not staged.done()
+    whole = staged.remaining_cost()
+    ctl.between(time.perf_counter() + whole * 0.5)
+    assert staged.remaining_cost() == whole    # taken on this tick, not whole: from the next
+    assert agrees(ctl.tick(obs[3]).action, expected(obs[3], obs[0][key]), 1e-5, 1e-5)
+    ctl.between(time.perf_counter())           # no time: no stage
+    assert staged.remaining_cost() == whole
+    # a new frame at tick 4 while frame 2 is in encoding: frame 0's features still
+    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[0][key]), 1e-5, 1e-5)
+    ctl.between(time.perf_counter() + staged.next_cost() * 1.5)
+    assert staged.remaining_cost() < whole     # what fits
+    ctl.between(time.perf_counter() + 1.0)
+    assert staged.done()
+    # frame 2's features; frame 4, taken now, fits whole in the second given: encoded at once
+    assert agrees(ctl.tick(obs[5]).action, expected(obs[5], obs[2][key]), 1e-5, 1e-5)
+    ctl.between(time.perf_counter() + 1.0)
+    assert agrees(ctl.tick(obs[6]).action, expected(obs[6], obs[4][key]), 1e-5, 1e-5)
+    c = ctl.counters
+    assert c.frames_encoded == 3 and c.previous_frame_ticks == 5 and c.late_frames == 0
+    ctl.reset()     # a new episode encodes its own frame on its tick
+    assert agrees(ctl.tick(obs[7]).action, expected(obs[7], obs[6][key]), 1e-5, 1e-5)
+    assert ctl.counters.frames_encoded == 4
+    ctl.close()
+
+
+def test_between_a_frame_starved_past_max_frame_lag_is_finished_on_the_tick():
+    """No time between the ticks (a loop with no idle time): once a frame has been in encoding
+    for longer than ``max_frame_lag``, the tick runs its stages (counted) and commands from it;
+    a stage that raises gives the safe command, reported."""
+    ctl, key, expected = between_controller(max_frame_lag=0.05)
+    obs = observations(9, 3)
+    ctl.tick(obs[0])
+    assert agrees(ctl.tick(obs[3]).action, expected(obs[3], obs[0][key]), 1e-5, 1e-5)
+    ctl.between(time.perf_counter())
+    time.sleep(0.06)
+    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[3][key]), 1e-5, 1e-5)
+    assert ctl.counters.late_frames == 1 and ctl.counters.frames_encoded == 2
+    staged = ctl.backend.staged(key)
+
+    def broken():
+        raise RuntimeError("stage failed")
+    staged._runs[1] = broken
+    ctl.tick(obs[6])
+    ctl.between(time.perf_counter() + 1.0)
+    r = ctl.tick(obs[7])
+    assert r.reason == "inference_error" and "stage failed" in r.error
+    assert ctl.counters.inference_errors == 1
+    ctl.close()
+    with pytest.raises(ValueError, match="camera_encoding must be one of"):
+        make_controller(loaded(image_policy("mlp")), SPEC, allow_unlimited=True,
+                        camera_encoding="later")

@@ -1,7 +1,8 @@
 """The policy node with a camera slower than its joint states, as a process over real DDS: with
 ``camera_frames: latest`` each joint state is answered with the newest frame; each frame is
 encoded once (``camera_encoding`` inline: exactly the commands of the same controller run here
-on the same observations; ahead: each from the state's own frame or the one before it)."""
+on the same observations; ahead and between: each from the state's own frame or the one before
+it)."""
 import time
 
 import numpy as np
@@ -128,16 +129,28 @@ def test_inline_answers_each_state_from_its_newest_frame_encoded_once(checkpoint
     assert int(diag["frames_encoded"]) == STATES // EVERY
 
 
-def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, procs, probe):
-    states, got, diag, _ = run_node(procs, probe, checkpoint, "ahead")
+@pytest.mark.parametrize("encoding", ["ahead", "between"])
+def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, procs, probe,
+                                                                   encoding):
+    """ahead (a thread of its own) and between (stages on the control thread after the ticks):
+    each state answered from its own frame or the one before, the first frame waited for."""
+    states, got, diag, _ = run_node(procs, probe, checkpoint, encoding)
     own, before = expected(checkpoint, states), expected(checkpoint, states, back=1)
     for k, command in enumerate(got):
         assert (np.allclose(command, own[k], rtol=1e-6, atol=1e-6)
                 or np.allclose(command, before[k], rtol=1e-6, atol=1e-6)), k
     assert np.allclose(got[0], own[0], rtol=1e-6, atol=1e-6)   # the first frame: waited for
-    assert diag["camera_encoding"] == "ahead"
-    # the encoder's thread below the control loop (SCHED_IDLE), the frames it gave up on
-    assert diag["camera_encoder_priority"] == "idle" and int(diag["late_frames"]) >= 0
+    assert diag["camera_encoding"] == encoding and int(diag["late_frames"]) >= 0
+    if encoding == "between":
+        # the states come one at a time (the ticks far apart): each frame is encoded whole
+        # after the tick that brought it, so the next tick commands from it
+        assert int(diag["late_frames"]) == 0
+        for k in range(EVERY, STATES, EVERY):
+            assert np.allclose(got[k], before[k], rtol=1e-6, atol=1e-6), k
+            assert np.allclose(got[k + 1], own[k + 1], rtol=1e-6, atol=1e-6), k
+    else:
+        # the encoder's thread below the control loop (SCHED_IDLE)
+        assert diag["camera_encoder_priority"] == "idle"
     assert int(diag["frames_encoded"]) == STATES // EVERY
     assert int(diag["previous_frame_ticks"]) == sum(
         not np.allclose(c, o, rtol=1e-6, atol=1e-6) for c, o in zip(got, own))

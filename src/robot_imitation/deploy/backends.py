@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..policies.base import Policy
+from ..policies.encoders import encoder_stages
 
 KINDS = ("numpy", "onnxruntime", "torchscript", "eager")
 
@@ -102,6 +103,93 @@ def split_policy(policy: Policy) -> tuple[dict, Policy] | None:
     head._modules = dict(policy._modules)  # its own table of submodules; the same weights
     head._modules["encoders"] = nn.ModuleDict({key: FeaturesIn() for key in keys})
     return {key: encoders[key] for key in keys}, head
+
+
+# the multiply-adds of one stage of a camera encoder run in stages (``Backend.staged``): about a
+# quarter of a millisecond on one core for the default encoder (10.6 M a stage)
+STAGE_MACS = 12e6
+COST_WINDOW = 7   # the times of each stage its expected time is the median of
+
+
+class StagedEncoder:
+    """A camera's encoder run one stage at a time (``encoder_stages``), so that a caller can
+    spread a frame's encoding over the idle time between control ticks, a stage at a time, on
+    its own thread. ``start(frame)`` takes a frame, ``step()`` runs the next stage, ``done()``
+    says whether the features are computed, ``result()`` gives them as (features (1, F),
+    seconds spent in the stages); ``next_cost()`` is what the next stage is expected to take
+    (``remaining_cost()``: all those left), the median of its newest ``COST_WINDOW`` times (one
+    slow run, a preemption, does not move it). A new ``start`` drops the frame in progress.
+
+    Each stage reads and writes buffers made once (the activations, each stage's channels a
+    contiguous part of them): no array is made per stage."""
+
+    def __init__(self, stages: list, image_shape: tuple, runner):
+        self.image = np.zeros((1, *image_shape), dtype=np.uint8)
+        buffers = [self.image]
+        with torch.no_grad():
+            tensors = [torch.from_numpy(self.image)]
+            for i, stage in enumerate(stages):
+                out = stage.eval()(tensors[stage.source])
+                if stage.source + 1 == len(tensors):
+                    channels = max(s.last for s in stages if s.source == stage.source)
+                    shape = (1, channels, *out.shape[2:]) if i < len(stages) - 1 else out.shape
+                    buffers.append(np.zeros(shape, dtype=np.float32))
+                    tensors.append(torch.from_numpy(buffers[-1]))
+                target = tensors[stage.source + 1]
+                (target if i == len(stages) - 1 else target[:, stage.first:stage.last]).copy_(out)
+        self.features = buffers[-1]
+        self._runs = []
+        for i, stage in enumerate(stages):
+            target = buffers[stage.source + 1]
+            target = target if i == len(stages) - 1 else target[:, stage.first:stage.last]
+            self._runs.append(runner(stage, buffers[stage.source], target))
+        self.stages = len(self._runs)
+        self._times = np.zeros((self.stages, COST_WINDOW))  # each stage's newest times
+        self._costs = np.zeros(self.stages)
+        self._next, self.spent, self._runs_done, self.error = self.stages, 0.0, 0, None
+        for _ in range(COST_WINDOW + 2):   # warm, and the first estimates of each stage's time
+            self.start(self.image[0])
+            self.finish()
+
+    def start(self, frame: np.ndarray) -> "StagedEncoder":
+        self.image[0] = frame
+        self._next, self.spent, self.error = 0, 0.0, None
+        return self
+
+    def step(self) -> None:
+        """The next stage. One that raises ends the frame: ``result()`` raises its error."""
+        i = self._next
+        t = time.perf_counter()
+        try:
+            self._runs[i]()
+        except Exception as exc:  # noqa: BLE001 - given to whoever takes the result
+            self.error, self._next = exc, self.stages
+            return
+        seconds = time.perf_counter() - t
+        times = self._times[i]
+        times[self._runs_done % COST_WINDOW] = seconds
+        self._costs[i] = np.median(times)
+        self.spent += seconds
+        self._next = i + 1
+        self._runs_done += i + 1 == self.stages
+
+    def finish(self) -> None:
+        while self._next < self.stages:
+            self.step()
+
+    def done(self) -> bool:
+        return self._next >= self.stages
+
+    def next_cost(self) -> float:
+        return float(self._costs[self._next]) if self._next < self.stages else 0.0
+
+    def remaining_cost(self) -> float:
+        return float(self._costs[self._next:].sum())
+
+    def result(self) -> tuple[np.ndarray, float]:
+        if self.error is not None:
+            raise self.error
+        return self.features.copy(), self.spent
 
 
 class Backend:
@@ -187,6 +275,29 @@ class Backend:
                 return module.eval()
         return self.head_module(policy)
 
+    def staged(self, key: str) -> StagedEncoder | None:
+        """Camera ``key``'s encoder as a ``StagedEncoder`` (made on the first call, then kept:
+        a caller makes it off the control path), or None where the policy runs whole or its
+        encoder has another form than the suite's."""
+        made = self.__dict__.setdefault("_staged", {})
+        if key not in made:
+            encoder = self.parts[0][key] if self.split else None
+            h, w = self.images[key].shape[1:3]
+            stages = None if encoder is None else encoder_stages(encoder, STAGE_MACS, h, w)
+            made[key] = None if stages is None else StagedEncoder(
+                stages, self.images[key].shape[1:], self.stage_runner)
+        return made[key]
+
+    def stage_runner(self, stage: nn.Module, source: np.ndarray, target: np.ndarray):
+        """A call that runs ``stage`` on ``source`` into ``target`` (eager PyTorch)."""
+        inputs, out = torch.from_numpy(source), torch.from_numpy(target)
+        stage = stage.eval()
+
+        def run() -> None:
+            with torch.no_grad():
+                out.copy_(stage(inputs))
+        return run
+
     def reset(self) -> None:
         """A new episode: a policy that keeps state between calls forgets it."""
 
@@ -242,6 +353,13 @@ class TorchScriptBackend(EagerBackend):
             self.module = script(self.export_module(policy), self._inputs)
             self.encoders = {key: script(encoder, [torch.from_numpy(self.images[key])])
                              for key, encoder in self.encoders.items()}
+        self._script = script
+
+    def stage_runner(self, stage: nn.Module, source: np.ndarray, target: np.ndarray):
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stage = self._script(stage.eval(), [torch.from_numpy(source)])
+        return super().stage_runner(stage, source, target)
 
 
 class OnnxBackend(Backend):
@@ -291,11 +409,20 @@ class OnnxBackend(Backend):
         for name, key in zip(names[1:], self.cfg.image_keys):
             self.feed[name] = per_camera[key]
         self._ort = ort
+        self._session = session
         self._binding = None  # made on the first head(): the inputs and output bound once
         self._out = None
 
     def encode_frame(self, key: str, image: np.ndarray) -> np.ndarray:
         return self.encoders[key].run(None, {"image": image})[0].astype(np.float32, copy=False)
+
+    def stage_runner(self, stage: nn.Module, source: np.ndarray, target: np.ndarray):
+        """A session of its own, its input and output bound once to the buffers."""
+        session = self._session(stage.eval(), ["x"], [torch.from_numpy(source)], "y")
+        binding = session.io_binding()
+        binding.bind_cpu_input("x", source)
+        binding.bind_ortvalue_output("y", self._ort.OrtValue.ortvalue_from_numpy(target))
+        return lambda: session.run_with_iobinding(binding)
 
     def head(self) -> np.ndarray:
         # The buffers (``low``, each camera's) are made once and written in place, so they are

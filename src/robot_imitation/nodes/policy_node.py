@@ -46,8 +46,11 @@ frame encoded until then, so that a control rate far above the camera's never wa
 encoder (/diagnostics: frames_encoded, frame_encoding_p50/p99, previous_frame_ticks). That
 thread runs at ``camera_encoder_priority`` (idle: whatever wakes preempts it), and a frame still
 in encoding ``camera_max_lag`` seconds after it came is given up on: the newest frame is
-encoded on the tick, and so are the next ones until the encoder is done (late_frames). With
-``trigger: state`` a state is answered once every part carries its stamp; cameras slower than
+encoded on the tick, and so are the next ones until the encoder is done (late_frames).
+``between`` uses the frames as ``ahead`` does but encodes them on the control thread: the
+encoder cut into stages of about a quarter of a millisecond, run after a tick's command is out,
+those that fit in the first half of the time until the next tick (past ``camera_max_lag`` the
+tick finishes the frame itself). With ``trigger: state`` a state is answered once every part carries its stamp; cameras slower than
 the joint states set ``camera_frames: latest`` (each camera's newest frame, whatever its stamp).
 
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
@@ -127,9 +130,12 @@ class PolicyNode(LifecycleNode):
               choices=CAMERA_FRAMES),
         Param("camera_encoding", "inline", "policies with cameras: each frame is encoded once, "
               "in the tick that first sees it (inline: every command from its own frame, "
-              "exactly) or ahead of the ticks on a thread of its own (ahead: no tick waits for "
+              "exactly), ahead of the ticks on a thread of its own (ahead: no tick waits for "
               "an encoder; a tick uses the newest frame encoded: a control rate far above the "
-              "camera's)", read_only=True, choices=CAMERA_ENCODINGS),
+              "camera's) or as ahead, on the control thread between the ticks, a stage of the "
+              "encoder at a time in the first half of the time until the next tick (between: "
+              "no other thread takes the cores while a state waits)", read_only=True,
+              choices=CAMERA_ENCODINGS),
         Param("camera_encoder_priority", "idle", "camera_encoding ahead: the CPU priority of "
               "the encoder's thread (idle: Linux SCHED_IDLE, any thread that wakes preempts "
               "it, the control loop's tail latency least disturbed; low: nice 19; normal: the "
@@ -137,7 +143,8 @@ class PolicyNode(LifecycleNode):
         Param("camera_max_lag", 0.1, "camera_encoding ahead: once a frame has been in encoding "
               "this many seconds (the encoder starved on a busy machine), the ticks encode the "
               "newest frames themselves until the encoder is done: the features commands come "
-              "from are never older than this plus one encoding; 0: no bound", read_only=True,
+              "from are never older than this plus one encoding (between: the tick finishes "
+              "that frame's stages); 0: no bound", read_only=True,
               min_value=0.0, max_value=60.0),
         Param("max_age_periods", 3.0, "a state older than this many control periods is stale "
               "(0: no check)", min_value=0.0, max_value=1e6),
@@ -208,6 +215,7 @@ class PolicyNode(LifecycleNode):
         self._state_subs = {}       # topic -> its subscription (why a topic sends nothing)
         self._since = time.monotonic()  # activation or enable: how long a topic sent nothing
         self._late_told = 0   # the controller's late_frames at the last diagnostics
+        self._between = False  # camera_encoding between (set at configure)
         self.last = LastAnswer()
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
         self.add_on_set_parameters_callback(self._on_set_params)
@@ -246,6 +254,8 @@ class PolicyNode(LifecycleNode):
         loaded = load_policy(path, runtime, self.p["backend"], self.p["threads"])
         self.spec = runtime or loaded.spec
         self.period = 1.0 / (self.p["rate"] or self.spec.control_rate)
+        self._between = self.p["camera_encoding"] == "between"
+        self._gap, self._last_t0 = self.period, None
         self.controller, limits = make_controller(
             loaded, self.spec, **self._limit_args(), chunk_mode=self.p["chunk_mode"],
             ensemble_decay=self.p["ensemble_decay"], chunk_execute=self.p["chunk_execute"],
@@ -431,6 +441,14 @@ class PolicyNode(LifecycleNode):
         self.compute.add(spent)
         if spent > self.period:
             self.overruns += 1
+        if self._between:
+            # camera_encoding between: encoder stages in the first half of the time until the
+            # next tick is due (the ticks' mean spacing, at most the control period), so that
+            # none runs when the next state comes
+            if self._last_t0 is not None:
+                self._gap += 0.05 * (min(t0 - self._last_t0, self.period) - self._gap)
+            self._last_t0 = t0
+            self.controller.between(t0 + 0.5 * self._gap)
 
     def _problem_line(self, problem: tuple) -> str:
         """The line that says why a tick gave no command or the safe one, from what ``_tick``
@@ -654,9 +672,10 @@ class PolicyNode(LifecycleNode):
                                + " (whole)" * (not c.policy.backend.split),
                                "frames_encoded": k.frames_encoded,
                                "previous_frame_ticks": k.previous_frame_ticks})
+                if c.camera_encoding != "inline" and c.policy.backend.split:
+                    values["late_frames"] = k.late_frames
                 if c.camera_encoding == "ahead" and c.policy.backend.split:
-                    values.update({"camera_encoder_priority": c.encoder_priority,
-                                   "late_frames": k.late_frames})
+                    values["camera_encoder_priority"] = c.encoder_priority
                 for key, v in c.encode_timing().items():
                     values[f"frame_encoding_{key}"] = f"{v:.3f}"
         for name, window in (("latency", self.latency), ("compute", self.compute)):
@@ -680,9 +699,11 @@ class PolicyNode(LifecycleNode):
         elif self.reload_error:
             level, message = DiagnosticStatus.WARN, f"reload failed: {self.reload_error}"
         elif late:
+            who = "the encoder's thread" if c.camera_encoding == "ahead" else \
+                "the time between the ticks"
             level, message = DiagnosticStatus.WARN, (
-                f"{late} camera frame(s) encoded on the tick since the last report: the "
-                f"encoder's thread had one in encoding for over camera_max_lag "
+                f"{late} camera frame(s) encoded on the tick since the last report: "
+                f"{who} had one in encoding for over camera_max_lag "
                 f"({c.max_frame_lag:g} s; a machine too busy for it, or an encoder slower "
                 f"than that)")
             self.get_logger().warning(message, throttle_duration_sec=10.0)

@@ -133,3 +133,69 @@ def camera_encoders(cfg) -> nn.ModuleDict:
 def camera_features(encoders: nn.ModuleDict, cfg, obs: dict) -> list:
     """Each camera's keypoints (B, 2K), in the spec's order of ``cfg.image_keys``."""
     return [encoders[key](obs[key]) for key in cfg.image_keys]
+
+
+class EncoderStage(nn.Module):
+    """One stage of an ``ImageEncoder`` cut into stages (``encoder_stages``): output channels
+    ``[first, last)`` of one of its convolutions with their group norm and ReLU, or its last
+    (1 x 1) convolution with the spatial softmax. It reads activation ``source`` (0: the frame,
+    uint8 (1, H, W, C), scaled as ``forward`` scales it; i: the output of convolution i) and
+    writes those channels of activation ``source + 1`` (the last: the keypoints).
+
+    A group norm's groups never straddle two stages, so each stage computes its channels with
+    the arithmetic of the whole encoder."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.GroupNorm | None, source: int, first: int,
+                 last: int, softmax: SpatialSoftmax | None = None):
+        super().__init__()
+        self.source, self.first, self.last = source, first, last
+        self.stride, self.padding = conv.stride, conv.padding
+        self.register_buffer("weight", conv.weight.detach()[first:last].clone())
+        self.register_buffer("bias", None if conv.bias is None
+                             else conv.bias.detach()[first:last].clone())
+        self.groups = 0
+        if norm is not None:
+            self.groups = (last - first) // (norm.num_channels // norm.num_groups)
+            self.register_buffer("norm_weight", norm.weight.detach()[first:last].clone())
+            self.register_buffer("norm_bias", norm.bias.detach()[first:last].clone())
+            self.eps = norm.eps
+        self.softmax = softmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.source == 0:
+            x = x.permute(0, 3, 1, 2).float().div(255.0).sub(0.5)
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        if self.groups:
+            x = F.relu(F.group_norm(x, self.groups, self.norm_weight, self.norm_bias, self.eps))
+        return x if self.softmax is None else self.softmax(x)
+
+
+def encoder_stages(encoder: nn.Module, max_macs: float, height: int, width: int
+                   ) -> list[EncoderStage] | None:
+    """``encoder`` (an ``ImageEncoder`` of frames ``height`` x ``width``) as stages to run one
+    after another, each of at most about ``max_macs`` multiply-adds: a convolution heavier than
+    that is cut by output channels into equal parts of whole group-norm groups (as many as it
+    needs, at most one per group). None for an encoder of another form."""
+    layers = list(getattr(encoder, "net", ()))
+    if not isinstance(encoder, ImageEncoder) or len(layers) % 3 != 1:
+        return None
+    blocks = [layers[i:i + 3] for i in range(0, len(layers) - 1, 3)]
+    if not all(isinstance(c, nn.Conv2d) and isinstance(n, nn.GroupNorm) and isinstance(r, nn.ReLU)
+               for c, n, r in blocks) or not isinstance(layers[-1], nn.Conv2d):
+        return None
+    stages, h, w = [], height, width
+    for source, (conv, norm, _) in enumerate(blocks):
+        if conv.dilation != (1, 1) or conv.groups != 1 or not isinstance(conv.padding, tuple):
+            return None
+        (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+        h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        macs = h * w * conv.out_channels * conv.in_channels * kh * kw
+        groups = norm.num_groups
+        parts = next((n for n in range(1, groups + 1)
+                      if groups % n == 0 and macs / n <= max_macs), groups)
+        step = conv.out_channels // parts
+        stages += [EncoderStage(conv, norm, source, i * step, (i + 1) * step)
+                   for i in range(parts)]
+    last = layers[-1]
+    stages.append(EncoderStage(last, None, len(blocks), 0, last.out_channels, encoder.softmax))
+    return stages
