@@ -358,10 +358,10 @@ class PolicyController:
     ticks: the encoder cut into stages of about a quarter of a millisecond
     (``Backend.staged``), and ``between(deadline)``, called by the control loop once a tick's
     command is out, runs the stages that fit before the deadline (each stage's expected time
-    is the median of its recent ones). No thread shares the cores with the ticks, and no
-    encoding runs while a tick's state waits; ``max_frame_lag`` bounds the frames' age as in
-    "ahead" (a frame in encoding for longer is finished on the tick). A backend that runs
-    whole encodes inline, with every inference."""
+    is the median of its recent ones). No other thread takes a core from the ticks, and the
+    encoding runs only in the time the control loop gives it; ``max_frame_lag`` bounds the
+    frames' age as in "ahead" (a frame in encoding for longer is finished on the tick). A
+    backend that runs whole encodes inline, with every inference."""
 
     def __init__(self, spec: Spec, policy: LoadedPolicy, action_filter: ActionFilter,
                  chunk_mode: str = "auto", ensemble_decay: float = 0.01,
