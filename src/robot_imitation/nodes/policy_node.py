@@ -50,8 +50,9 @@ encoded on the tick, and so are the next ones until the encoder is done (late_fr
 ``between`` uses the frames as ``ahead`` does but encodes them on the control thread: the
 encoder cut into stages of about a quarter of a millisecond, run after a tick's command is out,
 those that fit in the first half of the time until the next tick (past ``camera_max_lag`` the
-tick finishes the frame itself). With ``trigger: state`` a state is answered once every part carries its stamp; cameras slower than
-the joint states set ``camera_frames: latest`` (each camera's newest frame, whatever its stamp).
+tick finishes the frame itself). With ``trigger: state`` a state is answered once every part
+carries its stamp; cameras slower than the joint states set ``camera_frames: latest`` (each
+camera's newest frame, whatever its stamp).
 
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
 ~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new value of the
