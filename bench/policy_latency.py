@@ -19,7 +19,8 @@ Three measurements in one run:
    --camera-rate below --image-rate, a frame goes out with every k-th state only (k =
    image-rate / camera-rate, rounded): the node answers each joint state with the newest frame
    (``camera_frames: latest``), encoding each frame once (``camera_encoding``, --camera-encoding:
-   inline, or ahead on a thread of its own); e.g. --image-rate 500 --camera-rate 30
+   inline, ahead on a thread of its own, or between the ticks in stages on the control thread);
+   e.g. --image-rate 500 --camera-rate 30
    --camera-encoding ahead: a 500 Hz loop with a 30 Hz camera. With ``ahead``, the echo node
    runs a second time, after the policy node, encoding each new frame as the policy node does
    (``encoder_checkpoint``: the same encoder, on the backend the policy node chose, at its
