@@ -672,6 +672,9 @@ def report(r: dict) -> str:
                 lines.append(f"  encoder thread at priority {d['camera_encoder_priority']}; "
                              f"frames encoded on the tick past camera_max_lag: "
                              f"{d.get('late_frames', '?')}")
+            elif "late_frames" in d:
+                lines.append(f"  frames finished on the tick past camera_max_lag: "
+                             f"{d['late_frames']}")
     lines += ["", "Inference backends (select_backend \"auto\", one thread, median of 200 calls; "
                   "* = chosen)",
               f"  {'policy':8}{'backend':14}{'median us':>11}{'/ eager':>9}"]
