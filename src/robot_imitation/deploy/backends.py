@@ -114,7 +114,7 @@ COST_WINDOW = 7   # the times of each stage its expected time is the median of
 class StagedEncoder:
     """A camera's encoder run one stage at a time (``encoder_stages``), so that a caller can
     spread a frame's encoding over the idle time between control ticks, a stage at a time, on
-    its own thread. ``start(frame)`` takes a frame, ``step()`` runs the next stage, ``done()``
+    the caller's thread (the control thread). ``start(frame)`` takes a frame, ``step()`` runs the next stage, ``done()``
     says whether the features are computed, ``result()`` gives them as (features (1, F),
     seconds spent in the stages); ``next_cost()`` is what the next stage is expected to take
     (``remaining_cost()``: all those left), the median of its newest ``COST_WINDOW`` times (one
@@ -221,6 +221,7 @@ class Backend:
         self.images = {k: np.zeros((1, *shape), dtype=np.uint8)
                        for k, shape in zip(cfg.image_keys, cfg.image_shapes)}
         self.parts = split_policy(policy) if split else None
+        self._staged: dict = {}   # image key: StagedEncoder or None (``staged``)
         # each camera's features (split backends): what encode() writes and head() reads
         self.features: dict = {}
         if self.parts is not None:
@@ -279,7 +280,7 @@ class Backend:
         """Camera ``key``'s encoder as a ``StagedEncoder`` (made on the first call, then kept:
         a caller makes it off the control path), or None where the policy runs whole or its
         encoder has another form than the suite's."""
-        made = self.__dict__.setdefault("_staged", {})
+        made = self._staged
         if key not in made:
             encoder = self.parts[0][key] if self.split else None
             h, w = self.images[key].shape[1:3]

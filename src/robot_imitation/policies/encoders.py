@@ -183,10 +183,11 @@ def encoder_stages(encoder: nn.Module, max_macs: float, height: int, width: int
     if not all(isinstance(c, nn.Conv2d) and isinstance(n, nn.GroupNorm) and isinstance(r, nn.ReLU)
                for c, n, r in blocks) or not isinstance(layers[-1], nn.Conv2d):
         return None
+    if not all(c.dilation == (1, 1) and c.groups == 1 and isinstance(c.padding, tuple)
+               and c.padding_mode == "zeros" for c in [b[0] for b in blocks] + layers[-1:]):
+        return None   # (the stages compute plain convolutions, zero-padded)
     stages, h, w = [], height, width
     for source, (conv, norm, _) in enumerate(blocks):
-        if conv.dilation != (1, 1) or conv.groups != 1 or not isinstance(conv.padding, tuple):
-            return None
         (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
         h, w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         macs = h * w * conv.out_channels * conv.in_channels * kh * kw
