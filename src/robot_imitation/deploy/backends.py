@@ -112,13 +112,13 @@ COST_WINDOW = 7   # the times of each stage its expected time is the median of
 
 
 class StagedEncoder:
-    """A camera's encoder run one stage at a time (``encoder_stages``), so that a caller can
-    spread a frame's encoding over the idle time between control ticks, a stage at a time, on
-    the caller's thread (the control thread). ``start(frame)`` takes a frame, ``step()`` runs the next stage, ``done()``
-    says whether the features are computed, ``result()`` gives them as (features (1, F),
-    seconds spent in the stages); ``next_cost()`` is what the next stage is expected to take
-    (``remaining_cost()``: all those left), the median of its newest ``COST_WINDOW`` times (one
-    slow run, a preemption, does not move it). A new ``start`` drops the frame in progress.
+    """A camera's encoder run one stage at a time (``encoder_stages``), so that the control
+    thread can spread a frame's encoding over its idle time between ticks. ``start(frame)``
+    takes a frame, ``step()`` runs the next stage, ``done()`` says whether the features are
+    computed, ``result()`` gives them as (features (1, F), seconds spent in the stages);
+    ``next_cost()`` is what the next stage is expected to take (``remaining_cost()``: all those
+    left), the median of its newest ``COST_WINDOW`` times (one slow run, a preemption, does not
+    move it). A new ``start`` drops the frame in progress.
 
     Each stage reads and writes buffers made once (the activations, each stage's channels a
     contiguous part of them): no array is made per stage."""
