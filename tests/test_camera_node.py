@@ -142,12 +142,10 @@ def test_ahead_answers_each_state_from_its_frame_or_the_one_before(checkpoint, p
     assert np.allclose(got[0], own[0], rtol=1e-6, atol=1e-6)   # the first frame: waited for
     assert diag["camera_encoding"] == encoding and int(diag["late_frames"]) >= 0
     if encoding == "between":
-        # the states come one at a time (the ticks far apart): each frame is encoded whole
-        # after the tick that brought it, so the next tick commands from it
-        assert int(diag["late_frames"]) == 0
+        # the tick that takes a new frame commands from the one before (its stages run after
+        # the command is out)
         for k in range(EVERY, STATES, EVERY):
             assert np.allclose(got[k], before[k], rtol=1e-6, atol=1e-6), k
-            assert np.allclose(got[k + 1], own[k + 1], rtol=1e-6, atol=1e-6), k
     else:
         # the encoder's thread below the control loop (SCHED_IDLE)
         assert diag["camera_encoder_priority"] == "idle"
