@@ -135,7 +135,7 @@ class PolicyNode(LifecycleNode):
               "an encoder; a tick uses the newest frame encoded: a control rate far above the "
               "camera's) or as ahead, on the control thread between the ticks, a stage of the "
               "encoder at a time in the first half of the time until the next tick (between: "
-              "no other thread takes the cores while a state waits)", read_only=True,
+              "no other thread competes with the ticks for the cores)", read_only=True,
               choices=CAMERA_ENCODINGS),
         Param("camera_encoder_priority", "idle", "camera_encoding ahead: the CPU priority of "
               "the encoder's thread (idle: Linux SCHED_IDLE, any thread that wakes preempts "
