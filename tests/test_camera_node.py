@@ -100,6 +100,12 @@ def run_node(procs, probe, ckpt: str, encoding: str, **params) -> tuple[list, np
     wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
              and probe.node.count_publishers(ARM) and probe.node.count_publishers(GRIPPER),
              120, "the node's subscriptions and publishers", procs=procs)
+    # the node's side matched too (its /diagnostics say so of each topic): a frame sent before
+    # the node's reader has matched this writer is lost to it (volatile), and its state waits
+    # for a frame forever
+    wait_for(lambda: any(s.message.count("matched, no message yet") == len(pubs)
+                         for m in diags[-2:] for s in m.status if s.name.startswith(NODE)),
+             60, "the node's subscriptions matched on its side", procs=procs)
     rng = np.random.default_rng(7)
     states, got = [messages(k, rng) for k in range(STATES)], []
     for k, msgs in enumerate(states):
