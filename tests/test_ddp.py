@@ -180,7 +180,10 @@ from robot_imitation.cli import main
 code = main(sys.argv[1:])
 tasks = "/proc/self/task"
 names = sorted(open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks))
-print(f"rank {os.environ['RANK']} threads after training: {' '.join(names)}", flush=True)
+# to a file of its own: both ranks share the test's stdout, and lines there can interleave
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"threads-{os.environ['RANK']}")
+with open(out, "w") as f:
+    f.write(" ".join(names))
 sys.exit(code)
 """
 
@@ -197,7 +200,8 @@ def test_a_ranks_collective_threads_end_with_its_training(reach_dataset, tmp_pat
     script.write_text(AFTER_TRAINING, encoding="utf-8")
     _, printed = train(reach_dataset, tmp_path / "out", 2, 1, steps=20,
                        program=(str(script),))
-    lines = [ln for ln in printed.splitlines() if "threads after training" in ln]
-    assert sorted(ln.split()[1] for ln in lines) == ["0", "1"], printed[-2000:]
-    for line in lines:
-        assert "gloo" not in line, f"gloo's threads outlived the training: {line}"
+    listed = {p.name: p.read_text() for p in tmp_path.glob("threads-*")}
+    assert sorted(listed) == ["threads-0", "threads-1"], printed[-2000:]
+    for name, threads in listed.items():
+        assert threads.split(), f"{name} lists no thread"
+        assert "gloo" not in threads, f"gloo's threads outlived the training ({name}): {threads}"
