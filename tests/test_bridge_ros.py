@@ -475,7 +475,8 @@ def test_cameras_render_only_while_subscribed(procs, probe):
     start_bridge(procs, probe, task="reach", mode="realtime", cameras=["front", "side"],
                  camera_width=64, camera_height=48, camera_rate=20.0)
     diags = probe.record(DiagnosticArray, "/diagnostics", 10)
-    wait_for(lambda: len(diags) >= 2, 10, "two diagnostics messages", procs=procs)
+    wait_for(lambda: sum(st.name.endswith("simulation") for m in list(diags) for st in m.status)
+             >= 2, 10, "two diagnostics messages of the simulation", procs=procs)
     assert diagnostics_values(diags)["camera_frames"] == "0"
     side = probe.record(Image, "side/image_raw", SENSOR_QOS)
     wait_for(lambda: len(side) >= 5, 20, "side camera images", procs=procs)

@@ -80,6 +80,11 @@ def expected(ckpt: str, states: list, back: int = 0) -> np.ndarray:
     return np.array(out)
 
 
+def own(diags) -> list:
+    """The policy node's control statuses among the /diagnostics messages received."""
+    return [s for m in list(diags) for s in m.status if s.name.startswith(NODE)]
+
+
 def run_node(procs, probe, ckpt: str, encoding: str, **params) -> tuple[list, np.ndarray, dict,
                                                                        list]:
     """Each state published and answered before the next; (states, commands, the last
@@ -104,7 +109,7 @@ def run_node(procs, probe, ckpt: str, encoding: str, **params) -> tuple[list, np
     # the node's reader has matched this writer is lost to it (volatile), and its state waits
     # for a frame forever
     wait_for(lambda: any(s.message.count("matched, no message yet") == len(pubs)
-                         for m in diags[-2:] for s in m.status if s.name.startswith(NODE)),
+                         for s in own(diags)[-2:]),
              60, "the node's subscriptions matched on its side", procs=procs)
     rng = np.random.default_rng(7)
     states, got = [messages(k, rng) for k in range(STATES)], []
@@ -118,11 +123,10 @@ def run_node(procs, probe, ckpt: str, encoding: str, **params) -> tuple[list, np
         got.append(np.concatenate([arm[k].data, grip[k].data]))
     time.sleep(0.5)
     assert len(arm) == STATES, "exactly one command per joint state"
-    since = len(diags)
-    wait_for(lambda: len(diags) > since + 1, 10, "/diagnostics", procs=procs)
-    values = next({kv.key: kv.value for kv in s.values} for m in reversed(diags)
-                  for s in m.status if s.name.startswith(NODE))
-    statuses = [(s.level, s.message) for m in diags for s in m.status if s.name.startswith(NODE)]
+    since = len(own(diags))
+    wait_for(lambda: len(own(diags)) > since + 1, 10, "/diagnostics", procs=procs)
+    values = {kv.key: kv.value for kv in own(diags)[-1].values}
+    statuses = [(s.level, s.message) for s in own(diags)]
     return states, np.array(got), values, statuses
 
 

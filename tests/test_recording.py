@@ -1044,3 +1044,53 @@ def test_a_recorder_subscribing_at_the_start_records_no_history(procs, probe, tm
     assert "/test/latched: 50 message(s) published before the episode, sent from the " \
         "publisher's history when this recorder subscribed: not recorded" in \
         procs.log("episode_recorder")
+
+
+@pytest.mark.ros
+def test_a_start_waits_until_the_publishers_have_matched_the_recorder(procs, probe, tmp_path):
+    """Matching is per side. A recorder subscribing at ~/start matches the bridge's publishers
+    on its own side at once (its participant knows them), but the bridge's side matches only
+    once the bridge's participant has processed the subscription's announcement; a state
+    published between the two never reaches the bag (a CI run's first episode lacked its tick-0
+    state on every state topic: the bridge was reset right after the start). The bridge reports
+    its publishers' matched subscriptions on /diagnostics, and ~/start returns only once they
+    count every subscription the recorder sees. Here the bridge is frozen while the recorder
+    subscribes: the start waits until it runs again, and its first state is in the bag."""
+    import threading
+
+    bridge = procs.start_node("mujoco_bridge", params={
+        "task": "reach", "mode": "lockstep", "seed": 3, "start_paused": True, "cameras": [""]})
+    ds = tmp_path / "ds"
+    # simulated time standing still (the bridge is paused): the recorder subscribes at ~/start
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "topics": ["/joint_states", "/ee_pose", "/episode/status"],
+        "use_sim_time": True, "discovery_timeout": 30.0})
+    wait_for(lambda: probe.node.count_publishers("/joint_states")
+             and any(name == f"/{REC}/start"
+                     for name, _ in probe.node.get_service_names_and_types()), 30,
+             "the bridge and the recorder", procs=procs)
+    time.sleep(1.0)  # the recorder's participant knows the bridge's by now
+    before = probe.node.count_subscribers("/joint_states")
+    answers = []
+    os.kill(bridge.pid, signal.SIGSTOP)
+    try:
+        starting = threading.Thread(target=lambda: answers.append(call(probe, "start")))
+        starting.start()
+        wait_for(lambda: probe.node.count_subscribers("/joint_states") > before, 30,
+                 "the recorder's subscription", procs=procs)
+        time.sleep(1.5)
+        assert not answers, answers[0].message  # the bridge cannot have matched it
+    finally:
+        os.kill(bridge.pid, signal.SIGCONT)
+    starting.join(30)
+    assert answers and answers[0].success, answers
+    # the bridge's states from now on are the episode's, its state at reset first
+    assert probe.call(Trigger, "/mujoco_bridge/reset").success
+    time.sleep(1.0)
+    assert call(probe, "stop").success
+    entry = index(ds)[0]
+    ticks = [int({kv.key: kv.value for kv in m.ros_msg.status[0].values}["tick"])
+             for m in read_ros2_messages(str(ds / entry["name"] / f"{entry['name']}.mcap"),
+                                         topics=["/episode/status"])]
+    assert ticks[:1] == [0], ticks
+    assert read_counts(ds / entry["name"])["/joint_states"] == len(ticks)

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LOCKSTEP_IMAGE_QOS, SENSOR_QOS,
-                     STATE_PUB_QOS, STATUS_PUB_QOS, Param, declare_all, from_sec, run, stamp_ns,
-                     to_sec)
+                     STATE_PUB_QOS, STATUS_PUB_QOS, MatchedReport, Param, declare_all, from_sec,
+                     run, stamp_ns, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
@@ -234,6 +234,10 @@ class MujocoBridge(Node):
                                   _camera_info(name, w, h, fovy))
         self.renderer = CameraRenderer(self, wanted, w, h, lossless=self.lockstep) \
             if wanted else None
+        # what a recorder waits for before a start (its messages from the first on)
+        MatchedReport(self, [self.pub_joints, *self.pub_poses.values(), self.pub_clock,
+                             self.pub_status, *(pub for cam in self.cameras.values()
+                                                for pub in cam[:2])], self.pub_diag)
         self._next_frame = 0.0
         self._rendering: list[str] = []
 

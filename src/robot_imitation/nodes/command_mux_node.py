@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import time
 
-from .common import (COMMAND_PUB_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS, Param,
-                     declare_all, run, stamp_ns, steady_timer)
+from .common import (COMMAND_PUB_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS,
+                     MatchedReport, Param, declare_all, run, stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -89,6 +89,8 @@ class CommandMux(Node):
                      for t in topics}
         self.pub_source = self.create_publisher(String, "~/source", COMMAND_PUB_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # what a recorder waits for before a start (the commands from the first on)
+        MatchedReport(self, (*self.pubs.values(), self.pub_source), self.pub_diag)
         for s in sources:
             for t in topics:
                 self.create_subscription(Float64MultiArray, f"/{s}{t}",

@@ -432,6 +432,77 @@ class ServiceCaller:
         return future.result()
 
 
+# The /diagnostics status in which a node reports its publishers' matched subscriptions
+# (``MatchedReport``), named "<node's full name>: <this>".
+MATCHED_STATUS = "subscriptions matched"
+
+
+class MatchedReport:
+    """How many subscriptions each of a node's publishers has matched, on /diagnostics: a status
+    named ``"<node's full name>: subscriptions matched"`` whose values are (topic, count), sent
+    when a count changes (looked at every ``check`` s, on the steady clock) and every ``period``
+    s. ``publishers``: the publishers, or a callable returning them (a lifecycle node's come and
+    go); a topic published twice reports the lower count.
+
+    DDS matches a new subscription with a publisher on each side on its own: on the
+    subscription's side as soon as its participant knows the publisher, on the publisher's once
+    the publisher's participant has processed the subscription's announcement. A volatile
+    message published between the two never reaches the subscription. A recorder's ~/start
+    waits until the publishers of its topics that report here count its subscriptions (a CI
+    run's bag lacked its first episode's tick-0 state on every state topic: the bridge was
+    reset right after the recorder subscribed)."""
+
+    def __init__(self, node, publishers, diag_pub, check: float = 0.1, period: float = 1.0):
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+        self._node = node
+        self._publishers = publishers if callable(publishers) else \
+            (lambda pubs=tuple(publishers): pubs)
+        self._pub = diag_pub
+        self._msg = DiagnosticArray(status=[DiagnosticStatus(
+            level=DiagnosticStatus.OK, name=f"{node.get_fully_qualified_name()}: "
+            f"{MATCHED_STATUS}", message="matched subscriptions by topic")])
+        self._counts = None
+        self._sent = 0.0
+        self._period = period
+        steady_timer(node, check, self.check)
+
+    def counts(self) -> dict:
+        """{topic: matched subscriptions} of the publishers now."""
+        out: dict = {}
+        for pub in self._publishers():
+            n = pub.get_subscription_count()
+            out[pub.topic_name] = min(n, out.get(pub.topic_name, n))
+        return out
+
+    def check(self) -> None:
+        """Report the counts if one changed or ``period`` s passed since the last report."""
+        from diagnostic_msgs.msg import KeyValue
+
+        counts = self.counts()
+        now = time.monotonic()
+        if counts == self._counts and now - self._sent < self._period:
+            return
+        self._counts, self._sent = counts, now
+        self._msg.header.stamp = self._node.get_clock().now().to_msg()
+        self._msg.status[0].values = [KeyValue(key=t, value=str(n)) for t, n in counts.items()]
+        self._pub.publish(self._msg)
+
+
+def matched_reports(msg, into: dict) -> None:
+    """The counts of the ``MatchedReport`` statuses in a /diagnostics message, into ``into``:
+    {(node's full name, topic): matched subscriptions}."""
+    for status in msg.status:
+        node, _, what = status.name.rpartition(": ")
+        if what != MATCHED_STATUS:
+            continue
+        for kv in status.values:
+            try:
+                into[(node, kv.key)] = int(kv.value)
+            except ValueError:
+                continue
+
+
 def steady_timer(node, period: float, callback, **kwargs):
     """A timer on the steady clock, not the node's: watchdogs and diagnostics keep
     running under ``use_sim_time`` while simulated time stands still (a paused bridge, a

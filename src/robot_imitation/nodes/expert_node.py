@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_PUB_QOS, STATE_QOS, LastAnswer, Param, answer_bytes, declare_all,
-                     run, state_to_answer, take_state)
+from .common import (COMMAND_PUB_QOS, STATE_QOS, LastAnswer, MatchedReport, Param, answer_bytes,
+                     declare_all, run, state_to_answer, take_state)
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
@@ -69,6 +70,9 @@ class ScriptedExpert(Node):
         self.pub_grip = self.create_publisher(Float64MultiArray,
                                               f"/{p['gripper_controller']}/commands",
                                               COMMAND_PUB_QOS)
+        # what a recorder waits for before a start (the commands from the first on)
+        MatchedReport(self, (self.pub_arm, self.pub_grip),
+                      self.create_publisher(DiagnosticArray, "/diagnostics", 10))
         self.last = LastAnswer()  # sent again when the bridge republishes its state
         for topic, mtype in self.assembler.topics.items():
             # raw: the fields are read straight from the CDR bytes (observation.on_raw)

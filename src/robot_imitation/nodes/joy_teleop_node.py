@@ -19,9 +19,10 @@ import time
 
 import numpy as np
 
-from .common import (COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, LogThrottle, Param, declare_all,
-                     run)
+from .common import (COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, LogThrottle, MatchedReport, Param,
+                     declare_all, run)
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Joy, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
@@ -99,6 +100,9 @@ class TeleopNode(Node):
         self.pub_grip = self.create_publisher(Float64MultiArray,
                                               f"/{p['gripper_controller']}/commands",
                                               COMMAND_PUB_QOS)
+        # what a recorder waits for before a start (the commands from the first on)
+        MatchedReport(self, (self.pub_arm, self.pub_grip),
+                      self.create_publisher(DiagnosticArray, "/diagnostics", 10))
         self.create_subscription(JointState, "joint_states", self._on_joint_state, STATE_QOS)
         self.episode_clients = {action: self.create_client(Trigger, f"/{self.recorder}/{srv}")
                                 for action, srv in EPISODE_SERVICES.items()}

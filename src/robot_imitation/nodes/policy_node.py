@@ -70,7 +70,7 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
-                     LogThrottle, Param, declare_all, run, stamp_ns, state_to_answer,
+                     LogThrottle, MatchedReport, Param, declare_all, run, stamp_ns, state_to_answer,
                      steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
@@ -222,6 +222,8 @@ class PolicyNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_params)
         self.add_post_set_parameters_callback(self._after_set_params)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pubs = []  # the command publishers (made at configure)
+        MatchedReport(self, lambda: self.pubs, self.pub_diag)  # what a recorder waits for
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reload", self._on_reload)
         # wall-clock paced: diagnostics keep coming while simulated time stands still

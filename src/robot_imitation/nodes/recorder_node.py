@@ -11,11 +11,13 @@ its status (the policy node waits for a state's status before it answers), and a
 than a fixed grace was lost under load.
 
 An episode starts only once every recorded topic has a publisher matched to this node's
-subscription (so no first message is lost); subscriptions take the reliability and durability
-of the topic's publishers. The recorded topics are not run by the executor: a drain thread takes
-every message waiting on them at most every 10 ms (serialized, with the middleware's
-reception stamp) and hands them to the recorder in reception order, one batch per pass; a writer
-thread writes. SIGINT/SIGTERM finish the open bag.
+subscription, and the publishers that report their matched subscriptions on /diagnostics (the
+suite's nodes: ``common.MatchedReport``) count this node's (matching is per side: a message
+published before the publisher's side matched is lost to the bag); subscriptions take the
+reliability and durability of the topic's publishers. The recorded topics are not run by the
+executor: a drain thread takes every message waiting on them at most every 10 ms (serialized,
+with the middleware's reception stamp) and hands them to the recorder in reception order, one
+batch per pass; a writer thread writes. SIGINT/SIGTERM finish the open bag.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import signal
 import threading
 import time
 
-from .common import Param, declare_all, run, stamp_ns, to_sec
+from .common import Param, declare_all, matched_reports, run, stamp_ns, to_sec
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -302,6 +304,13 @@ class EpisodeRecorder(Node):
                            lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
                            period=DRAIN_PERIOD)
         self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
+        # the publishers' reports of their matched subscriptions (common.MatchedReport), read
+        # only by ~/start (taken there, never by the executor; the newest of each is kept)
+        self._reports_sub = self.create_subscription(
+            DiagnosticArray, "/diagnostics", _never_called, QoSProfile(
+                depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
+                history=QoSHistoryPolicy.KEEP_LAST), callback_group=self._drained)
+        self._reports: dict = {}  # (node's full name, topic) -> matched subscriptions
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
         self.create_service(Trigger, "~/discard", lambda req, resp: self._srv_stop(resp, False))
@@ -374,6 +383,26 @@ class EpisodeRecorder(Node):
         return [t for t in self.wanted
                 if t not in self.subs or self.subs[t].get_publisher_count() == 0]
 
+    def _uncounted(self) -> list:
+        """The recorded topics' publishers that report their matched subscriptions
+        (``common.MatchedReport``) with fewer than this node's graph shows on the topic (its own
+        included): ``"<topic>: <node> counts <n> of <m>"``. Until they count them all, a message
+        they publish may miss this recorder (matching is per side); publishers that do not
+        report are not waited for."""
+        handle = self._reports_sub.handle
+        with handle:
+            while (got := handle.take_message(DiagnosticArray, False)) is not None:
+                matched_reports(got[0], self._reports)
+        short = []
+        for topic in self.subs:
+            seen = self.count_subscribers(topic)
+            for info in self.get_publishers_info_by_topic(topic):
+                node = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                n = self._reports.get((node, topic))
+                if n is not None and n < seen:
+                    short.append(f"{topic}: {node} counts {n} of {seen}")
+        return short
+
     # ----------------------------------------------------------------- status
     def _on_status(self, msg: DiagnosticArray, info) -> None:
         if not msg.status:
@@ -414,6 +443,14 @@ class EpisodeRecorder(Node):
                             f"{self.discovery_timeout} s for {unmatched} ({why})")
             self.get_logger().error(resp.message)
             return resp
+        # matched on this side; now on the publishers' (those that say)
+        while (uncounted := self._uncounted()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if uncounted:
+            self.get_logger().warning(
+                f"starting although publishers count fewer subscriptions than this node sees "
+                f"after {self.discovery_timeout} s (a reader they cannot match? their messages "
+                f"may miss the episode's start): {'; '.join(uncounted)}")
         started = time.time_ns()  # the DDS reception stamps' clock
         meta = dict(self.meta_params)  # every key in every entry, empty when not given
         if self.spec:
