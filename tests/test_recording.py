@@ -1094,3 +1094,29 @@ def test_a_start_waits_until_the_publishers_have_matched_the_recorder(procs, pro
                                          topics=["/episode/status"])]
     assert ticks[:1] == [0], ticks
     assert read_counts(ds / entry["name"])["/joint_states"] == len(ticks)
+
+
+@pytest.mark.ros
+def test_a_start_does_not_wait_for_a_reader_the_publisher_cannot_match(procs, probe, tmp_path):
+    """A reliable reader of a best-effort topic is never matched by its publisher: the start
+    compares a publisher's count with the readers it can match, and does not wait for that
+    one until its timeout."""
+    from rclpy.qos import QoSProfile
+
+    procs.start_node("mujoco_bridge", params={
+        "task": "reach", "mode": "lockstep", "start_paused": True, "cameras": ["front"],
+        "camera_reliable": False, "camera_width": 32, "camera_height": 24})
+    probe.node.create_subscription(Image, "/front/image_raw", lambda m: None,
+                                   QoSProfile(depth=1))  # reliable: incompatible
+    ds = tmp_path / "ds"
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "topics": ["/front/image_raw", "/joint_states"],
+        "discovery_timeout": 20.0})
+    wait_for(lambda: probe.node.count_subscribers("/front/image_raw") >= 2, 30,
+             "the recorder's subscription", procs=procs)
+    t0 = time.monotonic()
+    resp = call(probe, "start")
+    assert resp.success, resp.message
+    assert time.monotonic() - t0 < 10.0
+    assert "starting although" not in procs.log("episode_recorder")
+    assert call(probe, "stop").success
