@@ -503,6 +503,31 @@ def matched_reports(msg, into: dict) -> None:
                 continue
 
 
+def uncounted(node, topics, reports: dict) -> list:
+    """Of the publishers of ``topics`` that report their matched subscriptions
+    (``MatchedReport``; ``reports``: as ``matched_reports`` makes them), those counting fewer
+    subscriptions than ``node``'s graph shows on the topic with a QoS they can match:
+    ``["<topic>: <node> counts <n> of <m>", ...]``. Until a publisher counts a subscription,
+    what it publishes may miss it (matching is per side); publishers that do not report are
+    not looked at."""
+    from rclpy.qos import QoSCompatibility, qos_check_compatible
+
+    short = []
+    for topic in topics:
+        readers = None
+        for info in node.get_publishers_info_by_topic(topic):
+            name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+            n = reports.get((name, topic))
+            if n is None:
+                continue
+            readers = readers or node.get_subscriptions_info_by_topic(topic)
+            seen = sum(qos_check_compatible(info.qos_profile, r.qos_profile)[0]
+                       != QoSCompatibility.ERROR for r in readers)
+            if n < seen:
+                short.append(f"{topic}: {name} counts {n} of {seen}")
+    return short
+
+
 def steady_timer(node, period: float, callback, **kwargs):
     """A timer on the steady clock, not the node's: watchdogs and diagnostics keep
     running under ``use_sim_time`` while simulated time stands still (a paused bridge, a

@@ -25,14 +25,14 @@ import signal
 import threading
 import time
 
-from .common import Param, declare_all, matched_reports, run, stamp_ns, to_sec
+from .common import Param, declare_all, matched_reports, run, stamp_ns, to_sec, uncounted
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
 from rclpy.guard_condition import GuardCondition  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import (QoSCompatibility, QoSDurabilityPolicy, QoSHistoryPolicy,  # noqa: E402
-                       QoSProfile, QoSReliabilityPolicy, qos_check_compatible)
+from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noqa: E402
+                       QoSReliabilityPolicy)
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ..cdr import answer_stamp  # noqa: E402
@@ -384,29 +384,14 @@ class EpisodeRecorder(Node):
                 if t not in self.subs or self.subs[t].get_publisher_count() == 0]
 
     def _uncounted(self) -> list:
-        """The recorded topics' publishers that report their matched subscriptions
-        (``common.MatchedReport``) with fewer than this node's graph shows on the topic with a
-        QoS they can match (its own included): ``"<topic>: <node> counts <n> of <m>"``. Until
-        they count them all, a message they publish may miss this recorder (matching is per
-        side); publishers that do not report are not waited for."""
+        """The recorded topics' publishers that report their matched subscriptions and count
+        fewer than this node sees (``common.uncounted``: its own included). Publishers that do
+        not report are not waited for."""
         handle = self._reports_sub.handle
         with handle:
             while (got := handle.take_message(DiagnosticArray, False)) is not None:
                 matched_reports(got[0], self._reports)
-        short = []
-        for topic in self.subs:
-            readers = None
-            for info in self.get_publishers_info_by_topic(topic):
-                node = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
-                n = self._reports.get((node, topic))
-                if n is None:
-                    continue
-                readers = readers or self.get_subscriptions_info_by_topic(topic)
-                seen = sum(qos_check_compatible(info.qos_profile, r.qos_profile)[0]
-                           != QoSCompatibility.ERROR for r in readers)
-                if n < seen:
-                    short.append(f"{topic}: {node} counts {n} of {seen}")
-        return short
+        return uncounted(self, self.subs, self._reports)
 
     # ----------------------------------------------------------------- status
     def _on_status(self, msg: DiagnosticArray, info) -> None:

@@ -102,6 +102,7 @@ class RosRig:
             self.spinner = Spinner(self.node)
             self.node.wait_for_bridge(60.0, alive=g.check)
             self._diag, self._diag_time = {}, {}
+            self._reports: dict = {}  # publishers' matched subscriptions (MatchedReport)
             from diagnostic_msgs.msg import DiagnosticArray
 
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
@@ -180,6 +181,9 @@ class RosRig:
                               self.commands(o) if keep_commands else None) for o in outcomes]
 
     def _on_diag(self, msg) -> None:
+        from ..nodes.common import matched_reports
+
+        matched_reports(msg, self._reports)
         for st in msg.status:
             self._diag[st.name.split(":")[0]] = {kv.key: kv.value for kv in st.values}
             self._diag_time[st.name.split(":")[0]] = time.monotonic()
@@ -202,6 +206,8 @@ class RosRig:
         machine)."""
         from rcl_interfaces.srv import SetParameters
 
+        from ..nodes.common import uncounted
+
         deadline = time.monotonic() + timeout
         topics = ["/arm_controller/commands"]
         services = ["policy_node", "mujoco_bridge"]
@@ -218,8 +224,12 @@ class RosRig:
             # the policy node hears the bridge's episode status (it answers a state only after
             # the status of its stamp: a new episode resets it before its first state)
             policy_ready = "episode" in self._diag.get("policy_node", {})
+            # the commands captured (keep_commands): their publishers count this node's
+            # subscriptions, or an episode's first answers could miss them (matched per side)
+            captured = self._commands is None or not uncounted(self.node, self._commands,
+                                                              self._reports)
             if all(self.node.count_publishers(t) for t in topics) and policy_ready and \
-                    mux_ready and all(self.node.caller.ready(SetParameters,
+                    mux_ready and captured and all(self.node.caller.ready(SetParameters,
                                                              f"/{n}/set_parameters", 0.0)
                                       for n in services):
                 return
