@@ -229,9 +229,9 @@ class RosRig:
             captured = self._commands is None or not uncounted(self.node, self._commands,
                                                               self._reports)
             if all(self.node.count_publishers(t) for t in topics) and policy_ready and \
-                    mux_ready and captured and all(self.node.caller.ready(SetParameters,
-                                                             f"/{n}/set_parameters", 0.0)
-                                      for n in services):
+                    mux_ready and captured and all(
+                        self.node.caller.ready(SetParameters, f"/{n}/set_parameters", 0.0)
+                        for n in services):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"the processes did not connect within {timeout} s "
