@@ -1120,3 +1120,27 @@ def test_a_start_does_not_wait_for_a_reader_the_publisher_cannot_match(procs, pr
     assert time.monotonic() - t0 < 10.0
     assert "starting although" not in procs.log("episode_recorder")
     assert call(probe, "stop").success
+
+
+def test_matched_reports_are_read_from_their_own_statuses_only():
+    """What a recorder's ~/start reads of /diagnostics: the counts of the statuses named
+    ``"<node>: subscriptions matched"``, by (node, topic), the newest winning; other statuses
+    (a node's own diagnostics, whose values are not counts) and a value that is not a count are
+    left out."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from robot_imitation.nodes.common import MATCHED_STATUS, matched_reports
+
+    def status(name, values):
+        return DiagnosticStatus(name=name, values=[KeyValue(key=k, value=v)
+                                                   for k, v in values.items()])
+
+    reports = {}
+    matched_reports(DiagnosticArray(status=[
+        status("mujoco_bridge: simulation", {"/joint_states": "7"}),
+        status(f"/mujoco_bridge: {MATCHED_STATUS}", {"/joint_states": "2", "/clock": "3"}),
+        status(f"/ns/expert: {MATCHED_STATUS}", {"/arm": "x"})]), reports)
+    assert reports == {("/mujoco_bridge", "/joint_states"): 2, ("/mujoco_bridge", "/clock"): 3}
+    matched_reports(DiagnosticArray(status=[
+        status(f"/mujoco_bridge: {MATCHED_STATUS}", {"/joint_states": "3"})]), reports)
+    assert reports[("/mujoco_bridge", "/joint_states")] == 3
