@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .common import (STATE_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, Param, declare_all,
-                     params_of, run, stamp_ns, state_to_answer, take_state, to_sec)
+from .common import (STATE_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
+                     declare_all, params_of, run, stamp_ns, state_to_answer, take_state, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -54,6 +54,8 @@ class ScriptedSupervisor(Node):
         self.assembler = ObservationAssembler(self.spec, fields)
         # reliable: with the mux's joy_sync a lost Joy would stall the step until its timeout
         self.pub = self.create_publisher(Joy, "joy", STATE_PUB_QOS)
+        # what a recorder waits for before a start (a supervised rig records /joy)
+        MatchedReport(self, (self.pub,), self.create_publisher(DiagnosticArray, "/diagnostics", 10))
         for topic, mtype in self.assembler.topics.items():
             self.create_subscription(message_class(mtype), topic,
                                      lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
