@@ -434,13 +434,13 @@ class EpisodeRecorder(Node):
             self.get_logger().error(resp.message)
             return resp
         # matched on this side; now on the publishers' (those that say)
-        while (uncounted := self._uncounted()) and time.monotonic() < deadline:
+        while (short := self._uncounted()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if uncounted:
+        if short:
             self.get_logger().warning(
                 f"starting although publishers count fewer subscriptions than this node sees "
                 f"after {self.discovery_timeout} s (a reader they cannot match? their messages "
-                f"may miss the episode's start): {'; '.join(uncounted)}")
+                f"may miss the episode's start): {'; '.join(short)}")
         started = time.time_ns()  # the DDS reception stamps' clock
         meta = dict(self.meta_params)  # every key in every entry, empty when not given
         if self.spec:
