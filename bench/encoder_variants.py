@@ -67,6 +67,36 @@ VARIANTS = {
 }
 
 
+# the largest difference from the encoder as it is (``check``) below which a variant is taken
+# for the encoder's function: float32 rounding gives 1.6-2.0e-6 on the CPU
+TOLERANCE = 1e-4
+
+
+class VariantError(ValueError):
+    """A variant that cannot be used here: the message is the one line to print."""
+
+
+def adopt(name: str, device: torch.device) -> float | None:
+    """Variant ``name`` for this process, once ``check`` finds it computing the encoder's
+    function on ``device`` (CUDA: the variants change the bf16 path, which runs there only).
+    Returns the largest difference found (None for ``as-is``, which needs no check); raises
+    ``VariantError`` when the variant cannot be used."""
+    if name not in VARIANTS:
+        raise VariantError(f"unknown encoder variant {name!r} (have: {', '.join(VARIANTS)})")
+    if name == "as-is":
+        use(name)
+        return None
+    if device.type != "cuda":
+        raise VariantError(f"encoder variant {name}: the variants change the encoder's bf16 "
+                           f"path, which runs on CUDA only (device {device})")
+    error = check(name, device)
+    if not error < TOLERANCE:
+        raise VariantError(f"encoder variant {name} does not compute the encoder's function: "
+                           f"largest difference {error:.1e} (float32), limit {TOLERANCE:.0e}")
+    use(name)
+    return error
+
+
 def use(name: str) -> None:
     """Replace the encoder's functions with variant ``name``'s for this process."""
     for attr, fn in {**AS_IS, **VARIANTS[name]}.items():

@@ -29,11 +29,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import encoder_variants  # noqa: E402 (a sibling script)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -317,7 +321,10 @@ def report(results: dict) -> str:
     comp = any("compiled" in r for r in results["rows"])
     lines = [f"Training throughput on {m['device']} ({m['device_name']}), torch {m['torch']}, "
              f"{m['cpus']} CPUs, {m['threads']} threads, DataLoader workers "
-             f"{results['config']['workers']}",
+             f"{results['config']['workers']}"
+             + ("" if results["encoder_variant"] == "as-is" else
+                f", camera encoder variant {results['encoder_variant']} (largest difference "
+                f"{results['encoder_variant_error']:.1e})"),
              f"  {'policy':21s} {'batch':>6s} {'ours /s':>12s} {'data %':>7s} {'graph':>5s} "
              + (f"{'compiled /s':>12s} {'data %':>7s} {'comp/ours':>9s} " if comp else "")
              + (f"{'eager /s':>11s} " if eager else "")
@@ -400,6 +407,11 @@ def main() -> int:
     parser.add_argument("--compile", default="none", choices=["none", "default", "max-autotune"],
                         help="on CUDA, also measure the step with the loss compiled (the "
                         "trainer's compile setting), graphs on, as a fourth pipeline")
+    parser.add_argument("--encoder-variant", default="as-is",
+                        choices=list(encoder_variants.VARIANTS),
+                        help="on CUDA, the camera encoder's layers as they are or an "
+                        "alternative (encoder_variants.py), checked against them first; every "
+                        "pipeline uses it")
     parser.add_argument("--no-graph", action="store_true",
                         help="ours without CUDA graphs (as TrainConfig.cuda_graph false)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -421,6 +433,14 @@ def main() -> int:
     device = resolve_device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
+    try:
+        variant_error = encoder_variants.adopt(args.encoder_variant, device)
+    except encoder_variants.VariantError as exc:
+        print(f"[bench] error: {exc}", file=sys.stderr)
+        return 2
+    if variant_error is not None:
+        print(f"[bench] encoder variant {args.encoder_variant}: largest difference from the "
+              f"encoder as it is {variant_error:.1e} (float32)", flush=True)
     start = time.perf_counter()
     cpu_start = cpu_seconds()
     rows = []
@@ -455,6 +475,8 @@ def main() -> int:
         },
         "config": {k: v for k, v in vars(args).items()},
         "specs": {"low_dim": args.low_dim_spec, "image": args.image_spec},
+        "encoder_variant": args.encoder_variant,
+        "encoder_variant_error": variant_error,
         "total_s": elapsed,
         "other_processes_cpu_s": others,
         "rows": rows,
