@@ -76,11 +76,11 @@ class VariantError(ValueError):
     """A variant that cannot be used here: the message is the one line to print."""
 
 
-def adopt(name: str, device: torch.device) -> float | None:
+def adopt(name: str, device: torch.device, tag: str) -> float | None:
     """Variant ``name`` for this process, once ``check`` finds it computing the encoder's
-    function on ``device`` (CUDA: the variants change the bf16 path, which runs there only).
-    Returns the largest difference found (None for ``as-is``, which needs no check); raises
-    ``VariantError`` when the variant cannot be used."""
+    function on ``device`` (CUDA: the variants change the bf16 path, which runs there only);
+    the difference found is printed after ``tag``. Returns it (None for ``as-is``, which
+    needs no check); raises ``VariantError`` when the variant cannot be used."""
     if name not in VARIANTS:
         raise VariantError(f"unknown encoder variant {name!r} (have: {', '.join(VARIANTS)})")
     if name == "as-is":
@@ -94,6 +94,8 @@ def adopt(name: str, device: torch.device) -> float | None:
         raise VariantError(f"encoder variant {name} does not compute the encoder's function: "
                            f"largest difference {error:.1e} (float32), limit {TOLERANCE:.0e}")
     use(name)
+    print(f"{tag} encoder variant {name}: largest difference from the encoder as it is "
+          f"{error:.1e} (float32)", flush=True)
     return error
 
 

@@ -97,13 +97,10 @@ def main(argv=None) -> int:
         return 2
     cuda = device.type == "cuda"
     try:
-        variant_error = encoder_variants.adopt(args.encoder_variant, device)
+        variant_error = encoder_variants.adopt(args.encoder_variant, device, "[step_profile]")
     except encoder_variants.VariantError as exc:
         print(f"[step_profile] error: {exc}", file=sys.stderr)
         return 2
-    if variant_error is not None:
-        print(f"[step_profile] encoder variant {args.encoder_variant}: largest difference "
-              f"from the encoder as it is {variant_error:.1e} (float32)", flush=True)
     chunk = args.chunk or (1 if args.family == "mlp" else tt.family_chunk(args.family))
     data = DeviceData(tt.synthetic_arrays(spec, args.samples, args.episode_length, args.seed),
                       spec, chunk, device)

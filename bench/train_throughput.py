@@ -434,13 +434,10 @@ def main() -> int:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     try:
-        variant_error = encoder_variants.adopt(args.encoder_variant, device)
+        variant_error = encoder_variants.adopt(args.encoder_variant, device, "[bench]")
     except encoder_variants.VariantError as exc:
         print(f"[bench] error: {exc}", file=sys.stderr)
         return 2
-    if variant_error is not None:
-        print(f"[bench] encoder variant {args.encoder_variant}: largest difference from the "
-              f"encoder as it is {variant_error:.1e} (float32)", flush=True)
     start = time.perf_counter()
     cpu_start = cpu_seconds()
     rows = []
