@@ -1,7 +1,7 @@
 """``robot-imitation``: the suite's command line.
 
 Subcommands:
-  demo     the main job on a task, through ROS: bridge and scripted expert as separate processes,
+  demo     the scripted expert on a task through ROS: bridge and expert as separate processes,
            N episodes, success rate with its 95% confidence interval, results as JSON
   expert   the scripted expert on the gymnasium task, without ROS
   info     a dataset's episodes, durations, topics, rates, message counts, success
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the main job through ROS on a task (default: push)")
+    p = sub.add_parser("demo", help="the scripted expert through ROS on a task (default: push)")
     p.add_argument("--task", default="push")
     p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=20)
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
