@@ -479,10 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the scripted expert through ROS on a task (default: push)")
-    p.add_argument("--task", default="push")
-    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=20)
-    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
+    def command(name: str, about: str) -> argparse.ArgumentParser:
+        """A subcommand whose own --help opens with what it does."""
+        return sub.add_parser(name, help=about, description=about)
+
+    def task_option(p, what: str = "the task") -> None:
+        p.add_argument("--task", default="push",
+                       help=f"{what}, one of `robot-imitation tasks` (default: push)")
+
+    def episodes_option(p, n: int) -> None:
+        p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=n,
+                       help=f"episodes to run (default: {n})")
+
+    def mode_option(p) -> None:
+        p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep",
+                       help="lockstep: the bridge steps a state once it is answered, as fast "
+                       "as both sides go (the same episodes on any machine); realtime: "
+                       "paced by the wall clock (default: lockstep)")
+
+    p = command("demo", "the scripted expert through ROS on a task (default: push)")
+    task_option(p)
+    episodes_option(p, 20)
+    mode_option(p)
     p.add_argument("--seed", type=arg_type(SEED, "seed"), default=1000,
                    help="base seed (episode k uses seed+k)")
     p.add_argument("--timeout", type=arg_type(SECONDS, "timeout"), default=120.0,
@@ -493,35 +511,38 @@ def build_parser() -> argparse.ArgumentParser:
     _join_argument(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("expert", help="the scripted expert on the gymnasium task, without ROS")
-    p.add_argument("--task", default="push")
-    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=50)
-    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0)
+    p = command("expert", "the scripted expert on the gymnasium task, without ROS")
+    task_option(p)
+    episodes_option(p, 50)
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0,
+                   help="base seed (episode k uses seed+k; default: 0)")
     p.set_defaults(func=cmd_expert)
 
-    p = sub.add_parser("record", help="record scripted-expert demonstrations through ROS")
+    p = command("record", "record scripted-expert demonstrations through ROS")
     p.add_argument("dataset", help="dataset folder (created if missing)")
-    p.add_argument("--task", default="push")
+    task_option(p)
     p.add_argument("--spec", default=None, help="spec name or path (default: the task's)")
-    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=10)
-    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
-    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0)
-    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    episodes_option(p, 10)
+    mode_option(p)
+    p.add_argument("--seed", type=arg_type(SEED, "seed"), default=0,
+                   help="base seed (episode k uses seed+k; default: 0)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                   help="rosbag2 storage of the episodes' bags (default: mcap)")
     _join_argument(p)
     p.set_defaults(func=cmd_record)
 
-    p = sub.add_parser("info", help="episodes, durations, topics, rates, counts, success")
+    p = command("info", "episodes, durations, topics, rates, counts, success")
     p.add_argument("dataset", help="dataset folder, or a folder of bags")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("plot", help="PNG of an episode's joint trajectories and actions")
-    p.add_argument("dataset")
+    p = command("plot", "PNG of an episode's joint trajectories and actions")
+    p.add_argument("dataset", help="dataset folder")
     p.add_argument("episode", nargs="?", default="0", help="episode name or index (default 0)")
     p.add_argument("--out", help="PNG path (default: <dataset>_<episode>.png)")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("train", help="Behavior Cloning on a dataset (torchrun for DDP)")
+    p = command("train", "Behavior Cloning on a dataset (torchrun for DDP)")
     p.add_argument("dataset", help="dataset folder")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoints, logs)")
     p.add_argument("--spec", help="spec (default: the dataset's)")
@@ -532,15 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, _train_config())
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("recover", help="salvage the episodes a crashed recorder left behind")
+    p = command("recover", "salvage the episodes a crashed recorder left behind")
     p.add_argument("path", help="dataset folder (or one episode's bag folder)")
     p.set_defaults(func=cmd_recover)
 
-    p = sub.add_parser("evaluate", help="a checkpoint's success rate, exit 3 below a threshold")
+    p = command("evaluate", "a checkpoint's success rate, exit 3 below a threshold")
     p.add_argument("checkpoint", help="checkpoint folder")
-    p.add_argument("--task", default="push")
+    task_option(p, "the task the episodes run on")
     p.add_argument("--spec", help="runtime spec (default: the checkpoint's)")
-    p.add_argument("--episodes", type=arg_type(EPISODES, "episodes"), default=50)
+    episodes_option(p, 50)
     p.add_argument("--seed", type=arg_type(SEED, "seed"), default=500_000,
                    help="episode k uses seed+k")
     p.add_argument("--threshold", type=arg_type(RATE, "threshold"), default=0.0,
@@ -572,22 +593,24 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p, _dagger_settings(), defaults=defaults)
         _join_argument(p)
 
-    p = sub.add_parser("dagger", help="BC, then DAgger iterations through ROS")
+    p = command("dagger", "BC, then DAgger iterations through ROS")
     dagger_arguments(p, "runs/dagger", {"train_steps": 3000})
     p.set_defaults(func=cmd_dagger)
 
-    p = sub.add_parser("pipeline", help="the main job: demonstrations, BC, DAgger, report")
+    p = command("pipeline", "the main job: demonstrations, BC, DAgger, report")
     # the main job: 10 HG-DAgger iterations, each policy trained afresh on all data (warm
     # starts carried one fit's quirks into the next): 95% of the expert's success through ROS
     # in 5 minutes on 2 cores (README)
     dagger_arguments(p, "runs/pipeline", {"train_steps": 4000, "iterations": 10,
                                           "warm_start": False})
-    p.add_argument("--no-videos", action="store_true")
+    p.add_argument("--no-videos", action="store_true",
+                   help="no MP4 rollout videos in the report (the table and plots only)")
     p.set_defaults(func=cmd_pipeline)
 
-    p = sub.add_parser("export", help="a dataset as a LeRobotDataset v3.0 (Parquet + MP4)")
+    p = command("export", "a dataset as a LeRobotDataset v3.0 (Parquet + MP4)")
     p.add_argument("dataset", help="dataset folder (its usable episodes: status ok)")
-    p.add_argument("--format", choices=("lerobot",), default="lerobot")
+    p.add_argument("--format", choices=("lerobot",), default="lerobot",
+                   help="the dataset format written: LeRobotDataset v3.0 (the only one)")
     p.add_argument("--out", required=True, help="the LeRobot dataset's folder")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.add_argument("--fps", type=arg_type(Limits(float, low=0.0, low_open=True), "fps"),
@@ -605,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import", help="a LeRobotDataset v3.0 as rosbag2 episodes")
+    p = command("import", "a LeRobotDataset v3.0 as rosbag2 episodes")
     p.add_argument("source", help="the LeRobot dataset's folder (meta/, data/, videos/)")
     p.add_argument("--spec", required=True, help="spec the episodes are written for")
     p.add_argument("--out", required=True, help="dataset folder to create")
@@ -614,12 +637,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("layout", help="a Foxglove Studio layout for a spec's episodes")
+    p = command("layout", "a Foxglove Studio layout for a spec's episodes")
     p.add_argument("--spec", default="push_image", help="spec name or path")
     p.add_argument("--out", default="robot_imitation_layout.json", help="JSON file to write")
     p.set_defaults(func=cmd_layout)
 
-    p = sub.add_parser("tasks", help="list the built-in tasks and robots")
+    p = command("tasks", "list the built-in tasks and robots")
     p.set_defaults(func=cmd_tasks)
     return parser
 
