@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # last: shadows nothing
 import encoder_variants  # noqa: E402 (a benchmark's module, not part of the package)
 
 from robot_imitation.policies import encoders  # noqa: E402
