@@ -1,5 +1,6 @@
 """Simulated runs on a private ROS graph: the domain a run picks is one nothing on this machine
 uses, two runs never pick the same one, and a run's nodes and processes talk on it only."""
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,10 @@ def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
         probe.node.destroy_publisher(intruder)
     out = proc.stdout.read()
     assert proc.returncode == 0, out
+    # --seed's default, 1000: episode k gets seed 1000 + k (the bridge's own first episode,
+    # begun when it came up, is not one of them)
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [e["seed"] for e in results["per_episode"]] == [1000, 1001, 1002]
     return out, seen
 
 

@@ -627,7 +627,7 @@ def test_record_scripted_expert_episodes_through_ros(tmp_path):
     entries = record_demonstrations(ds, task="push", episodes=3, mode="lockstep", seed=40)
     assert [e["status"] for e in entries] == ["ok"] * 3
     assert all(e["success"] for e in entries)
-    assert [e["seed"] for e in entries] == [41, 42, 43]
+    assert [e["seed"] for e in entries] == [40, 41, 42]  # episode k: seed + k
     for e in entries:
         bag = ds / e["name"]
         counts = read_counts(bag)

@@ -194,6 +194,7 @@ def cmd_demo(args) -> int:
         try:
             outcomes = run_episodes(
                 args.episodes, timeout=args.timeout, alive=group.check, context=graph.context,
+                seed=args.seed,
                 progress=lambda o: _progress(len(o), args.episodes, "episodes",
                                              f"success {sum(x.success for x in o)}/{len(o)}"))
         except TimeoutError:

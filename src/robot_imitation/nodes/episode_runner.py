@@ -27,6 +27,7 @@ class EpisodeRunner(Node):
                  context=None):
         super().__init__(name, context=context)
         self.caller = ServiceCaller(self)
+        self.bridge = bridge
         self.reset_name = f"{bridge}/reset"
         self._cond = threading.Condition()
         self._status = None
@@ -50,6 +51,25 @@ class EpisodeRunner(Node):
         """Call ``name`` and wait for the answer (see ``ServiceCaller``; the node must be
         spinning elsewhere)."""
         return self.caller.call(srv_type, name, request, timeout)
+
+    def set_params(self, node: str, **params) -> None:
+        """Set ``params`` on ``node`` through its ``set_parameters`` service; raises
+        ``RuntimeError`` naming what it refused."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        req = SetParameters.Request()
+        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
+        resp = self.call(SetParameters, f"/{node}/set_parameters", req)
+        bad = [r.reason for r in resp.results if not r.successful]
+        if bad:
+            raise RuntimeError(f"{node} refused parameters {params}: {bad}")
+
+    def seed_episodes(self, seed: int) -> None:
+        """The episodes of the next resets get seeds ``seed``, ``seed`` + 1, ... (the bridge's
+        ``seed`` parameter, which counts from its last change: the episode the bridge began
+        when it came up took the first seed of the base it was started with)."""
+        self.set_params(self.bridge.lstrip("/"), seed=int(seed))
 
     def wait_for_service(self, srv_type, name: str, timeout: float = 30.0, alive=None) -> bool:
         """Wait (up to ``timeout`` s) for the server of ``name``; False if it did not appear.
@@ -165,13 +185,17 @@ class Spinner:
 
 
 def run_episodes(n: int, bridge: str = "mujoco_bridge", timeout: float = 120.0,
-                 progress=None, alive=None, context=None) -> list[EpisodeOutcome]:
+                 progress=None, alive=None, context=None, seed: int | None = None
+                 ) -> list[EpisodeOutcome]:
     """Run ``n`` episodes against a running bridge (rclpy initialised: the default context,
-    or ``context``); ``alive``: see ``EpisodeRunner.wait_for_service``."""
+    or ``context``); ``alive``: see ``EpisodeRunner.wait_for_service``. ``seed``: episode k
+    gets seed ``seed`` + k (None: the bridge's own sequence goes on)."""
     runner = EpisodeRunner(bridge, context=context)
     spinner = Spinner(runner)
     try:
         runner.wait_for_bridge(alive=alive)
+        if seed is not None:
+            runner.seed_episodes(seed)
         outcomes = []
         for _ in range(n):
             outcomes.append(runner.run_episode(timeout, alive))

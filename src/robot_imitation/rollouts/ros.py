@@ -238,15 +238,7 @@ class RosRig:
                            f"(logs in {self.group.log_dir})")
 
     def set_params(self, node: str, **params) -> None:
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.parameter import Parameter
-
-        req = SetParameters.Request()
-        req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
-        resp = self.node.call(SetParameters, f"/{node}/set_parameters", req)
-        bad = [r.reason for r in resp.results if not r.successful]
-        if bad:
-            raise RuntimeError(f"{node} refused parameters {params}: {bad}")
+        self.node.set_params(node, **params)
 
     def load(self, checkpoint, timeout: float = 120.0) -> None:
         """Hot-reload the policy node; wait until it has loaded the new policy (which takes
@@ -264,7 +256,7 @@ class RosRig:
         """Run ``n`` episodes with seeds seed..seed+n-1 (recording each when ``record``)."""
         from ..ros.pipelines import start_recording
 
-        self.set_params("mujoco_bridge", seed=int(seed))
+        self.node.seed_episodes(seed)
         outcomes = []
         for _ in range(n):
             if record:

@@ -119,6 +119,9 @@ def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_di
                 raise TimeoutError(f"the bridge's first episode, driven by the expert before "
                                    f"recording, did not end within {episode_timeout} s (logs "
                                    f"in {group.log_dir})")
+            # that episode took the seed the bridge started with: the recorded ones are
+            # seed, seed + 1, ... (as the same run records them without ROS)
+            runner.seed_episodes(seed)
             for _ in range(episodes):
                 names.append(start_recording(runner, group))
                 outcome = runner.run_episode(episode_timeout, alive=group.check)
