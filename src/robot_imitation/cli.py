@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pipeline", "the main job: demonstrations, BC, DAgger, report")
     # the main job: 10 HG-DAgger iterations, each policy trained afresh on all data (warm
     # starts carried one fit's quirks into the next): 85-95% of the expert's success over the
-    # last eight iterations through ROS, in about 5 minutes on 2 cores (README)
+    # last eight iterations through ROS, in 5 to 7 minutes on 2 cores (README)
     dagger_arguments(p, "runs/pipeline", {"train_steps": 4000, "iterations": 10,
                                           "warm_start": False})
     p.add_argument("--no-videos", action="store_true",
