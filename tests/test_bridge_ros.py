@@ -15,6 +15,7 @@ from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from robot_imitation.algorithms.dagger import DaggerConfig, demo_seeds
 from robot_imitation.nodes.common import (CLOCK_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, from_sec,
                                          to_sec)
 from robot_imitation.nodes.episode_runner import run_episodes
@@ -113,13 +114,21 @@ def test_seeded_reset_reproduces_initial_state(procs, probe):
     answers.append(probe.call(Trigger, f"/{BRIDGE}/reset").message)  # seed 123 again
     time.sleep(0.3)
     again = latest_q(joints)
-    assert answers == ["episode 1 seed 124", "episode 2 seed 123"]
+    # The highest seed a run may ask of the bridge: a DAgger run of the highest --seed records
+    # its demonstrations from seed * SEED_STRIDE (the parameter stopped at 2**31 - 1 before)
+    highest = demo_seeds(DaggerConfig(seed=2**32 - 1), 1)[0]
+    probe.set_params(BRIDGE, seed=highest)
+    answers.append(probe.call(Trigger, f"/{BRIDGE}/reset").message)
+    time.sleep(0.3)
+    last = latest_q(joints)
+    assert answers == ["episode 1 seed 124", "episode 2 seed 123", f"episode 3 seed {highest}"]
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     # The same seed gives the same initial state as the gymnasium task.
     env = ImitationEnv("push")
-    obs, _ = env.reset(seed=123)
-    np.testing.assert_array_equal(first, obs["joint_pos"])
+    for seed, q in ((123, first), (highest, last)):
+        obs, _ = env.reset(seed=seed)
+        np.testing.assert_array_equal(q, obs["joint_pos"])
 
 
 def _lockstep_run(procs, probe, name, n_ticks, seed):

@@ -159,7 +159,7 @@ class MujocoBridge(Node):
               "state is sent again (pairing does not depend on it)", min_value=0.05,
               max_value=60.0),
         Param("seed", 0, "base seed: episode k after the last change of this parameter uses "
-              "seed+k", min_value=0, max_value=2**31 - 1),
+              "seed+k", min_value=0, max_value=2**63 - 1),
         Param("auto_reset", False, "start the next episode as soon as one is done"),
         Param("start_paused", False, "start paused (see ~/set_pause)"),
         Param("step_ticks", 1, "control ticks run by one ~/step call", min_value=1,
