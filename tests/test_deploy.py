@@ -333,6 +333,23 @@ def test_action_limits_from_the_checkpoint_parameters_or_nothing():
         ActionLimits.from_dict({**stored, "lower": stored["lower"][:3]}, 8)
     with pytest.raises(LimitsError, match="above upper"):
         runtime_limits(spec, stored, lower=[5.0])
+    # a NaN or negative change per tick is refused, not taken as "no limit" (as 0 is)
+    with pytest.raises(LimitsError, match="max_delta nan for action value 0: not a number"):
+        runtime_limits(spec, stored, max_delta=[float("nan")])
+    with pytest.raises(LimitsError, match="max_delta -1 for action value 3: negative"):
+        runtime_limits(spec, stored, max_delta=[0.1] * 3 + [-1.0] + [0.1] * 4)
+    with pytest.raises(LimitsError, match="action_upper nan for action value 0"):
+        runtime_limits(spec, None, upper=[float("nan")])
+    with pytest.raises(LimitsError, match="max_delta is NaN for action value 2"):
+        ActionLimits.from_dict({**stored, "max_delta": [0.1, 0.1, float("nan")] + [None] * 5}, 8)
+    with pytest.raises(LimitsError, match="max_delta -0.5 for action value 0 is negative"):
+        ActionLimits.from_dict({**stored, "max_delta": [-0.5] + [None] * 7}, 8)
+    # limits that bound nothing are running without limits: asked for, or refused
+    with pytest.raises(LimitsError, match=r"given \(max_delta\) bound nothing"):
+        runtime_limits(spec, None, max_delta=[0.0])
+    assert runtime_limits(spec, None, max_delta=[0.0], allow_unlimited=True).unlimited
+    np.testing.assert_array_equal(runtime_limits(spec, stored, max_delta=[0.0]).max_delta,
+                                  np.full(8, np.inf))  # the stored bounds stay
     # at training time: the task's robot, else the recorded range
     actions = np.array([[0.0] * 7 + [0.0], [0.1] * 7 + [1.0], [0.3] * 7 + [1.0]])
     arrays = {"actions": actions, "episode": np.array([0, 0, 1])}

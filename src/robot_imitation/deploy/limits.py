@@ -67,9 +67,16 @@ class ActionLimits:
     def build(cls, lower, upper, max_delta, source: str, where: str = "limits") -> "ActionLimits":
         lower, upper = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
         delta = np.asarray(max_delta, np.float64)
+        for name, v in (("lower", lower), ("upper", upper), ("max_delta", delta)):
+            if np.isnan(v).any():
+                i = int(np.flatnonzero(np.isnan(v))[0])
+                raise LimitsError(f"{where}: {name} is NaN for action value {i}")
+        negative = np.flatnonzero(delta < 0)
+        if negative.size:  # checked before 0 becomes "no limit": a negative one is no limit
+            i = int(negative[0])
+            raise LimitsError(f"{where}: max_delta {delta[i]:g} for action value {i} is "
+                              "negative (the largest change per tick; 0: no limit)")
         delta = np.where(delta > 0, delta, np.inf)  # 0: no limit (as the node parameter says)
-        if np.isnan(lower).any() or np.isnan(upper).any() or np.isnan(delta).any():
-            raise LimitsError(f"{where}: NaN in the limits")
         bad = np.flatnonzero(lower > upper)
         if bad.size:
             i = int(bad[0])
@@ -169,6 +176,12 @@ def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper
         if v.shape != (dim,):
             raise LimitsError(f"{name} needs 1 or {dim} values (one per action value), got "
                               f"{v.size}")
+        bad = np.flatnonzero(np.isnan(v) | (v < 0 if name == "max_delta" else False))
+        if bad.size:
+            i = int(bad[0])
+            raise LimitsError(f"{name} {v[i]:g} for action value {i}: "
+                              + ("not a number" if np.isnan(v[i]) else
+                                 "negative (the largest change per tick; 0: no limit)"))
         return v
 
     lo = vec("action_lower", -np.inf) if "action_lower" in given else \
@@ -179,4 +192,9 @@ def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper
         (base.max_delta if base else np.full(dim, np.inf))
     source = (base.source if base else "parameters") + \
         ("" if not given or base is None else f", {'/'.join(given)} from parameters")
-    return ActionLimits.build(lo, hi, d, source)
+    limits = ActionLimits.build(lo, hi, d, source)
+    if limits.unlimited and not allow_unlimited:
+        raise LimitsError(f"the action limits given ({'/'.join(given)}) bound nothing: no "
+                          "bound and no change per tick on any action value; give finite "
+                          "limits, or allow_unlimited:=true to command without limits")
+    return limits
