@@ -415,6 +415,10 @@ def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_
                           .to_parameter_msg()]
         result = probe.call(SetParameters, f"/{NODE}/set_parameters", req).results[0]
         assert not result.successful and "nonexistent" in result.reason, result
+        # nor is no checkpoint: the parameter would name none while the policy runs on
+        req.parameters = [Parameter("checkpoint", value="").to_parameter_msg()]
+        result = probe.call(SetParameters, f"/{NODE}/set_parameters", req).results[0]
+        assert not result.successful and "checkpoint '' refused" in result.reason, result
         got = probe.call(GetParameters, f"/{NODE}/get_parameters",
                          GetParameters.Request(names=["checkpoint"])).values[0].string_value
         assert got == ckpt

@@ -550,6 +550,10 @@ class PolicyNode(LifecycleNode):
 
     def _on_set_params(self, params) -> SetParametersResult:
         for p in params:
+            if p.name == "checkpoint" and not p.value and self.controller is not None:
+                return SetParametersResult(successful=False, reason=(
+                    f"checkpoint '' refused: the running policy "
+                    f"({self.controller.policy.path}) stays until another checkpoint is given"))
             if p.name == "checkpoint" and p.value:
                 problem = self.checkpoint_problem(p.value)
                 if problem:
