@@ -114,3 +114,43 @@ def test_nodes_stop_when_the_process_that_started_them_is_killed(tmp_path):
     log = (logs / "mujoco_bridge.log").read_text()
     assert f"the process that started it ({starter.pid}) is gone: shutting down" in log, log
     assert "Traceback" not in log, log
+
+
+def test_sigint_during_a_long_step_stops_the_bridge_at_once(procs, probe):
+    """`~/step` runs `step_ticks` ticks on the simulation thread, holding the bridge's lock; a
+    million ticks take minutes. A SIGINT then stopped nothing: the bridge exited when the step
+    was done (SIGKILL the only way out), and its command callbacks, waiting on the lock, held
+    the spin loop too. The first signal now ends the step at its next tick and the bridge
+    exits 0, with one line."""
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from robot_imitation.nodes.common import COMMAND_PUB_QOS, STATE_QOS
+
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep",
+                                              "cameras": [""], "start_paused": True,
+                                              "step_ticks": 1_000_000})
+    ticks = []
+    probe.node.create_subscription(JointState, "/joint_states", ticks.append, STATE_QOS)
+    client = probe.node.create_client(Trigger, "/mujoco_bridge/step")
+    assert client.wait_for_service(timeout_sec=60), procs.log("mujoco_bridge")
+    future = client.call_async(Trigger.Request())
+    wait_for(lambda: len(ticks) > 100, 30, "the step's states", procs=procs)
+    # commands while the step runs: their callbacks wait on the lock the step holds
+    arm = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands",
+                                      COMMAND_PUB_QOS)
+    for _ in range(20):
+        arm.publish(Float64MultiArray(data=[0.0] * 7))
+        time.sleep(0.01)
+    proc = procs.procs["mujoco_bridge"]
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(20)
+    took = time.monotonic() - t0
+    log = procs.log("mujoco_bridge", tail=100_000)
+    assert code == 0 and took < 10, (code, took, log)
+    assert "Traceback" not in log, log
+    wait_for(future.done, 5, "the step's answer")  # answered before the bridge went
+    answer = future.result()
+    assert not answer.success and "(shutting down)" in answer.message, answer
+    probe.node.destroy_publisher(arm)

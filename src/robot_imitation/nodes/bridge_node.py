@@ -40,6 +40,9 @@ from ..cdr import CdrError, StateWriter, diagnostic_array, multi_array  # noqa: 
 from ..pairing import layout_stamp  # noqa: E402
 from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
 
+# how long a service (~/step) waits for the simulation thread; a step still running then ends
+REQUEST_TIMEOUT_S = 30.0
+
 
 class CameraRenderer(threading.Thread):
     """Renders camera images off the simulation thread from snapshots of the state.
@@ -392,14 +395,17 @@ class MujocoBridge(Node):
         log.note(result.value, f"rejected {what} command: {reason}")
 
     # ===================================================================== services
-    def _request(self, kind: str, arg=None, timeout: float = 30.0):
+    def _request(self, kind: str, arg=None, timeout: float = REQUEST_TIMEOUT_S):
         done = threading.Event()
         box = {}
         with self.cond:
             self._requests.append((kind, arg, done, box))
             self.cond.notify_all()
         if not done.wait(timeout):
-            return False, f"{kind}: the simulation thread did not answer within {timeout} s"
+            box["cancel"] = True  # a step still running ends at its next tick
+            if not done.wait(2.0) or "message" not in box:
+                return False, f"{kind}: the simulation thread did not answer within {timeout} s"
+            return False, box["message"]
         return box.get("ok", True), box.get("message", "")
 
     def _srv_reset(self, req, resp):
@@ -435,12 +441,20 @@ class MujocoBridge(Node):
             if kind == "reset":
                 self._reset(arg)
             elif kind == "step":
-                for _ in range(arg):
+                # the lock is held throughout: a shutdown or a caller that stopped waiting
+                # ends the step at its next tick (a million ticks take minutes)
+                stepped = 0
+                while stepped < arg and self.running and not box.get("cancel"):
                     self.core.step_tick()
                     self.ticks_total += 1
+                    stepped += 1
                     self._publish_state()
-                box["message"] = f"stepped {arg} ticks: episode tick {self.core.tick}, " \
-                                 f"time {self.core.clock:.4f}"
+                why = "" if stepped == arg else f" of {arg} (shutting down)" \
+                    if not self.running else \
+                    f" of {arg} (cancelled: the reply waited {REQUEST_TIMEOUT_S:g} s)"
+                box["ok"] = stepped == arg
+                box["message"] = f"stepped {stepped} ticks{why}: episode tick " \
+                                 f"{self.core.tick}, time {self.core.clock:.4f}"
             if done is not None:
                 done.set()
 
@@ -659,9 +673,14 @@ class MujocoBridge(Node):
                 if delay < -0.05:  # far behind: drop the backlog instead of racing to catch up
                     next_wall = now
 
+    def stop_requested(self) -> None:
+        """The first SIGINT/SIGTERM (in its handler): the simulation thread's work ends at its
+        next tick (``common.ShutdownRequest``); the node closes once its spin loop ends."""
+        self.running = False
+
     def _stop_loop(self) -> None:
+        self.running = False  # seen by a multi-tick ~/step, which holds the lock
         with self.cond:
-            self.running = False
             self.cond.notify_all()
 
     def close(self) -> None:

@@ -584,6 +584,10 @@ class ShutdownRequest:
         self.event = threading.Event()
         self.signals = 0
         self.parent = _launcher_parent()
+        # called (in the signal handler) at the first signal: a node whose own thread holds a
+        # lock for long (a bridge's multi-tick ~/step) stops that work at once, so that the
+        # spin loop, which may be waiting on the lock in a callback, can end
+        self.on_request: list = []
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -593,6 +597,8 @@ class ShutdownRequest:
         self.signals += 1
         if self.signals == 1:
             self.event.set()
+            for callback in self.on_request:
+                callback()
         elif self.signals == 2:
             os.write(2, f"[{self.name}] already shutting down: {signal.Signals(signum).name} "
                         "ignored (SIGKILL aborts)\n".encode())
@@ -682,6 +688,8 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
     code = 0
     try:
         node = node_cls()
+        if hasattr(node, "stop_requested"):
+            stop.on_request.append(node.stop_requested)
         # `executor`: a kind ("events", "single"), or a function of the node returning one.
         exe = make_executor(executor(node) if callable(executor) else executor)
         exe.add_node(node)
