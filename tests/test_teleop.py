@@ -275,6 +275,15 @@ def test_joy_teleop_deadman_motion_and_gripper(procs, probe):
     log = procs.log("joy_teleop", tail=100_000)
     assert "engaged at end effector" in log and "released" in log
 
+    # A broken device's NaN axis, the deadman held: the message is not taken (it crashed the
+    # node in its timer callback), nothing moves, and the node goes on.
+    publish_for(pub, joy(axes=[0, float("nan"), 0, 0, 0, 0], buttons=[DEADMAN]), 1.0)
+    procs.check()
+    assert len(arm_cmds) == n
+    wait_for(lambda: "NaN or infinite axes ignored" in procs.log("joy_teleop"), 5,
+             "the NaN axes' log line", procs=procs)
+    assert "Traceback" not in procs.log("joy_teleop", tail=100_000)
+
 
 @pytest.mark.ros
 def test_joy_episode_buttons_call_the_recorder_once_per_press(procs, probe):

@@ -15,6 +15,7 @@ intake, publishers, the control timer and the recorder service calls.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -219,12 +220,14 @@ class JoyTeleop(TeleopNode):
 
     NODE_NAME = "joy_teleop"
     PARAMETERS = TeleopNode.PARAMETERS + tuple(
-        Param(f"{kind}_{motion}", default, doc + what, read_only=True)
+        Param(f"{kind}_{motion}", default, doc + what, read_only=True, **limits)
         for motion, axis, scale, what in AXES
-        for kind, default, doc in (
-            ("axis", axis, "joystick axis index (-1: unused) for the end-effector "),
-            ("scale", scale, "value at full deflection (m/s or rad/s) of the end-effector "),
-            ("invert", False, "flip the sign of the end-effector "))) + (
+        for kind, default, doc, limits in (
+            ("axis", axis, "joystick axis index (-1: unused) for the end-effector ",
+             {"min_value": -1, "max_value": 255}),
+            ("scale", scale, "value at full deflection (m/s or rad/s; the speed caps apply) "
+             "of the end-effector ", {"min_value": -10.0, "max_value": 10.0}),
+            ("invert", False, "flip the sign of the end-effector ", {}))) + (
         Param("deadzone", 0.1, "axis values below this magnitude count as 0 (the rest is "
               "rescaled to 0..1)", read_only=True, min_value=0.0, max_value=0.9),
         Param("deadman_button", 9, "button that must be held for any motion or command; -1 "
@@ -254,6 +257,8 @@ class JoyTeleop(TeleopNode):
         self.deadman = p["deadman_button"]
         self.joy_timeout = p["joy_timeout"]
         self.buttons = {action: p[f"button_{action}"] for action in BUTTON_ACTIONS}
+        self._bad_joy_log = LogThrottle(5.0)
+        self._axes_told: set = set()  # the axis counts whose unread axes were logged
         self.edges = RisingEdges()
         self._joy = None
         self._joy_time = -np.inf
@@ -264,6 +269,18 @@ class JoyTeleop(TeleopNode):
                                f"{1 / self.period:g} Hz: {deadman}")
 
     def _on_joy(self, msg: Joy) -> None:
+        if not all(math.isfinite(a) for a in msg.axes):
+            # a broken device or driver: the message is not taken (no motion from it; the
+            # teleop releases once joy_timeout passes without a good one)
+            if self._bad_joy_log.due():
+                self.get_logger().error(f"joy message with NaN or infinite axes ignored: "
+                                        f"{list(msg.axes)}")
+            return
+        unread = [f"axis_{m} {a.axis}" for m, a in self.mapping.items() if a.axis >= len(msg.axes)]
+        if unread and len(msg.axes) not in self._axes_told:
+            self._axes_told.add(len(msg.axes))
+            self.get_logger().warning(f"{', '.join(unread)}: the joy messages have "
+                                      f"{len(msg.axes)} axes, so these motions stay at 0")
         self._joy = msg
         self._joy_time = time.monotonic()
         pressed = {name: button(msg.buttons, idx) for name, idx in self.buttons.items()}
