@@ -94,6 +94,28 @@ def test_a_start_value_outside_the_choices_or_range_is_one_line(executable, valu
     assert [line for line in out.splitlines() if says in line and "fatal" in line], out
 
 
+@pytest.mark.parametrize("executable", ["scripted_expert", "episode_runner", "dagger_node"])
+@pytest.mark.ros
+def test_ros_arguments_rcl_refuses_are_one_line(executable, tmp_path):
+    """A parameter file that is missing or not YAML, a -p rule rcl cannot parse, a trailing -p:
+    rcl refuses them in rclpy.init (or, for the DAgger node, when its node is made), which
+    printed a 20-line traceback. Now: exit 1, one fatal line naming what was refused."""
+    not_yaml = tmp_path / "params.yaml"
+    not_yaml.write_text("x: [\n", encoding="utf-8")
+    cases = [(["--params-file", str(tmp_path / "missing.yaml")], "missing.yaml"),
+             (["--params-file", str(not_yaml)], "params.yaml"),
+             (["-p", "task:="], "'-p task:='"), (["-p"], "trailing -p")]
+    for args, says in cases:
+        res = subprocess.run([sys.executable, "-m", NODE_MODULES[executable], "--ros-args",
+                              *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=EXIT_WITHIN)
+        out = res.stdout + res.stderr
+        assert res.returncode == 1, (args, out)
+        assert "Traceback" not in out, (args, out)
+        fatal = [line for line in out.splitlines() if "fatal" in line]
+        assert len(fatal) == 1 and says in fatal[0] and ".c:" not in fatal[0], (args, out)
+
+
 @pytest.mark.ros
 def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path):
     """`ros2 param set /trainer head mlp`: refused through the parameter service with the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -668,6 +669,28 @@ def spin(executor, context=None, stop: ShutdownRequest | None = None) -> None:
             return
 
 
+def init_ros(name: str, argv, **kwargs) -> bool:
+    """``rclpy.init`` with the command line; False after one line saying what rcl refused in
+    it (a parameter file missing or not YAML, a ``-p`` rule it cannot parse, a trailing
+    ``-p``), with rcl's own source locations left out."""
+    try:
+        rclpy.init(args=argv, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - rcl's argument errors (RCLError and kin)
+        print(f"[{name}] fatal: the ROS arguments were refused: {rcl_message(exc)}",
+              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def rcl_message(exc: Exception) -> str:
+    """An rcl error as one line: without rcl's source locations (``, at /.../x.c:12``), and
+    saying which arguments rcl did not know (``UnknownROSArgsError`` holds only their list)."""
+    text = " ".join(re.sub(r",? at \S+\.c:\d+", "", str(exc)).split())
+    if type(exc).__name__ == "UnknownROSArgsError":
+        return f"unknown ROS arguments {text}"
+    return text
+
+
 def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
     """Entry point body: init, spin until SIGINT/SIGTERM, then shut the node down cleanly.
 
@@ -683,7 +706,8 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
     name = getattr(node_cls, "NODE_NAME", node_cls.__name__)
     stop = ShutdownRequest(name)
     stop.install()
-    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    if not init_ros(name, argv, signal_handler_options=SignalHandlerOptions.NO):
+        return 1
     node = None
     code = 0
     try:
@@ -697,10 +721,11 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
     except ExternalShutdownException:
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up errors clearly, then exit non-zero
+        text = rcl_message(exc)
         if node is not None:
-            node.get_logger().fatal(f"{type(exc).__name__}: {exc}")
+            node.get_logger().fatal(f"{type(exc).__name__}: {text}")
         else:
-            print(f"[{name}] fatal: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            print(f"[{name}] fatal: {type(exc).__name__}: {text}", file=sys.stderr, flush=True)
         code = 1
     finally:
         if node is not None:

@@ -14,7 +14,7 @@ import time
 # keep importing them from this module
 from ..learning.outcomes import EpisodeOutcome, summarize, wilson_interval  # noqa: F401
 from .common import (LATCHED_QOS, Param, ServiceCaller, SpinSlices, declare_all,
-                     help_requested, make_executor, parameter_help, to_sec)
+                     help_requested, init_ros, make_executor, parameter_help, to_sec)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -223,7 +223,8 @@ def main(args=None) -> int:
     if help_requested(sys.argv if args is None else args):
         print(parameter_help(EpisodeRunnerMain))
         return 0
-    rclpy.init(args=args)
+    if not init_ros(EpisodeRunnerMain.NODE_NAME, args):
+        return 1
     try:
         node = rclpy.create_node("episode_runner_params")
         try:
