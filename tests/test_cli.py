@@ -183,6 +183,28 @@ def test_a_spec_yaml_syntax_error_names_file_line_and_column(tmp_path):
     assert files_under(tmp_path) == ["my_spec.yaml"]
 
 
+def test_a_binary_file_given_as_a_spec_task_or_robot_is_named(tmp_path):
+    """A file that is not UTF-8 text raised UnicodeDecodeError, naming no file (the nodes
+    printed `fatal: UnicodeDecodeError: 'utf-8' codec can't decode byte 0xe0 ...`)."""
+    from robot_imitation.sim.robot import ModelError, RobotConfig
+    from robot_imitation.sim.tasks import TaskConfig
+    from robot_imitation.spec import Spec, SpecError
+
+    bad = tmp_path / "blob.yaml"
+    bad.write_bytes(b"\xe0\x01\x02 not text")
+    says = rf"^{bad}: not a text file \(byte 0xe0 at offset 0 is not UTF-8\)$"
+    with pytest.raises(SpecError, match=says):
+        Spec.load(bad)
+    with pytest.raises(ModelError, match=says):
+        TaskConfig.load(bad)
+    with pytest.raises(ModelError, match=says):
+        RobotConfig.load(bad)
+    line = one_line(cli("record", tmp_path / "ds", "--task", "reach", "--spec", bad))
+    assert line == f"robot-imitation record: {bad}: not a text file (byte 0xe0 at offset 0 " \
+                   "is not UTF-8)", line
+    assert files_under(tmp_path) == ["blob.yaml"]
+
+
 # --------------------------------------------------------------------------- evaluate
 @pytest.mark.parametrize("way", ["--gym", "--ros"])
 def test_a_checkpoint_for_another_task_is_refused_up_front(tmp_path, push_checkpoint, way):

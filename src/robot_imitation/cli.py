@@ -82,18 +82,9 @@ def _writable_folder(path) -> Path:
 
 def _read_yaml(path) -> dict:
     """A YAML mapping from ``path``; errors name the file (and the line and column)."""
-    import yaml
+    from .paths import read_yaml
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UsageError(f"{path}{at}: not valid YAML: {what}") from None
+    data = read_yaml(path, UsageError)
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -48,6 +48,27 @@ def config_file(kind: str, name_or_path) -> Path:
     return path
 
 
+def read_yaml(path, error: type = ValueError):
+    """The YAML document in ``path`` (None for an empty file); ``error`` with one line naming
+    the file when it cannot be read, is not UTF-8 text, or is not YAML (with the line and
+    column)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a text file (byte {exc.object[exc.start]:#04x} at offset "
+                    f"{exc.start} is not UTF-8)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(f"{path}{at}: not valid YAML: {what}") from None
+
+
 def ensure_ros_environment() -> None:
     """Make a venv that holds the ROS 2 PyPI wheels look like an installed ROS prefix.
 

@@ -17,9 +17,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import yaml
 
-from .paths import config_file
+from .paths import config_file, read_yaml
 
 POSE_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
@@ -337,14 +336,7 @@ class Spec:
             path = config_file("specs", name_or_path)
         except FileNotFoundError as exc:
             raise SpecError(str(exc)) from None
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                at = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                raise SpecError(f"{path}{at}: not valid YAML: {what}") from None
+        data = read_yaml(path, SpecError) or {}
         if not isinstance(data, dict):
             raise SpecError(f"{path}: a spec is a mapping of names to values, "
                             f"not a {type(data).__name__}")

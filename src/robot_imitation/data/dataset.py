@@ -78,8 +78,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ..paths import read_yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
@@ -542,10 +542,7 @@ def read_dataset_yaml(root: Path) -> dict | None:
     path = Path(root) / "dataset.yaml"
     if not path.is_file():
         return None
-    try:
-        meta = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DatasetError(f"{path}: cannot read: {exc}") from None
+    meta = read_yaml(path, DatasetError)
     if not isinstance(meta, dict) or meta.get("format") != DATASET_FORMAT:
         raise DatasetError(f"{path}: not a {DATASET_FORMAT} file")
     if meta.get("version") != DATASET_VERSION:

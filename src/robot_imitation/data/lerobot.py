@@ -45,8 +45,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ..paths import read_yaml
 from ..spec import Spec, SpecError
 from .dataset import SOURCE_TOPIC, SOURCE_TYPE, DatasetError, iter_episodes
 
@@ -865,10 +865,7 @@ def _camera_hw(feature: str, ft: dict) -> tuple:
 def read_mapping(path) -> dict:
     """A mapping file (YAML): {spec key: {feature, names | slice}}."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise LeRobotError(f"{path}: cannot read the mapping: {exc}") from None
+    data = read_yaml(path, LeRobotError) or {}
     if not isinstance(data, dict):
         raise LeRobotError(f"{path}: a mapping is {{spec field: {{feature, names | slice}}}}")
     for key, entry in data.items():

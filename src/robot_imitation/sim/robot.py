@@ -9,9 +9,8 @@ from pathlib import Path
 
 import mujoco
 import numpy as np
-import yaml
 
-from ..paths import config_file
+from ..paths import config_file, read_yaml
 
 EE_SITE = "ee_site"
 
@@ -47,8 +46,7 @@ class RobotConfig:
             path = config_file("robots", name_or_path)
         except FileNotFoundError as exc:
             raise ModelError(str(exc)) from None
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml(path, ModelError) or {}
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ModelError(f"{path}: unknown keys {sorted(unknown)}")

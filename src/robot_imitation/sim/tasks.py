@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
-import yaml
 
-from ..paths import available, config_file
+from ..paths import available, config_file, read_yaml
 from .robot import EE_SITE, ModelError, RobotConfig, RobotIndex, load_robot_spec
 
 POSE_SIZE = 7  # x y z qw qx qy qz
@@ -47,8 +46,7 @@ class TaskConfig:
             path = config_file("tasks", name_or_path)
         except FileNotFoundError as exc:
             raise ModelError(str(exc)) from None
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        data = read_yaml(path, ModelError) or {}
         common = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__}
         if "name" not in common:
             raise ModelError(f"{path}: a task needs a name")
