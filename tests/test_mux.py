@@ -40,6 +40,19 @@ def test_mixture_draws_per_step_and_per_episode():
         core.set_mode("mixture", 1.5)
     with pytest.raises(ValueError, match="mode"):
         core.set_mode("autopilot")
+    # a mode that forwards a source the mux does not have is refused (it forwarded nothing,
+    # saying only "no answer from the chosen source")
+    core = MuxCore([ARM], ["a", "b"], "a", intervention_source="b")
+    with pytest.raises(ValueError, match=r"mode 'mixture' forwards the sources \['expert', "
+                       r"'policy'\], but \['expert', 'policy'\] are not among the sources"):
+        core.set_mode("mixture")
+    with pytest.raises(ValueError, match=r"\['policy'\] is not among"):
+        core.set_mode("intervention")
+    with pytest.raises(ValueError, match=r"\['expert'\] is not among"):
+        core.set_mode("expert")
+    assert core.mode == "a"
+    with pytest.raises(ValueError, match=r"mode 'mixture' forwards"):
+        MuxCore([ARM], ["a", "b"], "mixture")
 
 
 def test_sync_waits_for_every_source_and_consumes_in_order():

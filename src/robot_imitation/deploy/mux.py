@@ -67,6 +67,15 @@ class MuxCore:
     def set_mode(self, mode: str, beta: float | None = None) -> None:
         if mode not in MODES and mode not in self.sources:
             raise ValueError(f"mode must be one of {list(MODES)} or a source name, not {mode!r}")
+        # the sources a mode forwards: one it does not have would leave the robot without
+        # commands, with only "no answer from the chosen source" to say why
+        needs = {"mixture": ["expert", "policy"],
+                 "intervention": ["policy", self.intervention_source]}.get(mode, [mode])
+        missing = [n for n in needs if n not in self.sources]
+        if missing:
+            raise ValueError(f"mode {mode!r} forwards the sources {needs}, but {missing} "
+                             f"{'is' if len(missing) == 1 else 'are'} not among the sources "
+                             f"{self.sources}")
         if beta is not None:
             if not 0.0 <= beta <= 1.0:
                 raise ValueError(f"beta must be in [0, 1], got {beta}")

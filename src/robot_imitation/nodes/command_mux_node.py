@@ -49,7 +49,7 @@ class CommandMux(Node):
         Param("beta", 1.0, "mixture: probability of the expert", min_value=0.0, max_value=1.0),
         Param("mixture_per", "step", "mixture: draw per step or per episode", read_only=True,
               choices=("step", "episode")),
-        Param("seed", 0, "mixture draws", read_only=True),
+        Param("seed", 0, "mixture draws", read_only=True, min_value=0, max_value=2**63 - 1),
         Param("sync", False, "lockstep: wait for every sync source's answer to each state",
               read_only=True),
         Param("sync_sources", ["expert", "policy"], "sources that answer every state (sync)",
@@ -114,6 +114,10 @@ class CommandMux(Node):
         else:
             self.create_timer(1.0 / rate, self.core.redraw)
         self.add_on_set_parameters_callback(self._on_params)
+        if p["intervention_source"] not in sources:  # read-only: intervention mode is refused
+            self.get_logger().warning(
+                f"intervention_source {p['intervention_source']!r} is not among the sources "
+                f"{list(sources)}: mode intervention will be refused")
         steady_timer(self, 1.0, self._publish_diagnostics)
         self.get_logger().info(f"mux over {sources} on {topics}: mode {mode} (beta {beta}), "
                                f"{'sync on ' + state_topic if self.sync else 'no sync'}")
