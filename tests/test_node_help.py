@@ -117,6 +117,24 @@ def test_ros_arguments_rcl_refuses_are_one_line(executable, tmp_path):
 
 
 @pytest.mark.ros
+def test_a_parameter_the_node_does_not_have_is_logged(procs):
+    """ROS ignores a parameter a node does not declare, without a word: `-p state_rte:=5.0` (or
+    the same typo in a parameter file) ran the bridge at the default state rate. Now each is
+    logged with the nearest name the node has, and the node runs on (one file may serve
+    several nodes)."""
+    procs.start_node("mujoco_bridge", params={"task": "reach", "cameras": [""],
+                                              "state_rte": 5.0, "zzz": 1})
+    wait_for(lambda: "parameter 'zzz' given" in procs.log("mujoco_bridge"), 60,
+             "the unknown parameters' warnings", procs=procs)
+    log = procs.log("mujoco_bridge")
+    assert "parameter 'state_rte' given, but this node has no such parameter: ignored (did you " \
+           "mean 'state_rate'?)" in log, log
+    assert "parameter 'zzz' given, but this node has no such parameter: ignored (see --help)" \
+        in log, log
+    assert "parameter 'task' given" not in log and "parameter 'use_sim_time'" not in log, log
+
+
+@pytest.mark.ros
 def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path):
     """`ros2 param set /trainer head mlp`: refused through the parameter service with the
     choices, and the value stays; a value among the choices is taken."""

@@ -669,6 +669,24 @@ def spin(executor, context=None, stop: ShutdownRequest | None = None) -> None:
             return
 
 
+def warn_unknown_parameters(node) -> list:
+    """Log each parameter given to ``node`` (``-p``, a parameter file) that it does not have
+    (ROS ignores them without a word: a typo'd name ran the node on the default), with the
+    nearest name it has; returns them. A warning, not an error: one parameter file may serve
+    several nodes (``/**``)."""
+    import difflib
+
+    given = getattr(node, "_parameter_overrides", {})  # rclpy keeps them on the node
+    have = set(node._parameters)
+    unknown = sorted(n for n in given if n not in have and not n.startswith("qos_overrides."))
+    for name in unknown:
+        near = difflib.get_close_matches(name, sorted(have), n=1)
+        node.get_logger().warning(
+            f"parameter {name!r} given, but this node has no such parameter: ignored"
+            + (f" (did you mean {near[0]!r}?)" if near else " (see --help)"))
+    return unknown
+
+
 def init_ros(name: str, argv, **kwargs) -> bool:
     """``rclpy.init`` with the command line; False after one line saying what rcl refused in
     it (a parameter file missing or not YAML, a ``-p`` rule it cannot parse, a trailing
@@ -712,6 +730,7 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
     code = 0
     try:
         node = node_cls()
+        warn_unknown_parameters(node)
         if hasattr(node, "stop_requested"):
             stop.on_request.append(node.stop_requested)
         # `executor`: a kind ("events", "single"), or a function of the node returning one.
