@@ -78,7 +78,10 @@ def test_help_short_flag_and_ros_args_after_it(tmp_path):
     ("episode_runner", "episodes:=0", "Parameter episodes out of range"),
     # a NaN scale was taken, and the first motion crashed the node in its timer callback
     ("joy_teleop", "scale_linear_x:=.nan", "Parameter scale_linear_x out of range"),
-    ("joy_teleop", "axis_linear_x:=1000", "Parameter axis_linear_x out of range")])
+    ("joy_teleop", "axis_linear_x:=1000", "Parameter axis_linear_x out of range"),
+    # taken before, at start or run time; the run it started failed a second later
+    ("dagger_node", "policy:=bogus", "parameter policy='bogus': must be one of act, diffusion, "
+     "mlp")])
 @pytest.mark.ros
 def test_a_start_value_outside_the_choices_or_range_is_one_line(executable, value, says,
                                                                  tmp_path):

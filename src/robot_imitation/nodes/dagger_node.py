@@ -47,6 +47,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from ..ros.graph import SimGraph  # noqa: E402
 from ..algorithms.dagger_settings import DaggerSettings, to_config  # noqa: E402
 from ..dagger import DaggerConfig, run_dagger  # noqa: E402
+from ..policies import available_policies  # noqa: E402
 from ..ros.launcher import stop_all_groups  # noqa: E402
 
 # Command-line arguments that configure a node: this node's alone (see split_ros_args).
@@ -102,7 +103,9 @@ def _parameters() -> tuple:
     from DaggerConfig's fields; ``hold``, ``patience``, ``train_steps`` and ``device`` for its
     supervisor and training mappings; ``_settings`` turns them back into a DaggerConfig), then
     the node's own."""
-    return params_of(DaggerSettings) + NODE_ONLY
+    # the policy types known when the node starts (as the trainer's): a value set at run time
+    # is refused then, not by the run it starts
+    return params_of(DaggerSettings, choices={"policy": available_policies()}) + NODE_ONLY
 
 
 class DaggerNode(Node):
