@@ -34,6 +34,17 @@ def test_every_executable_has_a_parameter_table():
         assert names and len(names) == len(set(names)), (executable, names)
 
 
+def test_an_array_value_is_refused_as_a_list():
+    """rclpy hands an integer array parameter over as array('q', [...]): the refusal showed
+    `hidden=array('q', [0])`."""
+    import array
+
+    hidden = next(p for p in node_class("trainer").PARAMETERS if p.name == "hidden")
+    assert hidden.problem(array.array("q", [0])) == \
+        "parameter hidden=[0]: must be a non-empty list of positive integers"
+    assert hidden.problem(array.array("q", [64, 64])) is None
+
+
 @pytest.mark.parametrize("executable", sorted(NODE_MODULES))
 def test_help_prints_the_parameters_and_starts_nothing(executable, tmp_path):
     """Exit 0 at once with every parameter of the table (name, type, default, flags,

@@ -1,6 +1,7 @@
 """Plumbing shared by the nodes: parameters with descriptors, QoS profiles, spinning, stamps."""
 from __future__ import annotations
 
+import array
 import os
 import re
 import signal
@@ -148,7 +149,9 @@ class Param:
             except ValueError as exc:
                 why = str(exc)
             if why:
-                return f"parameter {self.name}={value!r}: must be {why}"
+                # an array parameter's value comes as array('q', [...]): shown as a list
+                shown = list(value) if isinstance(value, array.array) else value
+                return f"parameter {self.name}={shown!r}: must be {why}"
         return None
 
     def setting_value(self, value):
