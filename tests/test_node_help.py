@@ -45,6 +45,15 @@ def test_an_array_value_is_refused_as_a_list():
     assert hidden.problem(array.array("q", [64, 64])) is None
 
 
+def test_an_open_ended_integer_range_is_the_types_own():
+    """`--help` says `range 1..inf` for the trainer's steps, but rcl refused anything above
+    2147483647: the descriptor closed an open end at int32's bound."""
+    steps = next(p for p in node_class("trainer").PARAMETERS if p.name == "steps")
+    assert "range 1..inf" in steps.help()
+    (bounds,) = steps.descriptor().integer_range
+    assert (bounds.from_value, bounds.to_value) == (1, 2**63 - 1)
+
+
 @pytest.mark.parametrize("executable", sorted(NODE_MODULES))
 def test_help_prints_the_parameters_and_starts_nothing(executable, tmp_path):
     """Exit 0 at once with every parameter of the table (name, type, default, flags,

@@ -117,9 +117,10 @@ class Param:
         lo, hi, d = self.min_value, self.max_value, self.default
         if (lo is not None or hi is not None) and not isinstance(d, bool):
             if isinstance(d, int):
+                # an open end is the parameter type's own (int64), as --help's "inf" says
                 desc.integer_range = [IntegerRange(
-                    from_value=int(lo if lo is not None else -2**31),
-                    to_value=int(hi if hi is not None else 2**31 - 1), step=0)]
+                    from_value=int(lo if lo is not None else -2**63),
+                    to_value=int(hi if hi is not None else 2**63 - 1), step=0)]
             elif isinstance(d, float):
                 desc.floating_point_range = [FloatingPointRange(
                     from_value=float(lo if lo is not None else -1e300),
