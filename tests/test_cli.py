@@ -168,6 +168,17 @@ def test_train_errors_are_one_line_before_any_training(tmp_path):
     line = one_line(cli("train", tmp_path / "empty", "--out", run, "--robot", "nosuch"))
     assert "unknown robot 'nosuch'" in line, line
     assert files_under(tmp_path) == ["bags", "empty", "empty/dataset.yaml", "file"]
+    # an output folder that holds files: an earlier run's checkpoints were replaced (and
+    # anything else under last/ deleted) without a word
+    (run / "last").mkdir(parents=True)
+    (run / "last" / "notes.txt").write_text("mine")
+    line = one_line(cli("train", tmp_path / "bags", "--spec", "reach", "--out", run))
+    assert line == f"robot-imitation train: {run} exists and is not empty: an earlier run's " \
+                   "checkpoints would be replaced (choose another --out, or --overwrite)", line
+    assert (run / "last" / "notes.txt").read_text() == "mine"
+    line = one_line(cli("train", tmp_path / "bags", "--spec", "reach", "--out", run,
+                        "--overwrite"))  # taken: the empty folder of bags fails next
+    assert line.startswith(f"robot-imitation train: {tmp_path / 'bags'}"), line
 
 
 # --------------------------------------------------------------------------- specs

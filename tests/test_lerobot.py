@@ -626,3 +626,21 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(exported, dataset, small_dis
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
         assert "No space left on device" in run.stderr
         assert [p.name for p in small_disk.iterdir()] == ["filler"]
+
+
+def test_overwrite_never_replaces_the_source(tmp_path):
+    """`export DS --out DS --overwrite` (or --out inside DS, or a folder holding it) replaced
+    the source with the export: every bag gone, exit 0; `import` the same. Refused now, before
+    anything is read or written."""
+    src = tmp_path / "data" / "ds"
+    (src / "episode_000000").mkdir(parents=True)
+    (src / "episode_000000" / "bag.mcap").write_bytes(b"kept")
+    for out, where in ((src, "is"), (src / "episode_000000", "is inside"),
+                       (tmp_path / "data", "holds")):
+        with pytest.raises(LeRobotError, match=rf"^--out {out} {where} the source {src}: "):
+            export_lerobot(src, out, overwrite=True)
+        with pytest.raises(LeRobotError, match=rf"^--out {out} {where} the source {src}: "):
+            import_lerobot(src, "reach", out, overwrite=True)
+    assert (src / "episode_000000" / "bag.mcap").read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bag.mcap", "data", "ds",
+                                                           "episode_000000"]

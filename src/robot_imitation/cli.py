@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -331,6 +332,12 @@ def cmd_train(args) -> int:
             raise SpecError(f"spec {spec.name} {problem} (--task is where the policy is "
                             "evaluated)")
     _writable_folder(args.out)
+    out = Path(args.out)
+    # (rank 0 of a torchrun only: the other ranks start while it may be writing there)
+    if os.environ.get("RANK", "0") == "0" and not args.overwrite and out.is_dir() \
+            and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty: an earlier run's checkpoints would be "
+                         "replaced (choose another --out, or --overwrite)")
     start = time.perf_counter()
 
     def progress(step, total, row):
@@ -536,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "Behavior Cloning on a dataset (torchrun for DDP)")
     p.add_argument("dataset", help="dataset folder")
-    p.add_argument("--out", default="runs/train", help="output folder (checkpoints, logs)")
+    p.add_argument("--out", default="runs/train", help="output folder (checkpoints, logs); "
+                   "one that holds files is refused without --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out (an "
+                   "earlier run's files there are replaced)")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.add_argument("--config", help="YAML of training settings (TrainConfig fields)")
 

@@ -296,6 +296,16 @@ class _VideoWriter:
             self.container = None
 
 
+def _apart(source, out: Path) -> None:
+    """``LeRobotError`` when ``out`` is ``source``, inside it or holds it: the output is
+    written elsewhere and moved into place, so --overwrite would delete what it reads from."""
+    src, dst = Path(source).resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        where = "is" if dst == src else "is inside" if src in dst.parents else "holds"
+        raise LeRobotError(f"--out {out} {where} the source {source}: choose a folder apart "
+                           "from it (the output replaces --out)")
+
+
 def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | None = None,
                    task_text: str | None = None, robot_type: str | None = None,
                    codec: str = "h264", crf: int = 18, include_interrupted: bool = False,
@@ -316,6 +326,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
 
     t0 = time.perf_counter()
     out = Path(out)
+    _apart(dataset, out)
     if codec not in CODECS:
         raise LeRobotError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
     if not 0 <= crf <= 51:
@@ -960,6 +971,7 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
     except SpecError as exc:
         raise LeRobotError(str(exc)) from None
     out = Path(out)
+    _apart(source, out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
