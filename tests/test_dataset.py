@@ -287,6 +287,25 @@ def test_missing_or_stale_messages_drop_steps(rollouts, tmp_path):
                                   rollouts[0].states[9]["object_pose"])
 
 
+def test_steps_with_a_nan_or_infinite_value_are_dropped_and_named(rollouts, tmp_path):
+    """A NaN joint velocity at tick 3 and an infinite arm command at tick 5 (a broken sensor,
+    a wild controller): they were trained on, and one made the run's loss NaN (exit 0, a
+    useless checkpoint). Now the two steps are dropped, each counted under its reason."""
+    def edit(topic, k, msg):
+        if topic == "/joint_states" and k == 3:
+            msg.velocity[2] = np.nan
+        if topic == "/arm_controller/commands" and k == 5:
+            msg.data[0] = np.inf
+        return msg
+
+    episode = build_episode(write_episode(tmp_path / "wild", rollouts[0], edit=edit), SPEC)
+    kept = [k for k in range(len(rollouts[0].actions)) if k not in (3, 5)]
+    assert len(episode) == len(kept) and episode.dropped == 2
+    assert episode.drop_reasons == {"non-finite joint_vel": 1, "non-finite arm": 1}
+    assert np.isfinite(episode.actions).all() and np.isfinite(episode.obs["joint_vel"]).all()
+    np.testing.assert_allclose(episode.t, (T0_NS + np.array(kept) * PERIOD_NS) * 1e-9)
+
+
 def test_image_observations_are_decoded_at_the_spec_size(tmp_path):
     spec = Spec.load("push_image")
     image = spec.image_observations[0]

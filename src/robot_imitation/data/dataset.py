@@ -37,8 +37,9 @@ This is the contract between what is recorded and what a policy learns from:
 3. Each other action field (e.g. the gripper) takes the message on its topic nearest to t_a in
    log time within half a control period; if there is none, the newest one before t_a.
 4. A step is dropped (and counted in the episode's ``dropped``) when any observation is missing
-   or older than 2 control periods (t_a - stamp > 2 / control_rate), or an action field has no
-   message yet.
+   or older than 2 control periods (t_a - stamp > 2 / control_rate), an action field has no
+   message yet, or a value the step takes is NaN or infinite (a broken sensor or controller:
+   one such step made the whole training run's loss NaN).
 5. Images are decoded with ``Spec.extract`` (uint8, the spec's size).
 6. Episode boundary: when the bag holds the task's status (``/episode/status``,
    diagnostic_msgs/DiagnosticArray with an ``episode`` value, as the bridge publishes it),
@@ -83,7 +84,7 @@ from ..paths import read_yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
-BUILDER_VERSION = 4  # 4: drop reasons per episode in the cache
+BUILDER_VERSION = 5  # 4: drop reasons per episode in the cache; 5: non-finite steps dropped
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 USABLE_STATUSES = ("ok",)
@@ -330,6 +331,14 @@ def _align(spec: Spec, streams: dict, bag_path: Path, start_ns: int | None = Non
         drops[f"no {f.key} yet"] += int(np.sum(~ok & keep))
         keep &= ok
         picks[f.key] = index
+    for f in (*spec.observations, *spec.actions):  # rule 4: a NaN or infinite value
+        if f.is_image or not len(picks[f.key]):
+            continue
+        values = streams[f.topic].values[f.key]
+        finite = np.isfinite(np.stack(values).reshape(len(values), -1)).all(axis=1)
+        bad = ~finite[picks[f.key]] & keep
+        drops[f"non-finite {f.key}"] += int(np.sum(bad))
+        keep &= ~bad
     drops = Counter({k: n for k, n in drops.items() if n})
 
     if not keep.any():
