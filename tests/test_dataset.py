@@ -291,10 +291,12 @@ def test_steps_with_a_nan_or_infinite_value_are_dropped_and_named(rollouts, tmp_
     """A NaN joint velocity at tick 3 and an infinite arm command at tick 5 (a broken sensor,
     a wild controller): they were trained on, and one made the run's loss NaN (exit 0, a
     useless checkpoint). Now the two steps are dropped, each counted under its reason."""
-    def edit(topic, k, msg):
+    def edit(topic, k, msg):  # (copies: the messages hold the shared rollouts' arrays)
         if topic == "/joint_states" and k == 3:
+            msg.velocity = msg.velocity.copy()
             msg.velocity[2] = np.nan
         if topic == "/arm_controller/commands" and k == 5:
+            msg.data = msg.data.copy()
             msg.data[0] = np.inf
         return msg
 
