@@ -253,6 +253,26 @@ def test_round_trip_gives_back_the_arrays(exported, episodes, tmp_path):
         np.testing.assert_allclose(np.diff(got.t), 0.05, atol=1e-9)
 
 
+def test_interrupted_episodes_stay_interrupted_through_a_round_trip(dataset, tmp_path):
+    """`export --include-interrupted`, then `import`: every status came back "ok", so the
+    imported dataset trained on the episodes its source skips by default."""
+    src = tmp_path / "src"
+    shutil.copytree(dataset, src)
+    index_path = src / "index.json"
+    index = json.loads(index_path.read_text())
+    index["episodes"][2]["status"] = "interrupted"
+    index["episodes"][4]["interrupted"] = True  # status ok, marked by the recorder's stop
+    index_path.write_text(json.dumps(index))
+    export_lerobot(src, tmp_path / "lr", include_interrupted=True, cache=False)
+    import_lerobot(tmp_path / "lr", SPEC, tmp_path / "back")
+    statuses = [e["status"] for e in json.loads((tmp_path / "back" / "index.json")
+                                                .read_text())["episodes"]]
+    assert statuses == ["ok", "interrupted", "interrupted"], statuses
+    back = build_dataset(tmp_path / "back", val_fraction=0.0, cache=False)
+    assert back.summary["used"] == ["episode_000000"], back.summary
+    assert len(build_dataset(src, val_fraction=0.0, cache=False).episodes) == 1
+
+
 def test_dagger_episodes_keep_the_source_of_each_step(episodes, tmp_path):
     """The command mux's executed source (HG-DAgger data) goes into the episodes table and
     comes back as the recorded topic: training on the person's steps works after the trip."""

@@ -297,8 +297,9 @@ class _VideoWriter:
 
 
 def _apart(source, out: Path) -> None:
-    """``LeRobotError`` when ``out`` is ``source``, inside it or holds it: the output is
-    written elsewhere and moved into place, so --overwrite would delete what it reads from."""
+    """``LeRobotError`` when ``out`` is ``source``, inside it or holds it (with --overwrite:
+    the output is written elsewhere and replaces ``out``, which would delete what it reads
+    from; without it a non-empty ``out`` is refused anyway)."""
     src, dst = Path(source).resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
         where = "is" if dst == src else "is inside" if src in dst.parents else "holds"
@@ -326,7 +327,8 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
 
     t0 = time.perf_counter()
     out = Path(out)
-    _apart(dataset, out)
+    if overwrite:
+        _apart(dataset, out)
     if codec not in CODECS:
         raise LeRobotError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
     if not 0 <= crf <= 51:
@@ -429,7 +431,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                 f"{EXTRA}name": episode.name,
                 f"{EXTRA}bag": Path(entry["bag"]).relative_to(Path(dataset)).as_posix()
                 if Path(entry["bag"]).is_relative_to(Path(dataset)) else str(entry["bag"]),
-                f"{EXTRA}status": str(entry.get("status") or ""),
+                # as the builder reads it (an "ok" the recorder marked interrupted is not)
+                f"{EXTRA}status": "interrupted" if entry.get("status") == "ok" and
+                entry.get("interrupted") else str(entry.get("status") or ""),
                 f"{EXTRA}success": entry.get("success"),
                 f"{EXTRA}seed": entry.get("seed"),
                 f"{EXTRA}operator": str(entry.get("operator") or ""),
@@ -971,7 +975,8 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
     except SpecError as exc:
         raise LeRobotError(str(exc)) from None
     out = Path(out)
-    _apart(source, out)
+    if overwrite:
+        _apart(source, out)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
@@ -1013,7 +1018,10 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                 values[key] = arr
             meta = extra.get(ep["episode_index"], {})
             tasks = ep.get("tasks") or []
-            entry = {"status": "ok", "task": str(tasks[0]) if len(tasks) else "",
+            # an episode exported with --include-interrupted keeps its status: imported as
+            # "ok" it would be trained on by default, where its source dataset skips it
+            entry = {"status": str(meta.get("status") or "ok"),
+                     "task": str(tasks[0]) if len(tasks) else "",
                      "success": meta.get("success"), "seed": meta.get("seed"),
                      "operator": meta.get("operator") or "lerobot import",
                      "notes": meta.get("notes") or f"{data.root.name} episode "
