@@ -59,6 +59,12 @@ def test_fingerprint_changes_with_meaning():
                    "field": "pose"}]}, "not supported"),
     ({"actions": [{"key": "q", "topic": "/cmd", "type": "std_msgs/msg/Float64MultiArray",
                    "field": "data", "size": 2}]}, "unique"),
+    # taken before: every build, training run and export then failed with a traceback, or
+    # kept a step a minute (1e-300 Hz), or none
+    ({"actions": []}, "actions must list at least one field"),
+    ({"observations": []}, "observations must list at least one field"),
+    ({"control_rate": float("inf")}, r"control_rate must be in \[0.01, 10000\] Hz, got inf"),
+    ({"control_rate": 1e-300}, r"control_rate must be in \[0.01, 10000\] Hz, got 1e-300"),
 ])
 def test_bad_specs_are_refused(bad, match):
     with pytest.raises(SpecError, match=match):

@@ -131,6 +131,7 @@ _SUPPORTED = {
 # The keys a spec may hold, at each level (Spec.to_dict writes no others). Any other key is an
 # error: a misspelled one (`relative_too`, `normalisation`) would otherwise be ignored and train
 # a different model without a word.
+MIN_RATE, MAX_RATE = 0.01, 10_000.0  # a spec's control rate (Hz)
 SPEC_KEYS = ("name", "control_rate", "observations", "actions", "features", "record_also",
              "normalization")
 FIELD_KEYS = ("key", "topic", "type", "field", "joints", "size", "image", "relative_to")
@@ -303,6 +304,9 @@ class Spec:
         obs = tuple(_field_spec(e, f"{where}: observations[{i}]")
                     for i, e in enumerate(data["observations"]))
         act = tuple(_field_spec(e, f"{where}: actions[{i}]") for i, e in enumerate(data["actions"]))
+        for key, fields in (("observations", obs), ("actions", act)):
+            if not fields:  # (an empty list: every build, training and export failed on it)
+                raise SpecError(f"{where}: {key} must list at least one field")
         known = {f.key: f for f in obs}
         feats = []
         for i, e in enumerate(data.get("features") or ()):
@@ -321,9 +325,14 @@ class Spec:
                                 f"'{f.relative_to}', which must be a low-dimensional "
                                 f"observation with at least {f.shape[0]} values")
         also = tuple((e["topic"], e["type"]) for e in data.get("record_also") or ())
-        rate = float(data["control_rate"])
-        if not rate > 0:
-            raise SpecError(f"{where}: control_rate must be > 0")
+        try:
+            rate = float(data["control_rate"])
+        except (TypeError, ValueError):
+            raise SpecError(f"{where}: control_rate must be a number of Hz, got "
+                            f"{data['control_rate']!r}") from None
+        if not MIN_RATE <= rate <= MAX_RATE:  # (NaN and inf too)
+            raise SpecError(f"{where}: control_rate must be in [{MIN_RATE:g}, {MAX_RATE:g}] "
+                            f"Hz, got {rate:g}")
         norm = dict(data.get("normalization") or {"observations": "mean_std",
                                                   "actions": "min_max"})
         return cls(name=data["name"], control_rate=rate, observations=obs, actions=act,
