@@ -750,3 +750,14 @@ def test_info_and_plot_commands(lockstep_dataset, tmp_path):
     out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_9", "--out", str(png)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no episode 'episode_9'" in out.stderr + out.stdout
+    # --out without an extension: matplotlib wrote <out>.png and the line named <out>; one
+    # it cannot write was a ValueError traceback after the episode was read
+    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_000001", "--out",
+                          str(tmp_path / "noext")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"wrote {tmp_path / 'noext.png'}" in out.stdout, out.stderr
+    assert (tmp_path / "noext.png").is_file() and not (tmp_path / "noext").exists()
+    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_000001", "--out",
+                          str(tmp_path / "ep1.txt")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith(f"robot-imitation plot: --out {tmp_path / 'ep1.txt'}: the "
+                                 "plot's format is its extension, one of "), out.stderr

@@ -253,8 +253,16 @@ def cmd_plot(args) -> int:
     from .data.inspect import plot_episode
     from .spec import Spec
 
+    from matplotlib.backend_bases import FigureCanvasBase
+
     episode = int(args.episode) if args.episode.isdigit() else args.episode
-    out = args.out or f"{Path(args.dataset).name}_{args.episode}.png"
+    out = Path(args.out or f"{Path(args.dataset).name}_{args.episode}.png")
+    if not out.suffix:  # (matplotlib writes a PNG there, named with .png)
+        out = out.with_name(out.name + ".png")
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix[1:].lower() not in kinds:
+        raise UsageError(f"--out {out}: the plot's format is its extension, one of "
+                         + ", ".join(f".{k}" for k in sorted(kinds)))
     legend = plot_episode(args.dataset, episode, out,
                           spec=Spec.load(args.spec) if args.spec else None)
     print(f"wrote {out}")
