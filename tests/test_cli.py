@@ -229,6 +229,17 @@ def test_a_checkpoint_for_another_task_is_refused_up_front(tmp_path, push_checkp
     assert files_under(tmp_path) == []  # no result, no process logs
 
 
+def test_an_out_that_is_a_folder_is_refused_before_any_episode(tmp_path, push_checkpoint):
+    """`evaluate --out FOLDER` ran every episode, then failed on writing the result ("Is a
+    directory"): the result lost."""
+    (tmp_path / "eval").mkdir()
+    line = one_line(cli("evaluate", push_checkpoint, "--gym", "--episodes", 2, "--out",
+                        tmp_path / "eval"))
+    assert line == f"robot-imitation evaluate: --out {tmp_path / 'eval'} is a folder: give " \
+                   "the JSON file to write", line
+    assert files_under(tmp_path) == ["eval"]
+
+
 # --------------------------------------------------------------------------- dagger, pipeline
 def test_a_dagger_run_checks_its_settings_before_recording(tmp_path):
     """A device that is not there was found only after the demonstrations were recorded."""

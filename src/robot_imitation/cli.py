@@ -395,6 +395,8 @@ def cmd_evaluate(args) -> int:
     _check_task(args.task)
     if args.out:
         _writable_folder(Path(args.out).parent)
+        if Path(args.out).is_dir():  # (found only when the result was written, all run)
+            raise UsageError(f"--out {args.out} is a folder: give the JSON file to write")
     if args.ros:
         from .dagger import evaluate_ros
 
