@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -425,6 +426,28 @@ def test_train_command_reports_and_records_what_it_trained_on(rollouts, tmp_path
 
 
 # ===================================================================== split and statistics
+def test_an_index_entry_listed_twice_or_of_the_wrong_type_is_named(lockstep_dataset, tmp_path):
+    """A copied index entry was trained on twice (it could land in both splits); a path that
+    is a number, or a status that is a list, was a TypeError traceback in info, train, plot."""
+    root = tmp_path / "ds"
+    shutil.copytree(lockstep_dataset, root)
+    index_path = root / "index.json"
+    good = json.loads(index_path.read_text())
+    cases = [(lambda e: e.append(dict(e[1])), "episodes 1 and 6 have the same name "
+              "'episode_000001': an index lists each episode once"),
+             (lambda e: e[2].update(path=5), "episode 2: path must be a non-empty string, got 5"),
+             (lambda e: e[0].update(status=["ok"]),
+              "episode 0: status must be a non-empty string, got ['ok']")]
+    for change, says in cases:
+        index = json.loads(json.dumps(good))
+        change(index["episodes"])
+        index_path.write_text(json.dumps(index))
+        with pytest.raises(DatasetError, match=f"^{index_path}: " + re.escape(says)):
+            build_dataset(root, cache=False)
+        with pytest.raises(DatasetError, match=re.escape(says)):
+            dataset_info(root)
+
+
 def test_split_is_by_episode_and_stats_come_from_train_only(lockstep_dataset):
     ds = build_dataset(lockstep_dataset, val_fraction=0.25, seed=3, cache=False)
     train, val = [e.name for e in ds.train], [e.name for e in ds.val]

@@ -571,9 +571,22 @@ def read_index(root: Path) -> list | None:
         entries = json.loads(path.read_text(encoding="utf-8"))["episodes"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: not a valid episode index ({exc})") from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: not a valid episode index (episodes is a "
+                           f"{type(entries).__name__}, not a list)")
+    seen: dict = {}
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or not {"name", "path", "status"} <= set(e):
             raise DatasetError(f"{path}: episode {i} needs name, path and status")
+        bad = [k for k in ("name", "path", "status") if not isinstance(e[k], str) or not e[k]]
+        if bad:
+            raise DatasetError(f"{path}: episode {i}: {bad[0]} must be a non-empty string, "
+                               f"got {e[bad[0]]!r}")
+        for key in ("name", "path"):  # (a copied entry was trained on twice)
+            first = seen.setdefault((key, e[key]), i)
+            if first != i:
+                raise DatasetError(f"{path}: episodes {first} and {i} have the same {key} "
+                                   f"{e[key]!r}: an index lists each episode once")
     return entries
 
 
