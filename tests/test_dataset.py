@@ -448,6 +448,32 @@ def test_an_index_entry_listed_twice_or_of_the_wrong_type_is_named(lockstep_data
             dataset_info(root)
 
 
+@pytest.mark.parametrize("key, value, says", [
+    ("relative_file_paths", 5, "relative_file_paths must be a list of strings, got 5"),
+    ("relative_file_paths", [5], "relative_file_paths must be a list of strings, got [5]"),
+    ("custom_data", "abc", "custom_data must be a mapping, got 'abc'"),
+    ("compression_mode", 5, "compression_mode must be a string, got 5"),
+    ("topics_with_message_count", "abc",
+     "topics_with_message_count must be a list of mappings, got 'abc'"),
+    ("topics_with_message_count", [{"topic_metadata": "x"}],
+     "topic_metadata must be a mapping, got 'x'")])
+def test_a_metadata_field_of_the_wrong_type_names_the_bag(lockstep_dataset, tmp_path, key,
+                                                          value, says):
+    """A bag's metadata.yaml with a field of another type than rosbag2 writes: TypeError,
+    ValueError or AttributeError tracebacks in info, train, export and plot."""
+    root = tmp_path / "ds"
+    shutil.copytree(lockstep_dataset, root, ignore=shutil.ignore_patterns("cache"))
+    meta = root / "episode_000000" / "metadata.yaml"
+    data = yaml.safe_load(meta.read_text())
+    data["rosbag2_bagfile_information"][key] = value
+    meta.write_text(yaml.safe_dump(data))
+    with pytest.raises(DatasetError, match=re.escape(f"{root / 'episode_000000'}: "
+                                                     f"metadata.yaml: {says}")):
+        build_dataset(root, cache=False)
+    assert f"UNREADABLE: {root / 'episode_000000'}: metadata.yaml: {says}" in \
+        format_info(dataset_info(root))
+
+
 def test_split_is_by_episode_and_stats_come_from_train_only(lockstep_dataset):
     ds = build_dataset(lockstep_dataset, val_fraction=0.25, seed=3, cache=False)
     train, val = [e.name for e in ds.train], [e.name for e in ds.val]

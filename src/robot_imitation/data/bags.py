@@ -119,6 +119,20 @@ def _read_metadata(path: Path) -> dict:
     info = data.get("rosbag2_bagfile_information") if isinstance(data, dict) else None
     if not isinstance(info, dict):
         raise BagError(f"{path}: metadata.yaml has no rosbag2_bagfile_information mapping")
+    # the fields read here, of the types rosbag2 writes (a wrong one was a traceback)
+    for key, kind, item in (("relative_file_paths", list, str), ("custom_data", dict, None),
+                            ("compression_mode", str, None),
+                            ("topics_with_message_count", list, dict)):
+        value = info.get(key)
+        if value is not None and (not isinstance(value, kind) or item is not None and not all(
+                isinstance(v, item) for v in value)):
+            what = f"a list of {'strings' if item is str else 'mappings'}" if item else \
+                {dict: "a mapping", str: "a string"}[kind]
+            raise BagError(f"{path}: metadata.yaml: {key} must be {what}, got {value!r:.60}")
+    for entry in info.get("topics_with_message_count") or []:
+        if not isinstance(entry.get("topic_metadata") or {}, dict):
+            raise BagError(f"{path}: metadata.yaml: topic_metadata must be a mapping, got "
+                           f"{entry.get('topic_metadata')!r:.60}")
     return info
 
 
