@@ -1,5 +1,6 @@
 """Behavior Cloning: training, closed-loop success, checkpoints (real data, real MuJoCo)."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,6 +121,25 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path):
     (ckpt / "policy.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(ckpt)
+    # hand edits of policy.json that were tracebacks (TypeError, KeyError, RuntimeError inside
+    # the model), or ran with joint velocities fed in as positions without a word
+    meta = json.loads((trained / "policy.json").read_text())
+    keys = meta["policy"]["low_dim_keys"]
+    edits = [({"version": "2"}, None, "version must be a whole number, got '2'"),
+             ({"spec": None}, None, "spec must be a mapping, got None"),
+             (None, {"chunk": -3}, "policy chunk must be a positive whole number, got -3"),
+             (None, {"relative": [[0, 7, "nosuch"]]}, "policy relative [[0, 7, 'nosuch']] is "
+              "not what its spec gives"),
+             (None, {"low_dim_keys": [keys[1], keys[0], *keys[2:]]},
+              f"policy low_dim_keys {[keys[1], keys[0], *keys[2:]]!r} is not what its spec "
+              "gives")]
+    for top, policy, says in edits:
+        edited = json.loads(json.dumps(meta))
+        edited.update(top or {})
+        edited["policy"].update(policy or {})
+        (ckpt / "policy.json").write_text(json.dumps(edited))
+        with pytest.raises(CheckpointError, match=re.escape(f"{ckpt / 'policy.json'}: {says}")):
+            load_checkpoint(ckpt)
 
 
 @pytest.mark.ros

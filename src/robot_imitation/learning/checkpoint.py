@@ -103,8 +103,15 @@ def read_metadata(path) -> dict:
         meta = json.loads(meta_file.read_text())
     except ValueError as exc:
         raise CheckpointError(f"{meta_file} is not valid JSON: {exc}") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_file}: not a {FORMAT} checkpoint")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CheckpointError(f"{meta_file}: version must be a whole number, got {version!r}")
+    for key in ("spec", "policy"):  # every load reads them
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{meta_file}: {key} must be a mapping, got "
+                                  f"{meta.get(key, 'nothing')!r:.60}")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"{meta_file}: version {meta['version']} is newer than this "
                               f"library reads ({VERSION})")
@@ -160,6 +167,23 @@ def rebuild_policy(meta: dict, where) -> Policy:
         raise CheckpointError(f"{where}: cannot rebuild the {kind} policy: {exc}") from None
 
 
+def _check_layout(settings: dict, trained: Spec, where) -> None:
+    """``CheckpointError`` unless the policy's inputs and outputs in ``policy.json`` (its
+    ``LAYOUT`` fields) are the ones its spec gives: keys swapped by hand fed one observation
+    in for another without a word, and other edits failed inside the model."""
+    from ..policies.config import LAYOUT, input_layout
+
+    chunk = settings.get("chunk")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise CheckpointError(f"{where}: policy chunk must be a positive whole number, got "
+                              f"{chunk!r}")
+    expected = json.loads(json.dumps(input_layout(trained, chunk)))
+    for key in LAYOUT:
+        if settings.get(key) != expected[key]:
+            raise CheckpointError(f"{where}: policy {key} {settings.get(key)!r:.80} is not what "
+                                  f"its spec gives ({expected[key]!r:.80}; edited by hand?)")
+
+
 def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
     """(policy in eval mode, metadata). Validates files, weights and (given) the runtime spec."""
     from safetensors import SafetensorError
@@ -183,6 +207,7 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
             raise CheckpointError(f"{path} was trained for spec '{trained.name}', which does not "
                                   f"match the runtime spec '{runtime_spec.name}': "
                                   + "; ".join(problems))
+    _check_layout(meta["policy"], trained, path / META)
     policy = rebuild_policy(meta, path / META)
     if meta.get("action_limits") is not None:
         from ..deploy.limits import ActionLimits, LimitsError
