@@ -605,6 +605,25 @@ def test_cache_never_decodes_twice_and_notices_changes(lockstep_dataset, tmp_pat
     assert_same_arrays(arrays_of(cached), arrays_of(first))
 
 
+def test_a_damaged_cache_is_built_again(lockstep_dataset, tmp_path):
+    """A truncated cache file was `zipfile.BadZipFile` in train and export, a manifest whose
+    episodes were a list an AttributeError: a cache only saves time, so the episode is decoded
+    from its bag again."""
+    root = tmp_path / "copy"
+    shutil.copytree(lockstep_dataset, root, ignore=shutil.ignore_patterns("cache"))
+    names = [f"episode_{i:06d}" for i in USABLE]
+    first = build_dataset(root)
+    manifest_path = root / "cache" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    damaged = root / "cache" / manifest["episodes"][names[1]]["file"]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    again = build_dataset(root)
+    assert again.decoded == [names[1]]
+    assert_same_arrays(arrays_of(again), arrays_of(first))
+    manifest_path.write_text(json.dumps({**manifest, "episodes": []}))
+    assert build_dataset(root).decoded == names
+
+
 # ===================================================================== errors
 def status_msg(stamp_ns, episode: int):
     status_type = TYPES.types["diagnostic_msgs/msg/DiagnosticStatus"]

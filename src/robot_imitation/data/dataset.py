@@ -74,6 +74,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -675,6 +676,8 @@ class _Cache:
                 self.previous = {}
         except (OSError, ValueError, KeyError, AttributeError):
             self.previous = {}
+        if not isinstance(self.previous, dict):  # a damaged manifest: every episode anew
+            self.previous = {}
 
     def key(self, bag: Path) -> str:
         try:
@@ -692,23 +695,26 @@ class _Cache:
     def load(self, entry: dict, key: str) -> Episode | None:
         """The cached episode of ``entry`` if its key is still ``key``, else None."""
         meta = self.previous.get(entry["name"])
-        if not meta or meta.get("key") != key:
+        if not isinstance(meta, dict) or meta.get("key") != key:
             return None
+        # a damaged cache file or manifest entry (truncated, edited): decoded from its bag again
         try:
             with np.load(self.dir / meta["file"], allow_pickle=False) as npz:
                 obs = {f.key: npz[f"obs.{f.key}"] for f in self.spec.observations}
                 actions, t = npz["actions"], npz["t"]
                 executed = npz["executed"] if "executed" in npz.files else None
-        except (OSError, ValueError, KeyError):
-            return None
-        if actions.shape[1:] != (self.spec.action_dim,) or any(
-                obs[f.key].shape[1:] != f.shape for f in self.spec.observations):
+            if actions.shape[1:] != (self.spec.action_dim,) or any(
+                    obs[f.key].shape[1:] != f.shape for f in self.spec.observations):
+                return None
+            episode = Episode(name=entry["name"], obs=obs, actions=actions, t=t,
+                              source=str(meta["source"]), dropped=int(meta["dropped"]),
+                              success=entry.get("success"), seed=entry.get("seed"),
+                              executed=executed,
+                              drop_reasons=dict(meta.get("drop_reasons") or {}))
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             return None
         self.entries[entry["name"]] = meta
-        return Episode(name=entry["name"], obs=obs, actions=actions, t=t, source=meta["source"],
-                       dropped=meta["dropped"], success=entry.get("success"),
-                       seed=entry.get("seed"), executed=executed,
-                       drop_reasons=dict(meta.get("drop_reasons") or {}))
+        return episode
 
     def add(self, name: str, key: str, episode: Episode) -> None:
         filename = f"episode-{key[:32]}.npz"
