@@ -52,7 +52,9 @@ BAD_OPTIONS = [
     ("evaluate", ["{tmp}/ckpt"], "--threshold", "2", "a number in [0, 1]"),
     ("train", ["{tmp}/ds"], "--steps", "0", "a positive integer"),
     ("train", ["{tmp}/ds"], "--steps", "-5", "a positive integer"),
-    ("train", ["{tmp}/ds"], "--batch-size", "0", "a positive integer"),
+    ("train", ["{tmp}/ds"], "--batch-size", "0", "an integer from 1 to 1048576"),
+    # (an allocation traceback, or the OOM killer, at the first step)
+    ("train", ["{tmp}/ds"], "--batch-size", "1000000000000", "an integer from 1 to 1048576"),
     ("train", ["{tmp}/ds"], "--chunk", "1001", "an integer from 0 to 1000"),
     ("train", ["{tmp}/ds"], "--lr", "fast", "a number in [0, 1]"),
     ("train", ["{tmp}/ds"], "--hidden", "256,0", "a non-empty list of positive integers"),

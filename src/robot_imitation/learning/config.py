@@ -14,6 +14,7 @@ from ..policies.mlp.config import MlpConfig
 from ..settings import Limits, SettingError, check_fields, default_of, same_as, setting
 
 _POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
+MAX_BATCH = 2**20  # samples per step
 SEED_LIMITS = Limits(int, low=0, high=2**32 - 1)  # numpy's seeds
 DEVICE_LIMITS = Limits(str, pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
 POLICY_LIMITS = Limits(str, pattern=r"[A-Za-z0-9][A-Za-z0-9_.-]*", what="a policy type name")
@@ -29,7 +30,9 @@ class TrainConfig:
     ``option_of`` it (mlp: hidden, head, modes, dropout) and from ``policy_config``."""
 
     steps: int = setting(5000, _POSITIVE, help="optimizer steps")
-    batch_size: int = setting(256, _POSITIVE, help="samples per step")
+    # (a batch of 1e8 samples was an allocation traceback, or the OOM killer, at the first step)
+    batch_size: int = setting(256, Limits(int, low=1, high=MAX_BATCH),
+                              help="samples per step")
     lr: float = setting(0.0, Limits(float, low=0.0, high=1.0),
                         help="learning rate (AdamW, cosine schedule); 0: the policy family's "
                         "default (mlp and act 1e-3, diffusion 3e-3)")
