@@ -465,6 +465,25 @@ def test_bad_input_is_one_line_and_leaves_nothing(exported, episodes, tmp_path):
     cases.append((["import", str(tmp_path), "--spec", "push_image"],
                   "not a LeRobot dataset (no meta/info.json)"))
     cases.append((["export", str(out), "--out", str(tmp_path / "x")], "no dataset.yaml"))
+    # info.json fields of other types, a path pattern with another placeholder, a data column
+    # gone: tracebacks (ValueError, TypeError, AttributeError, KeyError) before
+    for name, change, message in [
+            ("fps", {"fps": "abc"}, "info.json: fps must be a positive number, got 'abc'"),
+            ("features", {"features": "x"},
+             "info.json: features must be a mapping of feature mappings, got 'x'"),
+            ("pattern", {"data_path": "data/{nosuch}.parquet"},
+             "info.json: data_path 'data/{nosuch}.parquet' is not a path pattern")]:
+        damaged = tmp_path / f"info_{name}"
+        shutil.copytree(out, damaged)
+        info = json.loads((damaged / "meta" / "info.json").read_text())
+        (damaged / "meta" / "info.json").write_text(json.dumps({**info, **change}))
+        cases.append((["import", str(damaged), "--spec", "push_image"], message))
+    nocolumn = tmp_path / "nocolumn"
+    shutil.copytree(out, nocolumn)
+    for data_file in (nocolumn / "data").rglob("*.parquet"):
+        pq.write_table(pq.read_table(data_file).drop_columns(["episode_index"]), data_file)
+    cases.append((["import", str(nocolumn), "--spec", "push_image"],
+                  "no column 'episode_index' in its data or episode metadata"))
     for argv, message in cases:
         target = tmp_path / "result"
         run = subprocess.run(CLI + argv + (["--out", str(target)] if argv[0] == "import"

@@ -635,11 +635,21 @@ class LeRobotDataset:
         """Camera features stored as images (PNG or JPEG bytes in the Parquet)."""
         return [k for k, f in self.features.items() if f.get("dtype") == "image"]
 
+    def _pattern(self, key: str, **values) -> str:
+        """info.json's path pattern ``key`` filled in; ``LeRobotError`` for another placeholder
+        than LeRobot's."""
+        pattern = self.info.get(key)
+        try:
+            return str(pattern).format(**values)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise LeRobotError(f"{self.root / 'meta' / 'info.json'}: {key} {pattern!r} is not a "
+                               f"path pattern of {{{'}, {'.join(values)}}}: {exc!r}") from None
+
     def _data_file(self, chunk: int, file: int) -> dict:
         import pyarrow.parquet as pq
 
         if (chunk, file) not in self._data:
-            path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
+            path = self.root / self._pattern("data_path", chunk_index=chunk, file_index=file)
             if not path.is_file():
                 raise LeRobotError(f"{path}: data file missing")
             try:
@@ -656,8 +666,8 @@ class LeRobotDataset:
         file = int(ep[f"videos/{key}/file_index"])
         start = float(ep[f"videos/{key}/from_timestamp"])
         if (key, chunk, file) not in self._videos:
-            path = self.root / self.info["video_path"].format(video_key=key, chunk_index=chunk,
-                                                              file_index=file)
+            path = self.root / self._pattern("video_path", video_key=key, chunk_index=chunk,
+                                             file_index=file)
             if not path.is_file():
                 raise LeRobotError(f"{path}: video of {key} missing (episode "
                                    f"{ep['episode_index']})")
@@ -726,6 +736,17 @@ def decode_video(path: Path) -> tuple:
     return np.asarray(times)[order], np.stack(frames)[order]
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ``LeRobotError`` naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LeRobotError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise LeRobotError(f"{path}: not a JSON object (a {type(data).__name__})")
+    return data
+
+
 def open_lerobot(root) -> LeRobotDataset:
     """A LeRobotDataset v3.0 folder; ``LeRobotError`` for another version, a missing or
     broken file, or metadata that does not add up."""
@@ -735,10 +756,7 @@ def open_lerobot(root) -> LeRobotDataset:
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise LeRobotError(f"{root}: not a LeRobot dataset (no meta/info.json)")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LeRobotError(f"{info_path}: cannot read: {exc}") from None
+    info = _read_json(info_path)
     version = info.get("codebase_version")
     if version != CODEBASE_VERSION:
         hint = (" (convert it with LeRobot's convert_dataset_v21_to_v30 first)"
@@ -748,6 +766,17 @@ def open_lerobot(root) -> LeRobotDataset:
     for key in ("fps", "features", "total_episodes"):
         if key not in info:
             raise LeRobotError(f"{info_path}: no {key!r}")
+    # the fields read, of the types LeRobot writes (others were tracebacks further on)
+    for key, ok, what in (
+            ("fps", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+             and 0 < v < math.inf, "a positive number"),
+            ("total_episodes", lambda v: isinstance(v, int) and not isinstance(v, bool)
+             and v >= 0, "a whole number"),
+            ("features", lambda v: isinstance(v, dict)
+             and all(isinstance(f, dict) for f in v.values()), "a mapping of feature mappings"),
+            ("data_path", lambda v: isinstance(v, str), "a path pattern")):
+        if key in info and not ok(info[key]):
+            raise LeRobotError(f"{info_path}: {key} must be {what}, got {info[key]!r:.60}")
     info.setdefault("data_path", DATA_PATH)  # LeRobot's loader does not need it either
     files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
@@ -771,7 +800,7 @@ def open_lerobot(root) -> LeRobotDataset:
         tasks[int(row["task_index"])] = text
     suite = None
     if (root / SUITE_META).is_file():
-        suite = json.loads((root / SUITE_META).read_text(encoding="utf-8"))
+        suite = _read_json(root / SUITE_META)
     return LeRobotDataset(root=root, info=info, episodes=episodes, tasks=tasks, suite=suite)
 
 
@@ -1031,8 +1060,12 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                 entry["executed"] = list(executed)
             yield values, n, entry
 
-    frames = write_episode_bags(out, spec, items(), fps, overwrite=True, progress=progress,
-                                total=len(data.episodes))
+    try:
+        frames = write_episode_bags(out, spec, items(), fps, overwrite=True, progress=progress,
+                                    total=len(data.episodes))
+    except KeyError as exc:  # a column every LeRobot v3.0 dataset has (data or episodes)
+        raise LeRobotError(f"{data.root}: no column {exc} in its data or episode metadata "
+                           "(a LeRobot v3.0 dataset has it)") from None
     report = ImportReport(out=out, episodes=len(data.episodes), frames=frames,
                           seconds=time.perf_counter() - t0)
     report.mapping = {k: feature if idx is None else
