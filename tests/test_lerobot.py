@@ -458,6 +458,10 @@ def test_bad_input_is_one_line_and_leaves_nothing(exported, episodes, tmp_path):
     misfit.write_text("arm: {feature: action, slice: [0, 6]}\n")
     cases.append((["import", str(out), "--spec", "push_image", "--mapping", str(misfit)],
                   "mapping: arm: 6 elements of action for the spec's 7"))
+    bad_slice = tmp_path / "slice.yaml"
+    bad_slice.write_text("arm: {feature: action, slice: [0, x]}\n")
+    cases.append((["import", str(out), "--spec", "push_image", "--mapping", str(bad_slice)],
+                  "arm: slice must be [start, stop], two whole numbers >= 0, not [0, 'x']"))
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("elbow: {feature: action}\n")
     cases.append((["import", str(out), "--spec", "push_image", "--mapping", str(unknown)],

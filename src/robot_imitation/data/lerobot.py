@@ -917,6 +917,16 @@ def read_mapping(path) -> dict:
                 not set(entry) <= {"feature", "names", "slice"}:
             raise LeRobotError(f"{path}: {key}: give {{feature: ..., names: [...] | slice: "
                                f"[start, stop]}}, not {entry!r}")
+        cut = entry.get("slice")
+        if cut is not None and not (isinstance(cut, list) and len(cut) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in cut)):
+            raise LeRobotError(f"{path}: {key}: slice must be [start, stop], two whole numbers "
+                               f">= 0, not {cut!r}")
+        names = entry.get("names")
+        if names is not None and not (isinstance(names, list) and all(
+                isinstance(v, str) for v in names)):
+            raise LeRobotError(f"{path}: {key}: names must be a list of element names, not "
+                               f"{names!r}")
     return data
 
 
