@@ -92,7 +92,8 @@ def test_the_settings_dataclasses_hold_the_same_limits():
     from robot_imitation.settings import SettingError, limits_of
 
     for bad, words in [({"steps": 0}, "steps must be a positive integer, got 0"),
-                       ({"batch_size": -1}, "batch_size must be a positive integer, got -1"),
+                       ({"batch_size": -1},
+                        "batch_size must be an integer from 1 to 1048576, got -1"),
                        ({"chunk": -1}, "chunk must be an integer from 0 to 1000, got -1"),
                        ({"lr": float("nan")}, "lr must be a number in [0, 1], got nan"),
                        ({"steps": "100"}, "steps must be a positive integer, got '100'"),
