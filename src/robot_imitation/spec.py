@@ -325,11 +325,7 @@ class Spec:
                                 f"'{f.relative_to}', which must be a low-dimensional "
                                 f"observation with at least {f.shape[0]} values")
         also = tuple((e["topic"], e["type"]) for e in data.get("record_also") or ())
-        try:
-            rate = float(data["control_rate"])
-        except (TypeError, ValueError):
-            raise SpecError(f"{where}: control_rate must be a number of Hz, got "
-                            f"{data['control_rate']!r}") from None
+        rate = float(data["control_rate"])  # (a number: _check_structure)
         if not MIN_RATE <= rate <= MAX_RATE:  # (NaN and inf too)
             raise SpecError(f"{where}: control_rate must be in [{MIN_RATE:g}, {MAX_RATE:g}] "
                             f"Hz, got {rate:g}")

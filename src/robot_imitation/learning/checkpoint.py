@@ -217,9 +217,6 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
                                    f"{path / META} action_limits")
         except LimitsError as exc:
             raise CheckpointError(str(exc)) from None
-    if policy.cfg.feature_specs() != list(trained.features):
-        raise CheckpointError(f"{path / META}: the policy's derived features do not match its "
-                              "spec's features (edited by hand?)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
