@@ -43,9 +43,43 @@ def test_mixture_labels_are_the_experts_whoever_acts(push_world):
     n = min(len(learner), len(demo))
     assert not np.allclose(learner.obs["joint_pos"][:n], demo.obs["joint_pos"][:n])
     assert_expert_labels(world, learner)
+    clamped = world.mux_filter.clamped_commands
     (episodes, _), share = world.collect([3], Mixture(beta=1.0))
     assert share == 1.0 and episodes[0].success
-    np.testing.assert_array_equal(episodes[0].actions, demo.actions)
+    assert_expert_labels(world, episodes[0])
+    # the expert drove through the command mux, whose action filter holds each joint to the
+    # robot's velocity limit per tick: where the expert asked for more (its first tick, from
+    # the home pose, asks for 0.3 rad), the executed commands are not the demonstration's
+    assert world.mux_filter.clamped_commands > clamped
+    n = min(len(episodes[0]), len(demo))
+    assert not np.array_equal(episodes[0].obs["joint_pos"][:n], demo.obs["joint_pos"][:n])
+
+
+def test_the_mux_filter_holds_every_executed_command_to_the_robot_s_limits(push_world):
+    """Whoever drives, each executed command of the learning world is within the robot's
+    limits and within a velocity limit's tick of the last one (the command mux's filter)."""
+    world, _ = push_world
+    executed = []
+    step = world.env.step
+
+    def record(action):
+        executed.append(np.array(action, dtype=np.float64))
+        return step(action)
+
+    limits = world.mux_filter.filters[0]
+    world.env.step = record
+    try:
+        for driver in (Mixture(beta=1.0), Mixture(beta=0.5), Gated({})):
+            executed.clear()
+            (episodes, _), _ = world.collect([11], driver)
+            arm = np.array(executed)[:, :7]
+            assert np.all(arm >= limits.lower) and np.all(arm <= limits.upper)
+            first = episodes[0].obs["joint_pos"][0, :7]  # (kept as float32)
+            steps = np.abs(np.diff(np.vstack([first, arm]), axis=0))
+            assert np.all(steps[0] <= limits.max_delta + 1e-6), driver
+            assert np.all(steps[1:] <= limits.max_delta + 1e-12), driver
+    finally:
+        world.env.step = step
 
 
 def test_labels_to_reach():

@@ -43,7 +43,8 @@ def old_rig(with_expert, supervisor=None, dataset=None):
                        "arm_controller": "expert/arm_controller",
                        "gripper_controller": "expert/gripper_controller"}, []))
         nodes.append(("command_mux", "command_mux",
-                      {"sources": ["expert", "policy"], "sync_sources": ["expert", "policy"],
+                      {"task": "push", "spec": "push",  # (its action filter's)
+                       "sources": ["expert", "policy"], "sync_sources": ["expert", "policy"],
                        "sync": True, "mode": "policy", "mixture_per": "episode", "seed": 7,
                        "intervention_source": "expert", "joy_sync": supervised,
                        "intervention_button": 5}, []))

@@ -5,15 +5,18 @@ import time
 import numpy as np
 import pytest
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 
 from conftest import wait_for
 from robot_imitation.algorithms.dagger import BetaSchedule
+from robot_imitation.deploy.limits import CommandLimiter, LimitsError, command_limits
 from robot_imitation.deploy.mux import MuxCore
-from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS, answer
+from robot_imitation.nodes.common import (COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
+                                         answer)
 from robot_imitation.pairing import stamp_of
+from robot_imitation.spec import Spec
 
 ARM, GRIP = "/arm_controller/commands", "/gripper_controller/commands"
 KEEP = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
@@ -219,6 +222,75 @@ def test_sync_keeps_an_answer_to_the_next_episode_across_a_forward():
     assert core.unanswered() == ["expert"], "who a waiting mux names"
 
 
+def test_sync_waits_for_each_state_s_status_once_statuses_come():
+    """Which forward is an episode's first is known from the state's own status (the bridge
+    publishes one with every state, stamped alike), not from when the status arrives: the
+    action filter's reset and a per-episode draw are then the same on any machine."""
+    core = MuxCore([ARM, GRIP], ["expert", "policy"], "mixture", beta=0.5, per="episode",
+                   seed=4)
+
+    def state(t, *, status=None, answers=True):
+        core.on_state(stamp_of(t))
+        if status is not None:
+            core.on_status(stamp_of(t), status)
+        if answers:
+            for src, v in (("expert", 1.0), ("policy", 2.0)):
+                core.on_answer(src, ARM, answer([v] * 7, t))
+                core.on_answer(src, GRIP, answer([v], t))
+
+    state(1.0)  # no status has come yet: forwarded on the answers alone
+    assert core.ready() is not None and not core.episode_started
+    state(2.0, status="3")
+    assert core.ready() is not None and core.episode_started  # the first status: episode 3
+    draws = []
+    for k in range(3, 40):
+        episode = str(3 + k // 5)
+        state(float(k))  # every answer is in, the status not yet: it waits for it
+        assert core.ready() is None and core.state_pending
+        core.on_status(stamp_of(float(k)), episode)
+        assert core.ready() is not None
+        assert core.episode_started == (k % 5 == 0), k
+        draws.append((episode, core.last_choice))
+    per_episode = {}
+    for episode, choice in draws:
+        per_episode.setdefault(episode, set()).add(choice)
+    assert all(len(c) == 1 for c in per_episode.values()), "one draw per episode"
+    assert {c.pop() for c in per_episode.values()} == {"expert", "policy"}
+
+
+def test_the_command_limiter_counts_from_the_last_command_or_after_a_reset_the_joints():
+    spec = Spec.load("push")
+    limiter = CommandLimiter(command_limits(spec, "panda"), spec)
+    d = 2.175 / 20  # the first joint's velocity limit per tick of push's 20 Hz
+    home = np.array([0.0, -0.785, 0.0, -2.356, 0.0, 0.0, 0.785])
+    measured = {"joint_pos": np.append(home, [0.04, 0.04])}
+    # the first command after a reset counts from the measured joints (the arm is relative to
+    # them); the gripper has no measured reference and no change limit: its bounds only
+    np.testing.assert_allclose(limiter.part(0, home + 0.05, measured), home + 0.05)
+    assert limiter.clamped_commands == 0
+    out = limiter.part(0, home + 1.0)
+    np.testing.assert_allclose(out[:4], home[:4] + 0.05 + d)
+    assert list(limiter.part(1, [3.0])) == [1.0] and list(limiter.part(1, [-2.0])) == [0.0]
+    assert limiter.clamped_commands == 3
+    far = np.full(7, 10.0)  # beyond every joint's upper limit, and far from the last
+    np.testing.assert_allclose(limiter.part(0, far)[0], out[0] + d)
+    limiter.reset()
+    stop = limiter(np.append(far, 0.5))  # no reference: clamped to the bounds only
+    np.testing.assert_array_equal(stop[:7], limiter.filters[0].upper)
+    assert stop[0] == pytest.approx(2.8973)  # (the model's joint range)
+    assert stop[7] == 0.5
+    limiter.reset()
+    step = limiter(np.append(far, 0.5), measured)
+    np.testing.assert_allclose(step[:4], home[:4] + d)
+    # limits given replace that part of the robot's
+    reach = Spec.load("reach")
+    assert command_limits(reach, "panda", max_delta=[0.0]).max_delta[0] == np.inf
+    with pytest.raises(LimitsError, match="bound nothing"):
+        command_limits(spec, "", lower=[-np.inf], upper=[np.inf], max_delta=[0.0])
+    assert command_limits(spec, "", lower=[-np.inf], upper=[np.inf], max_delta=[0.0],
+                          allow_unlimited=True).unlimited
+
+
 class Sources:
     def __init__(self, probe, names=("expert", "policy", "human")):
         self.pubs = {(s, t): probe.node.create_publisher(Float64MultiArray, f"/{s}{t}",
@@ -234,6 +306,9 @@ class Sources:
 
 
 VALUE = {"expert": 1.0, "policy": 2.0, "human": 3.0}
+# Limits that touch none of the values these tests tell the sources apart by (which source is
+# forwarded is their subject; test_every_forward_passes_the_action_filter is the filter's)
+WIDE = {"action_lower": [-1e6], "action_upper": [1e6], "max_delta": [0.0]}
 
 
 def forwarded_during(sources, arm, names, seconds=0.5) -> set:
@@ -253,7 +328,7 @@ def test_mux_modes_and_joy_intervention(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     executed = probe.record(String, "/command_mux/source", KEEP)
     joy = probe.node.create_publisher(Joy, "/joy", SENSOR_QOS)
-    procs.start_node("command_mux", params={"mode": "policy", "intervention_button": 5})
+    procs.start_node("command_mux", params={"mode": "policy", "intervention_button": 5, **WIDE})
     sources = Sources(probe)
     wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM), 30,
              "the mux's subscriptions", procs=procs)
@@ -278,6 +353,17 @@ def test_mux_modes_and_joy_intervention(procs, probe):
     assert forwarded_during(sources, arm, ("expert", "policy"), seconds=1.5) == {1.0, 2.0}
 
 
+def mux_value(diag, key: str):
+    """The newest value of ``key`` in the mux's /diagnostics (None before any)."""
+    for msg in reversed(list(diag)):
+        for st in msg.status:
+            if st.name.startswith("command_mux"):
+                values = {kv.key: kv.value for kv in st.values}
+                if key in values:
+                    return values[key]
+    return None
+
+
 def mux_connected(diag) -> bool:
     """Has the mux reported (on /diagnostics) that it hears every input it waits for?"""
     return any(st.name.startswith("command_mux") and
@@ -291,7 +377,7 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     executed = probe.record(String, "/command_mux/source", KEEP)
     state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
     procs.start_node("command_mux", params={"mode": "mixture", "beta": 0.5, "sync": True,
-                                            "seed": 3, "sync_timeout": 5.0})
+                                            "seed": 3, "sync_timeout": 5.0, **WIDE})
     sources = Sources(probe)
     diag = probe.record(DiagnosticArray, "/diagnostics", 10)
     # connected from both sides: the mux itself hears every input (discovery is not symmetric)
@@ -315,10 +401,12 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
     assert 8 < chosen.count("expert") < 32
 
 
-def synced_mux(procs, probe, state, names, **params) -> "Sources":
+def synced_mux(procs, probe, state, names, wide=True, **params) -> "Sources":
     """A mux in `expert` mode syncing on ``state`` (the probe's JointState publisher), its
-    sources ``names`` played by the probe; returns them once the mux hears everything."""
-    procs.start_node("command_mux", params={"mode": "expert", "sync": True, **params})
+    sources ``names`` played by the probe; returns them once the mux hears everything.
+    ``wide``: with limits that touch no value (WIDE), else the robot's."""
+    procs.start_node("command_mux", params={"mode": "expert", "sync": True,
+                                            **(WIDE if wide else {}), **params})
     sources = Sources(probe, names=names)
     diag = probe.record(DiagnosticArray, "/diagnostics", 10)
     wait_for(lambda: sources.matched() and state.get_subscription_count()
@@ -392,3 +480,64 @@ def test_a_synced_mux_forwards_again_a_state_published_again(procs, probe):
     assert len(arm) == 2  # a new state waits for its answer
     assert "state 7.000 s published again: its forward sent again (1 in all)" in \
         procs.log("command_mux")
+
+
+PANDA = [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1",
+                                                     "panda_finger_joint2"]
+
+
+@pytest.mark.ros
+def test_every_forward_passes_the_action_filter(procs, probe):
+    """The mux forwarded each source's commands as they came: a hand-over from one source to
+    another jumped, and nothing bounded a command before the robot. Each forward now passes
+    the action filter (the task's robot by default): bounds, the change per tick counted from
+    the last forward whoever sent it, and after a new episode from the measured joints. A
+    command of the wrong size or with a NaN is not forwarded."""
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    grip = probe.record(Float64MultiArray, GRIP, KEEP)
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    procs.start_node("command_mux", params={"mode": "policy"})
+    sources = Sources(probe)
+    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM), 30,
+             "the mux's subscriptions", procs=procs)
+    d = 2.175 / 20   # panda_joint1's velocity limit per tick of push's 20 Hz
+    sources.send("policy", 0.5)
+    wait_for(lambda: len(arm) == 1 and len(grip) == 1, 5, "the first forward")
+    assert arm[0].data[0] == 0.5 and grip[0].data[0] == 0.5
+    probe.set_params("command_mux", mode="expert")
+    for k in range(1, 6):   # the expert takes over, far from the policy's last command
+        sources.send("expert", 2.5)
+        wait_for(lambda: len(arm) == k + 1, 5, f"forward {k}")
+        assert arm[-1].data[0] == pytest.approx(min(0.5 + k * d, 2.5)), k
+    sources.send("human", 9.0)  # not the chosen source: nothing
+    sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[float("nan")] * 7))
+    sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[1.0] * 3))
+    sources.pubs[("expert", GRIP)].publish(Float64MultiArray(data=[7.0]))
+    wait_for(lambda: "a command on /arm_controller/commands not forwarded: not finite [nan, "
+             in procs.log("command_mux"), 5, "the refusal", procs=procs)
+    wait_for(lambda: mux_value(diag, "refused_commands") == "2", 5, "both refusals counted")
+    # (each of the expert's arm commands, and more: 0.5 is above panda_joint4's upper limit)
+    assert int(mux_value(diag, "clamped_commands")) > 5
+    wait_for(lambda: len(grip) == 7, 5, "the gripper's forward")
+    assert grip[-1].data[0] == 1.0, "the gripper's opening is at most 1"
+    assert len(arm) == 6
+
+    # lockstep: after a new episode (the state's own status says so) the change counts from
+    # the measured joints, not from the last forward
+    procs.stop("command_mux")
+    arm.clear()
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_QOS)
+    sources = synced_mux(procs, probe, state, ("expert",), wide=False, sync_sources=["expert"])
+    for k, (episode, joint1) in enumerate([("1", 0.0), ("1", 0.0), ("2", 2.0)], start=1):
+        msg = JointState(name=PANDA, position=[joint1] + [0.0] * 8)
+        msg.header.stamp.sec = k
+        state.publish(msg)
+        done = DiagnosticArray(status=[DiagnosticStatus(
+            values=[KeyValue(key="episode", value=episode)])])
+        done.header.stamp.sec = k
+        status.publish(done)
+        sources.pubs[("expert", ARM)].publish(answer([1.5] + [0.0] * 6, float(k)))
+        sources.pubs[("expert", GRIP)].publish(answer([0.5], float(k)))
+        wait_for(lambda: len(arm) == k, 5, f"the forward of state {k}", procs=procs)
+    assert [m.data[0] for m in arm] == pytest.approx([d, 2 * d, 2.0 - d])

@@ -29,6 +29,10 @@ class LimitsError(ValueError):
     """Limits that cannot be used (names the value and what is wrong)."""
 
 
+class RobotMismatch(LimitsError):
+    """A robot whose arm and gripper are not the spec's action values."""
+
+
 @dataclass(frozen=True)
 class ActionLimits:
     lower: np.ndarray       # (A,), -inf where unbounded
@@ -108,7 +112,7 @@ def robot_limits(robot: str, spec) -> ActionLimits:
     index = RobotIndex.build(load_robot_spec(cfg).compile(), cfg)
     n = index.n_arm
     if spec.action_dim != n + 1:
-        raise LimitsError(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
+        raise RobotMismatch(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
                           f"'{spec.name}' has {spec.action_dim} action values: give "
                           "action_lower, action_upper and max_delta instead")
     lower = np.append(index.arm_limits[:, 0], 0.0)
@@ -198,3 +202,70 @@ def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper
                           "bound and no change per tick on any action value; give finite "
                           "limits, or allow_unlimited:=true to command without limits")
     return limits
+
+
+class CommandLimiter:
+    """The one filter (``runtime.ActionFilter``) for a node whose commands no
+    ``PolicyController`` computed (the command mux forwarding whichever source drives), over
+    the spec's action parts as they travel (one message per command topic: arm, gripper).
+
+    Each part's change per tick counts from its last command; after ``reset`` (a new episode:
+    a simulated robot is put back), from the measured values a relative action part is relative
+    to (the arm joints), as the policy node's first command; a part without such a reference
+    is then only clamped to its bounds."""
+
+    def __init__(self, limits: ActionLimits | None, spec):
+        from .runtime import ActionFilter
+
+        self.parts = []   # (start, end) in the action vector, per action field
+        start = 0
+        for f in spec.actions:
+            self.parts.append((start, start + f.size))
+            start += f.size
+        self.relative = [f.relative_to for f in spec.actions]
+        self.filters = [ActionFilter(b - a) if limits is None else
+                        ActionFilter(b - a, limits.lower[a:b], limits.upper[a:b],
+                                     limits.max_delta[a:b]) for a, b in self.parts]
+        self.last: list = [None] * len(self.parts)
+        self.clamped_commands = 0   # part commands with a value changed by the filter
+        self.clamped_values = 0
+
+    def reset(self) -> None:
+        self.last = [None] * len(self.parts)
+
+    def part(self, i: int, values, measured: dict | None = None) -> np.ndarray:
+        """Part ``i``'s command ``values`` (its size; finite) through the filter, a new array.
+        ``measured``: the observations by key (a relative part's reference after a reset)."""
+        values = np.asarray(values, dtype=np.float64)
+        reference = self.last[i]
+        key = self.relative[i]
+        if reference is None and key and measured is not None and key in measured:
+            m = np.asarray(measured[key], dtype=np.float64)[: len(values)]
+            if m.shape == values.shape:
+                reference = np.where(np.isfinite(m), m, values)
+        out, clamped = self.filters[i](values, reference)
+        if clamped:
+            self.clamped_commands += 1
+            self.clamped_values += clamped
+        self.last[i] = out
+        return out
+
+    def __call__(self, action, measured: dict | None = None) -> np.ndarray:
+        """The whole action vector (every part at once), through the filter."""
+        action = np.asarray(action, dtype=np.float64)
+        return np.concatenate([self.part(i, action[a:b], measured)
+                               for i, (a, b) in enumerate(self.parts)])
+
+
+def command_limits(spec, robot: str, lower=None, upper=None, max_delta=None,
+                   allow_unlimited: bool = False) -> ActionLimits | None:
+    """The limits a node applies to commands that come from no checkpoint: ``robot``'s, with
+    any of ``lower``/``upper``/``max_delta`` given replacing that part (``runtime_limits``)."""
+    given = any(v is not None and len(v) for v in (lower, upper, max_delta))
+    try:
+        stored = robot_limits(robot, spec).to_dict() if robot else None
+    except RobotMismatch:
+        if not given:  # (it says to give action_lower, action_upper and max_delta)
+            raise
+        stored = None  # a robot that does not fit the spec: the limits given alone
+    return runtime_limits(spec, stored, "", lower, upper, max_delta, allow_unlimited)

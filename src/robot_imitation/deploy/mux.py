@@ -63,6 +63,14 @@ class MuxCore:
         self.dropped_late = 0      # answers naming an earlier state than the pending one
         self.answers = {s: 0 for s in self.sources}  # messages taken from each source
         self._current = None       # without sync, a mixture's current draw
+        # sync: the episode of each state, from its status (the bridge publishes one with every
+        # state, stamped alike); once statuses come, each forward waits for its state's, so that
+        # a new episode (a per-episode draw, the command filter's reset) is known exactly
+        self._statuses: dict = {}
+        self.status_sync = False
+        self._episode_seen = None
+        self.episode_started = False   # the last forward is an episode's first
+        self._started = False
 
     def set_mode(self, mode: str, beta: float | None = None) -> None:
         if mode not in MODES and mode not in self.sources:
@@ -116,6 +124,15 @@ class MuxCore:
             if len(self._joys) > 8:
                 del self._joys[next(iter(self._joys))]
 
+    def on_status(self, stamp, episode: str) -> None:
+        """Sync: the episode of the state stamped ``stamp`` (its status message)."""
+        if stamp is None:
+            return
+        self._statuses[stamp] = episode
+        self.status_sync = True
+        if len(self._statuses) > 8:
+            del self._statuses[next(iter(self._statuses))]
+
     def on_answer(self, source: str, topic: str, msg) -> None:
         self.queues[source][topic].append(msg)
         self.answers[source] += 1
@@ -151,12 +168,21 @@ class MuxCore:
                 self.intervening = self._joys[self.state_stamp]
             elif self.joy_stamp != self.state_stamp:  # (unstamped: the newest button state)
                 return None
+        if self.status_sync and self.state_stamp is not None and \
+                self.state_stamp not in self._statuses:
+            return None   # its status is on the way
         return self.force()
 
     def force(self) -> list | None:
         """Sync timeout: forward the chosen source's answer without waiting for the others."""
         if not self.state_pending:
             return None
+        episode = self._statuses.get(self.state_stamp)
+        if episode is not None and episode != self._episode_seen:
+            if self._episode_seen is not None:
+                self.new_episode()  # (a per-episode mixture draws again, for this state)
+            self._episode_seen = episode
+            self._started = True
         # a mixture draws once per state: a sync timeout asking again must not draw again (that
         # would favour whichever source answered, and tie the draws to the timing)
         choice = self._step_choice or self.choose()
@@ -172,6 +198,7 @@ class MuxCore:
         self._step_choice = None
         self.last_choice = choice
         self.forwarded[choice] += 1
+        self.episode_started, self._started = self._started, False
         return out
 
     def _clear(self) -> None:

@@ -16,6 +16,15 @@ held: then ``intervention_source``). See ``deploy/mux.py``.
 state with a Joy stamped like the state (``scripted_supervisor``); in intervention mode each
 state then also waits for its button state.
 
+Safety: every command the mux publishes passes the one action filter (``deploy.limits``), on by
+default: the robot of ``task`` (or ``robot``) bounds each joint and the gripper, and each
+value's change per control tick of the task's spec, counted from the last command forwarded
+whichever source sent it (a hand-over from the policy to a person, or back, never jumps). After
+a new episode the change counts from the measured joints (a simulated robot is put back). A
+command of the wrong size or with a NaN is not forwarded. ``action_lower``/``action_upper``/
+``max_delta`` replace part of the robot's limits; ``allow_unlimited`` with limits that bound
+nothing is the only way to forward commands as they come.
+
 ``sync: true`` (lockstep simulation): for each new state on ``state_topic`` the mux waits until
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
 source alone), so the expert labels of policy-driven steps are published at the state's
@@ -26,8 +35,11 @@ from __future__ import annotations
 
 import time
 
-from .common import (COMMAND_PUB_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, STATE_QOS,
-                     MatchedReport, Param, declare_all, run, stamp_ns, steady_timer)
+import numpy as np
+
+from .common import (COMMAND_PUB_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
+                     MatchedReport, Param, declare_all, limit_args, limit_parameters, run,
+                     stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -35,7 +47,10 @@ from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
+from ..deploy.limits import CommandLimiter, command_limits  # noqa: E402
 from ..deploy.mux import MuxCore  # noqa: E402
+from ..sim.tasks import TaskConfig  # noqa: E402
+from ..spec import Spec  # noqa: E402
 
 
 class CommandMux(Node):
@@ -66,7 +81,19 @@ class CommandMux(Node):
         Param("joy_sync", False, "sync, intervention mode: also wait for the Joy stamped with "
               "each state's stamp (a scripted supervisor)", read_only=True),
         Param("episode_topic", "/episode/status", "episode status (per episode mixtures draw "
-              "again per episode)", read_only=True),
+              "again per episode; the action filter counts from the measured joints again)",
+              read_only=True),
+        Param("task", "push", "task whose robot's limits and spec's control tick the action "
+              "filter takes (config/tasks name or path)", read_only=True),
+        Param("spec", "", "spec of the commands (config/specs name or path): its actions are "
+              "the `topics`; empty: the task's", read_only=True),
+        Param("robot", "", "robot config whose limits the action filter takes (arm joint "
+              "limits, gripper 0..1, velocity limits per tick); empty: the task's robot",
+              read_only=True),
+        *limit_parameters("the robot's"),
+        Param("allow_unlimited", False, "forward without any action limit, when the limits "
+              "given bound nothing; logged as a warning. Without it such limits are refused",
+              read_only=True),
     )
 
     def __init__(self):
@@ -85,6 +112,10 @@ class CommandMux(Node):
         # subscription matched is lost, and a source answers each state only once
         self._inputs = ([f"/{s}{t}" for s in sync_sources for t in topics] + [state_topic] +
                         (["joy"] if self.core.joy_sync else [])) if self.sync else []
+        self._limiter = self._make_limiter(p, topics)
+        self._part = {t: i for i, t in enumerate(topics)}
+        self._measured = None   # the newest state (JointState): the filter's reference at reset
+        self.refused = 0        # commands not forwarded (wrong size, not finite)
         self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_PUB_QOS)
                      for t in topics}
         self.pub_source = self.create_publisher(String, "~/source", COMMAND_PUB_QOS)
@@ -99,9 +130,9 @@ class CommandMux(Node):
         # a person's joystick: sensor data; a scripted supervisor (joy_sync): every Joy counts
         self.create_subscription(Joy, "joy", self._on_joy,
                                  STATE_QOS if self.core.joy_sync else SENSOR_QOS)
-        if episode_topic:
+        if episode_topic:  # (one status comes with each state: every one is taken)
             self.create_subscription(DiagnosticArray, episode_topic, self._on_episode,
-                                     LATCHED_QOS)
+                                     STATUS_QOS)
         self._episode = None
         self._stamps_seen = None
         self._state_time = None
@@ -113,6 +144,8 @@ class CommandMux(Node):
             steady_timer(self, 0.05, self._check_timeout)  # measured in wall time
         else:
             self.create_timer(1.0 / rate, self.core.redraw)
+            if self._joints:  # the measured joints: the filter's reference after a reset
+                self.create_subscription(JointState, state_topic, self._on_measured, STATE_QOS)
         self.add_on_set_parameters_callback(self._on_params)
         if p["intervention_source"] not in sources:  # read-only: intervention mode is refused
             self.get_logger().warning(
@@ -121,6 +154,66 @@ class CommandMux(Node):
         steady_timer(self, 1.0, self._publish_diagnostics)
         self.get_logger().info(f"mux over {sources} on {topics}: mode {mode} (beta {beta}), "
                                f"{'sync on ' + state_topic if self.sync else 'no sync'}")
+
+    def _make_limiter(self, p: dict, topics: list) -> CommandLimiter:
+        """The action filter over ``topics`` (the spec's action topics, in order)."""
+        spec = Spec.load(p["spec"] or p["task"])
+        robot = p["robot"] or TaskConfig.load(p["task"]).robot
+        actions = [f.topic for f in spec.actions]
+        if list(topics) != actions:
+            raise ValueError(f"topics {list(topics)} are not the action topics of spec "
+                             f"'{spec.name}' {actions}, whose limits the mux applies: give "
+                             "the spec of these commands (spec, task)")
+        limits = command_limits(spec, robot, **limit_args(p))
+        names = [n for f in spec.actions for n in f.names()]
+        if limits is None:
+            self.get_logger().warning("forwarding WITHOUT action limits (allow_unlimited): "
+                                      "nothing bounds the commands or their change per tick")
+        else:
+            self.get_logger().info(f"action limits from {limits.describe(names)}, per tick of "
+                                   f"{spec.control_rate:g} Hz")
+        # the joints a relative action part (the arm) counts from after a reset, by name
+        fields = {f.key: f for f in spec.observations}
+        self._joints = {f.relative_to: fields[f.relative_to].joints for f in spec.actions
+                        if f.relative_to and f.relative_to in fields
+                        and fields[f.relative_to].field == "position"
+                        and fields[f.relative_to].joints}
+        return CommandLimiter(limits, spec)
+
+    def _measured_values(self) -> dict | None:
+        """The newest state's measured joints, by observation key (None before any)."""
+        msg = self._measured
+        if msg is None or not self._joints:
+            return None
+        at = {n: i for i, n in enumerate(msg.name)}
+        out = {}
+        for key, joints in self._joints.items():
+            if all(j in at and at[j] < len(msg.position) for j in joints):
+                out[key] = np.array([msg.position[at[j]] for j in joints])
+        return out
+
+    def _on_measured(self, msg: JointState) -> None:
+        self._measured = msg
+
+    def _limited(self, topic: str, msg):
+        """``msg`` through the action filter: the message to forward (``msg`` itself when
+        nothing changed), or None for one that must not reach the robot."""
+        i = self._part[topic]
+        a, b = self._limiter.parts[i]
+        values = np.asarray(msg.data, dtype=np.float64)
+        if values.shape != (b - a,) or not np.isfinite(values).all():
+            self.refused += 1
+            self.get_logger().warning(
+                f"a command on {topic} not forwarded: "
+                + (f"{values.size} values, not {b - a}" if values.shape != (b - a,)
+                   else f"not finite {values.tolist()}") + f" ({self.refused} in all)",
+                throttle_duration_sec=5.0)
+            return None
+        measured = self._measured_values() if self._limiter.last[i] is None else None
+        out = self._limiter.part(i, values, measured)
+        if np.array_equal(out, values):
+            return msg
+        return Float64MultiArray(layout=msg.layout, data=out.tolist())
 
     def _on_params(self, params) -> SetParametersResult:
         mode = next((p.value for p in params if p.name == "mode"), None)
@@ -147,6 +240,7 @@ class CommandMux(Node):
                                        throttle_duration_sec=10.0)
             return
         self._stamps_seen = stamp
+        self._measured = msg
         self._state_time = time.monotonic()
         self.core.on_state(stamp)
         self._flush(self.core.ready())
@@ -156,6 +250,9 @@ class CommandMux(Node):
             self.core.on_answer(source, topic, msg)
             self._flush(self.core.ready())
         elif self.core.passthrough(source):
+            msg = self._limited(topic, msg)
+            if msg is None:
+                return
             if topic == self.core.topics[0]:
                 self.pub_source.publish(String(data=source))
                 self.core.forwarded[source] += 1
@@ -188,6 +285,9 @@ class CommandMux(Node):
     def _flush(self, out) -> None:
         if out is None:
             return
+        if self.core.episode_started:  # (known from the state's own status: exact)
+            self._limiter.reset()
+        out = [(t, m) for t, m in ((t, self._limited(t, m)) for t, m in out) if m is not None]
         self._forward = (self._stamps_seen, self.core.last_choice, out)
         self._publish(self.core.last_choice, out)
 
@@ -207,9 +307,15 @@ class CommandMux(Node):
     def _on_episode(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
             for kv in st.values:
-                if kv.key == "episode" and kv.value != self._episode:
+                if kv.key != "episode":
+                    continue
+                if self.sync:  # paired with its state by the stamp (MuxCore.on_status)
+                    self.core.on_status(stamp_ns(msg.header.stamp), kv.value)
+                    self._flush(self.core.ready())
+                elif kv.value != self._episode:
                     self._episode = kv.value
                     self.core.new_episode()
+                    self._limiter.reset()
 
     def _publish_diagnostics(self) -> None:
         values = {"mode": self.core.mode, "beta": self.core.beta,
@@ -217,6 +323,9 @@ class CommandMux(Node):
                   "intervening": str(self.core.intervening).lower(),
                   "sync_timeouts": self.timeouts, "late_answers_dropped": self.core.dropped_late,
                   "forwards_resent": self.resent,
+                  "clamped_commands": self._limiter.clamped_commands,
+                  "clamped_values": self._limiter.clamped_values,
+                  "refused_commands": self.refused,
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -244,6 +244,31 @@ def params_of(cls, choices: dict | None = None) -> tuple:
     return tuple(out)
 
 
+def limit_parameters(base: str) -> tuple:
+    """The parameters that replace part of a node's action limits (``deploy.limits``): the
+    policy node's and the command mux's. ``base``: whose limits they replace."""
+    from rclpy.parameter import Parameter
+
+    return (
+        Param("action_lower", Parameter.Type.DOUBLE_ARRAY, "lower limit per action value (1 or "
+              f"action_dim values); replaces that part of {base} limits", read_only=True),
+        Param("action_upper", Parameter.Type.DOUBLE_ARRAY, "upper limit per action value "
+              "(replaces that part)", read_only=True),
+        Param("max_delta", Parameter.Type.DOUBLE_ARRAY, "largest change per tick per action "
+              "value, 0: none (replaces that part)", read_only=True),
+    )
+
+
+def limit_args(values: dict) -> dict:
+    """The limit parameters' values as ``runtime_limits`` takes them (unset: None)."""
+    def given(name):
+        v = values[name]
+        return list(v) if v is not None and len(v) else None
+
+    return {"lower": given("action_lower"), "upper": given("action_upper"),
+            "max_delta": given("max_delta"), "allow_unlimited": values["allow_unlimited"]}
+
+
 def declare_all(node, params) -> dict:
     """Declare ``params`` (``Param``) on ``node``, refuse later values that break their choices
     (ranges are enforced by rcl from the descriptors); returns {name: value}."""

@@ -70,8 +70,8 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
-                     LogThrottle, MatchedReport, Param, declare_all, run, stamp_ns, state_to_answer,
-                     steady_timer, take_state)
+                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
+                     run, stamp_ns, state_to_answer, steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -155,13 +155,7 @@ class PolicyNode(LifecycleNode):
         Param("robot", "", "take the action limits from this robot config (arm joint limits, "
               "gripper 0..1, velocity limits per tick) instead of the checkpoint's; empty: the "
               "limits the checkpoint carries", read_only=True),
-        Param("action_lower", Parameter.Type.DOUBLE_ARRAY, "lower limit per action value (1 or "
-              "action_dim values); replaces that part of the checkpoint's (or robot's) limits",
-              read_only=True),
-        Param("action_upper", Parameter.Type.DOUBLE_ARRAY, "upper limit per action value "
-              "(replaces that part)", read_only=True),
-        Param("max_delta", Parameter.Type.DOUBLE_ARRAY, "largest change per tick per action "
-              "value, 0: none (replaces that part)", read_only=True),
+        *limit_parameters("the checkpoint's (or robot's)"),
         Param("allow_unlimited", False, "command without any action limit when the checkpoint "
               "carries none (trained before checkpoints stored them) and none are given; logged "
               "as a warning. Without it such a checkpoint is refused", read_only=True),
@@ -304,13 +298,7 @@ class PolicyNode(LifecycleNode):
 
     def _limit_args(self) -> dict:
         """The parameters that replace a checkpoint's action limits (``runtime_limits``)."""
-        def given(name):
-            v = self.p[name]
-            return list(v) if v is not None and len(v) else None
-
-        return {"robot": self.p["robot"], "lower": given("action_lower"),
-                "upper": given("action_upper"), "max_delta": given("max_delta"),
-                "allow_unlimited": self.p["allow_unlimited"]}
+        return {"robot": self.p["robot"], **limit_args(self.p)}
 
     def _limits(self, spec, stored):
         """The action limits of a checkpoint trained for ``spec`` carrying ``stored`` (its

@@ -40,6 +40,22 @@ class ExpertDriver:
         return np.asarray(self.expert(sim_obs), dtype=float)
 
 
+class MuxedDriver:
+    """What the command mux forwards of ``driver``'s actions: each through the mux's action
+    filter (``deploy.limits.CommandLimiter``, reset with each episode)."""
+
+    def __init__(self, driver, limiter):
+        self.driver, self.limiter = driver, limiter
+
+    def reset(self, seed: int) -> None:
+        self.driver.reset(seed)
+        self.limiter.reset()
+
+    def act(self, obs: dict, sim_obs: dict) -> np.ndarray | None:
+        action = self.driver.act(obs, sim_obs)
+        return None if action is None else self.limiter(action, obs)
+
+
 class PolicyDriver:
     """A policy drives through a ``PolicyController``: the policy node's tick (chunking, the
     action filter with the limits the checkpoint carries, non-finite checks)."""

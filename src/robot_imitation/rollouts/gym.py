@@ -107,7 +107,8 @@ class GymLearningWorld(GymWorld):
     ``PolicyController`` that answers every state (as the policy node does, also when the
     expert's action is executed); a mixture draws from one generator seeded with the run's
     seed, once per state (the final state of an episode included, as the command mux forwards
-    its answer); the gate is the scripted supervisor's ``InterventionGate``."""
+    its answer); the gate is the scripted supervisor's ``InterventionGate``; every executed
+    action passes the command mux's action filter (the task's robot's limits)."""
 
     kind = "gym"
 
@@ -123,6 +124,10 @@ class GymLearningWorld(GymWorld):
         self.expert = make_expert(self.sim)
         self.backend = backend or ROLLOUT_BACKEND
         self.rng = np.random.default_rng(seed)  # the command mux's, seeded alike
+        # the command mux's action filter (its default limits: the task's robot's)
+        from ..deploy.limits import CommandLimiter, command_limits
+
+        self.mux_filter = CommandLimiter(command_limits(spec, self.sim.cfg.robot), spec)
         self.controller = None
         self.loaded = None
 
@@ -138,10 +143,10 @@ class GymLearningWorld(GymWorld):
         self.controller, _ = make_controller(self.loaded, self.spec)
 
     def evaluate(self, seeds, who: str = "policy") -> dict:
-        from .base import ExpertDriver, PolicyDriver, summarize
+        from .base import ExpertDriver, MuxedDriver, PolicyDriver, summarize
 
         driver = ExpertDriver(self.expert) if who == "expert" else PolicyDriver(self.controller)
-        return summarize(self.run(seeds, driver))
+        return summarize(self.run(seeds, MuxedDriver(driver, self.mux_filter)))
 
     def demonstrations(self, seeds) -> tuple:
         return [self._labelled(seed, None) for seed in seeds], None
@@ -163,8 +168,9 @@ class GymLearningWorld(GymWorld):
         gate = InterventionGate(**driver.supervisor) if hasattr(driver, "supervisor") else None
         per_episode = driver is not None and gate is None and driver.per == "episode"
         sim_obs, _ = self.env.reset(seed=seed)
-        if driver is not None:
+        if driver is not None:  # (demonstrations: the expert drives the robot, no mux)
             self.controller.reset()
+            self.mux_filter.reset()
         seen = {f.key: [] for f in self.spec.observations}
         labels, executed, success = [], [], False
         episode_choice = None
@@ -191,8 +197,10 @@ class GymLearningWorld(GymWorld):
                             break  # NaN/inf from the policy: through ROS nothing is sent
                         source = "policy"
                 executed.append(source)
-                sim_obs, _, terminated, truncated, info = self.env.step(
-                    label if source == "expert" else command)
+                action = label if source == "expert" else command
+                if driver is not None:
+                    action = self.mux_filter(action, obs)
+                sim_obs, _, terminated, truncated, info = self.env.step(action)
                 if terminated or truncated:
                     success = bool(info["is_success"])
                     break

@@ -177,7 +177,7 @@ def dagger_graph(task, checkpoint, spec=None, dataset=None, mixture_per=None, se
                                     gripper_controller=f"{labels}/gripper_controller")),
         # (two lists: a parameter file must not alias one)
         NodeDecl("command_mux", "command_mux", params_file="mux.yaml",
-                 parameters=_params(sources=["expert", "policy"],
+                 parameters=_params(task=task, spec=spec, sources=["expert", "policy"],
                                     sync_sources=["expert", "policy"], sync=True, mode=mode,
                                     beta=beta, mixture_per=mixture_per, seed=seed,
                                     intervention_source="expert", joy_sync=supervised,
