@@ -50,6 +50,23 @@ def push_sim():
     return sim
 
 
+def test_teleop_joint_targets_pass_the_action_filter(push_sim):
+    """Joint targets were only clamped to the joint limits: an IK step asked for more than a
+    joint's velocity allows in one command period went out as it came. Each target now
+    passes the action filter: within the limits, and within the velocity limit per period of
+    the measured joints."""
+    arm = CartesianTeleop(push_sim, max_linear=20.0, max_lead=2.0, max_step=1.0,
+                          iterations=5)
+    q = np.array(push_sim.robot_cfg.home)
+    step = push_sim.robot.velocity_limits / push_sim.cfg.control_rate
+    target = arm.command(q, [5.0, -5.0, -5.0, 0, 0, 0])
+    moved = np.abs(target - q)
+    assert np.all(moved <= step * (1 + 1e-12)), moved
+    assert np.isclose(moved, step).any(), "the IK asked for more: the filter held it"
+    lo, hi = push_sim.robot.arm_limits[:, 0], push_sim.robot.arm_limits[:, 1]
+    assert np.all((target >= lo) & (target <= hi))
+
+
 def test_plus_x_twist_moves_the_end_effector_along_x(push_sim):
     sim = push_sim
     teleop = CartesianTeleop(sim)

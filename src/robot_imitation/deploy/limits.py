@@ -101,6 +101,54 @@ class ActionLimits:
         return f"{self.source}: " + ", ".join(parts)
 
 
+class ActionFilter:
+    """The one filter every command passes (the policy node's, safe ones included, the command
+    mux's, the scripted expert's): clamp each action value to [lower, upper], and its change
+    per tick to ``max_delta`` (inf where unlimited)."""
+
+    def __init__(self, dim: int, lower=None, upper=None, max_delta=None):
+        def vec(v, fill):
+            a = np.atleast_1d(np.asarray(fill if v is None else v, dtype=np.float64))
+            if a.size == 0:
+                a = np.array([fill])
+            if a.size == 1:
+                a = np.full(dim, float(a.ravel()[0]))
+            if a.shape != (dim,):
+                raise ValueError(f"limits need 1 or {dim} values (one per action value), "
+                                 f"got {a.size}")
+            return a
+
+        self.lower, self.upper = vec(lower, -np.inf), vec(upper, np.inf)
+        delta = vec(max_delta, np.inf)
+        self.max_delta = np.where(delta > 0, delta, np.inf)
+        if np.any(self.lower > self.upper):
+            raise ValueError("action limits: lower above upper")
+        self.rate_limited = np.isfinite(self.max_delta)
+        self._any_rate = bool(self.rate_limited.any())
+        self._bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
+
+    @classmethod
+    def from_limits(cls, limits: ActionLimits | None, dim: int) -> "ActionFilter":
+        """The filter of ``limits`` (None: no limit at all, an explicit choice)."""
+        if limits is None:
+            return cls(dim)
+        return cls(dim, limits.lower, limits.upper, limits.max_delta)
+
+    def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """(the filtered action, a new array; how many of its values were changed). Clamping
+        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists."""
+        out = None
+        if previous is not None and self._any_rate:
+            out = np.maximum(action, previous - self.max_delta)
+            np.minimum(out, previous + self.max_delta, out=out)
+        if self._bounded:
+            out = np.maximum(action if out is None else out, self.lower)
+            np.minimum(out, self.upper, out=out)
+        if out is None:  # nothing bounds it (allow_unlimited)
+            return np.array(action, dtype=np.float64), 0
+        return out, int(np.count_nonzero(out != action))
+
+
 def robot_limits(robot: str, spec) -> ActionLimits:
     """The limits of [arm joints..., gripper] for a robot config (name or YAML path)."""
     from ..sim.robot import RobotConfig, RobotIndex, load_robot_spec
@@ -115,10 +163,16 @@ def robot_limits(robot: str, spec) -> ActionLimits:
         raise RobotMismatch(f"robot '{robot}' limits cover {n} arm joints and a gripper, but spec "
                           f"'{spec.name}' has {spec.action_dim} action values: give "
                           "action_lower, action_upper and max_delta instead")
+    return index_limits(index, spec.control_rate, cfg.name)
+
+
+def index_limits(index, control_rate: float, name: str) -> ActionLimits:
+    """The limits of [arm joints..., gripper] of a built robot (``sim.robot.RobotIndex``) at
+    ``control_rate`` ticks a second."""
     lower = np.append(index.arm_limits[:, 0], 0.0)
     upper = np.append(index.arm_limits[:, 1], 1.0)
-    delta = np.append(index.velocity_limits / spec.control_rate, np.inf)
-    return ActionLimits.build(lower, upper, delta, f"robot {cfg.name}")
+    delta = np.append(index.velocity_limits / control_rate, np.inf)
+    return ActionLimits.build(lower, upper, delta, f"robot {name}")
 
 
 def data_limits(actions: np.ndarray, episode: np.ndarray) -> ActionLimits:
@@ -205,7 +259,7 @@ def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper
 
 
 class CommandLimiter:
-    """The one filter (``runtime.ActionFilter``) for a node whose commands no
+    """The one filter (``ActionFilter``) for a node whose commands no
     ``PolicyController`` computed (the command mux forwarding whichever source drives), over
     the spec's action parts as they travel (one message per command topic: arm, gripper).
 
@@ -215,8 +269,6 @@ class CommandLimiter:
     is then only clamped to its bounds."""
 
     def __init__(self, limits: ActionLimits | None, spec):
-        from .runtime import ActionFilter
-
         self.parts = []   # (start, end) in the action vector, per action field
         start = 0
         for f in spec.actions:

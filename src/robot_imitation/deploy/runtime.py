@@ -6,7 +6,7 @@
   (receding horizon), whole chunks open loop, or a temporal ensemble of overlapping chunks.
 - ``chunking``: the chunk execution a policy runs under; ``auto`` is its family's own
   (``Policy.deployment``).
-- ``ActionFilter``: limits per action value and a maximum change per tick.
+- ``ActionFilter`` (``limits``): limits per action value and a maximum change per tick.
 - ``PolicyController``: one tick: staleness, non-finite inputs and outputs, inference, chunking,
   clamping, with counters for diagnostics. Swapping the policy happens between ticks. In chunk
   execution with ``prefetch`` L >= 1 the next chunk is computed on a worker thread while the
@@ -35,7 +35,7 @@ import torch
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
 from .backends import Backend, low_dim_slices, select_backend
-from .limits import ActionLimits, runtime_limits
+from .limits import ActionFilter, ActionLimits, runtime_limits
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
@@ -229,54 +229,6 @@ class TimeWindow:
         p50, p99 = np.percentile(v, [50, 99])
         return {"p50_ms": float(p50) * 1e3, "p99_ms": float(p99) * 1e3,
                 "max_ms": float(v.max()) * 1e3}
-
-
-class ActionFilter:
-    """The one filter every command of the policy node passes, safe commands included: clamp
-    each action value to [lower, upper], and its change per tick to ``max_delta`` (inf where
-    unlimited)."""
-
-    def __init__(self, dim: int, lower=None, upper=None, max_delta=None):
-        def vec(v, fill):
-            a = np.atleast_1d(np.asarray(fill if v is None else v, dtype=np.float64))
-            if a.size == 0:
-                a = np.array([fill])
-            if a.size == 1:
-                a = np.full(dim, float(a.ravel()[0]))
-            if a.shape != (dim,):
-                raise ValueError(f"limits need 1 or {dim} values (one per action value), "
-                                 f"got {a.size}")
-            return a
-
-        self.lower, self.upper = vec(lower, -np.inf), vec(upper, np.inf)
-        delta = vec(max_delta, np.inf)
-        self.max_delta = np.where(delta > 0, delta, np.inf)
-        if np.any(self.lower > self.upper):
-            raise ValueError("action limits: lower above upper")
-        self.rate_limited = np.isfinite(self.max_delta)
-        self._any_rate = bool(self.rate_limited.any())
-        self._bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
-
-    @classmethod
-    def from_limits(cls, limits: ActionLimits | None, dim: int) -> "ActionFilter":
-        """The filter of ``limits`` (None: no limit at all, an explicit choice)."""
-        if limits is None:
-            return cls(dim)
-        return cls(dim, limits.lower, limits.upper, limits.max_delta)
-
-    def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
-        """(the filtered action, a new array; how many of its values were changed). Clamping
-        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists."""
-        out = None
-        if previous is not None and self._any_rate:
-            out = np.maximum(action, previous - self.max_delta)
-            np.minimum(out, previous + self.max_delta, out=out)
-        if self._bounded:
-            out = np.maximum(action if out is None else out, self.lower)
-            np.minimum(out, self.upper, out=out)
-        if out is None:  # nothing bounds it (allow_unlimited)
-            return np.array(action, dtype=np.float64), 0
-        return out, int(np.count_nonzero(out != action))
 
 
 @dataclass

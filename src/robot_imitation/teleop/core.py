@@ -12,7 +12,8 @@ policy learns (7 joint position targets + a gripper opening).
 - The target never runs more than ``max_lead`` (m) / ``max_lead_angle`` (rad) ahead of the
   measured pose (no wind-up when the arm is blocked or at a joint limit), and never leaves the
   ``workspace`` box (it may stay outside if it started there, but not move further out).
-- Joint targets are clamped to the joint limits.
+- Joint targets pass the one action filter (``deploy.limits.ActionFilter``): the joint limits,
+  and each joint's velocity limit per command period, counted from the measured joints.
 
 ``TeleopController`` holds what both teleop nodes share (engage/disengage, twist -> command,
 the gripper target); the joystick and keyboard mappings are plain functions and classes here,
@@ -84,6 +85,11 @@ class CartesianTeleop:
             self.workspace = (lo, hi)
         self.max_step = float(max_step)
         self.iterations = int(iterations)
+        from ..deploy.limits import ActionFilter, index_limits
+
+        limits = index_limits(r, self.rate, sim.robot_cfg.name)  # (arm joints, then gripper)
+        n = self.n_arm
+        self.filter = ActionFilter(n, limits.lower[:n], limits.upper[:n], limits.max_delta[:n])
         self._pos: np.ndarray | None = None
         self._quat: np.ndarray | None = None
 
@@ -146,7 +152,7 @@ class CartesianTeleop:
         self._pos, self._quat = new_pos, new_quat
         q_cmd = self.ik.solve(q, self._pos, self._quat, max_step=self.max_step,
                               iterations=self.iterations)
-        return np.clip(q_cmd, self.limits[:, 0], self.limits[:, 1])
+        return self.filter(q_cmd, q)[0]
 
     def _check_q(self, q_arm) -> np.ndarray:
         q = np.asarray(q_arm, dtype=float)
