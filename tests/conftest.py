@@ -338,9 +338,9 @@ def probe(ros):
     p.close()
 
 
-def untrained_checkpoint(path, spec_name: str):
-    """A checkpoint of spec ``spec_name`` with random weights (seed 0): the right interface, a
-    policy that has learnt nothing."""
+def untrained_checkpoint(path, spec_name: str, spec=None):
+    """A checkpoint of spec ``spec_name`` (or ``spec``, a ``Spec`` for the task of that name)
+    with random weights (seed 0): the right interface, a policy that has learnt nothing."""
     import torch
 
     from robot_imitation.learning.checkpoint import save_checkpoint
@@ -351,7 +351,7 @@ def untrained_checkpoint(path, spec_name: str):
     from robot_imitation.sim.tasks import TaskConfig
 
     torch.manual_seed(0)
-    spec = Spec.load(spec_name)
+    spec = spec or Spec.load(spec_name)
     # the action limits the trainer stores: the task's robot's
     limits = robot_limits(TaskConfig.load(spec_name).robot, spec)
     return save_checkpoint(path, make_policy(spec), spec,

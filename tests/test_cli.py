@@ -232,6 +232,22 @@ def test_a_checkpoint_for_another_task_is_refused_up_front(tmp_path, push_checkp
     assert files_under(tmp_path) == []  # no result, no process logs
 
 
+@pytest.mark.parametrize("way", ["--gym", "--ros"])
+def test_a_checkpoint_of_another_control_rate_is_refused_up_front(tmp_path, way):
+    """A push policy trained at 5 Hz, evaluated on push (20 Hz), ran without a word: each of
+    its actions held for a quarter of the time it was trained for."""
+    from robot_imitation.spec import Spec
+
+    slow = Spec.from_dict({**Spec.load("push").to_dict(), "control_rate": 5.0})
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "push", slow)
+    line = one_line(cli("evaluate", ckpt, "--task", "push", way, "--episodes", 2, "--out",
+                        tmp_path / "eval" / "result.json"))
+    assert line == f"robot-imitation evaluate: checkpoint {ckpt} runs at 5 Hz (its spec " \
+                   "'push'), and task 'push' ticks at 20 Hz: each of its actions would be held " \
+                   "for another time than in its training data", line
+    assert files_under(tmp_path) == ["ckpt", "ckpt/model.safetensors", "ckpt/policy.json"]
+
+
 def test_an_out_that_is_a_folder_is_refused_before_any_episode(tmp_path, push_checkpoint):
     """`evaluate --out FOLDER` ran every episode, then failed on writing the result ("Is a
     directory"): the result lost."""

@@ -268,6 +268,11 @@ def test_fast_commands_keep_one_per_control_period(rollouts, tmp_path):
     assert episode.name == "teleop.mcap"
     np.testing.assert_array_equal(episode.actions, np.array(rollouts[0].actions))
     np.testing.assert_allclose(episode.t, (T0_NS + np.arange(len(episode)) * PERIOD_NS) * 1e-9)
+    # the other four commands of each period are said, not left out silently
+    reason = "commands faster than 20 Hz (one per period kept)"
+    assert episode.drop_reasons == {reason: 4 * len(episode)}
+    assert ds.summary["dropped"] == {reason: 4 * len(episode)}
+    assert f"dropped {4 * len(episode):,} steps: {reason} {4 * len(episode)}" in ds.describe()
 
 
 def test_missing_or_stale_messages_drop_steps(rollouts, tmp_path):
@@ -472,6 +477,24 @@ def test_a_metadata_field_of_the_wrong_type_names_the_bag(lockstep_dataset, tmp_
         build_dataset(root, cache=False)
     assert f"UNREADABLE: {root / 'episode_000000'}: metadata.yaml: {says}" in \
         format_info(dataset_info(root))
+
+
+def test_a_spec_edited_in_dataset_yaml_is_named(rollouts, tmp_path):
+    """dataset.yaml keeps the spec the bags were recorded under and its fingerprint; an edited
+    spec (here the control rate) was built with silently, resampling every episode."""
+    root = write_dataset(tmp_path / "ds", rollouts[:1], ["ok"])
+    meta = yaml.safe_load((root / "dataset.yaml").read_text())
+    meta["spec_fingerprint"] = SPEC.fingerprint()
+    (root / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    assert len(build_dataset(root, cache=False, val_fraction=0.0).episodes) == 1
+    meta["spec"]["control_rate"] = 10.0
+    (root / "dataset.yaml").write_text(yaml.safe_dump(meta))
+    with pytest.raises(DatasetError, match=re.escape(
+            f"{root / 'dataset.yaml'}: its spec does not match its spec_fingerprint (edited by "
+            "hand?); the bags were recorded under the spec it was written with: to build with "
+            "another one, give it (--spec)")):
+        build_dataset(root, cache=False, val_fraction=0.0)
+    assert len(build_dataset(root, spec=SPEC, cache=False, val_fraction=0.0).episodes) == 1
 
 
 def test_split_is_by_episode_and_stats_come_from_train_only(lockstep_dataset):
@@ -829,3 +852,15 @@ def test_info_and_plot_commands(lockstep_dataset, tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith(f"robot-imitation plot: --out {tmp_path / 'ep1.txt'}: the "
                                  "plot's format is its extension, one of "), out.stderr
+    # a folder that is no dataset: `info` listed "episodes: 0" and exited 0; `plot` on a
+    # folder that does not exist said "no episode 0 (it has 0)"
+    (tmp_path / "empty").mkdir()
+    out = subprocess.run([*cli, "info", str(tmp_path / "empty")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"info: {tmp_path / 'empty'}: no dataset.yaml, no index.json and no bag: not a dataset "
+        "(the wrong folder?)"), out.stderr
+    out = subprocess.run([*cli, "plot", str(tmp_path / "nosuch"), "0"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"robot-imitation plot: {tmp_path / 'nosuch'}: no such dataset folder"), out.stderr

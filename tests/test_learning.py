@@ -112,6 +112,19 @@ def test_corrupted_checkpoints_are_refused(trained, tmp_path):
     weights.write_bytes(b"\x00" * 4)
     with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(ckpt)
+    # one flipped bit in a weight: a well-formed file, a finite value, and it loaded (one
+    # normalization value or weight silently changed); policy.json now keeps the checksum
+    flipped = bytearray(data)
+    flipped[-4] ^= 1
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{weights} does not match the checksum its policy.json keeps (weights_sha256): "
+            "damaged or replaced since it was written")):
+        load_checkpoint(ckpt)
+    meta = json.loads((trained / "policy.json").read_text())
+    assert len(meta.pop("weights_sha256")) == 64
+    (ckpt / "policy.json").write_text(json.dumps(meta))
+    load_checkpoint(ckpt)  # written before checksums were kept: nothing to check it against
     meta = json.loads((trained / "policy.json").read_text())
     meta["spec"]["control_rate"] = 10.0
     shutil.copy(trained / "model.safetensors", weights)

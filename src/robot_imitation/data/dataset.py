@@ -28,7 +28,8 @@ This is the contract between what is recorded and what a policy learns from:
 1. Steps are defined by the messages of the FIRST action field's topic (e.g.
    /arm_controller/commands), at their log (receive) time t_a. If they come faster than the
    spec's control rate (median interval < 0.75 / control_rate), one per control period is kept:
-   the first in each period of a grid starting at the first action.
+   the first in each period of a grid starting at the first action (the others are counted
+   with the episode's dropped steps).
 2. Each observation field takes the newest message on its topic whose stamp (the header stamp
    when the message has a header, else its log time) is <= t_a. (In lockstep, the recorder's
    clock is sim time, which does not advance between a state and the command answering it, so
@@ -85,7 +86,8 @@ from ..paths import read_yaml
 from ..spec import Spec, SpecError
 from .bags import STORAGE_SUFFIXES, BagError, bag_files, open_bag
 
-BUILDER_VERSION = 5  # 4: drop reasons per episode in the cache; 5: non-finite steps dropped
+BUILDER_VERSION = 6  # 4: drop reasons per episode in the cache; 5: non-finite steps dropped;
+#                     6: subsampled commands counted
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 USABLE_STATUSES = ("ok",)
@@ -114,7 +116,7 @@ class Episode:
     actions: np.ndarray
     t: np.ndarray
     source: str                    # the bag the arrays come from
-    dropped: int = 0               # steps dropped by rules 4 and 6
+    dropped: int = 0               # steps dropped by rules 1 (subsampled), 4 and 6
     success: bool | None = None
     seed: int | None = None
     executed: np.ndarray | None = None  # (T,) str: the source that drove each step (rule 7)
@@ -310,13 +312,16 @@ def _align(spec: Spec, streams: dict, bag_path: Path, start_ns: int | None = Non
     steps_field = spec.actions[0]
     t_a = np.asarray(streams[steps_field.topic].log_ns, dtype=np.int64)
     picks = {steps_field.key: np.arange(len(t_a))}
+    drops = Counter()
     if len(t_a) > 1 and np.median(np.diff(t_a)) < FAST_COMMANDS * period:
         cells = np.floor((t_a - t_a[0]) / period)
         first_in_cell = np.unique(cells, return_index=True)[1]
+        # the commands between (said, as every step not taken)
+        drops[f"commands faster than {spec.control_rate:g} Hz (one per period kept)"] = \
+            len(t_a) - len(first_in_cell)
         t_a, picks[steps_field.key] = t_a[first_in_cell], first_in_cell
 
     keep = np.ones(len(t_a), bool)
-    drops = Counter()
     if start_ns is not None:
         keep = t_a >= start_ns
         drops["before the episode started"] = int(np.sum(~keep))
@@ -542,7 +547,14 @@ def dataset_spec(root: Path, spec: Spec | str | None = None) -> Spec:
         meta = read_dataset_yaml(root)
         if meta is None:
             raise DatasetError(f"{root}: no dataset.yaml (a plain folder of bags): give the spec")
-        return Spec.from_dict(meta["spec"], where=str(root / "dataset.yaml"))
+        own = Spec.from_dict(meta["spec"], where=str(root / "dataset.yaml"))
+        stored = meta.get("spec_fingerprint")
+        if stored is not None and stored != own.fingerprint():
+            raise DatasetError(f"{root / 'dataset.yaml'}: its spec does not match its "
+                               "spec_fingerprint (edited by hand?); the bags were recorded "
+                               "under the spec it was written with: to build with another "
+                               "one, give it (--spec)")
+        return own
     except SpecError as exc:
         raise DatasetError(str(exc)) from None
 

@@ -35,6 +35,9 @@ def dataset_info(path) -> dict:
     episodes, types = [], {}
     counts, intervals, durations = Counter(), Counter(), Counter()
     entries = list_episodes(root)
+    if not entries and meta is None and not (root / "index.json").is_file():
+        raise DatasetError(f"{root}: no dataset.yaml, no index.json and no bag: not a dataset "
+                           "(the wrong folder?)")
     progress = Progress(len(entries), "reading bags")
     for done, entry in enumerate(entries, 1):
         progress.update(done, entry["name"])
@@ -140,7 +143,9 @@ def plot_episode(path, episode, out_png, spec: Spec | str | None = None) -> dict
     Returns the legend: {panel title: [series names]} (series colours follow ``PALETTE``).
     """
     root = Path(path)
-    entries = list_episodes(root) if root.is_dir() else []
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such dataset folder")
+    entries = list_episodes(root)
     if isinstance(episode, int):
         if not 0 <= episode < len(entries):
             raise DatasetError(f"{root}: no episode {episode} (it has {len(entries)})")

@@ -105,7 +105,8 @@ def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads:
     policy, meta = load_checkpoint(path, runtime_spec)
     spec = Spec.from_dict(meta["spec"])
     chosen, rows = select_backend(policy, backend, threads)
-    digest = hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()[:12]
+    digest = (meta.get("weights_sha256") or  # (checked by load_checkpoint)
+              hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest())[:12]
     return LoadedPolicy(path=str(path), spec=spec, meta=meta, backend=chosen, backends=rows,
                         version=digest, load_seconds=time.perf_counter() - t0)
 

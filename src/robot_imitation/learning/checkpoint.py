@@ -10,6 +10,7 @@ checkpoint trained on another one, naming what differs.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -60,6 +61,7 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
             "type": policy.type_name, "policy": policy.cfg.to_dict(), "spec": spec.to_dict(),
             "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
             "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
@@ -187,7 +189,7 @@ def _check_layout(settings: dict, trained: Spec, where) -> None:
 def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
     """(policy in eval mode, metadata). Validates files, weights and (given) the runtime spec."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     path = Path(path)
     meta = read_metadata(path)
@@ -218,9 +220,18 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
         except LimitsError as exc:
             raise CheckpointError(str(exc)) from None
     try:
-        state = load_file(str(weights))
+        data = weights.read_bytes()
+        state = load(data)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights} is damaged: {exc}") from None
+    digest = meta.get("weights_sha256")
+    if digest is not None:  # (checkpoints written before it was stored have none)
+        if not isinstance(digest, str):
+            raise CheckpointError(f"{path / META}: weights_sha256 must be a string, got "
+                                  f"{digest!r:.60}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(f"{weights} does not match the checksum its {META} keeps "
+                                  "(weights_sha256): damaged or replaced since it was written")
     missing = policy.state_dict().keys() - state.keys()
     unexpected = state.keys() - policy.state_dict().keys()
     if missing or unexpected:

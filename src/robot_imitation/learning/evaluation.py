@@ -30,15 +30,23 @@ def task_provides(task, sim=None) -> dict:
         sim.reset(0)
     return {"observations": {k: "/joint_states" if k.startswith("joint_") else f"/{k}"
                              for k in sim.observe()},
-            "cameras": sorted(sim.cfg.cameras or {}), "action_dim": sim.action_dim}
+            "cameras": sorted(sim.cfg.cameras or {}), "action_dim": sim.action_dim,
+            "control_rate": float(sim.cfg.control_rate)}
 
 
-def task_mismatch(spec: Spec, task, through: str = "gym", sim=None) -> str | None:
+def task_mismatch(spec: Spec, task, through: str = "gym", sim=None, rate: bool = True
+                  ) -> str | None:
     """Why a policy of ``spec`` cannot run on ``task`` (``through`` its gymnasium version, or
     ``ros``: its bridge), as the end of a sentence naming the policy ("needs observation
-    'object_pose', which task 'reach' does not provide ..."), or None when it can."""
+    'object_pose', which task 'reach' does not provide ..."), or None when it can. ``rate``:
+    the spec's control rate must be the task's (a policy answers every tick of the task's
+    world; a recording may take its steps at a rate of its own)."""
     name = getattr(task, "name", task)
     offer = task_provides(task, sim)
+    if rate and abs(spec.control_rate - offer["control_rate"]) > 1e-9 * offer["control_rate"]:
+        return (f"runs at {spec.control_rate:g} Hz (its spec '{spec.name}'), and task "
+                f"'{name}' ticks at {offer['control_rate']:g} Hz: each of its actions would "
+                "be held for another time than in its training data")
     obs, cameras = offer["observations"], offer["cameras"]
     topics = sorted(set(obs.values()), key=list(obs.values()).index)
     for f in spec.observations:
