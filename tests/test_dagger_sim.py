@@ -47,10 +47,10 @@ def test_mixture_labels_are_the_experts_whoever_acts(push_world):
     (episodes, _), share = world.collect([3], Mixture(beta=1.0))
     assert share == 1.0 and episodes[0].success
     assert_expert_labels(world, episodes[0])
-    # the expert drove through the command mux, whose action filter counts each joint's change
-    # per tick from the last command forwarded (the expert's own, from the measured joints):
-    # where the two part (a tick or two an episode), the executed commands are not the
-    # demonstration's
+    # the expert drove through the command mux, whose action filter holds each joint to the
+    # robot's velocity limit per tick, from the last command forwarded: where the expert asked
+    # for more (its first tick, from the initial pose, asks for up to 0.3 rad), the executed
+    # commands are not the demonstration's
     assert world.mux_filter.clamped_commands > clamped
     n = min(len(episodes[0]), len(demo))
     assert not np.array_equal(episodes[0].obs["joint_pos"][:n], demo.obs["joint_pos"][:n])

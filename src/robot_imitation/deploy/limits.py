@@ -102,9 +102,9 @@ class ActionLimits:
 
 
 class ActionFilter:
-    """The one filter every command passes (the policy node's, safe ones included, the command
-    mux's, the scripted expert's): clamp each action value to [lower, upper], and its change
-    per tick to ``max_delta`` (inf where unlimited)."""
+    """The one filter commands pass (the policy node's, safe ones included, the command mux's,
+    the teleops' joint targets): clamp each action value to [lower, upper], and its change per
+    tick to ``max_delta`` (inf where unlimited)."""
 
     def __init__(self, dim: int, lower=None, upper=None, max_delta=None):
         def vec(v, fill):

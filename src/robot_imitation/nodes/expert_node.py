@@ -9,11 +9,6 @@ trigger=state: answer every new state (all parts with one stamp) once; this is w
 lockstep mode waits for (each command names the state it answers, ``pairing``).
 trigger=timer: publish at the task's control rate from the newest state (node clock, so
 `use_sim_time` paces it by /clock).
-
-Safety: every command passes the action filter with the limits of the robot it drives (joint
-limits, gripper 0..1, each joint's velocity limit per control tick, counted from the measured
-joints): the expert applies it itself (``sim.experts``), so its labels stay a function of the
-state and equal the gymnasium world's.
 """
 from __future__ import annotations
 

@@ -28,8 +28,7 @@ class EpisodeResult:
 
 
 class ExpertDriver:
-    """The task's scripted expert drives (through the action filter it applies itself, as in
-    the expert node)."""
+    """The task's scripted expert drives (its actions are not filtered: as the expert node)."""
 
     def __init__(self, expert):
         self.expert = expert

@@ -3,11 +3,6 @@
 An expert is a pure function of the observation dictionary (the same dictionary the
 gymnasium environment returns and the ROS nodes assemble from topics): it keeps no hidden
 state, so it can label any visited state, which is what DAgger needs.
-
-Its commands pass the one action filter (``deploy.limits.ActionFilter``) with its robot's limits
-(joint limits, gripper 0..1, each joint's velocity limit per control tick), the change counted
-from the measured joints: so its labels stay a function of the state, and whoever runs it (the
-expert node, the gymnasium worlds, a test) commands the same.
 """
 from __future__ import annotations
 
@@ -29,10 +24,6 @@ class Expert:
         _, self.tool_quat = self.ik.site_pose(r.home)
         self.max_step = max_step              # m of end-effector motion asked per tick
         self.max_joint_step = max_joint_step  # rad: the largest joint change asked per tick
-        from ..deploy.limits import ActionFilter, index_limits
-
-        self.limits = index_limits(r, sim.cfg.control_rate, sim.robot_cfg.name)
-        self.filter = ActionFilter.from_limits(self.limits, r.n_arm + 1)
 
     def cartesian_target(self, obs: dict) -> tuple[np.ndarray, float]:
         """(end-effector position target, gripper opening) for this observation."""
@@ -49,9 +40,7 @@ class Expert:
         largest = float(np.abs(dq).max())
         if largest > self.max_joint_step:
             q_cmd = q + dq * (self.max_joint_step / largest)
-        # the robot's limits, the change per tick from the measured joints (the gripper has
-        # none: its reference is its own command)
-        return self.filter(np.append(q_cmd, grip), np.append(q, grip))[0]
+        return np.append(q_cmd, grip)
 
 
 class ReachExpert(Expert):
