@@ -53,7 +53,6 @@ class Rollout:
 
 def run_expert(env, expert, seed: int, max_steps: int = 60, camera: bool = False) -> Rollout:
     obs, _ = env.reset(seed=seed)
-    expert.reset()
     states, actions, frames, success = [obs], [], [], False
     while len(actions) < max_steps and not success:
         if camera:

@@ -9,27 +9,19 @@ trigger=state: answer every new state (all parts with one stamp) once; this is w
 lockstep mode waits for (each command names the state it answers, ``pairing``).
 trigger=timer: publish at the task's control rate from the newest state (node clock, so
 `use_sim_time` paces it by /clock).
-
-Safety: every command passes the action filter with the limits of the robot it drives (joint
-limits, gripper 0..1, each joint's velocity limit per control tick, counted from its last
-command; ``sim.experts``). A new episode (the bridge's status, ``episode_topic``) counts from
-the measured joints again; with trigger=state each state waits for its own status once
-statuses come (they are stamped like the state), so the reset is exact in lockstep and the
-commands equal the gymnasium world's.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
-                     answer_bytes, declare_all, run, stamp_ns, state_to_answer, take_state)
+from .common import (COMMAND_PUB_QOS, STATE_QOS, LastAnswer, MatchedReport, Param, answer_bytes,
+                     declare_all, run, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..pairing import stamp_of  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
 from ..spec import FieldSpec, Spec, SpecError  # noqa: E402
@@ -51,10 +43,6 @@ class ScriptedExpert(Node):
               "clock) is stale: no command", min_value=0.0, max_value=60.0),
         Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
               "spec named after the task", read_only=True),
-        Param("episode_topic", "/episode/status", "episode status (one with each state, "
-              "stamped alike): a new episode's first command counts its change from the "
-              "measured joints (trigger=state: each state waits for its status once statuses "
-              "come); empty: none", read_only=True),
     )
 
     def __init__(self):
@@ -93,13 +81,6 @@ class ScriptedExpert(Node):
                                      raw=True)
         self.commands = 0
         self._stale_logged = False
-        self._statuses: dict = {}   # stamp (ns) -> episode, of the newest states' statuses
-        self._status_seen = False
-        self._episode = None        # the episode of the state answered last
-        self._pending = None        # a complete state waiting for its status
-        if p["episode_topic"]:
-            self.create_subscription(DiagnosticArray, p["episode_topic"], self._on_status,
-                                     STATUS_QOS)
         if self.trigger == "timer":
             self.create_timer(self.period, self._on_timer)
         self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}")
@@ -109,44 +90,9 @@ class ScriptedExpert(Node):
             return
         ready = state_to_answer(self.assembler, (self.pub_arm, self.pub_grip))
         if ready is not None:
-            self._answer(ready)
+            self._command(ready[1], ready[0])
         else:
             self.last.again(self, self.assembler.repeated())
-
-    def _answer(self, ready) -> None:
-        """Answer a complete state once its episode is known (its status, when statuses come:
-        the first command of a new episode counts from the measured joints)."""
-        stamp = stamp_of(ready[0])
-        if self._status_seen and stamp not in self._statuses:
-            self._pending = ready  # answered when its status comes
-            return
-        self._pending = None
-        self._new_episode(self._statuses.get(stamp))
-        self._command(ready[1], ready[0])
-
-    def _new_episode(self, episode) -> None:
-        if episode is not None and episode != self._episode:
-            self._episode = episode
-            self.expert.reset()
-
-    def _on_status(self, msg) -> None:
-        episode = next((kv.value for st in msg.status for kv in st.values
-                        if kv.key == "episode"), None)
-        if episode is None:
-            return
-        stamp = stamp_ns(msg.header.stamp)
-        self._statuses[stamp] = episode
-        if len(self._statuses) > 16:
-            del self._statuses[next(iter(self._statuses))]
-        self._status_seen = True
-        if self.trigger == "timer":
-            self._new_episode(episode)
-        elif self._pending is not None:
-            pending = stamp_of(self._pending[0])
-            if pending < stamp:  # its own status never came: answered as it is
-                self._statuses.setdefault(pending, None)
-            if pending <= stamp:
-                self._answer(self._pending)
 
     def _on_timer(self) -> None:
         latest = self.assembler.latest()

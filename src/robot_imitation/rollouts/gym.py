@@ -168,7 +168,6 @@ class GymLearningWorld(GymWorld):
         gate = InterventionGate(**driver.supervisor) if hasattr(driver, "supervisor") else None
         per_episode = driver is not None and gate is None and driver.per == "episode"
         sim_obs, _ = self.env.reset(seed=seed)
-        self.expert.reset()
         if driver is not None:  # (demonstrations: the expert drives the robot, no mux)
             self.controller.reset()
             self.mux_filter.reset()
@@ -278,7 +277,6 @@ def expert_episodes(task: str, seeds, spec: Spec) -> list:
     try:
         for seed in seeds:
             sim_obs, _ = world.env.reset(seed=int(seed))
-            expert.reset()
             seen = {f.key: [] for f in spec.observations}
             actions, success = [], False
             while True:
