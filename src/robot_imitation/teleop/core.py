@@ -70,7 +70,6 @@ class CartesianTeleop:
         r = sim.robot
         self.sim = sim
         self.n_arm = r.n_arm
-        self.limits = np.asarray(r.arm_limits, dtype=float)
         self.ik = DifferentialIK(sim.model, r.ee_site, r.arm_qpos, r.arm_qvel, r.arm_limits)
         self.max_linear = float(max_linear)
         self.max_angular = float(max_angular)
