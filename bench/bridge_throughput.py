@@ -194,6 +194,7 @@ class InProcess:
                 self.seed += 1
                 episodes += 1
                 self.obs, _ = self.env.reset(seed=self.seed)
+                self.expert.reset()
         return {"window_s": elapsed, "ticks_per_s": ticks / elapsed, "episodes": episodes}
 
     def close(self) -> None:

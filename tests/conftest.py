@@ -338,6 +338,16 @@ def probe(ros):
     p.close()
 
 
+def expert_answer(expert, obs: dict, previous=None):
+    """The scripted expert's command for ``obs`` when its last command was ``previous`` (None:
+    an episode's first): its commands count their change from the last one (``sim.experts``),
+    so a recorded step is checked against the step recorded before it."""
+    import numpy as np
+
+    expert.last = None if previous is None else np.array(previous, dtype=np.float64)
+    return expert(obs)
+
+
 def untrained_checkpoint(path, spec_name: str, spec=None):
     """A checkpoint of spec ``spec_name`` (or ``spec``, a ``Spec`` for the task of that name)
     with random weights (seed 0): the right interface, a policy that has learnt nothing."""

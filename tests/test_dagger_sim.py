@@ -31,7 +31,7 @@ def push_world(tmp_path_factory):
 def assert_expert_labels(world, episode):
     for k in range(0, len(episode), 7):
         obs = {key: episode.obs[key][k].astype(float) for key in episode.obs}
-        np.testing.assert_allclose(episode.actions[k], world.expert(obs), atol=2e-3)
+        np.testing.assert_allclose(episode.actions[k], world.expert.plan(obs), atol=2e-3)
 
 
 def test_mixture_labels_are_the_experts_whoever_acts(push_world):

@@ -24,6 +24,7 @@ import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from conftest import expert_answer
 from robot_imitation.data.dataset import DatasetError, build_dataset, build_episode
 from robot_imitation.data.inspect import dataset_info, format_info, plot_episode
 from robot_imitation.sim.env import ImitationEnv
@@ -53,6 +54,7 @@ class Rollout:
 
 def run_expert(env, expert, seed: int, max_steps: int = 60, camera: bool = False) -> Rollout:
     obs, _ = env.reset(seed=seed)
+    expert.reset()
     states, actions, frames, success = [obs], [], [], False
     while len(actions) < max_steps and not success:
         if camera:
@@ -204,9 +206,10 @@ def lockstep_dataset(tmp_path_factory, rollouts):
 
 def expert_agreement(expert, episode) -> float:
     """The fraction of steps whose action is exactly the expert's answer to the step's
-    observation."""
-    same = [np.array_equal(expert({k: v[i] for k, v in episode.obs.items()}), episode.actions[i])
-            for i in range(len(episode))]
+    observation (its last command: the step's before it)."""
+    same = [np.array_equal(expert_answer(expert, {k: v[i] for k, v in episode.obs.items()},
+                                         episode.actions[i - 1] if i else None),
+                           episode.actions[i]) for i in range(len(episode))]
     return float(np.mean(same))
 
 

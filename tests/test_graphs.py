@@ -40,6 +40,7 @@ def old_rig(with_expert, supervisor=None, dataset=None):
     if with_expert:
         nodes.append(("scripted_expert", "scripted_expert",
                       {"task": "push", "spec": "push", "trigger": "state",
+                       "publish": "plans",  # (its labels: the mux filters what it forwards)
                        "arm_controller": "expert/arm_controller",
                        "gripper_controller": "expert/gripper_controller"}, []))
         nodes.append(("command_mux", "command_mux",

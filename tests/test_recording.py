@@ -19,7 +19,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from conftest import wait_for
+from conftest import expert_answer, wait_for
 from robot_imitation.nodes.common import COMMAND_QOS, SENSOR_QOS, STATE_QOS
 
 REC = "episode_recorder"
@@ -735,7 +735,10 @@ def answered_views(dataset_dir) -> tuple[Counter, int]:
                 timeline.append((t, dict(held)))
         times = np.asarray([t for t, _ in timeline], dtype=np.int64)
         for i in range(len(ep)):
-            if np.array_equal(expert({k: v[i] for k, v in ep.obs.items()}), ep.actions[i]):
+            # (its commands count their change from the one before: the step's before it)
+            before = ep.actions[i - 1] if i else None
+            if np.array_equal(expert_answer(expert, {k: v[i] for k, v in ep.obs.items()},
+                                            before), ep.actions[i]):
                 views[0] += 1
                 continue
             t_a = round(ep.t[i] * 1e9)
@@ -744,7 +747,7 @@ def answered_views(dataset_dir) -> tuple[Counter, int]:
                 t, at = timeline[j]
                 view = {f.key: streams[f.topic].values[f.key][at[f.topic]]
                         for f in spec.observations}
-                if np.array_equal(expert(view), ep.actions[i]):
+                if np.array_equal(expert_answer(expert, view, before), ep.actions[i]):
                     age = max(1, int((t_a - t) // period))
                     break
             if age is None and t_a - times[0] < 3 * period:

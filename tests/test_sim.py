@@ -63,6 +63,38 @@ def test_gym_rollouts_deterministic(task):
     assert np.ptp(first[:, :7], axis=0).max() > 0.05  # the arm really moved
 
 
+@pytest.mark.parametrize("task", ["reach", "push", "push_obstacle"])
+def test_every_expert_command_is_within_the_robot_s_limits(task):
+    """The scripted expert's commands reached the robot unfiltered: up to 0.3 rad a tick (its
+    own step cap) where the panda's velocity limits allow 0.109-0.131 rad at 20 Hz; push's
+    expert asked for more on 45 of 939 ticks, each episode's first among them. Each command now
+    passes the action filter: within the joint limits, and within a velocity limit's tick of
+    the last command (an episode's first: of the measured joints)."""
+    env = gym.make(robot_imitation.ENV_IDS[task])
+    sim = env.unwrapped.sim
+    expert = make_expert(sim)
+    lower, upper = sim.robot.arm_limits[:, 0], sim.robot.arm_limits[:, 1]
+    step = sim.robot.velocity_limits / sim.cfg.control_rate
+    asked, ticks = 0, 0
+    for seed in range(3):
+        obs, _ = env.reset(seed=20_000 + seed)
+        expert.reset()
+        before = obs["joint_pos"][:7]
+        for _ in range(60):
+            plan = expert.plan(obs)
+            asked += bool(np.any(np.abs(plan[:7] - before) > step))
+            action = expert(obs)
+            assert np.all(np.abs(action[:7] - before) <= step * (1 + 1e-9)), action - before
+            assert np.all((action[:7] >= lower) & (action[:7] <= upper))
+            assert 0.0 <= action[7] <= 1.0
+            before = action[:7]
+            obs, _, term, trunc, _ = env.step(action)
+            ticks += 1
+            if term or trunc:
+                break
+    assert ticks > 30 and asked >= 3, "the expert's plan asks for more at least at each start"
+
+
 @pytest.mark.parametrize("task", ["reach", "push",
                                   pytest.param("push_obstacle", marks=pytest.mark.slow)])  # 10 s
 def test_expert_success_rate(task):
@@ -72,6 +104,7 @@ def test_expert_success_rate(task):
     successes = 0
     for seed in range(100):
         obs, _ = env.reset(seed=10_000 + seed)
+        expert.reset()
         while True:
             obs, _, term, trunc, info = env.step(expert(obs))
             if term or trunc:

@@ -131,6 +131,7 @@ def cmd_expert(args) -> int:
     start = time.perf_counter()
     for i in range(args.episodes):
         obs, _ = env.reset(seed=args.seed + i)
+        expert.reset()
         while True:
             obs, _, term, trunc, info = env.step(expert(obs))
             if term or trunc:

@@ -9,19 +9,32 @@ trigger=state: answer every new state (all parts with one stamp) once; this is w
 lockstep mode waits for (each command names the state it answers, ``pairing``).
 trigger=timer: publish at the task's control rate from the newest state (node clock, so
 `use_sim_time` paces it by /clock).
+
+Safety: every command passes the action filter with the limits of the robot it drives (joint
+limits, gripper 0..1, each joint's velocity limit per control tick, counted from its last
+command; ``sim.experts``). A new episode (the bridge's status, ``episode_topic``) counts from
+the measured joints again; with trigger=state each state waits for its own status once
+statuses come (they are stamped like the state), so the reset is exact in lockstep and the
+commands equal the gymnasium world's.
+
+publish=plans: the expert's unfiltered plan instead (``Expert.plan``, a pure function of the
+state), for a command mux that filters what it forwards: the DAgger graph's labels
+(``ros.graphs.dagger_graph``), as the gymnasium learning world labels. The robot never gets them
+but through the mux.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import (COMMAND_PUB_QOS, STATE_QOS, LastAnswer, MatchedReport, Param, answer_bytes,
-                     declare_all, run, state_to_answer, take_state)
+from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
+                     answer_bytes, declare_all, run, stamp_ns, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..pairing import stamp_of  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
 from ..spec import FieldSpec, Spec, SpecError  # noqa: E402
@@ -43,6 +56,13 @@ class ScriptedExpert(Node):
               "clock) is stale: no command", min_value=0.0, max_value=60.0),
         Param("spec", "", "observation/action spec (config/specs name or path); empty: the "
               "spec named after the task", read_only=True),
+        Param("episode_topic", "/episode/status", "episode status (one with each state, "
+              "stamped alike): a new episode's first command counts its change from the "
+              "measured joints (trigger=state: each state waits for its status once statuses "
+              "come); empty: none", read_only=True),
+        Param("publish", "commands", "commands: through the action filter (what drives a "
+              "robot); plans: the unfiltered plan, labels for a command mux that filters what "
+              "it forwards (the DAgger graph)", read_only=True, choices=("commands", "plans")),
     )
 
     def __init__(self):
@@ -51,6 +71,7 @@ class ScriptedExpert(Node):
         self.trigger = p["trigger"]
         self.interface = p["command_interface"]
         self.max_age = p["max_state_age"]
+        self.plans = p["publish"] == "plans"
         self.sim = TaskSim(p["task"], p["robot"] or None)
         self.expert = make_expert(self.sim)
         self.period = self.sim.control_period
@@ -81,18 +102,61 @@ class ScriptedExpert(Node):
                                      raw=True)
         self.commands = 0
         self._stale_logged = False
+        self._statuses: dict = {}   # stamp (ns) -> episode, of the newest states' statuses
+        self._status_seen = False
+        self._episode = None        # the episode of the state answered last
+        self._pending = None        # a complete state waiting for its status
+        if p["episode_topic"] and not self.plans:  # (a plan needs no episode)
+            self.create_subscription(DiagnosticArray, p["episode_topic"], self._on_status,
+                                     STATUS_QOS)
         if self.trigger == "timer":
             self.create_timer(self.period, self._on_timer)
-        self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}")
+        self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}"
+                               + (", publishing plans (unfiltered labels)" if self.plans else ""))
 
     def _on_state(self, topic: str, msg) -> None:
         if not take_state(self, self.assembler, topic, msg) or self.trigger != "state":
             return
         ready = state_to_answer(self.assembler, (self.pub_arm, self.pub_grip))
         if ready is not None:
-            self._command(ready[1], ready[0])
+            self._answer(ready)
         else:
             self.last.again(self, self.assembler.repeated())
+
+    def _answer(self, ready) -> None:
+        """Answer a complete state once its episode is known (its status, when statuses come:
+        the first command of a new episode counts from the measured joints)."""
+        stamp = stamp_of(ready[0])
+        if self._status_seen and stamp not in self._statuses:
+            self._pending = ready  # answered when its status comes
+            return
+        self._pending = None
+        self._new_episode(self._statuses.get(stamp))
+        self._command(ready[1], ready[0])
+
+    def _new_episode(self, episode) -> None:
+        if episode is not None and episode != self._episode:
+            self._episode = episode
+            self.expert.reset()
+
+    def _on_status(self, msg) -> None:
+        episode = next((kv.value for st in msg.status for kv in st.values
+                        if kv.key == "episode"), None)
+        if episode is None:
+            return
+        stamp = stamp_ns(msg.header.stamp)
+        self._statuses[stamp] = episode
+        if len(self._statuses) > 16:
+            del self._statuses[next(iter(self._statuses))]
+        self._status_seen = True
+        if self.trigger == "timer":
+            self._new_episode(episode)
+        elif self._pending is not None:
+            pending = stamp_of(self._pending[0])
+            if pending < stamp:  # its own status never came: answered as it is
+                self._statuses.setdefault(pending, None)
+            if pending <= stamp:
+                self._answer(self._pending)
 
     def _on_timer(self) -> None:
         latest = self.assembler.latest()
@@ -109,7 +173,7 @@ class ScriptedExpert(Node):
         self._command(obs, stamp)
 
     def _command(self, obs: dict, stamp: float) -> None:
-        action = self.expert(obs)
+        action = self.expert.plan(obs) if self.plans else self.expert(obs)
         n = self.sim.robot.n_arm
         arm = action[:n]
         if self.interface == "velocity":

@@ -28,13 +28,14 @@ class EpisodeResult:
 
 
 class ExpertDriver:
-    """The task's scripted expert drives (its actions are not filtered: as the expert node)."""
+    """The task's scripted expert drives (through the action filter it applies itself, as in
+    the expert node)."""
 
     def __init__(self, expert):
         self.expert = expert
 
     def reset(self, seed: int) -> None:
-        pass
+        self.expert.reset()
 
     def act(self, obs: dict, sim_obs: dict) -> np.ndarray:
         return np.asarray(self.expert(sim_obs), dtype=float)

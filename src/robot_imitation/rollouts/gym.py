@@ -168,6 +168,7 @@ class GymLearningWorld(GymWorld):
         gate = InterventionGate(**driver.supervisor) if hasattr(driver, "supervisor") else None
         per_episode = driver is not None and gate is None and driver.per == "episode"
         sim_obs, _ = self.env.reset(seed=seed)
+        self.expert.reset()
         if driver is not None:  # (demonstrations: the expert drives the robot, no mux)
             self.controller.reset()
             self.mux_filter.reset()
@@ -177,7 +178,11 @@ class GymLearningWorld(GymWorld):
         with _torch_threads(1):
             while True:
                 obs = self.observation(sim_obs)
-                label = np.asarray(self.expert(sim_obs), dtype=float)
+                # the label: what the expert commands when it drives the robot itself
+                # (demonstrations), its plan where the mux filters what is executed (as the
+                # expert node's ``publish: plans`` in the ROS world's DAgger graph)
+                label = np.asarray(self.expert(sim_obs) if driver is None
+                                   else self.expert.plan(sim_obs), dtype=float)
                 for key in seen:
                     seen[key].append(obs[key])
                 labels.append(label)
@@ -277,6 +282,7 @@ def expert_episodes(task: str, seeds, spec: Spec) -> list:
     try:
         for seed in seeds:
             sim_obs, _ = world.env.reset(seed=int(seed))
+            expert.reset()
             seen = {f.key: [] for f in spec.observations}
             actions, success = [], False
             while True:

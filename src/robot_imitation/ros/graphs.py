@@ -172,7 +172,7 @@ def dagger_graph(task, checkpoint, spec=None, dataset=None, mixture_per=None, se
     nodes = [
         bridge(task, "lockstep", seed, [""]),
         NodeDecl("scripted_expert", "scripted_expert", params_file="expert.yaml",
-                 parameters=_params(task=task, spec=spec, trigger="state",
+                 parameters=_params(task=task, spec=spec, trigger="state", publish="plans",
                                     arm_controller=f"{labels}/arm_controller",
                                     gripper_controller=f"{labels}/gripper_controller")),
         # (two lists: a parameter file must not alias one)

@@ -1,8 +1,14 @@
 """Scripted experts: privileged-state controllers that solve the built-in tasks.
 
-An expert is a pure function of the observation dictionary (the same dictionary the
-gymnasium environment returns and the ROS nodes assemble from topics): it keeps no hidden
-state, so it can label any visited state, which is what DAgger needs.
+An expert's plan (``Expert.plan``) is a pure function of the observation dictionary (the same
+dictionary the gymnasium environment returns and the ROS nodes assemble from topics), so it can
+label any visited state, which is what DAgger needs. Its commands (calling the expert) pass the
+one action filter (``deploy.limits.ActionFilter``) with its robot's limits, as every command to
+a robot does: the joint limits, the gripper's 0..1, and each joint's velocity limit per control
+tick, counted from its last command (a step asking more is scaled down whole, its direction
+kept). So a command depends on the episode so far: ``reset`` at each episode's start (the first
+command's change then counts from the measured joints). Whoever runs it (the expert node, the
+gymnasium worlds, a test) resets it there, and they command the same.
 """
 from __future__ import annotations
 
@@ -24,12 +30,37 @@ class Expert:
         _, self.tool_quat = self.ik.site_pose(r.home)
         self.max_step = max_step              # m of end-effector motion asked per tick
         self.max_joint_step = max_joint_step  # rad: the largest joint change asked per tick
+        from ..deploy.limits import ActionFilter, index_limits
+
+        self.limits = index_limits(r, sim.cfg.control_rate, sim.robot_cfg.name)
+        self.filter = ActionFilter.from_limits(self.limits, r.n_arm + 1)
+        self._step = self.limits.max_delta[: r.n_arm]  # each joint's velocity limit per tick
+        self.last: np.ndarray | None = None   # the last command (None: a new episode)
 
     def cartesian_target(self, obs: dict) -> tuple[np.ndarray, float]:
         """(end-effector position target, gripper opening) for this observation."""
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """A new episode: the next command's change counts from the measured joints."""
+        self.last = None
+
     def __call__(self, obs: dict) -> np.ndarray:
+        """The command for this observation: ``plan`` through the action filter, counted from
+        the last command (see the module)."""
+        action = self.plan(obs)
+        n = self.n_arm
+        reference = self.last if self.last is not None else \
+            np.append(np.asarray(obs["joint_pos"][:n], dtype=float), action[n])
+        dq = action[:n] - reference[:n]
+        over = float(np.max(np.abs(dq) / self._step))
+        if over > 1.0:  # scaled down whole, its direction kept (a joint clipped alone bends it)
+            action[:n] = reference[:n] + dq / over
+        self.last = self.filter(action, reference)[0]
+        return self.last.copy()
+
+    def plan(self, obs: dict) -> np.ndarray:
+        """What the expert asks for in this state: a pure function of the observation."""
         target, grip = self.cartesian_target(obs)
         q = np.asarray(obs["joint_pos"][: self.n_arm], dtype=float)
         q_cmd = self.ik.solve(q, target, self.tool_quat, max_step=self.max_step, iterations=2)
