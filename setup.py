@@ -22,6 +22,7 @@ setup(
     version="0.1.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    py_modules=["robot_imitation_entry"],  # the executables (it imports the package lazily)
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -39,18 +40,18 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "mujoco_bridge = robot_imitation.nodes.bridge_node:main",
-            "scripted_expert = robot_imitation.nodes.expert_node:main",
-            "episode_recorder = robot_imitation.nodes.recorder_node:main",
-            "joy_teleop = robot_imitation.nodes.joy_teleop_node:main",
-            "keyboard_teleop = robot_imitation.nodes.keyboard_teleop_node:main",
-            "episode_runner = robot_imitation.nodes.episode_runner:main",
-            "trainer = robot_imitation.nodes.trainer_node:main",
-            "dagger_node = robot_imitation.nodes.dagger_node:main",
-            "policy_node = robot_imitation.nodes.policy_node:main",
-            "command_mux = robot_imitation.nodes.command_mux_node:main",
-            "scripted_supervisor = robot_imitation.nodes.supervisor_node:main",
-            "robot-imitation = robot_imitation.cli:main",
+            "mujoco_bridge = robot_imitation_entry:mujoco_bridge",
+            "scripted_expert = robot_imitation_entry:scripted_expert",
+            "episode_recorder = robot_imitation_entry:episode_recorder",
+            "joy_teleop = robot_imitation_entry:joy_teleop",
+            "keyboard_teleop = robot_imitation_entry:keyboard_teleop",
+            "episode_runner = robot_imitation_entry:episode_runner",
+            "trainer = robot_imitation_entry:trainer",
+            "dagger_node = robot_imitation_entry:dagger_node",
+            "policy_node = robot_imitation_entry:policy_node",
+            "command_mux = robot_imitation_entry:command_mux",
+            "scripted_supervisor = robot_imitation_entry:scripted_supervisor",
+            "robot-imitation = robot_imitation_entry:robot_imitation",
         ],
     },
 )

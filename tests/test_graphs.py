@@ -247,8 +247,10 @@ def test_start_graph_starts_each_node_with_its_name_parameters_and_remappings(pr
     def up():
         procs.check()
         names = {n for n, _ in node.get_node_names_and_namespaces()}
+        # (a node's name is discovered before its publishers: wait for the mux's too)
         return {"mujoco_bridge", "labeller", "command_mux"} <= names and \
-            node.count_publishers("/labels/arm") == 1
+            node.count_publishers("/labels/arm") == 1 and \
+            node.count_publishers("/arm_controller/commands") >= 1
 
     wait_for(up, 60, "the bridge, the remapped expert and the mux", procs=procs)
     assert node.count_publishers("/arm_controller/commands") == 1  # the mux's, not the expert's

@@ -65,6 +65,13 @@ def test_console_scripts_resolve_to_callables():
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+    # each runs its module's main() through robot_imitation_entry (one line on an early Ctrl-C)
+    from robot_imitation_entry import EXECUTABLES
+
+    assert {name: f"robot_imitation_entry:{name.replace('-', '_')}" for name in EXECUTABLES} \
+        == scripts
+    for module in EXECUTABLES.values():
+        assert callable(importlib.import_module(module).main), module
 
 
 # config section (node name) -> the node class whose PARAMETERS declare its parameters

@@ -154,3 +154,41 @@ def test_sigint_during_a_long_step_stops_the_bridge_at_once(procs, probe):
     answer = future.result()
     assert not answer.success and "(shutting down)" in answer.message, answer
     probe.node.destroy_publisher(arm)
+
+
+def _loaded(pid: int, library: str) -> bool:
+    try:
+        return library in open(f"/proc/{pid}/maps").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["launcher", "console_script"])
+def test_a_sigint_while_a_node_imports_ends_it_with_one_line(how):
+    """A Ctrl-C in a node's first 0.3-1 s (its imports: the package, gymnasium, rclpy, MuJoCo),
+    or the launcher stopping a graph whose other node failed to start, raised
+    ``KeyboardInterrupt`` inside an import: a traceback from every process still starting. The
+    executables import their module inside ``robot_imitation_entry``: one line, exit 130. The
+    signal is sent once numpy's extension is mapped: the package's import is under way, the
+    node's (rclpy, MuJoCo) still to come."""
+    if how == "launcher":  # as robot_imitation.ros.launcher starts a node
+        argv = [sys.executable, "-m", "robot_imitation_entry", "scripted_expert", "--ros-args",
+                "-p", "task:=reach"]
+    else:  # as `ros2 run` and `ros2 launch` start it (and .venv/bin)
+        argv = [os.path.join(os.path.dirname(sys.executable), "scripted_expert")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _loaded(proc.pid, "_multiarray_umath") and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert not _loaded(proc.pid, "_rclpy_pybind11"), "the imports were over before it"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "Traceback" not in err, err
+    assert err.strip() == "[scripted_expert] interrupted while starting: not started", err
+    assert proc.returncode == 130 and out == ""

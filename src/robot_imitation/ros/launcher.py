@@ -17,20 +17,12 @@ import weakref
 from pathlib import Path
 
 import yaml
+from robot_imitation_entry import EXECUTABLES
 
-NODE_MODULES = {
-    "mujoco_bridge": "robot_imitation.nodes.bridge_node",
-    "scripted_expert": "robot_imitation.nodes.expert_node",
-    "episode_runner": "robot_imitation.nodes.episode_runner",
-    "episode_recorder": "robot_imitation.nodes.recorder_node",
-    "joy_teleop": "robot_imitation.nodes.joy_teleop_node",
-    "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
-    "trainer": "robot_imitation.nodes.trainer_node",
-    "dagger_node": "robot_imitation.nodes.dagger_node",
-    "policy_node": "robot_imitation.nodes.policy_node",
-    "command_mux": "robot_imitation.nodes.command_mux_node",
-    "scripted_supervisor": "robot_imitation.nodes.supervisor_node",
-}
+# the node executables the suite starts, and the module of each (``robot_imitation_entry``
+# runs them: a signal while one starts gives one line, not a traceback)
+NODE_MODULES = {name: module for name, module in EXECUTABLES.items()
+                if module.startswith("robot_imitation.nodes.")}
 
 
 # The environment variable that tells a node which process started it (``ProcessGroup.start``):
@@ -107,7 +99,7 @@ class ProcessGroup:
                    ) -> subprocess.Popen:
         """Start one of the package's nodes with parameters (written as a ros__parameters file)."""
         name = name or executable
-        argv = [sys.executable, "-m", NODE_MODULES[executable], "--ros-args"]
+        argv = [sys.executable, "-m", "robot_imitation_entry", executable, "--ros-args"]
         if name != executable:
             argv += ["-r", f"__node:={name}"]
         if namespace:

@@ -1,0 +1,67 @@
+"""The suite's executables: the console scripts (``ros2 run``, ``ros2 launch``, ``.venv/bin``)
+and the processes ``robot_imitation.ros.launcher`` starts (``python -m robot_imitation_entry
+<executable> [args]``).
+
+A module outside the package: importing any part of ``robot_imitation`` imports the package
+first (gymnasium with it), and a node's imports (rclpy, MuJoCo, torch) take 0.3-1 s. A Ctrl-C
+in that time, or the launcher stopping a graph whose other node failed to start, raised
+``KeyboardInterrupt`` in the middle of an import: a traceback in every process still starting.
+Here the import is made inside the executable's function, and such a signal ends it with one
+line and exit code 130. Once started, the node's own handlers take over
+(``nodes.common.ShutdownRequest``, the CLI's).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# executable -> the module whose ``main()`` it runs
+EXECUTABLES = {
+    "mujoco_bridge": "robot_imitation.nodes.bridge_node",
+    "scripted_expert": "robot_imitation.nodes.expert_node",
+    "episode_runner": "robot_imitation.nodes.episode_runner",
+    "episode_recorder": "robot_imitation.nodes.recorder_node",
+    "joy_teleop": "robot_imitation.nodes.joy_teleop_node",
+    "keyboard_teleop": "robot_imitation.nodes.keyboard_teleop_node",
+    "trainer": "robot_imitation.nodes.trainer_node",
+    "dagger_node": "robot_imitation.nodes.dagger_node",
+    "policy_node": "robot_imitation.nodes.policy_node",
+    "command_mux": "robot_imitation.nodes.command_mux_node",
+    "scripted_supervisor": "robot_imitation.nodes.supervisor_node",
+    "robot-imitation": "robot_imitation.cli",
+}
+
+
+def start(executable: str) -> int:
+    """Import ``executable``'s module and run its ``main()``; a SIGINT before its own handlers
+    are in place ends it with one line (exit code 130)."""
+    try:
+        main = importlib.import_module(EXECUTABLES[executable]).main
+    except KeyboardInterrupt:
+        sys.stderr.write(f"[{executable}] interrupted while starting: not started\n")
+        return 130
+    try:
+        return main()
+    except KeyboardInterrupt:  # (before its handlers were installed)
+        sys.stderr.write(f"[{executable}] interrupted\n")
+        return 130
+
+
+def _entry(executable: str):
+    def entry() -> int:
+        return start(executable)
+
+    entry.__name__ = entry.__qualname__ = executable.replace("-", "_")
+    entry.__doc__ = f"The ``{executable}`` executable ({EXECUTABLES[executable]})."
+    return entry
+
+
+for _name in EXECUTABLES:  # mujoco_bridge(), ..., robot_imitation(): the console scripts
+    globals()[_name.replace("-", "_")] = _entry(_name)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in EXECUTABLES:
+        sys.exit(f"usage: python -m robot_imitation_entry {{{','.join(EXECUTABLES)}}} [args]")
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    sys.exit(start(sys.argv[0]))
