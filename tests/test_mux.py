@@ -449,6 +449,40 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     assert line.startswith("[WARN]"), line
     assert len(arm) == 1
 
+    # the chosen source answered, past sync_timeout: forwarded, and the warning names what
+    # was missing (it said "a sync source did not answer in time" even when every source had
+    # answered and the state's own episode status was what never came)
+    def warned(stamp: str) -> str:
+        wait_for(lambda: f"state {stamp} s: no " in procs.log("command_mux"), 10,
+                 f"the mux's warning on state {stamp}", procs=procs)
+        return next(ln for ln in procs.log("command_mux").splitlines()
+                    if f"state {stamp} s: no " in ln)
+
+    sources.send("expert", 2.0)  # (every sync source has answered state 8: forwarded now)
+    wait_for(lambda: len(arm) == 2, 5, "state 8's forward", procs=procs)
+    msg.header.stamp.sec = 9
+    state.publish(msg)
+    sources.send("expert", 2.0)
+    wait_for(lambda: len(arm) == 3, 5, "state 9's forward, past sync_timeout", procs=procs)
+    assert "no answer from policy within sync_timeout (0.3 s): forwarded expert's answer" \
+        in warned("9.000")
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_QOS)
+    wait_for(lambda: status.get_subscription_count(), 10, "the mux's status subscription")
+    for sec, with_status in ((10, True), (11, False)):
+        msg.header.stamp.sec = sec
+        state.publish(msg)
+        if with_status:  # (statuses come from here on: each state waits for its own)
+            st = DiagnosticArray(status=[DiagnosticStatus(
+                values=[KeyValue(key="episode", value="1")])])
+            st.header.stamp.sec = sec
+            status.publish(st)
+        sources.send("policy", 1.0)
+        sources.send("expert", 2.0)
+        wait_for(lambda: len(arm) == sec - 7, 5, f"state {sec}'s forward", procs=procs)
+    assert "state 10.000 s: no" not in procs.log("command_mux")
+    assert "no episode status within sync_timeout (0.3 s): forwarded expert's answer" \
+        in warned("11.000")
+
 
 @pytest.mark.ros
 def test_a_synced_mux_forwards_again_a_state_published_again(procs, probe):

@@ -148,6 +148,19 @@ class MuxCore:
                                       if s == self.mode and s not in self.sync_sources]
         return [s for s in waited if not self.answered(s)]
 
+    def missing(self) -> list:
+        """Sync: what the pending state still waits for, in words: an answer from each of
+        ``unanswered()``, its episode status (once statuses come), its button state
+        (``joy_sync``)."""
+        out = [f"answer from {s}" for s in self.unanswered()]
+        if self.joy_sync and self.mode == "intervention" and \
+                self.state_stamp not in self._joys and self.joy_stamp != self.state_stamp:
+            out.append("intervention button state")
+        if self.status_sync and self.state_stamp is not None and \
+                self.state_stamp not in self._statuses:
+            out.append("episode status")
+        return out
+
     def _drop_stale(self, source: str) -> None:
         """Drop queued answers of ``source`` that name a state before the pending one."""
         if self.state_stamp is None:

@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
-                     MatchedReport, Param, declare_all, limit_args, limit_parameters, run,
-                     stamp_ns, steady_timer)
+                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
+                     run, stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -104,6 +104,7 @@ class CommandMux(Node):
         episode_topic = p["episode_topic"]
         self.sync = p["sync"]
         self.sync_timeout = p["sync_timeout"]
+        self._timeout_logs: dict = {}  # what a forced forward missed -> its LogThrottle
         self.button = p["intervention_button"]
         self.core = MuxCore(topics, sources, mode, beta, p["mixture_per"], p["seed"],
                             sync_sources, p["intervention_source"],
@@ -261,12 +262,16 @@ class CommandMux(Node):
     def _check_timeout(self) -> None:
         if self.core.state_pending and self._state_time is not None and \
                 time.monotonic() - self._state_time > self.sync_timeout:
+            missing = ", ".join(self.core.missing()) or "answer"  # (before a forward clears it)
             out = self.core.force()
             if out is not None:
                 self.timeouts += 1
-                self.get_logger().warning("a sync source did not answer in time: forwarded "
-                                          f"{self.core.last_choice} alone",
-                                          throttle_duration_sec=5.0)
+                # at most a line every 5 s for each cause
+                if self._timeout_logs.setdefault(missing, LogThrottle(5.0)).due():
+                    self.get_logger().warning(
+                        f"state {self._stamps_seen * 1e-9:.3f} s: no {missing} within "
+                        f"sync_timeout ({self.sync_timeout:g} s): forwarded "
+                        f"{self.core.last_choice}'s answer ({self.timeouts} such in all)")
                 self._flush(out)
             else:  # nothing to forward: the robot waits; say for whom
                 missing = self.core.unanswered()
