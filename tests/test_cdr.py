@@ -320,3 +320,46 @@ def test_a_serialized_command_read_as_the_bridge_reads_it(labels, size):
     for bad in ([raw[:len(raw) - 8]] if size else []) + [raw[:10], b"\x00\x00" + raw[2:]]:
         with pytest.raises(CdrError):
             multi_array(bad)
+
+
+def test_the_episode_status_is_read_from_its_bytes_as_rclpy_writes_them():
+    """The expert node reads each state's episode status from its CDR bytes (stamp and the
+    ``episode`` value): equal to the message's, for messages rclpy serializes (the bridge's,
+    other publishers' with several statuses, none, other keys, odd string lengths)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.serialization import deserialize_message
+
+    from robot_imitation.cdr import diagnostic_array, status_episode
+    from robot_imitation.nodes.common import episode_of_status
+
+    def status(sec, nanosec, frame, statuses):
+        msg = DiagnosticArray(status=[DiagnosticStatus(
+            level=bytes([level]), name=name, message=text, hardware_id=hw,
+            values=[KeyValue(key=k, value=v) for k, v in values])
+            for level, name, text, hw, values in statuses])
+        msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id = sec, nanosec, frame
+        return serialize_message(msg)
+
+    cases = [
+        (status(3, 5, "", [(0, "episode", "ok", "push", [("episode", "12"), ("seed", "4")])]),
+         (3_000_000_005, "12")),
+        (status(7, 999_999_999, "map", [(1, "a", "bb", "ccc", [("x", "1")]),
+                                         (0, "episode", "", "", [("tick", "9"),
+                                                                  ("episode", "seed_40")])]),
+         (7_999_999_999, "seed_40")),
+        (status(1, 2, "odd", [(2, "n", "m", "h", [("episodes", "3")])]), (1_000_000_002, None)),
+        (status(0, 0, "", []), (0, None)),
+    ]
+    for raw, expected in cases:
+        assert status_episode(raw) == expected
+        assert episode_of_status(raw) == expected
+    ours = diagnostic_array(4, 6, 0, "episode", "success", "push",
+                            (("episode", "2"), ("seed", "1"), ("done", "true")))
+    msg = deserialize_message(ours, DiagnosticArray)
+    assert status_episode(ours) == (4_000_000_006, msg.status[0].values[0].value) == \
+        (4_000_000_006, "2")
+    with pytest.raises(CdrError):
+        status_episode(ours[:30])  # truncated: the node deserializes (and rclpy refuses) it
+    big_endian = b"\x00\x00" + bytes(ours[2:])
+    with pytest.raises(CdrError):
+        status_episode(big_endian)

@@ -381,3 +381,38 @@ def diagnostic_array(sec: int, nanosec: int, level: int, name: str, message: str
         _cdr_string(out, key.encode("utf-8"))
         _cdr_string(out, value.encode("utf-8"))
     return bytes(out)
+
+
+def status_episode(buf) -> tuple[int, str | None]:
+    """(header stamp in ns, the first ``episode`` key's value or None) of a
+    ``diagnostic_msgs/DiagnosticArray`` in CDR bytes (the bridge's episode status, one with
+    each state): what a node pairing states with their episode reads, without building the
+    message (its deserialization and callback were an eighth of a lockstep tick in the
+    expert). ``CdrError`` for bytes it does not take (the caller deserializes them)."""
+    if len(buf) < 12 or bytes(buf[:2]) != b"\x00\x01":
+        raise CdrError("not little-endian CDR")
+    try:
+        sec, nanosec = _TIME.unpack_from(buf, 4)
+        pos = _string_end(buf, 12)  # header.frame_id
+        pos = _align(pos, 4)
+        (count,) = _U32.unpack_from(buf, pos)
+        pos += 4
+        for _ in range(count):
+            pos += 1  # level
+            for _ in range(3):  # name, message, hardware_id
+                pos = _string_end(buf, pos)
+            pos = _align(pos, 4)
+            (n,) = _U32.unpack_from(buf, pos)
+            pos += 4
+            for _ in range(n):
+                key_end = _string_end(buf, pos)
+                value_end = _string_end(buf, key_end)
+                if value_end > len(buf):
+                    raise CdrError("truncated")
+                if bytes(buf[_align(pos, 4) + 4:key_end - 1]) == b"episode":
+                    value = bytes(buf[_align(key_end, 4) + 4:value_end - 1])
+                    return sec * 1_000_000_000 + nanosec, value.decode("utf-8")
+                pos = value_end
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CdrError(str(exc)) from None
+    return sec * 1_000_000_000 + nanosec, None

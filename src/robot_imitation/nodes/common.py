@@ -19,7 +19,7 @@ import rclpy  # noqa: E402
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor  # noqa: E402
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
 
-from ..cdr import float64_multi_array  # noqa: E402
+from ..cdr import CdrError, float64_multi_array, status_episode  # noqa: E402
 from ..pairing import stamp_label, stamp_of  # noqa: E402
 from ..spec import SpecError  # noqa: E402
 from rclpy.executors import (Executor, ExternalShutdownException,  # noqa: E402
@@ -313,6 +313,21 @@ def declare(node, name: str, default, description: str, *, read_only: bool = Fal
     """Declare one parameter with a descriptor and return its value (see ``Param``)."""
     return Param(name, default, description, read_only, min_value, max_value,
                  tuple(choices or ())).declare(node)
+
+
+def episode_of_status(raw: bytes) -> tuple[int, str | None]:
+    """(stamp in ns, episode or None) of an episode status received raw (a subscription with
+    ``raw=True`` on a ``DiagnosticArray`` topic): read from its CDR bytes
+    (``cdr.status_episode``), or deserialized when the reader does not take them."""
+    try:
+        return status_episode(raw)
+    except CdrError:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.serialization import deserialize_message
+
+        msg = deserialize_message(raw, DiagnosticArray)
+        return stamp_ns(msg.header.stamp), next(
+            (kv.value for st in msg.status for kv in st.values if kv.key == "episode"), None)
 
 
 def to_sec(stamp) -> float:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
-                     answer_bytes, declare_all, run, stamp_ns, state_to_answer, take_state)
+                     answer_bytes, declare_all, episode_of_status, run, state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -107,8 +107,9 @@ class ScriptedExpert(Node):
         self._episode = None        # the episode of the state answered last
         self._pending = None        # a complete state waiting for its status
         if p["episode_topic"] and not self.plans:  # (a plan needs no episode)
+            # raw: the stamp and the episode read from the CDR bytes (one status per state)
             self.create_subscription(DiagnosticArray, p["episode_topic"], self._on_status,
-                                     STATUS_QOS)
+                                     STATUS_QOS, raw=True)
         if self.trigger == "timer":
             self.create_timer(self.period, self._on_timer)
         self.get_logger().info(f"expert for task '{self.sim.cfg.name}', trigger {self.trigger}"
@@ -139,12 +140,10 @@ class ScriptedExpert(Node):
             self._episode = episode
             self.expert.reset()
 
-    def _on_status(self, msg) -> None:
-        episode = next((kv.value for st in msg.status for kv in st.values
-                        if kv.key == "episode"), None)
+    def _on_status(self, raw: bytes) -> None:
+        stamp, episode = episode_of_status(raw)
         if episode is None:
             return
-        stamp = stamp_ns(msg.header.stamp)
         self._statuses[stamp] = episode
         if len(self._statuses) > 16:
             del self._statuses[next(iter(self._statuses))]
