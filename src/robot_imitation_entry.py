@@ -62,6 +62,7 @@ for _name in EXECUTABLES:  # mujoco_bridge(), ..., robot_imitation(): the consol
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in EXECUTABLES:
-        sys.exit(f"usage: python -m robot_imitation_entry {{{','.join(EXECUTABLES)}}} [args]")
+        given = f"no executable {sys.argv[1]!r}" if len(sys.argv) > 1 else "no executable given"
+        sys.exit(f"robot_imitation_entry: {given} (one of {', '.join(EXECUTABLES)})")
     sys.argv = [sys.argv[1], *sys.argv[2:]]
     sys.exit(start(sys.argv[0]))

@@ -381,3 +381,14 @@ def test_a_dds_profile_that_is_not_there_ends_a_node_or_command_in_one_line(tmp_
         "robot-imitation record: ROBOT_IMITATION_DDS_PROFILE=large: no such profile or file "
         "(choose services, large_data, off or a Fast DDS profile file)"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_entry_module_names_an_unknown_executable():
+    """``python -m robot_imitation_entry <executable>`` (how the launcher starts a node): an
+    unknown name is one line naming it, exit 1."""
+    proc = subprocess.run([sys.executable, "-m", "robot_imitation_entry", "scripted_expurt"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("robot_imitation_entry: no executable 'scripted_expurt' (one "
+                                  "of mujoco_bridge, scripted_expert, "), proc.stderr
+    assert proc.stderr.count("\n") == 1
