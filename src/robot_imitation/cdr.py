@@ -387,8 +387,8 @@ def status_episode(buf) -> tuple[int, str | None]:
     """(header stamp in ns, the first ``episode`` key's value or None) of a
     ``diagnostic_msgs/DiagnosticArray`` in CDR bytes (the bridge's episode status, one with
     each state): what a node pairing states with their episode reads, without building the
-    message (its deserialization and callback were an eighth of a lockstep tick in the
-    expert). ``CdrError`` for bytes it does not take (the caller deserializes them)."""
+    message (nested statuses and key-value pairs, each a Python object, every tick).
+    ``CdrError`` for bytes it does not take (the caller deserializes them)."""
     if len(buf) < 12 or bytes(buf[:2]) != b"\x00\x01":
         raise CdrError("not little-endian CDR")
     try:
