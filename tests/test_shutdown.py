@@ -163,7 +163,7 @@ def _loaded(pid: int, library: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["launcher", "console_script"])
+@pytest.mark.parametrize("how", ["launcher", "console_script", "ros2_run"])
 def test_a_sigint_while_a_node_imports_ends_it_with_one_line(how):
     """A Ctrl-C in a node's first 0.3-1 s (its imports: the package, gymnasium, rclpy, MuJoCo),
     or the launcher stopping a graph whose other node failed to start, raised
@@ -174,8 +174,11 @@ def test_a_sigint_while_a_node_imports_ends_it_with_one_line(how):
     if how == "launcher":  # as robot_imitation.ros.launcher starts a node
         argv = [sys.executable, "-m", "robot_imitation_entry", "scripted_expert", "--ros-args",
                 "-p", "task:=reach"]
-    else:  # as `ros2 run` and `ros2 launch` start it (and .venv/bin)
+    elif how == "console_script":  # pip's wrapper in .venv/bin
         argv = [os.path.join(os.path.dirname(sys.executable), "scripted_expert")]
+    else:  # as `ros2 run` and `ros2 launch` start it: lib/robot_imitation/ of the ament index
+        argv = [os.path.join(sys.prefix, "lib", "robot_imitation", "scripted_expert")]
+        assert os.access(argv[0], os.X_OK), f"{argv[0]}: not registered (scripts/bootstrap.sh)"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
