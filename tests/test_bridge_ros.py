@@ -236,9 +236,12 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     for i in range(12):
         pub.publish(Float64MultiArray(data=bad[i % 3]))
         time.sleep(0.02)
+        if i % 4 == 3:  # bytes that are no Float64MultiArray (raw): dropped, the bridge lives
+            pub.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+            time.sleep(0.02)
     grip.publish(Float64MultiArray(data=[0.5, 0.5]))
     # The burst ends once quiet for a second: its summary, counts per reason.
-    wait_for(lambda: "12 bad arm commands in the last burst" in procs.log(BRIDGE), 10,
+    wait_for(lambda: "15 bad arm commands in the last burst" in procs.log(BRIDGE), 10,
              "the summary of the burst", procs=procs)
     np.testing.assert_allclose(latest_q(joints)[:7], q0[:7], atol=5e-3)
 
@@ -253,11 +256,13 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     values = diagnostics_values(diags)
     assert values["rejected_wrong_length"] == "5"  # 4 arm + 1 gripper
     assert values["rejected_not_finite"] == "8"
+    assert values["rejected_malformed"] == "3"
     assert procs.stop(BRIDGE) == {BRIDGE: 0}, "the bridge must exit cleanly on SIGINT"
     log = procs.log(BRIDGE, tail=100_000)
     assert log.count("rejected arm command") == 1, log
-    assert "12 bad arm commands in the last burst" in log
-    assert "not_finite 8, wrong_length 4" in log
+    assert "15 bad arm commands in the last burst" in log
+    assert "malformed 3, not_finite 8, wrong_length 4" in log
+    assert "Traceback" not in log, log
     assert log.count("rejected gripper command: wrong length 2") == 1, log
     # The burst of clamped commands (published at 50 Hz until the joint moved) is one line too,
     # and its summary (at the latest when the bridge stops).
@@ -621,15 +626,10 @@ def test_lockstep_drops_a_late_answer_after_a_reset(procs, probe):
     wait_for(late_dropped, 5, "the late answer counted as dropped", procs=procs)
 
 
-@pytest.mark.ros
-@pytest.mark.parametrize("node", ["scripted_expert", "scripted_supervisor"])
-def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, node):
-    """A lockstep bridge publishes a state again when no answer reached it (lockstep_republish):
-    an answer was lost, or went out while only another reader of the command topic was matched
-    (a recorder, `ros2 topic echo`), not the bridge yet. The expert and the supervisor answered
-    each state once, so the simulation waited for ever (a CI run's recording pipeline: its first
-    episode never ended). They now answer a state that comes again whole once more, with the
-    same message; a part of it again is no repetition. This test plays the bridge."""
+def _play_bridge(procs, probe, node):
+    """Start ``node`` (a lockstep controller on task reach) with this test playing the bridge:
+    (its answers as received, ``publish(sec, topics)`` of the state at ``sec`` s with its
+    episode status when whole, the status publisher, the stamp an answer names)."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import Joy
@@ -662,7 +662,7 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
     wait_for(lambda: all(pubs[t].get_subscription_count() for t in watched)
              and probe.node.count_publishers(topic), 30, node, procs=procs)
 
-    def publish(sec: int, topics=tuple(pubs)) -> None:
+    def publish(sec: int, topics=tuple(pubs), with_status: bool = True) -> None:
         stamp = from_sec(float(sec))
         for t in topics:
             if t == "/joint_states":
@@ -675,7 +675,7 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
                 msg.pose.orientation.w = 1.0
             msg.header.stamp = stamp
             pubs[t].publish(msg)
-        if topics == tuple(pubs):
+        if with_status and set(topics) == set(pubs):
             msg = DiagnosticArray()
             msg.header.stamp = stamp
             msg.status = [DiagnosticStatus(name="episode", values=[
@@ -683,6 +683,19 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
                 KeyValue(key="done", value="false")])]
             status.publish(msg)
 
+    return answers, publish, status, stamp_of
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("node", ["scripted_expert", "scripted_supervisor"])
+def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, node):
+    """A lockstep bridge publishes a state again when no answer reached it (lockstep_republish):
+    an answer was lost, or went out while only another reader of the command topic was matched
+    (a recorder, `ros2 topic echo`), not the bridge yet. The expert and the supervisor answered
+    each state once, so the simulation waited for ever (a CI run's recording pipeline: its first
+    episode never ended). They now answer a state that comes again whole once more, with the
+    same message; a part of it again is no repetition. This test plays the bridge."""
+    answers, publish, _, stamp_of = _play_bridge(procs, probe, node)
     publish(1)
     wait_for(lambda: len(answers) == 1, 10, "the answer to state 1", procs=procs)
     publish(1, topics=("/ee_pose",))  # a part again: no repetition
@@ -695,3 +708,30 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
     wait_for(lambda: len(answers) == 3, 10, "the answer to state 2", procs=procs)
     assert stamp_of(answers[2]) == 2 * 10**9
     assert "state 1.000 s published again: answered again (1 in all)" in procs.log(node)
+
+
+@pytest.mark.ros
+def test_the_expert_drops_a_malformed_episode_status_and_answers_on(procs, probe):
+    """Bytes on /episode/status that are no DiagnosticArray (a raw publisher's, a broken
+    driver's) ended the scripted expert with a traceback: it reads the status raw, and
+    deserializing such bytes raised in its callback. It now drops them with one line naming the
+    topic (at most one every 5 s), waits for the state's readable status (a lockstep bridge
+    publishes the state and its status again when no answer came) and answers on."""
+    answers, publish, status, stamp_of = _play_bridge(procs, probe, "scripted_expert")
+    publish(1)
+    wait_for(lambda: len(answers) == 1, 10, "the answer to state 1", procs=procs)
+    publish(2, with_status=False)
+    for _ in range(3):
+        status.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)  # state 2's status, unreadable
+    time.sleep(0.5)
+    assert len(answers) == 1, "state 2 was answered without its status"
+    publish(2)  # again, as the bridge does when no answer came
+    wait_for(lambda: len(answers) == 2, 10, "the answer to state 2", procs=procs)
+    assert stamp_of(answers[1]) == 2 * 10**9
+    publish(3)
+    wait_for(lambda: len(answers) == 3, 10, "the answer to state 3", procs=procs)
+    assert procs.stop("scripted_expert") == {"scripted_expert": 0}
+    log = procs.log("scripted_expert", tail=100_000)
+    assert log.count("/episode/status: a message that cannot be deserialized as "
+                     "diagnostic_msgs/msg/DiagnosticArray (truncated, 12 bytes)") == 1, log
+    assert "Traceback" not in log, log

@@ -247,7 +247,9 @@ def multi_array(buf) -> tuple[int | None, np.ndarray]:
     """A serialized ``std_msgs/Float64MultiArray`` (a command): (the state it names, as
     ``answer_stamp``, or None; its data, float64). ``CdrError`` for bytes that are not
     little-endian CDR or are cut short (the caller deserializes them the usual way)."""
-    if len(buf) < 12 or bytes(buf[:2]) not in CDR_LE:
+    if len(buf) < 12:
+        raise CdrError("truncated")
+    if bytes(buf[:2]) not in CDR_LE:
         raise CdrError("not little-endian CDR")
     try:
         stamp, pos = _layout(buf)
@@ -389,7 +391,9 @@ def status_episode(buf) -> tuple[int, str | None]:
     each state): what a node pairing states with their episode reads, without building the
     message (nested statuses and key-value pairs, each a Python object, every tick).
     ``CdrError`` for bytes it does not take (the caller deserializes them)."""
-    if len(buf) < 12 or bytes(buf[:2]) != b"\x00\x01":
+    if len(buf) < 12:
+        raise CdrError("truncated")
+    if bytes(buf[:2]) != b"\x00\x01":
         raise CdrError("not little-endian CDR")
     try:
         sec, nanosec = _TIME.unpack_from(buf, 4)
@@ -413,6 +417,8 @@ def status_episode(buf) -> tuple[int, str | None]:
                     value = bytes(buf[_align(key_end, 4) + 4:value_end - 1])
                     return sec * 1_000_000_000 + nanosec, value.decode("utf-8")
                 pos = value_end
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise CdrError(str(exc)) from None
+    except struct.error:
+        raise CdrError("truncated") from None
+    except UnicodeDecodeError:
+        raise CdrError("an episode that is not UTF-8") from None
     return sec * 1_000_000_000 + nanosec, None

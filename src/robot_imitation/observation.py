@@ -28,6 +28,19 @@ def message_class(type_name: str):
         raise SpecError(f"message type {type_name} is not installed") from None
 
 
+def deserialized(raw: bytes, mtype: str, why: Exception):
+    """``raw`` deserialized as a ``mtype`` message (``pkg/msg/Name``), for bytes the direct CDR
+    reader refused (``why``); ``SpecError`` (one line: the type, why, the size) for bytes that
+    are none: a malformed message is dropped by its reader, never the end of a node."""
+    from rclpy.serialization import deserialize_message
+
+    try:
+        return deserialize_message(raw, message_class(mtype))
+    except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
+        raise SpecError(f"a message that cannot be deserialized as {mtype} ({why}, "
+                        f"{len(raw)} bytes)") from None
+
+
 CAMERA_FRAMES = ("stamp", "latest")
 
 
@@ -77,13 +90,10 @@ class ObservationAssembler:
         try:
             stamp_ns, values = self._readers[topic].read(raw)
         except CdrError as exc:
-            from rclpy.serialization import deserialize_message
-
             try:
-                msg = deserialize_message(raw, message_class(self.topics[topic]))
-            except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
-                raise SpecError(f"{topic}: a message that cannot be deserialized ({exc}, "
-                                f"{len(raw)} bytes)") from None
+                msg = deserialized(raw, self.topics[topic], exc)
+            except SpecError as err:
+                raise SpecError(f"{topic}: {err}") from None
             self.on_message(topic, msg)
             return
         # the float message_stamp computes, bit for bit (stamps are compared for equality)

@@ -30,6 +30,9 @@ class CommandResult(enum.Enum):
     # A stamped trajectory starting implausibly far ahead of the bridge's clock (typically a
     # wall-clock stamp while the bridge runs on simulation time, which starts near 0).
     START_TOO_FAR_AHEAD = "start_too_far_ahead"
+    # Bytes that are no command message (a raw subscription's, that neither the CDR reader nor
+    # rclpy can read): dropped, counted, logged.
+    MALFORMED = "malformed"
 
     @property
     def ok(self) -> bool:
@@ -312,6 +315,10 @@ class BridgeCore:
         self._trajectory = _Trajectory(np.concatenate([[now], due]), np.vstack([now_q, clamped]))
         self._velocity[:] = 0.0
         return self._accepted(not np.array_equal(clamped, pos))
+
+    def malformed(self) -> CommandResult:
+        """A command message that could not be read at all: counted, nothing applied."""
+        return self._counted(CommandResult.MALFORMED)
 
     def _counted(self, result: CommandResult) -> CommandResult:
         self.counters.count(result)

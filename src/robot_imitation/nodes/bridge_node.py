@@ -26,7 +26,6 @@ from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LOCKSTEP_IMAGE_QOS, SENS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.serialization import deserialize_message  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
@@ -37,8 +36,10 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 from ..bridge.core import BridgeCore, BurstLog, CommandResult  # noqa: E402
 from ..bridge.stepper import Lockstep, Verdict  # noqa: E402
 from ..cdr import CdrError, StateWriter, diagnostic_array, multi_array  # noqa: E402
+from ..observation import deserialized  # noqa: E402
 from ..pairing import layout_stamp  # noqa: E402
 from ..sim.tasks import TaskConfig, TaskSim  # noqa: E402
+from ..spec import SpecError  # noqa: E402
 
 # how long a service (~/step) waits for the simulation thread; a step still running then ends
 REQUEST_TIMEOUT_S = 30.0
@@ -344,7 +345,11 @@ class MujocoBridge(Node):
         return result
 
     def _on_arm(self, raw: bytes) -> None:
-        stamp, data = _command(raw)
+        try:
+            stamp, data = _command(raw)
+        except SpecError as exc:
+            self._malformed(self._arm_log, "arm", exc)
+            return
         with self.lock:
             result = self._offer("arm", stamp, lambda: self.core.command_arm(data))
         if result is not None:
@@ -367,11 +372,22 @@ class MujocoBridge(Node):
         self._report(self._arm_log, "arm", result, len(msg.joint_names), detail)
 
     def _on_gripper(self, raw: bytes) -> None:
-        stamp, data = _command(raw)
+        try:
+            stamp, data = _command(raw)
+        except SpecError as exc:
+            self._malformed(self._grip_log, "gripper", exc)
+            return
         with self.lock:
             result = self._offer("gripper", stamp, lambda: self.core.command_gripper(data))
         if result is not None:
             self._report(self._grip_log, "gripper", result, len(data))
+
+    def _malformed(self, log: BurstLog, what: str, exc: SpecError) -> None:
+        """A command whose bytes are no message: dropped (a state it was to answer waits for
+        a readable one), counted and logged as a rejected command."""
+        with self.lock:
+            self.core.malformed()
+        log.note(CommandResult.MALFORMED.value, f"rejected {what} command: {exc}")
 
     def _report(self, log: BurstLog, what: str, result: CommandResult, n: int,
                 detail: str = "") -> None:
@@ -695,11 +711,12 @@ class MujocoBridge(Node):
 
 
 def _command(raw: bytes) -> tuple:
-    """(the state it names or None, values) of a serialized ``Float64MultiArray`` command."""
+    """(the state it names or None, values) of a serialized ``Float64MultiArray`` command;
+    ``SpecError`` for bytes that are none."""
     try:
         return multi_array(raw)
-    except CdrError:  # not plain little-endian CDR: the usual way
-        msg = deserialize_message(raw, Float64MultiArray)
+    except CdrError as exc:  # not plain little-endian CDR: the usual way
+        msg = deserialized(raw, "std_msgs/msg/Float64MultiArray", exc)
         return layout_stamp(msg.layout), msg.data
 
 

@@ -21,6 +21,7 @@ from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
 
 from ..cdr import CdrError, float64_multi_array, status_episode  # noqa: E402
 from ..pairing import stamp_label, stamp_of  # noqa: E402
+from ..observation import deserialized  # noqa: E402
 from ..spec import SpecError  # noqa: E402
 from rclpy.executors import (Executor, ExternalShutdownException,  # noqa: E402
                               SingleThreadedExecutor)
@@ -318,14 +319,13 @@ def declare(node, name: str, default, description: str, *, read_only: bool = Fal
 def episode_of_status(raw: bytes) -> tuple[int, str | None]:
     """(stamp in ns, episode or None) of an episode status received raw (a subscription with
     ``raw=True`` on a ``DiagnosticArray`` topic): read from its CDR bytes
-    (``cdr.status_episode``), or deserialized when the reader does not take them."""
+    (``cdr.status_episode``), or deserialized when the reader does not take them. ``SpecError``
+    (one line) for bytes that are no ``DiagnosticArray``: the caller drops them, as it drops a
+    malformed state (``take_state``)."""
     try:
         return status_episode(raw)
-    except CdrError:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.serialization import deserialize_message
-
-        msg = deserialize_message(raw, DiagnosticArray)
+    except CdrError as exc:
+        msg = deserialized(raw, "diagnostic_msgs/msg/DiagnosticArray", exc)  # or SpecError
         return stamp_ns(msg.header.stamp), next(
             (kv.value for st in msg.status for kv in st.values if kv.key == "episode"), None)
 
@@ -361,8 +361,18 @@ class LogThrottle:
         return True
 
 
-# per node: the malformed state messages' log line (take_state)
+# per node: the malformed messages' log line (take_state, log_malformed)
 _MALFORMED_LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def log_malformed(node, text: str) -> None:
+    """Say that a malformed message was dropped: at most one line every 5 s per node (a
+    stream of them, each a callback, must not flood the log or pay a logger call each)."""
+    throttle = _MALFORMED_LOGS.get(node)
+    if throttle is None:
+        throttle = _MALFORMED_LOGS[node] = LogThrottle(5.0)
+    if throttle.due():
+        node.get_logger().error(text)
 
 
 def take_state(node, assembler, topic: str, msg) -> bool:
@@ -374,11 +384,7 @@ def take_state(node, assembler, topic: str, msg) -> bool:
         else:
             assembler.on_message(topic, msg)
     except SpecError as exc:
-        throttle = _MALFORMED_LOGS.get(node)
-        if throttle is None:
-            throttle = _MALFORMED_LOGS[node] = LogThrottle(5.0)
-        if throttle.due():
-            node.get_logger().error(str(exc))
+        log_malformed(node, str(exc))
         return False
     return True
 

@@ -27,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
-                     answer_bytes, declare_all, episode_of_status, run, state_to_answer, take_state)
+                     answer_bytes, declare_all, episode_of_status, log_malformed, run,
+                     state_to_answer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -106,6 +107,7 @@ class ScriptedExpert(Node):
         self._status_seen = False
         self._episode = None        # the episode of the state answered last
         self._pending = None        # a complete state waiting for its status
+        self._status_topic = p["episode_topic"]
         if p["episode_topic"] and not self.plans:  # (a plan needs no episode)
             # raw: the stamp and the episode read from the CDR bytes (one status per state)
             self.create_subscription(DiagnosticArray, p["episode_topic"], self._on_status,
@@ -141,7 +143,11 @@ class ScriptedExpert(Node):
             self.expert.reset()
 
     def _on_status(self, raw: bytes) -> None:
-        stamp, episode = episode_of_status(raw)
+        try:
+            stamp, episode = episode_of_status(raw)
+        except SpecError as exc:  # dropped; a lockstep bridge publishes the state again
+            log_malformed(self, f"{self._status_topic}: {exc}")
+            return
         if episode is None:
             return
         self._statuses[stamp] = episode
