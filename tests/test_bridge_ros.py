@@ -626,8 +626,9 @@ def test_lockstep_drops_a_late_answer_after_a_reset(procs, probe):
     wait_for(late_dropped, 5, "the late answer counted as dropped", procs=procs)
 
 
-def _play_bridge(procs, probe, node):
-    """Start ``node`` (a lockstep controller on task reach) with this test playing the bridge:
+def _play_bridge(procs, probe, node, params=None):
+    """Start ``node`` (a lockstep controller on task reach; ``params`` for its own) with this
+    test playing the bridge:
     (its answers as received, ``publish(sec, topics)`` of the state at ``sec`` s with its
     episode status when whole, the status publisher, the stamp an answer names)."""
     from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -638,9 +639,9 @@ def _play_bridge(procs, probe, node):
     from robot_imitation.pairing import layout_stamp
     from robot_imitation.spec import Spec
 
-    if node == "scripted_expert":
-        params, topic = {"task": "reach", "trigger": "state"}, "/arm_controller/commands"
-        mtype = Float64MultiArray
+    if node in ("scripted_expert", "policy_node"):
+        params = params or {"task": "reach", "trigger": "state"}
+        topic, mtype = "/arm_controller/commands", Float64MultiArray
 
         def stamp_of(msg):
             return layout_stamp(msg.layout)
@@ -657,8 +658,7 @@ def _play_bridge(procs, probe, node):
     status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_PUB_QOS)
     procs.start_node(node, params=params)
     names = next(f.joints for f in Spec.load("reach").observations if f.key == "joint_pos")
-    watched = {"scripted_expert": list(pubs), "scripted_supervisor": ["/ee_pose",
-                                                                      "/target_pose"]}[node]
+    watched = ["/ee_pose", "/target_pose"] if node == "scripted_supervisor" else list(pubs)
     wait_for(lambda: all(pubs[t].get_subscription_count() for t in watched)
              and probe.node.count_publishers(topic), 30, node, procs=procs)
 
@@ -711,13 +711,23 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
 
 
 @pytest.mark.ros
-def test_the_expert_drops_a_malformed_episode_status_and_answers_on(procs, probe):
+@pytest.mark.parametrize("node", ["scripted_expert", "policy_node"])
+def test_a_controller_drops_a_malformed_episode_status_and_answers_on(procs, probe, node,
+                                                                      tmp_path):
     """Bytes on /episode/status that are no DiagnosticArray (a raw publisher's, a broken
     driver's) ended the scripted expert with a traceback: it reads the status raw, and
-    deserializing such bytes raised in its callback. It now drops them with one line naming the
-    topic (at most one every 5 s), waits for the state's readable status (a lockstep bridge
-    publishes the state and its status again when no answer came) and answers on."""
-    answers, publish, status, stamp_of = _play_bridge(procs, probe, "scripted_expert")
+    deserializing such bytes raised in its callback (the policy node, reading it typed, lost
+    them without a word). Both now drop them with one line naming the topic (at most one every
+    5 s), wait for the state's readable status (a lockstep bridge publishes the state and its
+    status again when no answer came) and answer on."""
+    from conftest import untrained_checkpoint
+
+    params = None
+    if node == "policy_node":
+        # (on simulation time, as in lockstep: this test's stamps are seconds from 0)
+        params = {"checkpoint": str(untrained_checkpoint(tmp_path / "ckpt", "reach")),
+                  "trigger": "state", "use_sim_time": True}
+    answers, publish, status, stamp_of = _play_bridge(procs, probe, node, params)
     publish(1)
     wait_for(lambda: len(answers) == 1, 10, "the answer to state 1", procs=procs)
     publish(2, with_status=False)
@@ -730,8 +740,8 @@ def test_the_expert_drops_a_malformed_episode_status_and_answers_on(procs, probe
     assert stamp_of(answers[1]) == 2 * 10**9
     publish(3)
     wait_for(lambda: len(answers) == 3, 10, "the answer to state 3", procs=procs)
-    assert procs.stop("scripted_expert") == {"scripted_expert": 0}
-    log = procs.log("scripted_expert", tail=100_000)
+    assert procs.stop(node) == {node: 0}
+    log = procs.log(node, tail=100_000)
     assert log.count("/episode/status: a message that cannot be deserialized as "
                      "diagnostic_msgs/msg/DiagnosticArray (truncated, 12 bytes)") == 1, log
     assert "Traceback" not in log, log

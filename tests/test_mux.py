@@ -482,6 +482,21 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     assert "state 10.000 s: no" not in procs.log("command_mux")
     assert "no episode status within sync_timeout (0.3 s): forwarded expert's answer" \
         in warned("11.000")
+    # state 12's status unreadable (bytes that are no DiagnosticArray): dropped and said, once
+    msg.header.stamp.sec = 12
+    state.publish(msg)
+    for _ in range(3):
+        status.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    sources.send("policy", 1.0)
+    sources.send("expert", 2.0)
+    # forwarded past sync_timeout, without its status (the warning's line was due 5 s later)
+    wait_for(lambda: len(arm) == 5, 5, "state 12's forward", procs=procs)
+    said = ("/episode/status: a message that cannot be deserialized as "
+            "diagnostic_msgs/msg/DiagnosticArray (truncated, 12 bytes)")
+    wait_for(lambda: said in procs.log("command_mux"), 5, "the line on the bad status",
+             procs=procs)
+    time.sleep(0.3)
+    assert procs.log("command_mux").count(said) == 1, procs.log("command_mux")
 
 
 @pytest.mark.ros

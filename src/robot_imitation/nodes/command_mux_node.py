@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
-                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
-                     run, stamp_ns, steady_timer)
+                     LogThrottle, MatchedReport, Param, declare_all, episode_of_status,
+                     limit_args, limit_parameters, log_malformed, run, stamp_ns, steady_timer)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -50,7 +50,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from ..deploy.limits import CommandLimiter, command_limits  # noqa: E402
 from ..deploy.mux import MuxCore  # noqa: E402
 from ..sim.tasks import TaskConfig  # noqa: E402
-from ..spec import Spec  # noqa: E402
+from ..spec import Spec, SpecError  # noqa: E402
 
 
 class CommandMux(Node):
@@ -132,8 +132,10 @@ class CommandMux(Node):
         self.create_subscription(Joy, "joy", self._on_joy,
                                  STATE_QOS if self.core.joy_sync else SENSOR_QOS)
         if episode_topic:  # (one status comes with each state: every one is taken)
+            # raw: the stamp and the episode read from the CDR bytes
             self.create_subscription(DiagnosticArray, episode_topic, self._on_episode,
-                                     STATUS_QOS)
+                                     STATUS_QOS, raw=True)
+        self._episode_topic = episode_topic
         self._episode = None
         self._stamps_seen = None
         self._state_time = None
@@ -309,18 +311,21 @@ class CommandMux(Node):
         if self.sync:
             self._flush(self.core.ready())
 
-    def _on_episode(self, msg: DiagnosticArray) -> None:
-        for st in msg.status:
-            for kv in st.values:
-                if kv.key != "episode":
-                    continue
-                if self.sync:  # paired with its state by the stamp (MuxCore.on_status)
-                    self.core.on_status(stamp_ns(msg.header.stamp), kv.value)
-                    self._flush(self.core.ready())
-                elif kv.value != self._episode:
-                    self._episode = kv.value
-                    self.core.new_episode()
-                    self._limiter.reset()
+    def _on_episode(self, raw: bytes) -> None:
+        try:
+            stamp, episode = episode_of_status(raw)
+        except SpecError as exc:  # dropped (a lockstep bridge publishes the state again)
+            log_malformed(self, f"{self._episode_topic}: {exc}")
+            return
+        if episode is None:
+            return
+        if self.sync:  # paired with its state by the stamp (MuxCore.on_status)
+            self.core.on_status(stamp, episode)
+            self._flush(self.core.ready())
+        elif episode != self._episode:
+            self._episode = episode
+            self.core.new_episode()
+            self._limiter.reset()
 
     def _publish_diagnostics(self) -> None:
         values = {"mode": self.core.mode, "beta": self.core.beta,

@@ -70,8 +70,9 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
-                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
-                     run, stamp_ns, state_to_answer, steady_timer, take_state)
+                     LogThrottle, MatchedReport, Param, declare_all, episode_of_status,
+                     limit_args, limit_parameters, log_malformed, run, state_to_answer, steady_timer,
+                     take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -91,7 +92,7 @@ from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch 
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
 from ..pairing import stamp_of  # noqa: E402
-from ..spec import Spec  # noqa: E402
+from ..spec import Spec, SpecError  # noqa: E402
 
 class PolicyNode(LifecycleNode):
     NODE_NAME = "policy_node"
@@ -283,9 +284,10 @@ class PolicyNode(LifecycleNode):
             self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
                                                        self._on_checkpoint_topic, LATCHED_QOS))
         if self.p["episode_topic"]:
+            # raw: the stamp and the episode read from the CDR bytes (one status per state)
             self._status_sub = self.create_subscription(
                 message_class("diagnostic_msgs/msg/DiagnosticArray"), self.p["episode_topic"],
-                self._on_episode, STATUS_QOS)
+                self._on_episode, STATUS_QOS, raw=True)
             self._ents.append(self._status_sub)
         # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
         self._ents.append(self.create_timer(self.period, self._on_timer))
@@ -464,8 +466,12 @@ class PolicyNode(LifecycleNode):
         topic = next((f.topic for f in self.assembler.fields if f.key == key), key)
         return f" ({topic}: nothing new for {now - stamp:.3f} s, the other topics go on)"
 
-    def _on_episode(self, msg) -> None:
-        stamp = stamp_ns(msg.header.stamp)
+    def _on_episode(self, raw: bytes) -> None:
+        try:
+            stamp, episode = episode_of_status(raw)
+        except SpecError as exc:  # dropped (a lockstep bridge publishes the state again)
+            log_malformed(self, f"{self.p['episode_topic']}: {exc}")
+            return
         pending = self._pending
         if pending is not None and stamp_of(pending[0]) < stamp:
             # a state whose own status never came (a publisher without one per state): it
@@ -473,12 +479,10 @@ class PolicyNode(LifecycleNode):
             self._pending = None
             self._tick(*pending)
             pending = None
-        for st in msg.status:
-            values = {kv.key: kv.value for kv in st.values}
-            if "episode" in values and values["episode"] != self._episode:
-                self._episode = values["episode"]
-                if self.controller is not None:
-                    self.controller.reset()
+        if episode is not None and episode != self._episode:
+            self._episode = episode
+            if self.controller is not None:
+                self.controller.reset()
         self._status_stamp = stamp
         if pending is not None and stamp_of(pending[0]) == stamp:
             self._pending = None
