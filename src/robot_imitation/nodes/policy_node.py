@@ -71,8 +71,8 @@ import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
                      LogThrottle, MatchedReport, Param, declare_all, episode_of_status,
-                     limit_args, limit_parameters, log_malformed, run, state_to_answer, steady_timer,
-                     take_state)
+                     limit_args, limit_parameters, log_malformed, run, state_to_answer,
+                     steady_timer, take_state)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
