@@ -38,8 +38,8 @@ import time
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
-                     LogThrottle, MatchedReport, Param, declare_all, episode_of_status,
-                     limit_args, limit_parameters, log_malformed, run, stamp_ns, steady_timer)
+                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
+                     run, stamp_ns, steady_timer, take_status)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -50,7 +50,7 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from ..deploy.limits import CommandLimiter, command_limits  # noqa: E402
 from ..deploy.mux import MuxCore  # noqa: E402
 from ..sim.tasks import TaskConfig  # noqa: E402
-from ..spec import Spec, SpecError  # noqa: E402
+from ..spec import Spec  # noqa: E402
 
 
 class CommandMux(Node):
@@ -312,11 +312,7 @@ class CommandMux(Node):
             self._flush(self.core.ready())
 
     def _on_episode(self, raw: bytes) -> None:
-        try:
-            stamp, episode = episode_of_status(raw)
-        except SpecError as exc:  # dropped (a lockstep bridge publishes the state again)
-            log_malformed(self, f"{self._episode_topic}: {exc}")
-            return
+        stamp, episode = take_status(self, self._episode_topic, raw) or (None, None)
         if episode is None:
             return
         if self.sync:  # paired with its state by the stamp (MuxCore.on_status)

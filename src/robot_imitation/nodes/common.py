@@ -375,6 +375,17 @@ def log_malformed(node, text: str) -> None:
         node.get_logger().error(text)
 
 
+def take_status(node, topic: str, raw: bytes) -> tuple[int, str | None] | None:
+    """(stamp in ns, episode or None) of an episode status received raw on ``topic``
+    (``episode_of_status``), or None for bytes that are none: dropped, and logged at most every
+    5 s (a lockstep bridge publishes a state and its status again when no answer came)."""
+    try:
+        return episode_of_status(raw)
+    except SpecError as exc:
+        log_malformed(node, f"{topic}: {exc}")
+        return None
+
+
 def take_state(node, assembler, topic: str, msg) -> bool:
     """Give a state message (or its serialized bytes) to ``assembler`` (an
     ``ObservationAssembler``); a malformed one is refused, and logged at most every 5 s."""

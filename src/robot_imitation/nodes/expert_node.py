@@ -27,8 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
-                     answer_bytes, declare_all, episode_of_status, log_malformed, run,
-                     state_to_answer, take_state)
+                     answer_bytes, declare_all, run, state_to_answer, take_state, take_status)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -143,11 +142,7 @@ class ScriptedExpert(Node):
             self.expert.reset()
 
     def _on_status(self, raw: bytes) -> None:
-        try:
-            stamp, episode = episode_of_status(raw)
-        except SpecError as exc:  # dropped; a lockstep bridge publishes the state again
-            log_malformed(self, f"{self._status_topic}: {exc}")
-            return
+        stamp, episode = take_status(self, self._status_topic, raw) or (None, None)
         if episode is None:
             return
         self._statuses[stamp] = episode

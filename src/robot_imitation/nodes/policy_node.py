@@ -70,9 +70,8 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
-                     LogThrottle, MatchedReport, Param, declare_all, episode_of_status,
-                     limit_args, limit_parameters, log_malformed, run, state_to_answer,
-                     steady_timer, take_state)
+                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
+                     run, state_to_answer, steady_timer, take_state, take_status)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -92,7 +91,7 @@ from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch 
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
 from ..pairing import stamp_of  # noqa: E402
-from ..spec import Spec, SpecError  # noqa: E402
+from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
     NODE_NAME = "policy_node"
@@ -467,11 +466,10 @@ class PolicyNode(LifecycleNode):
         return f" ({topic}: nothing new for {now - stamp:.3f} s, the other topics go on)"
 
     def _on_episode(self, raw: bytes) -> None:
-        try:
-            stamp, episode = episode_of_status(raw)
-        except SpecError as exc:  # dropped (a lockstep bridge publishes the state again)
-            log_malformed(self, f"{self.p['episode_topic']}: {exc}")
+        status = take_status(self, self.p["episode_topic"], raw)
+        if status is None:  # malformed: dropped
             return
+        stamp, episode = status
         pending = self._pending
         if pending is not None and stamp_of(pending[0]) < stamp:
             # a state whose own status never came (a publisher without one per state): it
