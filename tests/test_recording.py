@@ -605,14 +605,19 @@ def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_pa
     assert first["status"] == second["status"] == "ok", (first, second)
     for e, final, answered in ((first, ctl.finals[0], True), (second, ctl.finals[1], False)):
         mcap = str(ds / e["name"] / f"{e['name']}.mcap")
-        counts = read_counts(ds / e["name"])
-        states = counts["/joint_states"]
-        assert states > 10
+        states = [m.ros_msg.header.stamp.sec * 10**9 + m.ros_msg.header.stamp.nanosec
+                  for m in read_ros2_messages(mcap, topics=["/joint_states"])]
+        assert len(states) > 10 and states[-1] == final, (e["name"], len(states), final)
         for topic in ("/arm_controller/commands", "/gripper_controller/commands"):
-            assert counts[topic] == states - (not answered), (e["name"], topic, counts)
-        last = [layout_stamp(m.ros_msg.layout) for m in read_ros2_messages(
-            mcap, topics=["/arm_controller/commands"])][-1]
-        assert (last == final) is answered, (e["name"], last, final)
+            named = [layout_stamp(m.ros_msg.layout) for m in read_ros2_messages(
+                mcap, topics=[topic])]
+            # one answer per state, the final one's only when answered. The paused bridge's
+            # first state went out before the start (not in the bag); its answer is in the
+            # bag when it came after the start (the controller's timing, under load)
+            kept = [s for s in named if s >= states[0]]
+            assert kept == states[:len(states) - (not answered)], (e["name"], topic)
+            assert len(named) - len(kept) <= 1 and all(s < states[0] for s in named[:-len(
+                kept)]), (e["name"], topic, named[:3], states[:3])
     assert 1.0 < waited < 8.0, waited  # answer_timeout (1.5 s) after the final status
     log = procs.log("episode_recorder")
     assert "no command answering the final state" in log and "/arm_controller/commands" in log
