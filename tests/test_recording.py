@@ -616,8 +616,9 @@ def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_pa
             # bag when it came after the start (the controller's timing, under load)
             kept = [s for s in named if s >= states[0]]
             assert kept == states[:len(states) - (not answered)], (e["name"], topic)
-            assert len(named) - len(kept) <= 1 and all(s < states[0] for s in named[:-len(
-                kept)]), (e["name"], topic, named[:3], states[:3])
+            early = named[:len(named) - len(kept)]
+            assert len(early) <= 1 and all(s < states[0] for s in early), \
+                (e["name"], topic, named[:3], states[:3])
     assert 1.0 < waited < 8.0, waited  # answer_timeout (1.5 s) after the final status
     log = procs.log("episode_recorder")
     assert "no command answering the final state" in log and "/arm_controller/commands" in log
