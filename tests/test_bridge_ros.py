@@ -228,8 +228,10 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
     grip = probe.node.create_publisher(Float64MultiArray, "/gripper_controller/commands",
                                        COMMAND_QOS)
-    wait_for(lambda: joints and pub.get_subscription_count() and grip.get_subscription_count(),
-             20, "bridge ready")
+    traj = probe.node.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
+                                       COMMAND_QOS)
+    wait_for(lambda: joints and pub.get_subscription_count() and grip.get_subscription_count()
+             and traj.get_subscription_count(), 20, "bridge ready")
     time.sleep(0.5)
     q0 = latest_q(joints)
     bad = [[0.1, 0.2, 0.3], [float("nan")] * 7, [0.0] * 6 + [float("inf")]]
@@ -239,9 +241,10 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
         if i % 4 == 3:  # bytes that are no Float64MultiArray (raw): dropped, the bridge lives
             pub.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
             time.sleep(0.02)
+    traj.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)  # no trajectory: an arm command rejected
     grip.publish(Float64MultiArray(data=[0.5, 0.5]))
     # The burst ends once quiet for a second: its summary, counts per reason.
-    wait_for(lambda: "15 bad arm commands in the last burst" in procs.log(BRIDGE), 10,
+    wait_for(lambda: "16 bad arm commands in the last burst" in procs.log(BRIDGE), 10,
              "the summary of the burst", procs=procs)
     np.testing.assert_allclose(latest_q(joints)[:7], q0[:7], atol=5e-3)
 
@@ -256,12 +259,12 @@ def test_bad_commands_rejected_logged_once_per_burst(procs, probe):
     values = diagnostics_values(diags)
     assert values["rejected_wrong_length"] == "5"  # 4 arm + 1 gripper
     assert values["rejected_not_finite"] == "8"
-    assert values["rejected_malformed"] == "3"
+    assert values["rejected_malformed"] == "4"
     assert procs.stop(BRIDGE) == {BRIDGE: 0}, "the bridge must exit cleanly on SIGINT"
     log = procs.log(BRIDGE, tail=100_000)
     assert log.count("rejected arm command") == 1, log
-    assert "15 bad arm commands in the last burst" in log
-    assert "malformed 3, not_finite 8, wrong_length 4" in log
+    assert "16 bad arm commands in the last burst" in log
+    assert "malformed 4, not_finite 8, wrong_length 4" in log
     assert "Traceback" not in log, log
     assert log.count("rejected gripper command: wrong length 2") == 1, log
     # The burst of clamped commands (published at 50 Hz until the joint moved) is one line too,

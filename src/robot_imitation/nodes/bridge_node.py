@@ -252,8 +252,10 @@ class MujocoBridge(Node):
             # object built for them (a tenth of the cost); bytes it does not take deserialized
             "arm": [self.create_subscription(Float64MultiArray, f"/{arm}/commands", self._on_arm,
                                              COMMAND_QOS, raw=True),
+                    # raw too: bytes that are no trajectory are rejected and said, as the
+                    # commands' are (a typed subscription loses them without a word)
                     self.create_subscription(JointTrajectory, f"/{arm}/joint_trajectory",
-                                             self._on_traj, COMMAND_QOS)],
+                                             self._on_traj, COMMAND_QOS, raw=True)],
             "gripper": [self.create_subscription(Float64MultiArray, f"/{grip}/commands",
                                                  self._on_gripper, COMMAND_QOS, raw=True)]}
         # Bad commands are logged once per burst (floods included), trajectories that started
@@ -355,7 +357,12 @@ class MujocoBridge(Node):
         if result is not None:
             self._report(self._arm_log, "arm", result, len(data))
 
-    def _on_traj(self, msg: JointTrajectory) -> None:
+    def _on_traj(self, raw: bytes) -> None:
+        try:
+            msg = deserialized(raw, "trajectory_msgs/msg/JointTrajectory")
+        except SpecError as exc:
+            self._malformed(self._arm_log, "arm", exc)
+            return
         with self.lock:
             start = to_sec(msg.header.stamp)
             # stamped with the current state: its answer; any other stamp is a start time
