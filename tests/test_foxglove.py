@@ -38,7 +38,7 @@ def topics_of(layout: dict) -> set:
 
 def test_the_shipped_layout_is_the_one_made_from_push_image():
     """One source of truth: the file in config/ is what ``layout_for`` makes (regenerate it
-    with ``robot-imitation layout --out config/foxglove/robot_imitation.json``)."""
+    with ``robot-imitation layout --out config/foxglove/robot_imitation.json --overwrite``)."""
     shipped = json.loads(SHIPPED.read_text())
     assert shipped == layout_for(Spec.load("push_image"))
     assert {"Plot!arm", "Plot!joint_pos", "Image!front_image", "StateTransitions!episode",
@@ -75,3 +75,23 @@ def test_the_layout_command(tmp_path):
                           "nope", "--out", str(tmp_path / "x.json")], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 1 and "nope" in run.stderr and not Path(tmp_path / "x.json").exists()
+
+
+def test_the_layout_command_keeps_an_existing_file(tmp_path):
+    """A layout arranged in Foxglove and saved under the default name is not replaced by the
+    next ``layout``: one line, exit 1 (as any refused ``--out``), the file as it was; ``--overwrite`` replaces it."""
+    out = tmp_path / "mine.json"
+    out.write_text('{"mine": true}\n')
+    cmd = [sys.executable, "-m", "robot_imitation.cli", "layout", "--spec", "reach", "--out",
+           str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.strip().count("\n") == 0 and f"--out {out} exists" in run.stderr
+    assert "--overwrite" in run.stderr and out.read_text() == '{"mine": true}\n'
+    run = subprocess.run(cmd[:-2] + ["--out", str(tmp_path)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1 and "is a folder" in run.stderr, run.stderr
+    run = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.read_text()) == layout_for(Spec.load("reach"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json"]  # no temporary left

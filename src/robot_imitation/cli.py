@@ -301,7 +301,14 @@ def cmd_layout(args) -> int:
     from .data.foxglove import write_layout
     from .spec import Spec
 
-    path = write_layout(Spec.load(args.spec), args.out)
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give the JSON file to write")
+    if out.exists() and not args.overwrite:  # (a layout arranged in Foxglove and saved there)
+        raise UsageError(f"--out {out} exists: not replaced (choose another --out, or "
+                         "--overwrite)")
+    _writable_folder(out.parent)
+    path = write_layout(Spec.load(args.spec), out)
     print(f"wrote {path} (Foxglove: Layouts, Import from file)")
     return 0
 
@@ -653,6 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("layout", "a Foxglove Studio layout for a spec's episodes")
     p.add_argument("--spec", default="push_image", help="spec name or path")
     p.add_argument("--out", default="robot_imitation_layout.json", help="JSON file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_layout)
 
     p = command("tasks", "list the built-in tasks and robots")

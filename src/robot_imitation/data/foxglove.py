@@ -14,6 +14,7 @@ robot's order, which is the order the built-in specs list them in.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..spec import Spec
@@ -95,7 +96,13 @@ def layout_for(spec: Spec) -> dict:
 
 
 def write_layout(spec: Spec, path) -> Path:
+    """Writes ``spec``'s layout to ``path`` whole or not at all (a temporary file renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(layout_for(spec), indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(layout_for(spec), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
