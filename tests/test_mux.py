@@ -590,3 +590,104 @@ def test_every_forward_passes_the_action_filter(procs, probe):
         sources.pubs[("expert", GRIP)].publish(answer([0.5], float(k)))
         wait_for(lambda: len(arm) == k, 5, f"the forward of state {k}", procs=procs)
     assert [m.data[0] for m in arm] == pytest.approx([d, 2 * d, 2.0 - d])
+
+
+@pytest.mark.ros
+def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded(procs, probe):
+    """Without sync (a robot at real time) the mux took the episode's status, the states and
+    the commands as each came: a new episode's first command that came before the status
+    saying the robot was put back was filtered from the last forward (the old episode's pose:
+    a jump for the robot at its start pose), and one that came before the state of the new
+    episode from the old state's joints. A command now waits while the newest state's status
+    (or the state a command names, or after a new episode the state of its start) is not in;
+    a command naming a state of an earlier episode is not forwarded."""
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_QOS)
+    procs.start_node("command_mux", params={"mode": "policy", "sync_timeout": 0.3})
+    sources = Sources(probe, names=("policy",))
+    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM)
+             and state.get_subscription_count() and status.get_subscription_count(), 30,
+             "the mux's subscriptions", procs=procs)
+
+    def publish_state(k: int, joint1: float) -> None:
+        msg = JointState(name=PANDA, position=[joint1] + [0.0] * 8)
+        msg.header.stamp.sec = k
+        state.publish(msg)
+
+    def publish_status(k: int, episode: str) -> None:
+        msg = DiagnosticArray(status=[DiagnosticStatus(
+            values=[KeyValue(key="episode", value=episode)])])
+        msg.header.stamp.sec = k
+        status.publish(msg)
+
+    def send(joint1: float, k: int) -> None:
+        sources.pubs[("policy", ARM)].publish(answer([joint1] + [-1.0] * 6, float(k)))
+
+    publish_state(1, 1.0)
+    publish_status(1, "1")
+    time.sleep(0.2)
+    send(1.0, 1)
+    wait_for(lambda: len(arm) == 1, 5, "the first forward", procs=procs)
+    # episode 2: its first state (the robot put back at 0), the policy's answer to it, and only
+    # then (late) the state's status; the mux forwarded 0.89 (1.0 less a tick's change)
+    publish_state(2, 0.0)
+    send(0.0, 2)
+    time.sleep(1.0)  # (past sync_timeout: the mux says what it waits for)
+    publish_status(2, "2")
+    wait_for(lambda: len(arm) == 2, 5, "the forward of episode 2's first command", procs=procs)
+    assert "commands wait for the episode status of state 2.000 s" in procs.log("command_mux")
+    # episode 3: the policy's answer before the state and its status come (a mux lagging
+    # behind), then the status, then the state (the robot put back at 1)
+    send(1.0, 3)
+    time.sleep(0.2)
+    publish_status(3, "3")
+    time.sleep(0.2)
+    publish_state(3, 1.0)
+    wait_for(lambda: len(arm) == 3, 5, "the forward of episode 3's first command", procs=procs)
+    send(0.0, 2)  # an answer to episode 2's state, late: not forwarded
+    send(1.0, 3)
+    wait_for(lambda: len(arm) == 4, 5, "the next forward", procs=procs)
+    time.sleep(0.2)
+    assert [m.data[0] for m in arm] == [1.0, 0.0, 1.0, 1.0]
+    wait_for(lambda: mux_value(diag, "stale_dropped") == "1", 5, "the stale answer counted")
+    assert int(mux_value(diag, "held_for_status")) >= 2
+
+
+def test_the_status_gate_holds_a_command_until_its_episode_is_known():
+    """``StatusGate`` (the mux without sync) on the orders the state, its status and the
+    commands can come in: the node's test is
+    ``test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded``."""
+    from robot_imitation.deploy.mux import StatusGate
+
+    s = stamp_of
+    gate = StatusGate()
+    gate.on_state(s(1.0))
+    assert not gate.waits() and not gate.waits(s(5.0)), "no status heard: nothing waits"
+    gate.on_status(s(1.0), new_episode=True)
+    assert not gate.waits() and not gate.waits(s(1.0))
+    assert gate.waits(s(2.0)), "it names a state whose status is not in"
+    gate.on_state(s(2.0))
+    assert gate.waits(), "the newest state's status is not in"
+    gate.hold("policy", ARM, "a", s(2.0), now=0.0)
+    gate.hold("policy", GRIP, "g", None, now=0.1)
+    gate.hold("policy", ARM, "b", s(2.0), now=0.2)  # the newer one of the topic replaces it
+    assert gate.release() == [] and gate.held_since == 0.0
+    gate.on_status(s(2.0), new_episode=True)
+    assert gate.release() == [(GRIP, "policy", "g"), (ARM, "policy", "b")]
+    assert gate.held_since is None and gate.held_total == 3
+    # the status of a new episode before its state: its commands wait for the state (the
+    # filter's reference), an answer to the old episode is dropped
+    gate.on_status(s(3.0), new_episode=True)
+    assert gate.waits() and gate.stale_answer(s(2.0)) and not gate.stale_answer(None)
+    gate.hold("policy", ARM, "old", s(2.0), now=1.0)
+    gate.hold("policy", GRIP, "new", s(3.0), now=1.0)
+    assert gate.release() == [] and gate.stale == 1 and list(gate.held) == [GRIP]
+    gate.on_state(s(3.0))
+    assert gate.release() == [(GRIP, "policy", "new")] and gate.held == {}
+    # without a relative action part the episode's state is not waited for
+    gate = StatusGate(needs_state=False)
+    gate.on_state(s(1.0))
+    gate.on_status(s(2.0), new_episode=True)
+    assert not gate.waits()

@@ -247,6 +247,78 @@ class MuxCore:
         self._current = self.choose()
 
 
+class StatusGate:
+    """Without sync: when a command may be forwarded, so that a new episode is known before
+    a command of it passes the action filter (the filter counts from the measured joints again
+    after a new episode: a simulated robot is put back).
+
+    The bridge publishes an episode status with each state, stamped alike, but the mux takes
+    the states, the statuses and the commands as they come. Once a status has been heard, a
+    command waits while the newest state's status is not in, while the state it names (its
+    layout's stamp, ``pairing``) is newer than the newest status, and, after a new episode,
+    while the episode's first state is not in (``needs_state``: the filter's reference).
+    A command naming a state before the episode's start answers an earlier episode: dropped.
+    The newest waiting command of each topic is kept, in the order they came."""
+
+    def __init__(self, needs_state: bool = True):
+        self.needs_state = needs_state
+        self.state = None      # stamp (ns) of the newest state
+        self.status = None     # stamp of the newest status (None: none heard: nothing waits)
+        self.started = None    # stamp of the status that started the current episode
+        self.held: dict = {}   # topic -> (source, message, the stamp it names)
+        self.held_since = None  # monotonic time the oldest waiting command came
+        self.held_total = 0    # commands that waited
+        self.stale = 0         # commands dropped as answers to an earlier episode
+
+    def on_state(self, stamp: int) -> None:
+        if self.state is None or stamp > self.state:
+            self.state = stamp
+
+    def on_status(self, stamp: int, new_episode: bool) -> None:
+        if new_episode:
+            self.started = stamp
+        if self.status is None or stamp > self.status:
+            self.status = stamp
+
+    def stale_answer(self, named: int | None) -> bool:
+        """Does a command naming ``named`` answer a state before the episode's start?"""
+        return named is not None and self.started is not None and named < self.started
+
+    def waits(self, named: int | None = None) -> bool:
+        """Must a command (naming the state ``named``, or None) wait?"""
+        if self.status is None:
+            return False
+        if self.state is not None and self.state > self.status:
+            return True   # the newest state's status is not in: it may start an episode
+        if named is not None and named > self.status:
+            return True   # it answers a state whose status is not in
+        return self.needs_state and self.started is not None and \
+            (self.state is None or self.state < self.started)
+
+    def hold(self, source: str, topic: str, msg, named: int | None, now: float) -> None:
+        self.held.pop(topic, None)  # (a newer command of the topic replaces it, in order)
+        self.held[topic] = (source, msg, named)
+        self.held_total += 1
+        if self.held_since is None:
+            self.held_since = now
+
+    def release(self) -> list:
+        """[(topic, source, message)] of the waiting commands that may go now, in the order
+        they came (the rest keep waiting); answers to an earlier episode dropped."""
+        out = []
+        for topic, (source, msg, named) in list(self.held.items()):
+            if self.stale_answer(named):
+                self.stale += 1
+            elif self.waits(named):
+                continue
+            else:
+                out.append((topic, source, msg))
+            del self.held[topic]
+        if not self.held:
+            self.held_since = None
+        return out
+
+
 def _named_stamp(msg) -> int | None:
     """The state (stamp, ns) a command names in its layout (``pairing``), or None."""
     layout = getattr(msg, "layout", None)

@@ -29,7 +29,12 @@ nothing is the only way to forward commands as they come.
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
 source alone), so the expert labels of policy-driven steps are published at the state's
 instant. ``sync: false`` forwards the chosen source's messages as they arrive; a mixture then
-draws again every ``1 / rate`` s.
+draws again every ``1 / rate`` s. Once an episode status has been heard, a command waits while
+the newest state's status (or that of the state the command names) is not in, and after a new
+episode until the episode's first state is in (``deploy.mux.StatusGate``): the filter then
+counts from the joints the robot was put back to, whatever order the state, its status and
+the commands came in; a command naming a state of an earlier episode is not forwarded. A wait
+past ``sync_timeout`` is said (a line every 5 s), naming the state.
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ from sensor_msgs.msg import JointState, Joy  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 
 from ..deploy.limits import CommandLimiter, command_limits  # noqa: E402
-from ..deploy.mux import MuxCore  # noqa: E402
+from ..deploy.mux import MuxCore, StatusGate  # noqa: E402
+from ..pairing import layout_stamp  # noqa: E402
 from ..sim.tasks import TaskConfig  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
@@ -70,8 +76,11 @@ class CommandMux(Node):
         Param("sync_sources", ["expert", "policy"], "sources that answer every state (sync)",
               read_only=True),
         Param("sync_timeout", 2.0, "sync: seconds to wait for the other sources before "
-              "forwarding the chosen one alone", min_value=0.0, max_value=60.0),
-        Param("state_topic", "/joint_states", "sync: new states", read_only=True),
+              "forwarding the chosen one alone; no sync: a wait for a state's episode status "
+              "longer than this is said", min_value=0.0, max_value=60.0),
+        Param("state_topic", "/joint_states", "the robot's states (sync: each one answered; "
+              "no sync: their stamps, and the measured joints the filter counts from after a "
+              "new episode)", read_only=True),
         Param("rate", 20.0, "no sync: mixture draws per second", read_only=True, min_value=0.1,
               max_value=10000.0),
         Param("intervention_source", "human", "who takes over while the button is held",
@@ -147,8 +156,15 @@ class CommandMux(Node):
             steady_timer(self, 0.05, self._check_timeout)  # measured in wall time
         else:
             self.create_timer(1.0 / rate, self.core.redraw)
-            if self._joints:  # the measured joints: the filter's reference after a reset
+            # a command waits for its state's episode status (StatusGate)
+            self._gate = StatusGate(needs_state=bool(self._joints))
+            self._held_log = LogThrottle(5.0)
+            if self._joints or episode_topic:
+                # the states' stamps, and the measured joints: the filter's reference after a
+                # new episode
                 self.create_subscription(JointState, state_topic, self._on_measured, STATE_QOS)
+            if episode_topic:
+                steady_timer(self, 0.05, self._check_held)  # measured in wall time
         self.add_on_set_parameters_callback(self._on_params)
         if p["intervention_source"] not in sources:  # read-only: intervention mode is refused
             self.get_logger().warning(
@@ -197,6 +213,32 @@ class CommandMux(Node):
 
     def _on_measured(self, msg: JointState) -> None:
         self._measured = msg
+        self._gate.on_state(stamp_ns(msg.header.stamp))
+        if self._gate.held:
+            self._release()
+
+    def _release(self) -> None:
+        """Forward the commands that waited for a status or a state and may go now (still
+        from the chosen source)."""
+        for topic, source, msg in self._gate.release():
+            if self.core.passthrough(source):
+                self._pass(source, topic, msg)
+
+    def _check_held(self) -> None:
+        gate = self._gate
+        if gate.held_since is None or time.monotonic() - gate.held_since <= self.sync_timeout:
+            return
+        if self._held_log.due():
+            waited = time.monotonic() - gate.held_since
+            named = [n for _, _, n in gate.held.values() if n is not None]
+            state = max([gate.state or 0, *named])
+            self.get_logger().warning(
+                f"commands wait for the episode status of state {state * 1e-9:.3f} s "
+                f"({waited:.1f} s so far; the newest status: {(gate.status or 0) * 1e-9:.3f} s"
+                + (f", the episode's first state: {gate.started * 1e-9:.3f} s"
+                   if gate.needs_state and gate.started is not None
+                   and (gate.state is None or gate.state < gate.started) else "")
+                + "): not forwarded before it comes")
 
     def _limited(self, topic: str, msg):
         """``msg`` through the action filter: the message to forward (``msg`` itself when
@@ -253,13 +295,26 @@ class CommandMux(Node):
             self.core.on_answer(source, topic, msg)
             self._flush(self.core.ready())
         elif self.core.passthrough(source):
-            msg = self._limited(topic, msg)
-            if msg is None:
-                return
-            if topic == self.core.topics[0]:
-                self.pub_source.publish(String(data=source))
-                self.core.forwarded[source] += 1
-            self.pubs[topic].publish(msg)
+            gate = self._gate
+            if gate.status is not None:  # (statuses come: the episode of a command matters)
+                named = layout_stamp(msg.layout)
+                if gate.stale_answer(named):
+                    gate.stale += 1
+                    return
+                if gate.waits(named):
+                    gate.hold(source, topic, msg, named, time.monotonic())
+                    return
+            self._pass(source, topic, msg)
+
+    def _pass(self, source: str, topic: str, msg) -> None:
+        """Without sync: forward ``source``'s ``msg`` on ``topic``, through the filter."""
+        msg = self._limited(topic, msg)
+        if msg is None:
+            return
+        if topic == self.core.topics[0]:
+            self.pub_source.publish(String(data=source))
+            self.core.forwarded[source] += 1
+        self.pubs[topic].publish(msg)
 
     def _check_timeout(self) -> None:
         if self.core.state_pending and self._state_time is not None and \
@@ -318,10 +373,15 @@ class CommandMux(Node):
         if self.sync:  # paired with its state by the stamp (MuxCore.on_status)
             self.core.on_status(stamp, episode)
             self._flush(self.core.ready())
-        elif episode != self._episode:
-            self._episode = episode
-            self.core.new_episode()
-            self._limiter.reset()
+        else:
+            new = episode != self._episode
+            if new:
+                self._episode = episode
+                self.core.new_episode()
+                self._limiter.reset()
+            self._gate.on_status(stamp, new)
+            if self._gate.held:
+                self._release()
 
     def _publish_diagnostics(self) -> None:
         values = {"mode": self.core.mode, "beta": self.core.beta,
@@ -332,6 +392,8 @@ class CommandMux(Node):
                   "clamped_commands": self._limiter.clamped_commands,
                   "clamped_values": self._limiter.clamped_values,
                   "refused_commands": self.refused,
+                  **({} if self.sync else {"held_for_status": self._gate.held_total,
+                                           "stale_dropped": self._gate.stale}),
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
