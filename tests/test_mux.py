@@ -691,3 +691,30 @@ def test_the_status_gate_holds_a_command_until_its_episode_is_known():
     gate.on_state(s(1.0))
     gate.on_status(s(2.0), new_episode=True)
     assert not gate.waits()
+
+
+@pytest.mark.ros
+def test_a_malformed_command_or_joy_is_said_and_dropped(procs, probe):
+    """Bytes that are no message on a source's command topic or on ``joy`` (a raw publisher's,
+    a broken driver's) were lost in the middleware without a word; the mux now says so, one
+    line naming the topic, the type and the size, and forwards the next command."""
+    arm = probe.record(Float64MultiArray, ARM, KEEP)
+    procs.start_node("command_mux", params={"mode": "policy", **WIDE})
+    sources = Sources(probe, names=("policy",))
+    joy = probe.node.create_publisher(Joy, "/joy", SENSOR_QOS)
+    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM)
+             and joy.get_subscription_count(), 30, "the mux's subscriptions", procs=procs)
+    sources.pubs[("policy", ARM)].publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    wait_for(lambda: "/policy/arm_controller/commands: a message that cannot be deserialized "
+             "as std_msgs/msg/Float64MultiArray (12 bytes): dropped" in procs.log("command_mux"),
+             10, "the mux's line", procs=procs)
+    sources.send("policy", 2.0)
+    wait_for(lambda: len(arm) == 1, 5, "the next command's forward", procs=procs)
+    assert arm[0].data[0] == 2.0
+    time.sleep(5.1)  # (one line every 5 s at most)
+    joy.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    wait_for(lambda: "/joy: a message that cannot be deserialized as sensor_msgs/msg/Joy "
+             "(12 bytes): dropped" in procs.log("command_mux"), 10, "the line on joy",
+             procs=procs)
+    procs.check()  # (raises naming a process that died)
+    assert "Traceback" not in procs.log("command_mux")

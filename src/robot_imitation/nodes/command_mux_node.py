@@ -43,8 +43,8 @@ import time
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, COMMAND_QOS, SENSOR_QOS, STATE_QOS, STATUS_QOS,
-                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
-                     run, stamp_ns, steady_timer, take_status)
+                     LogThrottle, MatchedReport, Param, checked_subscription, declare_all,
+                     limit_args, limit_parameters, run, stamp_ns, steady_timer, take_status)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -134,11 +134,11 @@ class CommandMux(Node):
         MatchedReport(self, (*self.pubs.values(), self.pub_source), self.pub_diag)
         for s in sources:
             for t in topics:
-                self.create_subscription(Float64MultiArray, f"/{s}{t}",
-                                         lambda msg, s=s, t=t: self._on_command(s, t, msg),
-                                         COMMAND_QOS)
+                checked_subscription(self, Float64MultiArray, f"/{s}{t}",
+                                     lambda msg, s=s, t=t: self._on_command(s, t, msg),
+                                     COMMAND_QOS)
         # a person's joystick: sensor data; a scripted supervisor (joy_sync): every Joy counts
-        self.create_subscription(Joy, "joy", self._on_joy,
+        checked_subscription(self, Joy, "joy", self._on_joy,
                                  STATE_QOS if self.core.joy_sync else SENSOR_QOS)
         if episode_topic:  # (one status comes with each state: every one is taken)
             # raw: the stamp and the episode read from the CDR bytes
@@ -152,7 +152,7 @@ class CommandMux(Node):
         self.resent = 0
         self.timeouts = 0
         if self.sync:
-            self.create_subscription(JointState, state_topic, self._on_state, STATE_QOS)
+            checked_subscription(self, JointState, state_topic, self._on_state, STATE_QOS)
             steady_timer(self, 0.05, self._check_timeout)  # measured in wall time
         else:
             self.create_timer(1.0 / rate, self.core.redraw)
@@ -162,7 +162,8 @@ class CommandMux(Node):
             if self._joints or episode_topic:
                 # the states' stamps, and the measured joints: the filter's reference after a
                 # new episode
-                self.create_subscription(JointState, state_topic, self._on_measured, STATE_QOS)
+                checked_subscription(self, JointState, state_topic, self._on_measured,
+                                     STATE_QOS)
             if episode_topic:
                 steady_timer(self, 0.05, self._check_held)  # measured in wall time
         self.add_on_set_parameters_callback(self._on_params)

@@ -375,6 +375,39 @@ def log_malformed(node, text: str) -> None:
         node.get_logger().error(text)
 
 
+def checked_subscription(node, cls, topic: str, callback, qos, with_info: bool = False,
+                         **kwargs):
+    """A subscription of ``cls`` messages on ``topic`` whose bytes are deserialized here, so
+    that bytes that are no message (a raw publisher's, a broken driver's) are said and dropped
+    (``log_malformed``: one line every 5 s at most, naming the topic, the type and the size)
+    instead of being lost in the middleware without a word. ``callback`` gets the message (and
+    the ``MessageInfo`` with ``with_info``), as from a typed subscription."""
+    from rclpy.serialization import deserialize_message
+
+    mtype = "{}/msg/{}".format(cls.__module__.split(".")[0], cls.__name__)
+    name = node.resolve_topic_name(topic)
+
+    def take(raw: bytes):
+        try:
+            return deserialize_message(raw, cls)
+        except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
+            log_malformed(node, f"{name}: a message that cannot be deserialized as {mtype} "
+                          f"({len(raw)} bytes): dropped")
+            return None
+
+    if with_info:
+        def on_raw(raw: bytes, info) -> None:
+            msg = take(raw)
+            if msg is not None:
+                callback(msg, info)
+    else:
+        def on_raw(raw: bytes) -> None:
+            msg = take(raw)
+            if msg is not None:
+                callback(msg)
+    return node.create_subscription(cls, topic, on_raw, qos, raw=True, **kwargs)
+
+
 def take_status(node, topic: str, raw: bytes) -> tuple[int, str | None] | None:
     """(stamp in ns, episode or None) of an episode status received raw on ``topic``
     (``episode_of_status``), or None for bytes that are none: dropped, and logged at most every

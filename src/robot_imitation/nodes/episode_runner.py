@@ -13,8 +13,8 @@ import time
 # the outcome statistics live in a plain module (the no-ROS commands use them); its users here
 # keep importing them from this module
 from ..learning.outcomes import EpisodeOutcome, summarize, wilson_interval  # noqa: F401
-from .common import (LATCHED_QOS, Param, ServiceCaller, SpinSlices, declare_all,
-                     help_requested, init_ros, make_executor, parameter_help, to_sec)
+from .common import (LATCHED_QOS, Param, ServiceCaller, SpinSlices, checked_subscription,
+                     declare_all, help_requested, init_ros, make_executor, parameter_help, to_sec)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -31,7 +31,8 @@ class EpisodeRunner(Node):
         self.reset_name = f"{bridge}/reset"
         self._cond = threading.Condition()
         self._status = None
-        self.create_subscription(DiagnosticArray, "episode/status", self._on_status, LATCHED_QOS)
+        checked_subscription(self, DiagnosticArray, "episode/status", self._on_status,
+                             LATCHED_QOS)
 
     def _on_status(self, msg: DiagnosticArray) -> None:
         if not msg.status:

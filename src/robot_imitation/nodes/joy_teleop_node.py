@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, SENSOR_QOS, STATE_QOS, LogThrottle, MatchedReport, Param,
-                     declare_all, run)
+                     checked_subscription, declare_all, run)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -104,7 +104,7 @@ class TeleopNode(Node):
         # what a recorder waits for before a start (the commands from the first on)
         MatchedReport(self, (self.pub_arm, self.pub_grip),
                       self.create_publisher(DiagnosticArray, "/diagnostics", 10))
-        self.create_subscription(JointState, "joint_states", self._on_joint_state, STATE_QOS)
+        checked_subscription(self, JointState, "joint_states", self._on_joint_state, STATE_QOS)
         self.episode_clients = {action: self.create_client(Trigger, f"/{self.recorder}/{srv}")
                                 for action, srv in EPISODE_SERVICES.items()}
         self._q = None
@@ -262,7 +262,7 @@ class JoyTeleop(TeleopNode):
         self.edges = RisingEdges()
         self._joy = None
         self._joy_time = -np.inf
-        self.create_subscription(Joy, "joy", self._on_joy, SENSOR_QOS)
+        checked_subscription(self, Joy, "joy", self._on_joy, SENSOR_QOS)
         deadman = (f"hold button {self.deadman} (deadman) to move" if self.deadman >= 0
                    else "deadman disabled: commands whenever joy messages arrive")
         self.get_logger().info(f"joy teleop for task '{self.sim.cfg.name}' at "

@@ -70,8 +70,9 @@ import threading
 import time
 
 from .common import (COMMAND_PUB_QOS, LATCHED_QOS, STATE_QOS, STATUS_QOS, LastAnswer,
-                     LogThrottle, MatchedReport, Param, declare_all, limit_args, limit_parameters,
-                     run, state_to_answer, steady_timer, take_state, take_status)
+                     LogThrottle, MatchedReport, Param, checked_subscription, declare_all,
+                     limit_args, limit_parameters, run, state_to_answer, steady_timer, take_state,
+                     take_status)
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import SetParametersResult  # noqa: E402
@@ -280,8 +281,8 @@ class PolicyNode(LifecycleNode):
                 STATE_QOS, raw=True)
             self._ents.append(self._state_subs[topic])
         if self.p["checkpoint_topic"]:
-            self._ents.append(self.create_subscription(String, self.p["checkpoint_topic"],
-                                                       self._on_checkpoint_topic, LATCHED_QOS))
+            self._ents.append(checked_subscription(self, String, self.p["checkpoint_topic"],
+                                                   self._on_checkpoint_topic, LATCHED_QOS))
         if self.p["episode_topic"]:
             # raw: the stamp and the episode read from the CDR bytes (one status per state)
             self._status_sub = self.create_subscription(

@@ -25,7 +25,8 @@ import signal
 import threading
 import time
 
-from .common import Param, declare_all, matched_reports, run, stamp_ns, to_sec, uncounted
+from .common import (Param, checked_subscription, declare_all, matched_reports, run, stamp_ns,
+                     to_sec, uncounted)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -303,7 +304,8 @@ class EpisodeRecorder(Node):
         self.drain = Drain(self._offer_batch, self.context,
                            lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
                            period=DRAIN_PERIOD)
-        self.create_subscription(DiagnosticArray, self.status_topic, self._on_status, 10)
+        checked_subscription(self, DiagnosticArray, self.status_topic, self._on_status, 10,
+                             with_info=True)
         # the publishers' reports of their matched subscriptions (common.MatchedReport), read
         # only by ~/start (taken there, never by the executor; the newest of each is kept)
         self._reports_sub = self.create_subscription(

@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 
 from .common import (STATE_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
-                     declare_all, params_of, run, stamp_ns, state_to_answer, take_state, to_sec)
+                     checked_subscription, declare_all, from_sec, params_of, run, stamp_ns,
+                     state_to_answer, take_state, to_sec)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from sensor_msgs.msg import Joy  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
+from ..pairing import stamp_of  # noqa: E402
 from ..sim.supervisor import InterventionGate  # noqa: E402
 from ..spec import Spec, SpecError  # noqa: E402
 
@@ -57,10 +59,13 @@ class ScriptedSupervisor(Node):
         # what a recorder waits for before a start (a supervised rig records /joy)
         MatchedReport(self, (self.pub,), self.create_publisher(DiagnosticArray, "/diagnostics", 10))
         for topic, mtype in self.assembler.topics.items():
+            # raw: the fields read straight from the CDR bytes (observation.on_raw); a
+            # malformed message is said and dropped (take_state)
             self.create_subscription(message_class(mtype), topic,
-                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS)
-        self.create_subscription(DiagnosticArray, "episode/status", self._on_status,
-                                 STATUS_QOS)
+                                     lambda msg, t=topic: self._on_state(t, msg), STATE_QOS,
+                                     raw=True)
+        checked_subscription(self, DiagnosticArray, "episode/status", self._on_status,
+                             STATUS_QOS)
         self._states = {}     # stamp (ns) -> (header stamp, observation), not yet answered
         self._episodes = {}   # stamp (ns) -> episode number
         self._episode = None
@@ -73,7 +78,7 @@ class ScriptedSupervisor(Node):
             return
         ready = state_to_answer(self.assembler, (self.pub,))
         if ready is not None:
-            self._states[stamp_ns(msg.header.stamp)] = (msg.header.stamp, ready[1])
+            self._states[stamp_of(ready[0])] = (from_sec(ready[0]), ready[1])
             self._answer()
         else:
             self.last.again(self, self.assembler.repeated())

@@ -105,7 +105,9 @@ class RosRig:
             self._reports: dict = {}  # publishers' matched subscriptions (MatchedReport)
             from diagnostic_msgs.msg import DiagnosticArray
 
-            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+            from ..nodes.common import checked_subscription
+
+            checked_subscription(self.node, DiagnosticArray, "/diagnostics", self._on_diag, 10)
             self._wait_ready()
         except BaseException:
             self.close()
