@@ -714,15 +714,15 @@ def test_a_lockstep_controller_answers_a_state_published_again(procs, probe, nod
 
 
 @pytest.mark.ros
-@pytest.mark.parametrize("node", ["scripted_expert", "policy_node"])
+@pytest.mark.parametrize("node", ["scripted_expert", "policy_node", "scripted_supervisor"])
 def test_a_controller_drops_a_malformed_episode_status_and_answers_on(procs, probe, node,
                                                                       tmp_path):
     """Bytes on /episode/status that are no DiagnosticArray (a raw publisher's, a broken
     driver's) ended the scripted expert with a traceback: it reads the status raw, and
-    deserializing such bytes raised in its callback (the policy node, reading it typed, lost
-    them without a word). Both now drop them with one line naming the topic (at most one every
-    5 s), wait for the state's readable status (a lockstep bridge publishes the state and its
-    status again when no answer came) and answer on."""
+    deserializing such bytes raised in its callback (the policy node and the scripted
+    supervisor, reading it typed, lost them without a word). Each now drops them with one line
+    naming the topic (at most one every 5 s), waits for the state's readable status (a lockstep
+    bridge publishes the state and its status again when no answer came) and answers on."""
     from conftest import untrained_checkpoint
 
     params = None
@@ -746,5 +746,6 @@ def test_a_controller_drops_a_malformed_episode_status_and_answers_on(procs, pro
     assert procs.stop(node) == {node: 0}
     log = procs.log(node, tail=100_000)
     assert log.count("/episode/status: a message that cannot be deserialized as "
-                     "diagnostic_msgs/msg/DiagnosticArray (truncated, 12 bytes)") == 1, log
+                     "diagnostic_msgs/msg/DiagnosticArray (") == 1, log
+    assert "12 bytes)" in log, log
     assert "Traceback" not in log, log

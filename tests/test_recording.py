@@ -310,6 +310,46 @@ def test_auto_stop_ignores_statuses_received_before_the_start(procs, probe, tmp_
     assert read_counts(bag)["/test/late"] == 1
 
 
+@pytest.mark.ros
+def test_a_malformed_episode_status_is_said_and_the_auto_stop_goes_on(procs, probe, tmp_path):
+    """Bytes on /episode/status that are no DiagnosticArray (a raw publisher's, a broken
+    driver's) were lost in the middleware without a word by the status the recorder stops on;
+    it now says so (one line naming the topic, the type and the size), stops on the next
+    readable `done`, and the bag keeps what was published, the bytes as they came."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    from robot_imitation.nodes.common import LATCHED_QOS
+
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", LATCHED_QOS)
+
+    def publish(done: bool) -> None:
+        s = DiagnosticStatus(name="episode", hardware_id="synthetic", values=[
+            KeyValue(key="episode", value="3"), KeyValue(key="done", value=str(done).lower())])
+        status.publish(DiagnosticArray(status=[s]))
+
+    ds = tmp_path / "ds"
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "topics": ["/episode/status"], "auto_stop_on_done": True})
+    wait_for(lambda: probe.node.count_subscribers("/episode/status") >= 2, 30,
+             "recorder subscribed", procs=procs)
+    assert call(probe, "start").success
+    publish(False)
+    status.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    wait_for(lambda: "/episode/status: a message that cannot be deserialized as "
+             "diagnostic_msgs/msg/DiagnosticArray (12 bytes): dropped"
+             in procs.log("episode_recorder"), 10, "the recorder's line", procs=procs)
+    publish(True)
+    wait_for(lambda: index(ds)[0]["status"] != "recording", 10, "the auto stop", procs=procs)
+    assert index(ds)[0]["status"] == "ok"
+    from mcap.reader import make_reader
+
+    with open(ds / "episode_000000" / "episode_000000.mcap", "rb") as f:
+        recorded = [bytes(m.data) for _, c, m in make_reader(f).iter_messages()
+                    if c.topic == "/episode/status"]
+    assert len(recorded) == 3 and recorded[1] == b"\x00\x01\x00\x00" + b"\xff" * 8
+    assert "Traceback" not in procs.log("episode_recorder")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.ros
 def test_signal_finishes_the_open_bag(procs, probe, tmp_path, sig):

@@ -299,6 +299,13 @@ def test_joy_teleop_deadman_motion_and_gripper(procs, probe):
     assert len(arm_cmds) == n
     wait_for(lambda: "NaN or infinite axes ignored" in procs.log("joy_teleop"), 5,
              "the NaN axes' log line", procs=procs)
+    # bytes that are no Joy (a broken driver's): said (they were lost without a word)
+    pub.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    wait_for(lambda: "/joy: a message that cannot be deserialized as sensor_msgs/msg/Joy (12 "
+             "bytes): dropped" in procs.log("joy_teleop"), 5, "the malformed Joy's line",
+             procs=procs)
+    procs.check()
+    assert len(arm_cmds) == n
     assert "Traceback" not in procs.log("joy_teleop", tail=100_000)
 
 
