@@ -313,9 +313,10 @@ def test_auto_stop_ignores_statuses_received_before_the_start(procs, probe, tmp_
 @pytest.mark.ros
 def test_a_malformed_episode_status_is_said_and_the_auto_stop_goes_on(procs, probe, tmp_path):
     """Bytes on /episode/status that are no DiagnosticArray (a raw publisher's, a broken
-    driver's) were lost in the middleware without a word by the status the recorder stops on;
-    it now says so (one line naming the topic, the type and the size), stops on the next
-    readable `done`, and the bag keeps what was published, the bytes as they came."""
+    driver's) were lost in the middleware without a word by the status the recorder stops on,
+    and so were such bytes on /diagnostics by ~/start; it now says so (one line for each topic,
+    naming it, the type and the size), starts, stops on the next readable `done`, and the bag
+    keeps what was published, the bytes as they came."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
     from robot_imitation.nodes.common import LATCHED_QOS
@@ -332,7 +333,14 @@ def test_a_malformed_episode_status_is_said_and_the_auto_stop_goes_on(procs, pro
         "dataset": str(ds), "topics": ["/episode/status"], "auto_stop_on_done": True})
     wait_for(lambda: probe.node.count_subscribers("/episode/status") >= 2, 30,
              "recorder subscribed", procs=procs)
+    # on /diagnostics too, which ~/start reads (the publishers' matched subscriptions)
+    diagnostics = probe.node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: diagnostics.get_subscription_count(), 30, "the recorder on /diagnostics")
+    diagnostics.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
+    time.sleep(0.2)
     assert call(probe, "start").success
+    assert "/diagnostics: a message that cannot be deserialized as diagnostic_msgs/msg/" \
+        "DiagnosticArray" in procs.log("episode_recorder")
     publish(False)
     status.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
     wait_for(lambda: "/episode/status: a message that cannot be deserialized as "

@@ -361,16 +361,20 @@ class LogThrottle:
         return True
 
 
-# per node: the malformed messages' log line (take_state, log_malformed)
+# per node, by topic: the malformed messages' log lines (take_state, log_malformed)
 _MALFORMED_LOGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def log_malformed(node, text: str) -> None:
-    """Say that a malformed message was dropped: at most one line every 5 s per node (a
-    stream of them, each a callback, must not flood the log or pay a logger call each)."""
-    throttle = _MALFORMED_LOGS.get(node)
+def log_malformed(node, text: str, topic: str = "") -> None:
+    """Say that a malformed message was dropped: at most one line every 5 s per node and
+    ``topic`` (a stream of them, each a callback, must not flood the log or pay a logger call
+    each; nor hide another topic's)."""
+    throttles = _MALFORMED_LOGS.get(node)
+    if throttles is None:
+        throttles = _MALFORMED_LOGS[node] = {}
+    throttle = throttles.get(topic)
     if throttle is None:
-        throttle = _MALFORMED_LOGS[node] = LogThrottle(5.0)
+        throttle = throttles[topic] = LogThrottle(5.0)
     if throttle.due():
         node.get_logger().error(text)
 
@@ -392,7 +396,7 @@ def checked_subscription(node, cls, topic: str, callback, qos, with_info: bool =
             return deserialize_message(raw, cls)
         except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
             log_malformed(node, f"{name}: a message that cannot be deserialized as {mtype} "
-                          f"({len(raw)} bytes): dropped")
+                          f"({len(raw)} bytes): dropped", name)
             return None
 
     if with_info:
@@ -415,7 +419,7 @@ def take_status(node, topic: str, raw: bytes) -> tuple[int, str | None] | None:
     try:
         return episode_of_status(raw)
     except SpecError as exc:
-        log_malformed(node, f"{topic}: {exc}")
+        log_malformed(node, f"{topic}: {exc}", topic)
         return None
 
 
@@ -428,7 +432,7 @@ def take_state(node, assembler, topic: str, msg) -> bool:
         else:
             assembler.on_message(topic, msg)
     except SpecError as exc:
-        log_malformed(node, str(exc))
+        log_malformed(node, str(exc), topic)
         return False
     return True
 
