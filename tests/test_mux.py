@@ -666,7 +666,7 @@ def test_the_status_gate_holds_a_command_until_its_episode_is_known():
     gate.on_state(s(1.0))
     assert not gate.waits() and not gate.waits(s(5.0)), "no status heard: nothing waits"
     gate.on_status(s(1.0), new_episode=True)
-    assert not gate.waits() and not gate.waits(s(1.0))
+    assert gate.paired and not gate.waits() and not gate.waits(s(1.0))
     assert gate.waits(s(2.0)), "it names a state whose status is not in"
     gate.on_state(s(2.0))
     assert gate.waits(), "the newest state's status is not in"
@@ -689,8 +689,18 @@ def test_the_status_gate_holds_a_command_until_its_episode_is_known():
     # without a relative action part the episode's state is not waited for
     gate = StatusGate(needs_state=False)
     gate.on_state(s(1.0))
+    gate.on_status(s(1.0), new_episode=True)
     gate.on_status(s(2.0), new_episode=True)
     assert not gate.waits()
+    # statuses that never share a state's stamp (one per episode, on another clock): nothing
+    # waits for them, the robot never stalls
+    gate = StatusGate()
+    gate.on_status(s(1000.0), new_episode=True)
+    for t in (1.0, 2.0, 3.0):
+        gate.on_state(s(t))
+        assert not gate.waits() and not gate.waits(s(t)) and not gate.stale_answer(s(t))
+    gate.on_status(s(1000.5), new_episode=True)
+    assert not gate.waits() and not gate.paired
 
 
 @pytest.mark.ros

@@ -253,10 +253,13 @@ class StatusGate:
     after a new episode: a simulated robot is put back).
 
     The bridge publishes an episode status with each state, stamped alike, but the mux takes
-    the states, the statuses and the commands as they come. Once a status has been heard, a
-    command waits while the newest state's status is not in, while the state it names (its
-    layout's stamp, ``pairing``) is newer than the newest status, and, after a new episode,
-    while the episode's first state is not in (``needs_state``: the filter's reference).
+    the states, the statuses and the commands as they come. Once a status has come stamped
+    like a state (statuses that come with the states: ``paired``), a command waits while the
+    newest state's status is not in, while the state it names (its layout's stamp,
+    ``pairing``) is newer than the newest status, and, after a new episode, while the
+    episode's first state is not in (``needs_state``: the filter's reference). Statuses that
+    never share a state's stamp (a publisher of one status per episode, on another clock) make
+    nothing wait: the robot never stalls waiting for a status that is not coming.
     A command naming a state before the episode's start answers an earlier episode: dropped.
     The newest waiting command of each topic is kept, in the order they came."""
 
@@ -265,6 +268,7 @@ class StatusGate:
         self.state = None      # stamp (ns) of the newest state
         self.status = None     # stamp of the newest status (None: none heard: nothing waits)
         self.started = None    # stamp of the status that started the current episode
+        self.paired = False    # a status has come stamped like a state: one comes with each
         self.held: dict = {}   # topic -> (source, message, the stamp it names)
         self.held_since = None  # monotonic time the oldest waiting command came
         self.held_total = 0    # commands that waited
@@ -273,20 +277,23 @@ class StatusGate:
     def on_state(self, stamp: int) -> None:
         if self.state is None or stamp > self.state:
             self.state = stamp
+        self.paired = self.paired or stamp == self.status
 
     def on_status(self, stamp: int, new_episode: bool) -> None:
         if new_episode:
             self.started = stamp
         if self.status is None or stamp > self.status:
             self.status = stamp
+        self.paired = self.paired or stamp == self.state
 
     def stale_answer(self, named: int | None) -> bool:
         """Does a command naming ``named`` answer a state before the episode's start?"""
-        return named is not None and self.started is not None and named < self.started
+        return self.paired and named is not None and self.started is not None and \
+            named < self.started
 
     def waits(self, named: int | None = None) -> bool:
         """Must a command (naming the state ``named``, or None) wait?"""
-        if self.status is None:
+        if not self.paired:
             return False
         if self.state is not None and self.state > self.status:
             return True   # the newest state's status is not in: it may start an episode

@@ -29,12 +29,12 @@ nothing is the only way to forward commands as they come.
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
 source alone), so the expert labels of policy-driven steps are published at the state's
 instant. ``sync: false`` forwards the chosen source's messages as they arrive; a mixture then
-draws again every ``1 / rate`` s. Once an episode status has been heard, a command waits while
-the newest state's status (or that of the state the command names) is not in, and after a new
-episode until the episode's first state is in (``deploy.mux.StatusGate``): the filter then
-counts from the joints the robot was put back to, whatever order the state, its status and
-the commands came in; a command naming a state of an earlier episode is not forwarded. A wait
-past ``sync_timeout`` is said (a line every 5 s), naming the state.
+draws again every ``1 / rate`` s. Once statuses come with the states (stamped alike), a command
+waits while the newest state's status (or that of the state the command names) is not in, and
+after a new episode until the episode's first state is in (``deploy.mux.StatusGate``): the
+filter then counts from the joints the robot was put back to, whatever order the state, its
+status and the commands came in; a command naming a state of an earlier episode is not
+forwarded. A wait past ``sync_timeout`` is said (a line every 5 s), naming the state.
 """
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ class CommandMux(Node):
             self._flush(self.core.ready())
         elif self.core.passthrough(source):
             gate = self._gate
-            if gate.status is not None:  # (statuses come: the episode of a command matters)
+            if gate.paired:  # (a status comes with each state: a command's episode is known)
                 named = layout_stamp(msg.layout)
                 if gate.stale_answer(named):
                     gate.stale += 1
