@@ -280,6 +280,77 @@ def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
         feed.stop()
 
 
+@pytest.mark.ros
+@pytest.mark.parametrize("node", [NODE, "scripted_expert"])
+def test_on_a_timer_a_new_episode_is_known_before_its_first_command(procs, probe, tmp_path,
+                                                                     node):
+    """trigger timer (a robot at real time): a node acted on the newest state whatever its
+    episode status said, so a timer tick between a new episode's first state (the robot put
+    back) and that state's status filtered the command from the last one, the old episode's
+    pose (joint 1 held near 0 for a robot put back to 1.5: a jump), and a status that came
+    before its state reset the filter onto the old state's joints. Once statuses come with the
+    states, a tick now acts only on a state whose own status is in (the policy node and the
+    scripted expert alike)."""
+    from diagnostic_msgs.msg import KeyValue
+
+    from conftest import untrained_checkpoint
+    from robot_imitation.nodes.common import STATUS_PUB_QOS
+
+    feed = StateFeed(probe)
+    status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_PUB_QOS)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    if node == NODE:
+        start_policy(procs, probe, trigger="timer", max_age_periods=100.0,
+                     checkpoint=str(untrained_checkpoint(tmp_path / "ckpt", "reach")))
+    else:
+        procs.start_node(node, params={"task": "reach", "trigger": "timer",
+                                       "max_state_age": 5.0})
+    wait_for(lambda: feed.matched() and status.get_subscription_count()
+             and probe.node.count_publishers(ARM), 120, "the node's subscriptions", procs=procs)
+
+    def send(q, episode=None, stamp=None):
+        stamp = stamp or probe.node.get_clock().now().to_msg()
+        if q is not None:
+            feed.send(np.array(q), stamp=stamp)
+        if episode is not None:
+            msg = DiagnosticArray(status=[DiagnosticStatus(
+                name="episode", values=[KeyValue(key="episode", value=episode)])])
+            msg.header.stamp = stamp
+            status.publish(msg)
+        return stamp
+
+    a = [0.0, 0.2, 0.0, -2.0, 0.0, 2.2, 0.8, 0.04, 0.04]
+    b = [1.5] + a[1:]
+    for _ in range(15):  # episode 1 at pose a, a status with each state
+        send(a, "1")
+        time.sleep(0.02)
+    wait_for(lambda: len(arm) >= 5, 10, "commands", procs=procs)
+    d = 2.175 / 20 + 1e-9  # panda_joint1's velocity limit per tick of reach's 20 Hz
+    assert abs(arm[-1][0].data[0] - a[0]) <= 5 * d
+    # episode 2: its first state (the robot put back to b) and, 0.3 s later, its status
+    n = len(arm)
+    stamp = send(b)
+    time.sleep(0.3)
+    send(None, "2", stamp=stamp)
+    for _ in range(10):
+        send(b, "2")
+        time.sleep(0.02)
+    wait_for(lambda: len(arm) >= n + 3, 10, "commands of episode 2", procs=procs)
+    first = arm[n][0].data[0]
+    assert abs(first - b[0]) <= d, f"episode 2's first command {first}, the robot at {b[0]}"
+    # episode 3: its status first, its state (the robot put back to a) 0.3 s later
+    n = len(arm)
+    stamp = send(None, "3")
+    time.sleep(0.3)
+    send(a, stamp=stamp)
+    for _ in range(10):
+        send(a, "3")
+        time.sleep(0.02)
+    wait_for(lambda: len(arm) >= n + 3, 10, "commands of episode 3", procs=procs)
+    first = arm[n][0].data[0]
+    assert abs(first - a[0]) <= d, f"episode 3's first command {first}, the robot at {a[0]}"
+
+
 def test_a_silent_state_topic_gives_the_safe_command_and_names_it(reach_bc, procs, probe):
     """trigger state: the poses go silent while the joint states go on, so no state completes.
     After max_age the node gives the safe command at its rate and names the silent topic in

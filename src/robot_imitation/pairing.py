@@ -42,3 +42,10 @@ def layout_stamp(layout) -> int | None:
         if stamp is not None:
             return stamp
     return None
+
+
+def stamp_order(state: int, status: int) -> int:
+    """-1, 0 or 1 as a state's stamp (ns, made from its float seconds: ``stamp_of``) is before,
+    at or after an episode status's (ns, read exactly): equal within 1 us, as a wall-clock stamp
+    in float seconds keeps only about 0.2 us (states are at least 100 us apart)."""
+    return 0 if abs(state - status) <= 1000 else (1 if state > status else -1)

@@ -8,7 +8,10 @@ publishes the expert's command on /<arm_controller>/commands (std_msgs/Float64Mu
 trigger=state: answer every new state (all parts with one stamp) once; this is what the bridge's
 lockstep mode waits for (each command names the state it answers, ``pairing``).
 trigger=timer: publish at the task's control rate from the newest state (node clock, so
-`use_sim_time` paces it by /clock).
+`use_sim_time` paces it by /clock); once statuses come with the states (one stamped like a
+state), only from a state whose own status is in, so that a new episode resets the filter
+first (a tick between an episode's first state and its status filtered the command from the
+old episode's pose).
 
 Safety: every command passes the action filter with the limits of the robot it drives (joint
 limits, gripper 0..1, each joint's velocity limit per control tick, counted from its last
@@ -24,6 +27,8 @@ but through the mux.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .common import (COMMAND_PUB_QOS, STATE_QOS, STATUS_QOS, LastAnswer, MatchedReport, Param,
@@ -34,7 +39,7 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..pairing import stamp_of  # noqa: E402
+from ..pairing import stamp_of, stamp_order  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
 from ..spec import FieldSpec, Spec, SpecError  # noqa: E402
@@ -104,6 +109,10 @@ class ScriptedExpert(Node):
         self._stale_logged = False
         self._statuses: dict = {}   # stamp (ns) -> episode, of the newest states' statuses
         self._status_seen = False
+        self._status_newest = None  # trigger timer: the newest status's stamp (ns)
+        self._status_paired = False  # trigger timer: a status came stamped like a state
+        self.status_waits = 0       # trigger timer: ticks without a state whose status is in
+        self._waiting_since = None  # trigger timer: when such ticks began (monotonic)
         self._episode = None        # the episode of the state answered last
         self._pending = None        # a complete state waiting for its status
         self._status_topic = p["episode_topic"]
@@ -151,6 +160,8 @@ class ScriptedExpert(Node):
         self._status_seen = True
         if self.trigger == "timer":
             self._new_episode(episode)
+            if self._status_newest is None or stamp > self._status_newest:
+                self._status_newest = stamp
         elif self._pending is not None:
             pending = stamp_of(self._pending[0])
             if pending < stamp:  # its own status never came: answered as it is
@@ -170,6 +181,25 @@ class ScriptedExpert(Node):
                 self._stale_logged = True
             return
         self._stale_logged = False
+        if self._status_newest is not None:
+            order = stamp_order(stamp_of(stamp), self._status_newest)
+            if order == 0:
+                self._status_paired = True  # statuses come with the states
+            elif self._status_paired:
+                # its own status is not in (it may start an episode), or a newer status is
+                # (its state comes next): no command from it
+                self.status_waits += 1
+                now = time.monotonic()
+                self._waiting_since = self._waiting_since or now
+                if now - self._waiting_since > max(self.max_age, 1.0):  # (statuses stopped?)
+                    self.get_logger().warning(
+                        f"state {stamp:.3f} s: "
+                        + ("no episode status of it" if order > 0
+                           else "older than the newest episode status")
+                        + f"; no command for {now - self._waiting_since:.1f} s "
+                        f"({self.status_waits} such ticks in all)", throttle_duration_sec=5.0)
+                return
+        self._waiting_since = None
         self._command(obs, stamp)
 
     def _command(self, obs: dict, stamp: float) -> None:

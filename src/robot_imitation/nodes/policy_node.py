@@ -16,7 +16,12 @@ state it answers in its layout, ``pairing``, so that a lockstep bridge pairs it 
                  controller before its first state is answered, and a state older than the
                  newest status (one of a finished episode) is not answered;
   trigger=timer  at the control rate (node clock: ``use_sim_time`` paces it by /clock), from
-                 the newest state.
+                 the newest state; once statuses come with the states (one stamped like a
+                 state), a tick acts only on a state whose own status is in, so that a new
+                 episode resets the controller first (a tick between the first state of an
+                 episode and its status used to filter the command from the old episode's
+                 pose); a tick without one gives no command (counted, ``status_waits``; said
+                 when it lasts longer than max_age, at least 1 s).
 Safety: every command the node publishes, safe ones included, passes one filter: the action
 limits the checkpoint carries (the robot it was trained for: joint limits, gripper range, largest
 change per tick), replaced in part or whole by ``robot``/``action_lower``/``action_upper``/
@@ -91,7 +96,7 @@ from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noq
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
-from ..pairing import stamp_of  # noqa: E402
+from ..pairing import stamp_of, stamp_order  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -198,12 +203,15 @@ class PolicyNode(LifecycleNode):
         self.problem: tuple | None = None
         # the log lines that ticks in a row may repeat, each at most every so many seconds
         self._logs = {"late": LogThrottle(5.0), "problem": LogThrottle(2.0),
-                      "clamped": LogThrottle(5.0)}
+                      "clamped": LogThrottle(5.0), "status": LogThrottle(5.0)}
         self._reload_request = None
         self._reload_event = threading.Event()
         self._last_tick_wall = None
         self._episode = None
         self._status_stamp = None   # ns of the newest episode status (None: none heard)
+        self._status_paired = False  # trigger timer: a status came stamped like a state
+        self.status_waits = 0       # trigger timer: ticks without a state whose status is in
+        self._waiting_since = None  # trigger timer: when such ticks began (monotonic)
         self._pending = None        # a state waiting for the episode status of its stamp
         self._silent = None         # watchdog tick: (key, stamp) of the part holding states back
         self._status_sub = None
@@ -367,11 +375,11 @@ class PolicyNode(LifecycleNode):
                     self._pending = ready
                     return
                 if self._status_stamp is not None:
-                    stamp = stamp_of(ready[0])
-                    if stamp > self._status_stamp:
+                    order = stamp_order(stamp_of(ready[0]), self._status_stamp)
+                    if order > 0:
                         self._pending = ready  # answered once its episode status is in
                         return
-                    if stamp < self._status_stamp:
+                    if order < 0:
                         return  # a newer status is in: this state's episode has moved on
                 self._pending = None
                 self._tick(*ready)
@@ -389,6 +397,16 @@ class PolicyNode(LifecycleNode):
                 if gap > 1.5:
                     self.missed_ticks += int(round(gap)) - 1
             self._last_tick_wall = now
+            if latest is not None and self._status_stamp is not None:
+                order = stamp_order(stamp_of(latest[0]), self._status_stamp)
+                if order == 0:
+                    self._status_paired = True  # statuses come with the states
+                elif self._status_paired:
+                    # its own status is not in (it may start an episode), or a newer status
+                    # is (its state comes next): no command from it
+                    self._wait_for_status(latest[0], order)
+                    return
+            self._waiting_since = None
             if latest is not None:
                 self._tick(*latest)
         elif latest is not None and self.controller.max_age > 0:
@@ -400,6 +418,20 @@ class PolicyNode(LifecycleNode):
                 self._silent = (key, stamp)
                 self._tick(latest[0], latest[1])
                 self._silent = None
+
+    def _wait_for_status(self, stamp: float, order: int) -> None:
+        """trigger timer: a tick whose newest state has not got its own status (``order`` > 0)
+        or is older than the newest status (< 0): no command; said once the wait is longer
+        than max_age, at least 1 s (a status publisher that stopped)."""
+        self.status_waits += 1
+        now = time.monotonic()
+        self._waiting_since = self._waiting_since or now
+        wait = now - self._waiting_since
+        if wait > max(self.controller.max_age, 1.0) and self._logs["status"].due():
+            self.get_logger().warning(
+                f"state {stamp:.3f} s: " + ("no episode status of it" if order > 0 else
+                                            "older than the newest episode status")
+                + f"; no command for {wait:.1f} s ({self.status_waits} such ticks in all)")
 
     def _tick(self, stamp: float, obs: dict) -> None:
         if not (self.active and self.enabled) or self.controller is None:
@@ -472,7 +504,7 @@ class PolicyNode(LifecycleNode):
             return
         stamp, episode = status
         pending = self._pending
-        if pending is not None and stamp_of(pending[0]) < stamp:
+        if pending is not None and stamp_order(stamp_of(pending[0]), stamp) < 0:
             # a state whose own status never came (a publisher without one per state): it
             # comes before this status's episode change
             self._pending = None
@@ -483,7 +515,7 @@ class PolicyNode(LifecycleNode):
             if self.controller is not None:
                 self.controller.reset()
         self._status_stamp = stamp
-        if pending is not None and stamp_of(pending[0]) == stamp:
+        if pending is not None and stamp_order(stamp_of(pending[0]), stamp) == 0:
             self._pending = None
             self._tick(*pending)
 
@@ -642,7 +674,8 @@ class PolicyNode(LifecycleNode):
         values = {"state": ("active" if self.active else "inactive") if c else "unconfigured",
                   "enabled": str(self.enabled).lower(), "missed_ticks": self.missed_ticks,
                   "overruns": self.overruns, "reloads": self.reloads,
-                  "reload_failures": self.reload_failures, "answers_resent": self.last.resent}
+                  "reload_failures": self.reload_failures, "answers_resent": self.last.resent,
+                  "status_waits": self.status_waits}
         if self._episode is not None:
             values["episode"] = self._episode  # the newest episode status heard
         if c is not None:
