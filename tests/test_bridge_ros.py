@@ -629,6 +629,49 @@ def test_lockstep_drops_a_late_answer_after_a_reset(procs, probe):
     wait_for(late_dropped, 5, "the late answer counted as dropped", procs=procs)
 
 
+def test_realtime_drops_an_answer_to_the_episode_before_a_reset(procs, probe):
+    """Real time: the bridge applied every command as it came, so an answer to a state of the
+    episode before a reset, still on its way when the robot was put back, drove the arm back
+    toward the old episode's pose (a jump). A command naming a state before the episode's
+    start is now dropped and counted (`earlier_episode_dropped`); unstamped commands and
+    answers to this episode's states are applied."""
+    from robot_imitation.nodes.common import answer
+
+    joints = start_bridge(procs, probe, task="reach", mode="realtime", seed=5,
+                          command_timeout=0.0)
+    pub = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands", COMMAND_QOS)
+    diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    wait_for(lambda: len(joints) > 5 and pub.get_subscription_count(), 20, "the bridge",
+             procs=procs)
+    old = joints[-1]
+    old_stamp, q_old = to_sec(old.header.stamp), np.array(old.position[:7])
+    assert probe.call(Trigger, f"/{BRIDGE}/reset").success
+    n = len(joints)
+    wait_for(lambda: len(joints) > n + 5, 10, "states of the new episode", procs=procs)
+    q0 = latest_q(joints)
+    far = q_old.copy()
+    far[0] += 1.0
+    pub.publish(answer(far, old_stamp))  # answers a state of the episode before the reset
+    time.sleep(1.0)
+    assert abs(latest_q(joints)[0] - q0[0]) < 0.02, "the earlier episode's answer was applied"
+
+    def dropped():
+        for msg in reversed(list(diag)):
+            for st in msg.status:
+                values = {kv.key: kv.value for kv in st.values}
+                if "earlier_episode_dropped" in values:
+                    return values["earlier_episode_dropped"], values["commands_rejected"]
+        return None
+
+    wait_for(lambda: dropped() == ("1", "0"), 5, "the answer counted as dropped", procs=procs)
+    # an answer to a state of this episode is applied
+    now = joints[-1]
+    target = np.array(now.position[:7])
+    target[0] += 0.4
+    publish_until(pub, answer(target, to_sec(now.header.stamp)),
+                  lambda: latest_q(joints)[0] - q0[0] > 0.3, 15, "joint 1 to follow")
+
+
 def _play_bridge(procs, probe, node, params=None):
     """Start ``node`` (a lockstep controller on task reach; ``params`` for its own) with this
     test playing the bridge:

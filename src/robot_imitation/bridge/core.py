@@ -46,6 +46,8 @@ class CommandCounters:
     rejected: dict = field(default_factory=dict)  # reason -> count
     timeouts: int = 0
     late_trajectories: int = 0  # accepted stamped trajectories whose first points were past
+    # real time: commands naming a state before the episode's start, dropped (``earlier_episode``)
+    earlier_episode: int = 0
 
     def count(self, result: CommandResult) -> None:
         if result is CommandResult.ACCEPTED:
@@ -190,6 +192,7 @@ class BridgeCore:
         self.counters = CommandCounters()
         self.episode = -1
         self.tick = 0
+        self.episode_start = 0
         self._clock_offset = 0.0
         self._target = np.zeros(self.n_arm)
         self._velocity = np.zeros(self.n_arm)
@@ -211,6 +214,9 @@ class BridgeCore:
         self.sim.reset(seed)
         self.episode += 1
         self.tick = 0
+        # the stamp (ns) of the episode's first state: a command naming an earlier one answers
+        # the episode before (``earlier_episode``)
+        self.episode_start = int(round(self.clock * 1e9))
         self._target = self.sim.data.qpos[self.sim.robot.arm_qpos].copy()
         self._velocity[:] = 0.0
         self._gripper = float(self.sim.cfg.gripper_init)
@@ -319,6 +325,16 @@ class BridgeCore:
     def malformed(self) -> CommandResult:
         """A command message that could not be read at all: counted, nothing applied."""
         return self._counted(CommandResult.MALFORMED)
+
+    def earlier_episode(self, stamp: int | None) -> bool:
+        """Does a command naming the state ``stamp`` (ns; None: it names none) answer a state
+        before the episode's start? An answer to the episode before a reset, still on its way
+        (real time; in lockstep the stepper drops it as late): the robot was put back since, and
+        its pose would be a jump. Counted; the command is not applied."""
+        if stamp is None or stamp >= self.episode_start:
+            return False
+        self.counters.earlier_episode += 1
+        return True
 
     def _counted(self, result: CommandResult) -> CommandResult:
         self.counters.count(result)

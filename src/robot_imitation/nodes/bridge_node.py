@@ -328,7 +328,9 @@ class MujocoBridge(Node):
         None: unstamped) by the stepper, which applies it or drops it; else applied. Returns
         the command's result, None when dropped."""
         if not self.lockstep:
-            return apply()
+            # an answer to a state of the episode before a reset, still on its way: the robot
+            # was put back since (its pose would be a jump): dropped, counted
+            return None if self.core.earlier_episode(stamp) else apply()
         verdict, result = self.stepper.offer(which, stamp, apply)
         if verdict is Verdict.AHEAD:
             self._ahead_log.note("ahead", f"dropped {which} command naming state {stamp} ns: "
@@ -573,6 +575,8 @@ class MujocoBridge(Node):
                       "holding": str(self.core.holding).lower(), "paused": str(self.paused).lower()}
             for reason, n in c.rejected.items():
                 values[f"rejected_{reason}"] = n
+            if not self.lockstep:
+                values["earlier_episode_dropped"] = c.earlier_episode
             if self.lockstep:
                 k = self.stepper.counters
                 values.update({"lockstep_answers": k.answers, "lockstep_unstamped": k.unstamped,
