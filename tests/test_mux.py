@@ -634,10 +634,12 @@ def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded
     # then (late) the state's status; the mux forwarded 0.89 (1.0 less a tick's change)
     publish_state(2, 0.0)
     send(0.0, 2)
-    time.sleep(1.0)  # (past sync_timeout: the mux says what it waits for)
+    # held past sync_timeout, the mux says what it waits for (and forwards nothing before)
+    wait_for(lambda: "commands wait for the episode status of state 2.000 s"
+             in procs.log("command_mux"), 10, "the mux's line on the wait", procs=procs)
+    assert len(arm) == 1
     publish_status(2, "2")
     wait_for(lambda: len(arm) == 2, 5, "the forward of episode 2's first command", procs=procs)
-    assert "commands wait for the episode status of state 2.000 s" in procs.log("command_mux")
     # episode 3: the policy's answer before the state and its status come (a mux lagging
     # behind), then the status, then the state (the robot put back at 1)
     send(1.0, 3)
