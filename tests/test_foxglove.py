@@ -79,7 +79,8 @@ def test_the_layout_command(tmp_path):
 
 def test_the_layout_command_keeps_an_existing_file(tmp_path):
     """A layout arranged in Foxglove and saved under the default name is not replaced by the
-    next ``layout``: one line, exit 1 (as any refused ``--out``), the file as it was; ``--overwrite`` replaces it."""
+    next ``layout``: one line, exit 1 (as any refused ``--out``), the file as it was;
+    ``--overwrite`` replaces it."""
     out = tmp_path / "mine.json"
     out.write_text('{"mine": true}\n')
     cmd = [sys.executable, "-m", "robot_imitation.cli", "layout", "--spec", "reach", "--out",
