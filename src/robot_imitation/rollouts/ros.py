@@ -135,10 +135,12 @@ class RosRig:
             with self._commands_lock:
                 self._commands[topic][layout_stamp(msg.layout)] = list(msg.data)
 
+        from ..nodes.common import checked_subscription
+
         qos = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE)
         for t in topics:
-            self.node.create_subscription(Float64MultiArray, t,
-                                          lambda msg, t=t: keep(t, msg), qos)
+            checked_subscription(self.node, Float64MultiArray, t, lambda msg, t=t: keep(t, msg),
+                                 qos)
 
     def commands(self, outcome, timeout: float = 10.0):
         """The commands executed in the episode of ``outcome`` (an ``EpisodeOutcome``), one row
