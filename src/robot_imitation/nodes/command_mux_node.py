@@ -139,7 +139,7 @@ class CommandMux(Node):
                                      COMMAND_QOS)
         # a person's joystick: sensor data; a scripted supervisor (joy_sync): every Joy counts
         checked_subscription(self, Joy, "joy", self._on_joy,
-                                 STATE_QOS if self.core.joy_sync else SENSOR_QOS)
+                             STATE_QOS if self.core.joy_sync else SENSOR_QOS)
         if episode_topic:  # (one status comes with each state: every one is taken)
             # raw: the stamp and the episode read from the CDR bytes
             self.create_subscription(DiagnosticArray, episode_topic, self._on_episode,
