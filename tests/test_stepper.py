@@ -5,7 +5,8 @@ import pytest
 
 from robot_imitation.bridge.core import BridgeCore, CommandResult
 from robot_imitation.bridge.stepper import Lockstep, Verdict
-from robot_imitation.pairing import (layout_stamp, parse_stamp_label, stamp_label, stamp_of)
+from robot_imitation.pairing import (TimerGate, layout_stamp, parse_stamp_label, stamp_label,
+                                     stamp_of, stamp_order)
 from robot_imitation.sim.env import ImitationEnv
 from robot_imitation.sim.experts import make_expert
 from robot_imitation.sim.tasks import TaskSim
@@ -167,3 +168,41 @@ def test_lockstep_episode_equals_the_gymnasium_step_for_step():
     assert not truncated and steps < env.sim.cfg.max_steps
     assert step.advance() is None, "held at the end of the episode"
     env.close()
+
+
+def test_a_timer_tick_acts_only_on_a_state_whose_status_is_in():
+    """``TimerGate`` (the policy node's and the scripted expert's timer): no status heard, or
+    statuses that never share a state's stamp, hold nothing back; once one has, a tick acts
+    only on a state whose own status is in (counted, and since when, for the node's line).
+    Wall-clock stamps made from float seconds compare equal within 1 us."""
+    t = 1_796_597_300.123456789  # a wall-clock stamp, seconds: float keeps about 0.2 us
+    assert stamp_order(stamp_of(t), 1_796_597_300_123_456_789) == 0
+    assert stamp_order(stamp_of(t) + 2000, stamp_of(t)) == 1
+    gate = TimerGate()
+    assert gate.order(stamp_of(1.0), None, now=0.0) == 0
+    assert gate.order(stamp_of(2.0), stamp_of(500.0), now=0.0) == 0, "another kind of status"
+    assert not gate.paired and gate.waits == 0
+    assert gate.order(stamp_of(3.0), stamp_of(3.0), now=0.0) == 0 and gate.paired
+    assert gate.order(stamp_of(3.05), stamp_of(3.0), now=1.0) == 1  # its status not in
+    assert gate.order(stamp_of(3.05), stamp_of(3.1), now=1.5) == -1  # its state comes next
+    assert gate.waits == 2 and gate.since == 1.0
+    assert gate.describe(3.05, -1, now=3.0) == ("state 3.050 s: older than the newest episode "
+                                                "status; no command for 2.0 s (2 such ticks in "
+                                                "all)")
+    assert gate.order(stamp_of(3.1), stamp_of(3.1), now=2.0) == 0 and gate.since is None
+
+
+def test_a_real_time_command_answering_the_episode_before_a_reset_is_not_applied():
+    """``BridgeCore.earlier_episode``: after a reset, a command naming a state before the
+    episode's first (an answer still on its way) is counted and not applied; one naming the
+    episode's own states, or none, is."""
+    core = BridgeCore(TaskSim("reach"))
+    core.reset(0)
+    first = core.episode_start
+    core.step_physics(core.sim.substeps)
+    old = stamp_of(core.clock)
+    core.reset(1)
+    assert core.episode_start > old > first
+    assert core.earlier_episode(old) and core.earlier_episode(first)
+    assert not core.earlier_episode(core.episode_start) and not core.earlier_episode(None)
+    assert core.counters.earlier_episode == 2 and core.counters.rejected_total == 0

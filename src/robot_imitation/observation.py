@@ -28,15 +28,15 @@ def message_class(type_name: str):
         raise SpecError(f"message type {type_name} is not installed") from None
 
 
-def deserialized(raw: bytes, mtype: str, why: Exception | None = None):
-    """``raw`` deserialized as a ``mtype`` message (``pkg/msg/Name``), for bytes of a raw
-    subscription (``why``: why the direct CDR reader refused them, if one did); ``SpecError``
-    (one line: the type, why, the size) for bytes that are none: a malformed message is dropped
-    by its reader, never the end of a node."""
+def deserialized(raw: bytes, mtype: str, why: Exception | None = None, cls=None):
+    """``raw`` deserialized as a ``mtype`` message (``pkg/msg/Name``; ``cls``: its class, when
+    the caller has it), for bytes of a raw subscription (``why``: why the direct CDR reader
+    refused them, if one did); ``SpecError`` (one line: the type, why, the size) for bytes that
+    are none: a malformed message is dropped by its reader, never the end of a node."""
     from rclpy.serialization import deserialize_message
 
     try:
-        return deserialize_message(raw, message_class(mtype))
+        return deserialize_message(raw, cls or message_class(mtype))
     except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
         because = "" if why is None else f"{why}, "
         raise SpecError(f"a message that cannot be deserialized as {mtype} ({because}"

@@ -386,17 +386,14 @@ def checked_subscription(node, cls, topic: str, callback, qos, with_info: bool =
     (``log_malformed``: one line every 5 s at most, naming the topic, the type and the size)
     instead of being lost in the middleware without a word. ``callback`` gets the message (and
     the ``MessageInfo`` with ``with_info``), as from a typed subscription."""
-    from rclpy.serialization import deserialize_message
-
     mtype = "{}/msg/{}".format(cls.__module__.split(".")[0], cls.__name__)
     name = node.resolve_topic_name(topic)
 
     def take(raw: bytes):
         try:
-            return deserialize_message(raw, cls)
-        except Exception:  # noqa: BLE001 - rclpy raises several kinds for bad bytes
-            log_malformed(node, f"{name}: a message that cannot be deserialized as {mtype} "
-                          f"({len(raw)} bytes): dropped", name)
+            return deserialized(raw, mtype, cls=cls)
+        except SpecError as exc:
+            log_malformed(node, f"{name}: {exc}: dropped", name)
             return None
 
     if with_info:

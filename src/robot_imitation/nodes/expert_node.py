@@ -39,7 +39,7 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from ..observation import ObservationAssembler, message_class  # noqa: E402
-from ..pairing import stamp_of, stamp_order  # noqa: E402
+from ..pairing import TimerGate, stamp_of  # noqa: E402
 from ..sim.experts import make_expert  # noqa: E402
 from ..sim.tasks import TaskSim  # noqa: E402
 from ..spec import FieldSpec, Spec, SpecError  # noqa: E402
@@ -110,9 +110,7 @@ class ScriptedExpert(Node):
         self._statuses: dict = {}   # stamp (ns) -> episode, of the newest states' statuses
         self._status_seen = False
         self._status_newest = None  # trigger timer: the newest status's stamp (ns)
-        self._status_paired = False  # trigger timer: a status came stamped like a state
-        self.status_waits = 0       # trigger timer: ticks without a state whose status is in
-        self._waiting_since = None  # trigger timer: when such ticks began (monotonic)
+        self._timer_gate = TimerGate()  # trigger timer: a tick waits for its state's status
         self._episode = None        # the episode of the state answered last
         self._pending = None        # a complete state waiting for its status
         self._status_topic = p["episode_topic"]
@@ -181,25 +179,14 @@ class ScriptedExpert(Node):
                 self._stale_logged = True
             return
         self._stale_logged = False
-        if self._status_newest is not None:
-            order = stamp_order(stamp_of(stamp), self._status_newest)
-            if order == 0:
-                self._status_paired = True  # statuses come with the states
-            elif self._status_paired:
-                # its own status is not in (it may start an episode), or a newer status is
-                # (its state comes next): no command from it
-                self.status_waits += 1
-                now = time.monotonic()
-                self._waiting_since = self._waiting_since or now
-                if now - self._waiting_since > max(self.max_age, 1.0):  # (statuses stopped?)
-                    self.get_logger().warning(
-                        f"state {stamp:.3f} s: "
-                        + ("no episode status of it" if order > 0
-                           else "older than the newest episode status")
-                        + f"; no command for {now - self._waiting_since:.1f} s "
-                        f"({self.status_waits} such ticks in all)", throttle_duration_sec=5.0)
-                return
-        self._waiting_since = None
+        # once statuses come with the states, only a state whose own status is in
+        now = time.monotonic()
+        order = self._timer_gate.order(stamp_of(stamp), self._status_newest, now)
+        if order:
+            if now - self._timer_gate.since > max(self.max_age, 1.0):  # (statuses stopped?)
+                self.get_logger().warning(self._timer_gate.describe(stamp, order, now),
+                                          throttle_duration_sec=5.0)
+            return
         self._command(obs, stamp)
 
     def _command(self, obs: dict, stamp: float) -> None:

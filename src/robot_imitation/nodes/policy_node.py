@@ -96,7 +96,7 @@ from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noq
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
-from ..pairing import stamp_of, stamp_order  # noqa: E402
+from ..pairing import TimerGate, stamp_of, stamp_order  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
 class PolicyNode(LifecycleNode):
@@ -209,9 +209,7 @@ class PolicyNode(LifecycleNode):
         self._last_tick_wall = None
         self._episode = None
         self._status_stamp = None   # ns of the newest episode status (None: none heard)
-        self._status_paired = False  # trigger timer: a status came stamped like a state
-        self.status_waits = 0       # trigger timer: ticks without a state whose status is in
-        self._waiting_since = None  # trigger timer: when such ticks began (monotonic)
+        self._timer_gate = TimerGate()  # trigger timer: a tick waits for its state's status
         self._pending = None        # a state waiting for the episode status of its stamp
         self._silent = None         # watchdog tick: (key, stamp) of the part holding states back
         self._status_sub = None
@@ -397,17 +395,15 @@ class PolicyNode(LifecycleNode):
                 if gap > 1.5:
                     self.missed_ticks += int(round(gap)) - 1
             self._last_tick_wall = now
-            if latest is not None and self._status_stamp is not None:
-                order = stamp_order(stamp_of(latest[0]), self._status_stamp)
-                if order == 0:
-                    self._status_paired = True  # statuses come with the states
-                elif self._status_paired:
-                    # its own status is not in (it may start an episode), or a newer status
-                    # is (its state comes next): no command from it
-                    self._wait_for_status(latest[0], order)
-                    return
-            self._waiting_since = None
             if latest is not None:
+                # once statuses come with the states, only a state whose own status is in
+                order = self._timer_gate.order(stamp_of(latest[0]), self._status_stamp, now)
+                if order:
+                    gate = self._timer_gate
+                    if now - gate.since > max(self.controller.max_age, 1.0) and \
+                            self._logs["status"].due():  # (a status publisher that stopped)
+                        self.get_logger().warning(gate.describe(latest[0], order, now))
+                    return
                 self._tick(*latest)
         elif latest is not None and self.controller.max_age > 0:
             # trigger=state: no complete state for too long gives the safe command, whether
@@ -418,20 +414,6 @@ class PolicyNode(LifecycleNode):
                 self._silent = (key, stamp)
                 self._tick(latest[0], latest[1])
                 self._silent = None
-
-    def _wait_for_status(self, stamp: float, order: int) -> None:
-        """trigger timer: a tick whose newest state has not got its own status (``order`` > 0)
-        or is older than the newest status (< 0): no command; said once the wait is longer
-        than max_age, at least 1 s (a status publisher that stopped)."""
-        self.status_waits += 1
-        now = time.monotonic()
-        self._waiting_since = self._waiting_since or now
-        wait = now - self._waiting_since
-        if wait > max(self.controller.max_age, 1.0) and self._logs["status"].due():
-            self.get_logger().warning(
-                f"state {stamp:.3f} s: " + ("no episode status of it" if order > 0 else
-                                            "older than the newest episode status")
-                + f"; no command for {wait:.1f} s ({self.status_waits} such ticks in all)")
 
     def _tick(self, stamp: float, obs: dict) -> None:
         if not (self.active and self.enabled) or self.controller is None:
@@ -675,7 +657,7 @@ class PolicyNode(LifecycleNode):
                   "enabled": str(self.enabled).lower(), "missed_ticks": self.missed_ticks,
                   "overruns": self.overruns, "reloads": self.reloads,
                   "reload_failures": self.reload_failures, "answers_resent": self.last.resent,
-                  "status_waits": self.status_waits}
+                  "status_waits": self._timer_gate.waits}
         if self._episode is not None:
             values["episode"] = self._episode  # the newest episode status heard
         if c is not None:
