@@ -379,6 +379,16 @@ def log_malformed(node, text: str, topic: str = "") -> None:
         node.get_logger().error(text)
 
 
+def take_message(node, raw: bytes, mtype: str, topic: str, cls=None):
+    """``raw`` (bytes received on ``topic``) as a ``mtype`` message, or None for bytes that are
+    none: said (``log_malformed``, naming the topic, the type and the size) and dropped."""
+    try:
+        return deserialized(raw, mtype, cls=cls)
+    except SpecError as exc:
+        log_malformed(node, f"{topic}: {exc}: dropped", topic)
+        return None
+
+
 def checked_subscription(node, cls, topic: str, callback, qos, with_info: bool = False,
                          **kwargs):
     """A subscription of ``cls`` messages on ``topic`` whose bytes are deserialized here, so
@@ -389,21 +399,14 @@ def checked_subscription(node, cls, topic: str, callback, qos, with_info: bool =
     mtype = "{}/msg/{}".format(cls.__module__.split(".")[0], cls.__name__)
     name = node.resolve_topic_name(topic)
 
-    def take(raw: bytes):
-        try:
-            return deserialized(raw, mtype, cls=cls)
-        except SpecError as exc:
-            log_malformed(node, f"{name}: {exc}: dropped", name)
-            return None
-
     if with_info:
         def on_raw(raw: bytes, info) -> None:
-            msg = take(raw)
+            msg = take_message(node, raw, mtype, name, cls)
             if msg is not None:
                 callback(msg, info)
     else:
         def on_raw(raw: bytes) -> None:
-            msg = take(raw)
+            msg = take_message(node, raw, mtype, name, cls)
             if msg is not None:
                 callback(msg)
     return node.create_subscription(cls, topic, on_raw, qos, raw=True, **kwargs)

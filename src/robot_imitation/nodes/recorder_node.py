@@ -25,8 +25,8 @@ import signal
 import threading
 import time
 
-from .common import (Param, checked_subscription, declare_all, log_malformed, matched_reports,
-                     run, stamp_ns, to_sec, uncounted)
+from .common import (Param, checked_subscription, declare_all, matched_reports, run, stamp_ns,
+                     take_message, to_sec, uncounted)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -37,12 +37,12 @@ from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noq
 from std_srvs.srv import Trigger  # noqa: E402
 
 from ..cdr import answer_stamp  # noqa: E402
-from ..observation import deserialized, message_class  # noqa: E402
+from ..observation import message_class  # noqa: E402
 from ..recording.heap import keep_freed_memory  # noqa: E402
 from ..recording.latched import Replays  # noqa: E402
 from ..recording.timing import header_stamp_ns  # noqa: E402
 from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
-from ..spec import Spec, SpecError  # noqa: E402
+from ..spec import Spec  # noqa: E402
 
 
 def _match_qos(infos) -> QoSProfile:
@@ -392,12 +392,10 @@ class EpisodeRecorder(Node):
         handle = self._reports_sub.handle
         with handle:  # (raw: bytes that are no message are said, not lost without a word)
             while (got := handle.take_message(DiagnosticArray, True)) is not None:
-                try:
-                    msg = deserialized(got[0], "diagnostic_msgs/msg/DiagnosticArray")
-                except SpecError as exc:
-                    log_malformed(self, f"/diagnostics: {exc}: dropped", "/diagnostics")
-                    continue
-                matched_reports(msg, self._reports)
+                msg = take_message(self, got[0], "diagnostic_msgs/msg/DiagnosticArray",
+                                   "/diagnostics", DiagnosticArray)
+                if msg is not None:
+                    matched_reports(msg, self._reports)
         return uncounted(self, self.subs, self._reports)
 
     # ----------------------------------------------------------------- status
