@@ -1,6 +1,8 @@
 """Behavior Cloning: training, closed-loop success, checkpoints (real data, real MuJoCo)."""
+import hashlib
 import json
 import re
+import struct
 import shutil
 from pathlib import Path
 
@@ -178,6 +180,41 @@ def test_a_pickle_is_never_loaded(trained, tmp_path):
     for path in (ROOT / "src").rglob("*.py"):
         text = path.read_text()
         assert "torch.load(" not in text and "pickle.load" not in text, path
+
+
+def _with_header_length(weights: Path, length: int) -> None:
+    """Rewrite a safetensors file so that its JSON header is ``length`` bytes (padded with
+    spaces, as safetensors pads its own): the same tensors, another 8-byte length."""
+    data = weights.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = data[8:8 + n].rstrip(b" ")
+    assert len(header) <= length
+    weights.write_bytes(struct.pack("<Q", length) + header + b" " * (length - len(header))
+                        + data[8 + n:])
+
+
+@pytest.mark.parametrize("length", [0x0B80, 0x4B50, 0x0580])
+def test_a_safetensors_file_loads_whatever_its_header_length(tmp_path, length):
+    """The 8-byte header length of a valid safetensors file may start with 0x80 or "PK" (the
+    first bytes of a pickle and of a zip): such a file is no pickle. About one architecture
+    in 256 writes one (a diffusion U-Net's header of 0x0B80 bytes, refused before)."""
+    spec = Spec.load("reach")
+    policy = Policy(policy_config(spec, TrainConfig(steps=1, device="cpu")))
+    ckpt = save_checkpoint(tmp_path / "ckpt", policy, spec)
+    weights = ckpt / "model.safetensors"
+    _with_header_length(weights, length)
+    assert weights.read_bytes()[:2] == struct.pack("<H", length)
+    meta = json.loads((ckpt / "policy.json").read_text())
+    meta["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (ckpt / "policy.json").write_text(json.dumps(meta))
+    again, _ = load_checkpoint(ckpt, spec)
+    obs = random_obs(spec)
+    assert torch.equal(policy.eval().act(obs), again.act(obs))
+    # a pickle is still refused, in both of torch.save's formats
+    for zipped in (True, False):
+        torch.save(policy.state_dict(), weights, _use_new_zipfile_serialization=zipped)
+        with pytest.raises(CheckpointError, match="is a pickle"):
+            load_checkpoint(ckpt, spec)
 
 
 @pytest.mark.parametrize("head", ["mse", "gaussian", "gmm"])

@@ -83,15 +83,20 @@ def _check_safetensors(file: Path) -> None:
     """Refuse anything that is not a safetensors file (a pickle in particular)."""
     with open(file, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    if len(head) >= 9 and head[8:9] == b"{":
+        # safetensors: an 8-byte little-endian header length, then the JSON header. The
+        # length's low bytes may be anything (0x80, "PK"): only the header tells.
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > file.stat().st_size:
+            raise CheckpointError(f"{file} is not a safetensors file (bad header)")
+        return
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"):
         raise CheckpointError(f"{file} is a pickle (torch.save) file, not safetensors; "
                               "robot_imitation never unpickles weights: re-export them with "
                               "safetensors")
     if len(head) < 9:
         raise CheckpointError(f"{file} is truncated ({len(head)} bytes)")
-    (n,) = struct.unpack("<Q", head[:8])
-    if head[8:9] != b"{" or n > file.stat().st_size:
-        raise CheckpointError(f"{file} is not a safetensors file (bad header)")
+    raise CheckpointError(f"{file} is not a safetensors file (bad header)")
 
 
 def read_metadata(path) -> dict:
