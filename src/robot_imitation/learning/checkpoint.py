@@ -53,12 +53,16 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     from safetensors.torch import save_file
 
     path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
+    bad = next((k for k, v in tensors.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # every load refuses it: never written, never named a checkpoint
+        raise CheckpointError(f"{path}: not saved: {bad} holds NaN or infinite values")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),

@@ -144,7 +144,7 @@ def relative_action_stats(relative: list, arrays: dict, chunk: int = 1):
 
     actions, episode = arrays["actions"], np.asarray(arrays["episode"])
     parts = []
-    for k in range(chunk):
+    for k in range(min(chunk, len(episode))):
         same = np.flatnonzero(episode[k:] == episode[:len(episode) - k])
         part = actions[same + k].copy()
         for offset, size, key in relative:
@@ -183,6 +183,13 @@ class Trainer:
 
             raise DatasetError(f"{ds.path}: no training episodes (all "
                                f"{len(ds.episodes)} usable episodes went to validation)")
+        longest = max(len(ep) for ep in ds.train)
+        if cfg.chunk > longest:
+            # a chunk's step k is trained on episodes longer than k only: past the longest,
+            # the policy would act on outputs that were never trained
+            raise SettingError(f"chunk {cfg.chunk} is longer than every training episode (the "
+                               f"longest has {longest} steps): its steps past {longest} would "
+                               f"never be trained; use --chunk {longest} or less")
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             # Denormal floats (a loss near zero) slow CPU training tens of times over:
@@ -263,15 +270,16 @@ class Trainer:
                               graph=cfg.cuda_graph, compile=cfg.compile,
                               log=self.log if self.rank == 0 else _quiet)
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
-            running, t_data, t_step, t0 = 0.0, 0.0, 0.0, time.perf_counter()
+            running, t_data, t_step, t0 = math.nan, 0.0, 0.0, time.perf_counter()
             step = 0
             for step in range(1, cfg.steps + 1):
                 t_a = time.perf_counter()
                 batch = taker.draw()
                 t_b = time.perf_counter()
                 loss, metrics = taker.update(batch, step)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    value = loss.detach()  # one sync per log interval
+                evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+                if step % cfg.log_every == 0 or evaluate:
+                    value = loss.detach()  # one sync per log interval (and evaluation)
                     if self.distributed:
                         import torch.distributed as dist
 
@@ -279,6 +287,11 @@ class Trainer:
                         dist.all_reduce(value)  # gloo has no average: sum, then divide
                         value /= self.world
                     running = float(value)
+                    if not math.isfinite(running):
+                        raise SettingError(
+                            f"training diverged: the loss is {running} at step {step} (lr "
+                            f"{taker.last_lr:.3g}); nothing past the last evaluation is saved: "
+                            "lower the learning rate")
                     curve.append((step, running))
                     if writer:
                         writer["tb"].add_scalar("loss/train", running, step)
@@ -286,7 +299,6 @@ class Trainer:
                             writer["tb"].add_scalar(f"train/{key}", float(value), step)
                 t_data += t_b - t_a
                 t_step += time.perf_counter() - t_b
-                evaluate = (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
                 if not evaluate:
                     if self.progress and self.rank == 0 and step % cfg.log_every == 0:
                         self.progress(step, cfg.steps, {"train_loss": running})
