@@ -122,3 +122,33 @@ def test_chunk_and_learning_rate_left_at_0_take_the_familys_defaults():
         # a value given is kept
         assert (TrainConfig(policy=family, chunk=3, lr=5e-4).chunk,
                 TrainConfig(policy=family, lr=5e-4).lr) == (3, 5e-4)
+
+
+def test_a_float_written_1e_3_is_a_float_in_every_surface(tmp_path):
+    """PyYAML reads YAML 1.1, where a float needs a dot: ``lr: 1e-3`` in a config file, and
+    ``--policy-option kl_weight=1e-3``, were the string '1e-3', refused as "must be a number"."""
+    from robot_imitation.cli import _read_yaml
+    from robot_imitation.nodes.trainer_node import TrainerNode
+    from robot_imitation.settings import given_arguments
+
+    config = tmp_path / "train.yaml"
+    config.write_text("policy: act\nlr: 1e-3\npolicy_config: {kl_weight: 5E+1}\n")
+    args = build_parser().parse_args(["train", "ds", "--policy-option", "dropout=2.5e-1",
+                                      "--weight-decay", "1e-4"])
+    cfg = TrainConfig.from_dict(given_arguments(args, TrainConfig, _read_yaml(config)))
+    assert (cfg.lr, cfg.weight_decay) == (1e-3, 1e-4)
+    assert cfg.policy_config == {"kl_weight": 50.0, "dropout": 0.25}
+    # the trainer node's policy_config parameter (a YAML mapping in a string)
+    param = next(p for p in TrainerNode.PARAMETERS if p.name == "policy_config")
+    assert param.setting_value("{kl_weight: 1e-3}") == {"kl_weight": 1e-3}
+    # text that only looks like a number stays text; whole numbers stay whole
+    assert _read_yaml_text(tmp_path, "a: 1e\nb: 3\nc: '1e-3'\n") == {"a": "1e", "b": 3,
+                                                                    "c": "1e-3"}
+
+
+def _read_yaml_text(tmp_path, text: str):
+    from robot_imitation.cli import _read_yaml
+
+    path = tmp_path / "other.yaml"
+    path.write_text(text)
+    return _read_yaml(path)

@@ -48,6 +48,30 @@ def config_file(kind: str, name_or_path) -> Path:
     return path
 
 
+_LOADER = None
+
+
+def yaml_load(stream):
+    """``yaml.safe_load`` that also reads ``1e-3`` as a float (YAML 1.2; PyYAML follows YAML
+    1.1, where a float needs a dot and ``1e-3`` is a string): the way most people write a
+    learning rate."""
+    global _LOADER
+    import re
+
+    import yaml
+
+    if _LOADER is None:
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.add_implicit_resolver(
+            "tag:yaml.org,2002:float",
+            re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+            list("-+0123456789."))
+        _LOADER = Loader
+    return yaml.load(stream, Loader=_LOADER)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml(path, error: type = ValueError):
     """The YAML document in ``path`` (None for an empty file); ``error`` with one line naming
     the file when it cannot be read, is not UTF-8 text, or is not YAML (with the line and
@@ -56,7 +80,7 @@ def read_yaml(path, error: type = ValueError):
 
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            return yaml_load(f)
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:

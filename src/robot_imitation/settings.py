@@ -230,11 +230,13 @@ def key_value(text: str) -> tuple:
     """``KEY=VALUE`` (the value read as YAML: 3, 0.5, true, [32, 32], text) as (key, value)."""
     import yaml
 
+    from .paths import yaml_load
+
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text}")
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+        return key.strip(), yaml_load(value) if value.strip() else ""
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"the value of {key.strip()} is not valid YAML, "
                                          f"got {value}") from None

@@ -174,10 +174,12 @@ class Param:
         if limits.kind is dict:
             import yaml
 
+            from ..paths import yaml_load
+
             if not str(value).strip():
                 return {}
             try:
-                data = yaml.safe_load(value)
+                data = yaml_load(value)
             except yaml.YAMLError:
                 raise ValueError("a YAML mapping (e.g. '{width: 64}')") from None
             if data is None:
