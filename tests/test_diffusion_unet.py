@@ -87,3 +87,15 @@ def test_a_checkpoint_from_before_the_unet_loads_as_the_mlp_it_was(tmp_path):
            for k in policy.cfg.low_dim_keys}
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval().act(obs), policy.act(obs))
+
+
+def test_a_new_run_that_sets_the_width_trains_the_default_unet():
+    """`width` is also the U-Net's conditioning width: a run that sets it and no denoiser
+    trains the default U-Net (it silently trained the residual MLP, the reading kept for
+    policy.json files from before the U-Net only)."""
+    spec = Spec.load("reach")
+    policy = make_policy(spec, TrainConfig(policy="diffusion", chunk=8,
+                                           policy_config={"width": 64}),
+                         reach_statistics(spec))
+    assert policy.cfg.denoiser == "unet" and policy.cfg.width == 64
+    assert any(name.startswith("unet.") for name in policy.state_dict())

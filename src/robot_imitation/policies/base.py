@@ -171,7 +171,7 @@ class Policy(nn.Module):
     @classmethod
     def from_config(cls, data: dict) -> "Policy":
         """The policy (untrained weights) of a stored config (``policy.json``'s ``policy``)."""
-        return cls(cls.config_class.from_dict(data))
+        return cls(cls.config_class.from_stored(data))
 
     def set_statistics(self, spec, stats: dict) -> None:
         """Load the training split's statistics (actions relative where declared)."""

@@ -62,6 +62,12 @@ class PolicyConfig:
         return cls(**data)
 
     @classmethod
+    def from_stored(cls, data: dict) -> "PolicyConfig":
+        """The config a checkpoint's ``policy.json`` holds (a family reads older files here);
+        a new config is ``from_dict``."""
+        return cls.from_dict(data)
+
+    @classmethod
     def options(cls) -> dict:
         """The family's own fields (its options), by name."""
         return {f.name: f for f in fields(cls) if f.name not in LAYOUT}

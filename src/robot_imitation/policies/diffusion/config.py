@@ -43,12 +43,13 @@ class DiffusionConfig(PolicyConfig):
     keypoints: int = same_as(CameraOptions, "keypoints")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DiffusionConfig":
+    def from_stored(cls, data: dict) -> "DiffusionConfig":
         # policy.json written before the U-Net was the default holds no denoiser: its network
-        # is the residual MLP
+        # is the residual MLP. Only stored configs: a new run that sets `width` (the U-Net's
+        # conditioning width too) and no denoiser trains the default U-Net.
         if isinstance(data, dict) and "width" in data and "denoiser" not in data:
             data = {**data, "denoiser": "mlp"}
-        return super().from_dict(data)
+        return cls.from_dict(data)
 
     def __post_init__(self):
         super().__post_init__()
