@@ -6,6 +6,8 @@ gymnasium task, the suite's trainer, no ROS."""
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -74,3 +76,25 @@ def test_an_evaluation_row_holds_the_loss_measured_at_its_step(reach, tmp_path):
     assert [row["step"] for row in result["history"]] == [5, 10, 15, 20]
     for row in result["history"]:  # a loss measured at the row's own step (0.0 before)
         assert row["train_loss"] == curve[row["step"]] > 0
+
+
+def test_an_input_constant_in_the_data_is_scaled_by_1_and_named(reach, tmp_path):
+    """reach's target orientation never changes in its demonstrations: divided by a spread of
+    1e-6, a 0.1 degree change at deployment was 1,000 standard deviations at the policy's
+    input."""
+    spec, episodes = reach
+    cfg = TrainConfig(steps=2, batch_size=8, eval_every=0, eval_episodes=0, device="cpu",
+                      val_fraction=0.0)
+    lines = []
+    result = train(episodes_dataset(episodes, spec, cfg), tmp_path / "run", cfg,
+                   log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert "[train] inputs constant in the training data (scaled by 1): target_pose[3:7]" \
+        in lines
+    from robot_imitation.learning.checkpoint import load_checkpoint
+
+    policy, _ = load_checkpoint(result["last"], spec)
+    keys = [f.key for f in spec.policy_inputs]
+    first = sum(int(np.prod(f.shape)) for f in spec.policy_inputs[:keys.index("target_pose")])
+    scale = policy.obs_norm.scale[first:first + 7]
+    assert torch.equal(scale[3:], torch.ones(4))
+    assert bool((scale[:3] < 0.5).all())  # the position varies: scaled by its spread

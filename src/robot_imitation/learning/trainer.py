@@ -29,7 +29,7 @@ import torch
 
 from ..deploy.limits import training_limits
 from ..policies import input_layout, policy_class
-from ..policies.base import Batch, Policy, statistics_record
+from ..policies.base import Batch, Policy, constant_inputs, statistics_record
 from ..settings import SettingError
 from ..spec import Spec
 from .checkpoint import save_checkpoint
@@ -251,6 +251,10 @@ class Trainer:
             self.log(f"[train] action limits stored in the checkpoint: {limits.source}")
         if self.rank == 0:
             self.log(f"[train] policy {cfg.policy}")
+            constant = constant_inputs(spec, stats)
+            if constant:
+                self.log(f"[train] inputs constant in the training data (scaled by 1): "
+                         f"{', '.join(constant)}")
         meta = {"dataset_fingerprint": dataset_fingerprint(ds), "train_config": asdict(cfg),
                 "normalization": norm, "task": task, "action_limits": limits.to_dict()}
         meta["dataset"] = ds.summary  # what the build used and skipped, per reason

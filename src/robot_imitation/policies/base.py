@@ -62,16 +62,50 @@ class Normalizer(nn.Module):
         return y * self.scale + self.shift
 
 
+# an input whose spread (standard deviation, or half its range) in the training data is below
+# this is constant there: scaled by 1 (its own units), not by its spread of ~0, which made a
+# change the data never showed (a target's orientation 0.1 degree off) thousands of standard
+# deviations at the policy's input
+CONSTANT_SPREAD = 1e-5
+
+
+def _spreads(spec, stats: dict) -> list:
+    """Per policy input: (key, shift, spread) per the spec's observation method."""
+    min_max = spec.normalization.get("observations", "mean_std") == "min_max"
+    out = []
+    for f in spec.policy_inputs:
+        s = stats["observations"][f.key]
+        out.append((f.key, (s.max + s.min) / 2 if min_max else s.mean,
+                    (s.max - s.min) / 2 if min_max else s.std))
+    return out
+
+
+def constant_inputs(spec, stats: dict) -> list:
+    """The policy inputs constant in the training data, as ``key[i:j]`` (scaled by 1)."""
+    found = []
+    for key, _, spread in _spreads(spec, stats):
+        flat = np.atleast_1d(np.asarray(spread)).reshape(-1) < CONSTANT_SPREAD
+        i = 0
+        while i < len(flat):
+            if flat[i]:
+                j = i
+                while j < len(flat) and flat[j]:
+                    j += 1
+                found.append(f"{key}[{i}]" if j == i + 1 else f"{key}[{i}:{j}]")
+                i = j
+            else:
+                i += 1
+    return found
+
+
 def normalization(spec, stats: dict) -> tuple:
     """(observation shift, scale, action shift, scale) from the training split's statistics
-    (``FieldStats`` per policy input, and of the actions), per the spec's methods."""
-    obs_stats = [stats["observations"][f.key] for f in spec.policy_inputs]
-    if spec.normalization.get("observations", "mean_std") == "min_max":
-        shift = np.concatenate([(s.max + s.min) / 2 for s in obs_stats])
-        scale = np.concatenate([np.maximum((s.max - s.min) / 2, 1e-6) for s in obs_stats])
-    else:
-        shift = np.concatenate([s.mean for s in obs_stats])
-        scale = np.concatenate([s.std for s in obs_stats])
+    (``FieldStats`` per policy input, and of the actions), per the spec's methods. An input
+    constant in the data (``CONSTANT_SPREAD``) is scaled by 1."""
+    parts = _spreads(spec, stats)
+    shift = np.concatenate([np.atleast_1d(p[1]) for p in parts])
+    spread = np.concatenate([np.atleast_1d(p[2]) for p in parts])
+    scale = np.where(spread < CONSTANT_SPREAD, 1.0, spread)
     a = stats["actions"]
     if spec.normalization.get("actions", "min_max") == "min_max":
         act = ((a.max + a.min) / 2, np.maximum((a.max - a.min) / 2, 1e-6))
