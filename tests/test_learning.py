@@ -18,6 +18,7 @@ from robot_imitation.learning.evaluation import evaluate_policy
 from robot_imitation.learning.policies import Batch, Policy, PolicyConfig
 from robot_imitation.learning.trainer import (DeviceData, TrainConfig, policy_config,
                                               random_shift, train)
+from robot_imitation.policies import make_policy
 from robot_imitation.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +216,32 @@ def test_a_safetensors_file_loads_whatever_its_header_length(tmp_path, length):
         torch.save(policy.state_dict(), weights, _use_new_zipfile_serialization=zipped)
         with pytest.raises(CheckpointError, match="is a pickle"):
             load_checkpoint(ckpt, spec)
+
+
+@pytest.mark.parametrize("family,edit", [("act", {"heads": 4}),
+                                          ("diffusion", {"train_steps": 50}),
+                                          ("diffusion", {"seed": 7})])
+def test_a_policy_setting_edited_in_policy_json_is_refused(tmp_path, family, edit):
+    """Settings that change no tensor's shape change what the weights compute (attention split
+    another way, another noise schedule or initial noise): an edit loaded without a word."""
+    spec = Spec.load("reach")
+    cfg = TrainConfig(policy=family, chunk=8, steps=1, device="cpu",
+                      policy_config={"dim_model": 32, "heads": 2} if family == "act" else {})
+    policy = make_policy(spec, cfg)
+    ckpt = save_checkpoint(tmp_path / "ckpt", policy, spec)
+    load_checkpoint(ckpt, spec)  # as written: loads
+    meta_file = ckpt / "policy.json"
+    meta = json.loads(meta_file.read_text())
+    meta["policy"].update(edit)
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{meta_file}: its type and policy settings do not match the checksum it keeps")):
+        load_checkpoint(ckpt, spec)
+    # a checkpoint written before the checksum was kept loads as it is
+    del meta["policy_sha256"]
+    meta_file.write_text(json.dumps(meta))
+    assert load_checkpoint(ckpt, spec)[0].cfg.to_dict()[next(iter(edit))] == next(
+        iter(edit.values()))
 
 
 @pytest.mark.parametrize("head", ["mse", "gaussian", "gmm"])

@@ -66,7 +66,9 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     save_file(tensors, str(tmp / WEIGHTS))
     meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
-            "type": policy.type_name, "policy": policy.cfg.to_dict(), "spec": spec.to_dict(),
+            "type": policy.type_name, "policy": policy.cfg.to_dict(),
+            "policy_sha256": policy_digest(policy.type_name, policy.cfg.to_dict()),
+            "spec": spec.to_dict(),
             "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
             "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
             "versions": _versions(), **(extra or {})}
@@ -81,6 +83,14 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def policy_digest(type_name: str, config: dict) -> str:
+    """The checksum of a checkpoint's policy type and settings (its ``policy_sha256``): an
+    edit that keeps every tensor's shape (attention heads, a diffusion schedule) changes what
+    the weights compute."""
+    text = json.dumps({"type": type_name, "policy": config}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_safetensors(file: Path) -> None:
@@ -252,5 +262,12 @@ def load_checkpoint(path, runtime_spec: Spec | None = None, device="cpu"):
                                   f"architecture needs {tuple(tensor.shape)}")
         if not torch.isfinite(state[name]).all():
             raise CheckpointError(f"{weights}: {name} holds NaN or infinite values")
+    digest = meta.get("policy_sha256")
+    if digest is not None:  # (checkpoints written before it was stored have none)
+        if digest != policy_digest(meta.get("type"), meta["policy"]):
+            raise CheckpointError(f"{path / META}: its type and policy settings do not match the "
+                                  "checksum it keeps (policy_sha256): edited since it was "
+                                  "written? (the weights were trained with the settings as "
+                                  "they were)")
     policy.load_state_dict(state)
     return policy.to(device).eval(), meta
