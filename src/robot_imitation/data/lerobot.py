@@ -662,28 +662,25 @@ class LeRobotDataset:
         return self._data[(chunk, file)]
 
     def _video_frames(self, key: str, ep: dict, n: int) -> np.ndarray:
+        """Episode ``ep``'s frames of camera ``key``: only its part of the video file is
+        decoded (a file holds many episodes), into one array."""
         chunk = int(ep[f"videos/{key}/chunk_index"])
         file = int(ep[f"videos/{key}/file_index"])
         start = float(ep[f"videos/{key}/from_timestamp"])
-        if (key, chunk, file) not in self._videos:
-            path = self.root / self._pattern("video_path", video_key=key, chunk_index=chunk,
-                                             file_index=file)
-            if not path.is_file():
-                raise LeRobotError(f"{path}: video of {key} missing (episode "
-                                   f"{ep['episode_index']})")
-            for k in [k for k in self._videos if k[0] == key]:
-                del self._videos[k]
-            self._videos[(key, chunk, file)] = decode_video(path)
-        times, frames = self._videos[(key, chunk, file)]
+        path = self.root / self._pattern("video_path", video_key=key, chunk_index=chunk,
+                                         file_index=file)
+        if not path.is_file():
+            raise LeRobotError(f"{path}: video of {key} missing (episode "
+                               f"{ep['episode_index']})")
+        half = 0.5 / self.fps
+        times, frames = decode_video(path, start - half, start + n / self.fps - half, limit=n)
         want = start + np.arange(n) / self.fps
-        at = np.searchsorted(times, want - 0.5 / self.fps)
-        at = np.minimum(at, len(times) - 1)
-        off = np.abs(times[at] - want)
-        if len(times) == 0 or off.max() > 0.5 / self.fps:
-            bad = int(np.argmax(off)) if len(times) else 0
+        off = np.abs(times - want) if len(times) == n else np.full(n, math.inf)
+        if off.max() > half:
+            bad = int(np.argmax(off)) if len(times) == n else min(len(times), n - 1)
             raise LeRobotError(f"{key}: episode {ep['episode_index']}: no video frame within "
                                f"half a frame of {want[bad]:.4f} s in chunk {chunk} file {file}")
-        return frames[at]
+        return frames
 
 
 def _decode_images(cells, key: str, episode) -> np.ndarray:
@@ -717,23 +714,62 @@ def _column(table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def decode_video(path: Path) -> tuple:
-    """(frame times in seconds, frames (N, H, W, 3) uint8) of an MP4, in presentation order."""
+def decode_video(path: Path, start: float = 0.0, stop: float = math.inf,
+                 limit: int | None = None) -> tuple:
+    """(frame times in seconds, frames (N, H, W, 3) uint8) of the frames of an MP4 whose time
+    is in [start, stop), in presentation order. Decoding starts at the keyframe before
+    ``start`` and ends at the first frame at or past ``stop``: an episode of a file of many is
+    decoded alone. ``limit``: at most that many frames are kept, in one array allocated once
+    (the times of all those in the range are given)."""
     import av
 
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            times, frames = [], []
-            for frame in container.decode(stream):
-                times.append(float(frame.pts * frame.time_base))
-                frames.append(frame.to_ndarray(format="rgb24"))
+            got = None
+            if start > 0:  # from the keyframe at or before start
+                container.seek(max(0, int(start / stream.time_base)), stream=stream)
+                got = _decode_range(container, stream, start, stop, limit, seek=True)
+                if got is None:  # the seek went past start: from the beginning
+                    container.seek(0, stream=stream)
+            if got is None:
+                got = _decode_range(container, stream, start, stop, limit, seek=False)
     except av.error.FFmpegError as exc:
         raise LeRobotError(f"{path}: cannot decode the video: {exc}") from None
-    if not frames:
+    times, frames = got
+    if limit is None and not len(times):
         raise LeRobotError(f"{path}: the video has no frames")
-    order = np.argsort(times, kind="stable")
-    return np.asarray(times)[order], np.stack(frames)[order]
+    return times, frames
+
+
+def _decode_range(container, stream, start: float, stop: float, limit, seek: bool):
+    """``decode_video``'s (times, frames) from the container's position; None when a seek
+    landed past ``start``."""
+    times, kept, frames = [], [], None
+    for frame in container.decode(stream):
+        t = float(frame.pts * frame.time_base)
+        if seek and t > start:  # the first frame after the seek
+            return None
+        seek = False
+        if t < start:
+            continue
+        if t >= stop:
+            break
+        times.append(t)
+        img = frame.to_ndarray(format="rgb24")
+        if limit is None:
+            kept.append(img)
+        elif len(times) <= limit:
+            if frames is None:
+                frames = np.empty((limit, *img.shape), np.uint8)
+            frames[len(times) - 1] = img
+    times = np.asarray(times, np.float64)
+    if limit is None:  # a whole file: in presentation order
+        order = np.argsort(times, kind="stable")
+        return times[order], np.stack(kept)[order] if kept else np.zeros((0, 0, 0, 3), np.uint8)
+    if frames is None:
+        return times, np.zeros((0, 0, 0, 3), np.uint8)
+    return times, frames[:min(len(times), limit)]
 
 
 def _read_json(path: Path) -> dict:

@@ -1,0 +1,220 @@
+"""Faults of `export` / `import` (LeRobotDataset v3.0) found by an audit, each with a test that
+failed before its fix. The LeRobot datasets are written here with pyarrow and PyAV, as LeRobot
+0.4 writes them (several episodes per data and video file); the datasets to export are written
+with the suite's bag writer from made-up arrays, so no simulation is needed."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from robot_imitation.data import lerobot
+from robot_imitation.data.dataset import build_dataset
+from robot_imitation.data.lerobot import (LeRobotError, export_lerobot, import_lerobot,
+                                          open_lerobot, write_episode_bags)
+from robot_imitation.spec import Spec
+
+CLI = [sys.executable, "-m", "robot_imitation.cli"]
+FPS = 20
+H = W = 32
+CAM = "observation.images.camera"
+DATA = "data/chunk-000/file-000.parquet"
+EPISODES = "meta/episodes/chunk-000/file-000.parquet"
+STATE_NAMES = [f"joint_pos.j{j}" for j in range(6)]
+ACTION_NAMES = [f"arm.{j}" for j in range(5)] + ["gripper.0"]
+SPEC_DICT = {
+    "name": "lr_arm", "control_rate": float(FPS),
+    "observations": [
+        {"key": "joint_pos", "topic": "/joint_states", "type": "sensor_msgs/msg/JointState",
+         "field": "position", "joints": [f"j{j}" for j in range(6)]},
+        {"key": "camera", "topic": "/camera/image_raw", "type": "sensor_msgs/msg/Image",
+         "field": "image", "image": {"width": W, "height": H, "encoding": "rgb8"}}],
+    "actions": [
+        {"key": "arm", "topic": "/arm_controller/commands",
+         "type": "std_msgs/msg/Float64MultiArray", "field": "data", "size": 5},
+        {"key": "gripper", "topic": "/gripper_controller/commands",
+         "type": "std_msgs/msg/Float64MultiArray", "field": "data", "size": 1}],
+}
+
+
+def image(e: int, k: int, h: int = H, w: int = W) -> np.ndarray:
+    """Frame k of episode e: flat colours that tell every frame apart after H.264."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = 16 + 4 * k
+    img[..., 1] = 40 + 50 * e
+    img[..., 2] = 128
+    return img
+
+
+def state(e: int, n: int) -> np.ndarray:
+    return (np.arange(6)[None, :] + 100 * e + np.arange(n)[:, None]).astype(np.float32)
+
+
+def action(e: int, n: int) -> np.ndarray:
+    return -state(e, n) - 0.5
+
+
+def fixed_list(values: np.ndarray):
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+
+
+def write_lerobot(root: Path, lengths: list, per_file: int = 100, size: tuple = (H, W),
+                  png: bool = False) -> Path:
+    """A LeRobotDataset v3.0 as LeRobot 0.4 writes it: ``per_file`` episodes per MP4 (frame
+    k of a file at pts k, GOP 2), all rows in one data file, the spec's element names."""
+    h, w = size
+    rows, tables, files, index = [], [], {}, 0
+    for e, n in enumerate(lengths):
+        columns = {"observation.state": fixed_list(state(e, n)),
+                   "action": fixed_list(action(e, n)),
+                   "timestamp": pa.array((np.arange(n) / FPS).astype(np.float32)),
+                   "frame_index": pa.array(np.arange(n)),
+                   "episode_index": pa.array(np.full(n, e)),
+                   "index": pa.array(np.arange(index, index + n)),
+                   "task_index": pa.array(np.zeros(n, np.int64))}
+        row = {"episode_index": e, "tasks": ["push"], "length": n, "data/chunk_index": 0,
+               "data/file_index": 0, "dataset_from_index": index,
+               "dataset_to_index": index + n}
+        if png:
+            import io
+
+            from PIL import Image
+
+            cells = []
+            for k in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(image(e, k, h, w)).save(buf, format="PNG")
+                cells.append({"bytes": buf.getvalue(), "path": None})
+            columns[CAM] = pa.array(cells)
+        else:
+            number = e // per_file
+            if number not in files:
+                path = root / f"videos/{CAM}/chunk-000/file-{number:03d}.mp4"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                container = av.open(str(path), "w")
+                stream = container.add_stream("libx264", rate=FPS,
+                                              options={"crf": "10", "g": "2"})
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                files[number] = [container, stream, 0]
+            container, stream, start = files[number]
+            for k in range(n):
+                frame = av.VideoFrame.from_ndarray(image(e, k, h, w), format="rgb24")
+                frame.pts, frame.time_base = files[number][2], Fraction(1, FPS)
+                container.mux(stream.encode(frame))
+                files[number][2] += 1
+            row.update({f"videos/{CAM}/chunk_index": 0, f"videos/{CAM}/file_index": number,
+                        f"videos/{CAM}/from_timestamp": start / FPS,
+                        f"videos/{CAM}/to_timestamp": (start + n) / FPS})
+        tables.append(pa.table(columns))
+        rows.append(row)
+        index += n
+    for container, stream, _ in files.values():
+        container.mux(stream.encode())
+        container.close()
+    (root / "data/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.concat_tables(tables), root / DATA)
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / EPISODES)
+    pq.write_table(pa.table({"task_index": [0], "__index_level_0__": ["push"]}),
+                   root / "meta/tasks.parquet")
+    camera = ({"dtype": "image", "shape": [3, h, w], "names": ["channels", "height", "width"]}
+              if png else {"dtype": "video", "shape": [h, w, 3],
+                           "names": ["height", "width", "channels"]})
+    features = {"observation.state": {"dtype": "float32", "shape": [6], "names": STATE_NAMES},
+                "action": {"dtype": "float32", "shape": [6], "names": ACTION_NAMES},
+                CAM: camera,
+                "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+                **{k: {"dtype": "int64", "shape": [1], "names": None}
+                   for k in ("frame_index", "episode_index", "index", "task_index")}}
+    (root / "meta/info.json").write_text(json.dumps({
+        "codebase_version": "v3.0", "robot_type": "so100_follower",
+        "total_episodes": len(lengths), "total_frames": index, "total_tasks": 1,
+        "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
+        "fps": FPS, "splits": {"train": f"0:{len(lengths)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        "features": features}))
+    return root
+
+
+@pytest.fixture
+def spec_file(tmp_path) -> Path:
+    path = tmp_path / "lr_arm.yaml"
+    path.write_text(json.dumps(SPEC_DICT))
+    return path
+
+
+def cli(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + [str(a) for a in argv], capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line(run: subprocess.CompletedProcess, message: str) -> None:
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert message in run.stderr, run.stderr
+
+
+class CountingOpen:
+    """``av.open`` that counts the frames each decode returns (to see how much was decoded)."""
+
+    def __init__(self, real):
+        self.real, self.frames = real, 0
+
+    def __call__(self, *args, **kwargs):
+        counter = self
+
+        class Container:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return self.inner.__exit__(*exc)
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            def decode(self, *a, **k):
+                for frame in self.inner.decode(*a, **k):
+                    counter.frames += 1
+                    yield frame
+
+        return Container(self.real(*args, **kwargs))
+
+
+# ===================================================================== 1. decoding memory
+def test_an_episode_is_decoded_alone_from_a_file_of_many(tmp_path, spec_file, monkeypatch):
+    """LeRobot packs many episodes into one MP4: each whole file was decoded into memory (three
+    copies of it). Now an episode's frames alone are decoded, from the keyframe before it."""
+    lengths = [12, 15, 10]
+    src = write_lerobot(tmp_path / "lr", lengths)
+    assert len(list((src / "videos").rglob("*.mp4"))) == 1
+    counting = CountingOpen(av.open)
+    monkeypatch.setattr(av, "open", counting)
+    data = open_lerobot(src)
+    for e, n in enumerate(lengths):
+        before = counting.frames
+        got = data.frames(e)[CAM]
+        assert got.shape == (n, H, W, 3)
+        np.testing.assert_allclose(got, np.stack([image(e, k) for k in range(n)]), atol=4)
+        # its frames, the keyframe before it and the first frame after it: not all 37
+        assert counting.frames - before <= n + 3, (e, counting.frames - before)
+    monkeypatch.undo()
+    import_lerobot(src, str(spec_file), tmp_path / "ds")
+    ds = build_dataset(tmp_path / "ds", val_fraction=0.0, cache=False)
+    for e, (got, n) in enumerate(zip(ds.episodes, lengths)):
+        np.testing.assert_allclose(got.obs["camera"], np.stack([image(e, k) for k in range(n)]),
+                                   atol=4)
+        np.testing.assert_array_equal(got.obs["joint_pos"], state(e, n))
+        np.testing.assert_array_equal(got.actions, action(e, n))
