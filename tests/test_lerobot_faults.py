@@ -218,3 +218,73 @@ def test_an_episode_is_decoded_alone_from_a_file_of_many(tmp_path, spec_file, mo
                                    atol=4)
         np.testing.assert_array_equal(got.obs["joint_pos"], state(e, n))
         np.testing.assert_array_equal(got.actions, action(e, n))
+
+
+def suite_dataset(root: Path, spec_file: Path, lengths: list, start: int = 0) -> Path:
+    """A dataset of the suite (bags written by the suite's writer) of made-up episodes."""
+    spec = Spec.load(str(spec_file))
+
+    def items():
+        for e, n in enumerate(lengths, start):
+            values = {"joint_pos": state(e, n).astype(np.float64),
+                      "camera": np.stack([image(e, k) for k in range(n)])}
+            act = action(e, n).astype(np.float64)
+            values.update(arm=act[:, :5], gripper=act[:, 5:])
+            yield values, n, {"status": "ok", "task": "push", "success": True, "seed": e,
+                              "operator": "tester", "notes": f"episode {e}"}
+
+    write_episode_bags(root, spec, items(), FPS)
+    return root
+
+
+def total_episodes(out: Path) -> int:
+    if (out / "meta/info.json").is_file():
+        return json.loads((out / "meta/info.json").read_text())["total_episodes"]
+    return len(json.loads((out / "index.json").read_text())["episodes"])
+
+
+# ===================================================================== 2. --overwrite's swap
+def test_overwrite_keeps_the_old_or_the_new_output_whatever_stops_it(tmp_path, spec_file,
+                                                                      monkeypatch):
+    """The swap was: delete --out, then move the new folder in. Stopped in between, the old
+    output was gone and the new one hidden. Now the old one is renamed aside, the new moved in,
+    the old deleted: a stop right after any step leaves a complete output at --out."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [6, 5])
+    lr = tmp_path / "lr"
+    export_lerobot(src, lr)
+    lr_old = tmp_path / "lr_old"
+    export_lerobot(suite_dataset(tmp_path / "ds1", spec_file, [4]), lr_old)
+    back_old = tmp_path / "back"
+    import_lerobot(lr_old, str(spec_file), back_old)
+    real_rmtree = lerobot.shutil.rmtree
+
+    def stopped_after(path, *args, **kwargs):  # the process stops right after a deletion
+        real_rmtree(path, *args, **kwargs)
+        if ".partial-" not in Path(path).name:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(lerobot.shutil, "rmtree", stopped_after)
+    with pytest.raises(KeyboardInterrupt):
+        export_lerobot(src, lr_old, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        import_lerobot(lr, str(spec_file), back_old, overwrite=True)
+    monkeypatch.undo()
+    assert (lr_old / "meta/info.json").is_file(), "the old export is lost, the new one hidden"
+    assert total_episodes(lr_old) == 2 and total_episodes(back_old) == 2  # the new ones
+    # the move of the new folder fails: the old output is back, one line, nothing left over
+    real_replace = lerobot.os.replace
+
+    def failing(a, b):
+        if ".partial-" in Path(a).name:
+            raise OSError(28, "No space left on device")
+        real_replace(a, b)
+
+    monkeypatch.setattr(lerobot.os, "replace", failing)
+    with pytest.raises(LeRobotError, match="No space left on device"):
+        export_lerobot(suite_dataset(tmp_path / "ds3", spec_file, [3, 3, 3]), lr_old,
+                       overwrite=True)
+    with pytest.raises(LeRobotError, match="No space left on device"):
+        import_lerobot(lr_old, str(spec_file), back_old, overwrite=True)
+    monkeypatch.undo()
+    assert total_episodes(lr_old) == 2 and total_episodes(back_old) == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

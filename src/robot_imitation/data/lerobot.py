@@ -470,14 +470,42 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     except BaseException:
         _abandon(None, videos, tmp)
         raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    _move_into_place(tmp, out)
     report.episodes, report.frames, report.dropped = len(episodes_rows), index, dropped
     report.bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """The complete output ``tmp`` to ``out``. An ``out`` already there is renamed aside
+    (``.<name>.old-<pid>``) first and deleted only once ``tmp`` is in place: whatever stops
+    the process, the old or the new output is kept whole. ``LeRobotError`` when the move
+    fails (the old output back in place, ``tmp`` deleted)."""
+    old = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() or out.is_symlink():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            _remove(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException as exc:  # an error, or a stop between the two renames
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise LeRobotError(f"writing {out}: {exc.strerror or exc}") from None
+        raise
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _fixed_list(values: np.ndarray):
@@ -1175,10 +1203,7 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out)
+    _move_into_place(tmp, out)
     return frames
 
 
