@@ -5,6 +5,7 @@ checked; a policy.json written before the U-Net became the default still loads (
 MLP it was)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,10 @@ def test_ddim_timesteps_are_evenly_spaced_from_zero():
     assert schedule.timesteps(3) == [66, 33, 0]
     assert schedule.timesteps(100) == list(range(99, -1, -1))
     assert schedule.timesteps(1) == [0]
+    # more than half of the schedule's steps: spread over all of it, not from its middle
+    many = schedule.timesteps(51)
+    assert many[0] == 98 and many[-1] == 0 and len(set(many)) == 51
+    assert set(-np.diff(many)) == {1, 2}
     # the first step of 10 keeps a signal the float rounding of a clean estimate survives
     assert schedule.alpha_bar[schedule.timesteps(10)[0]] > 1e-2 > schedule.alpha_bar[99]
 
@@ -80,6 +85,7 @@ def test_a_checkpoint_from_before_the_unet_loads_as_the_mlp_it_was(tmp_path):
     assert "unet_channels" in config
     for key in ("unet_channels", "kernel_size"):
         config.pop(key)
+    del meta["policy_sha256"]  # (not kept then)
     meta_file.write_text(json.dumps(meta))
     loaded, _ = load_checkpoint(path, spec)
     assert loaded.cfg.denoiser == "mlp"
