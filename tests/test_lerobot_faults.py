@@ -288,3 +288,15 @@ def test_overwrite_keeps_the_old_or_the_new_output_whatever_stops_it(tmp_path, s
     monkeypatch.undo()
     assert total_episodes(lr_old) == 2 and total_episodes(back_old) == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ===================================================================== 3. short first episode
+def test_export_of_a_first_episode_of_three_frames(tmp_path, spec_file):
+    """x264 emits no packet for the first few frames, so the MP4 did not exist yet when the
+    second episode asked for its size: "writing ...: No such file or directory"."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [3, 4, 2])
+    export_lerobot(src, tmp_path / "lr")
+    data = open_lerobot(tmp_path / "lr")
+    for e, n in enumerate([3, 4, 2]):
+        np.testing.assert_allclose(data.frames(e)[CAM], np.stack([image(e, k)
+                                                                  for k in range(n)]), atol=4)

@@ -263,7 +263,9 @@ class _VideoWriter:
         """Append an episode's frames (T, H, W, C uint8); (chunk, file, from_s, to_s)."""
         import av
 
-        if self.container is not None and self.path.stat().st_size > self.files.limit:
+        # the MP4 is created at the encoder's first packet: not yet after a few frames
+        if self.container is not None and self.path.exists() and \
+                self.path.stat().st_size > self.files.limit:
             self.close()
             self.files.next()
         if self.container is None:
