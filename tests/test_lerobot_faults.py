@@ -300,3 +300,23 @@ def test_export_of_a_first_episode_of_three_frames(tmp_path, spec_file):
     for e, n in enumerate([3, 4, 2]):
         np.testing.assert_allclose(data.frames(e)[CAM], np.stack([image(e, k)
                                                                   for k in range(n)]), atol=4)
+
+
+# ===================================================================== 4. a camera alone
+def test_a_spec_that_observes_a_camera_alone_exports_and_imports(tmp_path, spec_file):
+    """`list_size needs to be a strict positive integer` (an observation.state of size 0):
+    now there is no observation.state, and the import takes such a dataset back."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [5, 4])
+    only = dict(SPEC_DICT, name="camera_only", observations=SPEC_DICT["observations"][1:])
+    only_file = tmp_path / "camera_only.yaml"
+    only_file.write_text(json.dumps(only))
+    export_lerobot(src, tmp_path / "lr", spec=str(only_file))
+    info = json.loads((tmp_path / "lr/meta/info.json").read_text())
+    assert "observation.state" not in info["features"] and CAM in info["features"]
+    assert "observation.state" not in pq.read_table(tmp_path / "lr" / DATA).column_names
+    import_lerobot(tmp_path / "lr", str(only_file), tmp_path / "back")
+    ds = build_dataset(tmp_path / "back", val_fraction=0.0, cache=False)
+    for e, (got, n) in enumerate(zip(ds.episodes, [5, 4])):
+        np.testing.assert_array_equal(got.actions, action(e, n))
+        np.testing.assert_allclose(got.obs["camera"], np.stack([image(e, k) for k in range(n)]),
+                                   atol=4)

@@ -359,7 +359,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     videos = {k: _VideoWriter(tmp, IMAGES + k, fps, codec, video_file_mb, crf)
               for k in layout.images}
     image_shapes = {f.key: f.shape for f in spec.image_observations}
-    stats = {STATE: _Stats(), ACTION: _Stats(),
+    # no observation.state where the spec observes cameras alone (a list of size 0 is no
+    # Arrow type)
+    stats = {**({STATE: _Stats()} if layout.state else {}), ACTION: _Stats(),
              **{IMAGES + k: _Stats(image=True) for k in layout.images}}
     default_stats = {k: _Stats() for k in ("timestamp", "frame_index", "episode_index", "index",
                                             "task_index")}
@@ -393,7 +395,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                 "task_index": np.full(n, task_index, np.int64),
             }
             table = pa.table({
-                STATE: _fixed_list(state.astype(np.float32)),
+                **({STATE: _fixed_list(state.astype(np.float32))} if layout.state else {}),
                 ACTION: _fixed_list(action.astype(np.float32)),
                 **{k: pa.array(v) for k, v in columns.items()},
                 "next.done": pa.array(frame_index == n - 1),
@@ -424,6 +426,8 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                 for s, v in stats[IMAGES + k].add(sample, n).items():
                     row[f"stats/{IMAGES + k}/{s}"] = np.asarray(v).tolist()
             for name, values in ((STATE, state), (ACTION, action)):
+                if name not in stats:
+                    continue
                 for s, v in stats[name].add(values, n).items():
                     row[f"stats/{name}/{s}"] = np.asarray(v).tolist()
             for name, values in columns.items():
@@ -546,8 +550,8 @@ def _write_meta(root: Path, spec: Spec, layout: Layout, fps: int, rows: list, ta
     import pyarrow.parquet as pq
 
     features = {
-        STATE: {"dtype": "float32", "shape": [len(layout.state_names)],
-                "names": list(layout.state_names)},
+        **({STATE: {"dtype": "float32", "shape": [len(layout.state_names)],
+                    "names": list(layout.state_names)}} if layout.state else {}),
         ACTION: {"dtype": "float32", "shape": [len(layout.action_names)],
                  "names": list(layout.action_names)},
     }
@@ -579,7 +583,7 @@ def _write_meta(root: Path, spec: Spec, layout: Layout, fps: int, rows: list, ta
     meta = root / "meta"
     meta.mkdir(parents=True, exist_ok=True)
     (meta / "info.json").write_text(json.dumps(info, indent=4) + "\n")
-    all_stats = {STATE: stats[STATE].result(), ACTION: stats[ACTION].result(),
+    all_stats = {**{k: stats[k].result() for k in (STATE, ACTION) if k in stats},
                  **{IMAGES + k: stats[IMAGES + k].result() for k in videos},
                  **{k: s.result() for k, s in default_stats.items()}}
     (meta / "stats.json").write_text(json.dumps({k: _tolist(v) for k, v in all_stats.items()},
