@@ -68,9 +68,13 @@ def test_warm_start_continues_from_the_checkpoint(family, data, tmp_path):
 def test_warm_start_from_another_family_size_or_spec_is_refused(data, tmp_path):
     first, _ = data
     act = fit(first, tmp_path / "act", "act")
-    with pytest.raises(CheckpointError, match="another architecture"):
+    with pytest.raises(CheckpointError, match=r"another architecture \(policy act there, "
+                       r"diffusion here\)$"):
         fit(first, tmp_path / "x", "diffusion", init_from=act)
-    with pytest.raises(CheckpointError, match="another architecture"):
+    # the one difference named (it was lost in two whole configurations, a line of 1,000
+    # characters)
+    with pytest.raises(CheckpointError, match=r"another architecture \(dim_model 32 there, "
+                       r"64 here\)$"):
         fit(first, tmp_path / "y", "act", {**SMALL["act"], "dim_model": 64}, init_from=act)
     push = Spec.load("push")
     cfg = replace(TrainConfig(policy="act", policy_config=dict(SMALL["act"]), task="push",

@@ -229,8 +229,15 @@ class Trainer:
             if start.cfg != policy.cfg:
                 from .checkpoint import CheckpointError
 
+                was, now = start.cfg.to_dict(), policy.cfg.to_dict()
+                if start.type_name != policy.type_name:
+                    differ = f"policy {start.type_name} there, {policy.type_name} here"
+                else:
+                    differ = "; ".join(f"{k} {was.get(k)!r} there, {now.get(k)!r} here"
+                                       for k in sorted(set(was) | set(now))
+                                       if was.get(k) != now.get(k))
                 raise CheckpointError(f"init_from {cfg.init_from}: another architecture "
-                                      f"({start.cfg} vs {policy.cfg})")
+                                      f"({differ})")
             policy.load_state_dict(start.state_dict())
             policy.set_statistics(spec, stats)  # this dataset's, not the start's
         norm = statistics_record(spec, stats)
