@@ -320,3 +320,47 @@ def test_a_spec_that_observes_a_camera_alone_exports_and_imports(tmp_path, spec_
         np.testing.assert_array_equal(got.actions, action(e, n))
         np.testing.assert_allclose(got.obs["camera"], np.stack([image(e, k) for k in range(n)]),
                                    atol=4)
+
+
+# ===================================================================== 5. --out . / .. / a link
+def test_out_is_resolved_before_anything(tmp_path, spec_file):
+    """--out a symbolic link: "Cannot call rmtree on a symbolic link" after all the work, a
+    hidden partial folder left; --out .: a ValueError traceback; --out .. --overwrite with the
+    temporary folder inside .. emptied it, the new export included. Now --out is resolved
+    first: a link's folder is replaced (the link kept), the current folder or one holding it
+    is refused in one line, and nothing is left over."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [4, 3])
+    target = tmp_path / "target"
+    export_lerobot(suite_dataset(tmp_path / "ds1", spec_file, [5]), target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    run = cli("export", src, "--out", link, "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert link.is_symlink() and total_episodes(target) == 2
+    back = tmp_path / "back"
+    import_lerobot(target, str(spec_file), back)
+    link2 = tmp_path / "link2"
+    link2.symlink_to(back)
+    run = cli("import", target, "--spec", spec_file, "--out", link2, "--overwrite")
+    assert run.returncode == 0, run.stderr
+    assert link2.is_symlink() and total_episodes(back) == 2
+    here = tmp_path / "work" / "here"
+    here.mkdir(parents=True)
+    (here / "keep.txt").write_text("mine")
+    for argv, message in (
+            (["export", src, "--out", ".", "--overwrite"], "--out . is the current folder"),
+            (["export", src, "--out", ".."], "--out .. holds the current folder"),
+            (["export", src, "--out", "..", "--overwrite"], "--out .. holds the current folder"),
+            (["import", target, "--spec", spec_file, "--out", ".", "--overwrite"],
+             "--out . is the current folder")):
+        run = subprocess.run(CLI + [str(a) for a in argv], capture_output=True, text=True,
+                             timeout=120, cwd=here)
+        assert_one_line(run, message)
+        assert [p.name for p in here.iterdir()] == ["keep.txt"]
+        assert [p.name for p in here.parent.iterdir()] == ["here"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = subprocess.run(CLI + ["export", str(src), "--out", "."], capture_output=True,
+                         text=True, timeout=120, cwd=empty)
+    assert_one_line(run, "--out . is the current folder")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -309,6 +309,24 @@ def _apart(source, out: Path) -> None:
                            "from it (the output replaces --out)")
 
 
+def _output_folder(source, out, overwrite: bool) -> Path:
+    """``out`` absolute, its symbolic links resolved: the folder replaced is the one it
+    names, and the temporary folder is made next to it. ``LeRobotError`` for an output that
+    would replace the source (``_apart``), the current folder or a folder holding it, or that
+    names no folder (the root)."""
+    given = Path(out)
+    out = given.resolve()
+    if not out.name:
+        raise LeRobotError(f"--out {given} is the root folder {out}: choose a folder below it")
+    if overwrite and source is not None:
+        _apart(source, given)
+    cwd = Path.cwd()
+    if out.exists() and (out == cwd or out in cwd.parents):
+        raise LeRobotError(f"--out {given} {'is' if out == cwd else 'holds'} the current folder "
+                           f"{cwd}: the output replaces --out; choose a folder apart from it")
+    return out
+
+
 def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | None = None,
                    task_text: str | None = None, robot_type: str | None = None,
                    codec: str = "h264", crf: int = 18, include_interrupted: bool = False,
@@ -328,9 +346,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    out = Path(out)
-    if overwrite:
-        _apart(dataset, out)
+    out = _output_folder(dataset, out, overwrite)
     if codec not in CODECS:
         raise LeRobotError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
     if not 0 <= crf <= 51:
@@ -1083,9 +1099,7 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
         spec = spec if isinstance(spec, Spec) else Spec.load(spec)
     except SpecError as exc:
         raise LeRobotError(str(exc)) from None
-    out = Path(out)
-    if overwrite:
-        _apart(source, out)
+    out = _output_folder(source, out, overwrite)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
@@ -1165,7 +1179,7 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
     from ..recording.bagwriter import BagWriteError, EpisodeBag, TypeRegistry
     from ..recording.recorder import DatasetWriter, RecorderError, episode_custom_data
 
-    out = Path(out)
+    out = _output_folder(None, out, overwrite)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise LeRobotError(f"{out} exists and is not empty")
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
