@@ -364,3 +364,39 @@ def test_out_is_resolved_before_anything(tmp_path, spec_file):
                          text=True, timeout=120, cwd=empty)
     assert_one_line(run, "--out . is the current folder")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def shrink_in_info(root: Path, size: int) -> None:
+    """info.json states the camera at ``size`` x ``size`` (the frames are another size)."""
+    path = root / "meta/info.json"
+    info = json.loads(path.read_text())
+    shape = info["features"][CAM]["shape"]
+    info["features"][CAM]["shape"] = [size, size, 3] if shape[-1] == 3 else [3, size, size]
+    path.write_text(json.dumps(info))
+
+
+# ===================================================================== 6. frame size
+@pytest.mark.parametrize("png", [False, True])
+def test_frames_of_another_size_than_info_json_are_refused(tmp_path, spec_file, png):
+    """A 48x48 video (or PNG images) where info.json says 32x32: imported, exit 0, and the
+    builder resized the frames without a word. Now one line naming both sizes."""
+    src = write_lerobot(tmp_path / "lr", [4, 3], size=(48, 48), png=png)
+    shrink_in_info(src, 32)
+    run = cli("import", src, "--spec", spec_file, "--out", tmp_path / "ds")
+    what = "frame 0: the image is 48x48" if png else "the video's frames are 48x48"
+    assert_one_line(run, f"{CAM}: episode 0")
+    assert f"{what}, meta/info.json says 32x32" in run.stderr
+    assert not (tmp_path / "ds").exists()
+    # one PNG of another size among the right ones (was np.stack's ValueError)
+    if png:
+        src = write_lerobot(tmp_path / "lr2", [4, 3], png=True)
+        table = pq.read_table(src / DATA)
+        cells = table.column(CAM).to_pylist()
+        odd = write_lerobot(tmp_path / "odd", [1], size=(16, 16), png=True)
+        cells[5] = pq.read_table(odd / DATA).column(CAM).to_pylist()[0]
+        table = table.set_column(table.column_names.index(CAM), CAM, pa.array(cells))
+        pq.write_table(table, src / DATA)
+        run = cli("import", src, "--spec", spec_file, "--out", tmp_path / "ds")
+        assert_one_line(run, f"{CAM}: episode 1, frame 1: the image is 16x16, meta/info.json "
+                        "says 32x32")
+        assert not (tmp_path / "ds").exists()

@@ -663,8 +663,9 @@ class LeRobotDataset:
     def video_keys(self) -> list:
         return [k for k, f in self.features.items() if f.get("dtype") == "video"]
 
-    def frames(self, i: int) -> dict:
-        """Episode i: {feature: array (T, ...)} for every feature (videos decoded, uint8)."""
+    def frames(self, i: int, keys=None) -> dict:
+        """Episode i: {feature: array (T, ...)} for the features ``keys`` (default: every
+        feature; videos decoded, uint8, of the size info.json states)."""
         ep = self.episodes[i]
         n = int(ep["length"])
         table = self._data_file(int(ep["data/chunk_index"]), int(ep["data/file_index"]))
@@ -674,12 +675,26 @@ class LeRobotDataset:
                                f"frames in its data file, meta/episodes says {n}")
         out = {k: v[rows] for k, v in table.items()}
         for key in self.video_keys():
-            out[key] = self._video_frames(key, ep, n)
+            if keys is None or key in keys:
+                out[key] = self._video_frames(key, ep, n)
+                self._check_size(key, out[key], ep)
         for key in self.image_keys():
+            if keys is not None and key not in keys:
+                continue
             if key not in out:
                 raise LeRobotError(f"{self.root}: image feature {key} has no column in the data")
-            out[key] = _decode_images(out[key], key, ep["episode_index"])
+            out[key] = _decode_images(out[key], key, ep["episode_index"],
+                                      _camera_hw(key, self.features[key]))
         return out
+
+    def _check_size(self, key: str, frames: np.ndarray, ep: dict) -> None:
+        """``LeRobotError`` for video frames of another size than info.json's (the builder
+        would resize them without a word)."""
+        h, w = _camera_hw(key, self.features[key])
+        if frames.shape[1:3] != (h, w):
+            raise LeRobotError(f"{key}: episode {ep['episode_index']}: the video's frames are "
+                               f"{frames.shape[2]}x{frames.shape[1]}, meta/info.json says "
+                               f"{w}x{h}")
 
     def image_keys(self) -> list:
         """Camera features stored as images (PNG or JPEG bytes in the Parquet)."""
@@ -733,24 +748,30 @@ class LeRobotDataset:
         return frames
 
 
-def _decode_images(cells, key: str, episode) -> np.ndarray:
-    """Image cells ({bytes, path} as LeRobot writes them) to (T, H, W, 3) uint8."""
+def _decode_images(cells, key: str, episode, hw: tuple) -> np.ndarray:
+    """Image cells ({bytes, path} as LeRobot writes them) to (T, H, W, 3) uint8; each of the
+    size ``hw`` (info.json's)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    frames = []
+    frames = np.empty((len(cells), *hw, 3), np.uint8)
     for k, cell in enumerate(cells):
         data = cell.get("bytes") if isinstance(cell, dict) else None
         if not data:
             raise LeRobotError(f"{key}: episode {episode}, frame {k}: no image bytes in the data "
                                "(images stored as separate files are not read)")
         try:
-            frames.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+            img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
             raise LeRobotError(f"{key}: episode {episode}, frame {k}: not an image: {exc}") \
                 from None
-    return np.stack(frames)
+        if img.shape[:2] != tuple(hw):
+            raise LeRobotError(f"{key}: episode {episode}, frame {k}: the image is "
+                               f"{img.shape[1]}x{img.shape[0]}, meta/info.json says "
+                               f"{hw[1]}x{hw[0]}")
+        frames[k] = img
+    return frames
 
 
 def _column(table, name: str) -> np.ndarray:
@@ -1125,8 +1146,9 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                                       if k.startswith(EXTRA)}
 
     def items():
+        needed = {feature for feature, _ in resolved.values()}
         for i, ep in enumerate(data.episodes):
-            columns = data.frames(i)
+            columns = data.frames(i, needed)
             n = int(ep["length"])
             values = {}
             for key, (feature, idx) in resolved.items():
