@@ -400,3 +400,58 @@ def test_frames_of_another_size_than_info_json_are_refused(tmp_path, spec_file, 
         assert_one_line(run, f"{CAM}: episode 1, frame 1: the image is 16x16, meta/info.json "
                         "says 32x32")
         assert not (tmp_path / "ds").exists()
+
+
+def edit_table(path: Path, change) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def set_column(table, name: str, values):
+    return table.set_column(table.column_names.index(name), name,
+                            pa.array(values, table.schema.field(name).type))
+
+
+# ===================================================================== 7. order of rows, frames
+def test_rows_are_taken_in_frame_order_and_frames_inside_the_episode(tmp_path, spec_file):
+    """Rows were paired by position: an episode's rows reversed or shuffled in the Parquet
+    imported silently, states and actions reversed against the video. Now rows are ordered by
+    frame_index (0..length-1 exactly, timestamps increasing, else one line), and video frames
+    are those in [from_timestamp, to_timestamp), as many as the episode's frames."""
+    lengths = [6, 5, 7]
+    src = write_lerobot(tmp_path / "lr", lengths)
+    order = np.random.default_rng(1).permutation(sum(lengths))
+    edit_table(src / DATA, lambda t: t.take(order))
+    import_lerobot(src, str(spec_file), tmp_path / "ds")
+    ds = build_dataset(tmp_path / "ds", val_fraction=0.0, cache=False)
+    for e, (got, n) in enumerate(zip(ds.episodes, lengths)):
+        np.testing.assert_array_equal(got.obs["joint_pos"], state(e, n))
+        np.testing.assert_array_equal(got.actions, action(e, n))
+        np.testing.assert_allclose(got.obs["camera"], np.stack([image(e, k) for k in range(n)]),
+                                   atol=4)
+    frame_index = np.concatenate([np.arange(n) for n in lengths])
+    timestamp = (frame_index / FPS).astype(np.float32)
+    twice, gap, still = frame_index.copy(), frame_index.copy(), timestamp.copy()
+    twice[6 + 3] = 2      # episode 1: frame_index 2 twice, no 3
+    gap[6 + 4] = 9        # episode 1: no frame_index 4
+    still[6 + 3] = still[6 + 2]
+    cases = [("frame_index", twice, "episode 1: frame_index 2 twice (its 5 rows must be "
+              "frames 0..4)"),
+             ("frame_index", gap, "episode 1: no frame_index 4"),
+             ("timestamp", still, "episode 1: timestamp of frame 3 (0.1 s) is not after "
+              "frame 2's (0.1 s)")]
+    for number, (column, values, message) in enumerate(cases):
+        bad = write_lerobot(tmp_path / f"bad{number}", lengths)
+        edit_table(bad / DATA, lambda t: set_column(t, column, values))
+        run = cli("import", bad, "--spec", spec_file, "--out", tmp_path / "out")
+        assert_one_line(run, message)
+        assert str(bad / DATA) in run.stderr and not (tmp_path / "out").exists()
+    # from_timestamp a frame late: the video gave the episode's frames shifted by one
+    late = write_lerobot(tmp_path / "late", lengths)
+    column = f"videos/{CAM}/from_timestamp"
+    edit_table(late / EPISODES, lambda t: set_column(
+        t, column, [v + (1 / FPS if i == 1 else 0) for i, v in
+                    enumerate(t.column(column).to_pylist())]))
+    run = cli("import", late, "--spec", spec_file, "--out", tmp_path / "out")
+    assert_one_line(run, f"{CAM}: episode 1: 4 video frames in [0.35, 0.55) s of chunk 0 file "
+                    "0, for 5 frames of the episode")
+    assert not (tmp_path / "out").exists()

@@ -668,11 +668,29 @@ class LeRobotDataset:
         feature; videos decoded, uint8, of the size info.json states)."""
         ep = self.episodes[i]
         n = int(ep["length"])
-        table = self._data_file(int(ep["data/chunk_index"]), int(ep["data/file_index"]))
-        rows = np.flatnonzero(table["episode_index"] == ep["episode_index"])
+        path, table = self._data_file(int(ep["data/chunk_index"]),
+                                      int(ep["data/file_index"]))
+        e = ep["episode_index"]
+        rows = np.flatnonzero(table["episode_index"] == e)
         if len(rows) != n:
-            raise LeRobotError(f"{self.root}: episode {ep['episode_index']} has {len(rows)} "
+            raise LeRobotError(f"{self.root}: episode {e} has {len(rows)} "
                                f"frames in its data file, meta/episodes says {n}")
+        # in frame order, whatever the rows' order in the file
+        index = table["frame_index"][rows].astype(np.int64).reshape(-1)
+        order = np.argsort(index, kind="stable")
+        rows, index = rows[order], index[order]
+        if not np.array_equal(index, np.arange(n)):
+            k = int(np.argmax(index != np.arange(n)))
+            what = (f"frame_index {index[k]} twice" if k and index[k] == index[k - 1] else
+                    f"no frame_index {k}")
+            raise LeRobotError(f"{path}: episode {e}: {what} (its {n} rows must be frames "
+                               f"0..{n - 1})")
+        if "timestamp" in table:
+            t = table["timestamp"][rows].astype(np.float64).reshape(-1)
+            if n > 1 and not np.all(np.diff(t) > 0):
+                k = int(np.argmax(np.diff(t) <= 0)) + 1
+                raise LeRobotError(f"{path}: episode {e}: timestamp of frame {k} ({t[k]:g} s) "
+                                   f"is not after frame {k - 1}'s ({t[k - 1]:g} s)")
         out = {k: v[rows] for k, v in table.items()}
         for key in self.video_keys():
             if keys is None or key in keys:
@@ -710,7 +728,8 @@ class LeRobotDataset:
             raise LeRobotError(f"{self.root / 'meta' / 'info.json'}: {key} {pattern!r} is not a "
                                f"path pattern of {{{'}, {'.join(values)}}}: {exc!r}") from None
 
-    def _data_file(self, chunk: int, file: int) -> dict:
+    def _data_file(self, chunk: int, file: int) -> tuple:
+        """(path, {column: array}) of a data file."""
         import pyarrow.parquet as pq
 
         if (chunk, file) not in self._data:
@@ -722,8 +741,8 @@ class LeRobotDataset:
             except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
                 raise LeRobotError(f"{path}: not a readable Parquet file: {exc}") from None
             self._data.clear()  # one data file at a time (episodes are read in order)
-            self._data[(chunk, file)] = {name: _column(table, name) for name in
-                                         table.column_names}
+            self._data[(chunk, file)] = path, {name: _column(table, name) for name in
+                                               table.column_names}
         return self._data[(chunk, file)]
 
     def _video_frames(self, key: str, ep: dict, n: int) -> np.ndarray:
@@ -732,17 +751,24 @@ class LeRobotDataset:
         chunk = int(ep[f"videos/{key}/chunk_index"])
         file = int(ep[f"videos/{key}/file_index"])
         start = float(ep[f"videos/{key}/from_timestamp"])
+        stop = ep.get(f"videos/{key}/to_timestamp")
+        stop = start + n / self.fps if stop is None else float(stop)
         path = self.root / self._pattern("video_path", video_key=key, chunk_index=chunk,
                                          file_index=file)
         if not path.is_file():
             raise LeRobotError(f"{path}: video of {key} missing (episode "
                                f"{ep['episode_index']})")
-        half = 0.5 / self.fps
-        times, frames = decode_video(path, start - half, start + n / self.fps - half, limit=n)
+        # the frames in [from_timestamp, to_timestamp), within LeRobot's tolerance
+        tolerance, half = 1e-4, 0.5 / self.fps
+        times, frames = decode_video(path, start - tolerance, stop - tolerance, limit=n)
+        if len(times) != n:
+            raise LeRobotError(f"{key}: episode {ep['episode_index']}: {len(times)} video "
+                               f"frames in [{start:g}, {stop:g}) s of chunk {chunk} file "
+                               f"{file}, for {n} frames of the episode")
         want = start + np.arange(n) / self.fps
-        off = np.abs(times - want) if len(times) == n else np.full(n, math.inf)
+        off = np.abs(times - want)
         if off.max() > half:
-            bad = int(np.argmax(off)) if len(times) == n else min(len(times), n - 1)
+            bad = int(np.argmax(off))
             raise LeRobotError(f"{key}: episode {ep['episode_index']}: no video frame within "
                                f"half a frame of {want[bad]:.4f} s in chunk {chunk} file {file}")
         return frames
