@@ -69,6 +69,11 @@ def test_options_are_checked():
         DiffusionConfig(kernel_size=4)
     with pytest.raises(SettingError, match="denoiser must be one of unet, mlp, got 'conv'"):
         DiffusionConfig(denoiser="conv")
+    # the settings known are the fields: not the class's defaults for a run (ClassVars, which
+    # were listed, and then refused with a TypeError)
+    with pytest.raises(SettingError, match=r"unknown policy settings \['default_chunk'\]") as err:
+        DiffusionConfig.from_dict({"default_chunk": 3})
+    assert "default_lr" not in str(err.value) and "denoiser" in str(err.value)
 
 
 def test_a_checkpoint_from_before_the_unet_loads_as_the_mlp_it_was(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -366,7 +367,9 @@ def cmd_train(args) -> int:
         return 0
     print(f"[train] {result['steps']} steps on {result['device']} "
           f"(x{result['world_size']}) in {time.perf_counter() - start:.1f} s, "
-          f"{result['samples_per_s']:.0f} samples/s; best val loss {result['best_val_loss']:.4g}"
+          f"{result['samples_per_s']:.0f} samples/s; "
+          + (f"best val loss {result['best_val_loss']:.4g}"
+             if math.isfinite(result["best_val_loss"]) else "no validation episodes")
           + (f", best success {result['best_success_rate']:.0%}"
              if result['best_success_rate'] is not None else "")
           + f"; best checkpoint {result['best']}")

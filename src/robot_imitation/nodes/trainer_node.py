@@ -21,6 +21,7 @@ with the error and logs it; the node keeps serving.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -199,8 +200,9 @@ class TrainerNode(Node):
             publish_safely(self, self.pub_checkpoint, String(data=best))
             success = result["best_success_rate"]
             self.get_logger().info(
-                f"training done: {result['steps']} steps, best val loss "
-                f"{result['best_val_loss']:.4g}"
+                f"training done: {result['steps']} steps, "
+                + (f"best val loss {result['best_val_loss']:.4g}"
+                   if math.isfinite(result["best_val_loss"]) else "no validation episodes")
                 + (f", best success {success:.0%}" if success is not None else "")
                 + f"; best checkpoint {best}")
         elif state == "cancelled":

@@ -55,10 +55,11 @@ class PolicyConfig:
     def from_dict(cls, data: dict) -> "PolicyConfig":
         if not isinstance(data, dict):
             raise SettingError(f"policy settings must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - set(cls.__dataclass_fields__)
+        known = {f.name for f in fields(cls)}  # (not the ClassVars dataclasses also list)
+        unknown = set(data) - known
         if unknown:
             raise SettingError(f"unknown policy settings {sorted(unknown)} (known: "
-                               f"{sorted(cls.__dataclass_fields__)})")
+                               f"{sorted(known)})")
         return cls(**data)
 
     @classmethod
