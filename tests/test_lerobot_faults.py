@@ -455,3 +455,41 @@ def test_rows_are_taken_in_frame_order_and_frames_inside_the_episode(tmp_path, s
     assert_one_line(run, f"{CAM}: episode 1: 4 video frames in [0.35, 0.55) s of chunk 0 file "
                     "0, for 5 frames of the episode")
     assert not (tmp_path / "out").exists()
+
+
+# ===================================================================== 8. damaged data files
+def test_damaged_data_files_are_one_line(tmp_path, spec_file):
+    """Tracebacks: an action row of 5 values (reshape ValueError), a state column narrower
+    than info.json names (IndexError), a feature's shape a string in info.json (numpy's
+    UFuncNoLoopError in the mapping). One line now, naming the file, feature and row. (A PNG
+    cell of another size: see test_frames_of_another_size_than_info_json_are_refused.)"""
+    lengths = [4, 3]
+    cases = []
+    ragged = write_lerobot(tmp_path / "ragged", lengths)
+
+    def short_row(t):
+        rows = t.column("action").to_pylist()
+        rows[3] = rows[3][:5]
+        return t.set_column(t.column_names.index("action"), "action",
+                            pa.array(rows, pa.list_(pa.float32())))
+
+    edit_table(ragged / DATA, short_row)
+    cases.append((ragged, [], f"{ragged / DATA}: action: row 3 has 5 values, row 0 has 6"))
+    narrow = write_lerobot(tmp_path / "narrow", lengths)
+    edit_table(narrow / DATA, lambda t: t.set_column(
+        t.column_names.index("observation.state"), "observation.state",
+        fixed_list(np.array(t.column("observation.state").to_pylist(), np.float32)[:, :4])))
+    cases.append((narrow, [], f"{narrow / DATA}: observation.state has 4 values a row, "
+                  "meta/info.json says 6 (shape [6])"))
+    shape = write_lerobot(tmp_path / "shape", lengths)
+    info = json.loads((shape / "meta/info.json").read_text())
+    info["features"]["action"]["shape"] = "x"
+    (shape / "meta/info.json").write_text(json.dumps(info))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text("arm: {feature: action, slice: [0, 5]}\n")
+    cases.append((shape, ["--mapping", mapping], "info.json: features.action.shape must be a "
+                  "list of whole numbers, got 'x'"))
+    for src, extra, message in cases:
+        run = cli("import", src, "--spec", spec_file, "--out", tmp_path / "out", *extra)
+        assert_one_line(run, message)
+        assert not (tmp_path / "out").exists()

@@ -692,6 +692,13 @@ class LeRobotDataset:
                 raise LeRobotError(f"{path}: episode {e}: timestamp of frame {k} ({t[k]:g} s) "
                                    f"is not after frame {k - 1}'s ({t[k - 1]:g} s)")
         out = {k: v[rows] for k, v in table.items()}
+        for key, ft in self.features.items():  # as many values a row as info.json says
+            if key in out and (keys is None or key in keys) and \
+                    ft.get("dtype") not in ("video", "image"):
+                have, want = int(np.prod(out[key].shape[1:])), int(np.prod(ft["shape"]))
+                if have != want:
+                    raise LeRobotError(f"{path}: {key} has {have} values a row, "
+                                       f"meta/info.json says {want} (shape {ft['shape']})")
         for key in self.video_keys():
             if keys is None or key in keys:
                 out[key] = self._video_frames(key, ep, n)
@@ -741,7 +748,7 @@ class LeRobotDataset:
             except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
                 raise LeRobotError(f"{path}: not a readable Parquet file: {exc}") from None
             self._data.clear()  # one data file at a time (episodes are read in order)
-            self._data[(chunk, file)] = path, {name: _column(table, name) for name in
+            self._data[(chunk, file)] = path, {name: _column(table, name, path) for name in
                                                table.column_names}
         return self._data[(chunk, file)]
 
@@ -800,12 +807,23 @@ def _decode_images(cells, key: str, episode, hw: tuple) -> np.ndarray:
     return frames
 
 
-def _column(table, name: str) -> np.ndarray:
-    col = table.column(name).combine_chunks()
+def _column(table, name: str, path: Path) -> np.ndarray:
+    """A column as an array: (rows, values) for a list column, whose rows must all hold as
+    many values (``LeRobotError`` naming the file, the column and the row otherwise)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
+    col = table.column(name).combine_chunks()
     if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type) or \
             pa.types.is_large_list(col.type):
+        if col.null_count:
+            row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise LeRobotError(f"{path}: {name}: row {row} holds no values (null)")
+        sizes = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if len(sizes) and np.any(sizes != sizes[0]):
+            row = int(np.argmax(sizes != sizes[0]))
+            raise LeRobotError(f"{path}: {name}: row {row} has {sizes[row]} values, row 0 "
+                               f"has {sizes[0]}")
         values = col.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
     return col.to_numpy(zero_copy_only=False)
@@ -910,6 +928,12 @@ def open_lerobot(root) -> LeRobotDataset:
             ("data_path", lambda v: isinstance(v, str), "a path pattern")):
         if key in info and not ok(info[key]):
             raise LeRobotError(f"{info_path}: {key} must be {what}, got {info[key]!r:.60}")
+    for name, ft in info["features"].items():
+        shape = ft.get("shape")
+        if not (isinstance(shape, (list, tuple)) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape)):
+            raise LeRobotError(f"{info_path}: features.{name}.shape must be a list of whole "
+                               f"numbers, got {shape!r:.60}")
     info.setdefault("data_path", DATA_PATH)  # LeRobot's loader does not need it either
     files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
     if not files:
