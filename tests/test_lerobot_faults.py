@@ -493,3 +493,18 @@ def test_damaged_data_files_are_one_line(tmp_path, spec_file):
         run = cli("import", src, "--spec", spec_file, "--out", tmp_path / "out", *extra)
         assert_one_line(run, message)
         assert not (tmp_path / "out").exists()
+
+
+# ===================================================================== 9. --fps
+def test_fps_must_be_a_whole_number_of_at_least_one(tmp_path, spec_file):
+    """--fps 1e-9 rounded to 0 and passed: ZeroDivisionError with a camera, "exported ... at
+    0 fps" with NaN timestamps without one."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [4])
+    for fps in ("1e-9", "0.5", "2.5"):
+        run = cli("export", src, "--out", tmp_path / "lr", "--fps", fps)
+        assert_one_line(run, f"fps {float(fps):g} must be a whole number >= 1")
+        assert not (tmp_path / "lr").exists()
+    with pytest.raises(LeRobotError, match="fps 1e-09 must be a whole number >= 1"):
+        export_lerobot(src, tmp_path / "lr", fps=1e-9)
+    export_lerobot(src, tmp_path / "lr", fps=5)
+    assert json.loads((tmp_path / "lr/meta/info.json").read_text())["fps"] == 5

@@ -358,14 +358,15 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                                                    cache)
     rate = float(spec.control_rate)
     fps = rate if fps is None else float(fps)
-    step = rate / fps if fps > 0 else math.inf
+    # 1e-9 passed a check of whole numbers (it rounds to 0): a division by zero, NaN times
+    if not (math.isfinite(fps) and fps >= 1 and abs(fps - round(fps)) <= 1e-9):
+        raise LeRobotError(f"fps {fps:g} must be a whole number >= 1 (video frame rates of "
+                           "LeRobot datasets are)")
+    step = rate / fps
     if not math.isfinite(step) or abs(step - round(step)) > 1e-9 or round(step) < 1:
         raise LeRobotError(f"fps {fps:g} must divide the spec's control rate {rate:g} Hz "
                            "(frames are every k-th control step)")
     step = int(round(step))
-    if abs(fps - round(fps)) > 1e-9:
-        raise LeRobotError(f"fps {fps:g} is not a whole number (video frame rates of LeRobot "
-                           "datasets are)")
     fps = int(round(fps))
     layout = Layout.of(spec)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
