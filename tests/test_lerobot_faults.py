@@ -508,3 +508,53 @@ def test_fps_must_be_a_whole_number_of_at_least_one(tmp_path, spec_file):
         export_lerobot(src, tmp_path / "lr", fps=1e-9)
     export_lerobot(src, tmp_path / "lr", fps=5)
     assert json.loads((tmp_path / "lr/meta/info.json").read_text())["fps"] == 5
+
+
+def index_entries(root: Path) -> list:
+    return json.loads((root / "index.json").read_text())["episodes"]
+
+
+# ===================================================================== 10. metadata
+def test_import_keeps_the_metadata_and_says_what_it_drops(tmp_path, spec_file, capsys):
+    """robot_type was dropped (so100_follower, even panda after --task-text), empty operator
+    and notes replaced, tasks after an episode's first dropped without a word, no tasks column
+    gave the task "", an unknown task_index was accepted."""
+    lengths = [4, 3, 5]
+    src = write_lerobot(tmp_path / "lr", lengths)
+    pq.write_table(pa.table({"task_index": [0, 1], "__index_level_0__": ["push", "lift"]}),
+                   src / "meta/tasks.parquet")
+    edit_table(src / EPISODES, lambda t: set_column(t, "tasks", [["push"], ["lift", "push"],
+                                                                 ["push"]]))
+    capsys.readouterr()
+    import_lerobot(src, str(spec_file), tmp_path / "ds")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["not carried over (one task per episode is kept): episode 1 has 2 tasks: "
+                   "kept 'lift', not 'push'"]
+    entries = index_entries(tmp_path / "ds")
+    assert [e["task"] for e in entries] == ["push", "lift", "push"]
+    assert {e["robot_type"] for e in entries} == {"so100_follower"}
+    export_lerobot(tmp_path / "ds", tmp_path / "lr2")
+    assert json.loads((tmp_path / "lr2/meta/info.json").read_text())["robot_type"] == \
+        "so100_follower"
+    # no tasks column: the frames' task_index in meta/tasks.parquet
+    edit_table(src / EPISODES, lambda t: t.drop_columns(["tasks"]))
+    edit_table(src / DATA, lambda t: set_column(t, "task_index", [0] * 4 + [1] * 3 + [0] * 5))
+    import_lerobot(src, str(spec_file), tmp_path / "ds_index")
+    assert [e["task"] for e in index_entries(tmp_path / "ds_index")] == ["push", "lift", "push"]
+    # a task_index that meta/tasks.parquet does not have
+    edit_table(src / DATA, lambda t: set_column(t, "task_index", [0] * 7 + [5] * 5))
+    run = cli("import", src, "--spec", spec_file, "--out", tmp_path / "bad")
+    assert_one_line(run, "episode 2: task_index 5 is not in meta/tasks.parquet (its indices: "
+                    "[0, 1])")
+    assert not (tmp_path / "bad").exists()
+    # an empty operator and notes stay empty; panda stays panda after --task-text
+    ds = suite_dataset(tmp_path / "suite", spec_file, [4, 3])
+    export_lerobot(ds, tmp_path / "lr3", task_text="push the puck to the goal")
+    assert json.loads((tmp_path / "lr3/meta/info.json").read_text())["robot_type"] == "panda"
+    edit_table(tmp_path / "lr3" / EPISODES, lambda t: set_column(set_column(
+        t, "robot_imitation/operator", ["", "tester"]), "robot_imitation/notes", ["", "x"]))
+    import_lerobot(tmp_path / "lr3", str(spec_file), tmp_path / "back")
+    entries = index_entries(tmp_path / "back")
+    assert [(e["operator"], e["notes"]) for e in entries] == [("", ""), ("tester", "x")]
+    export_lerobot(tmp_path / "back", tmp_path / "lr4")
+    assert json.loads((tmp_path / "lr4/meta/info.json").read_text())["robot_type"] == "panda"

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -549,11 +550,15 @@ def _abandon(writer, videos: dict, tmp: Path) -> None:
 
 
 def _robot_of(dataset) -> str | None:
-    """The robot of the recorded task (by the dataset's task name), else None."""
+    """The robot_type an imported dataset keeps, else the robot of the recorded task (by the
+    dataset's task name), else None."""
     try:
         from ..sim.tasks import TaskConfig
 
         entries = json.loads((Path(dataset) / "index.json").read_text())["episodes"]
+        kept = next((e["robot_type"] for e in entries if e.get("robot_type")), None)
+        if kept:  # an imported dataset: the robot_type it was imported with
+            return str(kept)
         task = next((e.get("task") for e in entries if e.get("task")), None)
         return TaskConfig.load(task).robot if task else None
     except Exception:  # noqa: BLE001 - robot_type is optional in the format
@@ -970,6 +975,7 @@ class ImportReport:
     frames: int = 0
     mapping: dict = field(default_factory=dict)  # {spec key: "feature[indices]"}
     seconds: float = 0.0
+    not_carried: list = field(default_factory=list)  # what the episodes lost (said on stderr)
 
     def describe(self) -> str:
         return (f"imported {self.episodes} episode{'s' if self.episodes != 1 else ''} "
@@ -1158,15 +1164,18 @@ class MessageComposer:
 
 
 def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | None = None,
-                   overwrite: bool = False, progress=None) -> ImportReport:
+                   overwrite: bool = False, progress=None, warn=None) -> ImportReport:
     """Write each episode of the LeRobotDataset v3.0 at ``source`` as a rosbag2 episode of a
     new dataset folder ``out`` (dataset.yaml with ``spec``, index.json, one MCAP bag per
     episode): the spec's topics at the dataset's fps, observations stamped at the frame's time
     and the commands logged at that time, so the dataset builder gives back the frame arrays.
 
     Episodes with the suite's metadata (an export of this module) keep their success, seed,
-    operator and notes. Written under a temporary name and moved into place at the end."""
+    operator and notes; every episode keeps info.json's robot_type. An episode keeps one task
+    (its first): ``warn`` (default: a line on stderr) says which others were not carried over.
+    Written under a temporary name and moved into place at the end."""
     t0 = time.perf_counter()
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     try:
         spec = spec if isinstance(spec, Spec) else Spec.load(spec)
     except SpecError as exc:
@@ -1191,6 +1200,9 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                 raise LeRobotError(f"{key}: {feature} is {shape[1]}x{shape[0]}, the spec's "
                                    f"{key} {f.shape[1]}x{f.shape[0]}: the builder would resize "
                                    "it (use a spec of the video's size)")
+    robot_type = data.info.get("robot_type")
+    robot_type = str(robot_type) if robot_type not in (None, "") else None
+    dropped_tasks: list = []
     extra = {}
     for ep in data.episodes:
         extra[ep["episode_index"]] = {k[len(EXTRA):]: v for k, v in ep.items()
@@ -1213,15 +1225,23 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                                            f"{key}")
                 values[key] = arr
             meta = extra.get(ep["episode_index"], {})
-            tasks = ep.get("tasks") or []
+            tasks = _episode_tasks(data, ep, columns)
+            if len(tasks) > 1:
+                dropped_tasks.append(f"episode {ep['episode_index']} has {len(tasks)} tasks: "
+                                     f"kept {tasks[0]!r}, not {', '.join(map(repr, tasks[1:]))}")
             # an episode exported with --include-interrupted keeps its status: imported as
-            # "ok" it would be trained on by default, where its source dataset skips it
+            # "ok" it would be trained on by default, where its source dataset skips it;
+            # operator and notes as given (an empty one too), defaults where there are none
+            operator, notes = meta.get("operator"), meta.get("notes")
             entry = {"status": str(meta.get("status") or "ok"),
-                     "task": str(tasks[0]) if len(tasks) else "",
+                     "task": str(tasks[0]) if tasks else "",
                      "success": meta.get("success"), "seed": meta.get("seed"),
-                     "operator": meta.get("operator") or "lerobot import",
-                     "notes": meta.get("notes") or f"{data.root.name} episode "
-                     f"{ep['episode_index']}", "lerobot_episode": int(ep["episode_index"])}
+                     "operator": "lerobot import" if operator is None else str(operator),
+                     "notes": f"{data.root.name} episode {ep['episode_index']}"
+                     if notes is None else str(notes),
+                     "lerobot_episode": int(ep["episode_index"])}
+            if robot_type is not None:
+                entry["robot_type"] = robot_type
             executed = meta.get("executed")
             if executed and len(executed) == n:  # a DAgger episode exported at full rate
                 entry["executed"] = list(executed)
@@ -1237,6 +1257,11 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
                           seconds=time.perf_counter() - t0)
     report.mapping = {k: feature if idx is None else
                       f"{feature}[{_ranges(idx)}]" for k, (feature, idx) in resolved.items()}
+    report.not_carried = dropped_tasks
+    if dropped_tasks:
+        warn("not carried over (one task per episode is kept): "
+             + "; ".join(dropped_tasks[:5]) + (f"; and {len(dropped_tasks) - 5} more"
+                                               if len(dropped_tasks) > 5 else ""))
     return report
 
 
@@ -1298,6 +1323,26 @@ def write_episode_bags(out, spec: Spec, items, fps: float, overwrite: bool = Fal
         raise
     _move_into_place(tmp, out)
     return frames
+
+
+def _episode_tasks(data: LeRobotDataset, ep: dict, columns: dict) -> list:
+    """An episode's task strings: its ``tasks`` in meta/episodes, else those of its frames'
+    task_index; every task_index must be one of meta/tasks.parquet (``LeRobotError``)."""
+    index = columns.get("task_index")
+    order = []
+    if index is not None:
+        for v in np.asarray(index).reshape(-1).tolist():
+            if v not in order:
+                order.append(v)
+        unknown = [v for v in order if v not in data.tasks]
+        if unknown:
+            raise LeRobotError(f"{data.root}: episode {ep['episode_index']}: task_index "
+                               f"{unknown[0]} is not in meta/tasks.parquet (its indices: "
+                               f"{sorted(data.tasks)})")
+    tasks = ep.get("tasks")
+    if tasks is None:
+        tasks = [data.tasks[v] for v in order]
+    return [str(t) for t in tasks]
 
 
 def _ranges(idx: list) -> str:
