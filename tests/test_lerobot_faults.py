@@ -558,3 +558,30 @@ def test_import_keeps_the_metadata_and_says_what_it_drops(tmp_path, spec_file, c
     assert [(e["operator"], e["notes"]) for e in entries] == [("", ""), ("tester", "x")]
     export_lerobot(tmp_path / "back", tmp_path / "lr4")
     assert json.loads((tmp_path / "lr4/meta/info.json").read_text())["robot_type"] == "panda"
+
+
+# ===================================================================== 11. Parquet checksums
+def test_a_flipped_bit_in_a_data_file_is_found(tmp_path, spec_file):
+    """One flipped bit in a data file imported with exit 0 and a changed state value. Export
+    writes page checksums now, and import verifies them."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [6, 5])
+    export_lerobot(src, tmp_path / "lr")
+    path = tmp_path / "lr" / DATA
+    raw = bytearray(path.read_bytes())
+    at = raw.find(np.float32(103.0).tobytes())  # a state value of episode 1
+    assert at > 0
+    raw[at] ^= 1
+    path.write_bytes(bytes(raw))
+    run = cli("import", tmp_path / "lr", "--spec", spec_file, "--out", tmp_path / "back")
+    assert_one_line(run, f"{path}: not a readable Parquet file")
+    assert "CRC" in run.stderr or "checksum" in run.stderr.lower()
+    assert not (tmp_path / "back").exists()
+    for meta in (EPISODES, "meta/tasks.parquet"):  # the metadata is checked too
+        assert pq.ParquetFile(tmp_path / "lr" / meta).metadata.num_rows
+    episodes = tmp_path / "lr" / EPISODES
+    raw = bytearray(episodes.read_bytes())
+    at = raw.find(b"tester")
+    raw[at] ^= 1
+    episodes.write_bytes(bytes(raw))
+    run = cli("import", tmp_path / "lr", "--spec", spec_file, "--out", tmp_path / "back")
+    assert_one_line(run, f"{episodes}: unreadable metadata")

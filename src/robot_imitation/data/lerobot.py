@@ -426,7 +426,7 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
                 path = tmp / DATA_PATH.format(chunk_index=data_files.chunk,
                                               file_index=data_files.file)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                writer = pq.ParquetWriter(path, table.schema)
+                writer = pq.ParquetWriter(path, table.schema, write_page_checksum=True)
                 written = 0.0
             writer.write_table(table)  # one row group per episode
             written += table.nbytes
@@ -616,12 +616,12 @@ def _write_meta(root: Path, spec: Spec, layout: Layout, fps: int, rows: list, ta
                       "task": pa.array(names, pa.string())})
     table = table.replace_schema_metadata({b"pandas": json.dumps(_pandas_meta(
         "task", [("task_index", "int64", "int64"), ("task", "unicode", "object")])).encode()})
-    pq.write_table(table, meta / "tasks.parquet")
+    pq.write_table(table, meta / "tasks.parquet", write_page_checksum=True)
     for r in rows:
         r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = 0, 0
     path = root / EPISODES_PATH.format(chunk_index=0, file_index=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    pq.write_table(pa.Table.from_pylist(rows), path, write_page_checksum=True)
     (root / SUITE_META).write_text(json.dumps({
         "format": "robot_imitation.lerobot_export", "version": 1, "spec": spec.to_dict(),
         "spec_fingerprint": spec.fingerprint(), "frame_every_steps": step,
@@ -750,7 +750,7 @@ class LeRobotDataset:
             if not path.is_file():
                 raise LeRobotError(f"{path}: data file missing")
             try:
-                table = pq.read_table(path)
+                table = pq.read_table(path, page_checksum_verification=True)
             except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
                 raise LeRobotError(f"{path}: not a readable Parquet file: {exc}") from None
             self._data.clear()  # one data file at a time (episodes are read in order)
@@ -945,14 +945,16 @@ def open_lerobot(root) -> LeRobotDataset:
     if not files:
         raise LeRobotError(f"{root}: no meta/episodes/chunk-*/file-*.parquet")
     episodes = []
-    try:
-        for f in files:
-            episodes += pq.read_table(f).to_pylist()
-        tasks_table = pq.read_table(root / "meta" / "tasks.parquet").to_pylist()
+    reading = root
+    try:  # page checksums verified where the writer wrote them
+        for reading in files:
+            episodes += pq.read_table(reading, page_checksum_verification=True).to_pylist()
+        reading = root / "meta" / "tasks.parquet"
+        tasks_table = pq.read_table(reading, page_checksum_verification=True).to_pylist()
     except FileNotFoundError as exc:
         raise LeRobotError(f"{root}: {exc.filename or exc} missing") from None
     except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
-        raise LeRobotError(f"{root}: unreadable metadata: {exc}") from None
+        raise LeRobotError(f"{reading}: unreadable metadata: {exc}") from None
     episodes.sort(key=lambda e: e["episode_index"])
     if len(episodes) != info["total_episodes"]:
         raise LeRobotError(f"{root}: meta/episodes lists {len(episodes)} episodes, info.json "
