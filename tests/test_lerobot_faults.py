@@ -585,3 +585,44 @@ def test_a_flipped_bit_in_a_data_file_is_found(tmp_path, spec_file):
     episodes.write_bytes(bytes(raw))
     run = cli("import", tmp_path / "lr", "--spec", spec_file, "--out", tmp_path / "back")
     assert_one_line(run, f"{episodes}: unreadable metadata")
+
+
+# ===================================================================== 12. empty, partial
+def test_empty_and_partial_imports_are_said(tmp_path, spec_file):
+    """0 episodes imported "imported 0 episodes", exit 0; a camera the spec has no field for
+    was dropped without a word; a mapping of a low-dimensional field to a camera imported
+    pixels as joint positions."""
+    empty = write_lerobot(tmp_path / "empty", [3])
+    edit_table(empty / EPISODES, lambda t: t.slice(0, 0))
+    info = json.loads((empty / "meta/info.json").read_text())
+    (empty / "meta/info.json").write_text(json.dumps({**info, "total_episodes": 0}))
+    run = cli("import", empty, "--spec", spec_file, "--out", tmp_path / "out")
+    assert_one_line(run, f"{empty}: no episode to import")
+    assert not (tmp_path / "out").exists()
+    # a second camera (a real video) that the spec does not take
+    two = write_lerobot(tmp_path / "two", [4, 3])
+    wrist = "observation.images.wrist"
+    (two / "videos" / CAM).rename(two / "videos" / wrist)
+    write_lerobot(tmp_path / "one", [4, 3])
+    (tmp_path / "one" / "videos" / CAM).rename(two / "videos" / CAM)
+    info = json.loads((two / "meta/info.json").read_text())
+    info["features"][wrist] = info["features"][CAM]
+    (two / "meta/info.json").write_text(json.dumps(info))
+
+    def add_wrist(t):
+        for name in [c for c in t.column_names if c.startswith(f"videos/{CAM}/")]:
+            t = t.append_column(name.replace(CAM, wrist), t.column(name))
+        return t
+
+    edit_table(two / EPISODES, add_wrist)
+    run = cli("import", two, "--spec", spec_file, "--out", tmp_path / "ds")
+    assert run.returncode == 0, run.stderr
+    assert f"skipped 1 feature(s) no field of spec lr_arm takes: {wrist}" in run.stdout
+    # a low-dimensional field mapped to a camera
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(f"joint_pos: {{feature: {CAM}, slice: [0, 6]}}\n")
+    run = cli("import", two, "--spec", spec_file, "--out", tmp_path / "out", "--mapping",
+              mapping)
+    assert_one_line(run, f"mapping: joint_pos: {CAM} is a camera (video), the spec's joint_pos "
+                    "is low-dimensional")
+    assert not (tmp_path / "out").exists()

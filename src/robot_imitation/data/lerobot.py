@@ -978,11 +978,17 @@ class ImportReport:
     mapping: dict = field(default_factory=dict)  # {spec key: "feature[indices]"}
     seconds: float = 0.0
     not_carried: list = field(default_factory=list)  # what the episodes lost (said on stderr)
+    skipped: list = field(default_factory=list)  # features no spec field takes
+    spec_name: str = ""
 
     def describe(self) -> str:
-        return (f"imported {self.episodes} episode{'s' if self.episodes != 1 else ''} "
+        text = (f"imported {self.episodes} episode{'s' if self.episodes != 1 else ''} "
                 f"({self.frames:,} frames) into {self.out} ({self.seconds:.1f} s); "
                 + ", ".join(f"{k} <- {v}" for k, v in self.mapping.items()))
+        if self.skipped:
+            text += (f"; skipped {len(self.skipped)} feature(s) no field of spec "
+                     f"{self.spec_name} takes: " + ", ".join(self.skipped))
+        return text
 
 
 def resolve_mapping(spec: Spec, data: LeRobotDataset, mapping: dict | None = None) -> dict:
@@ -1020,6 +1026,9 @@ def resolve_mapping(spec: Spec, data: LeRobotDataset, mapping: dict | None = Non
             if ft is None:
                 raise LeRobotError(f"mapping: {key}: feature {feature!r} is not in {data.root} "
                                    f"(its features: {sorted(features)})")
+            if ft.get("dtype") in ("video", "image"):
+                raise LeRobotError(f"mapping: {key}: {feature} is a camera ({ft['dtype']}), "
+                                   f"the spec's {key} is low-dimensional ({f.type}.{f.field})")
             width = int(np.prod(ft["shape"]))
             if "names" in entry:
                 have = list(ft.get("names") or [])
@@ -1044,6 +1053,8 @@ def resolve_mapping(spec: Spec, data: LeRobotDataset, mapping: dict | None = Non
             out[key] = (feature, idx)
             continue
         for feature, ft in features.items():
+            if ft.get("dtype") in ("video", "image"):
+                continue
             have = list(ft.get("names") or []) if isinstance(ft.get("names"), list) else []
             if have and all(n in have for n in names):
                 out[key] = (feature, [have.index(n) for n in names])
@@ -1187,6 +1198,8 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
         raise LeRobotError(f"{out} exists and is not empty (choose another --out, or "
                            "--overwrite)")
     data = open_lerobot(source)
+    if not data.episodes:  # as export refuses an empty dataset
+        raise LeRobotError(f"{data.root}: no episode to import")
     if isinstance(mapping, (str, Path)):
         mapping = read_mapping(mapping)
     resolved = resolve_mapping(spec, data, mapping)
@@ -1260,6 +1273,10 @@ def import_lerobot(source, spec: Spec | str, out, mapping: dict | str | Path | N
     report.mapping = {k: feature if idx is None else
                       f"{feature}[{_ranges(idx)}]" for k, (feature, idx) in resolved.items()}
     report.not_carried = dropped_tasks
+    used = {feature for feature, _ in resolved.values()}
+    report.skipped = [k for k in data.features if k not in used and k not in _DEFAULT
+                      and k != "next.done"]
+    report.spec_name = spec.name
     if dropped_tasks:
         warn("not carried over (one task per episode is kept): "
              + "; ".join(dropped_tasks[:5]) + (f"; and {len(dropped_tasks) - 5} more"
