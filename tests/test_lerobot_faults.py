@@ -626,3 +626,42 @@ def test_empty_and_partial_imports_are_said(tmp_path, spec_file):
     assert_one_line(run, f"mapping: joint_pos: {CAM} is a camera (video), the spec's joint_pos "
                     "is low-dimensional")
     assert not (tmp_path / "out").exists()
+
+
+# ===================================================================== 13. small ones
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_empty_task_text_and_folders_left_by_a_killed_run(tmp_path, spec_file):
+    """--task-text "" was replaced by the task's name without a word (refused now); a SIGKILL
+    left hidden .<out>.partial-<pid> folders that nothing removed (removed now at the next run
+    when their process is not running, and said; an old output a killed run was replacing is
+    put back)."""
+    src = suite_dataset(tmp_path / "ds", spec_file, [4, 3])
+    run = cli("export", src, "--out", tmp_path / "lr", "--task-text", "")
+    assert_one_line(run, "--task-text '' is empty")
+    assert not (tmp_path / "lr").exists()
+    dead = dead_pid()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead, alive.pid):
+            (tmp_path / f".lr.partial-{pid}" / "data").mkdir(parents=True)
+        run = cli("export", src, "--out", tmp_path / "lr")
+        assert run.returncode == 0, run.stderr
+        assert f"removed {tmp_path / f'.lr.partial-{dead}'}: left by process {dead}, which is " \
+            "not running" in run.stderr
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [
+            f".lr.partial-{alive.pid}"]
+    finally:
+        alive.kill()
+        alive.wait()
+    # killed between its two renames: the old output aside, nothing at --out
+    import_lerobot(tmp_path / "lr", str(spec_file), tmp_path / "back")
+    (tmp_path / "back").rename(tmp_path / f".back.old-{dead}")
+    run = cli("import", tmp_path / "lr", "--spec", spec_file, "--out", tmp_path / "back")
+    assert run.returncode == 1 and f"put .back.old-{dead} back at {tmp_path / 'back'}" in \
+        run.stderr and "exists and is not empty" in run.stderr
+    assert total_episodes(tmp_path / "back") == 2

@@ -35,6 +35,7 @@ dataset whose names match) or from a mapping file::
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -321,11 +322,46 @@ def _output_folder(source, out, overwrite: bool) -> Path:
         raise LeRobotError(f"--out {given} is the root folder {out}: choose a folder below it")
     if overwrite and source is not None:
         _apart(source, given)
+    for line in _clean_stale(out):
+        print(line, file=sys.stderr)
     cwd = Path.cwd()
     if out.exists() and (out == cwd or out in cwd.parents):
         raise LeRobotError(f"--out {given} {'is' if out == cwd else 'holds'} the current folder "
                            f"{cwd}: the output replaces --out; choose a folder apart from it")
     return out
+
+
+def _clean_stale(out: Path) -> list:
+    """The temporary folders a killed export or import left next to ``out`` (``.<name>.
+    partial-<pid>``, ``.<name>.old-<pid>``), of processes no longer running: a partial one is
+    deleted, an old output is put back at ``out`` if nothing is there (the process stopped
+    between its two renames), else deleted. One line for each, to say so."""
+    said = []
+    prefix = f".{out.name}."
+    for path in sorted(out.parent.glob(f"{glob.escape(prefix)}*-*")):
+        kind, _, pid = path.name[len(prefix):].rpartition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or _running(int(pid)):
+            continue
+        if kind == "old" and not out.exists() and not out.is_symlink():
+            os.replace(path, out)
+            said.append(f"put {path.name} back at {out}: the output that process {pid} (not "
+                        "running) was replacing")
+        else:
+            _remove(path)
+            said.append(f"removed {path}: left by process {pid}, which is not running")
+    return said
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | None = None,
@@ -347,6 +383,9 @@ def export_lerobot(dataset, out, spec: Spec | str | None = None, fps: float | No
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
+    if task_text is not None and not task_text.strip():
+        raise LeRobotError(f"--task-text {task_text!r} is empty: give the task's description, "
+                           "or leave it out for the recorded task's name")
     out = _output_folder(dataset, out, overwrite)
     if codec not in CODECS:
         raise LeRobotError(f"codec must be one of {sorted(CODECS)}, not {codec!r}")
