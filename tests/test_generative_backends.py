@@ -131,3 +131,16 @@ def test_auto_keeps_the_fastest_backend_that_agrees(built):
         "the numpy backend does not run policy type")
     fill_example(backend, policy, 7)  # an input the selection did not check
     assert agrees(backend.run(), act_on(policy, backend))
+
+
+@pytest.mark.parametrize("kind", ["auto", "eager", "onnxruntime"])
+def test_a_policy_whose_actions_are_not_finite_is_refused_as_such(kind):
+    """Finite weights and a normalization scale of 1e-30 (an edited checkpoint, its checksum
+    made again): NaN actions, refused as "backend eager disagrees with eager PyTorch by nan"
+    (or, asked for eager, not refused at all)."""
+    _, _, policy = untrained("act")
+    with torch.no_grad():
+        policy.obs_norm.scale.fill_(1e-30)
+    with pytest.raises(BackendError, match=r"^the policy's actions on an example observation "
+                       r"are not finite \(NaN or infinite\)"):
+        select_backend(policy, kind, calls=3)

@@ -605,6 +605,11 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
     reference = EagerBackend(policy)
     fill_example(reference, policy)
     expected = reference.run()
+    if not np.isfinite(expected).all():
+        # finite weights, yet NaN or infinite actions (a normalization scale edited to 1e-30):
+        # no backend can be compared with it, and none may run it
+        raise BackendError("the policy's actions on an example observation are not finite "
+                           "(NaN or infinite): its weights or normalization are unusable")
     split = reference.split
     if split:  # the split policy must compute the whole one's act: else every backend runs whole
         whole = EagerBackend(policy, split=False)
