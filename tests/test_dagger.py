@@ -165,7 +165,7 @@ def test_main_job_in_a_reduced_configuration(tmp_path):
     trained = json.loads((out / "train_1" / "last" / "policy.json").read_text())
     assert trained["type"] == "act"
     report = (out / "report.md").read_text()
-    for row in ("| expert |", "| BC |", "| DAgger 1 |", "success.png", "loss.png",
+    for row in ("| expert |", "| BC |", "| HG-DAgger 1 |", "success.png", "loss.png",
                 "rollout_dagger_1.mp4", "latency"):
         assert row in report, row
     assert (out / "success.png").stat().st_size > 1000 and (out / "loss.png").is_file()

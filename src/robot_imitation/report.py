@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .rollouts.base import EVAL_SEED
 
-def rollout_video(path, task: str, checkpoint=None, seed: int = 500_001, camera: str = "front",
+
+VIDEO_SEED = EVAL_SEED + 1  # the episode each rollout video shows (an evaluation episode)
+
+
+def rollout_video(path, task: str, checkpoint=None, seed: int = VIDEO_SEED, camera: str = "front",
                   size=(320, 240), fps: float | None = None) -> dict:
     """One episode of ``task`` (the scripted expert, or ``checkpoint`` commanded as the policy
     node commands it: the same controller and action limits) rendered to an MP4."""
@@ -93,7 +98,11 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
     its = results["iterations"]
     task = results["config"]["task"]
     expert = results["expert"]
-    names = ["BC" if r["iteration"] == 0 else f"DAgger {r['iteration']}" for r in its]
+    # the rows as the run's log names them: "HG-DAgger 1" for the gated variant
+    variant = "HG-DAgger" if results["config"].get("variant", "mixture") == "gated" \
+        else "DAgger"
+    names = ["BC" if r["iteration"] == 0 else f"{variant} {r['iteration']}" for r in its]
+    files = ["bc" if r["iteration"] == 0 else f"dagger_{r['iteration']}" for r in its]
 
     def ci(r):
         return [r["success_rate"] - r["ci95"][0], r["ci95"][1] - r["success_rate"]]
@@ -130,10 +139,9 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
 
     video_rows = []
     if videos:
-        clips = [("expert", None)] + [(n.replace(" ", "_").lower(), r["checkpoint"])
-                                      for n, r in zip(names, its)]
+        clips = [("expert", None)] + [(f, r["checkpoint"]) for f, r in zip(files, its)]
         for name, ckpt in clips:
-            info = rollout_video(out / f"rollout_{name}.mp4", task, ckpt)
+            info = rollout_video(out / f"rollout_{name}.mp4", task, ckpt, seed=VIDEO_SEED)
             video_rows.append((name, f"rollout_{name}.mp4", info))
             log(f"[report] rollout_{name}.mp4: {info['steps']} steps, "
                 f"{'success' if info['success'] else 'failure'}")
@@ -155,8 +163,8 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
                      f"{r['success_rate']:.0%} | {r['ci95'][0]:.0%}-{r['ci95'][1]:.0%} |")
     lines += ["", "![success](success.png)", "", "![loss](loss.png)", ""]
     if video_rows:
-        lines += ["## Rollouts", "", "One episode per policy (the first evaluation seed), "
-                  "rendered without ROS:", ""]
+        lines += ["## Rollouts", "", f"One episode per policy (evaluation seed {VIDEO_SEED}, "
+                  "the same for each), rendered without ROS:", ""]
         lines += [f"- [{n}]({f}): {i['steps']} steps, "
                   f"{'success' if i['success'] else 'failure'}" for n, f, i in video_rows]
         lines.append("")
@@ -168,7 +176,8 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
                   "| figure | ms |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in sorted(lat.items()) if k != "backend"]
         if "backend" in lat:
-            lines.append(f"\nInference backend chosen by measurement: `{lat['backend']}`.")
+            lines.append(f"\nInference backend: `{lat['backend']}` (named for every run of "
+                         "the learning loop, not chosen by measurement).")
         lines.append("")
     cfg = results["config"]
     lines += ["## Configuration", "", "```json", json.dumps(cfg, indent=1), "```", ""]
