@@ -791,6 +791,26 @@ def test_dataset_info_counts_statuses_topics_and_rates(lockstep_dataset, rollout
     assert "episode_000003  discarded" in text
 
 
+def test_info_on_a_folder_of_bags_reads_success_and_seed_from_each_bag(rollouts, tmp_path):
+    """Without an index (a folder of bags: a DAgger run's folder, bags copied together), each
+    bag's metadata keeps its episode's success and seed (rosbag2's custom_data, as the
+    recorder writes them): `info` said "unknown" and seed None for every episode."""
+    root = tmp_path / "bags"
+    root.mkdir()
+    for i, rollout in enumerate(rollouts[:3]):
+        with Writer(root / f"run_{i}", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+            writer.set_custom_data("robot_imitation.success", str(rollout.success))
+            writer.set_custom_data("robot_imitation.seed", str(rollout.seed))
+            msg = joint_state_msg(T0_NS, push_joint_names(), rollout.states[0])
+            connection = writer.add_connection("/joint_states", msg.__msgtype__,
+                                               typestore=TYPES)
+            writer.write(connection, T0_NS, TYPES.serialize_cdr(msg, msg.__msgtype__))
+    info = dataset_info(root)
+    assert [(e["success"], e["seed"]) for e in info["episodes"]] == [
+        (r.success, r.seed) for r in rollouts[:3]]
+    assert info["success"]["unknown"] == 0
+
+
 def test_plot_episode_writes_a_png(lockstep_dataset, tmp_path):
     out = tmp_path / "episode.png"
     legend = plot_episode(lockstep_dataset, "episode_000001", out)

@@ -54,6 +54,12 @@ def dataset_info(path) -> dict:
                 ep["undecodable"] = dict(bag.undecodable)
                 ep["storage"] = bag.storage
                 ep["crc"] = bag.checked_chunks
+                if entry["status"] is None:  # no index: what the bag's metadata keeps
+                    kept = bag.custom_data
+                    ep["success"] = {"True": True, "False": False}.get(
+                        str(kept.get("robot_imitation.success")))
+                    seed = str(kept.get("robot_imitation.seed", ""))
+                    ep["seed"] = int(seed) if seed.lstrip("-").isdigit() else None
                 for topic, info in bag.topics.items():
                     types.setdefault(topic, info.msgtype)
                     counts[topic] += info.count
