@@ -464,14 +464,24 @@ def _dagger_config(args):
     return to_config(given_arguments(args, _dagger_settings()))
 
 
+def _dagger_out(args, cfg) -> Path:
+    """--out checked before anything starts: writable, and empty or new unless --overwrite
+    (which ``run_dagger`` clears)."""
+    from .algorithms.dagger import check_out, run_inputs
+
+    _writable_folder(args.out)
+    return check_out(args.out, args.overwrite, run_inputs(cfg),
+                     "(choose another --out, or --overwrite)")
+
+
 def cmd_dagger(args) -> int:
     from .dagger import check_config, run_dagger
 
     cfg = _dagger_config(args)
     check_config(cfg)
-    _writable_folder(args.out)
+    _dagger_out(args, cfg)
     with _graph(args) as graph:
-        run_dagger(args.out, cfg, graph=graph)
+        run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
     return 0
 
 
@@ -483,12 +493,12 @@ def cmd_pipeline(args) -> int:
     start = time.perf_counter()
     cfg = _dagger_config(args)
     check_config(cfg)
-    _writable_folder(args.out)
+    _dagger_out(args, cfg)
     print(f"[pipeline] {cfg.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
     with _graph(args) as graph:
-        results = run_dagger(args.out, cfg, graph=graph)
+        results = run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
     report = write_report(args.out, results, videos=not args.no_videos)
     print(f"[pipeline] done in {time.perf_counter() - start:.0f} s: report {report}")
     return 0
@@ -609,7 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def dagger_arguments(p, out: str, defaults: dict) -> None:
         p.add_argument("--out", default=out, help=f"output folder (dagger.json, the datasets, "
-                       f"train_<i>/ checkpoints, logs/) (default: {out})")
+                       f"train_<i>/ checkpoints, logs/) (default: {out}); one that holds "
+                       "files is refused without --overwrite")
+        p.add_argument("--overwrite", action="store_true", help="clear a non-empty --out "
+                       "first (an earlier run's files there are deleted)")
         # one option per DaggerConfig setting (algorithms.dagger_settings: the supervisor's
         # --hold and --patience, the training's --steps and --device), with its limits,
         # description and default; ``defaults``: the command's own
@@ -684,7 +697,8 @@ USER_ERRORS = (("robot_imitation.settings", "SettingError"),
                ("robot_imitation.recording.recover", "RecoverError"),
                ("robot_imitation.deploy.limits", "LimitsError"),
                ("robot_imitation.deploy.backends", "BackendError"),
-               ("robot_imitation.ros.launcher", "ProcessDied"))
+               ("robot_imitation.ros.launcher", "ProcessDied"),
+               ("robot_imitation.algorithms.dagger", "RunFolderError"))
 
 
 def user_error(exc: BaseException) -> str | None:

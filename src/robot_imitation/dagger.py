@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .algorithms.dagger import (DATA_SEED, MIXTURE_PER, NAMES, SCHEDULES,  # noqa: F401
                                 SEED_STRIDE, SUPERVISOR_LIMITS, VARIANTS, BetaSchedule,
-                                DaggerConfig, Gated, Mixture, check_config)
+                                DaggerConfig, Gated, Mixture, RunFolderError, check_config)
 from .rollouts.base import EVAL_SEED, ROLLOUT_BACKEND  # noqa: F401
 from .rollouts.ros import (INTERVENTION_BUTTON, LABEL_PREFIX, RosRig, RosWorld,  # noqa: F401
                            aggregate, evaluate_ros, expert_share, label_spec)
@@ -17,29 +17,27 @@ from .rollouts.ros import (INTERVENTION_BUTTON, LABEL_PREFIX, RosRig, RosWorld, 
 __all__ = ["DATA_SEED", "EVAL_SEED", "INTERVENTION_BUTTON", "LABEL_PREFIX", "MIXTURE_PER",
            "NAMES", "ROLLOUT_BACKEND", "SCHEDULES", "SEED_STRIDE", "SUPERVISOR_LIMITS",
            "VARIANTS", "BetaSchedule", "DaggerConfig", "Gated", "Mixture", "RosRig", "RosWorld",
-           "aggregate", "check_config", "evaluate_ros", "expert_share", "label_spec",
-           "run_dagger"]
+           "RunFolderError", "aggregate", "check_config", "evaluate_ros", "expert_share",
+           "label_spec", "run_dagger"]
 
 
 def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None,
-               graph=None) -> dict:
+               graph=None, overwrite: bool = False) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations through ROS;
     returns (and writes to ``out``/dagger.json) the per-iteration results (see
     ``algorithms.dagger.run``). ``graph``: the ``SimGraph`` every process of the run talks on
-    (default: a private one, closed when the run ends)."""
-    from pathlib import Path
-
-    from .algorithms.dagger import run
+    (default: a private one, closed when the run ends). ``out``: empty or new, unless
+    ``overwrite``, which clears it (``RunFolderError`` otherwise)."""
+    from .algorithms.dagger import prepare_out, run, run_inputs
     from .ros.graph import SimGraph
 
     tcfg, spec = check_config(cfg)  # before anything starts or is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out, overwrite, run_inputs(cfg))
     own_graph = graph is None
     graph = graph or SimGraph()
     world = RosWorld(out, cfg, spec, graph, log=log)
     try:
-        return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop)
+        return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop, overwrite)
     finally:
         world.close()
         if own_graph:

@@ -1,0 +1,91 @@
+"""Faults found in the learning loop (`robot-imitation dagger`, `pipeline`, `evaluate`, `plot`,
+the Python API), each with the test that shows it fixed: DAgger runs in the gymnasium world
+(``algorithms.dagger.run``, no ROS), the command line as a subprocess."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from robot_imitation.algorithms.dagger import DaggerConfig, check_config, run
+from robot_imitation.rollouts.gym import GymLearningWorld
+
+TINY = dict(task="reach", bc_episodes=2, iterations=1, episodes_per_iteration=1,
+            variant="gated", eval_episodes=2, seed=0,
+            train={"steps": 30, "eval_every": 0, "eval_episodes": 0, "device": "cpu"})
+
+
+def gym_dagger(out, log=None, world_class=GymLearningWorld, **settings):
+    """A tiny DAgger run of reach in the gymnasium world: (results, log lines)."""
+    overwrite = settings.pop("overwrite", False)
+    cfg = DaggerConfig(**{**TINY, **settings})
+    tcfg, spec = check_config(cfg, through="gym")
+    lines = []
+    world = world_class(cfg.task, spec, cfg.seed)
+    try:
+        results = run(world, cfg, tcfg, spec, out, log=log or lines.append,
+                      overwrite=overwrite)
+    finally:
+        world.close()
+    return results, lines
+
+
+def cli(*argv, cwd=None):
+    return subprocess.run([sys.executable, "-m", "robot_imitation.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def one_line_error(proc, *says):
+    err = proc.stderr.strip()
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for text in says:
+        assert text in err, err
+    return err
+
+
+# 1. a run into a folder that holds an earlier run -------------------------------------------
+
+def test_a_second_run_into_the_same_folder_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    first, _ = gym_dagger(out)
+    before = (out / "dagger.json").read_text()
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        gym_dagger(out)
+    assert (out / "dagger.json").read_text() == before  # nothing lost
+    (out / "train_7").mkdir()  # a leftover of an earlier run: cleared with overwrite
+    second, _ = gym_dagger(out, overwrite=True)
+    assert not (out / "train_7").exists()
+    # trained on this run's data alone: the same labels as the first run
+    assert [r["labels"] for r in second["iterations"]] == \
+        [r["labels"] for r in first["iterations"]]
+
+
+DAGGER = ["dagger", "--task", "reach", "--bc-episodes", "2", "--iterations", "1",
+          "--episodes-per-iteration", "1", "--eval-episodes", "2", "--steps", "30",
+          "--device", "cpu"]
+
+
+@pytest.mark.parametrize("command", ["dagger", "pipeline"])
+def test_the_command_line_refuses_a_non_empty_out(tmp_path, command):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "dagger.json").write_text("{}\n")
+    proc = cli(command, *DAGGER[1:], "--out", out)
+    one_line_error(proc, f"{out} exists and is not empty", "--overwrite")
+    assert (out / "dagger.json").read_text() == "{}\n"
+
+
+def test_overwrite_never_clears_the_current_folder_or_an_input(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine\n")
+    proc = cli(*DAGGER, "--out", ".", "--overwrite", cwd=out)
+    one_line_error(proc, "holds the current folder")
+    spec = out / "reach_spec.yaml"
+    from robot_imitation.spec import Spec
+
+    spec.write_text(json.dumps(Spec.load("reach").to_dict()))
+    proc = cli(*DAGGER, "--spec", spec, "--out", out, "--overwrite", cwd=tmp_path)
+    one_line_error(proc, f"holds the run's input {spec}")
+    assert (out / "keep.txt").read_text() == "mine\n" and spec.exists()
