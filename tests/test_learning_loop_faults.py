@@ -89,3 +89,53 @@ def test_overwrite_never_clears_the_current_folder_or_an_input(tmp_path):
     proc = cli(*DAGGER, "--spec", spec, "--out", out, "--overwrite", cwd=tmp_path)
     one_line_error(proc, f"holds the run's input {spec}")
     assert (out / "keep.txt").read_text() == "mine\n" and spec.exists()
+
+
+# 2. Ctrl-C during an iteration ----------------------------------------------------------------
+
+class InterruptedAfterCollecting(GymLearningWorld):
+    """The gymnasium world, Ctrl-C pressed once iteration 1's episodes are collected (while its
+    policy would be trained)."""
+
+    def collect(self, seeds, driver):
+        import os
+        import signal
+
+        collected = super().collect(seeds, driver)
+        os.kill(os.getpid(), signal.SIGINT)
+        return collected
+
+
+def test_ctrl_c_during_an_iteration_marks_dagger_json(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        gym_dagger(out, world_class=InterruptedAfterCollecting, iterations=2)
+    results = json.loads((out / "dagger.json").read_text())
+    assert results.get("interrupted") is True, results.keys()
+    assert results["interrupted_iteration"] == 1
+    assert [r["iteration"] for r in results["iterations"]] == [0]  # BC, done, kept
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "robot_imitation.cli", *DAGGER, "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stdout:
+            if "demonstration 1/2" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"robot-imitation dagger: interrupted: the iterations done are in {out}/dagger.json")
+    assert json.loads((out / "dagger.json").read_text())["interrupted"] is True

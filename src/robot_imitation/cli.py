@@ -21,6 +21,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -474,13 +475,26 @@ def _dagger_out(args, cfg) -> Path:
                      "(choose another --out, or --overwrite)")
 
 
+@contextlib.contextmanager
+def _kept_on_interrupt(out):
+    """Ctrl-C during a DAgger run: the exit line says where the iterations done are (``main``
+    prints the interrupt's ``kept``)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        results = Path(out) / "dagger.json"
+        if results.is_file():
+            exc.kept = f"the iterations done are in {results}"
+        raise
+
+
 def cmd_dagger(args) -> int:
     from .dagger import check_config, run_dagger
 
     cfg = _dagger_config(args)
     check_config(cfg)
     _dagger_out(args, cfg)
-    with _graph(args) as graph:
+    with _kept_on_interrupt(args.out), _graph(args) as graph:
         run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
     return 0
 
@@ -497,9 +511,10 @@ def cmd_pipeline(args) -> int:
     print(f"[pipeline] {cfg.task} through ROS: {cfg.bc_episodes} expert demonstrations, BC, "
           f"{cfg.iterations} DAgger iterations of {cfg.episodes_per_iteration} episodes, "
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
-    with _graph(args) as graph:
-        results = run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
-    report = write_report(args.out, results, videos=not args.no_videos)
+    with _kept_on_interrupt(args.out):
+        with _graph(args) as graph:
+            results = run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
+        report = write_report(args.out, results, videos=not args.no_videos)
     print(f"[pipeline] done in {time.perf_counter() - start:.0f} s: report {report}")
     return 0
 
@@ -738,13 +753,15 @@ def main(argv=None) -> int:
         return 1
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal must not stop the cleanup
             signal.signal(sig, signal.SIG_IGN)
         launcher = sys.modules.get("robot_imitation.ros.launcher")
         if launcher is not None:
             launcher.stop_all_groups()  # normally stopped already, by their with-blocks
-        print(f"{prog}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        kept = getattr(exc, "kept", "")
+        print(f"{prog}: {'terminated' if terminated else 'interrupted'}"
+              + (f": {kept}" if kept else ""), file=sys.stderr)
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - a user's mistake is one line, a bug re-raised
         message = user_error(exc)

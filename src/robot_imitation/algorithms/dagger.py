@@ -243,27 +243,53 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     in the middle of one); when it answers true the run ends there, its results so far written
     with ``"stopped": true``. ``out`` must be empty or new (``RunFolderError`` otherwise: an
     earlier run's data would be trained on with this run's), unless ``overwrite``, which
-    clears it first."""
+    clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once dagger.json holds the
+    iterations done, with ``"interrupted": true`` and the iteration under way
+    (``interrupted_iteration``; null between two)."""
+    out = prepare_out(out, overwrite, run_inputs(cfg))
+    results = {"config": asdict(cfg), "world": world.kind, "iterations": []}
+    under_way = {"iteration": 0}  # iteration 0: the demonstrations and BC
+    try:
+        _iterate(world, cfg, tcfg, spec, out, results, under_way, log, on_iteration,
+                 should_stop)
+    except KeyboardInterrupt:  # Ctrl-C: the iterations done kept, the run marked unfinished
+        results["interrupted"] = True
+        results["interrupted_iteration"] = under_way["iteration"]
+        _write_results(out, results)
+        raise
+    return results
+
+
+def _write_results(out: Path, results: dict) -> None:
+    """``out``/dagger.json, replaced whole (a temporary file renamed over it)."""
+    path = out / "dagger.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, under_way: dict,
+             log, on_iteration, should_stop) -> None:
+    """``run``'s demonstrations and iterations, into ``results`` (``under_way``: the number
+    of the iteration under way, None between two)."""
     from ..learning.trainer import train
 
-    out = prepare_out(out, overwrite, run_inputs(cfg))
     gated = cfg.variant == "gated"
     t0 = time.monotonic()
     log(f"[dagger] simulation {world.describe()}")
     log(f"[dagger] recording {cfg.bc_episodes} expert demonstrations of {cfg.task}")
     parts = [world.demonstrations(demo_seeds(cfg))]
-    results = {"config": asdict(cfg), "world": world.kind, "iterations": []}
 
     def stopped() -> bool:
         if should_stop is None or not should_stop():
             return False
         results["stopped"] = True
-        (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
+        _write_results(out, results)
         log(f"[dagger] stopped on request after {len(results['iterations'])} iteration(s)")
         return True
 
     if stopped():
-        return results
+        return
 
     def fit(i: int, init: str | None) -> tuple[dict, int]:
         data = world.dataset(parts, spec, tcfg)
@@ -282,6 +308,7 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     schedule = BetaSchedule(cfg.schedule, cfg.beta0, cfg.decay, cfg.iterations)
     beta = share = None
     for i in range(cfg.iterations + 1):
+        under_way["iteration"] = i
         if i > 0:
             if gated:
                 driver = Gated(dict(cfg.supervisor))
@@ -300,11 +327,12 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
                "per_episode": score.get("per_episode"),
                "latency": world.policy_stats(), "elapsed_s": round(time.monotonic() - t0, 1)}
         results["iterations"].append(row)
+        under_way["iteration"] = None
         how = "" if i == 0 else (f"expert drove {share:.0%}, " if gated else
                                  f"beta {beta:.2f}, ")
         log(f"[dagger] {'BC' if i == 0 else f'{NAMES[cfg.variant]} {i}'} ({how}{labels} "
             f"expert labels): {_fmt(score)}")
-        (out / "dagger.json").write_text(json.dumps(results, indent=2) + "\n")
+        _write_results(out, results)
         if on_iteration is not None:
             on_iteration(row)
         if cfg.label_budget and labels >= cfg.label_budget:
@@ -312,7 +340,6 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
             break
         if i < cfg.iterations and stopped():
             break
-    return results
 
 
 NAMES = {"gated": "HG-DAgger", "mixture": "DAgger"}
