@@ -139,3 +139,36 @@ def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
     assert err.strip().splitlines()[-1] == (
         f"robot-imitation dagger: interrupted: the iterations done are in {out}/dagger.json")
     assert json.loads((out / "dagger.json").read_text())["interrupted"] is True
+
+
+# 3. evaluate --out over an existing file ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reach_checkpoint(tmp_path_factory):
+    from conftest import untrained_checkpoint
+
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "policy", "reach")
+
+
+def evaluate(checkpoint, *options):
+    return cli("evaluate", checkpoint, "--task", "reach", "--gym", "--episodes", "1", *options)
+
+
+def test_evaluate_never_writes_into_the_checkpoint(reach_checkpoint):
+    own = reach_checkpoint / "policy.json"
+    before = own.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        proc = evaluate(reach_checkpoint, "--out", own, *extra)
+        one_line_error(proc, "is inside the checkpoint")
+        assert own.read_bytes() == before
+
+
+def test_evaluate_refuses_an_existing_out_unless_overwrite(reach_checkpoint, tmp_path):
+    out = tmp_path / "result.json"
+    out.write_text("mine\n")
+    one_line_error(evaluate(reach_checkpoint, "--out", out), f"--out {out} exists")
+    assert out.read_text() == "mine\n"
+    proc = evaluate(reach_checkpoint, "--out", out, "--overwrite")
+    assert proc.returncode in (0, 3), proc.stderr
+    assert json.loads(out.read_text())["episodes"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left

@@ -405,10 +405,17 @@ def _backend_kind(value: str) -> str:
 def cmd_evaluate(args) -> int:
     start = time.perf_counter()
     _check_task(args.task)
-    if args.out:
+    if args.out:  # (found only when the result was written, all run)
         _writable_folder(Path(args.out).parent)
-        if Path(args.out).is_dir():  # (found only when the result was written, all run)
+        if Path(args.out).is_dir():
             raise UsageError(f"--out {args.out} is a folder: give the JSON file to write")
+        checkpoint = Path(args.checkpoint).resolve()
+        if checkpoint.is_dir() and checkpoint in Path(args.out).resolve().parents:
+            raise UsageError(f"--out {args.out} is inside the checkpoint {args.checkpoint}: "
+                             "not written there (choose another --out)")
+        if Path(args.out).exists() and not args.overwrite:
+            raise UsageError(f"--out {args.out} exists: not replaced (choose another --out, or "
+                             "--overwrite)")
     if args.ros:
         from .dagger import evaluate_ros
 
@@ -446,9 +453,12 @@ def cmd_evaluate(args) -> int:
           f"{'pass' if res['passed'] else 'FAIL'}")
     if "policy" in res:  # (through ROS, the policy node logs its own)
         print(f"[evaluate] backend {res['policy']['backend']}, {res['policy']['chunking']}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    if args.out:  # whole or not at all: a temporary file renamed
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
     return 0 if res["passed"] else 3
 
 
@@ -614,7 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episode k uses seed+k")
     p.add_argument("--threshold", type=arg_type(RATE, "threshold"), default=0.0,
                    help="exit with code 3 when the success rate is below this (0..1)")
-    p.add_argument("--out", help="write the result as JSON here")
+    p.add_argument("--out", help="write the result as JSON here (an existing file is refused "
+                   "without --overwrite, one inside the checkpoint always)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     way = p.add_mutually_exclusive_group()
     way.add_argument("--ros", dest="ros", action="store_true", default=True,
                      help="through ROS: bridge in lockstep and policy node (default)")
