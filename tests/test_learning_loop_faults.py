@@ -172,3 +172,39 @@ def test_evaluate_refuses_an_existing_out_unless_overwrite(reach_checkpoint, tmp
     assert proc.returncode in (0, 3), proc.stderr
     assert json.loads(out.read_text())["episodes"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary file left
+
+
+# 4. settings whose seed ranges would overlap -------------------------------------------------
+
+OVERLAPPING = [("iterations", 50, "iteration 50's episodes would take the evaluation seeds"),
+               ("bc_episodes", 20000, "more would take iteration 1's seeds"),
+               ("episodes_per_iteration", 10001, "more would take the next iteration's seeds"),
+               ("eval_episodes", 500001, "more would take seed 1's demonstration seeds")]
+
+
+@pytest.mark.parametrize("name, value, why", OVERLAPPING)
+def test_settings_whose_seeds_would_overlap_are_refused(name, value, why):
+    from robot_imitation.settings import SettingError
+
+    with pytest.raises(SettingError, match=f"^{name} must be an integer from .* to .*{why}"):
+        DaggerConfig(**{name: value})
+    proc = cli("dagger", f"--{name.replace('_', '-')}", value)
+    assert proc.returncode == 2 and why in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_the_largest_settings_keep_every_seed_range_apart():
+    from robot_imitation.algorithms.dagger import (MAX_EVAL_EPISODES, MAX_ITERATIONS, MAX_PART,
+                                                   data_seeds, demo_seeds, eval_seeds)
+
+    for seed in (0, 1):
+        cfg = DaggerConfig(seed=seed, bc_episodes=MAX_PART, iterations=MAX_ITERATIONS,
+                           episodes_per_iteration=MAX_PART, eval_episodes=MAX_EVAL_EPISODES)
+        ranges = [demo_seeds(cfg), eval_seeds(cfg)] + [
+            data_seeds(cfg, i) for i in range(1, cfg.iterations + 1)]
+        ranges.append(demo_seeds(DaggerConfig(seed=seed + 1)))  # the next run's
+        ranges.sort(key=lambda r: r.start)
+        assert all(a.stop <= b.start for a, b in zip(ranges, ranges[1:]))
+    # the seeds of the default settings, as the documented results were made
+    cfg = DaggerConfig()
+    assert (demo_seeds(cfg), data_seeds(cfg, 2), eval_seeds(cfg)) == (
+        range(0, 20), range(20000, 20010), range(500000, 500020))

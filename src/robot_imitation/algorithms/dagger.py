@@ -18,7 +18,8 @@ deploys the new policy and evaluates it on fixed seeds. Variants:
 
 Seeds: a run of seed S records its demonstrations from seed S * SEED_STRIDE and iteration i's
 episodes from S * SEED_STRIDE + DATA_SEED * i; every run evaluates on EVAL_SEED, EVAL_SEED + 1,
-... (the same episodes for every run and iteration).
+... (the same episodes for every run and iteration). The settings' limits keep these ranges
+apart (MAX_PART, MAX_ITERATIONS, MAX_EVAL_EPISODES).
 """
 from __future__ import annotations
 
@@ -35,11 +36,18 @@ from ..settings import Limits, SettingError, check_fields, setting
 SEED_STRIDE = 1_000_000  # a run's demonstration and data seeds start at seed * SEED_STRIDE
 DATA_SEED = 10_000       # iteration i's episodes: seed * SEED_STRIDE + DATA_SEED * i + k
 
+# The layout keeps a run's seeds apart (and never changes a valid run's seeds): the
+# demonstrations and each iteration's episodes take DATA_SEED seeds at most; seed 0's last
+# iteration ends before EVAL_SEED; the evaluation episodes end before seed 1's run.
+MAX_PART = DATA_SEED
+MAX_ITERATIONS = EVAL_SEED // DATA_SEED - 1
+MAX_EVAL_EPISODES = SEED_STRIDE - EVAL_SEED
+
 VARIANTS = ("gated", "mixture")
 SCHEDULES = ("constant", "linear", "exponential")
 MIXTURE_PER = ("step", "episode")
 
-_POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
+_NON_NEGATIVE = Limits(int, low=0)
 _SHARE = Limits(float, low=0.0, high=1.0)
 #: the limits of the scripted supervisor's settings (``InterventionGate`` fields)
 SUPERVISOR_LIMITS = {f.name: f.metadata["limits"] for f in fields(InterventionGate)}
@@ -55,10 +63,15 @@ class DaggerConfig:
     task: str = setting("push", Limits(str), help="built-in task (config/tasks name or path)")
     spec: str = setting("", Limits(str), help="observation/action spec (config/specs name or "
                         "path); empty: the task's")
-    bc_episodes: int = setting(20, _POSITIVE, help="expert demonstrations for BC (iteration 0)")
-    iterations: int = setting(3, _NON_NEGATIVE, help="DAgger iterations after BC")
-    episodes_per_iteration: int = setting(10, _POSITIVE, help="episodes recorded (with the "
-                                          "expert's labels) per DAgger iteration")
+    bc_episodes: int = setting(20, Limits(int, low=1, high=MAX_PART, what=(
+        f"an integer from 1 to {MAX_PART} (more would take iteration 1's seeds)")),
+        help="expert demonstrations for BC (iteration 0)")
+    iterations: int = setting(3, Limits(int, low=0, high=MAX_ITERATIONS, what=(
+        f"an integer from 0 to {MAX_ITERATIONS} (iteration {MAX_ITERATIONS + 1}'s episodes "
+        "would take the evaluation seeds)")), help="DAgger iterations after BC")
+    episodes_per_iteration: int = setting(10, Limits(int, low=1, high=MAX_PART, what=(
+        f"an integer from 1 to {MAX_PART} (more would take the next iteration's seeds)")),
+        help="episodes recorded (with the expert's labels) per DAgger iteration")
     variant: str = setting("gated", Limits(str, choices=VARIANTS),
                            help="gated: HG-DAgger (a scripted supervisor hands control to the "
                            "expert when the policy gets into trouble; only those steps are "
@@ -75,8 +88,9 @@ class DaggerConfig:
                            "iteration")
     mixture_per: str = setting("step", Limits(str, choices=MIXTURE_PER),
                                help="mixture: draw expert or policy per step or per episode")
-    eval_episodes: int = setting(20, _POSITIVE, help="closed-loop evaluation episodes after "
-                                 "each iteration (fixed seeds)")
+    eval_episodes: int = setting(20, Limits(int, low=1, high=MAX_EVAL_EPISODES, what=(
+        f"an integer from 1 to {MAX_EVAL_EPISODES} (more would take seed 1's demonstration "
+        "seeds)")), help="closed-loop evaluation episodes after each iteration (fixed seeds)")
     label_budget: int = setting(0, _NON_NEGATIVE, help="stop once this many expert labels are "
                                 "used (0: no limit)")
     warm_start: bool = setting(True, Limits(bool), help="retrain from the previous "
