@@ -208,3 +208,24 @@ def test_the_largest_settings_keep_every_seed_range_apart():
     cfg = DaggerConfig()
     assert (demo_seeds(cfg), data_seeds(cfg, 2), eval_seeds(cfg)) == (
         range(0, 20), range(20000, 20010), range(500000, 500020))
+
+
+# 5. the label budget --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("budget", [10, 40])
+def test_a_label_budget_exceeded_is_said_and_recorded(tmp_path, budget):
+    results, lines = gym_dagger(tmp_path / "run", label_budget=budget, iterations=2)
+    last = results["iterations"][-1]
+    bc = results["iterations"][0]["labels"]
+    # BC alone trains on 36 labels, iteration 1 on more than 40: each stops the run
+    assert len(results["iterations"]) == (1 if budget < bc else 2)
+    assert bc < 40 < results["iterations"][-1]["labels"] or budget < bc
+    said = [line for line in lines if "label budget" in line]
+    expected = (f"[dagger] label budget {budget} exceeded: {last['labels']} labels trained on "
+                + ("(BC alone)" if budget < bc else f"(BC alone used {bc})"))
+    assert said == [expected]
+    recorded = json.loads((tmp_path / "run" / "dagger.json").read_text())
+    assert recorded["stop_reason"] == "label_budget"
+    assert recorded["label_budget"] == {"budget": budget, "labels": last["labels"],
+                                        "bc_labels": bc, "exceeded": True}
+    assert "stopped" not in recorded  # (the request's: a run cancelled)

@@ -91,8 +91,8 @@ class DaggerConfig:
     eval_episodes: int = setting(20, Limits(int, low=1, high=MAX_EVAL_EPISODES, what=(
         f"an integer from 1 to {MAX_EVAL_EPISODES} (more would take seed 1's demonstration "
         "seeds)")), help="closed-loop evaluation episodes after each iteration (fixed seeds)")
-    label_budget: int = setting(0, _NON_NEGATIVE, help="stop once this many expert labels are "
-                                "used (0: no limit)")
+    label_budget: int = setting(0, _NON_NEGATIVE, help="stop after the first iteration "
+                                "trained on this many expert labels or more (0: no limit)")
     warm_start: bool = setting(True, Limits(bool), help="retrain from the previous "
                                "iteration's policy (else from scratch)")
     seed: int = setting(0, Limits(int, low=0, high=2**32 - 1),  # as TrainConfig's
@@ -255,7 +255,9 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     ``check_config``. ``on_iteration(row)``: called with each iteration's results once they are
     written. ``should_stop()``: asked after the demonstrations and after each iteration (never
     in the middle of one); when it answers true the run ends there, its results so far written
-    with ``"stopped": true``. ``out`` must be empty or new (``RunFolderError`` otherwise: an
+    with ``"stopped": true`` (and ``"stop_reason": "request"``); a run that ends at the label
+    budget says ``"stop_reason": "label_budget"`` and ``label_budget`` (the budget, the labels
+    trained on, BC's, whether exceeded). ``out`` must be empty or new (``RunFolderError`` otherwise: an
     earlier run's data would be trained on with this run's), unless ``overwrite``, which
     clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once dagger.json holds the
     iterations done, with ``"interrupted": true`` and the iteration under way
@@ -298,6 +300,7 @@ def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, und
         if should_stop is None or not should_stop():
             return False
         results["stopped"] = True
+        results["stop_reason"] = "request"
         _write_results(out, results)
         log(f"[dagger] stopped on request after {len(results['iterations'])} iteration(s)")
         return True
@@ -349,8 +352,19 @@ def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, und
         _write_results(out, results)
         if on_iteration is not None:
             on_iteration(row)
+        if i == 0:
+            bc_labels = labels
         if cfg.label_budget and labels >= cfg.label_budget:
-            log(f"[dagger] label budget {cfg.label_budget} reached")
+            over = labels > cfg.label_budget
+            # ("stopped" stays the request's: the DAgger node reads it as a cancelled run)
+            results["stop_reason"] = "label_budget"
+            results["label_budget"] = {"budget": cfg.label_budget, "labels": labels,
+                                       "bc_labels": bc_labels, "exceeded": over}
+            _write_results(out, results)
+            log(f"[dagger] label budget {cfg.label_budget} {'exceeded' if over else 'reached'}: "
+                f"{labels} labels trained on"
+                + ((" (BC alone)" if i == 0 else f" (BC alone used {bc_labels})") if over
+                   else ""))
             break
         if i < cfg.iterations and stopped():
             break
