@@ -229,3 +229,11 @@ def test_a_label_budget_exceeded_is_said_and_recorded(tmp_path, budget):
     assert recorded["label_budget"] == {"budget": budget, "labels": last["labels"],
                                         "bc_labels": bc, "exceeded": True}
     assert "stopped" not in recorded  # (the request's: a run cancelled)
+
+
+# 6. evaluate's threshold as given ------------------------------------------------------------
+
+def test_evaluate_prints_the_threshold_as_given(reach_checkpoint):
+    proc = evaluate(reach_checkpoint, "--threshold", "0.504")
+    assert proc.returncode == 3, proc.stderr
+    assert "threshold 50.4%: FAIL" in proc.stdout, proc.stdout

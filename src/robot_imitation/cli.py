@@ -449,7 +449,7 @@ def cmd_evaluate(args) -> int:
     lo, hi = res["ci95"]
     print(f"[evaluate] {args.checkpoint} on {args.task} ({res['through']}): success "
           f"{res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
-          f"(95% CI {lo:.1%}..{hi:.1%}); threshold {args.threshold:.0%}: "
+          f"(95% CI {lo:.1%}..{hi:.1%}); threshold {args.threshold * 100:.10g}%: "
           f"{'pass' if res['passed'] else 'FAIL'}")
     if "policy" in res:  # (through ROS, the policy node logs its own)
         print(f"[evaluate] backend {res['policy']['backend']}, {res['policy']['chunking']}")

@@ -257,9 +257,9 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     in the middle of one); when it answers true the run ends there, its results so far written
     with ``"stopped": true`` (and ``"stop_reason": "request"``); a run that ends at the label
     budget says ``"stop_reason": "label_budget"`` and ``label_budget`` (the budget, the labels
-    trained on, BC's, whether exceeded). ``out`` must be empty or new (``RunFolderError`` otherwise: an
-    earlier run's data would be trained on with this run's), unless ``overwrite``, which
-    clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once dagger.json holds the
+    trained on, BC's, whether exceeded). ``out`` must be empty or new (``RunFolderError``
+    otherwise: an earlier run's data would be trained on with this run's), unless
+    ``overwrite``, which clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once dagger.json holds the
     iterations done, with ``"interrupted": true`` and the iteration under way
     (``interrupted_iteration``; null between two)."""
     out = prepare_out(out, overwrite, run_inputs(cfg))
