@@ -237,3 +237,33 @@ def test_evaluate_prints_the_threshold_as_given(reach_checkpoint):
     proc = evaluate(reach_checkpoint, "--threshold", "0.504")
     assert proc.returncode == 3, proc.stderr
     assert "threshold 50.4%: FAIL" in proc.stdout, proc.stdout
+
+
+# 7. what each training of a DAgger run is trained on ------------------------------------------
+
+def test_every_training_of_a_run_says_its_data(tmp_path):
+    _, lines = gym_dagger(tmp_path / "run")
+    said = [line for line in lines if line.startswith("[dagger] training data")]
+    assert [line.split(":")[0] for line in said] == [
+        "[dagger] training data of BC", "[dagger] training data of iteration 1"], lines
+    assert all(": used " in line and " steps" in line for line in said), said
+
+
+def test_the_used_episodes_of_an_aggregate_are_named_with_their_folder(tmp_path):
+    from test_dataset import run_expert, write_dataset
+
+    from robot_imitation.rollouts.ros import aggregate
+    from robot_imitation.sim.env import ImitationEnv
+    from robot_imitation.sim.experts import make_expert
+    from robot_imitation.spec import Spec
+
+    spec = Spec.load("push")
+    env = ImitationEnv("push")
+    try:
+        rollouts = [run_expert(env, make_expert(env.sim), seed, max_steps=8) for seed in (0, 1)]
+    finally:
+        env.close()
+    parts = [(write_dataset(tmp_path / name, [rollout], ["ok"]), spec, None)
+             for name, rollout in zip(("expert", "dagger"), rollouts)]
+    used = aggregate(parts, spec).summary["used"]
+    assert used == ["expert/episode_000000", "dagger/episode_000000"]

@@ -310,8 +310,9 @@ def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, und
 
     def fit(i: int, init: str | None) -> tuple[dict, int]:
         data = world.dataset(parts, spec, tcfg)
-        if data.summary and data.summary.get("skipped"):  # (also stored in the checkpoints)
-            log(f"[dagger] training data: {data.describe()}")
+        if data.summary:  # what each training used, skipped and dropped (also in its result)
+            log(f"[dagger] training data of {'BC' if i == 0 else f'iteration {i}'}: "
+                f"{data.describe()}")
         labels = int(sum(len(e) for e in data.episodes))
         c = replace(tcfg, init_from=init or "") if init else tcfg
         return train(data, out / f"train_{i}", c, log=lambda *a, **k: None), labels

@@ -39,23 +39,26 @@ def aggregate(parts: list, spec, val_fraction: float = 0.1, seed: int = 0,
               include_interrupted: bool = False):
     """One ``Dataset`` from several (folder, spec used to read it, sources to keep or None)
     parts, under ``spec``; its ``summary`` says what was used and what each part skipped
-    (episode names prefixed with their folder's)."""
+    (episode names prefixed with their folder's: the parts' episodes share names)."""
     from ..data.dataset import (Dataset, build_dataset, build_summary, compute_stats,
                                split_episodes)
 
-    episodes, skipped = [], {}
+    episodes, used, skipped = [], [], {}
     for folder, read_spec, sources in parts:
         built = build_dataset(folder, spec=read_spec, val_fraction=0.0,
                               include_interrupted=include_interrupted)
         for reason, names in built.summary["skipped"].items():
             skipped.setdefault(reason, []).extend(f"{Path(folder).name}/{n}" for n in names)
         # with sources: the steps they drove (none, when the supervisor never took over)
-        episodes += ([s for e in built.episodes for s in e.segments(sources)] if sources
-                     else built.episodes)
+        part = ([s for e in built.episodes for s in e.segments(sources)] if sources
+                else built.episodes)
+        episodes += part
+        used += [f"{Path(folder).name}/{e.name}" for e in part]
     train, val = split_episodes(episodes, val_fraction, seed)
+    summary = build_summary(episodes, skipped, include_interrupted)
+    summary["used"] = used
     return Dataset(path=Path(parts[0][0]), spec=spec, episodes=episodes, train=train, val=val,
-                   stats=compute_stats(spec, train),
-                   summary=build_summary(episodes, skipped, include_interrupted))
+                   stats=compute_stats(spec, train), summary=summary)
 
 
 class RosRig:
