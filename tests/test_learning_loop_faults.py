@@ -267,3 +267,31 @@ def test_the_used_episodes_of_an_aggregate_are_named_with_their_folder(tmp_path)
              for name, rollout in zip(("expert", "dagger"), rollouts)]
     used = aggregate(parts, spec).summary["used"]
     assert used == ["expert/episode_000000", "dagger/episode_000000"]
+
+
+# 8. plot --out --------------------------------------------------------------------------------
+
+def test_plot_makes_the_folders_of_out_and_never_replaces_a_file(tmp_path):
+    from test_dataset import run_expert, write_dataset
+
+    from robot_imitation.sim.env import ImitationEnv
+    from robot_imitation.sim.experts import make_expert
+
+    env = ImitationEnv("push")
+    try:
+        rollout = run_expert(env, make_expert(env.sim), 0, max_steps=8)
+    finally:
+        env.close()
+    dataset = write_dataset(tmp_path / "ds", [rollout], ["ok"])
+    out = tmp_path / "pl" / "sub" / "ep1.png"
+    proc = cli("plot", dataset, "0", "--out", out)
+    assert proc.returncode == 0 and out.stat().st_size > 0, proc.stderr
+    loss = tmp_path / "loss.png"
+    loss.write_bytes(b"a run's loss curve")
+    one_line_error(cli("plot", dataset, "0", "--out", loss), f"--out {loss} exists")
+    assert loss.read_bytes() == b"a run's loss curve"
+    proc = cli("plot", dataset, "0", "--out", loss, "--overwrite")
+    assert proc.returncode == 0 and loss.read_bytes() != b"a run's loss curve", proc.stderr
+    # a failed plot leaves no folder behind
+    one_line_error(cli("plot", dataset, "7", "--out", tmp_path / "none" / "ep7.png"))
+    assert not (tmp_path / "none").exists()

@@ -25,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -266,8 +267,24 @@ def cmd_plot(args) -> int:
     if out.suffix[1:].lower() not in kinds:
         raise UsageError(f"--out {out}: the plot's format is its extension, one of "
                          + ", ".join(f".{k}" for k in sorted(kinds)))
-    legend = plot_episode(args.dataset, episode, out,
-                          spec=Spec.load(args.spec) if args.spec else None)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder: give the image file to write")
+    if out.exists() and not args.overwrite:  # (a run's loss.png, an earlier plot)
+        raise UsageError(f"--out {out} exists: not replaced (choose another --out, or "
+                         "--overwrite)")
+    _writable_folder(out.parent)
+    made = out.parent
+    while not made.parent.exists():  # the first folder this creates (removed on a failure)
+        made = made.parent
+    made = None if made.exists() else made
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        legend = plot_episode(args.dataset, episode, out,
+                              spec=Spec.load(args.spec) if args.spec else None)
+    except BaseException:
+        if made is not None and not out.exists():
+            shutil.rmtree(made, ignore_errors=True)
+        raise
     print(f"wrote {out}")
     if legend:
         print(legend if isinstance(legend, str) else "\n".join(map(str, legend)))
@@ -593,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("plot", "PNG of an episode's joint trajectories and actions")
     p.add_argument("dataset", help="dataset folder")
     p.add_argument("episode", nargs="?", default="0", help="episode name or index (default 0)")
-    p.add_argument("--out", help="PNG path (default: <dataset>_<episode>.png)")
+    p.add_argument("--out", help="PNG path (default: <dataset>_<episode>.png; its folders "
+                   "are created)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--spec", help="spec (default: the dataset's)")
     p.set_defaults(func=cmd_plot)
 
