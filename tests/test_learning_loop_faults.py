@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from robot_imitation.algorithms.dagger import DaggerConfig, check_config, run
+from robot_imitation.algorithms.dagger import (BetaSchedule, DaggerConfig, Mixture, check_config,
+                                               run)
 from robot_imitation.rollouts.gym import GymLearningWorld
 
 TINY = dict(task="reach", bc_episodes=2, iterations=1, episodes_per_iteration=1,
@@ -295,3 +296,27 @@ def test_plot_makes_the_folders_of_out_and_never_replaces_a_file(tmp_path):
     # a failed plot leaves no folder behind
     one_line_error(cli("plot", dataset, "7", "--out", tmp_path / "none" / "ep7.png"))
     assert not (tmp_path / "none").exists()
+
+
+# 9. the Python API's values --------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, says", [
+    (lambda: BetaSchedule("exponential", 1.5, 0.85), "beta0 must be a number in [0, 1], got 1.5"),
+    (lambda: BetaSchedule("exponential", 0.5, 2.0), "decay must be a number in [0, 1], got 2.0"),
+    (lambda: Mixture(beta=1.2), "beta must be a number in [0, 1], got 1.2"),
+    (lambda: Mixture(beta=0.5, per="tick"), "per must be one of step, episode, got 'tick'")])
+def test_beta_schedules_and_mixtures_outside_their_range_are_refused(make, says):
+    from robot_imitation.settings import SettingError
+
+    with pytest.raises(SettingError) as caught:
+        make()
+    assert str(caught.value) == says
+
+
+def test_expert_demonstrations_name_an_observation_the_task_lacks():
+    from robot_imitation.rollouts.gym import expert_demonstrations
+    from robot_imitation.spec import Spec, SpecError
+
+    with pytest.raises(SpecError, match="^observation 'object_pose' needs object_pose, which "
+                       "task 'reach' does not provide"):
+        expert_demonstrations("reach", range(1), Spec.load("push"))

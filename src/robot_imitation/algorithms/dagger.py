@@ -222,6 +222,9 @@ class BetaSchedule:
         if self.kind not in SCHEDULES:
             raise SettingError(f"beta schedule must be one of {', '.join(SCHEDULES)}, "
                                f"not {self.kind!r}")
+        for name in ("beta0", "decay"):  # (the limits of DaggerConfig's settings)
+            _SHARE.check(name, getattr(self, name))
+        _NON_NEGATIVE.check("iterations", self.iterations)
 
     def __call__(self, iteration: int) -> float:
         if self.kind == "constant":
@@ -238,6 +241,10 @@ class Mixture:
 
     beta: float
     per: str = "step"
+
+    def __post_init__(self):
+        _SHARE.check("beta", self.beta)
+        Limits(str, choices=MIXTURE_PER).check("per", self.per)
 
 
 @dataclass(frozen=True)
@@ -259,9 +266,9 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     budget says ``"stop_reason": "label_budget"`` and ``label_budget`` (the budget, the labels
     trained on, BC's, whether exceeded). ``out`` must be empty or new (``RunFolderError``
     otherwise: an earlier run's data would be trained on with this run's), unless
-    ``overwrite``, which clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once dagger.json holds the
-    iterations done, with ``"interrupted": true`` and the iteration under way
-    (``interrupted_iteration``; null between two)."""
+    ``overwrite``, which clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once
+    dagger.json holds the iterations done, with ``"interrupted": true`` and the iteration
+    under way (``interrupted_iteration``; null between two)."""
     out = prepare_out(out, overwrite, run_inputs(cfg))
     results = {"config": asdict(cfg), "world": world.kind, "iterations": []}
     under_way = {"iteration": 0}  # iteration 0: the demonstrations and BC

@@ -35,6 +35,7 @@ class GymWorld:
                                 width=camera_size[0], height=camera_size[1])
         self.sim = self.env.sim
         names = list(self.sim.robot.joint_names)  # the bridge's JointState names, in order
+        provided = list(self.sim.observe())  # (the poses a pose observation is read from)
         self._joints, self._poses = [], []
         for f in spec.observations:
             if f.is_image:
@@ -47,7 +48,12 @@ class GymWorld:
                 self._joints.append((f.key, JOINT_FIELDS.index(f.field),
                                      np.array([names.index(j) for j in f.joints])))
             elif f.field == "pose":
-                self._poses.append((f.key, f.topic.strip("/")))
+                name = f.topic.strip("/")
+                if name not in provided:
+                    raise SpecError(f"observation '{f.key}' needs {name}, which task "
+                                    f"'{self.sim.cfg.name}' does not provide (it provides "
+                                    f"{', '.join(provided)})")
+                self._poses.append((f.key, name))
             else:
                 raise SpecError(f"observation '{f.key}' ({f.type}.{f.field}) has no gymnasium "
                                 "counterpart")
