@@ -58,12 +58,15 @@ BAD_OPTIONS = [
     ("train", ["{tmp}/ds"], "--chunk", "1001", "an integer from 0 to 1000"),
     ("train", ["{tmp}/ds"], "--lr", "fast", "a number in [0, 1]"),
     ("train", ["{tmp}/ds"], "--hidden", "256,0", "a non-empty list of positive integers"),
-    ("dagger", [], "--bc-episodes", "0", "a positive integer"),
-    ("dagger", [], "--iterations", "-1", "a non-negative integer"),
+    ("dagger", [], "--bc-episodes", "0",
+     "an integer from 1 to 10000 (more would take iteration 1's seeds)"),
+    ("dagger", [], "--iterations", "-1",
+     "an integer from 0 to 49 (iteration 50's episodes would take the evaluation seeds)"),
     ("dagger", [], "--steps", "0", "a positive integer"),
     ("dagger", [], "--hold", "0", "a positive integer"),
     ("pipeline", [], "--beta0", "2", "a number in [0, 1]"),
-    ("pipeline", [], "--eval-episodes", "0", "a positive integer"),
+    ("pipeline", [], "--eval-episodes", "0",
+     "an integer from 1 to 500000 (more would take seed 1's demonstration seeds)"),
 ]
 
 
@@ -111,9 +114,9 @@ def test_the_settings_dataclasses_hold_the_same_limits():
     from robot_imitation.dagger import DaggerConfig, check_config
 
 
-    for bad, words in [({"bc_episodes": 0}, "bc_episodes must be a positive integer, got 0"),
-                       ({"iterations": -1}, "iterations must be a non-negative integer"),
-                       ({"eval_episodes": 0}, "eval_episodes must be a positive integer"),
+    for bad, words in [({"bc_episodes": 0}, "bc_episodes must be an integer from 1 to 10000"),
+                       ({"iterations": -1}, "iterations must be an integer from 0 to 49"),
+                       ({"eval_episodes": 0}, "eval_episodes must be an integer from 1 to "),
                        ({"beta0": 1.5}, "beta0 must be a number in [0, 1], got 1.5"),
                        ({"variant": "dagger"}, "variant must be one of gated, mixture"),
                        ({"supervisor": {"hold": 0}}, "supervisor hold must be a positive"),

@@ -194,7 +194,7 @@ def test_aggregated_training_data_says_what_it_skipped(reach_demos, tmp_path):
     spec = Spec.load("reach")
     data = aggregate([(part, spec, None)], spec, val_fraction=0.0)
     assert [e.name for e in data.episodes] == [entries[0]["name"]]
-    assert data.summary["used"] == [entries[0]["name"]]
+    assert data.summary["used"] == [f"part/{entries[0]['name']}"]
     assert sorted(n for names in data.summary["skipped"].values() for n in names) == \
         [f"part/{entries[1]['name']}", f"part/{entries[2]['name']}"]
     assert "skipped 2" in data.describe()
