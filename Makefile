@@ -22,7 +22,7 @@ setup:
 	@VENV=$(VENV) scripts/bootstrap.sh
 
 demo: setup
-	$(VENV)/bin/robot-imitation pipeline --task push --out runs/pipeline
+	$(VENV)/bin/robot-imitation pipeline --task push --out runs/pipeline --overwrite
 
 test: setup
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
