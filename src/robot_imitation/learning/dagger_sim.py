@@ -95,8 +95,9 @@ def bc_and_dagger(cfg: SimDaggerConfig, out, log=print) -> dict:
         tcfg, spec = check_config(dcfg, through="gym")
         world = _world(cfg)
         try:
+            # the benchmark's own working folders: a re-run replaces them
             result = run(world, dcfg, tcfg, spec, out / VARIANTS[variant],
-                         log=lambda m: log(f"[seed {cfg.seed}] {m}"))
+                         log=lambda m: log(f"[seed {cfg.seed}] {m}"), overwrite=True)
         finally:
             world.close()
         rows[VARIANTS[variant]] = [
