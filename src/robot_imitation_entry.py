@@ -13,6 +13,7 @@ line and exit code 130. Once started, the node's own handlers take over
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 # executable -> the module whose ``main()`` it runs
@@ -34,22 +35,44 @@ EXECUTABLES = {
 
 def start(executable: str) -> int:
     """Import ``executable``'s module and run its ``main()``; a SIGINT before its own handlers
-    are in place ends it with one line (exit code 130)."""
+    are in place ends it with one line (exit code 130). Once its exit code is decided, SIGINT
+    and SIGTERM are ignored: Python's exit puts the default handlers back, and a Ctrl-C there
+    (or a ``KeyboardInterrupt`` left uncaught, which Python ends by killing itself with SIGINT)
+    ended a finished command with -2, its output already printed."""
     try:
         main = importlib.import_module(EXECUTABLES[executable]).main
     except KeyboardInterrupt:
+        _ignore_signals()  # first: another Ctrl-C while this writes must not escape
         sys.stderr.write(f"[{executable}] interrupted while starting: not started\n")
         return 130
     try:
         return main()
     except KeyboardInterrupt:  # (before its handlers were installed)
+        _ignore_signals()
         sys.stderr.write(f"[{executable}] interrupted\n")
         return 130
+    finally:
+        _ignore_signals()
+
+
+def _ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored from now on (a signal that races with this: again)."""
+    while True:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            continue
 
 
 def _entry(executable: str):
     def entry() -> int:
-        return start(executable)
+        try:
+            return start(executable)
+        except KeyboardInterrupt:  # a signal raced with the end of the command: ended anyway
+            _ignore_signals()
+            return 130
 
     entry.__name__ = entry.__qualname__ = executable.replace("-", "_")
     entry.__doc__ = f"The ``{executable}`` executable ({EXECUTABLES[executable]})."
