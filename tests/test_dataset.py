@@ -863,8 +863,8 @@ def test_info_and_plot_commands(lockstep_dataset, tmp_path):
                           str(png)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_9", "--out", str(png)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*cli, "plot", str(lockstep_dataset), "episode_9", "--out", str(png),
+                          "--overwrite"], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "no episode 'episode_9'" in out.stderr + out.stdout
     # --out without an extension: matplotlib wrote <out>.png and the line named <out>; one
     # it cannot write was a ValueError traceback after the episode was read
