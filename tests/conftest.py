@@ -13,6 +13,7 @@ process calls ``rclpy.init``, ``rclpy.Context.init`` or ``ProcessGroup.start`` (
 import functools
 import os
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -67,6 +68,24 @@ def _scheduling_kept():
         pytest.fail(f"the test left this process with scheduling policy {after[0]} priority "
                     f"{after[1].sched_priority} (was {before[0]} priority "
                     f"{before[1].sched_priority}); put back")
+
+
+@pytest.fixture(autouse=True)
+def _ros_context_kept():
+    """A test that shuts the session's rclpy context down fails, naming itself, and the
+    context is made again: every later ROS test of its worker failed instead, with "rclpy.init()
+    has not been called" (a test that sent SIGINT to its own process: rclpy's signal handler,
+    installed with the session's context, took it and shut the context down)."""
+    rclpy = sys.modules.get("rclpy")
+    was = rclpy is not None and rclpy.ok()
+    yield
+    if was and not rclpy.ok():
+        from rclpy.utilities import get_default_context
+
+        get_default_context(shutting_down=True)  # dropped: the next init makes a new one
+        rclpy.init()
+        pytest.fail("the test shut the session's rclpy context down (a SIGINT to the test "
+                    "process? rclpy's signal handler takes it); made again for the next tests")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01, procs=None,
