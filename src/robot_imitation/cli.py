@@ -471,11 +471,10 @@ def cmd_evaluate(args) -> int:
     if "policy" in res:  # (through ROS, the policy node logs its own)
         print(f"[evaluate] backend {res['policy']['backend']}, {res['policy']['chunking']}")
     if args.out:  # whole or not at all: a temporary file renamed
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        from .paths import write_text_whole
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text_whole(args.out, json.dumps(res, indent=2) + "\n")
     return 0 if res["passed"] else 3
 
 

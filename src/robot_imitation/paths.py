@@ -48,6 +48,23 @@ def config_file(kind: str, name_or_path) -> Path:
     return path
 
 
+def write_text_whole(path, text: str) -> Path:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file beside it, flushed to
+    the disk and renamed over it (``.<name>.tmp``, removed if the write fails)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if not tmp.is_dir():  # (something in its way is not this write's to remove)
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 _LOADER = None
 
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from ..paths import write_text_whole
 from ..rollouts.base import EVAL_SEED
 from ..sim.supervisor import InterventionGate
 from ..settings import Limits, SettingError, check_fields, setting
@@ -285,10 +286,7 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
 
 def _write_results(out: Path, results: dict) -> None:
     """``out``/dagger.json, replaced whole (a temporary file renamed over it)."""
-    path = out / "dagger.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_whole(out / "dagger.json", json.dumps(results, indent=2) + "\n")
 
 
 def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, under_way: dict,

@@ -14,9 +14,9 @@ robot's order, which is the order the built-in specs list them in.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..paths import write_text_whole
 from ..spec import Spec
 
 STATUS_TOPIC = "/episode/status"
@@ -99,10 +99,4 @@ def write_layout(spec: Spec, path) -> Path:
     """Writes ``spec``'s layout to ``path`` whole or not at all (a temporary file renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(layout_for(spec), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_whole(path, json.dumps(layout_for(spec), indent=2) + "\n")

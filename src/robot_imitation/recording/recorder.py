@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import json
-import os
 import queue
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from ..paths import write_text_whole
 from .bagwriter import BagWriteError, EpisodeBag, TypeRegistry
 from .timing import PublicationClock
 
@@ -47,14 +47,6 @@ EPISODE_KEYS = ("task", "success", "seed", "operator", "notes", "spec", "spec_fi
 def episode_custom_data(entry: dict) -> dict:
     """The bag's ``custom_data`` for an episode's index entry (its metadata, prefixed)."""
     return {f"robot_imitation.{k}": v for k, v in entry.items() if k in EPISODE_KEYS}
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 class DatasetWriter:
     """The dataset folder: creates it, names episodes, keeps ``index.json``."""
@@ -86,7 +78,7 @@ class DatasetWriter:
                         f"({existing.get('spec', {}).get('name')}, fingerprint {old}); "
                         f"record spec {spec.name} ({spec.fingerprint()}) into a new folder")
             else:
-                _atomic_write(meta, yaml.safe_dump({
+                write_text_whole(meta, yaml.safe_dump({
                     "format": DATASET_FORMAT, "version": DATASET_VERSION,
                     "spec_fingerprint": spec.fingerprint(), "spec": spec.to_dict()},
                     sort_keys=False))
@@ -106,7 +98,7 @@ class DatasetWriter:
                 break
         else:
             self.episodes.append(entry)
-        _atomic_write(self.index_path, json.dumps({"format": DATASET_FORMAT,
+        write_text_whole(self.index_path, json.dumps({"format": DATASET_FORMAT,
                                                    "episodes": self.episodes}, indent=1))
 
 class Recorder:
