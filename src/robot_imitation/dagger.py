@@ -28,11 +28,11 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     ``algorithms.dagger.run``). ``graph``: the ``SimGraph`` every process of the run talks on
     (default: a private one, closed when the run ends). ``out``: empty or new, unless
     ``overwrite``, which clears it (``RunFolderError`` otherwise)."""
-    from .algorithms.dagger import prepare_out, run, run_inputs
+    from .algorithms.dagger import check_out, run, run_inputs
     from .ros.graph import SimGraph
 
     tcfg, spec = check_config(cfg)  # before anything starts or is written
-    out = prepare_out(out, overwrite, run_inputs(cfg))
+    out = check_out(out, overwrite, run_inputs(cfg))  # (``run`` clears or makes it)
     own_graph = graph is None
     graph = graph or SimGraph()
     world = RosWorld(out, cfg, spec, graph, log=log)
