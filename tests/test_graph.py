@@ -2,6 +2,7 @@
 uses, two runs never pick the same one, and a run's nodes and processes talk on it only."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,26 +65,39 @@ def processes_on(domain: int) -> list[str]:
     return out
 
 
-def watch_demo(probe, tmp_path, *extra) -> tuple[str, int]:
-    """Run `robot-imitation demo` (3 reach episodes in real time, a few seconds: long enough for
-    discovery to show the run's nodes to the probe) while the probe watches the shell's graph;
-    returns its output and the most publishers of /joint_states seen there at once. Meanwhile
-    the probe publishes arm commands of its own there: a run that listened would take them."""
+def watch_demo(probe, tmp_path, *extra, until=None) -> tuple[str, int]:
+    """Run `robot-imitation demo` (3 reach episodes in real time) while the probe watches the
+    shell's graph; returns its output and the most publishers of /joint_states seen there at
+    once. Meanwhile the probe publishes arm commands of its own there: a run that listened would
+    take them. With ``until`` (given that count), the run has many episodes and is stopped with
+    Ctrl-C once ``until`` holds: how long discovery takes depends on the machine's load, so the
+    run lasts as long as the probe needs, not a fixed number of episodes (up to 120 s)."""
     intruder = probe.node.create_publisher(Float64MultiArray, "/arm_controller/commands",
                                            COMMAND_QOS)
+    episodes = "3" if until is None else "1000"
     proc = subprocess.Popen(
         [sys.executable, "-m", "robot_imitation.cli", "demo", "--task", "reach", "--episodes",
-         "3", "--mode", "realtime", "--out", str(tmp_path / "demo"), *extra],
+         episodes, "--mode", "realtime", "--out", str(tmp_path / "demo"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = 0
+    deadline = time.monotonic() + 120
     try:
         while proc.poll() is None:
             seen = max(seen, probe.node.count_publishers("/joint_states"))
             intruder.publish(Float64MultiArray(data=[9.0] * 7))
+            if until is not None and (until(seen) or time.monotonic() > deadline):
+                proc.send_signal(signal.SIGINT)
+                proc.wait(60)
+                break
             time.sleep(0.02)
     finally:
         probe.node.destroy_publisher(intruder)
+        if proc.poll() is None:
+            proc.kill()
     out = proc.stdout.read()
+    if until is not None:   # stopped by Ctrl-C, as a user would: 130 and one line, no traceback
+        assert proc.returncode == 130 and "Traceback" not in out, out
+        return out, seen
     assert proc.returncode == 0, out
     # --seed's default, 1000: episode k gets seed 1000 + k (the bridge's own first episode,
     # begun when it came up, is not one of them)
@@ -115,6 +129,9 @@ def test_a_simulated_run_stays_off_the_shells_graph_unless_asked(probe, tmp_path
     assert "success 3/3" in out, out
     assert seen == 0 and not states and not poses, "the run published on the shell's graph"
 
-    out, seen = watch_demo(probe, tmp_path, "--join-ros-graph")
+    # joined: the run goes on until the probe both sees its robot and hears it (discovery of a
+    # writer and its first sample reaching the probe can be seconds apart on a loaded machine)
+    out, seen = watch_demo(probe, tmp_path / "joined", "--join-ros-graph",
+                           until=lambda seen: seen >= 1 and len(states) >= 1)
     assert f"simulation on the shell's ROS graph (domain {SHELL_DOMAIN})" in out, out
     assert seen >= 1 and states, "--join-ros-graph: the run's robot is not on the shell's graph"
