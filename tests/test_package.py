@@ -154,6 +154,35 @@ def test_parameter_files_name_declared_parameters(path):
             assert problem is None, f"{path.name}: {node}: {problem}"
 
 
+# The values a config file sets otherwise than its node's default, each on purpose: a node
+# started with the file (a launch file) must behave as the node started without it (`evaluate
+# --ros`, `ros2 run`) but for these.
+FILE_OVER_DEFAULT = {
+    ("recorder.yaml", "episode_recorder", "spec"): "push",   # the default task's
+    ("recorder.yaml", "episode_recorder", "task"): "push",
+}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
+def test_parameter_files_keep_the_nodes_defaults_but_where_listed(path):
+    """A config file that sets a parameter to another value than the node's declared default
+    changes what a launched node does without a word (`policy.yaml` kept `chunk_mode: first`
+    after the node's default became the family's own: launched act and diffusion policies ran
+    otherwise than `evaluate` ran them). The deliberate ones are listed above."""
+    from rclpy.parameter import Parameter
+
+    data = yaml.safe_load(path.read_text())
+    for node, body in data.items():
+        declared = declared_parameters(node)
+        for name, value in body["ros__parameters"].items():
+            default = declared[name].default
+            if isinstance(default, Parameter.Type):
+                continue   # declared by type only (no default to keep)
+            wanted = FILE_OVER_DEFAULT.get((path.name, node, name), default)
+            assert value == wanted, (f"{path.name}: {node}.{name} is {value!r}, the node's "
+                                     f"default {default!r}")
+
+
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 
 
