@@ -285,3 +285,68 @@ def test_mlp_trains_as_before_and_old_checkpoints_load_as_mlp(reach_episodes, tm
     torch.manual_seed(3)
     b = make_policy(spec, cfg).state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_family_copied_with_a_built_in_name_never_takes_that_name(tmp_path, monkeypatch):
+    """`policies/mlp` copied to `mlp2`, listed in BUILTIN, its decorator still
+    `@register_policy("mlp")`: before, asking for mlp2 registered the copy as mlp (so `mlp`,
+    the default, trained the copy) and said "unknown policy type 'mlp2' (known types: ...,
+    mlp2)"; now one line naming the module and the name it took."""
+    from robot_imitation.policies import registry
+
+    (tmp_path / "copied_family.py").write_text(
+        "from robot_imitation.policies import register_policy\n"
+        "from robot_imitation.policies.mlp.model import MlpPolicy\n\n"
+        "@register_policy('mlp')\nclass CopiedPolicy(MlpPolicy):\n    pass\n")
+    (tmp_path / "misnamed_family.py").write_text(
+        "from robot_imitation.policies import register_policy\n"
+        "from robot_imitation.policies.mlp.model import MlpPolicy\n\n"
+        "@register_policy('mlp3_typo')\nclass MisnamedPolicy(MlpPolicy):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.BUILTIN, "mlp2", "copied_family")
+    monkeypatch.setitem(registry.BUILTIN, "mlp3", "misnamed_family")
+    mlp = policy_class("mlp")
+    try:
+        with pytest.raises(UnknownPolicyError) as err:
+            policy_class("mlp2")
+        assert str(err.value) == (
+            "policy type 'mlp2': its module copied_family cannot be imported: ValueError: "
+            "copied_family.CopiedPolicy registers the policy type 'mlp', a built-in family's "
+            "name (robot_imitation.policies.mlp.model): register it under a name of its own")
+        assert policy_class("mlp") is mlp and mlp.__module__ == "robot_imitation.policies.mlp.model"
+        with pytest.raises(UnknownPolicyError) as err:
+            policy_class("mlp3")
+        assert str(err.value) == (
+            "policy type 'mlp3': its module misnamed_family registers no family of that name "
+            "(it registers 'mlp3_typo'); its class needs @register_policy('mlp3')")
+        with pytest.raises(SettingError, match="registers no family of that name"):
+            TrainConfig(policy="mlp3")
+    finally:
+        unregister_policy("mlp3_typo")
+        for module in ("copied_family", "misnamed_family"):
+            sys.modules.pop(module, None)
+
+
+def test_an_entry_point_named_like_a_built_in_family_is_refused(tmp_path):
+    """A plugin whose entry point is named `act`: before, the built-in was taken and the
+    plugin's options were refused as act's ("unknown options ['width'] of policy act"); which
+    family the user means cannot be told, so neither is taken, in one line."""
+    import subprocess
+
+    site = tmp_path / "site"
+    info = site / "shadow_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shadow-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[robot_imitation.policies]\n"
+                                           "act = tiny_policy:TinyPolicy\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(site), str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    line = one_line(cli("train", tmp_path / "no_dataset", "--out", tmp_path / "run", "--policy",
+                        "act", env=env))
+    assert line == ("robot-imitation train: policy type 'act': the entry point "
+                    "tiny_policy:TinyPolicy takes the name of a built-in family "
+                    "(robot_imitation.policies.act.model); it needs a name of its own"), line
+    ok = subprocess.run([sys.executable, "-c", "from robot_imitation.policies import "
+                         "policy_class; print(policy_class('mlp').__module__)"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.stdout.strip() == "robot_imitation.policies.mlp.model", ok.stderr

@@ -49,6 +49,13 @@ def register_policy(name: str, cls=None):
         if not (isinstance(cls, type) and issubclass(cls, Policy)):
             raise TypeError(f"policy type {name!r}: {cls!r} is not a subclass of "
                             "robot_imitation.policies.Policy")
+        home = BUILTIN.get(name)
+        if home is not None and cls.__module__ != home:
+            # a family copied from a built-in one with its decorator left as it was would
+            # otherwise take the built-in's name (and its checkpoints) without a word
+            raise ValueError(f"{cls.__module__}.{cls.__qualname__} registers the policy type "
+                             f"{name!r}, a built-in family's name ({home}): register it "
+                             "under a name of its own")
         old = _REGISTRY.get(name)
         if old is not None and old is not cls:
             raise ValueError(f"policy type {name!r} is registered already, by "
@@ -65,6 +72,10 @@ def unregister_policy(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _registered_by(module: str) -> str:
+    return ", ".join(repr(n) for n, c in sorted(_REGISTRY.items()) if c.__module__ == module)
+
+
 def _entry_points() -> list:
     return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
 
@@ -79,12 +90,29 @@ def policy_class(name: str):
     an entry point of that name the first time). ``UnknownPolicyError`` when there is none."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    named = [ep for ep in _entry_points() if isinstance(name, str) and ep.name == name]
     if isinstance(name, str) and name in BUILTIN:
-        importlib.import_module(BUILTIN[name])  # registers itself
+        if named:   # which one the user means cannot be told: neither is taken
+            raise UnknownPolicyError(
+                f"policy type {name!r}: the entry point {named[0].value} takes the name of a "
+                f"built-in family ({BUILTIN[name]}); it needs a name of its own")
+        try:
+            importlib.import_module(BUILTIN[name])  # registers itself
+        except (ImportError, TypeError, ValueError) as exc:
+            raise UnknownPolicyError(f"policy type {name!r}: its module {BUILTIN[name]} "
+                                     f"cannot be imported: {type(exc).__name__}: "
+                                     f"{exc}") from None
+        if name not in _REGISTRY:
+            raise UnknownPolicyError(
+                f"policy type {name!r}: its module {BUILTIN[name]} registers no family of that "
+                f"name (it registers {_registered_by(BUILTIN[name]) or 'none'}); its class "
+                f"needs @register_policy({name!r})")
     elif isinstance(name, str):
-        for ep in _entry_points():
-            if ep.name != name:
-                continue
+        if len({ep.value for ep in named}) > 1:
+            raise UnknownPolicyError(
+                f"policy type {name!r}: named by several entry points "
+                f"({', '.join(sorted({ep.value for ep in named}))}); uninstall all but one")
+        for ep in named:
             try:
                 loaded = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not fatal
