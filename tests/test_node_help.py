@@ -194,3 +194,31 @@ def test_run_time_values_outside_the_choices_are_refused(procs, probe, tmp_path)
 
     probe.set_params("trainer", head="gmm")
     assert get("head").string_value == "gmm"
+
+
+@pytest.mark.ros
+def test_a_whole_number_for_a_float_parameter_is_that_float(procs, probe, tmp_path):
+    """`lr: 1` in the trainer's parameter file, `-p beta:=1` to the mux (as `dagger.launch.py
+    variant:=mixture beta:=1` passes it), `-p max_delta:=[1]`: before, rcl refused each start
+    ("InvalidParameterTypeException: Trying to set parameter 'lr' to '1' of type 'INTEGER',
+    expecting type 'DOUBLE'", exit 1) while `train --lr 1` and `lr: 1` in `--config` took 1.0;
+    now the node takes the float, as the command line does."""
+    from rcl_interfaces.srv import GetParameters
+
+    procs.start_node("trainer", params={"out": str(tmp_path / "runs"), "lr": 1})
+    procs.start_node("command_mux", extra_args=["-p", "beta:=1", "-p", "mode:=mixture",
+                                                "-p", "max_delta:=[1]"])
+
+    def value(node, name):
+        req = GetParameters.Request(names=[name])
+        got = probe.call(GetParameters, f"/{node}/get_parameters", req, timeout=60).values[0]
+        return got.double_value if got.type == 3 else list(got.double_array_value)
+
+    for node in ("trainer", "command_mux"):
+        wait_for(lambda: probe.caller.ready(GetParameters, f"/{node}/get_parameters", 0.2), 60,
+                 f"the {node}'s parameter service", procs=procs)
+    assert value("trainer", "lr") == 1.0
+    assert value("command_mux", "beta") == 1.0
+    assert value("command_mux", "max_delta") == [1.0]
+    for node in ("trainer", "command_mux"):
+        assert procs.procs[node].poll() is None, procs.log(node)

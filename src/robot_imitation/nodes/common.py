@@ -133,11 +133,29 @@ class Param:
         # a copy of a list default: rclpy hands the default object itself back as the value,
         # and the table is shared by every node of the class
         default = list(self.default) if isinstance(self.default, list) else self.default
+        self._float_from_int(node)
         value = node.declare_parameter(self.name, default, self.descriptor()).value
         problem = self.problem(value)
         if problem:
             raise ValueError(problem)
         return value
+
+    def _float_from_int(self, node) -> None:
+        """A whole number given at start (`-p lr:=1`, `lr: 1` in a parameter file, a launch
+        argument `beta:=1`) for a floating-point parameter is taken as that float, as the
+        command line and `--config` take it; rcl would refuse the node's start over its type."""
+        from rclpy.parameter import Parameter
+
+        given = getattr(node, "_parameter_overrides", {}).get(self.name)
+        if given is None:
+            return
+        default, T = self.default, Parameter.Type
+        declared = default if isinstance(default, T) else T.from_parameter_value(default)
+        if declared == T.DOUBLE and given.type_ == T.INTEGER:
+            node._parameter_overrides[self.name] = Parameter(self.name, value=float(given.value))
+        elif declared == T.DOUBLE_ARRAY and given.type_ == T.INTEGER_ARRAY:
+            node._parameter_overrides[self.name] = Parameter(
+                self.name, value=[float(v) for v in given.value])
 
     def problem(self, value) -> str | None:
         """Why ``value`` is not allowed (choices, a setting's limits; ranges are checked by
