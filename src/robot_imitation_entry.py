@@ -45,6 +45,12 @@ def start(executable: str) -> int:
         _ignore_signals()  # first: another Ctrl-C while this writes must not escape
         sys.stderr.write(f"[{executable}] interrupted while starting: not started\n")
         return 130
+    except OSError as exc:
+        paths = sys.modules.get("robot_imitation.paths")
+        if paths is None or not isinstance(exc, paths.MujocoGLError):
+            raise
+        sys.stderr.write(f"[{executable}] {exc}\n")  # a MUJOCO_GL it cannot use: one line
+        return 1
     try:
         return main()
     except KeyboardInterrupt:  # (before its handlers were installed)

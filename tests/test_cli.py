@@ -400,3 +400,28 @@ def test_ctrl_c_ends_a_command_and_its_processes(tmp_path, sig, code, word):
         except OSError:
             pass
     assert left == [], "processes of the command still running"
+
+
+def test_a_mujoco_gl_that_cannot_be_used_is_one_line():
+    """`MUJOCO_GL=osmesa` without its library (or a misspelled value): before, every command
+    and node that simulates, rendering or not, printed MuJoCo's traceback (about 40 lines
+    ending "AttributeError: 'NoneType' object has no attribute 'glGetError'"); now one line
+    naming the value and what to use, exit 1."""
+    import ctypes.util
+
+    values = ["nonsense"] + ([] if ctypes.util.find_library("OSMesa") else ["osmesa"])
+    for gl in values:
+        env = {**os.environ, "MUJOCO_GL": gl}
+        for argv, prefix in (
+                (["-m", "robot_imitation.cli", "expert", "--task", "reach", "--episodes", "1"],
+                 "robot-imitation: "),
+                (["-m", "robot_imitation_entry", "mujoco_bridge", "--ros-args", "-p",
+                  "task:=reach"], "[mujoco_bridge] ")):
+            run = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
+                                 timeout=120, env=env)
+            assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+            lines = run.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(
+                f"{prefix}MUJOCO_GL={gl}: MuJoCo cannot use this GL platform ("), run.stderr
+            assert lines[0].endswith("use MUJOCO_GL=egl (or osmesa or glfw, with its library "
+                                     "installed), or leave it unset"), lines[0]

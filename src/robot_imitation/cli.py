@@ -732,6 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The project's user-error exceptions, by module: an error of a module that was never imported
 # cannot have been raised, so main() needs none of them imported (some import torch).
 USER_ERRORS = (("robot_imitation.settings", "SettingError"),
+               ("robot_imitation.paths", "MujocoGLError"),
                ("robot_imitation.spec", "SpecError"),
                ("robot_imitation.sim.robot", "ModelError"),
                ("robot_imitation.learning.checkpoint", "CheckpointError"),
@@ -767,7 +768,14 @@ def main(argv=None) -> int:
     """Run a subcommand. A user's mistake is one line, ``robot-imitation <command>: <what>``,
     on stderr and exit code 1 (argparse's own: 2); Ctrl-C (SIGTERM too) stops the command's
     processes and exits 130 (143); anything else is a bug and keeps its traceback."""
-    args = build_parser().parse_args(argv)
+    from .paths import MujocoGLError
+
+    try:
+        parser = build_parser()   # imports the simulation (its tasks' settings)
+    except MujocoGLError as exc:
+        print(f"robot-imitation: {exc}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     prog = f"robot-imitation {args.command}"
     terminated = []
 

@@ -201,6 +201,26 @@ def default_mujoco_gl(load=None) -> str | None:
     return None
 
 
+class MujocoGLError(OSError):
+    """``MUJOCO_GL`` names a GL platform MuJoCo cannot load (or no platform at all)."""
+
+
+def import_mujoco():
+    """``import mujoco``, where a ``MUJOCO_GL`` that cannot be used (``osmesa`` without its
+    library, a misspelled value) is one line naming the value, not MuJoCo's traceback."""
+    try:
+        import mujoco
+    except (AttributeError, ImportError, OSError, RuntimeError) as exc:
+        gl = os.environ.get("MUJOCO_GL")
+        if gl is None or isinstance(exc, ModuleNotFoundError) and exc.name == "mujoco":
+            raise
+        why = f"{type(exc).__name__}: {exc}" if isinstance(exc, AttributeError) else str(exc)
+        raise MujocoGLError(f"MUJOCO_GL={gl}: MuJoCo cannot use this GL platform ({why}); "
+                            "use MUJOCO_GL=egl (or osmesa or glfw, with its library "
+                            "installed), or leave it unset") from None
+    return mujoco
+
+
 def set_default_mujoco_gl() -> None:
     """Set ``MUJOCO_GL`` to ``default_mujoco_gl()`` unless it is set (before MuJoCo is
     imported)."""
