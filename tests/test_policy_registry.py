@@ -350,3 +350,47 @@ def test_an_entry_point_named_like_a_built_in_family_is_refused(tmp_path):
                          "policy_class; print(policy_class('mlp').__module__)"], env=env,
                         capture_output=True, text=True, timeout=120)
     assert ok.stdout.strip() == "robot_imitation.policies.mlp.model", ok.stderr
+
+
+def test_a_family_that_breaks_the_interface_is_named_before_training(reach_episodes, tmp_path):
+    """A family whose act() drops an action value, or whose loss() is per sample: before, the
+    first ran every step and then failed at evaluation with "operands could not be broadcast
+    together with shapes (8,) (7,) (8,)" (the run lost; without evaluation its checkpoint was
+    saved and `evaluate` failed the same way), the second was a traceback from autograd ("grad
+    can be implicitly created only for scalar outputs"). Now one line each before any step,
+    and no checkpoint; the inference backends refuse such actions too."""
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from tiny_policy import TinyPolicy
+
+        class ShortActions(TinyPolicy):
+            @torch.no_grad()
+            def act(self, obs):
+                return super().act(obs)[..., :-1]
+
+        class PerSampleLoss(TinyPolicy):
+            def loss(self, batch):
+                loss, metrics = super().loss(batch)
+                return loss.expand(len(batch.actions)), metrics
+
+        register_policy("tiny_short", ShortActions)
+        register_policy("tiny_vector", PerSampleLoss)
+        with pytest.raises(SettingError) as err:
+            small_run(reach_episodes, tmp_path / "short", policy="tiny_short")
+        assert str(err.value) == ("policy type 'tiny_short': act() returns (1, 1, 7) for one "
+                                  "observation, not (batch, chunk, action_dim) = (1, 1, 8)")
+        with pytest.raises(SettingError) as err:
+            small_run(reach_episodes, tmp_path / "vector", policy="tiny_vector")
+        assert str(err.value) == ("policy type 'tiny_vector': loss() returns a tensor of shape "
+                                  "(32,), not a scalar tensor (average it over the batch)")
+        for run in ("short", "vector"):
+            assert not list((tmp_path / run).rglob("model.safetensors"))
+        spec, _ = reach_episodes
+        policy = ShortActions.build(spec, None, TrainConfig(policy="tiny_short"))
+        with pytest.raises(BackendError, match=r"have the shape \(1, 7\), not \(chunk, "
+                                               r"action_dim\) = \(1, 8\)"):
+            select_backend(policy, "eager")
+    finally:
+        unregister_policy("tiny_short")
+        unregister_policy("tiny_vector")
+        sys.path.remove(str(PLUGINS))

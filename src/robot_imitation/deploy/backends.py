@@ -605,6 +605,13 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
     reference = EagerBackend(policy)
     fill_example(reference, policy)
     expected = reference.run()
+    want = (policy.cfg.chunk, policy.cfg.action_dim)
+    if expected.shape != want:
+        # a family whose act() (or inference module) returns another shape: said here, at
+        # training's first evaluation or a checkpoint's load, not as a broadcast error later
+        raise BackendError(f"policy type {policy.type_name!r}: its actions on an example "
+                           f"observation have the shape {tuple(expected.shape)}, not (chunk, "
+                           f"action_dim) = {want} (act() returns (batch, chunk, action_dim))")
     if not np.isfinite(expected).all():
         # finite weights, yet NaN or infinite actions (a normalization scale edited to 1e-30):
         # no backend can be compared with it, and none may run it

@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from ..policies.base import Batch, Policy
+from ..policies.base import Batch, Policy, PolicyError
 
 # TrainConfig.compile's choices -> torch.compile's mode (the step's own graphs capture the
 # compiled kernels, so Inductor's CUDA graphs stay off)
@@ -68,12 +68,17 @@ def cosine_lr(base: float, step: int, steps: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step - 1, steps) / max(1, steps)))
 
 
-def split_loss(out) -> tuple:
-    """(loss, metrics) from what ``Policy.loss`` returns."""
-    if isinstance(out, tuple):
-        loss, metrics = out
-        return loss, dict(metrics or {})
-    return out, {}
+def split_loss(out, policy: Policy | None = None) -> tuple:
+    """(loss, metrics) from what ``Policy.loss`` returns; a loss that is not a scalar tensor
+    (a family's per-sample losses left unaveraged) is a ``PolicyError`` naming the family."""
+    loss, metrics = out if isinstance(out, tuple) else (out, {})
+    if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+        what = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                else type(loss).__name__)
+        name = getattr(policy, "type_name", "") or type(policy).__name__
+        raise PolicyError(f"policy type {name!r}: loss() returns {what}, not a scalar tensor "
+                          "(average it over the batch)")
+    return loss, dict(metrics or {})
 
 
 class PolicyLoss(torch.nn.Module):
@@ -84,7 +89,7 @@ class PolicyLoss(torch.nn.Module):
         self.policy = policy
 
     def forward(self, obs: dict, actions: torch.Tensor, mask: torch.Tensor):
-        return split_loss(self.policy.loss(Batch(obs, actions, mask)))
+        return split_loss(self.policy.loss(Batch(obs, actions, mask)), self.policy)
 
 
 class EmaWeights:

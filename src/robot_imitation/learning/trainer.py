@@ -29,7 +29,7 @@ import torch
 
 from ..deploy.limits import training_limits
 from ..policies import input_layout, policy_class
-from ..policies.base import Batch, Policy, constant_inputs, statistics_record
+from ..policies.base import Batch, Policy, PolicyError, constant_inputs, statistics_record
 from ..settings import SettingError
 from ..spec import Spec
 from .checkpoint import save_checkpoint
@@ -168,6 +168,23 @@ def _infer_task(dataset) -> str | None:
     return name if name in available_tasks() else None
 
 
+def check_actions_shape(policy: Policy, data: DeviceData, device) -> None:
+    """``act`` on one training sample must give (1, chunk, action_dim): a family returning
+    another shape is named before any step (not by a broadcast error at evaluation)."""
+    policy.eval()
+    # the random state as it was (a sampling policy draws noise): a run trains as before
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.no_grad():
+        out = policy.act(data.batch(torch.arange(1, device=device))[0])
+    policy.reset()
+    policy.train()
+    want = (1, policy.cfg.chunk, policy.cfg.action_dim)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise PolicyError(f"policy type {policy.type_name!r}: act() returns {got} for one "
+                          f"observation, not (batch, chunk, action_dim) = {want}")
+
+
 class Trainer:
     def __init__(self, dataset, out_dir, cfg: TrainConfig, log=print, progress=None):
         self.dataset, self.out, self.cfg = dataset, Path(out_dir), cfg
@@ -240,6 +257,7 @@ class Trainer:
                                       f"({differ})")
             policy.load_state_dict(start.state_dict())
             policy.set_statistics(spec, stats)  # this dataset's, not the start's
+        check_actions_shape(policy, train, device)
         norm = statistics_record(spec, stats)
         # an exponential moving average of the weights (what the checkpoints hold): a
         # diffusion denoiser's weights are noisy step to step, their average is not
@@ -391,7 +409,7 @@ class Trainer:
             index = torch.arange(start, min(start + 4096, val.n), device=device)
             obs, actions, mask = val.batch(index)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)))
+                loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)), policy)
             total += float(loss) * len(index)
             n += len(index)
         policy.train()

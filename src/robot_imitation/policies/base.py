@@ -32,6 +32,11 @@ from ..spec import derive
 from .config import PolicyConfig, input_layout
 
 
+class PolicyError(SettingError):
+    """A family that breaks the interface (a loss that is not a scalar tensor): one line
+    naming the family."""
+
+
 @dataclass
 class Batch:
     """One training batch: raw observations {key: (B, ...)} (images uint8 (B, H, W, C)), the
