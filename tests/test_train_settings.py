@@ -152,3 +152,31 @@ def _read_yaml_text(tmp_path, text: str):
     path = tmp_path / "other.yaml"
     path.write_text(text)
     return _read_yaml(path)
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused_with_its_line(tmp_path):
+    """`lr` written twice in a `train --config` file (one forgotten): PyYAML kept the last
+    without a word, so the run trained at the other rate; YAML forbids it. Now one line with
+    the line of each; a mapping's own key after a `<<` merge still overrides the merged one."""
+    import subprocess
+    import sys
+
+    from robot_imitation.paths import read_yaml
+
+    config = tmp_path / "train.yaml"
+    config.write_text("steps: 10\nlr: 0.001\nbatch_size: 8\nseed: 3\nval_fraction: 0.2\n"
+                      "lr: 0.5\n")
+    run = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "train",
+                          str(tmp_path / "ds"), "--config", str(config), "--out",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr == (
+        f"robot-imitation train: {config}, line 6, column 1: not valid YAML: the key 'lr' is "
+        "given twice (first on line 2)\n"), run.stderr
+    assert not (tmp_path / "out").exists()
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("a:\n  b: 1\n  c: 2\n  b: 3\n")
+    with pytest.raises(ValueError, match=r"line 4, column 3: not valid YAML: the key 'b' is "
+                                         r"given twice \(first on line 2\)"):
+        read_yaml(nested)
+    assert _read_yaml_text(tmp_path, "base: &x {p: 1, q: 2}\nb:\n  <<: *x\n  q: 3\n") == {
+        "base": {"p": 1, "q": 2}, "b": {"p": 1, "q": 3}}

@@ -71,7 +71,9 @@ _LOADER = None
 def yaml_load(stream):
     """``yaml.safe_load`` that also reads ``1e-3`` as a float (YAML 1.2; PyYAML follows YAML
     1.1, where a float needs a dot and ``1e-3`` is a string): the way most people write a
-    learning rate."""
+    learning rate; and refuses a key given twice in one mapping (YAML forbids it; PyYAML kept
+    the last, so `lr: 1e-3` written twice, once forgotten, trained on the other without a
+    word), a ``ConstructorError`` with the line of the second."""
     global _LOADER
     import re
 
@@ -79,7 +81,21 @@ def yaml_load(stream):
 
     if _LOADER is None:
         class Loader(yaml.SafeLoader):
-            pass
+            def construct_mapping(self, node, deep=False):
+                if isinstance(node, yaml.MappingNode):
+                    seen = {}
+                    for key_node, _ in node.value:
+                        if not isinstance(key_node, yaml.ScalarNode) or \
+                                key_node.tag == "tag:yaml.org,2002:merge":
+                            continue   # `<<` merges may be overridden by the mapping's own keys
+                        key = self.construct_object(key_node)
+                        if key in seen:
+                            raise yaml.constructor.ConstructorError(
+                                "while reading a mapping", node.start_mark,
+                                f"the key {key!r} is given twice (first on line "
+                                f"{seen[key] + 1})", key_node.start_mark)
+                        seen[key] = key_node.start_mark.line
+                return super().construct_mapping(node, deep)
 
         Loader.add_implicit_resolver(
             "tag:yaml.org,2002:float",
