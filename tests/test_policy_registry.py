@@ -234,8 +234,18 @@ def test_options_belong_to_their_family(tiny):
         TrainConfig(policy="tiny", head="gmm")
     with pytest.raises(SettingError, match=r"policy_config width must be an integer from 1"):
         TrainConfig(policy="tiny", policy_config={"width": 0})
-    with pytest.raises(SettingError, match="hidden is a training setting of its own"):
+    with pytest.raises(SettingError) as err:
         TrainConfig(policy_config={"hidden": [8]})
+    assert str(err.value) == ("policy_config: hidden is a training setting of its own, not a "
+                              "policy_config option (set it with --hidden, or `hidden:` in a "
+                              "--config file)")
+    # the options listed are those policy_config takes; the family's settings of their own
+    # apart, with their flags (listed among its options before, then refused when given)
+    with pytest.raises(SettingError) as err:
+        TrainConfig(policy_config={"widht": 3})
+    assert str(err.value) == ("policy_config: unknown options ['widht'] of policy mlp (its "
+                              "options: image_channels, keypoints, num_classes; set with their "
+                              "own flags: --dropout, --head, --hidden, --modes)")
     # a name mlp has as a training setting is another family's own option: act's dropout
     # (refused as "a training setting of its own" before, so act's dropout could not be set)
     from robot_imitation.policies import make_policy

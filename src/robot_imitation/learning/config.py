@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..policies.mlp.config import MlpConfig
-from ..settings import Limits, SettingError, check_fields, default_of, same_as, setting
+from ..settings import (Limits, SettingError, check_fields, default_of, flag_of, same_as,
+                        setting)
 
 _POSITIVE, _NON_NEGATIVE = Limits(int, low=1), Limits(int, low=0)
 MAX_BATCH = 2**20  # samples per step
@@ -116,11 +117,15 @@ class TrainConfig:
                 continue
             if owner == self.policy and f.name in self.policy_config:
                 raise SettingError(f"policy_config: {f.name} is a training setting of its own, "
-                                   f"not a policy_config option")
+                                   f"not a policy_config option (set it with "
+                                   f"{flag_of(type(self), f.name)}, or `{f.name}:` in a "
+                                   "--config file)")
             if owner != self.policy and getattr(self, f.name) != default_of(type(self), f.name):
                 raise SettingError(f"{f.name} is an option of policy {owner}, not of policy "
                                    f"{self.policy} (its options go in policy_config)")
-        family.check_options(dict(self.policy_config))
+        family.check_options(dict(self.policy_config), settings=[
+            flag_of(type(self), f.name) for f in fields(self)
+            if f.metadata.get("option_of") == self.policy])
         # the family's defaults, resolved here so the trainer and the checkpoint see the values
         if not self.chunk:
             self.chunk = family.config_class.default_chunk

@@ -178,14 +178,21 @@ class Policy(nn.Module):
         return {**own, **dict(getattr(settings, "policy_config", {}) or {})}
 
     @classmethod
-    def check_options(cls, options: dict, where: str = "policy_config") -> None:
+    def check_options(cls, options: dict, where: str = "policy_config",
+                      settings: list | tuple = ()) -> None:
         """``SettingError`` for an option the family's config does not have, or a value
-        outside the limits its field states."""
+        outside the limits its field states. ``settings``: the flags of the family's options
+        that are training settings of their own (``--hidden``): named apart, since they are
+        not given in ``policy_config``."""
         own = cls.config_class.options()
         unknown = sorted(set(options) - set(own))
         if unknown:
+            named = {flag.lstrip("-").replace("-", "_") for flag in settings}
+            listed = sorted(set(own) - named)
+            apart = f"; set with their own flags: {', '.join(sorted(settings))}" \
+                if settings else ""
             raise SettingError(f"{where}: unknown options {unknown} of policy {cls.type_name} "
-                               f"(its options: {', '.join(sorted(own)) or 'none'})")
+                               f"(its options: {', '.join(listed) or 'none'}{apart})")
         for name, value in options.items():
             limits = own[name].metadata.get("limits")
             if limits is not None:
