@@ -26,7 +26,6 @@ from .common import (CLOCK_QOS, COMMAND_QOS, IMAGE_QOS, LOCKSTEP_IMAGE_QOS, SENS
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rcl_interfaces.msg import SetParametersResult  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_msgs.msg import Float64, Float64MultiArray  # noqa: E402
@@ -43,6 +42,9 @@ from ..spec import SpecError  # noqa: E402
 
 # how long a service (~/step) waits for the simulation thread; a step still running then ends
 REQUEST_TIMEOUT_S = 30.0
+# episode seeds are taken modulo this: each stays within what the `seed` parameter accepts
+# (0 .. 2**63 - 1), so every episode can be replayed through it
+SEED_END = 2**63
 
 
 class CameraRenderer(threading.Thread):
@@ -163,9 +165,11 @@ class MujocoBridge(Node):
               "state is sent again (pairing does not depend on it)", min_value=0.05,
               max_value=60.0),
         Param("seed", 0, "base seed: episode k after the last change of this parameter uses "
-              "seed+k", min_value=0, max_value=2**63 - 1),
+              "seed+k (modulo 2**63: after 2**63-1 comes 0)", min_value=0,
+              max_value=SEED_END - 1),
         Param("auto_reset", False, "start the next episode as soon as one is done"),
-        Param("start_paused", False, "start paused (see ~/set_pause)"),
+        Param("start_paused", False, "start paused (at run time: ~/set_pause)",
+              read_only=True),
         Param("step_ticks", 1, "control ticks run by one ~/step call", min_value=1,
               max_value=1_000_000),
         Param("cameras", ["all"], "cameras to publish ('all': every camera of the task; [''] "
@@ -186,7 +190,6 @@ class MujocoBridge(Node):
     def __init__(self):
         super().__init__(self.NODE_NAME)
         self.p = p = declare_all(self, self.PARAMETERS)
-        self.add_on_set_parameters_callback(self._on_params)
 
         task = p["task"]
         if task == "none":
@@ -275,6 +278,7 @@ class MujocoBridge(Node):
         self.create_service(Trigger, "~/step", self._srv_step)
         self._requests: list = []
         self._published_at = 0.0  # time.monotonic() of the last state published
+        self._republish = float(p["lockstep_republish"])  # read by the lockstep loop
 
         # ---------------------------------------------------------------- state
         self.paused = bool(p["start_paused"])
@@ -283,6 +287,8 @@ class MujocoBridge(Node):
         self._seed_count = 0
         # the lockstep protocol (pairing answers with states, stepping): a plain core
         self.stepper = Lockstep(self.core, need, p["auto_reset"], self._next_seed)
+        # values set at run time: checked by their descriptors and declare_all, then applied
+        self.add_post_set_parameters_callback(self._after_params)
         self.overruns = 0
         self.rtf = 0.0
         self.steps_total = 0
@@ -301,24 +307,27 @@ class MujocoBridge(Node):
             f"physics), mode {p['mode']}, cameras {wanted or 'none'}")
 
     # ===================================================================== parameters
-    def _on_params(self, params):
-        for prm in params:
-            if prm.name == "seed":
-                with self.lock:
-                    self._seed_base, self._seed_count = int(prm.value), 0
-            elif prm.name == "command_timeout":
-                with self.lock:
-                    self.core.command_timeout = float(prm.value)
-            elif prm.name == "auto_reset":
-                with self.lock:
-                    self.stepper.auto_reset = bool(prm.value)
+    def _after_params(self, params) -> None:
+        """Apply values set at run time (checked and taken already). Each parameter that can be
+        set is read where it acts: ``self.p`` (real_time_factor, camera_rate, step_ticks,
+        auto_reset in real time), or applied here; the others are read-only."""
+        with self.cond:
+            for prm in params:
+                if prm.name in self.p:
                     self.p[prm.name] = prm.value
-            elif prm.name in self.p:
-                self.p[prm.name] = prm.value
-        return SetParametersResult(successful=True)
+                if prm.name == "seed":
+                    self._seed_base, self._seed_count = int(prm.value), 0
+                elif prm.name == "command_timeout":
+                    self.core.command_timeout = float(prm.value)
+                elif prm.name == "auto_reset":
+                    self.stepper.auto_reset = bool(prm.value)
+                elif prm.name == "lockstep_republish":
+                    # the lockstep loop's wait, counted from the last state, is measured again
+                    self._republish = float(prm.value)
+                    self.cond.notify_all()
 
     def _next_seed(self) -> int:
-        seed = self._seed_base + self._seed_count
+        seed = (self._seed_base + self._seed_count) % SEED_END
         self._seed_count += 1
         return seed
 
@@ -612,7 +621,6 @@ class MujocoBridge(Node):
             raise
 
     def _loop_lockstep(self) -> None:
-        republish = self.p["lockstep_republish"]
         stepper = self.stepper
         with self.cond:
             # The first state was published by the reset in __init__ (an answer to it may be in
@@ -628,8 +636,9 @@ class MujocoBridge(Node):
                     continue
                 if not stepper.complete():
                     # answers step the state in their callback (_offer); this thread republishes
-                    # a state nobody answered for `republish` s (it may have been missed)
-                    left = self._published_at + republish - time.monotonic()
+                    # a state nobody answered for `lockstep_republish` s (it may have been
+                    # missed; self._republish, which a change at run time sets)
+                    left = self._published_at + self._republish - time.monotonic()
                     if left > 0:
                         self.cond.wait(left)
                     elif not self._requests and not self.paused:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 # the outcome statistics live in a plain module (the no-ROS commands use them); its users here
 # keep importing them from this module
 from ..learning.outcomes import EpisodeOutcome, summarize, wilson_interval  # noqa: F401
-from .common import (LATCHED_QOS, Param, ServiceCaller, SpinSlices, checked_subscription,
-                     declare_all, help_requested, init_ros, make_executor, parameter_help, to_sec)
+from ..paths import write_text_whole
+from .common import (LATCHED_QOS, Param, ServiceCaller, ShutdownRequest, SpinSlices,
+                     checked_subscription, declare_all, help_requested, init_ros, make_executor,
+                     parameter_help, to_sec)
 
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -220,33 +224,109 @@ class EpisodeRunnerMain:
     )
 
 
+def check_output(out: str) -> str | None:
+    """What is wrong with ``output`` (None: nothing): checked at start, before any episode
+    runs (found only when writing, the outcomes of every episode were lost). Its folder must
+    exist and take a file, and the path must not be a folder."""
+    path = Path(out)
+    folder = path.parent
+    if path.is_dir():
+        return f"output {out!r} is a folder: give the JSON file to write"
+    if not folder.is_dir():
+        return f"output {out!r}: {str(folder)!r} " + (
+            "is not a folder" if folder.exists() else "does not exist (no folder is made)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"output {out!r}: the folder {str(folder)!r} is not writable ({exc.strerror or exc})"
+    return None
+
+
+def _fatal(text: str) -> None:
+    print(f"[{EpisodeRunnerMain.NODE_NAME}] fatal: {text}", file=sys.stderr, flush=True)
+
+
+class _Stopped(Exception):
+    """SIGINT or SIGTERM during the run (``ShutdownRequest``)."""
+
+
 def main(args=None) -> int:
+    from rclpy.signals import SignalHandlerOptions
+
     if help_requested(sys.argv if args is None else args):
         print(parameter_help(EpisodeRunnerMain))
         return 0
-    if not init_ros(EpisodeRunnerMain.NODE_NAME, args):
+    # a signal ends the run between two short waits, the outcomes so far written (rclpy's own
+    # handler shut the context down, and the runner waited 30 s for a reset answer, then died)
+    stop = ShutdownRequest(EpisodeRunnerMain.NODE_NAME)
+    stop.install()
+    if not init_ros(EpisodeRunnerMain.NODE_NAME, args,
+                    signal_handler_options=SignalHandlerOptions.NO):
         return 1
     try:
-        node = rclpy.create_node("episode_runner_params")
+        # named as the executable: a parameter file's `episode_runner:` section is its (the
+        # node named episode_runner_params took none of it, and the run went on with defaults)
+        node = rclpy.create_node(EpisodeRunnerMain.NODE_NAME)
         try:
             p = declare_all(node, EpisodeRunnerMain.PARAMETERS)
         except Exception as exc:  # noqa: BLE001 - a bad value: one line, as the nodes' run()
-            print(f"[{EpisodeRunnerMain.NODE_NAME}] fatal: {type(exc).__name__}: {exc}",
-                  file=sys.stderr, flush=True)
+            _fatal(f"{type(exc).__name__}: {exc}")
             return 1
         n, bridge, out = p["episodes"], p["bridge"], p["output"]
         node.destroy_node()
-        res = summarize(run_episodes(n, bridge, progress=lambda o: print(
-            f"episode {o[-1].episode} seed {o[-1].seed}: "
-            f"{'success' if o[-1].success else 'failure'} in {o[-1].ticks} ticks", flush=True)))
-        print(f"success {res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
-              f"(95% CI {res['ci95'][0]:.1%}..{res['ci95'][1]:.1%})")
-        if out:
-            with open(out, "w", encoding="utf-8") as f:
-                json.dump(res, f, indent=2)
-        return 0
+        problem = check_output(out) if out else None
+        if problem:
+            _fatal(problem)
+            return 1
+        done: list[EpisodeOutcome] = []  # the outcomes so far: kept whatever ends the run
+
+        def progress(outcomes):
+            done[:] = outcomes
+            o = outcomes[-1]
+            print(f"episode {o.episode} seed {o.seed}: "
+                  f"{'success' if o.success else 'failure'} in {o.ticks} ticks", flush=True)
+
+        def alive():
+            if stop.requested:
+                raise _Stopped("stopped by a signal")
+
+        error, code = None, 0
+        try:
+            run_episodes(n, bridge, progress=progress, alive=alive)
+        except _Stopped as exc:  # the user's stop: exit 130, as a Ctrl-C at start-up
+            error, code = str(exc), 130
+        except (TimeoutError, RuntimeError, OSError, ValueError) as exc:
+            # no bridge of that name, an episode that never ends, a refused reset
+            error, code = f"fatal: bridge {bridge!r}: {exc}", 1
+        return _report(done, n, out, error, code)
     finally:
         rclpy.try_shutdown()
+
+
+def _report(done: list, n: int, out: str, error: str | None, code: int) -> int:
+    """Print (and write to ``out``) the outcomes of the episodes ``done``; ``error``: what
+    ended the run early (one line), ``code`` the exit code then."""
+    if error and done:
+        error += f" (after {len(done)} of {n} episodes)"
+    if done:
+        res = summarize(done)
+        print(f"success {res['successes']}/{res['episodes']} = {res['success_rate']:.1%} "
+              f"(95% CI {res['ci95'][0]:.1%}..{res['ci95'][1]:.1%})", flush=True)
+        if out:
+            text = json.dumps(res, indent=2)
+            try:
+                write_text_whole(out, text)
+                if error:
+                    error += f": the outcomes of those are in {out}"
+            except OSError as exc:  # gone or full since the start: the outcomes go to stdout
+                print(text, flush=True)
+                _fatal(f"output {out!r} not written ({exc.strerror or exc}): the outcomes are "
+                       "printed above")
+                code = code or 1
+    if error:
+        print(f"[{EpisodeRunnerMain.NODE_NAME}] {error}", file=sys.stderr, flush=True)
+    return code
 
 
 if __name__ == "__main__":
