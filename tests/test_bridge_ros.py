@@ -500,8 +500,15 @@ def test_cameras_render_only_while_subscribed(procs, probe):
     assert (side[-1].width, side[-1].height) == (64, 48)
     wait_for(lambda: int(diagnostics_values(diags).get("camera_frames", 0)) >= 5, 10,
              "rendered frames counted")
-    stamps = [to_sec(m.header.stamp) for m in side]
-    assert np.median(np.diff(stamps)) == pytest.approx(1 / 20.0, abs=0.011)  # sim-time rate
+    # frames at the camera rate in simulation time: never closer than a period, and two in a
+    # row a period apart (on a loaded machine a real-time bridge skips frames it is late for,
+    # so the spacing's median is no measure of the rate)
+    def spacings():
+        return np.diff([to_sec(m.header.stamp) for m in list(side)])
+
+    wait_for(lambda: np.any(np.abs(spacings() - 1 / 20.0) <= 0.011), 30,
+             "two frames one camera period apart", procs=procs)
+    assert np.all(spacings() >= 1 / 20.0 - 0.011), spacings()
     # Once the last subscriber has gone, rendering stops.
     for sub in list(probe.node.subscriptions):
         if sub.topic_name.endswith("side/image_raw"):
