@@ -8,5 +8,8 @@ this process (``rollouts.gym.GymWorld``) or the ROS graph (``rollouts.ros.RosWor
 A world offers: ``demonstrations(seeds)`` (the expert drives, every step labelled),
 ``deploy(checkpoint)``, ``collect(seeds, driver)`` (a ``Mixture`` or ``Gated`` driver, labelled
 by the expert), ``evaluate(seeds, who)`` (``"policy"`` or ``"expert"``), ``dataset(parts)``
-(what the trainer fits) and ``close()``. Adversarial imitation and meta-imitation plug in here.
+(what the trainer fits) and ``close()``. Another algorithm (adversarial imitation,
+meta-imitation) is written against that interface and runs in both worlds; there is no
+registry of algorithms yet: the command line's ``dagger``/``pipeline`` commands and the DAgger
+node are DAgger's own, and the ROS world takes its rig's settings from ``DaggerConfig``.
 """
