@@ -134,13 +134,19 @@ class ActionFilter:
             return cls(dim)
         return cls(dim, limits.lower, limits.upper, limits.max_delta)
 
-    def __call__(self, action: np.ndarray, previous: np.ndarray | None) -> tuple[np.ndarray, int]:
+    def __call__(self, action: np.ndarray, previous: np.ndarray | None,
+                 ticks: float = 1.0) -> tuple[np.ndarray, int]:
         """(the filtered action, a new array; how many of its values were changed). Clamping
-        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists."""
+        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists.
+        ``ticks``: the control ticks since ``previous`` (0..1; 1, a whole tick, is
+        ``max_delta`` itself): the change allowed is ``max_delta`` times it, a velocity bound
+        for commands that come faster than the control rate."""
         out = None
         if previous is not None and self._any_rate:
-            out = np.maximum(action, previous - self.max_delta)
-            np.minimum(out, previous + self.max_delta, out=out)
+            delta = self.max_delta if ticks >= 1.0 else \
+                np.where(self.rate_limited, self.max_delta * max(ticks, 0.0), np.inf)
+            out = np.maximum(action, previous - delta)
+            np.minimum(out, previous + delta, out=out)
         if self._bounded:
             out = np.maximum(action if out is None else out, self.lower)
             np.minimum(out, self.upper, out=out)
@@ -265,8 +271,20 @@ class CommandLimiter:
 
     Each part's change per tick counts from its last command; after ``reset`` (a new episode:
     a simulated robot is put back), from the measured values a relative action part is relative
-    to (the arm joints), as the policy node's first command; a part without such a reference
-    is then only clamped to its bounds."""
+    to (the arm joints), as the policy node's first command. A part with a change limit and no
+    such reference (``unreferenced``) is only clamped to its bounds by ``part``: a node that
+    forwards to a robot asks ``unreferenced`` first and does not forward it (the command mux).
+
+    ``now`` (seconds, any clock): the time of a command. With it, the change allowed counts
+    the control ticks of the spec's ``control_rate`` since the part's last command, at most one
+    tick: commands that come faster than the control rate (a burst, a source at 100 Hz) share
+    one tick's change between them, so the commanded values move no faster than ``max_delta``
+    per control period (a velocity bound). Without it, one tick per command (lockstep: one
+    command per state)."""
+
+    # a time step within this share of a tick of a whole one is a whole one (the rounding of
+    # stamps in seconds: a lockstep state a control period after the last is one tick)
+    TICK_SLACK = 1e-3
 
     def __init__(self, limits: ActionLimits | None, spec):
         self.parts = []   # (start, end) in the action vector, per action field
@@ -275,37 +293,78 @@ class CommandLimiter:
             self.parts.append((start, start + f.size))
             start += f.size
         self.relative = [f.relative_to for f in spec.actions]
+        self.rate = float(spec.control_rate)
         self.filters = [ActionFilter(b - a) if limits is None else
                         ActionFilter(b - a, limits.lower[a:b], limits.upper[a:b],
                                      limits.max_delta[a:b]) for a, b in self.parts]
         self.last: list = [None] * len(self.parts)
+        self.when: list = [None] * len(self.parts)  # ``now`` of each part's last command
         self.clamped_commands = 0   # part commands with a value changed by the filter
         self.clamped_values = 0
 
     def reset(self) -> None:
         self.last = [None] * len(self.parts)
+        self.when = [None] * len(self.parts)
 
-    def part(self, i: int, values, measured: dict | None = None) -> np.ndarray:
-        """Part ``i``'s command ``values`` (its size; finite) through the filter, a new array.
-        ``measured``: the observations by key (a relative part's reference after a reset)."""
-        values = np.asarray(values, dtype=np.float64)
-        reference = self.last[i]
+    def rate_limited(self, i: int) -> bool:
+        """Does part ``i`` have a change limit (a value with a finite ``max_delta``)?"""
+        return bool(self.filters[i].rate_limited.any())
+
+    def reference(self, i: int, size: int, measured: dict | None = None):
+        """What part ``i``'s next change counts from: its last command, else (after a reset)
+        the measured values it is relative to (``measured``: the observations by key), else
+        None."""
+        if self.last[i] is not None:
+            return self.last[i]
         key = self.relative[i]
-        if reference is None and key and measured is not None and key in measured:
-            m = np.asarray(measured[key], dtype=np.float64)[: len(values)]
-            if m.shape == values.shape:
-                reference = np.where(np.isfinite(m), m, values)
-        out, clamped = self.filters[i](values, reference)
+        if key and measured is not None and key in measured:
+            m = np.asarray(measured[key], dtype=np.float64)[:size]
+            if m.shape == (size,):
+                return m
+        return None
+
+    def unreferenced(self, i: int, measured: dict | None = None) -> bool:
+        """Would part ``i``'s next command skip its change limit on some value, having nothing
+        to count it from (no command since the reset, no measured value, or one not finite)?"""
+        a, b = self.parts[i]
+        if not self.rate_limited(i):
+            return False
+        reference = self.reference(i, b - a, measured)
+        return reference is None or \
+            not np.isfinite(reference[self.filters[i].rate_limited]).all()
+
+    def ticks(self, i: int, now: float | None) -> float:
+        """Control ticks since part ``i``'s last command (at most 1; 1 without a time)."""
+        if now is None or self.when[i] is None or self.last[i] is None:
+            return 1.0
+        ticks = (now - self.when[i]) * self.rate
+        return 1.0 if ticks >= 1.0 - self.TICK_SLACK else max(ticks, 0.0)
+
+    def part(self, i: int, values, measured: dict | None = None,
+             now: float | None = None) -> np.ndarray:
+        """Part ``i``'s command ``values`` (its size; finite) through the filter, a new array.
+        ``measured``: the observations by key (a relative part's reference after a reset);
+        ``now``: the command's time (s), for the change allowed since the last (see the
+        class)."""
+        values = np.asarray(values, dtype=np.float64)
+        reference = self.reference(i, len(values), measured)
+        if reference is not None and self.last[i] is None:
+            reference = np.where(np.isfinite(reference), reference, values)
+        out, clamped = self.filters[i](values, reference, self.ticks(i, now))
         if clamped:
             self.clamped_commands += 1
             self.clamped_values += clamped
         self.last[i] = out
+        if now is not None:
+            # (a clock that went back, a simulation put back: a new time base from here)
+            self.when[i] = now
         return out
 
-    def __call__(self, action, measured: dict | None = None) -> np.ndarray:
+    def __call__(self, action, measured: dict | None = None,
+                 now: float | None = None) -> np.ndarray:
         """The whole action vector (every part at once), through the filter."""
         action = np.asarray(action, dtype=np.float64)
-        return np.concatenate([self.part(i, action[a:b], measured)
+        return np.concatenate([self.part(i, action[a:b], measured, now)
                                for i, (a, b) in enumerate(self.parts)])
 
 

@@ -20,10 +20,17 @@ Safety: every command the mux publishes passes the one action filter (``deploy.l
 default: the robot of ``task`` (or ``robot``) bounds each joint and the gripper, and each
 value's change per control tick of the task's spec, counted from the last command forwarded
 whichever source sent it (a hand-over from the policy to a person, or back, never jumps). After
-a new episode the change counts from the measured joints (a simulated robot is put back). A
-command of the wrong size or with a NaN is not forwarded. ``action_lower``/``action_upper``/
-``max_delta`` replace part of the robot's limits; ``allow_unlimited`` with limits that bound
-nothing is the only way to forward commands as they come.
+a new episode, and before the first forward, the change counts from the measured joints (a
+simulated robot is put back); an arm command with nothing to count from (no joint state on
+``state_topic`` yet, or none that names the joints) is not forwarded (counted,
+``no_reference_dropped``, and said once each run of them). Without sync the change allowed is
+that of the control ticks since the last forward, on the node's clock (at most one tick): a
+source faster than the control rate, or a burst of queued commands, moves the robot no faster
+than its velocity limits. With sync, one tick per state (of the states' stamps, which a lockstep
+bridge advances one control period a state). A command of the wrong size or with a NaN is not
+forwarded. ``action_lower``/``action_upper``/``max_delta`` replace part of the robot's limits;
+``allow_unlimited`` with limits that bound nothing is the only way to forward commands as they
+come.
 
 ``sync: true`` (lockstep simulation): for each new state on ``state_topic`` the mux waits until
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
@@ -79,8 +86,8 @@ class CommandMux(Node):
               "forwarding the chosen one alone; no sync: a wait for a state's episode status "
               "longer than this is said", min_value=0.0, max_value=60.0),
         Param("state_topic", "/joint_states", "the robot's states (sync: each one answered; "
-              "no sync: their stamps, and the measured joints the filter counts from after a "
-              "new episode)", read_only=True),
+              "no sync: their stamps, and the measured joints the filter counts from at the "
+              "start and after a new episode: no arm command goes before one)", read_only=True),
         Param("rate", 20.0, "no sync: mixture draws per second", read_only=True, min_value=0.1,
               max_value=10000.0),
         Param("intervention_source", "human", "who takes over while the button is held",
@@ -126,6 +133,10 @@ class CommandMux(Node):
         self._part = {t: i for i, t in enumerate(topics)}
         self._measured = None   # the newest state (JointState): the filter's reference at reset
         self.refused = 0        # commands not forwarded (wrong size, not finite)
+        self.unreferenced = 0   # commands not forwarded: nothing to count their change from
+        self._unreferenced_run = False  # the last command of a limited part was one such
+        self._unreferenced_log = LogThrottle(5.0)
+        self._state_topic = state_topic
         self.pubs = {t: self.create_publisher(Float64MultiArray, t, COMMAND_PUB_QOS)
                      for t in topics}
         self.pub_source = self.create_publisher(String, "~/source", COMMAND_PUB_QOS)
@@ -198,7 +209,16 @@ class CommandMux(Node):
                         if f.relative_to and f.relative_to in fields
                         and fields[f.relative_to].field == "position"
                         and fields[f.relative_to].joints}
-        return CommandLimiter(limits, spec)
+        limiter = CommandLimiter(limits, spec)
+        # the parts whose change counts from measured joints until their first forward
+        self._measurable = [f.relative_to in self._joints for f in spec.actions]
+        for i, f in enumerate(spec.actions):
+            if limiter.rate_limited(i) and not self._measurable[i]:
+                self.get_logger().warning(
+                    f"{f.topic}: a change limit, but no measured joint position to count it "
+                    "from (the spec's action is not relative to one): its first command, and "
+                    "the first of each new episode, is bounded only by its limits")
+        return limiter
 
     def _measured_values(self) -> dict | None:
         """The newest state's measured joints, by observation key (None before any)."""
@@ -241,9 +261,10 @@ class CommandMux(Node):
                    and (gate.state is None or gate.state < gate.started) else "")
                 + "): not forwarded before it comes")
 
-    def _limited(self, topic: str, msg):
+    def _limited(self, topic: str, msg, now: float | None = None):
         """``msg`` through the action filter: the message to forward (``msg`` itself when
-        nothing changed), or None for one that must not reach the robot."""
+        nothing changed), or None for one that must not reach the robot. ``now``: its time
+        (s), for the change allowed since the last forward (None: one tick)."""
         i = self._part[topic]
         a, b = self._limiter.parts[i]
         values = np.asarray(msg.data, dtype=np.float64)
@@ -256,10 +277,36 @@ class CommandMux(Node):
                 throttle_duration_sec=5.0)
             return None
         measured = self._measured_values() if self._limiter.last[i] is None else None
-        out = self._limiter.part(i, values, measured)
+        if self._measurable[i] and self._limiter.unreferenced(i, measured):
+            self._drop_unreferenced(topic)
+            return None
+        if self._limiter.rate_limited(i):
+            self._unreferenced_run = False
+        out = self._limiter.part(i, values, measured, now)
         if np.array_equal(out, values):
             return msg
         return Float64MultiArray(layout=msg.layout, data=out.tolist())
+
+    def _drop_unreferenced(self, topic: str) -> None:
+        """A command not forwarded: its change would count from nothing (no measured joints
+        since the start or the new episode). Said when a run of them starts, then at most
+        every 5 s while it lasts."""
+        self.unreferenced += 1
+        if not self._unreferenced_run:
+            self._unreferenced_run = True
+            self._unreferenced_log = LogThrottle(5.0)
+        if self._unreferenced_log.due():
+            self.get_logger().warning(
+                f"a command on {topic} not forwarded: no joint state on {self._state_topic} "
+                f"with the joints {', '.join(self._missing_joints())} yet (since the start or "
+                "the new episode), so nothing to count its change per tick from; commands "
+                f"are forwarded once one comes ({self.unreferenced} not forwarded in all)")
+
+    def _missing_joints(self) -> list:
+        """The joints the filter counts from that the newest state lacks (all: no state)."""
+        names = set(self._measured.name) if self._measured is not None else set()
+        wanted = [j for joints in self._joints.values() for j in joints]
+        return [j for j in wanted if j not in names] or wanted
 
     def _on_params(self, params) -> SetParametersResult:
         mode = next((p.value for p in params if p.name == "mode"), None)
@@ -308,8 +355,9 @@ class CommandMux(Node):
             self._pass(source, topic, msg)
 
     def _pass(self, source: str, topic: str, msg) -> None:
-        """Without sync: forward ``source``'s ``msg`` on ``topic``, through the filter."""
-        msg = self._limited(topic, msg)
+        """Without sync: forward ``source``'s ``msg`` on ``topic``, through the filter (the
+        change allowed: the control ticks since the last forward, on the node's clock)."""
+        msg = self._limited(topic, msg, self.get_clock().now().nanoseconds * 1e-9)
         if msg is None:
             return
         if topic == self.core.topics[0]:
@@ -350,7 +398,11 @@ class CommandMux(Node):
             return
         if self.core.episode_started:  # (known from the state's own status: exact)
             self._limiter.reset()
-        out = [(t, m) for t, m in ((t, self._limited(t, m)) for t, m in out) if m is not None]
+        # one tick a state: the change allowed counts from the states' stamps (one control
+        # period a state in lockstep: one whole tick, the same as per forward)
+        now = None if self._stamps_seen is None else self._stamps_seen * 1e-9
+        out = [(t, m) for t, m in ((t, self._limited(t, m, now)) for t, m in out)
+               if m is not None]
         self._forward = (self._stamps_seen, self.core.last_choice, out)
         self._publish(self.core.last_choice, out)
 
@@ -381,6 +433,12 @@ class CommandMux(Node):
                 self.core.new_episode()
                 self._limiter.reset()
             self._gate.on_status(stamp, new)
+            if new and self._measured is not None and not (
+                    self._gate.paired and stamp_ns(self._measured.header.stamp) >= stamp):
+                # a state from before the episode's start is no reference (the robot may have
+                # been put back since); once statuses come with the states (paired), the
+                # episode's first state is known by its stamp (the gate waits for it)
+                self._measured = None
             if self._gate.held:
                 self._release()
 
@@ -393,6 +451,7 @@ class CommandMux(Node):
                   "clamped_commands": self._limiter.clamped_commands,
                   "clamped_values": self._limiter.clamped_values,
                   "refused_commands": self.refused,
+                  "no_reference_dropped": self.unreferenced,
                   **({} if self.sync else {"held_for_status": self._gate.held_total,
                                            "stale_dropped": self._gate.stale}),
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
