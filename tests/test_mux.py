@@ -545,19 +545,31 @@ def test_every_forward_passes_the_action_filter(procs, probe):
     arm = probe.record(Float64MultiArray, ARM, KEEP)
     grip = probe.record(Float64MultiArray, GRIP, KEEP)
     diag = probe.record(DiagnosticArray, "/diagnostics", 10)
+    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
     procs.start_node("command_mux", params={"mode": "policy"})
     sources = Sources(probe)
-    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM), 30,
-             "the mux's subscriptions", procs=procs)
+    wait_for(lambda: sources.matched() and probe.node.count_publishers(ARM)
+             and state.get_subscription_count(), 30, "the mux's subscriptions", procs=procs)
     d = 2.175 / 20   # panda_joint1's velocity limit per tick of push's 20 Hz
+    # no arm command goes before a joint state (nothing to count its change from); the first
+    # after one counts from the measured joints (the robot at 0.5)
     sources.send("policy", 0.5)
-    wait_for(lambda: len(arm) == 1 and len(grip) == 1, 5, "the first forward")
-    assert arm[0].data[0] == 0.5 and grip[0].data[0] == 0.5
+    wait_for(lambda: len(grip) == 1, 5, "the gripper's forward")
+    wait_for(lambda: mux_value(diag, "no_reference_dropped") == "1", 5, "the arm's refusal")
+    assert len(arm) == 0
+    state.publish(JointState(name=PANDA, position=[0.5] * 7 + [0.04] * 2))
+    wait_for(lambda: sources.send("policy", 0.5) or time.sleep(0.05) or len(arm), 5,
+             "the first forward")
+    time.sleep(0.2)
+    arm.clear()
+    assert grip[-1].data[0] == 0.5
+    grip.clear()
     probe.set_params("command_mux", mode="expert")
-    for k in range(1, 6):   # the expert takes over, far from the policy's last command
+    for k in range(0, 5):   # the expert takes over, far from the policy's last command
+        time.sleep(1 / 20)  # (a control tick or more after the last forward: a whole tick)
         sources.send("expert", 2.5)
         wait_for(lambda: len(arm) == k + 1, 5, f"forward {k}")
-        assert arm[-1].data[0] == pytest.approx(min(0.5 + k * d, 2.5)), k
+        assert arm[-1].data[0] == pytest.approx(min(0.5 + (k + 1) * d, 2.5)), k
     sources.send("human", 9.0)  # not the chosen source: nothing
     sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[float("nan")] * 7))
     sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[1.0] * 3))
@@ -567,15 +579,14 @@ def test_every_forward_passes_the_action_filter(procs, probe):
     wait_for(lambda: mux_value(diag, "refused_commands") == "2", 5, "both refusals counted")
     # (each of the expert's arm commands, and more: 0.5 is above panda_joint4's upper limit)
     assert int(mux_value(diag, "clamped_commands")) > 5
-    wait_for(lambda: len(grip) == 7, 5, "the gripper's forward")
+    wait_for(lambda: len(grip) == 6, 5, "the gripper's forward")
     assert grip[-1].data[0] == 1.0, "the gripper's opening is at most 1"
-    assert len(arm) == 6
+    assert len(arm) == 5
 
     # lockstep: after a new episode (the state's own status says so) the change counts from
     # the measured joints, not from the last forward
     procs.stop("command_mux")
     arm.clear()
-    state = probe.node.create_publisher(JointState, "/joint_states", STATE_QOS)
     status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_QOS)
     sources = synced_mux(procs, probe, state, ("expert",), wide=False, sync_sources=["expert"])
     for k, (episode, joint1) in enumerate([("1", 0.0), ("1", 0.0), ("2", 2.0)], start=1):
