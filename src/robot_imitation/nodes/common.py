@@ -110,6 +110,9 @@ class Param:
     # a parameter that stands for a settings dataclass's field (``params_of``): the field's
     # limits, checked on the value as the setting takes it (``setting_value``)
     limits: object = None
+    # a check beyond the limits, e.g. that a named task exists: a function of the value as the
+    # setting takes it, returning why it is not allowed (one line naming it) or None
+    check: object = None
 
     def descriptor(self) -> ParameterDescriptor:
         desc = ParameterDescriptor(description=self.description + (
@@ -134,6 +137,7 @@ class Param:
         # and the table is shared by every node of the class
         default = list(self.default) if isinstance(self.default, list) else self.default
         self._float_from_int(node)
+        self._empty_list(node)
         value = node.declare_parameter(self.name, default, self.descriptor()).value
         problem = self.problem(value)
         if problem:
@@ -157,9 +161,35 @@ class Param:
             node._parameter_overrides[self.name] = Parameter(
                 self.name, value=[float(v) for v in given.value])
 
+    def _empty_list(self, node) -> None:
+        """An empty list or mapping given at start (`sources: []` in a parameter file, `-p
+        "hidden:=[]"`) reaches rclpy as no value at all: the parameter stayed unset, and the
+        node failed where it read it. It is read as the empty value where there is one (a list
+        of strings: [''], a mapping's YAML text: '', see ``params_of``); another parameter with
+        a default is refused, naming it."""
+        from rclpy.parameter import Parameter
+
+        T = Parameter.Type
+        given = getattr(node, "_parameter_overrides", {}).get(self.name)
+        if given is None or given.type_ != T.NOT_SET or isinstance(self.default, T):
+            return
+        declared = T.from_parameter_value(self.default)
+        limits = self.limits
+        if declared == T.STRING_ARRAY or (limits is not None and limits.kind is dict):
+            empty = [""] if declared == T.STRING_ARRAY else ""
+            node._parameter_overrides[self.name] = Parameter(self.name, value=empty)
+            return
+        why = limits.problem([]) if limits is not None else None
+        kinds = {T.BOOL: "true or false", T.INTEGER: "an integer", T.DOUBLE: "a number",
+                 T.STRING: "a string", T.INTEGER_ARRAY: "a non-empty list of integers",
+                 T.DOUBLE_ARRAY: "a non-empty list of numbers",
+                 T.BOOL_ARRAY: "a non-empty list of true or false"}
+        raise ValueError(f"parameter {self.name}=[]: must be "
+                         f"{why or kinds.get(declared, 'a value')}")
+
     def problem(self, value) -> str | None:
-        """Why ``value`` is not allowed (choices, a setting's limits; ranges are checked by
-        rcl), or None."""
+        """Why ``value`` is not allowed (choices, a setting's limits, ``check``; ranges are
+        checked by rcl), or None."""
         if self.choices and value is not None and value not in self.choices:
             return (f"parameter {self.name}={value!r}: must be one of "
                     f"{', '.join(map(str, self.choices))}")
@@ -172,6 +202,8 @@ class Param:
                 # an array parameter's value comes as array('q', [...]): shown as a list
                 shown = list(value) if isinstance(value, array.array) else value
                 return f"parameter {self.name}={shown!r}: must be {why}"
+        if self.check is not None and value is not None:
+            return self.check(self.setting_value(value))
         return None
 
     def setting_value(self, value):

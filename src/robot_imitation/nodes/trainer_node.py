@@ -16,11 +16,18 @@ Publishes:
                status goes to /diagnostics.
   ~/checkpoint std_msgs/String: the best checkpoint of the last finished run (absolute path);
                reliable, transient local, depth 1, so policy nodes started later still get it.
-A failed run (bad dataset, bad settings, an error while training) publishes state `failed`
-with the error and logs it; the node keeps serving.
+An unknown `task` or `robot` is refused at start and when set, as `robot-imitation train`
+refuses it; ~/train refuses, with the reason, what the command line refuses before training
+(a device that is not there, a task or robot that does not fit the dataset's spec). A failed
+run (bad dataset, bad settings, an error while training) publishes state `failed` with the
+error and logs it; the node keeps serving. An empty list given at start (`sources: []`) is
+the empty list; `hidden: []` is refused at start.
+Ctrl-C (SIGINT, SIGTERM) stops a running run as ~/cancel does and waits for it to get there
+(state `cancelled`), then exits 0; further signals are ignored (SIGKILL aborts).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -61,11 +68,43 @@ NODE_ONLY_AFTER = (
 )
 
 
+def _loads(load):
+    """A ``Param`` check: why a task or robot name is not one ``load`` finds (its one line, as
+    the command line says it), or None; empty: none given."""
+    def problem(name) -> str | None:
+        if not name:
+            return None
+        try:
+            load(name)
+        except Exception as exc:  # noqa: BLE001 - ModelError, a YAML error: said, not raised
+            return str(exc)
+        return None
+    return problem
+
+
+def _task(name) -> None:
+    from ..sim.tasks import TaskConfig
+
+    TaskConfig.load(name)
+
+
+def _robot(name) -> None:
+    from ..sim.robot import RobotConfig
+
+    RobotConfig.load(name)
+
+
+# checks of TrainConfig fields beyond their limits: the command line's before it trains
+CHECKS = {"task": _loads(_task), "robot": _loads(_robot)}
+
+
 def _parameters() -> tuple:
     """The trainer's parameters: its own, and one per TrainConfig field (default, limits and
     description from the field; the policy types known when the node starts)."""
-    return (NODE_ONLY + params_of(TrainConfig, choices={"policy": available_policies()})
-            + NODE_ONLY_AFTER)
+    settings = params_of(TrainConfig, choices={"policy": available_policies()})
+    settings = tuple(dataclasses.replace(p, check=CHECKS[p.name]) if p.name in CHECKS else p
+                     for p in settings)
+    return NODE_ONLY + settings + NODE_ONLY_AFTER
 
 
 class TrainerNode(Node):
@@ -90,6 +129,11 @@ class TrainerNode(Node):
         self._cancel = threading.Event()
         self._status: dict = {}
         self._last_publish = 0.0
+        import torch
+
+        # torch.set_num_threads holds for the whole process, later threads included: a run
+        # with cpu_threads 0 gets this, not what the run before set
+        self._default_threads = torch.get_num_threads()
         self.get_logger().info("trainer ready: set parameters, then call ~/train")
 
     # ----------------------------------------------------------------- parameters
@@ -103,6 +147,18 @@ class TrainerNode(Node):
 
     # ----------------------------------------------------------------- services
     def _srv_train(self, req, resp):
+        try:
+            return self._start(resp)
+        except Exception as exc:  # noqa: BLE001 - never fatal: the client gets the reason
+            self.get_logger().debug(traceback.format_exc())
+            return self._refuse(resp, f"{type(exc).__name__}: {exc}")
+
+    def _refuse(self, resp, problem: str):
+        self.get_logger().error(f"not training: {problem}")
+        resp.success, resp.message = False, f"not training: {problem}"
+        return resp
+
+    def _start(self, resp):
         with self._lock:
             if self._busy:
                 s = self._status
@@ -114,15 +170,9 @@ class TrainerNode(Node):
             try:
                 dataset, spec, out, cfg = self._settings()
             except ValueError as exc:  # a value outside TrainConfig's limits (SettingError)
-                self.get_logger().error(f"not training: {exc}")
-                resp.success, resp.message = False, f"not training: {exc}"
-                return resp
-            problem, run_dir = None, None
-            if not dataset:
-                problem = "the dataset parameter is empty"
-            elif not Path(dataset).is_dir():
-                problem = f"dataset {dataset}: no such folder"
-            else:
+                return self._refuse(resp, str(exc))
+            problem, run_dir = self._problem(dataset, spec, cfg), None
+            if not problem:
                 try:
                     run_dir = new_run_dir(Path(out))
                 except OSError as exc:
@@ -131,21 +181,59 @@ class TrainerNode(Node):
                 self._status = {"state": "failed", "step": 0, "total": cfg.steps,
                                 "run_dir": "", "error": problem}
                 self._publish(force=True)
-                self.get_logger().error(f"not training: {problem}")
-                resp.success, resp.message = False, f"not training: {problem}"
-                return resp
+                return self._refuse(resp, problem)
             self._cancel.clear()
-            self._busy = True
             self._status = {"state": "running", "step": 0, "total": cfg.steps,
                             "run_dir": str(run_dir), "train_loss": None, "val_loss": None,
                             "success_rate": None, "started": time.monotonic()}
-            self._publish(force=True)
             self._thread = threading.Thread(target=self._train, name="training", daemon=True,
                                             args=(dataset, spec, run_dir, cfg))
             self._thread.start()
+            self._busy = True
+            self._publish(force=True)
         self.get_logger().info(f"training on {dataset} into {run_dir}: {asdict(cfg)}")
         resp.success, resp.message = True, f"training started: {run_dir}"
         return resp
+
+    @staticmethod
+    def _problem(dataset: str, spec: str | None, cfg: TrainConfig) -> str | None:
+        """What `robot-imitation train` refuses before training, if any: no dataset folder, a
+        device that is not there, an unknown task or robot, a task or robot that does not fit
+        the dataset's spec. A dataset whose spec cannot be read is left to the run, which fails
+        naming it (state `failed`)."""
+        from ..data.dataset import dataset_spec
+        from ..learning.trainer import resolve_device
+
+        if not dataset:
+            return "the dataset parameter is empty"
+        if not Path(dataset).is_dir():
+            return f"dataset {dataset}: no such folder"
+        try:
+            resolve_device(cfg.device)
+        except (ValueError, RuntimeError) as exc:
+            return str(exc)
+        problem = CHECKS["task"](cfg.task) or CHECKS["robot"](cfg.robot)
+        if problem:
+            return problem
+        try:
+            spec_obj = dataset_spec(Path(dataset), spec)
+        except Exception:  # noqa: BLE001 - the run says what is wrong with the dataset
+            return None
+        try:
+            if cfg.robot:  # its limits fit the spec's actions (LimitsError naming both)
+                from ..deploy.limits import robot_limits
+
+                robot_limits(cfg.robot, spec_obj)
+            if cfg.task and cfg.eval_episodes:
+                from ..learning.evaluation import task_mismatch
+
+                problem = task_mismatch(spec_obj, cfg.task, "gym")
+                if problem:
+                    return (f"spec {spec_obj.name} {problem} (task is where the policy is "
+                            "evaluated)")
+        except Exception as exc:  # noqa: BLE001 - said, as the command line says it
+            return str(exc)
+        return None
 
     def _srv_cancel(self, req, resp):
         with self._lock:
@@ -168,9 +256,9 @@ class TrainerNode(Node):
 
         result = None
         try:
-            threads = self.get_parameter("cpu_threads").value
-            if threads:
-                torch.set_num_threads(threads)
+            threads = self.get_parameter("cpu_threads").value or self._default_threads
+            torch.set_num_threads(threads)
+            self.get_logger().info(f"training on CPU threads: {torch.get_num_threads()}")
             data = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction,
                                  seed=cfg.seed, sources=cfg.sources or None,
                                  include_interrupted=cfg.include_interrupted)
@@ -213,8 +301,6 @@ class TrainerNode(Node):
         self._finish(state, **values)
 
     def _on_progress(self, step: int, total: int, row: dict) -> None:
-        if self._cancel.is_set():
-            raise Cancelled()
         evaluation = "val_loss" in row or "success_rate" in row
         with self._lock:
             s = self._status
@@ -222,6 +308,8 @@ class TrainerNode(Node):
             for key in ("val_loss", "success_rate"):
                 if key in row:
                     s[key] = row[key]
+        if self._cancel.is_set():  # the step reached (and its evaluation) go with `cancelled`
+            raise Cancelled()
         self._publish(force=evaluation or step >= total)
 
     def _finish(self, state: str, **values) -> None:
@@ -257,11 +345,21 @@ class TrainerNode(Node):
         publish_safely(self, self.pub_diag, msg)
 
     def close(self) -> None:
-        """At shutdown: ask a running run to stop and give it a moment to do so."""
+        """At shutdown (Ctrl-C, SIGTERM): stop a running run as ~/cancel does, and wait until
+        it has: it stops at its next progress report (within `log_every` steps, or after the
+        evaluation or checkpoint save under way) and ends `cancelled`. The process must not
+        exit with the run's thread still inside torch or a save: it aborted (exit 134), with
+        the run neither finished nor marked cancelled. Further signals are ignored
+        (``ShutdownRequest``); SIGKILL aborts."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._cancel.set()
-            thread.join(timeout=5.0)
+        if thread is None or not thread.is_alive():
+            return
+        self._cancel.set()
+        self.get_logger().warning(
+            f"shutting down: training run {self._status.get('run_dir')} stops at its next "
+            "progress report (after the evaluation under way, if any); waiting for it")
+        while thread.is_alive():
+            thread.join(timeout=0.5)
 
 
 def main(args=None) -> int:
