@@ -17,16 +17,23 @@ published before the publisher's side matched is lost to the bag); subscriptions
 reliability and durability of the topic's publishers. The recorded topics are not run by the
 executor: a drain thread takes every message waiting on them at most every 10 ms (serialized,
 with the middleware's reception stamp) and hands them to the recorder in reception order, one
-batch per pass; a writer thread writes. SIGINT/SIGTERM finish the open bag.
+batch per pass; a writer thread writes. SIGINT/SIGTERM finish the open bag, and end a ~/start
+still waiting for its topics (refused).
+
+The episode settings (``task``, ``operator``, ``notes``, ``auto_stop_on_done``, ``stop_grace``,
+``answer_timeout``) can be changed at run time: an episode keeps those of its ~/start, a change
+applies from the next one. ``discovery_timeout`` applies from the next ~/start. The rest is
+read-only (the dataset, what is recorded and how).
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
-from .common import (Param, checked_subscription, declare_all, matched_reports, run, stamp_ns,
-                     take_message, to_sec, uncounted)
+from .common import (Param, _launcher_parent, checked_subscription, declare_all, matched_reports,
+                     run, stamp_ns, take_message, to_sec, uncounted)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -207,6 +214,7 @@ class Drain:
 
 
 DRAIN_PERIOD = 0.01  # s between the drain's passes, at most
+ANSWER_LINGER = 1.0  # s the process stays after answering a start the shutdown ended
 
 
 def _first(item):
@@ -222,23 +230,27 @@ class EpisodeRecorder(Node):
               "name or path); empty: only `topics`", read_only=True),
         Param("topics", [""], "more topics to record (any message type)", read_only=True),
         Param("storage", "mcap", "bag storage", read_only=True, choices=("mcap", "sqlite3")),
-        Param("task", "", "episode metadata: the task (the task status overrides it)"),
-        Param("operator", "", "episode metadata: who demonstrated"),
-        Param("notes", "", "episode metadata: free text"),
+        Param("task", "", "episode metadata: the task (the task status overrides it); a change "
+              "applies from the next episode"),
+        Param("operator", "", "episode metadata: who demonstrated (a change applies from the "
+              "next episode)"),
+        Param("notes", "", "episode metadata: free text (a change applies from the next "
+              "episode)"),
         Param("auto_stop_on_done", False, "stop (and keep) the episode when the task's status "
-              "says done"),
+              "says done (a change applies from the next episode)"),
         Param("stop_grace", 0.25, "auto stop: seconds (wall) to keep recording after done, for "
-              "messages of the last instant still in flight on other topics", min_value=0.0,
-              max_value=10.0),
+              "messages of the last instant still in flight on other topics (a change applies "
+              "from the next episode)", min_value=0.0, max_value=10.0),
         Param("answer_timeout", 2.0, "auto stop: the longest wait (seconds, wall) after done "
               "for a command answering the final state on each of the spec's action topics (one "
               "naming that state, or one without a name received after the status), and for the "
               "final state's message on each topic that carries every state (the spec's stamped "
-              "observations, /clock)",
+              "observations, /clock); a change applies from the next episode",
               min_value=0.0, max_value=60.0),
         Param("status_topic", "/episode/status", "the task's episode status "
               "(diagnostic_msgs/DiagnosticArray)", read_only=True),
-        Param("discovery_timeout", 10.0, "seconds ~/start waits for every topic to be matched",
+        Param("discovery_timeout", 10.0, "seconds ~/start waits for every topic to be matched "
+              "(a change applies from the next ~/start; SIGINT/SIGTERM end the wait)",
               min_value=0.0, max_value=600.0),
         Param("log_time", "auto", "time each message is logged at: receive (the recorder's "
               "clock at reception, as rosbag2), publication (the newest header stamp among "
@@ -252,13 +264,22 @@ class EpisodeRecorder(Node):
         super().__init__(self.NODE_NAME)
         p = declare_all(self, self.PARAMETERS)
         keep_freed_memory()  # frames and chunk buffers reuse their memory (recording.heap)
+        if not p["dataset"].strip():
+            raise ValueError(f"parameter dataset={p['dataset']!r}: an empty path (give the "
+                             "dataset folder's path)")
         self.dataset_dir = p["dataset"]
-        self.meta_params = {k: p[k] for k in ("task", "operator", "notes")}
-        self.auto_stop = p["auto_stop_on_done"]
-        self.stop_grace = p["stop_grace"]
-        self.answer_timeout = p["answer_timeout"]
+        # the settings a ~/start takes (RUN_TIME_SETTINGS), as set now: changed by
+        # _after_set_params (validated before by declare_all's check and the descriptors'
+        # ranges); an episode keeps those of its start (_Episode)
+        self.settings = {k: p[k] for k in RUN_TIME_SETTINGS}
+        self.add_post_set_parameters_callback(self._after_set_params)
+        self.episode = _Episode()  # the running (or last) episode's settings
         self.status_topic = p["status_topic"]
-        self.discovery_timeout = p["discovery_timeout"]
+        # the first SIGINT/SIGTERM (stop_requested), or the suite's launcher gone: a ~/start
+        # waiting for its topics gives up (the spin loop sees neither until it returns)
+        self._shutting_down = False
+        self._launcher = _launcher_parent()
+        self._refused_at = None  # monotonic time of a start refused for the shutdown
         self.spec = Spec.load(p["spec"]) if p["spec"] else None
         self.wanted = dict(self.spec.topics()) if self.spec else {}
         for topic in (t for t in p["topics"] if t):
@@ -290,15 +311,18 @@ class EpisodeRecorder(Node):
         # auto stop: the action topics whose answers to an episode's final state are awaited
         # (topic -> whether the state is named by a header stamp), and the newest command
         # taken on each: (its bytes, reception ns), read only by the stop's wait
-        self._answering = {t: not ty.endswith("MultiArray")
-                           for t, ty in self.spec.action_topics().items()} \
-            if self.spec and self.auto_stop else {}
+        self._action_topics = {t: not ty.endswith("MultiArray")
+                               for t, ty in self.spec.action_topics().items()} \
+            if self.spec else {}
+        self._state_topics = frozenset(per_state) if self._action_topics else frozenset()
+        # those of the running episode: empty without auto stop (set at each ~/start)
+        self._answering: dict = {}
         self._newest_answer: dict = {}
         # and the topics that carry every state, whose message of the final state is awaited
         # as well: a recorder that fell behind gets the samples its transport dropped sent
         # again, later (a test run's bag ended without the final 136 poses); their newest bytes
         # taken, by topic
-        self._per_state = per_state if self._answering else set()
+        self._per_state: frozenset = frozenset()
         self._newest_state: dict = {}
         self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
         self.drain = Drain(self._offer_batch, self.context,
@@ -324,6 +348,25 @@ class EpisodeRecorder(Node):
         self.create_timer(0.5, self._discover)
         self.get_logger().info(f"recording {sorted(self.wanted)} into {self.dataset_dir} "
                                f"({storage}, log time: {log_time})")
+
+    # ----------------------------------------------------------------- parameters
+    def _after_set_params(self, params) -> None:
+        """A run-time setting changed (accepted): the next ~/start takes it."""
+        for param in params:
+            if param.name in self.settings:
+                self.settings[param.name] = param.value
+
+    def stop_requested(self) -> None:
+        """The first SIGINT/SIGTERM (in its handler, ``common.ShutdownRequest``): a ~/start
+        waiting for its topics ends at its next look (every 50 ms at most), refused; the node
+        closes once its spin loop ends. A flag only: the handler runs between two bytecodes of
+        the main thread, which may hold any lock."""
+        self._shutting_down = True
+
+    def _stopping(self) -> bool:
+        if self._launcher is not None and os.getppid() != self._launcher:
+            self._shutting_down = True
+        return self._shutting_down
 
     # ----------------------------------------------------------------- discovery
     def _discover(self) -> list:
@@ -407,7 +450,7 @@ class EpisodeRecorder(Node):
         self._status = (to_sec(msg.header.stamp), values)
         # A status received before ~/start (still queued while the start waited for its
         # topics) is the past: the `done` of an episode that ran then must not stop this one.
-        if not (self.auto_stop and self.recorder.recording) or \
+        if not (self.episode.auto_stop and self.recorder.recording) or \
                 self._before_start(info):
             return
         # Stop when an episode seen running during this recording is done (not on a stale
@@ -419,35 +462,50 @@ class EpisodeRecorder(Node):
             self._running_episode = None  # one stop per episode
             seen = info["received_timestamp"] or time.time_ns()
             threading.Thread(target=self._auto_stop_after, daemon=True,
-                             args=(stamp_ns(msg.header.stamp), seen, self._started_ns)).start()
+                             args=(stamp_ns(msg.header.stamp), seen, self._started_ns,
+                                   self.episode)).start()
 
     # ----------------------------------------------------------------- services
     def _srv_start(self, req, resp):
-        deadline = time.monotonic() + self.discovery_timeout
+        settings = dict(self.settings)  # this start's (a change meanwhile: the next one's)
+        timeout = settings["discovery_timeout"]
+        deadline = time.monotonic() + timeout
+        told = False
         while True:
+            if self._stopping():
+                return self._refused_for_shutdown(resp)
             self._discover()
             unmatched = self._unmatched()
             if not unmatched or time.monotonic() >= deadline:
                 break
+            if not told:  # a start may wait long (up to 600 s): say for what
+                told = True
+                self.get_logger().info(f"~/start: waiting up to {timeout} s for a matched "
+                                       f"publisher on {unmatched}")
             time.sleep(0.05)
         if unmatched:
             resp.success = False
             why = "; ".join(f"{t}: " + ("subscribed, no publisher matched" if t in self.subs
                                          else "no publisher discovered") for t in unmatched)
             resp.message = (f"not starting: no matched publisher within "
-                            f"{self.discovery_timeout} s for {unmatched} ({why})")
+                            f"{timeout} s for {unmatched} ({why})")
             self.get_logger().error(resp.message)
             return resp
         # matched on this side; now on the publishers' (those that say)
         while (short := self._uncounted()) and time.monotonic() < deadline:
+            if self._stopping():
+                return self._refused_for_shutdown(resp)
             time.sleep(0.01)
+        if self._stopping():
+            return self._refused_for_shutdown(resp)
         if short:
             self.get_logger().warning(
                 f"starting although publishers count fewer subscriptions than this node sees "
-                f"after {self.discovery_timeout} s (a reader they cannot match? their messages "
+                f"after {timeout} s (a reader they cannot match? their messages "
                 f"may miss the episode's start): {'; '.join(short)}")
         started = time.time_ns()  # the DDS reception stamps' clock
-        meta = dict(self.meta_params)  # every key in every entry, empty when not given
+        # every key in every entry, empty when not given
+        meta = {k: settings[k] for k in ("task", "operator", "notes")}
         if self.spec:
             meta.update(spec=self.spec.name, spec_fingerprint=self.spec.fingerprint())
         try:
@@ -458,10 +516,24 @@ class EpisodeRecorder(Node):
             resp.success, resp.message = False, str(exc)
             self.get_logger().error(resp.message)
             return resp
-        self._started_ns = started  # only now: a refused start leaves the running one alone
+        # only now: a refused start leaves the running one alone
+        auto = settings["auto_stop_on_done"]
+        self.episode = _Episode(auto, settings["stop_grace"], settings["answer_timeout"],
+                                settings["task"],
+                                dict(self._action_topics) if auto else {},
+                                self._state_topics if auto else frozenset())
+        self._answering, self._per_state = self.episode.answering, self.episode.per_state
+        self._started_ns = started
         self._running_episode = None
         resp.success, resp.message = True, f"recording {name}"
         self.get_logger().info(resp.message)
+        return resp
+
+    def _refused_for_shutdown(self, resp):
+        resp.success = False
+        resp.message = "not starting: the recorder is shutting down (SIGINT/SIGTERM)"
+        self.get_logger().warning(resp.message)
+        self._refused_at = time.monotonic()  # close() gives the answer time to arrive
         return resp
 
     def _srv_stop(self, resp, keep: bool):
@@ -481,39 +553,44 @@ class EpisodeRecorder(Node):
         stamp = header_stamp_ns(newest) if newest is not None else None
         return stamp is not None and stamp >= final
 
-    def _answered(self, topic: str, final: int, seen: int) -> bool:
+    def _answered(self, topic: str, final: int, seen: int, named: bool) -> bool:
         """Has ``topic`` a command answering the state stamped ``final`` (one naming it or a
-        later one, or one naming none received after that state's status, at ``seen``)?"""
+        later one, or one naming none received after that state's status, at ``seen``)?
+        ``named``: whether its commands name their state by a header stamp."""
         newest = self._newest_answer.get(topic)
         if newest is None:
             return False
         data, received = newest
-        stamp = answer_stamp(data, self._answering[topic])
+        stamp = answer_stamp(data, named)
         return stamp >= final if stamp is not None else received >= seen
 
-    def _auto_stop_after(self, final: int, seen: int, started: int) -> None:
+    def _auto_stop_after(self, final: int, seen: int, started: int,
+                         episode: "_Episode") -> None:
         """Stop ``stop_grace`` s after the final status, or later, once every action topic has
         answered the final state (at most ``answer_timeout`` s after the status); not an episode
-        started since (``started``: the ~/start of the one to stop)."""
+        started since (``started``: the ~/start of the one to stop, ``episode``: its
+        settings)."""
         t0 = time.monotonic()
-        time.sleep(self.stop_grace)
-        missing = list(self._answering)
-        lacking = sorted(self._per_state)
+        time.sleep(episode.stop_grace)
+        missing = list(episode.answering)
+        lacking = sorted(episode.per_state)
+        limit = episode.answer_timeout
         while True:
-            missing = [t for t in missing if not self._answered(t, final, seen)]
+            missing = [t for t in missing
+                       if not self._answered(t, final, seen, episode.answering[t])]
             lacking = [t for t in lacking if not self._reached(t, final)]
-            if not (missing or lacking) or time.monotonic() - t0 >= self.answer_timeout:
+            if not (missing or lacking) or time.monotonic() - t0 >= limit:
                 break
             time.sleep(0.005)
         if missing:
             self.get_logger().warning(
                 f"episode end: no command answering the final state ({final * 1e-9:.3f} s) on "
-                f"{', '.join(missing)} within answer_timeout ({self.answer_timeout} s): the bag "
+                f"{', '.join(missing)} within answer_timeout ({limit} s): the bag "
                 f"ends without it")
         if lacking:
             self.get_logger().warning(
                 f"episode end: no message of the final state ({final * 1e-9:.3f} s) on "
-                f"{', '.join(lacking)} within answer_timeout ({self.answer_timeout} s): the bag "
+                f"{', '.join(lacking)} within answer_timeout ({limit} s): the bag "
                 f"ends without it")
         self._auto_stop(started)
 
@@ -540,7 +617,7 @@ class EpisodeRecorder(Node):
                 values = self._status[1]
                 meta = {"success": values.get("success") == "true",
                         "seed": int(values["seed"]) if values.get("seed", "None") != "None"
-                        else None, "task": values.get("task") or self.meta_params["task"]}
+                        else None, "task": values.get("task") or self.episode.task}
             entry = self.recorder.stop(keep, meta)
         if entry["status"] in ("ok", "discarded"):
             self.get_logger().info(self._summary(entry))
@@ -566,6 +643,36 @@ class EpisodeRecorder(Node):
         if self.recorder.recording:
             entry = self.recorder.stop(True, interrupted=True)
             print(f"[{self.NODE_NAME}] shutdown: {self._summary(entry)}", flush=True)
+        if self._refused_at is not None:
+            # The answer of a start the shutdown ended went out just before: the process
+            # leaving at once lost it now and then (the client then waits for its own timeout,
+            # seen under load); the middleware cannot say when it has arrived.
+            rest = self._refused_at + ANSWER_LINGER - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)
+
+
+# the parameters a ~/start takes as they are then (the others are read-only)
+RUN_TIME_SETTINGS = ("task", "operator", "notes", "auto_stop_on_done", "stop_grace",
+                     "answer_timeout", "discovery_timeout")
+
+
+class _Episode:
+    """An episode's settings, as they were at its ~/start: with auto stop, the action topics
+    whose answers to the final state are awaited (topic -> named by a header stamp) and the
+    topics that carry every state."""
+
+    __slots__ = ("auto_stop", "stop_grace", "answer_timeout", "task", "answering", "per_state")
+
+    def __init__(self, auto_stop: bool = False, stop_grace: float = 0.0,
+                 answer_timeout: float = 0.0, task: str = "", answering: dict | None = None,
+                 per_state: frozenset = frozenset()):
+        self.auto_stop = auto_stop
+        self.stop_grace = stop_grace
+        self.answer_timeout = answer_timeout
+        self.task = task
+        self.answering = answering or {}
+        self.per_state = per_state
 
 
 def _never_called(data, info) -> None:

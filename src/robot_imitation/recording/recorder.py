@@ -52,14 +52,24 @@ class DatasetWriter:
     """The dataset folder: creates it, names episodes, keeps ``index.json``."""
 
     def __init__(self, root, spec=None):
+        if not str(root).strip():
+            raise RecorderError(f"dataset folder {str(root)!r}: an empty path (give the "
+                                "dataset folder's path)")
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise RecorderError(f"dataset folder {self.root} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write_test"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise RecorderError(f"dataset folder {self.root} is not writable: {exc}") from exc
+            # a file where a folder above it should be: say which (errno alone says "File
+            # exists" or "Not a directory")
+            blocker = next((p for p in self.root.parents if p.exists() and not p.is_dir()),
+                           None)
+            why = f"{blocker} is a file, not a folder" if blocker is not None else exc
+            raise RecorderError(f"dataset folder {self.root} is not writable: {why}") from exc
         self.index_path = self.root / "index.json"
         self.episodes: list[dict] = []
         if self.index_path.is_file():
@@ -82,6 +92,45 @@ class DatasetWriter:
                     "format": DATASET_FORMAT, "version": DATASET_VERSION,
                     "spec_fingerprint": spec.fingerprint(), "spec": spec.to_dict()},
                     sort_keys=False))
+        # what ``check`` holds the folder to: the folder itself (not one made in its place)
+        # and its dataset.yaml where it has one
+        self._identity = _identity(self.root)
+        self._has_meta = meta.is_file()
+
+    def check(self) -> None:
+        """``RecorderError`` when the dataset folder is no longer the one opened: gone (deleted
+        or moved), another folder in its place (another inode; or, the inode reused, one
+        without the index of the episodes recorded), or its dataset.yaml gone. A bag written
+        then would make the folder again without its spec (or go into another dataset), and
+        the index rewritten from memory would list episodes that are not there."""
+        try:
+            identity = _identity(self.root)
+        except FileNotFoundError:
+            raise RecorderError(
+                f"not starting: the dataset folder {self.root} is gone (deleted or moved since "
+                "the recorder started): put it back, or restart the recorder to make a new "
+                "one") from None
+        except OSError as exc:
+            raise RecorderError(f"not starting: the dataset folder {self.root} cannot be read: "
+                                f"{exc}") from None
+        if not self.root.is_dir():
+            raise RecorderError(f"not starting: the dataset folder {self.root} is now a file, "
+                                "not a folder")
+        if identity != self._identity:
+            raise RecorderError(
+                f"not starting: the dataset folder {self.root} is another folder than the "
+                "recorder's (deleted or moved, and one made in its place since the recorder "
+                "started): put it back, or restart the recorder")
+        if self._has_meta and not (self.root / "dataset.yaml").is_file():
+            raise RecorderError(
+                f"not starting: the dataset folder {self.root} lost its dataset.yaml (the spec "
+                "of its episodes) since the recorder started: put it back, or restart the "
+                "recorder")
+        if self.episodes and not self.index_path.is_file():
+            raise RecorderError(
+                f"not starting: the dataset folder {self.root} lost its index.json (the index "
+                f"of its {len(self.episodes)} episodes; deleted, or the folder replaced since "
+                "the recorder started): put it back, or restart the recorder")
 
     def next_name(self) -> str:
         used = {e["name"] for e in self.episodes}
@@ -100,6 +149,12 @@ class DatasetWriter:
             self.episodes.append(entry)
         write_text_whole(self.index_path, json.dumps({"format": DATASET_FORMAT,
                                                    "episodes": self.episodes}, indent=1))
+
+
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
 
 class Recorder:
     """Records offered messages into one bag per episode, through a writer thread."""
@@ -149,6 +204,7 @@ class Recorder:
         with self._lock:
             if self._entry is not None:
                 raise RecorderError(f"episode {self.episode} is still being recorded")
+            self.dataset.check()  # never a bag outside the dataset the index describes
             self._error = None  # the last episode's error was reported by its stop()
             name = self.dataset.next_name()
             entry = {"name": name, "path": name, "status": "recording",
