@@ -360,3 +360,33 @@ def test_action_limits_from_the_checkpoint_parameters_or_nothing():
     np.testing.assert_allclose(data.upper[0], 0.33)
     np.testing.assert_allclose(data.max_delta[0], 0.15)  # 1.5 x 0.1 (no step across episodes)
     assert data_limits(actions, np.array([0, 0, 1])).max_delta[7] == 1.5
+
+
+def test_states_faster_than_the_control_rate_share_one_periods_change():
+    """trigger state on a robot whose driver publishes at 100 Hz (reach's control rate is
+    20 Hz): each state's answer may move max_delta from the last command, five times the
+    velocity limit. With the states' times the change allowed counts the control periods
+    since the last answered state (at most one), so the commands move no faster than
+    max_delta per period; states a period apart (lockstep) give exactly what they gave."""
+    spec = Spec.load("reach")
+    period = 1.0 / spec.control_rate
+    obs = reach_obs(np.random.default_rng(3))
+    policy = random_policy()
+
+    def run(times, delta=0.01):
+        ctl = PolicyController(spec, loaded(policy), ActionFilter(8, max_delta=delta))
+        return np.array([ctl.tick(obs, when=t).action for t in times])
+
+    fast = run([k * 0.01 for k in range(41)])                # 100 Hz for 0.4 s
+    moved = np.abs(fast[-1, :7] - fast[0, :7])
+    assert np.all(moved <= 0.4 / period * 0.01 + 1e-9), moved   # 8 periods: 0.08 at most
+    assert np.any(moved > 0.07), moved                            # (the target is far)
+    steps = np.abs(np.diff(fast[:, :7], axis=0))
+    assert np.all(steps <= 0.2 * 0.01 + 1e-9), steps.max()        # a fifth of max_delta
+    # a period apart (stamps in seconds, rounded): the same commands as without times
+    lock = run([1000.0 + k * period for k in range(10)])
+    ctl = PolicyController(spec, loaded(policy), ActionFilter(8, max_delta=0.01))
+    assert np.array_equal(lock, np.array([ctl.tick(obs).action for _ in range(10)]))
+    # a state older than the last answered one (a clock put back) changes nothing
+    back = run([5.0, 4.0])
+    assert np.array_equal(back[1], back[0])

@@ -251,11 +251,13 @@ def test_stale_state_nan_and_clamping(reach_bc, procs, probe):
                  action_lower=[-0.05], action_upper=[0.05])
     wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
     try:
-        # fresh states: commands at the control rate (20 Hz), clamped to +-0.05
+        # fresh states: commands at the control rate (20 Hz), clamped to +-0.05. Waited for,
+        # not taken from the last few commands: a feed held up past 3 periods on a loaded
+        # machine gives the (zero) safe command for a while, as it should
         feed.stream()
-        wait_for(lambda: len(arm) >= 10, 10, "commands", procs=procs)
-        recent = [m.data for m, _ in arm[-5:]]
-        assert np.all(np.abs(recent) <= 0.05) and np.any(np.abs(recent) == 0.05)
+        wait_for(lambda: any(np.any(np.abs(m.data) == 0.05) for m, _ in list(arm)), 30,
+                 "a command clamped to 0.05", procs=procs)
+        assert np.all(np.abs([m.data for m, _ in list(arm)]) <= 0.05)
         t_ok = time.monotonic()
         wait_for(lambda: (v := newest(diags, t_ok)) and int(v[0]["clamped_ticks"]) > 0, 5,
                  "clamping in /diagnostics")
@@ -771,3 +773,35 @@ def test_a_tick_that_clamps_or_is_stale_pays_no_log_call_until_a_line_is_due(tmp
     answered, malformed_calls = rows["malformed"]
     assert clamped == n and stale == n and answered == 0, rows
     assert clamped_calls <= 2 and stale_calls <= 2 and malformed_calls <= 2, rows
+
+
+@pytest.mark.ros
+def test_states_faster_than_the_control_rate_move_no_faster_than_the_limits(procs, probe,
+                                                                            tmp_path):
+    """trigger state, a driver publishing states at 100 Hz (reach's control rate is 20 Hz):
+    before, every state's answer moved max_delta from the last command, five times the
+    velocity limit. Now the change allowed counts the control periods between the states'
+    stamps (at most one), whatever the machine's load makes of their spacing: each command
+    moves at most max_delta times (its state's stamp - the last answered one's) x 20."""
+    from conftest import untrained_checkpoint
+    from robot_imitation.pairing import layout_stamp
+
+    feed = StateFeed(probe)
+    arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
+    start_policy(procs, probe, checkpoint=str(untrained_checkpoint(tmp_path / "ckpt", "reach")),
+                 trigger="state", max_delta=[0.001], max_age_periods=100.0)
+    wait_for(feed.matched, 120, "the node's subscriptions", procs=procs)
+    feed.stream(rate=100.0, q=np.zeros(9))
+    try:
+        wait_for(lambda: len(arm) >= 60, 60, "60 commands", procs=procs)
+    finally:
+        feed.stop()
+    cmds = np.array([m.data for m, _ in list(arm)])
+    stamps = np.array([layout_stamp(m.layout) for m, _ in list(arm)], dtype=np.float64) * 1e-9
+    steps = np.abs(np.diff(cmds, axis=0)).max(axis=1)
+    # (the node reads a stamp as float seconds: about 2e-7 s of a wall-clock time, 2e-5 of a
+    # 10 ms spacing)
+    allowed = 0.001 * np.minimum(1.0, np.diff(stamps) * 20.0) * (1 + 1e-4) + 1e-12
+    assert np.all(steps <= allowed), (steps[steps > allowed] / allowed[steps > allowed],
+                                      np.diff(stamps)[steps > allowed])
+    assert steps.max() > 1e-4, "the commands never moved: nothing was measured"

@@ -264,6 +264,11 @@ def runtime_limits(spec, stored: dict | None, robot: str = "", lower=None, upper
     return limits
 
 
+# a time step within this share of a control tick of a whole one is a whole one (the rounding
+# of stamps in seconds: a lockstep state a control period after the last is one tick)
+TICK_SLACK = 1e-3
+
+
 class CommandLimiter:
     """The one filter (``ActionFilter``) for a node whose commands no
     ``PolicyController`` computed (the command mux forwarding whichever source drives), over
@@ -282,9 +287,7 @@ class CommandLimiter:
     per control period (a velocity bound). Without it, one tick per command (lockstep: one
     command per state)."""
 
-    # a time step within this share of a tick of a whole one is a whole one (the rounding of
-    # stamps in seconds: a lockstep state a control period after the last is one tick)
-    TICK_SLACK = 1e-3
+    TICK_SLACK = TICK_SLACK
 
     def __init__(self, limits: ActionLimits | None, spec):
         self.parts = []   # (start, end) in the action vector, per action field

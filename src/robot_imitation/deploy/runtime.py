@@ -35,7 +35,7 @@ import torch
 from ..learning.checkpoint import WEIGHTS, load_checkpoint
 from ..spec import Spec
 from .backends import Backend, low_dim_slices, select_backend
-from .limits import ActionFilter, ActionLimits, runtime_limits
+from .limits import TICK_SLACK, ActionFilter, ActionLimits, runtime_limits
 
 CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
@@ -347,6 +347,11 @@ class PolicyController:
         self.counters = Counters()
         self.inference_times = TimeWindow()   # seconds per chunk (per inference)
         self.last_command: np.ndarray | None = None
+        # the time (s) of the state the last command answered, where ticks say it (trigger
+        # state): the change allowed counts the control periods since it (see ``_limit``)
+        self._when: float | None = None
+        self._state_when: float | None = None   # that of the state this tick answers
+        self._rate = float(spec.control_rate)
         self._offered: tuple | None = None  # (policy, filter or None)
         self._executor: ThreadPoolExecutor | None = None
         self._job: _Job | None = None
@@ -437,6 +442,7 @@ class PolicyController:
         else:
             self.backend.reset()
         self.last_command = None
+        self._when = None
 
     def close(self) -> None:
         """Stop the workers (a chunk or frame being computed finishes; none is started)."""
@@ -488,8 +494,20 @@ class PolicyController:
         return reference
 
     def _limit(self, action: np.ndarray, obs: dict) -> tuple[np.ndarray, int]:
+        """``action`` through the filter, its change counted from the last command (or the
+        measured values). ``self._state_when``: the time (s) of the state it answers (``tick``'s
+        ``when``; None: a whole tick): states that come
+        faster than the control rate (a robot's driver at 100 Hz answered state by state)
+        share one period's change between them, so the commands move no faster than
+        ``max_delta`` per control period; a state a whole period (or more) after the last
+        answered one is a whole tick, as in lockstep."""
         if self.last_command is not None:  # every tick but the first: no extra work
-            return self.filter(action, self.last_command)
+            when = self._state_when
+            if when is None or self._when is None:
+                return self.filter(action, self.last_command)
+            ticks = (when - self._when) * self._rate
+            return self.filter(action, self.last_command,
+                               1.0 if ticks >= 1.0 - TICK_SLACK else max(ticks, 0.0))
         reference = self._reference(obs)
         if reference is not None:  # values without a measured reference: no rate limit yet
             reference = np.where(np.isnan(reference), action, reference)
@@ -513,6 +531,7 @@ class PolicyController:
                 c.clamped_ticks += 1
                 c.clamped_values += clamped
             self.last_command = action
+            self._when = self._state_when
         if action is not None:
             c.commands += 1
         return TickResult(action, reason, error=error)
@@ -689,10 +708,14 @@ class PolicyController:
         chunk = backend.head()
         return chunk, time.perf_counter() - t, encodings
 
-    def tick(self, obs: dict, age: float | None = None) -> TickResult:
+    def tick(self, obs: dict, age: float | None = None, when: float | None = None
+             ) -> TickResult:
+        """One control tick on ``obs`` (``age``: its state's age, s; ``when``: its state's
+        time, s, where each state is a tick of its own (trigger state): see ``_limit``)."""
         c = self.counters
         c.ticks += 1
         self._t += 1
+        self._state_when = when
         offered, self._offered = self._offered, None
         if offered is not None:
             self._install(*offered)
@@ -742,6 +765,7 @@ class PolicyController:
             c.clamped_ticks += 1
             c.clamped_values += clamped
         self.last_command = action
+        self._when = when
         c.commands += 1
         return TickResult(action, "ok", clamped, inference_s)
 

@@ -185,6 +185,7 @@ class PolicyNode(LifecycleNode):
     def __init__(self):
         super().__init__(self.NODE_NAME)
         self.p = declare_all(self, self.PARAMETERS)
+        self._by_state = self.p["trigger"] == "state"   # (read-only)
         # the node's clock read without building an rclpy Time each tick (sim time included)
         self._clock_now = self.get_clock().handle.get_now
         self.controller: PolicyController | None = None
@@ -420,7 +421,9 @@ class PolicyNode(LifecycleNode):
             return
         t0 = time.perf_counter()
         now = self._clock_now().nanoseconds * 1e-9
-        result = self.controller.tick(obs, now - stamp)
+        # trigger state: the state's time, so that states faster than the control rate share
+        # one period's change (a velocity bound); on the timer each tick is a period
+        result = self.controller.tick(obs, now - stamp, stamp if self._by_state else None)
         # the log lines of ticks that may come one after another are decided by a clock read
         # (LogThrottle) and built only when due: rclpy's throttled logging costs more than a tick
         if result.reason == "late":  # late_chunk hold: counted (no_action_ticks), not an error
