@@ -908,3 +908,21 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
     return code
+
+
+class TorchThreads:
+    """The CPU threads of a node's runs: ``torch.set_num_threads`` holds for the whole process
+    (later threads included), so a run asking for 0 (torch's default) got what the run before
+    set; here it gets the default read before any run set one."""
+
+    def __init__(self):
+        self.default: int | None = None
+
+    def set(self, requested: int) -> int:
+        """Set ``requested`` threads (0: torch's default); returns the number in force."""
+        import torch
+
+        if self.default is None:
+            self.default = torch.get_num_threads()
+        torch.set_num_threads(requested or self.default)
+        return torch.get_num_threads()

@@ -36,7 +36,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, Param, declare_all, params_of, run
+from .common import LATCHED_QOS, Param, TorchThreads, declare_all, params_of, run
 from .runs import new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -126,6 +126,7 @@ class DaggerNode(Node):
 
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
+        self._threads = TorchThreads()   # cpu_threads 0: torch's default in every run
         self._busy = False  # a run is under way (set by ~/run, cleared with its final state)
         self._cancel = threading.Event()
         self._closing = threading.Event()  # the node is shutting down
@@ -214,11 +215,7 @@ class DaggerNode(Node):
     def _run(self, run_dir: Path, cfg: DaggerConfig) -> None:
         results = None
         try:
-            threads = self.get_parameter("cpu_threads").value
-            if threads:
-                import torch
-
-                torch.set_num_threads(threads)
+            self._threads.set(self.get_parameter("cpu_threads").value)
             with SimGraph(join=self.get_parameter("join_ros_graph").value) as graph:
                 results = run_dagger(run_dir, cfg, log=self._on_log,
                                      on_iteration=self._on_iteration,

@@ -35,7 +35,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from .common import LATCHED_QOS, Param, declare_all, params_of, run
+from .common import LATCHED_QOS, Param, TorchThreads, declare_all, params_of, run
 from .runs import new_run_dir, number, progress_message, publish_safely
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -129,11 +129,7 @@ class TrainerNode(Node):
         self._cancel = threading.Event()
         self._status: dict = {}
         self._last_publish = 0.0
-        import torch
-
-        # torch.set_num_threads holds for the whole process, later threads included: a run
-        # with cpu_threads 0 gets this, not what the run before set
-        self._default_threads = torch.get_num_threads()
+        self._threads = TorchThreads()   # cpu_threads 0: torch's default in every run
         self.get_logger().info("trainer ready: set parameters, then call ~/train")
 
     # ----------------------------------------------------------------- parameters
@@ -250,15 +246,12 @@ class TrainerNode(Node):
 
     # ----------------------------------------------------------------- the run
     def _train(self, dataset: str, spec: str | None, run_dir: Path, cfg: TrainConfig) -> None:
-        import torch
-
         from ..data.dataset import build_dataset
 
         result = None
         try:
-            threads = self.get_parameter("cpu_threads").value or self._default_threads
-            torch.set_num_threads(threads)
-            self.get_logger().info(f"training on CPU threads: {torch.get_num_threads()}")
+            threads = self._threads.set(self.get_parameter("cpu_threads").value)
+            self.get_logger().info(f"training on CPU threads: {threads}")
             data = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction,
                                  seed=cfg.seed, sources=cfg.sources or None,
                                  include_interrupted=cfg.include_interrupted)
