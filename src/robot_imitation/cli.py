@@ -344,7 +344,14 @@ def cmd_train(args) -> int:
         TrainConfig.from_dict(settings)  # the file's own mistakes, named with the file
     except SettingError as exc:
         raise SettingError(f"{args.config}: {exc}") from None
-    cfg = TrainConfig.from_dict(given_arguments(args, TrainConfig, settings))
+    given = given_arguments(args, TrainConfig, settings)
+    if "lr" in given and given["lr"] == 0:
+        # (1e-400 reads as 0.0, which stood for the family's default: trained at 1e-3)
+        where = "--lr" if getattr(args, "lr", None) is not None else f"{args.config}: lr"
+        raise SettingError(f"{where} {given['lr']!r}: a learning rate of 0 (or one too small "
+                           "for a float, such as 1e-400) trains nothing; leave it out for the "
+                           "policy family's default")
+    cfg = TrainConfig.from_dict(given)
     # Up front, before any time passes: the device, the task, the dataset and its spec, the
     # output folder.
     try:
@@ -366,13 +373,16 @@ def cmd_train(args) -> int:
         if problem:
             raise SpecError(f"spec {spec.name} {problem} (--task is where the policy is "
                             "evaluated)")
+    from .learning.trainer import check_run_folder
+
     _writable_folder(args.out)
-    out = Path(args.out)
-    # (rank 0 of a torchrun only: the other ranks start while it may be writing there)
-    if os.environ.get("RANK", "0") == "0" and not args.overwrite and out.is_dir() \
-            and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty: an earlier run's checkpoints would be "
-                         "replaced (choose another --out, or --overwrite)")
+    # what the run reads: never inside a folder --overwrite clears
+    inputs = [Path(p) for p in (args.dataset, args.config, cfg.init_from, args.spec)
+              if p and Path(p).exists()]
+    # (rank 0 of a torchrun only: the other ranks start while it may be writing there);
+    # --overwrite: the earlier run is removed whole when this one writes its first file
+    if os.environ.get("RANK", "0") == "0":
+        check_run_folder(args.out, args.overwrite, inputs)
     start = time.perf_counter()
 
     def progress(step, total, row):
@@ -380,17 +390,23 @@ def cmd_train(args) -> int:
                          if k in ("train_loss", "val_loss", "success_rate"))
         _progress(step, total, "steps", extra)
 
-    result = train(args.dataset, args.out, cfg, spec=args.spec, progress=progress)
+    result = train(args.dataset, args.out, cfg, spec=args.spec, progress=progress,
+                   overwrite=bool(args.overwrite) and os.environ.get("RANK", "0") == "0",
+                   inputs=inputs)
     if not result:  # a non-zero torchrun rank
         return 0
+    by = {"success_rate": "by success rate", "val_loss": "by validation loss",
+          "last": "the last weights"}.get(result.get("best_by"), "")
+    zero = result["best_success_rate"] == 0
     print(f"[train] {result['steps']} steps on {result['device']} "
           f"(x{result['world_size']}) in {time.perf_counter() - start:.1f} s, "
           f"{result['samples_per_s']:.0f} samples/s; "
           + (f"best val loss {result['best_val_loss']:.4g}"
              if math.isfinite(result["best_val_loss"]) else "no validation episodes")
           + (f", best success {result['best_success_rate']:.0%}"
+             + (" (no evaluation succeeded)" if zero else "")
              if result['best_success_rate'] is not None else "")
-          + f"; best checkpoint {result['best']}")
+          + f"; best checkpoint {result['best']}" + (f" ({by})" if by else ""))
     return 0
 
 

@@ -10,10 +10,12 @@ checkpoint trained on another one, naming what differs.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import struct
 import time
@@ -49,7 +51,17 @@ def _versions() -> dict:
 def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
                     train_config: dict | None = None, dataset_fingerprint: str | None = None,
                     extra: dict | None = None) -> Path:
-    """Write the checkpoint folder ``path`` atomically (replacing an older one)."""
+    """Write the checkpoint folder ``path`` atomically (replacing an older one).
+
+    The files are written into a temporary folder, flushed to the disk (the weights, the
+    metadata and the folder), then swapped with ``path`` in one rename (``renameat2``
+    ``RENAME_EXCHANGE``): ``path`` names a whole checkpoint at every moment, the earlier one
+    or the new one. Where the swap is not available, two renames with SIGINT and SIGTERM held
+    between them; a process killed there leaves the earlier checkpoint as
+    ``.<name>.old-<pid>``, which the next save or load of ``path`` puts back
+    (``restore_checkpoint``). A write that fails (a full disk) removes the temporary folder
+    and raises ``CheckpointError`` naming the file; the earlier checkpoint stays."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -59,30 +71,190 @@ def save_checkpoint(path, policy: Policy, spec: Spec, stats: dict | None = None,
     if bad is not None:  # every load refuses it: never written, never named a checkpoint
         raise CheckpointError(f"{path}: not saved: {bad} holds NaN or infinite values")
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_checkpoint(path)  # a save killed between its renames: the earlier one back
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(tensors, str(tmp / WEIGHTS))
-    meta = {"format": FORMAT, "version": VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
-            "type": policy.type_name, "policy": policy.cfg.to_dict(),
-            "policy_sha256": policy_digest(policy.type_name, policy.cfg.to_dict()),
-            "spec": spec.to_dict(),
-            "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
-            "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
-            "versions": _versions(), **(extra or {})}
-    with open(tmp / META, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    current = tmp
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        current = tmp / WEIGHTS
+        save_file(tensors, str(current))
+        _fsync(current)
+        current = tmp / META
+        meta = {"format": FORMAT, "version": VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
+                "type": policy.type_name, "policy": policy.cfg.to_dict(),
+                "policy_sha256": policy_digest(policy.type_name, policy.cfg.to_dict()),
+                "spec": spec.to_dict(),
+                "spec_fingerprint": spec.fingerprint(), "normalization": stats or {},
+                "training": train_config or {}, "dataset_fingerprint": dataset_fingerprint,
+                "versions": _versions(), **(extra or {})}
+        with open(current, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        current = tmp
+        _fsync(tmp)
+    except BaseException as exc:  # a full disk, Ctrl-C: no partial folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, SafetensorError)):
+            kept = "; the earlier checkpoint there is kept" if path.is_dir() else ""
+            what = path / current.name if current != tmp else path
+            raise CheckpointError(f"{path}: not saved: cannot write {what}: "
+                                  f"{_reason(exc)}{kept}") from None
+        raise
+    try:
+        _swap_into_place(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{path}: not saved: cannot move {tmp} into place: "
+                              f"{_reason(exc)}") from None
     return path
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong in an OSError or a SafetensorError, without the file (named by the
+    caller): "No space left on device"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    text = re.sub(r"^Error while serializing: (I/O error: )?", "", text)
+    return re.sub(r" \(os error \d+\)$", "", text) or type(exc).__name__
+
+
+def _fsync(path: Path) -> None:
+    """``path`` (a file or a folder) flushed to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+_RENAME_EXCHANGE = 2  # renameat2's flag: swap the two names in one step
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one step (Linux ``renameat2`` ``RENAME_EXCHANGE``);
+    False where the system or the file system does not offer it."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                   ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)),
+          _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM held (delivered when the block ends) in the main thread."""
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield  # (a signal's Python handler runs in the main thread only)
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    if not (path.exists() or path.is_symlink()):
+        tmp.rename(path)
+        _fsync(path.parent)
+        return
+    if _exchange(tmp, path):  # path: the new checkpoint; tmp: the earlier one
+        _fsync(path.parent)
+        _remove(tmp)
+        return
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if old.exists():
+        _remove(old)
+    with _signals_held():
+        path.rename(old)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            old.rename(path)
+            raise
+        _fsync(path.parent)
+    _remove(old)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # (another user's)
+    return True
+
+
+def restore_checkpoint(path) -> bool:
+    """What a save of ``path`` killed between its two renames left (see ``save_checkpoint``)
+    set right: the earlier checkpoint, left as ``.<name>.old-<pid>``, renamed back to
+    ``path`` when ``path`` is missing, and the leftovers of dead processes' saves removed.
+    True when a checkpoint was put back."""
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return False
+    restored = False
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(old|tmp)-(\d+)")
+    leftovers = []
+    try:
+        names = list(parent.iterdir())
+    except OSError:
+        return False
+    for child in names:
+        m = pattern.fullmatch(child.name)
+        if m and not _pid_alive(int(m.group(2))):
+            leftovers.append((m.group(1), child))
+    olds = sorted((c for kind, c in leftovers if kind == "old" and (c / META).is_file()),
+                  key=lambda c: c.stat().st_mtime, reverse=True)
+    if olds and not (path.exists() or path.is_symlink()):
+        try:
+            olds[0].rename(path)
+            _fsync(parent)
+            restored = True
+        except OSError:
+            return False
+    for _, child in leftovers:
+        if child.exists() and child != path:
+            try:
+                _remove(child)
+            except OSError:
+                pass
+    return restored
 
 
 def policy_digest(type_name: str, config: dict) -> str:
@@ -116,6 +288,8 @@ def _check_safetensors(file: Path) -> None:
 def read_metadata(path) -> dict:
     path = Path(path)
     meta_file = path / META
+    if not path.is_dir() and not path.exists():
+        restore_checkpoint(path)  # a save killed between its renames left it hidden
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint folder")
     if not meta_file.is_file():

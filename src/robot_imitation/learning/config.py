@@ -105,6 +105,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        from ..policies.config import check_widths
+
+        check_widths("hidden", self.hidden)  # (an allocation traceback at 1e8)
         from ..policies.registry import UnknownPolicyError, policy_class
 
         try:

@@ -14,12 +14,15 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
 import json
 import math
 import os
+import re
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -185,10 +188,125 @@ def check_actions_shape(policy: Policy, data: DeviceData, device) -> None:
                           f"observation, not (batch, chunk, action_dim) = {want}")
 
 
+#: what a training run writes into its folder: ``overwrite`` clears a folder of these only
+RUN_ENTRIES = ("best_val", "best_success", "last", "log.csv", "loss.png", "result.json",
+               "tensorboard")
+#: a checkpoint save's temporary names (``checkpoint.save_checkpoint``)
+_SAVE_LEFTOVER = re.compile(r"\.(best_val|best_success|last)\.(old|tmp)-\d+")
+
+
+def check_run_folder(out, overwrite: bool = False, inputs=()) -> Path:
+    """``out`` checked to take a training run, nothing changed: a folder holding files is
+    refused unless ``overwrite``; with it, one holding anything a training run does not write,
+    the current folder or one of ``inputs`` (the dataset, a warm start's checkpoint) is
+    refused too (``RunFolderError`` naming the folder): an overwrite clears the earlier run
+    whole (``clear_run_folder``), never another folder."""
+    from ..algorithms.dagger import RunFolderError, check_out
+
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"{out} exists and is not empty: an earlier run's checkpoints "
+                                 "would be replaced (choose another --out, or --overwrite)")
+        others = sorted(c.name for c in out.iterdir() if c.name not in RUN_ENTRIES
+                        and not _SAVE_LEFTOVER.fullmatch(c.name))
+        if others:
+            raise RunFolderError(
+                f"{out} is not a training run's folder (it holds {', '.join(others[:3])}"
+                + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+                + "): not cleared (choose another --out)")
+    return check_out(out, overwrite, inputs, "(choose another --out, or --overwrite)")
+
+
+def clear_run_folder(out, inputs=()) -> Path:
+    """The earlier training run in ``out`` removed whole (``check_run_folder`` first)."""
+    from ..algorithms.dagger import prepare_out
+
+    check_run_folder(out, True, inputs)
+    return prepare_out(out, True, inputs, "(choose another --out)")
+
+
+def available_memory(device) -> int | None:
+    """Bytes of memory free for a run on ``device`` (None where it cannot be told)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def size_settings(cfg: TrainConfig) -> str:
+    """The settings a policy's size comes from, as a user gave them."""
+    parts = [f"policy {cfg.policy}"]
+    if cfg.policy == "mlp":
+        parts.append(f"hidden {','.join(map(str, cfg.hidden))}")
+    parts += [f"{k}={v}" for k, v in sorted(cfg.policy_config.items())]
+    parts.append(f"chunk {cfg.chunk}")
+    return ", ".join(parts)
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def _training_bytes(model: torch.nn.Module, ema: bool) -> int:
+    """The memory a model's training holds: weights, gradients, AdamW's two moments (and the
+    moving average's copy)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return weights * (5 if ema else 4) + buffers
+
+
+def _per_sample_bytes(policy: Policy, data: "DeviceData", device) -> float:
+    """The memory one more sample of a batch holds while its step runs: the tensors the
+    policy's loss keeps for the backward pass, counted at two small batch sizes (what does not
+    grow with the batch, the weights, cancels), plus the batch itself."""
+    counts = []
+    sizes = (4, 8)
+    for b in sizes:
+        seen, total = set(), [0]
+
+        def pack(t, seen=seen, total=total):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total[0] += storage.nbytes()
+            return t
+
+        # the random state as it was (dropout, a diffusion's noise): a run trains as before
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            index = torch.arange(b, device=device) % max(data.n, 1)
+            obs, actions, mask = data.batch(index)
+            loss, _ = split_loss(policy.loss(Batch(obs, actions, mask)), policy)
+            batch = sum(v.numel() * v.element_size() for v in obs.values()) \
+                + actions.numel() * actions.element_size() + mask.numel() * mask.element_size()
+            counts.append(total[0] + batch)
+            del loss
+    policy.zero_grad(set_to_none=True)
+    return max(counts[1] - counts[0], 0) / (sizes[1] - sizes[0])
+
+
+def _is_allocation_error(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and any(
+        word in str(exc) for word in ("alloc", "out of memory", "Out of memory")))
+
+
 class Trainer:
-    def __init__(self, dataset, out_dir, cfg: TrainConfig, log=print, progress=None):
+    def __init__(self, dataset, out_dir, cfg: TrainConfig, log=print, progress=None,
+                 overwrite: bool = False, inputs=()):
+        """``overwrite``: an earlier run in ``out_dir`` is removed whole before this run
+        writes its first file (``clear_run_folder``; never a folder of other files or one
+        holding ``inputs``)."""
         self.dataset, self.out, self.cfg = dataset, Path(out_dir), cfg
         self.log, self.progress = log, progress
+        self.overwrite, self.inputs = overwrite, tuple(inputs)
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.distributed = self.world > 1
@@ -207,6 +325,17 @@ class Trainer:
             raise SettingError(f"chunk {cfg.chunk} is longer than every training episode (the "
                                f"longest has {longest} steps): its steps past {longest} would "
                                f"never be trained; use --chunk {longest} or less")
+        task = cfg.task or _infer_task(ds)
+        if cfg.patience and not ds.val and not (task and cfg.eval_episodes):
+            # every evaluation would count as one without improvement: the run would stop
+            # after `patience` evaluations, having trained a fraction of its steps
+            why = ("no validation episodes (val_fraction "
+                   f"{cfg.val_fraction:g}, {len(ds.episodes)} usable episodes)")
+            why += (" and eval_episodes 0" if not cfg.eval_episodes else
+                    " and no task to evaluate in (set --task)")
+            raise SettingError(f"patience {cfg.patience}: nothing to measure an improvement by: "
+                               f"{why}; use --patience 0, or hold validation episodes out or "
+                               "evaluate closed loop")
         device = resolve_device(cfg.device)
         if device.type == "cpu":
             # Denormal floats (a loss near zero) slow CPU training tens of times over:
@@ -238,7 +367,23 @@ class Trainer:
         if relative:
             over = cfg.chunk if family.action_statistics == "chunk" else 1
             stats["actions"] = relative_action_stats(relative, ds.arrays("train"), over)
-        policy = family.build(spec, stats, cfg).to(device)
+        available = available_memory(device)
+        try:  # its size, nothing allocated (the random state as it was)
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                need = _training_bytes(family.build(spec, stats, cfg), cfg.ema > 0)
+        except Exception:  # noqa: BLE001 - a family that cannot build on meta: not estimated
+            need = None
+        if need is not None and available is not None and need > available:
+            raise SettingError(f"{size_settings(cfg)}: training this policy needs about "
+                               f"{_gb(need)} (weights, gradients, optimizer state), more than "
+                               f"the {_gb(available)} free on {device}: make it smaller")
+        try:
+            policy = family.build(spec, stats, cfg).to(device)
+        except (RuntimeError, MemoryError) as exc:
+            if not (isinstance(exc, MemoryError) or _is_allocation_error(exc)):
+                raise
+            raise SettingError(f"{size_settings(cfg)}: not enough memory to build this policy "
+                               f"on {device} ({str(exc).splitlines()[0][:160]})") from None
         if cfg.init_from:
             from .checkpoint import load_checkpoint
 
@@ -258,6 +403,22 @@ class Trainer:
             policy.load_state_dict(start.state_dict())
             policy.set_statistics(spec, stats)  # this dataset's, not the start's
         check_actions_shape(policy, train, device)
+        per_sample = None
+        if available is not None:  # a batch that cannot fit: refused, not the OOM killer
+            try:
+                per_sample = _per_sample_bytes(policy, train, device)
+            except Exception:  # noqa: BLE001 - not estimated: the first step tells
+                policy.train()
+        if per_sample is not None:
+            if cfg.amp and device.type == "cuda":
+                per_sample /= 2  # (bf16 activations)
+            need = (need or _training_bytes(policy, cfg.ema > 0)) \
+                + per_sample * cfg.batch_size / self.world
+            if need > available:
+                raise SettingError(
+                    f"batch size {cfg.batch_size} ({size_settings(cfg)}): a training step needs "
+                    f"about {_gb(need)} ({per_sample / 1024:.0f} KB a sample), more than the "
+                    f"{_gb(available)} free on {device}: use a smaller --batch-size")
         norm = statistics_record(spec, stats)
         # an exponential moving average of the weights (what the checkpoints hold): a
         # diffusion denoiser's weights are noisy step to step, their average is not
@@ -270,7 +431,6 @@ class Trainer:
             model = DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         amp = cfg.amp and device.type == "cuda"
-        task = cfg.task or _infer_task(ds)
         limits = training_limits(spec, ds.arrays("all"), cfg.robot, task)
         if self.rank == 0:
             self.log(f"[train] action limits stored in the checkpoint: {limits.source}")
@@ -285,7 +445,14 @@ class Trainer:
         meta["dataset"] = ds.summary  # what the build used and skipped, per reason
         if self.rank == 0 and ds.summary:
             self.log(f"[train] dataset: {ds.describe()}")
+        created = None  # this run's folder, when this run made it
+        if self.rank == 0:
+            if self.overwrite:
+                clear_run_folder(self.out, self.inputs)  # the earlier run, whole
+            created = not self.out.exists()
         writer = self._writers() if self.rank == 0 else None
+        saved: dict = {}  # the checkpoints this run wrote: name -> the step of its weights
+        step = 0
         try:
             gen = torch.Generator(device=device)
             gen.manual_seed(cfg.seed)  # the same stream on every rank: one global batch per step
@@ -299,8 +466,8 @@ class Trainer:
                               graph=cfg.cuda_graph, compile=cfg.compile,
                               log=self.log if self.rank == 0 else _quiet)
             best_val, best_success, stale, history, curve = math.inf, -1.0, 0, [], []
+            success_val = math.inf  # the validation loss of best_success's weights
             running, t_data, t_step, t0 = math.nan, 0.0, 0.0, time.perf_counter()
-            step = 0
             for step in range(1, cfg.steps + 1):
                 t_a = time.perf_counter()
                 batch = taker.draw()
@@ -347,10 +514,18 @@ class Trainer:
                     improved = False
                     if val and row["val_loss"] < best_val:
                         best_val, improved = row["val_loss"], True
-                        self._save("best_val", held, spec, meta, row)
-                    if "success_rate" in row and row["success_rate"] > best_success:
-                        best_success, improved = row["success_rate"], True
-                        self._save("best_success", held, spec, meta, row)
+                        self._save("best_val", held, spec, meta, row, saved)
+                    if "success_rate" in row:
+                        rate = row["success_rate"]
+                        loss_now = row["val_loss"] if val else math.inf
+                        # a tie in success (0% again): the weights with the lower validation
+                        # loss, else the later (more trained) ones; only a higher rate is an
+                        # improvement (patience)
+                        if rate > best_success or (rate == best_success and (
+                                loss_now < success_val if val else True)):
+                            improved = improved or rate > best_success
+                            best_success, success_val = rate, loss_now
+                            self._save("best_success", held, spec, meta, row, saved)
                     stale = 0 if improved else stale + 1
                     stop = bool(cfg.patience and stale >= cfg.patience)
                     history.append(row)
@@ -369,11 +544,18 @@ class Trainer:
                     break
             result = {}
             if self.rank == 0:
-                last = self._save("last", held, spec, meta, history[-1] if history else {})
-                best = self.out / ("best_success" if best_success >= 0 else "best_val")
-                if not best.exists():
-                    best = last
-                result = {"steps": step, "best": str(best), "last": str(last),
+                last = self._save("last", held, spec, meta, history[-1] if history else {},
+                                  saved)
+                # only a checkpoint this run wrote; a success rate of 0% tells no weights
+                # apart: the validation loss does, else the last weights
+                if best_success > 0 and "best_success" in saved:
+                    best, best_by = self.out / "best_success", "success_rate"
+                elif "best_val" in saved:
+                    best, best_by = self.out / "best_val", "val_loss"
+                else:
+                    best, best_by = last, "last"
+                result = {"steps": step, "best": str(best), "best_by": best_by,
+                          "last": str(last),
                           "best_val_loss": best_val, "best_success_rate": best_success
                           if best_success >= 0 else None, "history": history,
                           "device": str(device), "world_size": self.world,
@@ -388,6 +570,20 @@ class Trainer:
 
                 dist.barrier()
             return result
+        except BaseException as exc:
+            if self.rank == 0 and step == 0 and not saved:
+                # failed before its first step: nothing of it left behind
+                if writer:
+                    writer["tb"].close()
+                shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
+                if created:
+                    try:
+                        self.out.rmdir()
+                    except OSError:
+                        pass
+            if isinstance(exc, KeyboardInterrupt) and self.rank == 0:
+                exc.kept = self._kept(saved)
+            raise
         finally:
             if writer:
                 writer["tb"].close()  # also when a run ends with an exception (a no-op after)
@@ -415,13 +611,23 @@ class Trainer:
         policy.train()
         return total / max(n, 1)
 
-    def _save(self, name: str, policy: Policy, spec: Spec, meta: dict, row: dict) -> Path:
-        return save_checkpoint(self.out / name, policy, spec, stats=meta["normalization"],
+    def _save(self, name: str, policy: Policy, spec: Spec, meta: dict, row: dict,
+              saved: dict) -> Path:
+        path = save_checkpoint(self.out / name, policy, spec, stats=meta["normalization"],
                                train_config=meta["train_config"],
                                dataset_fingerprint=meta["dataset_fingerprint"],
                                extra={"task": meta["task"], "metrics": row,
                                       "dataset": meta["dataset"],
                                       "action_limits": meta["action_limits"]})
+        saved[name] = row.get("step")
+        return path
+
+    def _kept(self, saved: dict) -> str:
+        """What an interrupted run leaves: the checkpoints it wrote, with their steps."""
+        if not saved:
+            return "no checkpoint written"
+        return "checkpoints kept: " + ", ".join(
+            f"{self.out / name} (step {step})" for name, step in saved.items())
 
     def _writers(self) -> dict:
         from torch.utils.tensorboard import SummaryWriter
@@ -437,7 +643,7 @@ class Trainer:
         fields = ["step", "train_loss", "val_loss", "success_rate", "lr", "samples_per_s",
                   "data_share"]
         new = not path.exists()
-        with open(path, "a", newline="", encoding="utf-8") as f:
+        with _naming(path), open(path, "a", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 w.writeheader()
@@ -445,10 +651,12 @@ class Trainer:
 
     def _finish(self, writer, history: list, curve: list, result: dict) -> None:
         writer["tb"].close()
-        (self.out / "result.json").write_text(json.dumps({**result, "loss_curve": curve},
-                                                         indent=1))
+        with _naming(self.out / "result.json"):
+            (self.out / "result.json").write_text(json.dumps({**result, "loss_curve": curve},
+                                                             indent=1))
         if history:
-            plot_losses(curve, history, self.out / "loss.png")
+            with _naming(self.out / "loss.png"):
+                plot_losses(curve, history, self.out / "loss.png")
 
 
 def plot_losses(curve: list, history: list, out: Path) -> None:
@@ -480,13 +688,26 @@ def plot_losses(curve: list, history: list, out: Path) -> None:
     plt.close(fig)
 
 
+@contextlib.contextmanager
+def _naming(path: Path):
+    """An OSError that names no file (a full disk on write) names ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename or not exc.strerror:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
 def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
 def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | None = None,
-          log=print, progress=None) -> dict:
-    """Train on ``dataset`` (a folder of episodes or a built ``Dataset``); returns a summary."""
+          log=print, progress=None, overwrite: bool = False, inputs=()) -> dict:
+    """Train on ``dataset`` (a folder of episodes or a built ``Dataset``); returns a summary.
+    ``overwrite``: an earlier run in ``out_dir`` is removed whole before the first file is
+    written (``Trainer``); ``inputs``: files the run reads (never cleared)."""
     from ..data.dataset import Dataset, build_dataset
 
     cfg = cfg or TrainConfig()
@@ -494,4 +715,5 @@ def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | N
         dataset = build_dataset(dataset, spec=spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                 sources=cfg.sources or None,
                                 include_interrupted=cfg.include_interrupted)
-    return Trainer(dataset, out_dir, cfg, log=log, progress=progress).run()
+    return Trainer(dataset, out_dir, cfg, log=log, progress=progress, overwrite=overwrite,
+                   inputs=inputs).run()

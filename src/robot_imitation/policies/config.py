@@ -18,6 +18,23 @@ from typing import ClassVar
 from ..settings import Limits, SettingError, check_fields, setting
 
 # the fields of PolicyConfig: filled from the spec, never an option of a family
+# Upper limits of a network's sizes (a width of 1e8 or a feedforward of 1e9 was an allocation
+# traceback at the first layer): far above what trains on one machine; the trainer's memory
+# estimate refuses a network too large for the memory before it builds (learning.trainer).
+MAX_WIDTH = 65536   # units, channels, features of one layer
+MAX_LAYERS = 256    # layers or blocks of one network
+WIDTH = Limits(int, low=1, high=MAX_WIDTH, what=f"a positive integer up to {MAX_WIDTH}")
+LAYERS = Limits(int, low=1, high=MAX_LAYERS, what=f"a positive integer up to {MAX_LAYERS}")
+
+
+def check_widths(name: str, sizes) -> None:
+    """``SettingError`` naming ``name`` when one of its layer sizes is wider than
+    ``MAX_WIDTH`` (a list setting whose items are "positive integers" in its limits)."""
+    wide = [s for s in sizes if isinstance(s, int) and s > MAX_WIDTH]
+    if wide:
+        raise SettingError(f"{name} {','.join(map(str, sizes))}: {wide[0]} is wider than "
+                           f"{MAX_WIDTH}, the widest layer a policy takes")
+
 LAYOUT = ("low_dim_keys", "low_dim_sizes", "image_keys", "image_shapes", "action_dim", "chunk",
           "relative", "derived")
 
@@ -111,9 +128,9 @@ class CameraOptions:
     names, defaults, limits and descriptions in every family)."""
 
     image_channels: list = setting(
-        limits=Limits(list, nonempty=True, item=Limits(int, low=1)),
+        limits=Limits(list, nonempty=True, item=WIDTH),
         default_factory=lambda: [32, 32, 64], help="camera encoder: channels of its convolutions")
-    keypoints: int = setting(32, Limits(int, low=1),
+    keypoints: int = setting(32, WIDTH,
                              help="camera encoder: spatial-softmax keypoints per camera")
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...settings import Limits, SettingError, same_as, setting
-from ..config import CameraOptions, PolicyConfig, check_cameras
+from ..config import LAYERS, WIDTH, CameraOptions, PolicyConfig, check_cameras
 
-_POSITIVE = Limits(int, low=1)
 
 
 @dataclass
@@ -19,16 +18,16 @@ class ActConfig(PolicyConfig):
 
     default_chunk = 8
 
-    dim_model: int = setting(128, _POSITIVE, help="width of the transformer's tokens")
-    heads: int = setting(4, _POSITIVE, help="attention heads (dim_model must divide by it)")
-    encoder_layers: int = setting(2, _POSITIVE, help="transformer encoder layers (observation "
+    dim_model: int = setting(128, WIDTH, help="width of the transformer's tokens")
+    heads: int = setting(4, WIDTH, help="attention heads (dim_model must divide by it)")
+    encoder_layers: int = setting(2, LAYERS, help="transformer encoder layers (observation "
                                   "and latent tokens)")
-    decoder_layers: int = setting(1, _POSITIVE, help="transformer decoder layers (one query per "
+    decoder_layers: int = setting(1, LAYERS, help="transformer decoder layers (one query per "
                                   "action of the chunk)")
-    vae_layers: int = setting(1, _POSITIVE, help="layers of the CVAE encoder over the "
+    vae_layers: int = setting(1, LAYERS, help="layers of the CVAE encoder over the "
                               "demonstrated chunk (training only)")
-    feedforward: int = setting(512, _POSITIVE, help="feedforward width of every layer")
-    latent_dim: int = setting(16, _POSITIVE, help="CVAE latent size")
+    feedforward: int = setting(512, WIDTH, help="feedforward width of every layer")
+    latent_dim: int = setting(16, WIDTH, help="CVAE latent size")
     kl_weight: float = setting(10.0, Limits(float, low=0.0), help="weight of the KL term")
     dropout: float = setting(0.1, Limits(float, low=0.0, high=0.95),
                              help="dropout inside the transformer")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...settings import Limits, SettingError, same_as, setting
-from ..config import CameraOptions, PolicyConfig, check_cameras
+from ..config import LAYERS, MAX_WIDTH, WIDTH, CameraOptions, PolicyConfig, check_cameras
 
 _POSITIVE = Limits(int, low=1)
 
@@ -23,15 +23,15 @@ class DiffusionConfig(PolicyConfig):
                             "U-Net over the chunk, FiLM-conditioned) or mlp (residual MLP "
                             "blocks on the flattened chunk: faster, less precise)")
     unet_channels: list = setting(
-        limits=Limits(list, nonempty=True, item=Limits(int, low=8)),
+        limits=Limits(list, nonempty=True, item=Limits(int, low=8, high=MAX_WIDTH)),
         default_factory=lambda: [64, 128],
         help="unet: channels per resolution level (each a multiple of 8; the chunk is halved "
         "between levels)")
     kernel_size: int = setting(5, Limits(int, low=1, high=15),
                                help="unet: width of the temporal convolutions (odd)")
-    width: int = setting(256, _POSITIVE, help="mlp: width of the denoiser's residual blocks; "
+    width: int = setting(256, WIDTH, help="mlp: width of the denoiser's residual blocks; "
                          "unet: width of the conditioning embedding")
-    blocks: int = setting(3, _POSITIVE, help="mlp: residual blocks of the denoiser")
+    blocks: int = setting(3, LAYERS, help="mlp: residual blocks of the denoiser")
     train_steps: int = setting(100, Limits(int, low=2, high=10000),
                                help="diffusion steps of the noise schedule (training)")
     inference_steps: int = setting(10, _POSITIVE,

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...settings import Limits, same_as, setting
-from ..config import CameraOptions, PolicyConfig, check_cameras
+from ..config import CameraOptions, PolicyConfig, check_cameras, check_widths
 
 HEADS = ("mse", "gaussian", "gmm", "categorical")
-_SIZES = Limits(list, nonempty=True, item=Limits(int, low=1))
+_SIZES = Limits(list, nonempty=True, item=Limits(int, low=1))  # (at most MAX_WIDTH each)
 
 
 @dataclass
@@ -20,7 +20,7 @@ class MlpConfig(PolicyConfig):
                         help="policy head: mse, gaussian (learned variance), gmm (a mixture "
                         "of Gaussians), categorical (discrete actions)")
     modes: int = setting(5, Limits(int, low=1, high=100), help="gmm head: mixture components")
-    num_classes: int = setting(0, Limits(int, low=0),
+    num_classes: int = setting(0, Limits(int, low=0, high=65536),
                                help="categorical head: classes per action value (2 or more)")
     image_channels: list = same_as(CameraOptions, "image_channels")
     keypoints: int = same_as(CameraOptions, "keypoints")
@@ -29,4 +29,5 @@ class MlpConfig(PolicyConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_widths("hidden", self.hidden)
         check_cameras(self, "mlp")
