@@ -35,8 +35,9 @@ class TrainConfig:
     batch_size: int = setting(256, Limits(int, low=1, high=MAX_BATCH),
                               help="samples per step")
     lr: float = setting(0.0, Limits(float, low=0.0, high=1.0),
-                        help="learning rate (AdamW, cosine schedule); 0: the policy family's "
-                        "default (mlp and act 1e-3, diffusion 3e-3)")
+                        help="learning rate (AdamW, cosine schedule); left out (0 as a node "
+                        "parameter): the policy family's default (mlp and act 1e-3, diffusion "
+                        "3e-3); train refuses --lr 0 (or 1e-400, which reads as 0)")
     weight_decay: float = setting(1e-4, Limits(float, low=0.0, high=1.0),
                                   help="AdamW weight decay")
     policy: str = setting("mlp", POLICY_LIMITS,
