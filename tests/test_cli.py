@@ -411,7 +411,10 @@ def test_a_mujoco_gl_that_cannot_be_used_is_one_line():
 
     values = ["nonsense"] + ([] if ctypes.util.find_library("OSMesa") else ["osmesa"])
     for gl in values:
-        env = {**os.environ, "MUJOCO_GL": gl}
+        # (without the PYOPENGL_PLATFORM that MuJoCo's EGL context put into this process's
+        # environment: with it, MuJoCo skips an osmesa context it cannot make and imports)
+        env = {**{k: v for k, v in os.environ.items() if k != "PYOPENGL_PLATFORM"},
+               "MUJOCO_GL": gl}
         for argv, prefix in (
                 (["-m", "robot_imitation.cli", "expert", "--task", "reach", "--episodes", "1"],
                  "robot-imitation: "),
