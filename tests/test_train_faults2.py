@@ -9,7 +9,6 @@ before its first step leaves nothing; Ctrl-C names the checkpoints kept. The gym
 scripted expert, the suite's trainer, no ROS."""
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 import torch
 
 from robot_imitation.data.lerobot import write_episode_bags
-from robot_imitation.learning import checkpoint as ckpt_module
 from robot_imitation.learning import evaluation as evaluation_module
 from robot_imitation.learning import trainer as trainer_module
 from robot_imitation.learning.checkpoint import (CheckpointError, load_checkpoint,
@@ -389,7 +387,7 @@ def test_a_learning_rate_that_reads_as_zero_is_refused(tmp_path):
     for text in ("1e-400", "0"):
         line = one_line(cli("train", tmp_path / "nowhere", "--out", tmp_path / "run", "--lr",
                             text))
-        assert line == (f"robot-imitation train: --lr 0.0: a learning rate of 0 (or one too "
+        assert line == ("robot-imitation train: --lr 0.0: a learning rate of 0 (or one too "
                         "small for a float, such as 1e-400) trains nothing; leave it out for "
                         "the policy family's default"), line
     assert not (tmp_path / "run").exists()
