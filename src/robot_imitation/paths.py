@@ -242,3 +242,18 @@ def set_default_mujoco_gl() -> None:
     imported)."""
     if "MUJOCO_GL" not in os.environ and (gl := default_mujoco_gl()) is not None:
         os.environ["MUJOCO_GL"] = gl
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs (this one included; another user's counts as running): the
+    owner of a temporary file or folder named after it, whose leftovers only a dead owner's
+    may be cleaned up."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import read_yaml
+from ..paths import pid_running, read_yaml
 from ..spec import Spec, SpecError
 from .dataset import SOURCE_TOPIC, SOURCE_TYPE, DatasetError, iter_episodes
 
@@ -340,7 +340,7 @@ def _clean_stale(out: Path) -> list:
     prefix = f".{out.name}."
     for path in sorted(out.parent.glob(f"{glob.escape(prefix)}*-*")):
         kind, _, pid = path.name[len(prefix):].rpartition("-")
-        if kind not in ("partial", "old") or not pid.isdigit() or _running(int(pid)):
+        if kind not in ("partial", "old") or not pid.isdigit() or pid_running(int(pid)):
             continue
         if kind == "old" and not out.exists() and not out.is_symlink():
             os.replace(path, out)
@@ -352,15 +352,6 @@ def _clean_stale(out: Path) -> list:
     return said
 
 
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
     return True
 
 

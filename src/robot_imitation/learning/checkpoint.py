@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..paths import pid_running
 from ..policies.base import Policy
 from ..spec import Spec
 
@@ -207,18 +208,6 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
     _remove(old)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # (another user's)
-    return True
-
-
 def restore_checkpoint(path) -> bool:
     """What a save of ``path`` killed between its two renames left (see ``save_checkpoint``)
     set right: the earlier checkpoint, left as ``.<name>.old-<pid>``, renamed back to
@@ -237,7 +226,7 @@ def restore_checkpoint(path) -> bool:
         return False
     for child in names:
         m = pattern.fullmatch(child.name)
-        if m and not _pid_alive(int(m.group(2))):
+        if m and not pid_running(int(m.group(2))):
             leftovers.append((m.group(1), child))
     olds = sorted((c for kind, c in leftovers if kind == "old" and (c / META).is_file()),
                   key=lambda c: c.stat().st_mtime, reverse=True)
