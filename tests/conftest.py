@@ -538,3 +538,15 @@ def counted(**kwargs):  # what each logger call runs (enabled severities), logge
 
 rcutils_logger.get_filters_from_kwargs = counted
 """
+
+
+def mux_value(diag, key: str):
+    """The newest value of ``key`` in the command mux's /diagnostics (``diag``: the
+    DiagnosticArray messages received; None before any)."""
+    for msg in reversed(list(diag)):
+        for st in msg.status:
+            if st.name.startswith("command_mux"):
+                values = {kv.key: kv.value for kv in st.values}
+                if key in values:
+                    return values[key]
+    return None

@@ -9,7 +9,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray, String
 
-from conftest import wait_for
+from conftest import mux_value, wait_for
 from robot_imitation.algorithms.dagger import BetaSchedule
 from robot_imitation.deploy.limits import CommandLimiter, LimitsError, command_limits
 from robot_imitation.deploy.mux import MuxCore
@@ -351,17 +351,6 @@ def test_mux_modes_and_joy_intervention(procs, probe):
     # a mixture forwards both (a new draw every 1/rate s)
     probe.set_params("command_mux", mode="mixture", beta=0.5)
     assert forwarded_during(sources, arm, ("expert", "policy"), seconds=1.5) == {1.0, 2.0}
-
-
-def mux_value(diag, key: str):
-    """The newest value of ``key`` in the mux's /diagnostics (None before any)."""
-    for msg in reversed(list(diag)):
-        for st in msg.status:
-            if st.name.startswith("command_mux"):
-                values = {kv.key: kv.value for kv in st.values}
-                if key in values:
-                    return values[key]
-    return None
 
 
 def mux_connected(diag) -> bool:

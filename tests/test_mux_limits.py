@@ -16,7 +16,7 @@ from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from conftest import wait_for
+from conftest import mux_value, wait_for
 from robot_imitation.deploy.limits import CommandLimiter, command_limits
 from robot_imitation.nodes.common import COMMAND_QOS, STATE_QOS, STATUS_QOS, answer
 from robot_imitation.pairing import stamp_of
@@ -144,13 +144,7 @@ class Probe:
         return {}
 
     def mux_value(self, key: str):
-        for msg in reversed(list(self.diag)):
-            for st in msg.status:
-                if st.name.startswith("command_mux"):
-                    values = {kv.key: kv.value for kv in st.values}
-                    if key in values:
-                        return values[key]
-        return None
+        return mux_value(self.diag, key)
 
 
 def start_mux(procs, probe, **params) -> Probe:
