@@ -128,7 +128,7 @@ def test_an_empty_list_at_start_is_the_empty_list_or_refused_naming_it(reach_dat
                                extra_args=["-p", "hidden:=[]"])
     assert code == 1, log
     no_traceback(log)
-    assert "parameter hidden=[]: must be a non-empty list of integers" in log, log
+    assert "parameter hidden=[]: must be a non-empty list of positive integers" in log, log
     assert "trainer ready" not in log, log
 
     procs.stop("trainer")
