@@ -6,8 +6,9 @@
 The node subscribes to the topics of the checkpoint's spec and publishes on its action topics;
 remaps point them at the robot's. It commands on a timer at the control rate (wall clock), with
 the action limits the checkpoint carries (the robot's joint limits and maximum change per tick;
-config/policy.yaml can name a robot config or limits instead) and the stale-state safety; it starts inactive when autostart:=false (drive it with
-`ros2 lifecycle set /policy_node configure|activate`).
+config/policy.yaml can name a robot config or limits instead) and the stale-state safety; it
+starts inactive when autostart:=false (drive it with `ros2 lifecycle set /policy_node
+configure|activate`).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
