@@ -10,7 +10,7 @@ import yaml
 
 from robot_imitation.cli import build_parser
 from robot_imitation.learning.config import TrainConfig
-from robot_imitation.settings import default_of, flag_of
+from robot_imitation.settings import SettingError, default_of, flag_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -180,3 +180,46 @@ def test_a_key_given_twice_in_a_yaml_file_is_refused_with_its_line(tmp_path):
         read_yaml(nested)
     assert _read_yaml_text(tmp_path, "base: &x {p: 1, q: 2}\nb:\n  <<: *x\n  q: 3\n") == {
         "base": {"p": 1, "q": 2}, "b": {"p": 1, "q": 3}}
+
+
+@pytest.mark.parametrize("settings,says", [
+    ({"head": "mse", "policy_config": {"num_classes": 10}},
+     "mlp: num_classes 10 is a setting of the categorical head, and the head is mse"),
+    ({"head": "gaussian", "modes": 7},
+     "mlp: modes 7 is a setting of the gmm head, and the head is gaussian"),
+    ({"head": "categorical"},
+     "mlp: the categorical head needs num_classes of 2 or more (classes per action value), "
+     "not 0"),
+])
+def test_a_heads_setting_without_its_head_is_refused(settings, says):
+    """``num_classes`` with the mse head (``--policy-option num_classes=10``), or ``--modes``
+    without the gmm head, trained the other head without a word: the setting changed nothing.
+    The categorical head without ``num_classes`` was refused only when the network was built,
+    after the dataset. Now each is refused with the settings; the pairs that belong together
+    pass, and a stored checkpoint's config is not checked this way (it keeps loading)."""
+    with pytest.raises(SettingError) as err:
+        TrainConfig(**settings)
+    assert str(err.value).startswith(says), str(err.value)
+    TrainConfig(head="categorical", policy_config={"num_classes": 3})
+    TrainConfig(head="gmm", modes=7)
+    from robot_imitation.policies.mlp.config import MlpConfig
+
+    stored = MlpConfig(low_dim_keys=["x"], low_dim_sizes=[2], action_dim=1, head="mse",
+                       num_classes=3)
+    assert stored.num_classes == 3
+
+
+def test_a_heads_setting_without_its_head_is_one_line_from_train(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "train",
+                           str(tmp_path / "no_dataset"), "--out", str(out), "--head", "mse",
+                           "--policy-option", "num_classes=10"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "num_classes 10 is a setting of the categorical head" in \
+        lines[0], proc.stderr
+    assert not out.exists()

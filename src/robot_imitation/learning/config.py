@@ -130,6 +130,7 @@ class TrainConfig:
         family.check_options(dict(self.policy_config), settings=[
             flag_of(type(self), f.name) for f in fields(self)
             if f.metadata.get("option_of") == self.policy])
+        family.config_class.check_together(family.options(self))
         # the family's defaults, resolved here so the trainer and the checkpoint see the values
         if not self.chunk:
             self.chunk = family.config_class.default_chunk

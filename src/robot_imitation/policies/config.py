@@ -65,6 +65,13 @@ class PolicyConfig:
     def __post_init__(self):
         check_fields(self)
 
+    @classmethod
+    def check_together(cls, options: dict) -> None:
+        """``SettingError`` for a new run's options (the family's settings and
+        ``policy_config``, by name) that only make sense together with another one that is not
+        given: a setting that would change nothing (``num_classes`` without the categorical
+        head). Not for stored configs: a checkpoint keeps loading."""
+
     def to_dict(self) -> dict:
         return asdict(self)
 

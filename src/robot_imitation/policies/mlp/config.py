@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...settings import Limits, same_as, setting
+from ...settings import Limits, SettingError, default_of, same_as, setting
 from ..config import CameraOptions, PolicyConfig, check_cameras, check_widths
 
 HEADS = ("mse", "gaussian", "gmm", "categorical")
@@ -31,3 +31,22 @@ class MlpConfig(PolicyConfig):
         super().__post_init__()
         check_widths("hidden", self.hidden)
         check_cameras(self, "mlp")
+
+    @classmethod
+    def check_together(cls, options: dict) -> None:
+        """Each head's own setting with that head only: ``num_classes`` (2 or more) is the
+        categorical head's, a ``modes`` other than its default the gmm head's; given with
+        another head they changed nothing, without a word."""
+        head = options.get("head", "mse")
+        classes = options.get("num_classes", 0)
+        if head == "categorical" and classes < 2:
+            raise SettingError(f"mlp: the categorical head needs num_classes of 2 or more "
+                               f"(classes per action value), not {classes}")
+        if head != "categorical" and classes:
+            raise SettingError(f"mlp: num_classes {classes} is a setting of the categorical "
+                               f"head, and the head is {head} (set head categorical, or leave "
+                               "num_classes out)")
+        modes = options.get("modes", default_of(cls, "modes"))
+        if head != "gmm" and modes != default_of(cls, "modes"):
+            raise SettingError(f"mlp: modes {modes} is a setting of the gmm head, and the head "
+                               f"is {head} (set head gmm, or leave modes out)")
