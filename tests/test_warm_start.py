@@ -84,3 +84,38 @@ def test_warm_start_from_another_family_size_or_spec_is_refused(data, tmp_path):
     with pytest.raises(CheckpointError, match="reach"):
         train(episodes_dataset(episodes, push, cfg), tmp_path / "z", cfg,
               log=lambda *a, **k: None)
+
+
+def test_a_warm_start_may_change_what_changes_no_weights_meaning(data, tmp_path):
+    """``--init-from`` with another act ``dropout`` (fine-tuning with more regularization) was
+    refused as "another architecture (dropout 0.1 there, 0.0 here)": the weights are the same
+    tensors with the same meaning. The settings of training alone (act's dropout and KL weight)
+    and of sampling alone (diffusion's inference steps and seed) are now this run's, said in
+    the log; anything else that differs is still refused, named alone (mlp's dropout too: its
+    dropout layers are modules of their own, which name the weights differently)."""
+    first, second = data
+    lines = []
+    act = fit(first, tmp_path / "act", "act", seed=1)
+    options = {**SMALL["act"], "dropout": 0.0, "kl_weight": 1.0}
+    cfg = TrainConfig(policy="act", policy_config=options, task="reach", steps=1, lr=1e-9,
+                      batch_size=16, eval_every=0, eval_episodes=0, val_fraction=0.0,
+                      log_every=1000, init_from=act, seed=2)
+    warm = train(episodes_dataset(second, SPEC, cfg), tmp_path / "warm", cfg,
+                 log=lambda *a, **k: lines.append(" ".join(map(str, a))))["last"]
+    assert ("[train] warm start with this run's dropout 0.0 (the checkpoint's 0.1); "
+            "kl_weight 1.0 (the checkpoint's 10.0)") in lines, lines
+    policy, _ = load_checkpoint(warm, SPEC)
+    assert (policy.cfg.dropout, policy.cfg.kl_weight) == (0.0, 1.0)
+    a, w = weights(act), weights(warm)
+    assert all(torch.allclose(w[k], a[k], atol=1e-6) for k in a
+               if not k.endswith((".shift", ".scale")))
+    with pytest.raises(CheckpointError, match=r"another architecture \(heads 4 there, 2 "
+                       r"here\)$"):
+        fit(second, tmp_path / "act_heads", "act", {**options, "heads": 2}, init_from=act)
+    mlp = fit(first, tmp_path / "mlp", "mlp")
+    with pytest.raises(CheckpointError, match=r"another architecture \(dropout 0.0 there, "
+                       r"0.2 here\)$"):
+        fit(second, tmp_path / "mlp_warm", "mlp", dropout=0.2, init_from=mlp)
+    diffusion = fit(first, tmp_path / "diffusion", "diffusion")
+    fit(second, tmp_path / "diffusion_warm", "diffusion",
+        {**SMALL["diffusion"], "inference_steps": 5, "seed": 3}, init_from=diffusion)

@@ -388,18 +388,22 @@ class Trainer:
             from .checkpoint import load_checkpoint
 
             start, _ = load_checkpoint(cfg.init_from, spec)
-            if start.cfg != policy.cfg:
+            was, now = start.cfg.to_dict(), policy.cfg.to_dict()
+            changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+            free = set(type(policy.cfg).warm_start_free)
+            if start.type_name != policy.type_name or set(changed) - free:
                 from .checkpoint import CheckpointError
 
-                was, now = start.cfg.to_dict(), policy.cfg.to_dict()
                 if start.type_name != policy.type_name:
                     differ = f"policy {start.type_name} there, {policy.type_name} here"
                 else:
                     differ = "; ".join(f"{k} {was.get(k)!r} there, {now.get(k)!r} here"
-                                       for k in sorted(set(was) | set(now))
-                                       if was.get(k) != now.get(k))
+                                       for k in changed if k not in free)
                 raise CheckpointError(f"init_from {cfg.init_from}: another architecture "
                                       f"({differ})")
+            if changed:  # the family's settings that change no weight's meaning: this run's
+                self.log("[train] warm start with this run's " + "; ".join(
+                    f"{k} {now.get(k)!r} (the checkpoint's {was.get(k)!r})" for k in changed))
             policy.load_state_dict(start.state_dict())
             policy.set_statistics(spec, stats)  # this dataset's, not the start's
         check_actions_shape(policy, train, device)

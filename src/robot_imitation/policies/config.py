@@ -61,6 +61,9 @@ class PolicyConfig:
     default_chunk: ClassVar[int] = 1
     #: the learning rate of a training run that sets none (``TrainConfig.lr`` 0)
     default_lr: ClassVar[float] = 1e-3
+    #: settings that change no weight's meaning, so a warm start (``TrainConfig.init_from``)
+    #: may set them anew: regularization of training, how a trained network is sampled
+    warm_start_free: ClassVar[tuple] = ()
 
     def __post_init__(self):
         check_fields(self)

@@ -17,6 +17,7 @@ class ActConfig(PolicyConfig):
     43-49 of 50 episodes by execution, 64 wide with one in 24-41."""
 
     default_chunk = 8
+    warm_start_free = ("dropout", "kl_weight")
 
     dim_model: int = setting(128, WIDTH, help="width of the transformer's tokens")
     heads: int = setting(4, WIDTH, help="attention heads (dim_model must divide by it)")

@@ -17,6 +17,7 @@ class DiffusionConfig(PolicyConfig):
     default_chunk = 8
     # the U-Net on reach (80 demonstrations, 3,000 steps of 128): 95/100 at 3e-3, 80/100 at 1e-3
     default_lr = 3e-3
+    warm_start_free = ("inference_steps", "seed")
 
     denoiser: str = setting("unet", Limits(str, choices=("unet", "mlp")),
                             help="the denoising network: unet (a 1D temporal convolutional "

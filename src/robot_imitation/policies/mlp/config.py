@@ -14,6 +14,9 @@ _SIZES = Limits(list, nonempty=True, item=Limits(int, low=1))  # (at most MAX_WI
 class MlpConfig(PolicyConfig):
     """Everything needed to rebuild an mlp network (stored in policy.json)."""
 
+    # (no setting is free at a warm start: a dropout between hidden layers is a module of its
+    # own, so dropout 0 and 0.1 name the layers' weights differently)
+
     hidden: list = setting(limits=_SIZES, default_factory=lambda: [256, 256],
                            help="hidden layer sizes of the MLP, e.g. 256,256")
     head: str = setting("mse", Limits(str, choices=HEADS),
