@@ -510,7 +510,8 @@ def _dagger_config(args):
 def _dagger_out(args, cfg) -> Path:
     """--out checked before anything starts: writable, and empty or new unless --overwrite
     (which ``run_dagger`` clears)."""
-    from .algorithms.dagger import check_out, run_inputs
+    from .algorithms.dagger import run_inputs
+    from .paths import check_out
 
     _writable_folder(args.out)
     return check_out(args.out, args.overwrite, run_inputs(cfg),
@@ -760,7 +761,7 @@ USER_ERRORS = (("robot_imitation.settings", "SettingError"),
                ("robot_imitation.deploy.limits", "LimitsError"),
                ("robot_imitation.deploy.backends", "BackendError"),
                ("robot_imitation.ros.launcher", "ProcessDied"),
-               ("robot_imitation.algorithms.dagger", "RunFolderError"))
+               ("robot_imitation.paths", "RunFolderError"))
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .algorithms.dagger import (DATA_SEED, MIXTURE_PER, NAMES, SCHEDULES,  # noqa: F401
                                 SEED_STRIDE, SUPERVISOR_LIMITS, VARIANTS, BetaSchedule,
-                                DaggerConfig, Gated, Mixture, RunFolderError, check_config)
+                                DaggerConfig, Gated, Mixture, check_config)
+from .paths import RunFolderError  # noqa: F401
 from .rollouts.base import EVAL_SEED, ROLLOUT_BACKEND  # noqa: F401
 from .rollouts.ros import (INTERVENTION_BUTTON, LABEL_PREFIX, RosRig, RosWorld,  # noqa: F401
                            aggregate, evaluate_ros, expert_share, label_spec)
@@ -28,7 +29,8 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     ``algorithms.dagger.run``). ``graph``: the ``SimGraph`` every process of the run talks on
     (default: a private one, closed when the run ends). ``out``: empty or new, unless
     ``overwrite``, which clears it (``RunFolderError`` otherwise)."""
-    from .algorithms.dagger import check_out, run, run_inputs
+    from .algorithms.dagger import run, run_inputs
+    from .paths import check_out
     from .ros.graph import SimGraph
 
     tcfg, spec = check_config(cfg)  # before anything starts or is written

@@ -3,6 +3,7 @@ share), and the process environment it sets up (ROS prefix and DDS profile, MUJO
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -257,3 +258,49 @@ def pid_running(pid: int) -> bool:
     except OSError:  # another user's process
         return True
     return True
+
+
+class RunFolderError(ValueError):
+    """An output folder a run may not write into (an earlier run's files, or one it may not
+    clear); the message names the folder."""
+
+
+def check_out(out, overwrite: bool = False, inputs=(),
+              how: str = "(choose another out, or overwrite=True)") -> Path:
+    """``out`` checked to take a new run, nothing changed: a folder that holds files (an
+    earlier run's data would be trained on with this run's) is refused unless ``overwrite``,
+    and with it, one that holds the current folder or one of ``inputs`` (it is cleared).
+    ``RunFolderError`` naming the folder; ``how``: what to do instead, as the caller's
+    options say it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise RunFolderError(f"{out} exists and is not empty: an earlier run's data would be "
+                             f"trained on with this run's {how}")
+    target, here = out.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise RunFolderError(f"{out} holds the current folder: not cleared (choose another "
+                             "output folder)")
+    for path in inputs:
+        if target in Path(path).resolve().parents:
+            raise RunFolderError(f"{out} holds the run's input {path}: not cleared (choose "
+                                 "another output folder)")
+    return out
+
+
+def prepare_out(out, overwrite: bool = False, inputs=(),
+                how: str = "(choose another out, or overwrite=True)") -> Path:
+    """``out`` made ready for a new run (``check_out``): created, or emptied with
+    ``overwrite``."""
+    out = check_out(out, overwrite, inputs, how)
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -201,7 +201,7 @@ def check_run_folder(out, overwrite: bool = False, inputs=()) -> Path:
     the current folder or one of ``inputs`` (the dataset, a warm start's checkpoint) is
     refused too (``RunFolderError`` naming the folder): an overwrite clears the earlier run
     whole (``clear_run_folder``), never another folder."""
-    from ..algorithms.dagger import RunFolderError, check_out
+    from ..paths import RunFolderError, check_out
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
@@ -220,7 +220,7 @@ def check_run_folder(out, overwrite: bool = False, inputs=()) -> Path:
 
 def clear_run_folder(out, inputs=()) -> Path:
     """The earlier training run in ``out`` removed whole (``check_run_folder`` first)."""
-    from ..algorithms.dagger import prepare_out
+    from ..paths import prepare_out
 
     check_run_folder(out, True, inputs)
     return prepare_out(out, True, inputs, "(choose another --out)")
