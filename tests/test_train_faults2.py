@@ -420,3 +420,27 @@ def test_an_interrupted_run_names_the_checkpoints_it_kept(reach, tmp_path):
     kept = getattr(info.value, "kept", "")
     step = metrics(tmp_path / "run" / "best_val")["step"]
     assert kept == f"checkpoints kept: {tmp_path / 'run' / 'best_val'} (step {step})", kept
+
+
+def test_a_stop_asked_during_a_closed_loop_evaluation_ends_it_after_the_episode(reach,
+                                                                                tmp_path):
+    """The trainer node's ~/cancel and Ctrl-C were seen only at progress reports, after a
+    closed-loop evaluation of any length (150 episodes: the node waited for all of them).
+    ``Trainer(stop=...)`` is asked after each evaluation episode: the run ends there
+    (``TrainingStopped``), the unfinished evaluation counting for nothing."""
+    from robot_imitation.learning.trainer import Trainer, TrainingStopped
+
+    spec, episodes = reach
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2
+
+    cfg = small(steps=20, eval_every=20, eval_episodes=150, task="reach")
+    with pytest.raises(TrainingStopped):
+        Trainer(episodes_dataset(episodes, spec, cfg), tmp_path / "run", cfg, log=quiet,
+                stop=stop).run()
+    assert len(asked) == 2  # one episode each time asked: stopped after the second
+    for name in ("best_success", "best_val", "last", "result.json"):
+        assert not (tmp_path / "run" / name).exists(), name

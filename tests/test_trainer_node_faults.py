@@ -79,15 +79,14 @@ def no_traceback(log: str) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_a_long_evaluation_cancels_the_run_and_exits_cleanly(
+def test_ctrl_c_during_a_long_evaluation_stops_it_and_exits_cleanly(
         reach_dataset, tmp_path, procs, probe):
     """SIGINT while the run evaluates (150 closed-loop episodes: seconds) and again, with
-    SIGTERM, while the node waits for it: the run stops after that evaluation as ~/cancel stops
-    it, marked cancelled, and the node exits 0. It used to wait 5 s and exit with the run's
-    thread inside torch: "terminate called without an active exception", exit 134."""
-    from robot_imitation.learning.checkpoint import load_checkpoint
-    from robot_imitation.spec import Spec
-
+    SIGTERM, while the node waits for it: the run stops after the episode under way, marked
+    cancelled at its last report, the unfinished evaluation counting for nothing (no
+    checkpoint of it), and the node exits 0. It used to wait 5 s and exit with the run's thread
+    inside torch ("terminate called without an active exception", exit 134); then it waited
+    for the whole evaluation, which can take minutes."""
     out = tmp_path / "runs"
     # 20 steps, then the only evaluation (at the end); a report at step 10
     start_trainer(procs, probe, {"dataset": str(reach_dataset), "out": str(out), **TINY,
@@ -102,8 +101,9 @@ def test_ctrl_c_during_a_long_evaluation_cancels_the_run_and_exits_cleanly(
 
     proc = procs.procs["trainer"]
     os.killpg(proc.pid, signal.SIGINT)  # the rest of the run is the evaluation
-    wait_for(lambda: "shutting down: training run" in procs.log("trainer"), 30,
-             "the trainer to say it waits for its run", procs=procs)
+    wait_for(lambda: "shutting down: training run" in procs.log("trainer") or
+             proc.poll() is not None, 30, "the trainer to say it waits for its run",
+             procs=procs)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):  # impatient, or launch's own
         if proc.poll() is None:
             os.killpg(proc.pid, sig)
@@ -111,11 +111,10 @@ def test_ctrl_c_during_a_long_evaluation_cancels_the_run_and_exits_cleanly(
     log = procs.log("trainer", tail=100_000)
     assert code == 0, log
     no_traceback(log)
-    assert f"training cancelled at step 20: {run_dir}" in log, log
-    # the evaluation's checkpoint was saved whole before the run stopped; the run did not end
-    policy, meta = load_checkpoint(run_dir / "best_success", runtime_spec=Spec.load("reach"))
-    assert meta["training"]["steps"] == 20
-    assert not (run_dir / "last").exists() and not (run_dir / "result.json").exists()
+    assert f"training cancelled at step 10: {run_dir}" in log, log
+    # the evaluation did not finish: none of its checkpoints, no result
+    for name in ("best_success", "best_val", "last", "result.json"):
+        assert not (run_dir / name).exists(), name
 
 
 def test_an_empty_list_at_start_is_the_empty_list_or_refused_naming_it(reach_dataset, tmp_path,

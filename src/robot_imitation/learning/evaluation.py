@@ -69,12 +69,14 @@ def task_mismatch(spec: Spec, task, through: str = "gym", sim=None, rate: bool =
 
 def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, seed: int = 10_000,
                     device="cpu", camera_size=(320, 240), meta: dict | None = None,
-                    backend: str = "eager", keep_commands: bool = False) -> dict:
+                    backend: str = "eager", keep_commands: bool = False,
+                    progress=None) -> dict:
     """Success rate of ``policy`` over ``episodes`` seeded episodes of ``task`` (seeds
     seed..seed+episodes-1), in the gymnasium world, commanded as the policy node commands it
     (``rollouts.gym``): the same controller, action filter and chunking (the first action of
     each predicted chunk). ``meta``: the checkpoint's metadata, whose ``action_limits`` the
     filter applies; without it, the task's robot's limits (what the trainer stores by default).
+    ``progress``: called with the results so far after each episode (it may raise to stop).
     The module itself is not touched (a CPU copy runs). A policy whose spec the task cannot
     serve is refused (``SpecError``) before any episode; so is ``episodes`` < 1.
 
@@ -92,7 +94,7 @@ def evaluate_policy(policy: Policy, spec: Spec, task: str, episodes: int = 20, s
         meta["action_limits"] = robot_limits(TaskConfig.load(task).robot, spec).to_dict()
     loaded = policy_from_module(policy, spec, meta, backend)
     return evaluate_loaded(loaded, task, episodes, seed, camera_size=camera_size,
-                           keep_commands=keep_commands)
+                           keep_commands=keep_commands, progress=progress)
 
 
 def evaluate_loaded(loaded, task: str, episodes: int, seed: int, camera_size=(320, 240),

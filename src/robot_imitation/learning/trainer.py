@@ -298,18 +298,29 @@ def _is_allocation_error(exc: BaseException) -> bool:
         word in str(exc) for word in ("alloc", "out of memory", "Out of memory")))
 
 
+class TrainingStopped(Exception):
+    """A run that its caller asked to stop (``Trainer``'s ``stop``) during a closed-loop
+    evaluation: the evaluation is left unfinished and counts for nothing."""
+
+
 class Trainer:
     def __init__(self, dataset, out_dir, cfg: TrainConfig, log=print, progress=None,
-                 overwrite: bool = False, inputs=()):
+                 overwrite: bool = False, inputs=(), stop=None):
         """``overwrite``: an earlier run in ``out_dir`` is removed whole before this run
         writes its first file (``clear_run_folder``; never a folder of other files or one
-        holding ``inputs``)."""
+        holding ``inputs``). ``stop``: a function saying whether the caller wants the run to
+        end, asked between a closed-loop evaluation's episodes (``TrainingStopped``); between
+        steps, ``progress`` may raise to end the run."""
         self.dataset, self.out, self.cfg = dataset, Path(out_dir), cfg
-        self.log, self.progress = log, progress
+        self.log, self.progress, self.stop = log, progress, stop
         self.overwrite, self.inputs = overwrite, tuple(inputs)
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.distributed = self.world > 1
+
+    def _stop_check(self, _results=None) -> None:
+        if self.stop is not None and self.stop():
+            raise TrainingStopped("asked to stop during a closed-loop evaluation")
 
     def run(self) -> dict:
         cfg, spec, ds = self.cfg, self.dataset.spec, self.dataset
@@ -513,7 +524,8 @@ class Trainer:
                         from .evaluation import evaluate_policy
 
                         result = evaluate_policy(held, spec, task, cfg.eval_episodes,
-                                                 device=device, meta=meta)
+                                                 device=device, meta=meta,
+                                                 progress=self._stop_check)
                         row["success_rate"] = result["success_rate"]
                     improved = False
                     if val and row["val_loss"] < best_val:

@@ -5,8 +5,9 @@ Services (std_srvs/Trigger):
             them first, e.g. `ros2 param set /trainer steps 20000`); answers at once with
             "training started: <run dir>" (each run writes <out>/run_<timestamp>), or refuses
             while a run is going on.
-  ~/cancel  stop the running run at its next progress report (within `log_every` steps, or
-            after the evaluation under way).
+  ~/cancel  stop the running run at its next progress report (within `log_every` steps), or
+            after the closed-loop episode under way when it is evaluating (the evaluation
+            left unfinished counts for nothing).
 Publishes:
   ~/progress   diagnostic_msgs/DiagnosticArray with one status (message = state; values state,
                step, total, train_loss, val_loss, success_rate, run_dir, elapsed, and error
@@ -43,7 +44,7 @@ from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ..learning.trainer import TrainConfig, Trainer  # noqa: E402
+from ..learning.trainer import TrainConfig, Trainer, TrainingStopped  # noqa: E402
 from ..policies import available_policies  # noqa: E402
 
 
@@ -240,7 +241,7 @@ class TrainerNode(Node):
             run_dir = self._status.get("run_dir")
         resp.success = True
         resp.message = (f"cancelling {run_dir}: it stops at its next progress report "
-                        "(within log_every steps)")
+                        "(within log_every steps), or after the evaluation's episode under way")
         self.get_logger().info(resp.message)
         return resp
 
@@ -258,10 +259,10 @@ class TrainerNode(Node):
             if self._cancel.is_set():
                 raise Cancelled()
             trainer = Trainer(data, run_dir, cfg, log=self.get_logger().info,
-                              progress=self._on_progress)
+                              progress=self._on_progress, stop=self._cancel.is_set)
             result = trainer.run()
             state, values = "done", {}
-        except Cancelled:
+        except (Cancelled, TrainingStopped):
             state, values = "cancelled", {}
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
             state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
@@ -340,7 +341,7 @@ class TrainerNode(Node):
     def close(self) -> None:
         """At shutdown (Ctrl-C, SIGTERM): stop a running run as ~/cancel does, and wait until
         it has: it stops at its next progress report (within `log_every` steps, or after the
-        evaluation or checkpoint save under way) and ends `cancelled`. The process must not
+        closed-loop episode or checkpoint save under way) and ends `cancelled`. The process must not
         exit with the run's thread still inside torch or a save: it aborted (exit 134), with
         the run neither finished nor marked cancelled. Further signals are ignored
         (``ShutdownRequest``); SIGKILL aborts."""
@@ -350,7 +351,7 @@ class TrainerNode(Node):
         self._cancel.set()
         self.get_logger().warning(
             f"shutting down: training run {self._status.get('run_dir')} stops at its next "
-            "progress report (after the evaluation under way, if any); waiting for it")
+            "progress report (or after the evaluation's episode under way); waiting for it")
         while thread.is_alive():
             thread.join(timeout=0.5)
 
