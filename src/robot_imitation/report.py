@@ -3,6 +3,7 @@ policy node's latency, from the results of ``dagger.run_dagger``."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ VIDEO_SEED = EVAL_SEED + 1  # the episode each rollout video shows (an evaluatio
 def rollout_video(path, task: str, checkpoint=None, seed: int = VIDEO_SEED, camera: str = "front",
                   size=(320, 240), fps: float | None = None) -> dict:
     """One episode of ``task`` (the scripted expert, or ``checkpoint`` commanded as the policy
-    node commands it: the same controller and action limits) rendered to an MP4."""
+    node commands it: the same controller and action limits) rendered to an MP4: a frame of
+    each state, the first and the last included, at the control rate."""
     import av
 
     from .rollouts.gym import GymWorld
@@ -24,7 +26,7 @@ def rollout_video(path, task: str, checkpoint=None, seed: int = VIDEO_SEED, came
     from .spec import Spec
 
     if checkpoint is None:
-        world = GymWorld(task, Spec.load(task), size, render=True)
+        world = GymWorld(task, Spec.for_task(task), size, render=True)
         expert = make_expert(world.sim)
 
         def act(obs, sim_obs):
@@ -44,22 +46,25 @@ def rollout_video(path, task: str, checkpoint=None, seed: int = VIDEO_SEED, came
     env = world.env
     env.camera = camera
     container = av.open(str(path), "w")
-    stream = container.add_stream("libx264", rate=int(fps or env.sim.cfg.control_rate))
+    # the control rate as it is (12.5 Hz plays at 12.5 frames a second, not 12)
+    rate = Fraction(fps or env.sim.cfg.control_rate).limit_denominator(1000)
+    stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
     try:
         sim_obs, _ = env.reset(seed=seed)
-        steps, info = 0, {"is_success": False}
-        while True:
+        steps, info, done = 0, {"is_success": False}, False
+        while True:  # a frame of every state, the last (the outcome) included
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(env.render()), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
+            if done:
+                break
             action = act(world.observation(sim_obs), sim_obs)
             if action is None:  # NaN/inf from the policy: the node would send nothing
                 break
             sim_obs, _, terminated, truncated, info = env.step(action)
             steps += 1
-            if terminated or truncated:
-                break
+            done = terminated or truncated
         for packet in stream.encode():
             container.mux(packet)
     finally:
@@ -170,11 +175,19 @@ def write_report(out, results: dict, videos: bool = True, log=print) -> Path:
         lines.append("")
     lat = its[-1].get("latency") or {}
     if lat:
+        from .deploy.runtime import WINDOW
+
+        timings = {k[:-3]: v for k, v in lat.items() if k.endswith("_ms")}
+        others = {k: v for k, v in lat.items() if not k.endswith("_ms") and k != "backend"}
         lines += ["## Policy node latency", "",
-                  "Observation stamp to command publish (simulated time: 0 in lockstep) and "
-                  "the node's compute time per tick, over the last run:", "",
+                  "Observation stamp to command publish (simulated time: 0 in lockstep), the "
+                  "node's compute time per tick and its chunks' inference, over the newest "
+                  f"{WINDOW:,} of each at the end of the last evaluation:", "",
                   "| figure | ms |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in sorted(lat.items()) if k != "backend"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(timings.items())]
+        if others:  # settings and counts (counts since the node started), not milliseconds
+            lines += ["", "Chunk execution and counts since the node started: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(others.items())) + "."]
         if "backend" in lat:
             lines.append(f"\nInference backend: `{lat['backend']}` (named for every run of "
                          "the learning loop, not chosen by measurement).")

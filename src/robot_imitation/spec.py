@@ -347,6 +347,11 @@ class Spec:
                             f"not a {type(data).__name__}")
         return cls.from_dict(data, where=str(path))
 
+    @classmethod
+    def for_task(cls, task) -> "Spec":
+        """The spec of a task (``task_spec_name``)."""
+        return cls.load(task_spec_name(task))
+
     def to_dict(self) -> dict:
         def entry(f: FieldSpec) -> dict:
             d = {k: v for k, v in asdict(f).items() if v not in ((), 0, {}, None)}
@@ -510,3 +515,27 @@ def resize_nearest(img: np.ndarray, width: int, height: int, encoding: str) -> n
         img = np.take(np.take(img, np.arange(height) * h // height, axis=0),
                       np.arange(width) * w // width, axis=1)
     return np.ascontiguousarray(img)
+
+
+def task_spec_name(task) -> str:
+    """The name of a task's spec (a ``config/specs`` name), for a ``config/tasks`` name or a
+    task file's path: the spec named after the task's ``name``, else after the part of it
+    before the first ``_`` (a task ``reach_fast`` runs reach's logic and is observed as reach).
+    A task file is never read as a spec (its keys are not a spec's). ``SpecError`` when there
+    is none."""
+    try:
+        data = read_yaml(config_file("tasks", task), SpecError)
+    except FileNotFoundError as exc:
+        raise SpecError(str(exc)) from None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"task {task}: it names no task (`name:`), so it has no spec of its own; "
+                        "give one (--spec, or the `spec` parameter)")
+    for candidate in dict.fromkeys((name, name.split("_")[0])):
+        try:
+            config_file("specs", candidate)
+        except FileNotFoundError:
+            continue
+        return candidate
+    raise SpecError(f"task {task} ({name}): no spec named after it (config/specs/{name}.yaml); "
+                    "give one (--spec, or the `spec` parameter)")

@@ -133,7 +133,7 @@ def check_config(cfg: DaggerConfig, through: str = "ros"):
     except (SettingError, ValueError, RuntimeError) as exc:
         raise SettingError(f"train: {exc}") from None
     TaskConfig.load(cfg.task)
-    spec = Spec.load(cfg.spec or cfg.task)
+    spec = Spec.load(cfg.spec) if cfg.spec else Spec.for_task(cfg.task)
     problem = task_mismatch(spec, cfg.task, through=through)
     if problem:
         raise SpecError(f"spec {spec.name} {problem}")

@@ -56,7 +56,7 @@ class SimDaggerConfig:
 def _world(cfg: SimDaggerConfig):
     from ..rollouts.gym import GymLearningWorld
 
-    return GymLearningWorld(cfg.task, Spec.load(cfg.task), cfg.seed)
+    return GymLearningWorld(cfg.task, Spec.for_task(cfg.task), cfg.seed)
 
 
 def expert_success(cfg: SimDaggerConfig) -> float:

@@ -149,7 +149,7 @@ class DaggerNode(Node):
 
         try:
             TaskConfig.load(cfg.task)
-            Spec.load(cfg.spec or cfg.task)
+            Spec.load(cfg.spec) if cfg.spec else Spec.for_task(cfg.task)
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             return str(exc)
         return None

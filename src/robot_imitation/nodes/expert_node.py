@@ -80,7 +80,7 @@ class ScriptedExpert(Node):
         self.sim = TaskSim(p["task"], p["robot"] or None)
         self.expert = make_expert(self.sim)
         self.period = self.sim.control_period
-        self.spec = Spec.load(p["spec"] or self.sim.cfg.name)
+        self.spec = Spec.load(p["spec"]) if p["spec"] else Spec.for_task(p["task"])
         own = tuple(self.sim.logic.privileged_keys)
         needed = {"joint_pos", "ee_pose", *self.sim.logic.pose_keys} - set(own)
         fields = [f for f in self.spec.observations if f.key in needed]

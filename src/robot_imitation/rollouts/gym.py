@@ -268,7 +268,7 @@ def episodes_dataset(episodes: list, spec: Spec, tcfg):
 def expert_demonstrations(task: str, seeds, spec: Spec | None = None) -> list:
     """The task's scripted expert's episodes from ``seeds``, labelled by itself, observed as
     the policy node observes (``spec``: default the task's)."""
-    world = GymLearningWorld(task, spec or Spec.load(task))
+    world = GymLearningWorld(task, spec or Spec.for_task(task))
     try:
         return world.demonstrations(seeds)[0]
     finally:

@@ -297,21 +297,22 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     from . import summarize
     from ..settings import EPISODES
     from ..sim.tasks import TaskConfig
-    from ..spec import Spec
+    from ..spec import Spec, task_spec_name
 
     # before any process starts: the episodes, the task, the spec, and a checkpoint that
     # loads, fits the task's bridge and was trained on the runtime spec
     EPISODES.check("episodes", episodes)
     TaskConfig.load(task)
-    runtime = Spec.load(spec or task)
+    runtime = Spec.load(spec) if spec else Spec.for_task(task)
     meta = read_metadata(checkpoint)  # (the weights are loaded once, below)
     problem = task_mismatch(Spec.from_dict(meta["spec"]), task, through="ros")
     if problem:
         raise CheckpointError(f"checkpoint {checkpoint} {problem}")
     load_checkpoint(checkpoint, runtime)
     params = {k: v for k, v in (("robot", robot), ("allow_unlimited", allow_unlimited)) if v}
-    rig = RosRig(log_dir, task, spec or task, checkpoint, with_expert=False, graph=graph,
-                 backend=backend, keep_commands=keep_commands, policy_params=params)
+    rig = RosRig(log_dir, task, spec or task_spec_name(task), checkpoint, with_expert=False,
+                 graph=graph, backend=backend, keep_commands=keep_commands,
+                 policy_params=params)
     try:
         results = rig.results(rig.episodes(episodes, seed, progress=progress), keep_commands)
         res = summarize(results)
@@ -349,7 +350,9 @@ class RosWorld:
         where each recorded demonstration is reported (the run's log)."""
         self.out, self.cfg, self.spec, self.graph = Path(out), cfg, spec, graph
         self.log = log
-        self.spec_name = cfg.spec or cfg.task
+        from ..spec import task_spec_name
+
+        self.spec_name = cfg.spec or task_spec_name(cfg.task)
         self.demo_dir = self.out / "data" / "expert"
         self.dagger_dir = self.out / "data" / "dagger"
         self.rig = None

@@ -80,6 +80,14 @@ def bridge(task, mode, seed=None, cameras=None) -> NodeDecl:
                     parameters=_params(task=task, mode=mode, seed=seed, cameras=cameras))
 
 
+def _task_spec(task) -> str:
+    """The spec a node of ``task`` records or serves by default: the task's own
+    (``spec.task_spec_name``; a task file is never read as a spec)."""
+    from ..spec import task_spec_name
+
+    return task_spec_name(task)
+
+
 def scripted_expert(task, mode, spec=None) -> NodeDecl:
     """The scripted expert: in lockstep it answers every state, in real time it commands on a
     timer on simulated time."""
@@ -128,7 +136,7 @@ def record_graph(task, dataset, spec=None, mode="lockstep", seed=None, storage=N
                            parameters={"task": task, "use_sim_time": True})]
     nodes.append(NodeDecl("episode_recorder", "episode_recorder", params_file="recorder.yaml",
                           parameters=_params(dataset=dataset,
-                                             spec=task if spec is None else spec,
+                                             spec=_task_spec(task) if spec is None else spec,
                                              storage=storage, task=task, use_sim_time=True,
                                              auto_stop_on_done=auto_stop)))
     return nodes
@@ -139,7 +147,8 @@ def _dagger_recorder(task, spec, dataset, supervised: bool) -> NodeDecl:
     (and the supervisor's button)."""
     topics = [LABEL_PREFIX + t for t in ACTION_TOPICS] + ["/command_mux/source"]
     return NodeDecl("episode_recorder", "episode_recorder", params_file="recorder.yaml",
-                    parameters={"dataset": dataset, "spec": task if spec is None else spec,
+                    parameters={"dataset": dataset,
+                                "spec": _task_spec(task) if spec is None else spec,
                                 "task": task, "use_sim_time": True, "auto_stop_on_done": True,
                                 "topics": topics + (["/joy"] if supervised else [])})
 
@@ -177,7 +186,8 @@ def dagger_graph(task, checkpoint, spec=None, dataset=None, mixture_per=None, se
                                     gripper_controller=f"{labels}/gripper_controller")),
         # (two lists: a parameter file must not alias one)
         NodeDecl("command_mux", "command_mux", params_file="mux.yaml",
-                 parameters=_params(task=task, spec=spec, sources=["expert", "policy"],
+                 parameters=_params(task=task, spec=_task_spec(task) if spec is None else spec,
+                                    sources=["expert", "policy"],
                                     sync_sources=["expert", "policy"], sync=True, mode=mode,
                                     beta=beta, mixture_per=mixture_per, seed=seed,
                                     intervention_source="expert", joy_sync=supervised,
@@ -186,7 +196,7 @@ def dagger_graph(task, checkpoint, spec=None, dataset=None, mixture_per=None, se
     if supervised:
         nodes.append(NodeDecl("scripted_supervisor", "scripted_supervisor",
                               params_file="supervisor.yaml",
-                              parameters={"spec": task if spec is None else spec,
+                              parameters={"spec": _task_spec(task) if spec is None else spec,
                                           "button": INTERVENTION_BUTTON, **supervisor}))
     nodes.append(policy_node(checkpoint, "lockstep", spec, backend, threads,
                              remappings=[(t, "/policy" + t) for t in ACTION_TOPICS]))

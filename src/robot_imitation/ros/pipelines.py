@@ -72,11 +72,12 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     from ..recording.recorder import DatasetWriter
     from ..settings import EPISODES
     from ..sim.tasks import TaskConfig
-    from ..spec import Spec, SpecError
+    from ..spec import Spec, SpecError, task_spec_name
 
     EPISODES.check("episodes", episodes)
     TaskConfig.load(task)
-    spec_obj = Spec.load(spec or task)
+    spec = spec or task_spec_name(task)
+    spec_obj = Spec.load(spec)
     problem = task_mismatch(spec_obj, task, through="ros", rate=False)
     if problem:
         raise SpecError(f"spec {spec_obj.name} {problem}")
@@ -104,8 +105,9 @@ def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_di
 
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
     with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
-        group.start_graph(record_graph(task, str(dataset), spec=spec or task, mode=mode,
-                                       seed=seed, storage=storage, cameras=cameras or [""]))
+        group.start_graph(record_graph(task, str(dataset), spec=spec,
+                                       mode=mode, seed=seed, storage=storage,
+                                       cameras=cameras or [""]))
         # the run's own node on the run's graph (a context without signal handlers: Ctrl-C
         # stays a KeyboardInterrupt, which stops the processes)
         runner = EpisodeRunner(context=graph.context)
