@@ -35,16 +35,30 @@ def available(kind: str) -> list:
     return sorted(p.stem for p in (config_dir() / kind).glob("*.yaml"))
 
 
+def names_a_path(name_or_path) -> bool:
+    """Whether ``name_or_path`` is a file's path rather than a built-in's name: it holds a
+    folder separator (``./reach``, ``../specs/reach``) or a suffix (``my_task.yaml``). A
+    built-in is named by its bare name (``reach``)."""
+    text = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else str(name_or_path)
+    separators = {"/", os.sep, os.altsep} - {None}
+    return any(sep in text for sep in separators) or bool(Path(text).suffix)
+
+
 def config_file(kind: str, name_or_path) -> Path:
-    """``config/<kind>/<name>.yaml`` for a bare name, else the given path; it must exist.
+    """``config/<kind>/<name>.yaml`` for a bare name, else the given path (relative to the
+    current folder; never looked up among the built-in files); it must exist.
 
     Raises ``FileNotFoundError`` naming the built-in choices.
     """
-    path = Path(name_or_path)
-    if not path.suffix:
+    if names_a_path(name_or_path):
+        path = Path(name_or_path)
+        what = f"{path.absolute()} is a folder" if path.is_dir() else \
+            f"no file {path.absolute()}"
+    else:
         path = config_dir() / kind / f"{name_or_path}.yaml"
+        what = f"no {path}"
     if not path.is_file():
-        raise FileNotFoundError(f"unknown {kind[:-1]} '{name_or_path}' (no {path}); known "
+        raise FileNotFoundError(f"unknown {kind[:-1]} '{name_or_path}' ({what}); known "
                                 f"{kind}: {available(kind)}")
     return path
 

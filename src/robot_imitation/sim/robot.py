@@ -1,7 +1,9 @@
 """Robot models: load an arm as an ``mujoco.MjSpec`` that tasks add their scene to."""
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import math
 import os
 import string
 from dataclasses import dataclass, field
@@ -17,6 +19,99 @@ EE_SITE = "ee_site"
 
 class ModelError(ValueError):
     """A robot or task description that cannot be loaded."""
+
+
+# ----------------------------------------------------------------- checks of a robot or task file
+# Each refuses a value in one line naming the file (``where``), the key (its place) and the
+# value: a value of the wrong kind failed later with a traceback naming neither, or was taken
+# silently (a string for a flag is true, a misspelled key was ignored).
+
+def closest(word, known) -> str:
+    """": did you mean 'x'?" for the known word closest to ``word``, else the known ones."""
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
+
+
+def shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_keys(value, known, where: str, place: str) -> dict:
+    """``value`` as a mapping holding only ``known`` keys."""
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: {place} must be a mapping, got {type(value).__name__} "
+                         f"{shown(value)}")
+    for key in value:
+        if key not in known:
+            raise ModelError(f"{where}: unknown key '{key}' in {place}{closest(key, known)}")
+    return value
+
+
+def check_text(value, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"{where}: {key} must be a non-empty string, got {shown(value)}")
+    return value
+
+
+def check_texts(value, where: str, key: str) -> list:
+    if not isinstance(value, (list, tuple)) or \
+            not all(isinstance(v, str) and v.strip() for v in value):
+        raise ModelError(f"{where}: {key} must be a list of names, got {shown(value)}")
+    return list(value)
+
+
+def _bounds(low: float, high: float, above: bool) -> str:
+    first = f"> {low:g}" if above else f">= {low:g}"
+    if math.isinf(high):
+        return first
+    if math.isinf(low):
+        return f"<= {high:g}"
+    return f"in {'(' if above else '['}{low:g}, {high:g}]"
+
+
+def check_number(value, where: str, key: str, low: float = -math.inf, high: float = math.inf,
+                 above: bool = False) -> float:
+    """A finite number (not a flag) in [low, high] (``above``: in (low, high])."""
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+    if not math.isfinite(number):
+        raise ModelError(f"{where}: {key} must be a finite number, got {shown(value)}")
+    if number < low or (above and number == low) or number > high:
+        raise ModelError(f"{where}: {key} must be {_bounds(low, high, above)}, got {value!r}")
+    return number
+
+
+def check_numbers(value, size: int, where: str, key: str, **bounds) -> list:
+    """A list of ``size`` finite numbers, each as ``check_number`` takes them."""
+    if not isinstance(value, (list, tuple)) or len(value) != size:
+        raise ModelError(f"{where}: {key} must be a list of {size} numbers, got {shown(value)}")
+    return [check_number(v, where, f"{key}[{i}]", **bounds) for i, v in enumerate(value)]
+
+
+def check_count(value, where: str, key: str, low: int = 1) -> int:
+    """A whole number >= ``low`` (``100`` or ``1e3``; not ``10.7``, ``.nan`` or ``.inf``)."""
+    number = check_number(value, where, key)
+    if number != int(number):
+        raise ModelError(f"{where}: {key} must be a whole number, got {value!r}")
+    if number < low:
+        raise ModelError(f"{where}: {key} must be >= {low}, got {value!r}")
+    return int(value)
+
+
+def beside(path: str, folder: Path) -> str:
+    """``path`` (a relative path written in a file in ``folder``) as a path from here: a path
+    inside a file is read from that file's folder, not from the current one."""
+    if Path(path).is_absolute() or path.startswith(("$", "~")):
+        return path
+    return str((folder / path).resolve())
+
+
+ROBOT_SOURCES = ("gymnasium_robotics_panda", "mjcf")
 
 
 @dataclass
@@ -38,7 +133,9 @@ class RobotConfig:
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> "RobotConfig":
-        """A robot by name (``config/robots/<name>.yaml``), a robot YAML path, or an MJCF path."""
+        """A robot by name (``config/robots/<name>.yaml``), a robot YAML path, or an MJCF path.
+
+        A relative ``mjcf`` path in a robot file is read from that file's folder."""
         path = Path(name_or_path)
         if path.suffix.lower() == ".xml":
             return cls.from_mjcf(path)
@@ -46,11 +143,70 @@ class RobotConfig:
             path = config_file("robots", name_or_path)
         except FileNotFoundError as exc:
             raise ModelError(str(exc)) from None
-        data = read_yaml(path, ModelError) or {}
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ModelError(f"{path}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+        data = read_yaml(path, ModelError)
+        return cls.from_dict({} if data is None else data, path)
+
+    @classmethod
+    def from_dict(cls, data, path) -> "RobotConfig":
+        """The robot file ``path`` holding ``data``: every key checked, else a ModelError
+        naming the file, the key and the value."""
+        where = str(path)
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}: a robot file is a mapping of keys to values, not a "
+                             f"{type(data).__name__}")
+        check_keys(data, list(cls.__dataclass_fields__), where, "the robot file")
+        if "name" not in data:
+            raise ModelError(f"{where}: a robot needs a name")
+        out = {"name": check_text(data["name"], where, "name")}
+        source = out["source"] = data.get("source", "mjcf")
+        if source not in ROBOT_SOURCES:
+            raise ModelError(f"{where}: source must be one of {', '.join(ROBOT_SOURCES)}, got "
+                             f"{shown(source)}{closest(source, ROBOT_SOURCES)}")
+        if source == "mjcf":
+            if "mjcf" not in data:
+                raise ModelError(f"{where}: mjcf (the robot's MJCF file) is needed with "
+                                 "source: mjcf")
+            out["mjcf"] = beside(check_text(data["mjcf"], where, "mjcf"), Path(path).parent)
+        elif "mjcf" in data:
+            raise ModelError(f"{where}: mjcf is read only with source: mjcf (source is "
+                             f"{source})")
+        renames = data.get("rename_joints") or {}
+        check_keys(renames, list(renames), where, "rename_joints")
+        for old, new in renames.items():
+            check_text(old, where, "a name renamed in rename_joints")
+            check_text(new, where, f"rename_joints.{old}")
+        out["rename_joints"] = dict(renames)
+        for key in ("arm_joints", "arm_actuators", "gripper_joints", "gripper_actuators"):
+            if key in data:
+                out[key] = check_texts(data[key], where, key)
+        joints = out.get("arm_joints", [])  # (none: refused where the model is built)
+        if len(out.get("arm_actuators", [])) != len(joints):
+            raise ModelError(f"{where}: arm_actuators must name {len(joints)} actuators, one "
+                             f"per arm joint, got {shown(data.get('arm_actuators'))}")
+        for key in ("ee_site", "ee_body"):
+            if data.get(key) is not None and data[key] != "":
+                out[key] = check_text(data[key], where, key)
+        if "ee_site" in out and "ee_body" in out:
+            raise ModelError(f"{where}: ee_site and ee_body both given ('{out['ee_site']}', "
+                             f"'{out['ee_body']}'): give one")
+        if "ee_offset" in data:
+            out["ee_offset"] = check_numbers(data["ee_offset"], 3, where, "ee_offset")
+        for key, bounds in (("home", {}), ("velocity_limits", {"low": 0.0, "above": True})):
+            values = data.get(key)
+            if values is None or values == []:
+                continue
+            if not isinstance(values, (list, tuple)) or len(values) != len(joints):
+                raise ModelError(f"{where}: {key} must be a list of {len(joints)} numbers, one "
+                                 f"per arm joint ({', '.join(joints)}), got {shown(values)}")
+            out[key] = [check_number(v, where, f"{key}[{i}] (joint {joint})", **bounds)
+                        for i, (v, joint) in enumerate(zip(values, joints))]
+        if "gravity_compensation" in data:
+            flag = data["gravity_compensation"]
+            if not isinstance(flag, bool):
+                raise ModelError(f"{where}: gravity_compensation must be true or false, got "
+                                 f"{shown(flag)}")
+            out["gravity_compensation"] = flag
+        return cls(**out)
 
 
 def _from_mjcf(cls, path) -> RobotConfig:
@@ -117,7 +273,11 @@ def load_robot_spec(cfg: RobotConfig) -> mujoco.MjSpec:
                              f"variable {exc.args[0]}") from None
         if not Path(path).is_file():
             raise ModelError(f"robot '{cfg.name}': MJCF file not found: {path}")
-        spec = mujoco.MjSpec.from_file(path)
+        try:
+            spec = mujoco.MjSpec.from_file(path)
+        except ValueError as exc:
+            raise ModelError(f"robot '{cfg.name}': cannot load MJCF {path}: "
+                             f"{' '.join(str(exc).split())}") from None
     else:
         raise ModelError(f"robot '{cfg.name}': unknown source '{cfg.source}'")
 
@@ -187,6 +347,9 @@ class RobotIndex:
                 raise ModelError(f"robot '{cfg.name}': no actuator '{name}' in the model")
             return i
 
+        if not cfg.arm_joints:
+            raise ModelError(f"robot '{cfg.name}': arm_joints names no joint (the joints "
+                             "commanded)")
         arm = [jid(n) for n in cfg.arm_joints]
         grip = [jid(n) for n in cfg.gripper_joints]
         arm_act = np.array([aid(n) for n in cfg.arm_actuators], dtype=int)
@@ -200,6 +363,10 @@ class RobotIndex:
                           dtype=float)
         if vel.shape != (len(arm),) or home.shape != (len(arm),):
             raise ModelError(f"robot '{cfg.name}': velocity_limits and home need {len(arm)} values")
+        for name, q, (lo, hi) in zip(cfg.arm_joints, home, limits):
+            if not lo - 1e-9 <= q <= hi + 1e-9:
+                raise ModelError(f"robot '{cfg.name}': home {q:g} of joint '{name}' is outside "
+                                 f"its range [{lo:g}, {hi:g}]")
         ee = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, EE_SITE)  # -1: none
         return cls(
             arm_joint_names=list(cfg.arm_joints),

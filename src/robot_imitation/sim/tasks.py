@@ -5,13 +5,17 @@ both drive it; neither has a second copy of the task logic.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mujoco
 import numpy as np
 
-from ..paths import available, config_file, read_yaml
-from .robot import EE_SITE, ModelError, RobotConfig, RobotIndex, load_robot_spec
+from ..paths import available, config_file, names_a_path, read_yaml
+from .robot import (EE_SITE, ModelError, RobotConfig, RobotIndex, beside, check_count,
+                    check_keys, check_number, check_numbers, check_text, closest,
+                    load_robot_spec, shown)
 
 POSE_SIZE = 7  # x y z qw qx qy qz
 
@@ -42,15 +46,61 @@ class TaskConfig:
 
     @classmethod
     def load(cls, name_or_path) -> "TaskConfig":
+        """A task by name (``config/tasks/<name>.yaml``) or by path (see ``from_dict``)."""
         try:
             path = config_file("tasks", name_or_path)
         except FileNotFoundError as exc:
             raise ModelError(str(exc)) from None
-        data = read_yaml(path, ModelError) or {}
-        common = {k: data.pop(k) for k in list(data) if k in cls.__dataclass_fields__}
-        if "name" not in common:
-            raise ModelError(f"{path}: a task needs a name")
-        return cls(**common, params=data)
+        data = read_yaml(path, ModelError)
+        return cls.from_dict({} if data is None else data, path)
+
+    @classmethod
+    def from_dict(cls, data, path) -> "TaskConfig":
+        """The task file ``path`` holding ``data``, every key checked, else a ModelError naming
+        the file, the key and the value: the keys common to all tasks, and the task-specific
+        ones its logic declares (``TaskLogic.params``, kept in ``params``); any other key is
+        refused with the closest known one. A relative ``robot`` path is read from the task
+        file's folder (a bare name, ``panda``, is a built-in robot)."""
+        where = str(path)
+        if not isinstance(data, dict):
+            raise ModelError(f"{where}: a task file is a mapping of keys to values, not a "
+                             f"{type(data).__name__}")
+        if "name" not in data:
+            raise ModelError(f"{where}: a task needs a name")
+        name = check_text(data["name"], where, "name")
+        logic = task_logic(name)
+        if logic is None:
+            raise ModelError(f"{where}: name '{name}' names no task logic (a task is named "
+                             f"after its logic, or that, '_' and more: push_fast)"
+                             f"{closest(name, TASK_LOGIC)}")
+        common = [k for k in cls.__dataclass_fields__ if k != "params"]
+        check_keys(data, common + list(logic.params), where, "the task file")
+        out = {"name": name}
+        if "robot" in data:
+            robot = check_text(data["robot"], where, "robot")
+            out["robot"] = beside(robot, Path(path).parent) if names_a_path(robot) else robot
+            try:
+                config_file("robots", out["robot"])
+            except FileNotFoundError as exc:
+                raise ModelError(f"{where}: robot: {exc}") from None
+        for key, bounds in (("physics_timestep", {"low": 0.0, "above": True}),
+                            ("control_rate", {"low": 0.0, "above": True}),
+                            ("init_joint_noise", {"low": 0.0}),
+                            ("gripper_init", {"low": 0.0, "high": 1.0})):
+            if key in data:
+                out[key] = check_number(data[key], where, key, **bounds)
+        if "max_steps" in data:
+            out["max_steps"] = check_count(data["max_steps"], where, "max_steps", low=1)
+        out["cameras"] = _check_cameras(data.get("cameras"), where)
+        out["params"] = logic.check_params(data, where, name)
+        cfg = cls(**out)
+        try:
+            _ = cfg.substeps  # a whole number of physics steps per control tick
+        except ModelError:
+            raise ModelError(f"{where}: control_rate {cfg.control_rate:g} Hz: its period is "
+                             f"not a whole number of physics_timestep {cfg.physics_timestep:g} "
+                             "s steps") from None
+        return cfg
 
     @classmethod
     def for_model(cls, robot: str, control_rate: float = 50.0) -> "TaskConfig":
@@ -74,6 +124,65 @@ class TaskConfig:
         return n
 
 
+CAMERA_KEYS = ("pos", "look_at", "fovy")
+
+
+def _check_cameras(cameras, where: str) -> dict:
+    """``cameras``: a mapping of names to ``{pos, look_at, fovy}`` (``fovy`` optional)."""
+    if cameras is None:
+        return {}
+    check_keys(cameras, list(cameras), where, "cameras")
+    out = {}
+    for name, cam in cameras.items():
+        place = f"cameras.{name}"
+        check_text(name, where, "a camera's name")
+        check_keys(cam, CAMERA_KEYS, where, place)
+        for key in ("pos", "look_at"):
+            if key not in cam:
+                raise ModelError(f"{where}: {place} needs {key} (x y z)")
+        pos = check_numbers(cam["pos"], 3, where, f"{place}.pos")
+        look_at = check_numbers(cam["look_at"], 3, where, f"{place}.look_at")
+        if np.linalg.norm(np.subtract(look_at, pos)) < 1e-6:
+            raise ModelError(f"{where}: {place}.look_at {look_at} is the camera's pos: it "
+                             "looks nowhere")
+        out[name] = {"pos": pos, "look_at": look_at}
+        if "fovy" in cam:
+            out[name]["fovy"] = check_number(cam["fovy"], where, f"{place}.fovy", low=0.0,
+                                             high=180.0, above=True)
+            if out[name]["fovy"] >= 180.0:
+                raise ModelError(f"{where}: {place}.fovy must be < 180 (degrees), got "
+                                 f"{cam['fovy']!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Param:
+    """A task-specific key a task's logic reads: one number (``size`` 0) or a list of
+    ``size``, each finite and within ``low``/``high`` (``above``: more than ``low``);
+    ``ordered``: a ``[min, max]`` pair; ``default`` None: the task file must give it."""
+
+    size: int = 0
+    low: float = -math.inf
+    high: float = math.inf
+    above: bool = False
+    ordered: bool = False
+    default: object = None
+
+    def check(self, value, where: str, key: str):
+        bounds = {"low": self.low, "high": self.high, "above": self.above}
+        if not self.size:
+            return check_number(value, where, key, **bounds)
+        values = check_numbers(value, self.size, where, key, **bounds)
+        if self.ordered and values[0] > values[1]:
+            raise ModelError(f"{where}: {key} is a [min, max] pair: min above max, got "
+                             f"{shown(value)}")
+        return values
+
+
+POSITIVE = Param(low=0.0, above=True)
+NOT_NEGATIVE = Param(low=0.0)
+
+
 def available_tasks() -> list:
     return available("tasks")
 
@@ -86,6 +195,29 @@ class TaskLogic:
     #: those of ``pose_keys`` only the scripted expert reads (no policy's spec has them): the
     #: expert node takes them from the bridge's topic of that name
     privileged_keys: tuple = ()
+    #: the task-specific keys of a task file this logic reads (``Param``); no other key is
+    #: taken
+    params: dict = {}
+    #: pairs of ``params`` that bound a box (``low``, ``high``): each low value <= its high one
+    boxes: tuple = ()
+
+    @classmethod
+    def check_params(cls, data: dict, where: str, task: str) -> dict:
+        """The values of ``params`` in the task file's ``data``, checked (defaults filled)."""
+        out = {}
+        for key, param in cls.params.items():
+            if key in data:
+                out[key] = param.check(data[key], where, key)
+            elif param.default is not None:
+                out[key] = list(param.default) if param.size else param.default
+            else:
+                raise ModelError(f"{where}: {key} is missing (a '{task}' task needs "
+                                 f"{', '.join(cls.params)})")
+        for low, high in cls.boxes:
+            for i, (a, b) in enumerate(zip(out[low], out[high])):
+                if a > b:
+                    raise ModelError(f"{where}: {low}[{i}] {a:g} is above {high}[{i}] {b:g}")
+        return out
 
     def __init__(self, cfg: TaskConfig):
         self.cfg = cfg
@@ -123,6 +255,9 @@ def _pose_of_body(data, body_id) -> np.ndarray:
 
 class ReachLogic(TaskLogic):
     pose_keys = ("target_pose",)
+    params = {"target_low": Param(size=3), "target_high": Param(size=3),
+              "success_threshold": POSITIVE}
+    boxes = (("target_low", "target_high"),)
 
     def build(self, spec):
         _mocap_marker(spec, "target", [0.1, 0.8, 0.1, 0.6], 0.02)
@@ -151,6 +286,12 @@ class ReachLogic(TaskLogic):
 
 class PushLogic(TaskLogic):
     pose_keys = ("object_pose", "goal_pose")
+    params = {"puck_radius": POSITIVE, "puck_half_height": POSITIVE, "puck_mass": POSITIVE,
+              "puck_low": Param(size=2), "puck_high": Param(size=2),
+              "goal_distance": Param(size=2, low=0.0, ordered=True),
+              "goal_low": Param(size=2), "goal_high": Param(size=2),
+              "success_threshold": POSITIVE}
+    boxes = (("puck_low", "puck_high"), ("goal_low", "goal_high"))
 
     def build(self, spec):
         r, h = self.p["puck_radius"], self.p["puck_half_height"]
@@ -237,6 +378,14 @@ class PushObstacleLogic(PushLogic):
     pose_keys = ("object_pose", "goal_pose", "obstacle_pose", "route_pose")
     #: poses for the scripted expert only: published and observed, never in a policy's spec
     privileged_keys = ("route_pose",)
+    # turn_gap and side_threshold: the scripted expert's (PushObstacleExpert)
+    params = {**PushLogic.params,
+              "goal_direction": Param(size=2, low=-360.0, high=360.0, ordered=True,
+                                      default=(-180.0, 180.0)),
+              "obstacle_half_length": POSITIVE, "obstacle_half_thickness": POSITIVE,
+              "obstacle_half_height": POSITIVE, "obstacle_friction": NOT_NEGATIVE,
+              "obstacle_jitter": NOT_NEGATIVE, "route_margin": NOT_NEGATIVE,
+              "turn_gap": NOT_NEGATIVE, "side_threshold": NOT_NEGATIVE}
 
     def build(self, spec):
         super().build(spec)
@@ -345,7 +494,11 @@ class TaskSim:
         else:
             spec.option.timestep = self.cfg.physics_timestep
         self.logic.build(spec)
-        self.model = spec.compile()
+        try:
+            self.model = spec.compile()
+        except ValueError as exc:
+            raise ModelError(f"task '{self.cfg.name}' with robot '{self.robot_cfg.name}': the "
+                             f"model does not compile: {' '.join(str(exc).split())}") from None
         self.data = mujoco.MjData(self.model)
         self.robot = RobotIndex.build(self.model, self.robot_cfg)
         self.logic.bind(self.model)
