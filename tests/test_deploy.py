@@ -212,6 +212,26 @@ def test_action_filter_limits_and_max_change():
     assert n == 0 and out is not action and not np.shares_memory(out, action)
 
 
+
+def test_a_reference_outside_the_bounds_moves_towards_them_by_max_delta():
+    """The filter limited the change first and clamped last: from a previous command (or the
+    measured joint) outside the bounds, the clamp undid the rate limit, a jump of several
+    max_delta in one tick (a robot started outside narrowed limits: 0.817 -> 0.3 with
+    max_delta 0.1305). Now the bounds first, then the change: towards them by max_delta a
+    tick; with a reference inside the bounds the two orders give the same bits."""
+    f = ActionFilter(2, lower=[-1.0, -1.0], upper=[0.3, 1.0], max_delta=0.1305)
+    out, n = f(np.array([0.9, 0.2]), np.array([0.8, 0.0]))
+    np.testing.assert_allclose(out, [0.8 - 0.1305, 0.1305])
+    assert n == 2
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # inside the bounds: as clamping last
+        prev = rng.uniform([-1, -1], [0.3, 1.0])
+        a = rng.normal(size=2) * 2
+        last = np.minimum(np.maximum(np.minimum(np.maximum(a, prev - 0.1305), prev + 0.1305),
+                                     f.lower), f.upper)
+        assert np.array_equal(f(a, prev)[0], last)
+
+
 def loaded(policy: Policy, version="a") -> LoadedPolicy:
     return LoadedPolicy("mem", Spec.load("reach"), {}, make_backend(policy, "numpy"), [],
                         version, 0.0)
@@ -307,6 +327,36 @@ def test_safe_zero_command_passes_the_same_filter():
     assert first[7] == 0.0
 
 
+
+def test_a_robot_outside_narrower_limits_is_brought_in_by_max_delta_a_tick():
+    """A policy node whose limits were narrowed (``action_upper``), or a checkpoint of
+    narrower limits swapped in: the first command, and ``hold`` after the swap, jumped to the
+    bound in one tick. Now every command, the held one included, moves towards the bounds by
+    at most max_delta a tick."""
+    spec = Spec.load("reach")
+    lower, upper = np.full(8, -3.0), np.full(8, 3.0)
+    upper[6] = 0.3
+    ctl = PolicyController(spec, loaded(random_policy()),
+                           ActionFilter(8, lower, upper, max_delta=0.1305), max_age=0.15,
+                           safe_command="hold")
+    obs = reach_obs(np.random.default_rng(7))
+    obs["joint_pos"][6] = 0.817
+    first = ctl.tick(obs, age=0.0).action
+    assert first[6] >= 0.817 - 0.1305 - 1e-12, first  # towards 0.3, one max_delta at most
+    # wide limits, then narrower ones swapped in: the held command moves in by max_delta
+    wide = PolicyController(spec, loaded(random_policy()),
+                            ActionFilter(8, np.full(8, -3.0), np.full(8, 3.0), max_delta=0.1305),
+                            max_age=0.15, safe_command="hold")
+    obs["joint_pos"][6] = 0.8
+    last = wide.tick(obs, age=0.0).action
+    wide.offer(loaded(random_policy(), "b"), ActionFilter(8, lower, upper, max_delta=0.1305))
+    for _ in range(3):
+        r = wide.tick(obs, age=1.0)  # stale: hold
+        assert r.reason == "stale"
+        assert np.all(np.abs(r.action - last) <= 0.1305 + 1e-12), (r.action, last)
+        last = r.action
+
+
 def test_action_limits_from_the_checkpoint_parameters_or_nothing():
     from robot_imitation.deploy.limits import (ActionLimits, LimitsError, data_limits,
                                                robot_limits, runtime_limits, training_limits)
@@ -390,3 +440,23 @@ def test_states_faster_than_the_control_rate_share_one_periods_change():
     # a state older than the last answered one (a clock put back) changes nothing
     back = run([5.0, 4.0])
     assert np.array_equal(back[1], back[0])
+
+
+def test_a_value_without_a_reference_is_clamped_to_its_bounds():
+    """A value with no reference yet (the gripper before its first command: its reference
+    is the action itself) must still end within its bounds, now that the bounds come first:
+    the mux's limiter and the policy controller substitute the clamped value."""
+    from robot_imitation.deploy.limits import ActionLimits, CommandLimiter
+
+    spec = Spec.load("reach")
+    limits = ActionLimits(lower=np.array([-3.0] * 7 + [0.0]), upper=np.array([3.0] * 7 + [1.0]),
+                          max_delta=np.full(8, 0.1), source="test")
+    limiter = CommandLimiter(limits, spec)
+    out = limiter(np.array([0.0] * 7 + [14.5]), {"joint_pos": np.zeros(9)})
+    assert out[7] == 1.0 and np.all(np.abs(out[:7]) <= 0.1), out
+    # an arm joint measured NaN (no reference for it) and commanded beyond its bound
+    limiter.reset()
+    measured = np.zeros(9)
+    measured[0] = np.nan
+    arm = limiter.part(0, np.array([5.0] + [0.05] * 6), {"joint_pos": measured})
+    np.testing.assert_array_equal(arm, [3.0] + [0.05] * 6)

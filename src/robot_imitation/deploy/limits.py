@@ -136,20 +136,25 @@ class ActionFilter:
 
     def __call__(self, action: np.ndarray, previous: np.ndarray | None,
                  ticks: float = 1.0) -> tuple[np.ndarray, int]:
-        """(the filtered action, a new array; how many of its values were changed). Clamping
-        is ``np.clip``'s arithmetic (maximum, then minimum), done only where a bound exists.
-        ``ticks``: the control ticks since ``previous`` (0..1; 1, a whole tick, is
-        ``max_delta`` itself): the change allowed is ``max_delta`` times it, a velocity bound
-        for commands that come faster than the control rate."""
+        """(the filtered action, a new array; how many of its values were changed). The action
+        is clamped to [lower, upper] first, then its change from ``previous`` to ``max_delta``:
+        from a ``previous`` outside the bounds (the measured joints of a robot started outside
+        narrower limits, the last command before a checkpoint with other limits) the command
+        moves towards them by ``max_delta`` a tick, never in one jump (clamping last undid the
+        rate limit there; inside the bounds the order changes nothing). Clamping is ``np.clip``'s
+        arithmetic (maximum, then minimum), done only where a bound exists. ``ticks``: the
+        control ticks since ``previous`` (0..1; 1, a whole tick, is ``max_delta`` itself): the
+        change allowed is ``max_delta`` times it, a velocity bound for commands that come faster
+        than the control rate."""
         out = None
+        if self._bounded:
+            out = np.maximum(action, self.lower)
+            np.minimum(out, self.upper, out=out)
         if previous is not None and self._any_rate:
             delta = self.max_delta if ticks >= 1.0 else \
                 np.where(self.rate_limited, self.max_delta * max(ticks, 0.0), np.inf)
-            out = np.maximum(action, previous - delta)
+            out = np.maximum(action if out is None else out, previous - delta)
             np.minimum(out, previous + delta, out=out)
-        if self._bounded:
-            out = np.maximum(action if out is None else out, self.lower)
-            np.minimum(out, self.upper, out=out)
         if out is None:  # nothing bounds it (allow_unlimited)
             return np.array(action, dtype=np.float64), 0
         return out, int(np.count_nonzero(out != action))
@@ -351,9 +356,11 @@ class CommandLimiter:
         class)."""
         values = np.asarray(values, dtype=np.float64)
         reference = self.reference(i, len(values), measured)
-        if reference is not None and self.last[i] is None:
-            reference = np.where(np.isfinite(reference), reference, values)
-        out, clamped = self.filters[i](values, reference, self.ticks(i, now))
+        f = self.filters[i]
+        if reference is not None and self.last[i] is None:  # unknown: no change limit there
+            reference = np.where(np.isfinite(reference), reference,
+                                 np.minimum(np.maximum(values, f.lower), f.upper))
+        out, clamped = f(values, reference, self.ticks(i, now))
         if clamped:
             self.clamped_commands += 1
             self.clamped_values += clamped

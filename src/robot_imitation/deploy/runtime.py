@@ -510,17 +510,21 @@ class PolicyController:
                                1.0 if ticks >= 1.0 - TICK_SLACK else max(ticks, 0.0))
         reference = self._reference(obs)
         if reference is not None:  # values without a measured reference: no rate limit yet
-            reference = np.where(np.isnan(reference), action, reference)
+            f = self.filter  # (the action within the bounds: the filter clamps it first)
+            reference = np.where(np.isnan(reference),
+                                 np.minimum(np.maximum(action, f.lower), f.upper), reference)
         return self.filter(action, reference)
 
     def _safe_result(self, obs: dict, reason: str, error: str = "") -> TickResult:
         """The safe command, through the same filter as every command."""
         c = self.counters
         action = self.safe()
-        if action is not None and self.safe_command == "zero":
+        if action is not None:
             # never a jump of more than max_delta from the last command (or the measured
             # joints); with no reference for a rate-limited value, nothing is published rather
-            # than a jump
+            # than a jump. ``hold`` passes the filter too: the last command is itself unless
+            # the limits changed since (a checkpoint of narrower ones swapped in), then it
+            # moves towards them by max_delta a tick
             reference = self._reference(obs)
             unknown = np.ones(len(action), bool) if reference is None else \
                 ~np.isfinite(reference)
