@@ -15,6 +15,11 @@ of the other sources are then published, and recorded, at the same instant as th
 Answers that name the state they answer (``pairing``: the stamp in a command's layout) are
 paired by it: one naming an earlier state than the pending one is dropped, whenever it comes;
 unstamped answers are paired by arrival.
+A source that is not a sync source (a person's teleop, publishing at its own pace) answers
+no state by name: its command counts for the pending state only when it came after the state
+(the newest of each command topic). A command from before the state, however recent, is not
+forwarded for it: a button held while the teleop is silent forwarded the person's last command,
+maybe from long ago or from an earlier episode, for every state, recorded as the person's.
 Without sync, the chosen source's messages are forwarded as they arrive.
 
 ``joy_sync`` (sync, intervention mode): the intervention button is pressed by something that
@@ -49,9 +54,13 @@ class MuxCore:
         self.per = per
         self.set_mode(mode, beta)
         # sync sources answer every state (a queue per topic); the others (a person's teleop)
-        # publish at their own pace: their newest command stands
+        # publish at their own pace: their newest command, which counts for the pending state
+        # only when it came after it (``_came``: the count of states in when it came)
         self.queues = {s: {t: deque(maxlen=None if s in self.sync_sources else 1)
                            for t in self.topics} for s in self.sources}
+        self._states = 0           # states taken (on_state)
+        self._came = {s: {t: -1 for t in self.topics} for s in self.sources
+                      if s not in self.sync_sources}
         self.intervening = False
         self.joy_sync = joy_sync
         self.joy_stamp = None      # stamp of the newest button state (joy_sync)
@@ -72,7 +81,9 @@ class MuxCore:
         self.episode_started = False   # the last forward is an episode's first
         self._started = False
 
-    def set_mode(self, mode: str, beta: float | None = None) -> None:
+    def check_mode(self, mode: str, beta: float | None = None) -> None:
+        """Raise ValueError (one line naming the value) for a mode or beta ``set_mode``
+        refuses; changes nothing."""
         if mode not in MODES and mode not in self.sources:
             raise ValueError(f"mode must be one of {list(MODES)} or a source name, not {mode!r}")
         # the sources a mode forwards: one it does not have would leave the robot without
@@ -84,9 +95,12 @@ class MuxCore:
             raise ValueError(f"mode {mode!r} forwards the sources {needs}, but {missing} "
                              f"{'is' if len(missing) == 1 else 'are'} not among the sources "
                              f"{self.sources}")
+        if beta is not None and not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+
+    def set_mode(self, mode: str, beta: float | None = None) -> None:
+        self.check_mode(mode, beta)
         if beta is not None:
-            if not 0.0 <= beta <= 1.0:
-                raise ValueError(f"beta must be in [0, 1], got {beta}")
             self.beta = float(beta)
         self.mode = mode
         self.episode_choice = None
@@ -110,6 +124,7 @@ class MuxCore:
     # ----------------------------------------------------------------- sync operation
     def on_state(self, stamp=None) -> None:
         self.state_pending = True
+        self._states += 1
         self._step_choice = None
         self.state_stamp = stamp
 
@@ -136,16 +151,25 @@ class MuxCore:
     def on_answer(self, source: str, topic: str, msg) -> None:
         self.queues[source][topic].append(msg)
         self.answers[source] += 1
+        if source in self._came:
+            self._came[source][topic] = self._states
 
     def answered(self, source: str) -> bool:
+        if source in self._came:  # (not a sync source: a command that came after the state)
+            return self.state_pending and all(
+                self.queues[source][t] and self._came[source][t] == self._states
+                for t in self.topics)
         self._drop_stale(source)
         return all(self.queues[source][t] for t in self.topics)
 
     def unanswered(self) -> list:
-        """The sync sources (and a mode's own source) that have not answered the pending
-        state: who a waiting mux waits for."""
+        """The sync sources (and a mode's own source, or the intervention source while the
+        button is held) that have not answered the pending state: who a waiting mux waits
+        for."""
+        own = [self.mode, self.intervention_source if self.mode == "intervention"
+               and self.intervening else None]
         waited = self.sync_sources + [s for s in self.sources
-                                      if s == self.mode and s not in self.sync_sources]
+                                      if s in own and s not in self.sync_sources]
         return [s for s in waited if not self.answered(s)]
 
     def missing(self) -> list:
@@ -203,7 +227,8 @@ class MuxCore:
             self._step_choice = choice
         if choice not in self.sources or not self.answered(choice):
             return None
-        # a sync source's oldest answer is this state's; other sources' newest command stands
+        # a sync source's oldest answer is this state's; another source's newest command, which
+        # came after the state (``answered``)
         at = 0 if choice in self.sync_sources else -1
         out = [(t, self.queues[choice][t][at]) for t in self.topics]
         self._clear()
