@@ -7,10 +7,15 @@ on the robot's topics (``/arm_controller/commands``, ...) and, for every forward
 source's name on ``~/source`` (std_msgs/String, published just before the commands), which the
 recorder keeps with the episode.
 
-Modes (parameter ``mode``, settable at run time, as is ``beta``): ``expert``, ``policy``,
-``mixture`` (the expert with probability ``beta``, drawn per step or per episode), and
-``intervention`` (the policy, except while ``intervention_button`` of ``sensor_msgs/Joy`` is
-held: then ``intervention_source``). See ``deploy/mux.py``.
+Modes (parameter ``mode``, settable at run time, as are ``beta``, ``sync_timeout`` and
+``joy_timeout``): ``expert``, ``policy``, ``mixture`` (the expert with probability ``beta``,
+drawn per step or per episode), and ``intervention`` (the policy, except while
+``intervention_button`` of ``sensor_msgs/Joy`` is held: then ``intervention_source``). See
+``deploy/mux.py``. A Joy with too few buttons to hold ``intervention_button`` is said (once for
+each button count). While the button is held and no Joy has come for ``joy_timeout`` s (a
+joystick unplugged, its driver gone), the mux says so (a warning every 5 s, ``joy_silent`` in
+``/diagnostics``) and the intervention source keeps driving: nothing hands the robot back to the
+policy without the person.
 
 ``joy_sync: true`` (with sync): the Joy comes from a scripted supervisor that answers every
 state with a Joy stamped like the state (``scripted_supervisor``); in intervention mode each
@@ -35,8 +40,11 @@ come.
 ``sync: true`` (lockstep simulation): for each new state on ``state_topic`` the mux waits until
 every source in ``sync_sources`` answered it (at most ``sync_timeout`` s, then the chosen
 source alone), so the expert labels of policy-driven steps are published at the state's
-instant. ``sync: false`` forwards the chosen source's messages as they arrive; a mixture then
-draws again every ``1 / rate`` s. Once statuses come with the states (stamped alike), a command
+instant. A source outside ``sync_sources`` (a person's teleop) answers a state only with a
+command that came after the state: none, and the mux waits as for a source that has not
+answered (a held button with a silent teleop forwarded its last command, however old).
+``sync: false`` forwards the chosen source's messages as they arrive; a mixture then draws
+again every ``1 / rate`` s. Once statuses come with the states (stamped alike), a command
 waits while the newest state's status (or that of the state the command names) is not in, and
 after a new episode until the episode's first state is in (``deploy.mux.StatusGate``): the
 filter then counts from the joints the robot was put back to, whatever order the state, its
@@ -92,8 +100,12 @@ class CommandMux(Node):
               max_value=10000.0),
         Param("intervention_source", "human", "who takes over while the button is held",
               read_only=True),
-        Param("intervention_button", 5, "sensor_msgs/Joy button to hold for intervention",
-              read_only=True, min_value=0, max_value=127),
+        Param("intervention_button", 10, "sensor_msgs/Joy button to hold for intervention "
+              "(10: RIGHTSHOULDER in joy's game_controller_node layout)", read_only=True,
+              min_value=0, max_value=127),
+        Param("joy_timeout", 0.5, "intervention: seconds without a Joy while the button is "
+              "held before the mux warns (the intervention source keeps driving); 0: never",
+              min_value=0.0, max_value=60.0),
         Param("joy_sync", False, "sync, intervention mode: also wait for the Joy stamped with "
               "each state's stamp (a scripted supervisor)", read_only=True),
         Param("episode_topic", "/episode/status", "episode status (per episode mixtures draw "
@@ -122,6 +134,11 @@ class CommandMux(Node):
         self.sync_timeout = p["sync_timeout"]
         self._timeout_logs: dict = {}  # what a forced forward missed -> its LogThrottle
         self.button = p["intervention_button"]
+        self.joy_timeout = p["joy_timeout"]
+        self._joy_time = None       # monotonic time of the newest Joy
+        self._joy_silent = False    # intervening, and no Joy for joy_timeout s
+        self._joy_log = LogThrottle(5.0)
+        self._short_joys: set = set()  # button counts of Joys too short for the button (said)
         self.core = MuxCore(topics, sources, mode, beta, p["mixture_per"], p["seed"],
                             sync_sources, p["intervention_source"],
                             joy_sync=self.sync and p["joy_sync"])
@@ -177,7 +194,11 @@ class CommandMux(Node):
                                      STATE_QOS)
             if episode_topic:
                 steady_timer(self, 0.05, self._check_held)  # measured in wall time
+        # checked in on_set (a bad value refused with its reason), applied in post_set
         self.add_on_set_parameters_callback(self._on_params)
+        self.add_post_set_parameters_callback(self._after_params)
+        if not self.core.joy_sync:  # (a supervisor's Joy answers each state: waited for)
+            steady_timer(self, 0.1, self._check_joy)  # measured in wall time
         if p["intervention_source"] not in sources:  # read-only: intervention mode is refused
             self.get_logger().warning(
                 f"intervention_source {p['intervention_source']!r} is not among the sources "
@@ -309,15 +330,30 @@ class CommandMux(Node):
         return [j for j in wanted if j not in names] or wanted
 
     def _on_params(self, params) -> SetParametersResult:
+        """Check values set at run time (ranges and read-only: the descriptors); applied by
+        ``_after_params`` once every check passed."""
         mode = next((p.value for p in params if p.name == "mode"), None)
         beta = next((p.value for p in params if p.name == "beta"), None)
         if mode is not None or beta is not None:
             try:
-                self.core.set_mode(mode if mode is not None else self.core.mode, beta)
+                self.core.check_mode(mode if mode is not None else self.core.mode, beta)
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
-            self.get_logger().info(f"mode {self.core.mode} (beta {self.core.beta})")
         return SetParametersResult(successful=True)
+
+    def _after_params(self, params) -> None:
+        """Apply values set at run time (checked and taken already): every parameter that is
+        not read-only acts from here on."""
+        values = {p.name: p.value for p in params}
+        if "mode" in values or "beta" in values:
+            self.core.set_mode(values.get("mode", self.core.mode), values.get("beta"))
+            self.get_logger().info(f"mode {self.core.mode} (beta {self.core.beta})")
+        if "sync_timeout" in values:
+            self.sync_timeout = float(values["sync_timeout"])
+            self.get_logger().info(f"sync_timeout {self.sync_timeout:g} s")
+        if "joy_timeout" in values:
+            self.joy_timeout = float(values["joy_timeout"])
+            self.get_logger().info(f"joy_timeout {self.joy_timeout:g} s")
 
     def _on_state(self, msg: JointState) -> None:
         stamp = stamp_ns(msg.header.stamp)
@@ -383,9 +419,12 @@ class CommandMux(Node):
                 missing = self.core.unanswered()
                 # sources that never answered yet are still starting (a policy node loading
                 # its checkpoint): said, not warned about
+                # (a source outside sync_sources answers only with a command after the state)
+                named = [s if s in self.core.sync_sources else f"{s} since the state came"
+                         for s in missing]
                 text = (f"state {self._stamps_seen * 1e-9:.3f} s unanswered for "
                         f"{time.monotonic() - self._state_time:.1f} s: no answer from "
-                        f"{', '.join(missing) or 'the chosen source'} (mode {self.core.mode}")
+                        f"{', '.join(named) or 'the chosen source'} (mode {self.core.mode}")
                 if missing and not any(self.core.answers[s] for s in missing):
                     self.get_logger().info(text + "; none has answered yet): nothing forwarded",
                                            throttle_duration_sec=10.0)
@@ -414,10 +453,38 @@ class CommandMux(Node):
             self.pubs[topic].publish(msg)
 
     def _on_joy(self, msg: Joy) -> None:
-        self.core.on_joy(len(msg.buttons) > self.button and bool(msg.buttons[self.button]),
+        self._joy_time = time.monotonic()
+        count = len(msg.buttons)
+        if count <= self.button and count not in self._short_joys:
+            # (a pad, or a driver's layout, without that button: it is never held)
+            self._short_joys.add(count)
+            self.get_logger().warning(
+                f"a Joy with {count} buttons: intervention_button {self.button} is not among "
+                "them, so it counts as released (no intervention); give the index of a button "
+                "of this pad (intervention_button)")
+        self.core.on_joy(count > self.button and bool(msg.buttons[self.button]),
                          stamp_ns(msg.header.stamp))
+        if self._joy_silent:
+            self._joy_silent = False
+            self.get_logger().info("a Joy again: the intervention button is read again")
         if self.sync:
             self._flush(self.core.ready())
+
+    def _check_joy(self) -> None:
+        """Intervening with no Joy for ``joy_timeout`` s: said (the intervention source keeps
+        driving; handing back to the policy is the person's, by releasing the button)."""
+        silent = self.joy_timeout > 0 and self.core.mode == "intervention" and \
+            self.core.intervening and self._joy_time is not None and \
+            time.monotonic() - self._joy_time > self.joy_timeout
+        if silent and not self._joy_silent:
+            self._joy_log = LogThrottle(5.0)   # (a new silence: said at once)
+        self._joy_silent = silent
+        if silent and self._joy_log.due():
+            self.get_logger().warning(
+                f"intervening, but no Joy for {time.monotonic() - self._joy_time:.1f} s "
+                f"(joy_timeout {self.joy_timeout:g} s): the last Joy held intervention_button "
+                f"{self.button}, so {self.core.intervention_source} still drives; the policy "
+                "drives again only once a Joy with the button released comes")
 
     def _on_episode(self, raw: bytes) -> None:
         stamp, episode = take_status(self, self._episode_topic, raw) or (None, None)
@@ -446,6 +513,7 @@ class CommandMux(Node):
         values = {"mode": self.core.mode, "beta": self.core.beta,
                   "connected": str(all(self.count_publishers(t) for t in self._inputs)).lower(),
                   "intervening": str(self.core.intervening).lower(),
+                  "joy_silent": str(self._joy_silent).lower(),
                   "sync_timeouts": self.timeouts, "late_answers_dropped": self.core.dropped_late,
                   "forwards_resent": self.resent,
                   "clamped_commands": self._limiter.clamped_commands,
@@ -457,7 +525,8 @@ class CommandMux(Node):
                   **{f"forwarded_{s}": n for s, n in self.core.forwarded.items()}}
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [DiagnosticStatus(level=DiagnosticStatus.WARN if self.timeouts
+        msg.status = [DiagnosticStatus(level=DiagnosticStatus.WARN
+                                       if self.timeouts or self._joy_silent
                                        else DiagnosticStatus.OK,
                                        name=f"{self.get_name()}: mux", message=self.core.mode,
                                        hardware_id="mux",
