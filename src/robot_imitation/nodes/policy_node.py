@@ -588,12 +588,15 @@ class PolicyNode(LifecycleNode):
             controller = self.controller
             if path is None or controller is None:
                 continue
-            backend = controller.policy.backend.kind if self.p["backend"] == "auto" \
-                else self.p["backend"]
+            forced = self.p["backend"] != "auto"
+            backend = self.p["backend"] if forced else controller.policy.backend.kind
             try:
                 try:
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"])
-                except RuntimeError:  # this backend cannot run the new model: measure again
+                except RuntimeError:
+                    if forced:  # the backend asked for cannot run it: refused, as at start
+                        raise
+                    # the backend chosen for the old model cannot run the new one: choose again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
                 limits = self._limits(controller.spec, loaded.meta.get("action_limits"))
                 # checked here (a prefetch its chunk cannot run: ValueError), swapped at a tick
