@@ -54,3 +54,26 @@ def test_record_with_a_task_file(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((tmp_path / "ds" / "dataset.yaml").read_text())["spec"]["name"] == \
         "reach"
+
+
+@pytest.mark.ros
+def test_a_mux_of_a_task_file_takes_its_tasks_spec(procs, probe, tmp_path):
+    """The command mux read `task` as its spec when no spec was given: a task file stopped it
+    at start (unknown key 'robot' in the spec)."""
+    from conftest import wait_for
+
+    path = task_file(tmp_path, "reach")
+    proc = procs.start_node("command_mux", params={"task": str(path)})
+    wait_for(lambda: probe.node.count_subscribers("/expert/arm_controller/commands") > 0
+             or proc.poll() is not None, 60, "the mux to start", procs=procs)
+    assert proc.poll() is None, procs.log("command_mux")
+
+
+def test_the_supervisors_button_is_the_muxs():
+    """A supervisor and a mux started with their defaults hold and read the same button."""
+    from robot_imitation.nodes.command_mux_node import CommandMux
+    from robot_imitation.nodes.supervisor_node import ScriptedSupervisor
+
+    mux = {p.name: p.default for p in CommandMux.PARAMETERS}
+    supervisor = {p.name: p.default for p in ScriptedSupervisor.PARAMETERS}
+    assert supervisor["button"] == mux["intervention_button"] == 10

@@ -209,7 +209,7 @@ class CommandMux(Node):
 
     def _make_limiter(self, p: dict, topics: list) -> CommandLimiter:
         """The action filter over ``topics`` (the spec's action topics, in order)."""
-        spec = Spec.load(p["spec"] or p["task"])
+        spec = Spec.load(p["spec"]) if p["spec"] else Spec.for_task(p["task"])
         robot = p["robot"] or TaskConfig.load(p["task"]).robot
         actions = [f.topic for f in spec.actions]
         if list(topics) != actions:

@@ -38,7 +38,7 @@ class ScriptedSupervisor(Node):
     PARAMETERS = (
         Param("spec", "push", "observation spec whose pose topics are watched (config/specs "
               "name or path)", read_only=True),
-        Param("button", 5, "Joy button held while the expert should drive (the mux's "
+        Param("button", 10, "Joy button held while the expert should drive (the mux's "
               "intervention_button)", read_only=True, min_value=0, max_value=127),
     ) + GATE_PARAMETERS
 
