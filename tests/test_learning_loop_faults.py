@@ -162,6 +162,38 @@ def test_evaluate_never_writes_into_the_checkpoint(reach_checkpoint):
         assert own.read_bytes() == before
 
 
+
+def test_ctrl_c_of_evaluate_says_how_many_episodes_ran(reach_checkpoint, tmp_path):
+    """Ctrl-C during `evaluate` said "interrupted" only: the episodes already run were lost
+    without a count. Now the exit line says how many ran and succeeded, as a partial run
+    (neither pass nor fail), and nothing is written."""
+    import re
+    import signal
+
+    out = tmp_path / "result.json"
+    proc = subprocess.Popen([sys.executable, "-m", "robot_imitation.cli", "evaluate",
+                             str(reach_checkpoint), "--task", "reach", "--gym", "--episodes",
+                             "100", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if re.search(r"\] 20/100 ", line):  # progress: 20 episodes done
+                proc.send_signal(signal.SIGINT)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(r"robot-imitation evaluate: interrupted: (\d+) of 100 episodes ran, "
+                         r"(\d+) successful \(a partial evaluation: neither pass nor fail, "
+                         r"nothing written\)", last)
+    assert found and 20 <= int(found[1]) < 100, err
+    assert not out.exists()
+
+
 def test_evaluate_refuses_an_existing_out_unless_overwrite(reach_checkpoint, tmp_path):
     out = tmp_path / "result.json"
     out.write_text("mine\n")

@@ -449,32 +449,8 @@ def cmd_evaluate(args) -> int:
         if Path(args.out).exists() and not args.overwrite:
             raise UsageError(f"--out {args.out} exists: not replaced (choose another --out, or "
                              "--overwrite)")
-    if args.ros:
-        from .dagger import evaluate_ros
-
-        # checks the checkpoint against the task and the runtime spec before it starts anything
-        out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
-        with _graph(args, "evaluate") as graph:
-            res = evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
-                               log_dir=out_dir / "logs", seed=args.seed, graph=graph,
-                               backend=args.backend, robot=args.robot,
-                               allow_unlimited=args.allow_unlimited)
-    else:
-        from .deploy.runtime import load_policy
-        from .learning.checkpoint import CheckpointError
-        from .learning.evaluation import evaluate_loaded, task_mismatch
-        from .spec import Spec
-
-        spec = Spec.load(args.spec) if args.spec else None
-        # loaded as the policy node loads it: the same backend, limits and controller
-        loaded = load_policy(args.checkpoint, spec, args.backend, threads=1)
-        problem = task_mismatch(loaded.spec if spec is None else spec, args.task, "gym")
-        if problem:
-            raise CheckpointError(f"checkpoint {args.checkpoint} {problem}")
-        if spec is not None:
-            loaded.spec = spec
-        res = evaluate_loaded(loaded, args.task, args.episodes, args.seed, robot=args.robot,
-                              allow_unlimited=args.allow_unlimited)
+    with _episodes_on_interrupt(args.episodes) as progress:
+        res = _evaluate(args, progress)
     res.update(checkpoint=str(args.checkpoint), task=args.task,
                through="ros" if args.ros else "gymnasium", threshold=args.threshold,
                passed=res["success_rate"] >= args.threshold,
@@ -492,6 +468,57 @@ def cmd_evaluate(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_text_whole(args.out, json.dumps(res, indent=2) + "\n")
     return 0 if res["passed"] else 3
+
+
+@contextlib.contextmanager
+def _episodes_on_interrupt(total: int):
+    """Ctrl-C during an evaluation: the exit line says how many episodes ran and how many
+    succeeded (``main`` prints the interrupt's ``kept``); a partial run is neither a pass nor a
+    fail, and writes nothing. Yields the progress callback (the episodes so far, shown)."""
+    done: list = []
+
+    def progress(results) -> None:
+        done[:] = list(results)
+        ok = sum(bool(r.success) for r in done)
+        _progress(len(done), total, "episodes", f"{ok} successful")
+
+    try:
+        yield progress
+    except KeyboardInterrupt as exc:
+        if done:
+            ok = sum(bool(r.success) for r in done)
+            exc.kept = (f"{len(done)} of {total} episodes ran, {ok} successful (a partial "
+                        "evaluation: neither pass nor fail, nothing written)")
+        raise
+
+
+def _evaluate(args, progress) -> dict:
+    if args.ros:
+        from .dagger import evaluate_ros
+
+        # checks the checkpoint against the task and the runtime spec before it starts anything
+        out_dir = Path(args.out).parent if args.out else Path("runs/evaluate")
+        with _graph(args, "evaluate") as graph:
+            return evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
+                                log_dir=out_dir / "logs", seed=args.seed, graph=graph,
+                                backend=args.backend, robot=args.robot,
+                                allow_unlimited=args.allow_unlimited, progress=progress)
+    else:
+        from .deploy.runtime import load_policy
+        from .learning.checkpoint import CheckpointError
+        from .learning.evaluation import evaluate_loaded, task_mismatch
+        from .spec import Spec
+
+        spec = Spec.load(args.spec) if args.spec else None
+        # loaded as the policy node loads it: the same backend, limits and controller
+        loaded = load_policy(args.checkpoint, spec, args.backend, threads=1)
+        problem = task_mismatch(loaded.spec if spec is None else spec, args.task, "gym")
+        if problem:
+            raise CheckpointError(f"checkpoint {args.checkpoint} {problem}")
+        if spec is not None:
+            loaded.spec = spec
+        return evaluate_loaded(loaded, args.task, args.episodes, args.seed, robot=args.robot,
+                               allow_unlimited=args.allow_unlimited, progress=progress)
 
 
 def _dagger_settings():
