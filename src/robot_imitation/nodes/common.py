@@ -711,12 +711,15 @@ def make_executor(kind: str = "events", context=None):
 
 
 class ShutdownRequest:
-    """SIGINT and SIGTERM as a request to stop, handled by the node's own code.
+    """SIGINT, SIGTERM and SIGHUP as a request to stop, handled by the node's own code.
 
     The first signal asks the spin loop to end; the node then closes (a recorder finishes its
     open bag) and exits 0. Later signals are noted and ignored: a Ctrl-C under ``ros2 launch``
     reaches each node twice (the terminal's SIGINT, then launch's own), and a signal must never
-    interrupt a shutdown half way. SIGKILL remains the way to abort.
+    interrupt a shutdown half way. SIGKILL remains the way to abort. SIGHUP comes when the
+    terminal a node runs in closes: its default action killed the node by the signal, its
+    ``close()`` never run (a keyboard teleop's terminal mode, a recorder's open bag). A SIGHUP
+    ignored when the process started (``nohup``) stays ignored.
 
     A node started by the suite's launcher (``ros.launcher.ProcessGroup``, which names itself
     in ``PARENT_ENV``) also stops so when that process is gone: the launcher runs its nodes in
@@ -743,6 +746,8 @@ class ShutdownRequest:
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # nohup's stays
+            signal.signal(signal.SIGHUP, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.signals += 1
@@ -751,16 +756,25 @@ class ShutdownRequest:
             for callback in self.on_request:
                 callback()
         elif self.signals == 2:
-            os.write(2, f"[{self.name}] already shutting down: {signal.Signals(signum).name} "
-                        "ignored (SIGKILL aborts)\n".encode())
+            _say(f"[{self.name}] already shutting down: {signal.Signals(signum).name} "
+                 "ignored (SIGKILL aborts)\n")
 
     @property
     def requested(self) -> bool:
         if not self.event.is_set() and self.parent is not None and os.getppid() != self.parent:
-            os.write(2, f"[{self.name}] the process that started it ({self.parent}) is gone: "
-                        "shutting down\n".encode())
+            _say(f"[{self.name}] the process that started it ({self.parent}) is gone: "
+                 "shutting down\n")
             self.event.set()
         return self.event.is_set()
+
+
+def _say(text: str) -> None:
+    """A line on stderr from a signal handler: not at all where stderr is gone (the closed
+    terminal of a SIGHUP answers EIO)."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def _launcher_parent() -> int | None:
@@ -860,7 +874,8 @@ def rcl_message(exc: Exception) -> str:
 
 
 def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
-    """Entry point body: init, spin until SIGINT/SIGTERM, then shut the node down cleanly.
+    """Entry point body: init, spin until SIGINT/SIGTERM/SIGHUP, then shut the node down
+    cleanly.
 
     Signals are handled by ``ShutdownRequest``: the node's ``close()`` always runs to its end,
     however many signals arrive.
@@ -905,7 +920,7 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
         rclpy.try_shutdown()
         # the node is closed and the process about to exit: a signal now must not kill it
         # half way through the interpreter's exit (which restores the default handlers)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
     return code
 

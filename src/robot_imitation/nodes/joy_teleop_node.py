@@ -47,6 +47,26 @@ BUTTON_ACTIONS = ("gripper_open", "gripper_close", "episode_start", "episode_kee
                   "episode_discard")
 
 
+def _speed_cap(name: str):
+    """``Param.check`` of a speed cap: 0 is refused (it is a cap; "0 = no cap" is no meaning
+    here), negatives are out of the range rcl enforces."""
+    def check(value) -> str | None:
+        if not value > 0:
+            return f"parameter {name}={value!r}: must be > 0 (a speed cap; 0 would not cap)"
+        return None
+    return check
+
+
+def _corner(name: str):
+    """``Param.check`` of a workspace corner: 3 finite numbers (a NaN left its axis open)."""
+    def check(value) -> str | None:
+        v = [float(x) for x in value]
+        if len(v) != 3 or not all(math.isfinite(x) for x in v):
+            return f"parameter {name}={v!r}: must be 3 finite numbers (x, y, z in m)"
+        return None
+    return check
+
+
 class TeleopNode(Node):
     """Shared teleop plumbing. Subclasses say whether motion is enabled and what the twist is
     (``enabled``, ``twist``), may read their input device in ``poll_input``, and trigger
@@ -67,17 +87,19 @@ class TeleopNode(Node):
               "/<name>/commands", read_only=True),
         Param("recorder", "episode_recorder", "node name of the episode recorder: episode "
               "inputs call /<name>/start, /<name>/stop (keep), /<name>/discard", read_only=True),
-        Param("max_linear", 0.15, "end-effector speed cap (m/s)", read_only=True,
-              min_value=0.0, max_value=2.0),
-        Param("max_angular", 0.5, "end-effector angular speed cap (rad/s)", read_only=True,
-              min_value=0.0, max_value=6.0),
+        Param("max_linear", 0.15, "end-effector speed cap (m/s; > 0)", read_only=True,
+              min_value=0.0, max_value=2.0, check=_speed_cap("max_linear")),
+        Param("max_angular", 0.5, "end-effector angular speed cap (rad/s; > 0)",
+              read_only=True, min_value=0.0, max_value=6.0, check=_speed_cap("max_angular")),
         Param("max_lead", 0.05, "how far the pose target may run ahead of the measured end "
               "effector (m): no wind-up when blocked", read_only=True, min_value=0.001,
               max_value=1.0),
         Param("workspace_low", [-0.9, -0.9, 0.01], "lower xyz corner of the box the "
-              "end-effector target stays in (m, world frame; floats)", read_only=True),
+              "end-effector target stays in (m, world frame; 3 finite floats)", read_only=True,
+              check=_corner("workspace_low")),
         Param("workspace_high", [0.9, 0.9, 0.9], "upper xyz corner of the box the end-effector "
-              "target stays in (m, world frame; floats)", read_only=True),
+              "target stays in (m, world frame; 3 finite floats, each above workspace_low's)",
+              read_only=True, check=_corner("workspace_high")),
         Param("max_state_age", 0.5, "no command while the newest joint state arrived longer "
               "ago than this (s, wall clock)", read_only=True, min_value=0.01, max_value=60.0),
     )
@@ -86,6 +108,7 @@ class TeleopNode(Node):
         super().__init__(name)
         # every parameter of the front end's table, before anything else
         self.p = p = declare_all(self, self.PARAMETERS)
+        self.check_parameters(p)
         self.recorder = p["recorder"]
         self.max_state_age = p["max_state_age"]
         self.sim = TaskSim(p["task"], p["robot"] or None)
@@ -115,6 +138,14 @@ class TeleopNode(Node):
         self.create_timer(self.period, self._on_tick)
 
     # ------------------------------------------------------------------ hooks for front ends
+    def check_parameters(self, p: dict) -> None:
+        """Refuse (``ValueError``, one line) parameters that do not go together; called at
+        start, before anything else is made."""
+        low, high = list(p["workspace_low"]), list(p["workspace_high"])
+        if not all(lo < hi for lo, hi in zip(low, high)):
+            raise ValueError(f"workspace_low {low} must be below workspace_high {high} on "
+                             "every axis")
+
     def poll_input(self, now: float) -> None:
         """Read the input device (called each control tick before ``enabled``/``twist``)."""
 
@@ -168,11 +199,20 @@ class TeleopNode(Node):
     # ------------------------------------------------------------------ state and control loop
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            self._q = positions_by_name(msg.name, msg.position, self.joint_names)
+            q = positions_by_name(msg.name, msg.position, self.joint_names)
         except ValueError as exc:
             if self._bad_state_log.due():
                 self.get_logger().error(f"joint_states: {exc}")
             return
+        if not np.all(np.isfinite(q)):
+            # a broken driver's NaN or inf: dropped, as a state it cannot read (it ended the
+            # node in its timer); no command comes from it, the next good state resumes
+            if self._bad_state_log.due():
+                bad = [n for n, v in zip(self.joint_names, q) if not math.isfinite(v)]
+                self.get_logger().error(f"joint_states with NaN or infinite positions of {bad} "
+                                        "dropped: no command from it")
+            return
+        self._q = q
         self._q_time = time.monotonic()
 
     def _on_tick(self) -> None:
@@ -257,8 +297,11 @@ class JoyTeleop(TeleopNode):
         self.deadman = p["deadman_button"]
         self.joy_timeout = p["joy_timeout"]
         self.buttons = {action: p[f"button_{action}"] for action in BUTTON_ACTIONS}
+        self._button_params = [(name, p[name]) for name in
+                               ("deadman_button", *(f"button_{a}" for a in BUTTON_ACTIONS))]
         self._bad_joy_log = LogThrottle(5.0)
         self._axes_told: set = set()  # the axis counts whose unread axes were logged
+        self._buttons_told: set = set()  # the same for the button counts
         self.edges = RisingEdges()
         self._joy = None
         self._joy_time = -np.inf
@@ -267,6 +310,20 @@ class JoyTeleop(TeleopNode):
                    else "deadman disabled: commands whenever joy messages arrive")
         self.get_logger().info(f"joy teleop for task '{self.sim.cfg.name}' at "
                                f"{1 / self.period:g} Hz: {deadman}")
+
+    def check_parameters(self, p: dict) -> None:
+        """Each configured button does one thing: a deadman that is also an action's button
+        fired that action at every press (deadman_button 4 discarded the episode)."""
+        super().check_parameters(p)
+        taken: dict = {}
+        for name in ("deadman_button", *(f"button_{a}" for a in BUTTON_ACTIONS)):
+            index = p[name]
+            if index < 0:
+                continue
+            if index in taken:
+                raise ValueError(f"{taken[index]} and {name} are both button {index}: each "
+                                 "needs a button of its own (-1: none)")
+            taken[index] = name
 
     def _on_joy(self, msg: Joy) -> None:
         if not all(math.isfinite(a) for a in msg.axes):
@@ -281,6 +338,14 @@ class JoyTeleop(TeleopNode):
             self._axes_told.add(len(msg.axes))
             self.get_logger().warning(f"{', '.join(unread)}: the joy messages have "
                                       f"{len(msg.axes)} axes, so these motions stay at 0")
+        if len(msg.buttons) not in self._buttons_told:  # once per button count
+            self._buttons_told.add(len(msg.buttons))
+            n = len(msg.buttons)
+            beyond = [f"{name} {i}" for name, i in self._button_params if i >= n]
+            if beyond:
+                self.get_logger().warning(
+                    f"{', '.join(beyond)}: the joy messages have {n} buttons, so these are "
+                    "never pressed" + (" (no motion at all)" if self.deadman >= n else ""))
         self._joy = msg
         self._joy_time = time.monotonic()
         pressed = {name: button(msg.buttons, idx) for name, idx in self.buttons.items()}

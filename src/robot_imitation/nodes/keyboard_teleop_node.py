@@ -2,9 +2,9 @@
 
 Run it in a terminal (``ros2 run robot_imitation keyboard_teleop``; under ``ros2 launch`` give
 the node ``prefix='xterm -e'``): stdin is switched to cbreak mode (keys arrive one by one,
-unechoed; Ctrl-C still quits) and restored on exit, whatever the reason. A motion key moves the
-end effector for ``key_hold`` seconds after its last press (hold the key: the terminal's
-auto-repeat keeps it going):
+unechoed; Ctrl-C still quits) and restored on exit, whatever the reason (closing the terminal,
+SIGHUP, stops the node as Ctrl-C does). A motion key moves the end effector for ``key_hold``
+seconds after its last press (hold the key: the terminal's auto-repeat keeps it going):
 
     w/s: +x/-x   a/d: +y/-y   r/f: up/down   q/e: yaw   space: gripper open/close
     n: start an episode   k: stop and keep it   x: discard it   p: release the arm   h: help
@@ -17,9 +17,11 @@ parameters) is shared with the gamepad teleop (``joy_teleop_node.TeleopNode``).
 from __future__ import annotations
 
 import atexit
+import codecs
 import os
 import select
 import sys
+import time
 
 import numpy as np
 
@@ -36,6 +38,10 @@ class NotATerminal(RuntimeError):
 class CbreakTerminal:
     """A terminal file descriptor in cbreak mode; ``restore`` puts the old mode back."""
 
+    # how long the start of an escape sequence waits for its rest (s): a terminal sends a
+    # sequence at once, a slow link may split it (tmux's escape-time default is the same)
+    ESCAPE_TIME = 0.5
+
     def __init__(self, fd: int):
         import termios
         import tty
@@ -46,17 +52,35 @@ class CbreakTerminal:
         atexit.register(self.restore)
         tty.setcbreak(fd, termios.TCSANOW)
         self.eof = False
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        self._pending = ""  # an escape sequence's start, at the end of the last read
+        self._pending_since = 0.0
 
-    def read_keys(self) -> list:
-        """Keys typed since the last call (without blocking); escape sequences dropped."""
+    def read_keys(self, now: float | None = None) -> list:
+        """Keys typed since the last call (without blocking); escape sequences dropped, also
+        one split across reads (an arrow key's ESC, then its "[A" a packet later over a slow
+        link: "A" moved the arm as "a"). The start of a sequence at the end of a read waits
+        for the next read, up to ``ESCAPE_TIME`` s; a lone ESC key is dropped then."""
+        now = time.monotonic() if now is None else now
         data = b""
         while not self.eof and select.select([self.fd], [], [], 0)[0]:
-            chunk = os.read(self.fd, 256)
+            try:
+                chunk = os.read(self.fd, 256)
+            except OSError:  # a hung-up terminal (EIO): no more keys
+                chunk = b""
             if not chunk:
                 self.eof = True
                 break
             data += chunk
-        return parse_keys(data.decode("utf-8", errors="ignore"))
+        if self._pending and (now - self._pending_since > self.ESCAPE_TIME or self.eof):
+            self._pending = ""  # an ESC (or a sequence's start) with nothing after it
+        text = self._pending + self._decoder.decode(data)
+        if not text:
+            return []
+        keys, self._pending = split_keys(text)
+        if data:
+            self._pending_since = now
+        return keys
 
     def restore(self) -> None:
         if self._saved is not None:
@@ -69,20 +93,31 @@ class CbreakTerminal:
 
 def parse_keys(text: str) -> list:
     """Single characters of ``text``, skipping terminal escape sequences (arrow keys etc.)."""
+    return split_keys(text)[0]
+
+
+def split_keys(text: str) -> tuple[list, str]:
+    """(single characters of ``text`` outside escape sequences, the start of an escape
+    sequence that ``text`` ends with: "" if none). ``ESC [ ... final byte``, ``ESC O x`` and
+    ``ESC x`` (Alt-x) are sequences."""
     keys, i = [], 0
     while i < len(text):
         ch = text[i]
-        if ch == "\x1b":  # ESC [ ... final byte, or ESC O x
+        if ch == "\x1b":
+            start = i
             i += 1
             if i < len(text) and text[i] in "[O":
+                csi = text[i] == "["
                 i += 1
-                while i < len(text) and not ("@" <= text[i] <= "~"):
+                while csi and i < len(text) and not ("@" <= text[i] <= "~"):
                     i += 1
+            if i >= len(text):  # the sequence goes on in a later read
+                return keys, text[start:]
             i += 1
             continue
         keys.append(ch)
         i += 1
-    return keys
+    return keys, ""
 
 
 class KeyboardTeleop(TeleopNode):

@@ -48,16 +48,26 @@ def rotate_world(quat_wxyz: np.ndarray, rotvec: np.ndarray) -> np.ndarray:
 
 
 def _clip_norm(v: np.ndarray, limit: float) -> np.ndarray:
+    """``v`` scaled down to norm ``limit`` where longer (a limit of 0 gives 0: no "unlimited")."""
     n = float(np.linalg.norm(v))
-    return v * (limit / n) if n > limit > 0 else v
+    return v * (limit / n) if n > limit else v
+
+
+def _positive(name: str, value) -> float:
+    v = float(value)
+    if not (np.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be a finite number > 0 (a limit), got {value}")
+    return v
 
 
 # --------------------------------------------------------------------------------- arm
 class CartesianTeleop:
     """End-effector twist -> arm joint position targets (differential IK on ``sim``'s model).
 
-    ``max_linear`` (m/s) and ``max_angular`` (rad/s) cap the commanded twist's norms; ``rate``
-    (Hz, default the task's control rate) gives the default time step of ``command``.
+    ``max_linear`` (m/s) and ``max_angular`` (rad/s) cap the commanded twist's norms (> 0: a
+    cap of 0 is refused, it never meant "no cap"); ``rate`` (Hz, default the task's control
+    rate) gives the default time step of ``command``. ``workspace``: two finite xyz corners,
+    low < high on every axis.
     """
 
     def __init__(self, sim: TaskSim, max_linear: float = 0.15, max_angular: float = 0.5,
@@ -71,16 +81,19 @@ class CartesianTeleop:
         self.sim = sim
         self.n_arm = r.n_arm
         self.ik = DifferentialIK(sim.model, r.ee_site, r.arm_qpos, r.arm_qvel, r.arm_limits)
-        self.max_linear = float(max_linear)
-        self.max_angular = float(max_angular)
+        self.max_linear = _positive("max_linear", max_linear)
+        self.max_angular = _positive("max_angular", max_angular)
         self.rate = float(rate) if rate else float(sim.cfg.control_rate)
-        self.max_lead = float(max_lead)
-        self.max_lead_angle = float(max_lead_angle)
+        self.max_lead = _positive("max_lead", max_lead)
+        self.max_lead_angle = _positive("max_lead_angle", max_lead_angle)
         self.workspace = None
         if workspace is not None:
             lo, hi = (np.asarray(w, dtype=float) for w in workspace)
-            if lo.shape != (3,) or hi.shape != (3,) or np.any(lo >= hi):
-                raise ValueError(f"workspace must be two xyz corners low < high, got {workspace}")
+            # NaN compares false: a NaN corner passed "low < high" and left its axis unbounded
+            if (lo.shape != (3,) or hi.shape != (3,) or not np.all(np.isfinite(lo))
+                    or not np.all(np.isfinite(hi)) or not np.all(lo < hi)):
+                raise ValueError("workspace must be two finite xyz corners low < high, got "
+                                 f"{lo.tolist()} and {hi.tolist()}")
             self.workspace = (lo, hi)
         self.max_step = float(max_step)
         self.iterations = int(iterations)
