@@ -25,6 +25,7 @@ launch file calls it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 PACKAGE = "robot_imitation"
@@ -80,9 +81,13 @@ def bridge(task, mode, seed=None, cameras=None) -> NodeDecl:
                     parameters=_params(task=task, mode=mode, seed=seed, cameras=cameras))
 
 
-def _task_spec(task) -> str:
+def _task_spec(task):
     """The spec a node of ``task`` records or serves by default: the task's own
-    (``spec.task_spec_name``; a task file is never read as a spec)."""
+    (``spec.task_spec_name``; a task file is never read as a spec). A launch file's
+    substitution stays as it is (resolved by the launch system: a built-in task's name is its
+    spec's; give a task file's spec as the launch argument `spec`)."""
+    if not isinstance(task, (str, os.PathLike)):
+        return task
     from ..spec import task_spec_name
 
     return task_spec_name(task)
