@@ -240,6 +240,10 @@ def on_sigterm(signum, frame):  # as the command line's: Ctrl-C's cleanup
     raise KeyboardInterrupt
 
 signal.signal(signal.SIGTERM, on_sigterm)
+# a thread that does not block the signals, as torch's own: the kernel hands a signal sent to
+# the process to it when the main thread blocks them
+import threading, time
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 spec = Spec.load("reach")
 policy = make_policy(spec, TrainConfig(steps=1, device="cpu"))
 path = pathlib.Path(sys.argv[1])
@@ -247,10 +251,16 @@ checkpoint.save_checkpoint(path, policy, spec, extra={"which": "first"})
 checkpoint._exchange = lambda a, b: False
 rename = pathlib.Path.rename
 
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)  # the signal's C handler writes here, in whichever thread
+
+
 def signalled(self, target):
     out = rename(self, target)
     if self.name == path.name and ".old-" in pathlib.Path(target).name:
         os.kill(os.getpid(), signal.SIGTERM)
+        os.read(wake_r, 1)  # handled at C level: Python runs its handler at the next chance
     return out
 
 pathlib.Path.rename = signalled

@@ -170,19 +170,35 @@ def _exchange(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def _signals_held():
-    """SIGINT and SIGTERM held (delivered when the block ends) in the main thread."""
+    """SIGINT and SIGTERM held in the main thread: their Python handlers (which run in the main
+    thread only) deferred, and the signals raised again when the block ends. Blocking them in
+    the main thread (``pthread_sigmask``) was not enough: the kernel hands a signal sent to the
+    process to any thread that does not block it (torch's), and Python then runs the handler
+    in the main thread at once. A handler set outside Python is left as it is."""
     import signal
     import threading
 
-    held = {signal.SIGINT, signal.SIGTERM}
     if threading.current_thread() is not threading.main_thread():
         yield  # (a signal's Python handler runs in the main thread only)
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list = []
+
+    def defer(signum, frame):
+        caught.append(signum)
+
+    before = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None and handler is not signal.SIG_IGN:
+            before[sig] = handler
+            signal.signal(sig, defer)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
