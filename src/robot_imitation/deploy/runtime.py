@@ -12,7 +12,9 @@
   execution with ``prefetch`` L >= 1 the next chunk is computed on a worker thread while the
   current one executes (see the class). A camera frame is encoded once, whatever the number of
   ticks that use it (``camera_encoding``: on the tick, ahead of it on a thread of its own, or
-  between the ticks, a stage at a time, on the control thread).
+  between the ticks, a stage at a time, on the control thread). A chunk's actions are one a
+  control period: ticks that say their state's time (trigger state) and come faster than the
+  control rate run the same chunk action within a period (see ``PolicyController.tick``).
 
 The observation dictionary comes from ``ObservationAssembler`` (``Spec.extract``): the same code
 that built the training arrays.
@@ -41,6 +43,9 @@ CHUNK_MODES = ("first", "chunk", "ensemble")
 SAFE_COMMANDS = ("hold", "zero")
 LATE_CHUNKS = ("wait", "hold")
 CAMERA_ENCODINGS = ("inline", "ahead", "between")
+# A state at least this share of a control period under a period after the state before it is
+# a driver's state of the next period (jitter), counted from its own time (``_periods``).
+PERIOD_SLACK = 0.1
 # The CPU priority of the thread that encodes frames ahead: idle (Linux SCHED_IDLE: any thread
 # that wakes preempts it at once), low (nice 19) or normal (the control thread's).
 ENCODER_PRIORITIES = ("idle", "low", "normal")
@@ -133,6 +138,9 @@ class ChunkScheduler:
       its actions from index ``skip`` on (those before were for ticks gone by).
     - ``ensemble``: predict every tick; the action for tick t averages every chunk's prediction
       for t, weighted exp(-decay * i) with i = 0 for the oldest (temporal ensembling, as ACT).
+
+    A tick is a control period: ``skip(n)`` passes n periods without an action (states further
+    apart than a period), so that each chunk's index i stays the period i after its own.
     """
 
     def __init__(self, chunk: int, mode: str = "first", decay: float = 0.01, execute: int = 0):
@@ -149,6 +157,14 @@ class ChunkScheduler:
 
     def needs_prediction(self) -> bool:
         return self.mode != "chunk" or not self._queue
+
+    def skip(self, n: int) -> None:
+        """Pass ``n`` ticks without executing their actions (their periods are gone by)."""
+        if self.mode == "chunk":
+            for _ in range(min(n, len(self._queue))):
+                self._queue.popleft()
+        elif self.mode == "ensemble":
+            self._tick += n
 
     @property
     def remaining(self) -> int:
@@ -260,6 +276,9 @@ class Counters:
     no_action_ticks: int = 0    # ticks without a chunk's action: the safe command (hold)
     inference_errors: int = 0   # exceptions in inference on the worker: the safe command
     frames_encoded: int = 0     # camera frames run through their encoder
+    # ticks that answered a state of a control period already begun (trigger state, states
+    # faster than the control rate): its chunk action again, through the filter
+    same_period_ticks: int = 0
     # ticks whose newest camera frame was still being encoded (camera_encoding ahead): the
     # previous frame's features were used
     previous_frame_ticks: int = 0
@@ -270,7 +289,8 @@ class Counters:
 
 @dataclass
 class _Job:
-    """A chunk in flight: computed on the worker from the observation of tick ``tick``."""
+    """A chunk in flight: computed on the worker from the observation of control period
+    ``tick``."""
     future: Future
     generation: int
     tick: int
@@ -356,7 +376,13 @@ class PolicyController:
         self._executor: ThreadPoolExecutor | None = None
         self._job: _Job | None = None
         self._generation = 0        # a chunk computed for another generation is never used
-        self._t = 0                 # ticks, for the index a chunk in flight starts at
+        self._t = 0                 # ticks
+        # control periods, for the index a chunk in flight starts at: one a tick, or with the
+        # states' times (trigger state), those between them (``_periods``)
+        self._p = 0
+        self._period_when: float | None = None  # the time (s) the current period began at
+        self._last_state: float | None = None   # that of the state before
+        self._target: np.ndarray | None = None  # this period's chunk action (before the filter)
         self._reset_backend = False  # due on the worker before its next inference
         self.scheduler: ChunkScheduler | None = None
         self._ahead = False
@@ -443,6 +469,7 @@ class PolicyController:
             self.backend.reset()
         self.last_command = None
         self._when = None
+        self._period_when = self._last_state = None
 
     def close(self) -> None:
         """Stop the workers (a chunk or frame being computed finishes; none is started)."""
@@ -542,6 +569,7 @@ class PolicyController:
 
     def _discard(self) -> None:
         """Drop the chunk executing and the one in flight (whose result is then never used)."""
+        self._target = None
         if self.scheduler is not None:
             self.scheduler.reset()
         if self._job is not None:
@@ -684,7 +712,7 @@ class PolicyController:
         future = self._executor.submit(self._infer, self.backend, self._generation,
                                        self._low.copy(), images, features, reset,
                                        torch.get_num_threads())
-        self._job = _Job(future, self._generation, self._t)
+        self._job = _Job(future, self._generation, self._p)
 
     def _infer(self, backend: Backend, generation: int, low: np.ndarray, images: dict,
                features: dict, reset: bool, threads: int):
@@ -712,14 +740,58 @@ class PolicyController:
         chunk = backend.head()
         return chunk, time.perf_counter() - t, encodings
 
+    def _periods(self, when: float | None) -> int:
+        """The control periods begun since the last tick's: 1 without a time (each tick is
+        a period), else counted from the states' times. A state at least ``PERIOD_SLACK`` of a
+        period under a period after the one before (a driver at the control rate, jitter and
+        all; a gap) counts them from the current period's start and begins the next one at its
+        own time; states closer together (a driver faster than the control rate) begin one
+        on the first at or after each period's start, on the grid of the periods (so that a
+        driver at 30 Hz begins 20 periods a second at 20 Hz, not 15). The first state (of an
+        episode) begins one; an older state than the one before (a clock put back) begins none,
+        and the periods count from it."""
+        if when is None:
+            return 1
+        start, last, rate = self._period_when, self._last_state, self._rate
+        self._last_state = when
+        if start is None:
+            self._period_when = when
+            return 1
+        if when < last:
+            self._period_when = when
+            return 0
+        elapsed = (when - start) * rate
+        if (when - last) * rate >= 1.0 - PERIOD_SLACK:
+            self._period_when = when
+            return max(1, int(elapsed + PERIOD_SLACK))
+        n = int(elapsed + TICK_SLACK)
+        if n > 0:
+            self._period_when = start + n / rate
+        return n
+
     def tick(self, obs: dict, age: float | None = None, when: float | None = None
              ) -> TickResult:
         """One control tick on ``obs`` (``age``: its state's age, s; ``when``: its state's
-        time, s, where each state is a tick of its own (trigger state): see ``_limit``)."""
+        time, s, where each state is a tick of its own (trigger state)).
+
+        A chunk's action i is for the control period i after the one its observation came in.
+        Without ``when`` each tick is a period. With it, the periods are the states' times
+        (``_periods``): a state of a period already begun (a driver faster than the control
+        rate) is answered with that period's chunk action again (``first``: the first action
+        of a prediction from this state, every state), through the filter, whose change counts
+        the time since the last command (``_limit``: the periods' change is shared among their
+        states); no chunk is computed for it. A state further than a period from the last
+        passes the actions of the periods gone by (``ChunkScheduler.skip``); a chunk in flight
+        (prefetch) starts at the index of the periods since its observation. States a period
+        apart (lockstep) are the ticks without ``when``, exactly."""
         c = self.counters
         c.ticks += 1
         self._t += 1
         self._state_when = when
+        periods = self._periods(when)
+        self._p += periods
+        if periods:
+            self._target = None
         offered, self._offered = self._offered, None
         if offered is not None:
             self._install(*offered)
@@ -740,6 +812,11 @@ class PolicyController:
             failed = self._watch_frames(obs)
             if failed is not None:
                 return failed
+        if self._target is not None and self.scheduler.mode != "first":
+            c.same_period_ticks += 1   # (periods 0: the period's chunk action is given)
+            return self._command(self._target, obs, 0.0)
+        if periods > 1:
+            self.scheduler.skip(periods - 1)
         if self.prefetch:
             if not self.scheduler.remaining:
                 result, inference_s = self._take_chunk(obs)
@@ -764,12 +841,18 @@ class PolicyController:
                 return TickResult(None, "nonfinite_output", inference_s=inference_s)
             self.scheduler.add(chunk)
             c.chunks += 1
-        action, clamped = self._limit(self.scheduler.next(), obs)
+        self._target = self.scheduler.next()
+        return self._command(self._target, obs, inference_s)
+
+    def _command(self, target: np.ndarray, obs: dict, inference_s: float) -> TickResult:
+        """The tick's command: ``target`` through the filter."""
+        c = self.counters
+        action, clamped = self._limit(target, obs)
         if clamped:
             c.clamped_ticks += 1
             c.clamped_values += clamped
         self.last_command = action
-        self._when = when
+        self._when = self._state_when
         c.commands += 1
         return TickResult(action, "ok", clamped, inference_s)
 
@@ -802,7 +885,7 @@ class PolicyController:
         if not np.isfinite(chunk).all():
             c.nonfinite_outputs += 1
             return TickResult(None, "nonfinite_output", inference_s=seconds), seconds
-        skip = self._t - job.tick   # the ticks since its observation: their actions are past
+        skip = self._p - job.tick   # the periods since its observation: their actions are past
         if skip >= self.scheduler.execute:  # all past (hold): a new one from now
             c.discarded_chunks += 1
             c.no_action_ticks += 1

@@ -41,7 +41,10 @@ thread, from the state L ticks before the current chunk runs out, so that infere
 a tick does not hold up the tick. A chunk not ready in time is waited for (``late_chunk: wait``,
 the default: commands are the same however long inference takes, as lockstep simulation needs);
 a real-time robot sets ``late_chunk: hold``: the tick gives the safe command, through the same
-filter, and the chunk is used when it comes, from the action for that tick on.
+filter, and the chunk is used when it comes, from the action for that tick on. A chunk's actions
+are one a control period: with ``trigger: state`` the periods come from the states' stamps, so a
+driver faster than the control rate gets each period's chunk action for all of that period's
+states (through the filter), no chunk computed for them (``same_period_ticks``, said once).
 
 Cameras: each frame is run through the policy's camera encoder once (the backends run the
 encoders apart from the head), and the ticks in between run the head only. ``camera_encoding:
@@ -218,6 +221,7 @@ class PolicyNode(LifecycleNode):
         self._state_subs = {}       # topic -> its subscription (why a topic sends nothing)
         self._since = time.monotonic()  # activation or enable: how long a topic sent nothing
         self._late_told = 0   # the controller's late_frames at the last diagnostics
+        self._same_period_told = False  # states faster than the control rate were said
         self._between = False  # camera_encoding between (set at configure)
         self.last = LastAnswer()
         # validate in on_set (a bad checkpoint is refused with its reason), act in post_set
@@ -683,7 +687,15 @@ class PolicyNode(LifecycleNode):
                            "late_chunk": c.settings["late_chunk"], "chunks": k.chunks,
                            "discarded_chunks": k.discarded_chunks,
                            "waited_ticks": k.waited_ticks, "no_action_ticks": k.no_action_ticks,
+                           "same_period_ticks": k.same_period_ticks,
                            "inference_errors": k.inference_errors})
+            if k.same_period_ticks and not self._same_period_told:
+                self._same_period_told = True
+                self.get_logger().info(
+                    f"states come faster than the control rate ({c.spec.control_rate:g} Hz): "
+                    f"{c.settings['chunk_mode']}: each control period's chunk action answers "
+                    "all of its states (through the filter), chunks are computed as at the "
+                    "control rate (same_period_ticks in /diagnostics)")
             for key, v in c.timing().items():
                 values[f"chunk_inference_{key}"] = f"{v:.3f}"
             if c.policy.backend.images:
