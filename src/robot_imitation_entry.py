@@ -72,13 +72,26 @@ def _ignore_signals() -> None:
             continue
 
 
-def _entry(executable: str):
-    def entry() -> int:
+def _ended(executable: str) -> int:
+    """``start(executable)``'s exit code; a signal that races with its end (a Ctrl-C flood)
+    gives 130, never a traceback. A handler's own first instruction can be interrupted too
+    (Python runs a pending signal's handler on entering any function, ``_ignore_signals``
+    included), so the ignoring is retried in a loop here, not in a handler."""
+    try:
+        return start(executable)
+    except KeyboardInterrupt:  # a signal raced with the end of the command: ended anyway
+        pass
+    while True:
         try:
-            return start(executable)
-        except KeyboardInterrupt:  # a signal raced with the end of the command: ended anyway
             _ignore_signals()
             return 130
+        except KeyboardInterrupt:
+            continue
+
+
+def _entry(executable: str):
+    def entry() -> int:
+        return _ended(executable)
 
     entry.__name__ = entry.__qualname__ = executable.replace("-", "_")
     entry.__doc__ = f"The ``{executable}`` executable ({EXECUTABLES[executable]})."
@@ -94,4 +107,4 @@ if __name__ == "__main__":
         given = f"no executable {sys.argv[1]!r}" if len(sys.argv) > 1 else "no executable given"
         sys.exit(f"robot_imitation_entry: {given} (one of {', '.join(EXECUTABLES)})")
     sys.argv = [sys.argv[1], *sys.argv[2:]]
-    sys.exit(start(sys.argv[0]))
+    sys.exit(_ended(sys.argv[0]))
