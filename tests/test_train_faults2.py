@@ -454,3 +454,46 @@ def test_a_stop_asked_during_a_closed_loop_evaluation_ends_it_after_the_episode(
     assert len(asked) == 2  # one episode each time asked: stopped after the second
     for name in ("best_success", "best_val", "last", "result.json"):
         assert not (tmp_path / "run" / name).exists(), name
+
+
+def test_a_stop_asked_while_training_ends_the_run_at_its_next_progress_report(reach,
+                                                                              tmp_path):
+    """``Trainer(stop=...)`` is asked at each progress report too (every ``log_every`` steps):
+    a DAgger node shutting down stops the policy training rather than leaving it running (it
+    was abandoned, still training, at the process's exit). Nothing of the run is kept."""
+    from robot_imitation.learning.trainer import Trainer, TrainingStopped
+
+    spec, episodes = reach
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return True
+
+    cfg = small(steps=1000, eval_every=0, eval_episodes=0, log_every=10)
+    with pytest.raises(TrainingStopped):
+        Trainer(episodes_dataset(episodes, spec, cfg), tmp_path / "run", cfg, log=quiet,
+                stop=stop).run()
+    assert len(asked) == 1
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_a_dagger_run_aborted_while_training_is_marked_unfinished(tmp_path):
+    """``algorithms.dagger.run(abort=...)``: the policy under training stops at its next
+    progress report, and dagger.json says the run is unfinished and where (as Ctrl-C does)."""
+    from robot_imitation.algorithms.dagger import DaggerConfig, check_config, run
+    from robot_imitation.learning.trainer import TrainingStopped
+    from robot_imitation.rollouts.gym import GymLearningWorld
+
+    cfg = DaggerConfig(task="reach", bc_episodes=2, iterations=1, episodes_per_iteration=1,
+                       eval_episodes=1, train={"steps": 200, "device": "cpu", "log_every": 10})
+    tcfg, spec = check_config(cfg, through="gym")
+    world = GymLearningWorld("reach", spec, seed=0)
+    try:
+        with pytest.raises(TrainingStopped):
+            run(world, cfg, tcfg, spec, tmp_path / "run", log=quiet, abort=lambda: True)
+    finally:
+        world.close()
+    results = json.loads((tmp_path / "run" / "dagger.json").read_text())
+    assert results["interrupted"] is True and results["interrupted_iteration"] == 0
+    assert results["iterations"] == []

@@ -23,12 +23,12 @@ __all__ = ["DATA_SEED", "EVAL_SEED", "INTERVENTION_BUTTON", "LABEL_PREFIX", "MIX
 
 
 def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None,
-               graph=None, overwrite: bool = False) -> dict:
+               graph=None, overwrite: bool = False, abort=None) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations through ROS;
     returns (and writes to ``out``/dagger.json) the per-iteration results (see
     ``algorithms.dagger.run``). ``graph``: the ``SimGraph`` every process of the run talks on
     (default: a private one, closed when the run ends). ``out``: empty or new, unless
-    ``overwrite``, which clears it (``RunFolderError`` otherwise)."""
+    ``overwrite``, which clears it (``RunFolderError`` otherwise). ``abort``: see ``run``."""
     from .algorithms.dagger import run, run_inputs
     from .paths import check_out
     from .ros.graph import SimGraph
@@ -39,7 +39,8 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     graph = graph or SimGraph()
     world = RosWorld(out, cfg, spec, graph, log=log)
     try:
-        return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop, overwrite)
+        return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop, overwrite,
+                   abort=abort)
     finally:
         world.close()
         if own_graph:

@@ -210,7 +210,7 @@ class Gated:
 
 
 def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
-        should_stop=None, overwrite: bool = False) -> dict:
+        should_stop=None, overwrite: bool = False, abort=None) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` iterations, in ``world``; returns
     (and writes to ``out``/dagger.json) the per-iteration results. ``tcfg``, ``spec``: from
     ``check_config``. ``on_iteration(row)``: called with each iteration's results once they are
@@ -222,14 +222,19 @@ def run(world, cfg: DaggerConfig, tcfg, spec, out, log=print, on_iteration=None,
     otherwise: an earlier run's data would be trained on with this run's), unless
     ``overwrite``, which clears it first. Ctrl-C (``KeyboardInterrupt``) is passed on once
     dagger.json holds the iterations done, with ``"interrupted": true`` and the iteration
-    under way (``interrupted_iteration``; null between two)."""
+    under way (``interrupted_iteration``; null between two). ``abort()``: asked while a policy
+    trains (at its progress reports, and between its evaluation episodes): when it answers
+    true the run ends there the same way (``TrainingStopped`` passed on; a node shutting down
+    stops its training rather than leaving it running)."""
     out = prepare_out(out, overwrite, run_inputs(cfg))
     results = {"config": asdict(cfg), "world": world.kind, "iterations": []}
     under_way = {"iteration": 0}  # iteration 0: the demonstrations and BC
+    from ..learning.trainer import TrainingStopped
+
     try:
         _iterate(world, cfg, tcfg, spec, out, results, under_way, log, on_iteration,
-                 should_stop)
-    except KeyboardInterrupt:  # Ctrl-C: the iterations done kept, the run marked unfinished
+                 should_stop, abort)
+    except (KeyboardInterrupt, TrainingStopped):  # the iterations done kept, marked unfinished
         results["interrupted"] = True
         results["interrupted_iteration"] = under_way["iteration"]
         _write_results(out, results)
@@ -243,7 +248,7 @@ def _write_results(out: Path, results: dict) -> None:
 
 
 def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, under_way: dict,
-             log, on_iteration, should_stop) -> None:
+             log, on_iteration, should_stop, abort=None) -> None:
     """``run``'s demonstrations and iterations, into ``results`` (``under_way``: the number
     of the iteration under way, None between two)."""
     from ..learning.trainer import train
@@ -273,7 +278,8 @@ def _iterate(world, cfg: DaggerConfig, tcfg, spec, out: Path, results: dict, und
                 f"{data.describe()}")
         labels = int(sum(len(e) for e in data.episodes))
         c = replace(tcfg, init_from=init or "") if init else tcfg
-        return train(data, out / f"train_{i}", c, log=lambda *a, **k: None), labels
+        return train(data, out / f"train_{i}", c, log=lambda *a, **k: None,
+                     stop=abort), labels
 
     res, labels = fit(0, None)
     ckpt = res["last"]

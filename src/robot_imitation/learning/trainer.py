@@ -299,8 +299,8 @@ def _is_allocation_error(exc: BaseException) -> bool:
 
 
 class TrainingStopped(Exception):
-    """A run that its caller asked to stop (``Trainer``'s ``stop``) during a closed-loop
-    evaluation: the evaluation is left unfinished and counts for nothing."""
+    """A run that its caller asked to stop (``Trainer``'s ``stop``): at a progress report, or
+    during a closed-loop evaluation (left unfinished, counting for nothing)."""
 
 
 class Trainer:
@@ -309,8 +309,9 @@ class Trainer:
         """``overwrite``: an earlier run in ``out_dir`` is removed whole before this run
         writes its first file (``clear_run_folder``; never a folder of other files or one
         holding ``inputs``). ``stop``: a function saying whether the caller wants the run to
-        end, asked between a closed-loop evaluation's episodes (``TrainingStopped``); between
-        steps, ``progress`` may raise to end the run."""
+        end, asked at each progress report (every ``log_every`` steps; not under DDP) and
+        between a closed-loop evaluation's episodes (``TrainingStopped``); ``progress`` may
+        also raise to end the run."""
         self.dataset, self.out, self.cfg = dataset, Path(out_dir), cfg
         self.log, self.progress, self.stop = log, progress, stop
         self.overwrite, self.inputs = overwrite, tuple(inputs)
@@ -510,6 +511,8 @@ class Trainer:
                             writer["tb"].add_scalar(f"train/{key}", float(value), step)
                 t_data += t_b - t_a
                 t_step += time.perf_counter() - t_b
+                if step % cfg.log_every == 0 and not self.distributed:
+                    self._stop_check()  # (asked at each progress report; DDP: never)
                 if not evaluate:
                     if self.progress and self.rank == 0 and step % cfg.log_every == 0:
                         self.progress(step, cfg.steps, {"train_loss": running})
@@ -720,7 +723,7 @@ def _quiet(*_args, **_kwargs) -> None:
 
 
 def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | None = None,
-          log=print, progress=None, overwrite: bool = False, inputs=()) -> dict:
+          log=print, progress=None, overwrite: bool = False, inputs=(), stop=None) -> dict:
     """Train on ``dataset`` (a folder of episodes or a built ``Dataset``); returns a summary.
     ``overwrite``: an earlier run in ``out_dir`` is removed whole before the first file is
     written (``Trainer``); ``inputs``: files the run reads (never cleared)."""
@@ -732,4 +735,4 @@ def train(dataset, out_dir, cfg: TrainConfig | None = None, spec: Spec | str | N
                                 sources=cfg.sources or None,
                                 include_interrupted=cfg.include_interrupted)
     return Trainer(dataset, out_dir, cfg, log=log, progress=progress, overwrite=overwrite,
-                   inputs=inputs).run()
+                   inputs=inputs, stop=stop).run()

@@ -219,7 +219,8 @@ class DaggerNode(Node):
             with SimGraph(join=self.get_parameter("join_ros_graph").value) as graph:
                 results = run_dagger(run_dir, cfg, log=self._on_log,
                                      on_iteration=self._on_iteration,
-                                     should_stop=self._cancel.is_set, graph=graph)
+                                     should_stop=self._cancel.is_set, graph=graph,
+                                     abort=self._closing.is_set)
             state, values = ("cancelled" if results.get("stopped") else "done"), {}
         except Exception as exc:  # noqa: BLE001 - a failed run is reported, never fatal
             state, values = "failed", {"error": f"{type(exc).__name__}: {exc}"}
@@ -286,9 +287,10 @@ class DaggerNode(Node):
     def close(self) -> None:
         """At shutdown: a run under way cannot stop before its next iteration boundary, so its
         processes are stopped here (none outlives the node); the run itself ends with it: its
-        waits on those processes end at once (``ProcessGroup.check``). A run busy training
-        (which nothing interrupts) or in a service call is left to the process's exit
-        (``abandoned``)."""
+        waits on those processes end at once (``ProcessGroup.check``), and a policy training
+        stops at its next progress report (``abort``: within ``log_every`` steps). A run still
+        busy after that (a service call it cannot cut short, a longer training step) is left to
+        the process's exit (``abandoned``)."""
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._closing.set()
