@@ -289,3 +289,29 @@ def given_arguments(args, cls, settings: dict | None = None) -> dict:
             value = {**(base if isinstance(base, dict) else {}), **dict(value)}
         out[f.name] = value
     return out
+
+
+def closest(word, known) -> str:
+    """": did you mean 'x'?" for the known word closest to ``word``, else the known ones."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
+    return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
+
+
+def shown(value) -> str:
+    """``repr(value)``, cut to 80 characters (a value quoted in a one-line error)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_keys(value, known, where: str, place: str, error=SettingError) -> dict:
+    """``value`` as a mapping holding only ``known`` keys; else ``error`` naming the file
+    (``where``), the key, where it is (``place``) and the closest known key."""
+    if not isinstance(value, dict):
+        raise error(f"{where}: {place} must be a mapping, got {type(value).__name__} "
+                    f"{shown(value)}")
+    for key in value:
+        if key not in known:
+            raise error(f"{where}: unknown key '{key}' in {place}{closest(key, known)}")
+    return value

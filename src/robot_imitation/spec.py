@@ -11,7 +11,6 @@ the message fields as attributes.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .paths import config_file, read_yaml
+from .settings import check_keys, closest
 
 POSE_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
@@ -142,22 +142,9 @@ NORMALIZED = ("observations", "actions")
 NORMALIZATION_METHODS = ("mean_std", "min_max")
 
 
-def _closest(word, known) -> str:
-    """": did you mean 'x'?" for the known word closest to ``word``, else the known ones."""
-    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
-    return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
-
-
 def _check_keys(value, known, where: str, place: str) -> dict:
-    """``value`` as a mapping holding only ``known`` keys; else a SpecError naming the key,
-    where it is (``place``) and the closest known key."""
-    if not isinstance(value, dict):
-        raise SpecError(f"{where}: {place} must be a mapping, got {type(value).__name__} "
-                        f"{value!r}")
-    for key in value:
-        if key not in known:
-            raise SpecError(f"{where}: unknown key '{key}' in {place}{_closest(key, known)}")
-    return value
+    """``value`` as a mapping holding only ``known`` keys (``settings.check_keys``)."""
+    return check_keys(value, known, where, place, SpecError)
 
 
 def _check_type(value, kind: str, where: str, place: str) -> None:
@@ -223,7 +210,7 @@ def _check_structure(data, where: str) -> None:
         for key, method in norm.items():
             if method not in NORMALIZATION_METHODS:
                 raise SpecError(f"{where}: normalization.{key}: unknown method '{method}'"
-                                f"{_closest(method, NORMALIZATION_METHODS)}")
+                                f"{closest(method, NORMALIZATION_METHODS)}")
 
 
 def _field_spec(entry: dict, where: str) -> FieldSpec:

@@ -1,7 +1,6 @@
 """Robot models: load an arm as an ``mujoco.MjSpec`` that tasks add their scene to."""
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import math
 import os
@@ -13,6 +12,7 @@ import mujoco
 import numpy as np
 
 from ..paths import config_file, read_yaml
+from ..settings import check_keys as _check_keys, closest, shown  # noqa: F401 (tasks use them)
 
 EE_SITE = "ee_site"
 
@@ -26,26 +26,9 @@ class ModelError(ValueError):
 # value: a value of the wrong kind failed later with a traceback naming neither, or was taken
 # silently (a string for a flag is true, a misspelled key was ignored).
 
-def closest(word, known) -> str:
-    """": did you mean 'x'?" for the known word closest to ``word``, else the known ones."""
-    close = difflib.get_close_matches(str(word), list(known), n=1, cutoff=0.6)
-    return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
-
-
-def shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def check_keys(value, known, where: str, place: str) -> dict:
-    """``value`` as a mapping holding only ``known`` keys."""
-    if not isinstance(value, dict):
-        raise ModelError(f"{where}: {place} must be a mapping, got {type(value).__name__} "
-                         f"{shown(value)}")
-    for key in value:
-        if key not in known:
-            raise ModelError(f"{where}: unknown key '{key}' in {place}{closest(key, known)}")
-    return value
+    """``value`` as a mapping holding only ``known`` keys (``settings.check_keys``)."""
+    return _check_keys(value, known, where, place, ModelError)
 
 
 def check_text(value, where: str, key: str) -> str:
