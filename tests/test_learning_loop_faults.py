@@ -117,16 +117,17 @@ def test_ctrl_c_during_an_iteration_marks_dagger_json(tmp_path):
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
+def interrupted_at(argv: list, pattern: str):
+    """(the process, its stderr) of the command line run with ``argv``, sent SIGINT once a
+    line of its output matches ``pattern``."""
+    import re
     import signal
 
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "robot_imitation.cli", *DAGGER, "--out",
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "robot_imitation.cli", *map(str, argv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if "demonstration 1/2" in line:
+            if re.search(pattern, line):
                 proc.send_signal(signal.SIGINT)
                 break
         _, err = proc.communicate(timeout=120)
@@ -134,6 +135,12 @@ def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    return proc, err
+
+
+def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
+    out = tmp_path / "run"
+    proc, err = interrupted_at([*DAGGER, "--out", str(out)], r"demonstration 1/2")
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == (
         f"robot-imitation dagger: interrupted: the iterations done are in {out}/dagger.json")
@@ -162,29 +169,16 @@ def test_evaluate_never_writes_into_the_checkpoint(reach_checkpoint):
         assert own.read_bytes() == before
 
 
-
 def test_ctrl_c_of_evaluate_says_how_many_episodes_ran(reach_checkpoint, tmp_path):
     """Ctrl-C during `evaluate` said "interrupted" only: the episodes already run were lost
     without a count. Now the exit line says how many ran and succeeded, as a partial run
     (neither pass nor fail), and nothing is written."""
     import re
-    import signal
 
     out = tmp_path / "result.json"
-    proc = subprocess.Popen([sys.executable, "-m", "robot_imitation.cli", "evaluate",
-                             str(reach_checkpoint), "--task", "reach", "--gym", "--episodes",
-                             "100", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stdout:
-            if re.search(r"\] 20/100 ", line):  # progress: 20 episodes done
-                proc.send_signal(signal.SIGINT)
-                break
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, err = interrupted_at(["evaluate", reach_checkpoint, "--task", "reach", "--gym",
+                                "--episodes", "100", "--out", out],
+                               r"\] 20/100 ")  # progress: 20 episodes done
     assert proc.returncode == 130, err
     last = err.strip().splitlines()[-1]
     found = re.fullmatch(r"robot-imitation evaluate: interrupted: (\d+) of 100 episodes ran, "
