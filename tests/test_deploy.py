@@ -213,23 +213,23 @@ def test_action_filter_limits_and_max_change():
 
 
 
-def test_a_reference_outside_the_bounds_moves_towards_them_by_max_delta():
-    """The filter limited the change first and clamped last: from a previous command (or the
-    measured joint) outside the bounds, the clamp undid the rate limit, a jump of several
-    max_delta in one tick (a robot started outside narrowed limits: 0.817 -> 0.3 with
-    max_delta 0.1305). Now the bounds first, then the change: towards them by max_delta a
-    tick; with a reference inside the bounds the two orders give the same bits."""
+def test_a_reference_outside_the_bounds_is_a_jump_said_never_a_command_outside():
+    """From a previous command (or a measured joint) outside the bounds the filter cannot keep
+    both promises: the bounds hold (a command is never outside them: wild states, joints at
+    50 rad, never give a wild command), and the change beyond max_delta is counted (``jumps``)
+    and said by the node (it went by with "command clamped" only: a robot outside limits
+    narrowed below it moved 0.517 rad in a tick against max_delta 0.1305)."""
     f = ActionFilter(2, lower=[-1.0, -1.0], upper=[0.3, 1.0], max_delta=0.1305)
     out, n = f(np.array([0.9, 0.2]), np.array([0.8, 0.0]))
-    np.testing.assert_allclose(out, [0.8 - 0.1305, 0.1305])
-    assert n == 2
+    np.testing.assert_allclose(out, [0.3, 0.1305])
+    assert n == 2 and f.jumps == 1
+    assert f.describe_outside() == "value 0 at 0.8, limits -1..0.3"
     rng = np.random.default_rng(0)
-    for _ in range(200):  # inside the bounds: as clamping last
+    for _ in range(200):  # inside the bounds: no jump
         prev = rng.uniform([-1, -1], [0.3, 1.0])
-        a = rng.normal(size=2) * 2
-        last = np.minimum(np.maximum(np.minimum(np.maximum(a, prev - 0.1305), prev + 0.1305),
-                                     f.lower), f.upper)
-        assert np.array_equal(f(a, prev)[0], last)
+        out, _ = f(rng.normal(size=2) * 2, prev)
+        assert np.all(np.abs(out - prev) <= 0.1305 + 1e-12)
+    assert f.jumps == 1
 
 
 def loaded(policy: Policy, version="a") -> LoadedPolicy:
@@ -328,11 +328,10 @@ def test_safe_zero_command_passes_the_same_filter():
 
 
 
-def test_a_robot_outside_narrower_limits_is_brought_in_by_max_delta_a_tick():
-    """A policy node whose limits were narrowed (``action_upper``), or a checkpoint of
-    narrower limits swapped in: the first command, and ``hold`` after the swap, jumped to the
-    bound in one tick. Now every command, the held one included, moves towards the bounds by
-    at most max_delta a tick."""
+def test_a_robot_outside_narrower_limits_gets_commands_within_them_and_the_jump_counted():
+    """A policy node whose limits were narrowed (``action_upper``) below where the robot
+    stands, or a checkpoint of narrower limits swapped in (``hold`` then passes the filter
+    too): every command within the bounds, and each jump counted for the node to say."""
     spec = Spec.load("reach")
     lower, upper = np.full(8, -3.0), np.full(8, 3.0)
     upper[6] = 0.3
@@ -342,19 +341,17 @@ def test_a_robot_outside_narrower_limits_is_brought_in_by_max_delta_a_tick():
     obs = reach_obs(np.random.default_rng(7))
     obs["joint_pos"][6] = 0.817
     first = ctl.tick(obs, age=0.0).action
-    assert first[6] >= 0.817 - 0.1305 - 1e-12, first  # towards 0.3, one max_delta at most
-    # wide limits, then narrower ones swapped in: the held command moves in by max_delta
+    assert first[6] <= 0.3 and ctl.filter.jumps == 1, first
+    # wide limits, then narrower ones swapped in: the held command is brought within them
     wide = PolicyController(spec, loaded(random_policy()),
                             ActionFilter(8, np.full(8, -3.0), np.full(8, 3.0), max_delta=0.1305),
                             max_age=0.15, safe_command="hold")
     obs["joint_pos"][6] = 0.8
-    last = wide.tick(obs, age=0.0).action
+    wide.tick(obs, age=0.0)
     wide.offer(loaded(random_policy(), "b"), ActionFilter(8, lower, upper, max_delta=0.1305))
-    for _ in range(3):
-        r = wide.tick(obs, age=1.0)  # stale: hold
-        assert r.reason == "stale"
-        assert np.all(np.abs(r.action - last) <= 0.1305 + 1e-12), (r.action, last)
-        last = r.action
+    r = wide.tick(obs, age=1.0)  # stale: hold, through the new limits
+    assert r.reason == "stale" and np.all(r.action <= upper) and np.all(r.action >= lower)
+    assert wide.filter.jumps == 1
 
 
 def test_action_limits_from_the_checkpoint_parameters_or_nothing():

@@ -126,6 +126,14 @@ class ActionFilter:
         self.rate_limited = np.isfinite(self.max_delta)
         self._any_rate = bool(self.rate_limited.any())
         self._bounded = bool(np.isfinite(self.lower).any() or np.isfinite(self.upper).any())
+        self.jumps = 0  # calls whose bounds undid the change limit (``previous`` outside them)
+        self.outside = (np.zeros(0, int), None)  # the last such call: (indices, previous)
+
+    def describe_outside(self) -> str:
+        """The values of the last ``previous`` that lay outside the bounds (``jumps``)."""
+        index, previous = self.outside
+        return ", ".join(f"value {i} at {previous[i]:.4g}, limits {self.lower[i]:.4g}.."
+                         f"{self.upper[i]:.4g}" for i in index) or "none"
 
     @classmethod
     def from_limits(cls, limits: ActionLimits | None, dim: int) -> "ActionFilter":
@@ -136,25 +144,32 @@ class ActionFilter:
 
     def __call__(self, action: np.ndarray, previous: np.ndarray | None,
                  ticks: float = 1.0) -> tuple[np.ndarray, int]:
-        """(the filtered action, a new array; how many of its values were changed). The action
-        is clamped to [lower, upper] first, then its change from ``previous`` to ``max_delta``:
-        from a ``previous`` outside the bounds (the measured joints of a robot started outside
-        narrower limits, the last command before a checkpoint with other limits) the command
-        moves towards them by ``max_delta`` a tick, never in one jump (clamping last undid the
-        rate limit there; inside the bounds the order changes nothing). Clamping is ``np.clip``'s
-        arithmetic (maximum, then minimum), done only where a bound exists. ``ticks``: the
-        control ticks since ``previous`` (0..1; 1, a whole tick, is ``max_delta`` itself): the
-        change allowed is ``max_delta`` times it, a velocity bound for commands that come faster
-        than the control rate."""
+        """(the filtered action, a new array; how many of its values were changed): its change
+        from ``previous`` limited to ``max_delta``, then clamped to [lower, upper] (``np.clip``'s
+        arithmetic, maximum then minimum, done only where a bound exists). The bounds hold
+        whatever ``previous`` is: a command is never outside them. From a ``previous`` outside
+        the bounds (the measured joints of a robot standing outside limits narrowed below it,
+        the last command before a checkpoint of narrower limits) the command is the bound, a
+        change larger than ``max_delta``: counted (``jumps``: the calls that did so), for the
+        node to say. ``ticks``: the control ticks since ``previous`` (0..1; 1, a whole tick, is
+        ``max_delta`` itself): the change allowed is ``max_delta`` times it, a velocity bound
+        for commands that come faster than the control rate."""
         out = None
-        if self._bounded:
-            out = np.maximum(action, self.lower)
-            np.minimum(out, self.upper, out=out)
         if previous is not None and self._any_rate:
             delta = self.max_delta if ticks >= 1.0 else \
                 np.where(self.rate_limited, self.max_delta * max(ticks, 0.0), np.inf)
-            out = np.maximum(action if out is None else out, previous - delta)
+            out = np.maximum(action, previous - delta)
             np.minimum(out, previous + delta, out=out)
+            if self._bounded and ((previous < self.lower) | (previous > self.upper)).any():
+                # (only then can the clamp below undo the change limit)
+                limited = np.minimum(np.maximum(out, self.lower), self.upper)
+                if (np.abs(limited - previous) > delta * (1 + 1e-9)).any():
+                    self.jumps += 1
+                    self.outside = np.flatnonzero((previous < self.lower)
+                                                  | (previous > self.upper)), previous.copy()
+        if self._bounded:
+            out = np.maximum(action if out is None else out, self.lower)
+            np.minimum(out, self.upper, out=out)
         if out is None:  # nothing bounds it (allow_unlimited)
             return np.array(action, dtype=np.float64), 0
         return out, int(np.count_nonzero(out != action))

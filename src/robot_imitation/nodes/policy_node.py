@@ -207,7 +207,9 @@ class PolicyNode(LifecycleNode):
         self.problem: tuple | None = None
         # the log lines that ticks in a row may repeat, each at most every so many seconds
         self._logs = {"late": LogThrottle(5.0), "problem": LogThrottle(2.0),
-                      "clamped": LogThrottle(5.0), "status": LogThrottle(5.0)}
+                      "clamped": LogThrottle(5.0), "status": LogThrottle(5.0),
+                      "jumps": LogThrottle(5.0)}
+        self._jumps_logged = 0
         self._reload_request = None
         self._reload_event = threading.Event()
         self._last_tick_wall = None
@@ -445,6 +447,14 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(
                 f"command clamped to the action limits ({result.clamped} values this tick, "
                 f"{self.controller.counters.clamped_ticks} clamped ticks in all)")
+            jumps = self.controller.filter.jumps
+            if jumps > self._jumps_logged:  # (only ever with a clamp)
+                self._jumps_logged = jumps
+                self.get_logger().error(
+                    f"a command moved more than max_delta in a tick to stay within the action "
+                    f"limits ({jumps} ticks in all): the robot (or the last command) is outside "
+                    f"them ({self.controller.filter.describe_outside()}); narrower limits than "
+                    "where it stands, or a checkpoint of narrower ones swapped in")
         if result.action is not None:
             # serialized here (the message answer() fills, as CDR bytes): a raw publish
             for pub, raw in zip(self.pubs, self._commands.write(result.action, stamp_of(stamp))):
@@ -684,6 +694,7 @@ class PolicyNode(LifecycleNode):
                            "stale": k.stale, "nonfinite_inputs": k.nonfinite_inputs,
                            "nonfinite_outputs": k.nonfinite_outputs,
                            "clamped_ticks": k.clamped_ticks, "swaps": k.swaps,
+                           "limit_jumps": c.filter.jumps,
                            "chunk_mode": c.settings["chunk_mode"]
                            + " (auto)" * c.settings["auto"],
                            "chunk_execute": c.settings["chunk_execute"],
