@@ -491,6 +491,8 @@ def test_started_without_parameters_the_node_holds_the_checkpoints_limits(reach_
         assert np.all(commands >= limits.lower) and np.all(commands <= limits.upper), commands
         log = procs.log(NODE, tail=100_000)
         assert "action limits from robot panda" in log and "clamped to the action limits" in log
+        # joints measured at 50 rad, outside the limits: each command a jump to them, said
+        assert "a command moved more than max_delta in a tick" in log and "at 50," in log, log
         # a checkpoint that is not there: refused, with the reason, and nothing changes
         req = SetParameters.Request()
         req.parameters = [Parameter("checkpoint", value=str(tmp_path / "nonexistent"))
