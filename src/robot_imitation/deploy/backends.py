@@ -363,73 +363,14 @@ class TorchScriptBackend(EagerBackend):
         return super().stage_runner(stage, source, target)
 
 
-def onnx_bytes(module: nn.Module, inputs: list, names: list, output: str) -> bytes:
-    """``module`` exported to ONNX (opset 17) on ``inputs``, as bytes. In inference, PyTorch
-    runs transformer layers as fused kernels that have no ONNX form: the export traces their
-    plain form (the same arithmetic) instead. The switch is process-wide: while the export
-    runs, other threads' transformers take the plain form."""
-    buf = io.BytesIO()
-    fused = torch.backends.mha.get_fastpath_enabled()
-    try:
-        torch.backends.mha.set_fastpath_enabled(False)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, tuple(inputs), buf, dynamo=False, input_names=names,
-                              output_names=[output], opset_version=17)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fused)
-    return buf.getvalue()
-
-
-def in_child_process(fn, *args):
-    """``fn(*args)`` in a child process of its own (a fresh interpreter, ``python -c``: nothing
-    of this process's ``__main__`` runs there), its result back (pickled through its pipes).
-    For work that holds the interpreter's lock for long stretches (the ONNX exporter's passes
-    hold it for up to 0.6 s at a time on a diffusion U-Net): in a thread of this process it
-    would stop the other threads (a control loop) that long; in a child it shares only the
-    cores. ``RuntimeError`` with the child's error where it failed."""
-    import pickle
-    import subprocess
-    import sys
-
-    run = subprocess.run([sys.executable, "-c", "from robot_imitation.deploy.backends import "
-                          "child_process_main; child_process_main()"],
-                         input=pickle.dumps((fn, args)), capture_output=True)
-    if run.returncode != 0:
-        lines = run.stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(f"child process failed ({run.returncode}): "
-                           + (lines[-1] if lines else "no message"))
-    return pickle.loads(run.stdout)
-
-
-def child_process_main() -> None:
-    """The child of ``in_child_process``: (fn, args) pickled on stdin, fn(*args) on stdout."""
-    import os
-    import pickle
-    import sys
-
-    fn, args = pickle.loads(sys.stdin.buffer.read())
-    result = os.dup(1)   # the result's pipe: whatever fn prints goes to stderr instead
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    out = pickle.dumps(fn(*args))
-    with os.fdopen(result, "wb") as f:
-        f.write(out)
-
-
 class OnnxBackend(Backend):
-    """``isolate``: the exports run in a child process (``in_child_process``), this process
-    builds the sessions from their bytes (ONNX Runtime releases the interpreter's lock while it
-    does): what a policy loaded beside a running control loop (a hot reload) needs."""
-
     kind = "onnxruntime"
 
     @classmethod
     def unsupported(cls, policy: Policy) -> str | None:
         return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
-    def __init__(self, policy: Policy, threads: int = 1, split: bool = True,
-                 isolate: bool = False):
+    def __init__(self, policy: Policy, threads: int = 1, split: bool = True):
         super().__init__(policy, split)
         try:
             import onnxruntime as ort
@@ -441,22 +382,29 @@ class OnnxBackend(Backend):
         opts.log_severity_level = 3
 
         def session(module, names, inputs, output):
-            if isolate:  # (the module and inputs pickled to the child; copies of the tensors)
-                model = in_child_process(onnx_bytes, module, [t.clone() for t in inputs],
-                                         names, output)
-            else:
-                model = onnx_bytes(module, inputs, names, output)
-            return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, tuple(inputs), buf, dynamo=False, input_names=names,
+                                  output_names=[output], opset_version=17)
+            return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
         per_camera = "features" if self.split else "image"
         names = ["low"] + [f"{per_camera}_{i}" for i in range(len(self.cfg.image_keys))]
+        # In inference, PyTorch runs transformer layers as fused kernels that have no ONNX form:
+        # the export traces their plain form (the same arithmetic) instead. The switch is
+        # process-wide: while the export runs, other threads' transformers take the plain form.
+        fused = torch.backends.mha.get_fastpath_enabled()
         try:
+            torch.backends.mha.set_fastpath_enabled(False)
             self.session = session(self.export_module(policy), names, self.inputs(), "chunk")
             self.encoders = {key: session(encoder.eval(), ["image"],
                                           [torch.from_numpy(self.images[key])], "features")
                              for key, encoder in (self.parts[0].items() if self.split else ())}
         except Exception as exc:  # noqa: BLE001 - any exporter failure means "not this backend"
             raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fused)
         per_camera = self.features if self.split else self.images
         self.feed = {"low": self.low}
         for name, key in zip(names[1:], self.cfg.image_keys):
@@ -593,11 +541,9 @@ BACKENDS = {"numpy": NumpyBackend, "onnxruntime": OnnxBackend,
             "torchscript": TorchScriptBackend, "eager": EagerBackend}
 
 
-def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True,
-                 isolate: bool = False) -> Backend:
+def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True) -> Backend:
     """Backend ``kind`` of ``policy``; ``split``: its cameras encoded apart from the head where
-    the policy can be split (``split_policy``); ``isolate``: the ONNX export in a child process
-    (``OnnxBackend``)."""
+    the policy can be split (``split_policy``)."""
     if kind in BACKENDS:
         problem = BACKENDS[kind].unsupported(policy)
         if problem:
@@ -610,7 +556,7 @@ def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}") from None
     if kind == "onnxruntime":
-        return OnnxBackend(policy, threads, split, isolate)
+        return OnnxBackend(policy, threads, split)
     if kind == "numpy":
         return NumpyBackend(policy, split)
     raise BackendError(f"unknown inference backend {kind!r} (one of {KINDS} or auto)")
@@ -643,10 +589,9 @@ def time_backend(backend: Backend, calls: int = 200) -> float:
     return float(np.median(times))
 
 
-def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: int = 200,
-                   isolate: bool = False) -> tuple[Backend, list[dict]]:
-    """The backend ``kind``, or with ``auto`` the fastest one that agrees with eager PyTorch
-    (``isolate``: as ``make_backend``).
+def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: int = 200
+                   ) -> tuple[Backend, list[dict]]:
+    """The backend ``kind``, or with ``auto`` the fastest one that agrees with eager PyTorch.
 
     Returns (backend, measurements): one row per candidate with its median latency in
     microseconds, or why it was not used.
@@ -687,8 +632,7 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
             rows.append({"backend": k, "error": problem})
             continue
         try:
-            backend = reference if k == "eager" else make_backend(policy, k, threads, split,
-                                                                  isolate)
+            backend = reference if k == "eager" else make_backend(policy, k, threads, split)
         except BackendError as exc:
             if kind != "auto":
                 raise

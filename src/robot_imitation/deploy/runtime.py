@@ -102,17 +102,14 @@ class LoadedPolicy:
         return self.backend.policy_type
 
 
-def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1,
-                isolate: bool = False) -> LoadedPolicy:
+def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1
+                ) -> LoadedPolicy:
     """Load and validate a checkpoint and build its backend. Raises ``CheckpointError`` (a
-    ``ValueError``) or ``BackendError`` with a message naming the problem. ``isolate``: beside a
-    running control loop (a hot reload), the ONNX export runs in a child process
-    (``backends.in_child_process``): in a thread of this one it holds the interpreter's lock
-    for up to 0.6 s at a time, and the ticks with it."""
+    ``ValueError``) or ``BackendError`` with a message naming the problem."""
     t0 = time.perf_counter()
     policy, meta = load_checkpoint(path, runtime_spec)
     spec = Spec.from_dict(meta["spec"])
-    chosen, rows = select_backend(policy, backend, threads, isolate=isolate)
+    chosen, rows = select_backend(policy, backend, threads)
     digest = (meta.get("weights_sha256") or  # (checked by load_checkpoint)
               hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest())[:12]
     return LoadedPolicy(path=str(path), spec=spec, meta=meta, backend=chosen, backends=rows,

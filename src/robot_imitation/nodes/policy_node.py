@@ -604,18 +604,14 @@ class PolicyNode(LifecycleNode):
                 continue
             forced = self.p["backend"] != "auto"
             backend = self.p["backend"] if forced else controller.policy.backend.kind
-            # isolate: the ONNX export in a child process, not on this thread: it holds the
-            # interpreter's lock for up to 0.6 s at a time (a diffusion U-Net), the ticks with it
             try:
                 try:
-                    loaded = load_policy(path, controller.spec, backend, self.p["threads"],
-                                         isolate=True)
+                    loaded = load_policy(path, controller.spec, backend, self.p["threads"])
                 except RuntimeError:
                     if forced:  # the backend asked for cannot run it: refused, as at start
                         raise
                     # the backend chosen for the old model cannot run the new one: choose again
-                    loaded = load_policy(path, controller.spec, "auto", self.p["threads"],
-                                         isolate=True)
+                    loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
                 limits = self._limits(controller.spec, loaded.meta.get("action_limits"))
                 # checked here (a prefetch its chunk cannot run: ValueError), swapped at a tick
                 controller.offer(loaded, ActionFilter.from_limits(limits,
