@@ -537,7 +537,7 @@ class PolicyController:
                                1.0 if ticks >= 1.0 - TICK_SLACK else max(ticks, 0.0))
         reference = self._reference(obs)
         if reference is not None:  # values without a measured reference: no rate limit yet
-            f = self.filter  # (the action within the bounds: the filter clamps it first)
+            f = self.filter  # (the action within the bounds: no jump counted from outside)
             reference = np.where(np.isnan(reference),
                                  np.minimum(np.maximum(action, f.lower), f.upper), reference)
         return self.filter(action, reference)
@@ -550,8 +550,8 @@ class PolicyController:
             # never a jump of more than max_delta from the last command (or the measured
             # joints); with no reference for a rate-limited value, nothing is published rather
             # than a jump. ``hold`` passes the filter too: the last command is itself unless
-            # the limits changed since (a checkpoint of narrower ones swapped in), then it
-            # moves towards them by max_delta a tick
+            # the limits changed since (a checkpoint of narrower ones swapped in), then it is
+            # brought within them (a jump, counted: ``ActionFilter.jumps``)
             reference = self._reference(obs)
             unknown = np.ones(len(action), bool) if reference is None else \
                 ~np.isfinite(reference)
