@@ -440,9 +440,10 @@ def test_states_faster_than_the_control_rate_share_one_periods_change():
 
 
 def test_a_value_without_a_reference_is_clamped_to_its_bounds():
-    """A value with no reference yet (the gripper before its first command: its reference
-    is the action itself) must still end within its bounds, now that the bounds come first:
-    the mux's limiter and the policy controller substitute the clamped value."""
+    """A value with no reference yet (a joint measured NaN: its reference is the action
+    itself) ends within its bounds and is no jump to them: the mux's limiter and the policy
+    controller substitute the clamped value (the raw one, outside the bounds, counted a jump
+    the node would report as the robot being outside its limits)."""
     from robot_imitation.deploy.limits import ActionLimits, CommandLimiter
 
     spec = Spec.load("reach")
@@ -457,3 +458,4 @@ def test_a_value_without_a_reference_is_clamped_to_its_bounds():
     measured[0] = np.nan
     arm = limiter.part(0, np.array([5.0] + [0.05] * 6), {"joint_pos": measured})
     np.testing.assert_array_equal(arm, [3.0] + [0.05] * 6)
+    assert limiter.filters[0].jumps == 0
