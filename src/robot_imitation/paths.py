@@ -39,7 +39,7 @@ def names_a_path(name_or_path) -> bool:
     """Whether ``name_or_path`` is a file's path rather than a built-in's name: it holds a
     folder separator (``./reach``, ``../specs/reach``) or a suffix (``my_task.yaml``). A
     built-in is named by its bare name (``reach``)."""
-    text = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else str(name_or_path)
+    text = str(name_or_path)
     separators = {"/", os.sep, os.altsep} - {None}
     return any(sep in text for sep in separators) or bool(Path(text).suffix)
 
