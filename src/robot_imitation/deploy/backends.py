@@ -35,7 +35,6 @@ it is a ``BackendError`` naming the backend and the policy type.
 from __future__ import annotations
 
 import copy
-import io
 import time
 import warnings
 
@@ -194,6 +193,7 @@ class StagedEncoder:
 
 class Backend:
     kind = "base"
+    note = ""   # how it was built, where that is worth a word in a log ("exported in ...")
     # the policy types this backend runs (None: any type; ``unsupported`` may still decline)
     policy_types: frozenset | None = None
 
@@ -370,47 +370,52 @@ class OnnxBackend(Backend):
     def unsupported(cls, policy: Policy) -> str | None:
         return super().unsupported(policy) or _untraceable(cls.kind, policy)
 
-    def __init__(self, policy: Policy, threads: int = 1, split: bool = True):
+    def __init__(self, policy: Policy, threads: int = 1, split: bool = True,
+                 apart: bool = False):
         super().__init__(policy, split)
         try:
             import onnxruntime as ort
         except ImportError:
             raise BackendError("onnxruntime is not installed") from None
+        from .export import ExportError, export_apart, export_onnx
+
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
 
-        def session(module, names, inputs, output):
-            buf = io.BytesIO()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, tuple(inputs), buf, dynamo=False, input_names=names,
-                                  output_names=[output], opset_version=17)
-            return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        def session(graph: bytes):
+            return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
+        # apart: exported in a child process, this one's interpreter lock left free (a reload
+        # while a control loop runs: ``export``); here where the child could not do it
+        graphs, self.note = None, "exported in this process"
+        try:
+            if apart:
+                try:
+                    graphs = export_apart(policy, self.split)
+                    self.note = "exported in a child process"
+                except RuntimeError as exc:
+                    if isinstance(exc, ExportError):
+                        raise
+                    self.note = f"exported in this process ({exc})"
+            if graphs is None:
+                graphs = export_onnx(policy, self.split)
+        except ExportError as exc:
+            raise BackendError(str(exc)) from None
+        missing = [key for key in ("chunk", *self.features) if key not in graphs]
+        if missing:
+            raise BackendError(f"the ONNX export gave no graph for {missing}")
+        self.session = session(graphs["chunk"])
+        self.encoders = {key: session(graphs[key]) for key in self.features}
         per_camera = "features" if self.split else "image"
         names = ["low"] + [f"{per_camera}_{i}" for i in range(len(self.cfg.image_keys))]
-        # In inference, PyTorch runs transformer layers as fused kernels that have no ONNX form:
-        # the export traces their plain form (the same arithmetic) instead. The switch is
-        # process-wide: while the export runs, other threads' transformers take the plain form.
-        fused = torch.backends.mha.get_fastpath_enabled()
-        try:
-            torch.backends.mha.set_fastpath_enabled(False)
-            self.session = session(self.export_module(policy), names, self.inputs(), "chunk")
-            self.encoders = {key: session(encoder.eval(), ["image"],
-                                          [torch.from_numpy(self.images[key])], "features")
-                             for key, encoder in (self.parts[0].items() if self.split else ())}
-        except Exception as exc:  # noqa: BLE001 - any exporter failure means "not this backend"
-            raise BackendError(f"ONNX export failed: {type(exc).__name__}: {exc}") from None
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fused)
         per_camera = self.features if self.split else self.images
         self.feed = {"low": self.low}
         for name, key in zip(names[1:], self.cfg.image_keys):
             self.feed[name] = per_camera[key]
         self._ort = ort
-        self._session = session
+        self._opts = opts
         self._binding = None  # made on the first head(): the inputs and output bound once
         self._out = None
 
@@ -419,7 +424,11 @@ class OnnxBackend(Backend):
 
     def stage_runner(self, stage: nn.Module, source: np.ndarray, target: np.ndarray):
         """A session of its own, its input and output bound once to the buffers."""
-        session = self._session(stage.eval(), ["x"], [torch.from_numpy(source)], "y")
+        from .export import onnx_bytes
+
+        session = self._ort.InferenceSession(
+            onnx_bytes(stage.eval(), ["x"], [torch.from_numpy(source)], "y"), self._opts,
+            providers=["CPUExecutionProvider"])
         binding = session.io_binding()
         binding.bind_cpu_input("x", source)
         binding.bind_ortvalue_output("y", self._ort.OrtValue.ortvalue_from_numpy(target))
@@ -541,9 +550,11 @@ BACKENDS = {"numpy": NumpyBackend, "onnxruntime": OnnxBackend,
             "torchscript": TorchScriptBackend, "eager": EagerBackend}
 
 
-def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True) -> Backend:
+def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True,
+                 apart: bool = False) -> Backend:
     """Backend ``kind`` of ``policy``; ``split``: its cameras encoded apart from the head where
-    the policy can be split (``split_policy``)."""
+    the policy can be split (``split_policy``); ``apart``: an ONNX export in a child process
+    (``export.export_apart``)."""
     if kind in BACKENDS:
         problem = BACKENDS[kind].unsupported(policy)
         if problem:
@@ -556,7 +567,7 @@ def make_backend(policy: Policy, kind: str, threads: int = 1, split: bool = True
         except Exception as exc:  # noqa: BLE001
             raise BackendError(f"TorchScript tracing failed: {type(exc).__name__}: {exc}") from None
     if kind == "onnxruntime":
-        return OnnxBackend(policy, threads, split)
+        return OnnxBackend(policy, threads, split, apart)
     if kind == "numpy":
         return NumpyBackend(policy, split)
     raise BackendError(f"unknown inference backend {kind!r} (one of {KINDS} or auto)")
@@ -589,9 +600,11 @@ def time_backend(backend: Backend, calls: int = 200) -> float:
     return float(np.median(times))
 
 
-def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: int = 200
-                   ) -> tuple[Backend, list[dict]]:
+def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: int = 200,
+                   apart: bool = False) -> tuple[Backend, list[dict]]:
     """The backend ``kind``, or with ``auto`` the fastest one that agrees with eager PyTorch.
+    ``apart``: the ONNX export in a child process, this process's interpreter lock left to its
+    other threads (a reload under a running control loop; TorchScript still traces here).
 
     Returns (backend, measurements): one row per candidate with its median latency in
     microseconds, or why it was not used.
@@ -632,7 +645,8 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
             rows.append({"backend": k, "error": problem})
             continue
         try:
-            backend = reference if k == "eager" else make_backend(policy, k, threads, split)
+            backend = (reference if k == "eager" else
+                       make_backend(policy, k, threads, split, apart))
         except BackendError as exc:
             if kind != "auto":
                 raise

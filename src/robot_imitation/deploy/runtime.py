@@ -102,14 +102,15 @@ class LoadedPolicy:
         return self.backend.policy_type
 
 
-def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1
-                ) -> LoadedPolicy:
+def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1,
+                apart: bool = False) -> LoadedPolicy:
     """Load and validate a checkpoint and build its backend. Raises ``CheckpointError`` (a
-    ``ValueError``) or ``BackendError`` with a message naming the problem."""
+    ``ValueError``) or ``BackendError`` with a message naming the problem. ``apart``: an ONNX
+    export runs in a child process (a load beside a running control loop: a reload)."""
     t0 = time.perf_counter()
     policy, meta = load_checkpoint(path, runtime_spec)
     spec = Spec.from_dict(meta["spec"])
-    chosen, rows = select_backend(policy, backend, threads)
+    chosen, rows = select_backend(policy, backend, threads, apart=apart)
     digest = (meta.get("weights_sha256") or  # (checked by load_checkpoint)
               hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest())[:12]
     return LoadedPolicy(path=str(path), spec=spec, meta=meta, backend=chosen, backends=rows,

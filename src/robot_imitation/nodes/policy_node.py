@@ -606,12 +606,14 @@ class PolicyNode(LifecycleNode):
             backend = self.p["backend"] if forced else controller.policy.backend.kind
             try:
                 try:
-                    loaded = load_policy(path, controller.spec, backend, self.p["threads"])
+                    loaded = load_policy(path, controller.spec, backend, self.p["threads"],
+                                         apart=True)
                 except RuntimeError:
                     if forced:  # the backend asked for cannot run it: refused, as at start
                         raise
                     # the backend chosen for the old model cannot run the new one: choose again
-                    loaded = load_policy(path, controller.spec, "auto", self.p["threads"])
+                    loaded = load_policy(path, controller.spec, "auto", self.p["threads"],
+                                         apart=True)
                 limits = self._limits(controller.spec, loaded.meta.get("action_limits"))
                 # checked here (a prefetch its chunk cannot run: ValueError), swapped at a tick
                 controller.offer(loaded, ActionFilter.from_limits(limits,
@@ -628,7 +630,9 @@ class PolicyNode(LifecycleNode):
             self.reloads += 1
             self.reload_error = ""
             self.get_logger().info(f"loaded {path} (version {loaded.version}, backend "
-                                   f"{loaded.backend.kind}, {loaded.load_seconds:.2f} s, action "
+                                   f"{loaded.backend.kind}"
+                                   + f" {loaded.backend.note}" * bool(loaded.backend.note)
+                                   + f", {loaded.load_seconds:.2f} s, action "
                                    f"limits from {limits.source if limits else 'nowhere'}): "
                                    "takes over at the next tick")
 
