@@ -665,6 +665,11 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
                      and v[0]["model_version"] != first and v, 60, "the new model in /diagnostics")
         assert not errors, f"the run stopped: {errors[0]}"
         assert v[0]["swaps"] == "1" and v[0]["checkpoint"] == str(second)
+        # the ONNX export (the backend chosen for this mlp) ran in a child process: the
+        # exporter holds the interpreter lock (test_export_apart.py)
+        if v[0]["backend"] == "onnxruntime":
+            assert "backend onnxruntime exported in a child process" in procs.log(NODE), \
+                procs.log(NODE)[-3000:]
         swapped.set()
         thread.join(timeout=300)
     finally:
