@@ -360,6 +360,51 @@ def wall_yaw(u) -> float:
     return yaw
 
 
+#: layouts ``draw_layout`` draws before it gives up
+LAYOUT_DRAWS = 1000
+
+
+def draw_layout(p: dict, rng: np.random.Generator, where: str, when: str) -> tuple:
+    """A ``push_obstacle`` layout, ``(puck_xy, goal_xy, post_xy, u, beside)`` (``u``: the unit
+    vector puck to goal; ``beside``: the wall's centre to the route past one end), drawn
+    from ``rng`` until the goal and both lanes beside the line fit the goal box, at most
+    ``LAYOUT_DRAWS`` times: reset draws with it, and loading a task file tries it from a
+    fixed seed. None fits: a one-line ModelError starting with ``where``, ``when`` said."""
+    lo, hi = np.asarray(p["goal_low"]), np.asarray(p["goal_high"])
+    clear = route_clearance(p)
+    missed = np.zeros(3, int)  # draws where the goal, the lanes at the wall, at the puck left
+    for _ in range(LAYOUT_DRAWS):
+        puck_xy = rng.uniform(p["puck_low"], p["puck_high"])
+        angle = np.deg2rad(rng.uniform(*p.get("goal_direction", (-180.0, 180.0))))
+        u = np.array([np.cos(angle), np.sin(angle)])
+        goal_xy = puck_xy + rng.uniform(*p["goal_distance"]) * u
+        post_xy = (puck_xy + goal_xy) / 2 + rng.uniform(-1, 1) * p["obstacle_jitter"] * u
+        beside = clear * np.array([-u[1], u[0]])
+        # the goal and both lanes beside the line (from beside the puck's start to past
+        # the wall's ends) inside the box: the layout does not tell the side, and the arm
+        # reaches either route
+        points = np.array([goal_xy, post_xy + beside, post_xy - beside,
+                           puck_xy + beside, puck_xy - beside])
+        inside = np.all((points >= lo) & (points <= hi), axis=1)
+        if np.all(inside):
+            return puck_xy, goal_xy, post_xy, u, beside
+        missed += ~np.array([inside[0], inside[1] and inside[2], inside[3] and inside[4]])
+    raise ModelError(
+        f"{where}: no layout of push_obstacle fits: with puck_low {_pair(p['puck_low'])}, "
+        f"puck_high {_pair(p['puck_high'])}, goal_distance {_pair(p['goal_distance'])}, "
+        f"goal_direction {_pair(p.get('goal_direction', (-180.0, 180.0)))} degrees, "
+        f"obstacle_jitter {p['obstacle_jitter']:g} and route clearance {clear:g} "
+        "(obstacle_half_length + puck_radius + route_margin), the goal and the lanes beside "
+        f"the wall and the puck leave the goal box goal_low {_pair(p['goal_low'])} goal_high "
+        f"{_pair(p['goal_high'])} in all of {LAYOUT_DRAWS} draws ({when}; out of it: the "
+        f"goal in {missed[0]}, a lane past the wall in {missed[1]}, a lane beside the puck in "
+        f"{missed[2]})")
+
+
+def _pair(values) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
 class PushObstacleLogic(PushLogic):
     """Push with a fixed wall halfway between the puck and the goal, across the line between
     them: the puck has to go round one end of it, left or right, and both are as good.
@@ -406,26 +451,19 @@ class PushObstacleLogic(PushLogic):
         self.route = model.body_mocapid[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY,
                                                           "route")]
 
+    @classmethod
+    def check_params(cls, data, where, task):
+        """As ``TaskLogic.check_params``, and some layout must fit the goal box: the task's
+        own drawing (``draw_layout``) from a fixed seed, else a ModelError naming the file and
+        the parameters (a task no layout fits died at its first reset)."""
+        out = super().check_params(data, where, task)
+        draw_layout(out, np.random.default_rng(0), where, "seeded, when the file is loaded")
+        return out
+
     def reset(self, model, data, rng):
         p = self.p
-        lo, hi = np.asarray(p["goal_low"]), np.asarray(p["goal_high"])
-        clear = route_clearance(p)
-        for _ in range(1000):
-            puck_xy = rng.uniform(p["puck_low"], p["puck_high"])
-            angle = np.deg2rad(rng.uniform(*p.get("goal_direction", (-180.0, 180.0))))
-            u = np.array([np.cos(angle), np.sin(angle)])
-            goal_xy = puck_xy + rng.uniform(*p["goal_distance"]) * u
-            post_xy = (puck_xy + goal_xy) / 2 + rng.uniform(-1, 1) * p["obstacle_jitter"] * u
-            beside = clear * np.array([-u[1], u[0]])
-            # the goal and both lanes beside the line (from beside the puck's start to past
-            # the wall's ends) inside the box: the layout does not tell the side, and the arm
-            # reaches either route
-            points = np.array([goal_xy, post_xy + beside, post_xy - beside,
-                               puck_xy + beside, puck_xy - beside])
-            if np.all(points >= lo) and np.all(points <= hi):
-                break
-        else:
-            raise RuntimeError("push_obstacle: no layout fits the box in 1000 draws")
+        puck_xy, goal_xy, post_xy, u, beside = draw_layout(
+            p, rng, f"task '{self.cfg.name}'", "at this reset")
         side = 1.0 if rng.random() < 0.5 else -1.0  # the last draw: after all that is seen
         yaw = wall_yaw(u)
         data.qpos[self.puck_qpos:self.puck_qpos + 7] = [*puck_xy, p["puck_half_height"],
@@ -453,6 +491,22 @@ def task_logic(name: str):
     """The logic of task ``name``: by its full name, else by the part before the first ``_``
     (``push_fast`` is a ``push``), else None."""
     return TASK_LOGIC.get(name, TASK_LOGIC.get(name.split("_")[0]))
+
+
+#: the timestep of an MJCF that sets none (MuJoCo's default)
+MUJOCO_DEFAULT_TIMESTEP = mujoco.MjSpec().option.timestep
+
+
+def _replaced_timestep(spec: mujoco.MjSpec, cfg: TaskConfig) -> tuple | None:
+    """(the robot spec's own timestep, the task's) where the task's ``physics_timestep``
+    replaces a timestep the robot's MJCF sets, else None. MjSpec does not tell whether the
+    MJCF set ``<option timestep>``: a timestep other than MuJoCo's default is taken as set,
+    so an MJCF that sets the default (0.002) explicitly is not told apart from one that sets
+    none."""
+    own = float(spec.option.timestep)
+    if own == MUJOCO_DEFAULT_TIMESTEP or own == cfg.physics_timestep:
+        return None
+    return own, float(cfg.physics_timestep)
 
 
 def _add_scene(spec: mujoco.MjSpec, cfg: TaskConfig) -> None:
@@ -489,6 +543,18 @@ class TaskSim:
                              f"(known: {sorted(TASK_LOGIC)})")
         self.logic = logic_cls(self.cfg)
         spec = load_robot_spec(self.robot_cfg)
+        #: one-line facts the user should see when the simulation starts (the bridge logs
+        #: them): what of the robot's own model the task changed
+        self.notes: list[str] = []
+        #: (the robot MJCF's timestep, the task's physics_timestep used instead), or None
+        self.replaced_timestep = _replaced_timestep(spec, self.cfg)
+        if self.replaced_timestep:
+            own, used = self.replaced_timestep
+            mjcf = f" (MJCF {self.robot_cfg.mjcf})" if self.robot_cfg.source == "mjcf" else ""
+            self.notes.append(
+                f"robot '{self.robot_cfg.name}'{mjcf} sets timestep {own:g} s: task "
+                f"'{self.cfg.name}' replaces it with its physics_timestep {used:g} s "
+                f"({1 / used:g} Hz physics, {self.cfg.substeps} steps per control tick)")
         if self.cfg.name != "none" or self.robot_cfg.source != "mjcf":
             _add_scene(spec, self.cfg)
         else:
