@@ -132,3 +132,43 @@ def test_a_robot_mjcf_timestep_kept_or_unset_is_not_told(tmp_path, mjcf_timestep
     assert sim.model.opt.timestep == change.get("physics_timestep", 0.002)
     assert sim.replaced_timestep is None and sim.notes == []
     assert TaskSim("reach").notes == []  # the built-in robot sets MuJoCo's default
+
+
+def test_a_push_obstacle_variant_is_a_push_obstacle_task(tmp_path):
+    """A variant named ``push_obstacle_<x>`` runs push_obstacle's logic and expert and is
+    observed with its spec: it fell back to the part before the first ``_``, a ``push`` (its
+    obstacle keys refused as unknown to push; one with push's keys only would have run push)."""
+    from robot_imitation.sim.experts import PushObstacleExpert, make_expert
+    from robot_imitation.sim.tasks import PushObstacleLogic
+    from robot_imitation.spec import task_spec_name
+
+    path = write(tmp_path / "mine.yaml", {**PUSH_OBSTACLE, "name": "push_obstacle_x",
+                                          "max_steps": 150})
+    cfg = TaskConfig.load(path)
+    sim = TaskSim(cfg)
+    assert isinstance(sim.logic, PushObstacleLogic)
+    assert isinstance(make_expert(sim), PushObstacleExpert)
+    assert task_spec_name(path) == "push_obstacle"
+    sim.reset(seed=3)
+    assert "obstacle_pose" in sim.observe()
+
+    from robot_imitation.settings import name_prefixes
+
+    assert name_prefixes("push_obstacle_x") == ["push_obstacle_x", "push_obstacle", "push"]
+
+
+def test_training_data_names_the_task_of_its_spec(tmp_path):
+    """The task a dataset trains for (its closed-loop evaluation) is the longest part of the
+    spec's name that is a task: push_obstacle's spec is push_obstacle's (it was push's: the part
+    before the first ``_``), push_image's push's."""
+    from robot_imitation.data.dataset import Dataset
+    from robot_imitation.learning.trainer import _infer_task
+    from robot_imitation.spec import Spec
+
+    def data(spec_name):
+        return Dataset(path=tmp_path, spec=Spec.load(spec_name), episodes=[], train=[], val=[],
+                       stats={})
+
+    assert _infer_task(data("push_obstacle")) == "push_obstacle"
+    assert _infer_task(data("push_image")) == "push"
+    assert _infer_task(data("reach")) == "reach"

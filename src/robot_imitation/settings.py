@@ -299,6 +299,13 @@ def closest(word, known) -> str:
     return f": did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
 
 
+def name_prefixes(name: str) -> list:
+    """``name``, then each part of it before an ``_``, longest first: what a variant's name
+    falls back to (``push_obstacle_fast``: push_obstacle, then push)."""
+    parts = str(name).split("_")
+    return ["_".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
 def shown(value) -> str:
     """``repr(value)``, cut to 80 characters (a value quoted in a one-line error)."""
     text = repr(value)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .paths import config_file, read_yaml
-from .settings import check_keys, closest
+from .settings import check_keys, closest, name_prefixes
 
 POSE_FIELDS = ("x", "y", "z", "qw", "qx", "qy", "qz")
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
@@ -506,8 +506,9 @@ def resize_nearest(img: np.ndarray, width: int, height: int, encoding: str) -> n
 
 def task_spec_name(task) -> str:
     """The name of a task's spec (a ``config/specs`` name), for a ``config/tasks`` name or a
-    task file's path: the spec named after the task's ``name``, else after the part of it
-    before the first ``_`` (a task ``reach_fast`` runs reach's logic and is observed as reach).
+    task file's path: the spec named after the task's ``name``, else after the longest part of
+    it before an ``_`` that names one (a task ``reach_fast`` runs reach's logic and is observed
+    as reach; ``push_obstacle_x`` as push_obstacle, not push).
     A task file is never read as a spec (its keys are not a spec's). ``SpecError`` when there
     is none."""
     try:
@@ -518,7 +519,7 @@ def task_spec_name(task) -> str:
     if not isinstance(name, str) or not name:
         raise SpecError(f"task {task}: it names no task (`name:`), so it has no spec of its own; "
                         "give one (--spec, or the `spec` parameter)")
-    for candidate in dict.fromkeys((name, name.split("_")[0])):
+    for candidate in name_prefixes(name):
         try:
             config_file("specs", candidate)
         except FileNotFoundError:

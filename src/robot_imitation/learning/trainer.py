@@ -33,7 +33,7 @@ import torch
 from ..deploy.limits import training_limits
 from ..policies import input_layout, policy_class
 from ..policies.base import Batch, Policy, PolicyError, constant_inputs, statistics_record
-from ..settings import SettingError
+from ..settings import SettingError, name_prefixes
 from ..spec import Spec
 from .checkpoint import save_checkpoint
 from .config import DEVICE_LIMITS, SEED_LIMITS, TrainConfig  # noqa: F401 (re-exported)
@@ -167,8 +167,11 @@ def _infer_task(dataset) -> str | None:
     from ..sim.tasks import available_tasks
 
     tasks = {getattr(ep, "task", None) for ep in dataset.episodes} - {None}
-    name = tasks.pop() if len(tasks) == 1 else dataset.spec.name.split("_")[0]
-    return name if name in available_tasks() else None
+    if len(tasks) == 1:
+        name = tasks.pop()
+        return name if name in available_tasks() else None
+    # the spec's task: the longest part of its name that is a task (push_image: push)
+    return next((n for n in name_prefixes(dataset.spec.name) if n in available_tasks()), None)
 
 
 def check_actions_shape(policy: Policy, data: DeviceData, device) -> None:

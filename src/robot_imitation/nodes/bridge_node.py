@@ -305,6 +305,8 @@ class MujocoBridge(Node):
             f"task '{self.sim.cfg.name}' ({len(self.joint_names)} joints, "
             f"{self.sim.cfg.control_rate:g} Hz control, {1 / self.sim.model.opt.timestep:g} Hz "
             f"physics), mode {p['mode']}, cameras {wanted or 'none'}")
+        for note in self.sim.notes:  # e.g. a robot MJCF's timestep the task replaced
+            self.get_logger().warning(note)
 
     # ===================================================================== parameters
     def _after_params(self, params) -> None:

@@ -247,10 +247,13 @@ EXPERTS = {"reach": ReachExpert, "push": PushExpert, "push_obstacle": PushObstac
 
 
 def make_expert(sim: TaskSim) -> Expert:
-    """The expert of ``sim``'s task: by the task's full name, else by the part before the
-    first ``_`` (``push_fast`` is pushed as ``push``)."""
+    """The expert of ``sim``'s task: by the task's full name, else by the longest part of it
+    before an ``_`` that names one (``push_fast`` is pushed as ``push``, ``push_obstacle_x`` as
+    ``push_obstacle``)."""
+    from ..settings import name_prefixes
+
     name = sim.cfg.name
-    cls = EXPERTS.get(name, EXPERTS.get(name.split("_")[0]))
+    cls = next((EXPERTS[n] for n in name_prefixes(name) if n in EXPERTS), None)
     if cls is None:
         raise ValueError(f"no scripted expert for task '{name}' (have: {sorted(EXPERTS)})")
     return cls(sim)

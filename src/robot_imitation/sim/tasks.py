@@ -488,9 +488,12 @@ TASK_LOGIC = {"reach": ReachLogic, "push": PushLogic, "push_obstacle": PushObsta
 
 
 def task_logic(name: str):
-    """The logic of task ``name``: by its full name, else by the part before the first ``_``
-    (``push_fast`` is a ``push``), else None."""
-    return TASK_LOGIC.get(name, TASK_LOGIC.get(name.split("_")[0]))
+    """The logic of task ``name``: by its full name, else by the longest part of it before an
+    ``_`` that names one (``push_fast`` is a ``push``, ``push_obstacle_x`` a ``push_obstacle``),
+    else None."""
+    from ..settings import name_prefixes
+
+    return next((TASK_LOGIC[n] for n in name_prefixes(name) if n in TASK_LOGIC), None)
 
 
 #: the timestep of an MJCF that sets none (MuJoCo's default)
