@@ -19,13 +19,17 @@ line, the pipelines, the DAgger and evaluation rigs, the tests) and by the launc
 A knob left at ``None`` sets no parameter: the node's parameter file (the one a launch file
 loads first, ``NodeDecl.params_file``) or its default applies. A parameter value may be a
 launch substitution (a launch file's ``LaunchConfiguration``): it is kept as it is, for the
-launch system to resolve and type. Knobs that shape a graph (which nodes, which trigger) are
-plain values. Nothing here imports ROS; ``launch_description`` imports the launch system when a
-launch file calls it.
+launch system to resolve and type; the spec a node takes from a task given as a substitution is
+a substitution too (``_task_spec``), mapped as the Python code maps it once the task's text is
+known. Knobs that shape a graph (which nodes, which trigger) are plain values. Nothing here
+imports ROS; ``launch_description`` imports the launch system when a launch file calls it, and
+``_task_spec`` only when a launch file hands it a substitution (the launch system is loaded).
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from dataclasses import dataclass, field
 
 PACKAGE = "robot_imitation"
@@ -83,14 +87,64 @@ def bridge(task, mode, seed=None, cameras=None) -> NodeDecl:
 
 def _task_spec(task):
     """The spec a node of ``task`` records or serves by default: the task's own
-    (``spec.task_spec_name``; a task file is never read as a spec). A launch file's
-    substitution stays as it is (resolved by the launch system: a built-in task's name is its
-    spec's; give a task file's spec as the launch argument `spec`)."""
-    if not isinstance(task, (str, os.PathLike)):
-        return task
-    from ..spec import task_spec_name
+    (``spec.task_spec_name``: a task file's is the spec named after its task, a variant
+    ``reach_fast``'s is ``reach``'s; a task file is never read as a spec). A launch file's
+    substitution (``LaunchConfiguration("task")``, or a list of substitutions and text) gives a
+    substitution that maps the task's text the same way when the launch system resolves it, so
+    ``task:=my_push.yaml`` gives the nodes the spec ``push``, as ``--task my_push.yaml`` does.
+    Any other value is kept as it is."""
+    if isinstance(task, (str, os.PathLike)):
+        return _spec_of(task)
+    if _is_substitution(task):
+        return _task_spec_substitution()(task)
+    return task
 
+
+def _spec_of(task) -> str:
+    """``spec.task_spec_name(task)`` (``SpecError``: an unknown task, or one with no spec of its
+    own). Where the package cannot be imported (a launch file that loaded this file by its path,
+    in a Python without the package) the task's text itself: a built-in task's spec has its
+    name."""
+    try:
+        from ..spec import task_spec_name
+    except ImportError:
+        return str(task)
     return task_spec_name(task)
+
+
+def _is_substitution(value) -> bool:
+    """Whether ``value`` is a launch substitution, or a list of substitutions and text. Only a
+    loaded launch system can have made one: this never imports it."""
+    base = getattr(sys.modules.get("launch"), "Substitution", None)
+    if base is None:
+        return False
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, base) for v in items) and \
+        all(isinstance(v, (str, base)) for v in items)
+
+
+@functools.cache
+def _task_spec_substitution():
+    """The launch substitution class of ``_task_spec`` (made once the launch system is loaded:
+    it derives from ``launch.Substitution``)."""
+    from launch import Substitution
+    from launch.utilities import normalize_to_list_of_substitutions, perform_substitutions
+
+    class TaskSpec(Substitution):
+        """The spec named after the task that ``task`` (substitutions) resolves to, as
+        ``_spec_of`` maps a task's text."""
+
+        def __init__(self, task):
+            super().__init__()
+            self.task = normalize_to_list_of_substitutions(task)
+
+        def describe(self) -> str:
+            return f"TaskSpec({' + '.join(s.describe() for s in self.task)})"
+
+        def perform(self, context) -> str:
+            return _spec_of(perform_substitutions(context, self.task))
+
+    return TaskSpec
 
 
 def scripted_expert(task, mode, spec=None) -> NodeDecl:
