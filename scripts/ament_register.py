@@ -7,16 +7,22 @@ none of them (it ignores `data_files` and puts the console scripts in bin/). Thi
 under the prefix (default: this interpreter's, sys.prefix):
 
   share/ament_index/resource_index/packages/robot_imitation   the package marker
-  share/robot_imitation/{package.xml,launch,config}            links to the checkout, so that
+  share/robot_imitation/{package.xml,config}                   links to the checkout, so that
                                                                edits are seen, as with -e
+  share/robot_imitation/launch/<file>                          a link to each of the checkout's
+                                                               launch files (`ros2 launch
+                                                               <package> <file>` searches the
+                                                               share folder without following
+                                                               a linked folder; as colcon's
+                                                               --symlink-install, file by file)
   lib/robot_imitation/<name>                                   one executable per console
                                                                script of the installed package
                                                                (from setup.py's entry points)
 
 With the prefix in AMENT_PREFIX_PATH, `ros2 run robot_imitation <name>`, `ros2 launch
 robot_imitation <file>` and `ament_index_python` find the package. Idempotent: run it again
-after the entry points change (bootstrap.sh does); executables it wrote for entry points that
-are gone are removed.
+after the entry points or the launch files change (bootstrap.sh does); executables it wrote for
+entry points that are gone, and links to launch files that are gone, are removed.
 
 Usage: python scripts/ament_register.py [PREFIX]
 """
@@ -30,7 +36,8 @@ from pathlib import Path
 
 PACKAGE = "robot_imitation"
 CHECKOUT = Path(__file__).resolve().parents[1]
-SHARED = ("package.xml", "launch", "config")  # what setup.py's data_files install to share/
+SHARED = ("package.xml", "config")  # linked whole (setup.py's data_files install them to share/)
+LAUNCH = "launch"                    # linked file by file
 MARK = f"# {PACKAGE} console script, written by scripts/ament_register.py"
 
 
@@ -77,6 +84,16 @@ def register(prefix: Path, python: str) -> list[str]:
     share.mkdir(parents=True, exist_ok=True)
     for name in SHARED:
         _replace_with_link(share / name, CHECKOUT / name)
+    launch = share / LAUNCH
+    if launch.is_symlink() or launch.is_file():  # an earlier registration linked the folder
+        launch.unlink()
+    launch.mkdir(exist_ok=True)
+    files = {p.name: p for p in sorted((CHECKOUT / LAUNCH).glob("*.launch.py"))}
+    for old in launch.iterdir():  # launch files removed since the last run
+        if old.is_symlink() and old.name not in files:
+            old.unlink()
+    for name, target in files.items():
+        _replace_with_link(launch / name, target)
     lib = prefix / "lib" / PACKAGE
     lib.mkdir(parents=True, exist_ok=True)
     scripts = console_scripts()

