@@ -31,7 +31,8 @@ except ImportError:  # ros2 launch's Python without the package's environment (a
 def nodes(arg, value):
     """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
     gated = value("variant") == "gated"
-    return graphs.dagger_graph(arg("task"), arg("checkpoint"), dataset=arg("dataset"),
+    return graphs.dagger_graph(arg("task"), arg("checkpoint"), spec=value("spec") or None,
+                               dataset=arg("dataset"),
                                supervisor={} if gated else None,
                                mode="intervention" if gated else "mixture", beta=arg("beta"))
 
@@ -42,6 +43,9 @@ def generate_launch_description():
     return graphs.launch_description([
         DeclareLaunchArgument("checkpoint", description="the current policy"),
         DeclareLaunchArgument("task", default_value="push"),
+        DeclareLaunchArgument("spec", default_value="",
+                              description="the spec recorded and served (a spec's name or file; "
+                                          "default: the task's)"),
         DeclareLaunchArgument("dataset", default_value="datasets/dagger",
                               description="where the DAgger episodes are recorded"),
         DeclareLaunchArgument("variant", default_value="gated", choices=["gated", "mixture"],

@@ -25,8 +25,8 @@ except ImportError:  # ros2 launch's Python without the package's environment (a
 
 def nodes(arg, value):
     """``arg(name)``: a launch argument as a substitution; ``value(name)``: its text."""
-    return graphs.record_graph(arg("task"), arg("dataset"), mode="realtime", auto_stop=False,
-                               teleop=value("teleop"))
+    return graphs.record_graph(arg("task"), arg("dataset"), spec=value("spec") or None,
+                               mode="realtime", auto_stop=False, teleop=value("teleop"))
 
 
 def generate_launch_description():
@@ -36,6 +36,9 @@ def generate_launch_description():
         DeclareLaunchArgument("task", default_value="push", description="task name"),
         DeclareLaunchArgument("dataset", default_value="datasets/demos",
                               description="dataset folder"),
+        DeclareLaunchArgument("spec", default_value="",
+                              description="what is recorded (a spec's name or file; default: "
+                                          "the task's)"),
         DeclareLaunchArgument("teleop", default_value="none", choices=["none", "joy"],
                               description="none (scripted expert) or joy (joystick teleop)"),
     ], nodes)

@@ -4,7 +4,8 @@ spec named after its task, as ``--task my_push.yaml`` does on the command line
 the nodes' ``spec``: the recorder of ``sim_record.launch.py`` read the task file as a spec and
 died at start ("my_push.yaml: unknown key 'robot' in the spec"), and the mux and the supervisor
 of ``dagger.launch.py`` were handed the file as their spec too; neither launch file has a
-``spec`` argument to get round it. The launch system is not on PyPI: these tests run where ROS
+``spec`` argument to get round it (both have one now: a spec given is the nodes' spec). The
+launch system is not on PyPI: these tests run where ROS
 2's launch is installed."""
 import importlib.util
 import os
@@ -118,6 +119,20 @@ def test_a_launched_task_file_gives_its_nodes_its_tasks_spec(name, tmp_path, mon
             wanted = SPEC_FROM_TASK[name] - ({"scripted_supervisor"}
                                              if variant.get("variant") == "mixture" else set())
             assert SPEC_FROM_TASK[name] & set(started) == wanted, given
+    # a spec given as the launch argument `spec` is the nodes' spec, whatever the task
+    given = {"task": "my_push.yaml", "dataset": str(tmp_path / "ds"), "checkpoint": "ckpt",
+             "spec": "push_obstacle"}
+    nodes = launched_nodes(path, given, LaunchContext())
+    files = {node: parameter_files(node) for node in nodes}
+    try:
+        for node in nodes:
+            node_name = node.node_name.rsplit("/", 1)[-1]
+            if node_name in SPEC_FROM_TASK[name]:
+                assert started_parameter(files[node], node_name, "spec") == "push_obstacle"
+    finally:
+        for f in (f for node_files in files.values() for f in node_files):
+            if f.parent == Path(tempfile.gettempdir()) and f.name.startswith("launch_params_"):
+                f.unlink(missing_ok=True)
 
 
 def test_a_launched_task_spec_without_the_package_is_the_tasks_text():
