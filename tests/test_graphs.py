@@ -145,8 +145,10 @@ def test_a_bad_knob_is_refused_naming_it():
 
 
 def test_a_substitution_stays_a_parameter_value():
-    """A launch file's LaunchConfiguration is kept as the value (the launch system resolves it
-    and types it: a beta of "0.5" becomes a double), never turned into a string here."""
+    """A parameter value the graphs do not read is kept as it is (a launch file's
+    LaunchConfiguration: the launch system resolves it and types it, a beta of "0.5" becomes a
+    double), never turned into a string here; so is a task that is neither text nor a launch
+    substitution as a node's spec (a launch substitution's spec: test_launch_task_file.py)."""
     class Substitution:  # any object: the graphs look at no parameter value
         pass
 
