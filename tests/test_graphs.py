@@ -9,7 +9,7 @@ import yaml
 from conftest import wait_for
 from robot_imitation.ros import graphs
 from robot_imitation.ros.graphs import dagger_graph, evaluation_graph, expert_graph, record_graph
-from test_package import ROOT, declared_parameters, launch_graphs, load_launch_file, value_problem
+from test_package import ROOT, declared_parameters, launch_graphs, launched_nodes, value_problem
 
 
 def started(nodes) -> list:
@@ -321,21 +321,13 @@ def test_launch_description_runs_the_declared_nodes(name):
     pytest.importorskip("launch_ros", reason="the ROS 2 launch system is not installed here "
                         "(it is not on PyPI); the declarations were compared above")
     from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     path = ROOT / "launch" / name
     for values, declared, _ in launch_graphs(path, **GIVEN):
         context = LaunchContext()
-        context.launch_configurations.update(values)
-        nodes = []
-        for entity in load_launch_file(path).generate_launch_description().entities:
-            if isinstance(entity, DeclareLaunchArgument):
-                entity.execute(context)
-            elif isinstance(entity, OpaqueFunction):
-                nodes += entity.execute(context)
+        nodes = launched_nodes(path, values, context)
         assert len(nodes) == len(declared), values
         for node, decl in zip(nodes, declared):
-            node._perform_substitutions(context)
             assert (node.node_package, node.node_executable) == (decl.package, decl.executable)
             assert node.node_name.endswith("/" + decl.name)
             assert list(node.expanded_remapping_rules or []) == [tuple(r) for r in

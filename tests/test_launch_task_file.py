@@ -20,7 +20,7 @@ import yaml
 
 from conftest import wait_for
 from robot_imitation.paths import config_file
-from test_package import ROOT, launch_arguments, load_launch_file
+from test_package import ROOT, launch_arguments, launched_nodes
 
 SPEC_FROM_TASK = {  # launch file: the nodes whose spec defaults to the task's
     "sim_record.launch.py": {"episode_recorder"},
@@ -36,23 +36,6 @@ def push_variant(folder: Path) -> Path:
     path = folder / "my_push.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def launched_nodes(path: Path, given: dict, context):
-    """The ``launch_ros`` Node actions of a launch file's description once its arguments are
-    ``given`` (the others at their defaults), each with its substitutions performed."""
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
-    context.launch_configurations.update(given)
-    nodes = []
-    for entity in load_launch_file(path).generate_launch_description().entities:
-        if isinstance(entity, DeclareLaunchArgument):
-            entity.execute(context)
-        elif isinstance(entity, OpaqueFunction):
-            nodes += entity.execute(context)
-    for node in nodes:
-        node._perform_substitutions(context)
-    return nodes
 
 
 def parameter_files(node) -> list:

@@ -209,6 +209,23 @@ def load_launch_file(path):
     return module
 
 
+def launched_nodes(path: Path, given: dict, context):
+    """The ``launch_ros`` Node actions of a launch file's description once its arguments are
+    ``given`` (the others at their defaults), each with its substitutions performed."""
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    context.launch_configurations.update(given)
+    nodes = []
+    for entity in load_launch_file(path).generate_launch_description().entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.execute(context)
+        elif isinstance(entity, OpaqueFunction):
+            nodes += entity.execute(context)
+    for node in nodes:
+        node._perform_substitutions(context)
+    return nodes
+
+
 def launch_graphs(path, **given) -> list:
     """A launch file that builds its nodes from ``robot_imitation.ros.graphs`` (a ``nodes(arg,
     value)`` function; importable without the launch system): [(argument values, the

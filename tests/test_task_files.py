@@ -138,13 +138,19 @@ def test_push_tasks_check_their_own_parameters(tmp_path):
 def test_the_cli_refuses_a_bad_task_file_in_one_line(tmp_path, change, key):
     path = task_file(tmp_path, {k: v for k, v in change.items() if v is not None},
                      drop=tuple(k for k, v in change.items() if v is None))
+    line = expert_refusal(path)
+    assert line.startswith(f"robot-imitation expert: {path}: ") and key in line, line
+
+
+def expert_refusal(task) -> str:
+    """The one line `robot-imitation expert --task TASK` refuses ``task`` with (exit 1)."""
     proc = subprocess.run([sys.executable, "-m", "robot_imitation.cli", "expert", "--task",
-                           str(path), "--episodes", "1"], capture_output=True, text=True,
+                           str(task), "--episodes", "1"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith(f"robot-imitation expert: {path}: ") and key in lines[0], lines
+    return lines[0]
 
 
 @pytest.mark.ros
