@@ -109,7 +109,8 @@ class GymWorld:
 
 class GymLearningWorld(GymWorld):
     """The gymnasium task as a learning algorithm's world (see ``algorithms``), doing what the
-    ROS world's processes do: the expert labels every state it sees; the learner runs in a
+    ROS world's processes do: the expert labels every state it sees, an episode's final state
+    included (as the recorder keeps its answer to it); the learner runs in a
     ``PolicyController`` that answers every state (as the policy node does, also when the
     expert's action is executed); a mixture draws from one generator seeded with the run's
     seed, once per state (the final state of an episode included, as the command mux forwards
@@ -167,7 +168,17 @@ class GymLearningWorld(GymWorld):
 
     def _labelled(self, seed: int, driver):
         """One episode: the expert's label at every state; who drives: the expert alone
-        (``driver`` None), a ``Mixture`` or a ``Gated`` driver."""
+        (``driver`` None), a ``Mixture`` or a ``Gated`` driver.
+
+        The final state (the episode ends on it) is labelled too, as the ROS world's recorder
+        keeps it: the expert node answers it (demonstrations: its command; DAgger: its plan),
+        the policy node answers it, the mux draws for it (mixture per step) or takes the
+        episode's choice (per episode) or the supervisor's button for it (gated, the gate
+        judging it) and forwards the chosen answer, which the robot never executes (the episode
+        is over). Its executed source is the one the mux publishes for it; with the policy
+        chosen and no policy answer (NaN/inf) the mux sends nothing, and the recorded source of
+        that step is the newest before it (``data.dataset``, rule 7). Demonstrations have no
+        executed source (``executed`` None), as a recording without the mux has none."""
         from ..data.dataset import Episode
         from ..sim.supervisor import InterventionGate
 
@@ -181,6 +192,7 @@ class GymLearningWorld(GymWorld):
         seen = {f.key: [] for f in self.spec.observations}
         labels, executed, success = [], [], False
         episode_choice = None
+        final = False  # the state in hand is the episode's final one
         with _torch_threads(1):
             while True:
                 obs = self.observation(sim_obs)
@@ -204,25 +216,31 @@ class GymLearningWorld(GymWorld):
                     else:
                         expert_drives = bool(self.rng.random() < driver.beta)
                     if not expert_drives:
-                        if command is None:
-                            break  # NaN/inf from the policy: through ROS nothing is sent
+                        if command is None:  # NaN/inf from the policy: through ROS
+                            # nothing is sent; for the final state the step is recorded
+                            # still, with the newest source before it
+                            if final:
+                                executed.append(executed[-1] if executed else "")
+                            break
                         source = "policy"
                 executed.append(source)
+                if final:
+                    break  # (its answer is sent, never executed: the episode is over)
                 action = label if source == "expert" else command
                 if driver is not None:
                     action = self.mux_filter(action, obs)
                 sim_obs, _, terminated, truncated, info = self.env.step(action)
                 if terminated or truncated:
                     success = bool(info["is_success"])
-                    break
-            if driver is not None and gate is None and not per_episode:
-                self.rng.random()  # the mux forwards (and draws for) the final state too
+                    final = True
         n = len(executed)
         return Episode(name=f"seed_{seed}",
                        obs={k: np.stack(v[:n]).astype(np.float32) for k, v in seen.items()},
                        actions=np.stack(labels[:n]).astype(np.float32),
                        t=np.arange(n) / self.spec.control_rate, source="gymnasium",
-                       success=success, seed=seed, executed=np.array(executed))
+                       success=success, seed=seed,
+                       # demonstrations: no mux, no recorded source (as through ROS)
+                       executed=None if driver is None else np.array(executed))
 
     def dataset(self, parts, spec, tcfg):
         """A ``Dataset`` of the parts' episodes (the expert's steps of gated parts)."""
