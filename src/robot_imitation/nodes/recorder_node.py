@@ -215,6 +215,11 @@ class Drain:
 
 DRAIN_PERIOD = 0.01  # s between the drain's passes, at most
 ANSWER_LINGER = 1.0  # s the process stays after answering a start the shutdown ended
+# s a publisher first seen by a ~/start may take to report its matched subscriptions (a node of
+# the suite reports within 0.1 s of coming up and of a change, and every second, once this
+# node's /diagnostics subscription has matched its publisher): until then it may be one that
+# reports and has not yet, and what it publishes may miss this node's new subscriptions
+REPORT_GRACE = 2.0
 
 
 def _first(item):
@@ -337,6 +342,7 @@ class EpisodeRecorder(Node):
                 depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
                 history=QoSHistoryPolicy.KEEP_LAST), callback_group=self._drained)
         self._reports: dict = {}  # (node's full name, topic) -> matched subscriptions
+        self._first_seen: dict = {}  # node's full name -> when a ~/start first saw it publish
         self.create_service(Trigger, "~/start", self._srv_start)
         self.create_service(Trigger, "~/stop", lambda req, resp: self._srv_stop(resp, True))
         self.create_service(Trigger, "~/discard", lambda req, resp: self._srv_stop(resp, False))
@@ -430,8 +436,10 @@ class EpisodeRecorder(Node):
 
     def _uncounted(self) -> list:
         """The recorded topics' publishers that report their matched subscriptions and count
-        fewer than this node sees (``common.uncounted``: its own included). Publishers that do
-        not report are not waited for."""
+        fewer than this node sees (``common.uncounted``: its own included), and those first
+        seen less than ``REPORT_GRACE`` s ago that have not reported yet (a bridge that has just
+        come up: its first report is on its way, and its first states could miss this node).
+        Publishers that do not report are waited for that long once, then not."""
         handle = self._reports_sub.handle
         with handle:  # (raw: bytes that are no message are said, not lost without a word)
             while (got := handle.take_message(DiagnosticArray, True)) is not None:
@@ -439,7 +447,16 @@ class EpisodeRecorder(Node):
                                    "/diagnostics", DiagnosticArray)
                 if msg is not None:
                     matched_reports(msg, self._reports)
-        return uncounted(self, self.subs, self._reports)
+        now = time.monotonic()
+        reported = {name for name, _ in self._reports}
+        fresh = []
+        for topic in self.subs:
+            for info in self.get_publishers_info_by_topic(topic):
+                name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                seen = self._first_seen.setdefault(name, now)
+                if name not in reported and now - seen < REPORT_GRACE:
+                    fresh.append(f"{topic}: {name} has not reported yet")
+        return uncounted(self, self.subs, self._reports) + fresh
 
     # ----------------------------------------------------------------- status
     def _on_status(self, msg: DiagnosticArray, info) -> None:
