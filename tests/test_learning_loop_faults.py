@@ -147,6 +147,38 @@ def test_ctrl_c_of_dagger_says_where_the_iterations_done_are(tmp_path):
     assert json.loads((out / "dagger.json").read_text())["interrupted"] is True
 
 
+HALF_BUILT = """
+import sys
+
+import rclpy.task
+
+half = rclpy.task.Future.__new__(rclpy.task.Future)  # a Ctrl-C landed inside its __init__
+if sys.argv[1] == "after":
+    from robot_imitation.cli import after_interrupt
+
+    after_interrupt()
+print("robot-imitation dagger: interrupted", file=sys.stderr)
+del half
+"""
+
+
+@pytest.mark.parametrize("way", ["before", "after"])
+def test_a_destructor_failing_after_ctrl_c_is_not_the_last_line(way):
+    """Ctrl-C lands anywhere, inside an object's __init__ too; collected later, such an object
+    failed in its destructor after the command's last line (a CI run of `dagger`: "AttributeError:
+    'Future' object has no attribute '_exception'", rclpy's Future cut short). Once interrupted,
+    the command says nothing more (``cli.after_interrupt``); without it, the line comes (the
+    first case: what the test would catch)."""
+    proc = subprocess.run([sys.executable, "-c", HALF_BUILT, way], capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    if way == "before":
+        assert lines[-1] == "AttributeError: 'Future' object has no attribute '_exception'", \
+            proc.stderr
+    else:
+        assert lines == ["robot-imitation dagger: interrupted"], proc.stderr
+
+
 # 3. evaluate --out over an existing file ------------------------------------------------------
 
 @pytest.fixture(scope="module")
