@@ -136,17 +136,35 @@ def replay_episode(reach_demos, ckpt, procs, probe, again: int = 0, **params):
 
     episode = build_dataset(reach_demos).episodes[0]
     bag = Path(episode.source)
+    from robot_imitation.nodes.common import matched_reports
+
     arm = timed(probe, Float64MultiArray, ARM, KEEP, "arm")
     grip = timed(probe, Float64MultiArray, GRIPPER, KEEP, "grip")
+    diags = timed(probe, DiagnosticArray, "/diagnostics", 10, "replay_diagnostics")
     # limits that never bind (the filter has tests of its own) and no staleness check: the
     # node's output is the policy's, and the bag's stamps are sim time
     start_policy(procs, probe, checkpoint=ckpt, max_age_periods=0.0, action_lower=[-1e9],
-                 action_upper=[1e9], max_delta=[0.0], **params)
+                 action_upper=[1e9], max_delta=[0.0], **{"diagnostics_period": 0.2, **params})
     classes = {"/joint_states": JointState, "/ee_pose": PoseStamped, "/target_pose": PoseStamped}
     pubs = {t: probe.node.create_publisher(c, t, STATE_QOS) for t, c in classes.items()}
     wait_for(lambda: all(p.get_subscription_count() for p in pubs.values())
              and probe.node.count_publishers(ARM) and probe.node.count_publishers(GRIPPER),
              30, "the node's subscriptions and publishers", procs=procs)
+
+    def matched_on_the_nodes_side() -> bool:
+        """The node's readers have matched these writers (its status says so of each topic)
+        and its command writers these readers (its report): matching is per side, and a state
+        sent before is lost to the node, never answered (seen once in a CI run)."""
+        statuses = [s for m, _ in list(diags) for s in m.status]
+        readers = any(s.name.startswith(NODE) and
+                      s.message.count("matched, no message yet") == len(classes)
+                      for s in statuses)
+        reports: dict = {}
+        for m, _ in list(diags):
+            matched_reports(m, reports)
+        return readers and all(reports.get((f"/{NODE}", t), 0) >= 1 for t in (ARM, GRIPPER))
+
+    wait_for(matched_on_the_nodes_side, 60, "the node's side matched", procs=procs)
     ticks: dict = {}
     with open(next(bag.glob("*.mcap")), "rb") as f:
         for _, channel, message in make_reader(f).iter_messages(topics=list(classes)):
