@@ -9,7 +9,8 @@ reason a backend declines a policy, or None):
 - ``torchscript``: the same module traced, frozen and optimized for inference: policies whose
   ``act`` can be traced (``Policy.traceable``: the built-in families all are; diffusion's
   sampler is unrolled into one graph).
-- ``onnxruntime``: the same module exported to ONNX (in memory), run by ONNX Runtime: the same.
+- ``onnxruntime``: the same module exported to ONNX (in memory; a reload's in a child process,
+  ``export``), run by ONNX Runtime: the same.
 - ``numpy``: the MLP's weights as NumPy arrays: low-dimensional ``mlp`` policies, but the
   categorical head.
 
@@ -406,8 +407,12 @@ class OnnxBackend(Backend):
         missing = [key for key in ("chunk", *self.features) if key not in graphs]
         if missing:
             raise BackendError(f"the ONNX export gave no graph for {missing}")
-        self.session = session(graphs["chunk"])
-        self.encoders = {key: session(graphs[key]) for key in self.features}
+        try:
+            self.session = session(graphs["chunk"])
+            self.encoders = {key: session(graphs[key]) for key in self.features}
+        except Exception as exc:  # noqa: BLE001 - a graph ONNX Runtime refuses: not this backend
+            raise BackendError(f"ONNX Runtime cannot load the exported graph: "
+                               f"{type(exc).__name__}: {exc}") from None
         per_camera = "features" if self.split else "image"
         names = ["low"] + [f"{per_camera}_{i}" for i in range(len(self.cfg.image_keys))]
         per_camera = self.features if self.split else self.images
