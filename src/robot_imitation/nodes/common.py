@@ -654,6 +654,11 @@ def matched_reports(msg, into: dict) -> None:
                 continue
 
 
+def full_name(info) -> str:
+    """The full name of the node behind an endpoint's info (``/ns/name``, ``/name``)."""
+    return f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+
+
 def uncounted(node, topics, reports: dict) -> list:
     """Of the publishers of ``topics`` that report their matched subscriptions
     (``MatchedReport``; ``reports``: as ``matched_reports`` makes them), those counting fewer
@@ -667,7 +672,7 @@ def uncounted(node, topics, reports: dict) -> list:
     for topic in topics:
         readers = None
         for info in node.get_publishers_info_by_topic(topic):
-            name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+            name = full_name(info)
             n = reports.get((name, topic))
             if n is None:
                 continue

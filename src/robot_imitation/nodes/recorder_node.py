@@ -32,8 +32,8 @@ import signal
 import threading
 import time
 
-from .common import (Param, _launcher_parent, checked_subscription, declare_all, matched_reports,
-                     run, stamp_ns, take_message, to_sec, uncounted)
+from .common import (Param, _launcher_parent, checked_subscription, declare_all, full_name,
+                     matched_reports, run, stamp_ns, take_message, to_sec, uncounted)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.callback_groups import CallbackGroup  # noqa: E402
@@ -452,7 +452,7 @@ class EpisodeRecorder(Node):
         fresh = []
         for topic in self.subs:
             for info in self.get_publishers_info_by_topic(topic):
-                name = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+                name = full_name(info)
                 seen = self._first_seen.setdefault(name, now)
                 if name not in reported and now - seen < REPORT_GRACE:
                     fresh.append(f"{topic}: {name} has not reported yet")
