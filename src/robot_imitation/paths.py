@@ -175,7 +175,10 @@ def dds_profile() -> Path | None:
     - ``services`` (``config/fastdds/services.xml``): a service's answer waits up to 5 s for
       the client's response reader to be discovered, not Fast DDS's 100 ms, after which the
       answer is dropped and the client waits forever (seen on a loaded machine with freshly
-      started nodes). Nothing else differs from Fast DDS's defaults.
+      started nodes); and every other writer sends a heartbeat every 100 ms, not 3 s, while a
+      reader has not acknowledged a sample: what a reader that fell behind lost in transport
+      is sent again within a tenth of a second (it came up to 4.9 s late, past a recorder's
+      wait for an episode's end). Nothing else differs from Fast DDS's defaults.
     - ``large_data`` (``config/fastdds/large_data.xml``): the same, and a shared-memory segment
       that holds camera frames published back to back (Fast DDS's 512 KB default loses the
       first of two VGA frames to the second and repairs it up to a second late, or never). Not
