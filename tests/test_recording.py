@@ -679,6 +679,68 @@ def test_auto_stop_waits_for_the_answers_to_the_final_state(procs, probe, tmp_pa
 
 
 @pytest.mark.ros
+def test_an_episode_whose_final_state_never_came_is_kept_incomplete(procs, probe, tmp_path):
+    """The messages of an episode's final state are published before its status; when the
+    status comes and they never do (lost on the way: a DAgger run under load got a bag 23
+    steps short, recorded `ok`, and trained on it), the bag is kept with status `incomplete`,
+    saying what it lacks, and the dataset builder leaves it out, saying why. Here a sensor of
+    the test stamps a message like each state but the final one."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
+    from std_srvs.srv import SetBool
+
+    from conftest import AnswerAfterStatus
+    from robot_imitation.data.dataset import DatasetError, build_dataset
+    from robot_imitation.nodes.common import STATE_PUB_QOS, STATUS_QOS
+    from robot_imitation.spec import Spec
+
+    spec = Spec.load("reach").to_dict()
+    spec["name"] = "reach_marked"
+    spec["observations"].append({"key": "marker", "topic": "/test_marker", "field": "pose",
+                                 "type": "geometry_msgs/msg/PoseStamped"})
+    spec_file = tmp_path / "reach_marked.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    marker = probe.node.create_publisher(PoseStamped, "/test_marker", STATE_PUB_QOS)
+
+    def on_status(msg):
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        if values.get("done") == "false":  # every state but an episode's final one
+            marker.publish(PoseStamped(header=msg.header))
+
+    probe.node.create_subscription(DiagnosticArray, "/episode/status", on_status, STATUS_QOS)
+    procs.start_node("mujoco_bridge", params={"task": "reach", "mode": "lockstep", "seed": 7,
+                                              "start_paused": True, "cameras": [""]})
+    ds = tmp_path / "ds"
+    procs.start_node("episode_recorder", params={
+        "dataset": str(ds), "spec": str(spec_file), "auto_stop_on_done": True,
+        "use_sim_time": True, "answer_timeout": 1.0, "discovery_timeout": 30.0})
+    ctl = AnswerAfterStatus()
+    try:
+        wait_for(lambda: ctl.connected() and probe.node.count_publishers("/joint_states")
+                 and probe.node.count_subscribers("/episode/status") >= 3, 30,
+                 "the bridge and the recorder", procs=procs)
+        assert call(probe, "start").success
+        wait_for(lambda: ctl.connected(2) and marker.get_subscription_count() >= 1, 30,
+                 "the commands and the marker matched to the recorder", procs=procs)
+        assert probe.call(SetBool, "/mujoco_bridge/set_pause", SetBool.Request(data=False)).success
+        wait_for(lambda: ctl.finals and index(ds)[0]["status"] != "recording", 60,
+                 "the episode's end and the auto stop", procs=procs)
+    finally:
+        ctl.close()
+    entry = index(ds)[0]
+    assert entry["status"] == "incomplete", entry
+    assert "no message of the final state" in entry["incomplete"] and \
+        "/test_marker" in entry["incomplete"], entry["incomplete"]
+    assert entry["counts"]["/test_marker"] == entry["counts"]["/joint_states"] - 1 > 10, entry
+    assert "status incomplete" in procs.log("episode_recorder")
+    with pytest.raises(DatasetError, match=r"incomplete \(messages of the episode never reached"):
+        build_dataset(ds, val_fraction=0.0)
+    # asked for, it is built: every step but the final state's (its marker is missing)
+    built = build_dataset(ds, val_fraction=0.0, include_interrupted=True)
+    assert len(built.episodes) == 1 and len(built.episodes[0]) > 10
+
+
+@pytest.mark.ros
 def test_record_scripted_expert_episodes_through_ros(tmp_path):
     """Bridge, expert and recorder as three processes: every tick's state and command is kept."""
     from robot_imitation.ros.pipelines import record_demonstrations

@@ -227,6 +227,10 @@ def cmd_record(args) -> int:
             progress=lambda n, o: _progress(n, args.episodes, "episodes",
                                             f"last: {'success' if o.success else 'failure'}"))
     ok = [e for e in entries if e["status"] == "ok"]
+    for e in entries:
+        if e["status"] != "ok":  # (the dataset builder leaves these out, saying so)
+            print(f"[record] {e['name']}: {e['status']}"
+                  + "".join(f": {e[k]}" for k in ("incomplete", "error") if e.get(k)))
     messages = sum(sum(e["counts"].values()) for e in ok)
     lost = sum(sum(e["received"].values()) - sum(e["counts"].values()) for e in ok)
     print(f"[record] {len(ok)}/{len(entries)} episodes written "

@@ -15,7 +15,9 @@ Which episodes are used
 Index entries with status ``ok`` are used. Episodes that did not end are left out unless
 ``include_interrupted``: status ``interrupted`` (the recorder was stopped by SIGINT/SIGTERM;
 older datasets mark these ``ok`` with ``interrupted: true``) and ``recovered`` (salvaged by
-``recover`` after a crash: cut short). Every other status (``recording``: never finished or not
+``recover`` after a crash: cut short), and ``incomplete`` (an episode that ended, whose bag
+lacks messages of it that never reached the recorder: its entry's ``incomplete`` says which).
+Every other status (``recording``: never finished or not
 yet recovered; ``failed``, ``discarded``, ``unrecoverable``) is left out. Nothing is left out
 silently: ``Dataset.summary`` lists what was used and what was skipped, per reason, with the
 episodes' names, and the steps dropped per reason (``describe`` renders it in one line); the
@@ -91,7 +93,8 @@ BUILDER_VERSION = 6  # 4: drop reasons per episode in the cache; 5: non-finite s
 DATASET_FORMAT = "robot_imitation.dataset"
 DATASET_VERSION = 1
 USABLE_STATUSES = ("ok",)
-INTERRUPTED_STATUSES = ("interrupted", "recovered")  # used only with include_interrupted
+# used only with include_interrupted
+INTERRUPTED_STATUSES = ("interrupted", "recovered", "incomplete")
 FAST_COMMANDS = 0.75   # commands closer than this many control periods get subsampled (rule 1)
 MAX_AGE_PERIODS = 2.0  # observations older than this many control periods drop the step (rule 4)
 STD_FLOOR = 1e-6
@@ -636,11 +639,12 @@ def skip_reason(entry: dict, include_interrupted: bool = False) -> str | None:
     if status is None:  # a plain folder of bags: no index
         return None
     interrupted = status == "interrupted" or (status == "ok" and entry.get("interrupted"))
-    if interrupted or status == "recovered":
+    if interrupted or status in ("recovered", "incomplete"):
         if include_interrupted:
             return None
         return ("interrupted (stopped before the episode ended)" if interrupted
-                else "recovered after a recorder crash (cut short)")
+                else "recovered after a recorder crash (cut short)" if status == "recovered"
+                else "incomplete (messages of the episode never reached the recorder)")
     if status in USABLE_STATUSES:
         return None
     return f"status {status}"
@@ -661,8 +665,9 @@ def _usable_episodes(root: Path, include_interrupted: bool = False) -> tuple[lis
             skipped.setdefault(reason, []).append(e["name"])
     if not usable:
         hint = ("" if include_interrupted or not any(
-            r.startswith(("interrupted", "recovered")) for r in skipped)
-            else "; include_interrupted (train --include-interrupted) uses the interrupted ones")
+            r.startswith(("interrupted", "recovered", "incomplete")) for r in skipped)
+            else "; include_interrupted (train --include-interrupted) uses the episodes cut "
+                 "short too")
         raise DatasetError(f"{root / 'index.json'}: no episode to use: "
                            + "; ".join(f"{reason}: {', '.join(names)}"
                                        for reason, names in skipped.items()) + hint)

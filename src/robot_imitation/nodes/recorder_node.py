@@ -8,7 +8,9 @@ commands answering the final state are in (the spec's action topics), and the fi
 message on each topic that carries every state (at most `answer_timeout` s), and at least
 `stop_grace` s after it: in lockstep a controller answers the final state after
 its status (the policy node waits for a state's status before it answers), and an answer later
-than a fixed grace was lost under load.
+than a fixed grace was lost under load. An episode whose final state's messages never came
+(lost on the way, or later than that wait) is kept with status ``incomplete``: its bag lacks
+them, maybe more, and the dataset builder leaves it out unless asked for.
 
 An episode starts only once every recorded topic has a publisher matched to this node's
 subscription, and the publishers that report their matched subscriptions on /diagnostics (the
@@ -604,20 +606,25 @@ class EpisodeRecorder(Node):
                 f"episode end: no command answering the final state ({final * 1e-9:.3f} s) on "
                 f"{', '.join(missing)} within answer_timeout ({limit} s): the bag "
                 f"ends without it")
+        incomplete = None
         if lacking:
-            self.get_logger().warning(
-                f"episode end: no message of the final state ({final * 1e-9:.3f} s) on "
-                f"{', '.join(lacking)} within answer_timeout ({limit} s): the bag "
-                f"ends without it")
-        self._auto_stop(started)
+            # the state was published before its status, which came: its messages were lost
+            # on the way here (or come later than the wait); the bag lacks them, and maybe
+            # more of the episode: not an episode to train on as it is
+            incomplete = (f"no message of the final state ({final * 1e-9:.3f} s) on "
+                          f"{', '.join(lacking)} within answer_timeout ({limit} s)")
+            self.get_logger().warning(f"episode end: {incomplete}: the bag ends without it, "
+                                      "status incomplete")
+        self._auto_stop(started, incomplete)
 
-    def _auto_stop(self, started: int) -> None:
+    def _auto_stop(self, started: int, incomplete: str | None = None) -> None:
         try:
-            self._stop_episode(True, started)
+            self._stop_episode(True, started, incomplete)
         except RecorderError as exc:  # stopped by a service call meanwhile
             self.get_logger().info(f"auto stop: {exc}")
 
-    def _stop_episode(self, keep: bool, started: int | None = None) -> dict:
+    def _stop_episode(self, keep: bool, started: int | None = None,
+                      incomplete: str | None = None) -> dict:
         with self._stop_lock:
             if not self.recorder.recording:
                 raise RecorderError("no episode is being recorded")
@@ -635,7 +642,7 @@ class EpisodeRecorder(Node):
                 meta = {"success": values.get("success") == "true",
                         "seed": int(values["seed"]) if values.get("seed", "None") != "None"
                         else None, "task": values.get("task") or self.episode.task}
-            entry = self.recorder.stop(keep, meta)
+            entry = self.recorder.stop(keep, meta, incomplete=incomplete)
         if entry["status"] in ("ok", "discarded"):
             self.get_logger().info(self._summary(entry))
         else:
@@ -651,6 +658,8 @@ class EpisodeRecorder(Node):
             text += f"; dropped (queue full) {entry['dropped']}"
         if entry.get("error"):
             text += f"; error: {entry['error']}"
+        if entry.get("incomplete"):
+            text += f"; lacks: {entry['incomplete']}"
         return text
 
     def close(self) -> None:

@@ -4,8 +4,9 @@ Dataset folder::
 
     <dataset>/
       dataset.yaml      format, version, the observation/action spec
-      index.json        one entry per episode: status (recording, ok, interrupted, discarded,
-                        failed; recover adds recovered, unrecoverable), task, success, seed,
+      index.json        one entry per episode: status (recording, ok, interrupted, incomplete,
+                        discarded, failed; recover adds recovered, unrecoverable), task,
+                        success, seed,
                         operator, notes, duration, per-topic counts (rewritten atomically after
                         each change)
       episode_000000/   one rosbag2 bag per episode (metadata.yaml + episode_000000.mcap)
@@ -273,12 +274,14 @@ class Recorder:
             self._queue.put_nowait(items)
 
     def stop(self, keep: bool = True, metadata: dict | None = None,
-             interrupted: bool = False) -> dict:
+             interrupted: bool = False, incomplete: str | None = None) -> dict:
         """Finish the episode: drain the queue, close (or discard) the bag, update the index.
 
         ``interrupted``: the episode did not end, the recorder was stopped (SIGINT/SIGTERM): the
         bag is finished all the same, and the episode's status is ``interrupted``, not ``ok``
-        (the dataset builder leaves it out unless asked for)."""
+        (the dataset builder leaves it out unless asked for). ``incomplete``: what the bag of
+        an episode that ended lacks (messages published in it that never reached the
+        recorder): status ``incomplete``, said in the entry's ``incomplete``, left out alike."""
         with self._lock:
             if self._entry is None:
                 raise RecorderError("no episode is being recorded")
@@ -301,7 +304,10 @@ class Recorder:
                 entry.update(status="failed", error=f"no messages on {', '.join(empty)}")
             else:
                 entry["status"] = ("discarded" if not keep else
-                                   "interrupted" if interrupted else "ok")
+                                   "interrupted" if interrupted else
+                                   "incomplete" if incomplete else "ok")
+                if incomplete and keep:
+                    entry["incomplete"] = incomplete
             self._entry = None
             try:
                 self.dataset.upsert(entry)
