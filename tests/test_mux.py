@@ -21,6 +21,9 @@ from robot_imitation.spec import Spec
 ARM, GRIP = "/arm_controller/commands", "/gripper_controller/commands"
 KEEP = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE,
                   history=QoSHistoryPolicy.KEEP_LAST)
+# how long a forward (or a line) may take to come: generous, as a test run beside other work
+# once took over 5 s for one; a passing wait ends at once
+WAIT = 20.0
 
 
 # ====================================================================== core
@@ -382,9 +385,9 @@ def test_mux_sync_forwards_once_every_source_answered(procs, probe):
         time.sleep(0.01)
         assert len(arm) == k - 1, "forwarded before the expert labelled the state"
         sources.send("expert", 200.0 + k)
-        wait_for(lambda: len(arm) == k, 5, f"the command for state {k}", procs=procs)
+        wait_for(lambda: len(arm) == k, WAIT, f"the command for state {k}", procs=procs)
         assert arm[-1].data[0] in (100.0 + k, 200.0 + k)
-    wait_for(lambda: len(executed) == 40, 5, "the executed sources")
+    wait_for(lambda: len(executed) == 40, WAIT, "the executed sources")
     chosen = [m.data for m in executed]
     assert [("expert" if m.data[0] > 200 else "policy") for m in arm] == chosen
     assert 8 < chosen.count("expert") < 32
@@ -429,7 +432,7 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     assert line.startswith("[INFO]"), line
     assert len(arm) == 0, "nothing is forwarded without the chosen source's answer"
     sources.send("expert", 2.0)
-    wait_for(lambda: len(arm) == 1, 5, "the forward once the expert answered", procs=procs)
+    wait_for(lambda: len(arm) == 1, WAIT, "the forward once the expert answered", procs=procs)
     msg.header.stamp.sec = 8
     state.publish(msg)
     sources.send("policy", 1.0)
@@ -448,11 +451,11 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
                     if f"state {stamp} s: no " in ln)
 
     sources.send("expert", 2.0)  # (every sync source has answered state 8: forwarded now)
-    wait_for(lambda: len(arm) == 2, 5, "state 8's forward", procs=procs)
+    wait_for(lambda: len(arm) == 2, WAIT, "state 8's forward", procs=procs)
     msg.header.stamp.sec = 9
     state.publish(msg)
     sources.send("expert", 2.0)
-    wait_for(lambda: len(arm) == 3, 5, "state 9's forward, past sync_timeout", procs=procs)
+    wait_for(lambda: len(arm) == 3, WAIT, "state 9's forward, past sync_timeout", procs=procs)
     assert "no answer from policy within sync_timeout (0.3 s): forwarded expert's answer" \
         in warned("9.000")
     status = probe.node.create_publisher(DiagnosticArray, "/episode/status", STATUS_QOS)
@@ -467,7 +470,7 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
             status.publish(st)
         sources.send("policy", 1.0)
         sources.send("expert", 2.0)
-        wait_for(lambda: len(arm) == sec - 7, 5, f"state {sec}'s forward", procs=procs)
+        wait_for(lambda: len(arm) == sec - 7, WAIT, f"state {sec}'s forward", procs=procs)
     assert "state 10.000 s: no" not in procs.log("command_mux")
     assert "no episode status within sync_timeout (0.3 s): forwarded expert's answer" \
         in warned("11.000")
@@ -479,10 +482,10 @@ def test_a_waiting_mux_says_whose_answer_it_waits_for(procs, probe):
     sources.send("policy", 1.0)
     sources.send("expert", 2.0)
     # forwarded past sync_timeout, without its status (the warning's line was due 5 s later)
-    wait_for(lambda: len(arm) == 5, 5, "state 12's forward", procs=procs)
+    wait_for(lambda: len(arm) == 5, WAIT, "state 12's forward", procs=procs)
     said = ("/episode/status: a message that cannot be deserialized as "
             "diagnostic_msgs/msg/DiagnosticArray (truncated, 12 bytes)")
-    wait_for(lambda: said in procs.log("command_mux"), 5, "the line on the bad status",
+    wait_for(lambda: said in procs.log("command_mux"), WAIT, "the line on the bad status",
              procs=procs)
     time.sleep(0.3)
     assert procs.log("command_mux").count(said) == 1, procs.log("command_mux")
@@ -506,11 +509,11 @@ def test_a_synced_mux_forwards_again_a_state_published_again(procs, probe):
     time.sleep(0.3)
     assert len(arm) == 0
     sources.send("expert", 4.0)
-    wait_for(lambda: len(arm) == 1, 5, "the forward", procs=procs)
+    wait_for(lambda: len(arm) == 1, WAIT, "the forward", procs=procs)
     state.publish(msg)  # again after the forward: the same forward again
-    wait_for(lambda: len(arm) == 2, 5, "the forward again", procs=procs)
+    wait_for(lambda: len(arm) == 2, WAIT, "the forward again", procs=procs)
     assert list(arm[1].data) == list(arm[0].data) == [4.0] * 7
-    wait_for(lambda: len(executed) == 2, 5, "the executed source, twice")
+    wait_for(lambda: len(executed) == 2, WAIT, "the executed source, twice")
     assert [m.data for m in executed] == ["expert", "expert"]
     msg.header.stamp.sec = 8
     state.publish(msg)
@@ -543,8 +546,8 @@ def test_every_forward_passes_the_action_filter(procs, probe):
     # no arm command goes before a joint state (nothing to count its change from); the first
     # after one counts from the measured joints (the robot at 0.5)
     sources.send("policy", 0.5)
-    wait_for(lambda: len(grip) == 1, 5, "the gripper's forward")
-    wait_for(lambda: mux_value(diag, "no_reference_dropped") == "1", 5, "the arm's refusal")
+    wait_for(lambda: len(grip) == 1, WAIT, "the gripper's forward")
+    wait_for(lambda: mux_value(diag, "no_reference_dropped") == "1", WAIT, "the arm's refusal")
     assert len(arm) == 0
     state.publish(JointState(name=PANDA, position=[0.5] * 7 + [0.04] * 2))
     wait_for(lambda: sources.send("policy", 0.5) or time.sleep(0.05) or len(arm), 5,
@@ -557,18 +560,18 @@ def test_every_forward_passes_the_action_filter(procs, probe):
     for k in range(0, 5):   # the expert takes over, far from the policy's last command
         time.sleep(1 / 20)  # (a control tick or more after the last forward: a whole tick)
         sources.send("expert", 2.5)
-        wait_for(lambda: len(arm) == k + 1, 5, f"forward {k}")
+        wait_for(lambda: len(arm) == k + 1, WAIT, f"forward {k}")
         assert arm[-1].data[0] == pytest.approx(min(0.5 + (k + 1) * d, 2.5)), k
     sources.send("human", 9.0)  # not the chosen source: nothing
     sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[float("nan")] * 7))
     sources.pubs[("expert", ARM)].publish(Float64MultiArray(data=[1.0] * 3))
     sources.pubs[("expert", GRIP)].publish(Float64MultiArray(data=[7.0]))
     wait_for(lambda: "a command on /arm_controller/commands not forwarded: not finite [nan, "
-             in procs.log("command_mux"), 5, "the refusal", procs=procs)
-    wait_for(lambda: mux_value(diag, "refused_commands") == "2", 5, "both refusals counted")
+             in procs.log("command_mux"), WAIT, "the refusal", procs=procs)
+    wait_for(lambda: mux_value(diag, "refused_commands") == "2", WAIT, "both refusals counted")
     # (each of the expert's arm commands, and more: 0.5 is above panda_joint4's upper limit)
     assert int(mux_value(diag, "clamped_commands")) > 5
-    wait_for(lambda: len(grip) == 6, 5, "the gripper's forward")
+    wait_for(lambda: len(grip) == 6, WAIT, "the gripper's forward")
     assert grip[-1].data[0] == 1.0, "the gripper's opening is at most 1"
     assert len(arm) == 5
 
@@ -588,7 +591,7 @@ def test_every_forward_passes_the_action_filter(procs, probe):
         status.publish(done)
         sources.pubs[("expert", ARM)].publish(answer([1.5] + [0.0] * 6, float(k)))
         sources.pubs[("expert", GRIP)].publish(answer([0.5], float(k)))
-        wait_for(lambda: len(arm) == k, 5, f"the forward of state {k}", procs=procs)
+        wait_for(lambda: len(arm) == k, WAIT, f"the forward of state {k}", procs=procs)
     assert [m.data[0] for m in arm] == pytest.approx([d, 2 * d, 2.0 - d])
 
 
@@ -629,7 +632,7 @@ def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded
     publish_status(1, "1")
     time.sleep(0.2)
     send(1.0, 1)
-    wait_for(lambda: len(arm) == 1, 5, "the first forward", procs=procs)
+    wait_for(lambda: len(arm) == 1, WAIT, "the first forward", procs=procs)
     # episode 2: its first state (the robot put back at 0), the policy's answer to it, and only
     # then (late) the state's status; the mux forwarded 0.89 (1.0 less a tick's change)
     publish_state(2, 0.0)
@@ -639,7 +642,7 @@ def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded
              in procs.log("command_mux"), 10, "the mux's line on the wait", procs=procs)
     assert len(arm) == 1
     publish_status(2, "2")
-    wait_for(lambda: len(arm) == 2, 5, "the forward of episode 2's first command", procs=procs)
+    wait_for(lambda: len(arm) == 2, WAIT, "the forward of episode 2's first command", procs=procs)
     # episode 3: the policy's answer before the state and its status come (a mux lagging
     # behind), then the status, then the state (the robot put back at 1)
     send(1.0, 3)
@@ -647,13 +650,13 @@ def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded
     publish_status(3, "3")
     time.sleep(0.2)
     publish_state(3, 1.0)
-    wait_for(lambda: len(arm) == 3, 5, "the forward of episode 3's first command", procs=procs)
+    wait_for(lambda: len(arm) == 3, WAIT, "the forward of episode 3's first command", procs=procs)
     send(0.0, 2)  # an answer to episode 2's state, late: not forwarded
     send(1.0, 3)
-    wait_for(lambda: len(arm) == 4, 5, "the next forward", procs=procs)
+    wait_for(lambda: len(arm) == 4, WAIT, "the next forward", procs=procs)
     time.sleep(0.2)
     assert [m.data[0] for m in arm] == [1.0, 0.0, 1.0, 1.0]
-    wait_for(lambda: mux_value(diag, "stale_dropped") == "1", 5, "the stale answer counted")
+    wait_for(lambda: mux_value(diag, "stale_dropped") == "1", WAIT, "the stale answer counted")
     assert int(mux_value(diag, "held_for_status")) >= 2
 
 
@@ -721,7 +724,7 @@ def test_a_malformed_command_or_joy_is_said_and_dropped(procs, probe):
              "as std_msgs/msg/Float64MultiArray (12 bytes): dropped" in procs.log("command_mux"),
              10, "the mux's line", procs=procs)
     sources.send("policy", 2.0)
-    wait_for(lambda: len(arm) == 1, 5, "the next command's forward", procs=procs)
+    wait_for(lambda: len(arm) == 1, WAIT, "the next command's forward", procs=procs)
     assert arm[0].data[0] == 2.0
     time.sleep(5.1)  # (one line every 5 s at most)
     joy.publish(b"\x00\x01\x00\x00" + b"\xff" * 8)
