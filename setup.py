@@ -51,6 +51,7 @@ setup(
             "policy_node = robot_imitation_entry:policy_node",
             "command_mux = robot_imitation_entry:command_mux",
             "scripted_supervisor = robot_imitation_entry:scripted_supervisor",
+            "container = robot_imitation_entry:container",
             "robot-imitation = robot_imitation_entry:robot_imitation",
         ],
     },

@@ -53,6 +53,7 @@ from rclpy.node import Node  # noqa: E402
 
 from benchlib import (RESULTS_DIR, BenchmarkError, all_processes_cpu_seconds,  # noqa: E402
                       proc_stat, run_with_ros, stat_cpu_seconds, steal_seconds, wait_until)
+from robot_imitation.ros.graphs import NodeDecl  # noqa: E402
 from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
 from robot_imitation.nodes.common import to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
@@ -117,20 +118,22 @@ def monitoring():
         monitor.destroy_node()
 
 @contextlib.contextmanager
-def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict):
-    """The two nodes as processes, logging to results/logs/<phase>; always stopped.
+def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict,
+                      compose: bool = False):
+    """The two nodes as processes (``compose``: in one process, ``nodes.container``), logging
+    to results/logs/<phase>; always stopped.
 
     On a failure their logs are printed (after they are stopped, so the logs are complete).
     """
     group = ProcessGroup(RESULTS_DIR / "logs" / phase)
-    nodes = {BRIDGE: bridge_params, "scripted_expert": expert_params}
+    nodes = [NodeDecl(BRIDGE, BRIDGE, parameters=bridge_params),
+             NodeDecl("scripted_expert", "scripted_expert", parameters=expert_params)]
     try:
         with group:
-            for name, params in nodes.items():
-                group.start_node(name, params=params)
+            group.start_graph(nodes, compose=[[d.name for d in nodes]] if compose else ())
             yield group
     except (ProcessDied, BenchmarkError):
-        for name in nodes:
+        for name in group.procs:
             print(f"----- {phase}: log of {name} -----\n{group.log(name).rstrip()}",
                   file=sys.stderr)
         raise
@@ -209,9 +212,11 @@ def set_pause(caller, pause: bool) -> None:
         raise BenchmarkError(f"the bridge refused set_pause {pause}: {resp.message}")
 
 
-def measure_alternating(task: str, duration: float, rounds: int, substeps: int) -> tuple:
+def measure_alternating(task: str, duration: float, rounds: int, substeps: int,
+                        compose: bool = False) -> tuple:
     """(lockstep, without ROS, rounds): ``rounds`` pairs of windows, the in-process loop while
-    the bridge is paused, then lockstep through ROS; control ticks per second of each."""
+    the bridge is paused, then lockstep through ROS; control ticks per second of each.
+    ``compose``: the bridge and the expert in one process (``nodes.container``)."""
     from robot_imitation.nodes.common import ServiceCaller
 
     window = duration / rounds
@@ -220,7 +225,8 @@ def measure_alternating(task: str, duration: float, rounds: int, substeps: int) 
     bridge = {"task": task, "mode": "lockstep", "auto_reset": True, "cameras": [""], "seed": 0}
     expert = {"task": task, "trigger": "state"}
     pairs = []
-    with bridge_and_expert("lockstep", bridge, expert) as group, monitoring() as monitor:
+    with bridge_and_expert("lockstep_composed" if compose else "lockstep", bridge, expert,
+                           compose) as group, monitoring() as monitor:
         wait_until(group, counter_above(monitor, "control_ticks"), "lockstep control ticks",
                    STARTUP_TIMEOUT_S, 0.1)
         watch(group, WARMUP_S)
@@ -308,6 +314,21 @@ def report(r: dict) -> str:
                      f"{p['lockstep']['load']['steal_percent']:.0f} | "
                      f"{p['without_ros']['load']['others_cpu_percent']:.0f}/"
                      f"{p['without_ros']['load']['steal_percent']:.0f}" for p in pairs))
+    comp = r.get("composed")
+    if comp:
+        lines += ["", "The bridge and the expert in one process (nodes.container), alternating "
+                  "with the in-process loop as above:",
+                  f"  {'lockstep through ROS, composed (median window)':44}"
+                  f"{comp['lockstep']['ticks_per_s']:10.1f}"
+                  f"{comp['lockstep']['ticks_per_s'] * sub:18.0f}",
+                  f"  {'in process, without ROS (median window)':44}"
+                  f"{comp['without_ros']['ticks_per_s']:10.1f}"
+                  f"{comp['without_ros']['ticks_per_s'] * sub:18.0f}",
+                  f"  {'composed through ROS / without ROS':44}{comp['ratio']:10.3f}"
+                  f"   ({1 / comp['ratio']:.2f}x slower; median of the pairs' ratios)",
+                  "  pairs: " + ", ".join(
+                      f"{p['lockstep']['ticks_per_s']:.0f}/{p['without_ros']['ticks_per_s']:.0f}"
+                      f" = {p['ratio']:.3f}" for p in comp["pairs"])]
     rt = r.get("realtime")
     if rt:
         lines += ["",
@@ -332,6 +353,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds measured in real-time mode (default: 30)")
     parser.add_argument("--skip-realtime", action="store_true",
                         help="leave out the real-time measurement")
+    parser.add_argument("--skip-composed", action="store_true",
+                        help="leave out the lockstep with the bridge and the expert in one "
+                             "process")
     return parser.parse_args(argv)
 
 def run(args: argparse.Namespace) -> dict:
@@ -347,6 +371,13 @@ def run(args: argparse.Namespace) -> dict:
         args.task, args.duration, args.rounds, substeps)
     results["rounds"] = args.rounds
     results["ros_over_without_ros"] = statistics.median(p["ratio"] for p in results["pairs"])
+    results["composed"] = None
+    if not args.skip_composed:
+        print("[bench] the same with the bridge and the expert in one process", flush=True)
+        lock, without, pairs = measure_alternating(args.task, args.duration, args.rounds,
+                                                   substeps, compose=True)
+        results["composed"] = {"lockstep": lock, "without_ros": without, "pairs": pairs,
+                               "ratio": statistics.median(p["ratio"] for p in pairs)}
     results["realtime"] = None
     if not args.skip_realtime:
         print(f"[bench] real time: start-up + {args.realtime_seconds:g} s", flush=True)

@@ -29,6 +29,7 @@ EXECUTABLES = {
     "policy_node": "robot_imitation.nodes.policy_node",
     "command_mux": "robot_imitation.nodes.command_mux_node",
     "scripted_supervisor": "robot_imitation.nodes.supervisor_node",
+    "container": "robot_imitation.nodes.container",
     "robot-imitation": "robot_imitation.cli",
 }
 

@@ -28,11 +28,13 @@ def assert_same_data(ros: list, gym: list, executed: bool) -> None:
             assert r.executed is None and g.executed is None, r.seed
 
 
-def test_reach_demonstrations_through_ros_are_the_gymnasium_world_s(tmp_path):
+@pytest.mark.parametrize("compose", [False, True], ids=["processes", "composed"])
+def test_reach_demonstrations_through_ros_are_the_gymnasium_world_s(tmp_path, compose):
     """Two reach demonstrations recorded as ``RosWorld.demonstrations`` records them (bridge,
     expert node, recorder; the data built as ``RosWorld.dataset`` builds it) are
     ``GymLearningWorld.demonstrations`` of the same seeds: the recorder also keeps the expert's
-    answer to the final state (sent, never executed), which the gymnasium world labels too."""
+    answer to the final state (sent, never executed), which the gymnasium world labels too.
+    The same with the bridge and the expert in one process (``compose``)."""
     from robot_imitation.rollouts.gym import GymLearningWorld
     from robot_imitation.rollouts.ros import aggregate
     from robot_imitation.ros.graph import SimGraph
@@ -44,8 +46,10 @@ def test_reach_demonstrations_through_ros_are_the_gymnasium_world_s(tmp_path):
     with SimGraph(join=True) as graph:  # (the session's domain, conftest.py)
         entries = record_demonstrations(tmp_path / "expert", task="reach", spec="reach",
                                         episodes=len(seeds), seed=seeds.start,
-                                        log_dir=tmp_path / "logs", graph=graph)
+                                        log_dir=tmp_path / "logs", graph=graph,
+                                        compose=compose)
     assert [e["status"] for e in entries] == ["ok", "ok"]
+    assert (tmp_path / "logs" / "mujoco_bridge+scripted_expert.log").is_file() == compose
     ros = aggregate([(tmp_path / "expert", spec, None)], spec, val_fraction=0.0).episodes
     world = GymLearningWorld("reach", spec, seed=0)
     try:
@@ -74,13 +78,17 @@ def wait_forwarded(rig, count: int, timeout: float = 60.0) -> int:
         rig.group.check()
 
 
-@pytest.mark.parametrize("variant", ["mixture", "gated"])
-def test_a_dagger_part_through_ros_is_the_gymnasium_world_s(variant, tmp_path):
+@pytest.mark.parametrize("variant,compose", [("mixture", False), ("gated", False),
+                                             ("gated", True)],
+                         ids=["mixture", "gated", "gated-composed"])
+def test_a_dagger_part_through_ros_is_the_gymnasium_world_s(variant, compose, tmp_path):
     """Two episodes of a DAgger part (a mixture with beta 0.5 drawn per step, or the gated
     variant with the scripted supervisor) with an untrained policy, collected on a ``RosRig``
     as ``RosWorld.collect`` collects them and read with the labels' spec, are
     ``GymLearningWorld.collect``'s: the same states, labels (the expert's plans) and sources,
-    the mux's draw (or the supervisor's button) for the final state included."""
+    the mux's draw (or the supervisor's button) for the final state included. The same with
+    the bridge, the expert, the mux, the supervisor and the policy node in one process
+    (``compose``; the expert's and the policy's commands remapped per node)."""
     from conftest import untrained_checkpoint
     from robot_imitation.algorithms.dagger import Gated, Mixture
     from robot_imitation.rollouts.gym import GymLearningWorld
@@ -99,7 +107,8 @@ def test_a_dagger_part_through_ros_is_the_gymnasium_world_s(variant, tmp_path):
     with SimGraph(join=True) as graph:
         rig = RosRig(tmp_path / "logs", "reach", "reach", checkpoint, with_expert=True,
                      dataset=folder, mixture_per="step", seed=seed, supervisor=supervisor,
-                     graph=graph)
+                     graph=graph, compose=compose)
+        assert (len(rig.group.procs) == 2) == compose  # (the container and the recorder)
         try:
             # the episode the bridge began when it came up (the policy drives it, in the mux's
             # first mode): over, its final state forwarded, before the mixture draws (as in a

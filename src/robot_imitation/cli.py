@@ -168,6 +168,13 @@ def _join_argument(p) -> None:
                    "runs on one machine never mix")
 
 
+def _compose_argument(p, what: str = "the bridge and its controllers (the recorder apart)"
+                      ) -> None:
+    p.add_argument("--compose", action="store_true",
+                   help=f"{what} in one process (ROS 2 composition: a lockstep run about a "
+                        "third faster, the same episodes)")
+
+
 def cmd_demo(args) -> int:
     from .paths import ensure_ros_environment
 
@@ -224,6 +231,7 @@ def cmd_record(args) -> int:
         entries = record_demonstrations(
             args.dataset, task=args.task, spec=args.spec, episodes=args.episodes,
             mode=args.mode, seed=args.seed, storage=args.storage, graph=graph,
+            compose=args.compose,
             progress=lambda n, o: _progress(n, args.episodes, "episodes",
                                             f"last: {'success' if o.success else 'failure'}"))
     ok = [e for e in entries if e["status"] == "ok"]
@@ -506,7 +514,8 @@ def _evaluate(args, progress) -> dict:
             return evaluate_ros(args.checkpoint, args.task, args.episodes, args.spec or "",
                                 log_dir=out_dir / "logs", seed=args.seed, graph=graph,
                                 backend=args.backend, robot=args.robot,
-                                allow_unlimited=args.allow_unlimited, progress=progress)
+                                allow_unlimited=args.allow_unlimited, progress=progress,
+                                compose=args.compose)
     else:
         from .deploy.runtime import load_policy
         from .learning.checkpoint import CheckpointError
@@ -569,7 +578,8 @@ def cmd_dagger(args) -> int:
     check_config(cfg)
     _dagger_out(args, cfg)
     with _kept_on_interrupt(args.out), _graph(args) as graph:
-        run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
+        run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite,
+                   compose=args.compose)
     return 0
 
 
@@ -587,7 +597,8 @@ def cmd_pipeline(args) -> int:
           f"{cfg.eval_episodes} evaluation episodes each; output in {args.out}", flush=True)
     with _kept_on_interrupt(args.out):
         with _graph(args) as graph:
-            results = run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite)
+            results = run_dagger(args.out, cfg, graph=graph, overwrite=args.overwrite,
+                                 compose=args.compose)
         report = write_report(args.out, results, videos=not args.no_videos)
     print(f"[pipeline] done in {time.perf_counter() - start:.0f} s: report {report}")
     return 0
@@ -647,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="base seed (episode k uses seed+k; default: 0)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                    help="rosbag2 storage of the episodes' bags (default: mcap)")
+    _compose_argument(p, "the bridge and the expert (the recorder apart)")
     _join_argument(p)
     p.set_defaults(func=cmd_record)
 
@@ -707,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unlimited", action="store_true",
                    help="a checkpoint without action limits (trained before they were stored) "
                         "commands without any, as the policy node's `allow_unlimited`")
+    _compose_argument(p, "through ROS, the bridge and the policy node")
     _join_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -720,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         # --hold and --patience, the training's --steps and --device), with its limits,
         # description and default; ``defaults``: the command's own
         add_arguments(p, _dagger_settings(), defaults=defaults)
+        _compose_argument(p)
         _join_argument(p)
 
     p = command("dagger", "BC, then DAgger iterations through ROS")

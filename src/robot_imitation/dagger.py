@@ -23,12 +23,13 @@ __all__ = ["DATA_SEED", "EVAL_SEED", "INTERVENTION_BUTTON", "LABEL_PREFIX", "MIX
 
 
 def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop=None,
-               graph=None, overwrite: bool = False, abort=None) -> dict:
+               graph=None, overwrite: bool = False, abort=None, compose: bool = False) -> dict:
     """BC on expert demonstrations, then ``cfg.iterations`` DAgger iterations through ROS;
     returns (and writes to ``out``/dagger.json) the per-iteration results (see
     ``algorithms.dagger.run``). ``graph``: the ``SimGraph`` every process of the run talks on
     (default: a private one, closed when the run ends). ``out``: empty or new, unless
-    ``overwrite``, which clears it (``RunFolderError`` otherwise). ``abort``: see ``run``."""
+    ``overwrite``, which clears it (``RunFolderError`` otherwise). ``abort``: see ``run``.
+    ``compose``: the bridge and its controllers in one process (``RosWorld``)."""
     from .algorithms.dagger import run, run_inputs
     from .paths import check_out
     from .ros.graph import SimGraph
@@ -37,7 +38,7 @@ def run_dagger(out, cfg: DaggerConfig, log=print, on_iteration=None, should_stop
     out = check_out(out, overwrite, run_inputs(cfg))  # (``run`` clears or makes it)
     own_graph = graph is None
     graph = graph or SimGraph()
-    world = RosWorld(out, cfg, spec, graph, log=log)
+    world = RosWorld(out, cfg, spec, graph, log=log, compose=compose)
     try:
         return run(world, cfg, tcfg, spec, out, log, on_iteration, should_stop, overwrite,
                    abort=abort)

@@ -878,46 +878,57 @@ def rcl_message(exc: Exception) -> str:
     return text
 
 
-def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events")) -> int:
+def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR", "events"),
+        name: str | None = None) -> int:
     """Entry point body: init, spin until SIGINT/SIGTERM/SIGHUP, then shut the node down
     cleanly.
 
     Signals are handled by ``ShutdownRequest``: the node's ``close()`` always runs to its end,
     however many signals arrive.
+
+    ``node_cls`` may be a tuple of node classes: the nodes of one process (``container``),
+    made in order on one executor, and closed in the reverse order; ``name``: the process's
+    name in its messages (default: the node's).
     """
     from rclpy.signals import SignalHandlerOptions
 
+    classes = tuple(node_cls) if isinstance(node_cls, (tuple, list)) else (node_cls,)
     argv = list(args if args is not None else sys.argv)
     if help_requested(argv):
-        print(parameter_help(node_cls))
+        print("\n\n".join(parameter_help(cls) for cls in classes))
         return 0
-    name = getattr(node_cls, "NODE_NAME", node_cls.__name__)
+    name = name or getattr(classes[0], "NODE_NAME", classes[0].__name__)
     stop = ShutdownRequest(name)
     stop.install()
     if not init_ros(name, argv, signal_handler_options=SignalHandlerOptions.NO):
         return 1
-    node = None
+    nodes = []
     code = 0
     try:
-        node = node_cls()
-        warn_unknown_parameters(node)
-        if hasattr(node, "stop_requested"):
-            stop.on_request.append(node.stop_requested)
+        for cls in classes:
+            nodes.append(cls())
+        for node in nodes:
+            warn_unknown_parameters(node)
+            if hasattr(node, "stop_requested"):
+                stop.on_request.append(node.stop_requested)
         # `executor`: a kind ("events", "single"), or a function of the node returning one.
-        exe = make_executor(executor(node) if callable(executor) else executor)
-        exe.add_node(node)
+        exe = make_executor(executor(nodes[0]) if callable(executor) else executor)
+        for node in nodes:
+            exe.add_node(node)
         spin(exe, stop=stop)
     except ExternalShutdownException:
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up errors clearly, then exit non-zero
         text = rcl_message(exc)
-        if node is not None:
-            node.get_logger().fatal(f"{type(exc).__name__}: {text}")
+        if nodes and len(nodes) == len(classes):  # (a node being made failed: said by name)
+            nodes[-1].get_logger().fatal(f"{type(exc).__name__}: {text}")
         else:
-            print(f"[{name}] fatal: {type(exc).__name__}: {text}", file=sys.stderr, flush=True)
+            failed = getattr(classes[len(nodes)], "NODE_NAME", classes[len(nodes)].__name__)
+            print(f"[{failed}] fatal: {type(exc).__name__}: {text}", file=sys.stderr,
+                  flush=True)
         code = 1
     finally:
-        if node is not None:
+        for node in reversed(nodes):
             close = getattr(node, "close", None)
             if close:
                 close()

@@ -67,12 +67,15 @@ class RosRig:
     def __init__(self, log_dir, task: str, spec: str, checkpoint: str, *, with_expert: bool,
                  dataset=None, mixture_per: str = "step", seed: int = 0,
                  supervisor: dict | None = None, graph=None, backend: str = ROLLOUT_BACKEND,
-                 keep_commands: bool = False, policy_params: dict | None = None):
+                 keep_commands: bool = False, policy_params: dict | None = None,
+                 compose: bool = False):
         """``graph``: the ``SimGraph`` to run on (default: a private one of its own).
         ``backend``: the policy node's inference backend (named, not measured: the gymnasium
         world runs the same one, so both command alike). ``keep_commands``: capture the
         commands the bridge receives (``commands``). ``policy_params``: more parameters of the
-        policy node (``robot``, ``allow_unlimited``)."""
+        policy node (``robot``, ``allow_unlimited``). ``compose``: the bridge and its
+        controllers (expert, policy node, mux, supervisor) in one process
+        (``nodes.container``), the recorder apart."""
         from ..ros.graph import SimGraph
         from ..ros.graphs import dagger_graph, evaluation_graph
         from ..ros.launcher import ProcessGroup
@@ -97,7 +100,10 @@ class RosRig:
             for decl in nodes:  # the action limits: the checkpoint's, unless these say else
                 if decl.executable == "policy_node":
                     decl.parameters.update(policy_params or {})
-            g.start_graph(nodes)
+            from ..nodes.container import COMPOSABLE
+
+            g.start_graph(nodes, compose=[[d.name for d in nodes if d.executable in COMPOSABLE]]
+                          if compose else ())
             self.node = EpisodeRunner(context=self.graph.context)
             self._commands = None
             if keep_commands:
@@ -285,7 +291,7 @@ class RosRig:
 def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=None,
                  seed: int = EVAL_SEED, graph=None, backend: str = ROLLOUT_BACKEND,
                  keep_commands: bool = False, progress=None, robot: str = "",
-                 allow_unlimited: bool = False) -> dict:
+                 allow_unlimited: bool = False, compose: bool = False) -> dict:
     """Success of ``checkpoint`` on ``task`` through ROS: bridge in lockstep and policy node
     (on ``graph``, a ``SimGraph``; default: a private one), episodes with seeds
     seed..seed+episodes-1. Returns ``rollouts.summarize``'s summary (each episode's seed,
@@ -312,7 +318,7 @@ def evaluate_ros(checkpoint, task: str, episodes: int, spec: str = "", log_dir=N
     params = {k: v for k, v in (("robot", robot), ("allow_unlimited", allow_unlimited)) if v}
     rig = RosRig(log_dir, task, spec or task_spec_name(task), checkpoint, with_expert=False,
                  graph=graph, backend=backend, keep_commands=keep_commands,
-                 policy_params=params)
+                 policy_params=params, compose=compose)
     try:
         results = rig.results(rig.episodes(episodes, seed, progress=progress), keep_commands)
         res = summarize(results)
@@ -345,11 +351,13 @@ class RosWorld:
 
     kind = "ros"
 
-    def __init__(self, out, cfg, spec, graph, log=None):
+    def __init__(self, out, cfg, spec, graph, log=None, compose: bool = False):
         """``cfg``: the ``algorithms.dagger.DaggerConfig``; ``graph``: a ``SimGraph``; ``log``:
-        where each recorded demonstration is reported (the run's log)."""
+        where each recorded demonstration is reported (the run's log); ``compose``: the bridge
+        and its controllers in one process (``nodes.container``), the recorder apart."""
         self.out, self.cfg, self.spec, self.graph = Path(out), cfg, spec, graph
         self.log = log
+        self.compose = compose
         from ..spec import task_spec_name
 
         self.spec_name = cfg.spec or task_spec_name(cfg.task)
@@ -372,7 +380,7 @@ class RosWorld:
         record_demonstrations(self.demo_dir, task=self.cfg.task, spec=self.spec_name,
                               episodes=len(seeds), seed=seeds.start,
                               log_dir=self.out / "logs" / "record", progress=progress,
-                              graph=self.graph)
+                              graph=self.graph, compose=self.compose)
         return (self.demo_dir, self.spec, None)
 
     def deploy(self, checkpoint) -> None:
@@ -382,7 +390,7 @@ class RosWorld:
                               checkpoint, with_expert=True, dataset=self.dagger_dir,
                               mixture_per=cfg.mixture_per, seed=cfg.seed,
                               supervisor=dict(cfg.supervisor) if cfg.variant == "gated"
-                              else None, graph=self.graph)
+                              else None, graph=self.graph, compose=self.compose)
         else:
             self.rig.load(checkpoint)
 

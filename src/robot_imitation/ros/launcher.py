@@ -57,6 +57,36 @@ def stop_all_groups(timeout: float = 5.0) -> None:
         group.stop(timeout=timeout)
 
 
+def _composed(nodes: list, compose) -> list:
+    """The groups of ``compose`` (node names) as lists of ``nodes``' declarations, checked:
+    each name a node of the graph, in one group at most; each node one that can share a
+    process (``nodes.container.COMPOSABLE``), under its own name and without a namespace (a
+    process's name and namespace rules apply to all its nodes; its remappings are given per
+    node). ValueError otherwise."""
+    from ..nodes.container import COMPOSABLE
+
+    by_name = {d.name: d for d in nodes}
+    groups, seen = [], set()
+    for names in compose:
+        names = list(names)
+        for n in names:
+            if n not in by_name:
+                raise ValueError(f"compose: no node {n!r} in the graph (its nodes: "
+                                 f"{', '.join(by_name)})")
+            if n in seen:
+                raise ValueError(f"compose: node {n!r} is in two groups")
+            seen.add(n)
+            d = by_name[n]
+            if d.executable not in COMPOSABLE or d.name != d.executable or d.namespace:
+                why = ("cannot share a process" if d.executable not in COMPOSABLE else
+                       "is renamed or namespaced (a shared process's name and namespace "
+                       "rules apply to all its nodes)")
+                raise ValueError(f"compose: node {n!r} {why}")
+        if names:
+            groups.append([d for d in nodes if d.name in names])  # (in the graph's order)
+    return groups
+
+
 class ProcessGroup:
     """A set of child processes, each in its own process group, with logs in ``log_dir``. The
     suite's nodes among them stop by themselves when this process dies (``PARENT_ENV``).
@@ -112,20 +142,44 @@ class ProcessGroup:
         argv += list(extra_args or [])
         return self.start(name, argv)
 
-    def start_graph(self, nodes: list) -> list[subprocess.Popen]:
+    def start_graph(self, nodes: list, compose=()) -> list[subprocess.Popen]:
         """Start every node of a graph (``graphs.NodeDecl`` list, e.g. ``graphs.record_graph``),
         in order. A node of another package (which only ``ros2 launch`` can start) is refused
+        before any process starts. ``compose``: groups of node names that share one process
+        each (``nodes.container``), started where the group's first node comes, named after
+        its nodes (``mujoco_bridge+scripted_expert``); a node that cannot share one is refused
         before any process starts."""
         for decl in nodes:
             if decl.package != "robot_imitation" or decl.executable not in NODE_MODULES:
                 raise ValueError(f"node {decl.name}: {decl.package} {decl.executable} cannot be "
                                  "started here (only this package's nodes; use ros2 launch)")
+        groups = _composed(nodes, compose)
         procs = []
         for decl in nodes:
+            group = next((g for g in groups if any(decl is d for d in g)), None)
+            if group is not None:
+                if decl is group[0]:
+                    procs.append(self.start_container(group))
+                continue
             remaps = [arg for src, dst in decl.remappings for arg in ("-r", f"{src}:={dst}")]
             procs.append(self.start_node(decl.executable, decl.name, dict(decl.parameters),
                                          namespace=decl.namespace, extra_args=remaps))
         return procs
+
+    def start_container(self, decls: list) -> subprocess.Popen:
+        """Start the nodes ``decls`` in one process (``nodes.container``), their parameters in
+        one file, a section per node; named ``<node>+<node>...``."""
+        name = "+".join(d.name for d in decls)
+        argv = [sys.executable, "-m", "robot_imitation_entry", "container",
+                *(d.executable for d in decls), "--ros-args"]
+        path = self.log_dir / f"{name}.params.yaml"
+        with open(path, "w", encoding="utf-8") as f:
+            yaml.dump({d.name: {"ros__parameters": dict(d.parameters)} for d in decls}, f,
+                      Dumper=_ParameterDumper)
+        # each node's remappings as rules of that node alone (``<node>:<from>:=<to>``)
+        remaps = [arg for d in decls for src, dst in d.remappings
+                  for arg in ("-r", f"{d.name}:{src}:={dst}")]
+        return self.start(name, argv + ["--params-file", str(path)] + remaps)
 
     def log(self, name: str, tail: int = 4000) -> str:
         path = self.log_dir / f"{name}.log"

@@ -59,9 +59,11 @@ def wait_recorded(dataset, timeout: float = 30.0) -> list:
 def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
                           episodes: int = 10, mode: str = "lockstep", seed: int = 0,
                           storage: str = "mcap", log_dir=None, progress=None,
-                          episode_timeout: float = 120.0, graph=None) -> list[dict]:
+                          episode_timeout: float = 120.0, graph=None,
+                          compose: bool = False) -> list[dict]:
     """Record ``episodes`` scripted-expert episodes of ``task`` into ``dataset``, on ``graph``
-    (a ``SimGraph``; default: a private ROS graph of its own).
+    (a ``SimGraph``; default: a private ROS graph of its own); ``compose``: the bridge and the
+    expert in one process (``nodes.container``), the recorder apart.
 
     Returns the dataset index entries of the recorded episodes. Before any process starts,
     refuses (naming the bad value) a number of episodes below 1, an unknown task or spec, a spec
@@ -91,14 +93,14 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
     graph = graph or SimGraph()
     try:
         return _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir,
-                       progress, episode_timeout, graph)
+                       progress, episode_timeout, graph, compose)
     finally:
         if own_graph:
             graph.close()
 
 
 def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir, progress,
-            episode_timeout, graph) -> list[dict]:
+            episode_timeout, graph, compose=False) -> list[dict]:
     from .graphs import record_graph
     from .launcher import ProcessGroup
     from ..nodes.episode_runner import EpisodeRunner, Spinner
@@ -107,7 +109,8 @@ def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_di
     with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
         group.start_graph(record_graph(task, str(dataset), spec=spec,
                                        mode=mode, seed=seed, storage=storage,
-                                       cameras=cameras or [""]))
+                                       cameras=cameras or [""]),
+                          compose=[["mujoco_bridge", "scripted_expert"]] if compose else ())
         # the run's own node on the run's graph (a context without signal handlers: Ctrl-C
         # stays a KeyboardInterrupt, which stops the processes)
         runner = EpisodeRunner(context=graph.context)

@@ -1,0 +1,59 @@
+"""Several nodes in one process (``nodes.container``, ROS 2's composition for the suite's
+nodes): what may share a process, and a lockstep run through one that ends cleanly."""
+import signal
+
+import pytest
+
+from robot_imitation.nodes.container import ContainerError, check_executables
+from robot_imitation.ros.graphs import expert_graph, record_graph
+from robot_imitation.ros.launcher import _composed
+
+
+def test_only_nodes_that_can_share_a_process_are_composed():
+    check_executables(["mujoco_bridge", "scripted_expert"])
+    for given, said in ((["mujoco_bridge", "episode_recorder"], "'episode_recorder' cannot share"),
+                        ([], "no node given"),
+                        (["policy_node", "policy_node"], "policy_node given twice")):
+        with pytest.raises(ContainerError, match=said):
+            check_executables(given)
+    nodes = record_graph("push", "/tmp/unused")
+    groups = _composed(nodes, [["scripted_expert", "mujoco_bridge"]])
+    assert [[d.name for d in g] for g in groups] == [["mujoco_bridge", "scripted_expert"]]
+    for compose, said in (([["mujoco_bridge", "episode_recorder"]], "cannot share a process"),
+                          ([["mujoco_bridge", "policy_node"]], "no node 'policy_node'"),
+                          ([["mujoco_bridge"], ["mujoco_bridge"]], "in two groups")):
+        with pytest.raises(ValueError, match=said):
+            _composed(nodes, compose)
+    renamed = expert_graph("push", "lockstep")
+    renamed[1].namespace = "/robot2"
+    with pytest.raises(ValueError, match="renamed or namespaced"):
+        _composed(renamed, [["mujoco_bridge", "scripted_expert"]])
+
+
+@pytest.mark.ros
+def test_a_composed_bridge_and_expert_run_episodes_and_stop_cleanly(tmp_path):
+    """The bridge in lockstep and the scripted expert in one process run episodes to their
+    end, seeded as asked; a SIGINT ends the process with exit code 0 and no traceback."""
+    from robot_imitation.nodes.episode_runner import run_episodes
+    from robot_imitation.ros.graph import SimGraph
+    from robot_imitation.ros.launcher import ProcessGroup
+
+    with SimGraph(join=True) as graph:  # (the session's domain, conftest.py)
+        group = ProcessGroup(tmp_path / "logs", env=graph.env)
+        try:
+            (proc,) = group.start_graph(expert_graph("reach", "lockstep", seed=4, cameras=[""]),
+                                        compose=[["mujoco_bridge", "scripted_expert"]])
+            import rclpy
+
+            rclpy.init(context=(ctx := rclpy.context.Context()), domain_id=graph.domain)
+            try:
+                outcomes = run_episodes(2, context=ctx, seed=10, alive=group.check)
+            finally:
+                ctx.try_shutdown()
+            assert [o.seed for o in outcomes] == [10, 11] and all(o.ticks > 5 for o in outcomes)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0, group.log("mujoco_bridge+scripted_expert")
+        finally:
+            group.stop()
+    log = group.log("mujoco_bridge+scripted_expert")
+    assert "Traceback" not in log, log
