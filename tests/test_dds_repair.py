@@ -42,8 +42,10 @@ for k in range(bursts):  # each burst's count, and when its last message came
 """
 
 BURST = 1000  # twice what a reader's shared-memory port queue holds (512)
-# bursts, each repaired within half the recorder's wait: with a heartbeat every 3 s, each
-# repair came at a uniformly random moment within 3 s of the loss (1.3-4.9 s measured)
+# bursts, each repaired within the recorder's wait. A writer's periodic heartbeat is timed from
+# its last publish: with Fast DDS's 3 s, every repair came 2.55-2.8 s after the reader woke
+# (0.2 s after the burst); with the suite's 100 ms, 0.1-0.2 s on a quiet machine and up to
+# 1.4 s on a machine loaded far beyond its cores (the reader taking a thousand messages)
 BURSTS = 3
 
 
@@ -84,7 +86,7 @@ def test_a_stalled_readers_lost_messages_come_within_the_recorders_answer_timeou
         if reader.poll() is None:
             reader.kill()
         reader.wait()
-    # the repair, not the burst: every message, the lost ones sent again, well within the wait
-    assert max(repairs) < timeout / 2, (
+    # every message, the lost ones sent again, within the wait
+    assert max(repairs) < timeout, (
         f"the last lost message of each burst came {[round(r, 2) for r in repairs]} s after the "
         f"reader woke; a recorder waits {timeout} s for an episode's final messages")
