@@ -1,6 +1,6 @@
 """Throughput of the MuJoCo bridge node: what running the simulation behind ROS 2 costs.
 
-Three measurements in one run, on one task (default: push):
+Four measurements in one run, on one task (default: push):
 
 1. lockstep through ROS: the bridge (mode lockstep, auto_reset, no cameras) and the scripted
    expert (trigger state) as two processes; closed-loop control ticks per second, from the
@@ -15,7 +15,10 @@ Three measurements in one run, on one task (default: push):
    topics while they run (this process reads /diagnostics only). Each window also gives the
    machine's load: the CPU of every other process (kernel threads included) and the steal
    time (a virtual machine's CPUs kept waiting by its host), in percent of one CPU.
-3. real time: the bridge (mode realtime, real_time_factor 1.0) with the expert on a sim-time
+3. lockstep through ROS with the bridge and the expert in one process (``nodes.container``:
+   both nodes on one executor, still talking over DDS), against in-process windows alternating
+   with it as in 2 (``--skip-composed`` leaves it out).
+4. real time: the bridge (mode realtime, real_time_factor 1.0) with the expert on a sim-time
    timer; the real-time factor the bridge achieves, its overruns and physics steps per second.
 
 Prints a table and writes bench/results/bridge_throughput.json. It only measures: no figure is
@@ -24,6 +27,7 @@ not start.
 
     .venv/bin/python bench/bridge_throughput.py [--task push] [--duration 20] [--rounds 3]
                                                 [--realtime-seconds 30] [--skip-realtime]
+                                                [--skip-composed]
 """
 from __future__ import annotations
 
