@@ -30,6 +30,26 @@ def test_only_nodes_that_can_share_a_process_are_composed():
         _composed(renamed, [["mujoco_bridge", "scripted_expert"]])
 
 
+def test_container_help_prints_each_nodes_parameters_and_starts_nothing():
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "robot_imitation_entry", "container",
+                               *args], capture_output=True, text=True, timeout=120)
+
+    alone = run("--help")
+    assert alone.returncode == 0 and "usage: container <executable>" in alone.stdout
+    both = run("mujoco_bridge", "scripted_expert", "--help")
+    assert both.returncode == 0, both.stderr
+    assert both.stdout.startswith("mujoco_bridge: ") and "\nscripted_expert: " in both.stdout
+    assert "real_time_factor" in both.stdout and "trigger" in both.stdout
+    bad = run("episode_recorder")
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "[container] fatal: 'episode_recorder' cannot share a process (the composable nodes: "
+        "mujoco_bridge, scripted_expert, policy_node, command_mux, scripted_supervisor)")
+
+
 @pytest.mark.ros
 def test_a_composed_bridge_and_expert_run_episodes_and_stop_cleanly(tmp_path):
     """The bridge in lockstep and the scripted expert in one process run episodes to their

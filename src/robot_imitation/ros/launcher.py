@@ -20,9 +20,10 @@ import yaml
 from robot_imitation_entry import EXECUTABLES
 
 # the node executables the suite starts, and the module of each (``robot_imitation_entry``
-# runs them: a signal while one starts gives one line, not a traceback)
+# runs them: a signal while one starts gives one line, not a traceback); the container, which
+# runs several of them, is started by ``ProcessGroup.start_container``
 NODE_MODULES = {name: module for name, module in EXECUTABLES.items()
-                if module.startswith("robot_imitation.nodes.")}
+                if module.startswith("robot_imitation.nodes.") and name != "container"}
 
 
 # The environment variable that tells a node which process started it (``ProcessGroup.start``):
