@@ -920,9 +920,9 @@ def run(node_cls, args=None, executor=os.environ.get("ROBOT_IMITATION_EXECUTOR",
         pass
     except Exception as exc:  # noqa: BLE001 - report start-up errors clearly, then exit non-zero
         text = rcl_message(exc)
-        if nodes and len(nodes) == len(classes):  # (a node being made failed: said by name)
+        if nodes and len(nodes) == len(classes):  # (every node made: said by the last one)
             nodes[-1].get_logger().fatal(f"{type(exc).__name__}: {text}")
-        else:
+        else:  # a node being made failed: said by its name
             failed = getattr(classes[len(nodes)], "NODE_NAME", classes[len(nodes)].__name__)
             print(f"[{failed}] fatal: {type(exc).__name__}: {text}", file=sys.stderr,
                   flush=True)

@@ -8,9 +8,10 @@ commands answering the final state are in (the spec's action topics), and the fi
 message on each topic that carries every state (at most `answer_timeout` s), and at least
 `stop_grace` s after it: in lockstep a controller answers the final state after
 its status (the policy node waits for a state's status before it answers), and an answer later
-than a fixed grace was lost under load. An episode whose final state's messages never came
-(lost on the way, or later than that wait) is kept with status ``incomplete``: its bag lacks
-them, maybe more, and the dataset builder leaves it out unless asked for.
+than a fixed grace was lost under load. Under simulated time (the bridge stamps each status like
+its state), an episode whose final state's messages never came (lost on the way, or later than
+that wait) is kept with status ``incomplete``: its bag lacks them, maybe more, and the dataset
+builder leaves it out unless asked for.
 
 An episode starts only once every recorded topic has a publisher matched to this node's
 subscription, and the publishers that report their matched subscriptions on /diagnostics (the
@@ -614,13 +615,16 @@ class EpisodeRecorder(Node):
                 f"ends without it")
         incomplete = None
         if lacking:
-            # the state was published before its status, which came: its messages were lost
-            # on the way here (or come later than the wait); the bag lacks them, and maybe
-            # more of the episode: not an episode to train on as it is
-            incomplete = (f"no message of the final state ({final * 1e-9:.3f} s) on "
-                          f"{', '.join(lacking)} within answer_timeout ({limit} s)")
-            self.get_logger().warning(f"episode end: {incomplete}: the bag ends without it, "
-                                      "status incomplete")
+            text = (f"no message of the final state ({final * 1e-9:.3f} s) on "
+                    f"{', '.join(lacking)} within answer_timeout ({limit} s)")
+            if self.get_parameter("use_sim_time").value:
+                # a simulation's status is stamped like its state, published after it, and it
+                # came: the state's messages were lost on the way here (or come later than
+                # the wait); the bag lacks them, maybe more: not an episode to train on as it
+                # is. (A robot's status may keep a clock of its own: there, only said.)
+                incomplete = text
+            self.get_logger().warning(f"episode end: {text}: the bag ends without it"
+                                      + (", status incomplete" if incomplete else ""))
         self._auto_stop(started, incomplete)
 
     def _auto_stop(self, started: int, incomplete: str | None = None) -> None:

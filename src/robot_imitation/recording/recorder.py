@@ -6,9 +6,8 @@ Dataset folder::
       dataset.yaml      format, version, the observation/action spec
       index.json        one entry per episode: status (recording, ok, interrupted, incomplete,
                         discarded, failed; recover adds recovered, unrecoverable), task,
-                        success, seed,
-                        operator, notes, duration, per-topic counts (rewritten atomically after
-                        each change)
+                        success, seed, operator, notes, duration, per-topic counts (rewritten
+                        atomically after each change)
       episode_000000/   one rosbag2 bag per episode (metadata.yaml + episode_000000.mcap)
 
 Messages arrive already serialized (CDR) with their receive time; ``Recorder.offer`` (one) and
