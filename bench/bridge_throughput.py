@@ -58,7 +58,7 @@ from rclpy.node import Node  # noqa: E402
 from benchlib import (RESULTS_DIR, BenchmarkError, all_processes_cpu_seconds,  # noqa: E402
                       proc_stat, run_with_ros, stat_cpu_seconds, steal_seconds, wait_until)
 from robot_imitation.ros.graphs import NodeDecl  # noqa: E402
-from robot_imitation.ros.launcher import ProcessDied, ProcessGroup  # noqa: E402
+from robot_imitation.ros.launcher import ProcessDied, ProcessGroup, composable  # noqa: E402
 from robot_imitation.nodes.common import to_sec  # noqa: E402
 from robot_imitation.nodes.episode_runner import Spinner  # noqa: E402
 from robot_imitation.sim.env import ImitationEnv  # noqa: E402
@@ -134,7 +134,7 @@ def bridge_and_expert(phase: str, bridge_params: dict, expert_params: dict,
              NodeDecl("scripted_expert", "scripted_expert", parameters=expert_params)]
     try:
         with group:
-            group.start_graph(nodes, compose=[[d.name for d in nodes]] if compose else ())
+            group.start_graph(nodes, compose=composable(nodes) if compose else ())
             yield group
     except (ProcessDied, BenchmarkError):
         for name in group.procs:

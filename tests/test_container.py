@@ -6,7 +6,7 @@ import pytest
 
 from robot_imitation.nodes.container import ContainerError, check_executables
 from robot_imitation.ros.graphs import expert_graph, record_graph
-from robot_imitation.ros.launcher import _composed
+from robot_imitation.ros.launcher import _composed, composable
 
 
 def test_only_nodes_that_can_share_a_process_are_composed():
@@ -17,6 +17,7 @@ def test_only_nodes_that_can_share_a_process_are_composed():
         with pytest.raises(ContainerError, match=said):
             check_executables(given)
     nodes = record_graph("push", "/tmp/unused")
+    assert composable(nodes) == [["mujoco_bridge", "scripted_expert"]]  # (not the recorder)
     groups = _composed(nodes, [["scripted_expert", "mujoco_bridge"]])
     assert [[d.name for d in g] for g in groups] == [["mujoco_bridge", "scripted_expert"]]
     for compose, said in (([["mujoco_bridge", "episode_recorder"]], "cannot share a process"),

@@ -100,10 +100,9 @@ class RosRig:
             for decl in nodes:  # the action limits: the checkpoint's, unless these say else
                 if decl.executable == "policy_node":
                     decl.parameters.update(policy_params or {})
-            from ..nodes.container import COMPOSABLE
+            from ..ros.launcher import composable
 
-            g.start_graph(nodes, compose=[[d.name for d in nodes if d.executable in COMPOSABLE]]
-                          if compose else ())
+            g.start_graph(nodes, compose=composable(nodes) if compose else ())
             self.node = EpisodeRunner(context=self.graph.context)
             self._commands = None
             if keep_commands:

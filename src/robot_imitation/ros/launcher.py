@@ -58,6 +58,15 @@ def stop_all_groups(timeout: float = 5.0) -> None:
         group.stop(timeout=timeout)
 
 
+def composable(nodes: list) -> list:
+    """``compose`` for ``ProcessGroup.start_graph``: every node of the graph that can share a
+    process (``nodes.container.COMPOSABLE``: the bridge and its controllers), in one group; the
+    others (the recorder, a teleop) apart."""
+    from ..nodes.container import COMPOSABLE
+
+    return [[d.name for d in nodes if d.executable in COMPOSABLE]]
+
+
 def _composed(nodes: list, compose) -> list:
     """The groups of ``compose`` (node names) as lists of ``nodes``' declarations, checked:
     each name a node of the graph, in one group at most; each node one that can share a

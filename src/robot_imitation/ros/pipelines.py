@@ -102,15 +102,14 @@ def record_demonstrations(dataset, task: str = "push", spec: str | None = None,
 def _record(dataset, task, spec, spec_obj, episodes, mode, seed, storage, log_dir, progress,
             episode_timeout, graph, compose=False) -> list[dict]:
     from .graphs import record_graph
-    from .launcher import ProcessGroup
+    from .launcher import ProcessGroup, composable
     from ..nodes.episode_runner import EpisodeRunner, Spinner
 
     cameras = sorted({f.topic.strip("/").split("/")[0] for f in spec_obj.image_observations})
     with ProcessGroup(log_dir or dataset / "logs", env=graph.env) as group:
-        group.start_graph(record_graph(task, str(dataset), spec=spec,
-                                       mode=mode, seed=seed, storage=storage,
-                                       cameras=cameras or [""]),
-                          compose=[["mujoco_bridge", "scripted_expert"]] if compose else ())
+        nodes = record_graph(task, str(dataset), spec=spec, mode=mode, seed=seed,
+                             storage=storage, cameras=cameras or [""])
+        group.start_graph(nodes, compose=composable(nodes) if compose else ())
         # the run's own node on the run's graph (a context without signal handlers: Ctrl-C
         # stays a KeyboardInterrupt, which stops the processes)
         runner = EpisodeRunner(context=graph.context)
