@@ -3,7 +3,7 @@
 A process that falls behind (a loaded machine) cannot take what arrives: its shared-memory
 queue overflows and those messages are lost in transport. A reliable writer sends them again
 once its next heartbeat tells the reader they are missing. With Fast DDS's default heartbeat
-period (3 s) the repair of a burst came 4.9 s after the reader woke; a recorder waits at most
+period (3 s) the repair of a burst came 2.5-5.5 s after the reader woke; a recorder waits at most
 ``answer_timeout`` (2 s by default) for an episode's final messages, and a DAgger run under
 load trained on an episode whose last 23 steps so never reached the bag. The suite's Fast DDS
 profiles give writers a 100 ms heartbeat.

@@ -177,7 +177,7 @@ def dds_profile() -> Path | None:
       answer is dropped and the client waits forever (seen on a loaded machine with freshly
       started nodes); and every other writer sends a heartbeat every 100 ms, not 3 s, while a
       reader has not acknowledged a sample: what a reader that fell behind lost in transport
-      is sent again within a tenth of a second (it came up to 4.9 s late, past a recorder's
+      is sent again within a tenth of a second (it came 2.5-5.5 s late, past a recorder's
       wait for an episode's end). Nothing else differs from Fast DDS's defaults.
     - ``large_data`` (``config/fastdds/large_data.xml``): the same, and a shared-memory segment
       that holds camera frames published back to back (Fast DDS's 512 KB default loses the
