@@ -1017,6 +1017,56 @@ def test_a_stalled_recorder_loses_nothing_of_a_lockstep_episode(procs, probe, tm
         assert stamps[topic] == states, (topic, len(stamps[topic]), len(states))
 
 
+def test_the_final_state_is_judged_by_what_was_published_last_not_received_last():
+    """A recorder that fell behind gets the samples its transport dropped sent again: a
+    repaired sample is received after the ones published after it (they waited in the reader for
+    it), and the drain hands messages on in reception order. Judged by the last received, the
+    newest state was an earlier one: a stalled recorder's episode was kept ``incomplete``, its
+    bag holding every message (3 of 14 runs beside six busy loops)."""
+    from robot_imitation.cdr import StateWriter, float64_multi_array
+    from robot_imitation.pairing import stamp_label
+    from robot_imitation.recording.final_state import FinalState
+
+    w = StateWriter(["j"])
+    ms = 1_000_000
+
+    def item(received, topic, data, source):
+        return (received, topic, data, {"source_timestamp": source,
+                                        "received_timestamp": received})
+
+    def state(k):
+        return w.joint_state(0, 50 * ms * k, [0.0], [0.0], [0.0])
+
+    def command(k):
+        return float64_multi_array([0.5], stamp_label(50 * ms * k))
+
+    final = FinalState()
+    final.start({"/arm_controller/commands": False}, ["/joint_states"])
+    # states 0..3 and their answers published at 10k, 10k+1; state 1 and command 1 dropped on
+    # the way and repaired: received last (the drain's order), each with its own source stamp
+    batch = [item(100 + k, "/joint_states", state(k), 10 * k) for k in (0, 2, 3)]
+    batch += [item(110 + k, "/arm_controller/commands", command(k), 10 * k + 1)
+              for k in (0, 2, 3)]
+    batch += [item(200, "/joint_states", state(1), 10), item(201, "/arm_controller/commands",
+                                                             command(1), 11)]
+    batch.sort(key=lambda it: it[0])
+    final.offer(batch[:4])
+    final.offer(batch[4:])
+    assert final.reached("/joint_states", 150 * ms)
+    assert not final.reached("/joint_states", 200 * ms)
+    assert final.answered("/arm_controller/commands", 150 * ms, seen=10**9)
+    assert not final.answered("/arm_controller/commands", 200 * ms, seen=0)
+    # a topic not awaited is not kept; a new episode starts with nothing taken
+    final.offer([item(300, "/ee_pose", state(9), 90)])
+    assert not final.reached("/ee_pose", 0)
+    final.start({"/arm_controller/commands": False}, ["/joint_states"])
+    assert not final.reached("/joint_states", 0)
+    # a command naming no state answers one whose status was received before it
+    final.offer([item(400, "/arm_controller/commands", float64_multi_array([0.1]), 95)])
+    assert final.answered("/arm_controller/commands", 10**12, seen=400)
+    assert not final.answered("/arm_controller/commands", 10**12, seen=401)
+
+
 def test_what_a_latched_publisher_replays_to_a_new_subscription_is_not_recorded():
     """A new transient-local subscription gets the samples its publishers' histories still hold,
     published before it existed; an episode holds what was published from its start on."""

@@ -46,11 +46,10 @@ from rclpy.qos import (QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile,  # noq
                        QoSReliabilityPolicy)
 from std_srvs.srv import Trigger  # noqa: E402
 
-from ..cdr import answer_stamp  # noqa: E402
 from ..observation import message_class  # noqa: E402
+from ..recording.final_state import FinalState  # noqa: E402
 from ..recording.heap import keep_freed_memory  # noqa: E402
 from ..recording.latched import Replays  # noqa: E402
-from ..recording.timing import header_stamp_ns  # noqa: E402
 from ..recording.recorder import DatasetWriter, Recorder, RecorderError  # noqa: E402
 from ..spec import Spec  # noqa: E402
 
@@ -323,15 +322,11 @@ class EpisodeRecorder(Node):
                                for t, ty in self.spec.action_topics().items()} \
             if self.spec else {}
         self._state_topics = frozenset(per_state) if self._action_topics else frozenset()
-        # those of the running episode: empty without auto stop (set at each ~/start)
-        self._answering: dict = {}
-        self._newest_answer: dict = {}
-        # and the topics that carry every state, whose message of the final state is awaited
-        # as well: a recorder that fell behind gets the samples its transport dropped sent
-        # again, later (a test run's bag ended without the final 136 poses); their newest bytes
-        # taken, by topic
-        self._per_state: frozenset = frozenset()
-        self._newest_state: dict = {}
+        # those of the running episode (none without auto stop: set at each ~/start), and the
+        # topics that carry every state, whose message of the final state is awaited as well:
+        # a recorder that fell behind gets the samples its transport dropped sent again, later
+        # (a test run's bag ended without the final 136 poses); the newest taken on each
+        self._final = FinalState()
         self._receive_clock = log_time == "receive" and self.get_parameter("use_sim_time").value
         self.drain = Drain(self._offer_batch, self.context,
                            lambda text: self.get_logger().error(text, throttle_duration_sec=5.0),
@@ -418,13 +413,7 @@ class EpisodeRecorder(Node):
         time); under simulation time, the node clock when the message was taken."""
         batch = self.replays.drop_replayed(batch)
         now = self.get_clock().now().nanoseconds if self._receive_clock else 0
-        if self._answering:
-            for received, topic, data, info in batch:
-                if topic in self._answering:  # the stamp is read only while a stop waits
-                    self._newest_answer[topic] = (data, info["received_timestamp"]
-                                                  or time.time_ns())
-                elif topic in self._per_state:
-                    self._newest_state[topic] = data
+        self._final.offer(batch)  # stamps are read only while a stop waits
         self.recorder.offer_many([(topic, now or received, data, info["source_timestamp"])
                                   for received, topic, data, info in batch
                                   if not self._before_start(info)])
@@ -542,7 +531,7 @@ class EpisodeRecorder(Node):
                                 settings["task"],
                                 dict(self._action_topics) if auto else {},
                                 self._state_topics if auto else frozenset())
-        self._answering, self._per_state = self.episode.answering, self.episode.per_state
+        self._final.start(self.episode.answering, self.episode.per_state)
         self._started_ns = started
         self._running_episode = None
         resp.success, resp.message = True, f"recording {name}"
@@ -566,24 +555,6 @@ class EpisodeRecorder(Node):
         resp.message = self._summary(entry)
         return resp
 
-    def _reached(self, topic: str, final: int) -> bool:
-        """Has ``topic`` (one that carries every state) a message of the final state's instant
-        or a later one?"""
-        newest = self._newest_state.get(topic)
-        stamp = header_stamp_ns(newest) if newest is not None else None
-        return stamp is not None and stamp >= final
-
-    def _answered(self, topic: str, final: int, seen: int, named: bool) -> bool:
-        """Has ``topic`` a command answering the state stamped ``final`` (one naming it or a
-        later one, or one naming none received after that state's status, at ``seen``)?
-        ``named``: whether its commands name their state by a header stamp."""
-        newest = self._newest_answer.get(topic)
-        if newest is None:
-            return False
-        data, received = newest
-        stamp = answer_stamp(data, named)
-        return stamp >= final if stamp is not None else received >= seen
-
     def _auto_stop_after(self, final: int, seen: int, started: int,
                          episode: "_Episode") -> None:
         """Stop ``stop_grace`` s after the final status, or later, once every action topic has
@@ -598,13 +569,11 @@ class EpisodeRecorder(Node):
         while True:
             late = time.monotonic() - t0 >= limit
             if late:
-                # what the middleware holds for this node counts, taken or not: the drain's
-                # passes come every few ms, but a starved process took them later than the
-                # wait (a loaded run's bag held every message, its entry said it lacked them)
+                # what the middleware holds for this node counts, taken or not (the drain's
+                # passes come every few ms; a starved process takes them later)
                 self.drain.take(flush=True)
-            missing = [t for t in missing
-                       if not self._answered(t, final, seen, episode.answering[t])]
-            lacking = [t for t in lacking if not self._reached(t, final)]
+            missing = [t for t in missing if not self._final.answered(t, final, seen)]
+            lacking = [t for t in lacking if not self._final.reached(t, final)]
             if not (missing or lacking) or late:
                 break
             time.sleep(0.005)
