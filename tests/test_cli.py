@@ -262,6 +262,16 @@ def test_an_out_that_is_a_folder_is_refused_before_any_episode(tmp_path, push_ch
     assert files_under(tmp_path) == ["eval"]
 
 
+@pytest.mark.parametrize("flags", [["--compose"], ["--join-ros-graph"],
+                                   ["--compose", "--join-ros-graph"]])
+def test_ros_options_with_gym_are_refused_not_ignored(tmp_path, push_checkpoint, flags):
+    """`evaluate --gym --compose` (or `--join-ros-graph`) ran in the gymnasium task and said
+    nothing of the option it dropped."""
+    line = one_line(cli("evaluate", push_checkpoint, "--gym", *flags, "--episodes", 1))
+    assert line == f"robot-imitation evaluate: {' and '.join(flags)}: for a run through ROS " \
+                   "(--ros, the default); --gym runs without ROS", line
+
+
 # --------------------------------------------------------------------------- dagger, pipeline
 def test_a_dagger_run_checks_its_settings_before_recording(tmp_path):
     """A device that is not there was found only after the demonstrations were recorded."""

@@ -450,6 +450,12 @@ def _backend_kind(value: str) -> str:
 def cmd_evaluate(args) -> int:
     start = time.perf_counter()
     _check_task(args.task)
+    if not args.ros:  # (ignored without a word before: the run was not what was asked)
+        ros_only = [flag for flag, on in (("--compose", args.compose),
+                                          ("--join-ros-graph", args.join_ros_graph)) if on]
+        if ros_only:
+            raise UsageError(f"{' and '.join(ros_only)}: for a run through ROS (--ros, the "
+                             "default); --gym runs without ROS")
     if args.out:  # (found only when the result was written, all run)
         _writable_folder(Path(args.out).parent)
         if Path(args.out).is_dir():
