@@ -262,7 +262,7 @@ def test_an_out_that_is_a_folder_is_refused_before_any_episode(tmp_path, push_ch
     assert files_under(tmp_path) == ["eval"]
 
 
-@pytest.mark.parametrize("flags", [["--compose"], ["--join-ros-graph"],
+@pytest.mark.parametrize("flags", [["--compose"], ["--no-compose"], ["--join-ros-graph"],
                                    ["--compose", "--join-ros-graph"]])
 def test_ros_options_with_gym_are_refused_not_ignored(tmp_path, push_checkpoint, flags):
     """`evaluate --gym --compose` (or `--join-ros-graph`) ran in the gymnasium task and said
@@ -270,6 +270,23 @@ def test_ros_options_with_gym_are_refused_not_ignored(tmp_path, push_checkpoint,
     line = one_line(cli("evaluate", push_checkpoint, "--gym", *flags, "--episodes", 1))
     assert line == f"robot-imitation evaluate: {' and '.join(flags)}: for a run through ROS " \
                    "(--ros, the default); --gym runs without ROS", line
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize("flags, processes", [([], ["episode_recorder",
+                                                   "mujoco_bridge+scripted_expert"]),
+                                              (["--no-compose"], ["episode_recorder",
+                                                                  "mujoco_bridge",
+                                                                  "scripted_expert"])],
+                         ids=["default", "no-compose"])
+def test_a_simulated_run_shares_one_process_unless_asked_not_to(tmp_path, flags, processes):
+    """A lockstep run through ROS puts the bridge and its controllers in one process by default
+    (the lockstep about a third faster, the same episodes: ``test_world_parity.py``);
+    ``--no-compose`` starts each node in its own, as on a robot. The recorder is always apart."""
+    ds = tmp_path / "ds"
+    proc = cli("record", ds, "--task", "reach", "--episodes", 1, *flags)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert sorted(p.name[:-len(".log")] for p in (ds / "logs").glob("*.log")) == processes
 
 
 # --------------------------------------------------------------------------- dagger, pipeline
