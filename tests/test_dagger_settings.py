@@ -190,9 +190,13 @@ def test_given_options_and_parameters_make_the_config():
     assert cfg.supervisor == {"hold": 3, "patience": flat_default("supervisor", "patience")}
     assert cfg.train == {**default_of(DaggerConfig, "train"), "steps": 7, "device": "cpu"}
     # as the node turns its parameters into a run's settings
+    from robot_imitation.nodes.dagger_node import NODE_ONLY
+
     table = dagger_parameters()
+    node_only = {p.name for p in NODE_ONLY}  # (where and how the node runs a run)
+    assert node_only == {"out", "cpu_threads", "join_ros_graph", "compose"}
     values = {name: p.setting_value(p.default) for name, p in table.items()
-              if name not in ("out", "cpu_threads", "join_ros_graph")}
+              if name not in node_only}
     assert dataclasses.asdict(to_config(values)) == \
         dataclasses.asdict(_dagger_config(build_parser().parse_args(["dagger"])))
 
