@@ -486,6 +486,36 @@ def test_between_encodes_each_frame_in_stages_in_the_time_given_after_the_ticks(
     ctl.close()
 
 
+def test_between_runs_no_stage_before_start_and_waits_only_for_one_that_fits():
+    """``between(deadline, start)``: the first stage not before ``start`` (the tick's command is
+    on its way meanwhile: stages right after it held up its delivery); no wait when no stage
+    is to run, or when none would fit between ``start`` and the deadline."""
+    ctl, key, expected = between_controller()
+    obs = observations(10, 2)
+    ctl.tick(obs[0])
+    t = time.perf_counter()
+    ctl.between(t + 1.0, start=t + 0.5)        # nothing in encoding: no wait
+    assert time.perf_counter() - t < 0.25
+    ctl.tick(obs[2])
+    ctl.tick(obs[3])                           # frame 2 in encoding, taken a tick before
+    staged = ctl.backend.staged(key)
+    began = []
+    step = staged.step
+
+    def timed():
+        began.append(time.perf_counter())
+        step()
+    staged.step = timed
+    t = time.perf_counter()
+    ctl.between(t + 0.2 + staged.next_cost() * 0.5, start=t + 0.2)   # none fits after start
+    assert began == [] and time.perf_counter() - t < 0.1
+    t = time.perf_counter()
+    ctl.between(t + 1.0, start=t + 0.05)
+    assert staged.done() and began[0] >= t + 0.05
+    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[2][key]), 1e-5, 1e-5)
+    ctl.close()
+
+
 def test_between_a_frame_starved_past_max_frame_lag_is_finished_on_the_tick():
     """No time between the ticks (a loop with no idle time): once a frame has been in encoding
     for longer than ``max_frame_lag``, the tick runs its stages (counted) and commands from it;

@@ -614,19 +614,29 @@ class PolicyController:
         features = backend.encode_frame(key, frame[None])
         return features, time.perf_counter() - t
 
-    def between(self, deadline: float) -> None:
+    def between(self, deadline: float, start: float | None = None) -> None:
         """``camera_encoding`` between: run the stages of the frames in encoding, one after
         another, while the next one is expected to end before ``deadline``
-        (``time.perf_counter()``). The control loop calls it once a tick's command is out. A
+        (``time.perf_counter()``), the first not before ``start`` (a wait only where a stage
+        is to run). The control loop calls it once a tick's command is out. A
         frame taken on this tick starts here only if all its stages fit: otherwise from the
         next tick's call on, so that the encoding stays clear of the traffic that came with the
         frame (at 500 Hz with a 30 Hz camera, the states sent with a frame were answered in
         0.95-1.20 ms at the median this way, against 1.50-1.58 ms with the first stages right
-        after their tick)."""
+        after their tick). ``start``: the command just sent is on its way meanwhile (stages
+        right after it held up its delivery on a 2-core machine: the states of the ticks that
+        ran stages answered in 1.0 ms at the median against 0.43 ms without)."""
         for key, job in self._encoding.items():
             if self._begun.get(key) == self._t and \
                     time.perf_counter() + job.remaining_cost() > deadline:
                 continue   # a frame taken on this tick that does not fit whole: from the next on
+            if start is not None and not job.done():
+                if start + job.next_cost() > deadline:
+                    continue   # its next stage does not fit after start
+                wait = start - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+                start = None
             while not job.done() and time.perf_counter() + job.next_cost() <= deadline:
                 job.step()
 

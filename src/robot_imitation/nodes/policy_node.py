@@ -57,10 +57,11 @@ in encoding ``camera_max_lag`` seconds after it came is given up on: the newest 
 encoded on the tick, and so are the next ones until the encoder is done (late_frames).
 ``between`` uses the frames as ``ahead`` does but encodes them on the control thread: the
 encoder cut into stages of about a quarter of a millisecond, run after a tick's command is out,
-those that fit in the first half of the time until the next tick (past ``camera_max_lag`` the
-tick finishes the frame itself). With ``trigger: state`` a state is answered once every part
-carries its stamp; cameras slower than the joint states set ``camera_frames: latest`` (each
-camera's newest frame, whatever its stamp).
+those that fit in the second quarter of the time until the next tick (the first leaves the
+command its way to the robot; past ``camera_max_lag`` the tick finishes the frame itself).
+With ``trigger: state`` a state is answered once every part carries its stamp; cameras slower
+than the joint states set ``camera_frames: latest`` (each camera's newest frame, whatever its
+stamp).
 
 Services: ~/enable (std_srvs/SetBool) stops or resumes commanding without a transition;
 ~/reload (std_srvs/Trigger) reloads the checkpoint. Hot reload: a new value of the
@@ -143,7 +144,7 @@ class PolicyNode(LifecycleNode):
               "exactly), ahead of the ticks on a thread of its own (ahead: no tick waits for "
               "an encoder; a tick uses the newest frame encoded: a control rate far above the "
               "camera's) or as ahead, on the control thread between the ticks, a stage of the "
-              "encoder at a time in the first half of the time until the next tick (between: "
+              "encoder at a time in the second quarter of the time until the next tick (between: "
               "no other thread competes with the ticks for the cores)", read_only=True,
               choices=CAMERA_ENCODINGS),
         Param("camera_encoder_priority", "idle", "camera_encoding ahead: the CPU priority of "
@@ -466,13 +467,13 @@ class PolicyNode(LifecycleNode):
         if spent > self.period:
             self.overruns += 1
         if self._between:
-            # camera_encoding between: encoder stages in the first half of the time until the
-            # next tick is due (the ticks' mean spacing, at most the control period), so that
-            # none runs when the next state comes
+            # camera_encoding between: encoder stages in the second quarter of the time until
+            # the next tick is due (the ticks' mean spacing, at most the control period): none
+            # runs when the next state comes, nor while this tick's command is on its way
             if self._last_t0 is not None:
                 self._gap += 0.05 * (min(t0 - self._last_t0, self.period) - self._gap)
             self._last_t0 = t0
-            self.controller.between(t0 + 0.5 * self._gap)
+            self.controller.between(t0 + 0.5 * self._gap, start=t0 + 0.25 * self._gap)
 
     def _problem_line(self, problem: tuple) -> str:
         """The line that says why a tick gave no command or the safe one, from what ``_tick``
