@@ -800,6 +800,122 @@ def test_a_tick_that_clamps_or_is_stale_pays_no_log_call_until_a_line_is_due(tmp
     assert clamped_calls <= 2 and stale_calls <= 2 and malformed_calls <= 2, rows
 
 
+WATCHDOG = r"""
+import sys
+import time
+
+from robot_imitation.nodes.common import STATE_QOS  # the ROS environment first
+
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.experimental import EventsExecutor
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from robot_imitation.nodes.policy_node import PolicyNode
+from robot_imitation.spec import Spec
+
+checks = [0]
+on_timer = PolicyNode._on_timer
+
+
+def counted(self):  # each time the node's timer calls it
+    checks[0] += 1
+    on_timer(self)
+
+
+PolicyNode._on_timer = counted
+rclpy.init(args=["--ros-args", "-p", f"checkpoint:={sys.argv[1]}", "-p", "rate:=100.0",
+                 "-p", "max_age_periods:=20.0", "-p", "safe_command:=hold"])
+node = PolicyNode()
+probe = rclpy.create_node("watchdog_probe")
+spec = Spec.load("reach")
+qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+for f in spec.actions:  # the node answers only while its commands have a subscriber
+    probe.create_subscription(Float64MultiArray, f.topic, lambda _m: None, qos)
+names = [j for f in spec.observations for j in f.joints]
+joints = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * len(names),
+                    effort=[0.0] * len(names))
+pose = PoseStamped()
+pose.pose.orientation.w = 1.0
+messages = list(dict((f.topic, joints if f.type.endswith("JointState") else pose)
+                     for f in spec.observations).items())
+pubs = {t: probe.create_publisher(type(m), t, STATE_QOS) for t, m in messages}
+
+
+def send():
+    stamp = probe.get_clock().now().to_msg()
+    joints.position[0] = 0.2 - joints.position[0]  # each state a new observation
+    for topic, msg in messages:
+        msg.header.stamp = stamp
+        pubs[topic].publish(msg)
+
+
+executor = EventsExecutor()
+executor.add_node(node)
+executor.add_node(probe)
+
+
+def spin_until(done, what, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        executor.spin_once(timeout_sec=0.01)
+
+
+spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()) and
+           all(p.get_subscription_count() for p in node.pubs), "no match")
+counters = node.controller.counters
+feed = probe.create_timer(0.01, send)  # states at the control rate (100 Hz)
+spin_until(lambda: counters.commands >= 20, "no command")
+for phase in ("flowing", "silent", "flowing again"):
+    if phase == "silent":
+        feed.cancel()
+    elif phase == "flowing again":
+        feed.reset()
+    checks[0], ticks0, stale0, t0 = 0, counters.ticks, counters.stale, time.monotonic()
+    if phase == "silent":  # from the first safe command, 30 more
+        spin_until(lambda: counters.stale > stale0, "no safe command")
+        stale0, t0, checks[0] = counters.stale, time.monotonic(), 0
+        spin_until(lambda: counters.stale >= stale0 + 30, "no 30 safe commands")
+    else:
+        spin_until(lambda: counters.ticks >= ticks0 + 150, "no 150 ticks")
+    print(phase, counters.ticks - ticks0, counters.stale - stale0, checks[0],
+          round(time.monotonic() - t0, 3), flush=True)
+probe.destroy_node()
+node.destroy_node()
+rclpy.try_shutdown()
+"""
+
+
+def test_trigger_state_checks_for_stale_states_only_while_none_is_answered(tmp_path):
+    """trigger state: the timer that watches for stale states ran every control period while
+    the states came, a second callback (and at 1 kHz a second wake-up of the process) per
+    state. It is pushed back by each state answered now: no check while they come; once none
+    was answered for half of max_age, a check each control period, so the safe command comes
+    at the control rate (max_age_periods 20: at a tenth of it without that), back to none once
+    the states come again."""
+    import subprocess
+
+    from conftest import untrained_checkpoint
+
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "reach")
+    out = subprocess.run([sys.executable, "-c", WATCHDOG, str(ckpt)], capture_output=True,
+                         text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line.rsplit(" ", 4)[0]: [float(v) for v in line.rsplit(" ", 4)[1:]]
+            for line in out.stdout.splitlines()
+            if line.startswith(("flowing", "silent"))}
+    for phase in ("flowing", "flowing again"):
+        ticks, _, checks, _ = rows[phase]
+        assert ticks >= 150 and checks <= ticks / 10, (phase, rows)
+    _, stale, checks, seconds = rows["silent"]
+    # each check a safe command, each control period (10 ms: 0.3 s for 30; one a watchdog's
+    # max_age / 2 would take 3 s)
+    assert stale >= 30 and checks <= stale + 1 and seconds < 1.5, rows
+
+
 @pytest.mark.ros
 def test_states_faster_than_the_control_rate_move_no_faster_than_the_limits(procs, probe,
                                                                             tmp_path):

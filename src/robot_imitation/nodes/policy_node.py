@@ -219,6 +219,8 @@ class PolicyNode(LifecycleNode):
         self._timer_gate = TimerGate()  # trigger timer: a tick waits for its state's status
         self._pending = None        # a state waiting for the episode status of its stamp
         self._silent = None         # watchdog tick: (key, stamp) of the part holding states back
+        self._watchdog = None       # trigger=state: the timer that watches for stale states
+        self._watch_fast = False    # the watchdog at the control period (no state answered)
         self._status_sub = None
         self._ents = []
         self._state_subs = {}       # topic -> its subscription (why a topic sends nothing)
@@ -303,8 +305,18 @@ class PolicyNode(LifecycleNode):
                 message_class("diagnostic_msgs/msg/DiagnosticArray"), self.p["episode_topic"],
                 self._on_episode, STATUS_QOS, raw=True)
             self._ents.append(self._status_sub)
-        # the timer drives commands (trigger=timer) or watches for stale states (trigger=state)
-        self._ents.append(self.create_timer(self.period, self._on_timer))
+        if self.p["trigger"] == "timer":  # the timer drives the commands
+            self._ents.append(self.create_timer(self.period, self._on_timer))
+        elif self.controller.max_age > 0:
+            # a watchdog for states gone stale, pushed back by each state answered
+            # (Timer.reset): it fires only once no state was answered for half of max_age, and
+            # from then on each control period until one is (as a timer of the control period
+            # would, which woke the process between every two states at 1 kHz)
+            self._watch_ns = (round(max(self.period, self.controller.max_age / 2) * 1e9),
+                              round(self.period * 1e9))
+            self._watchdog = self.create_timer(self._watch_ns[0] * 1e-9, self._on_timer)
+            self._watch_fast = False
+            self._ents.append(self._watchdog)
         self.get_logger().info(
             f"policy {loaded.path} (type {loaded.policy_type}, version {loaded.version}, "
             f"spec '{self.spec.name}', chunk {loaded.chunk}; {self.controller.describe()}) on "
@@ -358,6 +370,7 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_subscription(ent)
         self._ents = []
+        self._watchdog = None
         self._state_subs = {}
         self._status_sub = None
         for pub in getattr(self, "pubs", []):
@@ -416,6 +429,11 @@ class PolicyNode(LifecycleNode):
         elif latest is not None and self.controller.max_age > 0:
             # trigger=state: no complete state for too long gives the safe command, whether
             # every topic went silent or one (whose part then holds every state back)
+            if not self._watch_fast and self._watchdog is not None:  # checked each control
+                # period from now until a state is answered
+                self._watch_fast = True
+                self._watchdog.timer_period_ns = self._watch_ns[1]
+                self._watchdog.reset()
             stamp, key = self.assembler.oldest_part()
             age = self._clock_now().nanoseconds * 1e-9 - stamp
             if age > self.controller.max_age:
@@ -424,6 +442,11 @@ class PolicyNode(LifecycleNode):
                 self._silent = None
 
     def _tick(self, stamp: float, obs: dict) -> None:
+        if self._watchdog is not None and self._silent is None:  # a state answered
+            if self._watch_fast:
+                self._watch_fast = False
+                self._watchdog.timer_period_ns = self._watch_ns[0]
+            self._watchdog.reset()
         if not (self.active and self.enabled) or self.controller is None:
             return
         t0 = time.perf_counter()
