@@ -29,10 +29,11 @@ change per tick), replaced in part or whole by ``robot``/``action_lower``/``acti
 older than ``max_age_periods`` control periods gives the safe command (``hold``: repeat the last
 command; ``zero``: toward zeros, no faster than the largest change per tick) and a diagnostics
 error (trigger=state: also one topic of the state gone silent while the others go on, which
-keeps every state from completing; the error names it); NaN/inf in an input or an output
-publishes nothing; clamping is counted and logged. A state topic that never sent anything
-(nothing to answer, no command) is named in /diagnostics with why, from the graph (no
-publisher, another type, incompatible QoS): a warning, an error after ``first_state_timeout``.
+keeps every state from completing; the error names it; a watchdog pushed back by each state
+answered checks once none was for half of max_age, then each control period); NaN/inf in an
+input or an output publishes nothing; clamping is counted and logged. A state topic that never
+sent anything (nothing to answer, no command) is named in /diagnostics with why, from the graph
+(no publisher, another type, incompatible QoS): a warning, an error after ``first_state_timeout``.
 
 Chunks (``chunk_mode``; ``auto``, the default, is the policy family's own: ``mlp`` the first
 action of every prediction, ``act`` and ``diffusion`` half of each chunk with the next one
