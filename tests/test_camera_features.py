@@ -489,7 +489,9 @@ def test_between_encodes_each_frame_in_stages_in_the_time_given_after_the_ticks(
 def test_between_runs_no_stage_before_start_and_waits_only_for_one_that_fits():
     """``between(deadline, start)``: the first stage not before ``start`` (the tick's command is
     on its way meanwhile: stages right after it held up its delivery); no wait when no stage
-    is to run, or when none would fit between ``start`` and the deadline."""
+    is to run. A stage that does not fit after ``start`` runs at once if it fits from now: it
+    was skipped, so that a stage longer than the time from start to the deadline never ran and
+    its frame waited for ``max_frame_lag``, then was finished on a tick."""
     ctl, key, expected = between_controller()
     obs = observations(10, 2)
     ctl.tick(obs[0])
@@ -507,12 +509,19 @@ def test_between_runs_no_stage_before_start_and_waits_only_for_one_that_fits():
         step()
     staged.step = timed
     t = time.perf_counter()
-    ctl.between(t + 5.0 + staged.next_cost() * 0.5, start=t + 5.0)   # none fits after start
+    ctl.between(t + staged.next_cost() * 0.5, start=t + 5.0)   # fits neither after start nor now
     assert began == [] and time.perf_counter() - t < 2.5
+    t = time.perf_counter()
+    ctl.between(t + 5.0 + staged.next_cost() * 0.5, start=t + 5.0)   # not after start: at once
+    assert staged.done() and began[0] < t + 2.5 and time.perf_counter() - t < 2.5
+    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[2][key]), 1e-5, 1e-5)
+    ctl.tick(obs[5])                           # frame 4 in encoding, taken a tick before
+    assert ctl.backend.staged(key) is staged and not staged.done()   # (its step still timed)
+    began.clear()
     t = time.perf_counter()
     ctl.between(t + 1.0, start=t + 0.05)
     assert staged.done() and began[0] >= t + 0.05
-    assert agrees(ctl.tick(obs[4]).action, expected(obs[4], obs[2][key]), 1e-5, 1e-5)
+    assert agrees(ctl.tick(obs[6]).action, expected(obs[6], obs[4][key]), 1e-5, 1e-5)
     ctl.close()
 
 
