@@ -711,6 +711,24 @@ def test_hot_reload_in_a_lockstep_run_misses_no_tick(reach_bc, procs, probe, tmp
     assert sum(o.success for o in outcomes) >= 0.75 * len(outcomes), outcomes
 
 
+# (the scripts below, after rclpy.init and PolicyNode's import) a policy node, a probe node
+# that subscribes to its commands, and one state of reach as messages (topic, message)
+NODE_AND_PROBE = r"""
+node = PolicyNode()
+probe = rclpy.create_node("policy_probe")
+spec = Spec.load("reach")
+qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
+for f in spec.actions:  # the node answers only while its commands have a subscriber
+    probe.create_subscription(Float64MultiArray, f.topic, lambda _m: None, qos)
+names = [j for f in spec.observations for j in f.joints]
+joints = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * len(names),
+                    effort=[0.0] * len(names))
+pose = PoseStamped()
+pose.pose.orientation.w = 1.0
+messages = list(dict((f.topic, joints if f.type.endswith("JointState") else pose)
+                     for f in spec.observations).items())
+"""
+
 LOG_CALLS = COUNT_LOGGER_CALLS + r"""
 import sys
 import time
@@ -728,25 +746,11 @@ checkpoint, n = sys.argv[1], int(sys.argv[2])
 rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "max_delta:=[1.0e-9]",
                  "-p", "max_age_periods:=3.0"])
 from robot_imitation.nodes.policy_node import PolicyNode  # noqa: E402
-
-node = PolicyNode()
-probe = rclpy.create_node("log_calls_probe")
-spec = Spec.load("reach")
-qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
-for f in spec.actions:  # the node answers only while its commands have a subscriber
-    probe.create_subscription(Float64MultiArray, f.topic, lambda _m: None, qos)
+""" + NODE_AND_PROBE + r"""
 deadline = time.monotonic() + 30
 while not all(p.get_subscription_count() for p in node.pubs):
     assert time.monotonic() < deadline, "the probe's subscriptions never matched"
     time.sleep(0.05)
-names = [j for f in spec.observations for j in f.joints]
-joints = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * len(names),
-                    effort=[0.0] * len(names))
-pose = PoseStamped()
-pose.pose.orientation.w = 1.0
-messages = [(f.topic, joints if f.type.endswith("JointState") else pose)
-            for f in spec.observations]
-messages = list(dict(messages).items())
 
 
 def feed(count, age):
@@ -828,19 +832,7 @@ def counted(self):  # each time the node's timer calls it
 PolicyNode._on_timer = counted
 rclpy.init(args=["--ros-args", "-p", f"checkpoint:={sys.argv[1]}", "-p", "rate:=100.0",
                  "-p", "max_age_periods:=20.0", "-p", "safe_command:=hold"])
-node = PolicyNode()
-probe = rclpy.create_node("watchdog_probe")
-spec = Spec.load("reach")
-qos = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
-for f in spec.actions:  # the node answers only while its commands have a subscriber
-    probe.create_subscription(Float64MultiArray, f.topic, lambda _m: None, qos)
-names = [j for f in spec.observations for j in f.joints]
-joints = JointState(name=names, position=[0.1] * len(names), velocity=[0.0] * len(names),
-                    effort=[0.0] * len(names))
-pose = PoseStamped()
-pose.pose.orientation.w = 1.0
-messages = list(dict((f.topic, joints if f.type.endswith("JointState") else pose)
-                     for f in spec.observations).items())
+""" + NODE_AND_PROBE + r"""
 pubs = {t: probe.create_publisher(type(m), t, STATE_QOS) for t, m in messages}
 
 
