@@ -4,14 +4,15 @@ node's reload does, ``deploy/export.py``).
 
 A thread ticks at ``--rate``: it sleeps until each period's deadline and records how late it woke
 (as a control loop's timer would); the main thread meanwhile loads the checkpoint with
-``load_policy(path, spec, "onnxruntime", apart=...)``, in the same process as the ticks, as the
-node's reload worker does. Per family and round (the two ways alternate, after one load that
+``load_policy(path, spec, backend, apart=...)`` (``--backend``, onnxruntime by default; ``auto``:
+a reload that chooses its backend anew), in the same process as the ticks, as the node's reload
+worker does. Per family and round (the two ways alternate, after one load that
 imports and warms everything): the largest lateness, the ticks that woke more than a period
 late (missed), the load's seconds. The ratio is here / apart of the largest lateness. No ROS:
 the stall is Python's interpreter lock, held by ``torch.onnx.export``'s graph passes.
 
     .venv/bin/python bench/reload_stall.py [--families diffusion,act,mlp-camera] [--rounds 3]
-                                           [--rate 500]
+                                           [--rate 500] [--backend onnxruntime]
 
 The checkpoints are untrained random weights of each family's default architecture (mlp-camera:
 an mlp on ``push_image``, its camera encoder a graph of its own). Prints a table, writes
@@ -81,18 +82,19 @@ class Ticker:
         return np.array(self.lateness)
 
 
-def measure(path, spec, apart: bool, rate: float) -> dict:
+def measure(path, spec, apart: bool, rate: float, backend: str) -> dict:
     from robot_imitation.deploy.runtime import load_policy
 
     ticker = Ticker(rate)
     time.sleep(0.2)
     t0 = time.perf_counter()
-    loaded = load_policy(path, spec, "onnxruntime", apart=apart)
+    loaded = load_policy(path, spec, backend, apart=apart)
     seconds = time.perf_counter() - t0
     time.sleep(AFTER_S)
     late = ticker.stop()
     period = 1.0 / rate
-    return {"apart": apart, "load_s": seconds, "note": loaded.backend.note,
+    return {"apart": apart, "load_s": seconds, "backend": loaded.backend.kind,
+            "note": loaded.backend.note,
             "max_late_ms": float(late.max() * 1e3), "p99_late_ms": float(
                 np.percentile(late, 99) * 1e3), "missed": int((late > period).sum()),
             "ticks": int(late.size)}
@@ -101,21 +103,22 @@ def measure(path, spec, apart: bool, rate: float) -> dict:
 def run(args) -> dict:
     from robot_imitation.deploy.runtime import load_policy
 
-    results = {"rate": args.rate, "rounds": args.rounds, "cpus": os.cpu_count(),
+    results = {"rate": args.rate, "rounds": args.rounds, "backend": args.backend,
+               "cpus": os.cpu_count(),
                "python": sys.version.split()[0], "families": {}}
     load0, steal0 = os.getloadavg()[0], steal_seconds()
     with tempfile.TemporaryDirectory(prefix="reload_stall-") as tmp:
         for name in args.families:
             path, spec = checkpoint(name, Path(tmp))
-            load_policy(path, spec, "onnxruntime")   # imports, first-call costs: not measured
+            load_policy(path, spec, args.backend)   # imports, first-call costs: not measured
             rows = []
             for i in range(args.rounds):
                 for apart in ((False, True) if i % 2 == 0 else (True, False)):
-                    rows.append(measure(path, spec, apart, args.rate))
+                    rows.append(measure(path, spec, apart, args.rate, args.backend))
                     print(f"[bench] {name} {'apart' if apart else 'here '}: "
                           f"largest lateness {rows[-1]['max_late_ms']:7.1f} ms, "
-                          f"{rows[-1]['missed']:3d} missed, load {rows[-1]['load_s']:.2f} s",
-                          flush=True)
+                          f"{rows[-1]['missed']:3d} missed, load {rows[-1]['load_s']:.2f} s, "
+                          f"backend {rows[-1]['backend']}", flush=True)
             here = [r["max_late_ms"] for r in rows if not r["apart"]]
             apart = [r["max_late_ms"] for r in rows if r["apart"]]
             results["families"][name] = {"rows": rows, "ratio_max_late": float(
@@ -126,8 +129,9 @@ def run(args) -> dict:
 
 
 def report(r: dict) -> str:
-    lines = [f"A checkpoint load beside a {r['rate']:g} Hz ticking thread, ONNX export here / "
-             f"in a child process ({r['rounds']} rounds each, {r['cpus']} CPUs, load average "
+    lines = [f"A checkpoint load (backend {r['backend']}) beside a {r['rate']:g} Hz ticking "
+             f"thread, here / apart (a reload's way: ONNX exported in a child process) "
+             f"({r['rounds']} rounds each, {r['cpus']} CPUs, load average "
              f"{r['loadavg_1min'][0]:.2f} -> {r['loadavg_1min'][1]:.2f}, steal "
              f"{r['steal_s']:.1f} s)",
              "  family      export  largest lateness ms (median, max)  missed ticks (median)"
@@ -152,6 +156,9 @@ def main() -> int:
                         help=f"comma-separated, of {', '.join(FAMILIES)}")
     parser.add_argument("--rounds", type=int, default=3, help="loads each way, per family")
     parser.add_argument("--rate", type=positive, default=500.0, help="the ticking thread's Hz")
+    parser.add_argument("--backend", default="onnxruntime",
+                        choices=("auto", "onnxruntime", "torchscript", "eager"),
+                        help="the backend loaded (auto: chosen by measurement)")
     args = parser.parse_args()
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown or not args.families or args.rounds < 1:

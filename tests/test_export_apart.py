@@ -91,3 +91,32 @@ def test_a_family_the_child_does_not_know_is_exported_here(exports):
     assert backend.note.startswith("exported in this process (the ONNX export in a child "
                                    "process failed: "), backend.note
     assert "failed: the policy: unknown policy type 'tiny'" in backend.note, backend.note
+
+
+def test_a_load_beside_a_control_loop_traces_no_torchscript_unless_asked(tmp_path, monkeypatch):
+    """``auto`` beside a running control loop (``apart``: a reload that chooses its backend
+    anew): TorchScript's trace runs in this process, holding the interpreter lock (the default
+    diffusion policy's: 243 ms without a tick); it is not tried, and its row says why. Asked
+    for by name, it is traced."""
+    traces = []
+    trace = torch.jit.trace
+
+    def traced(*args, **kwargs):
+        traces.append(1)
+        return trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", traced)
+    spec = Spec.load("reach")
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "mlp", make_policy(
+        spec, TrainConfig(policy="mlp", task="reach")).eval(), spec)
+    here = load_policy(path, spec, "auto")
+    assert len(traces) == 1
+    assert any(r["backend"] == "torchscript" and "median_us" in r for r in here.backends)
+    apart = load_policy(path, spec, "auto", apart=True)
+    assert len(traces) == 1, "a load apart traced TorchScript"
+    row = next(r for r in apart.backends if r["backend"] == "torchscript")
+    assert "not tried beside a running control loop" in row["error"], row
+    assert apart.backend.kind != "torchscript"
+    named = load_policy(path, spec, "torchscript", apart=True)
+    assert named.backend.kind == "torchscript" and len(traces) == 2

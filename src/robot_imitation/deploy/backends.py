@@ -609,7 +609,9 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
                    apart: bool = False) -> tuple[Backend, list[dict]]:
     """The backend ``kind``, or with ``auto`` the fastest one that agrees with eager PyTorch.
     ``apart``: the ONNX export in a child process, this process's interpreter lock left to its
-    other threads (a reload under a running control loop; TorchScript still traces here).
+    other threads (a reload under a running control loop). With ``auto`` and ``apart``,
+    TorchScript is not tried: its trace runs here, holding the lock (243 ms for the default
+    diffusion policy: as long without a tick); asked for by name, it is traced.
 
     Returns (backend, measurements): one row per candidate with its median latency in
     microseconds, or why it was not used.
@@ -648,6 +650,10 @@ def select_backend(policy: Policy, kind: str = "auto", threads: int = 1, calls: 
         problem = BACKENDS[k].unsupported(policy)
         if problem:  # only the backends that support this policy are tried
             rows.append({"backend": k, "error": problem})
+            continue
+        if apart and kind == "auto" and k == "torchscript":
+            rows.append({"backend": k, "error": "not tried beside a running control loop (its "
+                         "trace holds the interpreter lock)"})
             continue
         try:
             backend = (reference if k == "eager" else

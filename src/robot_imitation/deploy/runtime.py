@@ -105,8 +105,9 @@ class LoadedPolicy:
 def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1,
                 apart: bool = False) -> LoadedPolicy:
     """Load and validate a checkpoint and build its backend. Raises ``CheckpointError`` (a
-    ``ValueError``) or ``BackendError`` with a message naming the problem. ``apart``: an ONNX
-    export runs in a child process (a load beside a running control loop: a reload)."""
+    ``ValueError``) or ``BackendError`` with a message naming the problem. ``apart``: a load
+    beside a running control loop (a reload): an ONNX export runs in a child process, and no
+    TorchScript is traced unless asked for by name (``select_backend``)."""
     t0 = time.perf_counter()
     policy, meta = load_checkpoint(path, runtime_spec)
     spec = Spec.from_dict(meta["spec"])

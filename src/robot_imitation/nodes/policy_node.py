@@ -629,6 +629,8 @@ class PolicyNode(LifecycleNode):
                 continue
             forced = self.p["backend"] != "auto"
             backend = self.p["backend"] if forced else controller.policy.backend.kind
+            if backend == "torchscript" and not forced:
+                backend = "auto"  # chosen anew without a trace here (it holds the interpreter)
             try:
                 try:
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"],
