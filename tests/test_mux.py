@@ -628,11 +628,25 @@ def test_without_sync_a_new_episode_is_known_before_a_command_of_it_is_forwarded
     def send(joint1: float, k: int) -> None:
         sources.pubs[("policy", ARM)].publish(answer([joint1] + [-1.0] * 6, float(k)))
 
-    publish_state(1, 1.0)
-    publish_status(1, "1")
-    time.sleep(0.2)
-    send(1.0, 1)
-    wait_for(lambda: len(arm) == 1, WAIT, "the first forward", procs=procs)
+    sent = [0]
+
+    def first_forward() -> bool:
+        """The first state, its status and the answer to it, again while every answer sent was
+        dropped: on a loaded machine the mux's subscription to the states can match the probe's
+        publisher after the first state went out (a volatile reader: lost to it), and its
+        answer is then dropped (no state yet, counted), as the fresh-clone CI saw twice."""
+        if arm:
+            return True
+        if int(mux_value(diag, "no_reference_dropped") or 0) >= sent[0]:
+            publish_state(1, 1.0)
+            publish_status(1, "1")
+            time.sleep(0.2)
+            send(1.0, 1)
+            sent[0] += 1
+        return False
+
+    wait_for(first_forward, WAIT, "the first forward", procs=procs)
+    assert len(arm) == 1
     # episode 2: its first state (the robot put back at 0), the policy's answer to it, and only
     # then (late) the state's status; the mux forwarded 0.89 (1.0 less a tick's change)
     publish_state(2, 0.0)
