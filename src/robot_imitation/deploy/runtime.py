@@ -629,8 +629,7 @@ class PolicyController:
         ran stages answered in 1.0 ms at the median against 0.43 ms without). A stage that does
         not fit after ``start`` but does from now runs at once: skipped, it never ran (a stage
         longer than the time from start to the deadline, as on a slower machine), and its frame
-        was finished on a tick once ``max_frame_lag`` was past (2-56 frames a minute at 500
-        Hz)."""
+        was finished on a tick, all its stages at once, once ``max_frame_lag`` was past."""
         for key, job in self._encoding.items():
             if self._begun.get(key) == self._t and \
                     time.perf_counter() + job.remaining_cost() > deadline:
