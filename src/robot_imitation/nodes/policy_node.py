@@ -636,8 +636,8 @@ class PolicyNode(LifecycleNode):
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"],
                                          apart=True)
                 except RuntimeError:
-                    if forced:  # the backend asked for cannot run it: refused, as at start
-                        raise
+                    if forced or backend == "auto":  # (asked for: refused, as at start; auto:
+                        raise                        # chosen anew already)
                     # the backend chosen for the old model cannot run the new one: choose again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"],
                                          apart=True)
