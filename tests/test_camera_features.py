@@ -491,7 +491,9 @@ def test_between_runs_no_stage_before_start_and_waits_only_for_one_that_fits():
     on its way meanwhile: stages right after it held up its delivery); no wait when no stage
     is to run. A stage that does not fit after ``start`` runs at once if it fits from now: it
     was skipped, so that a stage longer than the time from start to the deadline never ran and
-    its frame waited for ``max_frame_lag``, then was finished on a tick."""
+    its frame waited for ``max_frame_lag``, then was finished on a tick. The stage after a wait
+    for ``start`` runs if it fit from there: the sleep's late wake-up made one that just fit
+    (a stage of 0.43 ms, 0.5 ms from start to the deadline at 500 Hz) never run."""
     ctl, key, expected = between_controller()
     obs = observations(10, 2)
     ctl.tick(obs[0])
@@ -522,6 +524,12 @@ def test_between_runs_no_stage_before_start_and_waits_only_for_one_that_fits():
     ctl.between(t + 1.0, start=t + 0.05)
     assert staged.done() and began[0] >= t + 0.05
     assert agrees(ctl.tick(obs[6]).action, expected(obs[6], obs[4][key]), 1e-5, 1e-5)
+    ctl.tick(obs[7])                           # frame 6 in encoding
+    began.clear()
+    staged._costs[:] = 0.02      # (estimates each stage of 20 ms: the first one fits just so)
+    t = time.perf_counter()
+    ctl.between(t + 0.05 + 0.02, start=t + 0.05)    # a sleep to start wakes late: it still runs
+    assert len(began) == 1 and began[0] >= t + 0.05 and not staged.done()
     ctl.close()
 
 
