@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from robot_imitation.deploy.backends import fill_example, select_backend
-from robot_imitation.deploy.runtime import load_policy
+from robot_imitation.deploy.runtime import load_policy, reload_backend
 from robot_imitation.learning.checkpoint import save_checkpoint
 from robot_imitation.learning.trainer import TrainConfig
 from robot_imitation.policies import make_policy
@@ -120,3 +120,9 @@ def test_a_load_beside_a_control_loop_traces_no_torchscript_unless_asked(tmp_pat
     assert apart.backend.kind != "torchscript"
     named = load_policy(path, spec, "torchscript", apart=True)
     assert named.backend.kind == "torchscript" and len(traces) == 2
+    # the policy node's reload: a running TorchScript is chosen anew (a retry of the running
+    # kind would trace beside the loop); the running kind first otherwise, or the one asked for
+    assert reload_backend("auto", "torchscript") == ("auto", False)
+    assert reload_backend("auto", "onnxruntime") == ("onnxruntime", True)
+    assert reload_backend("torchscript", "torchscript") == ("torchscript", False)
+    assert reload_backend("numpy", "numpy") == ("numpy", False)

@@ -102,6 +102,20 @@ class LoadedPolicy:
         return self.backend.policy_type
 
 
+def reload_backend(asked: str, running: str) -> tuple[str, bool]:
+    """The backend a hot reload loads with, beside a running control loop: (kind, whether a
+    refusal of that kind is retried with ``auto``). ``asked``: the node's ``backend`` (not
+    ``auto``: that one, refused as at start); ``running``: the kind of the policy running. With
+    ``auto`` the running kind first, where the new model runs on it (else chosen anew), but
+    TorchScript is chosen anew at once: its trace holds the interpreter lock for up to 0.3 s
+    (a diffusion policy), every tick of the loop waiting (``select_backend(apart=True)``)."""
+    if asked != "auto":
+        return asked, False
+    if running == "torchscript":
+        return "auto", False
+    return running, True
+
+
 def load_policy(path, runtime_spec: Spec | None, backend: str = "auto", threads: int = 1,
                 apart: bool = False) -> LoadedPolicy:
     """Load and validate a checkpoint and build its backend. Raises ``CheckpointError`` (a

@@ -97,7 +97,7 @@ from ..deploy.backends import KINDS  # noqa: E402
 from ..deploy.limits import LimitsError, runtime_limits  # noqa: E402
 from ..deploy.runtime import (CAMERA_ENCODINGS, CHUNK_MODES, LATE_CHUNKS,  # noqa: E402
                               ENCODER_PRIORITIES, SAFE_COMMANDS, ActionFilter, PolicyController,
-                              TimeWindow, load_policy, make_controller)
+                              TimeWindow, load_policy, make_controller, reload_backend)
 from ..learning.checkpoint import CheckpointError, read_metadata, spec_mismatch  # noqa: E402
 from ..observation import (CAMERA_FRAMES, ObservationAssembler,  # noqa: E402
                            message_class)
@@ -627,17 +627,14 @@ class PolicyNode(LifecycleNode):
             controller = self.controller
             if path is None or controller is None:
                 continue
-            forced = self.p["backend"] != "auto"
-            backend = self.p["backend"] if forced else controller.policy.backend.kind
-            if backend == "torchscript" and not forced:
-                backend = "auto"  # chosen anew without a trace here (it holds the interpreter)
+            backend, again = reload_backend(self.p["backend"], controller.policy.backend.kind)
             try:
                 try:
                     loaded = load_policy(path, controller.spec, backend, self.p["threads"],
                                          apart=True)
                 except RuntimeError:
-                    if forced or backend == "auto":  # (asked for: refused, as at start; auto:
-                        raise                        # chosen anew already)
+                    if not again:
+                        raise
                     # the backend chosen for the old model cannot run the new one: choose again
                     loaded = load_policy(path, controller.spec, "auto", self.p["threads"],
                                          apart=True)
