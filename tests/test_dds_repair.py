@@ -90,3 +90,74 @@ def test_a_stalled_readers_lost_messages_come_within_the_recorders_answer_timeou
     assert max(repairs) < timeout, (
         f"the last lost message of each burst came {[round(r, 2) for r in repairs]} s after the "
         f"reader woke; a recorder waits {timeout} s for an episode's final messages")
+
+
+# a reliable reader in a process of its own, taking what comes until told to stop
+QUIET_READER = r"""
+import sys, rclpy
+from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+from geometry_msgs.msg import PoseStamped
+
+rclpy.init()
+node = rclpy.create_node("quiet_reader")
+node.create_subscription(PoseStamped, "/nack_suppression", lambda m: None,
+                         QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE))
+print("ready", flush=True)
+while rclpy.ok():
+    rclpy.spin_once(node, timeout_sec=0.05)
+"""
+
+
+def event_thread_switches() -> int:
+    """Context switches so far of this process's Fast DDS event threads (``dds.ev.*``)."""
+    total = 0
+    for task in os.scandir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"{task.path}/comm") as f:
+                if not f.read().startswith("dds.ev"):
+                    continue
+            with open(f"{task.path}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return total
+
+
+def test_a_publish_to_a_reader_in_another_process_does_not_wake_the_event_thread_each_time(probe):
+    """Each sample a reliable writer sends to a reader in another process restarts that
+    reader's NACK-suppression timer; with Fast DDS's default duration (0) the timer is due at
+    once, so every publish woke the participant's event thread (and the publishing thread
+    waited on the mutex they share): at 1 kHz, 3-4 context switches a tick in a node that
+    answers with two commands. The suite's profiles suppress NACKs for 3 ms after a send (less
+    than the reader's 5 ms heartbeat response delay: a loss's NACK still gets its repair), so
+    the timer runs at most once in 3 ms whatever the rate (the switches counted against the
+    time: a loaded machine slows the publishes, and only merges the wake-ups)."""
+    from geometry_msgs.msg import PoseStamped
+
+    from robot_imitation.nodes.common import STATE_PUB_QOS
+
+    pub = probe.node.create_publisher(PoseStamped, "/nack_suppression", STATE_PUB_QOS)
+    reader = subprocess.Popen([sys.executable, "-c", QUIET_READER], text=True,
+                              stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30.0
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pub.get_subscription_count() == 1, "the reader never matched"
+        time.sleep(0.5)  # its side has matched too
+        msg, sent = PoseStamped(), 1000
+        before, t = event_thread_switches(), time.monotonic()
+        for n in range(sent):   # a publish about every 0.4 ms
+            msg.header.stamp.nanosec = n
+            pub.publish(msg)
+            time.sleep(0.0003)
+        woken, elapsed = event_thread_switches() - before, time.monotonic() - t
+    finally:
+        reader.kill()
+        reader.wait()
+    # a wake-up and its timer's expiry (two switches) in each 3 ms, and some to spare; before,
+    # two or three for each publish (2.5 a publish seen: 15-19 in 3 ms)
+    bound = 3 * elapsed / 0.003 + 100
+    assert woken < bound, (f"the event threads switched {woken} times for {sent} publishes in "
+                           f"{elapsed:.2f} s (at most {bound:.0f} with NACKs suppressed for 3 ms)")

@@ -178,7 +178,10 @@ def dds_profile() -> Path | None:
       started nodes); and every other writer sends a heartbeat every 100 ms, not 3 s, while a
       reader has not acknowledged a sample: what a reader that fell behind lost in transport
       is sent again within a tenth of a second (it came 2.5-5.5 s late, past a recorder's
-      wait for an episode's end). Nothing else differs from Fast DDS's defaults.
+      wait for an episode's end); and a writer ignores NACKs for 3 ms after a send, not 0 s,
+      so that its event thread wakes at most once in 3 ms rather than for every sample sent to
+      another process (2-3 context switches a publish). Nothing else differs from Fast DDS's
+      defaults.
     - ``large_data`` (``config/fastdds/large_data.xml``): the same, and a shared-memory segment
       that holds camera frames published back to back (Fast DDS's 512 KB default loses the
       first of two VGA frames to the second and repairs it up to a second late, or never). Not
