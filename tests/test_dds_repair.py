@@ -49,6 +49,17 @@ BURST = 1000  # twice what a reader's shared-memory port queue holds (512)
 BURSTS = 3
 
 
+def await_match(reader, pub) -> None:
+    """Until ``reader`` (a process running a reader script of this module) says it is ready and
+    ``pub`` has matched its subscription, both sides."""
+    assert reader.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 30.0
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pub.get_subscription_count() == 1, "the reader never matched"
+    time.sleep(0.5)  # its side has matched too
+
+
 def test_a_stalled_readers_lost_messages_come_within_the_recorders_answer_timeout(probe):
     from geometry_msgs.msg import PoseStamped
 
@@ -61,12 +72,7 @@ def test_a_stalled_readers_lost_messages_come_within_the_recorders_answer_timeou
                               text=True, stdout=subprocess.PIPE, env=os.environ.copy())
     repairs = []
     try:
-        assert reader.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30.0
-        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert pub.get_subscription_count() == 1, "the reader never matched"
-        time.sleep(0.5)  # its side has matched too
+        await_match(reader, pub)
         msg = PoseStamped()
         for k in range(BURSTS):
             os.kill(reader.pid, signal.SIGSTOP)
@@ -140,12 +146,7 @@ def test_a_publish_to_a_reader_in_another_process_does_not_wake_the_event_thread
     reader = subprocess.Popen([sys.executable, "-c", QUIET_READER], text=True,
                               stdout=subprocess.PIPE, env=os.environ.copy())
     try:
-        assert reader.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30.0
-        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert pub.get_subscription_count() == 1, "the reader never matched"
-        time.sleep(0.5)  # its side has matched too
+        await_match(reader, pub)
         msg, sent = PoseStamped(), 1000
         before, t = event_thread_switches(), time.monotonic()
         for n in range(sent):   # a publish about every 0.4 ms
