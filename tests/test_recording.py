@@ -233,6 +233,30 @@ def test_starting_asks_again_while_a_topic_is_not_matched_yet(procs, probe, tmp_
 
 
 @pytest.mark.ros
+def test_a_start_that_never_matched_says_what_this_process_sees_on_the_topic(procs, probe,
+                                                                               tmp_path):
+    """When the recorder still saw no publisher of a topic at the end, the error says whether
+    the run's own node (another process) sees one: none (nothing publishes it) or which node
+    (the recorder's middleware missed it; a CI run once failed so, the expert unseen)."""
+    from robot_imitation.nodes.episode_runner import EpisodeRunner, Spinner
+    from robot_imitation.ros.pipelines import start_recording
+
+    Publishers(probe)
+    start_recorder(procs, probe, tmp_path / "ds", topics=TOPICS + ["/test/nobody"],
+                   discovery_timeout=1.0)
+    runner = EpisodeRunner()
+    spinner = Spinner(runner)
+    try:
+        with pytest.raises(RuntimeError) as err:
+            start_recording(runner, procs, recorder=REC, timeout=1.5)
+    finally:
+        spinner.stop()
+        runner.destroy_node()
+    assert "/test/nobody: no publisher discovered" in str(err.value), err.value
+    assert str(err.value).endswith("; /test/nobody: this process sees no publisher either")
+
+
+@pytest.mark.ros
 def test_discard_and_sqlite3_storage(procs, probe, tmp_path):
     from rosbags.highlevel import AnyReader
 

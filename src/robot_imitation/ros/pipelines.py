@@ -8,6 +8,7 @@ reports done.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -41,8 +42,23 @@ def start_recording(runner, group=None, recorder: str = "episode_recorder",
     if not resp.success:
         if group is not None:
             group.check()
-        raise RuntimeError(f"recorder did not start: {resp.message}")
+        raise RuntimeError(f"recorder did not start: {resp.message}"
+                           + _seen_elsewhere(runner, resp.message))
     return resp.message.split()[-1]
+
+
+def _seen_elsewhere(node, refusal: str) -> str:
+    """What ``node`` (the run's own, another process) sees published on the topics a
+    recorder's refusal says it discovered no publisher of: a topic nobody publishes, or a
+    publisher that the recorder's middleware has not discovered though this process has."""
+    notes = []
+    for topic in re.findall(r"(/[\w/]+): no publisher discovered", refusal):
+        names = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}"
+                        for i in node.get_publishers_info_by_topic(topic)})
+        notes.append(f"; {topic}: this process sees it published by {', '.join(names)}, which "
+                     "the recorder's process has not discovered (a middleware fault)" if names
+                     else f"; {topic}: this process sees no publisher either")
+    return "".join(notes)
 
 
 def wait_recorded(dataset, timeout: float = 30.0) -> list:
