@@ -207,6 +207,25 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append(("ROS in a test not marked ros", message))
     if rep.when == "call":
         item.rep_call = rep
+        if rep.failed:
+            logs = _run_logs(item)
+            if logs:
+                rep.sections.append(("logs of the processes the test's runs started", logs))
+
+
+def _run_logs(item, lines: int = 40) -> str:
+    """The last ``lines`` lines of each node log that a run of a failed test left under its
+    ``tmp_path`` (a pipeline's ``<dataset>/logs``); the ``procs`` fixture prints its own."""
+    tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if tmp is None:
+        return ""
+    out = []
+    for log in sorted(Path(tmp).rglob("logs/*.log")):
+        if log.parent == Path(tmp) / "logs":
+            continue
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.relative_to(tmp)} (last {len(tail)} lines) ---\n" + "\n".join(tail))
+    return "\n".join(out)
 
 
 class Probe:

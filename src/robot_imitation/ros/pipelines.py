@@ -43,7 +43,8 @@ def start_recording(runner, group=None, recorder: str = "episode_recorder",
         if group is not None:
             group.check()
         raise RuntimeError(f"recorder did not start: {resp.message}"
-                           + _seen_elsewhere(runner, resp.message))
+                           + _seen_elsewhere(runner, resp.message)
+                           + (f" (logs in {group.log_dir})" if group is not None else ""))
     return resp.message.split()[-1]
 
 
