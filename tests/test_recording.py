@@ -195,7 +195,9 @@ def test_start_waits_for_every_topic(procs, probe, tmp_path):
         "discovery_timeout": 1.0})
     resp = call(probe, "start")
     assert not resp.success and "/test/nobody" in resp.message
-    assert "(/test/nobody: no publisher discovered)" in resp.message, resp.message
+    assert "(/test/nobody: no publisher discovered); the nodes this recorder sees: " \
+        in resp.message, resp.message
+    assert f"/{probe.node.get_name()}" in resp.message.split("recorder sees: ")[1]
     assert pubs.joints.get_subscription_count() == 1  # the others were subscribed meanwhile
     resp = call(probe, "stop")
     assert not resp.success and "no episode" in resp.message

@@ -498,6 +498,13 @@ class EpisodeRecorder(Node):
                                          else "no publisher discovered") for t in unmatched)
             resp.message = (f"not starting: no matched publisher within "
                             f"{timeout} s for {unmatched} ({why})")
+            if any(t not in self.subs for t in unmatched):
+                # a node seen here (its graph announcement matched) whose publisher is not: the
+                # discovery of that publisher went missing; a node not seen: not running, or
+                # nothing of its process discovered
+                nodes = sorted(f"{ns.rstrip('/')}/{n}"
+                               for n, ns in self.get_node_names_and_namespaces())
+                resp.message += f"; the nodes this recorder sees: {', '.join(nodes) or 'none'}"
             self.get_logger().error(resp.message)
             return resp
         # matched on this side; now on the publishers' (those that say)
