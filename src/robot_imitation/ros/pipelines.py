@@ -57,7 +57,8 @@ def _seen_elsewhere(node, refusal: str) -> str:
         names = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}"
                         for i in node.get_publishers_info_by_topic(topic)})
         notes.append(f"; {topic}: this process sees it published by {', '.join(names)}, which "
-                     "the recorder's process has not discovered (a middleware fault)" if names
+                     "the recorder's process has not discovered (a middleware fault, unless it "
+                     "came up just now)" if names
                      else f"; {topic}: this process sees no publisher either")
     return "".join(notes)
 
