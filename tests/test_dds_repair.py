@@ -164,7 +164,8 @@ def test_a_publish_to_a_reader_in_another_process_does_not_wake_the_event_thread
     # quiet, 750-770 in 0.63-0.69 s beside three busy loops, 536 in 0.43 s in a CI run, which
     # failed a bound of 3 per 3 ms). Without: one or more for each publish while the machine is
     # quiet (2,500-2,540), fewer once load merges the wake-ups (940-2,720 beside three busy
-    # loops). So: fewer than 0.9 a publish, or 4 per 3 ms where the publishes took longer.
+    # loops: the lowest would pass). So: fewer than 0.9 a publish, or 4 per 3 ms where the
+    # publishes took longer.
     bound = max(0.9 * sent, 4 * elapsed / 0.003) + 50
     assert woken < bound, (f"the event threads switched {woken} times for {sent} publishes in "
                            f"{elapsed:.2f} s (at most {bound:.0f} with NACKs suppressed for 3 ms)")
