@@ -52,10 +52,11 @@ def _seen_elsewhere(node, refusal: str) -> str:
     """What ``node`` (the run's own, another process) sees published on the topics a
     recorder's refusal says it discovered no publisher of: a topic nobody publishes, or a
     publisher that the recorder's middleware has not discovered though this process has."""
+    from ..nodes.common import full_name
+
     notes = []
     for topic in re.findall(r"(/[\w/]+): no publisher discovered", refusal):
-        names = sorted({f"{i.node_namespace.rstrip('/')}/{i.node_name}"
-                        for i in node.get_publishers_info_by_topic(topic)})
+        names = sorted({full_name(i) for i in node.get_publishers_info_by_topic(topic)})
         notes.append(f"; {topic}: this process sees it published by {', '.join(names)}, which "
                      "the recorder's process has not discovered (a middleware fault, unless it "
                      "came up just now)" if names
